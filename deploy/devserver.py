@@ -1,0 +1,130 @@
+"""``make run``: the whole product in the foreground on one machine.
+
+Starts the API server (gunicorn, port $PORT, default 8000), one inference worker and the
+usage consumer, on the database and Redis named by DATABASE_URL / REDIS_URL, or on SQLite
+and an embedded Redis when they are unset. Ctrl-C or SIGTERM stops every child; if any
+child dies, the rest are stopped too and the exit status says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parents[1]
+GRACE_S = 15
+
+
+def _children(port: str) -> dict[str, list[str]]:
+    python = sys.executable
+    bin_dir = Path(python).parent
+    return {
+        "api": [
+            str(bin_dir / "gunicorn"),
+            "config.wsgi:application",
+            "--pythonpath",
+            str(ROOT / "platform"),
+            "--bind",
+            f"0.0.0.0:{port}",
+            # Threads, not processes: a request mostly waits on the worker, and each waiting
+            # request needs only a thread.
+            "--worker-class",
+            "gthread",
+            "--workers",
+            os.environ.get("API_PROCESSES", "2"),
+            "--threads",
+            os.environ.get("API_THREADS", "32"),
+            "--timeout",
+            "90",
+            "--graceful-timeout",
+            "10",
+        ],
+        "inference-worker": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-Q",
+            "inference",
+            "-P",
+            "threads",
+            "-c",
+            os.environ.get("WORKER_CONCURRENCY", "64"),
+            "-n",
+            "inference@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            os.environ.get("LOG_LEVEL", "INFO"),
+        ],
+        "usage-consumer": [python, str(ROOT / "manage.py"), "consume_usage"],
+    }
+
+
+def main() -> int:
+    embedded = None
+    if not os.environ.get("REDIS_URL"):
+        from deploy.embedded_redis import start_embedded_redis
+
+        directory = ROOT / "var" / "redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        embedded, url = start_embedded_redis(str(directory))
+        os.environ["REDIS_URL"] = url
+        print(f"devserver: embedded Redis at {url}", flush=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+    port = os.environ.get("PORT", "8000")
+
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    for name, command in _children(port).items():
+        processes[name] = subprocess.Popen(command, cwd=ROOT)  # noqa: S603 - our own argv
+        print(f"devserver: started {name} (pid {processes[name].pid})", flush=True)
+    print(f"devserver: API on http://127.0.0.1:{port}  (docs: /v1/docs)", flush=True)
+
+    status = 0
+    while not stopping:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                print(f"devserver: {name} exited with {process.returncode}; stopping", flush=True)
+                status = 1
+                stopping = True
+                break
+        time.sleep(0.5)
+
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_S
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if embedded is not None:
+        from deploy.embedded_redis import stop_embedded_redis
+
+        stop_embedded_redis(embedded)
+    print("devserver: stopped", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from .models import ApiKey
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+    list_display = [
+        "id",
+        "tenant",
+        "name",
+        "mode",
+        "scopes",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    ]
+    list_filter = ["mode", "revoked_at"]
+    search_fields = ["id", "name", "tenant__slug"]
+    readonly_fields = [
+        "id",
+        "tenant",
+        "secret_hash",
+        "previous_secret_hash",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "previous_secret_expires_at",
+    ]
+    actions = ["revoke"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        return ApiKey.objects.unscoped().select_related("tenant")  # operators see every tenant
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are minted by create_tenant or the API, which show the secret once
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())

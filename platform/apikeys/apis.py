@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from core.pagination import list_body, paginate
+from core.serializers import DeletedSerializer, validated
+from core.views import TenantAPIView
+
+from .models import ApiKey, Scope
+from .serializers import (
+    ApiKeyCreateSerializer,
+    ApiKeyListSerializer,
+    ApiKeyRotateSerializer,
+    ApiKeySerializer,
+    ApiKeyWithSecretSerializer,
+)
+from .services import CreatedKey, api_key_create, api_key_get, api_key_revoke, api_key_rotate
+
+LIST_PARAMS = [
+    OpenApiParameter("limit", int, description="1 to 100, default 20."),
+    OpenApiParameter("starting_after", str, description="An object id: the page after it."),
+]
+
+
+def _with_secret(created: CreatedKey) -> dict[str, Any]:
+    return {**ApiKeySerializer(created.key).data, "secret": created.secret}
+
+
+class ApiKeyListCreateApi(TenantAPIView):
+    required_scopes = {"*": Scope.ADMIN}
+
+    @extend_schema(
+        operation_id="api_keys_list", parameters=LIST_PARAMS, responses={200: ApiKeyListSerializer}
+    )
+    def get(self, request: Request) -> Response:
+        keys = ApiKey.objects.for_tenant(self.tenant).filter(revoked_at__isnull=True)
+        page, has_more = paginate(keys, query_params=request.query_params)
+        return Response(list_body(page, has_more, lambda k: ApiKeySerializer(k).data))
+
+    @extend_schema(
+        operation_id="api_keys_create",
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyWithSecretSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(ApiKeyCreateSerializer, request.data)
+        created = api_key_create(
+            tenant=self.tenant,
+            name=data["name"],
+            scopes=data["scopes"],
+            mode=data.get("mode") or self.api_key.mode,
+            expires_at=data["expires_at"],
+            created_by=self.api_key,
+        )
+        return Response(_with_secret(created), status=201)
+
+
+class ApiKeyDetailApi(TenantAPIView):
+    required_scopes = {"*": Scope.ADMIN}
+
+    @extend_schema(operation_id="api_keys_retrieve", responses={200: ApiKeySerializer})
+    def get(self, request: Request, key_id: str) -> Response:
+        return Response(ApiKeySerializer(api_key_get(tenant=self.tenant, key_id=key_id)).data)
+
+    @extend_schema(operation_id="api_keys_revoke", responses={200: DeletedSerializer})
+    def delete(self, request: Request, key_id: str) -> Response:
+        key = api_key_revoke(tenant=self.tenant, key_id=key_id)
+        return Response({"id": key.id, "object": "api_key", "deleted": True})
+
+
+class ApiKeyRotateApi(TenantAPIView):
+    required_scopes = {"*": Scope.ADMIN}
+
+    @extend_schema(
+        operation_id="api_keys_rotate",
+        request=ApiKeyRotateSerializer,
+        responses={200: ApiKeyWithSecretSerializer},
+    )
+    def post(self, request: Request, key_id: str) -> Response:
+        data = validated(ApiKeyRotateSerializer, request.data or {})
+        created = api_key_rotate(
+            tenant=self.tenant, key_id=key_id, grace_period_seconds=data["grace_period_seconds"]
+        )
+        return Response(_with_secret(created))

@@ -1,0 +1,13 @@
+"""Messages clients see, in one place so they stay consistent and reviewable."""
+
+MISSING_KEY = "No API key provided. Send it as 'Authorization: Bearer sk_live_...'."
+MALFORMED_KEY = "Invalid API key format: keys look like 'sk_live_...' or 'sk_test_...'."
+INVALID_KEY = "Invalid API key provided."
+REVOKED_KEY = "This API key has been revoked."
+EXPIRED_KEY = "This API key has expired."
+TENANT_SUSPENDED = "This account is suspended. Contact support."
+INSUFFICIENT_SCOPE = "This API key lacks the '{scope}' scope required for this request."
+SCOPE_ESCALATION = "A key can only create keys with scopes it holds itself; it lacks '{scope}'."
+UNKNOWN_SCOPE = "Unknown scope '{scope}'. Valid scopes: inference, training, billing, admin."
+EXPIRES_IN_PAST = "expires_at must be in the future."
+KEY_NOT_FOUND = "No such API key: '{key_id}'."

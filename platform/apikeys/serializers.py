@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from core.serializers import StrictSerializer, StrictStringField
+
+from .models import ApiKey, Scope
+
+
+class ApiKeyCreateSerializer(StrictSerializer):
+    name = StrictStringField(max_length=200, required=False, allow_blank=True, default="")
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.choices), min_length=1, max_length=4
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    mode = serializers.ChoiceField(choices=ApiKey.Mode.choices, required=False)
+
+
+class ApiKeyRotateSerializer(StrictSerializer):
+    grace_period_seconds = serializers.IntegerField(
+        required=False,
+        default=0,
+        min_value=0,
+        max_value=7 * 24 * 3600,
+        help_text="How long the old secret keeps working (0 = stops now; at most 7 days).",
+    )
+
+
+class ApiKeySerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField(default="api_key")
+    name = serializers.CharField()
+    mode = serializers.ChoiceField(choices=ApiKey.Mode.choices)
+    prefix = serializers.CharField(help_text="The start of the secret, for recognising it.")
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices))
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    previous_secret_expires_at = serializers.DateTimeField(allow_null=True)
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["object"] = "api_key"
+        return data
+
+
+class ApiKeyWithSecretSerializer(ApiKeySerializer):
+    secret = serializers.CharField(help_text="Shown once. Store it now; it cannot be retrieved.")
+
+
+class ApiKeyListSerializer(serializers.Serializer[Any]):
+    object = serializers.CharField(default="list")
+    data = ApiKeySerializer(many=True)  # type: ignore[assignment]  # the stubs reserve this name
+    has_more = serializers.BooleanField()

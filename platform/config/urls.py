@@ -1,0 +1,52 @@
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import (
+    SpectacularJSONAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
+
+from apikeys.apis import ApiKeyDetailApi, ApiKeyListCreateApi, ApiKeyRotateApi
+from inference.apis import ClassifyApi, ModelDetailApi, ModelListApi
+from metering.apis import UsageApi
+from ops import views as ops
+
+handler400 = "core.errors.handler400"
+handler403 = "core.errors.handler403"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"
+
+v1 = [
+    path("v1/classify", ClassifyApi.as_view()),
+    path("v1/models", ModelListApi.as_view()),
+    path("v1/models/<str:model_id>", ModelDetailApi.as_view()),
+    path("v1/api-keys", ApiKeyListCreateApi.as_view()),
+    path("v1/api-keys/<str:key_id>", ApiKeyDetailApi.as_view()),
+    path("v1/api-keys/<str:key_id>/rotate", ApiKeyRotateApi.as_view()),
+    path("v1/usage", UsageApi.as_view()),
+]
+
+urlpatterns = [
+    *v1,
+    path(
+        "v1/openapi.json",
+        SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[]),
+        name="openapi",
+    ),
+    path(
+        "v1/docs",
+        SpectacularSwaggerView.as_view(
+            url_name="openapi", authentication_classes=[], permission_classes=[]
+        ),
+    ),
+    path(
+        "v1/redoc",
+        SpectacularRedocView.as_view(
+            url_name="openapi", authentication_classes=[], permission_classes=[]
+        ),
+    ),
+    path("healthz", ops.healthz),
+    path("readyz", ops.readyz),
+    path("metrics", ops.metrics),
+    path("admin/", admin.site.urls),
+]

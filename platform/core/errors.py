@@ -1,0 +1,202 @@
+"""The one error shape of the public API and the mapping of every failure onto it.
+
+``{"error": {"type", "code", "message", "param"}}``: ``type`` is the class of failure
+(one per HTTP status, as in API.md), ``code`` the specific reason a program can branch on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+TYPE_BY_STATUS = {
+    400: "invalid_request",
+    401: "authentication",
+    402: "payment_required",
+    403: "permission",
+    404: "not_found",
+    405: "invalid_request",
+    406: "invalid_request",
+    409: "conflict",
+    413: "too_large",
+    415: "invalid_request",
+    429: "rate_limited",
+    500: "api_error",
+    503: "overloaded",
+}
+
+
+class APIError(Exception):
+    """Raised anywhere below a view; rendered by ``exception_handler``."""
+
+    status = 400
+    default_code = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return TYPE_BY_STATUS.get(self.status, "invalid_request")
+
+
+class InvalidRequest(APIError):
+    status = 400
+
+
+class AuthenticationError(APIError):
+    status = 401
+    default_code = "invalid_api_key"
+
+
+class PermissionError_(APIError):
+    status = 403
+    default_code = "permission_denied"
+
+
+class NotFound(APIError):
+    status = 404
+    default_code = "resource_missing"
+
+
+class Conflict(APIError):
+    status = 409
+    default_code = "conflict"
+
+
+class TooLarge(APIError):
+    status = 413
+    default_code = "too_large"
+
+
+class Overloaded(APIError):
+    status = 503
+    default_code = "overloaded"
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {
+            "type": TYPE_BY_STATUS.get(status, "invalid_request"),
+            "code": code,
+            "message": message,
+            "param": param,
+        }
+    }
+
+
+def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, str, str]:
+    """Walk DRF's nested error detail to the first leaf; return (param, code, message)
+    with ``param`` in the dotted/indexed form clients know (``inputs[3]``, ``examples[0].text``)."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            if key in ("non_field_errors", "__all__"):
+                return _first_validation_error(value, path)
+            if isinstance(key, int):  # ListField/DictField report children by position
+                sub = f"{path}[{key}]"
+            else:
+                sub = f"{path}.{key}" if path else str(key)
+            return _first_validation_error(value, sub)
+    if isinstance(detail, list):
+        for index, value in enumerate(detail):
+            if isinstance(value, dict | list):
+                if not value:
+                    continue
+                # DRF lists child errors by position; errors on the field itself are strings.
+                return _first_validation_error(value, f"{path}[{index}]")
+            return _first_validation_error(value, path)
+        return (path or None, "invalid", "Invalid request.")
+    code = getattr(detail, "code", "invalid") or "invalid"
+    return (path or None, str(code), str(detail))
+
+
+def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
+    status = exc.status_code
+    if isinstance(exc, drf.ValidationError):
+        param, code, message = _first_validation_error(exc.detail)
+        if code in ("invalid", "required", "null", "blank", "not_a_list", "empty"):
+            code = {"required": "missing_parameter", "null": "missing_parameter"}.get(
+                code, "invalid_parameter"
+            )
+        return 400, code, message, param
+    if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
+        return 401, "missing_api_key", str(exc.detail), None
+    if isinstance(exc, drf.PermissionDenied):
+        return 403, "permission_denied", str(exc.detail), None
+    if isinstance(exc, drf.NotFound):
+        return 404, "resource_missing", str(exc.detail), None
+    if isinstance(exc, drf.ParseError):
+        return 400, "invalid_json", f"The request body is not valid JSON: {exc.detail}", None
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return 415, "unsupported_media_type", str(exc.detail), None
+    if isinstance(exc, drf.MethodNotAllowed):
+        return 405, "method_not_allowed", str(exc.detail), None
+    if isinstance(exc, drf.NotAcceptable):
+        return 406, "not_acceptable", str(exc.detail), None
+    if isinstance(exc, drf.Throttled):
+        return 429, "rate_limited", str(exc.detail), None
+    return status, "invalid_request", str(exc.detail), None
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: every error leaves in the contract's shape."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, APIError):
+        status, code, message, param = exc.status, exc.code, exc.message, exc.param
+        headers = exc.headers
+    elif isinstance(exc, Http404):
+        status, code, message, param = 404, "resource_missing", "No such object.", None
+    elif isinstance(exc, DjangoPermissionDenied):
+        status, code, message, param = 403, "permission_denied", "Permission denied.", None
+    elif isinstance(exc, RequestDataTooBig):
+        status, code, message, param = (
+            413,
+            "request_too_large",
+            "The request body is too large.",
+            None,
+        )
+    elif isinstance(exc, drf.APIException):
+        status, code, message, param = _drf_error(exc)
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, drf.Throttled) and wait is not None:
+            headers["Retry-After"] = str(int(wait) + 1)
+    else:
+        return None  # a real bug: Django's 500 handler answers (in our shape, see below)
+    return Response(error_body(status, code, message, param), status=status, headers=headers)
+
+
+def json_error_view(status: int, code: str, message: str) -> Any:
+    def view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+        return JsonResponse(error_body(status, code, message), status=status)
+
+    return view
+
+
+handler400 = json_error_view(400, "bad_request", "The request could not be understood.")
+handler403 = json_error_view(403, "permission_denied", "Permission denied.")
+handler404 = json_error_view(404, "resource_missing", "No such route.")
+handler500 = json_error_view(
+    500, "internal_error", "Something went wrong on our side; it has been logged."
+)

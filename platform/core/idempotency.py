@@ -1,0 +1,105 @@
+"""``Idempotency-Key`` on POST: same key + same body replays the first response (and bills
+once); same key + another body is 409; a key still being worked on is 409 too."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants.models import Tenant
+
+from .errors import Conflict, InvalidRequest
+from .ids import new_id
+from .models import IdempotencyRecord
+
+MAX_KEY_LENGTH = 255
+KEY_REUSED = (
+    "Keys for idempotent requests can only be used with the same parameters they were first "
+    "used with. Try using a key other than '{key}' if you meant to execute a different request."
+)
+KEY_IN_USE = (
+    "There is currently another in-progress request using this Idempotency-Key ('{key}'). "
+    "Retry after it has finished."
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    record: IdempotencyRecord
+    replay: bool
+    retry: bool = False  # an earlier attempt with this key and body did not complete
+
+
+def request_fingerprint(*, method: str, path: str, data: Any) -> str:
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{method} {path}\n{body}".encode()).hexdigest()
+
+
+def _lock_window() -> timedelta:
+    return timedelta(seconds=settings.INFERENCE_TIMEOUT_S + 30)
+
+
+def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str, request_id: str) -> Outcome:
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.",
+            code="invalid_idempotency_key",
+            param="Idempotency-Key",
+        )
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            record = IdempotencyRecord.objects.create(
+                tenant=tenant,
+                key=key,
+                fingerprint=fingerprint,
+                request_id=request_id,
+                state=IdempotencyRecord.State.IN_PROGRESS,
+                locked_until=now + _lock_window(),
+            )
+        return Outcome(record=record, replay=False)
+    except IntegrityError:
+        pass
+
+    records = IdempotencyRecord.objects.for_tenant(tenant)
+    record = records.get(key=key)
+    expired = record.created_at < now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
+    if record.state == IdempotencyRecord.State.COMPLETED and not expired:
+        if record.fingerprint != fingerprint:
+            raise Conflict(KEY_REUSED.format(key=key), code="idempotency_key_reused")
+        return Outcome(record=record, replay=True)
+    if record.state == IdempotencyRecord.State.IN_PROGRESS and record.locked_until > now:
+        raise Conflict(KEY_IN_USE.format(key=key), code="idempotency_key_in_use")
+
+    # Released, stale or expired: claim it, atomically against a concurrent retry.
+    same_request = record.fingerprint == fingerprint and not expired
+    claimed_id = record.request_id if same_request else new_id("req")
+    claimed = records.filter(pk=record.pk, state=record.state, locked_until=record.locked_until)
+    if not claimed.update(
+        state=IdempotencyRecord.State.IN_PROGRESS,
+        locked_until=now + _lock_window(),
+        fingerprint=fingerprint,
+        request_id=claimed_id,
+        **({} if same_request else {"created_at": now}),
+    ):
+        raise Conflict(KEY_IN_USE.format(key=key), code="idempotency_key_in_use")
+    record.refresh_from_db()
+    return Outcome(record=record, replay=False, retry=same_request)
+
+
+def idempotency_finish(*, record: IdempotencyRecord, status_code: int, body: Any) -> None:
+    """Keep a success for replay; release anything else so the client can retry it."""
+    records = IdempotencyRecord.objects.for_tenant(record.tenant_id).filter(pk=record.pk)
+    if 200 <= status_code < 300:
+        records.update(
+            state=IdempotencyRecord.State.COMPLETED, status_code=status_code, response_body=body
+        )
+    else:
+        records.update(state=IdempotencyRecord.State.RELEASED, locked_until=timezone.now())

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from django.db import models
+
+from .scoping import TenantScopedManager
+
+
+class IdempotencyRecord(models.Model):
+    """One ``Idempotency-Key`` a tenant sent on a POST, and what became of it.
+
+    A completed record replays its response to the same body and conflicts with any other.
+    A released one (the first attempt failed: timeout, overload, bad input) may be retried;
+    a retry of the same body reuses the first attempt's request id, so work the first attempt
+    did after all (a worker that finished late) is metered once, under that one id."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        RELEASED = "released"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    request_id = models.CharField(max_length=40)
+    state = models.CharField(max_length=16, choices=State.choices)
+    locked_until = models.DateTimeField()
+    status_code = models.PositiveSmallIntegerField(null=True)
+    response_body = models.JSONField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_tenant_key")
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.state})"

@@ -1,0 +1,56 @@
+"""Cursor lists in the contract's shape: ``{"object": "list", "data", "has_more"}`` with
+``limit`` and ``starting_after``. Newest first; the cursor is an object id, so pages stay
+stable while new objects arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from .errors import InvalidRequest, NotFound
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidRequest(
+            "limit must be an integer.", code="invalid_parameter", param="limit"
+        ) from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(
+            f"limit must be between 1 and {MAX_LIMIT}.", code="invalid_parameter", param="limit"
+        )
+    return limit
+
+
+def paginate(
+    queryset: QuerySet[Any], *, query_params: Any, time_field: str = "created_at"
+) -> tuple[list[Any], bool]:
+    """Return (page, has_more) for a queryset already scoped to the tenant."""
+    limit = parse_limit(query_params.get("limit"))
+    queryset = queryset.order_by(f"-{time_field}", "-pk")
+    cursor_id = query_params.get("starting_after")
+    if cursor_id:
+        cursor = queryset.filter(pk=cursor_id).values(time_field, "pk").first()
+        if cursor is None:
+            raise NotFound(
+                f"No such object: '{cursor_id}'.", code="resource_missing", param="starting_after"
+            )
+        moment = cursor[time_field]
+        queryset = queryset.filter(
+            Q(**{f"{time_field}__lt": moment}) | Q(**{time_field: moment, "pk__lt": cursor["pk"]})
+        )
+    rows = list(queryset[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+def list_body(items: Sequence[Any], has_more: bool, render: Callable[[Any], Any]) -> dict[str, Any]:
+    return {"object": "list", "data": [render(item) for item in items], "has_more": has_more}

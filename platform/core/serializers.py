@@ -1,0 +1,63 @@
+"""Serializer building blocks that are strict the way a careful API client wants:
+unknown parameters are errors (a typo must not be silently ignored), and strings must be
+JSON strings (DRF would otherwise turn 42 into "42")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from .errors import InvalidRequest
+
+
+class StrictStringField(serializers.CharField):
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+class StrictSerializer(serializers.Serializer[Any]):
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise InvalidRequest(
+                "The request body must be a JSON object.", code="invalid_request_body"
+            )
+        unknown = [name for name in data if name not in self.fields]
+        if unknown:
+            raise InvalidRequest(
+                f"Received unknown parameter: {unknown[0]}.",
+                code="unknown_parameter",
+                param=str(unknown[0]),
+            )
+        return super().to_internal_value(data)
+
+
+def validated(serializer_class: type[serializers.Serializer[Any]], data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+class ErrorDetailSerializer(serializers.Serializer[Any]):
+    type = serializers.CharField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    error = ErrorDetailSerializer()
+
+
+class DeletedSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    deleted = serializers.BooleanField()

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apikeys.models import Scope
+from core.pagination import list_body, paginate
+from core.serializers import DeletedSerializer, ErrorSerializer, validated
+from core.views import TenantAPIView
+
+from .selectors import model_get_visible, model_list_visible, model_to_dict
+from .serializers import (
+    ClassificationSerializer,
+    ClassifyRequestSerializer,
+    ModelListSerializer,
+    ModelSerializer,
+)
+from .services import classify, model_delete
+
+
+class ClassifyApi(TenantAPIView):
+    required_scopes = {"POST": Scope.INFERENCE}
+
+    @extend_schema(
+        operation_id="classify",
+        request=ClassifyRequestSerializer,
+        responses={
+            200: ClassificationSerializer,
+            413: OpenApiResponse(
+                ErrorSerializer, description="An input is over 10,000 characters."
+            ),
+            503: OpenApiResponse(
+                ErrorSerializer, description="Overloaded, or no worker answered in time."
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(ClassifyRequestSerializer, request.data)
+        body = classify(
+            tenant=self.tenant,
+            api_key=self.api_key,
+            request_id=request._request.request_id,  # type: ignore[attr-defined]
+            model_id=data["model"],
+            inputs=data["inputs"],
+            labels=data.get("labels"),
+            examples=data.get("examples"),
+            is_retry=self.is_retry,
+        )
+        return Response(body)
+
+
+class ModelListApi(TenantAPIView):
+    required_scopes = {"GET": Scope.INFERENCE}
+
+    @extend_schema(operation_id="models_list", responses={200: ModelListSerializer})
+    def get(self, request: Request) -> Response:
+        page, has_more = paginate(
+            model_list_visible(tenant=self.tenant), query_params=request.query_params
+        )
+        return Response(list_body(page, has_more, lambda m: model_to_dict(m, self.tenant)))
+
+
+class ModelDetailApi(TenantAPIView):
+    required_scopes = {"GET": Scope.INFERENCE, "DELETE": Scope.TRAINING}
+
+    @extend_schema(operation_id="models_retrieve", responses={200: ModelSerializer})
+    def get(self, request: Request, model_id: str) -> Response:
+        model = model_get_visible(tenant=self.tenant, model_id=model_id, param="id")
+        return Response(model_to_dict(model, self.tenant))
+
+    @extend_schema(operation_id="models_delete", responses={200: DeletedSerializer})
+    def delete(self, request: Request, model_id: str) -> Response:
+        model = model_delete(tenant=self.tenant, model_id=model_id)
+        return Response({"id": model.id, "object": "model", "deleted": True})

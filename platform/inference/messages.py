@@ -1,0 +1,24 @@
+"""Messages clients see for classification, in one place."""
+
+MODEL_NOT_FOUND = "The model '{model}' does not exist or you do not have access to it."
+MODEL_NOT_READY = "The model '{model}' is not available for inference right now."
+NEEDS_LABELS = (
+    "The base model '{model}' needs 'labels' (zero-shot) or 'examples' (few-shot) to know "
+    "which classes to choose from."
+)
+FINE_TUNED_NO_LABELS = (
+    "'{param}' cannot be used with the fine-tuned model '{model}': it already knows its labels."
+)
+INPUT_TOO_LONG = "inputs[{index}] is {length} characters long; the limit is {limit}."
+EMPTY_INPUT = "inputs[{index}] is empty."
+DUPLICATE_LABEL = "labels must be distinct; '{label}' appears more than once."
+EXAMPLE_LABEL_UNKNOWN = "examples[{index}].label '{label}' is not one of the request's labels."
+EXAMPLES_NEED_TWO_LABELS = "examples must cover at least two distinct labels."
+BASE_MODEL_NOT_DELETABLE = "'{model}' is a base model; only fine-tuned models can be deleted."
+OVERLOADED = "The inference service is overloaded. Retry after a short wait."
+WORKER_TIMEOUT = (
+    "No inference worker answered within {timeout:g} seconds. Retry with the same "
+    "Idempotency-Key to avoid being billed twice."
+)
+BROKER_DOWN = "The inference queue is unreachable. Retry after a short wait."
+WORKER_FAILED = "The inference worker failed on this request. Retry after a short wait."

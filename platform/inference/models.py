@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.db import models
+
+from core.scoping import TenantScopedQuerySet
+
+
+class ModelQuerySet(TenantScopedQuerySet):
+    def visible_to(self, tenant_id: str) -> ModelQuerySet:
+        """Base models (shared by everyone) and the tenant's own fine-tuned models."""
+        return self.unscoped().filter(
+            models.Q(tenant__isnull=True) | models.Q(tenant_id=tenant_id),
+            deleted_at__isnull=True,
+        )
+
+
+class AIModel(models.Model):
+    """The model registry: base encoders everyone may call, and tenants' fine-tuned models
+    (``tenant`` set) that only their owner sees."""
+
+    class Kind(models.TextChoices):
+        BASE = "base", "Base"
+        FINE_TUNED = "fine_tuned", "Fine-tuned"
+
+    class Status(models.TextChoices):
+        READY = "ready", "Ready"
+        DISABLED = "disabled", "Disabled"
+
+    id = models.CharField(primary_key=True, max_length=200)
+    tenant = models.ForeignKey(
+        "tenants.Tenant", null=True, blank=True, on_delete=models.CASCADE, related_name="models"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    base_model = models.CharField(
+        max_length=64, help_text="The encoder that serves this model, e.g. minilm-l6."
+    )
+    description = models.CharField(max_length=500, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
+    labels = models.JSONField(null=True, blank=True)
+    metrics = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ModelQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "model"
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="model_tenant_created")]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.kind == self.Kind.BASE

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import NotFound
+from tenants.models import Tenant
+
+from . import messages
+from .models import AIModel
+
+
+def model_get_visible(*, tenant: Tenant, model_id: str, param: str | None = None) -> AIModel:
+    """A base model or one of this tenant's own; anything else (including another tenant's
+    fine-tuned model) is a 404, so ids leak nothing."""
+    model = AIModel.objects.visible_to(tenant.pk).filter(pk=model_id).first()
+    if model is None:
+        raise NotFound(
+            messages.MODEL_NOT_FOUND.format(model=model_id), code="model_not_found", param=param
+        )
+    return model
+
+
+def model_list_visible(*, tenant: Tenant) -> Any:
+    return AIModel.objects.visible_to(tenant.pk)
+
+
+def model_to_dict(model: AIModel, tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "type": model.kind,
+        "base_model": model.base_model,
+        "owned_by": "system" if model.tenant_id is None else tenant.slug,
+        "description": model.description,
+        "status": model.status,
+        "labels": model.labels,
+        "metrics": model.metrics,
+        "created_at": model.created_at,
+    }

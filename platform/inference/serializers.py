@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from core.errors import InvalidRequest, TooLarge
+from core.serializers import StrictSerializer, StrictStringField
+from workers.contract import (
+    MAX_EXAMPLES,
+    MAX_INPUT_CHARS,
+    MAX_INPUTS,
+    MAX_LABEL_CHARS,
+    MAX_LABELS,
+)
+
+from . import messages
+
+
+class ExampleSerializer(StrictSerializer):
+    text = StrictStringField(allow_blank=False, max_length=MAX_INPUT_CHARS)
+    label = StrictStringField(allow_blank=False, max_length=MAX_LABEL_CHARS)  # type: ignore[assignment]  # the stubs reserve this name
+
+
+class ClassifyRequestSerializer(StrictSerializer):
+    model = StrictStringField(max_length=200)
+    inputs = serializers.ListField(
+        child=StrictStringField(allow_blank=True),
+        min_length=1,
+        max_length=MAX_INPUTS,
+        help_text=f"1 to {MAX_INPUTS} texts, each at most {MAX_INPUT_CHARS} characters.",
+    )
+    labels = serializers.ListField(
+        child=StrictStringField(allow_blank=False, max_length=MAX_LABEL_CHARS),
+        min_length=2,
+        max_length=MAX_LABELS,
+        required=False,
+        allow_null=True,
+        help_text="Zero-shot: the classes to choose from (base models only).",
+    )
+    examples = ExampleSerializer(  # type: ignore[call-arg]  # ListSerializer takes max_length
+        many=True,
+        required=False,
+        allow_null=True,
+        max_length=MAX_EXAMPLES,
+        help_text="Few-shot: labelled examples (base models only).",
+    )
+
+    def validate_inputs(self, inputs: list[str]) -> list[str]:
+        for index, text in enumerate(inputs):
+            if len(text) > MAX_INPUT_CHARS:
+                # NOTE: a status of its own (413), per the contract, not a 400.
+                raise TooLarge(
+                    messages.INPUT_TOO_LONG.format(
+                        index=index, length=len(text), limit=MAX_INPUT_CHARS
+                    ),
+                    code="input_too_long",
+                    param=f"inputs[{index}]",
+                )
+            if not text.strip():
+                raise InvalidRequest(
+                    messages.EMPTY_INPUT.format(index=index),
+                    code="empty_input",
+                    param=f"inputs[{index}]",
+                )
+        return inputs
+
+    def validate_labels(self, labels: list[str] | None) -> list[str] | None:
+        if labels:
+            seen: set[str] = set()
+            for label in labels:
+                if label in seen:
+                    raise InvalidRequest(
+                        messages.DUPLICATE_LABEL.format(label=label),
+                        code="duplicate_label",
+                        param="labels",
+                    )
+                seen.add(label)
+        return labels
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        labels, examples = attrs.get("labels"), attrs.get("examples")
+        if examples:
+            if labels:
+                known = set(labels)
+                for index, example in enumerate(examples):
+                    if example["label"] not in known:
+                        raise InvalidRequest(
+                            messages.EXAMPLE_LABEL_UNKNOWN.format(
+                                index=index, label=example["label"]
+                            ),
+                            code="unknown_label",
+                            param=f"examples[{index}].label",
+                        )
+            elif len({example["label"] for example in examples}) < 2:
+                raise InvalidRequest(
+                    messages.EXAMPLES_NEED_TWO_LABELS, code="invalid_parameter", param="examples"
+                )
+        return attrs
+
+
+class ClassificationRowSerializer(serializers.Serializer[Any]):
+    index = serializers.IntegerField()
+    label = serializers.CharField()  # type: ignore[assignment]  # the stubs reserve this name
+    score = serializers.FloatField()
+    scores = serializers.DictField(child=serializers.FloatField())
+    truncated = serializers.BooleanField(
+        help_text="The text was longer than the model's window (256 tokens) and was cut."
+    )
+
+
+class ClassificationUsageSerializer(serializers.Serializer[Any]):
+    inputs = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    compute_ms = serializers.FloatField()
+    cached = serializers.IntegerField()
+
+
+class ClassificationSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField(help_text="Unix seconds.")
+    model = serializers.CharField()
+    results = ClassificationRowSerializer(many=True)
+    usage = ClassificationUsageSerializer()
+
+
+class ModelSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    type = serializers.ChoiceField(choices=["base", "fine_tuned"])
+    base_model = serializers.CharField()
+    owned_by = serializers.CharField()
+    description = serializers.CharField()
+    status = serializers.CharField()
+    labels = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    metrics = serializers.DictField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class ModelListSerializer(serializers.Serializer[Any]):
+    object = serializers.CharField()
+    data = ModelSerializer(many=True)  # type: ignore[assignment]  # the stubs reserve this name
+    has_more = serializers.BooleanField()

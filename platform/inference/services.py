@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apikeys.models import ApiKey
+from core.errors import InvalidRequest, Overloaded, PermissionError_
+from tenants.models import Tenant
+from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
+
+from . import messages
+from .dispatch import classify_dispatch
+from .models import AIModel
+from .selectors import model_get_visible
+
+
+def classify(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey,
+    request_id: str,
+    model_id: str,
+    inputs: list[str],
+    labels: list[str] | None,
+    examples: list[Example] | None,
+    is_retry: bool,
+) -> dict[str, Any]:
+    model = model_get_visible(tenant=tenant, model_id=model_id, param="model")
+    if model.status != AIModel.Status.READY:
+        raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
+    if model.needs_labels and not labels and not examples:
+        raise InvalidRequest(
+            messages.NEEDS_LABELS.format(model=model.id), code="missing_labels", param="labels"
+        )
+    if not model.needs_labels:
+        for param, value in (("labels", labels), ("examples", examples)):
+            if value:
+                raise InvalidRequest(
+                    messages.FINE_TUNED_NO_LABELS.format(param=param, model=model.id),
+                    code="invalid_parameter",
+                    param=param,
+                )
+    payload: ClassifyRequest = {
+        "v": CONTRACT_VERSION,
+        "request_id": request_id,
+        "tenant_id": tenant.pk,
+        "api_key_id": api_key.pk,
+        "livemode": api_key.livemode,
+        "model": model.id,
+        "base_model": model.base_model,
+        "inputs": inputs,
+        "labels": labels or None,
+        "examples": [{"text": e["text"], "label": e["label"]} for e in examples or []] or None,
+        "deadline": time.time() + settings.INFERENCE_TIMEOUT_S,
+    }
+    result = classify_dispatch(payload, reuse_result=is_retry)
+    return _response(result, request_id=request_id, model=model)
+
+
+def _response(result: ClassifyResult, *, request_id: str, model: AIModel) -> dict[str, Any]:
+    error = result.get("error")
+    if error is not None:
+        # An answer that arrived after its deadline, or a worker that cannot serve the model.
+        raise Overloaded(messages.WORKER_FAILED, code=error["code"], headers={"Retry-After": "1"})
+    return {
+        "id": request_id,
+        "object": "classification",
+        "created": int(time.time()),
+        "model": model.id,
+        "results": result["results"],
+        "usage": result["usage"],
+    }
+
+
+@transaction.atomic
+def model_delete(*, tenant: Tenant, model_id: str) -> AIModel:
+    model = model_get_visible(tenant=tenant, model_id=model_id, param="id")
+    if model.tenant_id is None:
+        raise PermissionError_(
+            messages.BASE_MODEL_NOT_DELETABLE.format(model=model.id),
+            code="base_model_not_deletable",
+        )
+    model.deleted_at = timezone.now()
+    model.save(update_fields=["deleted_at"])
+    return model

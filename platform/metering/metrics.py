@@ -1,0 +1,5 @@
+from prometheus_client import Counter
+
+USAGE_EVENTS = Counter(
+    "usage_events_total", "Usage events handled by the usage consumer.", ["outcome"]
+)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.db import models
+
+from core.scoping import TenantScopedQuerySet
+
+
+class AppendOnlyError(RuntimeError):
+    pass
+
+
+class LedgerQuerySet(TenantScopedQuerySet):
+    """The ledger is append-only: corrections are new rows, never edits."""
+
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise AppendOnlyError("usage records are append-only; write a correcting row instead")
+
+    def delete(self) -> NoReturn:
+        raise AppendOnlyError("usage records are append-only; write a correcting row instead")
+
+
+class UsageRecord(models.Model):
+    """One metered event (an answered classification, later a fine-tune). ``event_id`` is the
+    request id: its unique constraint is the last guard against counting a call twice."""
+
+    class Kind(models.TextChoices):
+        INFERENCE = "inference", "Inference"
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
+    api_key_id = models.CharField(max_length=32, db_index=True)
+    livemode = models.BooleanField(default=True)
+    model = models.CharField(max_length=200)
+    inputs = models.PositiveIntegerField()
+    tokens = models.PositiveBigIntegerField()
+    compute_ms = models.FloatField()
+    cached = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    occurred_at = models.DateTimeField()
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    objects = LedgerQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "livemode", "occurred_at"], name="usage_tenant_time")
+        ]
+
+    def __str__(self) -> str:
+        return self.event_id

@@ -1,0 +1,94 @@
+"""Writing the usage ledger."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils.dateparse import parse_datetime
+
+from tenants.models import Tenant
+from workers.contract import UsageEvent
+
+from .models import UsageRecord
+
+logger = logging.getLogger(__name__)
+
+_INT_FIELDS = ("inputs", "tokens", "cached")
+
+
+@dataclass
+class BulkOutcome:
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[Any, str]] = field(default_factory=list)
+
+
+def _parse(event: Any) -> tuple[UsageRecord | None, str]:
+    """A ledger row from a usage event, or None and why it is unusable."""
+    if not isinstance(event, dict):
+        return None, "not an object"
+    try:
+        occurred = parse_datetime(event["occurred_at"])
+        if occurred is None or occurred.tzinfo is None:
+            return None, "occurred_at is not an aware ISO 8601 datetime"
+        if event["kind"] not in UsageRecord.Kind.values:
+            return None, f"unknown kind {event['kind']!r}"
+        ints = {name: event[name] for name in _INT_FIELDS}
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in ints.values()):
+            return None, "inputs, tokens and cached must be non-negative integers"
+        compute_ms = float(event["compute_ms"])
+        if compute_ms < 0:
+            return None, "compute_ms is negative"
+        return UsageRecord(
+            event_id=str(event["event_id"])[:64],
+            kind=event["kind"],
+            tenant_id=str(event["tenant_id"]),
+            api_key_id=str(event["api_key_id"])[:32],
+            livemode=bool(event["livemode"]),
+            model=str(event["model"])[:200],
+            compute_ms=compute_ms,
+            worker=str(event.get("worker", ""))[:200],
+            occurred_at=occurred,
+            **ints,
+        ), ""
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"malformed event: {exc!r}"
+
+
+def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
+    """Append usage events to the ledger in one transaction. A redelivered event (same
+    event id) is a no-op; a malformed one or one for an unknown tenant is rejected, so one
+    poison message never blocks the rest."""
+    outcome = BulkOutcome()
+    rows: dict[str, UsageRecord] = {}
+    for event in events:
+        row, why = _parse(event)
+        if row is None:
+            outcome.rejected.append((event, why))
+        elif row.event_id in rows:
+            outcome.duplicates += 1
+        else:
+            rows[row.event_id] = row
+    if not rows:
+        return outcome
+    tenant_ids = {row.tenant_id for row in rows.values()}
+    known = set(Tenant.objects.filter(pk__in=tenant_ids).values_list("pk", flat=True))
+    for event_id, row in list(rows.items()):
+        if row.tenant_id not in known:
+            outcome.rejected.append((event_id, f"unknown tenant {row.tenant_id!r}"))
+            del rows[event_id]
+    with transaction.atomic():
+        existing = set(
+            UsageRecord.objects.unscoped()
+            .filter(event_id__in=list(rows))
+            .values_list("event_id", flat=True)
+        )
+        fresh = [row for event_id, row in rows.items() if event_id not in existing]
+        # ignore_conflicts: a concurrent consumer that inserted the same id first wins.
+        UsageRecord.objects.bulk_create(fresh, ignore_conflicts=True, batch_size=500)
+    outcome.inserted = len(fresh)
+    outcome.duplicates += len(existing)
+    return outcome

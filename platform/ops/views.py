@@ -1,0 +1,63 @@
+"""Probes and metrics for operators and orchestrators (no API key: they carry no data)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from django.core.cache import cache
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
+
+from inference.dispatch import queue_depth
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is alive and serving; says nothing about its dependencies."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check(fn: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        fn()
+    except Exception as exc:
+        return {"ok": False, "error": exc.__class__.__name__}
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _cache() -> None:
+    cache.set("readyz", "1", 5)
+    if cache.get("readyz") != "1":
+        raise RuntimeError("cache read back nothing")
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Ready to take traffic: database, broker and cache all answer."""
+    checks = {"database": _check(_database), "broker": _check(queue_depth), "cache": _check(_cache)}
+    ready = all(check["ok"] for check in checks.values())
+    return JsonResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    registry: CollectorRegistry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several gunicorn processes: add up what each wrote to the shared directory.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import factory
+
+from apikeys.models import ApiKey
+from apikeys.services import api_key_create
+from tenants.models import Tenant
+
+
+class TenantFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Tenant
+
+    name = factory.Sequence(lambda n: f"Tenant {n}")
+    slug = factory.Sequence(lambda n: f"tenant-{n}")
+
+
+def make_key(tenant: Tenant, scopes: list[str] | None = None, mode: str = ApiKey.Mode.LIVE) -> str:
+    """A fresh key's secret, minted the way customers get them."""
+    return api_key_create(tenant=tenant, name="test", scopes=scopes or ["admin"], mode=mode).secret

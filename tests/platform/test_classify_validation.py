@@ -1,0 +1,80 @@
+"""Every bad /v1/classify request is refused before it reaches a worker, in the contract's
+error shape with the right status and parameter; no worker runs in these tests."""
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+OK = {"model": "minilm-l6", "inputs": ["hello"], "labels": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "param"),
+    [
+        ({"inputs": []}, 400, "inputs"),
+        ({"inputs": ["x"] * 97}, 400, "inputs"),
+        ({"inputs": "hello"}, 400, "inputs"),
+        ({"inputs": [1]}, 400, "inputs[0]"),
+        ({"inputs": ["ok", None]}, 400, "inputs[1]"),
+        ({"inputs": ["ok", {"t": 1}]}, 400, "inputs[1]"),
+        ({"inputs": ["ok", "   "]}, 400, "inputs[1]"),
+        ({"inputs": ["ok", "x" * 10_001]}, 413, "inputs[1]"),
+        ({"model": None}, 400, "model"),
+        ({"model": 5}, 400, "model"),
+        ({"model": "no-such-model"}, 404, "model"),
+        ({"labels": ["only-one"]}, 400, "labels"),
+        ({"labels": ["a", "a"]}, 400, "labels"),
+        ({"labels": ["a", ""]}, 400, "labels[1]"),
+        ({"labels": None}, 400, "labels"),  # a base model needs labels or examples
+        ({"labels": None, "examples": [{"text": "t", "label": "a"}]}, 400, "examples"),
+        ({"examples": [{"text": "t", "label": "c"}]}, 400, "examples[0].label"),
+        ({"labels": None, "examples": [{"text": "t"}]}, 400, "examples[0].label"),
+        ({"temperature": 0.5}, 400, "temperature"),
+    ],
+)
+def test_bad_input_is_refused_with_the_right_status(api, change, status, param):
+    body = {**OK, **change}
+    response = api.post("/v1/classify", body, format="json")
+    assert response.status_code == status, response.json()
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == {400: "invalid_request", 404: "not_found", 413: "too_large"}[status]
+    assert error["message"]
+
+
+def test_missing_fields_are_named(api):
+    response = api.post("/v1/classify", {"inputs": ["x"], "labels": ["a", "b"]}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"', b""])
+def test_a_body_that_is_not_a_json_object_is_a_400(api, raw):
+    response = api.post("/v1/classify", raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request"
+
+
+def test_wrong_content_type_is_415(api):
+    response = api.post("/v1/classify", b"inputs=x", content_type="text/plain")
+    assert response.status_code == 415
+    assert response.json()["error"]["type"] == "invalid_request"
+
+
+def test_classify_needs_the_inference_scope(tenant, client_for):
+    response = client_for(tenant, ["billing"]).post("/v1/classify", OK, format="json")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "insufficient_scope"
+
+
+def test_get_on_classify_is_405_in_the_error_shape(api):
+    response = api.get("/v1/classify")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_unknown_route_is_a_json_404(api):
+    response = api.get("/v1/nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found"
+    assert response["X-Request-Id"].startswith("req_")

@@ -1,0 +1,72 @@
+"""Idempotency-Key on any POST, shown on key creation (no worker needed); the classify
+replay, which must also bill once, is in tests/e2e."""
+
+import pytest
+
+from core.models import IdempotencyRecord
+
+pytestmark = pytest.mark.django_db
+
+
+def post(api, body, key):
+    return api.post("/v1/api-keys", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+def test_same_key_same_body_replays_the_first_response(api):
+    first = post(api, {"name": "a", "scopes": ["inference"]}, "k-1")
+    second = post(api, {"scopes": ["inference"], "name": "a"}, "k-1")  # same JSON, other order
+    assert first.status_code == second.status_code == 201
+    assert second.json() == first.json()
+    assert second["Idempotent-Replayed"] == "true"
+    assert second["X-Request-Id"] == first["X-Request-Id"]
+    keys = api.get("/v1/api-keys").json()["data"]
+    assert sum(1 for k in keys if k["name"] == "a") == 1  # created once
+
+
+def test_same_key_other_body_is_409(api):
+    assert post(api, {"name": "a", "scopes": ["inference"]}, "k-2").status_code == 201
+    response = post(api, {"name": "b", "scopes": ["inference"]}, "k-2")
+    assert response.status_code == 409
+    assert response.json()["error"]["type"] == "conflict"
+    assert response.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_keys_are_per_tenant(api, other_tenant, client_for):
+    other = client_for(other_tenant, ["admin"])
+    assert post(api, {"name": "a", "scopes": ["inference"]}, "shared").status_code == 201
+    response = post(other, {"name": "b", "scopes": ["inference"]}, "shared")
+    assert response.status_code == 201 and response.json()["name"] == "b"
+
+
+def test_a_failed_attempt_can_be_retried_under_the_same_id(api):
+    bad = post(api, {"scopes": ["nope"]}, "k-3")
+    assert bad.status_code == 400
+    good = post(api, {"scopes": ["nope"]}, "k-3")  # still bad: not a replay, re-validated
+    assert good.status_code == 400 and "Idempotent-Replayed" not in good
+    assert good["X-Request-Id"] == bad["X-Request-Id"]  # retries never mint a new id
+    fixed = post(api, {"scopes": ["inference"]}, "k-3")
+    assert fixed.status_code == 201
+
+
+def test_a_key_in_flight_is_409(api, tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    IdempotencyRecord.objects.create(
+        tenant=tenant,
+        key="busy",
+        fingerprint="x",
+        request_id="req_x",
+        state=IdempotencyRecord.State.IN_PROGRESS,
+        locked_until=timezone.now() + timedelta(seconds=60),
+    )
+    response = post(api, {"scopes": ["inference"]}, "busy")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "idempotency_key_in_use"
+
+
+def test_an_overlong_key_is_a_400(api):
+    response = post(api, {"scopes": ["inference"]}, "x" * 256)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "Idempotency-Key"

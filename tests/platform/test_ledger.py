@@ -1,0 +1,160 @@
+"""The usage consumer against real Redis and the real database: bulk insert, exactly one
+row per event id however often it is delivered, poison messages set aside."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from kombu import Connection
+
+from metering.consumer import DEAD_LETTER_KEY, UsageConsumer, usage_exchange, usage_queue
+from metering.models import UsageRecord
+from metering.services import usage_record_bulk
+from workers.contract import USAGE_ROUTING_KEY
+
+pytestmark = pytest.mark.django_db
+
+
+def event(tenant, n: int, **overrides):
+    return {
+        "v": 1,
+        "event_id": f"req_test{n}",
+        "kind": "inference",
+        "tenant_id": tenant.pk,
+        "api_key_id": "key_x",
+        "livemode": True,
+        "model": "minilm-l6",
+        "inputs": 2,
+        "tokens": 20,
+        "compute_ms": 3.5,
+        "cached": 0,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "worker": "w1",
+        **overrides,
+    }
+
+
+def publish(*events) -> None:
+    with Connection(os.environ["REDIS_URL"]) as connection:
+        producer = connection.Producer()
+        for body in events:
+            producer.publish(
+                body,
+                exchange=usage_exchange,
+                routing_key=USAGE_ROUTING_KEY,
+                declare=[usage_queue],
+                serializer="json",
+            )
+
+
+def drain() -> int:
+    return UsageConsumer(flush_interval=0.05).run(until_idle=True)
+
+
+@pytest.fixture(autouse=True)
+def empty_queue():
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.delete(usage_queue.name, DEAD_LETTER_KEY)
+    yield
+    client.delete(usage_queue.name, DEAD_LETTER_KEY)
+
+
+def test_each_event_becomes_one_ledger_row(tenant):
+    publish(*(event(tenant, n) for n in range(50)))
+    assert drain() == 50
+    rows = UsageRecord.objects.for_tenant(tenant)
+    assert rows.count() == 50
+    row = rows.get(event_id="req_test7")
+    assert (row.inputs, row.tokens, row.compute_ms, row.model) == (2, 20, 3.5, "minilm-l6")
+
+
+def test_a_redelivered_event_is_not_counted_twice(tenant):
+    publish(event(tenant, 1), event(tenant, 1))
+    drain()
+    publish(event(tenant, 1))  # delivered again later, after the first was stored
+    drain()
+    assert UsageRecord.objects.for_tenant(tenant).filter(event_id="req_test1").count() == 1
+
+
+def test_poison_events_are_dead_lettered_and_do_not_block_the_rest(tenant):
+    publish(
+        event(tenant, 1),
+        {"garbage": True},
+        event(tenant, 2, inputs=-1),
+        event(tenant, 3, tenant_id="ten_unknown"),
+        event(tenant, 4, occurred_at="yesterday"),
+        event(tenant, 5),
+    )
+    assert drain() == 2
+    assert set(UsageRecord.objects.for_tenant(tenant).values_list("event_id", flat=True)) == {
+        "req_test1",
+        "req_test5",
+    }
+    dead = redis.Redis.from_url(os.environ["REDIS_URL"]).lrange(DEAD_LETTER_KEY, 0, -1)
+    assert len(dead) == 4
+    assert all("why" in json.loads(item) for item in dead)
+
+
+def test_bulk_insert_counts_duplicates(tenant):
+    first = usage_record_bulk(events=[event(tenant, n) for n in range(3)])
+    again = usage_record_bulk(events=[event(tenant, n) for n in range(5)])
+    assert (first.inserted, first.duplicates) == (3, 0)
+    assert (again.inserted, again.duplicates) == (2, 3)
+
+
+def test_usage_api_groups_and_totals(tenant, client_for):
+    now = datetime.now(UTC)
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, model="minilm-l6", api_key_id="key_a"),
+            event(tenant, 2, model="minilm-l6", api_key_id="key_b"),
+            event(
+                tenant,
+                3,
+                model="ft:minilm-l6:x:1",
+                api_key_id="key_a",
+                occurred_at=(now - timedelta(days=1)).isoformat(),
+            ),
+            event(tenant, 4, livemode=False),  # test-mode usage is reported to test keys only
+        ]
+    )
+    api = client_for(tenant, ["billing"])
+    start = (now - timedelta(days=3)).isoformat()
+    body = api.get("/v1/usage", {"group_by": "model", "start": start}).json()
+    assert body["total"]["requests"] == 3 and body["total"]["inputs"] == 6
+    assert {row["model"]: row["requests"] for row in body["data"]} == {
+        "minilm-l6": 2,
+        "ft:minilm-l6:x:1": 1,
+    }
+    assert body["total"]["currency"] == "usd" and body["total"]["amount"] == 0
+    by_key = api.get("/v1/usage", {"group_by": "api_key", "start": start}).json()
+    assert {row["api_key"]: row["requests"] for row in by_key["data"]} == {"key_a": 2, "key_b": 1}
+    by_day = api.get("/v1/usage", {"group_by": "day", "start": start}).json()
+    assert sorted(row["requests"] for row in by_day["data"]) == [1, 2]
+    test_mode = client_for(tenant, ["billing"], mode="test").get("/v1/usage", {"start": start})
+    assert test_mode.json()["total"]["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"group_by": "week"}, "group_by"),
+        ({"start": "last tuesday"}, "start"),
+        ({"end": "2026-13-45"}, "end"),
+        ({"start": "2026-02-01", "end": "2026-01-01"}, "start"),
+    ],
+)
+def test_usage_api_rejects_bad_parameters(tenant, client_for, params, param):
+    response = client_for(tenant, ["billing"]).get("/v1/usage", params)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_usage_api_sees_only_its_own_tenant(tenant, other_tenant, client_for):
+    usage_record_bulk(events=[event(other_tenant, 1)])
+    body = client_for(tenant, ["billing"]).get("/v1/usage").json()
+    assert body["total"]["requests"] == 0

@@ -1,0 +1,1 @@
+"""Data plane: Celery workers that run the models. Never imports Django."""
