@@ -19,6 +19,7 @@ install: $(STAMP)
 migrate: install
 	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py seed
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 
 run: migrate

@@ -22,6 +22,17 @@ from tests.factories import TenantFactory, make_key
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def base_models(request: pytest.FixtureRequest) -> None:
+    """Transactional tests flush every table, data-migration rows included: re-seed."""
+    if "transactional_db" in request.fixturenames or "live_server" in request.fixturenames:
+        from inference.catalog import base_models_seed
+        from inference.models import AIModel
+
+        request.getfixturevalue("transactional_db")
+        base_models_seed(AIModel)
+
+
 @pytest.fixture
 def tenant(db: Any) -> Any:
     return TenantFactory()
@@ -50,7 +61,7 @@ def api(tenant: Any, client_for: Callable[..., APIClient]) -> APIClient:
 
 
 def _wait_for_worker(name: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    from config.celery import app
+    from workers.celery_app import app
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -46,6 +46,7 @@ class ClassifyApi(TenantAPIView):
             labels=data.get("labels"),
             examples=data.get("examples"),
             is_retry=self.is_retry,
+            timings=request._request.server_timing,  # type: ignore[attr-defined]
         )
         return Response(body)
 

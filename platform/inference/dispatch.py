@@ -9,6 +9,7 @@ import time
 from typing import cast
 
 import redis
+from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from django.conf import settings
@@ -33,6 +34,7 @@ def queue_depth() -> int:
 
 
 def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> ClassifyResult:
+    """The worker's answer. Raises Overloaded (503) when none can be had in time."""
     timeout = settings.INFERENCE_TIMEOUT_S
     try:
         if reuse_result:
@@ -51,7 +53,9 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
             expires=request["deadline"] - time.time(),
         )
         return cast(ClassifyResult, async_result.get(timeout=timeout))
-    except CeleryTimeout:
+    except (CeleryTimeout, TaskRevokedError):
+        # Revoked: the message outlived its deadline in the queue and Celery dropped it
+        # unrun (and unbilled). To the client that is the same as a timeout.
         raise Overloaded(
             messages.WORKER_TIMEOUT.format(timeout=timeout),
             code="worker_timeout",

@@ -28,7 +28,9 @@ def classify(
     labels: list[str] | None,
     examples: list[Example] | None,
     is_retry: bool,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """Classify through a worker; ``timings['worker']`` gets the ms spent waiting for it."""
     model = model_get_visible(tenant=tenant, model_id=model_id, param="model")
     if model.status != AIModel.Status.READY:
         raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
@@ -57,7 +59,10 @@ def classify(
         "examples": [{"text": e["text"], "label": e["label"]} for e in examples or []] or None,
         "deadline": time.time() + settings.INFERENCE_TIMEOUT_S,
     }
+    started = time.perf_counter()
     result = classify_dispatch(payload, reuse_result=is_retry)
+    if timings is not None:
+        timings["worker"] = (time.perf_counter() - started) * 1000
     return _response(result, request_id=request_id, model=model)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from kombu import Connection, Exchange
 from kombu import Queue as KombuQueue
 
@@ -61,7 +61,10 @@ class UsageConsumer:
             return 0
         batch, self._buffer = self._buffer, []
         try:
-            close_old_connections()
+            if not connection.in_atomic_block:
+                # A long-lived process must drop connections the database has closed; but
+                # a caller that holds a transaction (a test) owns its connection.
+                close_old_connections()
             outcome = usage_record_bulk(events=[body for body, _ in batch])
         except DatabaseError:
             logger.exception("usage batch of %d not stored; re-queued", len(batch))
@@ -85,9 +88,9 @@ class UsageConsumer:
         """Consume until ``should_stop()`` (or, with ``until_idle``, until the queue stays
         empty for one flush interval). Returns rows inserted."""
         inserted = 0
-        with Connection(self.url) as connection:
-            connection.ensure_connection(max_retries=10)
-            consumer = connection.Consumer(
+        with Connection(self.url) as broker:
+            broker.ensure_connection(max_retries=10)
+            consumer = broker.Consumer(
                 [usage_queue],
                 callbacks=[self._on_message],
                 accept=["json"],
@@ -96,7 +99,7 @@ class UsageConsumer:
             with consumer:
                 while not should_stop():
                     try:
-                        connection.drain_events(timeout=self.flush_interval)
+                        broker.drain_events(timeout=self.flush_interval)
                     except TimeoutError:
                         if until_idle and not self._buffer:
                             break

@@ -1,0 +1,255 @@
+"""/v1/classify against the raw model, in one run on this machine.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python tests/benchmarks/bench_api.py [--seconds 20]
+
+Prints, side by side (ratios are what to compare: the machines drift 20-40 % between runs):
+- raw model texts/s: the encoder fed through the dynamic batcher with no API, and one text
+  per forward pass;
+- /v1/classify inputs/s at 32 concurrent one-input clients, with the worker batching
+  (defaults) and with batching off (WORKER_MAX_BATCH_SIZE=1), and the ratios;
+- p50 time the API spends on a request outside the worker (auth, validation, enqueue,
+  result wait overhead, idempotency, rendering): the ``app`` minus ``worker`` parts of the
+  ``Server-Timing`` header, from sequential requests.
+
+It starts the same processes ``make run`` does (gunicorn, a Celery inference worker, the
+usage consumer) on a fresh SQLite file and the Redis named by REDIS_URL (else an embedded
+one), on free loopback ports, and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+
+from bench_model import make_texts, one_per_forward  # noqa: E402
+
+from deploy.devserver import _children  # noqa: E402
+from deploy.embedded_redis import free_port, start_embedded_redis, stop_embedded_redis  # noqa: E402
+
+LABELS = ["complaint", "praise", "question"]
+
+
+def raw_model(texts: list[str]) -> tuple[float, float]:
+    """(batched texts/s through the dynamic batcher, one-per-forward texts/s)."""
+    from workers.runtime.batcher import DynamicBatcher
+    from workers.runtime.encoder import load_encoder
+    from workers.settings import get_settings
+
+    s = get_settings()
+    encoder = load_encoder("minilm-l6", device=s.device, threads=s.torch_threads)
+    ids = [t.ids for t in encoder.tokenize(texts)]
+    batcher = DynamicBatcher(
+        encoder.embed_ids,
+        max_batch_tokens=s.max_batch_tokens,
+        max_batch_size=s.max_batch_size,
+        max_wait_ms=s.max_wait_ms,
+    )
+    batcher.submit_many(ids[:64])[-1].result()  # warm
+    began = time.perf_counter()
+    futures = batcher.submit_many(ids)
+    for future in futures:
+        future.result()
+    batched = len(ids) / (time.perf_counter() - began)
+    batcher.close()
+    single = one_per_forward(encoder, ids[:128])
+    return batched, single
+
+
+class Stack:
+    """gunicorn + inference worker + usage consumer, as make run starts them."""
+
+    def __init__(self, env: dict[str, str], port: int, log_dir: Path) -> None:
+        self.env, self.port, self.log_dir = env, port, log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, names: list[str], extra_env: dict[str, str] | None = None) -> None:
+        env = {**self.env, **(extra_env or {})}
+        for name, command in _children(str(self.port)).items():
+            if name in names:
+                out = (self.log_dir / f"{name}.log").open("ab")
+                self.procs[name] = subprocess.Popen(
+                    command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
+
+    def stop(self, names: list[str] | None = None) -> None:
+        for name in list(names or self.procs):
+            proc = self.procs.pop(name)
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_until_serving(url: str, secret: str) -> None:
+    deadline = time.monotonic() + 180
+    body = {"model": "minilm-l6", "inputs": ["warm up"], "labels": LABELS}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while time.monotonic() < deadline:
+            try:
+                r = client.post(
+                    "/v1/classify", json=body, headers={"Authorization": f"Bearer {secret}"}
+                )
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+    raise RuntimeError("the stack did not answer a classification in 180 s")
+
+
+def load(url: str, secret: str, texts: list[str], clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` threads, each sending one-input requests back to back for ``seconds``."""
+    stop_at = time.monotonic() + seconds
+    done, errors, latencies = [0], [0], []
+    lock = threading.Lock()
+
+    def run(offset: int) -> None:
+        headers = {"Authorization": f"Bearer {secret}"}
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
+            i = offset
+            while time.monotonic() < stop_at:
+                body = {"model": "minilm-l6", "inputs": [texts[i % len(texts)]], "labels": LABELS}
+                sent = time.perf_counter()
+                r = client.post("/v1/classify", json=body)
+                elapsed = (time.perf_counter() - sent) * 1000
+                with lock:
+                    if r.status_code == 200:
+                        done[0] += 1
+                        latencies.append(elapsed)
+                    else:
+                        errors[0] += 1
+                i += clients
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "rate": done[0] / elapsed,
+        "errors": errors[0],
+        "p50": statistics.median(latencies) if latencies else float("nan"),
+        "p95": latencies[int(len(latencies) * 0.95)] if latencies else float("nan"),
+    }
+
+
+def api_overhead(url: str, secret: str, texts: list[str], n: int) -> tuple[float, float, float]:
+    """Sequential requests: p50 of app, worker and app - worker (ms) from Server-Timing."""
+    app_ms, worker_ms, outside = [], [], []
+    with httpx.Client(
+        base_url=url, timeout=60, headers={"Authorization": f"Bearer {secret}"}
+    ) as client:
+        for i in range(n):
+            body = {"model": "minilm-l6", "inputs": [texts[i % len(texts)]], "labels": LABELS}
+            r = client.post("/v1/classify", json=body)
+            timing = dict(re.findall(r"(\w+);dur=([\d.]+)", r.headers["Server-Timing"]))
+            a, w = float(timing["app"]), float(timing["worker"])
+            app_ms.append(a)
+            worker_ms.append(w)
+            outside.append(a - w)
+    return statistics.median(app_ms), statistics.median(worker_ms), statistics.median(outside)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = make_texts(512)
+
+    batched_raw, single_raw = raw_model(texts)
+    gc.collect()
+    print(f"raw model, dynamic batcher (no API):          {batched_raw:8.1f} texts/s")
+    print(f"raw model, one text per forward:              {single_raw:8.1f} texts/s")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    embedded = None
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        embedded, redis_url = start_embedded_redis(str(work))
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{work / 'db.sqlite3'}"),
+        "DJANGO_SETTINGS_MODULE": "config.settings.base",
+        "LOG_LEVEL": "WARNING",
+        "HF_HUB_OFFLINE": "1",
+    }
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=ROOT)
+    created = subprocess.run(
+        [*manage, "create_tenant", "bench"],
+        env=env,
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    secret = created.stdout.strip().splitlines()[-1]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    stack = Stack(env, port, work)
+    try:
+        stack.start(["api", "usage-consumer", "inference-worker"])
+        wait_until_serving(url, secret)
+        load(url, secret, texts, args.clients, 3)  # warm every thread's connections
+        batched_api = load(url, secret, texts, args.clients, args.seconds)
+        app_p50, worker_p50, outside_p50 = api_overhead(url, secret, texts, 200)
+
+        stack.stop(["inference-worker"])
+        stack.start(["inference-worker"], {"WORKER_MAX_BATCH_SIZE": "1"})
+        wait_until_serving(url, secret)
+        load(url, secret, texts, args.clients, 3)
+        unbatched_api = load(url, secret, texts, args.clients, args.seconds)
+    finally:
+        stack.stop()
+        if embedded is not None:
+            stop_embedded_redis(embedded)
+
+    c = args.clients
+    print(
+        f"/v1/classify, {c} clients, batching on:        {batched_api['rate']:8.1f} inputs/s "
+        f"(p50 {batched_api['p50']:.0f} ms, p95 {batched_api['p95']:.0f} ms, "
+        f"{batched_api['errors']:.0f} errors)"
+    )
+    print(
+        f"/v1/classify, {c} clients, batch size 1:       {unbatched_api['rate']:8.1f} inputs/s "
+        f"(p50 {unbatched_api['p50']:.0f} ms, p95 {unbatched_api['p95']:.0f} ms, "
+        f"{unbatched_api['errors']:.0f} errors)"
+    )
+    print(
+        f"ratio API / raw batched model:                "
+        f"{batched_api['rate'] / batched_raw:8.2f}  (target >= 0.6)"
+    )
+    print(
+        f"ratio batched / one-per-forward serving:      "
+        f"{batched_api['rate'] / unbatched_api['rate']:8.2f}x (target >= 2)"
+    )
+    print(
+        f"API time outside the worker, p50 (sequential): {outside_p50:7.2f} ms "
+        f"(app {app_p50:.2f} ms, waiting on worker {worker_p50:.2f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

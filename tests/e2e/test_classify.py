@@ -1,0 +1,165 @@
+"""The walking skeleton, end to end: real HTTP → API → Redis → a real Celery worker running
+all-MiniLM-L6-v2 → back to the customer → usage event → consumer → ledger."""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from kombu import Connection
+
+from metering.consumer import usage_exchange, usage_queue
+from metering.models import UsageRecord
+from tests.e2e.conftest import drain_usage
+from workers.contract import USAGE_ROUTING_KEY
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+SENTIMENT = ["positive", "negative"]
+
+
+def classify(client, body, **headers):
+    return client.post("/v1/classify", json=body, headers=headers)
+
+
+def test_zero_shot_classification(http, secret):
+    with http(secret) as client:
+        response = classify(
+            client,
+            {
+                "model": "minilm-l6",
+                "inputs": [
+                    "I absolutely love this, it works wonderfully and makes me happy.",
+                    "This is terrible. It broke after a day and I hate it.",
+                ],
+                "labels": SENTIMENT,
+            },
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "classification" and body["model"] == "minilm-l6"
+    assert body["id"].startswith("req_") and response.headers["X-Request-Id"] == body["id"]
+    assert [row["index"] for row in body["results"]] == [0, 1]
+    assert [row["label"] for row in body["results"]] == ["positive", "negative"]
+    for row in body["results"]:
+        assert set(row["scores"]) == set(SENTIMENT)
+        assert math.isclose(sum(row["scores"].values()), 1.0, abs_tol=1e-4)
+        assert row["score"] == max(row["scores"].values())
+    usage = body["usage"]
+    assert usage["inputs"] == 2 and usage["tokens"] > 10 and usage["compute_ms"] > 0
+    assert usage["cached"] == 0
+
+
+def test_few_shot_classification(http, secret):
+    examples = [
+        {"text": "I was charged twice on my invoice this month", "label": "billing"},
+        {"text": "Please refund the duplicate payment on my card", "label": "billing"},
+        {"text": "How do I update the credit card used for my subscription?", "label": "billing"},
+        {"text": "The app crashes when I open the settings page", "label": "technical"},
+        {"text": "I get a 500 error when uploading a file", "label": "technical"},
+        {"text": "The sync keeps failing with a timeout on my laptop", "label": "technical"},
+    ]
+    with http(secret) as client:
+        response = classify(
+            client,
+            {
+                "model": "minilm-l6",
+                "inputs": [
+                    "Why was my card billed two times?",
+                    "The page crashes with an error whenever I click save",
+                ],
+                "examples": examples,
+            },
+        )
+    assert response.status_code == 200, response.text
+    assert [row["label"] for row in response.json()["results"]] == ["billing", "technical"]
+
+
+def test_every_answered_request_is_one_ledger_row(http, secret):
+    bodies = [
+        {"model": "minilm-l6", "inputs": [f"message number {n}", "another"], "labels": SENTIMENT}
+        for n in range(8)
+    ]
+    with http(secret) as client, ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda b: classify(client, b), bodies))
+    assert all(r.status_code == 200 for r in responses)
+    drain_usage()
+    ids = {r.json()["id"] for r in responses}
+    rows = {row.event_id: row for row in UsageRecord.objects.unscoped().filter(event_id__in=ids)}
+    assert set(rows) == ids
+    for response in responses:
+        body = response.json()
+        row = rows[body["id"]]
+        assert (row.inputs, row.tokens) == (2, body["usage"]["tokens"])
+        assert row.model == "minilm-l6" and row.livemode is True
+
+
+def test_idempotent_replay_answers_once_and_bills_once(http, secret):
+    body = {"model": "minilm-l6", "inputs": ["great stuff"], "labels": SENTIMENT}
+    with http(secret) as client:
+        first = classify(client, body, **{"Idempotency-Key": "retry-1"})
+        second = classify(client, body, **{"Idempotency-Key": "retry-1"})
+        other = classify(client, {**body, "inputs": ["other"]}, **{"Idempotency-Key": "retry-1"})
+    assert first.status_code == second.status_code == 200
+    assert second.json() == first.json()
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert other.status_code == 409
+    drain_usage()
+    assert UsageRecord.objects.unscoped().filter(event_id=first.json()["id"]).count() == 1
+
+
+def test_the_same_usage_message_delivered_twice_is_one_row(http, secret):
+    with http(secret) as client:
+        response = classify(client, {"model": "minilm-l6", "inputs": ["hi"], "labels": SENTIMENT})
+    drain_usage()
+    row = UsageRecord.objects.unscoped().get(event_id=response.json()["id"])
+    event = {
+        "v": 1,
+        "event_id": row.event_id,
+        "kind": "inference",
+        "tenant_id": row.tenant_id,
+        "api_key_id": row.api_key_id,
+        "livemode": row.livemode,
+        "model": row.model,
+        "inputs": row.inputs,
+        "tokens": row.tokens,
+        "compute_ms": row.compute_ms,
+        "cached": row.cached,
+        "occurred_at": row.occurred_at.isoformat(),
+        "worker": row.worker,
+    }
+    with Connection(os.environ["REDIS_URL"]) as connection:
+        connection.Producer().publish(
+            event, exchange=usage_exchange, routing_key=USAGE_ROUTING_KEY, declare=[usage_queue]
+        )
+    drain_usage()
+    assert UsageRecord.objects.unscoped().filter(event_id=row.event_id).count() == 1
+
+
+def test_a_worker_that_cannot_answer_in_time_is_a_503_and_unbilled(http, secret, settings):
+    settings.INFERENCE_TIMEOUT_S = 0.001  # expires before any worker can take it
+    with http(secret) as client:
+        response = classify(client, {"model": "minilm-l6", "inputs": ["x"], "labels": SENTIMENT})
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "overloaded"
+    assert response.json()["error"]["code"] in {"worker_timeout", "expired"}
+    assert "Retry-After" in response.headers
+    drain_usage()
+    assert (
+        not UsageRecord.objects.unscoped().filter(event_id=response.json().get("id", "")).exists()
+    )
+    assert (
+        not UsageRecord.objects.unscoped()
+        .filter(event_id=response.headers["X-Request-Id"])
+        .exists()
+    )
+
+
+def test_a_full_queue_is_refused_at_once(http, secret, settings):
+    settings.INFERENCE_MAX_QUEUE_DEPTH = 0
+    with http(secret) as client:
+        response = classify(client, {"model": "minilm-l6", "inputs": ["x"], "labels": SENTIMENT})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "overloaded"

@@ -1,0 +1,77 @@
+"""Tenant B's key against every tenant-owned route, with tenant A's ids: always a 404
+(never a 403 that would confirm the id exists), and A's objects are untouched."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from rest_framework.test import APIClient
+
+from apikeys.models import ApiKey
+from config.urls import v1
+from inference.models import AIModel
+from tests.factories import TenantFactory, make_key
+
+pytestmark = pytest.mark.django_db
+
+
+def bearer(secret):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def test_tenant_b_cannot_see_or_touch_tenant_a(tenant):
+    a_secret = make_key(tenant, ["admin"])
+    a_key = ApiKey.objects.for_tenant(tenant).get()
+    a_model = AIModel.objects.create(
+        id="ft:minilm-l6:support:abc123",
+        tenant=tenant,
+        kind="fine_tuned",
+        base_model="minilm-l6",
+        labels=["x", "y"],
+    )
+    b = bearer(make_key(TenantFactory(), ["admin"]))
+    ids = {"key_id": a_key.pk, "model_id": a_model.pk}
+
+    # Every route with an id in its path, every method it serves.
+    checked = set()
+    for pattern in v1:
+        route = str(pattern.pattern)
+        params = re.findall(r"<str:(\w+)>", route)
+        if not params:
+            continue
+        path = "/" + re.sub(r"<str:(\w+)>", lambda m: ids[m.group(1)], route)
+        view = pattern.callback.view_class
+        for method in ("get", "post", "delete"):
+            if hasattr(view, method):
+                response = getattr(b, method)(path, {}, format="json")
+                assert response.status_code == 404, (method, path, response.json())
+                assert response.json()["error"]["type"] == "not_found"
+                checked.add((method, route))
+    assert len(checked) >= 5
+
+    response = b.post("/v1/classify", {"model": a_model.pk, "inputs": ["x"]}, format="json")
+    assert response.status_code == 404 and response.json()["error"]["param"] == "model"
+    assert a_model.pk not in [m["id"] for m in b.get("/v1/models").json()["data"]]
+    assert a_key.pk not in [k["id"] for k in b.get("/v1/api-keys").json()["data"]]
+
+    # A's objects survived B's attempts.
+    assert bearer(a_secret).get(f"/v1/api-keys/{a_key.pk}").status_code == 200
+    assert bearer(a_secret).get(f"/v1/models/{a_model.pk}").status_code == 200
+
+
+def test_models_lists_base_models_and_own_fine_tunes(tenant, api):
+    AIModel.objects.create(
+        id="ft:minilm-l6:mine:1", tenant=tenant, kind="fine_tuned", base_model="minilm-l6"
+    )
+    ids = [m["id"] for m in api.get("/v1/models").json()["data"]]
+    assert "minilm-l6" in ids and "ft:minilm-l6:mine:1" in ids
+    base = api.get("/v1/models/minilm-l6").json()
+    assert base["type"] == "base" and base["owned_by"] == "system"
+    refused = api.delete("/v1/models/minilm-l6")
+    assert refused.status_code == 403
+    deleted = api.delete("/v1/models/ft:minilm-l6:mine:1")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert api.get("/v1/models/ft:minilm-l6:mine:1").status_code == 404

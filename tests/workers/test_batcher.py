@@ -1,0 +1,140 @@
+"""The dynamic batcher: right answers under concurrency, honest cost shares, clean stops."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+
+import pytest
+import torch
+
+from workers.runtime.batcher import (
+    BatcherClosedError,
+    BatcherOverloadedError,
+    DynamicBatcher,
+    plan_sub_batches,
+)
+from workers.runtime.encoder import Encoder
+
+WORDS = (
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+)
+
+
+def _text(i: int) -> str:
+    # Varied lengths (3..60 words) so batches mix short and long texts.
+    return " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(3 + (i * 13) % 58))
+
+
+def test_concurrent_submissions_each_get_their_own_embedding(encoder: Encoder) -> None:
+    texts = [_text(i) for i in range(48)]
+    alone = [encoder.embed([t])[0] for t in texts]  # one text per forward pass
+    batcher = DynamicBatcher(
+        encoder.embed_ids, max_batch_tokens=2048, max_batch_size=32, max_wait_ms=20
+    )
+    barrier = threading.Barrier(16)
+
+    def request(chunk: int) -> list[torch.Tensor]:
+        mine = texts[chunk * 3 : chunk * 3 + 3]
+        barrier.wait()  # all threads submit at once, so their texts share batches
+        futures = batcher.submit_many([t.ids for t in encoder.tokenize(mine)])
+        return [f.result(timeout=30).vector for f in futures]
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = [v for chunk in pool.map(request, range(16)) for v in chunk]
+        stats = batcher.stats()
+    finally:
+        batcher.close()
+    for got, want in zip(results, alone, strict=True):
+        assert torch.allclose(got, want, atol=1e-4)
+    assert stats.texts == 48
+    assert stats.forwards < 48 / 2  # they really were batched
+    assert stats.padded_tokens < 1.25 * stats.real_tokens  # length bucketing cut padding
+
+
+def test_compute_shares_split_batch_time_by_tokens(encoder: Encoder) -> None:
+    batcher = DynamicBatcher(
+        encoder.embed_ids, max_batch_tokens=8192, max_batch_size=64, max_wait_ms=5
+    )
+    try:
+        tokenized = encoder.tokenize([_text(i) for i in range(40)])
+        results = [f.result(timeout=30) for f in batcher.submit_many([t.ids for t in tokenized])]
+        stats = batcher.stats()
+        # Four texts of similar length go in one forward pass: shares are then exactly
+        # proportional to each text's tokens.
+        few = encoder.tokenize([" ".join(WORDS[:n]) for n in (4, 6, 8, 10)])
+        shares = [f.result(timeout=30) for f in batcher.submit_many([t.ids for t in few])]
+        assert batcher.stats().forwards == stats.forwards + 1
+    finally:
+        batcher.close()
+    # Every millisecond the model was busy is billed to someone, and nothing more.
+    assert sum(r.compute_ms for r in results) == pytest.approx(stats.busy_ms, rel=1e-9)
+    per_token = [r.compute_ms / t.tokens for r, t in zip(shares, few, strict=True)]
+    assert max(per_token) == pytest.approx(min(per_token), rel=1e-9)
+
+
+def test_plan_cuts_where_padding_costs_more_than_a_forward_pass() -> None:
+    # Eight short texts and two long ones: padding the short ones to 200 would waste more
+    # than one extra forward pass costs.
+    assert plan_sub_batches([10] * 8 + [200] * 2, max_tokens=8192, max_size=64) == [8, 10]
+    # Similar lengths stay together.
+    assert plan_sub_batches([30, 31, 32, 33], max_tokens=8192, max_size=64) == [4]
+    # The token budget and the row cap are hard limits; one over-long row still runs.
+    assert plan_sub_batches([100] * 6, max_tokens=250, max_size=64) == [2, 4, 6]
+    ends = plan_sub_batches([10] * 5, max_tokens=8192, max_size=2)
+    assert ends[-1] == 5 and all(b - a <= 2 for a, b in pairwise([0, *ends]))
+    assert plan_sub_batches([300], max_tokens=256, max_size=8) == [1]
+
+
+def test_a_failing_forward_pass_fails_its_callers_not_the_batcher() -> None:
+    calls = 0
+
+    def flaky(batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("out of memory")
+        return torch.ones(len(batch), 4)
+
+    batcher = DynamicBatcher(flaky, max_batch_tokens=1024, max_batch_size=8, max_wait_ms=1)
+    try:
+        first = batcher.submit([1, 2, 3])
+        with pytest.raises(RuntimeError, match="out of memory"):
+            first.result(timeout=5)
+        assert batcher.submit([1, 2]).result(timeout=5).vector.shape == (4,)
+    finally:
+        batcher.close()
+
+
+def test_bounded_queue_pushes_back_and_close_drains() -> None:
+    release = threading.Event()
+
+    def slow(batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        release.wait(5)
+        return torch.zeros(len(batch), 4)
+
+    batcher = DynamicBatcher(
+        slow, max_batch_tokens=1024, max_batch_size=1, max_wait_ms=0, max_pending=2
+    )
+    running = batcher.submit([1])  # taken by the model thread, which now blocks
+    queued = batcher.submit_many([[2], [3]])
+    with pytest.raises(BatcherOverloadedError):
+        batcher.submit([4], timeout=0.2)
+    release.set()
+    batcher.close()
+    # Work accepted before close() was finished, not dropped.
+    assert running.done() and all(f.result(timeout=0).vector.shape == (4,) for f in queued)
+    with pytest.raises(BatcherClosedError):
+        batcher.submit([5])

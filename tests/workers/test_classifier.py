@@ -1,0 +1,123 @@
+"""The engine: zero-shot, few-shot, the label cache, and errors as results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.workers.helpers import make_request
+from workers.contract import ClassifyResult, Example
+from workers.runtime.classifier import ClassifierEngine
+
+SUPPORT: list[Example] = [
+    {"text": "I was charged twice for my subscription this month", "label": "billing"},
+    {"text": "Please refund the extra fee on my credit card", "label": "billing"},
+    {"text": "My invoice shows the wrong VAT amount", "label": "billing"},
+    {"text": "How do I update the card used for payments?", "label": "billing"},
+    {"text": "The app crashes every time I open the settings page", "label": "technical"},
+    {"text": "I get error 500 when uploading a file", "label": "technical"},
+    {"text": "The login page keeps spinning and never loads", "label": "technical"},
+    {"text": "Sync between my laptop and phone stopped working", "label": "technical"},
+]
+HELD_OUT = {
+    "Why was my card billed two times for one order?": "billing",
+    "Can you send me a receipt for last month's payment?": "billing",
+    "I want my money back for the annual plan": "billing",
+    "The export button does nothing when I click it": "technical",
+    "The mobile app freezes after the latest update": "technical",
+    "I see a blank white screen after signing in": "technical",
+}
+
+
+def _check_distribution(result: ClassifyResult, labels: list[str]) -> None:
+    assert "error" not in result
+    for row in result["results"]:
+        assert list(row["scores"]) == labels
+        assert abs(sum(row["scores"].values()) - 1.0) <= 1e-6
+        assert all(0.0 <= p <= 1.0 for p in row["scores"].values())
+        assert row["score"] == row["scores"][row["label"]] == max(row["scores"].values())
+
+
+def test_zero_shot_sentiment(engine: ClassifierEngine) -> None:
+    labels = ["positive", "negative"]
+    inputs = [
+        "I absolutely love this product, it works great",
+        "This is the worst purchase I have ever made, total garbage",
+    ]
+    result = engine.classify(make_request(inputs, labels=labels))
+    _check_distribution(result, labels)
+    assert [row["label"] for row in result["results"]] == ["positive", "negative"]
+    assert [row["index"] for row in result["results"]] == [0, 1]
+    usage = result["usage"]
+    assert usage["inputs"] == 2 and usage["cached"] == 0
+    assert usage["tokens"] == 25  # the inputs' tokens, [CLS] and [SEP] included
+    assert usage["compute_ms"] > 0
+
+
+def test_few_shot_support_tickets(engine: ClassifierEngine) -> None:
+    result = engine.classify(make_request(list(HELD_OUT), examples=SUPPORT))
+    _check_distribution(result, ["billing", "technical"])
+    assert [row["label"] for row in result["results"]] == list(HELD_OUT.values())
+
+
+def test_labels_and_examples_mix(engine: ClassifierEngine) -> None:
+    # "shipping" has no examples: it falls back to its label prompt.
+    labels = ["billing", "technical", "shipping"]
+    inputs = [*HELD_OUT, "My parcel is stuck in customs and the courier won't tell me why"]
+    result = engine.classify(make_request(inputs, labels=labels, examples=SUPPORT))
+    _check_distribution(result, labels)
+    assert [row["label"] for row in result["results"]] == [*HELD_OUT.values(), "shipping"]
+
+
+def test_label_embeddings_are_cached(engine: ClassifierEngine) -> None:
+    labels = ["sports", "politics", "technology", "cooking"]
+    inputs = ["The striker scored twice to win the match", "Bake the bread for thirty minutes"]
+    batcher = engine.runtime("minilm-l6").batcher
+    first = engine.classify(make_request(inputs, labels=labels))
+    assert batcher.stats().texts == 2 + 4 and engine.cache.hits == 0
+
+    # Same labels again: only the two inputs go through the model.
+    second = engine.classify(make_request(inputs, labels=labels))
+    assert batcher.stats().texts == 6 + 2 and engine.cache.hits == 4
+    assert second["results"] == first["results"]
+    assert second["usage"]["compute_ms"] < first["usage"]["compute_ms"]  # no label work
+
+    # Examples for two labels: the other two labels' prompts still come from the cache.
+    examples: list[Example] = [
+        {"text": "The goalkeeper saved a penalty in extra time", "label": "sports"},
+        {"text": "Whisk the eggs with sugar until pale", "label": "cooking"},
+    ]
+    third = engine.classify(make_request(inputs, labels=labels, examples=examples))
+    assert batcher.stats().texts == 8 + 2 + 2 and engine.cache.hits == 4 + 2
+    assert [r["label"] for r in third["results"]] == ["sports", "cooking"]
+
+
+def test_long_input_is_flagged_truncated(engine: ClassifierEngine) -> None:
+    long_text = "the shipment is late again " * 100
+    result = engine.classify(make_request([long_text, "short"], labels=["late", "fine"]))
+    assert [row["truncated"] for row in result["results"]] == [True, False]
+    assert result["usage"]["tokens"] == 256 + 3
+
+
+def test_unknown_base_model_is_an_error_result(engine: ClassifierEngine) -> None:
+    result = engine.classify(make_request(["hi"], labels=["a", "b"], base_model="gpt-17"))
+    assert result["error"]["code"] == "model_unavailable"
+    assert result["results"] == [] and result["usage"]["inputs"] == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"labels": None, "examples": None},
+        {"inputs": []},
+        {"inputs": ["x" * 10_001]},
+        {"labels": ["a", ""]},
+        {"labels": ["a", "b"], "examples": [{"text": "t", "label": "c"}]},
+    ],
+)
+def test_invalid_requests_are_error_results(
+    engine: ClassifierEngine, overrides: dict[str, Any]
+) -> None:
+    request = make_request(**{"inputs": ["hello"], "labels": ["a", "b"], **overrides})
+    assert engine.classify(request)["error"]["code"] == "invalid_request"

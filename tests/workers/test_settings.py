@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from workers.settings import DEFAULT_REDIS_URL, WorkerSettings, settings_from_env
+
+
+def test_defaults_are_safe_for_one_machine() -> None:
+    settings = settings_from_env({})
+    assert settings.redis_url == DEFAULT_REDIS_URL
+    assert settings.torch_threads == (os.cpu_count() or 1)
+    assert settings.device == "auto"
+    assert settings.max_batch_tokens >= 256 and settings.max_batch_size >= 1
+
+
+def test_reads_the_environment() -> None:
+    settings = settings_from_env(
+        {
+            "REDIS_URL": "redis://example:6379/3",
+            "WORKER_MAX_BATCH_TOKENS": "2048",
+            "WORKER_MAX_BATCH_SIZE": "16",
+            "WORKER_MAX_WAIT_MS": "2.5",
+            "WORKER_TORCH_THREADS": "3",
+            "WORKER_EMBED_CACHE_SIZE": "0",
+            "WORKER_DEVICE": "CPU",
+        }
+    )
+    assert settings == WorkerSettings(
+        redis_url="redis://example:6379/3",
+        max_batch_tokens=2048,
+        max_batch_size=16,
+        max_wait_ms=2.5,
+        torch_threads=3,
+        embed_cache_size=0,
+        device="cpu",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORKER_MAX_BATCH_SIZE", "0"),
+        ("WORKER_MAX_BATCH_TOKENS", "lots"),
+        ("WORKER_MAX_WAIT_MS", "-1"),
+        ("WORKER_DEVICE", "tpu"),
+    ],
+)
+def test_a_bad_value_fails_loudly(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        settings_from_env({name: value})

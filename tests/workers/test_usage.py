@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import socket
+from datetime import datetime, timedelta
+
+from tests.workers.helpers import make_request
+from tests.workers.usage_queue import drain_usage_events
+from workers.celery_app import app
+from workers.contract import ClassifyResult
+from workers.usage import usage_event_build, usage_publish
+
+
+def _result(request_id: str) -> ClassifyResult:
+    return {
+        "v": 1,
+        "request_id": request_id,
+        "model": "minilm-l6",
+        "results": [],
+        "usage": {"inputs": 3, "tokens": 42, "compute_ms": 12.5, "cached": 0},
+    }
+
+
+def test_event_is_keyed_by_the_request_id() -> None:
+    request = make_request(["a", "b", "c"], labels=["x", "y"], livemode=True)
+    event = usage_event_build(request=request, result=_result(request["request_id"]))
+    assert event["event_id"] == request["request_id"]
+    assert (event["tenant_id"], event["api_key_id"], event["livemode"]) == (
+        "ten_test",
+        "key_test",
+        True,
+    )
+    assert (event["inputs"], event["tokens"], event["compute_ms"], event["cached"]) == (
+        3,
+        42,
+        12.5,
+        0,
+    )
+    assert event["kind"] == "inference" and event["worker"] == socket.gethostname()
+    assert datetime.fromisoformat(event["occurred_at"]).utcoffset() == timedelta(0)
+
+
+def test_published_event_lands_on_the_usage_queue_as_plain_json() -> None:
+    drain_usage_events()
+    request = make_request(["a"], labels=["x", "y"])
+    event = usage_event_build(request=request, result=_result(request["request_id"]))
+    usage_publish(app=app, event=event)
+    assert drain_usage_events() == [event]

@@ -1,0 +1,109 @@
+"""The data plane's Celery app. No Django: a worker needs only the broker.
+
+Run it as (threads: the tasks mostly wait on the in-process batcher, which owns the model)::
+
+    celery -A workers.celery_app worker -Q inference -P threads -c 64 \\
+        --without-gossip --without-mingle --without-heartbeat -n inference@%h
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Celery, signals
+from celery.concurrency import get_implementation
+
+from workers.contract import Queue, TaskName
+from workers.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+settings = get_settings()
+
+# WARNING: `fixups=[]` turns off Celery's Django fix-up, which otherwise imports Django
+# settings whenever DJANGO_SETTINGS_MODULE is set in the environment (as it is on a machine
+# that also runs the API). A worker must never import Django.
+app = Celery("workers", include=["workers.tasks"], fixups=[])
+app.conf.update(
+    broker_url=settings.redis_url,
+    result_backend=settings.redis_url,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_default_queue=Queue.INFERENCE.value,
+    task_routes={TaskName.CLASSIFY.value: {"queue": Queue.INFERENCE.value}},
+    # The API waits seconds for an answer; a result nobody fetched is garbage after this.
+    result_expires=600,
+    broker_connection_retry_on_startup=True,
+    # One message per thread: a busy worker must leave queued requests to idle workers.
+    worker_prefetch_multiplier=1,
+    # The API sends `expires` (its deadline): Celery then revokes a message that waited too
+    # long before it runs. The REVOKED state must reach the result backend so the API's
+    # `get()` fails at once instead of waiting out its timeout: keep results on.
+    task_ignore_result=False,
+    task_store_errors_even_if_ignored=True,
+    enable_utc=True,
+    broker_transport_options={"socket_timeout": 10, "socket_connect_timeout": 5},
+)
+
+# Retry and ack policy for inference, in one place. Early ack (not acks_late): a worker that
+# dies mid-request loses that message; the API times out and the client retries with its
+# idempotency key, which reuses the request id, so the retry cannot be billed twice. Late
+# acks would instead re-run requests whose callers have long given up. No automatic
+# retries for the same reason: a retry after the deadline is wasted work.
+INFERENCE_TASK_POLICY: dict[str, Any] = {
+    "acks_late": False,
+    "reject_on_worker_lost": False,
+    "max_retries": 0,
+    "ignore_result": False,
+}
+
+
+_warmed_in_s: float | None = None
+
+
+def _warm() -> None:
+    global _warmed_in_s
+    from workers.runtime.classifier import get_engine
+    from workers.runtime.encoder import BASE_MODELS
+
+    began = time.perf_counter()
+    engine = get_engine()
+    for base_model in BASE_MODELS:
+        engine.runtime(base_model)
+    _warmed_in_s = time.perf_counter() - began
+
+
+@signals.worker_init.connect
+def _warm_in_worker(sender: Any = None, **_: Any) -> None:
+    """Load the model before the worker consumes, so the first request is not slow.
+
+    With a prefork pool the tasks run in child processes: loading torch in the parent before
+    the fork would waste memory and risk a fork with live threads, so children warm up in
+    ``worker_process_init`` instead.
+    """
+    pool = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
+    if pool.__module__ != "celery.concurrency.prefork":
+        _warm()
+
+
+@signals.worker_process_init.connect
+def _warm_in_child(**_: Any) -> None:
+    _warm()
+
+
+@signals.worker_ready.connect
+def _log_warm(**_: Any) -> None:
+    # Logged here, not in _warm: logging is not configured yet when worker_init fires.
+    if _warmed_in_s is not None:
+        logger.info("inference models loaded in %.2f s", _warmed_in_s)
+
+
+@signals.worker_shutdown.connect
+def _close(**_: Any) -> None:
+    from workers.runtime import classifier
+
+    if classifier._engine is not None:
+        classifier._engine.close()

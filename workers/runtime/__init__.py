@@ -1,0 +1,1 @@
+"""Model runtime: the encoder, the dynamic batcher and the classification engine."""

@@ -1,0 +1,90 @@
+"""Worker configuration, read once from the environment with safe one-machine defaults.
+
+Every value that differs between machines (broker address, batch sizes tuned per CPU/GPU,
+thread counts) comes from an environment variable; nothing here imports torch or Django so
+that reading the settings is cheap and side-effect free.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+
+# NOTE: batch defaults chosen with tests/benchmarks/bench_model.py on a 2-core AVX-512 CPU
+# (fp32, 2 threads, 20-40-word texts); re-run it on new hardware, a GPU wants far larger
+# batches. There, forward passes of ~2k padded tokens were fastest per text (bigger ones
+# lose to cache misses: 64 x 128 tokens cost ~25 % more per token than 8 x 128); 64 rows
+# caps batches of very short texts; waiting 2 ms lets concurrent requests share a pass
+# while costing a lone request only ~2 ms (10 ms cut single-client throughput by ~40 %).
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MAX_BATCH_TOKENS = 2048
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_EMBED_CACHE_SIZE = 10_000
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    redis_url: str = DEFAULT_REDIS_URL
+    # Padded tokens (rows x longest row) allowed in one forward pass: bounds activation
+    # memory and keeps one batch's latency predictable.
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    # How long the batcher holds the first waiting text for company before running it.
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    torch_threads: int = 1
+    embed_cache_size: int = DEFAULT_EMBED_CACHE_SIZE
+    device: str = "auto"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
+    """Build settings from ``env`` (default: ``os.environ``). Invalid values raise at start-up
+    rather than silently falling back, so a mistyped deployment fails loudly."""
+    env = os.environ if env is None else env
+    device = env.get("WORKER_DEVICE", "auto").strip().lower() or "auto"
+    if device not in DEVICES:
+        raise ValueError(f"WORKER_DEVICE must be one of {DEVICES}, got {device!r}")
+    return WorkerSettings(
+        redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
+        max_batch_tokens=_int(env, "WORKER_MAX_BATCH_TOKENS", DEFAULT_MAX_BATCH_TOKENS, 256),
+        max_batch_size=_int(env, "WORKER_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, 1),
+        max_wait_ms=_float(env, "WORKER_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS, 0.0),
+        torch_threads=_int(env, "WORKER_TORCH_THREADS", os.cpu_count() or 1, 1),
+        embed_cache_size=_int(env, "WORKER_EMBED_CACHE_SIZE", DEFAULT_EMBED_CACHE_SIZE, 0),
+        device=device,
+    )
+
+
+@cache
+def get_settings() -> WorkerSettings:
+    """The process-wide settings, read on first use."""
+    return settings_from_env()
