@@ -28,7 +28,6 @@ settings = get_settings()
 app = Celery("workers", include=["workers.tasks"], fixups=[])
 app.conf.update(
     broker_url=settings.redis_url,
-    result_backend=settings.redis_url,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
@@ -39,11 +38,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     # One message per thread: a busy worker must leave queued requests to idle workers.
     worker_prefetch_multiplier=1,
-    # The API sends `expires` (its deadline): Celery then revokes a message that waited too
-    # long before it runs. The REVOKED state must reach the result backend so the API's
-    # `get()` fails at once instead of waiting out its timeout: keep results on.
-    task_ignore_result=False,
-    task_store_errors_even_if_ignored=True,
+    # Answers go back on a per-request Redis list (workers/replies.py), so Celery's result
+    # backend stores nothing. The API sends `expires` (its deadline): Celery drops a message
+    # that waited longer, unrun and unbilled; the API has stopped waiting by then.
+    task_ignore_result=True,
     enable_utc=True,
     broker_transport_options={"socket_timeout": 10, "socket_connect_timeout": 5},
 )
@@ -57,7 +55,7 @@ INFERENCE_TASK_POLICY: dict[str, Any] = {
     "acks_late": False,
     "reject_on_worker_lost": False,
     "max_retries": 0,
-    "ignore_result": False,
+    "ignore_result": True,
 }
 
 

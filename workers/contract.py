@@ -18,10 +18,28 @@ class Queue(enum.StrEnum):
     INFERENCE = "inference"
     TRAINING = "training"
     USAGE = "usage"
+    TRAINING_EVENTS = "training_events"
 
 
 class TaskName(enum.StrEnum):
     CLASSIFY = "workers.classify"
+    TRAIN = "workers.train"
+
+
+# Answers travel back on a per-request Redis list, not through Celery's result backend: the
+# API blocks on one BLPOP instead of a pub/sub subscription per request, the cheapest wait
+# Redis offers. The answer is also kept under ``result_key`` for a while, so that a client's
+# retry (same request id) that arrives after the API gave up is served without re-running.
+REPLY_TTL_S = 60
+RESULT_TTL_S = 600
+
+
+def reply_key(request_id: str) -> str:
+    return f"reply:{request_id}"
+
+
+def result_key(request_id: str) -> str:
+    return f"result:{request_id}"
 
 
 # Usage events are plain JSON messages (not Celery tasks) published to this exchange with
@@ -54,6 +72,9 @@ class ClassifyRequest(TypedDict):
     labels: list[str] | None
     examples: list[Example] | None
     deadline: float  # unix seconds; a worker drops a request it picks up after this
+    # Content hash of a fine-tuned model's artifact in the artifact store; absent or None for
+    # base models. Older workers ignore it (they cannot serve fine-tuned models anyway).
+    artifact: NotRequired[str | None]
 
 
 class ClassificationRow(TypedDict):
@@ -88,7 +109,7 @@ class ClassifyResult(TypedDict):
 class UsageEvent(TypedDict):
     v: int
     event_id: str  # the request id: one billable call, one id, one ledger row
-    kind: Literal["inference"]
+    kind: Literal["inference", "fine_tune"]  # fine_tune: event_id is the job id
     tenant_id: str
     api_key_id: str
     livemode: bool
@@ -99,3 +120,93 @@ class UsageEvent(TypedDict):
     cached: int
     occurred_at: str  # ISO 8601, UTC
     worker: str  # hostname of the worker that served it
+
+
+# --- Training (fine-tuning) -------------------------------------------------------------------
+# The platform sends one TrainRequest per attempt as a Celery task on Queue.TRAINING; the
+# worker reads datasets from and writes models to the artifact store, and reports everything
+# back as JobEvent messages (plain JSON, like usage) on Queue.TRAINING_EVENTS. It never
+# touches the database.
+
+TRAINING_EVENTS_EXCHANGE = "training_events"
+TRAINING_EVENTS_ROUTING_KEY = "training_events"
+
+TrainMethod = Literal["head", "lora"]
+JobEventType = Literal[
+    "started", "heartbeat", "progress", "log", "succeeded", "failed", "cancelled"
+]
+
+
+def cancel_key(job_id: str) -> str:
+    """Redis key the platform sets when a job is cancelled; workers check it between steps."""
+    return f"finetune:cancel:{job_id}"
+
+
+def attempt_key(job_id: str) -> str:
+    """Redis key holding a job's current attempt number: a worker that picks up an older
+    attempt's message (a redelivery after a retry was scheduled) drops it."""
+    return f"finetune:attempt:{job_id}"
+
+
+class Hyperparameters(TypedDict, total=False):
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    target_modules: list[str]
+
+
+class TrainRequest(TypedDict):
+    v: int
+    job_id: str
+    attempt: int  # 1 for the first run; a retry after a lost worker is attempt 2
+    tenant_id: str
+    api_key_id: str
+    livemode: bool
+    base_model: str
+    method: TrainMethod
+    model_id: str  # the public id the model gets on success (ft:minilm-l6:<suffix>:<id>)
+    training_file: str  # artifact hash of the normalised JSONL training set
+    validation_file: str | None  # None: hold out a stratified split of the training set
+    hyperparameters: Hyperparameters
+    seed: int
+
+
+class TrainResult(TypedDict):
+    artifact: str  # content hash of the model file
+    labels: list[str]
+    metrics: dict[str, object]  # accuracy, macro_f1, per_label_f1, ...
+    trained_tokens: int
+    compute_ms: float
+
+
+class JobEvent(TypedDict):
+    v: int
+    job_id: str
+    attempt: int
+    seq: int  # per attempt, from 1: (job_id, attempt, seq) identifies an event
+    type: JobEventType
+    level: Literal["info", "warning", "error"]
+    message: str
+    data: dict[str, object]  # progress: epoch, loss, accuracy; succeeded: a TrainResult
+    occurred_at: str  # ISO 8601, UTC
+    worker: str
+
+
+# Defaults applied to a job's hyperparameters (the job object shows the resolved values) and
+# the bounds the API enforces.
+HYPERPARAMETER_DEFAULTS: dict[str, Hyperparameters] = {
+    "head": {"epochs": 10, "learning_rate": 0.01, "batch_size": 32},
+    "lora": {
+        "epochs": 3,
+        "learning_rate": 0.001,
+        "batch_size": 16,
+        "lora_rank": 8,
+        "lora_alpha": 16.0,
+        "lora_dropout": 0.05,
+        "target_modules": ["query", "value"],
+    },
+}
+LORA_TARGET_MODULES = ("query", "key", "value")

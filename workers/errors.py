@@ -7,8 +7,10 @@ from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult
 EXPIRED = "expired"
 MODEL_UNAVAILABLE = "model_unavailable"
 INVALID_REQUEST = "invalid_request"
+WORKER_ERROR = "worker_error"
 
 EXPIRED_MESSAGE = "The request was not started before its deadline."
+WORKER_ERROR_MESSAGE = "The worker failed while serving this request."
 MODEL_UNAVAILABLE_MESSAGE = "Base model {model!r} is not served by this worker."
 NEEDS_LABELS_MESSAGE = "A base model needs 'labels' or 'examples'."
 BAD_INPUTS_MESSAGE = "'inputs' must hold 1 to {limit} strings."

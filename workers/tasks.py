@@ -1,4 +1,4 @@
-"""Celery entry points: thin wrappers over the engine and usage reporting."""
+"""Celery entry points: thin wrappers over the engine, usage reporting and the reply."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from workers import errors
 from workers.celery_app import INFERENCE_TASK_POLICY, app
 from workers.contract import ClassifyRequest, ClassifyResult, TaskName
+from workers.replies import reply_send
 from workers.runtime.classifier import get_engine
 from workers.usage import usage_event_build, usage_publish
 
@@ -15,10 +16,19 @@ from workers.usage import usage_event_build, usage_publish
 def classify(request: ClassifyRequest) -> ClassifyResult:
     if time.time() > request["deadline"]:
         # The caller has given up: skip the model, and bill nothing.
-        return errors.error_result(request, errors.EXPIRED, errors.EXPIRED_MESSAGE)
-    result = get_engine().classify(request)
-    if "error" not in result:
-        # Published before the result is returned (and stored): no answered call goes
-        # unmetered. If publishing fails the task fails and the client's retry re-runs it.
-        usage_publish(app=app, event=usage_event_build(request=request, result=result))
+        result = errors.error_result(request, errors.EXPIRED, errors.EXPIRED_MESSAGE)
+        reply_send(result)
+        return result
+    try:
+        result = get_engine().classify(request)
+        if "error" not in result:
+            # Published before the answer is sent: no answered call goes unmetered. If
+            # publishing fails the caller hears an error and its retry (same request id)
+            # re-runs the call, which the ledger then counts once.
+            usage_publish(app=app, event=usage_event_build(request=request, result=result))
+    except Exception:
+        # Tell the waiting API now rather than letting it wait out its timeout.
+        reply_send(errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE))
+        raise
+    reply_send(result)
     return result

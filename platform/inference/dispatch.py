@@ -5,63 +5,81 @@ queue is refused at once (503 ``overloaded``) and a worker that does not answer 
 from __future__ import annotations
 
 import functools
+import json
+import threading
 import time
-from typing import cast
+from typing import Any, cast
 
 import redis
-from celery.exceptions import TaskRevokedError
-from celery.exceptions import TimeoutError as CeleryTimeout
-from celery.result import AsyncResult
 from django.conf import settings
 from kombu.exceptions import OperationalError
 
 from config.celery import app
 from core.errors import Overloaded
-from workers.contract import ClassifyRequest, ClassifyResult, Queue, TaskName
+from workers.contract import ClassifyRequest, ClassifyResult, Queue, TaskName, reply_key, result_key
 
 from . import messages
+
+# The queue's depth is read at most this often per process: a precise figure is not needed
+# to shed load, and one Redis round trip per request is.
+DEPTH_TTL_S = 0.25
+_depth = {"value": 0, "read_at": 0.0}
+_depth_lock = threading.Lock()
 
 
 @functools.cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    # NOTE: the socket timeout must outlast the longest BLPOP we issue.
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.INFERENCE_TIMEOUT_S + 10,
+        socket_connect_timeout=5,
+    )
 
 
-def queue_depth() -> int:
-    # NOTE: Celery's Redis transport keeps a queue's default-priority messages in a list named
-    # after the queue.
-    return int(_redis().llen(Queue.INFERENCE.value))
+def queue_depth(*, fresh: bool = True) -> int:
+    now = time.monotonic()
+    with _depth_lock:
+        if not fresh and now - _depth["read_at"] < DEPTH_TTL_S:
+            return int(_depth["value"])
+    # NOTE: Celery's Redis transport keeps a queue's default-priority messages in a list
+    # named after the queue.
+    value = int(cast(Any, _redis().llen(Queue.INFERENCE.value)))
+    with _depth_lock:
+        _depth["value"], _depth["read_at"] = value, now
+    return value
+
+
+def _overloaded(message: str, code: str) -> Overloaded:
+    return Overloaded(message, code=code, headers={"Retry-After": "1"})
 
 
 def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> ClassifyResult:
     """The worker's answer. Raises Overloaded (503) when none can be had in time."""
-    timeout = settings.INFERENCE_TIMEOUT_S
+    request_id = request["request_id"]
+    client = _redis()
     try:
         if reuse_result:
             # A retry under the same Idempotency-Key: a worker may have answered the first
             # attempt after the API gave up. Serve that answer; never run (and bill) it twice.
-            earlier: AsyncResult[ClassifyResult] = AsyncResult(request["request_id"], app=app)
-            if earlier.state == "SUCCESS":
-                return earlier.get(timeout=timeout)
-        if queue_depth() >= settings.INFERENCE_MAX_QUEUE_DEPTH:
-            raise Overloaded(messages.OVERLOADED, code="overloaded", headers={"Retry-After": "1"})
-        async_result = app.send_task(
+            earlier = client.get(result_key(request_id))
+            if earlier is not None:
+                return cast(ClassifyResult, json.loads(cast(bytes, earlier)))
+        if queue_depth(fresh=False) >= settings.INFERENCE_MAX_QUEUE_DEPTH:
+            raise _overloaded(messages.OVERLOADED, "overloaded")
+        app.send_task(
             TaskName.CLASSIFY.value,
             args=[request],
             queue=Queue.INFERENCE.value,
-            task_id=request["request_id"],
+            task_id=request_id,
             expires=request["deadline"] - time.time(),
         )
-        return cast(ClassifyResult, async_result.get(timeout=timeout))
-    except (CeleryTimeout, TaskRevokedError):
-        # Revoked: the message outlived its deadline in the queue and Celery dropped it
-        # unrun (and unbilled). To the client that is the same as a timeout.
-        raise Overloaded(
-            messages.WORKER_TIMEOUT.format(timeout=timeout),
-            code="worker_timeout",
-            headers={"Retry-After": "1"},
-        ) from None
+        # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
+        wait = max(request["deadline"] - time.time(), 0.01)
+        popped = client.blpop([reply_key(request_id)], timeout=wait)
     except (OperationalError, redis.RedisError, ConnectionError):
-        raise Overloaded(
-            messages.BROKER_DOWN, code="broker_unavailable", headers={"Retry-After": "1"}
-        ) from None
+        raise _overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+    if popped is None:
+        timeout = settings.INFERENCE_TIMEOUT_S
+        raise _overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
+    return cast(ClassifyResult, json.loads(cast(Any, popped)[1]))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from core.errors import NotFound
@@ -8,11 +9,33 @@ from tenants.models import Tenant
 from . import messages
 from .models import AIModel
 
+# Base models change only when an operator edits them: each process re-reads them at most
+# this often, which saves a query on every classification.
+BASE_MODEL_TTL_S = 5.0
+_base_models: dict[str, tuple[float, AIModel | None]] = {}
+
+
+def _base_model(model_id: str) -> AIModel | None:
+    now = time.monotonic()
+    cached = _base_models.get(model_id)
+    if cached is None or now - cached[0] > BASE_MODEL_TTL_S:
+        model = (
+            AIModel.objects.unscoped()
+            .filter(pk=model_id, tenant__isnull=True, deleted_at__isnull=True)
+            .first()
+        )
+        cached = _base_models[model_id] = (now, model)
+    return cached[1]
+
 
 def model_get_visible(*, tenant: Tenant, model_id: str, param: str | None = None) -> AIModel:
     """A base model or one of this tenant's own; anything else (including another tenant's
     fine-tuned model) is a 404, so ids leak nothing."""
-    model = AIModel.objects.visible_to(tenant.pk).filter(pk=model_id).first()
+    model = None
+    if not model_id.startswith("ft:"):
+        model = _base_model(model_id)
+    if model is None:
+        model = AIModel.objects.visible_to(tenant.pk).filter(pk=model_id).first()
     if model is None:
         raise NotFound(
             messages.MODEL_NOT_FOUND.format(model=model_id), code="model_not_found", param=param

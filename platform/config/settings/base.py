@@ -111,10 +111,9 @@ CACHES = {
     }
 }
 
-# Celery is used by the control plane only to send tasks and read results; the workers have
-# their own app (workers/celery_app.py) with the same broker.
+# Celery is used by the control plane only to send tasks; the workers have their own app
+# (workers/celery_app.py) with the same broker.
 CELERY_BROKER_URL = REDIS_URL
-CELERY_RESULT_BACKEND = REDIS_URL
 
 # Inference: how long the API waits for a worker, and how deep the queue may grow before new
 # requests are turned away with 503 instead of waiting in a queue they cannot leave in time.
