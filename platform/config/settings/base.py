@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "inference",
     "metering",
     "ops",
+    "plans",
+    "billing",
 ]
 
 MIDDLEWARE = [

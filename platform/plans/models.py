@@ -1,0 +1,61 @@
+"""The plan catalogue. A plan is versioned: a version that subscribers signed is never
+edited in place; an operator's change creates the next version, and existing subscribers
+keep theirs until they are moved."""
+
+from __future__ import annotations
+
+from django.db import models
+
+# Model tiers a plan prices separately. `int8` is the cheaper quantised tier.
+MODEL_TIERS = ("standard", "int8")
+
+
+class Plan(models.Model):
+    id = models.CharField(primary_key=True, max_length=64, editable=False)  # "pro@2"
+    slug = models.SlugField(max_length=40)  # "pro": what customers ask for
+    version = models.PositiveIntegerField(default=1)
+    is_current = models.BooleanField(default=True, help_text="The version new subscribers get.")
+    public = models.BooleanField(default=True, help_text="Listed in GET /v1/plans.")
+    name = models.CharField(max_length=100)
+    currency = models.CharField(max_length=3, default="usd")
+    # Money is integer minor units, or Decimal minor units where a unit price can be
+    # fractional (a price per 1,000 inputs of 0.5 cents is "0.5").
+    base_fee = models.PositiveIntegerField(default=0, help_text="Per month, minor units.")
+    included_inputs = models.PositiveBigIntegerField(default=0)
+    # {"standard": [{"up_to": 1000000, "unit_amount": "40"}, {"up_to": null, ...}], "int8": [...]}
+    # Graduated: each tier's unit_amount (minor units per 1,000 inputs) applies to the inputs
+    # that fall inside it; the last tier has "up_to": null.
+    overage_tiers = models.JSONField(default=dict)
+    finetune_unit_amount = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        default=0,
+        help_text="Minor units per 1,000 trained tokens.",
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(default=60)
+    key_rate_limit_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Per API key; empty = the plan's limit."
+    )
+    concurrency_cap = models.PositiveIntegerField(default=4)
+    monthly_hard_cap = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Inputs per period; empty = no cap."
+    )
+    fine_tuning = models.BooleanField(default=False)
+    max_fine_tuned_models = models.PositiveIntegerField(default=0)
+    lora = models.BooleanField(default=False)
+    cached_results_billed = models.BooleanField(default=True)
+    stripe_product_id = models.CharField(max_length=100, blank=True, default="")
+    stripe_plan_id = models.CharField(max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["slug", "version"], name="plan_slug_version"),
+            models.UniqueConstraint(
+                fields=["slug"], condition=models.Q(is_current=True), name="plan_one_current"
+            ),
+        ]
+        ordering = ["base_fee", "slug", "-version"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (v{self.version})"
