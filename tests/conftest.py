@@ -24,13 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def base_models(request: pytest.FixtureRequest) -> None:
-    """Transactional tests flush every table, data-migration rows included: re-seed."""
+    """Transactional tests flush every table, data-migration rows included: re-seed the base
+    models and the plan catalogue."""
     if "transactional_db" in request.fixturenames or "live_server" in request.fixturenames:
         from inference.catalog import base_models_seed
         from inference.models import AIModel
+        from plans.catalog import plans_seed
+        from plans.models import Plan
 
         request.getfixturevalue("transactional_db")
         base_models_seed(AIModel)
+        plans_seed(Plan)
 
 
 @pytest.fixture

@@ -93,7 +93,8 @@ def api_key_authenticate(*, secret: str) -> ApiKey:
     digest = hash_secret(secret)
     key = (
         ApiKey.objects.unscoped()
-        .select_related("tenant")
+        # The subscription and plan ride along: limits need them on every request.
+        .select_related("tenant", "tenant__subscription", "tenant__subscription__plan")
         .filter(Q(secret_hash=digest) | Q(previous_secret_hash=digest))
         .first()
     )

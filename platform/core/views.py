@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from apikeys.authentication import principal
 from apikeys.models import ApiKey
+from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
 from .idempotency import idempotency_begin, idempotency_finish, request_fingerprint
@@ -28,6 +29,16 @@ class TenantAPIView(APIView):
     # True when this POST retries an earlier attempt (same Idempotency-Key and body) that did
     # not complete: the work may have been done after all, under the same request id.
     is_retry = False
+    # Views whose POST costs money (inference, training) are refused while the subscription
+    # is unpaid beyond its grace period.
+    billable = False
+    _admission: Admission | None = None
+    _replayed = False
+
+    def metered_inputs(self, request: Request) -> int:
+        """Inputs this request will run, reserved against the quota when it is admitted
+        (inference views override this)."""
+        return 0
 
     @property
     def tenant(self) -> Tenant:
@@ -39,6 +50,14 @@ class TenantAPIView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        post = request.method == "POST"
+        # Rate limits, concurrency cap and quota: one Redis round trip, before any work.
+        self._admission = limits_admit(
+            api_key=self.api_key,
+            request_id=request._request.request_id,  # type: ignore[attr-defined]
+            inputs=self.metered_inputs(request) if post else 0,
+            billable=self.billable and post,
+        )
         key = request.headers.get("Idempotency-Key")
         if request.method != "POST" or key is None:
             return
@@ -57,6 +76,7 @@ class TenantAPIView(APIView):
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, _Replay):
+            self._replayed = True
             return Response(
                 exc.record.response_body,
                 status=exc.record.status_code or 200,
@@ -66,6 +86,13 @@ class TenantAPIView(APIView):
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)
+        if self._admission is not None:
+            admission, self._admission = self._admission, None
+            for name, value in admission.headers.items():
+                response[name] = value
+            # A replay ran nothing: its reservation is handed back like a failure's.
+            answered = 200 <= response.status_code < 300 and not self._replayed
+            limits_settle(admission, succeeded=answered)
         if self._idempotency is not None:
             record, self._idempotency = self._idempotency, None
             idempotency_finish(record=record, status_code=response.status_code, body=response.data)

@@ -8,6 +8,7 @@ from apikeys.models import Scope
 from core.pagination import list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
+from workers.contract import MAX_INPUTS
 
 from .selectors import model_get_visible, model_list_visible, model_to_dict
 from .serializers import (
@@ -21,6 +22,13 @@ from .services import classify, model_delete
 
 class ClassifyApi(TenantAPIView):
     required_scopes = {"POST": Scope.INFERENCE}
+    billable = True
+
+    def metered_inputs(self, request: Request) -> int:
+        data = request.data
+        inputs = data.get("inputs") if isinstance(data, dict) else None
+        # Reserve what a valid request would run; an invalid one is refunded when it ends.
+        return len(inputs) if isinstance(inputs, list) and 0 < len(inputs) <= MAX_INPUTS else 0
 
     @extend_schema(
         operation_id="classify",

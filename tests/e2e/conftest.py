@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from metering.consumer import UsageConsumer, usage_queue
-from tests.factories import TenantFactory, make_key
+from tests.factories import TenantFactory, make_key, subscribe
 
 
 @pytest.fixture
@@ -28,7 +28,10 @@ def http(live_server: Any, inference_worker: str) -> Iterator[Any]:
 
 @pytest.fixture
 def secret(transactional_db: Any) -> str:
-    return make_key(TenantFactory(), ["admin"])
+    """An admin key of a tenant on the pro plan (the free plan's limits are tested apart)."""
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    return make_key(tenant, ["admin"])
 
 
 @pytest.fixture(autouse=True)

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "ops",
     "plans",
     "billing",
+    "limits",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,15 @@
+"""Messages clients see when a limit stops them."""
+
+RATE_LIMITED = (
+    "Rate limit of {limit} requests per minute exceeded. Retry after Retry-After seconds."
+)
+CONCURRENCY = (
+    "Too many classification requests in flight at once (your plan allows {cap}). "
+    "Retry when one finishes."
+)
+QUOTA = (
+    "This period's quota of {cap} inputs on the {plan} plan is used up. Upgrade your plan "
+    "or wait for the next period."
+)
+PAST_DUE = "Your subscription is past due. Update your payment method to continue."
+CANCELED = "Your subscription is canceled. Choose a plan to continue."

@@ -1,0 +1,199 @@
+"""Request-time enforcement: plan and key rate limits, the per-tenant concurrency cap on
+inference and the period's hard cap on inputs, in one Redis round trip before a request is
+admitted (``limits_admit``) and one after it is answered (``limits_settle``)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from apikeys.models import ApiKey
+from core.errors import APIError
+from plans.models import Plan
+
+from . import messages
+from .lua import ADMIT
+
+WINDOW_MS = 60_000
+
+
+@functools.cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+@functools.cache
+def _admit_script() -> Any:
+    return _client().register_script(ADMIT)
+
+
+@dataclass
+class Admission:
+    """What was decided for one request, and what must be given back when it ends."""
+
+    limit: int
+    remaining: int
+    reset_s: int
+    request_id: str = ""
+    inflight_key: str = ""
+    quota_key: str = ""
+    reserved: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Plan terms that apply to a tenant now; see ``enforcement_for``."""
+
+    plan: Plan
+    period_start: datetime
+    period_end: datetime
+    blocked_reason: str = ""  # non-empty: billable calls are refused (402)
+
+
+def _month(now: datetime) -> tuple[datetime, datetime]:
+    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+FREE_PLAN_TTL_S = 5.0
+_free: dict[str, Any] = {"plan": None, "read_at": 0.0}
+
+
+def _free_plan() -> Plan:
+    """The current free plan, re-read at most every few seconds (operators may revise it)."""
+    now = time.monotonic()
+    if _free["plan"] is None or now - _free["read_at"] > FREE_PLAN_TTL_S:
+        _free["plan"], _free["read_at"] = Plan.objects.get(slug="free", is_current=True), now
+    return cast(Plan, _free["plan"])
+
+
+def enforcement_for(api_key: ApiKey) -> Enforcement:
+    """The tenant's plan and period, from the subscription loaded with the key (no query in
+    the common case). A tenant without a subscription row is on the free plan."""
+    now = timezone.now()
+    subscription = getattr(api_key.tenant, "subscription", None)
+    if subscription is None:
+        start, end = _month(now)
+        return Enforcement(_free_plan(), start, end)
+    blocked = ""
+    if subscription.status == "past_due" and subscription.past_due_since is not None:
+        grace = timedelta(days=getattr(settings, "PAST_DUE_GRACE_DAYS", 7))
+        if subscription.past_due_since + grace <= now:
+            blocked = messages.PAST_DUE
+    elif subscription.status == "canceled":
+        blocked = messages.CANCELED
+    start, end = subscription.current_period_start, subscription.current_period_end
+    if not start <= now < end:  # the period rolled over and no webhook said so yet
+        start, end = _month(now)
+    return Enforcement(subscription.plan, start, end, blocked)
+
+
+def _headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": str(limit),
+        "RateLimit-Remaining": str(max(remaining, 0)),
+        "RateLimit-Reset": str(max(math.ceil(reset_ms / 1000), 0)),
+    }
+
+
+def limits_admit(
+    *, api_key: ApiKey, request_id: str, inputs: int = 0, billable: bool = False
+) -> Admission:
+    """Admit a request or raise: 429 (rate limit, concurrency cap), 402 (quota, unpaid).
+
+    ``inputs`` > 0 marks an inference call: it takes a concurrency slot and reserves its
+    inputs against the hard cap until ``limits_settle``."""
+    terms = enforcement_for(api_key)
+    plan = terms.plan
+    if billable and terms.blocked_reason:
+        raise APIError(terms.blocked_reason, status=402, code="payment_required")
+    tenant_id = api_key.tenant_id
+    period = int(terms.period_start.timestamp())
+    keys = [
+        f"rl:t:{tenant_id}",
+        f"rl:k:{api_key.pk}",
+        f"inflight:{tenant_id}",
+        f"quota:{tenant_id}:{period}",
+    ]
+    hard_cap = plan.monthly_hard_cap if plan.monthly_hard_cap is not None else -1
+    quota_ttl = int((terms.period_end - terms.period_start).total_seconds()) + 7 * 86400
+    inflight_ttl_ms = int((settings.INFERENCE_TIMEOUT_S + 30) * 1000)
+    args = [
+        int(time.time() * 1000),
+        WINDOW_MS,
+        plan.rate_limit_per_minute,
+        plan.key_rate_limit_per_minute or plan.rate_limit_per_minute,
+        plan.concurrency_cap,
+        inputs,
+        hard_cap,
+        request_id,
+        inflight_ttl_ms,
+        quota_ttl,
+    ]
+    try:
+        verdict, limit, remaining, reset_ms, retry_ms, _used = _admit_script()(keys=keys, args=args)
+    except redis.RedisError:
+        # NOTE: fail open on limits but never on money: a broker outage fails the request
+        # anyway (503 from dispatch); other calls are served without rate limiting.
+        return Admission(plan.rate_limit_per_minute, plan.rate_limit_per_minute, 0)
+    headers = _headers(int(limit), int(remaining), int(reset_ms))
+    verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+    if verdict == "rate":
+        retry = str(max(math.ceil(int(retry_ms) / 1000), 1))
+        raise APIError(
+            messages.RATE_LIMITED.format(limit=limit),
+            status=429,
+            code="rate_limited",
+            headers={**headers, "Retry-After": retry},
+        )
+    if verdict == "concurrency":
+        raise APIError(
+            messages.CONCURRENCY.format(cap=plan.concurrency_cap),
+            status=429,
+            code="concurrency_limited",
+            headers={**headers, "Retry-After": "1"},
+        )
+    if verdict == "quota":
+        raise APIError(
+            messages.QUOTA.format(cap=hard_cap, plan=plan.name),
+            status=402,
+            code="quota_exceeded",
+            headers=headers,
+        )
+    reserved = inputs if inputs and hard_cap >= 0 else 0
+    return Admission(
+        int(limit),
+        int(remaining),
+        math.ceil(int(reset_ms) / 1000),
+        request_id=request_id if inputs and plan.concurrency_cap >= 0 else "",
+        inflight_key=keys[2],
+        quota_key=keys[3] if reserved else "",
+        reserved=reserved,
+        headers=headers,
+    )
+
+
+def limits_settle(admission: Admission, *, succeeded: bool) -> None:
+    """Give back the concurrency slot; refund the reserved inputs unless the call was
+    answered (an answered call's inputs are in the ledger, which the quota follows)."""
+    if not admission.request_id and not admission.reserved:
+        return
+    pipe = _client().pipeline(transaction=False)
+    if admission.request_id:
+        pipe.zrem(admission.inflight_key, admission.request_id)
+    if admission.reserved and not succeeded:
+        pipe.decrby(admission.quota_key, admission.reserved)
+    # On failure the slot expires by itself and reconciliation corrects the quota counter.
+    with contextlib.suppress(redis.RedisError):
+        pipe.execute()

@@ -1,0 +1,179 @@
+"""Request-time enforcement against the real Redis: rate limits with their headers, the
+concurrency cap, the quota (exact under a race) and unpaid subscriptions."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from rest_framework.test import APIClient
+
+from apikeys.models import ApiKey
+from core.errors import APIError
+from limits.services import limits_admit, limits_settle
+from plans.models import Plan
+from tests.factories import make_key, subscribe
+
+pytestmark = pytest.mark.django_db
+
+
+def custom_plan(**terms) -> Plan:
+    slug = f"t{uuid.uuid4().hex[:8]}"
+    defaults = {"name": slug, "rate_limit_per_minute": 10_000, "concurrency_cap": 10_000}
+    return Plan.objects.create(id=f"{slug}@1", slug=slug, **{**defaults, **terms})
+
+
+def on_plan(tenant, plan: Plan, **fields):
+    now = datetime.now(UTC)
+    from billing.models import Subscription
+
+    return Subscription.objects.create(
+        tenant=tenant,
+        plan=plan,
+        current_period_start=now - timedelta(days=1),
+        current_period_end=now + timedelta(days=29),
+        **fields,
+    )
+
+
+def key_of(tenant, secret):
+    from apikeys.services import api_key_authenticate
+
+    return api_key_authenticate(secret=secret)
+
+
+def bearer(secret):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def test_free_plan_rate_limit_with_headers(tenant):
+    client = bearer(make_key(tenant, ["inference"]))
+    remaining = []
+    for _ in range(20):  # the free plan: 20 requests a minute
+        response = client.get("/v1/models")
+        assert response.status_code == 200
+        assert response["RateLimit-Limit"] == "20"
+        remaining.append(int(response["RateLimit-Remaining"]))
+        assert int(response["RateLimit-Reset"]) >= 1
+    assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 0
+    refused = client.get("/v1/models")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "rate_limited"
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert refused["RateLimit-Remaining"] == "0"
+
+
+def test_per_key_limit_leaves_the_tenants_other_keys_alone(tenant):
+    on_plan(tenant, custom_plan(rate_limit_per_minute=100, key_rate_limit_per_minute=3))
+    first, second = bearer(make_key(tenant, ["inference"])), bearer(make_key(tenant, ["inference"]))
+    assert [first.get("/v1/models").status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert second.get("/v1/models").status_code == 200
+    assert second.get("/v1/models")["RateLimit-Limit"] == "3"
+
+
+def test_quota_race_admits_exactly_the_remainder(tenant):
+    plan = custom_plan(monthly_hard_cap=1_100)
+    on_plan(tenant, plan)
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    # 1,000 of the 1,100 already used: 100 remain.
+    admitted = limits_admit(api_key=key, request_id="req_pre", inputs=1_000)
+    limits_settle(admitted, succeeded=True)
+
+    def attempt(n: int) -> bool:
+        try:
+            limits_settle(
+                limits_admit(api_key=key, request_id=f"req_{n}", inputs=1), succeeded=True
+            )
+            return True
+        except APIError as exc:
+            assert exc.status == 402 and exc.code == "quota_exceeded"
+            return False
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(attempt, range(1_000)))
+    assert sum(results) == 100
+
+
+def test_a_failed_call_gives_its_reservation_back(tenant):
+    on_plan(tenant, custom_plan(monthly_hard_cap=10))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    for _ in range(5):  # each fails: nothing is used up
+        limits_settle(limits_admit(api_key=key, request_id="r", inputs=10), succeeded=False)
+    with pytest.raises(APIError) as refused:
+        limits_admit(api_key=key, request_id="r2", inputs=11)
+    assert refused.value.status == 402
+
+
+def test_quota_exceeded_over_http_is_402_and_runs_nothing(tenant):
+    on_plan(tenant, custom_plan(monthly_hard_cap=3))
+    client = bearer(make_key(tenant, ["inference"]))
+    body = {"model": "minilm-l6", "inputs": ["a", "b", "c", "d"], "labels": ["x", "y"]}
+    response = client.post("/v1/classify", body, format="json")
+    assert response.status_code == 402
+    assert response.json()["error"] == {
+        "type": "payment_required",
+        "code": "quota_exceeded",
+        "param": None,
+        "message": response.json()["error"]["message"],
+    }
+    # A bad request inside the quota is refunded: the whole quota is still there after it.
+    bad = client.post(
+        "/v1/classify", {"model": "minilm-l6", "inputs": ["a", "b", "c"]}, format="json"
+    )
+    assert bad.status_code == 400
+    assert "RateLimit-Limit" in bad
+    again = client.post("/v1/classify", {"model": "nope", "inputs": ["a", "b", "c"]}, format="json")
+    assert again.status_code == 404  # admitted (3 <= 3) and refunded again
+
+
+def test_concurrency_cap(tenant):
+    on_plan(tenant, custom_plan(concurrency_cap=2))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    one = limits_admit(api_key=key, request_id="a", inputs=1)
+    limits_admit(api_key=key, request_id="b", inputs=1)
+    with pytest.raises(APIError) as refused:
+        limits_admit(api_key=key, request_id="c", inputs=1)
+    assert refused.value.status == 429 and refused.value.code == "concurrency_limited"
+    assert refused.value.headers["Retry-After"] == "1"
+    limits_settle(one, succeeded=True)
+    assert limits_admit(api_key=key, request_id="c", inputs=1)
+    # Non-inference calls never take a slot.
+    assert limits_admit(api_key=key, request_id="d", inputs=0)
+
+
+def test_unpaid_beyond_grace_blocks_billable_calls_only(tenant, settings):
+    settings.PAST_DUE_GRACE_DAYS = 3
+    on_plan(
+        tenant,
+        Plan.objects.get(slug="pro", is_current=True),
+        status="past_due",
+        past_due_since=datetime.now(UTC) - timedelta(days=4),
+    )
+    client = bearer(make_key(tenant, ["admin"]))
+    body = {"model": "minilm-l6", "inputs": ["a"], "labels": ["x", "y"]}
+    response = client.post("/v1/classify", body, format="json")
+    assert response.status_code == 402
+    assert response.json()["error"]["code"] == "payment_required"
+    assert client.get("/v1/models").status_code == 200
+    assert client.get("/v1/usage").status_code == 200
+
+
+def test_unpaid_within_grace_still_works(tenant):
+    subscribe(tenant, "pro", status="past_due", past_due_since=datetime.now(UTC))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    assert limits_admit(api_key=key, request_id="a", inputs=1, billable=True)
+
+
+def test_rate_limit_state_lives_in_redis_not_in_the_process(tenant):
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    limits_admit(api_key=key, request_id="a")
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    assert client.exists(f"rl:t:{tenant.pk}") and client.exists(f"rl:k:{key.pk}")
+    assert client.pttl(f"rl:t:{tenant.pk}") <= 60_000
+    assert isinstance(key, ApiKey)
