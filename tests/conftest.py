@@ -121,3 +121,83 @@ def inference_worker() -> Iterator[str]:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact store per run, shared by the API (settings) and every worker process
+    (environment, inherited when they start)."""
+    path = tmp_path_factory.mktemp("artifacts")
+    os.environ["ARTIFACT_DIR"] = str(path)
+    from django.conf import settings
+
+    settings.ARTIFACT_DIR = path
+    return path
+
+
+class TrainingWorker:
+    """A real Celery training worker process (solo pool, one job at a time, as deployed);
+    ``kill()`` is kill -9, ``start()`` brings up a fresh one."""
+
+    # Heartbeats every 0.3 s so that tests can use a lease of a few seconds.
+    ENV = {"TRAINING_HEARTBEAT_S": "0.3", "WORKER_TORCH_THREADS": "2"}
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.name = ""
+        self.log = Path(tempfile.mkdtemp(prefix="training-worker-")) / "worker.log"
+
+    def start(self) -> None:
+        self.name = f"test-training-{uuid.uuid4().hex[:8]}@localhost"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.ENV}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app",
+                    "worker",
+                    "-Q",
+                    "training",
+                    "-P",
+                    "solo",
+                    "-n",
+                    self.name,
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "--loglevel",
+                    "INFO",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_for_worker(self.name, self.process, self.log)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def training_worker() -> Iterator[TrainingWorker]:
+    """A real Celery training worker process on the test Redis, for the whole session."""
+    worker = TrainingWorker()
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()

@@ -25,14 +25,17 @@ settings = get_settings()
 # WARNING: `fixups=[]` turns off Celery's Django fix-up, which otherwise imports Django
 # settings whenever DJANGO_SETTINGS_MODULE is set in the environment (as it is on a machine
 # that also runs the API). A worker must never import Django.
-app = Celery("workers", include=["workers.tasks"], fixups=[])
+app = Celery("workers", include=["workers.tasks", "workers.training.tasks"], fixups=[])
 app.conf.update(
     broker_url=settings.redis_url,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
     task_default_queue=Queue.INFERENCE.value,
-    task_routes={TaskName.CLASSIFY.value: {"queue": Queue.INFERENCE.value}},
+    task_routes={
+        TaskName.CLASSIFY.value: {"queue": Queue.INFERENCE.value},
+        TaskName.TRAIN.value: {"queue": Queue.TRAINING.value},
+    },
     # The API waits seconds for an answer; a result nobody fetched is garbage after this.
     result_expires=600,
     broker_connection_retry_on_startup=True,
@@ -52,6 +55,17 @@ app.conf.update(
 # acks would instead re-run requests whose callers have long given up. No automatic
 # retries for the same reason: a retry after the deadline is wasted work.
 INFERENCE_TASK_POLICY: dict[str, Any] = {
+    "acks_late": False,
+    "reject_on_worker_lost": False,
+    "max_retries": 0,
+    "ignore_result": True,
+}
+
+# Training: early ack and no Celery retries either. A worker killed mid-job loses the
+# message; the platform notices the missing heartbeats and sends a new attempt itself (at
+# most one retry), which keeps "retried once, then failed" in one place and stops a broker
+# redelivery from running a stale attempt beside the retry.
+TRAINING_TASK_POLICY: dict[str, Any] = {
     "acks_late": False,
     "reject_on_worker_lost": False,
     "max_retries": 0,

@@ -7,6 +7,13 @@ from drf_spectacular.views import (
 )
 
 from apikeys.apis import ApiKeyDetailApi, ApiKeyListCreateApi, ApiKeyRotateApi
+from datasets.apis import DatasetDetailApi, DatasetListCreateApi
+from finetuning.apis import (
+    FineTuneCancelApi,
+    FineTuneDetailApi,
+    FineTuneEventsApi,
+    FineTuneListCreateApi,
+)
 from inference.apis import ClassifyApi, ModelDetailApi, ModelListApi
 from metering.apis import UsageApi
 from ops import views as ops
@@ -24,6 +31,12 @@ v1 = [
     path("v1/api-keys/<str:key_id>", ApiKeyDetailApi.as_view()),
     path("v1/api-keys/<str:key_id>/rotate", ApiKeyRotateApi.as_view()),
     path("v1/usage", UsageApi.as_view()),
+    path("v1/datasets", DatasetListCreateApi.as_view()),
+    path("v1/datasets/<str:dataset_id>", DatasetDetailApi.as_view()),
+    path("v1/fine-tunes", FineTuneListCreateApi.as_view()),
+    path("v1/fine-tunes/<str:job_id>", FineTuneDetailApi.as_view()),
+    path("v1/fine-tunes/<str:job_id>/events", FineTuneEventsApi.as_view()),
+    path("v1/fine-tunes/<str:job_id>/cancel", FineTuneCancelApi.as_view()),
 ]
 
 urlpatterns = [

@@ -38,6 +38,9 @@ class AIModel(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
     labels = models.JSONField(null=True, blank=True)
     metrics = models.JSONField(null=True, blank=True)
+    # Fine-tuned models: content hash of the model file in the artifact store, sent to the
+    # worker with each request so that it can fetch and cache the model.
+    artifact = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 

@@ -58,6 +58,7 @@ def classify(
         "labels": labels or None,
         "examples": [{"text": e["text"], "label": e["label"]} for e in examples or []] or None,
         "deadline": time.time() + settings.INFERENCE_TIMEOUT_S,
+        "artifact": model.artifact or None,
     }
     started = time.perf_counter()
     result = classify_dispatch(payload, reuse_result=is_retry)

@@ -27,6 +27,7 @@ class UsageRecord(models.Model):
 
     class Kind(models.TextChoices):
         INFERENCE = "inference", "Inference"
+        FINE_TUNE = "fine_tune", "Fine-tune"  # event_id is the job id: billed once
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.CharField(max_length=64, unique=True)

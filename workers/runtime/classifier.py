@@ -8,8 +8,10 @@ scale (x20), so these probabilities are the model's own notion of "which of thes
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from workers import errors
+from workers.artifacts import ArtifactMissingError, ArtifactStore
 from workers.contract import (
     CONTRACT_VERSION,
     MAX_EXAMPLES,
@@ -30,7 +33,8 @@ from workers.contract import (
 )
 from workers.runtime.batcher import DynamicBatcher
 from workers.runtime.cache import EmbeddingCache
-from workers.runtime.encoder import Encoder, UnknownModelError, load_encoder
+from workers.runtime.encoder import Encoder, Tokenized, UnknownModelError, load_encoder
+from workers.runtime.finetuned import FineTunedCache, ModelFileError
 from workers.settings import WorkerSettings, get_settings
 
 # Measured on hand-labelled sentiment, topic and support-ticket texts: this template got
@@ -38,8 +42,14 @@ from workers.settings import WorkerSettings, get_settings
 LABEL_TEMPLATE = "This text is about {label}."
 TEMPERATURE = 0.05
 SCORE_DECIMALS = 6
+# Fine-tuned models kept loaded per worker (LRU). A head is ~6 KB; a LoRA model holds a
+# merged copy of the encoder (~90 MB), which is what bounds this.
+FINE_TUNED_CACHE_SIZE = int(os.environ.get("WORKER_FINE_TUNED_CACHE_SIZE", "4"))
 # A waiting request gives up after this long if the model thread is stuck or overloaded.
 EMBED_TIMEOUT_S = 120.0
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +62,7 @@ class InvalidRequestError(ValueError):
     """The request breaks the contract's limits; the message is safe to show the client."""
 
 
-def _check(request: ClassifyRequest) -> tuple[list[str], list[tuple[str, str]]]:
-    """Defensive re-check of what the API validates; returns (label set, examples)."""
+def _check_inputs(request: ClassifyRequest) -> None:
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_INPUTS:
         raise InvalidRequestError(errors.BAD_INPUTS_MESSAGE.format(limit=MAX_INPUTS))
@@ -64,6 +73,11 @@ def _check(request: ClassifyRequest) -> tuple[list[str], list[tuple[str, str]]]:
             raise InvalidRequestError(
                 errors.INPUT_TOO_LONG_MESSAGE.format(index=index, limit=MAX_INPUT_CHARS)
             )
+
+
+def _check(request: ClassifyRequest) -> tuple[list[str], list[tuple[str, str]]]:
+    """Defensive re-check of what the API validates; returns (label set, examples)."""
+    _check_inputs(request)
     labels, raw_examples = request.get("labels"), request.get("examples")
     if not labels and not raw_examples:
         raise InvalidRequestError(errors.NEEDS_LABELS_MESSAGE)
@@ -118,6 +132,7 @@ class ClassifierEngine:
         self.settings = settings
         self.cache = EmbeddingCache(settings.embed_cache_size)
         self._runtimes: dict[str, _Runtime] = {}
+        self.fine_tuned = FineTunedCache(FINE_TUNED_CACHE_SIZE, ArtifactStore().get)
         self._lock = threading.Lock()
 
     def runtime(self, base_model: str) -> _Runtime:
@@ -144,6 +159,8 @@ class ClassifierEngine:
             runtime.batcher.close()
 
     def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        if request.get("artifact"):
+            return self._classify_fine_tuned(request)
         try:
             label_set, examples = _check(request)
         except InvalidRequestError as exc:
@@ -183,6 +200,50 @@ class ClassifierEngine:
         vectors = torch.stack([e.vector for e in embedded[: len(inputs)]])
         probs = torch.softmax((vectors @ classes.T).double() / TEMPERATURE, dim=1).tolist()
 
+        return self._result(request, probs, label_set, tokenized[: len(inputs)], compute_ms)
+
+    def _classify_fine_tuned(self, request: ClassifyRequest) -> ClassifyResult:
+        """A tenant's fine-tuned model: its head over the encoder's embedding. Head models
+        share the base encoder's batcher with every other request; LoRA models run on their
+        own merged copy of the encoder (fine_tuned.py says why)."""
+        try:
+            _check_inputs(request)
+        except InvalidRequestError as exc:
+            return errors.error_result(request, errors.INVALID_REQUEST, str(exc))
+        base_model, artifact = request.get("base_model", ""), str(request.get("artifact"))
+        try:
+            loaded = self.fine_tuned.get(artifact, lambda name: self.runtime(name).encoder)
+            if loaded.model.base_model != base_model:
+                raise ModelFileError(f"trained on {loaded.model.base_model}, not {base_model}")
+            runtime = self.runtime(base_model)
+        except (ArtifactMissingError, ModelFileError, UnknownModelError):
+            logger.exception("fine-tuned model %s (%s) unavailable", request["model"], artifact)
+            message = errors.MODEL_UNAVAILABLE_MESSAGE.format(model=request["model"])
+            return errors.error_result(request, errors.MODEL_UNAVAILABLE, message)
+        inputs = request["inputs"]
+        if loaded.encoder is None:
+            tokenized = runtime.encoder.tokenize(list(inputs))
+            futures = runtime.batcher.submit_many([t.ids for t in tokenized])
+            embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
+            vectors = torch.stack([e.vector for e in embedded])
+            compute_ms = sum(e.compute_ms for e in embedded)
+        else:
+            tokenized = loaded.encoder.tokenize(list(inputs))
+            began = time.perf_counter()
+            with loaded.lock:
+                vectors = loaded.encoder.embed_ids([t.ids for t in tokenized])
+            compute_ms = (time.perf_counter() - began) * 1000
+        probs = torch.softmax(loaded.model.logits(vectors).double(), dim=1).tolist()
+        return self._result(request, probs, loaded.model.labels, tokenized, compute_ms)
+
+    @staticmethod
+    def _result(
+        request: ClassifyRequest,
+        probs: list[list[float]],
+        label_set: Sequence[str],
+        tokenized: Sequence[Tokenized],
+        compute_ms: float,
+    ) -> ClassifyResult:
         rows: list[ClassificationRow] = []
         for index, p in enumerate(probs):
             top, scores = _distribution(p, label_set)
@@ -201,8 +262,8 @@ class ClassifierEngine:
             "model": request["model"],
             "results": rows,
             "usage": {
-                "inputs": len(inputs),
-                "tokens": sum(t.tokens for t in tokenized[: len(inputs)]),
+                "inputs": len(probs),
+                "tokens": sum(t.tokens for t in tokenized),
                 "compute_ms": round(compute_ms, 3),
                 "cached": 0,
             },

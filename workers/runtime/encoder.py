@@ -9,6 +9,7 @@ workers scale from zero.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -174,6 +175,20 @@ class Encoder:
         state = _hf_to_ours(load_file(str(folder / "model.safetensors")))
         model.load_state_dict(state, strict=True, assign=True)
         self._model = model.to(device=device, dtype=torch.float32).eval()
+
+    @property
+    def model(self) -> BertModel:
+        """The BERT body (fine-tuning trains adapters on a copy of it)."""
+        model: BertModel = self._model
+        return model
+
+    def derive(self, encoder_id: str, model: BertModel) -> Encoder:
+        """This encoder's tokenizer with another BERT body (a fine-tuned model whose LoRA
+        adapters were merged into a copy of the weights); shares nothing mutable."""
+        derived = copy.copy(self)
+        derived.encoder_id = encoder_id
+        derived._model = model.to(device=self.device).eval()
+        return derived
 
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
         encodings = self._tokenizer.encode_batch(list(texts))

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "inference",
     "metering",
     "ops",
+    "datasets",
+    "finetuning",
     "plans",
     "billing",
     "limits",
@@ -132,6 +134,16 @@ IDEMPOTENCY_TTL_S = int(os.environ.get("IDEMPOTENCY_TTL_S", str(24 * 3600)))
 
 # 96 inputs of 10,000 characters, 4 bytes each at worst, plus labels and examples.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", str(8 * 1024 * 1024)))
+
+# Fine-tuning. The artifact store (datasets, embeddings, model files) is a directory shared
+# with the workers, who read the same ARTIFACT_DIR (see workers/artifacts.py).
+ARTIFACT_DIR = Path(os.environ.get("ARTIFACT_DIR", DATA_DIR / "artifacts"))
+DATASET_MAX_BYTES = int(os.environ.get("DATASET_MAX_BYTES", str(20 * 1024 * 1024)))
+# A running job with no heartbeat for this long has lost its worker: retried from the start
+# up to FINETUNE_MAX_ATTEMPTS attempts in all, then failed. Checked every sweep interval.
+FINETUNE_HEARTBEAT_TIMEOUT_S = float(os.environ.get("FINETUNE_HEARTBEAT_TIMEOUT_S", "60"))
+FINETUNE_MAX_ATTEMPTS = int(os.environ.get("FINETUNE_MAX_ATTEMPTS", "2"))
+FINETUNE_SWEEP_INTERVAL_S = float(os.environ.get("FINETUNE_SWEEP_INTERVAL_S", "5"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apikeys.models import Scope
+from core.errors import InvalidRequest, TooLarge
+from core.pagination import list_body, paginate
+from core.serializers import DeletedSerializer, ErrorSerializer
+from core.views import TenantAPIView
+
+from . import messages
+from .selectors import dataset_get, dataset_list, dataset_to_dict
+from .serializers import DatasetListSerializer, DatasetSerializer, DatasetUploadSerializer
+from .services import dataset_create, dataset_delete
+
+# Multipart framing around the file: a body this much over the file limit is refused
+# before it is read.
+_MULTIPART_SLACK = 64 * 1024
+
+
+class DatasetListCreateApi(TenantAPIView):
+    required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(operation_id="datasets_list", responses={200: DatasetListSerializer})
+    def get(self, request: Request) -> Response:
+        page, has_more = paginate(
+            dataset_list(tenant=self.tenant), query_params=request.query_params
+        )
+        return Response(list_body(page, has_more, dataset_to_dict))
+
+    @extend_schema(
+        operation_id="datasets_create",
+        request={"multipart/form-data": DatasetUploadSerializer},
+        responses={
+            201: DatasetSerializer,
+            413: OpenApiResponse(ErrorSerializer, description="The file is over the limit."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > settings.DATASET_MAX_BYTES + _MULTIPART_SLACK:
+            raise TooLarge(
+                messages.FILE_TOO_LARGE.format(size=length, limit=settings.DATASET_MAX_BYTES),
+                code="file_too_large",
+                param="file",
+            )
+        for name in [*request.POST.keys(), *request.FILES.keys()]:
+            if name != "file":
+                raise InvalidRequest(
+                    messages.UNKNOWN_FIELD.format(name=name), code="unknown_parameter", param=name
+                )
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise InvalidRequest(messages.FILE_MISSING, code="missing_parameter", param="file")
+        dataset = dataset_create(tenant=self.tenant, upload=upload)
+        return Response(dataset_to_dict(dataset), status=201)
+
+
+class DatasetDetailApi(TenantAPIView):
+    required_scopes = {"GET": Scope.TRAINING, "DELETE": Scope.TRAINING}
+
+    @extend_schema(operation_id="datasets_retrieve", responses={200: DatasetSerializer})
+    def get(self, request: Request, dataset_id: str) -> Response:
+        dataset = dataset_get(tenant=self.tenant, dataset_id=dataset_id, param="id")
+        return Response(dataset_to_dict(dataset))
+
+    @extend_schema(operation_id="datasets_delete", responses={200: DeletedSerializer})
+    def delete(self, request: Request, dataset_id: str) -> Response:
+        dataset = dataset_delete(tenant=self.tenant, dataset_id=dataset_id)
+        return Response({"id": dataset.id, "object": "dataset", "deleted": True})

@@ -1,0 +1,33 @@
+"""Messages clients see for datasets, in one place."""
+
+DATASET_NOT_FOUND = "No such dataset: '{id}'."
+FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
+FILE_TOO_LARGE = "The file is {size} bytes; the limit is {limit} bytes."
+UNKNOWN_FIELD = "Received unknown form field: {name}."
+
+# Validation, per line.
+NOT_UTF8 = "Line is not valid UTF-8."
+NOT_JSON = "Line is not valid JSON: {error}."
+NOT_OBJECT = 'Line must be a JSON object like {"text": "...", "label": "..."}.'
+MISSING_FIELD = "Missing '{field}'."
+NOT_STRING = "'{field}' must be a string."
+EMPTY_TEXT = "'text' is empty."
+TEXT_TOO_LONG = "'text' is {length} characters long; the limit is {limit}."
+EMPTY_LABEL = "'label' is empty."
+LABEL_TOO_LONG = "'label' is {length} characters long; the limit is {limit}."
+DUPLICATE = "Duplicate of line {line}."
+CSV_HEADER = "A CSV file needs a header row with the columns 'text' and 'label'."
+CSV_COLUMNS = "Expected {expected} columns as in the header, found {found}."
+CSV_UNREADABLE = "Unreadable CSV: {error}."
+UNKNOWN_FORMAT = (
+    'Expected JSONL (one {"text": ..., "label": ...} object per line) or CSV with a '
+    "'text,label' header."
+)
+EMPTY_FILE = "The file contains no examples."
+
+# Validation, whole file.
+TOO_FEW_LABELS = "At least 2 distinct labels are needed; found {count}."
+TOO_MANY_LABELS = "At most {limit} distinct labels are allowed; found {count}."
+TOO_FEW_EXAMPLES = "Label '{label}' has {count} examples; at least {minimum} are needed."
+FEW_EXAMPLES = "Label '{label}' has only {count} examples; 10 or more give better models."
+EXTRA_KEYS = "Keys other than 'text' and 'label' are ignored (first seen on line {line})."

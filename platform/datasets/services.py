@@ -1,0 +1,67 @@
+"""Writing datasets: validate an upload, store its bytes, record what was found."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import TooLarge
+from tenants.models import Tenant
+from workers.artifacts import ArtifactStore
+
+from . import messages
+from .models import Dataset
+from .selectors import dataset_get
+from .validation import dataset_validate, normalised_jsonl
+
+
+def artifact_store() -> ArtifactStore:
+    return ArtifactStore(settings.ARTIFACT_DIR)
+
+
+def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
+    """Store and validate ``upload``. An invalid file is stored too (status ``invalid``, with
+    its errors), so the customer can see what to fix; it cannot be trained on."""
+    limit = settings.DATASET_MAX_BYTES
+    size = upload.size or 0
+    if size > limit:
+        raise TooLarge(
+            messages.FILE_TOO_LARGE.format(size=size, limit=limit),
+            code="file_too_large",
+            param="file",
+        )
+    data = upload.read()
+    filename = (upload.name or "")[:255]
+    result = dataset_validate(data, filename=filename)
+    store = artifact_store()
+    # Blobs are written before the row: a crash between the two leaves an unreferenced blob
+    # (harmless, content-addressed), never a row pointing at nothing.
+    raw_file = store.put(data)
+    content_file = store.put(normalised_jsonl(result.examples)) if result.valid else ""
+    with transaction.atomic():
+        return Dataset.objects.create(
+            tenant=tenant,
+            filename=filename,
+            format=result.format,
+            bytes=len(data),
+            status=Dataset.Status.VALID if result.valid else Dataset.Status.INVALID,
+            rows=len(result.examples),
+            labels=result.labels,
+            errors=result.errors,
+            error_count=result.error_count,
+            warnings=result.warnings,
+            raw_file=raw_file,
+            content_file=content_file,
+        )
+
+
+@transaction.atomic
+def dataset_delete(*, tenant: Tenant, dataset_id: str) -> Dataset:
+    """Soft delete: the row disappears from the API; jobs that already use the file keep
+    their copy of its hash (blobs are shared and content-addressed, so never removed here)."""
+    dataset = dataset_get(tenant=tenant, dataset_id=dataset_id, param="id")
+    dataset.deleted_at = timezone.now()
+    dataset.save(update_fields=["deleted_at"])
+    return dataset

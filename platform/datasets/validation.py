@@ -1,0 +1,218 @@
+"""Validating an uploaded dataset: every problem named with its line, like a compiler would.
+
+Pure functions over bytes (no database, no storage), so the rules are tested directly. A
+file with any error is stored as ``invalid`` and cannot be trained on; warnings do not block.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS, MAX_LABELS
+
+from . import messages
+
+MAX_REPORTED_ERRORS = 100
+MIN_LABELS = 2
+MIN_EXAMPLES_PER_LABEL = 5
+WARN_EXAMPLES_PER_LABEL = 10
+
+
+@dataclass
+class Validation:
+    format: str = ""
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_count: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    _seen: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return self.error_count == 0
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return dict(sorted(Counter(label for _, label in self.examples).items()))
+
+    def error(self, line: int | None, message: str) -> None:
+        self.error_count += 1
+        self.errors.append({"line": line, "message": message})
+
+    def finish(self) -> Validation:
+        """Keep the first MAX_REPORTED_ERRORS errors in line order (whole-file ones last)."""
+        ordered = sorted(self.errors, key=lambda e: (e["line"] is None, e["line"] or 0))
+        self.errors = ordered[:MAX_REPORTED_ERRORS]
+        return self
+
+    def warn(self, line: int | None, message: str) -> None:
+        self.warnings.append({"line": line, "message": message})
+
+    def add(self, line: int, text: Any, label: Any) -> None:
+        """Check one example; keep it if it is good."""
+        problems = []
+        for name, value in (("text", text), ("label", label)):
+            if value is None:
+                problems.append(messages.MISSING_FIELD.format(field=name))
+            elif not isinstance(value, str):
+                problems.append(messages.NOT_STRING.format(field=name))
+        if not problems:
+            if not text.strip():
+                problems.append(messages.EMPTY_TEXT)
+            elif len(text) > MAX_INPUT_CHARS:
+                problems.append(
+                    messages.TEXT_TOO_LONG.format(length=len(text), limit=MAX_INPUT_CHARS)
+                )
+            if not label.strip():
+                problems.append(messages.EMPTY_LABEL)
+            elif len(label) > MAX_LABEL_CHARS:
+                problems.append(
+                    messages.LABEL_TOO_LONG.format(length=len(label), limit=MAX_LABEL_CHARS)
+                )
+        if not problems:
+            first = self._seen.get(text)
+            if first is not None:
+                problems.append(messages.DUPLICATE.format(line=first))
+            else:
+                self._seen[text] = line
+        for problem in problems:
+            self.error(line, problem)
+        if not problems:
+            self.examples.append((text, label))
+
+
+def _decode_lines(data: bytes, result: Validation) -> list[tuple[int, str]]:
+    """(line number, text) per line; a line that is not UTF-8 is an error of its own, so one
+    bad byte does not hide the rest of the file's problems."""
+    lines = []
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[0].startswith(b"\xef\xbb\xbf"):
+        raw_lines[0] = raw_lines[0][3:]  # a UTF-8 BOM, as Excel writes CSV
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append((number, raw.decode("utf-8").rstrip("\r")))
+        except UnicodeDecodeError:
+            result.error(number, messages.NOT_UTF8)
+    return lines
+
+
+def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
+    extra_seen = False
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            result.error(number, messages.NOT_JSON.format(error=str(exc).split(":")[0]))
+            continue
+        if not isinstance(row, dict):
+            result.error(number, messages.NOT_OBJECT)
+            continue
+        if not extra_seen and set(row) - {"text", "label"}:
+            extra_seen = True
+            result.warn(number, messages.EXTRA_KEYS.format(line=number))
+        result.add(number, row.get("text"), row.get("label"))
+
+
+def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
+    # csv needs the text back; undecodable lines were already reported and are left out,
+    # which shifts no line numbers because we pass the numbers along with the rows.
+    # Lines go back in with their newline so a quoted field may span lines.
+    reader = csv.reader(line + "\n" for _, line in lines)
+    try:
+        header = [name.strip().lower() for name in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        result.error(1, messages.CSV_UNREADABLE.format(error=exc))
+        return
+    if "text" not in header or "label" not in header:
+        result.error(lines[0][0] if lines else 1, messages.CSV_HEADER)
+        return
+    text_at, label_at = header.index("text"), header.index("label")
+    # NOTE: csv.reader's line_num counts physical lines consumed, so a quoted field with
+    # newlines still reports the line its row starts on (offset by any skipped lines).
+    number_of = [number for number, _ in lines]
+    while True:
+        start = reader.line_num
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            number = number_of[min(start, len(number_of) - 1)]
+            result.error(number, messages.CSV_UNREADABLE.format(error=exc))
+            break
+        number = number_of[min(start, len(number_of) - 1)]
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            found = messages.CSV_COLUMNS.format(expected=len(header), found=len(row))
+            result.error(number, found)
+            continue
+        result.add(number, row[text_at], row[label_at])
+
+
+def _detect(filename: str, lines: list[tuple[int, str]]) -> str:
+    """csv: a .csv name or a text/label header line; jsonl: a .jsonl name or any line that
+    starts an object (so a file whose first lines are broken still gets per-line errors)."""
+    name = filename.lower()
+    first = next((line.strip() for _, line in lines if line.strip()), "")
+    header = first.lower().replace(" ", "").replace('"', "")
+    if name.endswith(".csv") or header.startswith(("text,", "label,")):
+        return "csv"
+    if name.endswith((".jsonl", ".json")) or any(
+        line.lstrip().startswith("{") for _, line in lines
+    ):
+        return "jsonl"
+    return ""
+
+
+def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
+    result = Validation()
+    lines = _decode_lines(data, result)
+    if not any(line.strip() for _, line in lines) and result.error_count == 0:
+        result.error(None, messages.EMPTY_FILE)
+        return result.finish()
+    result.format = _detect(filename, lines)
+    if result.format == "csv":
+        _csv(lines, result)
+    elif result.format == "jsonl":
+        _jsonl(lines, result)
+    else:
+        result.error(1, messages.UNKNOWN_FORMAT)
+        return result.finish()
+    if not result.examples and result.error_count == 0:
+        result.error(None, messages.EMPTY_FILE)
+        return result.finish()
+    counts = result.labels
+    if len(counts) < MIN_LABELS:
+        result.error(None, messages.TOO_FEW_LABELS.format(count=len(counts)))
+    if len(counts) > MAX_LABELS:
+        result.error(None, messages.TOO_MANY_LABELS.format(limit=MAX_LABELS, count=len(counts)))
+    for label, count in counts.items():
+        if count < MIN_EXAMPLES_PER_LABEL:
+            result.error(
+                None,
+                messages.TOO_FEW_EXAMPLES.format(
+                    label=label, count=count, minimum=MIN_EXAMPLES_PER_LABEL
+                ),
+            )
+        elif count < WARN_EXAMPLES_PER_LABEL:
+            result.warn(None, messages.FEW_EXAMPLES.format(label=label, count=count))
+    return result.finish()
+
+
+def normalised_jsonl(examples: list[tuple[str, str]]) -> bytes:
+    """The one format training reads, whatever was uploaded."""
+    out = io.StringIO()
+    for text, label in examples:
+        out.write(json.dumps({"text": text, "label": label}, ensure_ascii=False))
+        out.write("\n")
+    return out.getvalue().encode("utf-8")

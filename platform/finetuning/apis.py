@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apikeys.models import Scope
+from core.pagination import list_body, paginate
+from core.serializers import validated
+from core.views import TenantAPIView
+
+from .selectors import (
+    fine_tune_event_to_dict,
+    fine_tune_events,
+    fine_tune_get,
+    fine_tune_list,
+    fine_tune_to_dict,
+)
+from .serializers import (
+    FineTuneCreateSerializer,
+    FineTuneEventListSerializer,
+    FineTuneListSerializer,
+    FineTuneSerializer,
+)
+from .services import fine_tune_cancel, fine_tune_create
+
+
+class FineTuneListCreateApi(TenantAPIView):
+    required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
+
+    @extend_schema(operation_id="fine_tunes_list", responses={200: FineTuneListSerializer})
+    def get(self, request: Request) -> Response:
+        page, has_more = paginate(
+            fine_tune_list(tenant=self.tenant), query_params=request.query_params
+        )
+        return Response(list_body(page, has_more, fine_tune_to_dict))
+
+    @extend_schema(
+        operation_id="fine_tunes_create",
+        request=FineTuneCreateSerializer,
+        responses={201: FineTuneSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(FineTuneCreateSerializer, request.data)
+        job = fine_tune_create(
+            tenant=self.tenant,
+            api_key=self.api_key,
+            base_model=data["base_model"],
+            training_dataset_id=data["training_dataset"],
+            validation_dataset_id=data.get("validation_dataset"),
+            method=data["method"],
+            hyperparameters=dict(data.get("hyperparameters") or {}),
+            suffix=data["suffix"],
+            seed=data["seed"],
+        )
+        return Response(fine_tune_to_dict(job), status=201)
+
+
+class FineTuneDetailApi(TenantAPIView):
+    required_scopes = {"GET": Scope.TRAINING}
+
+    @extend_schema(operation_id="fine_tunes_retrieve", responses={200: FineTuneSerializer})
+    def get(self, request: Request, job_id: str) -> Response:
+        return Response(fine_tune_to_dict(fine_tune_get(tenant=self.tenant, job_id=job_id)))
+
+
+class FineTuneEventsApi(TenantAPIView):
+    required_scopes = {"GET": Scope.TRAINING}
+
+    @extend_schema(operation_id="fine_tunes_events", responses={200: FineTuneEventListSerializer})
+    def get(self, request: Request, job_id: str) -> Response:
+        job = fine_tune_get(tenant=self.tenant, job_id=job_id, param="id")
+        page, has_more = paginate(fine_tune_events(job=job), query_params=request.query_params)
+        return Response(list_body(page, has_more, fine_tune_event_to_dict))
+
+
+class FineTuneCancelApi(TenantAPIView):
+    required_scopes = {"POST": Scope.TRAINING}
+
+    @extend_schema(
+        operation_id="fine_tunes_cancel", request=None, responses={200: FineTuneSerializer}
+    )
+    def post(self, request: Request, job_id: str) -> Response:
+        return Response(fine_tune_to_dict(fine_tune_cancel(tenant=self.tenant, job_id=job_id)))

@@ -1,0 +1,28 @@
+"""Messages clients see for fine-tuning, in one place."""
+
+JOB_NOT_FOUND = "No such fine-tuning job: '{id}'."
+DATASET_INVALID = (
+    "Dataset '{id}' failed validation ({count} problems); fix the file and upload it again."
+)
+VALIDATION_LABELS = "The validation dataset has labels the training dataset does not: {labels}."
+NOT_A_BASE_MODEL = "'{model}' is not a base model; fine-tune one of the base models."
+HYPERPARAMETER_FOR_LORA = "'{name}' applies to method 'lora' only."
+UNKNOWN_TARGET = "Unknown target module '{name}'; choose from {choices}."
+NOT_CANCELLABLE = "The job is already {status}; only queued or running jobs can be cancelled."
+SUFFIX = "suffix may contain only letters, digits, '-' and '_' (at most 40 characters)."
+
+# Events (what a user watching the job reads).
+EV_CREATED = "Fine-tuning job created; validating files."
+EV_VALIDATED = "Files validated: {rows} training examples, {labels} labels. Job queued."
+EV_CANCELLED = "Job cancelled."
+EV_RETRY = (
+    "The worker running this job stopped responding (no heartbeat for {seconds:g} s); "
+    "retrying from the start (attempt {attempt} of {max}). You are billed once."
+)
+EV_SUCCEEDED = "Job succeeded: model {model} is ready."
+
+# Job errors.
+WORKER_LOST = (
+    "The worker running this job stopped responding {attempts} times (no heartbeat for "
+    "{seconds:g} s); giving up."
+)

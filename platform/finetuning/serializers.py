@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from core.errors import InvalidRequest
+from core.serializers import StrictSerializer, StrictStringField
+from workers.contract import LORA_TARGET_MODULES
+
+from . import messages
+from .services import SUFFIX_RE
+
+LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: not "5", not true, not 5.0."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
+class StrictFloatField(serializers.FloatField):
+    """A JSON number: not "0.1", not true."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
+class HyperparametersSerializer(StrictSerializer):
+    epochs = StrictIntegerField(min_value=1, max_value=100, required=False)
+    learning_rate = StrictFloatField(min_value=1e-6, max_value=1.0, required=False)
+    batch_size = StrictIntegerField(min_value=1, max_value=256, required=False)
+    lora_rank = StrictIntegerField(min_value=1, max_value=64, required=False)
+    lora_alpha = StrictFloatField(min_value=0.01, max_value=1024.0, required=False)
+    lora_dropout = StrictFloatField(min_value=0.0, max_value=0.9, required=False)
+    target_modules = serializers.ListField(
+        child=StrictStringField(),
+        min_length=1,
+        max_length=len(LORA_TARGET_MODULES),
+        required=False,
+        help_text=f"Attention projections to adapt: any of {list(LORA_TARGET_MODULES)}.",
+    )
+
+    def validate_target_modules(self, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in LORA_TARGET_MODULES:
+                raise InvalidRequest(
+                    messages.UNKNOWN_TARGET.format(name=name, choices=list(LORA_TARGET_MODULES)),
+                    code="invalid_parameter",
+                    param="hyperparameters.target_modules",
+                )
+        return list(dict.fromkeys(value))
+
+
+class FineTuneCreateSerializer(StrictSerializer):
+    base_model = StrictStringField(max_length=200)
+    training_dataset = StrictStringField(max_length=64)
+    validation_dataset = StrictStringField(max_length=64, required=False, allow_null=True)
+    method = serializers.ChoiceField(choices=["head", "lora"], required=False, default="head")
+    hyperparameters = HyperparametersSerializer(required=False)
+    suffix = StrictStringField(max_length=40, required=False, allow_blank=True, default="")
+    seed = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False, default=0)
+
+    def validate_suffix(self, value: str) -> str:
+        if value and not SUFFIX_RE.match(value):
+            raise InvalidRequest(messages.SUFFIX, code="invalid_parameter", param="suffix")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        hyper = attrs.get("hyperparameters") or {}
+        if attrs.get("method", "head") == "head":
+            for name in LORA_ONLY:
+                if name in hyper:
+                    raise InvalidRequest(
+                        messages.HYPERPARAMETER_FOR_LORA.format(name=name),
+                        code="invalid_parameter",
+                        param=f"hyperparameters.{name}",
+                    )
+        return attrs
+
+
+class ErrorInfoSerializer(serializers.Serializer[Any]):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class FineTuneSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    )
+    base_model = serializers.CharField()
+    method = serializers.ChoiceField(choices=["head", "lora"])
+    training_dataset = serializers.CharField()
+    validation_dataset = serializers.CharField(allow_null=True)
+    hyperparameters = serializers.DictField(help_text="As resolved, defaults included.")
+    suffix = serializers.CharField(allow_null=True)
+    seed = serializers.IntegerField()
+    fine_tuned_model = serializers.CharField(allow_null=True, help_text="Set on success.")
+    trained_tokens = serializers.IntegerField(allow_null=True, help_text="epochs x tokens.")
+    metrics = serializers.DictField(
+        allow_null=True, help_text="Validation accuracy, macro_f1, per_label_f1."
+    )
+    error = ErrorInfoSerializer(allow_null=True)
+    attempt = serializers.IntegerField(help_text="2 after a retry on a lost worker.")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class FineTuneListSerializer(serializers.Serializer[Any]):
+    object = serializers.CharField()
+    data = FineTuneSerializer(many=True)  # type: ignore[assignment]  # the stubs reserve this name
+    has_more = serializers.BooleanField()
+
+
+class FineTuneEventSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    level = serializers.ChoiceField(choices=["info", "warning", "error"])
+    type = serializers.CharField()
+    message = serializers.CharField()
+    data = serializers.DictField()  # type: ignore[assignment]  # the stubs reserve this name
+
+
+class FineTuneEventListSerializer(serializers.Serializer[Any]):
+    object = serializers.CharField()
+    data = FineTuneEventSerializer(many=True)  # type: ignore[assignment]  # reserved name
+    has_more = serializers.BooleanField()

@@ -1,0 +1,336 @@
+"""Writing fine-tuning jobs: create, cancel, apply a worker's event, and the lease sweep that
+retries a job whose worker died.
+
+State machine: validating_files -> queued -> running -> succeeded | failed | cancelled.
+Only this module moves a job between states; the worker only reports (job events).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from apikeys.models import ApiKey
+from config.celery import app
+from core.errors import Conflict, InvalidRequest
+from datasets.models import Dataset
+from datasets.selectors import dataset_get
+from datasets.services import artifact_store
+from inference.models import AIModel
+from inference.selectors import model_get_visible
+from tenants.models import Tenant
+from workers.contract import (
+    CONTRACT_VERSION,
+    HYPERPARAMETER_DEFAULTS,
+    Queue,
+    TaskName,
+    TrainRequest,
+    attempt_key,
+    cancel_key,
+)
+
+from . import messages
+from .models import FineTuneEvent, FineTuneJob
+from .selectors import fine_tune_get
+
+logger = logging.getLogger(__name__)
+
+# Redis keys outlive any job by far; they expire so that they do not accumulate.
+KEY_TTL_S = 7 * 24 * 3600
+Status = FineTuneJob.Status
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def model_id_for(job: FineTuneJob) -> str:
+    short = job.id.removeprefix("ftjob_")[:8].lower()
+    return ":".join(part for part in ("ft", job.base_model, job.suffix, short) if part)
+
+
+def _event(job: FineTuneJob, message: str, *, level: str = "info", **data: Any) -> None:
+    FineTuneEvent.objects.create(
+        tenant_id=job.tenant_id,
+        job=job,
+        type="log",
+        level=level,
+        message=message[:1000],
+        data=data,
+        created_at=timezone.now(),
+    )
+
+
+def _train_request(job: FineTuneJob) -> TrainRequest:
+    return {
+        "v": CONTRACT_VERSION,
+        "job_id": job.id,
+        "attempt": job.attempt,
+        "tenant_id": job.tenant_id,
+        "api_key_id": job.api_key_id,
+        "livemode": job.livemode,
+        "base_model": job.base_model,
+        "method": "lora" if job.method == FineTuneJob.Method.LORA else "head",
+        "model_id": model_id_for(job),
+        "training_file": job.training_file,
+        "validation_file": job.validation_file or None,
+        "hyperparameters": job.hyperparameters,
+        "seed": job.seed,
+    }
+
+
+def _enqueue_on_commit(job: FineTuneJob) -> None:
+    """Send the attempt after the commit (a worker must never see a job the database does
+    not have yet). If the broker is down then, the job fails visibly instead of sitting in
+    ``queued`` with no message behind it."""
+    request = _train_request(job)
+
+    def send() -> None:
+        try:
+            _redis().set(attempt_key(job.id), job.attempt, ex=KEY_TTL_S)
+            app.send_task(TaskName.TRAIN.value, args=[request], queue=Queue.TRAINING.value)
+        except Exception:
+            logger.exception("could not enqueue fine-tuning job %s", job.id)
+            _fail(job.id, code="queue_unavailable", message="The training queue is unreachable.")
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def _fail(job_id: str, *, code: str, message: str) -> None:
+    job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+    if job is None or job.is_terminal:
+        return
+    job.status, job.finished_at = Status.FAILED, timezone.now()
+    job.error = {"code": code, "message": message}
+    job.save(update_fields=["status", "finished_at", "error"])
+    _event(job, message, level="error")
+
+
+def fine_tune_create(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey,
+    base_model: str,
+    training_dataset_id: str,
+    validation_dataset_id: str | None,
+    method: str,
+    hyperparameters: dict[str, Any],
+    suffix: str,
+    seed: int,
+) -> FineTuneJob:
+    model = model_get_visible(tenant=tenant, model_id=base_model, param="base_model")
+    if model.kind != AIModel.Kind.BASE:
+        raise InvalidRequest(
+            messages.NOT_A_BASE_MODEL.format(model=base_model),
+            code="invalid_base_model",
+            param="base_model",
+        )
+    training = _usable(tenant, training_dataset_id, "training_dataset")
+    validation = None
+    if validation_dataset_id:
+        validation = _usable(tenant, validation_dataset_id, "validation_dataset")
+        extra = sorted(set(validation.labels) - set(training.labels))
+        if extra:
+            raise InvalidRequest(
+                messages.VALIDATION_LABELS.format(labels=", ".join(map(repr, extra))),
+                code="validation_labels_mismatch",
+                param="validation_dataset",
+            )
+    resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
+    with transaction.atomic():
+        job = FineTuneJob.objects.create(
+            tenant=tenant,
+            api_key_id=api_key.pk,
+            livemode=api_key.livemode,
+            base_model=model.base_model,
+            method=method,
+            training_dataset=training,
+            validation_dataset=validation,
+            training_file=training.content_file,
+            validation_file=validation.content_file if validation else "",
+            hyperparameters=resolved,
+            suffix=suffix,
+            seed=seed,
+            status=Status.VALIDATING_FILES,
+        )
+        _event(job, messages.EV_CREATED)
+        # The files were validated at upload; what is left to check is that their bytes are
+        # still in the artifact store the workers read.
+        store = artifact_store()
+        if not all(store.exists(h) for h in (job.training_file, job.validation_file) if h):
+            job.status, job.finished_at = Status.FAILED, timezone.now()
+            job.error = {"code": "file_missing", "message": "A dataset file is missing."}
+            job.save(update_fields=["status", "finished_at", "error"])
+            _event(job, job.error["message"], level="error")
+            return job
+        job.status = Status.QUEUED
+        job.save(update_fields=["status"])
+        _event(job, messages.EV_VALIDATED.format(rows=training.rows, labels=len(training.labels)))
+        _enqueue_on_commit(job)
+    return job
+
+
+def _usable(tenant: Tenant, dataset_id: str, param: str) -> Dataset:
+    dataset = dataset_get(tenant=tenant, dataset_id=dataset_id, param=param)
+    if dataset.status != Dataset.Status.VALID:
+        raise InvalidRequest(
+            messages.DATASET_INVALID.format(id=dataset.id, count=dataset.error_count),
+            code="dataset_invalid",
+            param=param,
+        )
+    return dataset
+
+
+@transaction.atomic
+def fine_tune_cancel(*, tenant: Tenant, job_id: str) -> FineTuneJob:
+    """A queued job never starts (the worker checks the key before it begins); a running one
+    stops at its next step boundary. The job reads ``cancelled`` at once."""
+    job = fine_tune_get(tenant=tenant, job_id=job_id, param="id", for_update=True)
+    if job.is_terminal:
+        raise Conflict(
+            messages.NOT_CANCELLABLE.format(status=job.status), code="job_not_cancellable"
+        )
+    _redis().set(cancel_key(job.id), 1, ex=KEY_TTL_S)
+    job.status, job.finished_at = Status.CANCELLED, timezone.now()
+    job.save(update_fields=["status", "finished_at"])
+    _event(job, messages.EV_CANCELLED)
+    return job
+
+
+def _when(raw: Any) -> datetime:
+    moment = parse_datetime(str(raw)) if raw else None
+    return moment if moment is not None and moment.tzinfo is not None else timezone.now()
+
+
+@transaction.atomic
+def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
+    """Apply one worker event. Idempotent (a redelivered event changes nothing) and safe
+    against stale attempts (events of an attempt the sweep gave up on are ignored).
+    Returns whether anything changed."""
+    job_id, attempt, kind = str(event["job_id"]), int(event["attempt"]), str(event["type"])
+    job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+    if job is None or attempt != job.attempt:
+        return False
+    now = timezone.now()
+    if kind == "heartbeat":
+        if job.status != Status.RUNNING:
+            return False
+        job.heartbeat_at = now
+        job.save(update_fields=["heartbeat_at"])
+        return True
+    seq = int(event["seq"])
+    if (
+        FineTuneEvent.objects.for_tenant(job.tenant_id)
+        .filter(job=job, attempt=attempt, seq=seq)
+        .exists()
+    ):
+        return False
+    data = event.get("data") or {}
+    if not isinstance(data, dict):
+        data = {}
+    shown = {k: v for k, v in data.items() if k != "artifact"} if kind == "succeeded" else data
+    FineTuneEvent.objects.create(
+        tenant_id=job.tenant_id,
+        job=job,
+        attempt=attempt,
+        seq=seq,
+        type=kind[:16],
+        level=str(event.get("level", "info"))[:8],
+        message=str(event.get("message", ""))[:1000],
+        data=shown,
+        created_at=_when(event.get("occurred_at")),
+    )
+    if job.is_terminal:
+        return True  # e.g. the worker confirming a cancel the user already made
+    if kind == "started" and job.status == Status.QUEUED:
+        job.status, job.started_at = Status.RUNNING, job.started_at or now
+        job.heartbeat_at = now
+    elif kind in ("progress", "log") and job.status == Status.RUNNING:
+        job.heartbeat_at = now
+    elif kind == "succeeded":
+        _succeed(job, data)
+    elif kind == "failed":
+        job.status, job.finished_at = Status.FAILED, now
+        job.error = {"code": str(data.get("code", "training_failed")), "message": event["message"]}
+    elif kind == "cancelled":
+        job.status, job.finished_at = Status.CANCELLED, now
+    job.save()
+    return True
+
+
+def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
+    model_id = model_id_for(job)
+    metrics = dict(result.get("metrics") or {})
+    AIModel.objects.unscoped().update_or_create(
+        id=model_id,
+        defaults={
+            "tenant_id": job.tenant_id,
+            "kind": AIModel.Kind.FINE_TUNED,
+            "base_model": job.base_model,
+            "description": f"Fine-tuned ({job.method}) by job {job.id}.",
+            "labels": list(result.get("labels") or []),
+            "metrics": metrics,
+            "artifact": str(result["artifact"]),
+            "deleted_at": None,
+        },
+    )
+    job.status, job.finished_at = Status.SUCCEEDED, timezone.now()
+    job.fine_tuned_model = model_id
+    job.trained_tokens = int(result.get("trained_tokens", 0))
+    job.metrics = metrics
+    _event(job, messages.EV_SUCCEEDED.format(model=model_id))
+
+
+def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = None) -> int:
+    """The lease: a running job with no heartbeat for ``timeout_s`` has lost its worker. It is
+    retried from the start once, then failed with the reason. Returns jobs handled."""
+    timeout = float(timeout_s if timeout_s is not None else settings.FINETUNE_HEARTBEAT_TIMEOUT_S)
+    cutoff = (now or timezone.now()) - timedelta(seconds=timeout)
+    # An operator's job across every tenant: deliberately unscoped.
+    stale = list(
+        FineTuneJob.objects.unscoped()
+        .filter(status=Status.RUNNING, heartbeat_at__lt=cutoff)
+        .values_list("pk", flat=True)
+    )
+    for job_id in stale:
+        with transaction.atomic():
+            job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+            if (
+                job is None
+                or job.status != Status.RUNNING
+                or (job.heartbeat_at or cutoff) >= cutoff
+            ):
+                continue
+            if job.attempt < settings.FINETUNE_MAX_ATTEMPTS:
+                job.attempt += 1
+                job.status, job.heartbeat_at = Status.QUEUED, None
+                job.save(update_fields=["attempt", "status", "heartbeat_at"])
+                _event(
+                    job,
+                    messages.EV_RETRY.format(
+                        seconds=timeout, attempt=job.attempt, max=settings.FINETUNE_MAX_ATTEMPTS
+                    ),
+                    level="warning",
+                )
+                _enqueue_on_commit(job)
+            else:
+                message = messages.WORKER_LOST.format(attempts=job.attempt, seconds=timeout)
+                job.status, job.finished_at = Status.FAILED, timezone.now()
+                job.error = {"code": "worker_lost", "message": message}
+                job.save(update_fields=["status", "finished_at", "error"])
+                _event(job, message, level="error")
+    return len(stale)
+
+
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

@@ -1,0 +1,117 @@
+"""The validation rules, one by one: every problem is named with its line."""
+
+from __future__ import annotations
+
+import json
+
+from datasets.validation import MAX_REPORTED_ERRORS, dataset_validate, normalised_jsonl
+
+
+def jsonl(rows):
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def good_rows(labels=("a", "b"), per_label=10):
+    return [
+        {"text": f"example {label} {i}", "label": label}
+        for label in labels
+        for i in range(per_label)
+    ]
+
+
+def messages_by_line(result):
+    return [(e["line"], e["message"]) for e in result.errors]
+
+
+def test_a_good_jsonl_file():
+    result = dataset_validate(jsonl(good_rows()))
+    assert result.valid and result.format == "jsonl"
+    assert result.labels == {"a": 10, "b": 10}
+    assert result.errors == [] and result.warnings == []
+
+
+def test_a_good_csv_file_with_quoted_newlines_and_bom():
+    data = '\ufefftext,label\n"line one\nline two",a\n' + "".join(
+        f"text {i},{'a' if i % 2 else 'b'}\n" for i in range(20)
+    )
+    result = dataset_validate(data.encode(), filename="train.csv")
+    assert result.valid, result.errors
+    assert result.format == "csv" and result.examples[0] == ("line one\nline two", "a")
+    assert sum(result.labels.values()) == 21
+
+
+def test_each_line_problem_is_reported_with_its_line():
+    lines = [
+        json.dumps({"text": "fine", "label": "a"}),
+        "not json at all",
+        json.dumps(["a", "list"]),
+        json.dumps({"label": "a"}),
+        json.dumps({"text": 5, "label": "a"}),
+        json.dumps({"text": "   ", "label": "a"}),
+        json.dumps({"text": "x" * 10_001, "label": "a"}),
+        json.dumps({"text": "fine", "label": "b"}),
+        json.dumps({"text": "ok", "label": ""}),
+    ]
+    data = ("\n".join(lines) + "\n").encode() + b'{"text": "\xff", "label": "a"}\n'
+    found = messages_by_line(dataset_validate(data))
+    by_line = {}
+    for line, message in found:
+        by_line.setdefault(line, []).append(message)
+    assert "not valid JSON" in by_line[2][0]
+    assert "must be a JSON object" in by_line[3][0]
+    assert by_line[4] == ["Missing 'text'."]
+    assert by_line[5] == ["'text' must be a string."]
+    assert by_line[6] == ["'text' is empty."]
+    assert "10001 characters" in by_line[7][0]
+    assert by_line[8] == ["Duplicate of line 1."]
+    assert by_line[9] == ["'label' is empty."]
+    assert by_line[10] == ["Line is not valid UTF-8."]
+
+
+def test_whole_file_rules():
+    one_label = dataset_validate(jsonl(good_rows(labels=("a",))))
+    assert not one_label.valid
+    assert any("At least 2 distinct labels" in m for _, m in messages_by_line(one_label))
+
+    few = dataset_validate(jsonl(good_rows(per_label=10)[:10] + good_rows(("b",), 4)))
+    assert (None, "Label 'b' has 4 examples; at least 5 are needed.") in messages_by_line(few)
+
+    warned = dataset_validate(jsonl(good_rows(per_label=7)))
+    assert warned.valid and len(warned.warnings) == 2
+
+    many = dataset_validate(jsonl(good_rows(labels=[f"l{i}" for i in range(101)], per_label=5)))
+    assert any("At most 100 distinct labels" in m for _, m in messages_by_line(many))
+
+    empty = dataset_validate(b"\n\n")
+    assert not empty.valid and messages_by_line(empty) == [(None, "The file contains no examples.")]
+
+
+def test_only_the_first_100_errors_are_listed_but_all_are_counted():
+    data = b"".join(b"nope\n" for _ in range(250))
+    result = dataset_validate(data + jsonl(good_rows()))
+    assert result.error_count == 250 and len(result.errors) == MAX_REPORTED_ERRORS
+    assert [e["line"] for e in result.errors] == list(range(1, 101))
+
+
+def test_csv_problems():
+    no_header = dataset_validate(b"hello,a\nworld,b\n", filename="x.csv")
+    assert messages_by_line(no_header)[0][1].startswith("A CSV file needs a header")
+    ragged = dataset_validate(b"text,label\nonly one column\n", filename="x.csv")
+    assert (2, "Expected 2 columns as in the header, found 1.") in messages_by_line(ragged)
+
+
+def test_unknown_format():
+    result = dataset_validate(b"just some prose\nwithout structure\n")
+    assert not result.valid and "Expected JSONL" in result.errors[0]["message"]
+
+
+def test_extra_keys_warn_once():
+    rows = [{**row, "id": i} for i, row in enumerate(good_rows())]
+    result = dataset_validate(jsonl(rows))
+    assert result.valid and len(result.warnings) == 1 and result.warnings[0]["line"] == 1
+
+
+def test_normalised_jsonl_round_trips_unicode():
+    data = normalised_jsonl([("café ☕", "a"), ('quote " and \\', "b")])
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    assert rows == [{"text": "café ☕", "label": "a"}, {"text": 'quote " and \\', "label": "b"}]

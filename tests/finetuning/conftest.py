@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from datasets.services import dataset_create
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def rows_file(rows: list[dict[str, str]]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def read_rows(name: str) -> list[dict[str, str]]:
+    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line]
+
+
+@pytest.fixture
+def make_dataset() -> Callable[..., Any]:
+    def make(tenant: Any, rows: list[dict[str, str]] | None = None, data: bytes | None = None):
+        if data is None:
+            rows = rows or read_rows("support_tickets.jsonl")[:60]
+            data = rows_file(rows)
+        return dataset_create(tenant=tenant, upload=SimpleUploadedFile("d.jsonl", data))
+
+    return make

@@ -1,0 +1,153 @@
+"""/v1/fine-tunes without a worker: creation and its checks, every bad input a 4xx in the
+contract's shape, cancel, events, isolation. (Jobs running for real: tests/e2e.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from finetuning.models import FineTuneJob
+from inference.models import AIModel
+from tests.finetuning.conftest import read_rows
+
+pytestmark = pytest.mark.django_db
+
+
+def create(client, **body):
+    return client.post("/v1/fine-tunes", body, format="json")
+
+
+def assert_error(response, status, code, param=None):
+    assert response.status_code == status, response.content
+    error = response.json()["error"]
+    assert error["type"] and error["code"] == code, error
+    if param is not None:
+        assert error["param"] == param, error
+
+
+def test_create_a_job(api, tenant, make_dataset):
+    dataset = make_dataset(tenant)
+    response = create(
+        api,
+        base_model="minilm-l6",
+        training_dataset=dataset.id,
+        suffix="support-v1",
+        hyperparameters={"epochs": 3},
+    )
+    assert response.status_code == 201, response.content
+    job = response.json()
+    assert job["id"].startswith("ftjob_") and job["object"] == "fine_tune"
+    assert job["status"] == "queued" and job["method"] == "head"
+    assert job["hyperparameters"] == {"epochs": 3, "learning_rate": 0.01, "batch_size": 32}
+    assert job["fine_tuned_model"] is None and job["trained_tokens"] is None
+    assert job["validation_dataset"] is None and job["error"] is None
+    assert api.get(f"/v1/fine-tunes/{job['id']}").json() == job
+    assert [j["id"] for j in api.get("/v1/fine-tunes").json()["data"]] == [job["id"]]
+    events = api.get(f"/v1/fine-tunes/{job['id']}/events").json()["data"]
+    assert [e["message"].split(";")[0] for e in events][-1] == "Fine-tuning job created"
+    assert all(set(e) >= {"id", "created_at", "level", "message", "data"} for e in events)
+
+
+def test_lora_defaults(api, tenant, make_dataset):
+    job = create(
+        api, base_model="minilm-l6", training_dataset=make_dataset(tenant).id, method="lora"
+    ).json()
+    assert job["hyperparameters"]["lora_rank"] == 8
+    assert job["hyperparameters"]["target_modules"] == ["query", "value"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({}, 400, "missing_parameter", "base_model"),
+        ({"base_model": "nope"}, 404, "model_not_found", "base_model"),
+        ({"training_dataset": "ds_missing"}, 404, "dataset_not_found", "training_dataset"),
+        ({"validation_dataset": "ds_missing"}, 404, "dataset_not_found", "validation_dataset"),
+        ({"method": "full"}, 400, "invalid_choice", "method"),
+        ({"hyperparameters": {"epochs": 0}}, 400, "min_value", "hyperparameters.epochs"),
+        ({"hyperparameters": {"epochs": "5"}}, 400, "invalid_parameter", "hyperparameters.epochs"),
+        ({"hyperparameters": {"epochs": 1000}}, 400, "max_value", "hyperparameters.epochs"),
+        ({"hyperparameters": {"learning_rate": 0}}, 400, "min_value", None),
+        ({"hyperparameters": {"batch_size": True}}, 400, "invalid_parameter", None),
+        ({"hyperparameters": {"warmup": 3}}, 400, "unknown_parameter", None),
+        ({"hyperparameters": {"lora_rank": 4}}, 400, "invalid_parameter", None),
+        ({"hyperparameters": [1]}, 400, "invalid_request_body", None),
+        ({"method": "lora", "hyperparameters": {"lora_rank": 0}}, 400, "min_value", None),
+        ({"method": "lora", "hyperparameters": {"lora_dropout": 1}}, 400, "max_value", None),
+        (
+            {"method": "lora", "hyperparameters": {"target_modules": ["mlp"]}},
+            400,
+            "invalid_parameter",
+            "hyperparameters.target_modules",
+        ),
+        ({"method": "lora", "hyperparameters": {"target_modules": []}}, 400, "min_length", None),
+        ({"suffix": "has space"}, 400, "invalid_parameter", "suffix"),
+        ({"suffix": "x" * 41}, 400, "max_length", "suffix"),
+        ({"seed": -1}, 400, "min_value", "seed"),
+        ({"colour": "red"}, 400, "unknown_parameter", "colour"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(api, tenant, make_dataset, body, status, code, param):
+    defaults = {"base_model": "minilm-l6", "training_dataset": make_dataset(tenant).id}
+    if body == {}:
+        defaults = {}
+    response = create(api, **{**defaults, **body})
+    assert_error(response, status, code, param)
+    assert not FineTuneJob.objects.for_tenant(tenant).exists()
+
+
+def test_invalid_dataset_and_label_mismatch(api, tenant, make_dataset):
+    bad = make_dataset(tenant, data=b"not json\n")
+    assert_error(
+        create(api, base_model="minilm-l6", training_dataset=bad.id),
+        400,
+        "dataset_invalid",
+        "training_dataset",
+    )
+    rows = read_rows("support_tickets.jsonl")
+    training = make_dataset(tenant, [r for r in rows if r["label"] != "delivery"][:60])
+    validation = make_dataset(tenant, rows[200:260])
+    assert_error(
+        create(
+            api,
+            base_model="minilm-l6",
+            training_dataset=training.id,
+            validation_dataset=validation.id,
+        ),
+        400,
+        "validation_labels_mismatch",
+        "validation_dataset",
+    )
+
+
+def test_a_fine_tuned_model_cannot_be_the_base(api, tenant, make_dataset):
+    AIModel.objects.create(
+        id="ft:minilm-l6:x:1", tenant=tenant, kind="fine_tuned", base_model="minilm-l6"
+    )
+    response = create(api, base_model="ft:minilm-l6:x:1", training_dataset=make_dataset(tenant).id)
+    assert_error(response, 400, "invalid_base_model", "base_model")
+
+
+def test_cancel(api, tenant, make_dataset):
+    job = create(api, base_model="minilm-l6", training_dataset=make_dataset(tenant).id).json()
+    cancelled = api.post(f"/v1/fine-tunes/{job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    assert_error(api.post(f"/v1/fine-tunes/{job['id']}/cancel"), 409, "job_not_cancellable")
+
+
+def test_scope_and_isolation(tenant, other_tenant, client_for, make_dataset):
+    mine = client_for(tenant, ["training"])
+    job = create(mine, base_model="minilm-l6", training_dataset=make_dataset(tenant).id).json()
+    assert_error(client_for(tenant, ["inference"]).get("/v1/fine-tunes"), 403, "insufficient_scope")
+    other = client_for(other_tenant, ["admin"])
+    for method, path in [
+        ("get", f"/v1/fine-tunes/{job['id']}"),
+        ("get", f"/v1/fine-tunes/{job['id']}/events"),
+        ("post", f"/v1/fine-tunes/{job['id']}/cancel"),
+    ]:
+        assert_error(getattr(other, method)(path), 404, "job_not_found")
+    assert other.get("/v1/fine-tunes").json()["data"] == []
+    # Another tenant's dataset cannot be trained on either.
+    response = create(other, base_model="minilm-l6", training_dataset=job["training_dataset"])
+    assert_error(response, 404, "dataset_not_found", "training_dataset")
+    assert mine.get(f"/v1/fine-tunes/{job['id']}").json()["status"] == "queued"

@@ -1,0 +1,101 @@
+"""Training in-process (no Celery): splits, metrics, the head against a logistic regression,
+LoRA against the head, embedding cache, cancellation at step boundaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from workers.training.data import Rows, rows_load, stratified_split
+from workers.training.metrics import classification_metrics
+from workers.training.runner import JobCancelledError, TrainingDataError, train_run
+
+from .conftest import dataset_bytes, make_request
+
+
+def test_stratified_split_holds_out_every_label_deterministically():
+    rows = Rows([f"t{i}" for i in range(23)], ["a"] * 15 + ["b"] * 5 + ["c"] * 3)
+    train, held = stratified_split(rows, seed=1)
+    assert sorted(held.labels) == ["a", "a", "a", "b", "c"]
+    assert set(train.texts).isdisjoint(held.texts) and len(train) + len(held) == 23
+    assert stratified_split(rows, seed=1) == (train, held)
+    assert stratified_split(rows, seed=2) != (train, held)
+
+
+def test_metrics():
+    m = classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b", "c"])
+    assert m["accuracy"] == 0.75
+    assert m["per_label_f1"] == {"a": 0.6667, "b": 0.8, "c": 0.0}
+    assert m["macro_f1"] == round((0.6667 + 0.8 + 0.0) / 3, 4)
+
+
+def test_head_matches_logistic_regression_and_caches_embeddings(store, context, encoder):
+    digest = store.put(dataset_bytes("product_reviews.jsonl"))
+    ctx, events = context(make_request(digest))
+    result = train_run(ctx)
+    metrics = result["metrics"]
+    assert set(metrics) >= {"accuracy", "macro_f1", "per_label_f1"}
+    assert [e[2]["epoch"] for e in events.of("progress")] == list(range(1, 11))
+    assert events.of("progress")[-1][2]["validation_accuracy"] == metrics["accuracy"]
+    assert events.of("log")[1][2] == {"cached": False}
+
+    # scikit-learn's logistic regression on the same frozen mean-pooled embeddings and split.
+    train, held = stratified_split(rows_load(store, digest), seed=0)
+
+    def embed(texts):
+        batches = [encoder.embed(texts[i : i + 32]).numpy() for i in range(0, len(texts), 32)]
+        return np.concatenate(batches)
+
+    baseline = LogisticRegression(max_iter=2000).fit(embed(train.texts), train.labels)
+    reference = float((baseline.predict(embed(held.texts)) == np.array(held.labels)).mean())
+    print(f"head accuracy {metrics['accuracy']:.4f} vs logistic regression {reference:.4f}")
+    assert metrics["accuracy"] >= reference - 0.02
+
+    # A second job on the same file reuses the embeddings.
+    ctx, again = context(make_request(digest, hyperparameters={"epochs": 2}))
+    assert train_run(ctx)["metrics"]["validation_examples"] == metrics["validation_examples"]
+    assert again.of("log")[1][2] == {"cached": True}
+
+
+def test_lora_beats_head(store, context):
+    digest = store.put(dataset_bytes("product_reviews.jsonl"))
+    head = train_run(context(make_request(digest))[0])
+    ctx, events = context(make_request(digest, method="lora", hyperparameters={"epochs": 2}))
+    lora = train_run(ctx)
+    print(f"lora accuracy {lora['metrics']['accuracy']} vs head {head['metrics']['accuracy']}")
+    assert lora["metrics"]["accuracy"] > head["metrics"]["accuracy"]
+    assert [e[2]["epoch"] for e in events.of("progress")] == [1, 2]
+    assert lora["trained_tokens"] == 2 * head["trained_tokens"] // 10
+
+
+def test_an_explicit_validation_set_and_its_labels(store, context):
+    train = store.put(dataset_bytes("support_tickets.jsonl", 200))
+    val = store.put(dataset_bytes("support_tickets.jsonl")[-4000:].split(b"\n", 1)[1])
+    result = train_run(context(make_request(train, validation_file=val))[0])
+    assert result["metrics"]["train_examples"] == 200
+    assert result["labels"] == ["account", "billing", "delivery", "technical"]
+
+    narrow = store.put(
+        b"".join(
+            line + b"\n"
+            for line in dataset_bytes("support_tickets.jsonl").splitlines()
+            if b'"billing"' in line or b'"account"' in line
+        )
+    )
+    with pytest.raises(TrainingDataError):
+        train_run(context(make_request(narrow, validation_file=val))[0])
+
+
+def test_cancellation_stops_at_a_step_boundary(store, context):
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 120))
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 3
+
+    ctx, events = context(make_request(digest), cancelled)
+    with pytest.raises(JobCancelledError):
+        train_run(ctx)
+    assert len(calls) == 4 and not events.of("progress")[3:]

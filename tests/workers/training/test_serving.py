@@ -1,0 +1,91 @@
+"""Serving fine-tuned models in the inference engine: a head rides the shared batcher, a
+LoRA model runs on a merged copy of the encoder, a missing artifact is a clean error."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.workers.helpers import make_request as classify_request
+from workers.artifacts import ArtifactStore
+from workers.runtime.finetuned import model_file_read
+from workers.training.lora import adapted_model, embed_with, lora_state
+from workers.training.runner import JobContext, train_run
+
+from .conftest import Recorder, dataset_bytes, make_request
+
+INPUTS = [
+    "I was charged twice for my subscription, please refund one payment",
+    "The app crashes with an error every time I open the settings page",
+    "My parcel never arrived and the tracking number does not work",
+    "I can't log in, the password reset link has expired",
+]
+
+
+def train(method: str, limit: int, **hyper):
+    store = ArtifactStore()  # the engine's store (ARTIFACT_DIR)
+    digest = store.put(dataset_bytes("support_tickets.jsonl", limit))
+    request = make_request(digest, method=method, hyperparameters=hyper)
+    return train_run(JobContext(request, store, Recorder(), lambda: False, threads=2))
+
+
+def fine_tuned_request(result, inputs=INPUTS):
+    return classify_request(inputs, model="ft:minilm-l6:test:abc", artifact=result["artifact"])
+
+
+def test_a_head_model_is_served_through_the_shared_batcher(engine):
+    result = train("head", 160)
+    before = engine.runtime("minilm-l6").batcher.stats().texts
+    answer = engine.classify(fine_tuned_request(result))
+    assert "error" not in answer, answer
+    assert [row["label"] for row in answer["results"]] == [
+        "billing",
+        "technical",
+        "delivery",
+        "account",
+    ]
+    assert set(answer["results"][0]["scores"]) == set(result["labels"])
+    assert abs(sum(answer["results"][0]["scores"].values()) - 1) < 1e-5
+    assert answer["usage"]["inputs"] == 4 and answer["usage"]["tokens"] > 20
+    assert engine.runtime("minilm-l6").batcher.stats().texts == before + 4
+
+
+def test_a_lora_model_is_served_from_a_merged_encoder(engine):
+    result = train("lora", 80, epochs=1)
+    answer = engine.classify(fine_tuned_request(result))
+    assert "error" not in answer, answer
+    assert [row["label"] for row in answer["results"]][:2] == ["billing", "technical"]
+    loaded = engine.fine_tuned.get(result["artifact"], lambda name: engine.runtime(name).encoder)
+    assert loaded.encoder is not None and loaded.model.method == "lora"
+
+
+def test_merging_adapters_gives_the_adapted_model(encoder):
+    model, adapters = adapted_model(
+        encoder, targets=["query", "key", "value"], rank=4, alpha=8.0, dropout=0.0
+    )
+    torch.manual_seed(0)
+    for adapter in adapters:
+        for b in adapter.B.values():
+            torch.nn.init.normal_(b, std=0.02)
+    ids = [t.ids for t in encoder.tokenize(INPUTS)]
+    expected = embed_with(model, ids)
+    from workers.runtime.finetuned import model_file_write
+
+    data = model_file_write(
+        base_model="minilm-l6",
+        method="lora",
+        labels=["a", "b"],
+        head_weight=torch.zeros(2, encoder.dim),
+        head_bias=torch.zeros(2),
+        lora=lora_state(adapters),
+        lora_rank=4,
+        lora_alpha=8.0,
+    )
+    merged = model_file_read(data).merged_encoder(encoder, "merged")
+    assert torch.allclose(merged.embed_ids(ids), expected, atol=1e-5)
+    # The shared encoder is untouched.
+    assert not torch.allclose(encoder.embed_ids(ids), expected, atol=1e-3)
+
+
+def test_a_missing_artifact_is_a_clean_error(engine):
+    answer = engine.classify(fine_tuned_request({"artifact": "0" * 64}))
+    assert answer["error"]["code"] == "model_unavailable" and answer["results"] == []

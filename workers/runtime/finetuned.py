@@ -1,0 +1,175 @@
+"""Fine-tuned models: the file format training writes and serving reads, and an LRU of loaded
+models per worker.
+
+One model is one safetensors file in the artifact store (named by its hash): the head
+(``head.weight``, ``head.bias``: a linear layer over the encoder's mean-pooled, normalised
+embedding, scaled by ``HEAD_SCALE``), LoRA factors when the method was ``lora``
+(``lora.<layer>.<target>.A``/``.B``), and string metadata (format version, base model,
+method, labels, LoRA rank/alpha). safetensors, not pickle: loading a file can never run code.
+
+Serving: a ``head`` model only adds a matrix product after the shared encoder, so its
+requests ride the shared dynamic batcher with everyone else's. A ``lora`` model changes the
+encoder itself: its adapters are merged into a private copy of the weights (same speed as
+the base model, no per-request adapter cost), kept in a small LRU because each copy is the
+size of the encoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load, save
+
+from workers.runtime.encoder import BertModel, Encoder
+
+FORMAT = "margin-finetune/1"
+# Logits are HEAD_SCALE * (W x + b) on unit-length embeddings: the same x20 scale the encoder
+# was trained at, so a head initialised at the class centroids starts out well calibrated.
+HEAD_SCALE = 20.0
+# Which slice of the fused query/key/value projection each LoRA target adapts.
+QKV_TARGETS = {"query": 0, "key": 1, "value": 2}
+
+
+class ModelFileError(ValueError):
+    """Not a model file this worker understands."""
+
+
+@dataclass(frozen=True)
+class FineTunedModel:
+    base_model: str
+    method: str
+    labels: list[str]
+    head_weight: torch.Tensor  # (labels, dim)
+    head_bias: torch.Tensor  # (labels,)
+    lora: dict[str, torch.Tensor]
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return HEAD_SCALE * (embeddings @ self.head_weight.T + self.head_bias)
+
+    def merged_encoder(self, encoder: Encoder, encoder_id: str) -> Encoder:
+        """A copy of ``encoder`` with this model's adapters merged into its weights."""
+        model = copy.deepcopy(encoder.model)
+        lora_merge(model, self.lora, rank=self.lora_rank, alpha=self.lora_alpha)
+        return encoder.derive(encoder_id, model)
+
+
+def lora_merge(model: BertModel, lora: dict[str, torch.Tensor], *, rank: int, alpha: float) -> None:
+    """W_target += (alpha / rank) * B @ A, in place, for every adapted slice."""
+    scale = alpha / rank
+    with torch.no_grad():
+        for name, a in lora.items():
+            if not name.endswith(".A"):
+                continue
+            layer, target, _ = name.split(".")
+            b = lora[name[:-2] + ".B"]
+            qkv = model.layers[int(layer)].qkv
+            assert isinstance(qkv, torch.nn.Linear)
+            d = qkv.in_features
+            offset = QKV_TARGETS[target] * d
+            qkv.weight[offset : offset + d] += scale * (b @ a).to(qkv.weight.dtype)
+
+
+def model_file_write(
+    *,
+    base_model: str,
+    method: str,
+    labels: list[str],
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+    lora: dict[str, torch.Tensor] | None = None,
+    lora_rank: int = 0,
+    lora_alpha: float = 0.0,
+) -> bytes:
+    tensors = {
+        "head.weight": head_weight.detach().float().contiguous().cpu(),
+        "head.bias": head_bias.detach().float().contiguous().cpu(),
+    }
+    for name, value in (lora or {}).items():
+        tensors[f"lora.{name}"] = value.detach().float().contiguous().cpu()
+    metadata = {
+        "format": FORMAT,
+        "base_model": base_model,
+        "method": method,
+        "labels": json.dumps(labels),
+        "lora_rank": str(lora_rank),
+        "lora_alpha": str(lora_alpha),
+    }
+    data: bytes = save(tensors, metadata=metadata)
+    return data
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    # safetensors: 8-byte little-endian header length, then a JSON header with __metadata__.
+    if len(data) < 8:
+        raise ModelFileError("file too short")
+    length = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except ValueError:
+        raise ModelFileError("unreadable header") from None
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"unknown format {meta.get('format')!r}")
+    return dict(meta)
+
+
+def model_file_read(data: bytes) -> FineTunedModel:
+    meta = _metadata(data)
+    tensors = load(data)
+    lora = {k[len("lora.") :]: v for k, v in tensors.items() if k.startswith("lora.")}
+    return FineTunedModel(
+        base_model=meta["base_model"],
+        method=meta["method"],
+        labels=list(json.loads(meta["labels"])),
+        head_weight=tensors["head.weight"],
+        head_bias=tensors["head.bias"],
+        lora=lora,
+        lora_rank=int(meta.get("lora_rank", "0")),
+        lora_alpha=float(meta.get("lora_alpha", "0")),
+    )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: FineTunedModel
+    encoder: Encoder | None  # a private merged encoder for LoRA models; None: the shared one
+    lock: threading.Lock  # serialises forward passes through a private encoder
+
+
+class FineTunedCache:
+    """LRU of loaded fine-tuned models, keyed by artifact hash. ``fetch`` reads the file (from
+    the artifact store) on a miss; ``base_encoder`` gives the shared encoder to merge into."""
+
+    def __init__(self, capacity: int, fetch: Callable[[str], bytes]) -> None:
+        self.capacity = max(1, capacity)
+        self._fetch = fetch
+        self._items: OrderedDict[str, Loaded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, artifact: str, base_encoder: Callable[[str], Encoder]) -> Loaded:
+        with self._lock:
+            hit = self._items.get(artifact)
+            if hit is not None:
+                self._items.move_to_end(artifact)
+                return hit
+        # Loaded outside the lock: reading and merging take ~100 ms and must not block
+        # requests for models already loaded. Two threads may load the same one; one wins.
+        model = model_file_read(self._fetch(artifact))
+        encoder = None
+        if model.lora:
+            encoder = model.merged_encoder(base_encoder(model.base_model), f"ft:{artifact}")
+        loaded = Loaded(model, encoder, threading.Lock())
+        with self._lock:
+            self._items[artifact] = self._items.get(artifact, loaded)
+            self._items.move_to_end(artifact)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            return self._items[artifact]

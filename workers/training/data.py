@@ -1,0 +1,57 @@
+"""Training data as the worker sees it: the normalised JSONL the platform stored after
+validating an upload (one ``{"text", "label"}`` object per line), and the held-out split."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+from workers.artifacts import ArtifactStore
+
+# Share of each label held out for validation when the job names no validation set.
+VALIDATION_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Rows:
+    texts: list[str]
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: list[int]) -> Rows:
+        return Rows([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+
+def rows_load(store: ArtifactStore, digest: str) -> Rows:
+    texts: list[str] = []
+    labels: list[str] = []
+    for line in store.get(digest).decode("utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            texts.append(row["text"])
+            labels.append(row["label"])
+    return Rows(texts, labels)
+
+
+def stratified_split(
+    rows: Rows, *, seed: int, share: float = VALIDATION_SHARE
+) -> tuple[Rows, Rows]:
+    """Hold out ``share`` of every label (at least one row, and at least one left to train
+    on), so a rare label is both learned and measured. Deterministic for a seed."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for index, label in enumerate(rows.labels):
+        by_label[label].append(index)
+    rng = random.Random(seed)
+    train: list[int] = []
+    held: list[int] = []
+    for label in sorted(by_label):
+        indices = by_label[label]
+        rng.shuffle(indices)
+        n_held = min(max(1, round(len(indices) * share)), len(indices) - 1)
+        held += indices[:n_held]
+        train += indices[n_held:]
+    return rows.subset(sorted(train)), rows.subset(sorted(held))

@@ -1,0 +1,116 @@
+"""Job events: plain JSON messages on the ``training_events`` queue, read by the platform's
+job-events consumer, which records them and moves the job through its states. Like usage
+events they are not Celery tasks: the platform side is a consumer, not a worker.
+
+Heartbeats ride the same queue from a background thread, so a job in a long step (a LoRA
+epoch, embedding a big file) still proves it is alive; a worker killed with -9 simply stops
+sending them, and the platform's sweep notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange
+from kombu import Queue as KombuQueue
+
+from workers.contract import (
+    CONTRACT_VERSION,
+    TRAINING_EVENTS_EXCHANGE,
+    TRAINING_EVENTS_ROUTING_KEY,
+    JobEvent,
+    Queue,
+    TrainRequest,
+)
+from workers.usage import PUBLISH_RETRY_POLICY
+
+logger = logging.getLogger(__name__)
+
+events_exchange = Exchange(TRAINING_EVENTS_EXCHANGE, type="direct", durable=True)
+# Declared by the publisher too: the Redis transport drops messages sent to an exchange that
+# has no bound queue yet.
+events_queue = KombuQueue(
+    Queue.TRAINING_EVENTS.value,
+    events_exchange,
+    routing_key=TRAINING_EVENTS_ROUTING_KEY,
+    durable=True,
+)
+
+_HOSTNAME = socket.gethostname()
+
+
+class EventPublisher:
+    """Publishes one attempt's events with increasing ``seq`` (heartbeats use seq 0: they
+    are not stored, only noted). Thread-safe."""
+
+    def __init__(self, app: Celery, request: TrainRequest) -> None:
+        self.app = app
+        self.job_id = request["job_id"]
+        self.attempt = request["attempt"]
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def emit(
+        self,
+        type: Any,
+        message: str,
+        *,
+        level: Any = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        with self._lock:
+            if type != "heartbeat":
+                self._seq += 1
+            event: JobEvent = {
+                "v": CONTRACT_VERSION,
+                "job_id": self.job_id,
+                "attempt": self.attempt,
+                "seq": 0 if type == "heartbeat" else self._seq,
+                "type": type,
+                "level": level,
+                "message": message,
+                "data": dict(data or {}),
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "worker": _HOSTNAME,
+            }
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(
+                    dict(event),
+                    exchange=events_exchange,
+                    routing_key=TRAINING_EVENTS_ROUTING_KEY,
+                    serializer="json",
+                    delivery_mode=2,
+                    declare=[events_queue],
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY_POLICY,
+                )
+
+
+class Heartbeat:
+    """Sends a heartbeat every ``interval`` seconds until stopped."""
+
+    def __init__(self, publisher: EventPublisher, interval: float) -> None:
+        self.publisher = publisher
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.publisher.emit("heartbeat", "")
+            except Exception:  # a missed beat is survivable; a dead thread is not
+                logger.exception("heartbeat for %s not sent", self.publisher.job_id)

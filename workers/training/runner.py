@@ -1,0 +1,212 @@
+"""One fine-tuning attempt, start to finish, with no Celery and no broker in sight: the task
+(workers/training/tasks.py) supplies ``emit`` (publish a job event) and ``cancelled`` (has
+the platform cancelled the job?), which keeps this testable in-process.
+
+Step boundaries, where a cancelled job stops: every embedding batch, every head epoch and
+every LoRA optimiser step (a LoRA epoch of 500 texts takes ~10 s on 2 cores, too long to
+wait for a cancel).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workers.artifacts import ArtifactStore
+from workers.contract import HYPERPARAMETER_DEFAULTS, Hyperparameters, TrainRequest, TrainResult
+from workers.runtime.encoder import load_encoder
+from workers.runtime.finetuned import model_file_write
+
+from . import head as head_method
+from . import lora as lora_method
+from .data import rows_load, stratified_split
+from .metrics import classification_metrics
+
+Emit = Callable[..., None]  # emit(type, message, *, level="info", data=None)
+
+
+class JobCancelledError(Exception):
+    """The platform cancelled the job; stop at this step boundary."""
+
+
+class TrainingDataError(ValueError):
+    """The data cannot be trained on (the message is shown to the customer)."""
+
+
+@dataclass
+class JobContext:
+    request: TrainRequest
+    store: ArtifactStore
+    emit: Emit
+    cancelled: Callable[[], bool]
+    device: str = "cpu"
+    threads: int | None = None
+
+    def step(self) -> None:
+        if self.cancelled():
+            raise JobCancelledError(self.request["job_id"])
+
+
+def resolved_hyperparameters(request: TrainRequest) -> Hyperparameters:
+    merged: dict[str, Any] = dict(HYPERPARAMETER_DEFAULTS[request["method"]])
+    merged.update(request.get("hyperparameters") or {})
+    return merged  # type: ignore[return-value]
+
+
+def train_run(ctx: JobContext) -> TrainResult:
+    request = ctx.request
+    hp = resolved_hyperparameters(request)
+    began = time.perf_counter()
+    seed = int(request.get("seed", 0))
+    torch.manual_seed(seed)
+
+    rows = rows_load(ctx.store, request["training_file"])
+    validation_file = request.get("validation_file")
+    if validation_file:
+        train_rows, val_rows = rows, rows_load(ctx.store, validation_file)
+    else:
+        train_rows, val_rows = stratified_split(rows, seed=seed)
+    labels = sorted(set(train_rows.labels))
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(val_rows.labels) - set(index))
+    if unknown:
+        raise TrainingDataError(f"validation labels not in the training set: {unknown}")
+    y_train = torch.tensor([index[x] for x in train_rows.labels])
+    y_val = torch.tensor([index[x] for x in val_rows.labels])
+    ctx.emit(
+        "log",
+        f"Training on {len(train_rows)} examples, validating on {len(val_rows)}"
+        f"{'' if validation_file else ' (stratified hold-out)'}; {len(labels)} labels.",
+        data={"train_examples": len(train_rows), "validation_examples": len(val_rows)},
+    )
+    ctx.step()
+
+    encoder = load_encoder(request["base_model"], device=ctx.device, threads=ctx.threads)
+    # Embeddings are per dataset file; with a held-out split we embed the whole file once
+    # (cached by its hash) and slice it, so the next job on this file reuses all of it.
+    all_x, all_tokens, cached = head_method.embeddings_get(
+        store=ctx.store,
+        encoder=encoder,
+        digest=request["training_file"],
+        texts=rows.texts,
+        step=ctx.step,
+    )
+    if validation_file:
+        x_train = all_x
+        x_val, _, _ = head_method.embeddings_get(
+            store=ctx.store,
+            encoder=encoder,
+            digest=validation_file,
+            texts=val_rows.texts,
+            step=ctx.step,
+        )
+        train_tokens = all_tokens
+    else:
+        position = {text: i for i, text in enumerate(rows.texts)}
+        x_train = all_x[[position[t] for t in train_rows.texts]]
+        x_val = all_x[[position[t] for t in val_rows.texts]]
+        train_tokens = sum(t.tokens for t in encoder.tokenize(train_rows.texts))
+    ctx.emit(
+        "log",
+        "Embeddings reused from the cache." if cached else "Embeddings computed and cached.",
+        data={"cached": cached},
+    )
+
+    head_epochs = int(hp["epochs"]) if request["method"] == "head" else 10
+
+    def head_epoch(epoch: int, loss: float, w: torch.Tensor, b: torch.Tensor) -> None:
+        accuracy = float((head_method.head_predict(x_val, w, b) == y_val).float().mean())
+        if request["method"] == "head":
+            ctx.emit(
+                "progress",
+                f"Epoch {epoch}/{head_epochs}: loss {loss:.4f}, validation accuracy "
+                f"{accuracy:.4f}.",
+                data={
+                    "epoch": epoch,
+                    "epochs": head_epochs,
+                    "loss": round(loss, 6),
+                    "validation_accuracy": round(accuracy, 4),
+                },
+            )
+        ctx.step()
+
+    weight, bias = head_method.head_train(
+        x=x_train,
+        y=y_train,
+        n_labels=len(labels),
+        epochs=head_epochs,
+        learning_rate=float(hp["learning_rate"]) if request["method"] == "head" else 0.01,
+        batch_size=int(hp["batch_size"]) if request["method"] == "head" else 32,
+        seed=seed,
+        on_epoch=head_epoch,
+    )
+    lora: dict[str, torch.Tensor] = {}
+    if request["method"] == "lora":
+        ctx.emit("log", "Head trained on frozen embeddings; training LoRA adapters with it.")
+        model, adapters = lora_method.adapted_model(
+            encoder,
+            targets=list(hp["target_modules"]),
+            rank=int(hp["lora_rank"]),
+            alpha=float(hp["lora_alpha"]),
+            dropout=float(hp["lora_dropout"]),
+        )
+        epochs = int(hp["epochs"])
+
+        def lora_epoch(epoch: int, loss: float, accuracy: float) -> None:
+            ctx.emit(
+                "progress",
+                f"Epoch {epoch}/{epochs}: loss {loss:.4f}, validation accuracy {accuracy:.4f}.",
+                data={
+                    "epoch": epoch,
+                    "epochs": epochs,
+                    "loss": round(loss, 6),
+                    "validation_accuracy": round(accuracy, 4),
+                },
+            )
+
+        weight, bias = lora_method.lora_train(
+            model=model,
+            adapters=adapters,
+            train_ids=[t.ids for t in encoder.tokenize(train_rows.texts)],
+            train_y=y_train,
+            val_ids=[t.ids for t in encoder.tokenize(val_rows.texts)],
+            val_y=y_val,
+            head=(weight, bias),
+            epochs=epochs,
+            learning_rate=float(hp["learning_rate"]),
+            batch_size=int(hp["batch_size"]),
+            seed=seed,
+            on_epoch=lora_epoch,
+            step=ctx.step,
+        )
+        lora = lora_method.lora_state(adapters)
+        x_val = lora_method.embed_with(model, [t.ids for t in encoder.tokenize(val_rows.texts)])
+
+    predicted = head_method.head_predict(x_val, weight, bias).tolist()
+    metrics = classification_metrics(val_rows.labels, [labels[i] for i in predicted], labels)
+    metrics["validation_examples"] = len(val_rows)
+    metrics["train_examples"] = len(train_rows)
+    ctx.step()  # last boundary: a job cancelled now registers nothing and bills nothing
+    artifact = ctx.store.put(
+        model_file_write(
+            base_model=request["base_model"],
+            method=request["method"],
+            labels=labels,
+            head_weight=weight,
+            head_bias=bias,
+            lora=lora,
+            lora_rank=int(hp.get("lora_rank", 0)) if lora else 0,
+            lora_alpha=float(hp.get("lora_alpha", 0.0)) if lora else 0.0,
+        )
+    )
+    return {
+        "artifact": artifact,
+        "labels": labels,
+        "metrics": metrics,
+        "trained_tokens": int(hp["epochs"]) * train_tokens,
+        "compute_ms": round((time.perf_counter() - began) * 1000, 3),
+    }

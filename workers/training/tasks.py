@@ -1,0 +1,115 @@
+"""The Celery entry point on the ``training`` queue: one message per attempt of a job.
+
+Run a training worker with one job at a time (training uses every core it is given)::
+
+    celery -A workers.celery_app worker -Q training -P solo -n training@%h \\
+        --without-gossip --without-mingle --without-heartbeat
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from functools import cache
+
+import redis
+
+from workers.artifacts import ArtifactMissingError, ArtifactStore
+from workers.celery_app import TRAINING_TASK_POLICY, app
+from workers.contract import (
+    CONTRACT_VERSION,
+    TaskName,
+    TrainRequest,
+    TrainResult,
+    UsageEvent,
+    attempt_key,
+    cancel_key,
+)
+from workers.settings import get_settings
+from workers.usage import usage_publish
+
+from .events import EventPublisher, Heartbeat
+from .runner import JobCancelledError, JobContext, TrainingDataError, train_run
+
+logger = logging.getLogger(__name__)
+
+# Seconds between heartbeats; the platform retries a job after FINETUNE_HEARTBEAT_TIMEOUT_S
+# (default 60) without one, so this must stay well below that.
+HEARTBEAT_S = float(os.environ.get("TRAINING_HEARTBEAT_S", "5"))
+INTERNAL_ERROR = "The training worker failed unexpectedly; the error has been logged."
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().redis_url)
+
+
+def usage_event_for(request: TrainRequest, result: TrainResult) -> UsageEvent:
+    """The job's one usage event: keyed by the job id, so retries and redeliveries of a
+    finished job are billed once (the ledger's unique event id)."""
+    return {
+        "v": CONTRACT_VERSION,
+        "event_id": request["job_id"],
+        "kind": "fine_tune",
+        "tenant_id": request["tenant_id"],
+        "api_key_id": request["api_key_id"],
+        "livemode": request["livemode"],
+        "model": request["model_id"],
+        "inputs": int(result["metrics"].get("train_examples", 0)),  # type: ignore[call-overload]
+        "tokens": result["trained_tokens"],
+        "compute_ms": result["compute_ms"],
+        "cached": 0,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "worker": os.uname().nodename,
+    }
+
+
+@app.task(name=TaskName.TRAIN.value, **TRAINING_TASK_POLICY)
+def train(request: TrainRequest) -> None:
+    job_id = request["job_id"]
+    client = _redis()
+    current = client.get(attempt_key(job_id))
+    if current is not None and int(current) != request["attempt"]:
+        # The platform has since scheduled another attempt (this one was presumed dead).
+        logger.info("job %s attempt %s superseded by %s", job_id, request["attempt"], current)
+        return
+    publisher = EventPublisher(app, request)
+
+    def cancelled() -> bool:
+        return bool(client.exists(cancel_key(job_id)))
+
+    if cancelled():
+        publisher.emit("cancelled", "The job was cancelled before it started.")
+        return
+    publisher.emit("started", f"Attempt {request['attempt']} started.")
+    settings = get_settings()
+    ctx = JobContext(
+        request=request,
+        store=ArtifactStore(),
+        emit=publisher.emit,
+        cancelled=cancelled,
+        device=settings.device,
+        threads=settings.torch_threads,
+    )
+    with Heartbeat(publisher, HEARTBEAT_S):
+        try:
+            result = train_run(ctx)
+            ctx.step()
+        except JobCancelledError:
+            publisher.emit("cancelled", "The job was cancelled; training stopped.")
+            return
+        except (TrainingDataError, ArtifactMissingError) as exc:
+            publisher.emit("failed", str(exc), level="error", data={"code": "invalid_data"})
+            return
+        except Exception:
+            logger.exception("fine-tuning job %s failed", job_id)
+            publisher.emit("failed", INTERNAL_ERROR, level="error", data={"code": "internal"})
+            return
+        # Usage first, then success: a job the platform marks succeeded is always metered.
+        usage_publish(app=app, event=usage_event_for(request, result))
+        publisher.emit(
+            "succeeded",
+            f"Fine-tuned model {request['model_id']} is ready.",
+            data=dict(result),
+        )
