@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from apikeys.models import Scope
 from core.errors import InvalidRequest
 from core.views import TenantAPIView
+from limits.services import enforcement_for
 
 from .selectors import GROUP_FIELDS, usage_summary
 
@@ -99,6 +100,7 @@ class UsageApi(TenantAPIView):
             )
         summary = usage_summary(
             tenant=self.tenant,
+            plan=enforcement_for(self.api_key).plan,
             livemode=self.api_key.livemode,
             start=start,
             end=end,

@@ -1,0 +1,61 @@
+"""Money on usage reports: what a range of the ledger costs under the tenant's plan.
+
+A range is priced per calendar month as the marginal charge it adds to its month (rated
+up to its end minus rated up to its start), so included inputs and graduated tiers are
+honoured exactly as an invoice would; each charge line is then shared among the report's
+rows by their share of that line's quantity, with the rounding remainder placed so that
+the rows add up to the total to the minor unit."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from plans.models import Plan
+from tenants.models import Tenant
+
+from .rating import model_tier, rate_tenant_period
+
+
+def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    cursor = start.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    while cursor < end:
+        following = (cursor + timedelta(days=32)).replace(day=1)
+        yield cursor, following
+        cursor = following
+
+
+def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime) -> Counter[str]:
+    """Charge line key → minor units that [start, end) adds (base fee excluded)."""
+    charges: Counter[str] = Counter()
+    for month_start, month_end in months(start, end):
+        lo, hi = max(start, month_start), min(end, month_end)
+        for line in rate_tenant_period(
+            tenant=tenant, plan=plan, start=month_start, end=hi, include_base_fee=False
+        ).lines:
+            charges[line.key] += line.amount
+        if lo > month_start:
+            for line in rate_tenant_period(
+                tenant=tenant, plan=plan, start=month_start, end=lo, include_base_fee=False
+            ).lines:
+                charges[line.key] -= line.amount
+    return charges
+
+
+def allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """Split ``total`` by ``weights`` in whole units (largest remainder): the parts always
+    add up to ``total``."""
+    weight_sum = sum(weights.values())
+    if not weight_sum or not total:
+        return dict.fromkeys(weights, 0)
+    exact = {k: total * w / weight_sum for k, w in weights.items()}
+    parts = {k: int(v) for k, v in exact.items()}
+    short = total - sum(parts.values())
+    for k in sorted(exact, key=lambda k: exact[k] - parts[k], reverse=True)[:short]:
+        parts[k] += 1
+    return parts
+
+
+def line_key(kind: str, model: str) -> str:
+    return f"usage:{model_tier(model)}" if kind == "inference" else "finetune"
