@@ -27,13 +27,13 @@ WINDOW_MS = 60_000
 
 
 @functools.cache
-def _client() -> redis.Redis:
+def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
 @functools.cache
 def _admit_script() -> Any:
-    return _client().register_script(ADMIT)
+    return redis_client().register_script(ADMIT)
 
 
 @dataclass
@@ -189,7 +189,7 @@ def limits_settle(admission: Admission, *, succeeded: bool) -> None:
     answered (an answered call's inputs are in the ledger, which the quota follows)."""
     if not admission.request_id and not admission.reserved:
         return
-    pipe = _client().pipeline(transaction=False)
+    pipe = redis_client().pipeline(transaction=False)
     if admission.request_id:
         pipe.zrem(admission.inflight_key, admission.request_id)
     if admission.reserved and not succeeded:

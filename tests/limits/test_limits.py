@@ -177,3 +177,42 @@ def test_rate_limit_state_lives_in_redis_not_in_the_process(tenant):
     assert client.exists(f"rl:t:{tenant.pk}") and client.exists(f"rl:k:{key.pk}")
     assert client.pttl(f"rl:t:{tenant.pk}") <= 60_000
     assert isinstance(key, ApiKey)
+
+
+def test_reconciliation_raises_a_lagging_counter_to_the_ledger_and_never_lowers_it(tenant):
+    from django.core.management import call_command
+
+    from limits.reconcile import quota_reconcile_tenant
+    from metering.services import usage_record_bulk
+
+    on_plan(tenant, custom_plan(monthly_hard_cap=100))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    now = datetime.now(UTC).isoformat()
+    usage_record_bulk(
+        events=[
+            {
+                "v": 1,
+                "event_id": f"req_q{n}",
+                "kind": "inference",
+                "tenant_id": tenant.pk,
+                "api_key_id": key.pk,
+                "livemode": True,
+                "model": "minilm-l6",
+                "inputs": 30,
+                "tokens": 300,
+                "compute_ms": 1.0,
+                "cached": 0,
+                "occurred_at": now,
+            }
+            for n in range(2)
+        ]
+    )
+    # The counter lost both settles (say Redis was flushed): 60 inputs behind.
+    check = quota_reconcile_tenant(api_key=key)
+    assert (check.ledger_inputs, check.counter, check.raised_by) == (60, 0, 60)
+    with pytest.raises(APIError):
+        limits_admit(api_key=key, request_id="big", inputs=41)  # 60 + 41 > 100
+    limits_settle(limits_admit(api_key=key, request_id="ok", inputs=40), succeeded=True)
+    again = quota_reconcile_tenant(api_key=key)
+    assert (again.counter, again.raised_by) == (100, 0)  # ahead of the ledger: left alone
+    call_command("reconcile_quotas")
