@@ -1,0 +1,209 @@
+"""Fine-tuning end to end: real HTTP to a live API, a real training worker process (solo
+pool, as deployed) and inference worker, the real job-events and usage consumers.
+
+Upload good and bad files, train a head and a LoRA model and classify with them, cancel a
+queued and a running job, kill -9 the training worker mid-job, and check that another
+tenant sees none of it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from finetuning.consumer import JobEventConsumer, events_queue
+from finetuning.models import FineTuneJob
+from metering.consumer import UsageConsumer
+from metering.models import UsageRecord
+from tests.factories import TenantFactory, make_key, subscribe
+from tests.finetuning.conftest import read_rows, rows_file
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+LEASE_S = 3.0  # the test worker heartbeats every 0.3 s (tests/conftest.py)
+TERMINAL = {"succeeded", "failed", "cancelled"}
+TICKETS = read_rows("support_tickets.jsonl")
+INPUTS = [
+    "I was charged twice for my subscription, please refund one payment",
+    "The app crashes with an error every time I open the settings page",
+    "My parcel never arrived and the tracking number does not work",
+    "I can't log in, the password reset link has expired",
+]
+
+
+@pytest.fixture(autouse=True)
+def empty_queues() -> None:
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.delete("training", events_queue.name, "usage")
+
+
+@pytest.fixture
+def http(live_server: Any, inference_worker: str, training_worker: Any) -> Callable[..., Any]:
+    def client(secret: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=live_server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=60
+        )
+
+    return client
+
+
+@pytest.fixture
+def tenant_secret(transactional_db: Any) -> str:
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    return make_key(tenant, ["admin"])
+
+
+def upload(client: httpx.Client, rows: list[dict[str, str]] | bytes, name="train.jsonl") -> Any:
+    data = rows if isinstance(rows, bytes) else rows_file(rows)
+    response = client.post("/v1/datasets", files={"file": (name, data)})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def start(client: httpx.Client, dataset: str, **body: Any) -> Any:
+    response = client.post(
+        "/v1/fine-tunes", json={"base_model": "minilm-l6", "training_dataset": dataset, **body}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait(job_id: str, until: Callable[[FineTuneJob], bool], timeout: float = 90) -> FineTuneJob:
+    """Run the real job-events consumer (with a short lease) until ``until(job)``."""
+    deadline = time.monotonic() + timeout
+    consumer = JobEventConsumer(sweep_interval_s=0.25, heartbeat_timeout_s=LEASE_S)
+
+    def job() -> FineTuneJob:
+        return FineTuneJob.objects.unscoped().get(pk=job_id)
+
+    consumer.run(should_stop=lambda: until(job()) or time.monotonic() > deadline)
+    found = job()
+    assert until(found), (found.status, found.error)
+    return found
+
+
+def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    return client.get(f"/v1/fine-tunes/{job_id}/events?limit=100").json()["data"][::-1]
+
+
+def test_head_job_end_to_end_and_tenant_isolation(http, tenant_secret):
+    with http(tenant_secret) as client:
+        bad = upload(client, b'{"text": "only one", "label": "x"}\nnot json\n')
+        assert bad["status"] == "invalid" and bad["errors"][0] == {
+            "line": 2,
+            "message": "Line is not valid JSON: Expecting value.",
+        }
+        refused = client.post(
+            "/v1/fine-tunes", json={"base_model": "minilm-l6", "training_dataset": bad["id"]}
+        )
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "dataset_invalid"
+
+        dataset = upload(client, TICKETS[:160])
+        assert dataset["status"] == "valid" and len(dataset["labels"]) == 4
+        job = start(client, dataset["id"], suffix="tickets")
+        done = wait(job["id"], lambda j: j.status in TERMINAL)
+        body = client.get(f"/v1/fine-tunes/{job['id']}").json()
+        assert body["status"] == "succeeded", body
+        assert body["fine_tuned_model"].startswith("ft:minilm-l6:tickets:")
+        assert body["metrics"]["accuracy"] >= 0.9 and "per_label_f1" in body["metrics"]
+        assert body["trained_tokens"] > 0 and body["finished_at"] and done.attempt == 1
+        progress = [e for e in events(client, job["id"]) if e["type"] == "progress"]
+        assert [e["data"]["epoch"] for e in progress] == list(range(1, 11))
+        assert {"loss", "validation_accuracy"} <= set(progress[-1]["data"])
+
+        model = body["fine_tuned_model"]
+        answer = client.post("/v1/classify", json={"model": model, "inputs": INPUTS})
+        assert answer.status_code == 200, answer.text
+        labels = [row["label"] for row in answer.json()["results"]]
+        assert labels == ["billing", "technical", "delivery", "account"]
+        listed = client.get("/v1/models").json()["data"]
+        assert any(m["id"] == model and m["metrics"]["accuracy"] for m in listed)
+
+    # The job's usage reached the ledger once, keyed by the job id.
+    UsageConsumer(flush_interval=0.1).run(until_idle=True)
+    row = UsageRecord.objects.unscoped().get(event_id=job["id"])
+    assert row.kind == "fine_tune" and row.tokens == body["trained_tokens"] and row.compute_ms > 0
+
+    # Another tenant: 404 for the dataset, the job and the model, everywhere.
+    with http(make_key(TenantFactory(), ["admin"])) as other:
+        for method, path in [
+            ("GET", f"/v1/datasets/{dataset['id']}"),
+            ("DELETE", f"/v1/datasets/{dataset['id']}"),
+            ("GET", f"/v1/fine-tunes/{job['id']}"),
+            ("GET", f"/v1/fine-tunes/{job['id']}/events"),
+            ("POST", f"/v1/fine-tunes/{job['id']}/cancel"),
+            ("GET", f"/v1/models/{model}"),
+            ("DELETE", f"/v1/models/{model}"),
+        ]:
+            assert other.request(method, path).status_code == 404, (method, path)
+        stolen = other.post("/v1/classify", json={"model": model, "inputs": ["hi"]})
+        assert stolen.status_code == 404
+        assert other.get("/v1/fine-tunes").json()["data"] == []
+        assert other.get("/v1/datasets").json()["data"] == []
+
+
+def test_lora_job_end_to_end(http, tenant_secret):
+    with http(tenant_secret) as client:
+        dataset = upload(client, TICKETS[:80])
+        job = start(client, dataset["id"], method="lora", hyperparameters={"epochs": 1})
+        wait(job["id"], lambda j: j.status in TERMINAL)
+        body = client.get(f"/v1/fine-tunes/{job['id']}").json()
+        assert body["status"] == "succeeded", body
+        answer = client.post(
+            "/v1/classify", json={"model": body["fine_tuned_model"], "inputs": INPUTS[:2]}
+        )
+        assert answer.status_code == 200, answer.text
+        assert [row["label"] for row in answer.json()["results"]] == ["billing", "technical"]
+
+
+def test_cancel_a_running_and_a_queued_job(http, tenant_secret):
+    with http(tenant_secret) as client:
+        dataset = upload(client, TICKETS)
+        running = start(client, dataset["id"], method="lora", hyperparameters={"epochs": 5})
+        queued = start(client, dataset["id"])  # behind it: the worker runs one job at a time
+        cancelled = client.post(f"/v1/fine-tunes/{queued['id']}/cancel").json()
+        assert cancelled["status"] == "cancelled"
+
+        wait(running["id"], lambda j: j.status == "running")
+        assert client.post(f"/v1/fine-tunes/{running['id']}/cancel").json()["status"] == (
+            "cancelled"
+        )
+        # The worker stops at its next step boundary and says so...
+        wait(
+            running["id"],
+            lambda j: any("training stopped" in e["message"] for e in events(client, j.id)),
+            30,
+        )
+        # ...then takes the queued job, sees the cancel and never starts it.
+        wait(
+            queued["id"],
+            lambda j: any("before it started" in e["message"] for e in events(client, j.id)),
+            30,
+        )
+        assert not [e for e in events(client, queued["id"]) if e["type"] in ("started", "progress")]
+        for job_id in (running["id"], queued["id"]):
+            body = client.get(f"/v1/fine-tunes/{job_id}").json()
+            assert body["status"] == "cancelled" and body["fine_tuned_model"] is None
+
+
+def test_a_killed_worker_is_retried_once_then_the_job_finishes(
+    http, tenant_secret, training_worker
+):
+    with http(tenant_secret) as client:
+        dataset = upload(client, TICKETS[:240])
+        job = start(client, dataset["id"], method="lora", hyperparameters={"epochs": 2})
+        wait(job["id"], lambda j: j.status == "running")
+        training_worker.kill()  # kill -9, mid-job
+        retried = wait(job["id"], lambda j: j.attempt == 2, 30)
+        assert retried.status == "queued"
+        training_worker.start()  # a fresh worker takes the second attempt
+        done = wait(job["id"], lambda j: j.status in TERMINAL, 120)
+        assert done.status == "succeeded" and done.attempt == 2, done.error
+        messages = [e["message"] for e in events(client, job["id"])]
+        assert any("retrying from the start (attempt 2 of 2)" in m for m in messages)

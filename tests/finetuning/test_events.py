@@ -1,0 +1,165 @@
+"""Applying workers' job events, and the lease sweep, against the real database: the state
+machine, idempotency under redelivery, stale attempts, retry-once-then-fail, the model
+registered on success, the fine-tune usage event in the ledger."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from finetuning.models import FineTuneEvent, FineTuneJob
+from finetuning.services import fine_tune_create, fine_tune_event_apply, fine_tune_sweep
+from inference.models import AIModel
+from metering.models import UsageRecord
+from metering.services import usage_record_bulk
+from tests.factories import make_key
+
+pytestmark = pytest.mark.django_db
+
+Status = FineTuneJob.Status
+
+
+@pytest.fixture
+def job(tenant, make_dataset):
+    make_key(tenant, ["training"])
+    from apikeys.models import ApiKey
+
+    return fine_tune_create(
+        tenant=tenant,
+        api_key=ApiKey.objects.for_tenant(tenant).get(),
+        base_model="minilm-l6",
+        training_dataset_id=make_dataset(tenant).id,
+        validation_dataset_id=None,
+        method="head",
+        hyperparameters={},
+        suffix="tickets",
+        seed=0,
+    )
+
+
+def event(job, seq, type, attempt=1, message="", **data):
+    return {
+        "v": 1,
+        "job_id": job.id,
+        "attempt": attempt,
+        "seq": seq,
+        "type": type,
+        "level": "info",
+        "message": message or type,
+        "data": data,
+        "occurred_at": timezone.now().isoformat(),
+        "worker": "test",
+    }
+
+
+def events_of(job):
+    return FineTuneEvent.objects.for_tenant(job.tenant_id).filter(job=job)
+
+
+def reload(job):
+    return FineTuneJob.objects.unscoped().get(pk=job.pk)
+
+
+def succeeded(job, attempt=1, seq=3):
+    return event(
+        job,
+        seq,
+        "succeeded",
+        attempt=attempt,
+        artifact="a" * 64,
+        labels=["account", "billing"],
+        metrics={"accuracy": 0.9, "macro_f1": 0.88, "per_label_f1": {"account": 0.9}},
+        trained_tokens=1234,
+        compute_ms=55.0,
+    )
+
+
+def test_a_job_runs_to_success_and_registers_its_model(job, tenant):
+    assert job.status == Status.QUEUED
+    assert fine_tune_event_apply(event=event(job, 1, "started"))
+    assert reload(job).status == Status.RUNNING and reload(job).started_at is not None
+    fine_tune_event_apply(event=event(job, 2, "progress", epoch=1, loss=0.5))
+    assert fine_tune_event_apply(event=succeeded(job))
+    done = reload(job)
+    assert done.status == Status.SUCCEEDED and done.finished_at is not None
+    assert done.fine_tuned_model == f"ft:minilm-l6:tickets:{job.id[6:14].lower()}"
+    assert done.trained_tokens == 1234 and done.metrics["accuracy"] == 0.9
+    model = AIModel.objects.for_tenant(tenant).get(pk=done.fine_tuned_model)
+    assert model.kind == "fine_tuned" and model.artifact == "a" * 64
+    assert model.labels == ["account", "billing"] and model.metrics["macro_f1"] == 0.88
+    # The artifact hash is internal: it is not shown in the job's events.
+    assert all("artifact" not in e.data for e in events_of(done))
+
+
+def test_redelivered_events_change_nothing(job):
+    for _ in range(2):
+        fine_tune_event_apply(event=event(job, 1, "started"))
+        fine_tune_event_apply(event=event(job, 2, "progress", epoch=1))
+    assert events_of(job).filter(seq__isnull=False).count() == 2
+    assert fine_tune_event_apply(event=succeeded(job))
+    assert not fine_tune_event_apply(event=succeeded(job))
+
+
+def test_failed_and_cancelled_events(job, make_dataset, tenant):
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_event_apply(event=event(job, 2, "failed", message="bad data", code="invalid_data"))
+    failed = reload(job)
+    assert failed.status == Status.FAILED
+    assert failed.error == {"code": "invalid_data", "message": "bad data"}
+    # A terminal job stays terminal, whatever arrives late.
+    fine_tune_event_apply(event=succeeded(job))
+    assert reload(job).status == Status.FAILED
+    assert not AIModel.objects.for_tenant(tenant).exists()
+
+
+def test_heartbeats_extend_the_lease_and_a_silent_job_is_retried_once_then_failed(
+    job, django_capture_on_commit_callbacks
+):
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    later = timezone.now() + timedelta(seconds=30)
+    assert fine_tune_sweep(timeout_s=60, now=later) == 0
+    with django_capture_on_commit_callbacks() as sent:
+        assert fine_tune_sweep(timeout_s=10, now=later) == 1
+    assert len(sent) == 1  # the second attempt is sent to the training queue
+    retried = reload(job)
+    assert retried.status == Status.QUEUED and retried.attempt == 2
+    assert (
+        "retrying from the start (attempt 2 of 2)"
+        in events_of(retried).latest("created_at").message
+    )
+
+    # Events of the first attempt (a zombie worker) are ignored from now on.
+    assert not fine_tune_event_apply(event=succeeded(job, attempt=1, seq=9))
+    fine_tune_event_apply(event=event(job, 1, "started", attempt=2))
+    fine_tune_event_apply(event={**event(job, 0, "heartbeat", attempt=2)})
+    assert reload(job).status == Status.RUNNING
+
+    with django_capture_on_commit_callbacks() as sent:
+        fine_tune_sweep(timeout_s=10, now=timezone.now() + timedelta(seconds=30))
+    failed = reload(job)
+    assert sent == [] and failed.status == Status.FAILED
+    assert failed.error["code"] == "worker_lost" and "2 times" in failed.error["message"]
+
+
+def test_fine_tune_usage_is_billed_once(job, tenant):
+    usage = {
+        "v": 1,
+        "event_id": job.id,
+        "kind": "fine_tune",
+        "tenant_id": tenant.pk,
+        "api_key_id": job.api_key_id,
+        "livemode": True,
+        "model": "ft:minilm-l6:tickets:x",
+        "inputs": 48,
+        "tokens": 5000,
+        "compute_ms": 2500.0,
+        "cached": 0,
+        "occurred_at": timezone.now().isoformat(),
+        "worker": "w",
+    }
+    assert usage_record_bulk(events=[usage]).inserted == 1
+    assert usage_record_bulk(events=[usage]).duplicates == 1
+    row = UsageRecord.objects.for_tenant(tenant).get()
+    assert row.kind == "fine_tune" and row.event_id == job.id and row.tokens == 5000
