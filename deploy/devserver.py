@@ -67,6 +67,29 @@ def _children(port: str) -> dict[str, list[str]]:
             os.environ.get("LOG_LEVEL", "INFO"),
         ],
         "usage-consumer": [python, str(ROOT / "manage.py"), "consume_usage"],
+        # Fine-tuning: a separate worker on the training queue, one job at a time (solo), so a
+        # job never holds an inference slot or queues classifications behind it; and the
+        # consumer that applies its job events (and retries or fails silent jobs).
+        "training-worker": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-Q",
+            "training",
+            "-P",
+            "solo",
+            "-n",
+            "training@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            os.environ.get("LOG_LEVEL", "INFO"),
+        ],
+        "training-events": [python, str(ROOT / "manage.py"), "consume_training_events"],
     }
 
 
