@@ -14,6 +14,7 @@ from django.utils import timezone
 from core.errors import AuthenticationError, InvalidRequest, NotFound, PermissionError_
 from core.ids import random_token
 from tenants.models import Tenant
+from tenants.selectors import tenant_with_plan
 
 from . import messages
 from .models import ALL_SCOPES, ApiKey
@@ -91,13 +92,10 @@ def api_key_authenticate(*, secret: str) -> ApiKey:
     if not secret.startswith(("sk_live_", "sk_test_")) or len(secret) > 200:
         raise AuthenticationError(messages.MALFORMED_KEY, code="invalid_api_key")
     digest = hash_secret(secret)
-    key = (
-        ApiKey.objects.unscoped()
-        # The subscription and plan ride along: limits need them on every request.
-        .select_related("tenant", "tenant__subscription", "tenant__subscription__plan")
-        .filter(Q(secret_hash=digest) | Q(previous_secret_hash=digest))
-        .first()
+    found = list(
+        ApiKey.objects.unscoped().filter(Q(secret_hash=digest) | Q(previous_secret_hash=digest))[:1]
     )
+    key = found[0] if found else None
     if key is None:
         raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key")
     now = timezone.now()
@@ -112,6 +110,8 @@ def api_key_authenticate(*, secret: str) -> ApiKey:
         raise AuthenticationError(messages.REVOKED_KEY, code="api_key_revoked")
     if key.expires_at is not None and key.expires_at <= now:
         raise AuthenticationError(messages.EXPIRED_KEY, code="api_key_expired")
+    # The tenant, its subscription and plan (limits need them on every request).
+    key.tenant = tenant_with_plan(tenant_id=key.tenant_id)
     if not key.tenant.is_active:
         raise PermissionError_(messages.TENANT_SUSPENDED, code="tenant_suspended")
     _touch_last_used(key, now)

@@ -73,6 +73,10 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
             queue=Queue.INFERENCE.value,
             task_id=request_id,
             expires=request["deadline"] - time.time(),
+            # NOTE: Celery would otherwise put a repr of the arguments (customers' texts) in
+            # the message headers, at ~0.4 ms a request; worker logs have no use for them.
+            argsrepr=f"<classify {request_id}>",
+            kwargsrepr="{}",
         )
         # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
         wait = max(request["deadline"] - time.time(), 0.01)

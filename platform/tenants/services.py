@@ -6,6 +6,7 @@ from django.utils.text import slugify
 from core.ids import random_token
 
 from .models import Tenant
+from .selectors import tenant_context_forget
 
 
 @transaction.atomic
@@ -20,4 +21,5 @@ def tenant_create(*, name: str, slug: str | None = None) -> Tenant:
 def tenant_set_status(*, tenant: Tenant, status: str) -> Tenant:
     tenant.status = status
     tenant.save(update_fields=["status"])
+    tenant_context_forget(tenant_id=tenant.pk)
     return tenant
