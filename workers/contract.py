@@ -17,7 +17,6 @@ CONTRACT_VERSION = 1
 class Queue(enum.StrEnum):
     INFERENCE = "inference"
     TRAINING = "training"
-    USAGE = "usage"
     TRAINING_EVENTS = "training_events"
 
 
@@ -42,10 +41,12 @@ def result_key(request_id: str) -> str:
     return f"result:{request_id}"
 
 
-# Usage events are plain JSON messages (not Celery tasks) published to this exchange with
-# this routing key; the platform's usage consumer reads them from ``Queue.USAGE``.
-USAGE_EXCHANGE = "usage"
-USAGE_ROUTING_KEY = "usage"
+# Usage events are JSON documents appended to this Redis stream (field ``event``) in the same
+# transaction that delivers the answer, so an answered call is always metered; the
+# platform's usage consumer reads them as consumer group ``USAGE_GROUP`` (at least once:
+# acknowledged only after the ledger commit, de-duplicated by the ledger's unique event id).
+USAGE_STREAM = "usage:events"
+USAGE_GROUP = "ledger"
 
 # Limits shared by validation in the API and defensive checks in the worker.
 MAX_INPUTS = 96

@@ -1,26 +1,35 @@
 """Sending a classification's answer back to the API that waits for it (see
-``contract.reply_key``): one pipelined round trip to Redis."""
+``contract.reply_key``), together with its usage event, in one Redis transaction: the
+answer is delivered if and only if the call is metered."""
 
 from __future__ import annotations
 
 import functools
 import json
+from typing import TYPE_CHECKING
 
 import redis
 
 from workers.contract import REPLY_TTL_S, RESULT_TTL_S, ClassifyResult, reply_key, result_key
 from workers.settings import get_settings
 
+if TYPE_CHECKING:
+    from workers.contract import UsageEvent
+
 
 @functools.cache
-def _client() -> redis.Redis:
+def redis_client() -> redis.Redis:
     return redis.Redis.from_url(get_settings().redis_url, socket_timeout=10)
 
 
-def reply_send(result: ClassifyResult) -> None:
+def reply_send(result: ClassifyResult, usage: UsageEvent | None = None) -> None:
+    from workers.usage import usage_stage  # usage imports this module
+
     request_id = result["request_id"]
     body = json.dumps(result, separators=(",", ":"))
-    pipe = _client().pipeline(transaction=False)
+    pipe = redis_client().pipeline(transaction=True)
+    if usage is not None:
+        usage_stage(pipe, usage)
     pipe.rpush(reply_key(request_id), body)
     pipe.expire(reply_key(request_id), REPLY_TTL_S)
     if "error" not in result:

@@ -1,4 +1,4 @@
-"""Celery entry points: thin wrappers over the engine, usage reporting and the reply."""
+"""Celery entry points: thin wrappers over the engine, and the metered reply."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from workers.celery_app import INFERENCE_TASK_POLICY, app
 from workers.contract import ClassifyRequest, ClassifyResult, TaskName
 from workers.replies import reply_send
 from workers.runtime.classifier import get_engine
-from workers.usage import usage_event_build, usage_publish
+from workers.usage import usage_event_build
 
 
 @app.task(name=TaskName.CLASSIFY.value, **INFERENCE_TASK_POLICY)
@@ -21,14 +21,11 @@ def classify(request: ClassifyRequest) -> ClassifyResult:
         return result
     try:
         result = get_engine().classify(request)
-        if "error" not in result:
-            # Published before the answer is sent: no answered call goes unmetered. If
-            # publishing fails the caller hears an error and its retry (same request id)
-            # re-runs the call, which the ledger then counts once.
-            usage_publish(app=app, event=usage_event_build(request=request, result=result))
     except Exception:
         # Tell the waiting API now rather than letting it wait out its timeout.
         reply_send(errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE))
         raise
-    reply_send(result)
+    # The answer and its usage event in one transaction: no answered call goes unmetered.
+    usage = None if "error" in result else usage_event_build(request=request, result=result)
+    reply_send(result, usage)
     return result

@@ -1,40 +1,36 @@
-"""Usage events: one plain JSON message per answered request, for the platform's usage
-consumer (``platform/metering/consumer.py``) to append to the ledger.
+"""Usage events: one JSON document per answered request (or finished fine-tune), for the
+platform's usage consumer (``platform/metering/consumer.py``) to append to the ledger.
 
-Plain kombu messages rather than Celery tasks: the consumer batches them into one database
-transaction and is not a Celery worker. The event id is the request id, so a re-run of the
-same request (a client retry after a timeout) is de-duplicated by the ledger.
+They go to a Redis stream (``contract.USAGE_STREAM``). For a classification the event is
+written in the same transaction as the answer (``workers/replies.py``), so no answered
+call goes unmetered and no unanswered one is metered. The event id is the request id (the
+job id for a fine-tune), so a re-run of the same request is de-duplicated by the ledger.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery
-from kombu import Exchange
-from kombu import Queue as KombuQueue
+import redis
 
 from workers.contract import (
     CONTRACT_VERSION,
-    USAGE_EXCHANGE,
-    USAGE_ROUTING_KEY,
+    USAGE_STREAM,
     ClassifyRequest,
     ClassifyResult,
-    Queue,
     UsageEvent,
 )
+from workers.replies import redis_client
 
-usage_exchange = Exchange(USAGE_EXCHANGE, type="direct", durable=True)
-# Declared by the publisher too: with the Redis transport a message sent to an exchange
-# that has no bound queue yet is dropped, and the consumer may not have started.
-usage_queue = KombuQueue(
-    Queue.USAGE.value, usage_exchange, routing_key=USAGE_ROUTING_KEY, durable=True
-)
-
-# Ride out a broker blip of a few seconds; past that the task fails and the client's retry
-# (same request id) is the recovery path, so the call is never answered unmetered.
+# Ride out a broker blip of a few seconds; past that the caller fails and its retry (same
+# id) is the recovery path.
+PUBLISH_ATTEMPTS = 6
+PUBLISH_BACKOFF_S = 0.5
+# The same patience for kombu publishers (training events), in kombu's terms.
 PUBLISH_RETRY_POLICY: dict[str, Any] = {
     "max_retries": 5,
     "interval_start": 0.0,
@@ -66,16 +62,21 @@ def usage_event_build(
     }
 
 
-def usage_publish(*, app: Celery, event: UsageEvent) -> None:
-    """Publish ``event`` through the app's producer pool (persistent, retried)."""
-    with app.producer_or_acquire() as producer:
-        producer.publish(
-            dict(event),
-            exchange=usage_exchange,
-            routing_key=USAGE_ROUTING_KEY,
-            serializer="json",
-            delivery_mode=2,
-            declare=[usage_queue],
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
+def usage_stage(pipe: Any, event: UsageEvent) -> None:
+    """Add the event to a pipeline (or transaction) the caller executes."""
+    pipe.xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
+
+
+def usage_publish(*, event: UsageEvent, app: Any = None) -> None:
+    """Append one event on its own (fine-tunes; classifications use ``reply_send``).
+    ``app`` is accepted for callers written against the earlier kombu transport."""
+    for attempt in range(PUBLISH_ATTEMPTS):
+        try:
+            pipe = redis_client().pipeline(transaction=False)
+            usage_stage(pipe, event)
+            pipe.execute()
+            return
+        except redis.ConnectionError:
+            if attempt == PUBLISH_ATTEMPTS - 1:
+                raise
+            time.sleep(PUBLISH_BACKOFF_S * (attempt + 1))

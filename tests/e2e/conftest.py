@@ -8,8 +8,9 @@ import httpx
 import pytest
 import redis
 
-from metering.consumer import UsageConsumer, usage_queue
+from metering.consumer import UsageConsumer
 from tests.factories import TenantFactory, make_key, subscribe
+from workers.contract import USAGE_STREAM
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def secret(transactional_db: Any) -> str:
 @pytest.fixture(autouse=True)
 def empty_usage_queue() -> Iterator[None]:
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    client.delete(usage_queue.name)
+    client.delete(USAGE_STREAM)
     yield
 
 

@@ -4,16 +4,13 @@ all-MiniLM-L6-v2 → back to the customer → usage event → consumer → ledge
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from kombu import Connection
 
-from metering.consumer import usage_exchange, usage_queue
 from metering.models import UsageRecord
 from tests.e2e.conftest import drain_usage
-from workers.contract import USAGE_ROUTING_KEY
+from workers.usage import usage_publish
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -130,10 +127,7 @@ def test_the_same_usage_message_delivered_twice_is_one_row(http, secret):
         "occurred_at": row.occurred_at.isoformat(),
         "worker": row.worker,
     }
-    with Connection(os.environ["REDIS_URL"]) as connection:
-        connection.Producer().publish(
-            event, exchange=usage_exchange, routing_key=USAGE_ROUTING_KEY, declare=[usage_queue]
-        )
+    usage_publish(event=event)  # the worker's own path, a second time
     drain_usage()
     assert UsageRecord.objects.unscoped().filter(event_id=row.event_id).count() == 1
 

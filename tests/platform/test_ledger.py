@@ -9,12 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from kombu import Connection
 
-from metering.consumer import DEAD_LETTER_KEY, UsageConsumer, usage_exchange, usage_queue
+from metering.consumer import DEAD_LETTER_KEY, UsageConsumer
 from metering.models import UsageRecord
 from metering.services import usage_record_bulk
-from workers.contract import USAGE_ROUTING_KEY
+from workers.contract import USAGE_STREAM
 
 pytestmark = pytest.mark.django_db
 
@@ -39,16 +38,10 @@ def event(tenant, n: int, **overrides):
 
 
 def publish(*events) -> None:
-    with Connection(os.environ["REDIS_URL"]) as connection:
-        producer = connection.Producer()
-        for body in events:
-            producer.publish(
-                body,
-                exchange=usage_exchange,
-                routing_key=USAGE_ROUTING_KEY,
-                declare=[usage_queue],
-                serializer="json",
-            )
+    """What workers do: append each event (any JSON) to the usage stream."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    for body in events:
+        client.xadd(USAGE_STREAM, {"event": json.dumps(body)})
 
 
 def drain() -> int:
@@ -58,9 +51,9 @@ def drain() -> int:
 @pytest.fixture(autouse=True)
 def empty_queue():
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    client.delete(usage_queue.name, DEAD_LETTER_KEY)
+    client.delete(USAGE_STREAM, DEAD_LETTER_KEY)
     yield
-    client.delete(usage_queue.name, DEAD_LETTER_KEY)
+    client.delete(USAGE_STREAM, DEAD_LETTER_KEY)
 
 
 def test_each_event_becomes_one_ledger_row(tenant):
@@ -78,6 +71,21 @@ def test_a_redelivered_event_is_not_counted_twice(tenant):
     publish(event(tenant, 1))  # delivered again later, after the first was stored
     drain()
     assert UsageRecord.objects.for_tenant(tenant).filter(event_id="req_test1").count() == 1
+
+
+def test_an_event_read_but_never_acknowledged_is_delivered_again(tenant):
+    from workers.contract import USAGE_GROUP
+
+    publish(event(tenant, 1), event(tenant, 2))
+    dead = UsageConsumer(name="crashed")
+    dead._ensure_group()
+    assert len(dead._read(">", None)) == 2  # read, then the process died before storing
+    assert UsageRecord.objects.for_tenant(tenant).count() == 0
+    # Restarted under the same name it re-reads its own pending entries first.
+    assert UsageConsumer(name="crashed", flush_interval=0.05).run(until_idle=True) == 2
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    assert client.xpending(USAGE_STREAM, USAGE_GROUP)["pending"] == 0
+    assert client.xlen(USAGE_STREAM) == 0  # acknowledged entries are deleted
 
 
 def test_poison_events_are_dead_lettered_and_do_not_block_the_rest(tenant):

@@ -5,7 +5,6 @@ from datetime import datetime, timedelta
 
 from tests.workers.helpers import make_request
 from tests.workers.usage_queue import drain_usage_events
-from workers.celery_app import app
 from workers.contract import ClassifyResult
 from workers.usage import usage_event_build, usage_publish
 
@@ -39,9 +38,9 @@ def test_event_is_keyed_by_the_request_id() -> None:
     assert datetime.fromisoformat(event["occurred_at"]).utcoffset() == timedelta(0)
 
 
-def test_published_event_lands_on_the_usage_queue_as_plain_json() -> None:
+def test_published_event_lands_on_the_usage_stream_as_plain_json() -> None:
     drain_usage_events()
     request = make_request(["a"], labels=["x", "y"])
     event = usage_event_build(request=request, result=_result(request["request_id"]))
-    usage_publish(app=app, event=event)
+    usage_publish(event=event)
     assert drain_usage_events() == [event]

@@ -1,21 +1,20 @@
-"""Reading usage events back off the real ``usage`` queue, as the platform's consumer would."""
+"""Reading usage events back off the real usage stream, as the platform's consumer would."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
-from kombu import Connection
+import redis
 
-from workers.usage import usage_queue
+from workers.contract import USAGE_STREAM
 
 
 def drain_usage_events() -> list[dict[str, Any]]:
-    """Take every message now on the usage queue (acknowledging them)."""
-    events: list[dict[str, Any]] = []
-    with Connection(os.environ["REDIS_URL"]) as connection, connection.channel() as channel:
-        queue = usage_queue(channel)
-        queue.declare()
-        while (message := queue.get(no_ack=True, accept=["json"])) is not None:
-            events.append(message.decode())
-    return events
+    """Take every event now on the usage stream (removing them)."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    entries = client.xrange(USAGE_STREAM)
+    if entries:
+        client.xdel(USAGE_STREAM, *[entry_id for entry_id, _ in entries])
+    return [json.loads(fields[b"event"]) for _, fields in entries]
