@@ -226,6 +226,18 @@ def main() -> None:
         text=True,
     )
     secret = created.stdout.strip().splitlines()[-1]
+    # The benchmark measures serving, not the free plan's limits: put the tenant on `scale`
+    # (a subscription row as a settled Stripe subscription leaves it).
+    subscribe = (
+        "from datetime import UTC, datetime, timedelta; from billing.models import Subscription; "
+        "from plans.models import Plan; from tenants.models import Tenant; "
+        "now = datetime.now(UTC); Subscription.objects.update_or_create("
+        "tenant=Tenant.objects.get(slug='bench'), defaults=dict("
+        "plan=Plan.objects.get(slug='scale', is_current=True), "
+        "current_period_start=now - timedelta(days=1), "
+        "current_period_end=now + timedelta(days=29)))"
+    )
+    subprocess.run([*manage, "shell", "-c", subscribe], env=env, check=True, cwd=ROOT)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     stack = Stack(env, port, work)
