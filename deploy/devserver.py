@@ -1,8 +1,9 @@
 """``make run``: the whole product in the foreground on one machine.
 
-Starts the API server (gunicorn, port $PORT, default 8000), one inference worker and the
-usage consumer, on the database and Redis named by DATABASE_URL / REDIS_URL, or on SQLite
-and an embedded Redis when they are unset. Ctrl-C or SIGTERM stops every child; if any
+Starts the API server (gunicorn, port $PORT, default 8000), one inference worker, the
+usage consumer and the platform worker (billing tasks and their schedule), on the database
+and Redis named by DATABASE_URL / REDIS_URL, or on SQLite and an embedded Redis when they
+are unset. Ctrl-C or SIGTERM stops every child; if any
 child dies, the rest are stopped too and the exit status says so.
 """
 
@@ -90,6 +91,8 @@ def _children(port: str) -> dict[str, list[str]]:
             os.environ.get("LOG_LEVEL", "INFO"),
         ],
         "training-events": [python, str(ROOT / "manage.py"), "consume_training_events"],
+        # Billing's Celery tasks (Stripe webhooks, usage pushes) and the beat schedule.
+        "platform-worker": [python, str(ROOT / "manage.py"), "platform_worker"],
     }
 
 

@@ -1,10 +1,17 @@
-"""The control plane's Celery app: it sends tasks to the workers. It never runs tasks
-itself (the workers have their own app in workers/celery_app.py), and answers come back on
-per-request Redis lists (workers/contract.py), not through a Celery result backend."""
+"""The control plane's Celery app: it sends tasks to the workers (the workers have their own
+app in workers/celery_app.py), and answers come back on per-request Redis lists
+(workers/contract.py), not through a Celery result backend.
+
+It also runs the platform's own tasks (billing: webhook events, usage pushes,
+reconciliation) in a Django-aware platform worker on the ``platform`` queue:
+``manage.py platform_worker``, i.e. ``celery -A config.celery worker -Q platform -B`` with
+platform/ and the repository root on the path (the ``-B`` beat runs the schedule below).
+"""
 
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 from django.conf import settings
 
 app = Celery("platform")
@@ -16,3 +23,19 @@ app.conf.update(
     # A dead broker must fail a request in seconds (503), not hang it.
     broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
 )
+
+# The platform worker's queue (inference tasks name their own queue when sent).
+PLATFORM_QUEUE = "platform"
+app.conf.task_routes = {"billing.*": {"queue": PLATFORM_QUEUE}}
+app.autodiscover_tasks(lambda: ["billing"])
+app.conf.beat_schedule = {
+    # Usage charges go to Stripe through the period; the last ones when it closes (the
+    # subscription webhook of the renewal enqueues that push).
+    "billing-usage-push": {"task": "billing.usage_push_all", "schedule": crontab(minute=5)},
+    "billing-reconcile": {
+        "task": "billing.reconcile_all",
+        "schedule": crontab(minute=35, hour=3),
+    },
+    # Webhook events stored but never processed (a lost enqueue).
+    "billing-stripe-events-sweep": {"task": "billing.stripe_events_sweep", "schedule": 300.0},
+}

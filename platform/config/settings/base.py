@@ -145,6 +145,20 @@ FINETUNE_HEARTBEAT_TIMEOUT_S = float(os.environ.get("FINETUNE_HEARTBEAT_TIMEOUT_
 FINETUNE_MAX_ATTEMPTS = int(os.environ.get("FINETUNE_MAX_ATTEMPTS", "2"))
 FINETUNE_SWEEP_INTERVAL_S = float(os.environ.get("FINETUNE_SWEEP_INTERVAL_S", "5"))
 
+# Billing. Stripe is the customer record, subscription, invoice and payment; the platform
+# rates usage itself. STRIPE_API_BASE points the official client at an emulator (localstripe)
+# in tests and demos. Two webhook secrets may be set (comma-separated) while one is rotated.
+STRIPE_API_KEY = os.environ.get("STRIPE_API_KEY", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")
+STRIPE_WEBHOOK_SECRETS = [
+    s.strip() for s in os.environ.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
+]
+STRIPE_WEBHOOK_TOLERANCE_S = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE_S", "300"))
+# Until a checkout flow collects a card, a paid plan starts on Stripe's test card.
+STRIPE_DEFAULT_PAYMENT_METHOD = os.environ.get("STRIPE_DEFAULT_PAYMENT_METHOD", "pm_card_visa")
+# How long a past_due subscription keeps making billable calls before they answer 402.
+PAST_DUE_GRACE_DAYS = int(os.environ.get("PAST_DUE_GRACE_DAYS", "7"))
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["apikeys.permissions.HasScope"],

@@ -1,0 +1,188 @@
+"""Usage charges to Stripe, and the invoices customers see.
+
+The rating engine prices the ledger; each usage line of a period goes to Stripe as an
+invoice item on the subscription's upcoming invoice. A push is recorded here first (the
+idempotency key tenant + period + line is unique) and the same key is sent to Stripe, so a
+retry never bills twice. Lines only grow within a period; growth is pushed as a new item
+(``…:usage:standard:2``), never by editing one Stripe already holds."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import stripe
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from tenants.models import Tenant
+
+from .models import Subscription, UsageChargePush
+from .rating import RatedPeriod, rate_tenant_period
+from .stripe_client import as_dict, stripe_api, stripe_configured
+from .subscriptions import subscription_get_or_create
+
+logger = logging.getLogger(__name__)
+
+
+def period_key(start: datetime) -> str:
+    return f"{start:%Y%m%dT%H%M%SZ}"
+
+
+def push_key(*, tenant_id: str, start: datetime, line: str, sequence: int) -> str:
+    base = f"usage-{tenant_id}-{period_key(start)}-{line}"
+    return base if sequence == 1 else f"{base}:{sequence}"
+
+
+def _pushed(tenant: Tenant, start: datetime, line: str) -> tuple[int, int]:
+    rows = UsageChargePush.objects.for_tenant(tenant).filter(period_start=start, line=line)
+    total = rows.aggregate(total=Sum("amount"))["total"] or 0
+    return int(total), rows.count()
+
+
+def _find_in_stripe(api: Any, customer_id: str, key: str) -> str | None:
+    """A push that may have reached Stripe before we crashed: look for its key."""
+    for item in api.InvoiceItem.list(customer=customer_id, limit=100).auto_paging_iter():
+        if (as_dict(item).get("metadata") or {}).get("idempotency_key") == key:
+            return str(item.id)
+    return None
+
+
+def _send(api: Any, push: UsageChargePush, sub: Subscription, *, in_doubt: bool) -> None:
+    item_id = (
+        _find_in_stripe(api, sub.stripe_customer_id, push.idempotency_key) if in_doubt else None
+    )
+    if item_id is None:
+        item = api.InvoiceItem.create(
+            customer=sub.stripe_customer_id,
+            subscription=sub.stripe_subscription_id,
+            amount=push.amount,
+            currency=push.currency,
+            description=push.description,
+            metadata={
+                "tenant_id": push.tenant_id,
+                "period_start": str(int(push.period_start.timestamp())),
+                "line": push.line,
+                "idempotency_key": push.idempotency_key,
+            },
+            idempotency_key=push.idempotency_key,
+        )
+        item_id = item.id
+    push.stripe_invoice_item_id = str(item_id)
+    push.pushed_at = timezone.now()
+    push.save(update_fields=["stripe_invoice_item_id", "pushed_at"])
+
+
+def usage_charges_push(
+    *,
+    tenant: Tenant,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    until: datetime | None = None,
+) -> list[UsageChargePush]:
+    """Push what the ledger says for the period (default: the current one) up to ``until``
+    (default: now) and Stripe does not hold yet. Returns the pushes made by this call."""
+    sub = subscription_get_or_create(tenant=tenant)
+    if not (sub.stripe_customer_id and sub.stripe_subscription_id) or not stripe_configured():
+        return []  # nothing invoices in Stripe without a subscription
+    start = start or sub.current_period_start
+    end = end or sub.current_period_end
+    cut = min(end, until or timezone.now())
+    rated = rate_tenant_period(tenant=tenant, plan=sub.plan, start=start, end=cut,
+                               include_base_fee=False)  # fmt: skip
+    api = stripe_api()
+    made: list[UsageChargePush] = []
+    for line in rated.lines:
+        already, count = _pushed(tenant, start, line.key)
+        if line.amount < already:
+            logger.warning("usage line %s of %s shrank below what was billed", line.key, tenant.id)
+        if line.amount <= already:
+            continue
+        try:
+            with transaction.atomic():
+                push = UsageChargePush.objects.create(
+                    idempotency_key=push_key(
+                        tenant_id=tenant.id, start=start, line=line.key, sequence=count + 1
+                    ),
+                    tenant=tenant, period_start=start, period_end=end, line=line.key,
+                    description=line.description, amount=line.amount - already,
+                    currency=rated.currency,
+                )  # fmt: skip
+        except IntegrityError:
+            continue  # a concurrent push took this sequence number; the next run catches up
+        made.append(push)
+    # Also retries pushes recorded earlier whose Stripe call never completed.
+    pending = UsageChargePush.objects.for_tenant(tenant).filter(pushed_at__isnull=True)
+    fresh = {push.pk for push in made}
+    for push in pending.order_by("id"):
+        _send(api, push, sub, in_doubt=push.pk not in fresh)
+    return made
+
+
+@dataclass
+class UpcomingInvoice:
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    plan: str
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(int(line["amount"]) for line in self.lines)
+
+
+def _stripe_preview_lines(sub: Subscription) -> list[dict[str, Any]]:
+    """Stripe's own lines of the next invoice (base fee, prorations), without our usage
+    items: those are replaced by the ledger's figures so far."""
+    preview = as_dict(
+        stripe_api().Invoice.create_preview(
+            customer=sub.stripe_customer_id, subscription=sub.stripe_subscription_id
+        )
+    )
+    lines = []
+    for line in (preview.get("lines") or {}).get("data") or []:
+        if (line.get("metadata") or {}).get("line"):
+            continue
+        proration = bool(line.get("proration"))
+        lines.append({
+            "key": "proration" if proration else "base_fee",
+            "description": line.get("description") or "",
+            "quantity": int(line.get("quantity") or 1),
+            "amount": int(line.get("amount") or 0),
+            "proration": proration,
+        })  # fmt: skip
+    return lines
+
+
+def upcoming_invoice(*, tenant: Tenant) -> UpcomingInvoice:
+    """Base fee + usage lines from the ledger so far; with a Stripe subscription the fixed
+    part (base fee, prorations) is Stripe's own preview."""
+    sub = subscription_get_or_create(tenant=tenant)
+    with_stripe = bool(sub.stripe_subscription_id) and stripe_configured()
+    rated: RatedPeriod = rate_tenant_period(
+        tenant=tenant, plan=sub.plan, start=sub.current_period_start,
+        end=min(sub.current_period_end, timezone.now()), include_base_fee=not with_stripe,
+    )  # fmt: skip
+    upcoming = UpcomingInvoice(
+        currency=rated.currency,
+        period_start=sub.current_period_start,
+        period_end=sub.current_period_end,
+        plan=sub.plan.slug,
+    )
+    if with_stripe:
+        try:
+            upcoming.lines.extend(_stripe_preview_lines(sub))
+        except stripe.StripeError as exc:
+            from .stripe_client import stripe_error_to_api
+
+            raise stripe_error_to_api(exc) from exc
+    for line in rated.lines:
+        upcoming.lines.append({
+            "key": line.key, "description": line.description, "quantity": line.quantity,
+            "amount": line.amount, "proration": False,
+        })  # fmt: skip
+    return upcoming

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.stripe_client import stripe_configured
+from billing.stripe_sync import plans_sync_to_stripe
+
+
+class Command(BaseCommand):
+    help = "Create (or find) the Stripe product and monthly plan of every paid plan version."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not stripe_configured():
+            raise CommandError("STRIPE_API_KEY is not set.")
+        for plan in plans_sync_to_stripe():
+            self.stdout.write(f"{plan.id}: {plan.stripe_product_id} / {plan.stripe_plan_id}")

@@ -1,0 +1,11 @@
+"""Messages clients of the billing API see, in one place."""
+
+UNKNOWN_PLAN = "No such plan: '{plan}'. See GET /v1/plans for the catalogue."
+PLAN_NOT_SYNCED = "The plan '{plan}' is not available for purchase yet."
+PAYMENT_DECLINED = "The payment method on file was declined ({reason})."
+STRIPE_NOT_CONFIGURED = "Paid plans are not available: billing is not configured."
+STRIPE_UNAVAILABLE = "The payment provider did not answer; try again shortly."
+WEBHOOK_NO_SIGNATURE = "Missing Stripe-Signature header."
+WEBHOOK_BAD_SIGNATURE = "The signature does not match the payload, or it is too old."
+WEBHOOK_BAD_PAYLOAD = "The payload is not a Stripe event."
+WEBHOOK_NOT_CONFIGURED = "No webhook secret is configured."

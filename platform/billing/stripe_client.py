@@ -1,0 +1,77 @@
+"""The one place the official ``stripe`` library is configured, from settings.
+
+Module-level configuration (``stripe.api_key``, ``stripe.api_base``) is what the library's
+resource classes read; it is re-applied from settings on every use, so a test that points
+STRIPE_API_BASE at its emulator, or a deployment that rotates the key, is picked up without
+a restart. Helpers here turn the library's objects into plain dicts (stripe 16 objects are
+not dicts) and its errors into the API's error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stripe
+from django.conf import settings
+
+from core.errors import APIError
+
+from . import messages
+
+# NOTE: the library pins its own API version (2026-10-28 for stripe 16); objects are read
+# defensively below because the emulator answers in an older shape.
+NETWORK_RETRIES = 2
+
+
+class BillingUnavailable(APIError):
+    status = 503
+    default_code = "billing_unavailable"
+
+
+class PaymentRequired(APIError):
+    status = 402
+    default_code = "payment_required"
+
+
+def stripe_configured() -> bool:
+    return bool(settings.STRIPE_API_KEY)
+
+
+def stripe_api() -> Any:
+    """The configured ``stripe`` module. Raises 503 when no key is set: free plans work
+    without Stripe, paid ones cannot."""
+    if not stripe_configured():
+        raise BillingUnavailable(messages.STRIPE_NOT_CONFIGURED)
+    stripe.api_key = settings.STRIPE_API_KEY
+    stripe.api_base = settings.STRIPE_API_BASE.rstrip("/")
+    stripe.max_network_retries = NETWORK_RETRIES
+    return stripe
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A Stripe object (or an already plain dict) as a plain, recursive dict."""
+    if obj is None:
+        return {}
+    if isinstance(obj, dict) and not hasattr(obj, "to_dict"):
+        return obj
+    return dict(obj.to_dict())
+
+
+def stripe_error_to_api(exc: stripe.StripeError) -> APIError:
+    """What the client of our API sees when Stripe says no."""
+    if isinstance(exc, stripe.CardError) or getattr(exc, "http_status", None) == 402:
+        return PaymentRequired(
+            messages.PAYMENT_DECLINED.format(reason=exc.user_message or "declined"),
+            code="card_declined",
+        )
+    return BillingUnavailable(messages.STRIPE_UNAVAILABLE)
+
+
+def is_already_exists(exc: stripe.StripeError) -> bool:
+    """Creating an object with an id that exists: Stripe says ``resource_already_exists``
+    (400), the emulator says 409."""
+    return exc.code == "resource_already_exists" or getattr(exc, "http_status", None) == 409
+
+
+def is_missing(exc: stripe.StripeError) -> bool:
+    return exc.code == "resource_missing" or getattr(exc, "http_status", None) == 404

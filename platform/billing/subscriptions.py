@@ -1,0 +1,321 @@
+"""Subscriptions: every tenant has one; it starts on ``free``. Paid plans live in Stripe
+(customer, subscription, payment); the local row mirrors them and is what request-time
+enforcement reads."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import InvalidRequest
+from plans.models import Plan
+from tenants.models import Tenant
+
+from . import messages
+from .models import Subscription
+from .stripe_client import (
+    PaymentRequired,
+    as_dict,
+    is_missing,
+    stripe_api,
+    stripe_error_to_api,
+)
+from .stripe_sync import plan_sync_to_stripe
+
+logger = logging.getLogger(__name__)
+
+FREE_SLUG = "free"
+# Stripe's statuses onto ours. `incomplete` (first payment not through) and `unpaid`
+# (retries exhausted, invoice left open) both mean: money is owed.
+STATUS_FROM_STRIPE = {
+    "active": Subscription.Status.ACTIVE,
+    "trialing": Subscription.Status.TRIALING,
+    "past_due": Subscription.Status.PAST_DUE,
+    "unpaid": Subscription.Status.PAST_DUE,
+    "incomplete": Subscription.Status.PAST_DUE,
+    "canceled": Subscription.Status.CANCELED,
+    "incomplete_expired": Subscription.Status.CANCELED,
+}
+
+
+def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
+    start = moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+def _at(seconds: int | None) -> datetime | None:
+    return datetime.fromtimestamp(int(seconds), tz=UTC) if seconds else None
+
+
+def plan_current(*, slug: str) -> Plan | None:
+    return Plan.objects.filter(slug=slug, is_current=True, public=True).first()
+
+
+def subscription_get_or_create(*, tenant: Tenant) -> Subscription:
+    """The tenant's subscription; a new tenant gets ``free`` for this calendar month. A
+    plan without Stripe rolls its calendar period forward here, once a month."""
+    sub = Subscription.objects.for_tenant(tenant).select_related("plan").first()
+    now = timezone.now()
+    if sub is None:
+        start, end = calendar_month(now)
+        free = Plan.objects.get(slug=FREE_SLUG, is_current=True)
+        sub, _ = Subscription.objects.select_related("plan").get_or_create(
+            tenant=tenant,
+            defaults={"plan": free, "current_period_start": start, "current_period_end": end},
+        )
+    elif not sub.stripe_subscription_id and now >= sub.current_period_end:
+        sub.current_period_start, sub.current_period_end = calendar_month(now)
+        sub.save(update_fields=["current_period_start", "current_period_end", "updated_at"])
+    return sub
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """What request-time enforcement needs: the plan (limits) and whether billable calls
+    are refused with 402 ``payment_required`` (past_due beyond the grace period)."""
+
+    plan: Plan
+    status: str
+    past_due_since: datetime | None
+    blocked: bool
+
+
+def subscription_payment_blocked(sub: Subscription) -> bool:
+    """Past due for longer than the grace period: billable calls are refused."""
+    return (
+        sub.status == Subscription.Status.PAST_DUE
+        and sub.past_due_since is not None
+        and timezone.now() - sub.past_due_since > timedelta(days=settings.PAST_DUE_GRACE_DAYS)
+    )
+
+
+def subscription_for_enforcement(*, tenant: Tenant) -> Enforcement:
+    """One indexed query (the row and its plan) in the common case."""
+    sub = subscription_get_or_create(tenant=tenant)
+    return Enforcement(
+        plan=sub.plan,
+        status=sub.status,
+        past_due_since=sub.past_due_since,
+        blocked=subscription_payment_blocked(sub),
+    )
+
+
+def _customer_ensure(api: Any, sub: Subscription, tenant: Tenant) -> str:
+    if sub.stripe_customer_id:
+        return sub.stripe_customer_id
+    customer = api.Customer.create(
+        name=tenant.name,
+        metadata={"tenant_id": tenant.id},
+        idempotency_key=f"customer-{tenant.id}",
+    )
+    # Stored at once, on its own: a failure further on must not orphan the customer.
+    Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
+    sub.stripe_customer_id = customer.id
+    return str(customer.id)
+
+
+def _payment_method_ensure(api: Any, customer_id: str) -> None:
+    customer = as_dict(api.Customer.retrieve(customer_id))
+    if (customer.get("invoice_settings") or {}).get("default_payment_method"):
+        return
+    method = api.PaymentMethod.attach(settings.STRIPE_DEFAULT_PAYMENT_METHOD, customer=customer_id)
+    api.Customer.modify(customer_id, invoice_settings={"default_payment_method": method.id})
+
+
+def _first_item(stripe_sub: dict[str, Any]) -> dict[str, Any]:
+    data = (stripe_sub.get("items") or {}).get("data") or [{}]
+    return dict(data[0])
+
+
+def _stripe_period(stripe_sub: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    # Newer API versions keep the period on the item; the emulator on the subscription.
+    item = _first_item(stripe_sub)
+    start = item.get("current_period_start") or stripe_sub.get("current_period_start")
+    end = item.get("current_period_end") or stripe_sub.get("current_period_end")
+    return _at(start), _at(end)
+
+
+def _stripe_plan(stripe_sub: dict[str, Any]) -> Plan | None:
+    item = _first_item(stripe_sub)
+    price = item.get("plan") or item.get("price") or stripe_sub.get("plan") or {}
+    price_id = price.get("id") if isinstance(price, dict) else price
+    return Plan.objects.filter(stripe_plan_id=price_id).first() if price_id else None
+
+
+def _past_due_since(stripe_sub: dict[str, Any]) -> datetime | None:
+    """Unpaid since the latest invoice was finalised (needs ``latest_invoice`` expanded)."""
+    invoice = stripe_sub.get("latest_invoice")
+    if not isinstance(invoice, dict):
+        return None
+    transitions = invoice.get("status_transitions") or {}
+    return _at(transitions.get("finalized_at") or invoice.get("created"))
+
+
+def _apply_stripe(sub: Subscription, stripe_sub: dict[str, Any], observed_at: int) -> None:
+    """Make the row follow a Stripe subscription (re-read, or an event's snapshot)."""
+    status = STATUS_FROM_STRIPE.get(str(stripe_sub.get("status")), Subscription.Status.PAST_DUE)
+    sub.stripe_updated_at = observed_at
+    if status == Subscription.Status.CANCELED:
+        # Cancelled in Stripe (by us moving to free, or by dunning): the tenant is on free.
+        sub.plan = Plan.objects.get(slug=FREE_SLUG, is_current=True)
+        sub.status = Subscription.Status.ACTIVE
+        sub.stripe_subscription_id = ""
+        sub.past_due_since = None
+        sub.current_period_start, sub.current_period_end = calendar_month(timezone.now())
+        return
+    plan = _stripe_plan(stripe_sub)
+    if plan is None:
+        logger.error("Stripe subscription %s is on a plan we do not know", stripe_sub.get("id"))
+    else:
+        sub.plan = plan
+    sub.status = status
+    sub.stripe_subscription_id = str(stripe_sub["id"])
+    start, end = _stripe_period(stripe_sub)
+    if start and end:
+        sub.current_period_start, sub.current_period_end = start, end
+    if status == Subscription.Status.PAST_DUE:
+        sub.past_due_since = _past_due_since(stripe_sub) or sub.past_due_since or timezone.now()
+    else:
+        sub.past_due_since = None
+
+
+def _move_to_free(sub: Subscription, free: Plan) -> None:
+    if sub.stripe_subscription_id:
+        from .invoicing import usage_charges_push  # NOTE: invoicing reads subscriptions
+
+        # The period's usage so far goes on the final invoice that cancelling issues.
+        usage_charges_push(tenant=sub.tenant)
+        try:
+            stripe_api().Subscription.cancel(sub.stripe_subscription_id, invoice_now=True)
+        except stripe.StripeError as exc:
+            if not is_missing(exc):
+                raise stripe_error_to_api(exc) from exc
+    sub.plan = free
+    sub.status = Subscription.Status.ACTIVE
+    sub.stripe_subscription_id = ""
+    sub.past_due_since = None
+    sub.stripe_updated_at = int(time.time())
+    sub.current_period_start, sub.current_period_end = calendar_month(timezone.now())
+
+
+def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str, Any]:
+    api = stripe_api()
+    plan = plan_sync_to_stripe(plan=plan)
+    customer_id = _customer_ensure(api, sub, tenant)
+    _payment_method_ensure(api, customer_id)
+    current: dict[str, Any] = {}
+    if sub.stripe_subscription_id:
+        current = as_dict(api.Subscription.retrieve(sub.stripe_subscription_id))
+    metadata = {"tenant_id": tenant.id, "plan_id": plan.id}
+    if current and current.get("status") not in ("canceled", "incomplete_expired"):
+        updated = api.Subscription.modify(
+            current["id"],
+            items=[{"id": _first_item(current)["id"], "plan": plan.stripe_plan_id}],
+            proration_behavior="create_prorations",
+            metadata=metadata,
+        )
+    else:
+        updated = api.Subscription.create(
+            customer=customer_id,
+            items=[{"plan": plan.stripe_plan_id}],
+            proration_behavior="create_prorations",
+            # A declined first payment fails the call (402) instead of leaving an
+            # `incomplete` subscription behind.
+            payment_behavior="error_if_incomplete",
+            metadata=metadata,
+            # Same tenant, plan and row state = the same attempt: a retry cannot subscribe
+            # twice.
+            idempotency_key=f"subscribe-{tenant.id}-{plan.id}-{sub.updated_at.timestamp():.0f}",
+        )
+    result = as_dict(api.Subscription.retrieve(updated.id, expand=["latest_invoice"]))
+    if not current and result.get("status") == "incomplete":
+        # The first payment did not go through (declined, or it needs an action nobody is
+        # there to take). Stripe answers 402 itself under error_if_incomplete; an emulator
+        # or a slow charge can still leave this: undo it and say so the same way.
+        api.Subscription.cancel(result["id"])
+        raise PaymentRequired(
+            messages.PAYMENT_DECLINED.format(reason="the first payment did not complete"),
+            code="card_declined",
+        )
+    return result
+
+
+def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
+    """Move the tenant to the current version of a plan: a paid plan creates or changes the
+    Stripe subscription (with proration), ``free`` cancels it. Asking for the plan the
+    tenant is already on changes nothing."""
+    plan = plan_current(slug=plan_slug)
+    if plan is None:
+        raise InvalidRequest(
+            messages.UNKNOWN_PLAN.format(plan=plan_slug), code="resource_missing", param="plan"
+        )
+    sub = subscription_get_or_create(tenant=tenant)
+    if sub.plan_id == plan.id:
+        return sub
+    if not plan.base_fee:
+        _move_to_free(sub, plan)
+        sub.save()
+        return sub
+    try:
+        stripe_sub = _stripe_subscribe(sub, plan, tenant)
+    except stripe.StripeError as exc:
+        logger.warning("plan change for %s to %s failed in Stripe: %s", tenant.id, plan.id, exc)
+        raise stripe_error_to_api(exc) from exc
+    with transaction.atomic():
+        sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
+        _apply_stripe(sub, stripe_sub, int(time.time()))
+        sub.save()
+    return sub
+
+
+def subscription_refresh_from_stripe(
+    *, customer_id: str, stripe_subscription_id: str, snapshot: dict[str, Any], event_created: int
+) -> Subscription | None:
+    """Called for every subscription or invoice event: the subscription is re-read from
+    Stripe, so duplicates and out-of-order deliveries all converge on Stripe's current
+    state. Only if Stripe no longer has it is the event's snapshot used, and then only
+    when it is newer than what the row holds."""
+    # NOTE: unscoped on purpose: a webhook has no tenant context; the customer id is ours.
+    row = Subscription.objects.unscoped().filter(stripe_customer_id=customer_id).first()
+    if row is None:
+        logger.info("Stripe event for customer %s, who is not one of ours", customer_id)
+        return None
+    reread = True
+    try:
+        current = as_dict(
+            stripe_api().Subscription.retrieve(stripe_subscription_id, expand=["latest_invoice"])
+        )
+        observed_at = int(time.time())
+    except stripe.StripeError as exc:
+        if not is_missing(exc):
+            raise  # Stripe unreachable: the task retries
+        current, observed_at, reread = snapshot, event_created, False
+    with transaction.atomic():
+        sub = Subscription.objects.unscoped().select_for_update().get(pk=row.pk)
+        if sub.stripe_subscription_id and sub.stripe_subscription_id != stripe_subscription_id:
+            return sub  # about a subscription the tenant has since left
+        live = STATUS_FROM_STRIPE.get(str(current.get("status"))) != Subscription.Status.CANCELED
+        if not sub.stripe_subscription_id and not (reread and live):
+            return sub  # already back on free; a late event must not resurrect a dead one
+        if observed_at < sub.stripe_updated_at:
+            return sub  # an older snapshot than the one we hold
+        previous_start = sub.current_period_start
+        _apply_stripe(sub, current, observed_at)
+        sub.save()
+        if sub.stripe_subscription_id and sub.current_period_start > previous_start:
+            from .tasks import usage_push_period_enqueue
+
+            # The period rolled over: bill the closed period's last usage now.
+            usage_push_period_enqueue(
+                tenant_id=sub.tenant_id, start=previous_start, end=sub.current_period_start
+            )
+    return sub

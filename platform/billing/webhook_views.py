@@ -1,0 +1,44 @@
+"""``POST /webhooks/stripe``: a plain Django view, not DRF: the signature covers the raw
+bytes, which must reach the verifier untouched by any parser, and Stripe carries no API key.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from core.errors import error_body
+
+from .webhooks import WebhookRejected, stripe_event_record, stripe_event_verify
+
+logger = logging.getLogger(__name__)
+
+
+def _enqueue(event_id: str) -> None:
+    from .tasks import stripe_event_process_task
+
+    try:
+        stripe_event_process_task.apply_async(args=[event_id])
+    except Exception:
+        # The event is stored; the periodic sweep processes what was never enqueued.
+        logger.exception("could not enqueue Stripe event %s; the sweep will pick it up", event_id)
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    try:
+        event = stripe_event_verify(
+            payload=request.body, signature=request.headers.get("Stripe-Signature")
+        )
+    except WebhookRejected as exc:
+        logger.warning("Stripe webhook rejected: %s", exc.code)
+        return JsonResponse(error_body(400, exc.code, exc.message), status=400)
+    if not stripe_event_record(event=event):
+        return JsonResponse({"received": True, "duplicate": True})
+    transaction.on_commit(lambda: _enqueue(event["id"]))
+    return JsonResponse({"received": True})

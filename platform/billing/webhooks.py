@@ -1,0 +1,179 @@
+"""Stripe webhook events: verified on the raw body, stored once (the event id is the
+primary key), processed later in a Celery task.
+
+Processing is idempotent and order-blind: every handler re-reads the object from Stripe
+and makes the local state follow it, so a duplicate, a late or a shuffled delivery ends in
+the same state as an orderly one. The event's own snapshot is only a fallback for objects
+Stripe no longer has."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import messages
+from .models import Invoice, StripeEvent, Subscription
+from .stripe_client import as_dict, is_missing, stripe_api
+from .subscriptions import subscription_refresh_from_stripe
+
+logger = logging.getLogger(__name__)
+
+
+class WebhookRejected(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """The event, if one of the configured secrets signed exactly these bytes within the
+    tolerance. Two secrets are tried while one is being rotated."""
+    if not signature:
+        raise WebhookRejected("missing_signature", messages.WEBHOOK_NO_SIGNATURE)
+    secrets = settings.STRIPE_WEBHOOK_SECRETS
+    if not secrets:
+        raise WebhookRejected("webhook_not_configured", messages.WEBHOOK_NOT_CONFIGURED)
+    for secret in secrets:
+        try:
+            stripe.Webhook.construct_event(
+                payload, signature, secret, tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_S
+            )
+        except stripe.SignatureVerificationError:
+            continue
+        except (ValueError, TypeError, AttributeError, KeyError):
+            # Signed, but not a JSON event object: the library trips building the event.
+            raise WebhookRejected("invalid_payload", messages.WEBHOOK_BAD_PAYLOAD) from None
+        break
+    else:
+        raise WebhookRejected("invalid_signature", messages.WEBHOOK_BAD_SIGNATURE)
+    event = json.loads(payload)
+    if not (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and isinstance(event.get("type"), str)
+        and isinstance((event.get("data") or {}).get("object"), dict)
+    ):
+        raise WebhookRejected("invalid_payload", messages.WEBHOOK_BAD_PAYLOAD)
+    return event
+
+
+def stripe_event_record(*, event: dict[str, Any]) -> bool:
+    """Store the event once; False when it was already stored (a redelivery)."""
+    try:
+        with transaction.atomic():
+            StripeEvent.objects.create(id=event["id"], type=event["type"], payload=event)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _mirror_invoice(invoice: dict[str, Any], tenant_id: str, observed_at: int) -> None:
+    if invoice.get("status") == "draft" or not invoice.get("id"):
+        return  # only finalised invoices are mirrored
+    existing = Invoice.objects.for_tenant(tenant_id).filter(pk=invoice["id"]).first()
+    if existing is not None and existing.stripe_updated_at > observed_at:
+        return
+
+    def at(seconds: Any) -> datetime | None:
+        return datetime.fromtimestamp(int(seconds), tz=UTC) if seconds else None
+
+    Invoice.objects.update_or_create(
+        id=invoice["id"],
+        tenant_id=tenant_id,
+        defaults={
+            "number": invoice.get("number") or "",
+            "status": invoice.get("status") or "",
+            "currency": invoice.get("currency") or "",
+            "amount_due": int(invoice.get("amount_due") or 0),
+            "amount_paid": int(invoice.get("amount_paid") or 0),
+            "total": int(invoice.get("total") or 0),
+            "period_start": at(invoice.get("period_start")),
+            "period_end": at(invoice.get("period_end")),
+            "hosted_invoice_url": invoice.get("hosted_invoice_url") or "",
+            "created_at": at(invoice.get("created")) or timezone.now(),
+            "stripe_updated_at": observed_at,
+        },
+    )
+
+
+def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
+    # Newer API versions name it under parent.subscription_details; older ones at the top.
+    parent = (invoice.get("parent") or {}).get("subscription_details") or {}
+    found = parent.get("subscription") or invoice.get("subscription")
+    if isinstance(found, dict):
+        found = found.get("id")
+    return str(found) if found else None
+
+
+def handle_subscription(snapshot: dict[str, Any], created: int) -> None:
+    subscription_refresh_from_stripe(
+        customer_id=str(snapshot.get("customer") or ""),
+        stripe_subscription_id=str(snapshot["id"]),
+        snapshot=snapshot,
+        event_created=created,
+    )
+
+
+def handle_invoice(snapshot: dict[str, Any], created: int) -> None:
+    customer_id = str(snapshot.get("customer") or "")
+    # NOTE: unscoped on purpose: the customer id is how a webhook finds its tenant.
+    row = Subscription.objects.unscoped().filter(stripe_customer_id=customer_id).first()
+    if row is None:
+        return
+    try:
+        current, observed_at = as_dict(stripe_api().Invoice.retrieve(snapshot["id"])), time.time()
+    except stripe.StripeError as exc:
+        if not is_missing(exc):
+            raise
+        current, observed_at = snapshot, created
+    _mirror_invoice(current, row.tenant_id, int(observed_at))
+    subscription_id = _invoice_subscription(current)
+    if subscription_id:
+        # Paid or failed, the subscription's status in Stripe is what changed.
+        subscription_refresh_from_stripe(
+            customer_id=customer_id,
+            stripe_subscription_id=subscription_id,
+            snapshot={"id": subscription_id, "customer": customer_id},
+            event_created=0,
+        )
+
+
+HANDLERS: dict[str, Callable[[dict[str, Any], int], None]] = {
+    "customer.subscription.created": handle_subscription,
+    "customer.subscription.updated": handle_subscription,
+    "customer.subscription.deleted": handle_subscription,
+    "invoice.finalized": handle_invoice,
+    "invoice.paid": handle_invoice,
+    "invoice.payment_succeeded": handle_invoice,
+    "invoice.payment_failed": handle_invoice,
+}
+
+
+def stripe_event_process(*, event_id: str) -> bool:
+    """Run the event's handler once. Returns False if it was already processed. Raises on
+    Stripe trouble, after noting the error, so the task retries."""
+    event = StripeEvent.objects.filter(pk=event_id).first()
+    if event is None or event.processed_at is not None:
+        return False
+    handler = HANDLERS.get(event.type)
+    try:
+        if handler is not None:
+            payload = event.payload
+            handler(dict(payload["data"]["object"]), int(payload.get("created") or 0))
+    except Exception as exc:
+        StripeEvent.objects.filter(pk=event_id).update(error=f"{type(exc).__name__}: {exc}")
+        raise
+    # Handlers converge on Stripe's state, so running one twice (two workers racing past
+    # the check above) is harmless; the flag only saves the work.
+    StripeEvent.objects.filter(pk=event_id).update(processed_at=timezone.now(), error="")
+    return True
