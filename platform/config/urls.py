@@ -7,6 +7,8 @@ from drf_spectacular.views import (
 )
 
 from apikeys.apis import ApiKeyDetailApi, ApiKeyListCreateApi, ApiKeyRotateApi
+from billing.apis import InvoiceListApi, PlanListApi, SubscriptionApi, UpcomingInvoiceApi
+from billing.webhook_views import stripe_webhook
 from datasets.apis import DatasetDetailApi, DatasetListCreateApi
 from finetuning.apis import (
     FineTuneCancelApi,
@@ -31,6 +33,10 @@ v1 = [
     path("v1/api-keys/<str:key_id>", ApiKeyDetailApi.as_view()),
     path("v1/api-keys/<str:key_id>/rotate", ApiKeyRotateApi.as_view()),
     path("v1/usage", UsageApi.as_view()),
+    path("v1/plans", PlanListApi.as_view()),
+    path("v1/subscription", SubscriptionApi.as_view()),
+    path("v1/invoices", InvoiceListApi.as_view()),
+    path("v1/invoices/upcoming", UpcomingInvoiceApi.as_view()),
     path("v1/datasets", DatasetListCreateApi.as_view()),
     path("v1/datasets/<str:dataset_id>", DatasetDetailApi.as_view()),
     path("v1/fine-tunes", FineTuneListCreateApi.as_view()),
@@ -58,6 +64,7 @@ urlpatterns = [
             url_name="openapi", authentication_classes=[], permission_classes=[]
         ),
     ),
+    path("webhooks/stripe", stripe_webhook),
     path("healthz", ops.healthz),
     path("readyz", ops.readyz),
     path("metrics", ops.metrics),

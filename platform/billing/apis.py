@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apikeys.models import Scope
+from core.pagination import list_body, paginate
+from core.serializers import ErrorSerializer, validated
+from core.views import TenantAPIView
+from plans.models import Plan
+
+from .invoicing import upcoming_invoice
+from .models import Invoice, Subscription
+from .serializers import (
+    InvoiceListSerializer,
+    InvoiceSerializer,
+    PlanListSerializer,
+    PlanSerializer,
+    SubscriptionChangeSerializer,
+    SubscriptionSerializer,
+    UpcomingInvoiceSerializer,
+    invoice_render,
+    plan_render,
+)
+from .subscriptions import (
+    subscription_change,
+    subscription_get_or_create,
+    subscription_payment_blocked,
+)
+
+LIST_PARAMS = [
+    OpenApiParameter("limit", int, description="1 to 100, default 20."),
+    OpenApiParameter("starting_after", str, description="An object id: the page after it."),
+]
+STRIPE_ERRORS = {
+    402: OpenApiResponse(ErrorSerializer, description="The payment method was declined."),
+    503: OpenApiResponse(ErrorSerializer, description="The payment provider did not answer."),
+}
+
+
+class PlanListApi(TenantAPIView):
+    required_scopes = {"GET": Scope.BILLING}
+
+    @extend_schema(operation_id="plans_list", responses={200: PlanListSerializer})
+    def get(self, request: Request) -> Response:
+        plans = Plan.objects.filter(is_current=True, public=True).order_by("base_fee", "slug")
+        return Response(
+            list_body(list(plans), False, lambda plan: PlanSerializer(plan_render(plan)).data)
+        )
+
+
+def _subscription_body(sub: Subscription) -> dict[str, Any]:
+    return dict(
+        SubscriptionSerializer(
+            {
+                "object": "subscription",
+                "plan": plan_render(sub.plan),
+                "status": sub.status,
+                "current_period_start": sub.current_period_start,
+                "current_period_end": sub.current_period_end,
+                "past_due_since": sub.past_due_since,
+                "payment_blocked": subscription_payment_blocked(sub),
+            }
+        ).data
+    )
+
+
+class SubscriptionApi(TenantAPIView):
+    required_scopes = {"*": Scope.BILLING}
+
+    @extend_schema(operation_id="subscription_retrieve", responses={200: SubscriptionSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(_subscription_body(subscription_get_or_create(tenant=self.tenant)))
+
+    @extend_schema(
+        operation_id="subscription_update",
+        request=SubscriptionChangeSerializer,
+        responses={200: SubscriptionSerializer, **STRIPE_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        data = validated(SubscriptionChangeSerializer, request.data)
+        sub = subscription_change(tenant=self.tenant, plan_slug=data["plan"])
+        return Response(_subscription_body(sub))
+
+
+class InvoiceListApi(TenantAPIView):
+    required_scopes = {"GET": Scope.BILLING}
+
+    @extend_schema(
+        operation_id="invoices_list", parameters=LIST_PARAMS, responses={200: InvoiceListSerializer}
+    )
+    def get(self, request: Request) -> Response:
+        invoices = Invoice.objects.for_tenant(self.tenant)
+        page, has_more = paginate(invoices, query_params=request.query_params)
+        return Response(
+            list_body(page, has_more, lambda inv: InvoiceSerializer(invoice_render(inv)).data)
+        )
+
+
+class UpcomingInvoiceApi(TenantAPIView):
+    required_scopes = {"GET": Scope.BILLING}
+
+    @extend_schema(
+        operation_id="invoices_upcoming",
+        responses={200: UpcomingInvoiceSerializer, 503: STRIPE_ERRORS[503]},
+    )
+    def get(self, request: Request) -> Response:
+        upcoming = upcoming_invoice(tenant=self.tenant)
+        body = {
+            "object": "upcoming_invoice",
+            "plan": upcoming.plan,
+            "currency": upcoming.currency,
+            "period_start": upcoming.period_start,
+            "period_end": upcoming.period_end,
+            "lines": upcoming.lines,
+            "subtotal": upcoming.total,
+            "total": upcoming.total,
+            "amount_due": max(upcoming.total, 0),
+        }
+        return Response(UpcomingInvoiceSerializer(body).data)
