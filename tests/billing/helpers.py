@@ -1,0 +1,46 @@
+"""Helpers for the billing tests: Stripe-style signing and delivery, polling."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from django.db import OperationalError
+
+API_KEY = "sk_test_margin_billing"
+SECRETS = ["whsec_test_current", "whsec_test_previous"]
+
+
+def sign(payload: bytes, secret: str = SECRETS[0], timestamp: int | None = None) -> str:
+    """A Stripe-Signature header, computed as Stripe documents it."""
+    moment = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{moment}.".encode() + payload, hashlib.sha256)
+    return f"t={moment},v1={mac.hexdigest()}"
+
+
+def deliver(url: str, event: dict[str, Any], **signing: Any) -> httpx.Response:
+    payload = json.dumps(event).encode()
+    return httpx.post(
+        f"{url}/webhooks/stripe",
+        content=payload,
+        headers={"Content-Type": "application/json", "Stripe-Signature": sign(payload, **signing)},
+        timeout=10,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OperationalError:  # SQLite's shared-cache lock while the worker writes
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or predicate}")

@@ -1,0 +1,128 @@
+"""The billing API's contract: shapes, bad input, scopes and tenant isolation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from billing.models import Invoice
+
+pytestmark = pytest.mark.django_db
+
+
+def test_plans_are_the_public_catalogue(tenant, client_for):
+    body = client_for(tenant, ["billing"]).get("/v1/plans").json()
+    assert body["object"] == "list" and body["has_more"] is False
+    plans = {plan["id"]: plan for plan in body["data"]}
+    assert list(plans) == ["free", "pro", "scale"]
+    pro = plans["pro"]
+    assert pro["amount"] == 4900 and pro["currency"] == "usd" and pro["interval"] == "month"
+    assert pro["overage"]["standard"]["tiers"][0] == {
+        "up_to": 1_000_000,
+        "unit_amount_decimal": "40",
+    }
+    assert pro["overage"]["int8"]["tiers"][-1]["up_to"] is None
+    assert pro["finetune_unit_amount_decimal"] == "0.5"
+    assert pro["limits"]["monthly_inputs_cap"] is None
+    assert plans["free"]["limits"]["monthly_inputs_cap"] == 1000
+    assert plans["free"]["features"] == {
+        "fine_tuning": False,
+        "max_fine_tuned_models": 0,
+        "lora": False,
+    }
+
+
+def test_a_new_tenant_is_on_free_for_this_calendar_month(tenant, client_for):
+    body = client_for(tenant, ["billing"]).get("/v1/subscription").json()
+    assert body["object"] == "subscription"
+    assert body["plan"]["id"] == "free" and body["status"] == "active"
+    assert body["payment_blocked"] is False and body["past_due_since"] is None
+    start = datetime.fromisoformat(body["current_period_start"].replace("Z", "+00:00"))
+    now = datetime.now(UTC)
+    assert (start.year, start.month, start.day, start.hour) == (now.year, now.month, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({}, 400, "missing_parameter", "plan"),
+        ({"plan": 5}, 400, "invalid_parameter", "plan"),
+        ({"plan": None}, 400, "missing_parameter", "plan"),
+        ({"plan": ["pro"]}, 400, "invalid_parameter", "plan"),
+        ({"plan": "gold"}, 400, "resource_missing", "plan"),
+        ({"plan": "pro", "coupon": "x"}, 400, "unknown_parameter", "coupon"),
+        ([], 400, "invalid_request_body", None),
+    ],
+)
+def test_subscription_change_rejects_bad_input(tenant, client_for, body, status, code, param):
+    response = client_for(tenant, ["billing"]).post("/v1/subscription", body, format="json")
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request", code, param)
+    assert client_for(tenant, ["billing"]).get("/v1/subscription").json()["plan"]["id"] == "free"
+
+
+def test_subscription_change_rejects_a_body_that_is_not_json(tenant, client_for):
+    response = client_for(tenant, ["billing"]).post(
+        "/v1/subscription", "plan=pro", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_asking_for_the_current_plan_changes_nothing(tenant, client_for):
+    client = client_for(tenant, ["billing"])
+    before = client.get("/v1/subscription").json()
+    response = client.post("/v1/subscription", {"plan": "free"}, format="json")
+    assert response.status_code == 200 and response.json() == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/v1/plans"),
+        ("get", "/v1/subscription"),
+        ("post", "/v1/subscription"),
+        ("get", "/v1/invoices"),
+        ("get", "/v1/invoices/upcoming"),
+    ],
+)
+def test_billing_scope_is_required(tenant, client_for, method, path):
+    response = getattr(client_for(tenant, ["inference", "training"]), method)(
+        path, {"plan": "pro"} if method == "post" else None, format="json"
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "insufficient_scope"
+    assert client_for(tenant, ["admin"]).get(path).status_code in (200, 405)
+
+
+def _invoice(tenant, invoice_id, created):
+    return Invoice.objects.create(
+        id=invoice_id, tenant=tenant, status="paid", currency="usd", amount_due=4900,
+        amount_paid=4900, total=4900, created_at=created,
+    )  # fmt: skip
+
+
+def test_invoices_are_a_cursor_list_of_the_tenants_own(tenant, other_tenant, client_for):
+    for day in range(1, 4):
+        _invoice(tenant, f"in_a{day}", datetime(2026, 8, day, tzinfo=UTC))
+    _invoice(other_tenant, "in_b1", datetime(2026, 8, 5, tzinfo=UTC))
+    client = client_for(tenant, ["billing"])
+    first = client.get("/v1/invoices", {"limit": 2}).json()
+    assert [i["id"] for i in first["data"]] == ["in_a3", "in_a2"] and first["has_more"]
+    second = client.get("/v1/invoices", {"limit": 2, "starting_after": "in_a2"}).json()
+    assert [i["id"] for i in second["data"]] == ["in_a1"] and not second["has_more"]
+    assert second["data"][0]["total"] == 4900 and second["data"][0]["object"] == "invoice"
+    # Another tenant's invoice is neither listed nor usable as a cursor.
+    response = client.get("/v1/invoices", {"starting_after": "in_b1"})
+    assert response.status_code == 404
+    other = client_for(other_tenant, ["billing"]).get("/v1/invoices").json()
+    assert [i["id"] for i in other["data"]] == ["in_b1"]
+    assert client.get("/v1/invoices", {"limit": 0}).status_code == 400
+
+
+def test_upcoming_invoice_on_free_has_no_charges(tenant, client_for):
+    body = client_for(tenant, ["billing"]).get("/v1/invoices/upcoming").json()
+    assert body["object"] == "upcoming_invoice" and body["plan"] == "free"
+    assert body["lines"] == [] and body["total"] == 0

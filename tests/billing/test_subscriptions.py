@@ -1,0 +1,115 @@
+"""Plan changes through the API against the Stripe emulator: customer on demand, proration
+on the upcoming invoice, cancellation back to free, declines as 402."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+
+from billing.models import Subscription
+from billing.stripe_sync import plans_sync_to_stripe
+from plans.models import Plan
+
+pytestmark = pytest.mark.django_db
+
+
+def _local(tenant):
+    return Subscription.objects.for_tenant(tenant).select_related("plan").get()
+
+
+def test_plans_sync_is_idempotent(stripe_api, capsys):
+    first = {p.id: (p.stripe_product_id, p.stripe_plan_id) for p in plans_sync_to_stripe()}
+    call_command("sync_plans_to_stripe")
+    assert "pro@1: margin-pro / margin-pro-v1" in capsys.readouterr().out
+    Plan.objects.update(stripe_product_id="", stripe_plan_id="")  # ids lost: found again
+    again = {p.id: (p.stripe_product_id, p.stripe_plan_id) for p in plans_sync_to_stripe()}
+    assert first == again == {"pro@1": ("margin-pro", "margin-pro-v1"),
+                              "scale@1": ("margin-scale", "margin-scale-v1")}  # fmt: skip
+    ours = [p for p in stripe_api.Plan.list(limit=100).data if p.id.startswith("margin-pro")]
+    assert [(p.id, p.amount, p.interval) for p in ours] == [("margin-pro-v1", 4900, "month")]
+
+
+def test_upgrade_creates_customer_and_subscription(tenant, client_for, stripe_api):
+    client = client_for(tenant, ["billing"])
+    response = client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["plan"]["id"] == "pro" and body["status"] == "active"
+
+    sub = _local(tenant)
+    assert sub.plan_id == "pro@1" and sub.stripe_customer_id and sub.stripe_subscription_id
+    customer = stripe_api.Customer.retrieve(sub.stripe_customer_id).to_dict()
+    assert customer["metadata"]["tenant_id"] == tenant.id
+    assert customer["invoice_settings"]["default_payment_method"].startswith("pm_")
+    remote = stripe_api.Subscription.retrieve(sub.stripe_subscription_id).to_dict()
+    assert remote["status"] == "active"
+    assert remote["items"]["data"][0]["plan"]["id"] == "margin-pro-v1"
+
+    upcoming = client.get("/v1/invoices/upcoming").json()
+    assert upcoming["plan"] == "pro"
+    assert [(line["key"], line["amount"]) for line in upcoming["lines"]] == [("base_fee", 4900)]
+    assert upcoming["total"] == 4900
+
+
+def test_plan_change_prorates_on_the_upcoming_invoice(tenant, client_for, stripe_api):
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    stripe_id = _local(tenant).stripe_subscription_id
+    response = client.post("/v1/subscription", {"plan": "scale"}, format="json")
+    assert response.status_code == 200 and response.json()["plan"]["id"] == "scale"
+
+    sub = _local(tenant)
+    assert sub.plan_id == "scale@1" and sub.stripe_subscription_id == stripe_id  # modified
+    upcoming = client.get("/v1/invoices/upcoming").json()
+    lines = {(line["key"], line["amount"], line["proration"]) for line in upcoming["lines"]}
+    assert ("base_fee", 49900, False) in lines
+    credits = [line for line in upcoming["lines"] if line["proration"]]
+    assert credits and all(line["amount"] < 0 for line in credits)
+    assert upcoming["total"] == 49900 + sum(line["amount"] for line in credits)
+    # The same proration is in Stripe's own preview of the invoice.
+    preview = stripe_api.Invoice.create_preview(
+        customer=sub.stripe_customer_id, subscription=stripe_id
+    ).to_dict()
+    assert any(line["proration"] for line in preview["lines"]["data"])
+
+
+def test_moving_to_free_cancels_the_stripe_subscription(tenant, client_for, stripe_api):
+    client = client_for(tenant, ["billing"])
+    client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    stripe_id = _local(tenant).stripe_subscription_id
+    response = client.post("/v1/subscription", {"plan": "free"}, format="json")
+    assert response.status_code == 200 and response.json()["plan"]["id"] == "free"
+    assert stripe_api.Subscription.retrieve(stripe_id).status == "canceled"
+    sub = _local(tenant)
+    assert sub.plan_id == "free@1" and sub.stripe_subscription_id == ""
+    assert sub.stripe_customer_id  # the customer stays, for the next upgrade
+    # Back to a paid plan: a new Stripe subscription for the same customer.
+    client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    again = _local(tenant)
+    assert again.plan_id == "pro@1" and again.stripe_subscription_id not in ("", stripe_id)
+    assert again.stripe_customer_id == sub.stripe_customer_id
+
+
+def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_api):
+    customer = stripe_api.Customer.create(name=tenant.name, metadata={"tenant_id": tenant.id})
+    card = stripe_api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer.id)
+    stripe_api.Customer.modify(customer.id, invoice_settings={"default_payment_method": card.id})
+    client = client_for(tenant, ["billing"])
+    client.get("/v1/subscription")
+    Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
+
+    response = client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    assert response.status_code == 402, response.json()
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("payment_required", "card_declined")
+    assert _local(tenant).plan_id == "free@1" and _local(tenant).stripe_subscription_id == ""
+    assert not stripe_api.Subscription.list(customer=customer.id).data
+
+
+def test_billing_unconfigured_is_503_for_paid_plans(tenant, client_for, settings):
+    settings.STRIPE_API_KEY = ""
+    response = client_for(tenant, ["billing"]).post(
+        "/v1/subscription", {"plan": "pro"}, format="json"
+    )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "billing_unavailable"

@@ -1,0 +1,180 @@
+"""POST /webhooks/stripe over real HTTP: signatures checked on the raw body, each event
+stored once and processed by a real Celery worker, the outcome independent of duplicates
+and delivery order, and past_due followed through to the 402 flag and back."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+
+import httpx
+
+from billing.models import Invoice, StripeEvent, Subscription
+from billing.subscriptions import subscription_change, subscription_for_enforcement
+from tests.billing.helpers import SECRETS, deliver, sign, wait_for
+
+
+def _event(kind, obj, created=None):
+    return {
+        "id": f"evt_test_{uuid.uuid4().hex[:16]}", "object": "event", "type": kind,
+        "created": created or int(time.time()), "data": {"object": obj}, "livemode": False,
+    }  # fmt: skip
+
+
+def _post(url, body, headers):
+    return httpx.post(f"{url}/webhooks/stripe", content=body, headers=headers, timeout=10)
+
+
+def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server):
+    url = live_server.url
+    event = _event("customer.subscription.deleted", {"id": "sub_x", "customer": "cus_x"})
+    body = json.dumps(event).encode()
+    cases = {
+        "unsigned": ({}, "missing_signature"),
+        "forged": ({"Stripe-Signature": sign(body, secret="whsec_attacker")}, "invalid_signature"),
+        "stale": (
+            {"Stripe-Signature": sign(body, timestamp=int(time.time()) - 301)},
+            "invalid_signature",
+        ),
+        "garbage header": ({"Stripe-Signature": "nonsense"}, "invalid_signature"),
+        "tampered": (
+            {"Stripe-Signature": sign(body.replace(b"deleted", b"created"))},
+            "invalid_signature",
+        ),
+    }
+    for name, (headers, code) in cases.items():
+        response = _post(url, body, headers)
+        assert response.status_code == 400, name
+        assert response.json()["error"] == {
+            "type": "invalid_request", "code": code, "message": response.json()["error"]["message"],
+            "param": None,
+        }, name  # fmt: skip
+    for payload in (b"not json", b'{"just": "json"}', b"[]"):
+        response = _post(url, payload, {"Stripe-Signature": sign(payload)})
+        assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_payload"
+    assert StripeEvent.objects.count() == 0
+
+    # The second secret (mid-rotation) is accepted too; a duplicate is 200 and stored once.
+    assert deliver(url, event, secret=SECRETS[1]).json() == {"received": True}
+    assert deliver(url, event).json() == {"received": True, "duplicate": True}
+    assert StripeEvent.objects.count() == 1
+
+
+def _state(tenant):
+    sub = Subscription.objects.for_tenant(tenant).get()
+    invoices = sorted(
+        (i.id, i.status, i.total, i.amount_paid) for i in Invoice.objects.for_tenant(tenant)
+    )
+    return (sub.plan_id, sub.status, sub.stripe_subscription_id, sub.past_due_since, invoices)
+
+
+def _lose_local_state(tenant):
+    """As if our own writes had never happened: only webhooks can restore the state."""
+    Subscription.objects.for_tenant(tenant).update(
+        plan_id="pro@1", status="past_due", stripe_updated_at=0
+    )
+    Invoice.objects.for_tenant(tenant).delete()
+    StripeEvent.objects.all().delete()
+
+
+def test_each_event_twice_and_shuffled_reaches_the_same_state(
+    tenant, live_server, platform_worker, stripe_api
+):
+    subscription_change(tenant=tenant, plan_slug="pro")
+    sub = Subscription.objects.for_tenant(tenant).get()
+    created = stripe_api.Subscription.retrieve(sub.stripe_subscription_id).to_dict()
+    first_invoice = stripe_api.Invoice.retrieve(created["latest_invoice"]).to_dict()
+    subscription_change(tenant=tenant, plan_slug="scale")
+    updated = stripe_api.Subscription.retrieve(sub.stripe_subscription_id).to_dict()
+    expected = (
+        "scale@1", "active", sub.stripe_subscription_id, None,
+        [(first_invoice["id"], "paid", 4900, 4900)],
+    )  # fmt: skip
+    events = [
+        _event("customer.subscription.created", created),
+        _event("invoice.finalized", {**first_invoice, "status": "open", "amount_paid": 0}),
+        _event("invoice.paid", first_invoice),
+        _event("customer.subscription.updated", updated),
+        _event("customer.subscription.deleted", {**created, "id": "sub_someone_elses"}),
+    ]
+    outcomes = []
+    for seed in (1, 2):
+        _lose_local_state(tenant)
+        deliveries = events * 2
+        random.Random(seed).shuffle(deliveries)
+        answers = [deliver(live_server.url, event).status_code for event in deliveries]
+        assert answers == [200] * len(deliveries)
+        with platform_worker():
+            wait_for(
+                lambda: (
+                    StripeEvent.objects.filter(processed_at__isnull=False).count() == len(events)
+                ),
+                what="the worker to process every event",
+            )
+        assert StripeEvent.objects.exclude(error="").count() == 0
+        outcomes.append(_state(tenant))
+    assert outcomes == [expected, expected]
+
+
+def test_past_due_flags_402_after_grace_and_paying_clears_it(
+    tenant, webhook_target, platform_worker, stripe_api, settings, client_for
+):
+    subscription_change(tenant=tenant, plan_slug="pro")
+    sub = Subscription.objects.for_tenant(tenant).get()
+    customer = sub.stripe_customer_id
+    # The card starts failing; a charge is due (the emulator charges on an interval change).
+    bad = stripe_api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer)
+    stripe_api.Customer.modify(customer, invoice_settings={"default_payment_method": bad.id})
+    weekly = f"test-weekly-{uuid.uuid4().hex[:8]}"
+    stripe_api.Plan.create(id=weekly, product="margin-pro", amount=9900, currency="usd",
+                           interval="week")  # fmt: skip
+    item = stripe_api.Subscription.retrieve(sub.stripe_subscription_id).to_dict()["items"]
+    stripe_api.Subscription.modify(
+        sub.stripe_subscription_id, items=[{"id": item["data"][0]["id"], "plan": weekly}]
+    )
+    remote = stripe_api.Subscription.retrieve(
+        sub.stripe_subscription_id, expand=["latest_invoice"]
+    ).to_dict()
+    invoice = remote["latest_invoice"]
+    assert (remote["status"], invoice["status"]) == ("past_due", "open")
+
+    # Stripe tells us (twice: redeliveries happen).
+    url = webhook_target()
+    failed = _event("invoice.payment_failed", invoice)
+    for _ in range(2):
+        assert deliver(url, failed).status_code == 200
+
+    def is_past_due():
+        row = Subscription.objects.for_tenant(tenant).get()
+        return row if row.status == "past_due" else None
+
+    with platform_worker():
+        row = wait_for(is_past_due, what="past_due")
+    assert row.past_due_since.timestamp() == invoice["status_transitions"]["finalized_at"]
+    assert subscription_for_enforcement(tenant=tenant).blocked is False  # within grace
+    settings.PAST_DUE_GRACE_DAYS = 0
+    assert subscription_for_enforcement(tenant=tenant).blocked is True
+    body = client_for(tenant, ["billing"]).get("/v1/subscription").json()
+    assert body["status"] == "past_due" and body["payment_blocked"] is True
+
+    # A working card; the invoice is paid, and the emulator's own webhook clears the flag.
+    good = stripe_api.PaymentMethod.attach("pm_card_visa", customer=customer)
+    stripe_api.Customer.modify(customer, invoice_settings={"default_payment_method": good.id})
+    assert stripe_api.Invoice.pay(invoice["id"]).status == "paid"
+
+    def is_active():
+        row = Subscription.objects.for_tenant(tenant).get()
+        return row if row.status == "active" else None
+
+    wait_for(lambda: StripeEvent.objects.filter(type="invoice.payment_succeeded").exists(),
+             what="the emulator's delivery")  # fmt: skip
+    with platform_worker():
+        row = wait_for(is_active, timeout=20, what="the paid webhook")
+    assert row.past_due_since is None
+    assert subscription_for_enforcement(tenant=tenant).blocked is False
+    paid = Invoice.objects.for_tenant(tenant).get(pk=invoice["id"])
+    assert (paid.status, paid.amount_paid) == ("paid", invoice["total"])
+    listed = client_for(tenant, ["billing"]).get("/v1/invoices").json()["data"]
+    assert invoice["id"] in [i["id"] for i in listed]
