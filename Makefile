@@ -31,6 +31,7 @@ test: install
 bench: migrate
 	$(BIN)/python tests/benchmarks/bench_model.py
 	$(BIN)/python tests/benchmarks/bench_api.py
+	$(BIN)/python tests/benchmarks/bench_finetune.py
 
 lint: install
 	$(BIN)/ruff check .
