@@ -121,6 +121,10 @@ class UsageEvent(TypedDict):
     cached: int
     occurred_at: str  # ISO 8601, UTC
     worker: str  # hostname of the worker that served it
+    # Cost to serve: compute_ms x the pool's hardware price, in micro-units of the pool's
+    # currency, as a decimal string (money is never a float). Absent from v1 producers.
+    cost_micros: NotRequired[str]
+    pool: NotRequired[str]
 
 
 # --- Training (fine-tuning) -------------------------------------------------------------------

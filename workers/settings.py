@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import cache
 
 # NOTE: batch defaults chosen with tests/benchmarks/bench_model.py on a 2-core AVX-512 CPU
@@ -38,6 +39,11 @@ class WorkerSettings:
     torch_threads: int = 1
     embed_cache_size: int = DEFAULT_EMBED_CACHE_SIZE
     device: str = "auto"
+    # Cost to serve: what this worker pool's hardware costs per hour (currency units, a
+    # decimal string: money is never a float), recorded on every usage event.
+    pool: str = "cpu"
+    price_per_hour: str = "0.10"
+    currency: str = "usd"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -66,6 +72,17 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
     return value
 
 
+def _price(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"{name} must be a decimal amount, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"{name} must be >= 0, got {raw!r}")
+    return str(value)
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
     """Build settings from ``env`` (default: ``os.environ``). Invalid values raise at start-up
     rather than silently falling back, so a mistyped deployment fails loudly."""
@@ -81,6 +98,9 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
         torch_threads=_int(env, "WORKER_TORCH_THREADS", os.cpu_count() or 1, 1),
         embed_cache_size=_int(env, "WORKER_EMBED_CACHE_SIZE", DEFAULT_EMBED_CACHE_SIZE, 0),
         device=device,
+        pool=env.get("WORKER_POOL", "").strip() or "cpu",
+        price_per_hour=_price(env, "WORKER_PRICE_PER_HOUR", "0.10"),
+        currency=(env.get("WORKER_CURRENCY", "").strip() or "usd").lower(),
     )
 
 

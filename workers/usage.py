@@ -13,6 +13,7 @@ import json
 import socket
 import time
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import redis
@@ -25,6 +26,7 @@ from workers.contract import (
     UsageEvent,
 )
 from workers.replies import redis_client
+from workers.settings import get_settings
 
 # Ride out a broker blip of a few seconds; past that the caller fails and its retry (same
 # id) is the recovery path.
@@ -59,11 +61,31 @@ def usage_event_build(
         "cached": usage["cached"],
         "occurred_at": (occurred_at or datetime.now(UTC)).isoformat(),
         "worker": _HOSTNAME,
+        "cost_micros": cost_micros(usage["compute_ms"]),
+        "pool": get_settings().pool,
     }
 
 
+MS_PER_HOUR = Decimal(3_600_000)
+MICROS = Decimal(1_000_000)
+
+
+def cost_micros(compute_ms: float) -> str:
+    """What ``compute_ms`` of this pool's hardware costs, in micro-units of its currency.
+
+    The batch's wall time was already split across its requests by token share, so these
+    shares add up to the time the hardware was busy."""
+    price = Decimal(get_settings().price_per_hour)
+    cost = Decimal(str(compute_ms)) * price * MICROS / MS_PER_HOUR
+    return str(cost.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))
+
+
 def usage_stage(pipe: Any, event: UsageEvent) -> None:
-    """Add the event to a pipeline (or transaction) the caller executes."""
+    """Add the event to a pipeline (or transaction) the caller executes, costed if the
+    producer did not cost it itself."""
+    if "cost_micros" not in event:
+        event = {**event, "cost_micros": cost_micros(event["compute_ms"]),
+                 "pool": get_settings().pool}  # fmt: skip
     pipe.xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
 
 

@@ -41,6 +41,10 @@ class UsageRecord(models.Model):
     compute_ms = models.FloatField()
     cached = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, default="")
+    # Cost to serve, in micro-units of the worker pool's currency (compute time x the pool's
+    # hardware price per hour); margin = price - cost is a query, not a guess.
+    cost_micros = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    pool = models.CharField(max_length=64, blank=True, default="")
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
 

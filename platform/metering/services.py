@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
@@ -42,6 +43,9 @@ def _parse(event: Any) -> tuple[UsageRecord | None, str]:
         compute_ms = float(event["compute_ms"])
         if compute_ms < 0:
             return None, "compute_ms is negative"
+        cost = Decimal(str(event.get("cost_micros", "0")))
+        if not cost.is_finite() or cost < 0:
+            return None, "cost_micros is not a non-negative decimal"
         return UsageRecord(
             event_id=str(event["event_id"])[:64],
             kind=event["kind"],
@@ -51,10 +55,12 @@ def _parse(event: Any) -> tuple[UsageRecord | None, str]:
             model=str(event["model"])[:200],
             compute_ms=compute_ms,
             worker=str(event.get("worker", ""))[:200],
+            cost_micros=cost.quantize(Decimal("0.0001")),
+            pool=str(event.get("pool", ""))[:64],
             occurred_at=occurred,
             **ints,
         ), ""
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         return None, f"malformed event: {exc!r}"
 
 

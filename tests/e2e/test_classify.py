@@ -91,6 +91,7 @@ def test_every_answered_request_is_one_ledger_row(http, secret):
         row = rows[body["id"]]
         assert (row.inputs, row.tokens) == (2, body["usage"]["tokens"])
         assert row.model == "minilm-l6" and row.livemode is True
+        assert row.cost_micros > 0 and row.pool == "cpu"  # cost to serve beside the usage
 
 
 def test_idempotent_replay_answers_once_and_bills_once(http, secret):

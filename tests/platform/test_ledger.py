@@ -65,6 +65,16 @@ def test_each_event_becomes_one_ledger_row(tenant):
     assert (row.inputs, row.tokens, row.compute_ms, row.model) == (2, 20, 3.5, "minilm-l6")
 
 
+def test_cost_to_serve_is_stored_beside_the_usage(tenant):
+    from decimal import Decimal
+
+    publish(event(tenant, 1, cost_micros="2.5000", pool="gpu-h200"), event(tenant, 2))
+    drain()
+    rows = {r.event_id: r for r in UsageRecord.objects.for_tenant(tenant)}
+    assert rows["req_test1"].cost_micros == Decimal("2.5") and rows["req_test1"].pool == "gpu-h200"
+    assert rows["req_test2"].cost_micros == 0  # an older producer that did not cost it
+
+
 def test_a_redelivered_event_is_not_counted_twice(tenant):
     publish(event(tenant, 1), event(tenant, 1))
     drain()
@@ -95,6 +105,8 @@ def test_poison_events_are_dead_lettered_and_do_not_block_the_rest(tenant):
         event(tenant, 2, inputs=-1),
         event(tenant, 3, tenant_id="ten_unknown"),
         event(tenant, 4, occurred_at="yesterday"),
+        event(tenant, 6, cost_micros="-1"),
+        event(tenant, 7, cost_micros="lots"),
         event(tenant, 5),
     )
     assert drain() == 2
@@ -103,7 +115,7 @@ def test_poison_events_are_dead_lettered_and_do_not_block_the_rest(tenant):
         "req_test5",
     }
     dead = redis.Redis.from_url(os.environ["REDIS_URL"]).lrange(DEAD_LETTER_KEY, 0, -1)
-    assert len(dead) == 4
+    assert len(dead) == 6
     assert all("why" in json.loads(item) for item in dead)
 
 

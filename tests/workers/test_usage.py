@@ -44,3 +44,18 @@ def test_published_event_lands_on_the_usage_stream_as_plain_json() -> None:
     event = usage_event_build(request=request, result=_result(request["request_id"]))
     usage_publish(event=event)
     assert drain_usage_events() == [event]
+
+
+def test_events_carry_their_cost_to_serve() -> None:
+    from decimal import Decimal
+
+    from workers.usage import cost_micros
+
+    # 12.5 ms of a $0.10/hour pool: 0.1 * 12.5 / 3,600,000 dollars = 0.3472 micro-dollars.
+    assert cost_micros(12.5) == "0.3472"
+    assert Decimal(cost_micros(3_600_000)) == Decimal("100000.0000")  # one hour = $0.10
+    drain_usage_events()
+    request = make_request(["a"], labels=["x", "y"])
+    usage_publish(event=usage_event_build(request=request, result=_result(request["request_id"])))
+    (event,) = drain_usage_events()
+    assert event["cost_micros"] == cost_micros(event["compute_ms"]) and event["pool"] == "cpu"
