@@ -10,6 +10,8 @@ from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from config.urls import v1
+from datasets.models import Dataset
+from finetuning.models import FineTuneJob
 from inference.models import AIModel
 from tests.factories import TenantFactory, make_key
 
@@ -32,8 +34,25 @@ def test_tenant_b_cannot_see_or_touch_tenant_a(tenant):
         base_model="minilm-l6",
         labels=["x", "y"],
     )
+    a_dataset = Dataset.objects.create(
+        tenant=tenant, bytes=1, status="valid", raw_file="0" * 64, content_file="0" * 64
+    )
+    a_job = FineTuneJob.objects.create(
+        tenant=tenant,
+        api_key_id=a_key.pk,
+        base_model="minilm-l6",
+        method="head",
+        training_dataset=a_dataset,
+        training_file="0" * 64,
+        status="queued",
+    )
     b = bearer(make_key(TenantFactory(), ["admin"]))
-    ids = {"key_id": a_key.pk, "model_id": a_model.pk}
+    ids = {
+        "key_id": a_key.pk,
+        "model_id": a_model.pk,
+        "dataset_id": a_dataset.pk,
+        "job_id": a_job.pk,
+    }
 
     # Every route with an id in its path, every method it serves.
     checked = set()
