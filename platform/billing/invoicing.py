@@ -22,7 +22,7 @@ from tenants.models import Tenant
 
 from .models import Subscription, UsageChargePush
 from .rating import RatedPeriod, rate_tenant_period
-from .stripe_client import as_dict, stripe_api, stripe_configured
+from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
 
 logger = logging.getLogger(__name__)
@@ -177,8 +177,6 @@ def upcoming_invoice(*, tenant: Tenant) -> UpcomingInvoice:
         try:
             upcoming.lines.extend(_stripe_preview_lines(sub))
         except stripe.StripeError as exc:
-            from .stripe_client import stripe_error_to_api
-
             raise stripe_error_to_api(exc) from exc
     for line in rated.lines:
         upcoming.lines.append({

@@ -192,9 +192,9 @@ def _move_to_free(sub: Subscription, free: Plan) -> None:
     if sub.stripe_subscription_id:
         from .invoicing import usage_charges_push  # NOTE: invoicing reads subscriptions
 
-        # The period's usage so far goes on the final invoice that cancelling issues.
-        usage_charges_push(tenant=sub.tenant)
         try:
+            # The period's usage so far goes on the final invoice that cancelling issues.
+            usage_charges_push(tenant=sub.tenant)
             stripe_api().Subscription.cancel(sub.stripe_subscription_id, invoice_now=True)
         except stripe.StripeError as exc:
             if not is_missing(exc):

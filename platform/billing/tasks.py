@@ -34,6 +34,8 @@ TASK_OPTIONS: dict[str, Any] = {
     "max_retries": 8,
 }
 SWEEP_AGE = timedelta(minutes=1)
+# Stripe itself stops redelivering after three days; so do we.
+SWEEP_HORIZON = timedelta(days=3)
 
 
 @app.task(name="billing.stripe_event_process", **TASK_OPTIONS)
@@ -44,8 +46,11 @@ def stripe_event_process_task(event_id: str) -> bool:
 @app.task(name="billing.stripe_events_sweep", **TASK_OPTIONS)
 def stripe_events_sweep_task() -> int:
     """Events stored but never processed (a lost enqueue, retries exhausted)."""
+    now = timezone.now()
     stale = StripeEvent.objects.filter(
-        processed_at__isnull=True, received_at__lt=timezone.now() - SWEEP_AGE
+        processed_at__isnull=True,
+        received_at__lt=now - SWEEP_AGE,
+        received_at__gt=now - SWEEP_HORIZON,
     ).values_list("id", flat=True)[:500]
     for event_id in stale:
         stripe_event_process_task.apply_async(args=[event_id])
