@@ -1,0 +1,60 @@
+"""Operators in the admin: an in-use plan version is never edited in place, and the
+Stripe sync action."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.admin.sites import site
+from django.contrib.messages.storage.fallback import FallbackStorage
+from django.test import RequestFactory
+
+from billing.models import Subscription
+from billing.subscriptions import subscription_get_or_create
+from plans.admin import PlanAdmin
+from plans.models import Plan
+
+pytestmark = pytest.mark.django_db
+
+
+def _request(admin_user):
+    request = RequestFactory().post("/admin/plans/plan/")
+    request.user = admin_user
+    request.session = {}
+    request._messages = FallbackStorage(request)
+    return request
+
+
+def test_editing_a_version_in_use_saves_the_next_version(tenant, admin_user):
+    subscription_get_or_create(tenant=tenant)  # the tenant is on free@1
+    edited = Plan.objects.get(pk="free@1")
+    edited.included_inputs = 2_000
+    PlanAdmin(Plan, site).save_model(_request(admin_user), edited, form=None, change=True)
+
+    old, new = Plan.objects.get(pk="free@1"), Plan.objects.get(pk="free@2")
+    assert (old.included_inputs, old.is_current) == (1_000, False)
+    assert (new.included_inputs, new.is_current, new.version) == (2_000, True, 2)
+    assert Subscription.objects.for_tenant(tenant).get().plan_id == "free@1"  # kept
+
+    # A version nobody is on yet is edited in place.
+    new.included_inputs = 3_000
+    PlanAdmin(Plan, site).save_model(_request(admin_user), new, form=None, change=True)
+    assert Plan.objects.get(pk="free@2").included_inputs == 3_000
+    assert Plan.objects.filter(slug="free").count() == 2
+
+
+def test_sync_action_creates_stripe_plans(admin_client, stripe_api):
+    response = admin_client.post(
+        "/admin/plans/plan/",
+        {"action": "sync_to_stripe", "_selected_action": ["free@1", "pro@1", "scale@1"]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Synced to Stripe: pro@1, scale@1" in response.content.decode()
+    assert Plan.objects.get(pk="pro@1").stripe_plan_id == "margin-pro-v1"
+    assert stripe_api.Plan.retrieve("margin-scale-v1").amount == 49900
+
+
+def test_billing_admin_pages_render(admin_client, tenant):
+    subscription_get_or_create(tenant=tenant)
+    for model in ("subscription", "stripeevent", "invoice", "usagechargepush", "reconciliation"):
+        assert admin_client.get(f"/admin/billing/{model}/").status_code == 200, model
