@@ -9,8 +9,9 @@ the rows add up to the total to the minor unit."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from plans.models import Plan
 from tenants.models import Tenant
@@ -43,7 +44,10 @@ def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime)
     return charges
 
 
-def allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
+K = TypeVar("K")
+
+
+def allocate(total: int, weights: Mapping[K, int]) -> dict[K, int]:
     """Split ``total`` by ``weights`` in whole units (largest remainder): the parts always
     add up to ``total``."""
     weight_sum = sum(weights.values())

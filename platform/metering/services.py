@@ -10,6 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
+from economics.services import rollup_apply
 from tenants.models import Tenant
 from workers.contract import UsageEvent
 
@@ -95,6 +96,8 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
         fresh = [row for event_id, row in rows.items() if event_id not in existing]
         # ignore_conflicts: a concurrent consumer that inserted the same id first wins.
         UsageRecord.objects.bulk_create(fresh, ignore_conflicts=True, batch_size=500)
+        # Margin reports read daily rollups, kept in the same transaction as the ledger.
+        rollup_apply(rows=fresh)
     outcome.inserted = len(fresh)
     outcome.duplicates += len(existing)
     return outcome

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "plans",
     "billing",
     "limits",
+    "economics",
 ]
 
 MIDDLEWARE = [

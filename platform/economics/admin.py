@@ -1,0 +1,83 @@
+"""Operators' unit economics in the admin: margins by tenant, model, plan or day, and the
+pricing simulator."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+
+from .models import UsageRollup
+from .selectors import DIMENSIONS, margins, pricing_simulate
+from .simulation import format_report, proposed_validate
+
+
+def _range(request: HttpRequest) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    try:
+        if request.GET.get("start"):
+            start = datetime.fromisoformat(request.GET["start"]).replace(tzinfo=UTC)
+        if request.GET.get("end"):
+            end = datetime.fromisoformat(request.GET["end"]).replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    return start, end
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(admin.ModelAdmin[UsageRollup]):
+    list_display = ["day", "tenant", "model", "plan_id", "requests", "inputs", "cost_micros"]
+    list_filter = ["kind", "livemode", "plan_id"]
+    date_hierarchy = "day"
+    change_list_template = "admin/economics/rollup_changelist.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRollup]:
+        return UsageRollup.objects.unscoped().select_related("tenant")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path("margins/", self.admin_site.admin_view(self.margins_view), name="margins"),
+            path("simulate/", self.admin_site.admin_view(self.simulate_view), name="simulate"),
+        ]
+        return own + super().get_urls()
+
+    def margins_view(self, request: HttpRequest) -> HttpResponse:
+        start, end = _range(request)
+        by = request.GET.get("by") if request.GET.get("by") in DIMENSIONS else "tenant"
+        rows = margins(start=start, end=end, by=str(by))
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request), "title": "Margins", "rows": rows,
+            "by": by, "dimensions": DIMENSIONS, "start": start, "end": end,
+        }  # fmt: skip
+        return TemplateResponse(request, "admin/economics/margins.html", context)
+
+    def simulate_view(self, request: HttpRequest) -> HttpResponse:
+        start, end = _range(request)
+        prices = request.POST.get("prices", "") if request.method == "POST" else ""
+        report, error = "", ""
+        if prices:
+            try:
+                proposed = proposed_validate(json.loads(prices))
+                report = format_report(pricing_simulate(start=start, end=end, proposed=proposed))
+            except ValueError as exc:
+                error = str(exc)
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request), "title": "Pricing simulator",
+            "prices": prices or '{"pro": {"base_fee": 3900, "included_inputs": 50000}}',
+            "report": report, "error": error, "start": start, "end": end,
+        }  # fmt: skip
+        return TemplateResponse(request, "admin/economics/simulate.html", context)

@@ -1,0 +1,163 @@
+"""Revenue, cost and margin by tenant, model, plan or day, and the pricing simulator.
+
+Everything reads the daily rollups, never the raw ledger. Revenue is what the rating engine
+charges for each tenant-month (base fee prorated by the share of the month the range
+covers, included inputs, graduated overage per tier, fine-tuning), shared among the month's
+rollup rows by quantity: usage lines by inputs of their tier, fine-tuning by trained
+tokens, the base fee by inputs. Cost is the workers' compute time x their hourly price.
+Both are reported in micro-units of the currency so that a margin per call is visible."""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from billing.rating import model_tier, rate
+from billing.usage_pricing import allocate, months
+from plans.models import MODEL_TIERS, Plan
+
+from .models import UsageRollup
+
+MICROS_PER_MINOR = 10_000  # two-decimal currencies: 1 cent = 10,000 micro-dollars
+DIMENSIONS = ("tenant", "model", "plan", "day")
+
+
+def _month_rows(start: datetime, end: datetime) -> dict[tuple[str, date], list[UsageRollup]]:
+    # Rollups are daily: a range covers the days it touches.
+    last_day = end.date() if end.time() == datetime.min.time() else end.date() + timedelta(days=1)
+    rows = UsageRollup.objects.unscoped().filter(
+        livemode=True, day__gte=start.date(), day__lt=last_day
+    )
+    grouped: dict[tuple[str, date], list[UsageRollup]] = defaultdict(list)
+    for row in rows.order_by("day"):
+        grouped[(row.tenant_id, row.day.replace(day=1))].append(row)
+    return grouped
+
+
+def _revenue(
+    rows: list[UsageRollup],
+    plan: Plan,
+    month: tuple[datetime, datetime],
+    start: datetime,
+    end: datetime,
+) -> dict[int, int]:
+    """Minor units of revenue per rollup row (by id) for one tenant-month."""
+    inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
+    tokens = 0
+    for row in rows:
+        if row.kind == "inference":
+            billable = row.inputs - (0 if plan.cached_results_billed else row.cached)
+            inputs[model_tier(row.model)] += max(billable, 0)
+        else:
+            tokens += row.tokens
+    rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
+                 period_start=month[0], period_end=month[1])  # fmt: skip
+    covered = (min(end, month[1]) - max(start, month[0])) / (month[1] - month[0])
+    revenue: dict[int, int] = defaultdict(int)
+    for line in rated.lines:
+        amount = line.amount
+        if line.key == "base_fee":
+            amount = int(Decimal(amount) * Decimal(covered))
+            weights = {row.pk: row.inputs for row in rows}
+        elif line.key == "finetune":
+            weights = {row.pk: row.tokens for row in rows if row.kind != "inference"}
+        else:
+            tier = line.key.removeprefix("usage:")
+            weights = {row.pk: row.inputs for row in rows
+                       if row.kind == "inference" and model_tier(row.model) == tier}  # fmt: skip
+        if not any(weights.values()):
+            weights = {row.pk: 1 for row in rows}
+        for pk, part in allocate(amount, weights).items():
+            revenue[pk] += part
+    return revenue
+
+
+def _plan_cache() -> Any:
+    cache: dict[str, Plan] = {}
+
+    def get(plan_id: str) -> Plan:
+        if plan_id not in cache:
+            cache[plan_id] = Plan.objects.get(pk=plan_id)
+        return cache[plan_id]
+
+    return get
+
+
+def _rows_with_money(
+    start: datetime, end: datetime, proposed: dict[str, dict[str, Any]] | None = None
+) -> list[tuple[UsageRollup, int, Plan]]:
+    """(rollup row, revenue in minor units, plan used) for every live row in the range;
+    ``proposed`` overrides plan terms by plan slug (the simulator)."""
+    plan_of = _plan_cache()
+    out: list[tuple[UsageRollup, int, Plan]] = []
+    month_bounds = {m[0].date(): m for m in months(start, end)}
+    for (_, month_start), rows in _month_rows(start, end).items():
+        plan = plan_of(rows[-1].plan_id)
+        if proposed and plan.slug in proposed:
+            plan = copy.copy(plan)
+            for name, value in proposed[plan.slug].items():
+                setattr(plan, name, value)
+        month = month_bounds[month_start]
+        revenue = _revenue(rows, plan, month, start, end)
+        out += [(row, revenue[row.pk], plan) for row in rows]
+    return out
+
+
+def _key(row: UsageRollup, plan: Plan, by: str) -> str:
+    return {"tenant": row.tenant_id, "model": row.model, "plan": plan.id,
+            "day": row.day.isoformat()}[by]  # fmt: skip
+
+
+def margins(*, start: datetime, end: datetime, by: str) -> list[dict[str, Any]]:
+    """Revenue, cost and margin (micro-units) per ``by`` in [start, end), best first."""
+    if by not in DIMENSIONS:
+        raise ValueError(f"by must be one of {DIMENSIONS}")
+    totals: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"requests": 0, "inputs": 0, "revenue_micros": 0, "cost_micros": Decimal(0)}
+    )
+    for row, revenue, plan in _rows_with_money(start, end):
+        t = totals[_key(row, plan, by)]
+        t["requests"] += row.requests
+        t["inputs"] += row.inputs
+        t["revenue_micros"] += revenue * MICROS_PER_MINOR
+        t["cost_micros"] += Decimal(row.cost_micros)
+    report = []
+    for key, t in totals.items():
+        margin = Decimal(t["revenue_micros"]) - t["cost_micros"]
+        report.append({
+            by: key, **t, "margin_micros": margin,
+            "margin_pct": (margin / t["revenue_micros"] * 100) if t["revenue_micros"] else None,
+            "cost_per_call_micros": t["cost_micros"] / t["requests"] if t["requests"] else None,
+        })  # fmt: skip
+    return sorted(report, key=lambda r: r["margin_micros"], reverse=True)
+
+
+def pricing_simulate(
+    *, start: datetime, end: datetime, proposed: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Replay [start, end) of the ledger under proposed plan terms (by plan slug: any Plan
+    field, e.g. base_fee, included_inputs, overage_tiers) against what was actually rated.
+    Per tenant and in total: revenue, cost and margin, actual and simulated."""
+    actual = _rows_with_money(start, end)
+    simulated = {row.pk: revenue for row, revenue, _ in _rows_with_money(start, end, proposed)}
+    tenants: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"actual_revenue_micros": 0, "simulated_revenue_micros": 0,
+                 "cost_micros": Decimal(0), "plan": ""}
+    )  # fmt: skip
+    for row, revenue, plan in actual:
+        t = tenants[row.tenant_id]
+        t["plan"] = plan.id
+        t["actual_revenue_micros"] += revenue * MICROS_PER_MINOR
+        t["simulated_revenue_micros"] += simulated[row.pk] * MICROS_PER_MINOR
+        t["cost_micros"] += Decimal(row.cost_micros)
+    for t in tenants.values():
+        t["actual_margin_micros"] = t["actual_revenue_micros"] - t["cost_micros"]
+        t["simulated_margin_micros"] = t["simulated_revenue_micros"] - t["cost_micros"]
+    total = {name: sum((t[name] for t in tenants.values()), Decimal(0)) for name in (
+        "actual_revenue_micros", "simulated_revenue_micros", "cost_micros",
+        "actual_margin_micros", "simulated_margin_micros")}  # fmt: skip
+    return {"start": start, "end": end, "proposed": proposed, "tenants": dict(tenants),
+            "total": total}  # fmt: skip

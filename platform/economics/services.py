@@ -1,0 +1,79 @@
+"""Keeping the usage rollups in step with the ledger."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, F, Sum
+from django.db.models.functions import TruncDate
+
+from billing.models import Subscription
+from metering.models import UsageRecord
+
+from .models import UsageRollup
+
+GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id")
+
+
+def _plans_of(tenant_ids: set[str]) -> dict[str, str]:
+    """Each tenant's plan version now (tenants without a subscription are on free)."""
+    subs = Subscription.objects.unscoped().filter(tenant_id__in=tenant_ids)
+    plans = dict(subs.values_list("tenant_id", "plan_id"))
+    return {tenant_id: plans.get(tenant_id, "free@1") for tenant_id in tenant_ids}
+
+
+def rollup_apply(*, rows: Iterable[UsageRecord]) -> None:
+    """Add freshly inserted ledger rows to the rollups (call inside their transaction)."""
+    rows = list(rows)
+    if not rows:
+        return
+    plans = _plans_of({row.tenant_id for row in rows})
+    sums: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(
+        lambda: {"requests": 0, "inputs": 0, "cached": 0, "tokens": 0, "compute_ms": 0.0,
+                 "cost_micros": Decimal(0)}
+    )  # fmt: skip
+    for row in rows:
+        grain = (row.occurred_at.date(), row.tenant_id, row.model, row.kind, row.livemode,
+                 plans[row.tenant_id])  # fmt: skip
+        s = sums[grain]
+        s["requests"] += 1
+        s["inputs"] += row.inputs
+        s["cached"] += row.cached
+        s["tokens"] += row.tokens
+        s["compute_ms"] += row.compute_ms
+        s["cost_micros"] += Decimal(row.cost_micros)
+    with transaction.atomic():
+        for grain, s in sums.items():
+            key: dict[str, Any] = dict(zip(GRAIN, grain, strict=True))
+            updated = (
+                UsageRollup.objects.for_tenant(key["tenant_id"])
+                .filter(**key)
+                .update(**{name: F(name) + value for name, value in s.items()})
+            )
+            if not updated:
+                UsageRollup.objects.create(**key, **s)
+
+
+@transaction.atomic
+def rollups_rebuild() -> int:
+    """Recompute every rollup from the ledger (after a restore, or to correct drift)."""
+    UsageRollup.objects.unscoped().delete()
+    ledger = (
+        UsageRecord.objects.unscoped()
+        .annotate(day=TruncDate("occurred_at"))
+        .values("day", "tenant_id", "model", "kind", "livemode")
+        .annotate(
+            requests=Count("id"), inputs=Sum("inputs"), cached=Sum("cached"),
+            tokens=Sum("tokens"), compute_ms=Sum("compute_ms"), cost_micros=Sum("cost_micros"),
+        )
+    )  # fmt: skip
+    groups = list(ledger)
+    plans = _plans_of({g["tenant_id"] for g in groups})
+    UsageRollup.objects.bulk_create(
+        [UsageRollup(plan_id=plans[g["tenant_id"]], **g) for g in groups], batch_size=1000
+    )
+    return len(groups)

@@ -1,0 +1,51 @@
+"""Proposed price tables: validated before they are simulated, and reports as text."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from plans.models import Plan
+
+EDITABLE = {
+    "base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount",
+    "cached_results_billed",
+}  # fmt: skip
+
+
+def proposed_validate(proposed: Any) -> dict[str, dict[str, Any]]:
+    """Raise ValueError naming what is wrong; return the overrides by plan slug."""
+    if not isinstance(proposed, dict):
+        raise ValueError("the price table must be a JSON object keyed by plan slug")
+    known = set(Plan.objects.filter(is_current=True).values_list("slug", flat=True))
+    for slug, terms in proposed.items():
+        if slug not in known:
+            raise ValueError(f"unknown plan {slug!r}")
+        if not isinstance(terms, dict) or not set(terms) <= EDITABLE:
+            raise ValueError(f"{slug}: only {sorted(EDITABLE)} can be proposed")
+        if "finetune_unit_amount" in terms:
+            terms["finetune_unit_amount"] = Decimal(str(terms["finetune_unit_amount"]))
+    return proposed
+
+
+def _money(micros: Decimal | int) -> str:
+    return f"{Decimal(micros) / Decimal(1_000_000):,.4f}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"pricing simulation {report['start']:%Y-%m-%d} .. {report['end']:%Y-%m-%d} "
+        "(currency units)",
+        f"{'tenant':24} {'plan':10} {'revenue':>12} {'simulated':>12} {'cost':>12} "
+        f"{'margin':>12} {'sim. margin':>12}",
+    ]
+    rows = [("TOTAL", "", report["total"])] + [
+        (tenant, t["plan"], t) for tenant, t in sorted(report["tenants"].items())
+    ]
+    for tenant, plan, t in rows:
+        lines.append(
+            f"{tenant:24} {plan:10} {_money(t['actual_revenue_micros']):>12} "
+            f"{_money(t['simulated_revenue_micros']):>12} {_money(t['cost_micros']):>12} "
+            f"{_money(t['actual_margin_micros']):>12} {_money(t['simulated_margin_micros']):>12}"
+        )
+    return "\n".join(lines)
