@@ -9,6 +9,9 @@ tolerant of the previous version while both are deployed.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+import unicodedata
 from typing import Literal, NotRequired, TypedDict
 
 CONTRACT_VERSION = 1
@@ -76,6 +79,23 @@ class ClassifyRequest(TypedDict):
     # Content hash of a fine-tuned model's artifact in the artifact store; absent or None for
     # base models. Older workers ignore it (they cannot serve fine-tuned models anyway).
     artifact: NotRequired[str | None]
+    # Result cache: when set, the worker stores each answered row under
+    # ``result_cache_key(cache_version, labels, examples, input)`` for ``cache_ttl_s``.
+    cache_version: NotRequired[str | None]
+    cache_ttl_s: NotRequired[int]
+
+
+def result_cache_key(
+    version: str, labels: list[str] | None, examples: list[Example] | None, text: str
+) -> str:
+    """Where one input's classification is cached: the model version (a fine-tuned model's
+    artifact hash, so a retrained model never serves stale answers), the request's label set
+    and examples, and the input normalised the way the uncased encoder sees it anyway
+    (Unicode NFKC, whitespace collapsed, lower case)."""
+    task = json.dumps([labels, examples], sort_keys=True, separators=(",", ":"))
+    normal = " ".join(unicodedata.normalize("NFKC", text).split()).lower()
+    digest = hashlib.sha256(f"{task}\n{normal}".encode()).hexdigest()
+    return f"rc:{version}:{digest}"
 
 
 class ClassificationRow(TypedDict):
@@ -105,6 +125,7 @@ class ClassifyResult(TypedDict):
     results: list[ClassificationRow]
     usage: Usage
     error: NotRequired[WorkerError]
+    row_tokens: NotRequired[list[int]]  # tokens each input took (the result cache meters hits)
 
 
 class UsageEvent(TypedDict):

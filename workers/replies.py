@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workers.contract import REPLY_TTL_S, RESULT_TTL_S, ClassifyResult, reply_key, result_key
+from workers.contract import (
+    REPLY_TTL_S,
+    RESULT_TTL_S,
+    ClassifyRequest,
+    ClassifyResult,
+    reply_key,
+    result_cache_key,
+    result_key,
+)
 from workers.settings import get_settings
 
 if TYPE_CHECKING:
@@ -22,7 +30,9 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(get_settings().redis_url, socket_timeout=10)
 
 
-def reply_send(result: ClassifyResult, usage: UsageEvent | None = None) -> None:
+def reply_send(
+    result: ClassifyResult, usage: UsageEvent | None = None, request: ClassifyRequest | None = None
+) -> None:
     from workers.usage import usage_stage  # usage imports this module
 
     request_id = result["request_id"]
@@ -34,4 +44,18 @@ def reply_send(result: ClassifyResult, usage: UsageEvent | None = None) -> None:
     pipe.expire(reply_key(request_id), REPLY_TTL_S)
     if "error" not in result:
         pipe.set(result_key(request_id), body, ex=RESULT_TTL_S)
+        if request is not None and request.get("cache_version"):
+            _cache_rows(pipe, request, result)
     pipe.execute()
+
+
+def _cache_rows(pipe: Any, request: ClassifyRequest, result: ClassifyResult) -> None:
+    """Each answered input's row, for the API's result cache (with the tokens it took, so
+    a hit can be metered like the call it replaces)."""
+    version = str(request["cache_version"])
+    ttl = int(request.get("cache_ttl_s") or 86_400)
+    tokens = result.get("row_tokens") or []
+    for row, text in zip(result["results"], request["inputs"], strict=True):
+        key = result_cache_key(version, request["labels"], request["examples"], text)
+        cached = {**row, "tokens": tokens[row["index"]] if tokens else 0}
+        pipe.set(key, json.dumps(cached, separators=(",", ":")), ex=ttl)

@@ -27,5 +27,5 @@ def classify(request: ClassifyRequest) -> ClassifyResult:
         raise
     # The answer and its usage event in one transaction: no answered call goes unmetered.
     usage = None if "error" in result else usage_event_build(request=request, result=result)
-    reply_send(result, usage)
+    reply_send(result, usage, request)
     return result

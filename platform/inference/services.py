@@ -13,6 +13,7 @@ from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
 
 from . import messages
+from .cache import cache_version, cached_result
 from .dispatch import classify_dispatch
 from .models import AIModel
 from .selectors import model_get_visible
@@ -59,11 +60,16 @@ def classify(
         "examples": [{"text": e["text"], "label": e["label"]} for e in examples or []] or None,
         "deadline": time.time() + settings.INFERENCE_TIMEOUT_S,
         "artifact": model.artifact or None,
+        "cache_version": cache_version(model),
+        "cache_ttl_s": settings.RESULT_CACHE_TTL_S,
     }
-    started = time.perf_counter()
-    result = classify_dispatch(payload, reuse_result=is_retry)
-    if timings is not None:
-        timings["worker"] = (time.perf_counter() - started) * 1000
+    # A retry may have been answered (and metered) by a worker already: dispatch knows.
+    result = None if is_retry else cached_result(payload)
+    if result is None:
+        started = time.perf_counter()
+        result = classify_dispatch(payload, reuse_result=is_retry)
+        if timings is not None:
+            timings["worker"] = (time.perf_counter() - started) * 1000
     return _response(result, request_id=request_id, model=model)
 
 

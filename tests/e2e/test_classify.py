@@ -158,3 +158,43 @@ def test_a_full_queue_is_refused_at_once(http, secret, settings):
         response = classify(client, {"model": "minilm-l6", "inputs": ["x"], "labels": SENTIMENT})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "overloaded"
+
+
+def test_a_repeated_request_is_answered_from_the_cache_and_metered(http, secret):
+    body = {
+        "model": "minilm-l6",
+        "inputs": ["cache me if you can", "  Cache ME if you can "],
+        "labels": ["fast", "slow"],
+    }
+    with http(secret) as client:
+        first = classify(client, body)
+        second = classify(client, body)
+        other_labels = classify(client, {**body, "labels": ["quick", "slow"]})
+    assert first.json()["usage"]["cached"] == 0
+    hit = second.json()
+    assert hit["usage"] == {
+        "inputs": 2,
+        "tokens": first.json()["usage"]["tokens"],
+        "compute_ms": 0.0,
+        "cached": 2,
+    }
+    assert hit["results"] == first.json()["results"]  # normalised: both inputs equal
+    assert "worker" not in second.headers["Server-Timing"]
+    assert other_labels.json()["usage"]["cached"] == 0  # another task: another key
+    drain_usage()
+    row = UsageRecord.objects.unscoped().get(event_id=hit["id"])
+    assert (row.inputs, row.cached, row.cost_micros, row.pool) == (2, 2, 0, "cache")
+
+
+def test_cache_versions_follow_the_model_weights():
+    from inference.cache import cache_version
+    from inference.models import AIModel
+
+    base = AIModel(id="minilm-l6", kind="base", base_model="minilm-l6")
+    tuned = AIModel(
+        id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="abc"
+    )
+    retrained = AIModel(
+        id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="def"
+    )
+    assert cache_version(base) and cache_version(tuned) != cache_version(retrained)

@@ -261,6 +261,8 @@ class ClassifierEngine:
             "request_id": request["request_id"],
             "model": request["model"],
             "results": rows,
+            # Per input, for the result cache (a hit is metered with the tokens it replaces).
+            "row_tokens": [t.tokens for t in tokenized[: len(probs)]],
             "usage": {
                 "inputs": len(probs),
                 "tokens": sum(t.tokens for t in tokenized),

@@ -125,6 +125,8 @@ CELERY_BROKER_URL = REDIS_URL
 # requests are turned away with 503 instead of waiting in a queue they cannot leave in time.
 INFERENCE_TIMEOUT_S = float(os.environ.get("INFERENCE_TIMEOUT_S", "30"))
 INFERENCE_MAX_QUEUE_DEPTH = int(os.environ.get("INFERENCE_MAX_QUEUE_DEPTH", "5000"))
+# Result cache: how long an answered input is kept for identical requests (0: off).
+RESULT_CACHE_TTL_S = int(os.environ.get("RESULT_CACHE_TTL_S", str(24 * 3600)))
 
 # Usage consumer: rows per bulk insert and the longest an event waits in its buffer.
 USAGE_BATCH_SIZE = int(os.environ.get("USAGE_BATCH_SIZE", "500"))
