@@ -27,7 +27,7 @@ from workers.contract import (
 )
 
 from .catalog import BASE_MODEL_VERSIONS
-from .dispatch import _redis
+from .dispatch import redis_client
 from .models import AIModel
 
 _HOST = socket.gethostname()
@@ -51,7 +51,7 @@ def cached_result(request: ClassifyRequest) -> ClassifyResult | None:
         result_cache_key(version, request["labels"], request["examples"], text)
         for text in request["inputs"]
     ]
-    found = cast(list[Any], _redis().mget(keys))
+    found = cast(list[Any], redis_client().mget(keys))
     if any(value is None for value in found):
         return None
     rows: list[ClassificationRow] = []
@@ -69,7 +69,7 @@ def cached_result(request: ClassifyRequest) -> ClassifyResult | None:
         "occurred_at": datetime.now(UTC).isoformat(), "worker": _HOST,
         "cost_micros": "0", "pool": "cache",
     }  # fmt: skip
-    _redis().xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
+    redis_client().xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
     return {
         "v": CONTRACT_VERSION, "request_id": request["request_id"], "model": request["model"],
         "results": rows, "usage": {"inputs": n, "tokens": tokens, "compute_ms": 0.0, "cached": n},

@@ -28,7 +28,7 @@ _depth_lock = threading.Lock()
 
 
 @functools.cache
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     # NOTE: the socket timeout must outlast the longest BLPOP we issue.
     return redis.Redis.from_url(
         settings.REDIS_URL,
@@ -44,7 +44,7 @@ def queue_depth(*, fresh: bool = True) -> int:
             return int(_depth["value"])
     # NOTE: Celery's Redis transport keeps a queue's default-priority messages in a list
     # named after the queue.
-    value = int(cast(Any, _redis().llen(Queue.INFERENCE.value)))
+    value = int(cast(Any, redis_client().llen(Queue.INFERENCE.value)))
     with _depth_lock:
         _depth["value"], _depth["read_at"] = value, now
     return value
@@ -57,7 +57,7 @@ def _overloaded(message: str, code: str) -> Overloaded:
 def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> ClassifyResult:
     """The worker's answer. Raises Overloaded (503) when none can be had in time."""
     request_id = request["request_id"]
-    client = _redis()
+    client = redis_client()
     try:
         if reuse_result:
             # A retry under the same Idempotency-Key: a worker may have answered the first
