@@ -7,13 +7,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.pagination import list_body, paginate
+from core.pagination import list_body
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 from plans.models import Plan
 
-from .invoicing import upcoming_invoice
-from .models import Invoice, Subscription
+from .invoicing import invoices_list, upcoming_invoice
+from .models import Subscription
 from .serializers import (
     InvoiceListSerializer,
     InvoiceSerializer,
@@ -93,8 +93,7 @@ class InvoiceListApi(TenantAPIView):
         operation_id="invoices_list", parameters=LIST_PARAMS, responses={200: InvoiceListSerializer}
     )
     def get(self, request: Request) -> Response:
-        invoices = Invoice.objects.for_tenant(self.tenant)
-        page, has_more = paginate(invoices, query_params=request.query_params)
+        page, has_more = invoices_list(tenant=self.tenant, query_params=request.query_params)
         return Response(
             list_body(page, has_more, lambda inv: InvoiceSerializer(invoice_render(inv)).data)
         )

@@ -18,9 +18,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from core.pagination import paginate
 from tenants.models import Tenant
 
-from .models import Subscription, UsageChargePush
+from .models import Invoice, Subscription, UsageChargePush
 from .rating import RatedPeriod, rate_tenant_period
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
@@ -120,6 +121,11 @@ def usage_charges_push(
     for push in pending.order_by("id"):
         _send(api, push, sub, in_doubt=push.pk not in fresh)
     return made
+
+
+def invoices_list(*, tenant: Tenant, query_params: Any) -> tuple[list[Invoice], bool]:
+    """The tenant's finalised invoices (mirrored from Stripe's webhooks), newest first."""
+    return paginate(Invoice.objects.for_tenant(tenant), query_params=query_params)
 
 
 @dataclass

@@ -284,6 +284,8 @@ def subscription_refresh_from_stripe(
     Stripe, so duplicates and out-of-order deliveries all converge on Stripe's current
     state. Only if Stripe no longer has it is the event's snapshot used, and then only
     when it is newer than what the row holds."""
+    if not customer_id:
+        return None  # (an empty id would match every tenant without a Stripe customer)
     # NOTE: unscoped on purpose: a webhook has no tenant context; the customer id is ours.
     row = Subscription.objects.unscoped().filter(stripe_customer_id=customer_id).first()
     if row is None:
@@ -299,6 +301,10 @@ def subscription_refresh_from_stripe(
         if not is_missing(exc):
             raise  # Stripe unreachable: the task retries
         current, observed_at, reread = snapshot, event_created, False
+    if reread and current.get("customer") not in (None, customer_id):
+        logger.warning("Stripe subscription %s is not customer %s's", stripe_subscription_id,
+                       customer_id)  # fmt: skip
+        return None
     with transaction.atomic():
         sub = Subscription.objects.unscoped().select_for_update().get(pk=row.pk)
         if sub.stripe_subscription_id and sub.stripe_subscription_id != stripe_subscription_id:

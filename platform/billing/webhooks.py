@@ -126,6 +126,8 @@ def handle_subscription(snapshot: dict[str, Any], created: int) -> None:
 
 def handle_invoice(snapshot: dict[str, Any], created: int) -> None:
     customer_id = str(snapshot.get("customer") or "")
+    if not customer_id:
+        return
     # NOTE: unscoped on purpose: the customer id is how a webhook finds its tenant.
     row = Subscription.objects.unscoped().filter(stripe_customer_id=customer_id).first()
     if row is None:

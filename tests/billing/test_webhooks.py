@@ -10,6 +10,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 
 from billing.models import Invoice, StripeEvent, Subscription
 from billing.subscriptions import subscription_change, subscription_for_enforcement
@@ -178,3 +179,31 @@ def test_past_due_flags_402_after_grace_and_paying_clears_it(
     assert (paid.status, paid.amount_paid) == ("paid", invoice["total"])
     listed = client_for(tenant, ["billing"]).get("/v1/invoices").json()["data"]
     assert invoice["id"] in [i["id"] for i in listed]
+
+
+@pytest.mark.django_db
+def test_events_about_strangers_change_nothing(tenant, stripe_api):
+    from billing.webhooks import stripe_event_process, stripe_event_record
+
+    subscription_change(tenant=tenant, plan_slug="pro")
+    ours = Subscription.objects.for_tenant(tenant).get().stripe_customer_id
+    before = _state(tenant)
+    stranger = stripe_api.Customer.create(name="not a tenant")
+    card = stripe_api.PaymentMethod.attach("pm_card_visa", customer=stranger.id)
+    stripe_api.Customer.modify(stranger.id, invoice_settings={"default_payment_method": card.id})
+    theirs = stripe_api.Subscription.create(
+        customer=stranger.id, items=[{"plan": "margin-pro-v1"}]
+    ).to_dict()
+    events = [
+        _event("customer.subscription.created", theirs),
+        _event("customer.subscription.updated", {**theirs, "customer": None}),
+        _event("invoice.paid", {"id": theirs["latest_invoice"], "customer": stranger.id}),
+        _event("invoice.paid", {"id": theirs["latest_invoice"], "customer": ""}),
+        # Our customer's id on someone else's subscription.
+        _event("customer.subscription.updated", {**theirs, "customer": ours}),
+    ]
+    for event in events:
+        assert stripe_event_record(event=event)
+        assert stripe_event_process(event_id=event["id"])
+    assert _state(tenant) == before
+    assert not Invoice.objects.unscoped().filter(pk=theirs["latest_invoice"]).exists()
