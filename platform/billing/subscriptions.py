@@ -315,9 +315,11 @@ def subscription_refresh_from_stripe(
         if observed_at < sub.stripe_updated_at:
             return sub  # an older snapshot than the one we hold
         previous_start = sub.current_period_start
+        renewal = sub.stripe_subscription_id == stripe_subscription_id
         _apply_stripe(sub, current, observed_at)
         sub.save()
-        if sub.stripe_subscription_id and sub.current_period_start > previous_start:
+        # (Not on adoption: a free calendar month before it is not this plan's to bill.)
+        if renewal and sub.stripe_subscription_id and sub.current_period_start > previous_start:
             from .tasks import usage_push_period_enqueue
 
             # The period rolled over: bill the closed period's last usage now.

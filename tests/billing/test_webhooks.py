@@ -207,3 +207,33 @@ def test_events_about_strangers_change_nothing(tenant, stripe_api):
         assert stripe_event_process(event_id=event["id"])
     assert _state(tenant) == before
     assert not Invoice.objects.unscoped().filter(pk=theirs["latest_invoice"]).exists()
+
+
+@pytest.mark.django_db
+def test_a_subscription_made_in_stripe_is_adopted_without_billing_the_free_month(
+    tenant, stripe_api, django_capture_on_commit_callbacks
+):
+    from billing.stripe_sync import plans_sync_to_stripe
+    from billing.subscriptions import subscription_get_or_create
+    from billing.webhooks import stripe_event_process, stripe_event_record
+
+    subscription_get_or_create(tenant=tenant)
+    plans_sync_to_stripe()
+    customer = stripe_api.Customer.create(name=tenant.name)
+    card = stripe_api.PaymentMethod.attach("pm_card_visa", customer=customer.id)
+    stripe_api.Customer.modify(customer.id, invoice_settings={"default_payment_method": card.id})
+    Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
+    # An operator subscribes the tenant in Stripe's dashboard.
+    remote = stripe_api.Subscription.create(
+        customer=customer.id, items=[{"plan": "margin-pro-v1"}]
+    ).to_dict()
+    event = _event("customer.subscription.created", remote)
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert stripe_event_record(event=event) and stripe_event_process(event_id=event["id"])
+    sub = Subscription.objects.for_tenant(tenant).get()
+    assert (sub.plan_id, sub.status, sub.stripe_subscription_id) == (
+        "pro@1",
+        "active",
+        remote["id"],
+    )
+    assert callbacks == []  # no usage push for the calendar month spent on free
