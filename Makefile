@@ -32,6 +32,7 @@ bench: migrate
 	$(BIN)/python tests/benchmarks/bench_model.py
 	$(BIN)/python tests/benchmarks/bench_api.py
 	$(BIN)/python tests/benchmarks/bench_finetune.py
+	$(BIN)/python tests/benchmarks/bench_economics.py
 
 lint: install
 	$(BIN)/ruff check .

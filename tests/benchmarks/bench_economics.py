@@ -1,0 +1,96 @@
+"""The cost levers, measured in one run on this machine (figures printed, never asserted):
+
+    HF_HUB_OFFLINE=1 .venv/bin/python tests/benchmarks/bench_economics.py
+
+- int8 / fp32 encoder throughput through the dynamic batcher, with the accuracy each gives
+  on the project's own labelled sets (a logistic-regression head on frozen embeddings,
+  trained and scored on the same stratified split for both), and the difference;
+- cost per 1,000 classifications for fp32, int8 and cached at WORKER_PRICE_PER_HOUR: compute
+  time per text x the hourly price (a cache hit uses no worker compute).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+
+from bench_model import make_texts  # noqa: E402
+
+from workers.runtime.batcher import DynamicBatcher  # noqa: E402
+from workers.runtime.encoder import Encoder, load_encoder  # noqa: E402
+from workers.settings import get_settings  # noqa: E402
+
+DATA = ROOT / "tests" / "data"
+
+
+def throughput(encoder: Encoder, ids: list[list[int]], rounds: int = 3) -> float:
+    s = get_settings()
+    batcher = DynamicBatcher(
+        encoder.embed_ids,
+        max_batch_tokens=s.max_batch_tokens,
+        max_batch_size=s.max_batch_size,
+        max_wait_ms=s.max_wait_ms,
+    )
+    batcher.submit_many(ids[:64])[-1].result()
+    best = 0.0
+    for _ in range(rounds):
+        began = time.perf_counter()
+        for future in batcher.submit_many(ids):
+            future.result()
+        best = max(best, len(ids) / (time.perf_counter() - began))
+    batcher.close()
+    return best
+
+
+def accuracy(encoder: Encoder, name: str) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    rows = [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    train_x, test_x, train_y, test_y = train_test_split(
+        texts, labels, test_size=0.3, stratify=labels, random_state=0
+    )
+    head = LogisticRegression(max_iter=2000, C=10.0)
+    head.fit(encoder.embed(train_x).numpy(), train_y)
+    return float(head.score(encoder.embed(test_x).numpy(), test_y))
+
+
+def per_thousand(texts_per_s: float, price_per_hour: Decimal) -> Decimal:
+    return (Decimal(1000) / Decimal(texts_per_s)) * price_per_hour / Decimal(3600)
+
+
+def main() -> None:
+    s = get_settings()
+    fp32 = load_encoder("minilm-l6", device=s.device, threads=s.torch_threads)
+    int8 = load_encoder("minilm-l6-int8", device=s.device, threads=s.torch_threads)
+    ids = [t.ids for t in fp32.tokenize(make_texts(512))]
+    # Interleaved, so drift on a shared machine hits both alike.
+    fp32_rate, int8_rate = throughput(fp32, ids), throughput(int8, ids)
+    fp32_rate, int8_rate = (
+        max(fp32_rate, throughput(fp32, ids)),
+        max(int8_rate, throughput(int8, ids)),
+    )
+    print(f"encoder fp32, dynamic batcher:      {fp32_rate:8.1f} texts/s")
+    print(f"encoder int8, dynamic batcher:      {int8_rate:8.1f} texts/s")
+    print(f"ratio int8 / fp32 throughput:       {int8_rate / fp32_rate:8.2f}x (target >= 2.0)")
+    for name in sorted(p.name for p in DATA.glob("*.jsonl")):
+        a32, a8 = accuracy(fp32, name), accuracy(int8, name)
+        print(f"accuracy on {name:24s} fp32 {a32:6.1%}  int8 {a8:6.1%}  "
+              f"difference {100 * (a8 - a32):+5.1f} points (target within 1)")  # fmt: skip
+    price = Decimal(s.price_per_hour)
+    print(f"cost per 1,000 classifications at {price} {s.currency}/hour ({s.pool}):")
+    print(f"  fp32:   {per_thousand(fp32_rate, price):.8f} {s.currency}")
+    print(f"  int8:   {per_thousand(int8_rate, price):.8f} {s.currency}")
+    print(f"  cached: {Decimal(0):.8f} {s.currency} (no worker compute; one Redis lookup)")
+
+
+if __name__ == "__main__":
+    main()
