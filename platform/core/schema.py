@@ -19,7 +19,7 @@ COMMON_ERRORS = {
     405: "Method not allowed.",
     413: "Request body too large.",
     415: "Unsupported media type.",
-    429: "Rate limited.",
+    429: "Rate limited (plan or key rate, or the concurrency cap); see Retry-After.",
 }
 
 
@@ -29,6 +29,7 @@ class AutoSchema(BaseAutoSchema):
         extra = dict(COMMON_ERRORS)
         if self.method == "POST":
             extra[409] = "Idempotency-Key reused with another body, or still in progress."
+            extra[402] = "Quota used up, or the subscription is unpaid (billable calls)."
         for status, description in extra.items():
             if str(status) not in responses:
                 responses[str(status)] = self._get_response_for_code(
