@@ -26,8 +26,11 @@ app.conf.update(
 
 # The platform worker's queue (inference tasks name their own queue when sent).
 PLATFORM_QUEUE = "platform"
-app.conf.task_routes = {"billing.*": {"queue": PLATFORM_QUEUE}}
-app.autodiscover_tasks(lambda: ["billing"])
+app.conf.task_routes = {
+    "billing.*": {"queue": PLATFORM_QUEUE},
+    "limits.*": {"queue": PLATFORM_QUEUE},
+}
+app.autodiscover_tasks(lambda: ["billing", "limits"])
 app.conf.beat_schedule = {
     # Usage charges go to Stripe through the period; the last ones when it closes (the
     # subscription webhook of the renewal enqueues that push).
@@ -38,4 +41,6 @@ app.conf.beat_schedule = {
     },
     # Webhook events stored but never processed (a lost enqueue).
     "billing-stripe-events-sweep": {"task": "billing.stripe_events_sweep", "schedule": 300.0},
+    # Quota counters that lag the ledger (a lost settle, a flushed Redis) are raised.
+    "limits-quota-reconcile": {"task": "limits.quota_reconcile_all", "schedule": 600.0},
 }

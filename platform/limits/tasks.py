@@ -1,0 +1,13 @@
+"""Limits' periodic task, run by the platform worker's beat (config/celery.py)."""
+
+from __future__ import annotations
+
+from config.celery import app
+
+from .reconcile import quota_reconcile_all
+
+
+@app.task(name="limits.quota_reconcile_all", acks_late=True)
+def quota_reconcile_all_task() -> int:
+    """Raise quota counters that lag the ledger; returns how many were raised."""
+    return sum(1 for check in quota_reconcile_all() if check.raised_by)
