@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.parsers import MultiPartParser
@@ -13,6 +15,7 @@ from core.serializers import DeletedSerializer, ErrorSerializer
 from core.views import TenantAPIView
 
 from . import messages
+from .models import Dataset
 from .selectors import dataset_get, dataset_list, dataset_to_dict
 from .serializers import DatasetListSerializer, DatasetSerializer, DatasetUploadSerializer
 from .services import dataset_create, dataset_delete
@@ -20,6 +23,12 @@ from .services import dataset_create, dataset_delete
 # Multipart framing around the file: a body this much over the file limit is refused
 # before it is read.
 _MULTIPART_SLACK = 64 * 1024
+
+
+def _dataset(dataset: Dataset) -> Any:
+    # Rendered through the documented serializer: the body is plain JSON (an idempotent
+    # replay stores it) and cannot drift from the OpenAPI document.
+    return DatasetSerializer(dataset_to_dict(dataset)).data
 
 
 class DatasetListCreateApi(TenantAPIView):
@@ -31,7 +40,7 @@ class DatasetListCreateApi(TenantAPIView):
         page, has_more = paginate(
             dataset_list(tenant=self.tenant), query_params=request.query_params
         )
-        return Response(list_body(page, has_more, dataset_to_dict))
+        return Response(list_body(page, has_more, _dataset))
 
     @extend_schema(
         operation_id="datasets_create",
@@ -58,7 +67,7 @@ class DatasetListCreateApi(TenantAPIView):
         if upload is None:
             raise InvalidRequest(messages.FILE_MISSING, code="missing_parameter", param="file")
         dataset = dataset_create(tenant=self.tenant, upload=upload)
-        return Response(dataset_to_dict(dataset), status=201)
+        return Response(_dataset(dataset), status=201)
 
 
 class DatasetDetailApi(TenantAPIView):
@@ -67,7 +76,7 @@ class DatasetDetailApi(TenantAPIView):
     @extend_schema(operation_id="datasets_retrieve", responses={200: DatasetSerializer})
     def get(self, request: Request, dataset_id: str) -> Response:
         dataset = dataset_get(tenant=self.tenant, dataset_id=dataset_id, param="id")
-        return Response(dataset_to_dict(dataset))
+        return Response(_dataset(dataset))
 
     @extend_schema(operation_id="datasets_delete", responses={200: DeletedSerializer})
     def delete(self, request: Request, dataset_id: str) -> Response:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -9,6 +11,7 @@ from core.pagination import list_body, paginate
 from core.serializers import validated
 from core.views import TenantAPIView
 
+from .models import FineTuneJob
 from .selectors import (
     fine_tune_event_to_dict,
     fine_tune_events,
@@ -19,10 +22,17 @@ from .selectors import (
 from .serializers import (
     FineTuneCreateSerializer,
     FineTuneEventListSerializer,
+    FineTuneEventSerializer,
     FineTuneListSerializer,
     FineTuneSerializer,
 )
 from .services import fine_tune_cancel, fine_tune_create
+
+
+def _job(job: FineTuneJob) -> Any:
+    # Rendered through the documented serializer: the body is plain JSON (an idempotent
+    # replay stores it) and cannot drift from the OpenAPI document.
+    return FineTuneSerializer(fine_tune_to_dict(job)).data
 
 
 class FineTuneListCreateApi(TenantAPIView):
@@ -33,7 +43,7 @@ class FineTuneListCreateApi(TenantAPIView):
         page, has_more = paginate(
             fine_tune_list(tenant=self.tenant), query_params=request.query_params
         )
-        return Response(list_body(page, has_more, fine_tune_to_dict))
+        return Response(list_body(page, has_more, _job))
 
     @extend_schema(
         operation_id="fine_tunes_create",
@@ -53,7 +63,7 @@ class FineTuneListCreateApi(TenantAPIView):
             suffix=data["suffix"],
             seed=data["seed"],
         )
-        return Response(fine_tune_to_dict(job), status=201)
+        return Response(_job(job), status=201)
 
 
 class FineTuneDetailApi(TenantAPIView):
@@ -61,7 +71,7 @@ class FineTuneDetailApi(TenantAPIView):
 
     @extend_schema(operation_id="fine_tunes_retrieve", responses={200: FineTuneSerializer})
     def get(self, request: Request, job_id: str) -> Response:
-        return Response(fine_tune_to_dict(fine_tune_get(tenant=self.tenant, job_id=job_id)))
+        return Response(_job(fine_tune_get(tenant=self.tenant, job_id=job_id)))
 
 
 class FineTuneEventsApi(TenantAPIView):
@@ -71,7 +81,11 @@ class FineTuneEventsApi(TenantAPIView):
     def get(self, request: Request, job_id: str) -> Response:
         job = fine_tune_get(tenant=self.tenant, job_id=job_id, param="id")
         page, has_more = paginate(fine_tune_events(job=job), query_params=request.query_params)
-        return Response(list_body(page, has_more, fine_tune_event_to_dict))
+        return Response(
+            list_body(
+                page, has_more, lambda e: FineTuneEventSerializer(fine_tune_event_to_dict(e)).data
+            )
+        )
 
 
 class FineTuneCancelApi(TenantAPIView):
@@ -81,4 +95,4 @@ class FineTuneCancelApi(TenantAPIView):
         operation_id="fine_tunes_cancel", request=None, responses={200: FineTuneSerializer}
     )
     def post(self, request: Request, job_id: str) -> Response:
-        return Response(fine_tune_to_dict(fine_tune_cancel(tenant=self.tenant, job_id=job_id)))
+        return Response(_job(fine_tune_cancel(tenant=self.tenant, job_id=job_id)))

@@ -99,3 +99,22 @@ def test_scope_and_isolation(tenant, other_tenant, client_for):
     assert_error(other.get(f"/v1/datasets/{mine['id']}"), 404, "dataset_not_found")
     assert_error(other.delete(f"/v1/datasets/{mine['id']}"), 404, "dataset_not_found")
     assert other.get("/v1/datasets").json()["data"] == []
+
+
+def test_idempotent_upload_stores_one_dataset(api, tenant):
+    first = api.post(
+        "/v1/datasets",
+        {"file": SimpleUploadedFile("t.jsonl", good_file())},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY="upload-1",
+    )
+    again = api.post(
+        "/v1/datasets",
+        {"file": SimpleUploadedFile("t.jsonl", good_file())},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY="upload-1",
+    )
+    assert first.status_code == again.status_code == 201, again.content
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert Dataset.objects.for_tenant(tenant).count() == 1

@@ -151,3 +151,17 @@ def test_scope_and_isolation(tenant, other_tenant, client_for, make_dataset):
     response = create(other, base_model="minilm-l6", training_dataset=job["training_dataset"])
     assert_error(response, 404, "dataset_not_found", "training_dataset")
     assert mine.get(f"/v1/fine-tunes/{job['id']}").json()["status"] == "queued"
+
+
+def test_idempotent_create_makes_one_job(api, tenant, make_dataset):
+    body = {"base_model": "minilm-l6", "training_dataset": make_dataset(tenant).id}
+    first = api.post("/v1/fine-tunes", body, format="json", HTTP_IDEMPOTENCY_KEY="ft-1")
+    again = api.post("/v1/fine-tunes", body, format="json", HTTP_IDEMPOTENCY_KEY="ft-1")
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert FineTuneJob.objects.for_tenant(tenant).count() == 1
+    other = api.post(
+        "/v1/fine-tunes", {**body, "suffix": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="ft-1"
+    )
+    assert other.status_code == 409
