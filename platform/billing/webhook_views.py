@@ -9,7 +9,6 @@ import logging
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from core.errors import error_body
 
@@ -29,8 +28,10 @@ def _enqueue(event_id: str) -> None:
 
 
 @csrf_exempt
-@require_POST
 def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    if request.method != "POST":
+        body = error_body(405, "method_not_allowed", "Stripe events are POSTed.")
+        return JsonResponse(body, status=405, headers={"Allow": "POST"})
     try:
         event = stripe_event_verify(
             payload=request.body, signature=request.headers.get("Stripe-Signature")

@@ -55,6 +55,7 @@ def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server)
     for payload in (b"not json", b'{"just": "json"}', b"[]"):
         response = _post(url, payload, {"Stripe-Signature": sign(payload)})
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_payload"
+    assert httpx.get(f"{url}/webhooks/stripe").status_code == 405
     assert StripeEvent.objects.count() == 0
 
     # The second secret (mid-rotation) is accepted too; a duplicate is 200 and stored once.
