@@ -74,7 +74,8 @@ def lora_merge(model: BertModel, lora: dict[str, torch.Tensor], *, rank: int, al
             assert isinstance(qkv, torch.nn.Linear)
             d = qkv.in_features
             offset = QKV_TARGETS[target] * d
-            qkv.weight[offset : offset + d] += scale * (b @ a).to(qkv.weight.dtype)
+            delta = scale * (b @ a)
+            qkv.weight[offset : offset + d] += delta.to(qkv.weight.device, qkv.weight.dtype)
 
 
 def model_file_write(

@@ -79,8 +79,9 @@ def _pad(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 def adapted_model(
     encoder: Encoder, *, targets: Sequence[str], rank: int, alpha: float, dropout: float
 ) -> tuple[BertModel, list[LoRAQKV]]:
-    """A private copy of the encoder with adapters; only the adapters require gradients."""
-    model = copy.deepcopy(encoder.model).cpu()
+    """A private copy of the encoder with adapters, on the encoder's device; only the
+    adapters require gradients."""
+    model = copy.deepcopy(encoder.model)
     for param in model.parameters():
         param.requires_grad_(False)
     adapters = []
@@ -89,7 +90,7 @@ def adapted_model(
         adapter = LoRAQKV(layer.qkv, targets, rank, alpha, dropout)
         layer.qkv = adapter
         adapters.append(adapter)
-    return model, adapters
+    return model.to(encoder.device), adapters
 
 
 def lora_state(adapters: Sequence[LoRAQKV]) -> dict[str, torch.Tensor]:
@@ -97,20 +98,26 @@ def lora_state(adapters: Sequence[LoRAQKV]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for index, adapter in enumerate(adapters):
         for target in adapter.targets:
-            state[f"{index}.{target}.A"] = adapter.A[target].detach().clone()
-            state[f"{index}.{target}.B"] = adapter.B[target].detach().clone()
+            state[f"{index}.{target}.A"] = adapter.A[target].detach().cpu().clone()
+            state[f"{index}.{target}.B"] = adapter.B[target].detach().cpu().clone()
     return state
 
 
+def _device(model: BertModel) -> torch.device:
+    return model.word.weight.device
+
+
 def embed_with(model: BertModel, ids: Sequence[Sequence[int]], batch: int = 32) -> torch.Tensor:
+    """Embeddings (on the CPU) of tokenized texts through ``model``, length-bucketed."""
     model.eval()
+    device = _device(model)
     out = []
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     with torch.inference_mode():
         for start in range(0, len(order), batch):
             chunk = [ids[i] for i in order[start : start + batch]]
-            tokens, mask = _pad(chunk)
-            out.append(_pool(model(tokens, mask), mask))
+            tokens, mask = (t.to(device) for t in _pad(chunk))
+            out.append(_pool(model(tokens, mask), mask).cpu())
     vectors = torch.cat(out)
     result = torch.empty_like(vectors)
     result[order] = vectors
@@ -135,8 +142,10 @@ def lora_train(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train adapters and head jointly; returns the head (adapters are trained in place).
     ``step()`` runs after every optimiser step: the cancellation boundary."""
-    weight = nn.Parameter(head[0].clone())
-    bias = nn.Parameter(head[1].clone())
+    device = _device(model)
+    weight = nn.Parameter(head[0].clone().to(device))
+    bias = nn.Parameter(head[1].clone().to(device))
+    targets = train_y.to(device)
     params = [p for a in adapters for p in a.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([*params, weight, bias], lr=learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
@@ -147,15 +156,16 @@ def lora_train(
         total = 0.0
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            tokens, mask = _pad([train_ids[i] for i in chunk])
+            tokens, mask = (t.to(device) for t in _pad([train_ids[i] for i in chunk]))
             vectors = _pool(model(tokens, mask), mask)
-            loss = F.cross_entropy(HEAD_SCALE * (vectors @ weight.T + bias), train_y[chunk])
+            loss = F.cross_entropy(HEAD_SCALE * (vectors @ weight.T + bias), targets[chunk])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(chunk)
             step()
         val = embed_with(model, val_ids)
-        accuracy = float((((val @ weight.T + bias).argmax(dim=1)) == val_y).float().mean())
+        w, b = weight.detach().cpu(), bias.detach().cpu()
+        accuracy = float((((val @ w.T + b).argmax(dim=1)) == val_y).float().mean())
         on_epoch(epoch, total / len(train_ids), accuracy)
-    return weight.detach().clone(), bias.detach().clone()
+    return weight.detach().cpu().clone(), bias.detach().cpu().clone()
