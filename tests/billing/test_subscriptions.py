@@ -113,3 +113,14 @@ def test_billing_unconfigured_is_503_for_paid_plans(tenant, client_for, settings
     )
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "billing_unavailable"
+
+
+def test_a_retried_change_with_an_idempotency_key_subscribes_once(tenant, client_for, stripe_api):
+    client = client_for(tenant, ["billing"])
+    headers = {"HTTP_IDEMPOTENCY_KEY": "upgrade-1"}
+    first = client.post("/v1/subscription", {"plan": "pro"}, format="json", **headers)
+    again = client.post("/v1/subscription", {"plan": "pro"}, format="json", **headers)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json() == first.json()
+    customer = _local(tenant).stripe_customer_id
+    assert len(stripe_api.Subscription.list(customer=customer).data) == 1
