@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from core.pagination import list_body, paginate
+from core.pagination import LIST_PARAMETERS, list_body, paginate
 from core.serializers import DeletedSerializer, validated
 from core.views import TenantAPIView
 
@@ -20,11 +20,6 @@ from .serializers import (
 )
 from .services import CreatedKey, api_key_create, api_key_get, api_key_revoke, api_key_rotate
 
-LIST_PARAMS = [
-    OpenApiParameter("limit", int, description="1 to 100, default 20."),
-    OpenApiParameter("starting_after", str, description="An object id: the page after it."),
-]
-
 
 def _with_secret(created: CreatedKey) -> dict[str, Any]:
     return {**ApiKeySerializer(created.key).data, "secret": created.secret}
@@ -34,7 +29,9 @@ class ApiKeyListCreateApi(TenantAPIView):
     required_scopes = {"*": Scope.ADMIN}
 
     @extend_schema(
-        operation_id="api_keys_list", parameters=LIST_PARAMS, responses={200: ApiKeyListSerializer}
+        operation_id="api_keys_list",
+        parameters=LIST_PARAMETERS,
+        responses={200: ApiKeyListSerializer},
     )
     def get(self, request: Request) -> Response:
         keys = ApiKey.objects.for_tenant(self.tenant).filter(revoked_at__isnull=True)

@@ -8,11 +8,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from drf_spectacular.utils import OpenApiParameter
 
 from .errors import InvalidRequest, NotFound
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+
+# What every list endpoint documents (drf-spectacular ``parameters=``).
+LIST_PARAMETERS = [
+    OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+        description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}.",
+    ),
+    OpenApiParameter("starting_after", str, description="An object id: the page after it."),
+]
 
 
 def parse_limit(raw: str | None) -> int:

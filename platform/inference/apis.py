@@ -5,7 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.pagination import list_body, paginate
+from core.pagination import LIST_PARAMETERS, list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
 from workers.contract import MAX_INPUTS
@@ -62,7 +62,11 @@ class ClassifyApi(TenantAPIView):
 class ModelListApi(TenantAPIView):
     required_scopes = {"GET": Scope.INFERENCE}
 
-    @extend_schema(operation_id="models_list", responses={200: ModelListSerializer})
+    @extend_schema(
+        operation_id="models_list",
+        parameters=LIST_PARAMETERS,
+        responses={200: ModelListSerializer},
+    )
     def get(self, request: Request) -> Response:
         page, has_more = paginate(
             model_list_visible(tenant=self.tenant), query_params=request.query_params

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.errors import InvalidRequest, TooLarge
@@ -17,6 +18,27 @@ from workers.contract import (
 from . import messages
 
 
+@extend_schema_field(
+    {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS, "pattern": r"\S"}
+)
+class InputTextField(StrictStringField):
+    """A text to classify: not blank; longer than the limit is a 413 (see validate_inputs)."""
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS},
+        "minItems": 2,
+        "maxItems": MAX_LABELS,
+        "uniqueItems": True,
+        "nullable": True,
+    }
+)
+class LabelsField(serializers.ListField):
+    """Zero-shot classes: distinct, non-empty."""
+
+
 class ExampleSerializer(StrictSerializer):
     text = StrictStringField(allow_blank=False, max_length=MAX_INPUT_CHARS)
     label = StrictStringField(allow_blank=False, max_length=MAX_LABEL_CHARS)  # type: ignore[assignment]  # the stubs reserve this name
@@ -25,12 +47,12 @@ class ExampleSerializer(StrictSerializer):
 class ClassifyRequestSerializer(StrictSerializer):
     model = StrictStringField(max_length=200)
     inputs = serializers.ListField(
-        child=StrictStringField(allow_blank=True),
+        child=InputTextField(allow_blank=True),
         min_length=1,
         max_length=MAX_INPUTS,
         help_text=f"1 to {MAX_INPUTS} texts, each at most {MAX_INPUT_CHARS} characters.",
     )
-    labels = serializers.ListField(
+    labels = LabelsField(
         child=StrictStringField(allow_blank=False, max_length=MAX_LABEL_CHARS),
         min_length=2,
         max_length=MAX_LABELS,
