@@ -9,6 +9,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from datasets.services import dataset_create
+from finetuning.services import fine_tune_create
+from tests.factories import make_key
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -30,3 +32,22 @@ def make_dataset() -> Callable[..., Any]:
         return dataset_create(tenant=tenant, upload=SimpleUploadedFile("d.jsonl", data))
 
     return make
+
+
+@pytest.fixture
+def job(tenant: Any, make_dataset: Any) -> Any:
+    """A queued head job (nothing is sent: on-commit callbacks do not run in `db` tests)."""
+    make_key(tenant, ["training"])
+    from apikeys.models import ApiKey
+
+    return fine_tune_create(
+        tenant=tenant,
+        api_key=ApiKey.objects.for_tenant(tenant).get(),
+        base_model="minilm-l6",
+        training_dataset_id=make_dataset(tenant).id,
+        validation_dataset_id=None,
+        method="head",
+        hyperparameters={},
+        suffix="tickets",
+        seed=0,
+    )

@@ -10,33 +10,14 @@ import pytest
 from django.utils import timezone
 
 from finetuning.models import FineTuneEvent, FineTuneJob
-from finetuning.services import fine_tune_create, fine_tune_event_apply, fine_tune_sweep
+from finetuning.services import fine_tune_event_apply, fine_tune_sweep
 from inference.models import AIModel
 from metering.models import UsageRecord
 from metering.services import usage_record_bulk
-from tests.factories import make_key
 
 pytestmark = pytest.mark.django_db
 
 Status = FineTuneJob.Status
-
-
-@pytest.fixture
-def job(tenant, make_dataset):
-    make_key(tenant, ["training"])
-    from apikeys.models import ApiKey
-
-    return fine_tune_create(
-        tenant=tenant,
-        api_key=ApiKey.objects.for_tenant(tenant).get(),
-        base_model="minilm-l6",
-        training_dataset_id=make_dataset(tenant).id,
-        validation_dataset_id=None,
-        method="head",
-        hyperparameters={},
-        suffix="tickets",
-        seed=0,
-    )
 
 
 def event(job, seq, type, attempt=1, message="", **data):
