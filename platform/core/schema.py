@@ -44,7 +44,7 @@ class AutoSchema(BaseAutoSchema):
             params.append(
                 OpenApiParameter(
                     "Idempotency-Key",
-                    str,
+                    {"type": "string", "minLength": 1, "maxLength": 255},
                     OpenApiParameter.HEADER,
                     required=False,
                     description="Retry safely: the same key and body replay the first response.",

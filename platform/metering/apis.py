@@ -91,7 +91,7 @@ class UsageApi(TenantAPIView):
             raise InvalidRequest(
                 "start must be before end.", code="invalid_parameter", param="start"
             )
-        group_by = params.get("group_by") or "day"
+        group_by = params.get("group_by", "day")
         if group_by not in GROUP_FIELDS:
             raise InvalidRequest(
                 "group_by must be one of day, model, api_key.",

@@ -163,6 +163,7 @@ def test_usage_api_groups_and_totals(tenant, client_for):
     ("params", "param"),
     [
         ({"group_by": "week"}, "group_by"),
+        ({"group_by": ""}, "group_by"),
         ({"start": "last tuesday"}, "start"),
         ({"end": "2026-13-45"}, "end"),
         ({"start": "2026-02-01", "end": "2026-01-01"}, "start"),
