@@ -12,7 +12,11 @@ from .errors import InvalidRequest
 
 
 class StrictStringField(serializers.CharField):
-    default_error_messages = {"invalid": "Must be a string."}
+    default_error_messages = {
+        "invalid": "Must be a string.",
+        # NOTE: PostgreSQL cannot store NUL in text or jsonb: refuse it here, as bad input.
+        "null_character": "Must not contain NUL (\\u0000) characters.",
+    }
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trim_whitespace", False)
@@ -21,6 +25,8 @@ class StrictStringField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
+        if "\x00" in data:
+            self.fail("null_character")
         return str(super().to_internal_value(data))
 
 

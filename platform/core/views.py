@@ -14,8 +14,20 @@ from apikeys.models import ApiKey
 from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
+from .errors import InvalidRequest
 from .idempotency import idempotency_begin, idempotency_finish, request_fingerprint
 from .models import IdempotencyRecord
+
+
+def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
+    """Ids and query parameters reach SQL: PostgreSQL cannot compare text with NUL in it."""
+    for name, value in [*kwargs.items(), *query.items()]:
+        if "\x00" in str(value):
+            raise InvalidRequest(
+                f"{name} must not contain NUL (\\u0000) characters.",
+                code="invalid_parameter",
+                param=name,
+            )
 
 
 class _Replay(Exception):
@@ -50,6 +62,7 @@ class TenantAPIView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        _refuse_nul(kwargs, request.query_params)
         post = request.method == "POST"
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.
         self._admission = limits_admit(

@@ -78,3 +78,22 @@ def test_unknown_route_is_a_json_404(api):
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found"
     assert response["X-Request-Id"].startswith("req_")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("post", "/v1/classify",
+         {"model": "minilm-l6", "inputs": ["x"], "labels": ["a\u0000", "b"]}, "labels[0]"),
+        ("post", "/v1/classify", {"model": "minilm-l6\u0000", "inputs": ["x"]}, "model"),
+        ("post", "/v1/api-keys", {"name": "n\u0000", "scopes": ["inference"]}, "name"),
+        ("get", "/v1/models/ft%00x", None, "model_id"),
+        ("get", "/v1/api-keys?starting_after=key%00", None, "starting_after"),
+    ],
+)  # fmt: skip
+def test_nul_characters_are_bad_input_not_a_server_error(api, method, path, body, param):
+    # PostgreSQL cannot store or compare text containing NUL: without this guard these
+    # were 500s there.
+    response = getattr(api, method)(path, body, format="json") if body else api.get(path)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == param
