@@ -18,6 +18,7 @@ from django.utils import timezone
 from core.errors import InvalidRequest
 from plans.models import Plan
 from tenants.models import Tenant
+from tenants.selectors import tenant_context_forget
 
 from . import messages
 from .models import Subscription
@@ -264,6 +265,7 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
     if not plan.base_fee:
         _move_to_free(sub, plan)
         sub.save()
+        tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
         return sub
     try:
         stripe_sub = _stripe_subscribe(sub, plan, tenant)
@@ -274,6 +276,7 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
         _apply_stripe(sub, stripe_sub, int(time.time()))
         sub.save()
+    tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
     return sub
 
 
@@ -318,6 +321,7 @@ def subscription_refresh_from_stripe(
         renewal = sub.stripe_subscription_id == stripe_subscription_id
         _apply_stripe(sub, current, observed_at)
         sub.save()
+        tenant_context_forget(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)
         if renewal and sub.stripe_subscription_id and sub.current_period_start > previous_start:
             from .tasks import usage_push_period_enqueue
