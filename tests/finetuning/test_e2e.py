@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from finetuning.consumer import JobEventConsumer, events_queue
-from finetuning.models import FineTuneJob
+from finetuning.models import FineTuneEvent, FineTuneJob
 from metering.consumer import UsageConsumer
 from metering.models import UsageRecord
 from tests.factories import TenantFactory, make_key, subscribe
@@ -84,8 +84,18 @@ def wait(job_id: str, until: Callable[[FineTuneJob], bool], timeout: float = 90)
 
     consumer.run(should_stop=lambda: until(job()) or time.monotonic() > deadline)
     found = job()
-    assert until(found), (found.status, found.error)
+    if not until(found):
+        story = [(e.attempt, e.type, e.message) for e in stored_events(job_id)]
+        pytest.fail(f"job {job_id}: {found.status} attempt {found.attempt} {found.error}: {story}")
     return found
+
+
+def stored_events(job_id: str) -> list[FineTuneEvent]:
+    return list(FineTuneEvent.objects.unscoped().filter(job_id=job_id).order_by("created_at"))
+
+
+def said(job_id: str, text: str) -> bool:
+    return any(text in e.message for e in stored_events(job_id))
 
 
 def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
@@ -175,17 +185,9 @@ def test_cancel_a_running_and_a_queued_job(http, tenant_secret):
             "cancelled"
         )
         # The worker stops at its next step boundary and says so...
-        wait(
-            running["id"],
-            lambda j: any("training stopped" in e["message"] for e in events(client, j.id)),
-            30,
-        )
+        wait(running["id"], lambda j: said(j.id, "training stopped"), 30)
         # ...then takes the queued job, sees the cancel and never starts it.
-        wait(
-            queued["id"],
-            lambda j: any("before it started" in e["message"] for e in events(client, j.id)),
-            30,
-        )
+        wait(queued["id"], lambda j: said(j.id, "before it started"), 30)
         assert not [e for e in events(client, queued["id"]) if e["type"] in ("started", "progress")]
         for job_id in (running["id"], queued["id"]):
             body = client.get(f"/v1/fine-tunes/{job_id}").json()
