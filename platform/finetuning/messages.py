@@ -8,6 +8,10 @@ VALIDATION_LABELS = "The validation dataset has labels the training dataset does
 NOT_A_BASE_MODEL = "'{model}' is not a base model; fine-tune one of the base models."
 HYPERPARAMETER_FOR_LORA = "'{name}' applies to method 'lora' only."
 UNKNOWN_TARGET = "Unknown target module '{name}'; choose from {choices}."
+MODEL_LIMIT = (
+    "The {plan} plan allows {limit} fine-tuned models (counting jobs in progress); delete a "
+    "model or change plan to train another."
+)
 NOT_CANCELLABLE = "The job is already {status}; only queued or running jobs can be cancelled."
 SUFFIX = "suffix may contain only letters, digits, '-' and '_' (at most 40 characters)."
 

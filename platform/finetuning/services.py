@@ -21,12 +21,13 @@ from django.utils.dateparse import parse_datetime
 
 from apikeys.models import ApiKey
 from config.celery import app
-from core.errors import Conflict, InvalidRequest
+from core.errors import APIError, Conflict, InvalidRequest
 from datasets.models import Dataset
 from datasets.selectors import dataset_get
 from datasets.services import artifact_store
 from inference.models import AIModel
 from inference.selectors import model_get_visible
+from limits.services import enforcement_for
 from tenants.models import Tenant
 from workers.contract import (
     CONTRACT_VERSION,
@@ -147,6 +148,7 @@ def fine_tune_create(
                 code="validation_labels_mismatch",
                 param="validation_dataset",
             )
+    _check_plan(tenant=tenant, api_key=api_key)  # after the 400s/404s: only a valid job is 402
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
     with transaction.atomic():
         job = FineTuneJob.objects.create(
@@ -179,6 +181,25 @@ def fine_tune_create(
         _event(job, messages.EV_VALIDATED.format(rows=training.rows, labels=len(training.labels)))
         _enqueue_on_commit(job)
     return job
+
+
+def _check_plan(*, tenant: Tenant, api_key: ApiKey) -> None:
+    """The plan's ``max_fine_tuned_models`` counts the tenant's models and the jobs that may
+    still become one; past it (or with an unpaid subscription) a new job is a 402."""
+    enforcement = enforcement_for(api_key)
+    if enforcement.blocked_reason:
+        raise APIError(enforcement.blocked_reason, code="subscription_unpaid", status=402)
+    limit = enforcement.plan.max_fine_tuned_models
+    models = AIModel.objects.for_tenant(tenant).filter(
+        kind=AIModel.Kind.FINE_TUNED, deleted_at__isnull=True
+    )
+    pending = FineTuneJob.objects.for_tenant(tenant).exclude(status__in=FineTuneJob.TERMINAL)
+    if models.count() + pending.count() >= limit:
+        raise APIError(
+            messages.MODEL_LIMIT.format(plan=enforcement.plan.name, limit=limit),
+            code="fine_tuned_model_limit",
+            status=402,
+        )
 
 
 def _usable(tenant: Tenant, dataset_id: str, param: str) -> Dataset:

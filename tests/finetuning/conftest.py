@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from datasets.services import dataset_create
 from finetuning.services import fine_tune_create
-from tests.factories import make_key
+from tests.factories import make_key, subscribe
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -21,6 +21,13 @@ def rows_file(rows: list[dict[str, str]]) -> bytes:
 
 def read_rows(name: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line]
+
+
+@pytest.fixture(autouse=True)
+def pro_plan(request: pytest.FixtureRequest) -> None:
+    """The free plan allows no fine-tuned models: put the test's tenant on pro (10)."""
+    if "tenant" in request.fixturenames:
+        subscribe(request.getfixturevalue("tenant"), "pro")
 
 
 @pytest.fixture

@@ -165,3 +165,26 @@ def test_idempotent_create_makes_one_job(api, tenant, make_dataset):
         "/v1/fine-tunes", {**body, "suffix": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="ft-1"
     )
     assert other.status_code == 409
+
+
+def test_the_plan_limits_fine_tuned_models(api, tenant, other_tenant, client_for, make_dataset):
+    dataset = make_dataset(tenant)
+    for n in range(9):
+        AIModel.objects.create(
+            id=f"ft:minilm-l6:m:{n}", tenant=tenant, kind="fine_tuned", base_model="minilm-l6"
+        )
+    body = {"base_model": "minilm-l6", "training_dataset": dataset.id}
+    assert create(api, **body).status_code == 201  # the 10th: a job in progress counts
+    refused = create(api, **body)
+    assert_error(refused, 402, "fine_tuned_model_limit")
+    assert refused.json()["error"]["type"] == "payment_required"
+    assert api.delete("/v1/models/ft:minilm-l6:m:0").status_code == 200
+    assert create(api, **body).status_code == 201
+
+    # The free plan (no subscription) has no fine-tuned models at all.
+    free = client_for(other_tenant, ["training"])
+    assert_error(
+        create(free, base_model="minilm-l6", training_dataset=make_dataset(other_tenant).id),
+        402,
+        "fine_tuned_model_limit",
+    )
