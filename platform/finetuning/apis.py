@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
 from core.pagination import list_body, paginate
-from core.serializers import validated
+from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 
 from .models import FineTuneJob
@@ -48,7 +48,13 @@ class FineTuneListCreateApi(TenantAPIView):
     @extend_schema(
         operation_id="fine_tunes_create",
         request=FineTuneCreateSerializer,
-        responses={201: FineTuneSerializer},
+        responses={
+            201: FineTuneSerializer,
+            402: OpenApiResponse(
+                ErrorSerializer,
+                description="The plan's fine-tuned model limit is reached, or it is unpaid.",
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         data = validated(FineTuneCreateSerializer, request.data)
