@@ -11,6 +11,7 @@ NOT_JSON = "Line is not valid JSON: {error}."
 NOT_OBJECT = 'Line must be a JSON object like {"text": "...", "label": "..."}.'
 MISSING_FIELD = "Missing '{field}'."
 NOT_STRING = "'{field}' must be a string."
+NUL_CHARACTER = "'text' and 'label' must not contain NUL characters (\\u0000)."
 EMPTY_TEXT = "'text' is empty."
 TEXT_TOO_LONG = "'text' is {length} characters long; the limit is {limit}."
 EMPTY_LABEL = "'label' is empty."

@@ -33,7 +33,7 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
             param="file",
         )
     data = upload.read()
-    filename = (upload.name or "")[:255]
+    filename = (upload.name or "").replace("\x00", "")[:255]
     result = dataset_validate(data, filename=filename)
     store = artifact_store()
     # Blobs are written before the row: a crash between the two leaves an unreferenced blob

@@ -61,6 +61,9 @@ class Validation:
                 problems.append(messages.MISSING_FIELD.format(field=name))
             elif not isinstance(value, str):
                 problems.append(messages.NOT_STRING.format(field=name))
+        if not problems and ("\x00" in text or "\x00" in label):
+            # NOTE: no database stores NUL in text, and no tokenizer means anything by it.
+            problems.append(messages.NUL_CHARACTER)
         if not problems:
             if not text.strip():
                 problems.append(messages.EMPTY_TEXT)

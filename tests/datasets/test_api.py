@@ -118,3 +118,13 @@ def test_idempotent_upload_stores_one_dataset(api, tenant):
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
     assert Dataset.objects.for_tenant(tenant).count() == 1
+
+
+def test_nul_in_labels_and_filename_is_stored_safely(api):
+    rows = [{"text": f"t{i}", "label": "a\u0000" if i == 0 else "ab"[i % 2]} for i in range(30)]
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    response = upload(api, data, name="bad\x00name.jsonl")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["status"] == "invalid" and body["errors"][0]["line"] == 1
+    assert "\x00" not in json.dumps(body["labels"]) and "\x00" not in body["filename"]

@@ -115,3 +115,9 @@ def test_normalised_jsonl_round_trips_unicode():
     data = normalised_jsonl([("café ☕", "a"), ('quote " and \\', "b")])
     rows = [json.loads(line) for line in data.decode().splitlines()]
     assert rows == [{"text": "café ☕", "label": "a"}, {"text": 'quote " and \\', "label": "b"}]
+
+
+def test_nul_characters_are_an_error_not_a_database_failure():
+    data = jsonl([{"text": "a\u0000b", "label": "x"}, {"text": "ok", "label": "y\u0000"}])
+    found = messages_by_line(dataset_validate(data))
+    assert [line for line, m in found if "NUL" in m] == [1, 2]
