@@ -33,6 +33,7 @@ bench: migrate
 	$(BIN)/python tests/benchmarks/bench_api.py
 	$(BIN)/python tests/benchmarks/bench_finetune.py
 	$(BIN)/python tests/benchmarks/bench_economics.py
+	$(BIN)/python tests/benchmarks/bench_limits.py
 
 lint: install
 	$(BIN)/ruff check .
