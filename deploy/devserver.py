@@ -10,6 +10,7 @@ child dies, the rest are stopped too and the exit status says so.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +108,12 @@ def main() -> int:
         os.environ["REDIS_URL"] = url
         print(f"devserver: embedded Redis at {url}", flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several API processes: /metrics adds up what each one wrote here.
+        metrics_dir = ROOT / "var" / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
     port = os.environ.get("PORT", "8000")
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from django.conf import settings
+from prometheus_client import Counter
 
 from workers.contract import (
     CONTRACT_VERSION,
@@ -31,6 +32,10 @@ from .dispatch import redis_client
 from .models import AIModel
 
 _HOST = socket.gethostname()
+# Hit rate = hit / (hit + miss), per model.
+CACHE_LOOKUPS = Counter(
+    "result_cache_lookups_total", "Requests looked up in the result cache.", ["model", "outcome"]
+)
 
 
 def cache_version(model: AIModel) -> str | None:
@@ -53,7 +58,9 @@ def cached_result(request: ClassifyRequest) -> ClassifyResult | None:
     ]
     found = cast(list[Any], redis_client().mget(keys))
     if any(value is None for value in found):
+        CACHE_LOOKUPS.labels(request["model"], "miss").inc()
         return None
+    CACHE_LOOKUPS.labels(request["model"], "hit").inc()
     rows: list[ClassificationRow] = []
     tokens = 0
     for index, raw in enumerate(found):

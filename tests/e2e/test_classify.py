@@ -216,3 +216,13 @@ def test_the_int8_tier_is_served_and_metered_under_its_own_model(http, secret):
     assert UsageRecord.objects.unscoped().get(event_id=response.json()["id"]).model == (
         "minilm-l6-int8"
     )
+
+
+def test_cache_hit_rate_is_a_metric(http, secret):
+    body = {"model": "minilm-l6", "inputs": ["metric me"], "labels": SENTIMENT}
+    with http(secret) as client:
+        classify(client, body)
+        classify(client, body)
+        text = client.get("/metrics").text
+    assert 'result_cache_lookups_total{model="minilm-l6",outcome="hit"}' in text
+    assert 'result_cache_lookups_total{model="minilm-l6",outcome="miss"}' in text
