@@ -81,46 +81,12 @@ def _wait_for_worker(name: str, process: subprocess.Popen[bytes], log: Path) -> 
 @pytest.fixture(scope="session")
 def inference_worker() -> Iterator[str]:
     """A real Celery inference worker process on the test Redis, for the whole session."""
-    name = f"test-inference-{uuid.uuid4().hex[:8]}@localhost"
-    log = Path(tempfile.mkdtemp(prefix="worker-")) / "worker.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "-Q",
-                "inference",
-                "-P",
-                "threads",
-                "-c",
-                "16",
-                "-n",
-                name,
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--loglevel",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = WorkerProcess("inference", ["-P", "threads", "-c", "16"])
+    worker.start()
     try:
-        _wait_for_worker(name, process, log)
-        yield name
+        yield worker.name
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        worker.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -135,46 +101,27 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-class TrainingWorker:
-    """A real Celery training worker process (solo pool, one job at a time, as deployed);
+class WorkerProcess:
+    """A real ``celery -A workers.celery_app worker`` process on one queue, as deployed;
     ``kill()`` is kill -9, ``start()`` brings up a fresh one."""
 
-    # Heartbeats every 0.3 s so that tests can use a lease of a few seconds.
-    ENV = {"TRAINING_HEARTBEAT_S": "0.3", "WORKER_TORCH_THREADS": "2"}
-
-    def __init__(self) -> None:
+    def __init__(self, queue: str, pool: list[str], env: dict[str, str] | None = None) -> None:
+        self.queue, self.pool, self.env = queue, pool, env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.name = ""
-        self.log = Path(tempfile.mkdtemp(prefix="training-worker-")) / "worker.log"
+        self.log = Path(tempfile.mkdtemp(prefix=f"{queue}-worker-")) / "worker.log"
 
     def start(self) -> None:
-        self.name = f"test-training-{uuid.uuid4().hex[:8]}@localhost"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.ENV}
+        self.name = f"test-{self.queue}-{uuid.uuid4().hex[:8]}@localhost"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env}
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "-Q", self.queue, *self.pool, "-n", self.name,
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
+        ]  # fmt: skip
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.celery_app",
-                    "worker",
-                    "-Q",
-                    "training",
-                    "-P",
-                    "solo",
-                    "-n",
-                    self.name,
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    "--loglevel",
-                    "INFO",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         _wait_for_worker(self.name, self.process, self.log)
 
@@ -190,6 +137,16 @@ class TrainingWorker:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+class TrainingWorker(WorkerProcess):
+    """The training worker: solo pool, one job at a time, as deployed."""
+
+    # Heartbeats every 0.3 s so that tests can use a lease of a few seconds.
+    ENV = {"TRAINING_HEARTBEAT_S": "0.3", "WORKER_TORCH_THREADS": "2"}
+
+    def __init__(self) -> None:
+        super().__init__("training", ["-P", "solo"], self.ENV)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from core.signals import stop_flag
 from finetuning.consumer import JobEventConsumer
 
 
@@ -15,14 +15,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stopping = False
-
-        def stop(signum: int, frame: Any) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        should_stop = stop_flag()
         self.stdout.write("training events consumer: waiting for events")
-        JobEventConsumer().run(should_stop=lambda: stopping)
+        JobEventConsumer().run(should_stop=should_stop)
         self.stdout.write("training events consumer: stopped")

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from core.signals import stop_flag
 from metering.consumer import UsageConsumer
 
 
@@ -12,14 +12,7 @@ class Command(BaseCommand):
     help = "Consume usage events from the workers and append them to the ledger (runs forever)."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stopping = False
-
-        def stop(signum: int, frame: Any) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        should_stop = stop_flag()
         self.stdout.write("usage consumer: waiting for events")
-        UsageConsumer().run(should_stop=lambda: stopping)
+        UsageConsumer().run(should_stop=should_stop)
         self.stdout.write("usage consumer: stopped")
