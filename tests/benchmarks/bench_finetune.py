@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 
-from bench_api import Stack  # noqa: E402
+from bench_api import Stack, bench_environment  # noqa: E402
 
-from deploy.embedded_redis import free_port, start_embedded_redis, stop_embedded_redis  # noqa: E402
+from deploy.embedded_redis import free_port, stop_embedded_redis  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 
@@ -77,37 +76,9 @@ def run_job(client: httpx.Client, dataset_id: str, **body: Any) -> tuple[float, 
 
 def end_to_end() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    embedded = None
-    redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        embedded, redis_url = start_embedded_redis(str(work))
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{work / 'db.sqlite3'}"),
-        "ARTIFACT_DIR": str(work / "artifacts"),
-        "DJANGO_SETTINGS_MODULE": "config.settings.base",
-        "LOG_LEVEL": "WARNING",
-        "HF_HUB_OFFLINE": "1",
-    }
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=ROOT)
-    created = subprocess.run(
-        [*manage, "create_tenant", "bench"],
-        env=env,
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    secret = created.stdout.strip().splitlines()[-1]
-    # The free plan allows 20 requests a minute, fewer than polling a job takes.
-    subscribe = (
-        "from tenants.models import Tenant; from tests.factories import subscribe; "
-        "subscribe(Tenant.objects.get(slug='bench'), 'pro')"
-    )
-    subprocess.run(
-        [*manage, "shell", "-c", subscribe], env=env, check=True, cwd=ROOT, capture_output=True
+    # Pro: the free plan allows 20 requests a minute, fewer than polling a job takes.
+    env, secret, embedded = bench_environment(
+        work, plan="pro", extra={"ARTIFACT_DIR": str(work / "artifacts")}
     )
     port = free_port()
     stack = Stack(env, port, work)
