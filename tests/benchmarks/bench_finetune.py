@@ -76,7 +76,7 @@ def run_job(client: httpx.Client, dataset_id: str, **body: Any) -> tuple[float, 
 
 def end_to_end() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    # Pro: the free plan allows 20 requests a minute, fewer than polling a job takes.
+    # Pro: the free plan cannot fine-tune.
     env, secret, embedded = bench_environment(
         work, plan="pro", extra={"ARTIFACT_DIR": str(work / "artifacts")}
     )

@@ -25,7 +25,7 @@ def test_plans_are_the_public_catalogue(tenant, client_for):
     assert pro["overage"]["int8"]["tiers"][-1]["up_to"] is None
     assert pro["finetune_unit_amount_decimal"] == "0.5"
     assert pro["limits"]["monthly_inputs_cap"] is None
-    assert plans["free"]["limits"]["monthly_inputs_cap"] == 1000
+    assert plans["free"]["limits"]["monthly_inputs_cap"] == 10_000
     assert plans["free"]["features"] == {
         "fine_tuning": False,
         "max_fine_tuned_models": 0,

@@ -31,7 +31,7 @@ def test_editing_a_version_in_use_saves_the_next_version(tenant, admin_user):
     PlanAdmin(Plan, site).save_model(_request(admin_user), edited, form=None, change=True)
 
     old, new = Plan.objects.get(pk="free@1"), Plan.objects.get(pk="free@2")
-    assert (old.included_inputs, old.is_current) == (1_000, False)
+    assert (old.included_inputs, old.is_current) == (10_000, False)
     assert (new.included_inputs, new.is_current, new.version) == (2_000, True, 2)
     assert Subscription.objects.for_tenant(tenant).get().plan_id == "free@1"  # kept
 

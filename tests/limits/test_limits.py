@@ -52,10 +52,11 @@ def bearer(secret):
     return client
 
 
-def test_free_plan_rate_limit_with_headers(tenant):
+def test_plan_rate_limit_with_headers(tenant):
+    on_plan(tenant, custom_plan(rate_limit_per_minute=20))
     client = bearer(make_key(tenant, ["inference"]))
     remaining = []
-    for _ in range(20):  # the free plan: 20 requests a minute
+    for _ in range(20):  # 20 requests a minute, a burst of up to 20
         response = client.get("/v1/models")
         assert response.status_code == 200
         assert response["RateLimit-Limit"] == "20"
@@ -216,3 +217,9 @@ def test_reconciliation_raises_a_lagging_counter_to_the_ledger_and_never_lowers_
     again = quota_reconcile_tenant(api_key=key)
     assert (again.counter, again.raised_by) == (100, 0)  # ahead of the ledger: left alone
     call_command("reconcile_quotas")
+
+
+def test_a_new_tenant_is_on_the_free_plans_limits(tenant):
+    response = bearer(make_key(tenant, ["inference"])).get("/v1/models")
+    free = Plan.objects.get(slug="free", is_current=True)
+    assert response["RateLimit-Limit"] == str(free.rate_limit_per_minute)
