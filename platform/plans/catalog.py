@@ -17,7 +17,7 @@ CATALOGUE: list[dict[str, Any]] = [
         "overage_tiers": {},
         "monthly_hard_cap": 10_000,
         "rate_limit_per_minute": 600,
-        "concurrency_cap": 4,
+        "concurrency_cap": 8,
         "fine_tuning": False,
         "max_fine_tuned_models": 0,
         "lora": False,
