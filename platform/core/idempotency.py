@@ -37,8 +37,26 @@ class Outcome:
     retry: bool = False  # an earlier attempt with this key and body did not complete
 
 
+def _canonical(value: Any) -> Any:
+    """JSON-able form of a request's data; an uploaded file counts by its content (hash),
+    not its name, so another file under the same name is another request."""
+    if hasattr(value, "chunks") and hasattr(value, "seek"):
+        digest = hashlib.sha256()
+        for chunk in value.chunks():
+            digest.update(chunk)
+        value.seek(0)
+        return {"file_sha256": digest.hexdigest()}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def request_fingerprint(*, method: str, path: str, data: Any) -> str:
-    body = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    if hasattr(data, "dict"):  # a multipart QueryDict: one value per field, files included
+        data = data.dict()
+    body = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{method} {path}\n{body}".encode()).hexdigest()
 
 

@@ -118,6 +118,14 @@ def test_idempotent_upload_stores_one_dataset(api, tenant):
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
     assert Dataset.objects.for_tenant(tenant).count() == 1
+    # Another file under the same name and key is another request: 409, not a replay.
+    other = api.post(
+        "/v1/datasets",
+        {"file": SimpleUploadedFile("t.jsonl", good_file() + b'{"text": "x", "label": "a"}\n')},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY="upload-1",
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
 
 
 def test_nul_in_labels_and_filename_is_stored_safely(api):
