@@ -172,11 +172,18 @@ def test_past_due_flags_402_after_grace_and_paying_clears_it(
 
     wait_for(lambda: StripeEvent.objects.filter(type="invoice.payment_succeeded").exists(),
              what="the emulator's delivery")  # fmt: skip
+
+    def is_paid():
+        mirrored = Invoice.objects.for_tenant(tenant).filter(pk=invoice["id"]).first()
+        return mirrored if mirrored is not None and mirrored.status == "paid" else None
+
+    # NOTE: the subscription and the invoice are separate events, processed in any order:
+    # keep the worker until both have landed.
     with platform_worker():
         row = wait_for(is_active, timeout=20, what="the paid webhook")
+        paid = wait_for(is_paid, timeout=20, what="the invoice mirrored as paid")
     assert row.past_due_since is None
     assert subscription_for_enforcement(tenant=tenant).blocked is False
-    paid = Invoice.objects.for_tenant(tenant).get(pk=invoice["id"])
     assert (paid.status, paid.amount_paid) == ("paid", invoice["total"])
     listed = client_for(tenant, ["billing"]).get("/v1/invoices").json()["data"]
     assert invoice["id"] in [i["id"] for i in listed]
