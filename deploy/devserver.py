@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 GRACE_S = 15
 
 
+def _worker(queue: str, pool: list[str]) -> list[str]:
+    """A data-plane Celery worker on one queue."""
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queue,
+        *pool, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "--loglevel", os.environ.get("LOG_LEVEL", "INFO"),
+    ]  # fmt: skip
+
+
 def _children(port: str) -> dict[str, list[str]]:
     python = sys.executable
     bin_dir = Path(python).parent
@@ -47,50 +56,14 @@ def _children(port: str) -> dict[str, list[str]]:
             "--graceful-timeout",
             "10",
         ],
-        "inference-worker": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "-Q",
-            "inference",
-            "-P",
-            "threads",
-            "-c",
-            os.environ.get("WORKER_CONCURRENCY", "64"),
-            "-n",
-            "inference@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            os.environ.get("LOG_LEVEL", "INFO"),
-        ],
+        "inference-worker": _worker(
+            "inference", ["-P", "threads", "-c", os.environ.get("WORKER_CONCURRENCY", "64")]
+        ),
         "usage-consumer": [python, str(ROOT / "manage.py"), "consume_usage"],
         # Fine-tuning: a separate worker on the training queue, one job at a time (solo), so a
         # job never holds an inference slot or queues classifications behind it; and the
         # consumer that applies its job events (and retries or fails silent jobs).
-        "training-worker": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "-Q",
-            "training",
-            "-P",
-            "solo",
-            "-n",
-            "training@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            os.environ.get("LOG_LEVEL", "INFO"),
-        ],
+        "training-worker": _worker("training", ["-P", "solo"]),
         "training-events": [python, str(ROOT / "manage.py"), "consume_training_events"],
         # Billing's Celery tasks (Stripe webhooks, usage pushes) and the beat schedule.
         "platform-worker": [python, str(ROOT / "manage.py"), "platform_worker"],
