@@ -32,13 +32,6 @@ from workers.settings import get_settings
 # id) is the recovery path.
 PUBLISH_ATTEMPTS = 6
 PUBLISH_BACKOFF_S = 0.5
-# The same patience for kombu publishers (training events), in kombu's terms.
-PUBLISH_RETRY_POLICY: dict[str, Any] = {
-    "max_retries": 5,
-    "interval_start": 0.0,
-    "interval_step": 0.5,
-    "interval_max": 2.0,
-}
 
 _HOSTNAME = socket.gethostname()
 

@@ -27,7 +27,15 @@ from workers.contract import (
     Queue,
     TrainRequest,
 )
-from workers.usage import PUBLISH_RETRY_POLICY
+
+# Ride out a broker blip of a few seconds (kombu's retry terms); past that the job's next
+# heartbeat or the platform's lease sweep is the recovery path.
+PUBLISH_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 5,
+    "interval_start": 0.0,
+    "interval_step": 0.5,
+    "interval_max": 2.0,
+}
 
 logger = logging.getLogger(__name__)
 
