@@ -203,7 +203,10 @@ class TrainRequest(TypedDict):
 class TrainResult(TypedDict):
     artifact: str  # content hash of the model file
     labels: list[str]
-    metrics: dict[str, object]  # accuracy, macro_f1, per_label_f1, ...
+    # accuracy, macro_f1, per_label_f1, validation_examples, train_examples; on a base model
+    # with an int8 tier also int8_accuracy, int8_macro_f1, int8_per_label_f1 and
+    # int8_accuracy_delta (points, int8 - fp32) for the same head on int8 weights.
+    metrics: dict[str, object]
     trained_tokens: int
     compute_ms: float
 
@@ -236,3 +239,8 @@ HYPERPARAMETER_DEFAULTS: dict[str, Hyperparameters] = {
     },
 }
 LORA_TARGET_MODULES = ("query", "key", "value")
+
+# The int8 tier of each fp32 base model: a fine-tuned model on the key is measured on its
+# validation split with the value's int8 weights, and offered as a variant on it when the
+# accuracy it loses is within the platform's threshold (FINETUNE_INT8_MAX_LOSS_POINTS).
+INT8_BASE_MODELS = {"minilm-l6": "minilm-l6-int8"}

@@ -12,6 +12,13 @@ requests ride the shared dynamic batcher with everyone else's. A ``lora`` model 
 encoder itself: its adapters are merged into a private copy of the weights (same speed as
 the base model, no per-request adapter cost), kept in a small LRU because each copy is the
 size of the encoder.
+
+The int8 tier: the same model file is also served on the int8 base model
+(``contract.INT8_BASE_MODELS``) when the platform offers the variant. A head variant rides
+the shared int8 encoder's batcher; a LoRA variant merges its adapters into a copy of the
+fp32 weights first and quantises the result (quantising before merging would lose the
+adapters' small updates to rounding). The LRU is keyed by (artifact, base model), so a
+model's fp32 and int8 copies never collide.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load, save
 
-from workers.runtime.encoder import BertModel, Encoder
+from workers.contract import INT8_BASE_MODELS
+from workers.runtime.encoder import BertModel, Encoder, quantize_int8
 
 FORMAT = "margin-finetune/1"
 # Logits are HEAD_SCALE * (W x + b) on unit-length embeddings: the same x20 scale the encoder
@@ -54,11 +62,27 @@ class FineTunedModel:
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         return HEAD_SCALE * (embeddings @ self.head_weight.T + self.head_bias)
 
-    def merged_encoder(self, encoder: Encoder, encoder_id: str) -> Encoder:
-        """A copy of ``encoder`` with this model's adapters merged into its weights."""
+    def merged_encoder(self, encoder: Encoder, encoder_id: str, *, int8: bool = False) -> Encoder:
+        """A copy of ``encoder`` with this model's adapters merged into its weights; with
+        ``int8``, the merged weights as the int8 tier serves them (``int8_body``)."""
         model = copy.deepcopy(encoder.model)
         lora_merge(model, self.lora, rank=self.lora_rank, alpha=self.lora_alpha)
+        if int8:
+            model = int8_body(model, encoder.device)
         return encoder.derive(encoder_id, model)
+
+    def servable_on(self, base_model: str) -> bool:
+        """Trained on ``base_model``, or ``base_model`` is the int8 tier of the one it was."""
+        return base_model in (self.base_model, INT8_BASE_MODELS.get(self.base_model))
+
+
+def int8_body(model: BertModel, device: torch.device) -> BertModel:
+    """A (merged) fp32 body as the int8 tier runs it: ``quantize_int8`` on a CPU. Dynamic
+    int8 kernels are CPU kernels, so on a GPU the body stays as it is (bf16 autocast is the
+    cheap path there), exactly as ``load_encoder`` treats ``minilm-l6-int8``."""
+    if device.type != "cpu":
+        return model
+    return quantize_int8(model)
 
 
 def lora_merge(model: BertModel, lora: dict[str, torch.Tensor], *, rank: int, alpha: float) -> None:
@@ -146,31 +170,49 @@ class Loaded:
 
 
 class FineTunedCache:
-    """LRU of loaded fine-tuned models, keyed by artifact hash. ``fetch`` reads the file (from
-    the artifact store) on a miss; ``base_encoder`` gives the shared encoder to merge into."""
+    """LRU of loaded fine-tuned models, keyed by (artifact hash, base model served on).
+    ``fetch`` reads the file (from the artifact store) on a miss; ``base_encoder`` gives the
+    shared encoder to merge into."""
 
     def __init__(self, capacity: int, fetch: Callable[[str], bytes]) -> None:
         self.capacity = max(1, capacity)
         self._fetch = fetch
-        self._items: OrderedDict[str, Loaded] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, artifact: str, base_encoder: Callable[[str], Encoder]) -> Loaded:
+    def get(
+        self,
+        artifact: str,
+        base_encoder: Callable[[str], Encoder],
+        *,
+        base_model: str | None = None,
+    ) -> Loaded:
+        """The model in ``artifact`` as served on ``base_model`` (None: the one it was trained
+        on). Raises ModelFileError when it cannot be served there."""
+        key = (artifact, base_model or "")
         with self._lock:
-            hit = self._items.get(artifact)
+            hit = self._items.get(key)
             if hit is not None:
-                self._items.move_to_end(artifact)
+                self._items.move_to_end(key)
                 return hit
         # Loaded outside the lock: reading and merging take ~100 ms and must not block
         # requests for models already loaded. Two threads may load the same one; one wins.
         model = model_file_read(self._fetch(artifact))
+        served_on = base_model or model.base_model
+        if not model.servable_on(served_on):
+            raise ModelFileError(f"trained on {model.base_model}, not {served_on}")
         encoder = None
         if model.lora:
-            encoder = model.merged_encoder(base_encoder(model.base_model), f"ft:{artifact}")
+            int8 = served_on != model.base_model
+            encoder = model.merged_encoder(
+                base_encoder(model.base_model),
+                f"ft:{artifact}:int8" if int8 else f"ft:{artifact}",
+                int8=int8,
+            )
         loaded = Loaded(model, encoder, threading.Lock())
         with self._lock:
-            self._items[artifact] = self._items.get(artifact, loaded)
-            self._items.move_to_end(artifact)
+            self._items[key] = self._items.get(key, loaded)
+            self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-            return self._items[artifact]
+            return self._items[key]

@@ -22,7 +22,7 @@ Step = Callable[[], None]  # called at step boundaries; raises to stop (cancella
 EpochHook = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
 
-def _embed_sorted(encoder: Encoder, ids: Sequence[Sequence[int]], step: Step) -> torch.Tensor:
+def embed_sorted(encoder: Encoder, ids: Sequence[Sequence[int]], step: Step) -> torch.Tensor:
     # Length-bucketed batches: sorting by length first keeps padding near zero (~1.4x faster
     # than batching in file order on these 2 cores).
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -46,7 +46,7 @@ def embeddings_get(
         vectors = load(store.get(cached))["embeddings"]
         if vectors.shape[0] == len(texts):
             return vectors, tokens, True
-    vectors = _embed_sorted(encoder, [t.ids for t in tokenized], step)
+    vectors = embed_sorted(encoder, [t.ids for t in tokenized], step)
     store.ref_set(ref, store.put(save({"embeddings": vectors.contiguous()})))
     return vectors, tokens, False
 

@@ -107,8 +107,11 @@ def _device(model: BertModel) -> torch.device:
     return model.word.weight.device
 
 
-def embed_with(model: BertModel, ids: Sequence[Sequence[int]], batch: int = 32) -> torch.Tensor:
-    """Embeddings (on the CPU) of tokenized texts through ``model``, length-bucketed."""
+def embed_with(
+    model: BertModel, ids: Sequence[Sequence[int]], batch: int = 32, step: Step | None = None
+) -> torch.Tensor:
+    """Embeddings (on the CPU) of tokenized texts through ``model``, length-bucketed;
+    ``step()`` after each batch when given (a cancellation boundary)."""
     model.eval()
     device = _device(model)
     out = []
@@ -118,6 +121,8 @@ def embed_with(model: BertModel, ids: Sequence[Sequence[int]], batch: int = 32) 
             chunk = [ids[i] for i in order[start : start + batch]]
             tokens, mask = (t.to(device) for t in _pad(chunk))
             out.append(_pool(model(tokens, mask), mask).cpu())
+            if step is not None:
+                step()
     vectors = torch.cat(out)
     result = torch.empty_like(vectors)
     result[order] = vectors

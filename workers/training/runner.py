@@ -2,9 +2,9 @@
 (workers/training/tasks.py) supplies ``emit`` (publish a job event) and ``cancelled`` (has
 the platform cancelled the job?), which keeps this testable in-process.
 
-Step boundaries, where a cancelled job stops: every embedding batch, every head epoch and
-every LoRA optimiser step (a LoRA epoch of 500 texts takes ~10 s on 2 cores, too long to
-wait for a cancel).
+Step boundaries, where a cancelled job stops: every embedding batch (the int8 variant's
+measurement included), every head epoch and every LoRA optimiser step (a LoRA epoch of 500
+texts takes ~10 s on 2 cores, too long to wait for a cancel).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from workers.runtime.finetuned import model_file_write
 from . import head as head_method
 from . import lora as lora_method
 from .data import rows_load, stratified_split
+from .int8 import int8_metrics
 from .metrics import classification_metrics
 
 Emit = Callable[..., None]  # emit(type, message, *, level="info", data=None)
@@ -190,6 +191,30 @@ def train_run(ctx: JobContext) -> TrainResult:
     metrics = classification_metrics(val_rows.labels, [labels[i] for i in predicted], labels)
     metrics["validation_examples"] = len(val_rows)
     metrics["train_examples"] = len(train_rows)
+    ctx.step()
+    int8 = int8_metrics(
+        base_model=request["base_model"],
+        encoder=encoder,
+        val_ids=[t.ids for t in encoder.tokenize(val_rows.texts)],
+        val_labels=val_rows.labels,
+        labels=labels,
+        head=(weight, bias),
+        fp32_accuracy=float(metrics["accuracy"]),  # type: ignore[arg-type]
+        lora=lora,
+        lora_rank=int(hp.get("lora_rank", 0)),
+        lora_alpha=float(hp.get("lora_alpha", 0.0)),
+        step=ctx.step,
+        threads=ctx.threads,
+    )
+    if int8:
+        metrics.update(int8)
+        ctx.emit(
+            "log",
+            f"int8 variant measured on the same validation split: accuracy "
+            f"{int8['int8_accuracy']:.4f} against {metrics['accuracy']:.4f} in fp32 "
+            f"({int8['int8_accuracy_delta']:+.2f} points).",
+            data={k: v for k, v in int8.items() if k != "int8_per_label_f1"},
+        )
     ctx.step()  # last boundary: a job cancelled now registers nothing and bills nothing
     artifact = ctx.store.put(
         model_file_write(

@@ -1,5 +1,6 @@
 """Training in-process (no Celery): splits, metrics, the head against a logistic regression,
-LoRA against the head, embedding cache, cancellation at step boundaries."""
+LoRA against the head, embedding cache, the int8 variant's measurement, cancellation at
+step boundaries."""
 
 from __future__ import annotations
 
@@ -99,3 +100,65 @@ def test_cancellation_stops_at_a_step_boundary(store, context):
     with pytest.raises(JobCancelledError):
         train_run(ctx)
     assert len(calls) == 4 and not events.of("progress")[3:]
+
+
+INT8_FIELDS = {"int8_accuracy", "int8_macro_f1", "int8_per_label_f1", "int8_accuracy_delta"}
+
+
+def test_the_int8_variant_is_measured_on_the_same_validation_split(store, context):
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 160))
+    ctx, events = context(make_request(digest))
+    metrics = train_run(ctx)["metrics"]
+    assert set(metrics) >= INT8_FIELDS
+    assert 0.0 <= metrics["int8_accuracy"] <= 1.0
+    assert set(metrics["int8_per_label_f1"]) == set(metrics["per_label_f1"])
+    assert metrics["int8_accuracy_delta"] == round(
+        100 * (metrics["int8_accuracy"] - metrics["accuracy"]), 2
+    )
+    # Per-channel int8 keeps this head within a point (the threshold the platform applies).
+    assert metrics["int8_accuracy_delta"] >= -1.0, metrics
+    said = [e for e in events.of("log") if e[1].startswith("int8 variant measured")]
+    assert len(said) == 1 and said[0][2]["int8_accuracy_delta"] == metrics["int8_accuracy_delta"]
+
+
+def test_a_lora_models_int8_variant_is_measured_merged_then_quantised(store, context):
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 80))
+    ctx, _ = context(make_request(digest, method="lora", hyperparameters={"epochs": 1}))
+    metrics = train_run(ctx)["metrics"]
+    assert set(metrics) >= INT8_FIELDS
+    assert metrics["int8_accuracy_delta"] == round(
+        100 * (metrics["int8_accuracy"] - metrics["accuracy"]), 2
+    )
+
+
+def test_a_model_on_the_int8_base_has_no_variant_to_measure(store, context):
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 80))
+    request = make_request(digest, base_model="minilm-l6-int8", model_id="ft:minilm-l6-int8:x:y")
+    ctx, events = context(request)
+    metrics = train_run(ctx)["metrics"]
+    assert metrics["accuracy"] > 0.5 and not INT8_FIELDS & set(metrics)
+    assert not [e for e in events.of("log") if "int8 variant" in e[1]]
+
+
+def test_a_cancel_during_the_int8_measurement_stops_the_job(store, context):
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 120))
+    calls: list[int] = []
+
+    def count() -> bool:
+        calls.append(1)
+        return False
+
+    train_run(context(make_request(digest))[0])  # caches the fp32 embeddings
+    train_run(context(make_request(digest), count)[0])
+    total = len(calls)
+    # The last boundaries before the final one are the int8 embedding batches.
+    calls.clear()
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) >= total - 1
+
+    ctx, events = context(make_request(digest), cancelled)
+    with pytest.raises(JobCancelledError):
+        train_run(ctx)
+    assert not [e for e in events.of("log") if "int8 variant" in e[1]]
