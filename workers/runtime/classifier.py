@@ -212,9 +212,11 @@ class ClassifierEngine:
             return errors.error_result(request, errors.INVALID_REQUEST, str(exc))
         base_model, artifact = request.get("base_model", ""), str(request.get("artifact"))
         try:
-            loaded = self.fine_tuned.get(artifact, lambda name: self.runtime(name).encoder)
-            if loaded.model.base_model != base_model:
-                raise ModelFileError(f"trained on {loaded.model.base_model}, not {base_model}")
+            # A model's int8 variant names the int8 base model: its head rides that model's
+            # batcher, its LoRA weights are merged then quantised (finetuned.py).
+            loaded = self.fine_tuned.get(
+                artifact, lambda name: self.runtime(name).encoder, base_model=base_model
+            )
             runtime = self.runtime(base_model)
         except (ArtifactMissingError, ModelFileError, UnknownModelError):
             logger.exception("fine-tuned model %s (%s) unavailable", request["model"], artifact)

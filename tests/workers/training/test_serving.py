@@ -1,9 +1,11 @@
 """Serving fine-tuned models in the inference engine: a head rides the shared batcher, a
-LoRA model runs on a merged copy of the encoder, a missing artifact is a clean error."""
+LoRA model runs on a merged copy of the encoder, a missing artifact is a clean error; their
+int8 variants ride the int8 encoder's batcher, or a merged-then-quantised copy."""
 
 from __future__ import annotations
 
 import torch
+from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
 from tests.workers.helpers import make_request as classify_request
 from workers.artifacts import ArtifactStore
@@ -13,6 +15,7 @@ from workers.training.runner import JobContext, train_run
 
 from .conftest import Recorder, dataset_bytes, make_request
 
+BASES = ("minilm-l6", "minilm-l6-int8")
 INPUTS = [
     "I was charged twice for my subscription, please refund one payment",
     "The app crashes with an error every time I open the settings page",
@@ -84,6 +87,72 @@ def test_merging_adapters_gives_the_adapted_model(encoder):
     assert torch.allclose(merged.embed_ids(ids), expected, atol=1e-5)
     # The shared encoder is untouched.
     assert not torch.allclose(encoder.embed_ids(ids), expected, atol=1e-3)
+
+
+def int8_request(result, inputs=INPUTS):
+    return classify_request(
+        inputs,
+        model="ft:minilm-l6-int8:test:abc",
+        base_model="minilm-l6-int8",
+        artifact=result["artifact"],
+    )
+
+
+def labels_of(answer):
+    assert "error" not in answer, answer
+    return [row["label"] for row in answer["results"]]
+
+
+def test_a_head_models_int8_variant_rides_the_int8_batcher(engine):
+    result = train("head", 160)
+    fp32 = labels_of(engine.classify(fine_tuned_request(result)))
+    before = {name: engine.runtime(name).batcher.stats().texts for name in BASES}
+    answer = engine.classify(int8_request(result))
+    assert labels_of(answer) == fp32 == ["billing", "technical", "delivery", "account"]
+    assert answer["model"] == "ft:minilm-l6-int8:test:abc"
+    after = {name: engine.runtime(name).batcher.stats().texts for name in BASES}
+    assert after == {
+        "minilm-l6": before["minilm-l6"],
+        "minilm-l6-int8": before["minilm-l6-int8"] + 4,
+    }
+
+
+def test_a_lora_models_int8_variant_is_merged_then_quantised(engine):
+    result = train("lora", 80, epochs=1)
+    fp32 = labels_of(engine.classify(fine_tuned_request(result)))
+    int8 = labels_of(engine.classify(int8_request(result)))
+    assert sum(a == b for a, b in zip(fp32, int8, strict=True)) >= 3
+    assert int8[:2] == ["billing", "technical"]
+
+    def base(name):
+        return engine.runtime(name).encoder
+
+    # One LRU, two entries: the fp32 copy and the quantised one never collide.
+    plain = engine.fine_tuned.get(result["artifact"], base, base_model="minilm-l6")
+    quantised = engine.fine_tuned.get(result["artifact"], base, base_model="minilm-l6-int8")
+    assert plain.encoder is not None and quantised.encoder is not None
+    assert plain.encoder is not quantised.encoder
+
+    def dynamic_int8(loaded):
+        return any(isinstance(m, QuantizedLinear) for m in loaded.encoder.model.modules())
+
+    assert dynamic_int8(quantised) and not dynamic_int8(plain)
+
+
+def test_a_model_cannot_be_served_on_a_base_it_has_no_tier_on(engine):
+    result = train("head", 80)
+    answer = engine.classify(
+        classify_request(INPUTS, model="ft:x", base_model="minilm-l12", artifact=result["artifact"])
+    )
+    assert answer["error"]["code"] == "model_unavailable"
+    # A model trained on the int8 base is not served on fp32 weights either.
+    store = ArtifactStore()
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 80))
+    request = make_request(digest, base_model="minilm-l6-int8")
+    on_int8 = train_run(JobContext(request, store, Recorder(), lambda: False, threads=2))
+    refused = engine.classify(fine_tuned_request(on_int8))
+    assert refused["error"]["code"] == "model_unavailable"
+    assert "error" not in engine.classify(int8_request(on_int8))
 
 
 def test_a_missing_artifact_is_a_clean_error(engine):
