@@ -24,6 +24,17 @@ EV_RETRY = (
     "retrying from the start (attempt {attempt} of {max}). You are billed once."
 )
 EV_SUCCEEDED = "Job succeeded: model {model} is ready."
+EV_INT8_OFFERED = (
+    "int8 variant {model} offered at the cheaper int8 tier: {delta:+.2f} points of validation "
+    "accuracy against fp32 (at most {allowed:g} may be lost)."
+)
+EV_INT8_NOT_OFFERED = (
+    "int8 variant not offered: it loses {loss:.2f} points of validation accuracy against "
+    "fp32, and at most {allowed:g} may be lost."
+)
+INT8_VARIANT_DESCRIPTION = (
+    "int8 variant of {parent}: the same fine-tuned model on int8 weights (the cheaper tier)."
+)
 
 # Job errors.
 WORKER_LOST = (

@@ -106,7 +106,16 @@ class FineTuneSerializer(serializers.Serializer[Any]):
     fine_tuned_model = serializers.CharField(allow_null=True, help_text="Set on success.")
     trained_tokens = serializers.IntegerField(allow_null=True, help_text="epochs x tokens.")
     metrics = serializers.DictField(
-        allow_null=True, help_text="Validation accuracy, macro_f1, per_label_f1."
+        allow_null=True,
+        help_text=(
+            "On the validation split: `accuracy`, `macro_f1`, `per_label_f1`, "
+            "`validation_examples`, `train_examples`. For a base model with an int8 tier, "
+            "the same head measured on int8 weights: `int8_accuracy`, `int8_macro_f1`, "
+            "`int8_per_label_f1` and `int8_accuracy_delta` (percentage points, int8 - fp32). "
+            "When the loss is at most the allowed points (1 by default) the job also "
+            "registers the int8 variant `ft:<int8 base model>:<suffix>:<id>` (see the "
+            "model's `int8_variant`); the job's events say whether it was offered and why."
+        ),
     )
     error = ErrorInfoSerializer(allow_null=True)
     attempt = serializers.IntegerField(help_text="2 after a retry on a lost worker.")

@@ -41,6 +41,16 @@ class AIModel(models.Model):
     # Fine-tuned models: content hash of the model file in the artifact store, sent to the
     # worker with each request so that it can fetch and cache the model.
     artifact = models.CharField(max_length=64, blank=True, default="")
+    # A fine-tuned model's int8 variant (same artifact, served on the int8 base model) names
+    # the model it was derived from; deleting that model deletes the variant too.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="variants"
+    )
+    accuracy_delta = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="int8 variants: validation accuracy minus the parent's, in points.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.db.models import OuterRef, QuerySet, Subquery
+
 from core.errors import NotFound
 from tenants.models import Tenant
 
@@ -43,8 +45,22 @@ def model_get_visible(*, tenant: Tenant, model_id: str, param: str | None = None
     return model
 
 
+def _live_variants() -> QuerySet[AIModel]:
+    return AIModel.objects.unscoped().filter(deleted_at__isnull=True)
+
+
 def model_list_visible(*, tenant: Tenant) -> Any:
-    return AIModel.objects.visible_to(tenant.pk)
+    # The int8 variant of each fine-tuned model, in the same query (model_to_dict reads it).
+    variant = _live_variants().filter(parent=OuterRef("pk")).values("pk")[:1]
+    return AIModel.objects.visible_to(tenant.pk).annotate(int8_variant_id=Subquery(variant))
+
+
+def _int8_variant(model: AIModel) -> str | None:
+    if hasattr(model, "int8_variant_id"):
+        return model.int8_variant_id
+    if model.kind != AIModel.Kind.FINE_TUNED or model.parent_id is not None:
+        return None
+    return _live_variants().filter(parent=model).values_list("pk", flat=True).first()
 
 
 def model_to_dict(model: AIModel, tenant: Tenant) -> dict[str, Any]:
@@ -59,4 +75,7 @@ def model_to_dict(model: AIModel, tenant: Tenant) -> dict[str, Any]:
         "labels": model.labels,
         "metrics": model.metrics,
         "created_at": model.created_at,
+        "int8_variant": _int8_variant(model),
+        "parent_model": model.parent_id,
+        "accuracy_delta": model.accuracy_delta,
     }

@@ -156,8 +156,35 @@ class ModelSerializer(serializers.Serializer[Any]):
     description = serializers.CharField()
     status = serializers.CharField()
     labels = serializers.ListField(child=serializers.CharField(), allow_null=True)
-    metrics = serializers.DictField(allow_null=True)
+    metrics = serializers.DictField(
+        allow_null=True,
+        help_text=(
+            "Fine-tuned models: validation `accuracy`, `macro_f1`, `per_label_f1`, "
+            "`validation_examples`, `train_examples`; on a model trained on an fp32 base also "
+            "`int8_accuracy`, `int8_macro_f1`, `int8_per_label_f1` and `int8_accuracy_delta` "
+            "(points, int8 - fp32) of the same model on int8 weights. An int8 variant's "
+            "metrics are its own."
+        ),
+    )
     created_at = serializers.DateTimeField()
+    int8_variant = serializers.CharField(
+        allow_null=True,
+        help_text=(
+            "The id of this fine-tuned model's int8 variant (same labels, cheaper int8 tier), "
+            "registered only when it lost at most the allowed points of validation accuracy "
+            "(1 by default); null otherwise. Deleting this model deletes the variant too."
+        ),
+    )
+    parent_model = serializers.CharField(
+        allow_null=True, help_text="An int8 variant: the fine-tuned model it serves on int8."
+    )
+    accuracy_delta = serializers.FloatField(
+        allow_null=True,
+        help_text=(
+            "An int8 variant: its validation accuracy minus its parent's, in percentage "
+            "points (e.g. -0.5)."
+        ),
+    )
 
 
 class ModelListSerializer(serializers.Serializer[Any]):

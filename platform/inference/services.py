@@ -98,4 +98,9 @@ def model_delete(*, tenant: Tenant, model_id: str) -> AIModel:
         )
     model.deleted_at = timezone.now()
     model.save(update_fields=["deleted_at"])
+    # Its int8 variant serves the same model file: it goes with it (deleting only the
+    # variant leaves the model).
+    AIModel.objects.for_tenant(tenant).filter(parent=model, deleted_at__isnull=True).update(
+        deleted_at=model.deleted_at
+    )
     return model

@@ -1,6 +1,7 @@
 """Applying workers' job events, and the lease sweep, against the real database: the state
 machine, idempotency under redelivery, stale attempts, retry-once-then-fail, the model
-registered on success, the fine-tune usage event in the ledger."""
+registered on success (and its int8 variant when it holds accuracy), the fine-tune usage
+event in the ledger."""
 
 from __future__ import annotations
 
@@ -144,3 +145,71 @@ def test_fine_tune_usage_is_billed_once(job, tenant):
     assert usage_record_bulk(events=[usage]).duplicates == 1
     row = UsageRecord.objects.for_tenant(tenant).get()
     assert row.kind == "fine_tune" and row.event_id == job.id and row.tokens == 5000
+
+
+def succeeded_with_int8(job, delta, seq=3):
+    body = succeeded(job, seq=seq)
+    body["data"]["metrics"].update(
+        int8_accuracy=round(0.9 + delta / 100, 4),
+        int8_macro_f1=0.87,
+        int8_per_label_f1={"account": 0.89},
+        int8_accuracy_delta=delta,
+        validation_examples=40,
+        train_examples=160,
+    )
+    return body
+
+
+@pytest.mark.parametrize("delta", [0.0, -0.5, -1.0, 2.5])
+def test_an_int8_variant_within_the_threshold_is_registered(job, tenant, delta):
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_event_apply(event=succeeded_with_int8(job, delta))
+    done = reload(job)
+    parent = AIModel.objects.for_tenant(tenant).get(pk=done.fine_tuned_model)
+    variant_id = f"ft:minilm-l6-int8:tickets:{job.id[6:14].lower()}"
+    assert done.fine_tuned_model.startswith("ft:minilm-l6:")  # the job's model stays fp32
+    assert done.metrics["int8_accuracy_delta"] == delta
+    variant = AIModel.objects.for_tenant(tenant).get(pk=variant_id)
+    assert variant.parent_id == parent.pk and variant.base_model == "minilm-l6-int8"
+    assert variant.artifact == parent.artifact and variant.labels == parent.labels
+    assert variant.accuracy_delta == delta and variant.kind == "fine_tuned"
+    assert variant.metrics["accuracy"] == round(0.9 + delta / 100, 4)
+    assert variant.metrics["per_label_f1"] == {"account": 0.89}
+    said = events_of(job).get(message__startswith="int8 variant")
+    assert f"{variant_id} offered" in said.message and said.data["int8_model"] == variant_id
+
+
+@pytest.mark.parametrize("delta", [-1.01, -3.12])
+def test_an_int8_variant_that_loses_more_is_not_offered_and_the_job_says_why(job, tenant, delta):
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_event_apply(event=succeeded_with_int8(job, delta))
+    done = reload(job)
+    assert done.status == Status.SUCCEEDED and done.metrics["int8_accuracy_delta"] == delta
+    assert list(AIModel.objects.for_tenant(tenant).values_list("pk", flat=True)) == [
+        done.fine_tuned_model
+    ]
+    said = events_of(job).get(message__startswith="int8 variant")
+    assert said.message == (
+        f"int8 variant not offered: it loses {-delta:.2f} points of validation accuracy "
+        "against fp32, and at most 1 may be lost."
+    )
+    assert said.data == {
+        "int8_model": None,
+        "int8_accuracy_delta": delta,
+        "int8_max_loss_points": 1.0,
+    }
+
+
+def test_the_threshold_is_a_setting(job, tenant, settings):
+    settings.FINETUNE_INT8_MAX_LOSS_POINTS = 5.0
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_event_apply(event=succeeded_with_int8(job, -3.12))
+    assert AIModel.objects.for_tenant(tenant).filter(parent__isnull=False).count() == 1
+
+
+def test_no_measurement_no_variant(job, tenant):
+    """A worker that did not measure (or a model on the int8 base): nothing to offer."""
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_event_apply(event=succeeded(job))
+    assert AIModel.objects.for_tenant(tenant).count() == 1
+    assert not events_of(job).filter(message__startswith="int8 variant").exists()

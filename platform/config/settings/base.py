@@ -147,6 +147,9 @@ DATASET_MAX_BYTES = int(os.environ.get("DATASET_MAX_BYTES", str(20 * 1024 * 1024
 FINETUNE_HEARTBEAT_TIMEOUT_S = float(os.environ.get("FINETUNE_HEARTBEAT_TIMEOUT_S", "60"))
 FINETUNE_MAX_ATTEMPTS = int(os.environ.get("FINETUNE_MAX_ATTEMPTS", "2"))
 FINETUNE_SWEEP_INTERVAL_S = float(os.environ.get("FINETUNE_SWEEP_INTERVAL_S", "5"))
+# A fine-tuned model's int8 variant is offered (registered as a second model, billed at the
+# int8 tier) only if it loses at most this many points of validation accuracy.
+FINETUNE_INT8_MAX_LOSS_POINTS = float(os.environ.get("FINETUNE_INT8_MAX_LOSS_POINTS", "1.0"))
 
 # Billing. Stripe is the customer record, subscription, invoice and payment; the platform
 # rates usage itself. STRIPE_API_BASE points the official client at an emulator (localstripe)

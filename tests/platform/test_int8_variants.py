@@ -1,0 +1,99 @@
+"""A fine-tuned model's int8 variant in the model registry: listed and linked both ways,
+deleted with its model (and alone, leaving the model), a result-cache version of its own,
+and not counted against the plan's fine-tuned models."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.cache import cache_version
+from inference.models import AIModel
+from workers.contract import result_cache_key
+
+pytestmark = pytest.mark.django_db
+
+PARENT = "ft:minilm-l6:tickets:ab12cd34"
+VARIANT = "ft:minilm-l6-int8:tickets:ab12cd34"
+
+
+@pytest.fixture
+def pair(tenant):
+    parent = AIModel.objects.create(
+        id=PARENT,
+        tenant=tenant,
+        kind="fine_tuned",
+        base_model="minilm-l6",
+        labels=["a", "b"],
+        metrics={"accuracy": 0.95, "int8_accuracy": 0.945, "int8_accuracy_delta": -0.5},
+        artifact="f" * 64,
+    )
+    variant = AIModel.objects.create(
+        id=VARIANT,
+        tenant=tenant,
+        kind="fine_tuned",
+        base_model="minilm-l6-int8",
+        labels=["a", "b"],
+        metrics={"accuracy": 0.945},
+        artifact="f" * 64,
+        parent=parent,
+        accuracy_delta=-0.5,
+    )
+    return parent, variant
+
+
+def test_the_variant_and_its_model_name_each_other(api, pair):
+    listed = {m["id"]: m for m in api.get("/v1/models").json()["data"]}
+    for body in (listed, {m: api.get(f"/v1/models/{m}").json() for m in (PARENT, VARIANT)}):
+        parent, variant = body[PARENT], body[VARIANT]
+        assert parent["int8_variant"] == VARIANT and parent["parent_model"] is None
+        assert parent["accuracy_delta"] is None and parent["base_model"] == "minilm-l6"
+        assert variant["parent_model"] == PARENT and variant["int8_variant"] is None
+        assert variant["accuracy_delta"] == -0.5 and variant["base_model"] == "minilm-l6-int8"
+        assert variant["type"] == "fine_tuned" and variant["labels"] == ["a", "b"]
+    base = api.get("/v1/models/minilm-l6").json()
+    assert (base["int8_variant"], base["parent_model"], base["accuracy_delta"]) == (None,) * 3
+
+
+def test_deleting_the_model_deletes_its_variant(api, pair):
+    deleted = api.delete(f"/v1/models/{PARENT}")
+    assert deleted.status_code == 200 and deleted.json()["id"] == PARENT
+    for model_id in (PARENT, VARIANT):
+        assert api.get(f"/v1/models/{model_id}").status_code == 404
+        refused = api.post("/v1/classify", {"model": model_id, "inputs": ["x"]}, format="json")
+        assert refused.status_code == 404
+    ids = [m["id"] for m in api.get("/v1/models").json()["data"]]
+    assert PARENT not in ids and VARIANT not in ids
+
+
+def test_deleting_the_variant_leaves_its_model(api, pair):
+    assert api.delete(f"/v1/models/{VARIANT}").status_code == 200
+    assert api.get(f"/v1/models/{VARIANT}").status_code == 404
+    parent = api.get(f"/v1/models/{PARENT}").json()
+    assert parent["int8_variant"] is None
+    listed = {m["id"]: m for m in api.get("/v1/models").json()["data"]}
+    assert VARIANT not in listed and listed[PARENT]["int8_variant"] is None
+    assert api.delete(f"/v1/models/{VARIANT}").status_code == 404  # gone is gone
+
+
+def test_the_variant_answers_from_a_result_cache_of_its_own(pair):
+    parent, variant = pair
+    assert cache_version(parent) and cache_version(variant)
+    assert cache_version(parent) != cache_version(variant)
+    keys = {result_cache_key(cache_version(m) or "", None, None, "hi") for m in pair}
+    assert len(keys) == 2
+
+
+def test_a_variant_is_not_another_model_for_the_plans_limit(tenant, pair):
+    from finetuning.services import _check_plan
+    from tests.factories import make_key, subscribe
+
+    subscribe(tenant, "pro")  # 10 fine-tuned models
+    for n in range(8):
+        AIModel.objects.create(
+            id=f"ft:minilm-l6:m:{n}", tenant=tenant, kind="fine_tuned", base_model="minilm-l6"
+        )
+    make_key(tenant, ["training"])
+    from apikeys.models import ApiKey
+
+    key = ApiKey.objects.for_tenant(tenant).get()
+    _check_plan(tenant=tenant, api_key=key)  # 9 models and a variant: a 10th is allowed
