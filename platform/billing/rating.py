@@ -22,8 +22,11 @@ PER = Decimal(1000)
 
 
 def model_tier(model_id: str) -> str:
-    """The price tier a model bills at: quantised (int8) models are the cheaper tier."""
-    return "int8" if "int8" in model_id else "standard"
+    """The price tier a model bills at: quantised (int8) models are the cheaper tier. A
+    fine-tuned model (``ft:<base model>:<suffix>:<id>``, an int8 variant included) bills at
+    its base model's tier: a suffix that happens to contain "int8" says nothing."""
+    base = model_id.split(":")[1] if model_id.startswith("ft:") else model_id
+    return "int8" if "int8" in base else "standard"
 
 
 @dataclass(frozen=True)

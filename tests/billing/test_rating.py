@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from billing.rating import graduated, rate
+from billing.rating import graduated, model_tier, rate
 from billing.usage_pricing import allocate
 from metering.services import usage_record_bulk
 from plans.models import Plan
@@ -142,3 +142,12 @@ def test_a_range_is_priced_as_its_marginal_charge_in_the_month(tenant, client_fo
             },
         ).json()
         assert older["total"]["amount"] == 0  # inside the included inputs
+
+
+def test_a_model_bills_at_its_base_models_tier():
+    assert model_tier("minilm-l6") == "standard"
+    assert model_tier("minilm-l6-int8") == "int8"
+    assert model_tier("ft:minilm-l6-int8:tickets:ab12cd34") == "int8"  # an int8 variant
+    assert model_tier("ft:minilm-l6:tickets:ab12cd34") == "standard"
+    # A customer's suffix is not a price tier.
+    assert model_tier("ft:minilm-l6:int8-trial:ab12cd34") == "standard"
