@@ -4,7 +4,10 @@ model id, billed at the cheaper tier) only when the accuracy it loses is within 
 threshold; the worker only measures, and serving runs exactly what was measured:
 
 - ``head``: the validation texts through the process's ``minilm-l6-int8`` encoder (loaded
-  once, the one inference workers batch on), then the head;
+  once, the one inference workers batch on), then the head. The embeddings are cached in
+  the artifact store by the texts and the int8 numerics (a fingerprint: one probe sentence's
+  int8 embedding), so a second job on the same split skips the encoder, while vectors
+  from other int8 numerics (a change to ``quantize_int8``) are never reused;
 - ``lora``: the adapters merged into a copy of the fp32 weights, that copy quantised
   (``runtime.finetuned.int8_body``, as serving does), then the head.
 """
@@ -12,11 +15,14 @@ threshold; the worker only measures, and serving runs exactly what was measured:
 from __future__ import annotations
 
 import copy
+import hashlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from workers.artifacts import ArtifactStore
 from workers.contract import INT8_BASE_MODELS
 from workers.runtime.encoder import Encoder, load_encoder
 from workers.runtime.finetuned import int8_body, lora_merge
@@ -26,12 +32,26 @@ from . import lora as lora_method
 from .head import Step
 from .metrics import classification_metrics
 
+FINGERPRINT_PROBE = "The quick brown fox jumps over the lazy dog while the parcel is late."
+_fingerprints: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def numerics_fingerprint(encoder: Encoder) -> str:
+    """What identifies an encoder's numerics: the hash of one probe sentence's embedding
+    (a single forward pass, once per loaded encoder)."""
+    fingerprint = _fingerprints.get(encoder.model)
+    if fingerprint is None:
+        vector = encoder.embed([FINGERPRINT_PROBE]).numpy().tobytes()
+        fingerprint = _fingerprints[encoder.model] = hashlib.sha256(vector).hexdigest()[:16]
+    return fingerprint
+
 
 def int8_metrics(
     *,
+    store: ArtifactStore,
     base_model: str,
     encoder: Encoder,
-    val_ids: Sequence[Sequence[int]],
+    val_texts: Sequence[str],
     val_labels: Sequence[str],
     labels: Sequence[str],
     head: tuple[torch.Tensor, torch.Tensor],
@@ -53,10 +73,18 @@ def int8_metrics(
         lora_merge(merged, lora, rank=lora_rank, alpha=lora_alpha)
         body = int8_body(merged, encoder.device)
         del merged
+        val_ids = [t.ids for t in encoder.tokenize(val_texts)]
         x_val = lora_method.embed_with(body, val_ids, step=step)
     else:
         int8_encoder = load_encoder(int8_base, device=str(encoder.device), threads=threads)
-        x_val = head_method.embed_sorted(int8_encoder, val_ids, step)
+        texts = hashlib.sha256("\x1f".join(val_texts).encode()).hexdigest()
+        x_val, _, _ = head_method.embeddings_get(
+            store=store,
+            encoder=int8_encoder,
+            digest=f"{texts}.{numerics_fingerprint(int8_encoder)}",
+            texts=val_texts,
+            step=step,
+        )
     predicted = head_method.head_predict(x_val, *head).tolist()
     measured = classification_metrics(val_labels, [labels[i] for i in predicted], labels)
     accuracy = float(measured["accuracy"])  # type: ignore[arg-type]

@@ -193,9 +193,10 @@ def train_run(ctx: JobContext) -> TrainResult:
     metrics["train_examples"] = len(train_rows)
     ctx.step()
     int8 = int8_metrics(
+        store=ctx.store,
         base_model=request["base_model"],
         encoder=encoder,
-        val_ids=[t.ids for t in encoder.tokenize(val_rows.texts)],
+        val_texts=val_rows.texts,
         val_labels=val_rows.labels,
         labels=labels,
         head=(weight, bias),

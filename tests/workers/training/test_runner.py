@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from workers.runtime.encoder import load_encoder
 from workers.training.data import Rows, rows_load, stratified_split
 from workers.training.metrics import classification_metrics
 from workers.training.runner import JobCancelledError, TrainingDataError, train_run
@@ -119,6 +120,25 @@ def test_the_int8_variant_is_measured_on_the_same_validation_split(store, contex
     assert metrics["int8_accuracy_delta"] >= -1.0, metrics
     said = [e for e in events.of("log") if e[1].startswith("int8 variant measured")]
     assert len(said) == 1 and said[0][2]["int8_accuracy_delta"] == metrics["int8_accuracy_delta"]
+
+
+def test_a_second_job_on_the_same_split_reuses_the_int8_embeddings(store, context, monkeypatch):
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 120))
+    first = train_run(context(make_request(digest))[0])["metrics"]
+    int8 = load_encoder("minilm-l6-int8", device="cpu")
+    embedded: list[int] = []
+    original = int8.embed_ids
+
+    def spy(batch):
+        embedded.append(len(batch))
+        return original(batch)
+
+    monkeypatch.setattr(int8, "embed_ids", spy)
+    again = train_run(context(make_request(digest, hyperparameters={"epochs": 3}))[0])["metrics"]
+    assert embedded == [] and set(again) >= INT8_FIELDS
+    # Another split of the same file is measured afresh.
+    train_run(context(make_request(digest, seed=1))[0])
+    assert sum(embedded) == first["validation_examples"]
 
 
 def test_a_lora_models_int8_variant_is_measured_merged_then_quantised(store, context):
