@@ -1,25 +1,31 @@
 """Fine-tuning end to end: real HTTP to a live API, a real training worker process (solo
 pool, as deployed) and inference worker, the real job-events and usage consumers.
 
-Upload good and bad files, train a head and a LoRA model and classify with them, cancel a
-queued and a running job, kill -9 the training worker mid-job, and check that another
-tenant sees none of it."""
+Upload good and bad files, train a head and a LoRA model and classify with them and with
+their int8 variants (offered, billed at the int8 tier, deleted with their model; or not
+offered past the threshold), cancel a queued and a running job, kill -9 the training worker
+mid-job, and check that another tenant sees none of it."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from django.utils import timezone
 
+from billing.rating import billable_usage
 from finetuning.consumer import JobEventConsumer, events_queue
 from finetuning.models import FineTuneEvent, FineTuneJob
+from inference.models import AIModel
 from metering.consumer import UsageConsumer
 from metering.models import UsageRecord
+from plans.models import Plan
 from tests.factories import TenantFactory, make_key, subscribe
 from tests.finetuning.conftest import read_rows, rows_file
 
@@ -170,6 +176,111 @@ def test_lora_job_end_to_end(http, tenant_secret):
         )
         assert answer.status_code == 200, answer.text
         assert [row["label"] for row in answer.json()["results"]] == ["billing", "technical"]
+        # Its int8 variant: adapters merged, then quantised, on the inference worker.
+        variant = client.get(f"/v1/models/{body['fine_tuned_model']}").json()["int8_variant"]
+        assert variant == int8_id(body["fine_tuned_model"]), body["metrics"]
+        answer = client.post("/v1/classify", json={"model": variant, "inputs": INPUTS[:2]})
+        assert answer.status_code == 200, answer.text
+        assert [row["label"] for row in answer.json()["results"]] == ["billing", "technical"]
+
+
+def int8_id(model_id: str) -> str:
+    return model_id.replace("ft:minilm-l6:", "ft:minilm-l6-int8:", 1)
+
+
+def test_an_int8_variant_is_offered_served_billed_at_its_tier_and_deleted_with_its_model(
+    http, tenant_secret
+):
+    with http(tenant_secret) as client:
+        dataset = upload(client, TICKETS[:160])
+        job = start(client, dataset["id"], suffix="tickets")
+        wait(job["id"], lambda j: j.status in TERMINAL)
+        body = client.get(f"/v1/fine-tunes/{job['id']}").json()
+        assert body["status"] == "succeeded", body
+        metrics, model = body["metrics"], body["fine_tuned_model"]
+        assert model.startswith("ft:minilm-l6:tickets:")  # the job's model is the fp32 one
+        assert {"int8_accuracy", "int8_macro_f1", "int8_per_label_f1"} <= set(metrics)
+        assert metrics["int8_accuracy_delta"] >= -1.0, metrics  # the default threshold
+        variant = int8_id(model)
+        offered = [e for e in events(client, job["id"]) if e["message"].startswith("int8")]
+        assert [e["data"].get("int8_model") for e in offered] == [
+            None,
+            variant,
+        ]  # measured, offered
+        assert "offered" in offered[-1]["message"]
+
+        parent = client.get(f"/v1/models/{model}").json()
+        assert parent["int8_variant"] == variant and parent["parent_model"] is None
+        shown = client.get(f"/v1/models/{variant}").json()
+        assert shown["parent_model"] == model and shown["base_model"] == "minilm-l6-int8"
+        assert shown["accuracy_delta"] == metrics["int8_accuracy_delta"]
+        assert shown["metrics"]["accuracy"] == metrics["int8_accuracy"]
+        assert shown["labels"] == parent["labels"]
+        assert variant in [m["id"] for m in client.get("/v1/models").json()["data"]]
+
+        fp32 = client.post("/v1/classify", json={"model": model, "inputs": INPUTS})
+        int8 = client.post("/v1/classify", json={"model": variant, "inputs": INPUTS})
+        assert fp32.status_code == 200 and int8.status_code == 200, int8.text
+        same = [
+            a["label"] == b["label"]
+            for a, b in zip(fp32.json()["results"], int8.json()["results"], strict=True)
+        ]
+        assert sum(same) >= 3 and int8.json()["model"] == variant
+        # Not the fp32 model's cached answers: a result cache of its own.
+        assert int8.json()["usage"]["cached"] == 0
+        # A fine-tuned model needs no labels; the variant refuses them just the same.
+        refused = client.post(
+            "/v1/classify", json={"model": variant, "inputs": ["x"], "labels": ["a", "b"]}
+        )
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "labels"
+
+    # Billed under the variant's id, at the int8 tier.
+    UsageConsumer(flush_interval=0.1).run(until_idle=True)
+    rows = UsageRecord.objects.unscoped().filter(kind="inference")
+    assert {r.model: r.inputs for r in rows} == {model: 4, variant: 4}
+    tenant = AIModel.objects.unscoped().get(pk=model).tenant
+    plan = Plan.objects.get(slug="pro", is_current=True)
+    now = timezone.now()
+    inputs, _ = billable_usage(
+        tenant=tenant, plan=plan, start=now - timedelta(hours=1), end=now + timedelta(hours=1)
+    )
+    assert inputs == {"standard": 4, "int8": 4}
+
+    # Another tenant: 404 for the variant, everywhere.
+    with http(make_key(TenantFactory(), ["admin"])) as other:
+        for method, path in [("GET", f"/v1/models/{variant}"), ("DELETE", f"/v1/models/{variant}")]:
+            assert other.request(method, path).status_code == 404, (method, path)
+        stolen = other.post("/v1/classify", json={"model": variant, "inputs": ["hi"]})
+        assert stolen.status_code == 404
+
+    with http(tenant_secret) as client:
+        assert client.delete(f"/v1/models/{model}").status_code == 200
+        for gone in (model, variant):
+            assert client.get(f"/v1/models/{gone}").status_code == 404
+            answer = client.post("/v1/classify", json={"model": gone, "inputs": ["hi"]})
+            assert answer.status_code == 404
+
+
+def test_an_int8_variant_that_loses_too_much_is_not_offered(http, tenant_secret, settings):
+    # Any loss at all is too much with this threshold (it is read when the job succeeds).
+    settings.FINETUNE_INT8_MAX_LOSS_POINTS = -100.0
+    with http(tenant_secret) as client:
+        dataset = upload(client, TICKETS[:80])
+        job = start(client, dataset["id"])
+        wait(job["id"], lambda j: j.status in TERMINAL)
+        body = client.get(f"/v1/fine-tunes/{job['id']}").json()
+        assert body["status"] == "succeeded" and "int8_accuracy_delta" in body["metrics"]
+        model = body["fine_tuned_model"]
+        said = [e["message"] for e in events(client, job["id"])]
+        assert any(m.startswith("int8 variant not offered: it loses") for m in said), said
+        assert client.get(f"/v1/models/{model}").json()["int8_variant"] is None
+        assert client.get(f"/v1/models/{int8_id(model)}").status_code == 404
+        answer = client.post("/v1/classify", json={"model": int8_id(model), "inputs": ["hi"]})
+        assert answer.status_code == 404
+        # The fp32 model is served as ever.
+        assert (
+            client.post("/v1/classify", json={"model": model, "inputs": ["hi"]}).status_code == 200
+        )
 
 
 def test_cancel_a_running_and_a_queued_job(http, tenant_secret):
