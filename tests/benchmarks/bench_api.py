@@ -7,6 +7,8 @@ Prints, side by side (ratios are what to compare: the machines drift 20-40 % bet
   per forward pass;
 - /v1/classify inputs/s at 32 concurrent one-input clients, with the worker batching
   (defaults) and with batching off (WORKER_MAX_BATCH_SIZE=1), and the ratios;
+- the same two paths per input with full requests (4 clients x 96 inputs): the model path
+  with the worker batching, and every input a cache hit;
 - p50 time the API spends on a request outside the worker (auth, validation, enqueue,
   result wait overhead, idempotency, rendering): the ``app`` minus ``worker`` parts of the
   ``Server-Timing`` header, from sequential requests.
@@ -126,8 +128,9 @@ class Client:
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         self.headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
 
-    def classify(self, text: str) -> tuple[int, dict[str, str]]:
-        body = json.dumps({"model": "minilm-l6", "inputs": [text], "labels": LABELS})
+    def classify(self, text: str | list[str]) -> tuple[int, dict[str, str]]:
+        inputs = [text] if isinstance(text, str) else text
+        body = json.dumps({"model": "minilm-l6", "inputs": inputs, "labels": LABELS})
         self.conn.request("POST", "/v1/classify", body=body, headers=self.headers)
         response = self.conn.getresponse()
         response.read()
@@ -137,8 +140,11 @@ class Client:
         self.conn.close()
 
 
-def load(url: str, secret: str, texts: list[str], clients: int, seconds: float) -> dict[str, float]:
-    """``clients`` threads, each sending one-input requests back to back for ``seconds``."""
+def load(
+    url: str, secret: str, texts: list[str], clients: int, seconds: float, per_request: int = 1
+) -> dict[str, float]:
+    """``clients`` threads, each sending ``per_request``-input requests back to back for
+    ``seconds``; ``rate`` counts inputs."""
     stop_at = time.monotonic() + seconds
     done, errors, latencies = [0], [0], []
     lock = threading.Lock()
@@ -148,11 +154,15 @@ def load(url: str, secret: str, texts: list[str], clients: int, seconds: float) 
         i = offset
         while time.monotonic() < stop_at:
             sent = time.perf_counter()
-            status, _ = client.classify(texts[i % len(texts)])
+            if per_request == 1:
+                status, _ = client.classify(texts[i % len(texts)])
+            else:
+                first = (i * per_request) % len(texts)
+                status, _ = client.classify((texts * 2)[first : first + per_request])
             elapsed = (time.perf_counter() - sent) * 1000
             with lock:
                 if status == 200:
-                    done[0] += 1
+                    done[0] += per_request
                     latencies.append(elapsed)
                 else:
                     errors[0] += 1
@@ -251,6 +261,8 @@ def main() -> None:
         load(url, secret, texts, args.clients, 3)  # warm every thread's connections
         batched_api = load(url, secret, texts, args.clients, args.seconds)
         app_p50, worker_p50, outside_p50 = api_overhead(url, secret, texts, 200)
+        # Per input with full requests: 96 inputs a request, 4 clients.
+        batched_96 = load(url, secret, texts, 4, args.seconds / 2, per_request=96)
 
         stack.stop(["inference-worker"])
         stack.start(["inference-worker"], {"WORKER_MAX_BATCH_SIZE": "1"})
@@ -269,6 +281,11 @@ def main() -> None:
             warm.classify(text)
         warm.close()
         cached_api = load(url, secret, hot, args.clients, args.seconds / 2)
+        warm = Client(url, secret)
+        for first in range(0, len(texts), 96):
+            warm.classify((texts * 2)[first : first + 96])
+        warm.close()
+        cached_96 = load(url, secret, texts, 4, args.seconds / 2, per_request=96)
     finally:
         stack.stop()
         if embedded is not None:
@@ -301,6 +318,18 @@ def main() -> None:
     print(
         f"ratio cache-hit path / model path:            "
         f"{cached_api['rate'] / batched_api['rate']:8.2f}x (target >= 10)"
+    )
+    print(
+        f"/v1/classify, 4 clients x 96 inputs, model:  {batched_96['rate']:8.1f} inputs/s "
+        f"(p50 {batched_96['p50']:.0f} ms a request, {batched_96['errors']:.0f} errors)"
+    )
+    print(
+        f"/v1/classify, 4 clients x 96 inputs, cached: {cached_96['rate']:8.1f} inputs/s "
+        f"(p50 {cached_96['p50']:.0f} ms a request, {cached_96['errors']:.0f} errors)"
+    )
+    print(
+        f"ratio cache-hit / model path, 96 inputs:     "
+        f"{cached_96['rate'] / batched_96['rate']:8.2f}x (target >= 10)"
     )
     print(
         f"API time outside the worker, p50 (sequential): {outside_p50:7.2f} ms "
