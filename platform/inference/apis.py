@@ -16,6 +16,7 @@ from .serializers import (
     ClassifyRequestSerializer,
     ModelListSerializer,
     ModelSerializer,
+    classify_request_fast,
 )
 from .services import classify, model_delete
 
@@ -44,7 +45,9 @@ class ClassifyApi(TenantAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = validated(ClassifyRequestSerializer, request.data)
+        data = classify_request_fast(request.data)
+        if data is None:
+            data = validated(ClassifyRequestSerializer, request.data)
         body = classify(
             tenant=self.tenant,
             api_key=self.api_key,

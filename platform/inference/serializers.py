@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -119,6 +120,53 @@ class ClassifyRequestSerializer(StrictSerializer):
                     messages.EXAMPLES_NEED_TWO_LABELS, code="invalid_parameter", param="examples"
                 )
         return attrs
+
+
+# Lone UTF-16 surrogates (JSON "\ud800"): DRF's CharField refuses them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_FAST_FIELDS = frozenset({"model", "inputs", "labels"})
+
+
+def _plain_text(value: object, limit: int) -> bool:
+    return (
+        type(value) is str
+        and 0 < len(value) <= limit
+        and "\x00" not in value
+        and _SURROGATE.search(value) is None
+    )
+
+
+def classify_request_fast(data: object) -> dict[str, Any] | None:
+    """``ClassifyRequestSerializer``'s validated data for the common, plainly valid request
+    (a model, inputs, optional labels), or None: then the serializer decides, and names
+    what is wrong.
+
+    NOTE: measured, the serializer costs ~0.3-0.6 ms of CPU a request (DRF deep-copies its
+    fields for every instance), about a tenth of the API's own time on a classification.
+    This accepts a subset of what the serializer accepts and returns the same data;
+    tests/platform/test_classify_validation.py checks both over good and bad bodies."""
+    if type(data) is not dict or not data.keys() <= _FAST_FIELDS:
+        return None
+    model, inputs = data.get("model"), data.get("inputs")
+    if not _plain_text(model, 200):
+        return None
+    if type(inputs) is not list or not 0 < len(inputs) <= MAX_INPUTS:
+        return None
+    for text in inputs:
+        if not _plain_text(text, MAX_INPUT_CHARS) or text.isspace():
+            return None
+    validated: dict[str, Any] = {"model": model, "inputs": inputs}
+    if "labels" in data:
+        labels = data["labels"]
+        if labels is not None:
+            if type(labels) is not list or not 2 <= len(labels) <= MAX_LABELS:
+                return None
+            if len(set(labels) if all(type(x) is str for x in labels) else ()) != len(labels):
+                return None
+            if not all(_plain_text(label, MAX_LABEL_CHARS) for label in labels):
+                return None
+        validated["labels"] = labels
+    return validated
 
 
 class ClassificationRowSerializer(serializers.Serializer[Any]):

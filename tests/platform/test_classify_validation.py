@@ -97,3 +97,63 @@ def test_nul_characters_are_bad_input_not_a_server_error(api, method, path, body
     response = getattr(api, method)(path, body, format="json") if body else api.get(path)
     assert response.status_code == 400, response.content
     assert response.json()["error"]["param"] == param
+
+
+PARITY_BODIES = [
+    OK,
+    {**OK, "labels": None},
+    {"model": "minilm-l6", "inputs": ["hello"]},
+    {**OK, "inputs": ["x" * 10_000, "  padded  ", "ünïcödé ☃"]},
+    {**OK, "inputs": ["x"] * 96, "labels": [f"l{i}" for i in range(100)]},
+    {**OK, "labels": ["  ", "b"]},
+    {**OK, "model": "  "},
+    {**OK, "model": "m" * 200},
+    {**OK, "examples": [{"text": "t", "label": "a"}]},
+    # Every one of these is refused by the serializer.
+    {**OK, "inputs": []},
+    {**OK, "inputs": ["x"] * 97},
+    {**OK, "inputs": ["x" * 10_001]},
+    {**OK, "inputs": ["ok", ""]},
+    {**OK, "inputs": ["ok", " \t\n"]},
+    {**OK, "inputs": ["bad\x00nul"]},
+    {**OK, "inputs": ["lone \ud800 surrogate"]},
+    {**OK, "inputs": [1]},
+    {**OK, "inputs": "hello"},
+    {**OK, "model": ""},
+    {**OK, "model": "m" * 201},
+    {**OK, "model": 5},
+    {**OK, "labels": ["a"]},
+    {**OK, "labels": []},
+    {**OK, "labels": ["a", "a"]},
+    {**OK, "labels": ["a", ""]},
+    {**OK, "labels": ["a", 1]},
+    {**OK, "labels": ["a", "b" * 201]},
+    {**OK, "labels": [f"l{i}" for i in range(101)]},
+    {**OK, "labels": "a,b"},
+    {**OK, "temperature": 0.5},
+    {"inputs": ["x"], "labels": ["a", "b"]},
+]
+
+
+@pytest.mark.parametrize("body", PARITY_BODIES)
+def test_the_fast_path_accepts_only_what_the_serializer_accepts_and_returns_the_same(body):
+    from rest_framework.exceptions import ValidationError
+
+    from core.errors import APIError
+    from core.serializers import validated
+    from inference.serializers import ClassifyRequestSerializer, classify_request_fast
+
+    fast = classify_request_fast(body)
+    try:
+        slow = validated(ClassifyRequestSerializer, body)
+    except (APIError, ValidationError):
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == slow
+
+
+def test_the_fast_path_takes_the_common_request():
+    from inference.serializers import classify_request_fast
+
+    assert classify_request_fast(OK) == OK
