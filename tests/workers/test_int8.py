@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
 
 from tests.workers.helpers import make_request
-from workers.runtime.encoder import load_encoder
+from workers.runtime.encoder import Encoder, load_encoder, quantize_int8
 
 TEXTS = [
     "The parcel arrived two weeks late and the box was crushed.",
@@ -17,12 +20,40 @@ TEXTS = [
 ]
 
 
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(dim=1)
+
+
 def test_int8_embeddings_stay_close_to_fp32() -> None:
     fp32 = load_encoder("minilm-l6", device="cpu")
     int8 = load_encoder("minilm-l6-int8", device="cpu")
+    # Every Linear is int8, feed-forward outputs included; none is left in fp32.
+    linears = [m for m in int8.model.modules() if isinstance(m, nn.Linear)]
+    assert linears == []
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8.model.modules())
-    cosine = (fp32.embed(TEXTS) * int8.embed(TEXTS)).sum(dim=1)
-    assert float(cosine.min()) >= 0.97 and float(cosine.mean()) >= 0.98
+    # Measured 0.995-0.997 with smoothing and 8-bit activations (0.97-0.99 before them).
+    cosine = _cosines(fp32.embed(TEXTS), int8.embed(TEXTS))
+    assert float(cosine.min()) >= 0.99 and float(cosine.mean()) >= 0.993
+
+
+def test_quantize_int8_smooths_from_the_model_it_is_given(encoder: Encoder) -> None:
+    """A body whose weights changed (as merging LoRA adapters changes them) is calibrated on
+    itself, and the model passed in is left untouched."""
+    changed = copy.deepcopy(encoder.model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in changed.layers:
+            layer.qkv.weight.add_(0.02 * torch.randn(layer.qkv.weight.shape, generator=generator))
+    before = {name: value.clone() for name, value in changed.state_dict().items()}
+
+    quantized = quantize_int8(changed)
+
+    after = changed.state_dict()
+    assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
+    assert all(layer.in_scale is None for layer in changed.layers)
+    reference = encoder.derive("changed", changed).embed(TEXTS)
+    cosine = _cosines(reference, encoder.derive("changed-int8", quantized).embed(TEXTS))
+    assert float(cosine.min()) >= 0.99
 
 
 def test_int8_model_classifies_like_fp32(engine) -> None:
@@ -32,7 +63,4 @@ def test_int8_model_classifies_like_fp32(engine) -> None:
         make_request(TEXTS, labels=labels, model="minilm-l6-int8", base_model="minilm-l6-int8")
     )
     assert "error" not in int8, int8
-    same = sum(
-        a["label"] == b["label"] for a, b in zip(fp32["results"], int8["results"], strict=True)
-    )
-    assert same >= len(TEXTS) - 1
+    assert [r["label"] for r in int8["results"]] == [r["label"] for r in fp32["results"]]

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,27 +45,12 @@ INT8_MODELS = frozenset({"minilm-l6-int8"})
 
 
 def quantize_int8(model: BertModel) -> BertModel:
-    """Dynamic int8 Linear layers with per-channel weight scales, except each layer's
-    feed-forward output projection, which stays fp32.
+    """The int8 tier's copy of ``model``: SmoothQuant-smoothed, then dynamic int8 Linear
+    layers with per-channel weight scales; ``model`` itself is left as it is. The numerics
+    and their measurements are in ``workers/runtime/int8.py``."""
+    from workers.runtime.int8 import quantize_int8 as quantize  # torch.ao only when needed
 
-    NOTE: measured on this CPU (notes/measured-here.md): per-tensor int8 keeps only 0.94
-    mean cosine to fp32, per-channel 0.972, per-channel with ff_out in fp32 0.987 at ~1.7x
-    fp32 speed. The accuracy on labelled sets is what decides; the benchmark prints it.
-    ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao but works
-    and needs no extra dependency."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # see the NOTE above
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not name.endswith("ff_out")
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-        quantized: BertModel = quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
-    return quantized
+    return quantize(model)
 
 
 class UnknownModelError(LookupError):
@@ -105,14 +89,30 @@ class _Layer(nn.Module):
         self.ff_in = nn.Linear(d, cfg.intermediate_size)
         self.ff_out = nn.Linear(cfg.intermediate_size, d)
         self.ff_norm = nn.LayerNorm(d, eps=eps)
+        # Per-channel scales by which this layer's input (in_scale) and its attention
+        # block's output (mid_scale) were divided, set only by the int8 tier's activation
+        # smoothing (workers/runtime/int8.py); the residual adds multiply them back.
+        self.in_scale: torch.Tensor | None
+        self.mid_scale: torch.Tensor | None
+        self.register_buffer("in_scale", None)
+        self.register_buffer("mid_scale", None)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = self.attn_norm(x + self.attn_out(ctx.transpose(1, 2).reshape(b, n, d)))
-        out: torch.Tensor = self.ff_norm(x + self.ff_out(F.gelu(self.ff_in(x))))
+        x = self.attn_norm(
+            _residual(self.attn_out(ctx.transpose(1, 2).reshape(b, n, d)), x, self.in_scale)
+        )
+        out: torch.Tensor = self.ff_norm(
+            _residual(self.ff_out(F.gelu(self.ff_in(x))), x, self.mid_scale)
+        )
         return out
+
+
+def _residual(out: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``out + x``, where ``x`` was smoothed (divided by ``scale``) if a scale is given."""
+    return out + x if scale is None else torch.addcmul(out, x, scale)
 
 
 class BertModel(nn.Module):
