@@ -12,10 +12,11 @@ texts: mean / lowest cosine to the fp32 embeddings, then speed against fp32 on o
 - Plus smoothing (alpha 0.5) of the inputs of ``qkv`` and ``ff_in``, which have a few
   outlier channels (~30 against a median of ~1.7), and oneDNN's kernels: 0.995 / 0.990,
   no slower; fp32's accuracy on both labelled sets.
-Tried and left out: keeping the two most sensitive feed-forward outputs (layers 0 and 1)
-in fp32 (0.998 but ~10 % slower), splitting their outlier input channels off into a small
-fp32 product (0.999, ~10 % slower), GELU fused into oneDNN's int8 ``ff_in`` (~4 % faster
-in one measurement, through an operator meant for torch.compile's code generation).
+Tried and left out (one-thread speed in the same run as the chosen tier's): keeping the
+two most sensitive feed-forward outputs (layers 0, 1) fp32: 0.998, 1.78x against 1.83x;
+splitting their outlier input channels into a small fp32 product: 0.998-0.999, 1.70-1.72x;
+GELU fused into oneDNN's int8 ``ff_in``: median 2.05x against 1.98x over six rounds, through
+an operator meant for torch.compile's generated code, not worth its fragility.
 """
 
 from __future__ import annotations
