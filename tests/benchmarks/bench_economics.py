@@ -43,6 +43,7 @@ def throughput(encoder: Encoder, ids: list[list[int]], rounds: int = 3) -> float
         max_batch_tokens=s.max_batch_tokens,
         max_batch_size=s.max_batch_size,
         max_wait_ms=s.max_wait_ms,
+        model_threads=s.model_threads,
     )
     batcher.submit_many(ids[:64])[-1].result()
     best = 0.0
@@ -128,9 +129,9 @@ def heads_throughput(texts: list[str], seconds: float = 8.0) -> tuple[float, flo
 def main() -> None:
     s = get_settings()
     began = time.perf_counter()
-    fp32 = load_encoder("minilm-l6", device=s.device, threads=s.torch_threads)
+    fp32 = load_encoder("minilm-l6", device=s.device, threads=s.inference_torch_threads)
     fp32_load, began = time.perf_counter() - began, time.perf_counter()
-    int8 = load_encoder("minilm-l6-int8", device=s.device, threads=s.torch_threads)
+    int8 = load_encoder("minilm-l6-int8", device=s.device, threads=s.inference_torch_threads)
     int8_load = time.perf_counter() - began
     print(f"encoder load (first fp32, then int8): fp32 {fp32_load:.2f} s, int8 {int8_load:.2f} s "
           "(target < 2 s)")  # fmt: skip

@@ -138,3 +138,31 @@ def test_bounded_queue_pushes_back_and_close_drains() -> None:
     assert running.done() and all(f.result(timeout=0).vector.shape == (4,) for f in queued)
     with pytest.raises(BatcherClosedError):
         batcher.submit([5])
+
+
+def test_model_threads_run_forwards_side_by_side_with_right_answers_and_shares(
+    encoder: Encoder,
+) -> None:
+    """Two model threads: each text still gets its own embedding, both threads run forward
+    passes, and the shares add up to the machine time used (wall / threads)."""
+    texts = [_text(i) for i in range(64)]
+    alone = [encoder.embed([t])[0] for t in texts]
+    ran_on: set[str] = set()
+
+    def embed(batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        ran_on.add(threading.current_thread().name)
+        return encoder.embed_ids(batch)
+
+    batcher = DynamicBatcher(
+        embed, max_batch_tokens=512, max_batch_size=8, max_wait_ms=1, model_threads=2
+    )
+    try:
+        futures = batcher.submit_many([t.ids for t in encoder.tokenize(texts)])
+        results = [f.result(timeout=60) for f in futures]
+        stats = batcher.stats()
+    finally:
+        batcher.close()
+    for got, want in zip(results, alone, strict=True):
+        assert torch.allclose(got.vector, want, atol=1e-4)
+    assert len(ran_on) == 2
+    assert sum(r.compute_ms for r in results) == pytest.approx(stats.busy_ms, rel=1e-9)

@@ -81,7 +81,8 @@ def test_label_embeddings_are_cached(engine: ClassifierEngine) -> None:
     second = engine.classify(make_request(inputs, labels=labels))
     assert batcher.stats().texts == 6 + 2 and engine.cache.hits == 4
     assert second["results"] == first["results"]
-    assert second["usage"]["compute_ms"] < first["usage"]["compute_ms"]  # no label work
+    # (Not compared: compute_ms. It is measured wall time, and with forwards running side by
+    # side a cold model thread can make either call the slower one.)
 
     # Examples for two labels: the other two labels' prompts still come from the cache.
     examples: list[Example] = [

@@ -11,6 +11,9 @@ def test_defaults_are_safe_for_one_machine() -> None:
     settings = settings_from_env({})
     assert settings.redis_url == DEFAULT_REDIS_URL
     assert settings.torch_threads == (os.cpu_count() or 1)
+    # Inference: one single-threaded forward per core.
+    assert settings.model_threads == (os.cpu_count() or 1)
+    assert settings.inference_torch_threads == 1
     assert settings.device == "auto"
     assert settings.max_batch_tokens >= 256 and settings.max_batch_size >= 1
 
@@ -23,6 +26,7 @@ def test_reads_the_environment() -> None:
             "WORKER_MAX_BATCH_SIZE": "16",
             "WORKER_MAX_WAIT_MS": "2.5",
             "WORKER_TORCH_THREADS": "3",
+            "WORKER_MODEL_THREADS": "1",
             "WORKER_EMBED_CACHE_SIZE": "0",
             "WORKER_DEVICE": "CPU",
         }
@@ -33,6 +37,7 @@ def test_reads_the_environment() -> None:
         max_batch_size=16,
         max_wait_ms=2.5,
         torch_threads=3,
+        model_threads=1,
         embed_cache_size=0,
         device="cpu",
     )
@@ -44,6 +49,7 @@ def test_reads_the_environment() -> None:
         ("WORKER_MAX_BATCH_SIZE", "0"),
         ("WORKER_MAX_BATCH_TOKENS", "lots"),
         ("WORKER_MAX_WAIT_MS", "-1"),
+        ("WORKER_MODEL_THREADS", "0"),
         ("WORKER_DEVICE", "tpu"),
     ],
 )

@@ -99,6 +99,7 @@ class DynamicBatcher:
         max_wait_ms: float,
         max_pending: int = 8192,
         name: str = "batcher",
+        model_threads: int = 1,
     ) -> None:
         self._embed = embed
         self.max_batch_tokens = max_batch_tokens
@@ -110,8 +111,19 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._stats = BatcherStats()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        # NOTE: with more than one model thread, batches run side by side (each thread's
+        # forward on its own core when torch's intra-op threads are 1): no thread waits at
+        # a parallel region's barrier for a core that the API process took, which is what
+        # two intra-op threads do on a machine shared with the API. Each forward's wall
+        # time is then divided by the number of model threads when it is shared out, so
+        # the shares still add up to the machine time the model used.
+        self._model_threads = max(1, model_threads)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True)
+            for n in range(self._model_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stats(self) -> BatcherStats:
         with self._cond:
@@ -153,8 +165,9 @@ class DynamicBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if threading.current_thread() is not thread:
+                thread.join(timeout)
 
     @property
     def closed(self) -> bool:
@@ -224,7 +237,7 @@ class DynamicBatcher:
             for item in items:
                 item.future.set_exception(exc)
             return
-        elapsed_ms = (time.perf_counter() - began) * 1000
+        elapsed_ms = (time.perf_counter() - began) * 1000 / self._model_threads
         lengths = [len(item.ids) for item in items]
         real = max(sum(lengths), 1)
         with self._cond:  # before resolving, so a caller that got its result sees it counted

@@ -141,13 +141,18 @@ class ClassifierEngine:
             runtime = self._runtimes.get(base_model)
             if runtime is None:
                 s = self.settings
-                encoder = load_encoder(base_model, device=s.device, threads=s.torch_threads)
+                encoder = load_encoder(
+                    base_model, device=s.device, threads=s.inference_torch_threads
+                )
+                # A GPU runs one forward at a time: side-by-side forwards are a CPU layout.
+                model_threads = s.model_threads if encoder.device.type == "cpu" else 1
                 batcher = DynamicBatcher(
                     encoder.embed_ids,
                     max_batch_tokens=s.max_batch_tokens,
                     max_batch_size=s.max_batch_size,
                     max_wait_ms=s.max_wait_ms,
                     name=f"batcher-{base_model}",
+                    model_threads=model_threads,
                 )
                 runtime = self._runtimes[base_model] = _Runtime(encoder, batcher)
             return runtime
