@@ -91,7 +91,7 @@ def task_message(request: ClassifyRequest) -> bytes:
             **properties,
             **reprs,  # send_task copies its options into the properties too
             "delivery_mode": 2,
-            "expiration": expires_s,
+            "expiration": str(int(expires_s * 1000)),  # as kombu's publish writes it (ms)
             "delivery_info": {"exchange": "", "routing_key": Queue.INFERENCE.value},
             "priority": 0,
             "body_encoding": "base64",

@@ -65,6 +65,8 @@ def test_the_message_is_the_one_celery_send_task_publishes() -> None:
         "exchange": "",
         "routing_key": Queue.INFERENCE.value,
     }
+    expirations = [int(m["properties"]["expiration"]) for m in (ours, theirs)]  # ms
+    assert abs(expirations[0] - expirations[1]) < 5000
     same = {"correlation_id", "delivery_mode", "priority", "body_encoding"}
     assert {k: ours["properties"][k] for k in same} == {k: theirs["properties"][k] for k in same}
 
