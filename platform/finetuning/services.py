@@ -32,7 +32,6 @@ from tenants.models import Tenant
 from workers.contract import (
     CONTRACT_VERSION,
     HYPERPARAMETER_DEFAULTS,
-    INT8_BASE_MODELS,
     Queue,
     TaskName,
     TrainRequest,
@@ -42,6 +41,7 @@ from workers.contract import (
 
 from . import messages
 from .models import FineTuneEvent, FineTuneJob
+from .registration import fine_tuned_model_register, int8_variant_offer, model_id_for
 from .selectors import fine_tune_get
 
 logger = logging.getLogger(__name__)
@@ -54,19 +54,6 @@ Status = FineTuneJob.Status
 @functools.cache
 def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-
-
-def model_id_for(job: FineTuneJob, *, base_model: str | None = None) -> str:
-    short = job.id.removeprefix("ftjob_")[:8].lower()
-    base = base_model or job.base_model
-    return ":".join(part for part in ("ft", base, job.suffix, short) if part)
-
-
-def int8_model_id_for(job: FineTuneJob) -> str | None:
-    """The id the job's int8 variant gets if offered: the fine-tuned model's id with the
-    base model's int8 tier in place of the base model (None: no int8 tier to offer)."""
-    int8_base = INT8_BASE_MODELS.get(job.base_model)
-    return model_id_for(job, base_model=int8_base) if int8_base else None
 
 
 def _event(job: FineTuneJob, message: str, *, level: str = "info", **data: Any) -> None:
@@ -301,65 +288,16 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
 
 
 def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
-    model_id = model_id_for(job)
-    metrics = dict(result.get("metrics") or {})
-    model, _ = AIModel.objects.unscoped().update_or_create(
-        id=model_id,
-        defaults={
-            "tenant_id": job.tenant_id,
-            "kind": AIModel.Kind.FINE_TUNED,
-            "base_model": job.base_model,
-            "description": f"Fine-tuned ({job.method}) by job {job.id}.",
-            "labels": list(result.get("labels") or []),
-            "metrics": metrics,
-            "artifact": str(result["artifact"]),
-            "deleted_at": None,
-        },
-    )
+    model = fine_tuned_model_register(job, result)
     job.status, job.finished_at = Status.SUCCEEDED, timezone.now()
-    job.fine_tuned_model = model_id
+    job.fine_tuned_model = model.id
     job.trained_tokens = int(result.get("trained_tokens", 0))
-    job.metrics = metrics
-    _event(job, messages.EV_SUCCEEDED.format(model=model_id))
-    _int8_variant_offer(job, model, metrics)
-
-
-def _int8_variant_offer(job: FineTuneJob, parent: AIModel, metrics: dict[str, Any]) -> None:
-    """Register the int8 variant the worker measured, if it loses at most
-    ``FINETUNE_INT8_MAX_LOSS_POINTS`` of validation accuracy; either way, say why."""
-    variant_id = int8_model_id_for(job)
-    delta = metrics.get("int8_accuracy_delta")
-    if variant_id is None or isinstance(delta, bool) or not isinstance(delta, int | float):
-        return  # a model on an int8 base already, or a worker that did not measure
-    allowed = float(settings.FINETUNE_INT8_MAX_LOSS_POINTS)
-    data: dict[str, Any] = {"int8_accuracy_delta": delta, "int8_max_loss_points": allowed}
-    if -delta > allowed:
-        message = messages.EV_INT8_NOT_OFFERED.format(loss=-delta, allowed=allowed)
-        _event(job, message, int8_model=None, **data)
-        return
-    AIModel.objects.unscoped().update_or_create(
-        id=variant_id,
-        defaults={
-            "tenant_id": job.tenant_id,
-            "kind": AIModel.Kind.FINE_TUNED,
-            "base_model": INT8_BASE_MODELS[job.base_model],
-            "description": messages.INT8_VARIANT_DESCRIPTION.format(parent=parent.id),
-            "labels": parent.labels,
-            "metrics": {
-                "accuracy": metrics.get("int8_accuracy"),
-                "macro_f1": metrics.get("int8_macro_f1"),
-                "per_label_f1": metrics.get("int8_per_label_f1"),
-                "validation_examples": metrics.get("validation_examples"),
-                "train_examples": metrics.get("train_examples"),
-            },
-            "artifact": parent.artifact,
-            "parent": parent,
-            "accuracy_delta": float(delta),
-            "deleted_at": None,
-        },
-    )
-    message = messages.EV_INT8_OFFERED.format(model=variant_id, delta=delta, allowed=allowed)
-    _event(job, message, int8_model=variant_id, **data)
+    job.metrics = model.metrics
+    _event(job, messages.EV_SUCCEEDED.format(model=model.id))
+    offer = int8_variant_offer(job, model)
+    if offer is not None:
+        message, data = offer
+        _event(job, message, **data)
 
 
 def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = None) -> int:

@@ -161,9 +161,9 @@ def classify_request_fast(data: object) -> dict[str, Any] | None:
         if labels is not None:
             if type(labels) is not list or not 2 <= len(labels) <= MAX_LABELS:
                 return None
-            if len(set(labels) if all(type(x) is str for x in labels) else ()) != len(labels):
-                return None
             if not all(_plain_text(label, MAX_LABEL_CHARS) for label in labels):
+                return None
+            if len(set(labels)) != len(labels):
                 return None
         validated["labels"] = labels
     return validated

@@ -53,6 +53,15 @@ def quantize_int8(model: BertModel) -> BertModel:
     return quantize(model)
 
 
+def int8_body(model: BertModel, device: torch.device) -> BertModel:
+    """A (possibly LoRA-merged) fp32 body as the int8 tier runs it: ``quantize_int8`` on a
+    CPU. Dynamic int8 kernels are CPU kernels, so on a GPU the body stays as it is (bf16
+    autocast is the cheap path there)."""
+    if device.type != "cpu":
+        return model
+    return quantize_int8(model)
+
+
 class UnknownModelError(LookupError):
     """The request named a base model this worker does not have."""
 
@@ -272,9 +281,8 @@ def load_encoder(base_model: str, *, device: str = "auto", threads: int | None =
             if threads is not None and dev.type == "cpu":
                 torch.set_num_threads(threads)
             encoder = Encoder(base_model, BASE_MODELS[base_model](), dev)
-            if base_model in INT8_MODELS and dev.type == "cpu":
-                # Dynamic int8 kernels are CPU kernels; on a GPU the bf16 path is the cheap one.
-                encoder._model = quantize_int8(encoder.model)
+            if base_model in INT8_MODELS:
+                encoder._model = int8_body(encoder.model, dev)
             # The first forward pass pays one-off kernel selection/allocation costs; pay
             # them at load time rather than on a customer's first request.
             encoder.embed(["warm up " * math.ceil(n / 2) for n in (4, 32)])

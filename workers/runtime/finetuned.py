@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load, save
 
 from workers.contract import INT8_BASE_MODELS
-from workers.runtime.encoder import BertModel, Encoder, quantize_int8
+from workers.runtime.encoder import BertModel, Encoder, int8_body
 
 FORMAT = "margin-finetune/1"
 # Logits are HEAD_SCALE * (W x + b) on unit-length embeddings: the same x20 scale the encoder
@@ -74,15 +74,6 @@ class FineTunedModel:
     def servable_on(self, base_model: str) -> bool:
         """Trained on ``base_model``, or ``base_model`` is the int8 tier of the one it was."""
         return base_model in (self.base_model, INT8_BASE_MODELS.get(self.base_model))
-
-
-def int8_body(model: BertModel, device: torch.device) -> BertModel:
-    """A (merged) fp32 body as the int8 tier runs it: ``quantize_int8`` on a CPU. Dynamic
-    int8 kernels are CPU kernels, so on a GPU the body stays as it is (bf16 autocast is the
-    cheap path there), exactly as ``load_encoder`` treats ``minilm-l6-int8``."""
-    if device.type != "cpu":
-        return model
-    return quantize_int8(model)
 
 
 def lora_merge(model: BertModel, lora: dict[str, torch.Tensor], *, rank: int, alpha: float) -> None:

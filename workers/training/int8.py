@@ -9,7 +9,7 @@ threshold; the worker only measures, and serving runs exactly what was measured:
   int8 embedding), so a second job on the same split skips the encoder, while vectors
   from other int8 numerics (a change to ``quantize_int8``) are never reused;
 - ``lora``: the adapters merged into a copy of the fp32 weights, that copy quantised
-  (``runtime.finetuned.int8_body``, as serving does), then the head.
+  (``runtime.encoder.int8_body``, as serving does), then the head.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 
 from workers.artifacts import ArtifactStore
 from workers.contract import INT8_BASE_MODELS
-from workers.runtime.encoder import Encoder, load_encoder
-from workers.runtime.finetuned import int8_body, lora_merge
+from workers.runtime.encoder import Encoder, int8_body, load_encoder
+from workers.runtime.finetuned import lora_merge
 
 from . import head as head_method
 from . import lora as lora_method
