@@ -34,6 +34,7 @@ app.conf.update(
     task_default_queue=Queue.INFERENCE.value,
     task_routes={
         TaskName.CLASSIFY.value: {"queue": Queue.INFERENCE.value},
+        TaskName.CLASSIFY_BATCH.value: {"queue": Queue.INFERENCE.value},
         TaskName.TRAIN.value: {"queue": Queue.TRAINING.value},
     },
     # The API waits seconds for an answer; a result nobody fetched is garbage after this.
@@ -115,6 +116,19 @@ def _warm_in_worker(sender: Any = None, **_: Any) -> None:
 @signals.worker_process_init.connect
 def _warm_in_child(**_: Any) -> None:
     _warm()
+
+
+# The loggers of Celery's per-task INFO lines: "Task ... received" and "... succeeded".
+TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+@signals.after_setup_logger.connect
+def _quiet_task_lines(**_: Any) -> None:
+    """Per-task lines only when WORKER_LOG_TASKS is on (settings.log_tasks says why);
+    warnings and errors (a task that raised) are logged either way."""
+    if not settings.log_tasks:
+        for name in TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @signals.worker_ready.connect

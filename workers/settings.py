@@ -22,6 +22,13 @@ from functools import cache
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAX_BATCH_TOKENS = 2048
 DEFAULT_MAX_BATCH_SIZE = 64
+# NOTE: on a GPU the CPU's batches leave it waiting on Python. bench_gpu.py on an H200 (bf16,
+# 8,192 texts of 23-51 tokens, one run): 2048 tokens / 64 rows 3,620 texts/s, 8192 / 256
+# 16,969, 32768 / 1024 21,526, 65536 / 2048 25,728 (forwards 35 % of the time: the rest
+# is Python, so bigger buys little more and costs latency). A GPU runs 32768 / 1024 unless
+# WORKER_MAX_BATCH_TOKENS / WORKER_MAX_BATCH_SIZE say otherwise.
+GPU_MAX_BATCH_TOKENS = 32768
+GPU_MAX_BATCH_SIZE = 1024
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_EMBED_CACHE_SIZE = 10_000
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,9 +38,10 @@ DEVICES = ("auto", "cpu", "cuda")
 class WorkerSettings:
     redis_url: str = DEFAULT_REDIS_URL
     # Padded tokens (rows x longest row) allowed in one forward pass: bounds activation
-    # memory and keeps one batch's latency predictable.
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    # memory and keeps one batch's latency predictable. None: the device's default
+    # (``batch_limits``).
+    max_batch_tokens: int | None = None
+    max_batch_size: int | None = None
     # How long the batcher holds the first waiting text for company before running it.
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     # Intra-op threads for training, and the CPU budget inference splits among its model
@@ -52,6 +60,20 @@ class WorkerSettings:
     pool: str = "cpu"
     price_per_hour: str = "0.10"
     currency: str = "usd"
+    # Celery's two INFO lines per task ("received", "succeeded"). Off by default: at
+    # serving rates they cost ~4 % of the worker's CPU (yappi, 32 clients) and say nothing
+    # the usage ledger does not; failures are still logged.
+    log_tasks: bool = False
+
+    def batch_limits(self, device_type: str) -> tuple[int, int]:
+        """(max padded tokens, max rows) per forward pass on a ``cpu`` or ``cuda`` device:
+        the configured values, else that device's defaults."""
+        gpu = device_type == "cuda"
+        tokens = self.max_batch_tokens or (
+            GPU_MAX_BATCH_TOKENS if gpu else DEFAULT_MAX_BATCH_TOKENS
+        )
+        size = self.max_batch_size or (GPU_MAX_BATCH_SIZE if gpu else DEFAULT_MAX_BATCH_SIZE)
+        return tokens, size
 
     @property
     def inference_torch_threads(self) -> int:
@@ -69,6 +91,10 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    return _int(env, name, 0, minimum) if env.get(name, "").strip() else None
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
@@ -95,6 +121,15 @@ def _price(env: Mapping[str, str], name: str, default: str) -> str:
     return str(value)
 
 
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
     """Build settings from ``env`` (default: ``os.environ``). Invalid values raise at start-up
     rather than silently falling back, so a mistyped deployment fails loudly."""
@@ -104,8 +139,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
         raise ValueError(f"WORKER_DEVICE must be one of {DEVICES}, got {device!r}")
     return WorkerSettings(
         redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
-        max_batch_tokens=_int(env, "WORKER_MAX_BATCH_TOKENS", DEFAULT_MAX_BATCH_TOKENS, 256),
-        max_batch_size=_int(env, "WORKER_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, 1),
+        max_batch_tokens=_optional_int(env, "WORKER_MAX_BATCH_TOKENS", 256),
+        max_batch_size=_optional_int(env, "WORKER_MAX_BATCH_SIZE", 1),
         max_wait_ms=_float(env, "WORKER_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS, 0.0),
         torch_threads=_int(env, "WORKER_TORCH_THREADS", os.cpu_count() or 1, 1),
         model_threads=_int(env, "WORKER_MODEL_THREADS", os.cpu_count() or 1, 1),
@@ -114,6 +149,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
         pool=env.get("WORKER_POOL", "").strip() or "cpu",
         price_per_hour=_price(env, "WORKER_PRICE_PER_HOUR", "0.10"),
         currency=(env.get("WORKER_CURRENCY", "").strip() or "usd").lower(),
+        log_tasks=_bool(env, "WORKER_LOG_TASKS"),
     )
 
 

@@ -40,8 +40,8 @@ def throughput(encoder: Encoder, ids: list[list[int]], rounds: int = 3) -> float
     s = get_settings()
     batcher = DynamicBatcher(
         encoder.embed_ids,
-        max_batch_tokens=s.max_batch_tokens,
-        max_batch_size=s.max_batch_size,
+        max_batch_tokens=s.batch_limits(encoder.device.type)[0],
+        max_batch_size=s.batch_limits(encoder.device.type)[1],
         max_wait_ms=s.max_wait_ms,
         model_threads=s.model_threads,
     )

@@ -134,12 +134,13 @@ def main() -> None:
     single = one_per_forward(encoder, ids)
     padded = padded_batches(encoder, ids, 32)
     d = settings
+    default_tokens, default_size = d.batch_limits(encoder.device.type)
     batched, p50, per_fwd = through_batcher(
         encoder,
         ids,
         clients=64,
-        max_batch_size=d.max_batch_size,
-        max_batch_tokens=d.max_batch_tokens,
+        max_batch_size=default_size,
+        max_batch_tokens=default_tokens,
         max_wait_ms=d.max_wait_ms,
     )
     print(f"one request per forward (batch 1):     {single:8.1f} texts/s")
@@ -169,8 +170,8 @@ def main() -> None:
     for clients in (1, 4, 8):
         for wait in (0, 2, 5, 10) if not args.quick else (0, 2):
             rate, p50, per_fwd = through_batcher(
-                encoder, ids[:96], clients=clients, max_batch_size=d.max_batch_size,
-                max_batch_tokens=d.max_batch_tokens, max_wait_ms=wait,
+                encoder, ids[:96], clients=clients, max_batch_size=default_size,
+                max_batch_tokens=default_tokens, max_wait_ms=wait,
             )  # fmt: skip
             print(
                 f"  clients={clients} max_wait_ms={wait:2d}: {rate:7.1f} texts/s  "

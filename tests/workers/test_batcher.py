@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -96,6 +97,19 @@ def test_plan_cuts_where_padding_costs_more_than_a_forward_pass() -> None:
     ends = plan_sub_batches([10] * 5, max_tokens=8192, max_size=2)
     assert ends[-1] == 5 and all(b - a <= 2 for a, b in pairwise([0, *ends]))
     assert plan_sub_batches([300], max_tokens=256, max_size=8) == [1]
+
+
+def test_a_gpu_sized_batch_is_cut_within_the_limits_quickly() -> None:
+    lengths = sorted([20 + (i * 7) % 31 for i in range(1024)] + [600])
+    began = time.perf_counter()
+    ends = plan_sub_batches(lengths, max_tokens=32768, max_size=1024)
+    assert time.perf_counter() - began < 0.02  # the exact planner took ~125 ms here
+    assert ends[-1] == len(lengths)
+    for start, end in pairwise([0, *ends]):
+        rows = end - start
+        assert rows == 1 or (rows <= 1024 and rows * lengths[end - 1] <= 32768)
+    # Filled: no two neighbouring sub-batches would have fitted in one.
+    assert len(ends) <= 3
 
 
 def test_a_failing_forward_pass_fails_its_callers_not_the_batcher() -> None:

@@ -40,3 +40,26 @@ def test_worker_never_loads_django_even_when_its_settings_are_in_the_env() -> No
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def _task_logger_levels(extra_env: dict[str, str]) -> str:
+    """The levels of Celery's per-task loggers after the worker's logging set-up."""
+    code = (
+        "import logging; from workers.celery_app import TASK_LOGGERS, app; "
+        "app.log.setup(loglevel='INFO'); "
+        "print(sorted({logging.getLevelName(logging.getLogger(n).getEffectiveLevel()) "
+        "for n in TASK_LOGGERS}))"
+    )
+    env = {**os.environ, **extra_env}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return done.stdout.decode().strip().splitlines()[-1]
+
+
+def test_per_task_log_lines_are_off_unless_asked_for() -> None:
+    # A worker at --loglevel INFO writes no "received"/"succeeded" line per classification...
+    assert _task_logger_levels({"WORKER_LOG_TASKS": ""}) == "['WARNING']"
+    # ...unless the operator turns them on.
+    assert _task_logger_levels({"WORKER_LOG_TASKS": "1"}) == "['INFO']"

@@ -15,7 +15,12 @@ def test_defaults_are_safe_for_one_machine() -> None:
     assert settings.model_threads == (os.cpu_count() or 1)
     assert settings.inference_torch_threads == 1
     assert settings.device == "auto"
-    assert settings.max_batch_tokens >= 256 and settings.max_batch_size >= 1
+    # Batch limits follow the device unless configured: GPUs want far larger batches.
+    assert settings.max_batch_tokens is None and settings.max_batch_size is None
+    assert settings.batch_limits("cpu") == (2048, 64)
+    assert settings.batch_limits("cuda") == (32768, 1024)
+    configured = settings_from_env({"WORKER_MAX_BATCH_TOKENS": "4096"})
+    assert configured.batch_limits("cuda") == (4096, 1024)
 
 
 def test_reads_the_environment() -> None:
@@ -29,6 +34,7 @@ def test_reads_the_environment() -> None:
             "WORKER_MODEL_THREADS": "1",
             "WORKER_EMBED_CACHE_SIZE": "0",
             "WORKER_DEVICE": "CPU",
+            "WORKER_LOG_TASKS": "yes",
         }
     )
     assert settings == WorkerSettings(
@@ -40,6 +46,7 @@ def test_reads_the_environment() -> None:
         model_threads=1,
         embed_cache_size=0,
         device="cpu",
+        log_tasks=True,
     )
 
 
@@ -51,6 +58,7 @@ def test_reads_the_environment() -> None:
         ("WORKER_MAX_WAIT_MS", "-1"),
         ("WORKER_MODEL_THREADS", "0"),
         ("WORKER_DEVICE", "tpu"),
+        ("WORKER_LOG_TASKS", "sometimes"),
     ],
 )
 def test_a_bad_value_fails_loudly(name: str, value: str) -> None:

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +116,11 @@ def _check(request: ClassifyRequest) -> tuple[list[str], list[tuple[str, str]]]:
     return label_set, examples
 
 
+def _done(result: ClassifyResult) -> Callable[[], ClassifyResult]:
+    """A result that needs no waiting, in ``ClassifierEngine.begin``'s shape."""
+    return lambda: result
+
+
 def _distribution(probs: Sequence[float], labels: Sequence[str]) -> tuple[int, dict[str, float]]:
     """Round to SCORE_DECIMALS and put the rounding residue on the top label, so the
     rounded scores still sum to 1 (within 1e-6) whatever the number of labels."""
@@ -146,10 +151,11 @@ class ClassifierEngine:
                 )
                 # A GPU runs one forward at a time: side-by-side forwards are a CPU layout.
                 model_threads = s.model_threads if encoder.device.type == "cpu" else 1
+                tokens, rows = s.batch_limits(encoder.device.type)
                 batcher = DynamicBatcher(
                     encoder.embed_ids,
-                    max_batch_tokens=s.max_batch_tokens,
-                    max_batch_size=s.max_batch_size,
+                    max_batch_tokens=tokens,
+                    max_batch_size=rows,
                     max_wait_ms=s.max_wait_ms,
                     name=f"batcher-{base_model}",
                     model_threads=model_threads,
@@ -164,18 +170,46 @@ class ClassifierEngine:
             runtime.batcher.close()
 
     def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        return self.begin(request)()
+
+    def classify_many(
+        self, requests: Sequence[ClassifyRequest]
+    ) -> list[ClassifyResult | Exception]:
+        """Several requests at once (one coalesced message): every request's texts are
+        queued before any is waited for, so they share forward passes. A request that fails
+        gets its exception in its slot; the others are still answered."""
+        pending: list[Callable[[], ClassifyResult] | Exception] = []
+        for request in requests:
+            try:
+                pending.append(self.begin(request))
+            except Exception as exc:
+                pending.append(exc)
+        results: list[ClassifyResult | Exception] = []
+        for finish in pending:
+            if isinstance(finish, Exception):
+                results.append(finish)
+                continue
+            try:
+                results.append(finish())
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def begin(self, request: ClassifyRequest) -> Callable[[], ClassifyResult]:
+        """Check the request and queue its texts on the batcher; the returned call waits for
+        them and builds the result."""
         if request.get("artifact"):
-            return self._classify_fine_tuned(request)
+            return self._begin_fine_tuned(request)
         try:
             label_set, examples = _check(request)
         except InvalidRequestError as exc:
-            return errors.error_result(request, errors.INVALID_REQUEST, str(exc))
+            return _done(errors.error_result(request, errors.INVALID_REQUEST, str(exc)))
         base_model = request.get("base_model", "")
         try:
             runtime = self.runtime(base_model)
         except UnknownModelError:
             message = errors.MODEL_UNAVAILABLE_MESSAGE.format(model=base_model)
-            return errors.error_result(request, errors.MODEL_UNAVAILABLE, message)
+            return _done(errors.error_result(request, errors.MODEL_UNAVAILABLE, message))
 
         encoder, inputs = runtime.encoder, request["inputs"]
         with_examples = {label for _, label in examples}
@@ -193,28 +227,31 @@ class ClassifierEngine:
         tokenized = encoder.tokenize(list(inputs) + missing)
         # One submission, so inputs and missing class texts share forward passes.
         futures = runtime.batcher.submit_many([t.ids for t in tokenized])
-        embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
-        compute_ms = sum(e.compute_ms for e in embedded)
-        for text, e in zip(missing, embedded[len(inputs) :], strict=True):
-            # clone(): the vector is a view of its whole batch's output, which a cache
-            # entry would otherwise keep alive.
-            known[text] = e.vector.clone()
-            self.cache.put((encoder.encoder_id, text), known[text])
 
-        classes = torch.stack([self._class_vector(x, examples, known) for x in label_set])
-        vectors = torch.stack([e.vector for e in embedded[: len(inputs)]])
-        probs = torch.softmax((vectors @ classes.T).double() / TEMPERATURE, dim=1).tolist()
+        def finish() -> ClassifyResult:
+            embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
+            compute_ms = sum(e.compute_ms for e in embedded)
+            for text, e in zip(missing, embedded[len(inputs) :], strict=True):
+                # clone(): the vector is a view of its whole batch's output, which a cache
+                # entry would otherwise keep alive.
+                known[text] = e.vector.clone()
+                self.cache.put((encoder.encoder_id, text), known[text])
 
-        return self._result(request, probs, label_set, tokenized[: len(inputs)], compute_ms)
+            classes = torch.stack([self._class_vector(x, examples, known) for x in label_set])
+            vectors = torch.stack([e.vector for e in embedded[: len(inputs)]])
+            probs = torch.softmax((vectors @ classes.T).double() / TEMPERATURE, dim=1).tolist()
+            return self._result(request, probs, label_set, tokenized[: len(inputs)], compute_ms)
 
-    def _classify_fine_tuned(self, request: ClassifyRequest) -> ClassifyResult:
+        return finish
+
+    def _begin_fine_tuned(self, request: ClassifyRequest) -> Callable[[], ClassifyResult]:
         """A tenant's fine-tuned model: its head over the encoder's embedding. Head models
         share the base encoder's batcher with every other request; LoRA models run on their
         own merged copy of the encoder (fine_tuned.py says why)."""
         try:
             _check_inputs(request)
         except InvalidRequestError as exc:
-            return errors.error_result(request, errors.INVALID_REQUEST, str(exc))
+            return _done(errors.error_result(request, errors.INVALID_REQUEST, str(exc)))
         base_model, artifact = request.get("base_model", ""), str(request.get("artifact"))
         try:
             # A model's int8 variant names the int8 base model: its head rides that model's
@@ -226,22 +263,28 @@ class ClassifierEngine:
         except (ArtifactMissingError, ModelFileError, UnknownModelError):
             logger.exception("fine-tuned model %s (%s) unavailable", request["model"], artifact)
             message = errors.MODEL_UNAVAILABLE_MESSAGE.format(model=request["model"])
-            return errors.error_result(request, errors.MODEL_UNAVAILABLE, message)
+            return _done(errors.error_result(request, errors.MODEL_UNAVAILABLE, message))
         inputs = request["inputs"]
         if loaded.encoder is None:
             tokenized = runtime.encoder.tokenize(list(inputs))
             futures = runtime.batcher.submit_many([t.ids for t in tokenized])
-            embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
-            vectors = torch.stack([e.vector for e in embedded])
-            compute_ms = sum(e.compute_ms for e in embedded)
-        else:
-            tokenized = loaded.encoder.tokenize(list(inputs))
-            began = time.perf_counter()
-            with loaded.lock:
-                vectors = loaded.encoder.embed_ids([t.ids for t in tokenized])
-            compute_ms = (time.perf_counter() - began) * 1000
+
+            def finish() -> ClassifyResult:
+                embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
+                vectors = torch.stack([e.vector for e in embedded])
+                compute_ms = sum(e.compute_ms for e in embedded)
+                probs = torch.softmax(loaded.model.logits(vectors).double(), dim=1).tolist()
+                return self._result(request, probs, loaded.model.labels, tokenized, compute_ms)
+
+            return finish
+        # A LoRA model runs on its own encoder copy, here and now.
+        tokenized = loaded.encoder.tokenize(list(inputs))
+        began = time.perf_counter()
+        with loaded.lock:
+            vectors = loaded.encoder.embed_ids([t.ids for t in tokenized])
+        compute_ms = (time.perf_counter() - began) * 1000
         probs = torch.softmax(loaded.model.logits(vectors).double(), dim=1).tolist()
-        return self._result(request, probs, loaded.model.labels, tokenized, compute_ms)
+        return _done(self._result(request, probs, loaded.model.labels, tokenized, compute_ms))
 
     @staticmethod
     def _result(

@@ -1,7 +1,8 @@
 """The int8 variant of a fine-tuned model, measured where the model itself was: the same head
 on int8 weights, on the same validation split. The platform offers the variant (a second
 model id, billed at the cheaper tier) only when the accuracy it loses is within its
-threshold; the worker only measures, and serving runs exactly what was measured:
+threshold; the worker only measures, and CPU serving runs exactly what was measured (on the
+CPU, wherever the training ran):
 
 - ``head``: the validation texts through the process's ``minilm-l6-int8`` encoder (loaded
   once, the one inference workers batch on), then the head. The embeddings are cached in
@@ -68,15 +69,19 @@ def int8_metrics(
     int8_base = INT8_BASE_MODELS.get(base_model)
     if int8_base is None:
         return {}
+    # NOTE: on the CPU even when training ran on a GPU: int8 is a CPU tier (dynamic int8
+    # kernels are CPU kernels; a GPU worker serves the int8 id in bf16, at least as close to
+    # fp32), so what is measured is what CPU workers will serve.
+    cpu = torch.device("cpu")
     if lora:
-        merged = copy.deepcopy(encoder.model)
+        merged = copy.deepcopy(encoder.model).to(cpu)
         lora_merge(merged, lora, rank=lora_rank, alpha=lora_alpha)
-        body = int8_body(merged, encoder.device)
+        body = int8_body(merged, cpu)
         del merged
         val_ids = [t.ids for t in encoder.tokenize(val_texts)]
         x_val = lora_method.embed_with(body, val_ids, step=step)
     else:
-        int8_encoder = load_encoder(int8_base, device=str(encoder.device), threads=threads)
+        int8_encoder = load_encoder(int8_base, device="cpu", threads=threads)
         texts = hashlib.sha256("\x1f".join(val_texts).encode()).hexdigest()
         x_val, _, _ = head_method.embeddings_get(
             store=store,

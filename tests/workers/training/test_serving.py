@@ -84,7 +84,11 @@ def test_merging_adapters_gives_the_adapted_model(encoder):
         lora_alpha=8.0,
     )
     merged = model_file_read(data).merged_encoder(encoder, "merged")
-    assert torch.allclose(merged.embed_ids(ids), expected, atol=1e-5)
+    if merged.device.type == "cpu":
+        assert torch.allclose(merged.embed_ids(ids), expected, atol=1e-5)
+    else:  # serving on a GPU runs under bf16 autocast; the reference is fp32
+        cosine = torch.nn.functional.cosine_similarity(merged.embed_ids(ids), expected, dim=1)
+        assert float(cosine.min()) >= 0.9995
     # The shared encoder is untouched.
     assert not torch.allclose(encoder.embed_ids(ids), expected, atol=1e-3)
 
@@ -136,7 +140,9 @@ def test_a_lora_models_int8_variant_is_merged_then_quantised(engine):
     def dynamic_int8(loaded):
         return any(isinstance(m, QuantizedLinear) for m in loaded.encoder.model.modules())
 
-    assert dynamic_int8(quantised) and not dynamic_int8(plain)
+    # Quantised where int8 runs, the CPU; a GPU worker serves the int8 id in bf16.
+    assert dynamic_int8(quantised) == (quantised.encoder.device.type == "cpu")
+    assert not dynamic_int8(plain)
 
 
 def test_a_model_cannot_be_served_on_a_base_it_has_no_tier_on(engine):
