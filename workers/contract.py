@@ -24,7 +24,11 @@ class Queue(enum.StrEnum):
 
 
 class TaskName(enum.StrEnum):
-    CLASSIFY = "workers.classify"
+    CLASSIFY = "workers.classify"  # args: [ClassifyRequest]
+    # args: [list[ClassifyRequest]]: what one API process had in flight at once, in one
+    # message (each request still gets its own answer and usage event). The API sends this
+    # one; deploy workers that know it before API processes that send it.
+    CLASSIFY_BATCH = "workers.classify_batch"
     TRAIN = "workers.train"
 
 

@@ -24,6 +24,10 @@ from workers.settings import get_settings
 if TYPE_CHECKING:
     from workers.contract import UsageEvent
 
+# One answer: the result, its usage event (None for an error), the request it answers (its
+# rows go to the result cache; None: no caching).
+Reply = tuple["ClassifyResult", "UsageEvent | None", "ClassifyRequest | None"]
+
 
 @functools.cache
 def redis_client() -> redis.Redis:
@@ -33,19 +37,28 @@ def redis_client() -> redis.Redis:
 def reply_send(
     result: ClassifyResult, usage: UsageEvent | None = None, request: ClassifyRequest | None = None
 ) -> None:
+    replies_send([(result, usage, request)])
+
+
+def replies_send(replies: list[Reply]) -> None:
+    """Deliver answers and stage their usage events in one transaction: each answer is
+    delivered if and only if its call is metered."""
     from workers.usage import usage_stage  # usage imports this module
 
-    request_id = result["request_id"]
-    body = json.dumps(result, separators=(",", ":"))
+    if not replies:
+        return
     pipe = redis_client().pipeline(transaction=True)
-    if usage is not None:
-        usage_stage(pipe, usage)
-    pipe.rpush(reply_key(request_id), body)
-    pipe.expire(reply_key(request_id), REPLY_TTL_S)
-    if "error" not in result:
-        pipe.set(result_key(request_id), body, ex=RESULT_TTL_S)
-        if request is not None and request.get("cache_version"):
-            _cache_rows(pipe, request, result)
+    for result, usage, request in replies:
+        request_id = result["request_id"]
+        body = json.dumps(result, separators=(",", ":"))
+        if usage is not None:
+            usage_stage(pipe, usage)
+        pipe.rpush(reply_key(request_id), body)
+        pipe.expire(reply_key(request_id), REPLY_TTL_S)
+        if "error" not in result:
+            pipe.set(result_key(request_id), body, ex=RESULT_TTL_S)
+            if request is not None and request.get("cache_version"):
+                _cache_rows(pipe, request, result)
     pipe.execute()
 
 

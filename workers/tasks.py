@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from workers import errors
 from workers.celery_app import INFERENCE_TASK_POLICY, app
-from workers.contract import ClassifyRequest, TaskName
-from workers.replies import reply_send
+from workers.contract import ClassifyRequest, ClassifyResult, TaskName
+from workers.replies import Reply, replies_send, reply_send
 from workers.runtime.classifier import get_engine
 from workers.usage import usage_event_build
+
+logger = logging.getLogger(__name__)
+
+
+def _expired(request: ClassifyRequest) -> Reply:
+    # The caller has given up: skip the model, and bill nothing.
+    return errors.error_result(request, errors.EXPIRED, errors.EXPIRED_MESSAGE), None, None
+
+
+def _answered(request: ClassifyRequest, result: ClassifyResult) -> Reply:
+    # The answer and its usage event go in one transaction: no answered call goes unmetered.
+    usage = None if "error" in result else usage_event_build(request=request, result=result)
+    return result, usage, request
 
 
 @app.task(name=TaskName.CLASSIFY.value, **INFERENCE_TASK_POLICY)
@@ -18,8 +32,7 @@ def classify(request: ClassifyRequest) -> None:
     worker's Python CPU (yappi, 32 clients) on saferepr of a returned result for its log
     line, a result nobody reads."""
     if time.time() > request["deadline"]:
-        # The caller has given up: skip the model, and bill nothing.
-        reply_send(errors.error_result(request, errors.EXPIRED, errors.EXPIRED_MESSAGE))
+        reply_send(*_expired(request))
         return
     try:
         result = get_engine().classify(request)
@@ -27,6 +40,23 @@ def classify(request: ClassifyRequest) -> None:
         # Tell the waiting API now rather than letting it wait out its timeout.
         reply_send(errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE))
         raise
-    # The answer and its usage event in one transaction: no answered call goes unmetered.
-    usage = None if "error" in result else usage_event_build(request=request, result=result)
-    reply_send(result, usage, request)
+    reply_send(*_answered(request, result))
+
+
+@app.task(name=TaskName.CLASSIFY_BATCH.value, **INFERENCE_TASK_POLICY)
+def classify_batch(requests: list[ClassifyRequest]) -> None:
+    """The requests one API process had in flight at once, coalesced into one message:
+    Celery's per-message work (~1.1 ms of CPU measured with a no-op task) and the reply
+    transaction are paid once for all of them. Each request is answered (or refused, when
+    past its deadline or failed) on its own reply list, in one transaction."""
+    now = time.time()
+    live = [request for request in requests if now <= request["deadline"]]
+    replies = [_expired(request) for request in requests if now > request["deadline"]]
+    for request, result in zip(live, get_engine().classify_many(live), strict=True):
+        if isinstance(result, Exception):
+            logger.error("classification %s failed", request.get("request_id"), exc_info=result)
+            failed = errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
+            replies.append((failed, None, None))
+        else:
+            replies.append(_answered(request, result))
+    replies_send(replies)

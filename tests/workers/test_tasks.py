@@ -92,3 +92,57 @@ def test_unknown_base_model_is_an_error_and_not_metered() -> None:
     result = _send(request)
     assert result is not None and result["error"]["code"] == "model_unavailable"
     assert _events_for(request["request_id"]) == []
+
+
+def _wait(request: ClassifyRequest, wait: float = 30) -> ClassifyResult | None:
+    popped = _redis().blpop([reply_key(request["request_id"])], timeout=wait)
+    return None if popped is None else json.loads(popped[1])
+
+
+def test_a_coalesced_message_answers_and_meters_each_request_on_its_own() -> None:
+    """What the API sends: the requests one process had in flight, in one message. Each gets
+    its own answer (the same as sent alone), and only answered ones are metered."""
+    praise = make_request(["I absolutely love this product"], labels=["positive", "negative"])
+    few_shot = make_request(
+        ["my card was charged twice", "the parcel never came"],
+        examples=[
+            {"text": "refund my payment", "label": "billing"},
+            {"text": "where is my delivery", "label": "shipping"},
+        ],
+    )
+    late = make_request(["too late"], labels=["a", "b"], deadline=time.time() - 1)
+    no_labels = make_request(["what is this about"])
+    unknown = make_request(["hello"], labels=["a", "b"], base_model="gpt-17")
+    batch = [praise, late, few_shot, no_labels, unknown]
+    app.send_task(
+        TaskName.CLASSIFY_BATCH.value,
+        args=[batch],
+        queue=Queue.INFERENCE.value,
+        expires=30,
+    )
+    answers = {r["request_id"]: _wait(r) for r in batch}
+    assert all(answer is not None for answer in answers.values()), answers
+
+    assert answers[late["request_id"]]["error"]["code"] == "expired"  # type: ignore[index]
+    assert answers[no_labels["request_id"]]["error"]["code"] == "invalid_request"  # type: ignore[index]
+    assert answers[unknown["request_id"]]["error"]["code"] == "model_unavailable"  # type: ignore[index]
+    for request in (praise, few_shot):
+        together = answers[request["request_id"]]
+        assert together is not None and "error" not in together, together
+        alone = _send({**request, "request_id": f"{request['request_id']}-alone"})
+        assert alone is not None
+        assert [row["label"] for row in together["results"]] == [
+            row["label"] for row in alone["results"]
+        ]
+        for a, b in zip(together["results"], alone["results"], strict=True):
+            assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+    assert [row["label"] for row in answers[few_shot["request_id"]]["results"]] == [  # type: ignore[index]
+        "billing",
+        "shipping",
+    ]
+
+    events = drain_usage_events()
+    metered = {e["event_id"] for e in events}
+    assert {praise["request_id"], few_shot["request_id"]} <= metered
+    assert not metered & {late["request_id"], no_labels["request_id"], unknown["request_id"]}
+    assert sum(1 for e in events if e["event_id"] == praise["request_id"]) == 1

@@ -54,11 +54,11 @@ MIDDLEWARE = [
     "core.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "core.middleware.AdminSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "core.middleware.AdminAuthenticationMiddleware",
+    "core.middleware.AdminMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -126,6 +126,11 @@ CELERY_BROKER_URL = REDIS_URL
 # requests are turned away with 503 instead of waiting in a queue they cannot leave in time.
 INFERENCE_TIMEOUT_S = float(os.environ.get("INFERENCE_TIMEOUT_S", "30"))
 INFERENCE_MAX_QUEUE_DEPTH = int(os.environ.get("INFERENCE_MAX_QUEUE_DEPTH", "5000"))
+# Classifications in flight in one API process at the same moment travel to the workers as
+# one message (inference/dispatch.py): the publisher lingers this long for company, and puts
+# at most this many requests in a message.
+INFERENCE_COALESCE_MS = float(os.environ.get("INFERENCE_COALESCE_MS", "1"))
+INFERENCE_COALESCE_MAX = int(os.environ.get("INFERENCE_COALESCE_MAX", "32"))
 # Result cache: how long an answered input is kept for identical requests (0: off).
 RESULT_CACHE_TTL_S = int(os.environ.get("RESULT_CACHE_TTL_S", str(24 * 3600)))
 
