@@ -144,6 +144,11 @@ class Publisher:
         self.messages = 0  # published, for tests and benchmarks
         self.requests = 0
 
+    @property
+    def requests_per_message(self) -> float:
+        """What this process's messages have carried on average (1 before the first)."""
+        return self.requests / self.messages if self.messages else 1.0
+
     def publish(self, request: ClassifyRequest) -> None:
         """Returns once the request is on the queue; raises what the LPUSH raised."""
         item = _Pending(request)
@@ -220,9 +225,13 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
             earlier = client.get(result_key(request_id))
             if earlier is not None:
                 return cast(ClassifyResult, json.loads(cast(bytes, earlier)))
-        if queue_depth(fresh=False) >= settings.INFERENCE_MAX_QUEUE_DEPTH:
+        publisher = _publisher()
+        # The queue holds messages of one or more requests: shed load by requests waiting.
+        if queue_depth(fresh=False) * publisher.requests_per_message >= (
+            settings.INFERENCE_MAX_QUEUE_DEPTH
+        ):
             raise _overloaded(messages.OVERLOADED, "overloaded")
-        _publisher().publish(request)
+        publisher.publish(request)
         # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
         wait = max(request["deadline"] - time.time(), 0.01)
         popped = client.blpop([reply_key(request_id)], timeout=wait)

@@ -114,6 +114,9 @@ def test_requests_in_flight_together_travel_in_one_message() -> None:
     assert sorted(len(ids) for ids in published) == [2, 4]
     assert sorted(i for ids in published for i in ids) == sorted(r["request_id"] for r in requests)
     assert (publisher.messages, publisher.requests) == (2, 6)
+    # Load shedding counts requests: the queue's length times what a message carries.
+    assert publisher.requests_per_message == 3.0
+    assert Publisher(linger_s=0, max_requests=4).requests_per_message == 1.0
 
     # A request on its own goes after the linger, alone.
     client.delete(PARITY_QUEUE)
