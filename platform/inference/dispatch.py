@@ -141,6 +141,7 @@ class Publisher:
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []
         self._thread: threading.Thread | None = None
+        self.publish_timeout_s = PUBLISH_TIMEOUT_S
         self.messages = 0  # published, for tests and benchmarks
         self.requests = 0
 
@@ -160,7 +161,10 @@ class Publisher:
                 self._thread.start()
             self._pending.append(item)
             self._cond.notify()
-        if not item.published.wait(PUBLISH_TIMEOUT_S):
+        if not item.published.wait(self.publish_timeout_s):
+            with self._cond:
+                if item in self._pending:  # not taken yet: it will never be sent
+                    self._pending.remove(item)
             raise redis.TimeoutError("the classify message was not published in time")
         if item.error is not None:
             raise item.error

@@ -149,3 +149,36 @@ def test_a_publish_that_fails_fails_every_request_in_it() -> None:
     publisher.publish(request)
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     assert [request["request_id"]] in _published(client)
+
+
+def test_a_request_that_gives_up_waiting_for_the_broker_is_never_sent() -> None:
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.delete(PARITY_QUEUE)
+    stuck = threading.Event()
+
+    def slow_client() -> redis.Redis:
+        stuck.wait(10)  # the broker hangs while the first message is being sent
+        return client
+
+    publisher = Publisher(linger_s=0, max_requests=1, queue=PARITY_QUEUE, client=slow_client)
+    publisher.publish_timeout_s = 0.3
+    first, second = (make_request([f"text {n}"], labels=["a", "b"]) for n in range(2))
+    errors: list[BaseException] = []
+
+    def send(request: Any) -> None:
+        try:
+            publisher.publish(request)
+        except redis.TimeoutError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(r,)) for r in (first, second)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(5)
+    # Both gave up (a 503 for their callers); the one still waiting to be taken is dropped.
+    assert len(errors) == 2
+    stuck.set()
+    time.sleep(0.3)
+    assert _published(client) == [[first["request_id"]]]
