@@ -226,3 +226,26 @@ def test_other_tenants_key_is_a_404(api):
         response = getattr(api, method)(path, format="json")
         assert response.status_code == 404, (method, path)
     assert bearer(foreign["secret"]).get("/v1/models").status_code == 200
+
+
+def test_the_per_request_key_lookup_reads_the_key_as_the_orm_does(tenant):
+    """Authentication reads the key with one hand-written SELECT on a cursor: every field
+    (datetimes, scopes) must come back as the ORM returns it, by either secret."""
+    from apikeys.services import _key_by_digest
+
+    secret = make_key(tenant, ["inference", "billing"])
+    now = timezone.now()
+    ApiKey.objects.for_tenant(tenant).update(
+        expires_at=now + timedelta(days=3),
+        last_used_at=now,
+        previous_secret_hash=hash_secret("sk_live_old"),
+        previous_secret_expires_at=now + timedelta(hours=1),
+    )
+    expected = ApiKey.objects.for_tenant(tenant).get()
+    for digest in (hash_secret(secret), hash_secret("sk_live_old")):
+        found = _key_by_digest(digest)
+        assert found is not None and found.pk == expected.pk
+        for field in ApiKey._meta.concrete_fields:
+            assert getattr(found, field.attname) == getattr(expected, field.attname), field.name
+        assert found._state.adding is False
+    assert _key_by_digest(hash_secret("sk_live_nobody")) is None
