@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 
-from bench_model import make_texts  # noqa: E402
+from bench_model import backlog_rate, make_texts  # noqa: E402
 
 from deploy.devserver import _children  # noqa: E402
 from deploy.embedded_redis import free_port, start_embedded_redis, stop_embedded_redis  # noqa: E402
@@ -55,34 +55,13 @@ def raw_model(texts: list[str]) -> tuple[float, float]:
     """(batched texts/s through the dynamic batcher, texts/s through the same batcher with
     one text per forward: the same model threads, so the ratio is the model's own batching
     gain on this machine, the most batched serving can gain over batch-size-1 serving)."""
-    from workers.runtime.batcher import DynamicBatcher
     from workers.runtime.encoder import load_encoder
     from workers.settings import get_settings
 
     s = get_settings()
     encoder = load_encoder("minilm-l6", device=s.device, threads=s.inference_torch_threads)
     ids = [t.ids for t in encoder.tokenize(texts)]
-    tokens, rows = s.batch_limits(encoder.device.type)
-
-    def rate(max_batch_size: int, texts: list[list[int]]) -> float:
-        batcher = DynamicBatcher(
-            encoder.embed_ids,
-            max_batch_tokens=tokens,
-            max_batch_size=max_batch_size,
-            max_wait_ms=s.max_wait_ms,
-            model_threads=s.model_threads,
-        )
-        batcher.submit_many(texts[:64])[-1].result()  # warm
-        best = 0.0
-        for _ in range(3):  # best of three: the machine is shared and noisy
-            began = time.perf_counter()
-            for future in batcher.submit_many(texts):
-                future.result()
-            best = max(best, len(texts) / (time.perf_counter() - began))
-        batcher.close()
-        return best
-
-    return rate(rows, ids), rate(1, ids[:192])
+    return backlog_rate(encoder, ids), backlog_rate(encoder, ids[:192], max_batch_size=1)
 
 
 class Stack:

@@ -27,33 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 
-from bench_model import make_texts  # noqa: E402
+from bench_model import backlog_rate, make_texts  # noqa: E402
 
-from workers.runtime.batcher import DynamicBatcher  # noqa: E402
 from workers.runtime.encoder import Encoder, load_encoder  # noqa: E402
 from workers.settings import get_settings  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
-
-
-def throughput(encoder: Encoder, ids: list[list[int]], rounds: int = 3) -> float:
-    s = get_settings()
-    batcher = DynamicBatcher(
-        encoder.embed_ids,
-        max_batch_tokens=s.batch_limits(encoder.device.type)[0],
-        max_batch_size=s.batch_limits(encoder.device.type)[1],
-        max_wait_ms=s.max_wait_ms,
-        model_threads=s.model_threads,
-    )
-    batcher.submit_many(ids[:64])[-1].result()
-    best = 0.0
-    for _ in range(rounds):
-        began = time.perf_counter()
-        for future in batcher.submit_many(ids):
-            future.result()
-        best = max(best, len(ids) / (time.perf_counter() - began))
-    batcher.close()
-    return best
 
 
 def accuracy(encoder: Encoder, name: str) -> float:
@@ -137,10 +116,10 @@ def main() -> None:
           "(target < 2 s)")  # fmt: skip
     ids = [t.ids for t in fp32.tokenize(make_texts(512))]
     # Interleaved, so drift on a shared machine hits both alike.
-    fp32_rate, int8_rate = throughput(fp32, ids), throughput(int8, ids)
+    fp32_rate, int8_rate = backlog_rate(fp32, ids), backlog_rate(int8, ids)
     fp32_rate, int8_rate = (
-        max(fp32_rate, throughput(fp32, ids)),
-        max(int8_rate, throughput(int8, ids)),
+        max(fp32_rate, backlog_rate(fp32, ids)),
+        max(int8_rate, backlog_rate(int8, ids)),
     )
     print(f"encoder fp32, dynamic batcher:      {fp32_rate:8.1f} texts/s")
     print(f"encoder int8, dynamic batcher:      {int8_rate:8.1f} texts/s")

@@ -50,6 +50,36 @@ def make_texts(n: int, seed: int = 7) -> list[str]:
     return texts
 
 
+def backlog_rate(
+    encoder: Encoder,
+    ids: Sequence[Sequence[int]],
+    *,
+    max_batch_size: int | None = None,
+    rounds: int = 3,
+) -> float:
+    """Best texts/s of ``rounds`` with every text submitted at once (a backlog) to a batcher
+    laid out as the worker's (settings' batch limits for the encoder's device unless
+    ``max_batch_size`` is given, model threads side by side)."""
+    s = get_settings()
+    tokens, rows = s.batch_limits(encoder.device.type)
+    batcher = DynamicBatcher(
+        encoder.embed_ids,
+        max_batch_tokens=tokens,
+        max_batch_size=max_batch_size or rows,
+        max_wait_ms=s.max_wait_ms,
+        model_threads=s.model_threads,
+    )
+    batcher.submit_many(ids[:64])[-1].result()  # warm
+    best = 0.0
+    for _ in range(rounds):  # best of several: the machine is shared and noisy
+        began = time.perf_counter()
+        for future in batcher.submit_many(ids):
+            future.result()
+        best = max(best, len(ids) / (time.perf_counter() - began))
+    batcher.close()
+    return best
+
+
 def one_per_forward(encoder: Encoder, ids: Sequence[Sequence[int]]) -> float:
     began = time.perf_counter()
     for row in ids:

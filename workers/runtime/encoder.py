@@ -238,18 +238,9 @@ class Encoder:
     def embed_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """Embed already tokenized texts as one forward pass, padded to the longest row.
         Returns an (n, dim) float32 CPU tensor of unit vectors."""
-        # NOTE: one flat tensor scattered through the mask, not a tensor per row: a GPU batch
-        # has a thousand rows, and ~10 us of Python each.
-        lengths = torch.tensor([len(seq) for seq in batch], dtype=torch.long)
-        mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
-        ids = torch.zeros(mask.shape, dtype=torch.long)
-        ids[mask] = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = (t.to(self.device) for t in pad_ids(batch))
         with torch.inference_mode(), self._autocast():
-            hidden = self._model(ids, mask).float()
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            return F.normalize(pooled, p=2.0, dim=1).cpu()
+            return mean_pool(self._model(ids, mask).float(), mask).cpu()
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Tokenize and embed in one unbucketed forward pass (for tools and warm-up)."""
@@ -266,6 +257,26 @@ class Encoder:
             half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast(device_type="cuda", dtype=half)
         return torch.autocast(device_type="cpu", enabled=False)
+
+
+def pad_ids(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a (rows, longest) id tensor padded with 0 and its boolean mask.
+
+    NOTE: one flat tensor scattered through the mask, not a tensor per row: a GPU batch
+    has a thousand rows, and ~10 us of Python each."""
+    lengths = torch.tensor([len(seq) for seq in batch], dtype=torch.long)
+    mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
+    ids = torch.zeros(mask.shape, dtype=torch.long)
+    ids[mask] = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+    return ids, mask
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length mean of each row's real (unmasked) token states: the sentence embedding
+    all-MiniLM-L6-v2 was trained to give."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return F.normalize(pooled, p=2.0, dim=1)
 
 
 _lock = threading.Lock()

@@ -37,7 +37,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from workers.runtime.encoder import BASE_MODELS, BertModel, _Layer
+from workers.runtime.encoder import BASE_MODELS, BertModel, _Layer, pad_ids
 
 with warnings.catch_warnings():
     # torch.ao.quantization is deprecated in favour of torchao, but it works and needs no
@@ -131,12 +131,7 @@ def _calibration_ids() -> tuple[tuple[int, ...], ...]:
 
 def _input_absmax(model: BertModel, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """Largest |activation| of each input channel of every Linear, over the real tokens."""
-    longest = max(len(row) for row in batch)
-    ids = torch.zeros((len(batch), longest), dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.bool)
-    for i, row in enumerate(batch):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = True
+    ids, mask = pad_ids(batch)
     seen: dict[str, torch.Tensor] = {}
 
     def record(name: str) -> object:

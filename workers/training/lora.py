@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.runtime.encoder import BertModel, Encoder
+from workers.runtime.encoder import BertModel, Encoder, mean_pool, pad_ids
 from workers.runtime.finetuned import HEAD_SCALE, QKV_TARGETS
 
 from .head import Step
@@ -58,22 +58,6 @@ class LoRAQKV(nn.Module):
                 parts.append(torch.zeros_like(out[..., : self.d]))
         delta: torch.Tensor = out + torch.cat(parts, dim=-1)
         return delta
-
-
-def _pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-    return F.normalize(pooled, p=2.0, dim=1)
-
-
-def _pad(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(ids) for ids in batch)
-    ids = torch.zeros((len(batch), longest), dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.bool)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = True
-    return ids, mask
 
 
 def adapted_model(
@@ -119,8 +103,8 @@ def embed_with(
     with torch.inference_mode():
         for start in range(0, len(order), batch):
             chunk = [ids[i] for i in order[start : start + batch]]
-            tokens, mask = (t.to(device) for t in _pad(chunk))
-            out.append(_pool(model(tokens, mask), mask).cpu())
+            tokens, mask = (t.to(device) for t in pad_ids(chunk))
+            out.append(mean_pool(model(tokens, mask), mask).cpu())
             if step is not None:
                 step()
     vectors = torch.cat(out)
@@ -161,8 +145,8 @@ def lora_train(
         total = 0.0
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            tokens, mask = (t.to(device) for t in _pad([train_ids[i] for i in chunk]))
-            vectors = _pool(model(tokens, mask), mask)
+            tokens, mask = (t.to(device) for t in pad_ids([train_ids[i] for i in chunk]))
+            vectors = mean_pool(model(tokens, mask), mask)
             loss = F.cross_entropy(HEAD_SCALE * (vectors @ weight.T + bias), targets[chunk])
             optimizer.zero_grad()
             loss.backward()
