@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from workers.contract import (
     ClassifyRequest,
     ClassifyResult,
 )
-from workers.runtime.batcher import DynamicBatcher
+from workers.runtime.batcher import BatcherClosedError, DynamicBatcher
 from workers.runtime.cache import EmbeddingCache
 from workers.runtime.encoder import Encoder, Tokenized, UnknownModelError, load_encoder
 from workers.runtime.finetuned import FineTunedCache, ModelFileError
@@ -137,8 +136,26 @@ class ClassifierEngine:
         self.settings = settings
         self.cache = EmbeddingCache(settings.embed_cache_size)
         self._runtimes: dict[str, _Runtime] = {}
-        self.fine_tuned = FineTunedCache(FINE_TUNED_CACHE_SIZE, ArtifactStore().get)
+        self.fine_tuned = FineTunedCache(
+            FINE_TUNED_CACHE_SIZE,
+            ArtifactStore().get,
+            lambda encoder: self._batcher(encoder, f"batcher-{encoder.encoder_id}"),
+        )
         self._lock = threading.Lock()
+
+    def _batcher(self, encoder: Encoder, name: str) -> DynamicBatcher:
+        s = self.settings
+        # A GPU runs one forward at a time: side-by-side forwards are a CPU layout.
+        model_threads = s.model_threads if encoder.device.type == "cpu" else 1
+        tokens, rows = s.batch_limits(encoder.device.type)
+        return DynamicBatcher(
+            encoder.embed_ids,
+            max_batch_tokens=tokens,
+            max_batch_size=rows,
+            max_wait_ms=s.max_wait_ms,
+            name=name,
+            model_threads=model_threads,
+        )
 
     def runtime(self, base_model: str) -> _Runtime:
         """The encoder and batcher for ``base_model``, loaded on first use."""
@@ -149,17 +166,7 @@ class ClassifierEngine:
                 encoder = load_encoder(
                     base_model, device=s.device, threads=s.inference_torch_threads
                 )
-                # A GPU runs one forward at a time: side-by-side forwards are a CPU layout.
-                model_threads = s.model_threads if encoder.device.type == "cpu" else 1
-                tokens, rows = s.batch_limits(encoder.device.type)
-                batcher = DynamicBatcher(
-                    encoder.embed_ids,
-                    max_batch_tokens=tokens,
-                    max_batch_size=rows,
-                    max_wait_ms=s.max_wait_ms,
-                    name=f"batcher-{base_model}",
-                    model_threads=model_threads,
-                )
+                batcher = self._batcher(encoder, f"batcher-{base_model}")
                 runtime = self._runtimes[base_model] = _Runtime(encoder, batcher)
             return runtime
 
@@ -168,6 +175,7 @@ class ClassifierEngine:
             runtimes, self._runtimes = list(self._runtimes.values()), {}
         for runtime in runtimes:
             runtime.batcher.close()
+        self.fine_tuned.close()
 
     def classify(self, request: ClassifyRequest) -> ClassifyResult:
         return self.begin(request)()
@@ -247,7 +255,7 @@ class ClassifierEngine:
     def _begin_fine_tuned(self, request: ClassifyRequest) -> Callable[[], ClassifyResult]:
         """A tenant's fine-tuned model: its head over the encoder's embedding. Head models
         share the base encoder's batcher with every other request; LoRA models run on their
-        own merged copy of the encoder (fine_tuned.py says why)."""
+        own merged copy of the encoder, through its own batcher (finetuned.py says why)."""
         try:
             _check_inputs(request)
         except InvalidRequestError as exc:
@@ -265,26 +273,26 @@ class ClassifierEngine:
             message = errors.MODEL_UNAVAILABLE_MESSAGE.format(model=request["model"])
             return _done(errors.error_result(request, errors.MODEL_UNAVAILABLE, message))
         inputs = request["inputs"]
-        if loaded.encoder is None:
+        if loaded.batcher is None:  # a head: the shared encoder's batcher
             tokenized = runtime.encoder.tokenize(list(inputs))
             futures = runtime.batcher.submit_many([t.ids for t in tokenized])
+        else:  # a LoRA model: its merged encoder's own batcher
+            assert loaded.encoder is not None
+            tokenized = loaded.encoder.tokenize(list(inputs))
+            try:
+                futures = loaded.batcher.submit_many([t.ids for t in tokenized])
+            except BatcherClosedError:
+                # Evicted between lookup and submit: the next lookup loads it afresh.
+                return self._begin_fine_tuned(request)
 
-            def finish() -> ClassifyResult:
-                embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
-                vectors = torch.stack([e.vector for e in embedded])
-                compute_ms = sum(e.compute_ms for e in embedded)
-                probs = torch.softmax(loaded.model.logits(vectors).double(), dim=1).tolist()
-                return self._result(request, probs, loaded.model.labels, tokenized, compute_ms)
+        def finish() -> ClassifyResult:
+            embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
+            vectors = torch.stack([e.vector for e in embedded])
+            compute_ms = sum(e.compute_ms for e in embedded)
+            probs = torch.softmax(loaded.model.logits(vectors).double(), dim=1).tolist()
+            return self._result(request, probs, loaded.model.labels, tokenized, compute_ms)
 
-            return finish
-        # A LoRA model runs on its own encoder copy, here and now.
-        tokenized = loaded.encoder.tokenize(list(inputs))
-        began = time.perf_counter()
-        with loaded.lock:
-            vectors = loaded.encoder.embed_ids([t.ids for t in tokenized])
-        compute_ms = (time.perf_counter() - began) * 1000
-        probs = torch.softmax(loaded.model.logits(vectors).double(), dim=1).tolist()
-        return _done(self._result(request, probs, loaded.model.labels, tokenized, compute_ms))
+        return finish
 
     @staticmethod
     def _result(

@@ -11,7 +11,9 @@ Serving: a ``head`` model only adds a matrix product after the shared encoder, s
 requests ride the shared dynamic batcher with everyone else's. A ``lora`` model changes the
 encoder itself: its adapters are merged into a private copy of the weights (same speed as
 the base model, no per-request adapter cost), kept in a small LRU because each copy is the
-size of the encoder.
+size of the encoder. Each merged copy has its own dynamic batcher, so concurrent requests for
+one adapter share forward passes (batched by adapter) and each is charged its token share of
+them, never the time it spent queued behind another.
 
 The int8 tier: the same model file is also served on the int8 base model
 (``contract.INT8_BASE_MODELS``) when the platform offers the variant. A head variant rides
@@ -34,6 +36,7 @@ import torch
 from safetensors.torch import load, save
 
 from workers.contract import INT8_BASE_MODELS
+from workers.runtime.batcher import DynamicBatcher
 from workers.runtime.encoder import BertModel, Encoder, int8_body
 
 FORMAT = "margin-finetune/1"
@@ -157,17 +160,23 @@ def model_file_read(data: bytes) -> FineTunedModel:
 class Loaded:
     model: FineTunedModel
     encoder: Encoder | None  # a private merged encoder for LoRA models; None: the shared one
-    lock: threading.Lock  # serialises forward passes through a private encoder
+    batcher: DynamicBatcher | None  # the private encoder's own batcher
 
 
 class FineTunedCache:
     """LRU of loaded fine-tuned models, keyed by (artifact hash, base model served on).
-    ``fetch`` reads the file (from the artifact store) on a miss; ``base_encoder`` gives the
-    shared encoder to merge into."""
+    ``fetch`` reads the file (from the artifact store) on a miss; ``make_batcher`` builds the
+    dynamic batcher of a LoRA model's merged encoder, closed when the model is evicted."""
 
-    def __init__(self, capacity: int, fetch: Callable[[str], bytes]) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        fetch: Callable[[str], bytes],
+        make_batcher: Callable[[Encoder], DynamicBatcher],
+    ) -> None:
         self.capacity = max(1, capacity)
         self._fetch = fetch
+        self._make_batcher = make_batcher
         self._items: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -179,7 +188,9 @@ class FineTunedCache:
         base_model: str | None = None,
     ) -> Loaded:
         """The model in ``artifact`` as served on ``base_model`` (None: the one it was trained
-        on). Raises ModelFileError when it cannot be served there."""
+        on). Raises ModelFileError when it cannot be served there. A LoRA model's batcher
+        may be closed by an eviction after this returns: submitting then raises
+        ``BatcherClosedError``, and asking again loads the model afresh."""
         key = (artifact, base_model or "")
         with self._lock:
             hit = self._items.get(key)
@@ -200,10 +211,27 @@ class FineTunedCache:
                 f"ft:{artifact}:int8" if int8 else f"ft:{artifact}",
                 int8=int8,
             )
-        loaded = Loaded(model, encoder, threading.Lock())
+        closing: list[Loaded] = []
         with self._lock:
-            self._items[key] = self._items.get(key, loaded)
+            winner = self._items.get(key)
+            if winner is None:
+                batcher = self._make_batcher(encoder) if encoder is not None else None
+                winner = self._items[key] = Loaded(model, encoder, batcher)
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-            return self._items[key]
+                closing.append(self._items.popitem(last=False)[1])
+        for evicted in closing:
+            _close(evicted)
+        return winner
+
+    def close(self) -> None:
+        with self._lock:
+            items, self._items = list(self._items.values()), OrderedDict()
+        for loaded in items:
+            _close(loaded)
+
+
+def _close(loaded: Loaded) -> None:
+    # Queued texts are still embedded; the batcher's threads exit once it is drained.
+    if loaded.batcher is not None:
+        loaded.batcher.close(timeout=0)

@@ -1,15 +1,22 @@
 """Serving fine-tuned models in the inference engine: a head rides the shared batcher, a
-LoRA model runs on a merged copy of the encoder, a missing artifact is a clean error; their
-int8 variants ride the int8 encoder's batcher, or a merged-then-quantised copy."""
+LoRA model runs on a merged copy of the encoder with its own batcher, a missing artifact is a
+clean error; their int8 variants ride the int8 encoder's batcher, or a merged-then-quantised
+copy."""
 
 from __future__ import annotations
+
+import os
+import threading
 
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
 
 from tests.workers.helpers import make_request as classify_request
 from workers.artifacts import ArtifactStore
+from workers.runtime import classifier
+from workers.runtime.classifier import ClassifierEngine
 from workers.runtime.finetuned import model_file_read
+from workers.settings import settings_from_env
 from workers.training.lora import adapted_model, embed_with, lora_state
 from workers.training.runner import JobContext, train_run
 
@@ -164,3 +171,100 @@ def test_a_model_cannot_be_served_on_a_base_it_has_no_tier_on(engine):
 def test_a_missing_artifact_is_a_clean_error(engine):
     answer = engine.classify(fine_tuned_request({"artifact": "0" * 64}))
     assert answer["error"]["code"] == "model_unavailable" and answer["results"] == []
+
+
+def lora_artifact(encoder, seed: int) -> str:
+    """A LoRA model file with random adapters on every layer's query and value."""
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for layer in range(len(encoder.model.layers)):
+        for target in ("query", "value"):
+            lora[f"{layer}.{target}.A"] = torch.randn(4, encoder.dim, generator=generator) * 0.05
+            lora[f"{layer}.{target}.B"] = torch.randn(encoder.dim, 4, generator=generator) * 0.05
+    from workers.runtime.finetuned import model_file_write
+
+    data = model_file_write(
+        base_model="minilm-l6",
+        method="lora",
+        labels=["a", "b", "c"],
+        head_weight=torch.randn(3, encoder.dim, generator=generator),
+        head_bias=torch.zeros(3),
+        lora=lora,
+        lora_rank=4,
+        lora_alpha=8.0,
+    )
+    return ArtifactStore().put(data)
+
+
+def run_together(engine, requests):
+    answers: list[object] = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        answers[i] = engine.classify(requests[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_concurrent_requests_for_one_lora_model_share_its_forward_passes(encoder):
+    artifact = lora_artifact(encoder, seed=1)
+    requests = [
+        classify_request([INPUTS[i % 4]], model="ft:minilm-l6:t:lora", artifact=artifact)
+        for i in range(24)
+    ]
+    alone_engine = ClassifierEngine(settings_from_env())
+    alone = [alone_engine.classify(r) for r in requests]
+    alone_engine.close()
+    engine = ClassifierEngine(settings_from_env({**os.environ, "WORKER_MAX_WAIT_MS": "20"}))
+    try:
+        together = run_together(engine, requests)
+        loaded = engine.fine_tuned.get(
+            artifact, lambda name: engine.runtime(name).encoder, base_model="minilm-l6"
+        )
+        assert loaded.batcher is not None
+        stats = loaded.batcher.stats()
+        # Batched by adapter: fewer forward passes than requests, none on the shared encoder.
+        assert stats.texts == 24 and stats.forwards < 24
+        assert engine.runtime("minilm-l6").batcher.stats().texts == 0
+        for solo, mixed in zip(alone, together, strict=True):
+            assert isinstance(mixed, dict) and "error" not in mixed, mixed
+            (a,), (b,) = solo["results"], mixed["results"]
+            assert a["label"] == b["label"]
+            for label, score in a["scores"].items():
+                assert abs(score - b["scores"][label]) < 1e-4
+        # Each request is charged its token share of the forward passes it rode, so the
+        # charges add up to the time the model was busy, not to the time requests queued.
+        charged = sum(answer["usage"]["compute_ms"] for answer in together)  # type: ignore[index]
+        assert abs(charged - stats.busy_ms) <= 0.001 * len(together) + 0.01 * stats.busy_ms
+    finally:
+        engine.close()
+
+
+def test_an_evicted_lora_models_batcher_is_closed_and_the_model_still_serves(encoder, monkeypatch):
+    monkeypatch.setattr(classifier, "FINE_TUNED_CACHE_SIZE", 1)
+    engine = ClassifierEngine(settings_from_env())
+    try:
+        first, second = lora_artifact(encoder, seed=2), lora_artifact(encoder, seed=3)
+
+        def base(name):
+            return engine.runtime(name).encoder
+
+        answer = engine.classify(classify_request(INPUTS, model="ft:1", artifact=first))
+        evicted = engine.fine_tuned.get(first, base, base_model="minilm-l6")
+        assert labels_of(engine.classify(classify_request(INPUTS, model="ft:2", artifact=second)))
+        assert evicted.batcher is not None and evicted.batcher.closed
+        # Asked for again, the first model is loaded afresh and answers as before.
+        again = engine.classify(classify_request(INPUTS, model="ft:1", artifact=first))
+        assert labels_of(again) == labels_of(answer)
+        assert (
+            engine.fine_tuned.get(first, base, base_model="minilm-l6").batcher
+            is not evicted.batcher
+        )
+    finally:
+        engine.close()
