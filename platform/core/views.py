@@ -17,6 +17,7 @@ from tenants.models import Tenant
 from .errors import InvalidRequest
 from .idempotency import idempotency_begin, idempotency_finish, request_fingerprint
 from .models import IdempotencyRecord
+from .negotiation import JSONFirstNegotiation
 
 
 def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
@@ -36,6 +37,7 @@ class _Replay(Exception):
 
 
 class TenantAPIView(APIView):
+    content_negotiation_class = JSONFirstNegotiation
     required_scopes: dict[str, str] = {}
     _idempotency: IdempotencyRecord | None = None
     # True when this POST retries an earlier attempt (same Idempotency-Key and body) that did

@@ -61,6 +61,26 @@ def test_wrong_content_type_is_415(api):
     assert response.json()["error"]["type"] == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        (None, 400),
+        ("*/*", 400),
+        ("application/json", 400),
+        ("application/json; charset=utf-8", 400),
+        ("text/html, application/json;q=0.9", 400),
+        ("text/html", 406),
+        ("application/xml", 406),
+    ],
+)
+def test_every_answer_is_json_and_an_accept_the_api_cannot_produce_is_a_406(api, accept, status):
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    response = api.post("/v1/classify", {**OK, "inputs": []}, format="json", **headers)
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["type"] == "invalid_request"
+
+
 def test_classify_needs_the_inference_scope(tenant, client_for):
     response = client_for(tenant, ["billing"]).post("/v1/classify", OK, format="json")
     assert response.status_code == 403
