@@ -8,6 +8,9 @@ minimise padded tokens plus a per-forward overhead, within the token budget.
 
 Cost accounting: each sub-batch's wall time is split across its items by their share of
 real (unpadded) tokens, so the shares of all items sum to the time the model was busy.
+
+Rows may carry a tag for the model (a fine-tuned model's LoRA adapter): tagged and untagged
+rows share forward passes, and the tags reach the model as one list per pass.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,7 +31,8 @@ import torch
 # when splitting a batch to save padding is worth one more forward pass.
 FORWARD_OVERHEAD_TOKENS = 48
 
-EmbedFn = Callable[[Sequence[Sequence[int]]], torch.Tensor]
+# ``embed(ids)``, or ``embed(ids, tags)`` when a row of the pass has a tag (one per row).
+EmbedFn = Callable[..., torch.Tensor]
 
 
 class BatcherClosedError(RuntimeError):
@@ -48,6 +52,7 @@ class Embedded(NamedTuple):
 class _Item:
     ids: Sequence[int]
     enqueued: float
+    tag: Any = None
     future: Future[Embedded] = field(default_factory=Future)
 
 
@@ -151,15 +156,16 @@ class DynamicBatcher:
             return dataclasses.replace(self._stats)
 
     def submit_many(
-        self, batch: Sequence[Sequence[int]], *, timeout: float = 30.0
+        self, batch: Sequence[Sequence[int]], *, tag: Any = None, timeout: float = 30.0
     ) -> list[Future[Embedded]]:
         """Queue token id lists; each future resolves to its ``Embedded`` or an exception.
 
-        Texts of one call are queued together so they land in the same batch. Blocks while
-        the queue is full (back-pressure), up to ``timeout`` seconds.
+        Texts of one call are queued together so they land in the same batch, each with
+        ``tag`` (passed to the model with its row). Blocks while the queue is full
+        (back-pressure), up to ``timeout`` seconds.
         """
         now = time.monotonic()
-        items = [_Item(ids, now) for ids in batch]
+        items = [_Item(ids, now, tag) for ids in batch]
         if not items:
             return []
 
@@ -252,8 +258,12 @@ class DynamicBatcher:
 
     def _forward(self, items: list[_Item]) -> None:
         began = time.perf_counter()
+        ids = [item.ids for item in items]
         try:
-            vectors = self._embed([item.ids for item in items])
+            if any(item.tag is not None for item in items):
+                vectors = self._embed(ids, [item.tag for item in items])
+            else:
+                vectors = self._embed(ids)
         except Exception as exc:  # every waiter of this sub-batch hears about it
             for item in items:
                 item.future.set_exception(exc)

@@ -30,7 +30,7 @@ from workers.contract import (
     ClassifyRequest,
     ClassifyResult,
 )
-from workers.runtime.batcher import BatcherClosedError, DynamicBatcher
+from workers.runtime.batcher import DynamicBatcher
 from workers.runtime.cache import EmbeddingCache
 from workers.runtime.encoder import Encoder, Tokenized, UnknownModelError, load_encoder
 from workers.runtime.finetuned import FineTunedCache, ModelFileError
@@ -41,9 +41,10 @@ from workers.settings import WorkerSettings, get_settings
 LABEL_TEMPLATE = "This text is about {label}."
 TEMPERATURE = 0.05
 SCORE_DECIMALS = 6
-# Fine-tuned models kept loaded per worker (LRU). A head is ~6 KB; a LoRA model holds a
-# merged copy of the encoder (~90 MB), which is what bounds this.
-FINE_TUNED_CACHE_SIZE = int(os.environ.get("WORKER_FINE_TUNED_CACHE_SIZE", "4"))
+# Fine-tuned models kept loaded per worker (LRU). A head is ~6 KB; a LoRA adapter laid out
+# for serving is ~37 KB x rank x targets (query, key, value): 0.6-0.9 MB at rank 8, at most
+# 7 MB (rank 64, three targets). 64 of them: ~60 MB typically, 450 MB at the very worst.
+FINE_TUNED_CACHE_SIZE = int(os.environ.get("WORKER_FINE_TUNED_CACHE_SIZE", "64"))
 # A waiting request gives up after this long if the model thread is stuck or overloaded.
 EMBED_TIMEOUT_S = 120.0
 
@@ -136,11 +137,7 @@ class ClassifierEngine:
         self.settings = settings
         self.cache = EmbeddingCache(settings.embed_cache_size)
         self._runtimes: dict[str, _Runtime] = {}
-        self.fine_tuned = FineTunedCache(
-            FINE_TUNED_CACHE_SIZE,
-            ArtifactStore().get,
-            lambda encoder: self._batcher(encoder, f"batcher-{encoder.encoder_id}"),
-        )
+        self.fine_tuned = FineTunedCache(FINE_TUNED_CACHE_SIZE, ArtifactStore().get)
         self._lock = threading.Lock()
 
     def _batcher(self, encoder: Encoder, name: str) -> DynamicBatcher:
@@ -175,7 +172,6 @@ class ClassifierEngine:
             runtimes, self._runtimes = list(self._runtimes.values()), {}
         for runtime in runtimes:
             runtime.batcher.close()
-        self.fine_tuned.close()
 
     def classify(self, request: ClassifyRequest) -> ClassifyResult:
         return self.begin(request)()
@@ -253,37 +249,27 @@ class ClassifierEngine:
         return finish
 
     def _begin_fine_tuned(self, request: ClassifyRequest) -> Callable[[], ClassifyResult]:
-        """A tenant's fine-tuned model: its head over the encoder's embedding. Head models
-        share the base encoder's batcher with every other request; LoRA models run on their
-        own merged copy of the encoder, through its own batcher (finetuned.py says why)."""
+        """A tenant's fine-tuned model: its head over the encoder's embedding. Every one
+        rides the base encoder's batcher with every other request; a LoRA model's rows carry
+        its adapter into the shared forward passes (finetuned.py says how)."""
         try:
             _check_inputs(request)
         except InvalidRequestError as exc:
             return _done(errors.error_result(request, errors.INVALID_REQUEST, str(exc)))
         base_model, artifact = request.get("base_model", ""), str(request.get("artifact"))
         try:
-            # A model's int8 variant names the int8 base model: its head rides that model's
-            # batcher, its LoRA weights are merged then quantised (finetuned.py).
+            # A model's int8 variant names the int8 base model: it rides that model's
+            # batcher, a LoRA adapter laid out for the int8 body (finetuned.py).
             loaded = self.fine_tuned.get(
-                artifact, lambda name: self.runtime(name).encoder, base_model=base_model
+                artifact, lambda name: self.runtime(name).encoder.model, base_model=base_model
             )
             runtime = self.runtime(base_model)
         except (ArtifactMissingError, ModelFileError, UnknownModelError):
             logger.exception("fine-tuned model %s (%s) unavailable", request["model"], artifact)
             message = errors.MODEL_UNAVAILABLE_MESSAGE.format(model=request["model"])
             return _done(errors.error_result(request, errors.MODEL_UNAVAILABLE, message))
-        inputs = request["inputs"]
-        if loaded.batcher is None:  # a head: the shared encoder's batcher
-            tokenized = runtime.encoder.tokenize(list(inputs))
-            futures = runtime.batcher.submit_many([t.ids for t in tokenized])
-        else:  # a LoRA model: its merged encoder's own batcher
-            assert loaded.encoder is not None
-            tokenized = loaded.encoder.tokenize(list(inputs))
-            try:
-                futures = loaded.batcher.submit_many([t.ids for t in tokenized])
-            except BatcherClosedError:
-                # Evicted between lookup and submit: the next lookup loads it afresh.
-                return self._begin_fine_tuned(request)
+        tokenized = runtime.encoder.tokenize(list(request["inputs"]))
+        futures = runtime.batcher.submit_many([t.ids for t in tokenized], tag=loaded.adapter)
 
         def finish() -> ClassifyResult:
             embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]

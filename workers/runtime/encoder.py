@@ -86,6 +86,23 @@ class BertConfig:
         return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True, eq=False)
+class Adapter:
+    """One fine-tuned model's LoRA update of every layer's fused query/key/value projection,
+    laid out for a batch that mixes it with other rows: layer i adds ``(x @ a[i].T) @
+    b[i].T`` to its rows' projections (``a``: the adapted targets' A factors stacked, ``b``:
+    their B factors scaled by alpha / rank, placed at each target's slice of the 3 x hidden
+    outputs; None where a layer has no adapter). Built for one body by
+    ``finetuned.lora_adapter`` (the int8 body's smoothing is folded into ``a``)."""
+
+    a: tuple[torch.Tensor | None, ...]
+    b: tuple[torch.Tensor | None, ...]
+
+
+# Rows of a batch that share one adapter: (their row indices, on the model's device; it).
+AdapterRows = tuple[torch.Tensor, Adapter]
+
+
 class _Layer(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -107,9 +124,20 @@ class _Layer(nn.Module):
         self.register_buffer("in_scale", None)
         self.register_buffer("mid_scale", None)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        deltas: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (),
+    ) -> torch.Tensor:
+        """``deltas``: (rows, a, b) of the LoRA adapters of some rows (``Adapter``)."""
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
+        for rows, lora_a, lora_b in deltas:
+            # Only the adapted rows pay: two thin products (rank x targets wide).
+            delta = (x.index_select(0, rows) @ lora_a.T) @ lora_b.T
+            qkv.index_add_(0, rows, delta.to(qkv.dtype))
+        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = self.attn_norm(
             _residual(self.attn_out(ctx.transpose(1, 2).reshape(b, n, d)), x, self.in_scale)
@@ -137,15 +165,24 @@ class BertModel(nn.Module):
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, lora: Sequence[AdapterRows] = ()
+    ) -> torch.Tensor:
+        """The last hidden state; ``lora``: rows that run with a fine-tuned model's adapter
+        (every other row runs on the shared weights alone)."""
         positions = torch.arange(ids.shape[1], device=ids.device)
         # Single-segment inputs: token type 0 everywhere, i.e. row 0 of the table.
         x = self.word(ids) + self.position(positions) + self.token_type.weight[0]
         x = self.norm(x)
         # Boolean SDPA mask, True = may attend; broadcast over heads and query positions.
         attn_mask = mask[:, None, None, :]
-        for layer in self.layers:
-            x = layer(x, attn_mask)
+        for i, layer in enumerate(self.layers):
+            deltas = [
+                (rows, adapter.a[i], adapter.b[i])
+                for rows, adapter in lora
+                if adapter.a[i] is not None and adapter.b[i] is not None
+            ]
+            x = layer(x, attn_mask, deltas)
         hidden: torch.Tensor = x
         return hidden
 
@@ -223,8 +260,8 @@ class Encoder:
         return model
 
     def derive(self, encoder_id: str, model: BertModel) -> Encoder:
-        """This encoder's tokenizer with another BERT body (a fine-tuned model whose LoRA
-        adapters were merged into a copy of the weights); shares nothing mutable."""
+        """This encoder's tokenizer with another BERT body (a quantised or otherwise
+        changed copy of the weights); shares nothing mutable."""
         derived = copy.copy(self)
         derived.encoder_id = encoder_id
         derived._model = model.to(device=self.device).eval()
@@ -235,12 +272,28 @@ class Encoder:
         # With truncation on, `overflowing` holds the cut-off remainder of a long text.
         return [Tokenized(list(e.ids), bool(e.overflowing)) for e in encodings]
 
-    def embed_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+    def embed_ids(
+        self, batch: Sequence[Sequence[int]], adapters: Sequence[Adapter | None] | None = None
+    ) -> torch.Tensor:
         """Embed already tokenized texts as one forward pass, padded to the longest row.
+        ``adapters``: per row, the LoRA adapter it runs with (None: the shared weights).
         Returns an (n, dim) float32 CPU tensor of unit vectors."""
         ids, mask = (t.to(self.device) for t in pad_ids(batch))
+        lora = self._group(adapters) if adapters is not None else []
         with torch.inference_mode(), self._autocast():
-            return mean_pool(self._model(ids, mask).float(), mask).cpu()
+            return mean_pool(self._model(ids, mask, lora).float(), mask).cpu()
+
+    def _group(self, adapters: Sequence[Adapter | None]) -> list[AdapterRows]:
+        rows: dict[int, list[int]] = {}
+        by_id: dict[int, Adapter] = {}
+        for row, adapter in enumerate(adapters):
+            if adapter is not None:
+                rows.setdefault(id(adapter), []).append(row)
+                by_id[id(adapter)] = adapter
+        return [
+            (torch.tensor(indices, dtype=torch.long, device=self.device), by_id[key])
+            for key, indices in rows.items()
+        ]
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Tokenize and embed in one unbucketed forward pass (for tools and warm-up)."""

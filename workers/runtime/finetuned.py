@@ -7,37 +7,37 @@ embedding, scaled by ``HEAD_SCALE``), LoRA factors when the method was ``lora``
 (``lora.<layer>.<target>.A``/``.B``), and string metadata (format version, base model,
 method, labels, LoRA rank/alpha). safetensors, not pickle: loading a file can never run code.
 
-Serving: a ``head`` model only adds a matrix product after the shared encoder, so its
-requests ride the shared dynamic batcher with everyone else's. A ``lora`` model changes the
-encoder itself: its adapters are merged into a private copy of the weights (same speed as
-the base model, no per-request adapter cost), kept in a small LRU because each copy is the
-size of the encoder. Each merged copy has its own dynamic batcher, so concurrent requests for
-one adapter share forward passes (batched by adapter) and each is charged its token share of
-them, never the time it spent queued behind another.
+Serving: every fine-tuned model rides the shared encoder's dynamic batcher with everyone
+else's requests, so many tenants never mean many encoder copies. A ``head`` model adds a
+matrix product after the shared encoder. A ``lora`` model's rows carry its adapter into the
+shared forward pass (``encoder.Adapter``): each layer adds the adapter's low-rank update to
+those rows' query/key/value projections, grouped by adapter, while every other row runs on
+the shared weights alone (S-LoRA/Punica-style serving, without merged copies). An adapter
+is ~0.9 MB against the encoder's ~90 MB, so the LRU of loaded models can be large.
 
 The int8 tier: the same model file is also served on the int8 base model
 (``contract.INT8_BASE_MODELS``) when the platform offers the variant. A head variant rides
-the shared int8 encoder's batcher; a LoRA variant merges its adapters into a copy of the
-fp32 weights first and quantises the result (quantising before merging would lose the
-adapters' small updates to rounding). The LRU is keyed by (artifact, base model), so a
-model's fp32 and int8 copies never collide.
+the shared int8 encoder's batcher; a LoRA variant's adapter runs in full precision beside
+the int8 weights (its small updates are never rounded to int8), with the int8 body's
+activation smoothing folded into it. Fine-tuning measures the variant the same way
+(``training/int8.py``). The LRU is keyed by (artifact, base model), so a model's fp32 and
+int8 forms never collide.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from safetensors.torch import load, save
 
 from workers.contract import INT8_BASE_MODELS
-from workers.runtime.batcher import DynamicBatcher
-from workers.runtime.encoder import BertModel, Encoder, int8_body
+from workers.runtime.encoder import Adapter, BertModel, _Layer
 
 FORMAT = "margin-finetune/1"
 # Logits are HEAD_SCALE * (W x + b) on unit-length embeddings: the same x20 scale the encoder
@@ -65,35 +65,47 @@ class FineTunedModel:
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         return HEAD_SCALE * (embeddings @ self.head_weight.T + self.head_bias)
 
-    def merged_encoder(self, encoder: Encoder, encoder_id: str, *, int8: bool = False) -> Encoder:
-        """A copy of ``encoder`` with this model's adapters merged into its weights; with
-        ``int8``, the merged weights as the int8 tier serves them (``int8_body``)."""
-        model = copy.deepcopy(encoder.model)
-        lora_merge(model, self.lora, rank=self.lora_rank, alpha=self.lora_alpha)
-        if int8:
-            model = int8_body(model, encoder.device)
-        return encoder.derive(encoder_id, model)
-
     def servable_on(self, base_model: str) -> bool:
         """Trained on ``base_model``, or ``base_model`` is the int8 tier of the one it was."""
         return base_model in (self.base_model, INT8_BASE_MODELS.get(self.base_model))
 
 
-def lora_merge(model: BertModel, lora: dict[str, torch.Tensor], *, rank: int, alpha: float) -> None:
-    """W_target += (alpha / rank) * B @ A, in place, for every adapted slice."""
+def lora_adapter(
+    model: BertModel, lora: dict[str, torch.Tensor], *, rank: int, alpha: float
+) -> Adapter:
+    """The adapters in ``lora`` (``<layer>.<target>.A|B``) laid out for ``model``'s forward
+    pass, on its device. Where the body's activations were smoothed (the int8 tier divides
+    each layer's input by ``in_scale``), ``a`` is multiplied by that scale, so the update is
+    the one the adapters were trained to make on the unsmoothed input."""
     scale = alpha / rank
-    with torch.no_grad():
-        for name, a in lora.items():
-            if not name.endswith(".A"):
-                continue
-            layer, target, _ = name.split(".")
-            b = lora[name[:-2] + ".B"]
-            qkv = model.layers[int(layer)].qkv
-            assert isinstance(qkv, torch.nn.Linear)
-            d = qkv.in_features
-            offset = QKV_TARGETS[target] * d
-            delta = scale * (b @ a)
-            qkv.weight[offset : offset + d] += delta.to(qkv.weight.device, qkv.weight.dtype)
+    targets: dict[int, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+    for name, a in sorted(lora.items()):
+        if name.endswith(".A"):
+            number, target, _ = name.split(".")
+            targets.setdefault(int(number), []).append((target, a, lora[name[:-2] + ".B"]))
+    device = model.word.weight.device
+    a_by_layer: list[torch.Tensor | None] = []
+    b_by_layer: list[torch.Tensor | None] = []
+    for index, layer in enumerate(cast(list[_Layer], list(model.layers))):
+        adapted = targets.get(index)
+        if not adapted:
+            a_by_layer.append(None)
+            b_by_layer.append(None)
+            continue
+        d = int(layer.attn_norm.normalized_shape[0])
+        stacked_a = torch.cat([a.float() for _, a, _ in adapted])
+        in_scale = layer.in_scale
+        if in_scale is not None:
+            stacked_a = stacked_a * in_scale.float().cpu()
+        placed_b = torch.zeros(3 * d, stacked_a.shape[0])
+        column = 0
+        for target, a, b in adapted:
+            offset, width = QKV_TARGETS[target] * d, a.shape[0]
+            placed_b[offset : offset + d, column : column + width] = scale * b.float()
+            column += width
+        a_by_layer.append(stacked_a.contiguous().to(device))
+        b_by_layer.append(placed_b.to(device))
+    return Adapter(tuple(a_by_layer), tuple(b_by_layer))
 
 
 def model_file_write(
@@ -159,79 +171,50 @@ def model_file_read(data: bytes) -> FineTunedModel:
 @dataclass(frozen=True)
 class Loaded:
     model: FineTunedModel
-    encoder: Encoder | None  # a private merged encoder for LoRA models; None: the shared one
-    batcher: DynamicBatcher | None  # the private encoder's own batcher
+    adapter: Adapter | None  # a LoRA model's adapter, laid out for the body it is served on
 
 
 class FineTunedCache:
     """LRU of loaded fine-tuned models, keyed by (artifact hash, base model served on).
-    ``fetch`` reads the file (from the artifact store) on a miss; ``make_batcher`` builds the
-    dynamic batcher of a LoRA model's merged encoder, closed when the model is evicted."""
+    ``fetch`` reads the file (from the artifact store) on a miss."""
 
-    def __init__(
-        self,
-        capacity: int,
-        fetch: Callable[[str], bytes],
-        make_batcher: Callable[[Encoder], DynamicBatcher],
-    ) -> None:
+    def __init__(self, capacity: int, fetch: Callable[[str], bytes]) -> None:
         self.capacity = max(1, capacity)
         self._fetch = fetch
-        self._make_batcher = make_batcher
         self._items: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(
         self,
         artifact: str,
-        base_encoder: Callable[[str], Encoder],
+        body: Callable[[str], BertModel],
         *,
         base_model: str | None = None,
     ) -> Loaded:
         """The model in ``artifact`` as served on ``base_model`` (None: the one it was trained
-        on). Raises ModelFileError when it cannot be served there. A LoRA model's batcher
-        may be closed by an eviction after this returns: submitting then raises
-        ``BatcherClosedError``, and asking again loads the model afresh."""
+        on), whose shared body ``body(base_model)`` gives. Raises ModelFileError when it
+        cannot be served there."""
         key = (artifact, base_model or "")
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        # Loaded outside the lock: reading and merging take ~100 ms and must not block
-        # requests for models already loaded. Two threads may load the same one; one wins.
+        # Loaded outside the lock: reading a file must not block requests for models already
+        # loaded. Two threads may load the same one; one wins.
         model = model_file_read(self._fetch(artifact))
         served_on = base_model or model.base_model
         if not model.servable_on(served_on):
             raise ModelFileError(f"trained on {model.base_model}, not {served_on}")
-        encoder = None
+        adapter = None
         if model.lora:
-            int8 = served_on != model.base_model
-            encoder = model.merged_encoder(
-                base_encoder(model.base_model),
-                f"ft:{artifact}:int8" if int8 else f"ft:{artifact}",
-                int8=int8,
+            adapter = lora_adapter(
+                body(served_on), model.lora, rank=model.lora_rank, alpha=model.lora_alpha
             )
-        closing: list[Loaded] = []
+        loaded = Loaded(model, adapter)
         with self._lock:
-            winner = self._items.get(key)
-            if winner is None:
-                batcher = self._make_batcher(encoder) if encoder is not None else None
-                winner = self._items[key] = Loaded(model, encoder, batcher)
+            self._items[key] = self._items.get(key, loaded)
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
-                closing.append(self._items.popitem(last=False)[1])
-        for evicted in closing:
-            _close(evicted)
-        return winner
-
-    def close(self) -> None:
-        with self._lock:
-            items, self._items = list(self._items.values()), OrderedDict()
-        for loaded in items:
-            _close(loaded)
-
-
-def _close(loaded: Loaded) -> None:
-    # Queued texts are still embedded; the batcher's threads exit once it is drained.
-    if loaded.batcher is not None:
-        loaded.batcher.close(timeout=0)
+                self._items.popitem(last=False)
+            return self._items[key]

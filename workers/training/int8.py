@@ -9,13 +9,13 @@ CPU, wherever the training ran):
   the artifact store by the texts and the int8 numerics (a fingerprint: one probe sentence's
   int8 embedding), so a second job on the same split skips the encoder, while vectors
   from other int8 numerics (a change to ``quantize_int8``) are never reused;
-- ``lora``: the adapters merged into a copy of the fp32 weights, that copy quantised
-  (``runtime.encoder.int8_body``, as serving does), then the head.
+- ``lora``: the validation texts through the same ``minilm-l6-int8`` encoder with the
+  model's adapter beside the int8 weights (``finetuned.lora_adapter``, as serving runs it),
+  then the head.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import weakref
 from collections.abc import Sequence
@@ -25,11 +25,10 @@ import torch
 
 from workers.artifacts import ArtifactStore
 from workers.contract import INT8_BASE_MODELS
-from workers.runtime.encoder import Encoder, int8_body, load_encoder
-from workers.runtime.finetuned import lora_merge
+from workers.runtime.encoder import Adapter, Encoder, load_encoder
+from workers.runtime.finetuned import lora_adapter
 
 from . import head as head_method
-from . import lora as lora_method
 from .head import Step
 from .metrics import classification_metrics
 
@@ -51,7 +50,6 @@ def int8_metrics(
     *,
     store: ArtifactStore,
     base_model: str,
-    encoder: Encoder,
     val_texts: Sequence[str],
     val_labels: Sequence[str],
     labels: Sequence[str],
@@ -72,16 +70,12 @@ def int8_metrics(
     # NOTE: on the CPU even when training ran on a GPU: int8 is a CPU tier (dynamic int8
     # kernels are CPU kernels; a GPU worker serves the int8 id in bf16, at least as close to
     # fp32), so what is measured is what CPU workers will serve.
-    cpu = torch.device("cpu")
+    int8_encoder = load_encoder(int8_base, device="cpu", threads=threads)
     if lora:
-        merged = copy.deepcopy(encoder.model).to(cpu)
-        lora_merge(merged, lora, rank=lora_rank, alpha=lora_alpha)
-        body = int8_body(merged, cpu)
-        del merged
-        val_ids = [t.ids for t in encoder.tokenize(val_texts)]
-        x_val = lora_method.embed_with(body, val_ids, step=step)
+        adapter = lora_adapter(int8_encoder.model, lora, rank=lora_rank, alpha=lora_alpha)
+        val_ids = [t.ids for t in int8_encoder.tokenize(val_texts)]
+        x_val = _embed_adapted(int8_encoder, val_ids, adapter, step)
     else:
-        int8_encoder = load_encoder(int8_base, device="cpu", threads=threads)
         texts = hashlib.sha256("\x1f".join(val_texts).encode()).hexdigest()
         x_val, _, _ = head_method.embeddings_get(
             store=store,
@@ -99,3 +93,20 @@ def int8_metrics(
         "int8_per_label_f1": measured["per_label_f1"],
         "int8_accuracy_delta": round(100 * (accuracy - fp32_accuracy), 2),
     }
+
+
+def _embed_adapted(
+    encoder: Encoder, ids: Sequence[Sequence[int]], adapter: Adapter, step: Step, batch: int = 32
+) -> torch.Tensor:
+    """Embeddings of tokenized texts through ``encoder`` with ``adapter`` on every row,
+    length-bucketed; ``step()`` after each batch (a cancellation boundary)."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = []
+    for start in range(0, len(order), batch):
+        chunk = [ids[i] for i in order[start : start + batch]]
+        out.append(encoder.embed_ids(chunk, [adapter] * len(chunk)))
+        step()
+    vectors = torch.cat(out)
+    result = torch.empty_like(vectors)
+    result[order] = vectors
+    return result

@@ -195,7 +195,6 @@ def train_run(ctx: JobContext) -> TrainResult:
     int8 = int8_metrics(
         store=ctx.store,
         base_model=request["base_model"],
-        encoder=encoder,
         val_texts=val_rows.texts,
         val_labels=val_rows.labels,
         labels=labels,
