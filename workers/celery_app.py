@@ -16,7 +16,7 @@ from celery import Celery, signals
 from celery.concurrency import get_implementation
 
 from workers.contract import Queue, TaskName
-from workers.settings import get_settings
+from workers.settings import default_price_warning, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ TRAINING_TASK_POLICY: dict[str, Any] = {
 
 
 _warmed_in_s: float | None = None
+_devices: set[str] = set()
 
 
 def _warm() -> None:
@@ -96,7 +97,7 @@ def _warm() -> None:
     began = time.perf_counter()
     engine = get_engine()
     for base_model in BASE_MODELS:
-        engine.runtime(base_model)
+        _devices.add(engine.runtime(base_model).encoder.device.type)
     _warmed_in_s = time.perf_counter() - began
 
 
@@ -136,6 +137,10 @@ def _log_warm(**_: Any) -> None:
     # Logged here, not in _warm: logging is not configured yet when worker_init fires.
     if _warmed_in_s is not None:
         logger.info("inference models loaded in %.2f s", _warmed_in_s)
+    for device_type in sorted(_devices):
+        warning = default_price_warning(device_type)
+        if warning is not None:
+            logger.warning(warning)
 
 
 @signals.worker_shutdown.connect

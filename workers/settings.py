@@ -30,6 +30,8 @@ DEFAULT_MAX_BATCH_SIZE = 64
 GPU_MAX_BATCH_TOKENS = 32768
 GPU_MAX_BATCH_SIZE = 1024
 DEFAULT_MAX_WAIT_MS = 2.0
+# What a CPU worker pool's hardware costs per hour unless WORKER_PRICE_PER_HOUR says.
+DEFAULT_PRICE_PER_HOUR = "0.10"
 DEFAULT_EMBED_CACHE_SIZE = 10_000
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -58,7 +60,7 @@ class WorkerSettings:
     # Cost to serve: what this worker pool's hardware costs per hour (currency units, a
     # decimal string: money is never a float), recorded on every usage event.
     pool: str = "cpu"
-    price_per_hour: str = "0.10"
+    price_per_hour: str = DEFAULT_PRICE_PER_HOUR
     currency: str = "usd"
     # Celery's two INFO lines per task ("received", "succeeded"). Off by default: at
     # serving rates they cost ~4 % of the worker's CPU (yappi, 32 clients) and say nothing
@@ -147,9 +149,23 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
         embed_cache_size=_int(env, "WORKER_EMBED_CACHE_SIZE", DEFAULT_EMBED_CACHE_SIZE, 0),
         device=device,
         pool=env.get("WORKER_POOL", "").strip() or "cpu",
-        price_per_hour=_price(env, "WORKER_PRICE_PER_HOUR", "0.10"),
+        price_per_hour=_price(env, "WORKER_PRICE_PER_HOUR", DEFAULT_PRICE_PER_HOUR),
         currency=(env.get("WORKER_CURRENCY", "").strip() or "usd").lower(),
         log_tasks=_bool(env, "WORKER_LOG_TASKS"),
+    )
+
+
+def default_price_warning(device_type: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A warning when a worker serves on a GPU at the CPU pool's default price: every call's
+    cost to serve would be recorded at a CPU's hourly price, silently understating it (and
+    overstating the margin). None when the price was set, or the device is a CPU."""
+    env = os.environ if env is None else env
+    if device_type == "cpu" or env.get("WORKER_PRICE_PER_HOUR", "").strip():
+        return None
+    return (
+        f"serving on {device_type} at the default hardware price ({DEFAULT_PRICE_PER_HOUR}"
+        " usd/hour, meant for a CPU): set WORKER_PRICE_PER_HOUR (and WORKER_POOL) to this"
+        " machine's price, or cost to serve and margins are wrong"
     )
 
 

@@ -64,3 +64,13 @@ def test_reads_the_environment() -> None:
 def test_a_bad_value_fails_loudly(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         settings_from_env({name: value})
+
+
+def test_a_gpu_at_the_cpu_default_price_is_warned_about() -> None:
+    from workers.settings import default_price_warning
+
+    assert default_price_warning("cpu", {}) is None
+    assert default_price_warning("cuda", {"WORKER_PRICE_PER_HOUR": "3.50"}) is None
+    warning = default_price_warning("cuda", {})
+    assert warning is not None and "WORKER_PRICE_PER_HOUR" in warning
+    assert default_price_warning("cuda", {"WORKER_PRICE_PER_HOUR": "  "}) == warning
