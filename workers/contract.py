@@ -87,6 +87,31 @@ class ClassifyRequest(TypedDict):
     # ``result_cache_key(cache_version, labels, examples, input)`` for ``cache_ttl_s``.
     cache_version: NotRequired[str | None]
     cache_ttl_s: NotRequired[int]
+    # Partial cache hit: the rows the API found in the result cache (each with its original
+    # ``index`` and the ``tokens`` it took); ``inputs`` then holds only the other inputs, in
+    # order. The worker answers with every row and meters the call as a whole, the found rows
+    # as cached. Workers go before API processes that send it (an older worker would answer
+    # and meter only ``inputs``).
+    cached_rows: NotRequired[list[CachedRow]]
+
+
+class CachedRow(TypedDict):
+    """One input's row as the result cache holds it: the row and the tokens it took."""
+
+    index: int
+    label: str
+    score: float
+    scores: dict[str, float]
+    truncated: bool
+    tokens: int
+
+
+def input_indices(request: ClassifyRequest) -> list[int]:
+    """Where each of ``request["inputs"]`` stands in the customer's request: 0..n-1, or
+    the positions the cached rows left free."""
+    taken = {row["index"] for row in request.get("cached_rows") or []}
+    total = len(request["inputs"]) + len(taken)
+    return [index for index in range(total) if index not in taken]
 
 
 def result_cache_key(

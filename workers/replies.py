@@ -15,6 +15,7 @@ from workers.contract import (
     RESULT_TTL_S,
     ClassifyRequest,
     ClassifyResult,
+    input_indices,
     reply_key,
     result_cache_key,
     result_key,
@@ -63,12 +64,17 @@ def replies_send(replies: list[Reply]) -> None:
 
 
 def _cache_rows(pipe: Any, request: ClassifyRequest, result: ClassifyResult) -> None:
-    """Each answered input's row, for the API's result cache (with the tokens it took, so
-    a hit can be metered like the call it replaces)."""
+    """Each input's row the worker computed, for the API's result cache (with the tokens it
+    took, so a hit can be metered like the call it replaces); rows that came from the cache
+    (a partial hit) are left as they are."""
     version = str(request["cache_version"])
     ttl = int(request.get("cache_ttl_s") or 86_400)
     tokens = result.get("row_tokens") or []
-    for row, text in zip(result["results"], request["inputs"], strict=True):
+    texts = dict(zip(input_indices(request), request["inputs"], strict=True))
+    for row in result["results"]:
+        text = texts.get(row["index"])
+        if text is None:
+            continue
         key = result_cache_key(version, request["labels"], request["examples"], text)
         cached = {**row, "tokens": tokens[row["index"]] if tokens else 0}
         pipe.set(key, json.dumps(cached, separators=(",", ":")), ex=ttl)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, cast
 
 from workers import errors
 from workers.celery_app import INFERENCE_TASK_POLICY, app
-from workers.contract import ClassifyRequest, ClassifyResult, TaskName
+from workers.contract import (
+    ClassificationRow,
+    ClassifyRequest,
+    ClassifyResult,
+    TaskName,
+    input_indices,
+)
 from workers.replies import Reply, replies_send, reply_send
 from workers.runtime.classifier import get_engine
 from workers.usage import usage_event_build
@@ -22,8 +29,43 @@ def _expired(request: ClassifyRequest) -> Reply:
 
 def _answered(request: ClassifyRequest, result: ClassifyResult) -> Reply:
     # The answer and its usage event go in one transaction: no answered call goes unmetered.
-    usage = None if "error" in result else usage_event_build(request=request, result=result)
-    return result, usage, request
+    if "error" in result:
+        return result, None, request
+    result = with_cached_rows(request, result)
+    return result, usage_event_build(request=request, result=result), request
+
+
+def with_cached_rows(request: ClassifyRequest, result: ClassifyResult) -> ClassifyResult:
+    """The whole call's answer for a partial cache hit: the rows computed for ``inputs``
+    moved to their places, the cached rows in theirs, and usage for every input (the cached
+    ones as ``cached``, with the tokens they took and no compute)."""
+    cached = request.get("cached_rows")
+    if not cached:
+        return result
+    places = input_indices(request)
+    computed_tokens = result.get("row_tokens") or [0] * len(places)
+    rows: list[ClassificationRow] = [
+        {**row, "index": places[row["index"]]} for row in result["results"]
+    ]
+    tokens = dict(zip(places, computed_tokens, strict=True))
+    for entry in cached:
+        row = cast(dict[str, Any], dict(entry))
+        tokens[entry["index"]] = int(row.pop("tokens", 0))
+        rows.append(cast(ClassificationRow, row))
+    rows.sort(key=lambda row: row["index"])
+    usage = result["usage"]
+    hit_tokens = sum(tokens[entry["index"]] for entry in cached)
+    return {
+        **result,
+        "results": rows,
+        "row_tokens": [tokens[index] for index in range(len(rows))],
+        "usage": {
+            "inputs": usage["inputs"] + len(cached),
+            "tokens": usage["tokens"] + hit_tokens,
+            "compute_ms": usage["compute_ms"],
+            "cached": usage["cached"] + len(cached),
+        },
+    }
 
 
 @app.task(name=TaskName.CLASSIFY.value, **INFERENCE_TASK_POLICY)

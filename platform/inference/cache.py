@@ -4,8 +4,11 @@ version with the same labels and examples, is answered from Redis without a work
 Workers store each answered row (``workers/replies.py``); the API looks all of a request's
 rows up in one MGET. A full hit is metered like the call it replaces (its inputs and
 tokens, ``cached`` = inputs; the plan decides whether cached inputs are billed) at the cost
-of a lookup, which is no compute: cost 0 on pool ``cache``. Keys include the model version
-(a fine-tuned model's artifact hash), so a changed model never serves stale answers."""
+of a lookup, which is no compute: cost 0 on pool ``cache``. A partial hit sends only the
+missed inputs to a worker, with the found rows (``cached_rows``): the worker answers and
+meters the whole call, the found rows as cached at no compute. Keys include the model
+version (a fine-tuned model's artifact hash), so a changed model never serves stale
+answers."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from prometheus_client import Counter
 from workers.contract import (
     CONTRACT_VERSION,
     USAGE_STREAM,
+    CachedRow,
     ClassificationRow,
     ClassifyRequest,
     ClassifyResult,
@@ -32,7 +36,7 @@ from .dispatch import redis_client
 from .models import AIModel
 
 _HOST = socket.gethostname()
-# Hit rate = hit / (hit + miss), per model.
+# Per model: requests answered from the cache alone (hit), partly (partial), or not (miss).
 CACHE_LOOKUPS = Counter(
     "result_cache_lookups_total", "Requests looked up in the result cache.", ["model", "outcome"]
 )
@@ -47,8 +51,9 @@ def cache_version(model: AIModel) -> str | None:
     return f"{model.id}@{model.artifact}" if model.artifact else None
 
 
-def cached_result(request: ClassifyRequest) -> ClassifyResult | None:
-    """The whole answer from the cache, metered, or None (any miss: the worker answers)."""
+def cache_lookup(request: ClassifyRequest) -> list[CachedRow | None] | None:
+    """Each input's cached row (None where it missed), or None when the model's answers are
+    not cached. Counts the lookup as a hit, a partial hit or a miss."""
     version = request.get("cache_version")
     if not version:
         return None
@@ -56,17 +61,33 @@ def cached_result(request: ClassifyRequest) -> ClassifyResult | None:
         result_cache_key(version, request["labels"], request["examples"], text)
         for text in request["inputs"]
     ]
-    found = cast(list[Any], redis_client().mget(keys))
-    if any(value is None for value in found):
-        CACHE_LOOKUPS.labels(request["model"], "miss").inc()
-        return None
-    CACHE_LOOKUPS.labels(request["model"], "hit").inc()
+    found: list[CachedRow | None] = [
+        None if raw is None else cast(CachedRow, {**json.loads(raw), "index": index})
+        for index, raw in enumerate(cast(list[Any], redis_client().mget(keys)))
+    ]
+    hits = sum(row is not None for row in found)
+    outcome = "hit" if hits == len(found) else "partial" if hits else "miss"
+    CACHE_LOOKUPS.labels(request["model"], outcome).inc()
+    return found
+
+
+def with_cached_rows(request: ClassifyRequest, found: list[CachedRow | None]) -> ClassifyRequest:
+    """The request a worker gets for a partial hit: the missed inputs, and the found rows."""
+    return {
+        **request,
+        "inputs": [text for text, row in zip(request["inputs"], found, strict=True) if not row],
+        "cached_rows": [row for row in found if row is not None],
+    }
+
+
+def cached_answer(request: ClassifyRequest, found: list[CachedRow]) -> ClassifyResult:
+    """The whole answer from the cache (every input hit), metered."""
     rows: list[ClassificationRow] = []
     tokens = 0
-    for index, raw in enumerate(found):
-        row = json.loads(raw)
+    for entry in found:
+        row = cast(dict[str, Any], dict(entry))
         tokens += int(row.pop("tokens", 0))
-        rows.append(cast(ClassificationRow, {**row, "index": index}))
+        rows.append(cast(ClassificationRow, row))
     n = len(rows)
     event: UsageEvent = {
         "v": CONTRACT_VERSION, "event_id": request["request_id"], "kind": "inference",

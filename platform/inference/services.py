@@ -13,7 +13,7 @@ from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
 
 from . import messages
-from .cache import cache_version, cached_result
+from .cache import cache_lookup, cache_version, cached_answer, with_cached_rows
 from .dispatch import classify_dispatch
 from .models import AIModel
 from .selectors import model_get_visible
@@ -64,7 +64,14 @@ def classify(
         "cache_ttl_s": settings.RESULT_CACHE_TTL_S,
     }
     # A retry may have been answered (and metered) by a worker already: dispatch knows.
-    result = None if is_retry else cached_result(payload)
+    result = None
+    found = None if is_retry else cache_lookup(payload)
+    if found is not None:
+        hits = [row for row in found if row is not None]
+        if len(hits) == len(found):
+            result = cached_answer(payload, hits)
+        elif hits:  # a worker computes only the misses, and meters the whole call
+            payload = with_cached_rows(payload, found)
     if result is None:
         started = time.perf_counter()
         result = classify_dispatch(payload, reuse_result=is_retry)

@@ -186,6 +186,36 @@ def test_a_repeated_request_is_answered_from_the_cache_and_metered(http, secret)
     assert (row.inputs, row.cached, row.cost_micros, row.pool) == (2, 2, 0, "cache")
 
 
+def test_a_partial_cache_hit_computes_only_the_misses_and_meters_the_whole_call(http, secret):
+    labels = ["cheap", "dear"]
+    texts = ["the price halved overnight", "a small fortune for a sandwich", "fair enough"]
+    with http(secret) as client:
+        first = classify(client, {"model": "minilm-l6", "inputs": texts[:2], "labels": labels})
+        mixed = classify(
+            client,
+            {"model": "minilm-l6", "inputs": [texts[2], texts[1], texts[0]], "labels": labels},
+        )
+        again = classify(client, {"model": "minilm-l6", "inputs": [texts[2]], "labels": labels})
+    assert mixed.status_code == 200, mixed.text
+    body = mixed.json()
+    # Every row at its place; the two cached rows are the ones the first call got.
+    assert [row["index"] for row in body["results"]] == [0, 1, 2]
+    before = first.json()["results"]
+    for here, there in ((1, 1), (2, 0)):
+        assert {**body["results"][here], "index": 0} == {**before[there], "index": 0}
+    usage = body["usage"]
+    assert (usage["inputs"], usage["cached"]) == (3, 2)
+    assert usage["tokens"] > first.json()["usage"]["tokens"] and usage["compute_ms"] > 0
+    assert "worker" in mixed.headers["Server-Timing"]  # the miss went to a worker
+    # The input computed then is cached now.
+    assert again.json()["usage"]["cached"] == 1
+    assert again.json()["results"][0] == {**body["results"][0], "index": 0}
+    drain_usage()
+    row = UsageRecord.objects.unscoped().get(event_id=body["id"])
+    assert (row.inputs, row.cached, row.tokens) == (3, 2, usage["tokens"])
+    assert row.pool != "cache" and row.cost_micros > 0  # the miss's compute, nothing else
+
+
 def test_cache_versions_follow_the_model_weights():
     from inference.cache import cache_version
     from inference.models import AIModel
@@ -226,3 +256,7 @@ def test_cache_hit_rate_is_a_metric(http, secret):
         text = client.get("/metrics").text
     assert 'result_cache_lookups_total{model="minilm-l6",outcome="hit"}' in text
     assert 'result_cache_lookups_total{model="minilm-l6",outcome="miss"}' in text
+    with http(secret) as client:
+        classify(client, {**body, "inputs": ["metric me", "and me too"]})
+        text = client.get("/metrics").text
+    assert 'result_cache_lookups_total{model="minilm-l6",outcome="partial"}' in text

@@ -146,3 +146,40 @@ def test_a_coalesced_message_answers_and_meters_each_request_on_its_own() -> Non
     assert {praise["request_id"], few_shot["request_id"]} <= metered
     assert not metered & {late["request_id"], no_labels["request_id"], unknown["request_id"]}
     assert sum(1 for e in events if e["event_id"] == praise["request_id"]) == 1
+
+
+def test_a_partial_cache_hit_is_answered_and_metered_as_one_call() -> None:
+    # The API found input 1 in the result cache: the worker gets inputs 0 and 2 only.
+    found = {
+        "index": 1,
+        "label": "negative",
+        "score": 0.9,
+        "scores": {"positive": 0.1, "negative": 0.9},
+        "truncated": False,
+        "tokens": 7,
+    }
+    texts = ["I absolutely love this product, it works great", "It is wonderful, thank you"]
+    request = make_request(
+        texts,
+        labels=["positive", "negative"],
+        cache_version="test-partial",
+        cached_rows=[found],
+    )
+    result = _send(request)
+    assert result is not None and "error" not in result, result
+    rows = result["results"]
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    assert rows[1] == {k: v for k, v in found.items() if k != "tokens"}
+    assert [rows[0]["label"], rows[2]["label"]] == ["positive", "positive"]
+    usage = result["usage"]
+    assert (usage["inputs"], usage["cached"]) == (3, 1)
+    assert usage["tokens"] > 7 and usage["compute_ms"] > 0
+    # Metered once, as the whole call: the found row as cached, at no compute.
+    (event,) = _events_for(request["request_id"])
+    assert (event["inputs"], event["cached"], event["tokens"]) == (3, 1, usage["tokens"])
+    # The computed rows are now cached too, each under its own input, at its own index.
+    from workers.contract import result_cache_key
+
+    for text, index in zip(texts, (0, 2), strict=True):
+        raw = _redis().get(result_cache_key("test-partial", ["positive", "negative"], None, text))
+        assert raw is not None and json.loads(raw)["index"] == index
