@@ -1,6 +1,6 @@
 """``make run``: the whole product in the foreground on one machine.
 
-Starts the API server (gunicorn, port $PORT, default 8000), one inference worker, the
+Starts the API server (granian, port $PORT, default 8000), one inference worker, the
 usage consumer and the platform worker (billing tasks and their schedule), on the database
 and Redis named by DATABASE_URL / REDIS_URL, or on SQLite and an embedded Redis when they
 are unset. Ctrl-C or SIGTERM stops every child; if any
@@ -36,29 +36,34 @@ def _children(port: str) -> dict[str, list[str]]:
     bin_dir = Path(python).parent
     return {
         "api": [
-            str(bin_dir / "gunicorn"),
-            "config.wsgi:application",
-            "--pythonpath",
+            str(bin_dir / "granian"),
+            "--interface",
+            "wsgi",
+            "--working-dir",
             str(ROOT / "platform"),
-            "--bind",
-            f"0.0.0.0:{port}",
-            # Threads: a request mostly waits on the worker, and a waiting request needs only
-            # a thread. One process per core: fewer threads contend for each GIL than in one
-            # big process, while each process's classifications in flight together still
-            # travel to the workers as one message (inference/dispatch.py). Measured on this
-            # 2-core machine, 32 one-input clients, alternating runs: 2 x 16 gave 79.7 and
-            # 84.2 requests/s at 4.5 / 4.1 ms of API CPU each, 4 x 16 70.0 and 77.5 at 5.1 /
-            # 4.8 ms (the worker also spends less per request: fewer, fuller messages).
-            "--worker-class",
-            "gthread",
+            "--host",
+            "0.0.0.0",  # noqa: S104 - the API serves other hosts, as before (gunicorn --bind)
+            "--port",
+            port,
+            # NOTE: granian, not gunicorn: HTTP parsing and connections in Rust, the WSGI app
+            # on a pool of blocking threads (a request mostly waits on the worker, and a
+            # waiting request needs only a thread). Measured on this 2-core machine, 32
+            # one-input clients, alternating runs against gunicorn's gthread worker (2 x
+            # 16): API CPU per request 3.3-3.5 ms against 4.2-4.5 (cache hits, 411-438
+            # against 324-346 requests/s) and 3.8-4.4 ms against 5.0-5.7 (model path).
+            # One process per core: fewer threads contend for each GIL than in one big
+            # process, while each process's classifications in flight together still travel
+            # to the workers as one message (inference/dispatch.py).
             "--workers",
             os.environ.get("API_PROCESSES", str(max(2, os.cpu_count() or 1))),
-            "--threads",
+            "--blocking-threads",
             os.environ.get("API_THREADS", "16"),
-            "--timeout",
-            "90",
-            "--graceful-timeout",
-            "10",
+            "--runtime-threads",
+            "1",
+            "--respawn-failed-workers",
+            "--log-level",
+            os.environ.get("LOG_LEVEL", "INFO").lower(),
+            "config.wsgi:application",
         ],
         "inference-worker": _worker(
             "inference", ["-P", "threads", "-c", os.environ.get("WORKER_CONCURRENCY", "64")]
@@ -105,7 +110,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     for name, command in _children(port).items():
-        processes[name] = subprocess.Popen(command, cwd=ROOT)  # noqa: S603 - our own argv
+        # Each child leads its own process group, so that a child that will not stop is
+        # killed with every process it started (the API server's worker processes).
+        processes[name] = subprocess.Popen(command, cwd=ROOT, start_new_session=True)  # noqa: S603 - our own argv
         print(f"devserver: started {name} (pid {processes[name].pid})", flush=True)
     print(f"devserver: API on http://127.0.0.1:{port}  (docs: /v1/docs)", flush=True)
 
@@ -127,7 +134,7 @@ def main() -> int:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     if embedded is not None:
         from deploy.embedded_redis import stop_embedded_redis

@@ -15,7 +15,7 @@ Prints, side by side (ratios are what to compare: the machines drift 20-40 % bet
   result wait overhead, idempotency, rendering): the ``app`` minus ``worker`` parts of the
   ``Server-Timing`` header, from sequential requests.
 
-It starts the same processes ``make run`` does (gunicorn, a Celery inference worker, the
+It starts the same processes ``make run`` does (the API server, a Celery inference worker, the
 usage consumer) on a fresh SQLite file and the Redis named by REDIS_URL (else an embedded
 one), on free loopback ports, and stops them at the end.
 """
@@ -66,7 +66,7 @@ def raw_model(texts: list[str]) -> tuple[float, float]:
 
 
 class Stack:
-    """gunicorn + inference worker + usage consumer, as make run starts them."""
+    """The API server + inference worker + usage consumer, as make run starts them."""
 
     def __init__(self, env: dict[str, str], port: int, log_dir: Path) -> None:
         self.env, self.port, self.log_dir = env, port, log_dir
@@ -117,13 +117,13 @@ class Client:
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         self.headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
 
-    def classify(self, text: str | list[str]) -> tuple[int, dict[str, str]]:
+    def classify(self, text: str | list[str]) -> tuple[int, http.client.HTTPMessage]:
         inputs = [text] if isinstance(text, str) else text
         body = json.dumps({"model": "minilm-l6", "inputs": inputs, "labels": LABELS})
         self.conn.request("POST", "/v1/classify", body=body, headers=self.headers)
         response = self.conn.getresponse()
         response.read()
-        return response.status, dict(response.getheaders())
+        return response.status, response.msg  # header names are case-insensitive
 
     def close(self) -> None:
         self.conn.close()

@@ -4,7 +4,7 @@
 
 Prints:
 - a head job on 250 examples end to end: from POST /v1/fine-tunes (file already uploaded)
-  to GET showing ``succeeded``, through the same processes ``make run`` starts (gunicorn,
+  to GET showing ``succeeded``, through the same processes ``make run`` starts (the API server,
   the training worker, the job-events consumer); first on a new file (embeddings computed),
   then again on the same file (embeddings from the cache). Target <= 10 s;
 - LoRA (rank 8, query+value) seconds per epoch on 500 examples, in-process;
