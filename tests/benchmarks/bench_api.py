@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -47,7 +46,8 @@ sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 from bench_model import backlog_rate, make_texts  # noqa: E402
 
 from deploy.devserver import _children  # noqa: E402
-from deploy.embedded_redis import free_port, start_embedded_redis, stop_embedded_redis  # noqa: E402
+from deploy.embedded_redis import free_port, stop_embedded_redis  # noqa: E402
+from tests.stack import stack_environment  # noqa: E402
 
 LABELS = ["complaint", "praise", "question"]
 
@@ -189,42 +189,6 @@ def api_overhead(url: str, secret: str, texts: list[str], n: int) -> tuple[float
     return statistics.median(app_ms), statistics.median(worker_ms), statistics.median(outside)
 
 
-def bench_environment(
-    work: Path, *, plan: str, extra: dict[str, str] | None = None
-) -> tuple[dict[str, str], str, Any]:
-    """The environment the stack runs in (REDIS_URL, else an embedded Redis; a fresh SQLite
-    file unless BENCH_DATABASE_URL), migrated, with a tenant `bench` on ``plan`` (the
-    benchmarks measure serving, not the free plan's limits). Returns (env, secret, the
-    embedded Redis or None)."""
-    embedded = None
-    redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        embedded, redis_url = start_embedded_redis(str(work))
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{work / 'db.sqlite3'}"),
-        "DJANGO_SETTINGS_MODULE": "config.settings.base",
-        "LOG_LEVEL": "WARNING",
-        "HF_HUB_OFFLINE": "1",
-        **(extra or {}),
-    }
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=ROOT)
-    created = subprocess.run(
-        [*manage, "create_tenant", "bench"], env=env, check=True, cwd=ROOT,
-        capture_output=True, text=True,
-    )  # fmt: skip
-    # A subscription row as a settled Stripe subscription leaves it.
-    subscribe = (
-        "from tenants.models import Tenant; from tests.factories import subscribe; "
-        f"subscribe(Tenant.objects.get(slug='bench'), {plan!r})"
-    )
-    subprocess.run([*manage, "shell", "-c", subscribe], env=env, check=True, cwd=ROOT,
-                   capture_output=True)  # fmt: skip
-    return env, created.stdout.strip().splitlines()[-1], embedded
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -241,7 +205,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     # The model path is measured with the result cache off; the cache has its own phase.
-    env, secret, embedded = bench_environment(work, plan="scale", extra={"RESULT_CACHE_TTL_S": "0"})
+    env, secret, embedded = stack_environment(work, plan="scale", extra={"RESULT_CACHE_TTL_S": "0"})
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     stack = Stack(env, port, work)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 
-from bench_api import Stack, bench_environment  # noqa: E402
+from bench_api import Stack, stack_environment  # noqa: E402
 
 from deploy.embedded_redis import free_port, stop_embedded_redis  # noqa: E402
 
@@ -77,7 +77,7 @@ def run_job(client: httpx.Client, dataset_id: str, **body: Any) -> tuple[float, 
 def end_to_end() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     # Pro: the free plan cannot fine-tune.
-    env, secret, embedded = bench_environment(
+    env, secret, embedded = stack_environment(
         work, plan="pro", extra={"ARTIFACT_DIR": str(work / "artifacts")}
     )
     port = free_port()

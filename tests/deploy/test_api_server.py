@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import pytest
 
 from deploy.devserver import _children
 from deploy.embedded_redis import free_port
+from tests.stack import stack_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["positive", "negative"]
@@ -45,29 +45,14 @@ class Server:
 @pytest.fixture(scope="module")
 def server(inference_worker: str) -> Iterator[Server]:
     work = Path(tempfile.mkdtemp(prefix="api-server-"))
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "config.settings.base",
-        "LOG_LEVEL": "WARNING",
-        "API_PROCESSES": "2",
-        "API_THREADS": "8",
-        "RESULT_CACHE_TTL_S": "0",  # every classification goes to the worker
-    }
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True, cwd=ROOT)
-    created = subprocess.run(
-        [*manage, "create_tenant", "server-test"], env=env, check=True, cwd=ROOT,
-        capture_output=True, text=True,
-    )  # fmt: skip
-    # A subscription row as a settled Stripe subscription leaves it: the free plan's
-    # concurrency cap (8) is tested elsewhere, not here.
-    subscribe = (
-        "from tenants.models import Tenant; from tests.factories import subscribe; "
-        "subscribe(Tenant.objects.get(slug='server-test'), 'pro')"
-    )
-    subprocess.run(
-        [*manage, "shell", "-c", subscribe], env=env, check=True, cwd=ROOT, capture_output=True
+    env, secret, _ = stack_environment(
+        work,
+        plan="pro",
+        extra={
+            "API_PROCESSES": "2",
+            "API_THREADS": "8",
+            "RESULT_CACHE_TTL_S": "0",  # every classification goes to the worker
+        },
     )
     port = free_port()
     log = work / "api.log"
@@ -75,9 +60,7 @@ def server(inference_worker: str) -> Iterator[Server]:
         process = subprocess.Popen(
             _children(str(port))["api"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
-    server = Server(
-        f"http://127.0.0.1:{port}", created.stdout.strip().splitlines()[-1], process, log
-    )
+    server = Server(f"http://127.0.0.1:{port}", secret, process, log)
     deadline = time.monotonic() + 60
     while True:
         try:
