@@ -31,11 +31,11 @@ def _answered(request: ClassifyRequest, result: ClassifyResult) -> Reply:
     # The answer and its usage event go in one transaction: no answered call goes unmetered.
     if "error" in result:
         return result, None, request
-    result = with_cached_rows(request, result)
+    result = merge_cached_rows(request, result)
     return result, usage_event_build(request=request, result=result), request
 
 
-def with_cached_rows(request: ClassifyRequest, result: ClassifyResult) -> ClassifyResult:
+def merge_cached_rows(request: ClassifyRequest, result: ClassifyResult) -> ClassifyResult:
     """The whole call's answer for a partial cache hit: the rows computed for ``inputs``
     moved to their places, the cached rows in theirs, and usage for every input (the cached
     ones as ``cached``, with the tokens they took and no compute)."""
@@ -95,10 +95,13 @@ def classify_batch(requests: list[ClassifyRequest]) -> None:
     live = [request for request in requests if now <= request["deadline"]]
     replies = [_expired(request) for request in requests if now > request["deadline"]]
     for request, result in zip(live, get_engine().classify_many(live), strict=True):
-        if isinstance(result, Exception):
-            logger.error("classification %s failed", request.get("request_id"), exc_info=result)
-            failed = errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
-            replies.append((failed, None, None))
-        else:
-            replies.append(_answered(request, result))
+        if not isinstance(result, Exception):
+            try:
+                replies.append(_answered(request, result))
+                continue
+            except Exception as exc:  # one bad request must not leave the others unanswered
+                result = exc
+        logger.error("classification %s failed", request.get("request_id"), exc_info=result)
+        failed = errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
+        replies.append((failed, None, None))
     replies_send(replies)

@@ -183,3 +183,22 @@ def test_a_partial_cache_hit_is_answered_and_metered_as_one_call() -> None:
     for text, index in zip(texts, (0, 2), strict=True):
         raw = _redis().get(result_cache_key("test-partial", ["positive", "negative"], None, text))
         assert raw is not None and json.loads(raw)["index"] == index
+
+
+def test_a_request_whose_answer_cannot_be_assembled_fails_alone() -> None:
+    # Cached rows that do not fit the request (an index past its end) break only that one.
+    broken = make_request(
+        ["fine text"],
+        labels=["a", "b"],
+        cached_rows=[
+            {"index": 5, "label": "a", "score": 1.0, "scores": {"a": 1.0, "b": 0.0},
+             "truncated": False, "tokens": 3},
+        ],
+    )  # fmt: skip
+    good = make_request(["I absolutely love this product"], labels=["positive", "negative"])
+    app.send_task(TaskName.CLASSIFY_BATCH.value, args=[[broken, good]], queue=Queue.INFERENCE.value)
+    answers = {r["request_id"]: _wait(r) for r in (broken, good)}
+    assert answers[broken["request_id"]]["error"]["code"] == "worker_error"  # type: ignore[index]
+    assert answers[good["request_id"]]["results"][0]["label"] == "positive"  # type: ignore[index]
+    metered = {event["event_id"] for event in drain_usage_events()}
+    assert good["request_id"] in metered and broken["request_id"] not in metered
