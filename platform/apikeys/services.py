@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -20,6 +21,8 @@ from tenants.selectors import tenant_with_plan
 
 from . import messages
 from .models import ALL_SCOPES, ApiKey
+
+logger = logging.getLogger(__name__)
 
 PUBLIC_ID_LENGTH = 12
 SECRET_LENGTH = 40  # base62: ~238 bits of entropy
@@ -168,11 +171,19 @@ def _key_converters(vendor: str) -> list[tuple[int, Any, list[Any]]]:
 def _touch_last_used(key: ApiKey, now: datetime) -> None:
     """Write ``last_used_at`` at most once a minute per key: the row was just read, so the
     common case costs nothing, and the conditional UPDATE keeps racing replicas from all
-    writing."""
+    writing. Best effort: a write that fails (a database too busy to take it) is skipped,
+    and a later request writes it; bookkeeping never fails the customer's call."""
     if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
         return
     stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
-    ApiKey.objects.for_tenant(key.tenant_id).filter(stale, pk=key.pk).update(last_used_at=now)
+    try:
+        with transaction.atomic():  # a savepoint inside a request's transaction
+            ApiKey.objects.for_tenant(key.tenant_id).filter(stale, pk=key.pk).update(
+                last_used_at=now
+            )
+    except OperationalError:
+        logger.warning("last_used_at of key %s not written: database busy", key.pk, exc_info=True)
+        return
     key.last_used_at = now
 
 

@@ -180,6 +180,32 @@ def test_last_used_at_is_written_at_most_once_a_minute(tenant, django_assert_num
     assert again.last_used_at == first.last_used_at
 
 
+def test_a_database_too_busy_for_the_last_used_write_does_not_fail_the_request(tenant, monkeypatch):
+    from django.db import OperationalError
+    from django.db.models.query import QuerySet
+
+    from apikeys.models import ApiKey
+
+    secret = make_key(tenant, ["inference"])
+    update = QuerySet.update
+
+    def busy(queryset, **values):  # what SQLite says when a writer holds the lock too long
+        if queryset.model is ApiKey and "last_used_at" in values:
+            raise OperationalError("database is locked")
+        return update(queryset, **values)
+
+    monkeypatch.setattr(QuerySet, "update", busy)
+    response = bearer(secret).get("/v1/models")
+    assert response.status_code == 200
+    key = ApiKey.objects.unscoped().filter(tenant=tenant).order_by("-created_at").first()
+    assert key is not None
+    assert key.last_used_at is None  # skipped, not half-written
+    monkeypatch.setattr(QuerySet, "update", update)
+    assert bearer(secret).get("/v1/models").status_code == 200
+    key.refresh_from_db()
+    assert key.last_used_at is not None  # the next request writes it
+
+
 def test_test_mode_key_mints_test_mode_keys(tenant):
     client = bearer(make_key(tenant, ["admin"], mode="test"))
     created = client.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").json()
