@@ -81,7 +81,8 @@ def test_every_answered_request_is_one_ledger_row(http, secret):
     ]
     with http(secret) as client, ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda b: classify(client, b), bodies))
-    assert all(r.status_code == 200 for r in responses)
+    failed = [r.text for r in responses if r.status_code != 200]
+    assert not failed, failed
     drain_usage()
     ids = {r.json()["id"] for r in responses}
     rows = {row.event_id: row for row in UsageRecord.objects.unscoped().filter(event_id__in=ids)}
