@@ -107,9 +107,9 @@ def platform_worker(live_server: Any) -> Callable[[], AbstractContextManager[Any
     """A real Celery worker for the platform queue, started on demand in a thread of this
     process so that it sees the test database.
 
-    NOTE: on SQLite the test database is in memory with a shared cache, where two threads
-    writing at once fail ("table is locked") instead of waiting as they do on a file. The
-    tests therefore start the worker after their deliveries rather than beside them."""
+    NOTE: the tests start the worker after their deliveries rather than beside them. That
+    was needed while the SQLite test database was in memory with a shared cache, where two
+    threads writing at once fail ("table is locked"); it is a file now (settings/test.py)."""
     from celery.contrib.testing.worker import start_worker
 
     from config.celery import PLATFORM_QUEUE, app
