@@ -12,7 +12,7 @@ import enum
 import hashlib
 import json
 import unicodedata
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict, cast
 
 CONTRACT_VERSION = 1
 
@@ -104,6 +104,12 @@ class CachedRow(TypedDict):
     scores: dict[str, float]
     truncated: bool
     tokens: int
+
+
+def cached_row_split(entry: CachedRow) -> tuple[ClassificationRow, int]:
+    """A cached row as an answer's row, and the tokens its input took."""
+    row = {key: value for key, value in entry.items() if key != "tokens"}
+    return cast(ClassificationRow, row), int(entry.get("tokens", 0))
 
 
 def input_indices(request: ClassifyRequest) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, cast
 
 from workers import errors
 from workers.celery_app import INFERENCE_TASK_POLICY, app
@@ -13,6 +12,7 @@ from workers.contract import (
     ClassifyRequest,
     ClassifyResult,
     TaskName,
+    cached_row_split,
     input_indices,
 )
 from workers.replies import Reply, replies_send, reply_send
@@ -48,13 +48,13 @@ def merge_cached_rows(request: ClassifyRequest, result: ClassifyResult) -> Class
         {**row, "index": places[row["index"]]} for row in result["results"]
     ]
     tokens = dict(zip(places, computed_tokens, strict=True))
+    hit_tokens = 0
     for entry in cached:
-        row = cast(dict[str, Any], dict(entry))
-        tokens[entry["index"]] = int(row.pop("tokens", 0))
-        rows.append(cast(ClassificationRow, row))
+        row, tokens[entry["index"]] = cached_row_split(entry)
+        rows.append(row)
+        hit_tokens += tokens[entry["index"]]
     rows.sort(key=lambda row: row["index"])
     usage = result["usage"]
-    hit_tokens = sum(tokens[entry["index"]] for entry in cached)
     return {
         **result,
         "results": rows,

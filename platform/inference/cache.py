@@ -28,6 +28,7 @@ from workers.contract import (
     ClassifyRequest,
     ClassifyResult,
     UsageEvent,
+    cached_row_split,
     result_cache_key,
 )
 
@@ -85,9 +86,9 @@ def cached_answer(request: ClassifyRequest, found: list[CachedRow]) -> ClassifyR
     rows: list[ClassificationRow] = []
     tokens = 0
     for entry in found:
-        row = cast(dict[str, Any], dict(entry))
-        tokens += int(row.pop("tokens", 0))
-        rows.append(cast(ClassificationRow, row))
+        row, row_tokens = cached_row_split(entry)
+        rows.append(row)
+        tokens += row_tokens
     n = len(rows)
     event: UsageEvent = {
         "v": CONTRACT_VERSION, "event_id": request["request_id"], "kind": "inference",

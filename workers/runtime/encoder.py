@@ -284,15 +284,13 @@ class Encoder:
             return mean_pool(self._model(ids, mask, lora).float(), mask).cpu()
 
     def _group(self, adapters: Sequence[Adapter | None]) -> list[AdapterRows]:
-        rows: dict[int, list[int]] = {}
-        by_id: dict[int, Adapter] = {}
+        groups: dict[int, tuple[Adapter, list[int]]] = {}
         for row, adapter in enumerate(adapters):
             if adapter is not None:
-                rows.setdefault(id(adapter), []).append(row)
-                by_id[id(adapter)] = adapter
+                groups.setdefault(id(adapter), (adapter, []))[1].append(row)
         return [
-            (torch.tensor(indices, dtype=torch.long, device=self.device), by_id[key])
-            for key, indices in rows.items()
+            (torch.tensor(rows, dtype=torch.long, device=self.device), adapter)
+            for adapter, rows in groups.values()
         ]
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:

@@ -189,7 +189,7 @@ def quantize_int8(model: BertModel) -> BertModel:
     """An int8 copy of ``model`` (which is left as it is): SmoothQuant-smoothed, then every
     Linear dynamic int8 with per-channel weight scales and 8-bit activations (7-bit weights
     where the CPU has no VNNI). The smoothing is calibrated on ``model`` itself, so a body
-    whose weights were changed (merged LoRA adapters) gets its own scales."""
+    whose weights were changed gets its own scales."""
     quantized = copy.deepcopy(model).float().eval()
     smooth_activations(quantized)
     # NOTE: every Linear, feed-forward outputs included: keeping those in fp32 cost ~25 % of

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load, save
 
 from workers.artifacts import ArtifactStore
-from workers.runtime.encoder import Encoder
+from workers.runtime.encoder import Adapter, Encoder
 from workers.runtime.finetuned import HEAD_SCALE
 
 EMBED_BATCH = 32
@@ -22,14 +22,22 @@ Step = Callable[[], None]  # called at step boundaries; raises to stop (cancella
 EpochHook = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
 
-def embed_sorted(encoder: Encoder, ids: Sequence[Sequence[int]], step: Step) -> torch.Tensor:
+def embed_sorted(
+    encoder: Encoder, ids: Sequence[Sequence[int]], step: Step, adapter: Adapter | None = None
+) -> torch.Tensor:
+    """Embeddings of tokenized texts, every row with ``adapter`` when one is given."""
     # Length-bucketed batches: sorting by length first keeps padding near zero (~1.4x faster
     # than batching in file order on these 2 cores).
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.empty((len(ids), encoder.dim))
     for start in range(0, len(order), EMBED_BATCH):
         chunk = order[start : start + EMBED_BATCH]
-        out[chunk] = encoder.embed_ids([ids[i] for i in chunk])
+        rows = [ids[i] for i in chunk]
+        out[chunk] = (
+            encoder.embed_ids(rows)
+            if adapter is None
+            else encoder.embed_ids(rows, [adapter] * len(rows))
+        )
         step()
     return out
 

@@ -25,7 +25,7 @@ import torch
 
 from workers.artifacts import ArtifactStore
 from workers.contract import INT8_BASE_MODELS
-from workers.runtime.encoder import Adapter, Encoder, load_encoder
+from workers.runtime.encoder import Encoder, load_encoder
 from workers.runtime.finetuned import lora_adapter
 
 from . import head as head_method
@@ -74,7 +74,7 @@ def int8_metrics(
     if lora:
         adapter = lora_adapter(int8_encoder.model, lora, rank=lora_rank, alpha=lora_alpha)
         val_ids = [t.ids for t in int8_encoder.tokenize(val_texts)]
-        x_val = _embed_adapted(int8_encoder, val_ids, adapter, step)
+        x_val = head_method.embed_sorted(int8_encoder, val_ids, step, adapter)
     else:
         texts = hashlib.sha256("\x1f".join(val_texts).encode()).hexdigest()
         x_val, _, _ = head_method.embeddings_get(
@@ -93,20 +93,3 @@ def int8_metrics(
         "int8_per_label_f1": measured["per_label_f1"],
         "int8_accuracy_delta": round(100 * (accuracy - fp32_accuracy), 2),
     }
-
-
-def _embed_adapted(
-    encoder: Encoder, ids: Sequence[Sequence[int]], adapter: Adapter, step: Step, batch: int = 32
-) -> torch.Tensor:
-    """Embeddings of tokenized texts through ``encoder`` with ``adapter`` on every row,
-    length-bucketed; ``step()`` after each batch (a cancellation boundary)."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = []
-    for start in range(0, len(order), batch):
-        chunk = [ids[i] for i in order[start : start + batch]]
-        out.append(encoder.embed_ids(chunk, [adapter] * len(chunk)))
-        step()
-    vectors = torch.cat(out)
-    result = torch.empty_like(vectors)
-    result[order] = vectors
-    return result

@@ -141,7 +141,7 @@ def test_a_second_job_on_the_same_split_reuses_the_int8_embeddings(store, contex
     assert sum(embedded) == first["validation_examples"]
 
 
-def test_a_lora_models_int8_variant_is_measured_merged_then_quantised(store, context):
+def test_a_lora_models_int8_variant_is_measured_with_its_adapter_on_int8_weights(store, context):
     digest = store.put(dataset_bytes("support_tickets.jsonl", 80))
     ctx, _ = context(make_request(digest, method="lora", hyperparameters={"epochs": 1}))
     metrics = train_run(ctx)["metrics"]
