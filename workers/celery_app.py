@@ -87,17 +87,23 @@ TRAINING_TASK_POLICY: dict[str, Any] = {
 
 _warmed_in_s: float | None = None
 _devices: set[str] = set()
+_served: list[str] = []  # "minilm-l6 on cpu in float32", for the start-up log
 
 
 def _warm() -> None:
     global _warmed_in_s
     from workers.runtime.classifier import get_engine
-    from workers.runtime.encoder import BASE_MODELS
+    from workers.runtime.encoder import BASE_MODELS, INT8_MODELS
 
     began = time.perf_counter()
     engine = get_engine()
     for base_model in BASE_MODELS:
-        _devices.add(engine.runtime(base_model).encoder.device.type)
+        encoder = engine.runtime(base_model).encoder
+        _devices.add(encoder.device.type)
+        numerics = str(encoder.dtype).removeprefix("torch.")
+        if base_model in INT8_MODELS and encoder.device.type == "cpu":
+            numerics = "int8"
+        _served.append(f"{base_model} on {encoder.device.type} in {numerics}")
     _warmed_in_s = time.perf_counter() - began
 
 
@@ -136,7 +142,7 @@ def _quiet_task_lines(**_: Any) -> None:
 def _log_warm(**_: Any) -> None:
     # Logged here, not in _warm: logging is not configured yet when worker_init fires.
     if _warmed_in_s is not None:
-        logger.info("inference models loaded in %.2f s", _warmed_in_s)
+        logger.info("inference models loaded in %.2f s: %s", _warmed_in_s, ", ".join(_served))
     for device_type in sorted(_devices):
         warning = default_price_warning(device_type)
         if warning is not None:

@@ -34,6 +34,8 @@ DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_PRICE_PER_HOUR = "0.10"
 DEFAULT_EMBED_CACHE_SIZE = 10_000
 DEVICES = ("auto", "cpu", "cuda")
+# The dtype forward passes compute in (see ``workers/runtime/encoder.py: compute_dtype``).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,11 @@ class WorkerSettings:
     model_threads: int = 1
     embed_cache_size: int = DEFAULT_EMBED_CACHE_SIZE
     device: str = "auto"
+    # auto: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU; a CPU with
+    # AVX512-BF16 or AMX), fp32 elsewhere. fp32: always full precision. bf16: always bf16,
+    # even emulated (on an AVX2-only CPU that is ~14x slower: for checks, not for serving).
+    # The int8 tier computes as its int8 kernels do, whatever this says.
+    precision: str = "auto"
     # Cost to serve: what this worker pool's hardware costs per hour (currency units, a
     # decimal string: money is never a float), recorded on every usage event.
     pool: str = "cpu"
@@ -132,13 +139,19 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (case-insensitive); unset or empty is the first."""
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
     """Build settings from ``env`` (default: ``os.environ``). Invalid values raise at start-up
     rather than silently falling back, so a mistyped deployment fails loudly."""
     env = os.environ if env is None else env
-    device = env.get("WORKER_DEVICE", "auto").strip().lower() or "auto"
-    if device not in DEVICES:
-        raise ValueError(f"WORKER_DEVICE must be one of {DEVICES}, got {device!r}")
+    device = _choice(env, "WORKER_DEVICE", DEVICES)
     return WorkerSettings(
         redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
         max_batch_tokens=_optional_int(env, "WORKER_MAX_BATCH_TOKENS", 256),
@@ -148,6 +161,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
         model_threads=_int(env, "WORKER_MODEL_THREADS", os.cpu_count() or 1, 1),
         embed_cache_size=_int(env, "WORKER_EMBED_CACHE_SIZE", DEFAULT_EMBED_CACHE_SIZE, 0),
         device=device,
+        precision=_choice(env, "WORKER_PRECISION", PRECISIONS),
         pool=env.get("WORKER_POOL", "").strip() or "cpu",
         price_per_hour=_price(env, "WORKER_PRICE_PER_HOUR", DEFAULT_PRICE_PER_HOUR),
         currency=(env.get("WORKER_CURRENCY", "").strip() or "usd").lower(),

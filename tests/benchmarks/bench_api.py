@@ -60,7 +60,9 @@ def raw_model(texts: list[str]) -> tuple[float, float]:
     from workers.settings import get_settings
 
     s = get_settings()
-    encoder = load_encoder("minilm-l6", device=s.device, threads=s.inference_torch_threads)
+    encoder = load_encoder(
+        "minilm-l6", device=s.device, threads=s.inference_torch_threads, precision=s.precision
+    )
     ids = [t.ids for t in encoder.tokenize(texts)]
     return backlog_rate(encoder, ids), backlog_rate(encoder, ids[:192], max_batch_size=1)
 

@@ -6,8 +6,11 @@
 - int8 / fp32 encoder throughput through the dynamic batcher, with the accuracy each gives
   on the project's own labelled sets (a logistic-regression head on frozen embeddings,
   trained and scored on the same stratified split for both), and the difference;
-- cost per 1,000 classifications for fp32, int8 and cached at WORKER_PRICE_PER_HOUR: compute
-  time per text x the hourly price (a cache hit uses no worker compute);
+- bf16 autocast likewise, where the CPU computes bf16 natively (``WORKER_PRECISION=auto``
+  serves it there); elsewhere it says so and skips it (emulated bf16 is ~14x slower);
+- cost per 1,000 classifications for fp32, int8, bf16 (where measured) and cached at
+  WORKER_PRICE_PER_HOUR: compute time per text x the hourly price (a cache hit uses no
+  worker compute);
 - cross-tenant batching: 32 concurrent one-input requests spread over 50 tenants'
   fine-tuned heads, against the same traffic to one head, through the worker's engine; and
   the same traffic spread over 50 tenants' LoRA models (adapters in the shared passes).
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 
 from bench_model import backlog_rate, make_texts  # noqa: E402
 
-from workers.runtime.encoder import Encoder, load_encoder  # noqa: E402
+from workers.runtime.encoder import Encoder, cpu_has_native_bf16, load_encoder  # noqa: E402
 from workers.settings import get_settings  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
@@ -148,10 +151,27 @@ def main() -> None:
         a32, a8 = accuracy(fp32, name), accuracy(int8, name)
         print(f"accuracy on {name:24s} fp32 {a32:6.1%}  int8 {a8:6.1%}  "
               f"difference {100 * (a8 - a32):+5.1f} points (target within 1)")  # fmt: skip
+    bf16_rate = None
+    if s.device != "cuda" and cpu_has_native_bf16():
+        bf16 = load_encoder(
+            "minilm-l6", device="cpu", threads=s.inference_torch_threads, precision="bf16"
+        )
+        bf16_rate = max(backlog_rate(bf16, ids), backlog_rate(bf16, ids))
+        print(f"encoder bf16 autocast, batcher:     {bf16_rate:8.1f} texts/s "
+              f"({bf16_rate / fp32_rate:.2f}x fp32)")  # fmt: skip
+        for name in sorted(p.name for p in DATA.glob("*.jsonl")):
+            a32, a16 = accuracy(fp32, name), accuracy(bf16, name)
+            print(f"accuracy on {name:24s} fp32 {a32:6.1%}  bf16 {a16:6.1%}  "
+                  f"difference {100 * (a16 - a32):+5.1f} points")  # fmt: skip
+    else:
+        print("encoder bf16 autocast: skipped, this CPU has no bf16 instructions (AVX512-BF16 "
+              "or AMX); WORKER_PRECISION=auto serves fp32 on it")  # fmt: skip
     price = Decimal(s.price_per_hour)
     print(f"cost per 1,000 classifications at {price} {s.currency}/hour ({s.pool}):")
     print(f"  fp32:   {per_thousand(fp32_rate, price):.8f} {s.currency}")
     print(f"  int8:   {per_thousand(int8_rate, price):.8f} {s.currency}")
+    if bf16_rate is not None:
+        print(f"  bf16:   {per_thousand(bf16_rate, price):.8f} {s.currency}")
     print(f"  cached: {Decimal(0):.8f} {s.currency} (no worker compute; one Redis lookup)")
     rates = fine_tuned_throughput(make_texts(512))
     one = rates["one head"]

@@ -6,10 +6,10 @@
 - the device, and the encoder's load time on it (the CUDA context first, then the load and
   warm-up that a worker's first request would otherwise pay);
 - texts/s through the worker's own path (``Encoder.embed_ids`` under the ``DynamicBatcher``)
-  with the worker's autocast (``Encoder._autocast``: bf16 on CUDA) against the same weights
-  with autocast off (fp32), at several ``max_batch_tokens`` / ``max_batch_size`` settings,
-  so the GPU defaults (``workers/settings.py``) and ``WORKER_MAX_BATCH_TOKENS`` /
-  ``WORKER_MAX_BATCH_SIZE`` can be chosen by measurement;
+  at the worker's precision (``WORKER_PRECISION``, auto: bf16 autocast on CUDA) against the
+  same weights with autocast off (fp32), at several ``max_batch_tokens`` /
+  ``max_batch_size`` settings, so the GPU defaults (``workers/settings.py``) and
+  ``WORKER_MAX_BATCH_TOKENS`` / ``WORKER_MAX_BATCH_SIZE`` can be chosen by measurement;
 - one text per forward pass (a lone request's latency);
 - bf16 against fp32: cosine of the embeddings (min/mean) to the CPU fp32 embeddings (which
   tests/workers/test_encoder.py holds equal to sentence-transformers'), a text alone against
@@ -46,6 +46,7 @@ from workers.artifacts import ArtifactStore  # noqa: E402
 from workers.contract import CONTRACT_VERSION, HYPERPARAMETER_DEFAULTS, TrainRequest  # noqa: E402
 from workers.runtime.batcher import DynamicBatcher  # noqa: E402
 from workers.runtime.encoder import BASE_MODELS, Encoder, load_encoder  # noqa: E402
+from workers.settings import settings_from_env  # noqa: E402
 from workers.training import head as head_method  # noqa: E402
 from workers.training.data import Rows, stratified_split  # noqa: E402
 from workers.training.runner import JobContext, train_run  # noqa: E402
@@ -65,13 +66,6 @@ EDGE_TEXTS = [
     "ERROR 500: upstream connect error or disconnect/reset before headers",
     "a " * 120,
 ]
-
-
-class Fp32Encoder(Encoder):
-    """The worker's encoder with autocast off: fp32 end to end, whatever the device."""
-
-    def _autocast(self) -> Any:
-        return torch.autocast(device_type=self.device.type, enabled=False)
 
 
 def numerics(encoder: Encoder) -> str:
@@ -208,7 +202,15 @@ def train_job(device: str, method: str, rows: Rows, threads: int) -> tuple[float
         }
         began = time.perf_counter()
         result = train_run(
-            JobContext(request, store, emit, lambda: False, device=device, threads=threads)
+            JobContext(
+                request,
+                store,
+                emit,
+                lambda: False,
+                device=device,
+                threads=threads,
+                precision=settings_from_env().precision,
+            )
         )
         took = time.perf_counter() - began
     # The LoRA epoch: from the log line that starts it to its progress event.
@@ -253,10 +255,12 @@ def main() -> int:
     else:
         print(f"device: cpu, {torch.get_num_threads()} torch threads")
     began = time.perf_counter()
-    worker = load_encoder("minilm-l6", device=args.device, threads=threads)
+    worker = load_encoder(
+        "minilm-l6", device=args.device, threads=threads, precision=settings_from_env().precision
+    )
     print(f"encoder load + warm-up (load_encoder):  {time.perf_counter() - began:8.2f} s")
     began = time.perf_counter()
-    fp32 = Fp32Encoder("minilm-l6", BASE_MODELS["minilm-l6"](), device)
+    fp32 = Encoder("minilm-l6", BASE_MODELS["minilm-l6"](), device, torch.float32)
     sync(device)
     print(f"encoder load, weights only, again:     {time.perf_counter() - began:8.2f} s")
     fp32.embed(["warm up " * n for n in (2, 16)])
@@ -347,7 +351,9 @@ def main() -> int:
     )
     for job_device in devices:
         for base in ("minilm-l6", "minilm-l6-int8"):  # the int8 variant is measured too
-            load_encoder(base, device=job_device, threads=threads)
+            load_encoder(
+                base, device=job_device, threads=threads, precision=settings_from_env().precision
+            )
         for method in ("head", "lora"):
             took, epoch, metrics = train_job(job_device, method, train_rows, threads)
             lora = f", the LoRA epoch {epoch:.2f} s" if method == "lora" else ""

@@ -148,7 +148,12 @@ def main() -> None:
 
     settings = get_settings()
     began = time.perf_counter()
-    encoder = load_encoder("minilm-l6", device=settings.device, threads=settings.torch_threads)
+    encoder = load_encoder(
+        "minilm-l6",
+        device=settings.device,
+        threads=settings.torch_threads,
+        precision=settings.precision,
+    )
     print(f"encoder load + warm-up:                {time.perf_counter() - began:8.2f} s")
     texts = make_texts(args.texts)
     tokenized = encoder.tokenize(texts)

@@ -161,7 +161,10 @@ class ClassifierEngine:
             if runtime is None:
                 s = self.settings
                 encoder = load_encoder(
-                    base_model, device=s.device, threads=s.inference_torch_threads
+                    base_model,
+                    device=s.device,
+                    threads=s.inference_torch_threads,
+                    precision=s.precision,
                 )
                 batcher = self._batcher(encoder, f"batcher-{base_model}")
                 runtime = self._runtimes[base_model] = _Runtime(encoder, batcher)

@@ -228,13 +228,48 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it torch
+    emulates bf16 with conversions: measured on an AVX2-only EPYC, one thread, 32 texts,
+    192 ms in fp32 against 2,680 ms under bf16 autocast."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def compute_dtype(
+    precision: str, device: torch.device, *, native_bf16: bool | None = None
+) -> torch.dtype:
+    """What ``precision`` (``WORKER_PRECISION``: auto, fp32 or bf16) computes in on
+    ``device``: bf16 autocast, fp16 on a GPU without bf16, or plain fp32. ``auto`` takes the
+    half-precision path only where the hardware has it (``native_bf16``: the CPU's, probed
+    when not given)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}")
+    if precision == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+    return torch.bfloat16 if native else torch.float32
+
+
 class Encoder:
     """Tokenizer + BERT + mean pooling. ``embed_ids`` is meant to be called from one thread
     (the batcher's); ``tokenize`` is thread-safe and runs on the callers' threads."""
 
-    def __init__(self, encoder_id: str, folder: Path, device: torch.device) -> None:
+    def __init__(
+        self,
+        encoder_id: str,
+        folder: Path,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.encoder_id = encoder_id
         self.device = device
+        # What forward passes compute in: the weights stay fp32; anything else is autocast.
+        self.dtype = dtype
         cfg = BertConfig.from_file(folder / "config.json")
         self.dim = cfg.hidden_size
         self.max_tokens = min(MAX_TOKENS, cfg.max_position_embeddings)
@@ -298,16 +333,16 @@ class Encoder:
         return self.embed_ids([t.ids for t in self.tokenize(texts)])
 
     def _autocast(self) -> Any:
-        # On CUDA: bf16 autocast (fp16 where the GPU has no bf16). Measured on an H200
+        # bf16 (or fp16) autocast where ``compute_dtype`` chose it. Measured on an H200
         # (bench_gpu.py, one run): cosine to fp32 >= 0.99995, the same head predictions on
         # both labelled sets; texts/s against fp32 at the GPU batch default (32768 tokens)
         # 21,526 vs 16,035, at 65536 25,728 vs 17,278, but 3,620 vs 5,687 at the CPU's
         # 2048-token batches (autocast's per-op cost, on a model this small); a lone text
-        # 2.5 ms vs 2.9 ms. On CPU we stay fp32: bf16 speed there depends on the CPU.
-        if self.device.type == "cuda":
-            half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast(device_type="cuda", dtype=half)
-        return torch.autocast(device_type="cpu", enabled=False)
+        # 2.5 ms vs 2.9 ms. On a CPU, bf16 pays only with bf16 instructions (see
+        # ``cpu_has_native_bf16``).
+        if self.dtype == torch.float32:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
 def pad_ids(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,24 +366,35 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 _lock = threading.Lock()
-_loaded: dict[tuple[str, str, int], Encoder] = {}
+_loaded: dict[tuple[str, str, torch.dtype, int], Encoder] = {}
 
 
-def load_encoder(base_model: str, *, device: str = "auto", threads: int | None = None) -> Encoder:
+def load_encoder(
+    base_model: str,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    precision: str = "fp32",
+) -> Encoder:
     """The process-wide encoder for ``base_model``, loaded once (thread-safe) and warmed up.
 
-    Keyed by process id so a forked child never reuses its parent's copy.
+    ``precision``: see ``compute_dtype``; full precision unless the caller (the worker's
+    settings) asks for more speed. The int8 tier on a CPU computes in its int8 kernels'
+    precision whatever is asked. Keyed by process id so a forked child never reuses its
+    parent's copy.
     """
     if base_model not in BASE_MODELS:
         raise UnknownModelError(base_model)
     dev = resolve_device(device)
-    key = (base_model, str(dev), os.getpid())
+    int8_kernels = base_model in INT8_MODELS and dev.type == "cpu"
+    dtype = torch.float32 if int8_kernels else compute_dtype(precision, dev)
+    key = (base_model, str(dev), dtype, os.getpid())
     with _lock:
         encoder = _loaded.get(key)
         if encoder is None:
             if threads is not None and dev.type == "cpu":
                 torch.set_num_threads(threads)
-            encoder = Encoder(base_model, BASE_MODELS[base_model](), dev)
+            encoder = Encoder(base_model, BASE_MODELS[base_model](), dev, dtype)
             if base_model in INT8_MODELS:
                 encoder._model = int8_body(encoder.model, dev)
             # The first forward pass pays one-off kernel selection/allocation costs; pay

@@ -46,6 +46,7 @@ class JobContext:
     cancelled: Callable[[], bool]
     device: str = "cpu"
     threads: int | None = None
+    precision: str = "fp32"  # what the encoder computes in (``WORKER_PRECISION``)
 
     def step(self) -> None:
         if self.cancelled():
@@ -86,7 +87,9 @@ def train_run(ctx: JobContext) -> TrainResult:
     )
     ctx.step()
 
-    encoder = load_encoder(request["base_model"], device=ctx.device, threads=ctx.threads)
+    encoder = load_encoder(
+        request["base_model"], device=ctx.device, threads=ctx.threads, precision=ctx.precision
+    )
     # Embeddings are per dataset file; with a held-out split we embed the whole file once
     # (cached by its hash) and slice it, so the next job on this file reuses all of it.
     all_x, all_tokens, cached = head_method.embeddings_get(

@@ -91,6 +91,7 @@ def train(request: TrainRequest) -> None:
         cancelled=cancelled,
         device=settings.device,
         threads=settings.torch_threads,
+        precision=settings.precision,
     )
     with Heartbeat(publisher, HEARTBEAT_S):
         try:

@@ -1,0 +1,95 @@
+"""WORKER_PRECISION: what the encoder computes in, and that bf16 keeps the answers.
+
+On this suite's CPUs bf16 may be emulated (slow), so the bf16 checks use few texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.runtime.classifier import ClassifierEngine
+from workers.runtime.encoder import compute_dtype, cpu_has_native_bf16, load_encoder
+from workers.settings import settings_from_env
+
+from .helpers import make_request
+
+CPU = torch.device("cpu")
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _reviews(n: int) -> list[dict[str, str]]:
+    lines = (DATA / "product_reviews.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines[:n]]
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "expected"),
+    [
+        ("auto", True, torch.bfloat16),  # a CPU with AVX512-BF16 or AMX
+        ("auto", False, torch.float32),  # emulated bf16 costs more than it saves
+        ("fp32", True, torch.float32),
+        ("bf16", False, torch.bfloat16),  # asked for: served, however slow
+    ],
+)
+def test_auto_takes_bf16_only_where_the_cpu_has_it(
+    precision: str, native: bool, expected: torch.dtype
+) -> None:
+    assert compute_dtype(precision, CPU, native_bf16=native) == expected
+
+
+def test_auto_follows_this_cpu() -> None:
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert compute_dtype("auto", CPU) == expected
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        compute_dtype("fp8", CPU)
+    with pytest.raises(ValueError, match="WORKER_PRECISION"):
+        settings_from_env({"WORKER_PRECISION": "half"})
+
+
+def test_the_setting_reads_the_environment() -> None:
+    assert settings_from_env({}).precision == "auto"
+    assert settings_from_env({"WORKER_PRECISION": " BF16 "}).precision == "bf16"
+    assert settings_from_env({"WORKER_PRECISION": "fp32"}).precision == "fp32"
+
+
+def test_the_int8_tier_ignores_the_precision() -> None:
+    # Its dynamic int8 kernels take fp32 activations: autocast would only add conversions.
+    int8 = load_encoder("minilm-l6-int8", device="cpu", precision="bf16")
+    assert int8.dtype == torch.float32
+    assert int8 is load_encoder("minilm-l6-int8", device="cpu", precision="fp32")
+
+
+def test_bf16_embeddings_are_the_fp32_ones() -> None:
+    texts = [row["text"] for row in _reviews(12)]
+    fp32 = load_encoder("minilm-l6", device="cpu", precision="fp32")
+    bf16 = load_encoder("minilm-l6", device="cpu", precision="bf16")
+    assert (fp32.dtype, bf16.dtype) == (torch.float32, torch.bfloat16)
+    assert fp32.model is not bf16.model  # two loads: the weights themselves stay fp32
+    a, b = fp32.embed(texts), bf16.embed(texts)
+    assert b.dtype == torch.float32  # what leaves the encoder is fp32 either way
+    cosine = (a * b).sum(dim=1)
+    assert cosine.min().item() >= 0.999, cosine
+
+
+def test_a_bf16_worker_gives_the_same_answers() -> None:
+    rows = _reviews(12)
+    labels = sorted({row["label"] for row in rows})
+    request = [row["text"] for row in rows]
+    answers = {}
+    for precision in ("fp32", "bf16"):
+        engine = ClassifierEngine(settings_from_env({"WORKER_PRECISION": precision}))
+        try:
+            result = engine.classify(make_request(request, labels=labels))
+        finally:
+            engine.close()
+        answers[precision] = result["results"]
+    assert [r["label"] for r in answers["bf16"]] == [r["label"] for r in answers["fp32"]]
+    for a, b in zip(answers["fp32"], answers["bf16"], strict=True):
+        assert b["score"] == pytest.approx(a["score"], abs=0.02)
+        assert sum(b["scores"].values()) == pytest.approx(1.0, abs=1e-3)
