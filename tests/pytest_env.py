@@ -42,9 +42,9 @@ def pytest_load_initial_conftests(early_config: Any, parser: Any, args: Any) -> 
     redis.Redis.from_url(url).flushdb()
     os.environ["REDIS_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
-    # Workers compute in fp32 whatever the CPU (WORKER_PRECISION=auto would pick bf16 on one
-    # with bf16 instructions): the tests compare answers to 1e-5, and bf16 ones differ with
-    # a batch's padding. tests/workers/test_precision.py covers bf16 on purpose.
+    # Workers compute in fp32, as a CPU does by default, on a GPU too: the tests compare
+    # answers to 1e-5, and bf16 ones differ with a batch's padding.
+    # tests/workers/test_precision.py covers bf16 on purpose.
     os.environ.setdefault("WORKER_PRECISION", "fp32")
 
 

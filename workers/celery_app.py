@@ -88,12 +88,15 @@ TRAINING_TASK_POLICY: dict[str, Any] = {
 _warmed_in_s: float | None = None
 _devices: set[str] = set()
 _served: list[str] = []  # "minilm-l6 on cpu in float32", for the start-up log
+_emulated_bf16 = False  # bf16 asked for on a CPU without bf16 instructions
 
 
 def _warm() -> None:
-    global _warmed_in_s
+    global _warmed_in_s, _emulated_bf16
+    import torch
+
     from workers.runtime.classifier import get_engine
-    from workers.runtime.encoder import BASE_MODELS, INT8_MODELS
+    from workers.runtime.encoder import BASE_MODELS, INT8_MODELS, cpu_has_native_bf16
 
     began = time.perf_counter()
     engine = get_engine()
@@ -104,6 +107,8 @@ def _warm() -> None:
         if base_model in INT8_MODELS and encoder.device.type == "cpu":
             numerics = "int8"
         _served.append(f"{base_model} on {encoder.device.type} in {numerics}")
+        if encoder.device.type == "cpu" and encoder.dtype == torch.bfloat16:
+            _emulated_bf16 = _emulated_bf16 or not cpu_has_native_bf16()
     _warmed_in_s = time.perf_counter() - began
 
 
@@ -143,6 +148,11 @@ def _log_warm(**_: Any) -> None:
     # Logged here, not in _warm: logging is not configured yet when worker_init fires.
     if _warmed_in_s is not None:
         logger.info("inference models loaded in %.2f s: %s", _warmed_in_s, ", ".join(_served))
+    if _emulated_bf16:
+        logger.warning(
+            "WORKER_PRECISION=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX):"
+            " torch emulates it, ~14x slower than fp32; set WORKER_PRECISION=fp32"
+        )
     for device_type in sorted(_devices):
         warning = default_price_warning(device_type)
         if warning is not None:

@@ -59,10 +59,11 @@ class WorkerSettings:
     model_threads: int = 1
     embed_cache_size: int = DEFAULT_EMBED_CACHE_SIZE
     device: str = "auto"
-    # auto: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU; a CPU with
-    # AVX512-BF16 or AMX), fp32 elsewhere. fp32: always full precision. bf16: always bf16,
-    # even emulated (on an AVX2-only CPU that is ~14x slower: for checks, not for serving).
-    # The int8 tier computes as its int8 kernels do, whatever this says.
+    # auto: bf16 autocast on a GPU (fp16 without bf16), fp32 on a CPU. fp32: always. bf16:
+    # always, on a CPU too: a cost lever for CPUs with bf16 instructions (AVX512-BF16, AMX),
+    # at the price of answers that vary in the 4th decimal with the batch a text rides in
+    # (see runtime/encoder.py: compute_dtype); emulated on other CPUs, ~14x slower. The
+    # int8 tier computes as its int8 kernels do, whatever this says.
     precision: str = "auto"
     # Cost to serve: what this worker pool's hardware costs per hour (currency units, a
     # decimal string: money is never a float), recorded on every usage event.

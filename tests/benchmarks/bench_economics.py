@@ -6,8 +6,9 @@
 - int8 / fp32 encoder throughput through the dynamic batcher, with the accuracy each gives
   on the project's own labelled sets (a logistic-regression head on frozen embeddings,
   trained and scored on the same stratified split for both), and the difference;
-- bf16 autocast likewise, where the CPU computes bf16 natively (``WORKER_PRECISION=auto``
-  serves it there); elsewhere it says so and skips it (emulated bf16 is ~14x slower);
+- bf16 autocast likewise (``WORKER_PRECISION=bf16``, the operator's choice on a CPU),
+  where the CPU computes bf16 natively; elsewhere it says so and skips it (emulated bf16
+  is ~14x slower);
 - cost per 1,000 classifications for fp32, int8, bf16 (where measured) and cached at
   WORKER_PRICE_PER_HOUR: compute time per text x the hourly price (a cache hit uses no
   worker compute);
@@ -165,7 +166,7 @@ def main() -> None:
                   f"difference {100 * (a16 - a32):+5.1f} points")  # fmt: skip
     else:
         print("encoder bf16 autocast: skipped, this CPU has no bf16 instructions (AVX512-BF16 "
-              "or AMX); WORKER_PRECISION=auto serves fp32 on it")  # fmt: skip
+              "or AMX): WORKER_PRECISION=bf16 would be emulated, ~14x slower")  # fmt: skip
     price = Decimal(s.price_per_hour)
     print(f"cost per 1,000 classifications at {price} {s.currency}/hour ({s.pool}):")
     print(f"  fp32:   {per_thousand(fp32_rate, price):.8f} {s.currency}")
