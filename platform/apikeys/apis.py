@@ -78,7 +78,8 @@ class ApiKeyRotateApi(TenantAPIView):
         responses={200: ApiKeyWithSecretSerializer},
     )
     def post(self, request: Request, key_id: str) -> Response:
-        data = validated(ApiKeyRotateSerializer, request.data or {})
+        # No body at all is {}; any other body must be an object.
+        data = validated(ApiKeyRotateSerializer, {} if request.stream is None else request.data)
         created = api_key_rotate(
             tenant=self.tenant, key_id=key_id, grace_period_seconds=data["grace_period_seconds"]
         )

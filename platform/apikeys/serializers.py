@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from core.serializers import StrictSerializer, StrictStringField
+from core.serializers import StrictIntegerField, StrictSerializer, StrictStringField
 
 from .models import ApiKey, Scope
 
@@ -19,7 +19,7 @@ class ApiKeyCreateSerializer(StrictSerializer):
 
 
 class ApiKeyRotateSerializer(StrictSerializer):
-    grace_period_seconds = serializers.IntegerField(
+    grace_period_seconds = StrictIntegerField(
         required=False,
         default=0,
         min_value=0,

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.pagination import list_body
+from core.pagination import LIST_PARAMETERS, list_body
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 from plans.models import Plan
@@ -31,10 +31,6 @@ from .subscriptions import (
     subscription_payment_blocked,
 )
 
-LIST_PARAMS = [
-    OpenApiParameter("limit", int, description="1 to 100, default 20."),
-    OpenApiParameter("starting_after", str, description="An object id: the page after it."),
-]
 STRIPE_ERRORS = {
     402: OpenApiResponse(ErrorSerializer, description="The payment method was declined."),
     503: OpenApiResponse(ErrorSerializer, description="The payment provider did not answer."),
@@ -90,7 +86,9 @@ class InvoiceListApi(TenantAPIView):
     required_scopes = {"GET": Scope.BILLING}
 
     @extend_schema(
-        operation_id="invoices_list", parameters=LIST_PARAMS, responses={200: InvoiceListSerializer}
+        operation_id="invoices_list",
+        parameters=LIST_PARAMETERS,
+        responses={200: InvoiceListSerializer},
     )
     def get(self, request: Request) -> Response:
         page, has_more = invoices_list(tenant=self.tenant, query_params=request.query_params)

@@ -50,18 +50,21 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
             )
         except stripe.SignatureVerificationError:
             continue
-        except (ValueError, TypeError, AttributeError, KeyError):
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
             # Signed, but not a JSON event object: the library trips building the event.
             raise WebhookRejected("invalid_payload", messages.WEBHOOK_BAD_PAYLOAD) from None
         break
     else:
         raise WebhookRejected("invalid_signature", messages.WEBHOOK_BAD_SIGNATURE)
     event = json.loads(payload)
+    data = event.get("data") if isinstance(event, dict) else None
     if not (
-        isinstance(event, dict)
+        isinstance(data, dict)
         and isinstance(event.get("id"), str)
         and isinstance(event.get("type"), str)
-        and isinstance((event.get("data") or {}).get("object"), dict)
+        and isinstance(data.get("object"), dict)
+        # NOTE: PostgreSQL's jsonb cannot store NUL; Stripe never sends one.
+        and b"\\u0000" not in payload
     ):
         raise WebhookRejected("invalid_payload", messages.WEBHOOK_BAD_PAYLOAD)
     return event

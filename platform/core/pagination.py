@@ -4,6 +4,7 @@ stable while new objects arrive."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,17 +25,16 @@ LIST_PARAMETERS = [
     ),
     OpenApiParameter("starting_after", str, description="An object id: the page after it."),
 ]
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def parse_limit(raw: str | None) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return DEFAULT_LIMIT
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise InvalidRequest(
-            "limit must be an integer.", code="invalid_parameter", param="limit"
-        ) from None
+    # NOTE: not int(): it takes " 5", "+5" and "1_0"; an empty limit= is no integer either.
+    if not _INTEGER.fullmatch(raw):
+        raise InvalidRequest("limit must be an integer.", code="invalid_parameter", param="limit")
+    limit = int(raw)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(
             f"limit must be between 1 and {MAX_LIMIT}.", code="invalid_parameter", param="limit"

@@ -1,15 +1,21 @@
 """drf-spectacular, told the truth about what every operation can answer: besides its own
 responses, any authenticated endpoint may answer with the error shape for 400, 401, 403,
-404, 405, 415, 429 and 500, and a POST with 409 (idempotency)."""
+404, 405, 415, 429 and 500, and a POST with 409 (idempotency). And about what a request
+body may hold: a strict serializer's object has no other properties, and its strings no NUL
+(``core.serializers``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from drf_spectacular.plumbing import force_instance
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer
 
-from .serializers import ErrorSerializer
+from .serializers import ErrorSerializer, StrictSerializer, StrictStringField
+
+# A string without NUL (U+0000), as a JSON Schema (ECMA 262) pattern.
+NO_NUL = "^[^\\x00]*$"
 
 COMMON_ERRORS = {
     400: "Invalid request (the error names the parameter).",
@@ -24,6 +30,41 @@ COMMON_ERRORS = {
 
 
 class AutoSchema(BaseAutoSchema):
+    def _map_serializer(
+        self, serializer: Any, direction: Any, bypass_extensions: bool = False
+    ) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_serializer(serializer, direction, bypass_extensions)
+        if direction == "request" and isinstance(serializer, StrictSerializer):
+            schema["additionalProperties"] = False  # an unknown parameter is a 400
+        return schema
+
+    def _get_request_for_media_type(self, serializer: Any, direction: Any = "request") -> Any:
+        schema, required = super()._get_request_for_media_type(serializer, direction)
+        # A oneOf of shapes that each have required fields needs a body too.
+        if isinstance(serializer, PolymorphicProxySerializer):
+            shapes = [force_instance(shape) for shape in serializer.serializers]
+            required = all(any(f.required for f in s.fields.values()) for s in shapes)
+        return schema, required
+
+    def _insert_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
+        super()._insert_field_validators(field, schema)
+        # drf-spectacular offers "" beside a constrained string that allows blank; a field
+        # that lets blank through only to refuse it with its own error code says so.
+        if getattr(field, "blank_is_refused", False) and "oneOf" in schema:
+            schema.update(schema.pop("oneOf")[0])
+
+    def _map_serializer_field(
+        self, field: Any, direction: Any, bypass_extensions: bool = False
+    ) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_serializer_field(field, direction, bypass_extensions)
+        if (
+            direction == "request"
+            and isinstance(field, StrictStringField)
+            and schema.get("type") == "string"
+        ):
+            schema.setdefault("pattern", NO_NUL)
+        return schema
+
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         extra = dict(COMMON_ERRORS)

@@ -14,21 +14,28 @@ from apikeys.models import ApiKey
 from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, NotFound
 from .idempotency import idempotency_begin, idempotency_finish, request_fingerprint
 from .models import IdempotencyRecord
 from .negotiation import JSONFirstNegotiation
 
+# Query parameters whose value is an object id, like the path's.
+ID_PARAMETERS = frozenset({"starting_after"})
+
 
 def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
-    """Ids and query parameters reach SQL: PostgreSQL cannot compare text with NUL in it."""
+    """Ids and query parameters reach SQL: PostgreSQL cannot compare text with NUL in it.
+    No object has such an id (404, as for any unknown id); other parameters are a 400."""
     for name, value in [*kwargs.items(), *query.items()]:
-        if "\x00" in str(value):
-            raise InvalidRequest(
-                f"{name} must not contain NUL (\\u0000) characters.",
-                code="invalid_parameter",
-                param=name,
-            )
+        if "\x00" not in str(value):
+            continue
+        if name in kwargs or name in ID_PARAMETERS:
+            raise NotFound("No such object.", param=name)
+        raise InvalidRequest(
+            f"{name} must not contain NUL (\\u0000) characters.",
+            code="invalid_parameter",
+            param=name,
+        )
 
 
 class _Replay(Exception):

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from apikeys.models import Scope
 from core.errors import InvalidRequest, TooLarge
-from core.pagination import list_body, paginate
+from core.pagination import LIST_PARAMETERS, list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer
 from core.views import TenantAPIView
 
@@ -35,7 +35,11 @@ class DatasetListCreateApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
     parser_classes = [MultiPartParser]
 
-    @extend_schema(operation_id="datasets_list", responses={200: DatasetListSerializer})
+    @extend_schema(
+        operation_id="datasets_list",
+        parameters=LIST_PARAMETERS,
+        responses={200: DatasetListSerializer},
+    )
     def get(self, request: Request) -> Response:
         page, has_more = paginate(
             dataset_list(tenant=self.tenant), query_params=request.query_params

@@ -4,9 +4,12 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core.serializers import StrictSerializer
 
-class DatasetUploadSerializer(serializers.Serializer[Any]):
-    """Documents the multipart body (the view reads the file itself)."""
+
+class DatasetUploadSerializer(StrictSerializer):
+    """Documents the multipart body (the view reads the file itself, and refuses any other
+    field, as a strict serializer would)."""
 
     file = serializers.FileField(
         help_text='JSONL ({"text", "label"} per line) or CSV with a \'text,label\' header.'

@@ -111,7 +111,7 @@ def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             result.error(number, messages.NOT_JSON.format(error=str(exc).split(":")[0]))
             continue
         if not isinstance(row, dict):

@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.pagination import list_body, paginate
+from core.pagination import LIST_PARAMETERS, list_body, paginate
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 
@@ -20,6 +20,7 @@ from .selectors import (
     fine_tune_to_dict,
 )
 from .serializers import (
+    FINE_TUNE_CREATE_REQUEST,
     FineTuneCreateSerializer,
     FineTuneEventListSerializer,
     FineTuneEventSerializer,
@@ -38,7 +39,11 @@ def _job(job: FineTuneJob) -> Any:
 class FineTuneListCreateApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
 
-    @extend_schema(operation_id="fine_tunes_list", responses={200: FineTuneListSerializer})
+    @extend_schema(
+        operation_id="fine_tunes_list",
+        parameters=LIST_PARAMETERS,
+        responses={200: FineTuneListSerializer},
+    )
     def get(self, request: Request) -> Response:
         page, has_more = paginate(
             fine_tune_list(tenant=self.tenant), query_params=request.query_params
@@ -47,7 +52,7 @@ class FineTuneListCreateApi(TenantAPIView):
 
     @extend_schema(
         operation_id="fine_tunes_create",
-        request=FineTuneCreateSerializer,
+        request=FINE_TUNE_CREATE_REQUEST,
         responses={
             201: FineTuneSerializer,
             402: OpenApiResponse(
@@ -83,7 +88,11 @@ class FineTuneDetailApi(TenantAPIView):
 class FineTuneEventsApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING}
 
-    @extend_schema(operation_id="fine_tunes_events", responses={200: FineTuneEventListSerializer})
+    @extend_schema(
+        operation_id="fine_tunes_events",
+        parameters=LIST_PARAMETERS,
+        responses={200: FineTuneEventListSerializer},
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = fine_tune_get(tenant=self.tenant, job_id=job_id, param="id")
         page, has_more = paginate(fine_tune_events(job=job), query_params=request.query_params)

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from core.errors import InvalidRequest
-from core.serializers import StrictSerializer, StrictStringField
+from core.serializers import (
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSerializer,
+    StrictStringField,
+)
 from workers.contract import LORA_TARGET_MODULES
 
 from . import messages
@@ -14,33 +20,25 @@ from .services import SUFFIX_RE
 LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
 
 
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer: not "5", not true, not 5.0."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return int(super().to_internal_value(data))
+@extend_schema_field({"type": "string", "enum": list(LORA_TARGET_MODULES)})
+class TargetModuleField(StrictStringField):
+    """One of LORA_TARGET_MODULES (checked with its own message in validate_target_modules)."""
 
 
-class StrictFloatField(serializers.FloatField):
-    """A JSON number: not "0.1", not true."""
-
-    def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid")
-        return float(super().to_internal_value(data))
-
-
-class HyperparametersSerializer(StrictSerializer):
+class HeadHyperparametersSerializer(StrictSerializer):
     epochs = StrictIntegerField(min_value=1, max_value=100, required=False)
     learning_rate = StrictFloatField(min_value=1e-6, max_value=1.0, required=False)
     batch_size = StrictIntegerField(min_value=1, max_value=256, required=False)
+
+
+class HyperparametersSerializer(HeadHyperparametersSerializer):
+    """Every method's hyperparameters; the LORA_ONLY ones are refused for a head."""
+
     lora_rank = StrictIntegerField(min_value=1, max_value=64, required=False)
     lora_alpha = StrictFloatField(min_value=0.01, max_value=1024.0, required=False)
     lora_dropout = StrictFloatField(min_value=0.0, max_value=0.9, required=False)
     target_modules = serializers.ListField(
-        child=StrictStringField(),
+        child=TargetModuleField(),
         min_length=1,
         max_length=len(LORA_TARGET_MODULES),
         required=False,
@@ -58,13 +56,18 @@ class HyperparametersSerializer(StrictSerializer):
         return list(dict.fromkeys(value))
 
 
+@extend_schema_field({"type": "string", "pattern": SUFFIX_RE.pattern})
+class SuffixField(StrictStringField):
+    """Checked with its own message in validate_suffix."""
+
+
 class FineTuneCreateSerializer(StrictSerializer):
     base_model = StrictStringField(max_length=200)
     training_dataset = StrictStringField(max_length=64)
     validation_dataset = StrictStringField(max_length=64, required=False, allow_null=True)
     method = serializers.ChoiceField(choices=["head", "lora"], required=False, default="head")
     hyperparameters = HyperparametersSerializer(required=False)
-    suffix = StrictStringField(max_length=40, required=False, allow_blank=True, default="")
+    suffix = SuffixField(max_length=40, required=False, allow_blank=True, default="")
     seed = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False, default=0)
 
     def validate_suffix(self, value: str) -> str:
@@ -83,6 +86,25 @@ class FineTuneCreateSerializer(StrictSerializer):
                         param=f"hyperparameters.{name}",
                     )
         return attrs
+
+
+# What the OpenAPI document says a create request is: one of these two shapes (a head takes
+# no LoRA hyperparameters). FineTuneCreateSerializer validates, with messages that say why.
+class HeadFineTuneCreateSerializer(FineTuneCreateSerializer):
+    method = serializers.ChoiceField(choices=["head"], required=False, default="head")
+    hyperparameters = HeadHyperparametersSerializer(required=False)  # type: ignore[assignment]
+
+
+class LoraFineTuneCreateSerializer(FineTuneCreateSerializer):
+    method = serializers.ChoiceField(choices=["lora"])
+    hyperparameters = HyperparametersSerializer(required=False)
+
+
+FINE_TUNE_CREATE_REQUEST = PolymorphicProxySerializer(
+    component_name="FineTuneCreateRequest",
+    serializers=[HeadFineTuneCreateSerializer, LoraFineTuneCreateSerializer],
+    resource_type_field_name=None,
+)
 
 
 class ErrorInfoSerializer(serializers.Serializer[Any]):

@@ -20,16 +20,29 @@ from . import messages
 
 
 @extend_schema_field(
-    {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS, "pattern": r"\S"}
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_INPUT_CHARS,
+        # Something besides whitespace, and no NUL.
+        "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$",
+    }
 )
 class InputTextField(StrictStringField):
     """A text to classify: not blank; longer than the limit is a 413 (see validate_inputs)."""
+
+    blank_is_refused = True  # by validate_inputs (400 empty_input), not by DRF
 
 
 @extend_schema_field(
     {
         "type": "array",
-        "items": {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS},
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_LABEL_CHARS,
+            "pattern": "^[^\\x00]*$",
+        },
         "minItems": 2,
         "maxItems": MAX_LABELS,
         "uniqueItems": True,
@@ -61,8 +74,10 @@ class ClassifyRequestSerializer(StrictSerializer):
         allow_null=True,
         help_text="Zero-shot: the classes to choose from (base models only).",
     )
-    examples = ExampleSerializer(  # type: ignore[call-arg]  # ListSerializer takes max_length
-        many=True,
+    # NOTE: a ListSerializer built by hand: ``ExampleSerializer(many=True, allow_null=True)``
+    # hands allow_null to each item too, and a null example then reached validate().
+    examples: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=ExampleSerializer(),
         required=False,
         allow_null=True,
         max_length=MAX_EXAMPLES,

@@ -52,7 +52,13 @@ def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server)
             "type": "invalid_request", "code": code, "message": response.json()["error"]["message"],
             "param": None,
         }, name  # fmt: skip
-    for payload in (b"not json", b'{"just": "json"}', b"[]"):
+    malformed = [
+        b"not json", b'{"just": "json"}', b"[]", b"[" * 5000 + b"]" * 5000,
+        json.dumps({**event, "data": ["not", "an", "object"]}).encode(),
+        json.dumps({**event, "data": "text"}).encode(),
+        json.dumps({**event, "id": "evt_\u0000"}).encode(),  # jsonb cannot hold NUL
+    ]  # fmt: skip
+    for payload in malformed:
         response = _post(url, payload, {"Stripe-Signature": sign(payload)})
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_payload"
     assert httpx.get(f"{url}/webhooks/stripe").status_code == 405

@@ -121,3 +121,10 @@ def test_nul_characters_are_an_error_not_a_database_failure():
     data = jsonl([{"text": "a\u0000b", "label": "x"}, {"text": "ok", "label": "y\u0000"}])
     found = messages_by_line(dataset_validate(data))
     assert [line for line, m in found if "NUL" in m] == [1, 2]
+
+
+def test_a_line_nested_too_deeply_is_an_error_not_a_crash():
+    data = jsonl(good_rows()) + b"[" * 5000 + b"]" * 5000 + b"\n"
+    result = dataset_validate(data)
+    assert not result.valid
+    assert [line for line, _ in messages_by_line(result)] == [21]

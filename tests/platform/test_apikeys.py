@@ -105,6 +105,30 @@ def test_rotate_with_grace_keeps_the_old_secret_until_it_ends(api):
     assert bearer(created["secret"]).get("/v1/models").status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b"null", None), (b"[]", None), (b"0", None), (b"false", None), (b'""', None),
+        (b'{"grace_period_seconds": "5"}', "grace_period_seconds"),
+        (b'{"grace_period_seconds": true}', "grace_period_seconds"),
+        (b'{"grace_period_seconds": 5.0}', "grace_period_seconds"),
+    ],
+)  # fmt: skip
+def test_rotate_refuses_a_body_that_is_not_an_object_of_integers(api, raw, param):
+    created = api.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").json()
+    response = api.post(
+        f"/v1/api-keys/{created['id']}/rotate", raw, content_type="application/json"
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == param
+    # Nothing was rotated.
+    assert bearer(created["secret"]).get("/v1/models").status_code == 200
+    # No body at all is no options: rotated, old secret gone.
+    no_body = api.post(f"/v1/api-keys/{created['id']}/rotate", content_type="application/json")
+    assert no_body.status_code == 200
+    assert bearer(created["secret"]).get("/v1/models").status_code == 401
+
+
 def test_rotate_rejects_a_negative_grace_period(api):
     created = api.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").json()
     response = api.post(
@@ -224,6 +248,11 @@ def test_list_paginates_with_a_cursor(api, tenant):
     assert third["has_more"] is False
     assert api.get("/v1/api-keys?limit=0").status_code == 400
     assert api.get("/v1/api-keys?limit=abc").status_code == 400
+    # The published schema says integer: nothing else passes for one.
+    for raw in ("", "+5", "%205", "1_0", "5.0", "99999999999999999999999"):
+        response = api.get(f"/v1/api-keys?limit={raw}")
+        assert response.status_code == 400, raw
+        assert response.json()["error"]["param"] == "limit"
     assert api.get("/v1/api-keys?starting_after=key_nope").status_code == 404
 
 

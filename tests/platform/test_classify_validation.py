@@ -29,6 +29,8 @@ OK = {"model": "minilm-l6", "inputs": ["hello"], "labels": ["a", "b"]}
         ({"labels": None, "examples": [{"text": "t", "label": "a"}]}, 400, "examples"),
         ({"examples": [{"text": "t", "label": "c"}]}, 400, "examples[0].label"),
         ({"labels": None, "examples": [{"text": "t"}]}, 400, "examples[0].label"),
+        ({"examples": [None]}, 400, "examples[0]"),  # was a 500
+        ({"labels": None, "examples": [{"text": "t", "label": "a"}, None]}, 400, "examples[1]"),
         ({"temperature": 0.5}, 400, "temperature"),
     ],
 )
@@ -53,6 +55,15 @@ def test_a_body_that_is_not_a_json_object_is_a_400(api, raw):
     response = api.post("/v1/classify", raw, content_type="application/json")
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request"
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v1/api-keys", "/v1/fine-tunes"])
+@pytest.mark.parametrize("raw", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000])
+def test_json_nested_beyond_the_parser_is_a_400_not_a_500(api, path, raw):
+    response = api.post(path, raw, content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json" and "nested too deeply" in error["message"]
 
 
 def test_wrong_content_type_is_415(api):
@@ -107,8 +118,7 @@ def test_unknown_route_is_a_json_404(api):
          {"model": "minilm-l6", "inputs": ["x"], "labels": ["a\u0000", "b"]}, "labels[0]"),
         ("post", "/v1/classify", {"model": "minilm-l6\u0000", "inputs": ["x"]}, "model"),
         ("post", "/v1/api-keys", {"name": "n\u0000", "scopes": ["inference"]}, "name"),
-        ("get", "/v1/models/ft%00x", None, "model_id"),
-        ("get", "/v1/api-keys?starting_after=key%00", None, "starting_after"),
+        ("get", "/v1/usage?group_by=day%00", None, "group_by"),
     ],
 )  # fmt: skip
 def test_nul_characters_are_bad_input_not_a_server_error(api, method, path, body, param):
@@ -116,6 +126,22 @@ def test_nul_characters_are_bad_input_not_a_server_error(api, method, path, body
     # were 500s there.
     response = getattr(api, method)(path, body, format="json") if body else api.get(path)
     assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/v1/models/ft%00x", "model_id"),
+        ("/v1/api-keys/key_%00", "key_id"),
+        ("/v1/api-keys?starting_after=key%00", "starting_after"),
+    ],
+)
+def test_an_id_with_nul_in_it_is_no_object(api, path, param):
+    # No object has such an id: a 404 like any unknown id (the OpenAPI document's ids are
+    # plain strings), not a database error.
+    response = api.get(path)
+    assert response.status_code == 404, response.content
     assert response.json()["error"]["param"] == param
 
 

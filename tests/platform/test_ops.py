@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -44,6 +46,57 @@ def test_openapi_describes_every_public_route():
     error = schema["components"]["schemas"]["Error"]
     assert error["properties"]["error"]
     assert "ApiKeyAuth" in schema["components"]["securitySchemes"]
+
+
+def _request_objects(schema):
+    """Every object schema a request body can hold, nested ones included."""
+    components = schema["components"]["schemas"]
+    return {name: body for name, body in components.items() if name.endswith("Request")}
+
+
+def test_openapi_says_what_a_request_may_hold():
+    # What the server refuses with a 400 must not be valid by the published schema: a
+    # schema fuzzer holds the two to each other.
+    schema = APIClient().get("/v1/openapi.json").json()
+    for name, body in _request_objects(schema).items():
+        if body.get("type") == "object":
+            assert body.get("additionalProperties") is False, name  # unknown parameter: 400
+            for field, spec in body["properties"].items():
+                if spec.get("type") == "string" and "enum" not in spec:
+                    assert "pattern" in spec or "format" in spec, (name, field)  # NUL: 400
+    classify = schema["components"]["schemas"]["ClassifyRequestRequest"]["properties"]
+    text = classify["inputs"]["items"]
+    assert "oneOf" not in text and text["minLength"] == 1  # "" is an empty_input 400
+    assert re.fullmatch(text["pattern"], "a b") and not re.fullmatch(text["pattern"], " \t")
+    assert not re.fullmatch(text["pattern"], "a\x00")
+    # A head takes no LoRA hyperparameters; target modules are named.
+    fine_tune = schema["paths"]["/v1/fine-tunes"]["post"]["requestBody"]
+    assert fine_tune["required"] is True
+    shapes = schema["components"]["schemas"]["FineTuneCreateRequestRequest"]["oneOf"]
+    assert len(shapes) == 2
+    head = schema["components"]["schemas"]["HeadHyperparametersRequest"]["properties"]
+    assert set(head) == {"epochs", "learning_rate", "batch_size"}
+    assert schema["components"]["schemas"]["TargetModulesEnum"]["enum"] == [
+        "query", "key", "value"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/api-keys",
+        "/v1/models",
+        "/v1/datasets",
+        "/v1/fine-tunes",
+        "/v1/fine-tunes/{job_id}/events",
+        "/v1/invoices",
+    ],
+)
+def test_every_list_documents_its_cursor_parameters(path):
+    schema = APIClient().get("/v1/openapi.json").json()
+    parameters = {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+    assert parameters["limit"] == {"type": "integer", "minimum": 1, "maximum": 100}
+    assert parameters["starting_after"]["type"] == "string"
 
 
 def test_docs_page_renders():
