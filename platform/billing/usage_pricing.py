@@ -10,19 +10,42 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import MAXYEAR, MINYEAR, UTC, datetime
 from typing import TypeVar
 
+from django.db.models import Max, Min
+
+from metering.models import UsageRecord
 from plans.models import Plan
 from tenants.models import Tenant
 
 from .rating import model_tier, rate_tenant_period
 
+FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+
+
+def utc_clamped(moment: datetime) -> datetime:
+    """``moment`` (aware) in UTC; one that falls outside what datetime holds in UTC (year 1
+    with a positive offset, year 9999 with a negative one) becomes its first or last instant."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return FIRST_INSTANT if moment.year == MINYEAR else LAST_INSTANT
+
 
 def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
-    cursor = start.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    """The UTC calendar months that [start, end) touches, as (first instant, next month's
+    first instant); December 9999 ends at datetime's last instant."""
+    cursor = utc_clamped(start).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     while cursor < end:
-        following = (cursor + timedelta(days=32)).replace(day=1)
+        if cursor.month < 12:
+            following = cursor.replace(month=cursor.month + 1)
+        elif cursor.year < MAXYEAR:
+            following = cursor.replace(year=cursor.year + 1, month=1)
+        else:
+            yield cursor, LAST_INSTANT
+            return
         yield cursor, following
         cursor = following
 
@@ -30,7 +53,19 @@ def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]
 def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime) -> Counter[str]:
     """Charge line key → minor units that [start, end) adds (base fee excluded)."""
     charges: Counter[str] = Counter()
-    for month_start, month_end in months(start, end):
+    # NOTE: a month without live usage in the range adds nothing, so only the months from
+    # the range's first live row to its last are rated: the work follows the ledger, not
+    # the width of the range (a client may ask for years 0001 to 9999).
+    span = (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(livemode=True, occurred_at__gte=start, occurred_at__lt=end)
+        .aggregate(first=Min("occurred_at"), last=Max("occurred_at"))
+    )
+    if span["first"] is None:
+        return charges
+    for month_start, month_end in months(span["first"], end):
+        if month_start > span["last"]:
+            break
         lo, hi = max(start, month_start), min(end, month_end)
         for line in rate_tenant_period(
             tenant=tenant, plan=plan, start=month_start, end=hi, include_base_fee=False

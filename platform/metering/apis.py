@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -11,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
+from billing.usage_pricing import FIRST_INSTANT, LAST_INSTANT, utc_clamped
 from core.errors import InvalidRequest
 from core.views import TenantAPIView
 from limits.services import enforcement_for
@@ -43,23 +45,53 @@ class UsageReportSerializer(serializers.Serializer[Any]):
     total = UsageMetricsSerializer()
 
 
+_UNIX_SECONDS = re.compile(r"-?[0-9]+")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+# Accepted and published (OpenAPI) forms of start and end.
+MOMENT_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "integer"},
+    ]
+}
+MOMENT_FORMATS = (
+    "An RFC 3339 date-time (2026-11-28T10:00:00Z, 2026-11-28T10:00:00.5+05:30; UTC without "
+    "an offset), a date (2026-11-28, midnight UTC) or unix seconds. Years 0001-9999; a moment "
+    "outside them in UTC, or unix seconds beyond them, is clamped to the first or last instant."
+)
+INVALID_MOMENT = "{param} must be an RFC 3339 date-time, a date (years 0001-9999) or unix seconds."
+
+
+def _from_unix_seconds(raw: str) -> datetime:
+    try:
+        seconds = int(raw)
+    except ValueError:  # more digits than Python converts: far outside datetime's range
+        return FIRST_INSTANT if raw.startswith("-") else LAST_INSTANT
+    if seconds <= (FIRST_INSTANT - _EPOCH) // _SECOND:
+        return FIRST_INSTANT
+    if seconds > (LAST_INSTANT - _EPOCH) // _SECOND:
+        return LAST_INSTANT
+    return _EPOCH + seconds * _SECOND
+
+
 def _parse_moment(raw: str, param: str) -> datetime:
-    """ISO 8601 date or datetime (UTC if no offset), or unix seconds."""
+    """An aware datetime, as the client gave it (see MOMENT_FORMATS)."""
+    if _UNIX_SECONDS.fullmatch(raw):
+        return _from_unix_seconds(raw)
+    # RFC 3339 allows a lower-case "t" and "z"; Python's ISO 8601 parser does not.
+    text = raw.replace("t", "T").replace("z", "Z")
     moment: datetime | None = None
     try:
-        if raw.isdigit():
-            moment = datetime.fromtimestamp(int(raw), tz=UTC)
-        else:
-            moment = parse_datetime(raw)
-            if moment is None and (day := parse_date(raw)) is not None:
-                moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    except (ValueError, OverflowError, OSError):
+        moment = parse_datetime(text)
+        if moment is None and (day := parse_date(text)) is not None:
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    except (ValueError, OverflowError):
         moment = None
     if moment is None:
         raise InvalidRequest(
-            f"{param} must be an ISO 8601 date or datetime, or unix seconds.",
-            code="invalid_parameter",
-            param=param,
+            INVALID_MOMENT.format(param=param), code="invalid_parameter", param=param
         )
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -71,9 +103,14 @@ class UsageApi(TenantAPIView):
         operation_id="usage",
         parameters=[
             OpenApiParameter(
-                "start", str, description="Inclusive; default: start of this month (UTC)."
+                "start",
+                MOMENT_SCHEMA,
+                description="Inclusive, before end; default: start of this month (UTC). "
+                + MOMENT_FORMATS,
             ),
-            OpenApiParameter("end", str, description="Exclusive; default: now."),
+            OpenApiParameter(
+                "end", MOMENT_SCHEMA, description="Exclusive; default: now. " + MOMENT_FORMATS
+            ),
             OpenApiParameter("group_by", str, enum=list(GROUP_FIELDS), description="Default day."),
         ],
         responses={200: UsageReportSerializer},
@@ -91,6 +128,9 @@ class UsageApi(TenantAPIView):
             raise InvalidRequest(
                 "start must be before end.", code="invalid_parameter", param="start"
             )
+        # Compared as given (exact), then clamped: year 1 at +05:00 is before datetime's
+        # range in UTC, and no usage exists out there.
+        start, end = utc_clamped(start), utc_clamped(end)
         group_by = params.get("group_by", "day")
         if group_by not in GROUP_FIELDS:
             raise InvalidRequest(

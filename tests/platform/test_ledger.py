@@ -179,3 +179,146 @@ def test_usage_api_sees_only_its_own_tenant(tenant, other_tenant, client_for):
     usage_record_bulk(events=[event(other_tenant, 1)])
     body = client_for(tenant, ["billing"]).get("/v1/usage").json()
     assert body["total"]["requests"] == 0
+
+
+# Any start and end a client may send per the published schema: years 0001-9999 at any
+# offset, RFC 3339's variants, unix seconds of any size. Ranges wider than the ledger are
+# clamped to where usage can exist, never a 500 and never work that grows with the range.
+FIRST, LAST = "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"
+
+
+def two_priced_months(tenant):
+    """Pro plan, 100,000 inputs included a month: January 2025 has 500 over (20 minor
+    units at 40 per 1,000), February 1,000 over (40); test-mode usage is never charged."""
+    from tests.factories import subscribe
+
+    subscribe(tenant, "pro")
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=100_000, occurred_at="2025-01-15T12:00:00+00:00"),
+            event(tenant, 2, inputs=500, occurred_at="2025-01-31T23:59:59+00:00"),
+            event(tenant, 3, inputs=101_000, occurred_at="2025-02-01T00:00:00+00:00"),
+            event(tenant, 4, inputs=7, livemode=False, occurred_at="2025-02-03T00:00:00+00:00"),
+        ]
+    )
+
+
+def usage_and_queries(client, params):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/v1/usage", params)
+    assert response.status_code == 200, response.content
+    return response.json(), len(queries.captured_queries)
+
+
+@pytest.mark.parametrize("group_by", ["day", "model", "api_key"])
+@pytest.mark.parametrize(
+    "widest",
+    [
+        {"start": "0001-01-01T00:00:00+05:00", "end": "9999-12-31T23:59:59-05:00"},
+        {"start": "-99999999999999999999", "end": "99999999999999999999"},
+        {"start": "0001-01-01", "end": "9999-12-31"},
+    ],
+)
+def test_usage_api_a_huge_range_costs_and_counts_what_the_ledger_holds(
+    tenant, client_for, widest, group_by
+):
+    two_priced_months(tenant)
+    api = client_for(tenant, ["billing"])
+    tight, tight_queries = usage_and_queries(
+        api, {"start": "2025-01-01", "end": "2025-03-01", "group_by": group_by}
+    )
+    assert tight["total"]["amount"] == 60 and tight["total"]["inputs"] == 201_500
+    wide, wide_queries = usage_and_queries(api, {**widest, "group_by": group_by})
+    assert (wide["data"], wide["total"]) == (tight["data"], tight["total"])
+    assert wide_queries <= tight_queries  # the work follows the ledger, not the range
+    assert wide["start"] == FIRST
+
+
+def test_usage_api_the_fuzzers_500s_are_answered(tenant, client_for):
+    usage_record_bulk(events=[event(tenant, 1)])
+    api = client_for(tenant, ["billing"])
+    year_one = api.get("/v1/usage?start=0001-01-01T00:00:00%2B05:00")
+    assert year_one.status_code == 200, year_one.content
+    assert year_one.json()["start"] == FIRST and year_one.json()["total"]["requests"] == 1
+    far_end = api.get("/v1/usage?end=9999-12-31T23:59:59-05:00")
+    assert far_end.status_code == 200, far_end.content
+    assert far_end.json()["end"] == LAST and far_end.json()["total"]["requests"] == 1
+
+
+def test_usage_api_compares_moments_before_clamping_them(tenant, client_for):
+    api = client_for(tenant, ["billing"])
+    # 0001-01-01T00:00+06:00 is an hour before +05:00, both before datetime's first UTC
+    # instant: a valid range that holds no usage.
+    empty = api.get(
+        "/v1/usage", {"start": "0001-01-01T00:00:00+06:00", "end": "0001-01-01T00:00:00+05:00"}
+    )
+    assert empty.status_code == 200 and empty.json()["total"]["requests"] == 0
+    backwards = api.get(
+        "/v1/usage", {"start": "0001-01-01T00:00:00+05:00", "end": "0001-01-01T00:00:00+06:00"}
+    )
+    assert backwards.status_code == 400 and backwards.json()["error"]["param"] == "start"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "moment"),
+    [
+        ("0", "1970-01-01T00:00:00Z"),
+        ("-62135596800", FIRST),
+        ("-62135596801", FIRST),  # clamped
+        ("253402300799", "9999-12-31T23:59:59Z"),
+        ("253402300800", LAST),  # clamped
+        ("9" * 5000, LAST),  # longer than Python converts to an int
+    ],
+)
+def test_usage_api_clamps_unix_seconds_to_datetimes_range(tenant, client_for, seconds, moment):
+    params = {"end": seconds} if moment == LAST else {"start": seconds, "end": "99999999999999"}
+    body = client_for(tenant, ["billing"]).get("/v1/usage", params).json()
+    assert body["end" if moment == LAST else "start"] == moment
+
+
+@pytest.mark.parametrize(
+    ("given", "utc"),
+    [
+        ("2025-11-28T10:00:00Z", "2025-11-28T10:00:00Z"),
+        ("2025-11-28t10:00:00z", "2025-11-28T10:00:00Z"),  # RFC 3339 allows lower case
+        ("2025-11-28 10:00:00Z", "2025-11-28T10:00:00Z"),
+        ("2025-11-28T10:00:00+05:30", "2025-11-28T04:30:00Z"),
+        ("2025-11-28T10:00:00-00:00", "2025-11-28T10:00:00Z"),
+        ("2025-11-28T10:00:00.5-02:00", "2025-11-28T12:00:00.500000Z"),
+        ("2025-11-28T10:00:00.123456789Z", "2025-11-28T10:00:00.123456Z"),
+        ("2025-11-28T10:00:00", "2025-11-28T10:00:00Z"),  # no offset: UTC
+        ("2025-11-28", "2025-11-28T00:00:00Z"),
+        ("0001-01-01T00:00:00+23:59", FIRST),
+    ],
+)
+def test_usage_api_accepts_rfc_3339_dates_and_times(tenant, client_for, given, utc):
+    response = client_for(tenant, ["billing"]).get("/v1/usage", {"start": given})
+    assert response.status_code == 200, response.content
+    assert response.json()["start"] == utc
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"start": "0000-12-31T00:00:00Z"}, "start"),  # no year 0 in Python's calendar
+        ({"end": "2025-11-28T10:00:00+24:00"}, "end"),
+        ({"start": "1e9"}, "start"),
+        ({"end": "1.5"}, "end"),
+        ({"start": "--1"}, "start"),
+        ({"end": "10:00:00"}, "end"),
+        ({"start": "2025-11-28T10:00:00Zjunk"}, "start"),
+    ],
+)
+def test_usage_api_rejects_what_is_not_a_moment(tenant, client_for, params, param):
+    response = client_for(tenant, ["billing"]).get("/v1/usage", params)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request",
+        "invalid_parameter",
+        param,
+    )
+    assert "RFC 3339" in error["message"]
