@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from core.pagination import LIST_PARAMETERS, list_body, paginate
+from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
 from core.serializers import DeletedSerializer, validated
 from core.views import TenantAPIView
 
@@ -27,6 +27,7 @@ def _with_secret(created: CreatedKey) -> dict[str, Any]:
 
 class ApiKeyListCreateApi(TenantAPIView):
     required_scopes = {"*": Scope.ADMIN}
+    query_parameters = {"GET": LIST_QUERY}
 
     @extend_schema(
         operation_id="api_keys_list",

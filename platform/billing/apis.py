@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.pagination import LIST_PARAMETERS, list_body
+from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 from plans.models import Plan
@@ -84,6 +84,7 @@ class SubscriptionApi(TenantAPIView):
 
 class InvoiceListApi(TenantAPIView):
     required_scopes = {"GET": Scope.BILLING}
+    query_parameters = {"GET": LIST_QUERY}
 
     @extend_schema(
         operation_id="invoices_list",

@@ -25,6 +25,8 @@ LIST_PARAMETERS = [
     ),
     OpenApiParameter("starting_after", str, description="An object id: the page after it."),
 ]
+# Their names: what a list view declares it takes (``TenantAPIView.query_parameters``).
+LIST_QUERY = frozenset(p.name for p in LIST_PARAMETERS)
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 

@@ -55,6 +55,10 @@ class TenantAPIView(APIView):
     billable = False
     _admission: Admission | None = None
     _replayed = False
+    # The query parameters each method takes, as its OpenAPI operation documents them
+    # (tests/platform/test_ops.py holds the two equal); any other is refused by name, like
+    # an unknown body parameter.
+    query_parameters: dict[str, frozenset[str]] = {}
 
     def metered_inputs(self, request: Request) -> int:
         """Inputs this request will run, reserved against the quota when it is admitted
@@ -71,6 +75,15 @@ class TenantAPIView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        method = "GET" if request.method == "HEAD" else (request.method or "")
+        allowed = self.query_parameters.get(method, frozenset())
+        # A method the view lacks is a 405, whatever its query says (DRF decides after this).
+        takes = hasattr(self, method.lower())
+        for name in request.query_params:
+            if takes and name not in allowed:
+                raise InvalidRequest(
+                    f"Received unknown parameter: {name}.", code="unknown_parameter", param=name
+                )
         _refuse_nul(kwargs, request.query_params)
         post = request.method == "POST"
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.

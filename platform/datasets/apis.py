@@ -10,7 +10,7 @@ from rest_framework.response import Response
 
 from apikeys.models import Scope
 from core.errors import InvalidRequest, TooLarge
-from core.pagination import LIST_PARAMETERS, list_body, paginate
+from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer
 from core.views import TenantAPIView
 
@@ -33,6 +33,7 @@ def _dataset(dataset: Dataset) -> Any:
 
 class DatasetListCreateApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
+    query_parameters = {"GET": LIST_QUERY}
     parser_classes = [MultiPartParser]
 
     @extend_schema(

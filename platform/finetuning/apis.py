@@ -7,7 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.pagination import LIST_PARAMETERS, list_body, paginate
+from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 
@@ -38,6 +38,7 @@ def _job(job: FineTuneJob) -> Any:
 
 class FineTuneListCreateApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
+    query_parameters = {"GET": LIST_QUERY}
 
     @extend_schema(
         operation_id="fine_tunes_list",
@@ -87,6 +88,7 @@ class FineTuneDetailApi(TenantAPIView):
 
 class FineTuneEventsApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING}
+    query_parameters = {"GET": LIST_QUERY}
 
     @extend_schema(
         operation_id="fine_tunes_events",

@@ -5,7 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.pagination import LIST_PARAMETERS, list_body, paginate
+from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
 from workers.contract import MAX_INPUTS
@@ -64,6 +64,7 @@ class ClassifyApi(TenantAPIView):
 
 class ModelListApi(TenantAPIView):
     required_scopes = {"GET": Scope.INFERENCE}
+    query_parameters = {"GET": LIST_QUERY}
 
     @extend_schema(
         operation_id="models_list",

@@ -98,6 +98,7 @@ def _parse_moment(raw: str, param: str) -> datetime:
 
 class UsageApi(TenantAPIView):
     required_scopes = {"GET": Scope.BILLING}
+    query_parameters = {"GET": frozenset({"start", "end", "group_by"})}
 
     @extend_schema(
         operation_id="usage",
@@ -118,12 +119,13 @@ class UsageApi(TenantAPIView):
     def get(self, request: Request) -> Response:
         now = timezone.now()
         params = request.query_params
+        # NOTE: an empty start= or end= is no moment: a 400, not the default.
         start = (
             _parse_moment(params["start"], "start")
-            if params.get("start")
+            if "start" in params
             else now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         )
-        end = _parse_moment(params["end"], "end") if params.get("end") else now
+        end = _parse_moment(params["end"], "end") if "end" in params else now
         if start >= end:
             raise InvalidRequest(
                 "start must be before end.", code="invalid_parameter", param="start"

@@ -1,6 +1,7 @@
 import re
 
 import pytest
+from django.urls import resolve
 from rest_framework.test import APIClient
 
 pytestmark = pytest.mark.django_db
@@ -97,6 +98,30 @@ def test_every_list_documents_its_cursor_parameters(path):
     parameters = {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
     assert parameters["limit"] == {"type": "integer", "minimum": 1, "maximum": 100}
     assert parameters["starting_after"]["type"] == "string"
+
+
+def test_each_view_takes_the_query_parameters_it_documents():
+    # TenantAPIView refuses every query parameter its view does not declare: the
+    # declaration and the OpenAPI document must not drift apart.
+    schema = APIClient().get("/v1/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        view = resolve(re.sub(r"\{[^}]+\}", "x", path)).func.view_class
+        for method, operation in operations.items():
+            documented = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+            declared = getattr(view, "query_parameters", {}).get(method.upper(), frozenset())
+            assert documented == set(declared), (method, path)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["/v1/models?foo=1", "/v1/usage?=", "/v1/usage?format=json", "/v1/plans?limit=5"]
+)
+def test_an_unknown_query_parameter_is_refused_by_name(api, path):
+    response = api.get(path)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "unknown_parameter"
+    assert error["param"] == path.split("?")[1].split("=")[0]
 
 
 def test_docs_page_renders():
