@@ -76,13 +76,15 @@ class TenantAPIView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         method = "GET" if request.method == "HEAD" else (request.method or "")
-        allowed = self.query_parameters.get(method, frozenset())
         # A method the view lacks is a 405, whatever its query says (DRF decides after this).
-        takes = hasattr(self, method.lower())
-        for name in request.query_params:
-            if takes and name not in allowed:
+        if hasattr(self, method.lower()):
+            allowed = self.query_parameters.get(method, frozenset())
+            unknown = next((name for name in request.query_params if name not in allowed), None)
+            if unknown is not None:
                 raise InvalidRequest(
-                    f"Received unknown parameter: {name}.", code="unknown_parameter", param=name
+                    f"Received unknown parameter: {unknown}.",
+                    code="unknown_parameter",
+                    param=unknown,
                 )
         _refuse_nul(kwargs, request.query_params)
         post = request.method == "POST"

@@ -17,6 +17,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+import metering.metrics  # noqa: F401  # every series is declared, whichever process counts it
 from inference.dispatch import queue_depth
 
 
