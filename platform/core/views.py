@@ -76,8 +76,9 @@ class TenantAPIView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         method = "GET" if request.method == "HEAD" else (request.method or "")
-        # A method the view lacks is a 405, whatever its query says (DRF decides after this).
-        if hasattr(self, method.lower()):
+        # A method the view lacks is a 405, whatever its query says (DRF decides after this);
+        # OPTIONS describes the resource, whichever of its methods' queries it carries.
+        if method != "OPTIONS" and hasattr(self, method.lower()):
             allowed = self.query_parameters.get(method, frozenset())
             unknown = next((name for name in request.query_params if name not in allowed), None)
             if unknown is not None:

@@ -48,6 +48,7 @@ class UsageReportSerializer(serializers.Serializer[Any]):
 _UNIX_SECONDS = re.compile(r"-?[0-9]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
+_MICROSECOND = timedelta(microseconds=1)
 # Accepted and published (OpenAPI) forms of start and end.
 MOMENT_SCHEMA = {
     "anyOf": [
@@ -106,8 +107,8 @@ class UsageApi(TenantAPIView):
             OpenApiParameter(
                 "start",
                 MOMENT_SCHEMA,
-                description="Inclusive, before end; default: start of this month (UTC). "
-                + MOMENT_FORMATS,
+                description="Inclusive, before end; default: the start of the UTC month in which "
+                "the range ends (this month when end is not given). " + MOMENT_FORMATS,
             ),
             OpenApiParameter(
                 "end", MOMENT_SCHEMA, description="Exclusive; default: now. " + MOMENT_FORMATS
@@ -120,12 +121,12 @@ class UsageApi(TenantAPIView):
         now = timezone.now()
         params = request.query_params
         # NOTE: an empty start= or end= is no moment: a 400, not the default.
-        start = (
-            _parse_moment(params["start"], "start")
-            if "start" in params
-            else now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        )
         end = _parse_moment(params["end"], "end") if "end" in params else now
+        if "start" in params:
+            start = _parse_moment(params["start"], "start")
+        else:  # the start of the UTC month that end's last instant is in
+            last = utc_clamped(end) - min(_MICROSECOND, utc_clamped(end) - FIRST_INSTANT)
+            start = last.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         if start >= end:
             raise InvalidRequest(
                 "start must be before end.", code="invalid_parameter", param="start"

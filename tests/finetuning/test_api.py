@@ -127,6 +127,16 @@ def test_a_fine_tuned_model_cannot_be_the_base(api, tenant, make_dataset):
     assert_error(response, 400, "invalid_base_model", "base_model")
 
 
+def test_lora_needs_a_full_precision_base(api, tenant, make_dataset):
+    dataset = make_dataset(tenant).id
+    response = create(api, base_model="minilm-l6-int8", training_dataset=dataset, method="lora")
+    assert_error(response, 400, "invalid_base_model", "base_model")
+    assert "fp32 base" in response.json()["error"]["message"]
+    # A head on the int8 tier is fine.
+    head = create(api, base_model="minilm-l6-int8", training_dataset=dataset, method="head")
+    assert head.status_code == 201, head.content
+
+
 def test_cancel(api, tenant, make_dataset):
     job = create(api, base_model="minilm-l6", training_dataset=make_dataset(tenant).id).json()
     cancelled = api.post(f"/v1/fine-tunes/{job['id']}/cancel")

@@ -243,9 +243,29 @@ def test_usage_api_the_fuzzers_500s_are_answered(tenant, client_for):
     year_one = api.get("/v1/usage?start=0001-01-01T00:00:00%2B05:00")
     assert year_one.status_code == 200, year_one.content
     assert year_one.json()["start"] == FIRST and year_one.json()["total"]["requests"] == 1
-    far_end = api.get("/v1/usage?end=9999-12-31T23:59:59-05:00")
+    far_end = api.get("/v1/usage?start=2000-01-01&end=9999-12-31T23:59:59-05:00")
     assert far_end.status_code == 200, far_end.content
     assert far_end.json()["end"] == LAST and far_end.json()["total"]["requests"] == 1
+    # Without start, the range is end's month: December 9999, empty.
+    last_month = api.get("/v1/usage?end=9999-12-31T23:59:59-05:00").json()
+    assert last_month["start"] == "9999-12-01T00:00:00Z" and last_month["end"] == LAST
+    assert last_month["total"]["requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("end", "start"),
+    [
+        ("2000-01-01T00:00:00Z", "1999-12-01T00:00:00Z"),  # exclusive: December's last instant
+        ("2025-02-15", "2025-02-01T00:00:00Z"),
+        ("2025-03-01T00:00:00.000001Z", "2025-03-01T00:00:00Z"),
+        ("2025-03-01T02:00:00+05:00", "2025-02-01T00:00:00Z"),  # 21:00 UTC on Feb 28
+    ],
+)
+def test_usage_api_without_start_reports_the_month_end_falls_in(tenant, client_for, end, start):
+    # A past end alone is a question about that month, not a 400 for being before this one.
+    response = client_for(tenant, ["billing"]).get("/v1/usage", {"end": end})
+    assert response.status_code == 200, response.content
+    assert response.json()["start"] == start
 
 
 def test_usage_api_compares_moments_before_clamping_them(tenant, client_for):

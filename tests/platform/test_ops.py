@@ -124,6 +124,12 @@ def test_an_unknown_query_parameter_is_refused_by_name(api, path):
     assert error["param"] == path.split("?")[1].split("=")[0]
 
 
+@pytest.mark.django_db
+def test_options_and_undeclared_methods_are_not_judged_by_their_query(api):
+    assert api.options("/v1/models?limit=1").status_code == 200
+    assert api.put("/v1/models?limit=1").status_code == 405
+
+
 def test_docs_page_renders():
     response = APIClient().get("/v1/docs")
     assert response.status_code == 200

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from workers.artifacts import ArtifactStore
-from workers.contract import HYPERPARAMETER_DEFAULTS, Hyperparameters, TrainRequest, TrainResult
+from workers.contract import (
+    HYPERPARAMETER_DEFAULTS,
+    INT8_BASE_MODELS,
+    LORA_NEEDS_FP32,
+    Hyperparameters,
+    TrainRequest,
+    TrainResult,
+)
 from workers.runtime.encoder import load_encoder
 from workers.runtime.finetuned import model_file_write
 
@@ -61,6 +68,9 @@ def resolved_hyperparameters(request: TrainRequest) -> Hyperparameters:
 
 def train_run(ctx: JobContext) -> TrainResult:
     request = ctx.request
+    if request["method"] == "lora" and request["base_model"] in INT8_BASE_MODELS.values():
+        # Its int8 layers take no gradients (the API refuses this job; an older one may not).
+        raise TrainingDataError(LORA_NEEDS_FP32.format(model=request["base_model"]))
     hp = resolved_hyperparameters(request)
     began = time.perf_counter()
     seed = int(request.get("seed", 0))
