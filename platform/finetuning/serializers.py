@@ -106,7 +106,7 @@ class HeadFineTuneCreateSerializer(FineTuneCreateSerializer):
     }
 )
 class LoraBaseModelField(StrictStringField):
-    pass
+    """A base model LoRA can train through: not an int8 one (fine_tune_create refuses it)."""
 
 
 class LoraFineTuneCreateSerializer(FineTuneCreateSerializer):
