@@ -279,10 +279,3 @@ LORA_TARGET_MODULES = ("query", "key", "value")
 # validation split with the value's int8 weights, and offered as a variant on it when the
 # accuracy it loses is within the platform's threshold (FINETUNE_INT8_MAX_LOSS_POINTS).
 INT8_BASE_MODELS = {"minilm-l6": "minilm-l6-int8"}
-# LoRA trains through the base model's layers; int8 ones take no gradients. A LoRA model
-# reaches the int8 tier as the variant of one trained on the fp32 base.
-LORA_NEEDS_FP32 = (
-    "LoRA fine-tuning needs a full-precision base model, and '{model}' is int8. Fine-tune "
-    "its fp32 base with method 'lora': the int8 variant of the model is offered when it "
-    "keeps the validation accuracy."
-)

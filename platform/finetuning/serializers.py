@@ -6,14 +6,13 @@ from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_fiel
 from rest_framework import serializers
 
 from core.errors import InvalidRequest
-from core.schema import NO_NUL
 from core.serializers import (
     StrictFloatField,
     StrictIntegerField,
     StrictSerializer,
     StrictStringField,
 )
-from workers.contract import INT8_BASE_MODELS, LORA_TARGET_MODULES
+from workers.contract import LORA_TARGET_MODULES
 
 from . import messages
 from .services import SUFFIX_RE
@@ -96,21 +95,7 @@ class HeadFineTuneCreateSerializer(FineTuneCreateSerializer):
     hyperparameters = HeadHyperparametersSerializer(required=False)  # type: ignore[assignment]
 
 
-@extend_schema_field(
-    {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 200,
-        "pattern": NO_NUL,
-        "not": {"enum": sorted(INT8_BASE_MODELS.values())},  # LORA_NEEDS_FP32
-    }
-)
-class LoraBaseModelField(StrictStringField):
-    """A base model LoRA can train through: not an int8 one (fine_tune_create refuses it)."""
-
-
 class LoraFineTuneCreateSerializer(FineTuneCreateSerializer):
-    base_model = LoraBaseModelField(max_length=200)
     method = serializers.ChoiceField(choices=["lora"])
     hyperparameters = HyperparametersSerializer(required=False)
 

@@ -32,8 +32,6 @@ from tenants.models import Tenant
 from workers.contract import (
     CONTRACT_VERSION,
     HYPERPARAMETER_DEFAULTS,
-    INT8_BASE_MODELS,
-    LORA_NEEDS_FP32,
     Queue,
     TaskName,
     TrainRequest,
@@ -134,10 +132,6 @@ def fine_tune_create(
             messages.NOT_A_BASE_MODEL.format(model=base_model),
             code="invalid_base_model",
             param="base_model",
-        )
-    if method == "lora" and model.base_model in INT8_BASE_MODELS.values():
-        raise InvalidRequest(
-            LORA_NEEDS_FP32.format(model=base_model), code="invalid_base_model", param="base_model"
         )
     training = _usable(tenant, training_dataset_id, "training_dataset")
     validation = None

@@ -160,15 +160,6 @@ def test_a_model_on_the_int8_base_has_no_variant_to_measure(store, context):
     assert not [e for e in events.of("log") if "int8 variant" in e[1]]
 
 
-def test_lora_on_the_int8_base_fails_cleanly(store, context):
-    # Its int8 layers take no gradients: this used to be an AssertionError deep in the
-    # adapter set-up, reported as an internal failure. The API refuses it up front.
-    digest = store.put(dataset_bytes("support_tickets.jsonl", 80))
-    request = make_request(digest, "lora", base_model="minilm-l6-int8")
-    with pytest.raises(TrainingDataError, match="full-precision base model"):
-        train_run(context(request)[0])
-
-
 def test_a_cancel_during_the_int8_measurement_stops_the_job(store, context):
     digest = store.put(dataset_bytes("support_tickets.jsonl", 120))
     calls: list[int] = []

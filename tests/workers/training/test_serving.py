@@ -14,6 +14,7 @@ from workers.runtime import classifier
 from workers.runtime.classifier import ClassifierEngine
 from workers.runtime.finetuned import lora_adapter
 from workers.settings import settings_from_env
+from workers.training.data import rows_load, stratified_split
 from workers.training.lora import adapted_model, embed_with, lora_state
 from workers.training.runner import JobContext, train_run
 
@@ -54,6 +55,38 @@ def test_a_head_model_is_served_through_the_shared_batcher(engine):
     assert abs(sum(answer["results"][0]["scores"].values()) - 1) < 1e-5
     assert answer["usage"]["inputs"] == 4 and answer["usage"]["tokens"] > 20
     assert engine.runtime("minilm-l6").batcher.stats().texts == before + 4
+
+
+def test_a_lora_model_on_the_int8_base_is_measured_as_it_is_served(engine):
+    # int8 layers take no gradients (this job used to crash the worker): it trains on the
+    # same weights in fp32, and its metrics are those of the int8 weights with its adapter.
+    store = ArtifactStore()
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 80))
+    model_id = "ft:minilm-l6-int8:test:abc"
+    request = make_request(
+        digest,
+        method="lora",
+        base_model="minilm-l6-int8",
+        model_id=model_id,
+        hyperparameters={"epochs": 1},
+    )
+    recorder = Recorder()
+    result = train_run(JobContext(request, store, recorder, lambda: False, threads=2))
+    metrics = result["metrics"]
+    assert not [name for name in metrics if name.startswith("int8_")]  # no variant of int8
+    assert [e for e in recorder.of("log") if "as served" in e[1]]
+    _, held_out = stratified_split(rows_load(store, digest), seed=0)
+    answer = engine.classify(
+        classify_request(
+            list(held_out.texts),
+            model=model_id,
+            base_model="minilm-l6-int8",
+            artifact=result["artifact"],
+        )
+    )
+    assert "error" not in answer, answer
+    right = [r["label"] == y for r, y in zip(answer["results"], held_out.labels, strict=True)]
+    assert round(sum(right) / len(right), 4) == metrics["accuracy"]
 
 
 def test_a_lora_model_rides_the_shared_batcher_with_its_adapter(engine):
