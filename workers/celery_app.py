@@ -93,6 +93,10 @@ _emulated_bf16 = False  # bf16 asked for on a CPU without bf16 instructions
 
 def _warm() -> None:
     global _warmed_in_s, _emulated_bf16
+    # NOTE: the solo pool (training worker) sends worker_process_init after worker_init:
+    # warm once, and log the first load's time rather than the second's 0.00 s.
+    if _warmed_in_s is not None:
+        return
     import torch
 
     from workers.runtime.classifier import get_engine
