@@ -97,22 +97,17 @@ def _warm() -> None:
     # warm once, and log the first load's time rather than the second's 0.00 s.
     if _warmed_in_s is not None:
         return
-    import torch
-
     from workers.runtime.classifier import get_engine
-    from workers.runtime.encoder import BASE_MODELS, INT8_MODELS, cpu_has_native_bf16
+    from workers.runtime.encoder import BASE_MODELS
+    from workers.runtime.precision import emulated_bf16
 
     began = time.perf_counter()
     engine = get_engine()
     for base_model in BASE_MODELS:
         encoder = engine.runtime(base_model).encoder
         _devices.add(encoder.device.type)
-        numerics = str(encoder.dtype).removeprefix("torch.")
-        if base_model in INT8_MODELS and encoder.device.type == "cpu":
-            numerics = "int8"
-        _served.append(f"{base_model} on {encoder.device.type} in {numerics}")
-        if encoder.device.type == "cpu" and encoder.dtype == torch.bfloat16:
-            _emulated_bf16 = _emulated_bf16 or not cpu_has_native_bf16()
+        _served.append(f"{base_model} on {encoder.device.type} in {encoder.numerics}")
+        _emulated_bf16 = _emulated_bf16 or emulated_bf16(encoder.dtype, encoder.device)
     _warmed_in_s = time.perf_counter() - began
 
 

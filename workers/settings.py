@@ -34,7 +34,7 @@ DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_PRICE_PER_HOUR = "0.10"
 DEFAULT_EMBED_CACHE_SIZE = 10_000
 DEVICES = ("auto", "cpu", "cuda")
-# The dtype forward passes compute in (see ``workers/runtime/encoder.py: compute_dtype``).
+# The dtype forward passes compute in (see ``workers/runtime/precision.py: compute_dtype``).
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -62,7 +62,7 @@ class WorkerSettings:
     # auto: bf16 autocast on a GPU (fp16 without bf16), fp32 on a CPU. fp32: always. bf16:
     # always, on a CPU too: a cost lever for CPUs with bf16 instructions (AVX512-BF16, AMX),
     # at the price of answers that vary in the 4th decimal with the batch a text rides in
-    # (see runtime/encoder.py: compute_dtype); emulated on other CPUs, ~14x slower. The
+    # (see runtime/precision.py: compute_dtype); emulated on other CPUs, ~14x slower. The
     # int8 tier computes as its int8 kernels do, whatever this says.
     precision: str = "auto"
     # Cost to serve: what this worker pool's hardware costs per hour (currency units, a

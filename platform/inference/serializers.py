@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.errors import InvalidRequest, TooLarge
+from core.schema import NO_NUL
 from core.serializers import StrictSerializer, StrictStringField
 from workers.contract import (
     MAX_EXAMPLES,
@@ -41,7 +42,7 @@ class InputTextField(StrictStringField):
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_LABEL_CHARS,
-            "pattern": "^[^\\x00]*$",
+            "pattern": NO_NUL,
         },
         "minItems": 2,
         "maxItems": MAX_LABELS,

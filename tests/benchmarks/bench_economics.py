@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 
 from bench_model import backlog_rate, make_texts  # noqa: E402
 
-from workers.runtime.encoder import Encoder, cpu_has_native_bf16, load_encoder  # noqa: E402
+from workers.runtime.encoder import Encoder, load_encoder  # noqa: E402
+from workers.runtime.precision import cpu_has_native_bf16  # noqa: E402
 from workers.settings import get_settings  # noqa: E402
 
 DATA = ROOT / "tests" / "data"

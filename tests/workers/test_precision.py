@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from workers.runtime.classifier import ClassifierEngine
-from workers.runtime.encoder import compute_dtype, load_encoder
+from workers.runtime.encoder import load_encoder
+from workers.runtime.precision import compute_dtype
 from workers.settings import settings_from_env
 
 from .helpers import make_request

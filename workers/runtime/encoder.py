@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from .precision import compute_dtype, resolve_device
+
 # sentence-transformers' max_seq_length for all-MiniLM-L6-v2, special tokens included.
 MAX_TOKENS = 256
 
@@ -222,39 +224,6 @@ class Tokenized:
         return len(self.ids)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it torch
-    emulates bf16 with conversions: measured on an AVX2-only EPYC, one thread, 32 texts,
-    192 ms in fp32 against 2,680 ms under bf16 autocast."""
-    capabilities = torch.cpu.get_capabilities()
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-
-
-def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """What ``precision`` (``WORKER_PRECISION``: auto, fp32 or bf16) computes in on
-    ``device``: bf16 autocast (fp16 on a GPU without bf16) or plain fp32.
-
-    ``auto`` is half precision on a GPU and fp32 on a CPU. NOTE: bf16 answers depend on the
-    batch a text rides in (its padding changes the kernels' rounding): measured, 16 product
-    reviews alone against in one batch differ by up to 8.7e-4 in their embeddings under
-    bf16 and 9.2e-8 in fp32, so the same text can get scores that differ in the 4th decimal
-    from one call to the next. A CPU pool takes bf16 (~2x fp32 on CPUs with bf16
-    instructions, per ../shared/notes/measured-here.md) only when its operator says so."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
-
-
 class Encoder:
     """Tokenizer + BERT + mean pooling. ``embed_ids`` is meant to be called from one thread
     (the batcher's); ``tokenize`` is thread-safe and runs on the callers' threads."""
@@ -287,6 +256,13 @@ class Encoder:
         state = _hf_to_ours(load_file(str(folder / "model.safetensors")))
         model.load_state_dict(state, strict=True, assign=True)
         self._model = model.to(device=device, dtype=torch.float32).eval()
+
+    @property
+    def numerics(self) -> str:
+        """What its forward passes compute in, for logs: "int8", "float32", "bfloat16"."""
+        if self.encoder_id in INT8_MODELS and self.device.type == "cpu":
+            return "int8"
+        return str(self.dtype).removeprefix("torch.")
 
     @property
     def model(self) -> BertModel:
@@ -339,7 +315,7 @@ class Encoder:
         # 21,526 vs 16,035, at 65536 25,728 vs 17,278, but 3,620 vs 5,687 at the CPU's
         # 2048-token batches (autocast's per-op cost, on a model this small); a lone text
         # 2.5 ms vs 2.9 ms. On a CPU, bf16 pays only with bf16 instructions (see
-        # ``cpu_has_native_bf16``).
+        # ``precision.cpu_has_native_bf16``).
         if self.dtype == torch.float32:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
@@ -378,7 +354,7 @@ def load_encoder(
 ) -> Encoder:
     """The process-wide encoder for ``base_model``, loaded once (thread-safe) and warmed up.
 
-    ``precision``: see ``compute_dtype``; full precision unless the caller (the worker's
+    ``precision``: see ``precision.compute_dtype``; full precision unless the caller (the worker's
     settings) asks for more speed. The int8 tier on a CPU computes in its int8 kernels'
     precision whatever is asked. Keyed by process id so a forked child never reuses its
     parent's copy.
