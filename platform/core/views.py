@@ -3,6 +3,7 @@ never from ambient state, and every POST honours ``Idempotency-Key``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rest_framework.request import Request
@@ -65,6 +66,11 @@ class TenantAPIView(APIView):
         (inference views override this)."""
         return 0
 
+    def admission_prefetch(self, request: Request) -> Sequence[str]:
+        """Redis keys this request will read, read with its admission in one round trip
+        (``Admission.prefetched``); the classify view names its result-cache rows."""
+        return ()
+
     @property
     def tenant(self) -> Tenant:
         return principal(self.request).tenant
@@ -72,6 +78,11 @@ class TenantAPIView(APIView):
     @property
     def api_key(self) -> ApiKey:
         return principal(self.request).api_key
+
+    @property
+    def admission(self) -> Admission | None:
+        """What admission decided for the request being handled (None once it is settled)."""
+        return self._admission
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
@@ -95,6 +106,7 @@ class TenantAPIView(APIView):
             request_id=request._request.request_id,  # type: ignore[attr-defined]
             inputs=self.metered_inputs(request) if post else 0,
             billable=self.billable and post,
+            prefetch=self.admission_prefetch(request) if post else (),
         )
         key = request.headers.get("Idempotency-Key")
         if request.method != "POST" or key is None:

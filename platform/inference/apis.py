@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -10,6 +13,7 @@ from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
 from workers.contract import MAX_INPUTS
 
+from .cache import prefetch_keys
 from .selectors import model_get_visible, model_list_visible, model_to_dict
 from .serializers import (
     ClassificationSerializer,
@@ -30,6 +34,15 @@ class ClassifyApi(TenantAPIView):
         inputs = data.get("inputs") if isinstance(data, dict) else None
         # Reserve what a valid request would run; an invalid one is refunded when it ends.
         return len(inputs) if isinstance(inputs, list) and 0 < len(inputs) <= MAX_INPUTS else 0
+
+    def admission_prefetch(self, request: Request) -> Sequence[str]:
+        # The result cache's rows for this request, read in its admission round trip.
+        data = classify_request_fast(request.data)
+        if data is None or settings.RESULT_CACHE_TTL_S <= 0:
+            return ()
+        return prefetch_keys(
+            model_id=data["model"], inputs=data["inputs"], labels=data.get("labels")
+        )
 
     @extend_schema(
         operation_id="classify",
@@ -58,6 +71,7 @@ class ClassifyApi(TenantAPIView):
             examples=data.get("examples"),
             is_retry=self.is_retry,
             timings=request._request.server_timing,  # type: ignore[attr-defined]
+            admission=self.admission,
         )
         return Response(body)
 

@@ -2,24 +2,29 @@
 version with the same labels and examples, is answered from Redis without a worker.
 
 Workers store each answered row (``workers/replies.py``); the API looks all of a request's
-rows up in one MGET. A full hit is metered like the call it replaces (its inputs and
-tokens, ``cached`` = inputs; the plan decides whether cached inputs are billed) at the cost
-of a lookup, which is no compute: cost 0 on pool ``cache``. A partial hit sends only the
-missed inputs to a worker, with the found rows (``cached_rows``): the worker answers and
-meters the whole call, the found rows as cached at no compute. Keys include the model
-version (a fine-tuned model's artifact hash), so a changed model never serves stale
-answers."""
+rows up in one MGET, which for a base model rides in the request's admission round trip
+(``prefetch_keys``). A full hit is metered like the call it replaces (its inputs and tokens,
+``cached`` = inputs; the plan decides whether cached inputs are billed) at the cost of a
+lookup, which is no compute: cost 0 on pool ``cache``; its usage event leaves in one round
+trip with the request's settlement. A partial hit sends only the missed inputs to a worker,
+with the found rows (``cached_rows``): the worker answers and meters the whole call, the
+found rows as cached at no compute. Keys include the model version (a fine-tuned model's
+artifact hash), so a changed model never serves stale answers."""
 
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import redis
 from django.conf import settings
 from prometheus_client import Counter
 
+from core.errors import Overloaded
+from limits.services import Admission, settle_commands
 from workers.contract import (
     CONTRACT_VERSION,
     USAGE_STREAM,
@@ -32,9 +37,11 @@ from workers.contract import (
     result_cache_key,
 )
 
+from . import messages
 from .catalog import BASE_MODEL_VERSIONS
 from .dispatch import redis_client
 from .models import AIModel
+from .selectors import base_model_cached
 
 _HOST = socket.gethostname()
 # Per model: requests answered from the cache alone (hit), partly (partial), or not (miss).
@@ -52,9 +59,27 @@ def cache_version(model: AIModel) -> str | None:
     return f"{model.id}@{model.artifact}" if model.artifact else None
 
 
-def cache_lookup(request: ClassifyRequest) -> list[CachedRow | None] | None:
+def prefetch_keys(*, model_id: str, inputs: list[str], labels: list[str] | None) -> list[str]:
+    """The cache keys ``cache_lookup`` will read for a plainly valid request (no examples)
+    to a base model, so that admission reads them in its own round trip; [] for any other.
+
+    NOTE: base models only: they resolve from this process's memory, so a request that
+    admission refuses costs no database work for having asked."""
+    model = base_model_cached(model_id)
+    if model is None or model.status != AIModel.Status.READY:
+        return []
+    version = cache_version(model)
+    if not version:
+        return []
+    return [result_cache_key(version, labels or None, None, text) for text in inputs]
+
+
+def cache_lookup(
+    request: ClassifyRequest, prefetched: Mapping[str, bytes | None] | None = None
+) -> list[CachedRow | None] | None:
     """Each input's cached row (None where it missed), or None when the model's answers are
-    not cached. Counts the lookup as a hit, a partial hit or a miss."""
+    not cached; from ``prefetched`` (values read with the request's admission) when it holds
+    every key, else one MGET. Counts the lookup as a hit, a partial hit or a miss."""
     version = request.get("cache_version")
     if not version:
         return None
@@ -62,9 +87,13 @@ def cache_lookup(request: ClassifyRequest) -> list[CachedRow | None] | None:
         result_cache_key(version, request["labels"], request["examples"], text)
         for text in request["inputs"]
     ]
+    if prefetched is not None and all(key in prefetched for key in keys):
+        raws: list[Any] = [prefetched[key] for key in keys]
+    else:
+        raws = cast(list[Any], redis_client().mget(keys))
     found: list[CachedRow | None] = [
         None if raw is None else cast(CachedRow, {**json.loads(raw), "index": index})
-        for index, raw in enumerate(cast(list[Any], redis_client().mget(keys)))
+        for index, raw in enumerate(raws)
     ]
     hits = sum(row is not None for row in found)
     outcome = "hit" if hits == len(found) else "partial" if hits else "miss"
@@ -81,8 +110,12 @@ def with_cached_rows(request: ClassifyRequest, found: list[CachedRow | None]) ->
     }
 
 
-def cached_answer(request: ClassifyRequest, found: list[CachedRow]) -> ClassifyResult:
-    """The whole answer from the cache (every input hit), metered."""
+def cached_answer(
+    request: ClassifyRequest, found: list[CachedRow], admission: Admission | None = None
+) -> ClassifyResult:
+    """The whole answer from the cache (every input hit), metered: its usage event, and the
+    request's ``admission`` settled as answered, in one round trip. A 503 if Redis cannot
+    take the event (an answer is never given unmetered)."""
     rows: list[ClassificationRow] = []
     tokens = 0
     for entry in found:
@@ -98,7 +131,19 @@ def cached_answer(request: ClassifyRequest, found: list[CachedRow]) -> ClassifyR
         "occurred_at": datetime.now(UTC).isoformat(), "worker": _HOST,
         "cost_micros": "0", "pool": "cache",
     }  # fmt: skip
-    redis_client().xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
+    if admission is not None:
+        settle_commands(pipe, admission, succeeded=True)
+    try:
+        pipe.execute()
+    except (redis.RedisError, ConnectionError):
+        # The admission is not marked settled: the view settles it as failed.
+        raise Overloaded(
+            messages.BROKER_DOWN, code="broker_unavailable", headers={"Retry-After": "1"}
+        ) from None
+    if admission is not None:
+        admission.settled = True
     return {
         "v": CONTRACT_VERSION, "request_id": request["request_id"], "model": request["model"],
         "results": rows, "usage": {"inputs": n, "tokens": tokens, "compute_ms": 0.0, "cached": n},

@@ -30,12 +30,16 @@ def _base_model(model_id: str) -> AIModel | None:
     return cached[1]
 
 
+def base_model_cached(model_id: str) -> AIModel | None:
+    """The live base model ``model_id``, from this process's copy (re-read every
+    BASE_MODEL_TTL_S), or None: any tenant may use it."""
+    return None if model_id.startswith("ft:") else _base_model(model_id)
+
+
 def model_get_visible(*, tenant: Tenant, model_id: str, param: str | None = None) -> AIModel:
     """A base model or one of this tenant's own; anything else (including another tenant's
     fine-tuned model) is a 404, so ids leak nothing."""
-    model = None
-    if not model_id.startswith("ft:"):
-        model = _base_model(model_id)
+    model = base_model_cached(model_id)
     if model is None:
         model = AIModel.objects.visible_to(tenant.pk).filter(pk=model_id).first()
     if model is None:

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from core.errors import InvalidRequest, Overloaded, PermissionError_
+from limits.services import Admission
 from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
 
@@ -30,8 +31,11 @@ def classify(
     examples: list[Example] | None,
     is_retry: bool,
     timings: dict[str, float] | None = None,
+    admission: Admission | None = None,
 ) -> dict[str, Any]:
-    """Classify through a worker; ``timings['worker']`` gets the ms spent waiting for it."""
+    """Classify, from the result cache or through a worker; ``timings['worker']`` gets the
+    ms spent waiting for one. ``admission`` is the request's: its prefetched cache rows are
+    used, and an answer from the cache settles it with the usage event."""
     model = model_get_visible(tenant=tenant, model_id=model_id, param="model")
     if model.status != AIModel.Status.READY:
         raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
@@ -65,11 +69,12 @@ def classify(
     }
     # A retry may have been answered (and metered) by a worker already: dispatch knows.
     result = None
-    found = None if is_retry else cache_lookup(payload)
+    prefetched = admission.prefetched if admission is not None else None
+    found = None if is_retry else cache_lookup(payload, prefetched)
     if found is not None:
         hits = [row for row in found if row is not None]
         if len(hits) == len(found):
-            result = cached_answer(payload, hits)
+            result = cached_answer(payload, hits, admission)
         elif hits:  # a worker computes only the misses, and meters the whole call
             payload = with_cached_rows(payload, found)
     if result is None:

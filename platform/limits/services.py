@@ -1,6 +1,12 @@
 """Request-time enforcement: plan and key rate limits, the per-tenant concurrency cap on
 inference and the period's hard cap on inputs, in one Redis round trip before a request is
-admitted (``limits_admit``) and one after it is answered (``limits_settle``)."""
+admitted (``limits_admit``) and one after it is answered (``limits_settle``).
+
+Both round trips can carry another module's commands, so that a request pays for as few as
+it can: admission reads the keys a view asks to ``prefetch`` (the result cache's rows for a
+classification) in the same round trip, and ``settle_commands`` adds the settlement to a
+pipeline the caller executes anyway (the usage event of a classification answered from the
+cache)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import contextlib
 import functools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -48,6 +55,11 @@ class Admission:
     quota_key: str = ""
     reserved: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    # The values of the keys admission was asked to prefetch (None where a key is unset),
+    # or None when they could not be read with it.
+    prefetched: dict[str, bytes | None] | None = None
+    # Settled already, in a pipeline the request ran anyway (see ``settle_commands``).
+    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,13 +119,35 @@ def _headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:
     }
 
 
+def _admit_and_read(keys: list[str], args: list[Any], prefetch: Sequence[str]) -> Any:
+    """The admission script's verdict, with ``prefetch``'s values read in the same round trip
+    (a pipeline of EVALSHA and MGET) where the script is loaded: (verdict, values or None)."""
+    script = _admit_script()
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    pipe.mget(list(prefetch))
+    verdict, values = pipe.execute(raise_on_error=False)
+    if isinstance(verdict, redis.exceptions.NoScriptError):
+        # A Redis that restarted or was flushed: the script call loads it; nothing prefetched.
+        return script(keys=keys, args=args), None
+    if isinstance(verdict, Exception):
+        raise verdict
+    return verdict, None if isinstance(values, Exception) else values
+
+
 def limits_admit(
-    *, api_key: ApiKey, request_id: str, inputs: int = 0, billable: bool = False
+    *,
+    api_key: ApiKey,
+    request_id: str,
+    inputs: int = 0,
+    billable: bool = False,
+    prefetch: Sequence[str] = (),
 ) -> Admission:
     """Admit a request or raise: 429 (rate limit, concurrency cap), 402 (quota, unpaid).
 
     ``inputs`` > 0 marks an inference call: it takes a concurrency slot and reserves its
-    inputs against the hard cap until ``limits_settle``."""
+    inputs against the hard cap until ``limits_settle``. The values of the ``prefetch``
+    keys come back on the admission (``prefetched``), read in the same round trip."""
     terms = enforcement_for(api_key)
     plan = terms.plan
     if billable and terms.blocked_reason:
@@ -141,8 +175,13 @@ def limits_admit(
         inflight_ttl_ms,
         quota_ttl,
     ]
+    values = None
     try:
-        verdict, limit, remaining, reset_ms, retry_ms, _used = _admit_script()(keys=keys, args=args)
+        if prefetch:
+            reply, values = _admit_and_read(keys, args, prefetch)
+        else:
+            reply = _admit_script()(keys=keys, args=args)
+        verdict, limit, remaining, reset_ms, retry_ms, _used = reply
     except redis.RedisError:
         # NOTE: fail open on limits but never on money: a broker outage fails the request
         # anyway (503 from dispatch); other calls are served without rate limiting.
@@ -181,19 +220,27 @@ def limits_admit(
         quota_key=keys[3] if reserved else "",
         reserved=reserved,
         headers=headers,
+        prefetched=None if values is None else dict(zip(prefetch, values, strict=True)),
     )
 
 
 def limits_settle(admission: Admission, *, succeeded: bool) -> None:
     """Give back the concurrency slot; refund the reserved inputs unless the call was
     answered (an answered call's inputs are in the ledger, which the quota follows)."""
-    if not admission.request_id and not admission.reserved:
+    if admission.settled or (not admission.request_id and not admission.reserved):
         return
     pipe = redis_client().pipeline(transaction=False)
+    settle_commands(pipe, admission, succeeded=succeeded)
+    # On failure the slot expires by itself and reconciliation corrects the quota counter.
+    with contextlib.suppress(redis.RedisError):
+        pipe.execute()
+
+
+def settle_commands(pipe: Any, admission: Admission, *, succeeded: bool) -> None:
+    """Add ``admission``'s settlement to ``pipe`` (a non-transactional pipeline on the same
+    Redis). The caller marks the admission ``settled`` once the pipeline has run, so that
+    ``limits_settle`` does not settle it again; if it fails, ``limits_settle`` does."""
     if admission.request_id:
         pipe.zrem(admission.inflight_key, admission.request_id)
     if admission.reserved and not succeeded:
         pipe.decrby(admission.quota_key, admission.reserved)
-    # On failure the slot expires by itself and reconciliation corrects the quota counter.
-    with contextlib.suppress(redis.RedisError):
-        pipe.execute()

@@ -187,6 +187,31 @@ def test_a_repeated_request_is_answered_from_the_cache_and_metered(http, secret)
     assert (row.inputs, row.cached, row.cost_micros, row.pool) == (2, 2, 0, "cache")
 
 
+def test_a_cache_hit_frees_its_concurrency_slot_and_keeps_its_quota(http, transactional_db):
+    """A full hit's admission is settled with its usage event, in one round trip: the slot
+    comes back (a cap of 1 still admits the next call) and its inputs stay counted (the cap
+    stops the call after exactly its inputs' worth)."""
+    from plans.models import Plan
+    from tests.factories import TenantFactory, make_key, subscribe
+
+    Plan.objects.create(
+        id="tight@1", slug="tight", name="Tight", concurrency_cap=1, monthly_hard_cap=8,
+        rate_limit_per_minute=1_000,
+    )  # fmt: skip
+    tenant = TenantFactory()
+    subscribe(tenant, "tight")
+    body = {"model": "minilm-l6", "inputs": ["a slot", "and a quota"], "labels": ["x", "y"]}
+    with http(make_key(tenant, ["inference"])) as client:
+        answers = [classify(client, body) for _ in range(4)]  # 8 inputs: the whole quota
+        refused = classify(client, body)
+    assert [a.status_code for a in answers] == [200] * 4
+    assert [a.json()["usage"]["cached"] for a in answers] == [0, 2, 2, 2]
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "quota_exceeded"
+    drain_usage()
+    rows = UsageRecord.objects.unscoped().filter(tenant=tenant)
+    assert sorted(row.cached for row in rows) == [0, 2, 2, 2]
+
+
 def test_a_partial_cache_hit_computes_only_the_misses_and_meters_the_whole_call(http, secret):
     labels = ["cheap", "dear"]
     texts = ["the price halved overnight", "a small fortune for a sandwich", "fair enough"]

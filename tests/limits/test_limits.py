@@ -133,6 +133,26 @@ def test_quota_exceeded_over_http_is_402_and_runs_nothing(tenant):
     assert again.status_code == 404  # admitted (3 <= 3) and refunded again
 
 
+def test_admission_reads_the_keys_asked_for_in_its_round_trip(tenant):
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.set("rc:test:found", b"a row")
+    client.delete("rc:test:missing")
+    admitted = limits_admit(
+        api_key=key, request_id="a", inputs=1, prefetch=["rc:test:found", "rc:test:missing"]
+    )
+    assert admitted.prefetched == {"rc:test:found": b"a row", "rc:test:missing": None}
+    assert limits_admit(api_key=key, request_id="b", inputs=1).prefetched is None
+    # A Redis that lost its scripts (restarted, flushed): admission still decides, and reads
+    # nothing for the caller, who then reads the keys itself.
+    client.script_flush()
+    again = limits_admit(api_key=key, request_id="c", inputs=1, prefetch=["rc:test:found"])
+    assert again.prefetched is None and again.remaining >= 0
+    assert limits_admit(api_key=key, request_id="d", prefetch=["rc:test:found"]).prefetched == {
+        "rc:test:found": b"a row"
+    }
+
+
 def test_concurrency_cap(tenant):
     on_plan(tenant, custom_plan(concurrency_cap=2))
     key = key_of(tenant, make_key(tenant, ["inference"]))
