@@ -138,6 +138,7 @@ def test_admission_reads_the_keys_asked_for_in_its_round_trip(tenant):
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     client.set("rc:test:found", b"a row")
     client.delete("rc:test:missing")
+    limits_admit(api_key=key, request_id="first")  # loads the script, as a first call does
     admitted = limits_admit(
         api_key=key, request_id="a", inputs=1, prefetch=["rc:test:found", "rc:test:missing"]
     )
@@ -151,6 +152,35 @@ def test_admission_reads_the_keys_asked_for_in_its_round_trip(tenant):
     assert limits_admit(api_key=key, request_id="d", prefetch=["rc:test:found"]).prefetched == {
         "rc:test:found": b"a row"
     }
+
+
+def test_a_cache_hit_that_cannot_be_metered_is_a_503_and_refunds_its_inputs(tenant):
+    """The answer is in the cache, but its usage event cannot be written: no answer (it
+    would be unmetered), and the inputs reserved for it are given back."""
+    import json
+
+    from inference.cache import prefetch_keys
+    from workers.contract import USAGE_STREAM
+
+    on_plan(tenant, custom_plan(monthly_hard_cap=2))
+    client = bearer(make_key(tenant, ["inference"]))
+    body = {"model": "minilm-l6", "inputs": ["one", "two"], "labels": ["x", "y"]}
+    store = redis.Redis.from_url(os.environ["REDIS_URL"])
+    row = {"label": "x", "score": 0.75, "scores": {"x": 0.75, "y": 0.25}, "truncated": False}
+    for key in prefetch_keys(model_id="minilm-l6", inputs=body["inputs"], labels=body["labels"]):
+        store.set(key, json.dumps({**row, "tokens": 3}), ex=60)
+    store.delete(USAGE_STREAM)
+    store.set(USAGE_STREAM, "not a stream")  # every XADD fails: WRONGTYPE
+    try:
+        refused = client.post("/v1/classify", body, format="json")
+    finally:
+        store.delete(USAGE_STREAM)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "broker_unavailable"
+    answered = client.post("/v1/classify", body, format="json")  # the whole quota is there
+    assert answered.status_code == 200, answered.json()
+    assert answered.json()["usage"] == {"inputs": 2, "tokens": 6, "compute_ms": 0.0, "cached": 2}
+    assert store.xlen(USAGE_STREAM) == 1
 
 
 def test_concurrency_cap(tenant):
