@@ -108,7 +108,9 @@ class TenantAPIView(APIView):
             billable=self.billable and post,
             prefetch=self.admission_prefetch(request) if post else (),
         )
-        key = request.headers.get("Idempotency-Key")
+        # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
+        # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY")
         if request.method != "POST" or key is None:
             return
         outcome = idempotency_begin(
