@@ -2,19 +2,22 @@
 version with the same labels and examples, is answered from Redis without a worker.
 
 Workers store each answered row (``workers/replies.py``); the API looks all of a request's
-rows up in one MGET, which for a base model rides in the request's admission round trip
-(``prefetch_keys``). A full hit is metered like the call it replaces (its inputs and tokens,
-``cached`` = inputs; the plan decides whether cached inputs are billed) at the cost of a
-lookup, which is no compute: cost 0 on pool ``cache``; its usage event leaves in one round
-trip with the request's settlement. A partial hit sends only the missed inputs to a worker,
-with the found rows (``cached_rows``): the worker answers and meters the whole call, the
-found rows as cached at no compute. Keys include the model version (a fine-tuned model's
-artifact hash), so a changed model never serves stale answers."""
+rows up in one MGET, which rides in the request's admission round trip (``prefetch_keys``)
+for a base model, and for a fine-tuned one this process has classified with before. A full
+hit is metered like the call it replaces (its inputs and tokens, ``cached`` = inputs; the
+plan decides whether cached inputs are billed) at the cost of a lookup, which is no
+compute: cost 0 on pool ``cache``; its usage event leaves in one round trip with the
+request's settlement. A partial hit sends only the missed inputs to a worker, with the
+found rows (``cached_rows``): the worker answers and meters the whole call, the found rows
+as cached at no compute. Keys include the model version (a fine-tuned model's artifact
+hash), so a changed model never serves stale answers."""
 
 from __future__ import annotations
 
 import json
 import socket
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -59,16 +62,42 @@ def cache_version(model: AIModel) -> str | None:
     return f"{model.id}@{model.artifact}" if model.artifact else None
 
 
-def prefetch_keys(*, model_id: str, inputs: list[str], labels: list[str] | None) -> list[str]:
-    """The cache keys ``cache_lookup`` will read for a plainly valid request (no examples)
-    to a base model, so that admission reads them in its own round trip; [] for any other.
+# Fine-tuned models' cache versions as this process's classifications last resolved them
+# (most recently used last), so that admission can prefetch their rows without a query.
+_SEEN_VERSIONS: OrderedDict[str, str] = OrderedDict()
+SEEN_VERSIONS_MAX = 4096
+_seen_lock = threading.Lock()
 
-    NOTE: base models only: they resolve from this process's memory, so a request that
-    admission refuses costs no database work for having asked."""
-    model = base_model_cached(model_id)
-    if model is None or model.status != AIModel.Status.READY:
-        return []
-    version = cache_version(model)
+
+def _remember_version(model_id: str, version: str) -> None:
+    if not model_id.startswith("ft:"):
+        return
+    with _seen_lock:
+        _SEEN_VERSIONS[model_id] = version
+        _SEEN_VERSIONS.move_to_end(model_id)
+        if len(_SEEN_VERSIONS) > SEEN_VERSIONS_MAX:
+            _SEEN_VERSIONS.popitem(last=False)
+
+
+def prefetch_keys(*, model_id: str, inputs: list[str], labels: list[str] | None) -> list[str]:
+    """The cache keys ``cache_lookup`` will read for a plainly valid request (no examples),
+    so that admission reads them in its own round trip; [] when they cannot be known here.
+
+    NOTE: no database work, so a request that admission refuses costs none for having
+    asked: a base model resolves from this process's memory, and a fine-tuned model's
+    version is the one this process's last classification with it resolved. That is a
+    guess (the model may have been retrained or deleted since): ``cache_lookup`` uses
+    prefetched values only under the keys it computes from the model it resolves itself."""
+    if model_id.startswith("ft:"):
+        with _seen_lock:
+            version = _SEEN_VERSIONS.get(model_id)
+        if labels:  # a fine-tuned model takes none: the request will be refused
+            return []
+    else:
+        model = base_model_cached(model_id)
+        if model is None or model.status != AIModel.Status.READY:
+            return []
+        version = cache_version(model)
     if not version:
         return []
     return [result_cache_key(version, labels or None, None, text) for text in inputs]
@@ -83,6 +112,7 @@ def cache_lookup(
     version = request.get("cache_version")
     if not version:
         return None
+    _remember_version(request["model"], version)
     keys = [
         result_cache_key(version, request["labels"], request["examples"], text)
         for text in request["inputs"]

@@ -1,0 +1,66 @@
+"""The result cache read in the admission round trip: a fine-tuned model's rows ride in it
+once this process has classified with the model, and the version it remembers is only a
+guess: a retrained model is never answered from the old model's rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+import redis
+from rest_framework.test import APIClient
+
+from inference.cache import cache_version, prefetch_keys
+from inference.models import AIModel
+from tests.factories import make_key, subscribe
+from workers.contract import result_cache_key
+
+pytestmark = pytest.mark.django_db
+
+
+def _cache(version: str, text: str, label: str) -> None:
+    """A row as a worker stores it (tests need no worker: every call here is a hit)."""
+    other = "b" if label == "a" else "a"
+    row = {"label": label, "score": 0.9, "scores": {label: 0.9, other: 0.1}, "truncated": False}
+    store = redis.Redis.from_url(os.environ["REDIS_URL"])
+    store.set(result_cache_key(version, None, None, text), json.dumps({**row, "tokens": 2}), ex=60)
+
+
+def test_a_fine_tuned_models_rows_are_prefetched_and_never_a_retrained_models(tenant):
+    subscribe(tenant, "pro")
+    model = AIModel.objects.create(
+        id=f"ft:minilm-l6:cache:{uuid.uuid4().hex[:8]}", tenant=tenant, kind="fine_tuned",
+        base_model="minilm-l6", labels=["a", "b"], artifact="f" * 64,
+    )  # fmt: skip
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['inference'])}")
+    body = {"model": model.id, "inputs": ["hello there"]}
+    old_version = cache_version(model)
+    assert old_version
+    _cache(old_version, "hello there", "a")
+    # Not classified with in this process yet: nothing to prefetch, the lookup reads alone.
+    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=None) == []
+    first = client.post("/v1/classify", body, format="json")
+    assert first.status_code == 200, first.json()
+    assert first.json()["results"][0]["label"] == "a"
+    assert first.json()["usage"]["cached"] == 1
+    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=None) == [
+        result_cache_key(old_version, None, None, "hello there")
+    ]
+    # Retrained: new weights, a new version. Admission still prefetches the old rows (this
+    # process remembers the old version); the answer comes from the new version's.
+    model.artifact = "e" * 64
+    model.save(update_fields=["artifact"])
+    new_version = cache_version(model)
+    assert new_version and new_version != old_version
+    _cache(new_version, "hello there", "b")
+    second = client.post("/v1/classify", body, format="json")
+    assert second.status_code == 200, second.json()
+    assert second.json()["results"][0]["label"] == "b"
+    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=None) == [
+        result_cache_key(new_version, None, None, "hello there")
+    ]
+    # Labels are refused for a fine-tuned model: nothing is prefetched for such a request.
+    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=["a", "b"]) == []
