@@ -1,0 +1,51 @@
+"""``core.rows``: the per-request lookups written as one SELECT must return what the ORM
+returns, field for field (the API-key lookup has its own test in test_apikeys.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from core.errors import NotFound
+from inference.models import AIModel
+from inference.selectors import model_get_visible
+from tests.factories import TenantFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_fine_tuned_model_is_read_as_the_orm_reads_it(tenant):
+    parent = AIModel.objects.create(
+        id="ft:minilm-l6:rows:0a1b2c3d", tenant=tenant, kind="fine_tuned",
+        base_model="minilm-l6", labels=["a", "b"], description="tickets",
+        metrics={"accuracy": 0.95, "per_label_f1": {"a": 0.9, "b": 1.0}},
+        artifact="f" * 64,
+    )  # fmt: skip
+    variant = AIModel.objects.create(
+        id="ft:minilm-l6-int8:rows:0a1b2c3d", tenant=tenant, kind="fine_tuned",
+        base_model="minilm-l6-int8", labels=["a", "b"], metrics={"accuracy": 0.945},
+        artifact="f" * 64, parent=parent, accuracy_delta=-0.5,
+    )  # fmt: skip
+    for model in (parent, variant):
+        expected = AIModel.objects.visible_to(tenant.pk).get(pk=model.pk)
+        found = model_get_visible(tenant=tenant, model_id=model.pk)
+        for field in AIModel._meta.concrete_fields:
+            assert getattr(found, field.attname) == getattr(expected, field.attname), field.name
+        assert found._state.adding is False and found._state.db == expected._state.db
+
+
+def test_only_the_owner_sees_a_live_fine_tuned_model(tenant):
+    model = AIModel.objects.create(
+        id="ft:minilm-l6:rows:4e5f6a7b", tenant=tenant, kind="fine_tuned",
+        base_model="minilm-l6", labels=["a", "b"], artifact="e" * 64,
+    )  # fmt: skip
+    with pytest.raises(NotFound):
+        model_get_visible(tenant=TenantFactory(), model_id=model.pk)
+    model.deleted_at = timezone.now() - timedelta(seconds=1)
+    model.save(update_fields=["deleted_at"])
+    with pytest.raises(NotFound):
+        model_get_visible(tenant=tenant, model_id=model.pk)
+    # A base model is everyone's, whatever id path it takes.
+    assert model_get_visible(tenant=tenant, model_id="minilm-l6").tenant_id is None
