@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -24,10 +25,20 @@ from .serializers import (
 )
 from .services import classify, model_delete
 
+_UNPARSED: Any = object()
+
 
 class ClassifyApi(TenantAPIView):
     required_scopes = {"POST": Scope.INFERENCE}
     billable = True
+    _plain: Any = _UNPARSED
+
+    def _plain_body(self, request: Request) -> dict[str, Any] | None:
+        """``classify_request_fast``'s answer for this request, worked out once (admission
+        and the view both read it)."""
+        if self._plain is _UNPARSED:
+            self._plain = classify_request_fast(request.data)
+        return cast(dict[str, Any] | None, self._plain)
 
     def metered_inputs(self, request: Request) -> int:
         data = request.data
@@ -37,7 +48,7 @@ class ClassifyApi(TenantAPIView):
 
     def admission_prefetch(self, request: Request) -> Sequence[str]:
         # The result cache's rows for this request, read in its admission round trip.
-        data = classify_request_fast(request.data)
+        data = self._plain_body(request)
         if data is None or settings.RESULT_CACHE_TTL_S <= 0:
             return ()
         return prefetch_keys(
@@ -58,7 +69,7 @@ class ClassifyApi(TenantAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = classify_request_fast(request.data)
+        data = self._plain_body(request)
         if data is None:
             data = validated(ClassifyRequestSerializer, request.data)
         body = classify(

@@ -26,7 +26,6 @@ import redis
 from django.conf import settings
 from prometheus_client import Counter
 
-from core.errors import Overloaded
 from limits.services import Admission, settle_commands
 from workers.contract import (
     CONTRACT_VERSION,
@@ -42,7 +41,7 @@ from workers.contract import (
 
 from . import messages
 from .catalog import BASE_MODEL_VERSIONS
-from .dispatch import redis_client
+from .dispatch import overloaded, redis_client
 from .models import AIModel
 from .selectors import base_model_cached
 
@@ -89,10 +88,10 @@ def prefetch_keys(*, model_id: str, inputs: list[str], labels: list[str] | None)
     guess (the model may have been retrained or deleted since): ``cache_lookup`` uses
     prefetched values only under the keys it computes from the model it resolves itself."""
     if model_id.startswith("ft:"):
-        with _seen_lock:
-            version = _SEEN_VERSIONS.get(model_id)
         if labels:  # a fine-tuned model takes none: the request will be refused
             return []
+        with _seen_lock:
+            version = _SEEN_VERSIONS.get(model_id)
     else:
         model = base_model_cached(model_id)
         if model is None or model.status != AIModel.Status.READY:
@@ -169,9 +168,7 @@ def cached_answer(
         pipe.execute()
     except (redis.RedisError, ConnectionError):
         # The admission is not marked settled: the view settles it as failed.
-        raise Overloaded(
-            messages.BROKER_DOWN, code="broker_unavailable", headers={"Retry-After": "1"}
-        ) from None
+        raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
     if admission is not None:
         admission.settled = True
     return {

@@ -214,7 +214,8 @@ def _publisher() -> Publisher:
         return publisher
 
 
-def _overloaded(message: str, code: str) -> Overloaded:
+def overloaded(message: str, code: str) -> Overloaded:
+    """A 503 the client may retry after a second."""
     return Overloaded(message, code=code, headers={"Retry-After": "1"})
 
 
@@ -234,14 +235,14 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
         if queue_depth(fresh=False) * publisher.requests_per_message >= (
             settings.INFERENCE_MAX_QUEUE_DEPTH
         ):
-            raise _overloaded(messages.OVERLOADED, "overloaded")
+            raise overloaded(messages.OVERLOADED, "overloaded")
         publisher.publish(request)
         # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
         wait = max(request["deadline"] - time.time(), 0.01)
         popped = client.blpop([reply_key(request_id)], timeout=wait)
     except (redis.RedisError, ConnectionError):
-        raise _overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+        raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
     if popped is None:
         timeout = settings.INFERENCE_TIMEOUT_S
-        raise _overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
+        raise overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
     return cast(ClassifyResult, json.loads(cast(Any, popped)[1]))

@@ -125,7 +125,8 @@ class UsageApi(TenantAPIView):
         if "start" in params:
             start = _parse_moment(params["start"], "start")
         else:  # the start of the UTC month that end's last instant is in
-            last = utc_clamped(end) - min(_MICROSECOND, utc_clamped(end) - FIRST_INSTANT)
+            utc_end = utc_clamped(end)
+            last = utc_end - min(_MICROSECOND, utc_end - FIRST_INSTANT)
             start = last.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         if start >= end:
             raise InvalidRequest(

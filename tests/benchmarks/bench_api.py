@@ -54,6 +54,7 @@ from tests.stack import stack_environment  # noqa: E402
 
 LABELS = ["complaint", "praise", "question"]
 WINDOWS = 4  # alternating cache-hit / cache-miss windows
+UNSEEN_PER_WINDOW = 2048  # more inputs than a miss window sends: none repeats
 
 
 def raw_model(texts: list[str]) -> tuple[float, float]:
@@ -115,8 +116,8 @@ def wait_until_serving(url: str, secret: str) -> None:
 
 
 class Client:
-    """A deliberately light HTTP client (keep-alive ``http.client``): the load generator
-    shares the two cores with the server, so every microsecond it spends is the server's."""
+    """``http.client`` on a keep-alive connection, for the sequential requests whose headers
+    are read (``Server-Timing``); the load itself goes through ``LoadClient``."""
 
     def __init__(self, url: str, secret: str) -> None:
         parts = urlsplit(url)
@@ -282,7 +283,7 @@ def main() -> None:
         stack.start(["api", "inference-worker"], {"RESULT_CACHE_TTL_S": "86400"})
         wait_until_serving(url, secret)
         hot = texts[:64]
-        warm = Client(url, secret)
+        warm = LoadClient(url, secret)
         for text in hot:
             warm.classify(text)
         warm.close()
@@ -292,14 +293,14 @@ def main() -> None:
         # stack with the cache on, alternating windows of all-hit traffic and of traffic
         # that always misses (inputs never sent before), so that the machine's drift
         # between runs falls on both paths alike.
-        unseen = make_texts(2048 * WINDOWS, seed=23)
+        unseen = make_texts(UNSEEN_PER_WINDOW * WINDOWS, seed=23)
+        window = args.seconds / 4
         hit_windows, miss_windows = [], []
         for n in range(WINDOWS):
-            window = args.seconds / 4
             hit_windows.append(load(url, secret, hot, args.clients, window))
-            never = unseen[n * 2048 : (n + 1) * 2048]
+            never = unseen[n * UNSEEN_PER_WINDOW : (n + 1) * UNSEEN_PER_WINDOW]
             miss_windows.append(load(url, secret, never, args.clients, window))
-        warm = Client(url, secret)
+        warm = LoadClient(url, secret)
         for first in range(0, len(texts), 96):
             warm.classify((texts * 2)[first : first + 96])
         warm.close()
@@ -347,7 +348,7 @@ def main() -> None:
     each_hit = ", ".join(f"{r:.0f}" for r in hit_rates)
     each_miss = ", ".join(f"{r:.0f}" for r in miss_rates)
     print(
-        f"cache on, {WINDOWS} alternating windows of {args.seconds / 4:.0f} s, {c} clients: "
+        f"cache on, {WINDOWS} alternating windows of {window:.0f} s, {c} clients: "
         f"hits {statistics.fmean(hit_rates):.1f} inputs/s ({each_hit}), "
         f"misses {statistics.fmean(miss_rates):.1f} ({each_miss})"
     )

@@ -260,7 +260,7 @@ class Encoder:
     @property
     def numerics(self) -> str:
         """What its forward passes compute in, for logs: "int8", "float32", "bfloat16"."""
-        if self.encoder_id in INT8_MODELS and self.device.type == "cpu":
+        if int8_kernels(self.encoder_id, self.device):
             return "int8"
         return str(self.dtype).removeprefix("torch.")
 
@@ -341,6 +341,12 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize(pooled, p=2.0, dim=1)
 
 
+def int8_kernels(base_model: str, device: torch.device) -> bool:
+    """Whether ``base_model`` computes in its int8 kernels on ``device`` (the int8 tier on a
+    CPU; elsewhere it runs at the worker's precision)."""
+    return base_model in INT8_MODELS and device.type == "cpu"
+
+
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str, torch.dtype, int], Encoder] = {}
 
@@ -362,8 +368,7 @@ def load_encoder(
     if base_model not in BASE_MODELS:
         raise UnknownModelError(base_model)
     dev = resolve_device(device)
-    int8_kernels = base_model in INT8_MODELS and dev.type == "cpu"
-    dtype = torch.float32 if int8_kernels else compute_dtype(precision, dev)
+    dtype = torch.float32 if int8_kernels(base_model, dev) else compute_dtype(precision, dev)
     key = (base_model, str(dev), dtype, os.getpid())
     with _lock:
         encoder = _loaded.get(key)

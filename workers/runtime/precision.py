@@ -29,9 +29,11 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     ``auto`` is half precision on a GPU and fp32 on a CPU. NOTE: bf16 answers depend on the
     batch a text rides in (its padding changes the kernels' rounding): measured, 16 product
     reviews alone against in one batch differ by up to 8.7e-4 in their embeddings under
-    bf16 and 9.2e-8 in fp32, so the same text can get scores that differ in the 4th decimal
-    from one call to the next. A CPU pool takes bf16 (~2x fp32 on CPUs with bf16
-    instructions, per ../shared/notes/measured-here.md) only when its operator says so."""
+    emulated bf16 and 9.2e-8 in fp32; 32 texts under native bf16 (a Zen 5 with AVX512-BF16)
+    8.0e-4 against 1.2e-7. So the same text can get scores that differ in the 4th decimal
+    from one call to the next. A CPU pool takes bf16 (2.75-2.90x fp32 on that Zen 5,
+    bench_economics.py, same accuracy on both labelled sets) only when its operator says
+    so."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
