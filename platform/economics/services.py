@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.db.models import Count, F, Sum
@@ -13,6 +13,9 @@ from django.db.models.functions import TruncDate
 
 from billing.models import Subscription
 from metering.models import UsageRecord
+
+if TYPE_CHECKING:
+    from metering.services import LedgerRow
 
 from .models import UsageRollup
 
@@ -26,7 +29,7 @@ def _plans_of(tenant_ids: set[str]) -> dict[str, str]:
     return {tenant_id: plans.get(tenant_id, "free@1") for tenant_id in tenant_ids}
 
 
-def rollup_apply(*, rows: Iterable[UsageRecord]) -> None:
+def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
     """Add freshly inserted ledger rows to the rollups (call inside their transaction)."""
     rows = list(rows)
     if not rows:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from core.rows import insert_new
 from economics.services import rollup_apply
 from tenants.models import Tenant
 from workers.contract import UsageEvent
@@ -19,6 +22,7 @@ from .models import UsageRecord
 logger = logging.getLogger(__name__)
 
 _INT_FIELDS = ("inputs", "tokens", "cached")
+_KINDS = frozenset(UsageRecord.Kind.values)
 
 
 @dataclass
@@ -28,7 +32,29 @@ class BulkOutcome:
     rejected: list[tuple[Any, str]] = field(default_factory=list)
 
 
-def _parse(event: Any) -> tuple[UsageRecord | None, str]:
+@dataclass(slots=True)
+class LedgerRow:
+    """A ledger row to insert, under ``UsageRecord``'s attribute names (a model instance
+    costs ~11 us to build, a fifth of the consumer's work an event; nothing here needs one)."""
+
+    event_id: str
+    kind: str
+    tenant_id: str
+    api_key_id: str
+    livemode: bool
+    model: str
+    compute_ms: float
+    worker: str
+    cost_micros: Decimal
+    pool: str
+    occurred_at: datetime
+    inputs: int
+    tokens: int
+    cached: int
+    recorded_at: datetime | None = None
+
+
+def _parse(event: Any) -> tuple[LedgerRow | None, str]:
     """A ledger row from a usage event, or None and why it is unusable."""
     if not isinstance(event, dict):
         return None, "not an object"
@@ -36,7 +62,7 @@ def _parse(event: Any) -> tuple[UsageRecord | None, str]:
         occurred = parse_datetime(event["occurred_at"])
         if occurred is None or occurred.tzinfo is None:
             return None, "occurred_at is not an aware ISO 8601 datetime"
-        if event["kind"] not in UsageRecord.Kind.values:
+        if event["kind"] not in _KINDS:
             return None, f"unknown kind {event['kind']!r}"
         ints = {name: event[name] for name in _INT_FIELDS}
         if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in ints.values()):
@@ -47,7 +73,7 @@ def _parse(event: Any) -> tuple[UsageRecord | None, str]:
         cost = Decimal(str(event.get("cost_micros", "0")))
         if not cost.is_finite() or cost < 0:
             return None, "cost_micros is not a non-negative decimal"
-        return UsageRecord(
+        return LedgerRow(
             event_id=str(event["event_id"])[:64],
             kind=event["kind"],
             tenant_id=str(event["tenant_id"]),
@@ -70,7 +96,7 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
     event id) is a no-op; a malformed one or one for an unknown tenant is rejected, so one
     poison message never blocks the rest."""
     outcome = BulkOutcome()
-    rows: dict[str, UsageRecord] = {}
+    rows: dict[str, LedgerRow] = {}
     for event in events:
         row, why = _parse(event)
         if row is None:
@@ -88,16 +114,17 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
             outcome.rejected.append((event_id, f"unknown tenant {row.tenant_id!r}"))
             del rows[event_id]
     with transaction.atomic():
-        existing = set(
-            UsageRecord.objects.unscoped()
-            .filter(event_id__in=list(rows))
-            .values_list("event_id", flat=True)
-        )
-        fresh = [row for event_id, row in rows.items() if event_id not in existing]
-        # ignore_conflicts: a concurrent consumer that inserted the same id first wins.
-        UsageRecord.objects.bulk_create(fresh, ignore_conflicts=True, batch_size=500)
+        # NOTE: one INSERT that skips ids already stored and names the rows that went in,
+        # not bulk_create(ignore_conflicts=True) after a SELECT of the stored ids: that
+        # pair was half of the usage consumer's CPU (py-spy, cache hits under 32 clients),
+        # 54 us an event by time.process_time against 27 us now (LedgerRow included).
+        now = timezone.now()
+        for row in rows.values():
+            row.recorded_at = now  # what auto_now_add would set
+        inserted = insert_new(UsageRecord, list(rows.values()), unique="event_id")
+        fresh = [row for event_id, row in rows.items() if event_id in inserted]
         # Margin reports read daily rollups, kept in the same transaction as the ledger.
         rollup_apply(rows=fresh)
     outcome.inserted = len(fresh)
-    outcome.duplicates += len(existing)
+    outcome.duplicates += len(rows) - len(fresh)
     return outcome

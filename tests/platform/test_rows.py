@@ -49,3 +49,37 @@ def test_only_the_owner_sees_a_live_fine_tuned_model(tenant):
         model_get_visible(tenant=tenant, model_id=model.pk)
     # A base model is everyone's, whatever id path it takes.
     assert model_get_visible(tenant=tenant, model_id="minilm-l6").tenant_id is None
+
+
+def test_the_ledger_insert_stores_rows_as_the_orm_does_and_skips_stored_ones(tenant):
+    from decimal import Decimal
+
+    from core.rows import insert_new
+    from metering.models import UsageRecord
+    from metering.services import LedgerRow
+
+    occurred = timezone.now() - timedelta(hours=3)
+
+    def row(n: int) -> LedgerRow:
+        return LedgerRow(
+            event_id=f"req_rows{n}", kind="inference", tenant_id=tenant.pk, api_key_id="key_r",
+            livemode=n % 2 == 0, model="minilm-l6", compute_ms=2.25 * n, worker="w",
+            cost_micros=Decimal("12.3456") * n, pool="cpu", occurred_at=occurred,
+            inputs=n, tokens=10 * n, cached=n % 2, recorded_at=timezone.now(),
+        )  # fmt: skip
+
+    assert insert_new(UsageRecord, [row(1), row(2)], unique="event_id") == {
+        "req_rows1",
+        "req_rows2",
+    }
+    # A redelivery beside a new row: only the new one goes in, and nothing is changed.
+    assert insert_new(UsageRecord, [row(2), row(3)], unique="event_id") == {"req_rows3"}
+    stored = {r.event_id: r for r in UsageRecord.objects.for_tenant(tenant)}
+    assert sorted(stored) == ["req_rows1", "req_rows2", "req_rows3"]
+    for n in (1, 2, 3):
+        expected, found = row(n), stored[f"req_rows{n}"]
+        for name in ("kind", "tenant_id", "api_key_id", "livemode", "model", "compute_ms",
+                     "worker", "cost_micros", "pool", "occurred_at", "inputs", "tokens",
+                     "cached"):  # fmt: skip
+            assert getattr(found, name) == getattr(expected, name), name
+    assert insert_new(UsageRecord, [], unique="event_id") == set()
