@@ -82,3 +82,33 @@ def test_loads_once_per_process_and_fast() -> None:
 def test_unknown_base_model() -> None:
     with pytest.raises(UnknownModelError):
         load_encoder("gpt-17")
+
+
+def test_a_packed_batch_embeds_as_the_padded_one(encoder: Encoder) -> None:
+    """On a CPU a batch of mixed lengths runs packed (its padding left out of every
+    position-wise layer): each text's embedding is the padded forward's, to float rounding,
+    and so is a LoRA-adapted row's."""
+    from workers.runtime.encoder import Adapter, mean_pool, pad_ids
+
+    batch = [t.ids for t in encoder.tokenize(TEXTS)]
+    assert encoder.packs(batch)  # "hello" beside a 256-token text
+    assert not encoder.packs([batch[0]] * 4)  # no padding at all
+    assert not encoder.packs(batch[:1])
+    ids, mask = pad_ids(batch)
+    body = encoder.model
+    generator = torch.Generator().manual_seed(3)
+    layers = len(body.layers)
+    adapter = Adapter(
+        a=tuple(torch.randn(8, 384, generator=generator) * 0.05 for _ in range(layers)),
+        b=tuple(torch.randn(3 * 384, 8, generator=generator) * 0.05 for _ in range(layers)),
+    )
+    lora = [(torch.tensor([1, 4, 19]), adapter)]
+    with torch.inference_mode():
+        for rows in ([], lora):
+            padded = mean_pool(body(ids, mask, rows), mask)
+            packed = body.embed_packed(ids, mask, rows)
+            assert torch.allclose(packed, padded, atol=2e-6), (packed - padded).abs().max()
+        # The adapter changed its rows, and only those.
+        plain = body.embed_packed(ids, mask)
+        changed = (body.embed_packed(ids, mask, lora) - plain).abs().amax(dim=1) > 1e-4
+        assert changed.nonzero().flatten().tolist() == [1, 4, 19]

@@ -30,6 +30,9 @@ from .precision import compute_dtype, resolve_device
 
 # sentence-transformers' max_seq_length for all-MiniLM-L6-v2, special tokens included.
 MAX_TOKENS = 256
+# On a CPU, batches whose padding adds at least this share to their real tokens run packed
+# (``Encoder.packs``).
+PACK_MIN_PADDING = 0.06
 
 
 def _minilm_l6_path() -> Path:
@@ -149,6 +152,34 @@ class _Layer(nn.Module):
         )
         return out
 
+    def forward_packed(
+        self,
+        x: torch.Tensor,
+        where: torch.Tensor,
+        shape: tuple[int, int],
+        mask: torch.Tensor,
+        deltas: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (),
+    ) -> torch.Tensor:
+        """``forward`` on packed tokens: ``x`` is (real tokens, hidden), ``where`` their flat
+        positions in the (rows, longest) padded layout ``shape``; ``deltas`` name their
+        adapted rows by token. Every position-wise step (the projections, the feed-forward
+        layers, the norms) runs on the real tokens alone; attention, which mixes
+        positions, runs in the padded layout, with zeros in the padding that the mask hides."""
+        (b, n), d = shape, x.shape[1]
+        qkv = self.qkv(x)
+        for tokens, lora_a, lora_b in deltas:
+            delta = (x.index_select(0, tokens) @ lora_a.T) @ lora_b.T
+            qkv.index_add_(0, tokens, delta.to(qkv.dtype))
+        padded = qkv.new_zeros(b * n, 3 * d).index_copy_(0, where, qkv)
+        q, k, v = padded.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ctx = ctx.transpose(1, 2).reshape(b * n, d).index_select(0, where)
+        x = self.attn_norm(_residual(self.attn_out(ctx), x, self.in_scale))
+        out: torch.Tensor = self.ff_norm(
+            _residual(self.ff_out(F.gelu(self.ff_in(x))), x, self.mid_scale)
+        )
+        return out
+
 
 def _residual(out: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """``out + x``, where ``x`` was smoothed (divided by ``scale``) if a scale is given."""
@@ -179,14 +210,42 @@ class BertModel(nn.Module):
         # Boolean SDPA mask, True = may attend; broadcast over heads and query positions.
         attn_mask = mask[:, None, None, :]
         for i, layer in enumerate(self.layers):
-            deltas = [
-                (rows, adapter.a[i], adapter.b[i])
-                for rows, adapter in lora
-                if adapter.a[i] is not None and adapter.b[i] is not None
-            ]
-            x = layer(x, attn_mask, deltas)
+            x = layer(x, attn_mask, _layer_deltas(lora, i))
         hidden: torch.Tensor = x
         return hidden
+
+    def embed_packed(
+        self, ids: torch.Tensor, mask: torch.Tensor, lora: Sequence[AdapterRows] = ()
+    ) -> torch.Tensor:
+        """``mean_pool(forward(ids, mask, lora), mask)`` with the padding left out of all but
+        attention (``_Layer.forward_packed``): a batch's rows are of different lengths, and
+        its padded tokens would otherwise cost as much as real ones in every projection."""
+        b, n = ids.shape
+        where = mask.reshape(-1).nonzero().squeeze(1)
+        rows = torch.div(where, n, rounding_mode="floor")
+        x = self.word(ids.reshape(-1).index_select(0, where))
+        x = self.norm(x + self.position(where - rows * n) + self.token_type.weight[0])
+        attn_mask = mask[:, None, None, :]
+        # Each adapter's rows, as the tokens of those rows.
+        adapted = [(torch.isin(rows, batch_rows).nonzero().squeeze(1), a) for batch_rows, a in lora]
+        layers: list[_Layer] = list(self.layers)  # type: ignore[arg-type]
+        for i, layer in enumerate(layers):
+            x = layer.forward_packed(x, where, (b, n), attn_mask, _layer_deltas(adapted, i))
+        hidden = x.float()  # pooled in fp32, as ``mean_pool`` pools
+        sums = hidden.new_zeros(b, hidden.shape[1]).index_add_(0, rows, hidden)
+        return F.normalize(sums / mask.sum(dim=1, keepdim=True), p=2.0, dim=1)
+
+
+def _layer_deltas(
+    lora: Sequence[AdapterRows], layer: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(rows, a, b) of the adapters that change ``layer``."""
+    deltas = []
+    for rows, adapter in lora:
+        a, b = adapter.a[layer], adapter.b[layer]
+        if a is not None and b is not None:
+            deltas.append((rows, a, b))
+    return deltas
 
 
 def _hf_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -286,13 +345,27 @@ class Encoder:
     def embed_ids(
         self, batch: Sequence[Sequence[int]], adapters: Sequence[Adapter | None] | None = None
     ) -> torch.Tensor:
-        """Embed already tokenized texts as one forward pass, padded to the longest row.
+        """Embed already tokenized texts as one forward pass, padded to the longest row
+        (on a CPU, packed when the padding is worth leaving out: ``packs``).
         ``adapters``: per row, the LoRA adapter it runs with (None: the shared weights).
         Returns an (n, dim) float32 CPU tensor of unit vectors."""
         ids, mask = (t.to(self.device) for t in pad_ids(batch))
         lora = self._group(adapters) if adapters is not None else []
         with torch.inference_mode(), self._autocast():
+            if self.packs(batch):
+                return self._model.embed_packed(ids, mask, lora).cpu()
             return mean_pool(self._model(ids, mask, lora).float(), mask).cpu()
+
+    def packs(self, batch: Sequence[Sequence[int]]) -> bool:
+        """Whether ``embed_ids`` leaves ``batch``'s padding out (``BertModel.embed_packed``):
+        on a CPU, when padding would add at least ``PACK_MIN_PADDING`` to the real tokens.
+        Below that, moving the tokens in and out of the padded layout for attention costs
+        more than the padding. A GPU pays for padding in parallel, not in time, and would
+        wait on the host for the packed layout's size."""
+        if self.device.type != "cpu" or len(batch) < 2:
+            return False
+        real = sum(len(row) for row in batch)
+        return len(batch) * max(len(row) for row in batch) >= (1 + PACK_MIN_PADDING) * real
 
     def _group(self, adapters: Sequence[Adapter | None]) -> list[AdapterRows]:
         groups: dict[int, tuple[Adapter, list[int]]] = {}
