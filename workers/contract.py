@@ -34,8 +34,9 @@ class TaskName(enum.StrEnum):
 
 # Answers travel back on a per-request Redis list, not through Celery's result backend: the
 # API blocks on one BLPOP instead of a pub/sub subscription per request, the cheapest wait
-# Redis offers. The answer is also kept under ``result_key`` for a while, so that a client's
-# retry (same request id) that arrives after the API gave up is served without re-running.
+# Redis offers. The answer of a call that may be retried under its request id (it carries an
+# Idempotency-Key: ``ClassifyRequest.keep_result``) is also kept under ``result_key`` for a
+# while, so that a retry that arrives after the API gave up is served without re-running.
 REPLY_TTL_S = 60
 RESULT_TTL_S = 600
 
@@ -93,6 +94,11 @@ class ClassifyRequest(TypedDict):
     # as cached. Workers go before API processes that send it (an older worker would answer
     # and meter only ``inputs``).
     cached_rows: NotRequired[list[CachedRow]]
+    # Whether the answer is also kept under ``result_key`` for ``RESULT_TTL_S``: only a call
+    # with an Idempotency-Key can be retried under the same request id, and any other's copy
+    # would hold Redis memory for nothing (at 200 calls/s, ~120,000 copies). Absent: kept,
+    # as older API processes expect.
+    keep_result: NotRequired[bool]
 
 
 class CachedRow(TypedDict):

@@ -57,7 +57,8 @@ def replies_send(replies: list[Reply]) -> None:
         pipe.rpush(reply_key(request_id), body)
         pipe.expire(reply_key(request_id), REPLY_TTL_S)
         if "error" not in result:
-            pipe.set(result_key(request_id), body, ex=RESULT_TTL_S)
+            if request is None or request.get("keep_result", True):
+                pipe.set(result_key(request_id), body, ex=RESULT_TTL_S)
             if request is not None and request.get("cache_version"):
                 _cache_rows(pipe, request, result)
     pipe.execute()

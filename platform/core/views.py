@@ -80,6 +80,11 @@ class TenantAPIView(APIView):
         return principal(self.request).api_key
 
     @property
+    def idempotent(self) -> bool:
+        """Whether this POST carries an Idempotency-Key (a retry may reuse its request id)."""
+        return self._idempotency is not None
+
+    @property
     def admission(self) -> Admission | None:
         """What admission decided for the request being handled (None once it is settled)."""
         return self._admission

@@ -81,6 +81,7 @@ class ClassifyApi(TenantAPIView):
             labels=data.get("labels"),
             examples=data.get("examples"),
             is_retry=self.is_retry,
+            retriable=self.idempotent,
             timings=request._request.server_timing,  # type: ignore[attr-defined]
             admission=self.admission,
         )

@@ -30,12 +30,15 @@ def classify(
     labels: list[str] | None,
     examples: list[Example] | None,
     is_retry: bool,
+    retriable: bool = True,
     timings: dict[str, float] | None = None,
     admission: Admission | None = None,
 ) -> dict[str, Any]:
     """Classify, from the result cache or through a worker; ``timings['worker']`` gets the
-    ms spent waiting for one. ``admission`` is the request's: its prefetched cache rows are
-    used, and an answer from the cache settles it with the usage event."""
+    ms spent waiting for one. ``retriable``: the call may be retried under its request id
+    (it carries an Idempotency-Key), so a worker keeps its answer for that retry.
+    ``admission`` is the request's: its prefetched cache rows are used, and an answer from
+    the cache settles it with the usage event."""
     model = model_get_visible(tenant=tenant, model_id=model_id, param="model")
     if model.status != AIModel.Status.READY:
         raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
@@ -66,6 +69,7 @@ def classify(
         "artifact": model.artifact or None,
         "cache_version": cache_version(model),
         "cache_ttl_s": settings.RESULT_CACHE_TTL_S,
+        "keep_result": retriable,
     }
     # A retry may have been answered (and metered) by a worker already: dispatch knows.
     result = None

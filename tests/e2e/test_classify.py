@@ -109,6 +109,28 @@ def test_idempotent_replay_answers_once_and_bills_once(http, secret):
     assert UsageRecord.objects.unscoped().filter(event_id=first.json()["id"]).count() == 1
 
 
+def test_only_a_call_that_can_be_retried_leaves_its_answer_for_the_retry(http, secret):
+    """A worker keeps an answer under its request id for a retry that comes after the API
+    gave up, which only an Idempotency-Key can make (it reuses the request id): any other
+    call's copy would hold Redis memory for nothing."""
+    import json
+    import os
+
+    import redis
+
+    from workers.contract import result_key
+
+    body = {"model": "minilm-l6", "inputs": ["keep me for a retry"], "labels": SENTIMENT}
+    with http(secret) as client:
+        plain = classify(client, {**body, "inputs": ["nobody retries me"]})
+        keyed = classify(client, body, **{"Idempotency-Key": "keep-1"})
+    assert plain.status_code == keyed.status_code == 200
+    store = redis.Redis.from_url(os.environ["REDIS_URL"])
+    assert store.get(result_key(plain.json()["id"])) is None
+    kept = json.loads(store.get(result_key(keyed.json()["id"])) or "null")
+    assert kept["results"] == keyed.json()["results"]
+
+
 def test_the_same_usage_message_delivered_twice_is_one_row(http, secret):
     with http(secret) as client:
         response = classify(client, {"model": "minilm-l6", "inputs": ["hi"], "labels": SENTIMENT})

@@ -71,6 +71,15 @@ def test_classify_answers_and_meters_exactly_once() -> None:
     )
 
 
+def test_an_answer_nobody_can_retry_for_is_not_kept() -> None:
+    request = make_request(["no retry will come"], labels=["a", "b"])
+    request["keep_result"] = False
+    result = _send(request)
+    assert result is not None and "error" not in result, result
+    assert _redis().get(result_key(request["request_id"])) is None
+    assert len(_events_for(request["request_id"])) == 1  # still metered
+
+
 def test_expired_request_is_not_run_and_not_metered() -> None:
     request = make_request(["too late"], labels=["a", "b"], deadline=time.time() - 1)
     result = _send(request)
