@@ -1,11 +1,13 @@
 from typing import Any
 
 from django.contrib import admin
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
 from .models import ApiKey
+from .services import api_key_generation_bump
 
 
 @admin.register(ApiKey)
@@ -43,4 +45,14 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
-        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        with transaction.atomic():
+            live = queryset.filter(revoked_at__isnull=True)
+            ids = list(live.values_list("pk", flat=True))
+            live.update(revoked_at=timezone.now())
+            # Every API process's cached copy stops being used on its next request.
+            api_key_generation_bump(key_ids=ids)
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            api_key_generation_bump(key_ids=[obj.pk])

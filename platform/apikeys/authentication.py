@@ -12,15 +12,18 @@ from tenants.models import Tenant
 
 from . import messages
 from .models import ApiKey
-from .services import api_key_authenticate
+from .services import KeyCheck, api_key_authenticate_cached
 
 
 @dataclass(frozen=True)
 class KeyPrincipal:
-    """``request.user`` for API calls: the tenant the key belongs to, and the key."""
+    """``request.user`` for API calls: the tenant the key belongs to, and the key; ``check``
+    when the key came from this process's key cache and is yet to be confirmed (the base
+    view does it, ``core.views.TenantAPIView``)."""
 
     tenant: Tenant
     api_key: ApiKey
+    check: KeyCheck | None = None
     is_authenticated: bool = True
 
 
@@ -32,8 +35,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise AuthenticationError(messages.MALFORMED_KEY, code="invalid_api_key")
-        key = api_key_authenticate(secret=secret.strip())
-        return KeyPrincipal(tenant=key.tenant, api_key=key), key
+        key, check = api_key_authenticate_cached(secret=secret.strip())
+        return KeyPrincipal(tenant=key.tenant, api_key=key, check=check), key
 
     def authenticate_header(self, request: Request) -> str:
         # Makes DRF answer 401 (not 403) when no key was sent.

@@ -11,3 +11,4 @@ SCOPE_ESCALATION = "A key can only create keys with scopes it holds itself; it l
 UNKNOWN_SCOPE = "Unknown scope '{scope}'. Valid scopes: inference, training, billing, admin."
 EXPIRES_IN_PAST = "expires_at must be in the future."
 KEY_NOT_FOUND = "No such API key: '{key_id}'."
+STORE_DOWN = "The key store is unreachable; the key was not changed. Retry after a short wait."

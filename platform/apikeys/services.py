@@ -6,16 +6,21 @@ import functools
 import hashlib
 import hmac
 import logging
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import redis
 from django.db import OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from core.errors import AuthenticationError, InvalidRequest, NotFound, PermissionError_
+from core.errors import AuthenticationError, InvalidRequest, NotFound, Overloaded, PermissionError_
 from core.ids import random_token
 from core.rows import column, fetch_one
+from limits.services import redis_client
 from tenants.models import Tenant
 from tenants.selectors import tenant_with_plan
 
@@ -27,6 +32,45 @@ logger = logging.getLogger(__name__)
 PUBLIC_ID_LENGTH = 12
 SECRET_LENGTH = 40  # base62: ~238 bits of entropy
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+# The key cache: each process keeps the key rows it read, by secret digest, for up to this
+# long, and every request served from it confirms in its admission round trip that the key's
+# generation in Redis is still the one the row was read under (``KeyCheck``). Revoking or
+# rotating a key sets a new generation, so the change still takes effect on the next request
+# in every process. Saves a database read per API call (an indexed SELECT: ~75 us of the API's
+# CPU on SQLite, a network round trip on PostgreSQL).
+KEY_CACHE_TTL_S = 60.0
+KEY_CACHE_MAX = 10_000
+# A key's generation in Redis: a random token, set anew on every change. It expires after a
+# day unread (and a flushed Redis loses it): a missing generation never matches a cached
+# one, so losing it costs a database read, never a stale key.
+GENERATION_TTL_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """What a request authenticated from the key cache must confirm before it runs: that
+    ``redis_key`` (the key's generation) still holds ``generation``."""
+
+    digest: str
+    redis_key: str
+    generation: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    key: ApiKey
+    check: KeyCheck
+    expires: float  # time.monotonic()
+
+
+_key_cache: dict[str, _Cached] = {}
+_key_cache_lock = threading.Lock()
+
+
+def generation_key(key_id: str) -> str:
+    return f"apikey:gen:{key_id}"
 
 
 @dataclass(frozen=True)
@@ -89,17 +133,41 @@ def api_key_create(
 
 
 def api_key_authenticate(*, secret: str) -> ApiKey:
-    """The key a presented secret belongs to, or an AuthenticationError.
+    """The key a presented secret belongs to, read from the database, or an
+    AuthenticationError (``PermissionError_`` for a suspended tenant)."""
+    return _authenticate(secret, cached=False)[0]
 
-    NOTE: lookup is by the SHA-256 of the secret (an indexed equality), so no stored value is
-    compared byte by byte against attacker input; the final comparison of digests is still
-    constant-time."""
+
+def api_key_authenticate_cached(*, secret: str) -> tuple[ApiKey, KeyCheck | None]:
+    """``api_key_authenticate`` through this process's key cache: the key, and what the
+    request must confirm before it runs (``KeyCheck``; None when the row was read from the
+    database just now). Every check on the row (revoked, expired, grace period, tenant)
+    runs as for a fresh one."""
+    return _authenticate(secret, cached=True)
+
+
+def api_key_forget(*, digest: str) -> None:
+    """Drop this process's cached row for a secret digest (its generation moved on)."""
+    with _key_cache_lock:
+        _key_cache.pop(digest, None)
+
+
+def _authenticate(secret: str, *, cached: bool) -> tuple[ApiKey, KeyCheck | None]:
+    """NOTE: lookup is by the SHA-256 of the secret (an indexed equality), so no stored value
+    is compared byte by byte against attacker input; the final comparison of digests is
+    still constant-time."""
     if not secret.startswith(("sk_live_", "sk_test_")) or len(secret) > 200:
         raise AuthenticationError(messages.MALFORMED_KEY, code="invalid_api_key")
     digest = hash_secret(secret)
-    key = _key_by_digest(digest)
-    if key is None:
-        raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key")
+    entry = _key_cache.get(digest) if cached else None
+    check = None
+    if entry is not None and time.monotonic() < entry.expires:
+        key, check = entry.key, entry.check
+    else:
+        found = _key_read(secret, digest) if cached else _key_by_digest(digest)
+        if found is None:
+            raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key")
+        key = found
     now = timezone.now()
     if hmac.compare_digest(key.secret_hash, digest):
         pass
@@ -113,11 +181,78 @@ def api_key_authenticate(*, secret: str) -> ApiKey:
     if key.expires_at is not None and key.expires_at <= now:
         raise AuthenticationError(messages.EXPIRED_KEY, code="api_key_expired")
     # The tenant, its subscription and plan (limits need them on every request).
+    # NOTE: a cached row is shared by the process's threads; what is set on it here (the
+    # tenant, last_used_at) is the same for all of them.
     key.tenant = tenant_with_plan(tenant_id=key.tenant_id)
     if not key.tenant.is_active:
         raise PermissionError_(messages.TENANT_SUSPENDED, code="tenant_suspended")
     _touch_last_used(key, now)
+    return key, check
+
+
+def _key_read(secret: str, digest: str) -> ApiKey | None:
+    """The key row from the database, cached under the generation its key had before the
+    read: a change committed after that read sets a new generation, which the next request
+    served from the cache sees. Rows whose generation cannot be read are not cached."""
+    key_id = _key_id_of(secret)
+    generation = None
+    if key_id is not None:
+        try:
+            pipe = redis_client().pipeline(transaction=False)
+            pipe.set(generation_key(key_id), random_token(16), nx=True, ex=GENERATION_TTL_S)
+            pipe.get(generation_key(key_id))
+            generation = pipe.execute()[1]
+        except redis.RedisError:
+            generation = None
+    key = _key_by_digest(digest)
+    if key is not None and key.pk == key_id and generation is not None:
+        check = KeyCheck(digest=digest, redis_key=generation_key(key_id), generation=generation)
+        with _key_cache_lock:
+            if len(_key_cache) >= KEY_CACHE_MAX:
+                _key_cache.clear()
+            _key_cache[digest] = _Cached(key, check, time.monotonic() + KEY_CACHE_TTL_S)
     return key
+
+
+def _key_id_of(secret: str) -> str | None:
+    """The key id a secret names (``sk_<mode>_<public id>_<token>``, as ``_mint_secret``
+    writes them), or None for a secret of another shape (read from the database alone)."""
+    parts = secret.split("_")
+    if len(parts) != 4 or not parts[2].isalnum():
+        return None
+    return f"key_{parts[2]}"
+
+
+def api_key_generation_bump(*, key_ids: Iterable[str]) -> None:
+    """Give keys a new generation, now and again once the caller's transaction commits:
+    every process's cached row for them stops being used on its next request. Call it
+    where a key's row changes (revoke, rotate, the admin), inside the transaction.
+
+    The first bump failing fails the change (a 503: Redis is what the API cannot do without
+    anyway); the second, after the commit, is logged (rows read between the two would then
+    be used until ``KEY_CACHE_TTL_S``)."""
+    ids = list(key_ids)
+    if not ids:
+        return
+
+    def bump() -> None:
+        pipe = redis_client().pipeline(transaction=False)
+        for key_id in ids:
+            pipe.set(generation_key(key_id), random_token(16), ex=GENERATION_TTL_S)
+        pipe.execute()
+
+    try:
+        bump()
+    except redis.RedisError:
+        raise Overloaded(messages.STORE_DOWN, code="broker_unavailable") from None
+
+    def after_commit() -> None:
+        try:
+            bump()
+        except redis.RedisError:
+            logger.exception("keys %s changed but their generation was not set anew", ids)
+
+    transaction.on_commit(after_commit)
 
 
 def _key_by_digest(digest: str) -> ApiKey | None:
@@ -174,14 +309,16 @@ def api_key_rotate(*, tenant: Tenant, key_id: str, grace_period_seconds: int = 0
         key.previous_secret_expires_at = None
     key.secret_hash = hash_secret(secret)
     key.save(update_fields=["secret_hash", "previous_secret_hash", "previous_secret_expires_at"])
+    api_key_generation_bump(key_ids=[key.pk])
     return CreatedKey(key=key, secret=secret)
 
 
 @transaction.atomic
 def api_key_revoke(*, tenant: Tenant, key_id: str) -> ApiKey:
-    """Effective on the next request: authentication reads the row every time."""
+    """Effective on the next request, in every process (``api_key_generation_bump``)."""
     key = api_key_get(tenant=tenant, key_id=key_id)
     key.revoked_at = timezone.now()
     key.previous_secret_hash = None
     key.save(update_fields=["revoked_at", "previous_secret_hash"])
+    api_key_generation_bump(key_ids=[key.pk])
     return key

@@ -4,15 +4,17 @@ never from ambient state, and every POST honours ``Idempotency-Key``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+import redis
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apikeys.authentication import principal
+from apikeys.authentication import KeyPrincipal, principal
 from apikeys.models import ApiKey
-from limits.services import Admission, limits_admit, limits_settle
+from apikeys.services import KeyCheck, api_key_forget
+from limits.services import Admission, limits_admit, limits_settle, redis_client
 from tenants.models import Tenant
 
 from .errors import InvalidRequest, NotFound
@@ -42,6 +44,26 @@ def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
 class _Replay(Exception):
     def __init__(self, record: IdempotencyRecord) -> None:
         self.record = record
+
+
+class _StaleKey(Exception):
+    """The key came from this process's key cache and has changed since (revoked, rotated,
+    edited): the request is authenticated again from the database."""
+
+
+def _key_check(request: Request) -> KeyCheck | None:
+    # ``_user``, not ``user``: after a failed authentication, ``user`` would authenticate again.
+    user = getattr(request, "_user", None)
+    return user.check if isinstance(user, KeyPrincipal) else None
+
+
+def _generation_now(check: KeyCheck) -> bytes | None:
+    """The key's generation in Redis now (None when it cannot be read: the request is then
+    authenticated from the database, as for a changed key)."""
+    try:
+        return cast(bytes | None, redis_client().get(check.redis_key))
+    except redis.RedisError:
+        return None
 
 
 class TenantAPIView(APIView):
@@ -90,6 +112,32 @@ class TenantAPIView(APIView):
         return self._admission
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        """DRF's checks, then admission and ``Idempotency-Key``. A key from this process's
+        key cache is confirmed by the admission round trip (``KeyCheck``), or, when the
+        request is refused before it, right then: a revoked key is a 401 whatever else is
+        wrong with the request."""
+        try:
+            self._initial(request, *args, **kwargs)
+        except _StaleKey:
+            self._authenticate_again(request)
+            self._initial(request, *args, **kwargs)
+        except _Replay:
+            raise  # after admission: the key was confirmed
+        except Exception:  # a refusal (400, 403, 429...) or a failure, before admission's
+            check = _key_check(request)
+            if check is None or _generation_now(check) == check.generation:
+                raise
+            self._authenticate_again(request)
+            self._initial(request, *args, **kwargs)
+
+    def _authenticate_again(self, request: Request) -> None:
+        """From the database this time: a revoked or rotated-out key raises the 401."""
+        check = _key_check(request)
+        if check is not None:
+            api_key_forget(digest=check.digest)
+        request._authenticate()  # type: ignore[attr-defined]  # DRF's own, as `request.user` calls it
+
+    def _initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         method = "GET" if request.method == "HEAD" else (request.method or "")
         # A method the view lacks is a 405, whatever its query says (DRF decides after this);
@@ -105,14 +153,25 @@ class TenantAPIView(APIView):
                 )
         _refuse_nul(kwargs, request.query_params)
         post = request.method == "POST"
+        check = _key_check(request)
+        prefetch = [*(self.admission_prefetch(request) if post else ())]
+        if check is not None:
+            prefetch.append(check.redis_key)  # the cached key's generation, read with it
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.
-        self._admission = limits_admit(
+        admission = self._admission = limits_admit(
             api_key=self.api_key,
             request_id=request._request.request_id,  # type: ignore[attr-defined]
             inputs=self.metered_inputs(request) if post else 0,
             billable=self.billable and post,
-            prefetch=self.admission_prefetch(request) if post else (),
+            prefetch=prefetch,
         )
+        if check is not None:
+            found = admission.prefetched
+            now = found[check.redis_key] if found is not None else _generation_now(check)
+            if now != check.generation:
+                self._admission = None
+                limits_settle(admission, succeeded=False)
+                raise _StaleKey
         # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
         # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
         key = request.META.get("HTTP_IDEMPOTENCY_KEY")

@@ -90,7 +90,7 @@ def test_rotate_without_grace_kills_the_old_secret_at_once(api):
     assert bearer(new["secret"]).get("/v1/models").status_code == 200
 
 
-def test_rotate_with_grace_keeps_the_old_secret_until_it_ends(api):
+def test_rotate_with_grace_keeps_the_old_secret_until_it_ends(api, monkeypatch):
     created = api.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").json()
     new = api.post(
         f"/v1/api-keys/{created['id']}/rotate", {"grace_period_seconds": 3600}, format="json"
@@ -98,11 +98,11 @@ def test_rotate_with_grace_keeps_the_old_secret_until_it_ends(api):
     assert new["previous_secret_expires_at"] is not None
     assert bearer(created["secret"]).get("/v1/models").status_code == 200
     assert bearer(new["secret"]).get("/v1/models").status_code == 200
-    key = ApiKey.objects.unscoped().get(pk=created["id"])
-    ApiKey.objects.unscoped().filter(pk=key.pk).update(
-        previous_secret_expires_at=timezone.now() - timedelta(seconds=1)
-    )
+    # An hour and a second later (the row is in this process's key cache by now).
+    later = timezone.now() + timedelta(seconds=3601)
+    monkeypatch.setattr(timezone, "now", lambda: later)
     assert bearer(created["secret"]).get("/v1/models").status_code == 401
+    assert bearer(new["secret"]).get("/v1/models").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -304,3 +304,79 @@ def test_the_per_request_key_lookup_reads_the_key_as_the_orm_does(tenant):
             assert getattr(found, field.attname) == getattr(expected, field.attname), field.name
         assert found._state.adding is False
     assert _key_by_digest(hash_secret("sk_live_nobody")) is None
+
+
+# -- the key cache: rows kept per process, confirmed on every request ----------------------
+
+
+def _key_id(secret: str) -> str:
+    return ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
+
+
+def test_a_key_in_the_cache_is_served_without_reading_the_database(tenant):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = bearer(make_key(tenant, ["inference"]))
+    assert client.get("/v1/models").status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/v1/models").status_code == 200
+    assert not [q for q in queries.captured_queries if "secret_hash" in q["sql"]]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/v1/models"),
+        ("get", "/v1/models?bogus=1"),  # would be a 400
+        ("get", "/v1/usage"),  # lacks the billing scope: would be a 403
+        ("post", "/v1/classify"),
+        ("post", "/v1/api-keys"),
+    ],
+)
+def test_revoking_a_cached_key_takes_effect_on_its_next_request(api, tenant, method, path):
+    secret = make_key(tenant, ["inference"])
+    assert bearer(secret).get("/v1/models").status_code == 200  # now in the cache
+    assert api.delete(f"/v1/api-keys/{_key_id(secret)}").status_code == 200
+    # Whatever else is wrong with the request, a revoked key is what it hears about.
+    response = getattr(bearer(secret), method)(path, {}, format="json")
+    assert response.status_code == 401, response.json()
+    assert response.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_rotating_a_cached_key_stops_its_old_secret_at_once(api, tenant):
+    secret = make_key(tenant, ["inference"])
+    assert bearer(secret).get("/v1/models").status_code == 200
+    new = api.post(f"/v1/api-keys/{_key_id(secret)}/rotate", {}, format="json").json()
+    assert bearer(secret).get("/v1/models").status_code == 401
+    assert bearer(new["secret"]).get("/v1/models").status_code == 200
+
+
+def test_an_operators_changes_to_a_cached_key_apply_on_its_next_request(tenant):
+    from django.contrib.admin.sites import site
+
+    secret = make_key(tenant, ["inference"])
+    client = bearer(secret)
+    assert client.get("/v1/usage").status_code == 403  # cached without the billing scope
+    admin = site._registry[ApiKey]
+    key = ApiKey.objects.unscoped().get(pk=_key_id(secret))
+    key.scopes = ["inference", "billing"]
+    admin.save_model(None, key, None, True)
+    assert client.get("/v1/usage").status_code == 200
+    admin.revoke(None, ApiKey.objects.unscoped().filter(pk=key.pk))
+    response = client.get("/v1/models")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_a_lost_generation_sends_a_cached_key_back_to_the_database(tenant):
+    """Redis flushed or restarted: the row is read again rather than trusted."""
+    from apikeys.services import generation_key
+    from limits.services import redis_client
+
+    secret = make_key(tenant, ["inference"])
+    client = bearer(secret)
+    assert client.get("/v1/models").status_code == 200
+    # A revocation that bypassed the services, then the generation lost with Redis's data.
+    ApiKey.objects.unscoped().filter(pk=_key_id(secret)).update(revoked_at=timezone.now())
+    redis_client().delete(generation_key(_key_id(secret)))
+    assert client.get("/v1/models").status_code == 401
