@@ -143,6 +143,24 @@ def test_errors_keep_their_shape_through_the_server(server: Server):
         assert response.headers["X-Request-Id"].startswith("req_")
 
 
+def test_a_post_refused_before_its_body_is_read_keeps_the_connection_usable(server: Server):
+    """A 401 or 403 answers a POST before its body is read; left unread in a keep-alive
+    connection, the body made the server drop the connection, at times with no response to
+    the client's next request at all."""
+    body = {"model": "minilm-l6", "inputs": ["y" * 9_000] * 90, "labels": LABELS}
+    refused = []
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for _ in range(40):
+            response = client.post(
+                "/v1/classify", json=body, headers={"Authorization": "Bearer sk_live_nobody"}
+            )
+            refused.append(response.status_code)
+            assert response.headers.get("Connection") != "close"
+        answered = classify(client, "still here", Authorization=f"Bearer {server.secret}")
+    assert refused == [401] * 40
+    assert answered.status_code == 200, answered.text
+
+
 def test_an_idempotent_retry_is_replayed_through_the_server(server: Server):
     with server.client() as client:
         first = classify(client, "replay me", **{"Idempotency-Key": "server-1"})
