@@ -50,17 +50,23 @@ class StrictFloatField(serializers.FloatField):
 
 class StrictSerializer(serializers.Serializer[Any]):
     def to_internal_value(self, data: Any) -> Any:
+        # Nested (an example in a list, hyperparameters), the error goes up through DRF,
+        # which adds its place (``examples[1]``, ``examples[1].z``) to the param.
+        nested = self.parent is not None
         if not isinstance(data, dict):
+            if nested:
+                raise serializers.ValidationError("Must be a JSON object.", code="invalid")
             raise InvalidRequest(
                 "The request body must be a JSON object.", code="invalid_request_body"
             )
         unknown = [name for name in data if name not in self.fields]
         if unknown:
-            raise InvalidRequest(
-                f"Received unknown parameter: {unknown[0]}.",
-                code="unknown_parameter",
-                param=str(unknown[0]),
-            )
+            message = f"Received unknown parameter: {unknown[0]}."
+            if nested:
+                raise serializers.ValidationError(
+                    {str(unknown[0]): [message]}, code="unknown_parameter"
+                )
+            raise InvalidRequest(message, code="unknown_parameter", param=str(unknown[0]))
         return super().to_internal_value(data)
 
 

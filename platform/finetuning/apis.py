@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from apikeys.models import Scope
 from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
-from core.serializers import ErrorSerializer, validated
+from core.serializers import ErrorSerializer, StrictSerializer, validated
 from core.views import TenantAPIView
 
 from .models import FineTuneJob
@@ -112,4 +112,7 @@ class FineTuneCancelApi(TenantAPIView):
         operation_id="fine_tunes_cancel", request=None, responses={200: FineTuneSerializer}
     )
     def post(self, request: Request, job_id: str) -> Response:
+        # It takes no parameters: any sent is refused by name, as everywhere (an empty body
+        # or an empty object is fine).
+        validated(StrictSerializer, {} if request.stream is None else request.data)
         return Response(_job(fine_tune_cancel(tenant=self.tenant, job_id=job_id)))

@@ -68,9 +68,9 @@ def test_lora_defaults(api, tenant, make_dataset):
         ({"hyperparameters": {"epochs": 1000}}, 400, "max_value", "hyperparameters.epochs"),
         ({"hyperparameters": {"learning_rate": 0}}, 400, "min_value", None),
         ({"hyperparameters": {"batch_size": True}}, 400, "invalid_parameter", None),
-        ({"hyperparameters": {"warmup": 3}}, 400, "unknown_parameter", None),
+        ({"hyperparameters": {"warmup": 3}}, 400, "unknown_parameter", "hyperparameters.warmup"),
         ({"hyperparameters": {"lora_rank": 4}}, 400, "invalid_parameter", None),
-        ({"hyperparameters": [1]}, 400, "invalid_request_body", None),
+        ({"hyperparameters": [1]}, 400, "invalid_parameter", "hyperparameters"),
         ({"method": "lora", "hyperparameters": {"lora_rank": 0}}, 400, "min_value", None),
         ({"method": "lora", "hyperparameters": {"lora_dropout": 1}}, 400, "max_value", None),
         (
@@ -136,6 +136,12 @@ def test_both_methods_train_on_the_int8_base(api, tenant, make_dataset):
 
 
 def test_cancel(api, tenant, make_dataset):
+    job = create(api, base_model="minilm-l6", training_dataset=make_dataset(tenant).id).json()
+    # It takes no parameters: one sent is refused by name, and the job is left as it was.
+    refused = api.post(f"/v1/fine-tunes/{job['id']}/cancel", {"reason": "x"}, format="json")
+    assert_error(refused, 400, "unknown_parameter", "reason")
+    assert api.get(f"/v1/fine-tunes/{job['id']}").json()["status"] == "queued"
+    assert api.post(f"/v1/fine-tunes/{job['id']}/cancel", {}, format="json").status_code == 200
     job = create(api, base_model="minilm-l6", training_dataset=make_dataset(tenant).id).json()
     cancelled = api.post(f"/v1/fine-tunes/{job['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"

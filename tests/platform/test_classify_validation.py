@@ -6,6 +6,7 @@ import pytest
 pytestmark = pytest.mark.django_db
 
 OK = {"model": "minilm-l6", "inputs": ["hello"], "labels": ["a", "b"]}
+EXAMPLE = {"text": "y", "label": "b"}
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,8 @@ OK = {"model": "minilm-l6", "inputs": ["hello"], "labels": ["a", "b"]}
         ({"examples": [None]}, 400, "examples[0]"),  # was a 500
         ({"labels": None, "examples": [{"text": "t", "label": "a"}, None]}, 400, "examples[1]"),
         ({"temperature": 0.5}, 400, "temperature"),
+        ({"examples": ["x", "y"]}, 400, "examples[0]"),
+        ({"examples": [{"text": "t", "label": "a"}, {**EXAMPLE, "z": 1}]}, 400, "examples[1].z"),
     ],
 )
 def test_bad_input_is_refused_with_the_right_status(api, change, status, param):
@@ -41,7 +44,7 @@ def test_bad_input_is_refused_with_the_right_status(api, change, status, param):
     error = response.json()["error"]
     assert error["param"] == param
     assert error["type"] == {400: "invalid_request", 404: "not_found", 413: "too_large"}[status]
-    assert error["message"]
+    assert error["message"] and "request body" not in error["message"]
 
 
 def test_missing_fields_are_named(api):
