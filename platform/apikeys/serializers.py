@@ -14,7 +14,9 @@ class ApiKeyCreateSerializer(StrictSerializer):
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=Scope.choices), min_length=1, max_length=4
     )
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="Must be in the future."
+    )
     mode = serializers.ChoiceField(choices=ApiKey.Mode.choices, required=False)
 
 

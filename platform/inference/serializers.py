@@ -82,7 +82,10 @@ class ClassifyRequestSerializer(StrictSerializer):
         required=False,
         allow_null=True,
         max_length=MAX_EXAMPLES,
-        help_text="Few-shot: labelled examples (base models only).",
+        help_text=(
+            "Few-shot: labelled examples (base models only). With labels, each example's "
+            "label must be one of them; without, the examples need at least two labels."
+        ),
     )
 
     def validate_inputs(self, inputs: list[str]) -> list[str]:
