@@ -131,7 +131,11 @@ class TenantAPIView(APIView):
             self._initial(request, *args, **kwargs)
 
     def _authenticate_again(self, request: Request) -> None:
-        """From the database this time: a revoked or rotated-out key raises the 401."""
+        """From the database this time: a revoked or rotated-out key raises the 401. An
+        admission already made for the request is handed back first."""
+        if self._admission is not None:
+            admission, self._admission = self._admission, None
+            limits_settle(admission, succeeded=False)
         check = _key_check(request)
         if check is not None:
             api_key_forget(digest=check.digest)
