@@ -15,11 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def stack_environment(
-    work: Path, *, plan: str, extra: dict[str, str] | None = None
+    work: Path,
+    *,
+    plan: str,
+    extra: dict[str, str] | None = None,
+    rate_limit_per_minute: int | None = None,
 ) -> tuple[dict[str, str], str, Any]:
     """The environment the stack runs in (REDIS_URL, else an embedded Redis; a fresh SQLite
     file unless BENCH_DATABASE_URL), migrated, with a tenant `bench` on ``plan`` (what is
     measured or tested is serving, not the free plan's limits) and ``extra`` variables.
+    ``rate_limit_per_minute`` replaces the plan's rate limits in this database (a benchmark
+    that serves more than the plan allows measures the limiter's 429s otherwise).
     Returns (env, the tenant's admin key, the embedded Redis or None)."""
     embedded = None
     redis_url = os.environ.get("REDIS_URL")
@@ -45,6 +51,12 @@ def stack_environment(
         "from tenants.models import Tenant; from tests.factories import subscribe; "
         f"subscribe(Tenant.objects.get(slug='bench'), {plan!r})"
     )
+    if rate_limit_per_minute is not None:
+        subscribe += (
+            "; from plans.models import Plan; "
+            f"Plan.objects.filter(slug={plan!r}).update(rate_limit_per_minute="
+            f"{rate_limit_per_minute}, key_rate_limit_per_minute=None)"
+        )
     subprocess.run([*manage, "shell", "-c", subscribe], env=env, check=True, cwd=ROOT,
                    capture_output=True)  # fmt: skip
     return env, created.stdout.strip().splitlines()[-1], embedded

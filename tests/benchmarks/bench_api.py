@@ -259,7 +259,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     # The model path is measured with the result cache off; the cache has its own phase.
-    env, secret, embedded = stack_environment(work, plan="scale", extra={"RESULT_CACHE_TTL_S": "0"})
+    # NOTE: the scale plan's 30,000 requests a minute is less than the cache-hit path serves
+    # here (~1,800/s): lifted, or the later cache windows measure the rate limiter's 429s.
+    env, secret, embedded = stack_environment(
+        work, plan="scale", extra={"RESULT_CACHE_TTL_S": "0"}, rate_limit_per_minute=10**8
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     stack = Stack(env, port, work)
@@ -350,7 +354,8 @@ def main() -> None:
     print(
         f"cache on, {WINDOWS} alternating windows of {window:.0f} s, {c} clients: "
         f"hits {statistics.fmean(hit_rates):.1f} inputs/s ({each_hit}), "
-        f"misses {statistics.fmean(miss_rates):.1f} ({each_miss})"
+        f"misses {statistics.fmean(miss_rates):.1f} ({each_miss}), "
+        f"{sum(w['errors'] for w in hit_windows + miss_windows):.0f} errors"
     )
     print(
         f"ratio cache-hit path / model path, alternating: "
