@@ -52,7 +52,19 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
             # Every API process's cached copy stops being used on its next request.
             api_key_generation_bump(key_ids=ids)
 
+    # Every change to a key, here as through the API, sets a new generation: API processes
+    # stop using their cached copy of it on its next request (apikeys.services).
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         with transaction.atomic():
             super().save_model(request, obj, form, change)
             api_key_generation_bump(key_ids=[obj.pk])
+
+    def delete_model(self, request: HttpRequest, obj: ApiKey) -> None:
+        with transaction.atomic():
+            api_key_generation_bump(key_ids=[obj.pk])
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        with transaction.atomic():
+            api_key_generation_bump(key_ids=list(queryset.values_list("pk", flat=True)))
+            super().delete_queryset(request, queryset)

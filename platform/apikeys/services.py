@@ -183,7 +183,11 @@ def _authenticate(secret: str, *, cached: bool) -> tuple[ApiKey, KeyCheck | None
     # The tenant, its subscription and plan (limits need them on every request).
     # NOTE: a cached row is shared by the process's threads; what is set on it here (the
     # tenant, last_used_at) is the same for all of them.
-    key.tenant = tenant_with_plan(tenant_id=key.tenant_id)
+    try:
+        key.tenant = tenant_with_plan(tenant_id=key.tenant_id)
+    except Tenant.DoesNotExist:  # deleted since the row was cached
+        api_key_forget(digest=digest)
+        raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key") from None
     if not key.tenant.is_active:
         raise PermissionError_(messages.TENANT_SUSPENDED, code="tenant_suspended")
     _touch_last_used(key, now)

@@ -380,3 +380,18 @@ def test_a_lost_generation_sends_a_cached_key_back_to_the_database(tenant):
     ApiKey.objects.unscoped().filter(pk=_key_id(secret)).update(revoked_at=timezone.now())
     redis_client().delete(generation_key(_key_id(secret)))
     assert client.get("/v1/models").status_code == 401
+
+
+def test_a_cached_key_deleted_by_an_operator_or_with_its_tenant_stops_at_once():
+    from django.contrib.admin.sites import site
+
+    from tenants.models import Tenant
+
+    tenant = TenantFactory()
+    first, second = make_key(tenant, ["inference"]), make_key(tenant, ["inference"])
+    for secret in (first, second):
+        assert bearer(secret).get("/v1/models").status_code == 200  # both now cached
+    site._registry[ApiKey].delete_model(None, ApiKey.objects.unscoped().get(pk=_key_id(first)))
+    assert bearer(first).get("/v1/models").status_code == 401
+    site._registry[Tenant].delete_model(None, tenant)
+    assert bearer(second).get("/v1/models").status_code == 401
