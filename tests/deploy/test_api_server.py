@@ -161,6 +161,24 @@ def test_a_post_refused_before_its_body_is_read_keeps_the_connection_usable(serv
     assert answered.status_code == 200, answered.text
 
 
+def test_a_revoked_key_is_refused_by_every_api_process_at_once(server: Server):
+    """Each API process keeps the key rows it read; a revocation still applies on the next
+    request, whichever process answers it."""
+    with server.client() as admin:
+        created = admin.post("/v1/api-keys", json={"scopes": ["inference"]}).json()
+
+    def get_models(secret: str) -> int:
+        # A new connection each time: the server's processes share the listening socket.
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            response = client.get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
+            return response.status_code
+
+    assert [get_models(created["secret"]) for _ in range(20)] == [200] * 20  # cached everywhere
+    with server.client() as admin:
+        assert admin.delete(f"/v1/api-keys/{created['id']}").status_code == 200
+    assert [get_models(created["secret"]) for _ in range(20)] == [401] * 20
+
+
 def test_an_idempotent_retry_is_replayed_through_the_server(server: Server):
     with server.client() as client:
         first = classify(client, "replay me", **{"Idempotency-Key": "server-1"})
