@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import redis
 from django.db import OperationalError, transaction
@@ -197,24 +199,30 @@ def _authenticate(secret: str, *, cached: bool) -> tuple[ApiKey, KeyCheck | None
 def _key_read(secret: str, digest: str) -> ApiKey | None:
     """The key row from the database, cached under the generation its key had before the
     read: a change committed after that read sets a new generation, which the next request
-    served from the cache sees. Rows whose generation cannot be read are not cached."""
+    served from the cache sees. A key without a generation yet gets one after the read, and
+    is cached from its next request on (a generation set after the read could hide a change
+    made in between). Nothing is written for a secret that matches no key, so guessing
+    secrets costs Redis no memory. Rows whose generation cannot be read are not cached."""
     key_id = _key_id_of(secret)
     generation = None
     if key_id is not None:
         try:
-            pipe = redis_client().pipeline(transaction=False)
-            pipe.set(generation_key(key_id), random_token(16), nx=True, ex=GENERATION_TTL_S)
-            pipe.get(generation_key(key_id))
-            generation = pipe.execute()[1]
+            generation = cast(bytes | None, redis_client().get(generation_key(key_id)))
         except redis.RedisError:
-            generation = None
+            key_id = None
     key = _key_by_digest(digest)
-    if key is not None and key.pk == key_id and generation is not None:
-        check = KeyCheck(digest=digest, redis_key=generation_key(key_id), generation=generation)
-        with _key_cache_lock:
-            if len(_key_cache) >= KEY_CACHE_MAX:
-                _key_cache.clear()
-            _key_cache[digest] = _Cached(key, check, time.monotonic() + KEY_CACHE_TTL_S)
+    if key is None or key.pk != key_id:
+        return key
+    if generation is None:
+        with contextlib.suppress(redis.RedisError):
+            token = random_token(16)
+            redis_client().set(generation_key(key_id), token, nx=True, ex=GENERATION_TTL_S)
+        return key
+    check = KeyCheck(digest=digest, redis_key=generation_key(key_id), generation=generation)
+    with _key_cache_lock:
+        if len(_key_cache) >= KEY_CACHE_MAX:
+            _key_cache.clear()
+        _key_cache[digest] = _Cached(key, check, time.monotonic() + KEY_CACHE_TTL_S)
     return key
 
 
