@@ -88,7 +88,7 @@ def test_a_packed_batch_embeds_as_the_padded_one(encoder: Encoder) -> None:
     """On a CPU a batch of mixed lengths runs packed (its padding left out of every
     position-wise layer): each text's embedding is the padded forward's, to float rounding,
     and so is a LoRA-adapted row's."""
-    from workers.runtime.encoder import Adapter, mean_pool, pad_ids
+    from workers.runtime.bert import Adapter, mean_pool, pad_ids
 
     batch = [t.ids for t in encoder.tokenize(TEXTS)]
     assert encoder.packs(batch)  # "hello" beside a 256-token text

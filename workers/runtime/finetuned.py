@@ -10,7 +10,7 @@ method, labels, LoRA rank/alpha). safetensors, not pickle: loading a file can ne
 Serving: every fine-tuned model rides the shared encoder's dynamic batcher with everyone
 else's requests, so many tenants never mean many encoder copies. A ``head`` model adds a
 matrix product after the shared encoder. A ``lora`` model's rows carry its adapter into the
-shared forward pass (``encoder.Adapter``): each layer adds the adapter's low-rank update to
+shared forward pass (``bert.Adapter``): each layer adds the adapter's low-rank update to
 those rows' query/key/value projections, grouped by adapter, while every other row runs on
 the shared weights alone (S-LoRA/Punica-style serving, without merged copies). An adapter
 is ~0.9 MB against the encoder's ~90 MB, so the LRU of loaded models can be large.
@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load, save
 
 from workers.contract import INT8_BASE_MODELS
-from workers.runtime.encoder import Adapter, BertModel, _Layer
+from workers.runtime.bert import Adapter, BertModel, _Layer
 
 FORMAT = "margin-finetune/1"
 # Logits are HEAD_SCALE * (W x + b) on unit-length embeddings: the same x20 scale the encoder

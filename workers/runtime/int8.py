@@ -37,7 +37,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from workers.runtime.encoder import BASE_MODELS, BertModel, _Layer, pad_ids
+from workers.runtime.bert import BertModel, _Layer, pad_ids
+from workers.runtime.encoder import BASE_MODELS
 
 with warnings.catch_warnings():
     # torch.ao.quantization is deprecated in favour of torchao, but it works and needs no

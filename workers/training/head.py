@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from safetensors.torch import load, save
 
 from workers.artifacts import ArtifactStore
-from workers.runtime.encoder import Adapter, Encoder
+from workers.runtime.bert import Adapter
+from workers.runtime.encoder import Encoder
 from workers.runtime.finetuned import HEAD_SCALE
 
 EMBED_BATCH = 32

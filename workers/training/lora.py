@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.runtime.encoder import BertModel, Encoder, mean_pool, pad_ids
+from workers.runtime.bert import BertModel, mean_pool, pad_ids
+from workers.runtime.encoder import Encoder
 from workers.runtime.finetuned import HEAD_SCALE, QKV_TARGETS
 
 from .head import Step
