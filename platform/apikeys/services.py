@@ -9,10 +9,10 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import redis
 from django.db import OperationalError, transaction
@@ -146,6 +146,18 @@ def api_key_authenticate_cached(*, secret: str) -> tuple[ApiKey, KeyCheck | None
     database just now). Every check on the row (revoked, expired, grace period, tenant)
     runs as for a fresh one."""
     return _authenticate(secret, cached=True)
+
+
+def key_check_confirmed(check: KeyCheck, prefetched: Mapping[str, Any] | None = None) -> bool:
+    """Whether a key served from the cache is unchanged: its generation, from ``prefetched``
+    (read with the request's admission) when it holds it, else read now. A generation that
+    cannot be read is not confirmed: the request authenticates again from the database."""
+    if prefetched is not None and check.redis_key in prefetched:
+        return bool(prefetched[check.redis_key] == check.generation)
+    try:
+        return bool(redis_client().get(check.redis_key) == check.generation)
+    except redis.RedisError:
+        return False
 
 
 def api_key_forget(*, digest: str) -> None:

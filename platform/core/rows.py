@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
-from django.db.models import DateTimeField, DecimalField, Model
+from django.db.models import DateTimeField, DecimalField, Field, Model
 
 M = TypeVar("M", bound=Model)
 
@@ -51,8 +51,7 @@ def insert_new(model: type[Model], rows: Sequence[Any], *, unique: str) -> set[A
     and booleans go as they are."""
     if not rows:
         return set()
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    converted = {f.attname for f in fields if isinstance(f, DateTimeField | DecimalField)}
+    fields, converted = _insert_fields(model)
     one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     inserted: set[Any] = set()
     db = connections[DEFAULT_DB_ALIAS]  # resolved once: the proxy costs a lookup a use
@@ -90,10 +89,19 @@ def _select(model: type[Model], vendor: str) -> str:
 
 
 @functools.cache
+def _insert_fields(model: type[Model]) -> tuple[list[Field[Any, Any]], frozenset[str]]:
+    """The fields an INSERT writes (all but the primary key), and the attribute names of
+    those whose values need the field's own conversion (datetimes, decimals)."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    converted = {f.attname for f in fields if isinstance(f, DateTimeField | DecimalField)}
+    return fields, frozenset(converted)
+
+
+@functools.cache
 def _insert(model: type[Model], unique: str, vendor: str) -> str:
     meta = model._meta
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(str(f.column)) for f in meta.concrete_fields if not f.primary_key)
+    columns = ", ".join(quote(str(f.column)) for f in _insert_fields(model)[0])
     key = column(model, unique)
     # Names come from the model's own metadata; values are query parameters.
     return (

@@ -4,17 +4,16 @@ never from ambient state, and every POST honours ``Idempotency-Key``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-import redis
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apikeys.authentication import KeyPrincipal, principal
 from apikeys.models import ApiKey
-from apikeys.services import KeyCheck, api_key_forget
-from limits.services import Admission, limits_admit, limits_settle, redis_client
+from apikeys.services import KeyCheck, api_key_forget, key_check_confirmed
+from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
 from .errors import InvalidRequest, NotFound
@@ -55,15 +54,6 @@ def _key_check(request: Request) -> KeyCheck | None:
     # ``_user``, not ``user``: after a failed authentication, ``user`` would authenticate again.
     user = getattr(request, "_user", None)
     return user.check if isinstance(user, KeyPrincipal) else None
-
-
-def _generation_now(check: KeyCheck) -> bytes | None:
-    """The key's generation in Redis now (None when it cannot be read: the request is then
-    authenticated from the database, as for a changed key)."""
-    try:
-        return cast(bytes | None, redis_client().get(check.redis_key))
-    except redis.RedisError:
-        return None
 
 
 class TenantAPIView(APIView):
@@ -125,7 +115,7 @@ class TenantAPIView(APIView):
             raise  # after admission: the key was confirmed
         except Exception:  # a refusal (400, 403, 429...) or a failure, before admission's
             check = _key_check(request)
-            if check is None or _generation_now(check) == check.generation:
+            if check is None or key_check_confirmed(check):
                 raise
             self._authenticate_again(request)
             self._initial(request, *args, **kwargs)
@@ -169,13 +159,10 @@ class TenantAPIView(APIView):
             billable=self.billable and post,
             prefetch=prefetch,
         )
-        if check is not None:
-            found = admission.prefetched
-            now = found[check.redis_key] if found is not None else _generation_now(check)
-            if now != check.generation:
-                self._admission = None
-                limits_settle(admission, succeeded=False)
-                raise _StaleKey
+        if check is not None and not key_check_confirmed(check, admission.prefetched):
+            self._admission = None
+            limits_settle(admission, succeeded=False)
+            raise _StaleKey
         # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
         # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
         key = request.META.get("HTTP_IDEMPOTENCY_KEY")
