@@ -88,20 +88,24 @@ def classify(request: ClassifyRequest) -> None:
 @app.task(name=TaskName.CLASSIFY_BATCH.value, **INFERENCE_TASK_POLICY)
 def classify_batch(requests: list[ClassifyRequest]) -> None:
     """The requests one API process had in flight at once, coalesced into one message:
-    Celery's per-message work (~1.1 ms of CPU measured with a no-op task) and the reply
-    transaction are paid once for all of them. Each request is answered (or refused, when
-    past its deadline or failed) on its own reply list, in one transaction."""
+    Celery's per-message work (~1.1 ms of CPU measured with a no-op task) is paid once for
+    all of them, and their texts share forward passes. Each request is answered (or
+    refused, when past its deadline or failed) on its own reply list as soon as its own
+    texts are done; the requests that finish together share one reply transaction."""
     now = time.time()
     live = [request for request in requests if now <= request["deadline"]]
-    replies = [_expired(request) for request in requests if now > request["deadline"]]
-    for request, result in zip(live, get_engine().classify_many(live), strict=True):
-        if not isinstance(result, Exception):
-            try:
-                replies.append(_answered(request, result))
-                continue
-            except Exception as exc:  # one bad request must not leave the others unanswered
-                result = exc
-        logger.error("classification %s failed", request.get("request_id"), exc_info=result)
-        failed = errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
-        replies.append((failed, None, None))
-    replies_send(replies)
+    replies_send([_expired(request) for request in requests if now > request["deadline"]])
+    for group in get_engine().classify_as_done(live):
+        replies: list[Reply] = []
+        for index, result in group:
+            request = live[index]
+            if not isinstance(result, Exception):
+                try:
+                    replies.append(_answered(request, result))
+                    continue
+                except Exception as exc:  # one bad request must not leave others unanswered
+                    result = exc
+            logger.error("classification %s failed", request.get("request_id"), exc_info=result)
+            error = errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
+            replies.append((error, None, None))
+        replies_send(replies)

@@ -122,3 +122,26 @@ def test_invalid_requests_are_error_results(
 ) -> None:
     request = make_request(**{"inputs": ["hello"], "labels": ["a", "b"], **overrides})
     assert engine.classify(request)["error"]["code"] == "invalid_request"
+
+
+def test_requests_of_one_message_are_answered_as_each_completes(engine: ClassifierEngine) -> None:
+    quick = make_request(["I absolutely love this product"], labels=["positive", "negative"])
+    sentence = "The parcel arrived two weeks late and the box was crushed on one side. "
+    slow = make_request([f"{n}: {sentence * 12}" for n in range(96)], labels=["late", "fine"])
+    invalid = make_request(["no labels and no examples"])
+    groups = list(engine.classify_as_done([quick, slow, invalid]))
+    order = [index for group in groups for index, _ in group]
+    assert sorted(order) == [0, 1, 2] and order.index(0) < order.index(1)
+    assert groups[-1] == [(1, groups[-1][0][1])]  # the slow one alone, last
+    results = {index: result for group in groups for index, result in group}
+    assert results[0]["results"][0]["label"] == "positive"  # type: ignore[index]
+    assert len(results[1]["results"]) == 96  # type: ignore[index]
+    assert results[2]["error"]["code"] == "invalid_request"  # type: ignore[index]
+
+
+def test_a_request_not_embedded_in_time_gets_a_timeout(engine: ClassifierEngine) -> None:
+    sentence = "The parcel arrived two weeks late and the box was crushed on one side. "
+    slow = make_request([f"{n}: {sentence * 12}" for n in range(96)], labels=["late", "fine"])
+    ((index, result),) = [pair for group in engine.classify_as_done([slow], timeout=0.01)
+                          for pair in group]  # fmt: skip
+    assert index == 0 and isinstance(result, TimeoutError)

@@ -157,6 +157,24 @@ def test_a_coalesced_message_answers_and_meters_each_request_on_its_own() -> Non
     assert sum(1 for e in events if e["event_id"] == praise["request_id"]) == 1
 
 
+def test_a_request_in_a_coalesced_message_is_not_held_back_by_a_slower_one() -> None:
+    """A one-input call that shares a message with a 96-input one is answered once its own
+    text is embedded, not when the whole message is."""
+    quick = make_request(["I absolutely love this product"], labels=["positive", "negative"])
+    sentence = "The parcel arrived two weeks late and the box was crushed on one side. "
+    slow = make_request(
+        [f"{n}: {sentence * 12}" for n in range(96)], labels=["shipping", "billing"]
+    )
+    app.send_task(TaskName.CLASSIFY_BATCH.value, args=[[quick, slow]], queue=Queue.INFERENCE.value)
+    first = _wait(quick)
+    assert first is not None and first["results"][0]["label"] == "positive", first
+    assert _redis().llen(reply_key(slow["request_id"])) == 0  # still being computed
+    rest = _wait(slow, wait=120)
+    assert rest is not None and len(rest["results"]) == 96, rest
+    metered = [e["event_id"] for e in drain_usage_events()]
+    assert sorted(metered) == sorted([quick["request_id"], slow["request_id"]])
+
+
 def test_a_partial_cache_hit_is_answered_and_metered_as_one_call() -> None:
     # The API found input 1 in the result cache: the worker gets inputs 0 and 2 only.
     found = {
