@@ -52,7 +52,10 @@ class ClassifyApi(TenantAPIView):
         if data is None or settings.RESULT_CACHE_TTL_S <= 0:
             return ()
         return prefetch_keys(
-            model_id=data["model"], inputs=data["inputs"], labels=data.get("labels")
+            tenant_id=self.api_key.tenant_id,
+            model_id=data["model"],
+            inputs=data["inputs"],
+            labels=data.get("labels"),
         )
 
     @extend_schema(

@@ -10,7 +10,9 @@ compute: cost 0 on pool ``cache``; its usage event leaves in one round trip with
 request's settlement. A partial hit sends only the missed inputs to a worker, with the
 found rows (``cached_rows``): the worker answers and meters the whole call, the found rows
 as cached at no compute. Keys include the model version (a fine-tuned model's artifact
-hash), so a changed model never serves stale answers."""
+hash), so a changed model never serves stale answers, and the tenant: one tenant's answers
+never serve another's, so neither ``cached`` nor a hit's speed tells a tenant what others
+have sent."""
 
 from __future__ import annotations
 
@@ -52,13 +54,18 @@ CACHE_LOOKUPS = Counter(
 )
 
 
-def cache_version(model: AIModel) -> str | None:
-    """What identifies the model's answers: its weights, not just its name."""
+def cache_version(model: AIModel, tenant_id: int) -> str | None:
+    """What identifies the answers a tenant may be served: the model's weights (not just
+    its name), and the tenant. NOTE: a base model's cache is not shared between tenants,
+    although it could save their identical inputs a forward pass: a shared hit would tell
+    one tenant that another had sent that very text."""
     if settings.RESULT_CACHE_TTL_S <= 0:
         return None
     if model.kind == AIModel.Kind.BASE:
-        return BASE_MODEL_VERSIONS.get(model.id)
-    return f"{model.id}@{model.artifact}" if model.artifact else None
+        weights = BASE_MODEL_VERSIONS.get(model.id)
+    else:
+        weights = f"{model.id}@{model.artifact}" if model.artifact else None
+    return f"{weights}~{tenant_id}" if weights else None
 
 
 # Fine-tuned models' cache versions as this process's classifications last resolved them
@@ -78,7 +85,9 @@ def _remember_version(model_id: str, version: str) -> None:
             _SEEN_VERSIONS.popitem(last=False)
 
 
-def prefetch_keys(*, model_id: str, inputs: list[str], labels: list[str] | None) -> list[str]:
+def prefetch_keys(
+    *, tenant_id: int, model_id: str, inputs: list[str], labels: list[str] | None
+) -> list[str]:
     """The cache keys ``cache_lookup`` will read for a plainly valid request (no examples),
     so that admission reads them in its own round trip; [] when they cannot be known here.
 
@@ -96,7 +105,7 @@ def prefetch_keys(*, model_id: str, inputs: list[str], labels: list[str] | None)
         model = base_model_cached(model_id)
         if model is None or model.status != AIModel.Status.READY:
             return []
-        version = cache_version(model)
+        version = cache_version(model, tenant_id)
     if not version:
         return []
     return [result_cache_key(version, labels or None, None, text) for text in inputs]

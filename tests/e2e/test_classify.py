@@ -209,6 +209,21 @@ def test_a_repeated_request_is_answered_from_the_cache_and_metered(http, secret)
     assert (row.inputs, row.cached, row.cost_micros, row.pool) == (2, 2, 0, "cache")
 
 
+def test_one_tenants_cached_answers_never_serve_another(http, secret):
+    """A shared hit would tell a tenant that someone else had sent that very text."""
+    from tests.factories import TenantFactory, make_key
+
+    body = {"model": "minilm-l6", "inputs": ["the merger memo, draft 7"], "labels": ["a", "b"]}
+    other = TenantFactory()
+    with http(secret) as mine, http(make_key(other, ["inference"])) as theirs:
+        assert classify(mine, body).json()["usage"]["cached"] == 0
+        assert classify(mine, body).json()["usage"]["cached"] == 1
+        first = classify(theirs, body).json()
+        again = classify(theirs, body).json()
+    assert (first["usage"]["cached"], again["usage"]["cached"]) == (0, 1)
+    assert first["usage"]["compute_ms"] > 0
+
+
 def test_a_cache_hit_frees_its_concurrency_slot_and_keeps_its_quota(http, transactional_db):
     """A full hit's admission is settled with its usage event, in one round trip: the slot
     comes back (a cap of 1 still admits the next call) and its inputs stay counted (the cap
@@ -275,7 +290,9 @@ def test_cache_versions_follow_the_model_weights():
     retrained = AIModel(
         id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="def"
     )
-    assert cache_version(base) and cache_version(tuned) != cache_version(retrained)
+    assert cache_version(base, 1) and cache_version(tuned, 1) != cache_version(retrained, 1)
+    # One tenant's answers never serve another's.
+    assert cache_version(base, 1) != cache_version(base, 2)
 
 
 def test_the_int8_tier_is_served_and_metered_under_its_own_model(http, secret):

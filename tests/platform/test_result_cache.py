@@ -37,30 +37,38 @@ def test_a_fine_tuned_models_rows_are_prefetched_and_never_a_retrained_models(te
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['inference'])}")
     body = {"model": model.id, "inputs": ["hello there"]}
-    old_version = cache_version(model)
+    old_version = cache_version(model, tenant.pk)
     assert old_version
     _cache(old_version, "hello there", "a")
     # Not classified with in this process yet: nothing to prefetch, the lookup reads alone.
-    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=None) == []
+    assert (
+        prefetch_keys(tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=None)
+        == []
+    )
     first = client.post("/v1/classify", body, format="json")
     assert first.status_code == 200, first.json()
     assert first.json()["results"][0]["label"] == "a"
     assert first.json()["usage"]["cached"] == 1
-    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=None) == [
-        result_cache_key(old_version, None, None, "hello there")
-    ]
+    assert prefetch_keys(
+        tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=None
+    ) == [result_cache_key(old_version, None, None, "hello there")]
     # Retrained: new weights, a new version. Admission still prefetches the old rows (this
     # process remembers the old version); the answer comes from the new version's.
     model.artifact = "e" * 64
     model.save(update_fields=["artifact"])
-    new_version = cache_version(model)
+    new_version = cache_version(model, tenant.pk)
     assert new_version and new_version != old_version
     _cache(new_version, "hello there", "b")
     second = client.post("/v1/classify", body, format="json")
     assert second.status_code == 200, second.json()
     assert second.json()["results"][0]["label"] == "b"
-    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=None) == [
-        result_cache_key(new_version, None, None, "hello there")
-    ]
+    assert prefetch_keys(
+        tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=None
+    ) == [result_cache_key(new_version, None, None, "hello there")]
     # Labels are refused for a fine-tuned model: nothing is prefetched for such a request.
-    assert prefetch_keys(model_id=model.id, inputs=body["inputs"], labels=["a", "b"]) == []
+    assert (
+        prefetch_keys(
+            tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=["a", "b"]
+        )
+        == []
+    )
