@@ -54,7 +54,7 @@ CACHE_LOOKUPS = Counter(
 )
 
 
-def cache_version(model: AIModel, tenant_id: int) -> str | None:
+def cache_version(model: AIModel, tenant_id: str) -> str | None:
     """What identifies the answers a tenant may be served: the model's weights (not just
     its name), and the tenant. NOTE: a base model's cache is not shared between tenants,
     although it could save their identical inputs a forward pass: a shared hit would tell
@@ -86,7 +86,7 @@ def _remember_version(model_id: str, version: str) -> None:
 
 
 def prefetch_keys(
-    *, tenant_id: int, model_id: str, inputs: list[str], labels: list[str] | None
+    *, tenant_id: str, model_id: str, inputs: list[str], labels: list[str] | None
 ) -> list[str]:
     """The cache keys ``cache_lookup`` will read for a plainly valid request (no examples),
     so that admission reads them in its own round trip; [] when they cannot be known here.

@@ -11,5 +11,20 @@ QUOTA = (
     "This period's quota of {cap} inputs on the {plan} plan is used up. Upgrade your plan "
     "or wait for the next period."
 )
+QUOTA_LEFT = (
+    "This request's {inputs} inputs exceed the {left} left of this period's quota of {cap} "
+    "inputs on the {plan} plan. Send fewer inputs, upgrade your plan or wait for the next "
+    "period."
+)
+TEST_QUOTA = (
+    "This period's test-mode allowance of {cap} inputs is used up. Test-mode calls are not "
+    "billed and are counted apart from live ones; use a live key, or wait for the next "
+    "period."
+)
+TEST_QUOTA_LEFT = (
+    "This request's {inputs} inputs exceed the {left} left of this period's test-mode "
+    "allowance of {cap} inputs. Test-mode calls are not billed and are counted apart from "
+    "live ones; send fewer inputs, use a live key, or wait for the next period."
+)
 PAST_DUE = "Your subscription is past due. Update your payment method to continue."
 CANCELED = "Your subscription is canceled. Choose a plan to continue."

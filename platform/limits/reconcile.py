@@ -4,7 +4,10 @@ The counter in Redis is what admission decides on; the ledger is the truth. A pe
 job compares them for every tenant on a capped plan and raises a counter that is behind
 the ledger (a lost settle, a flushed Redis). It never lowers a counter: inputs that were
 answered but are still on their way to the ledger (the consumer batches) would otherwise
-be handed out twice. Every difference is logged and counted."""
+be handed out twice. Every difference is logged and counted.
+
+Live counters only: a test-mode counter (``quota_key(livemode=False)``) bounds calls that are
+never billed, and a flushed Redis costing it what it had counted costs no revenue."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from apikeys.models import ApiKey
 from billing.models import Subscription
 from metering.models import UsageRecord
 
-from .services import enforcement_for, redis_client
+from .services import enforcement_for, quota_key, redis_client
 
 logger = logging.getLogger(__name__)
 QUOTA_DRIFT = Counter(
@@ -45,7 +48,7 @@ def quota_reconcile_tenant(*, api_key: ApiKey) -> QuotaCheck | None:
         livemode=True, kind=UsageRecord.Kind.INFERENCE,
         occurred_at__gte=terms.period_start, occurred_at__lt=terms.period_end,
     ).aggregate(n=Sum("inputs"))["n"] or 0  # fmt: skip
-    key = f"quota:{tenant.pk}:{int(terms.period_start.timestamp())}"
+    key = quota_key(tenant.pk, terms.period_start, livemode=True)
     ttl = int((terms.period_end - timezone.now()).total_seconds()) + 7 * 86400
     # Raise to the ledger atomically, never lower (see the module's docstring).
     script: Any = redis_client().register_script(

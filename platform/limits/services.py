@@ -38,6 +38,20 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
+def quota_key(tenant_id: str, period_start: datetime, *, livemode: bool) -> str:
+    """The Redis counter of a tenant's inputs this period: live and test-mode calls are
+    counted apart, so a customer's tests never use up its production quota."""
+    return f"quota:{tenant_id}:{int(period_start.timestamp())}" + ("" if livemode else ":test")
+
+
+def quota_cap(plan: Plan, *, livemode: bool) -> int:
+    """Inputs a period allows (-1: no cap): the plan's hard cap for live calls, and the
+    test-mode allowance for test calls, which are never billed."""
+    if not livemode:
+        return int(settings.TEST_MODE_MONTHLY_INPUTS)
+    return plan.monthly_hard_cap if plan.monthly_hard_cap is not None else -1
+
+
 @functools.cache
 def _admit_script() -> Any:
     return redis_client().register_script(ADMIT)
@@ -153,14 +167,13 @@ def limits_admit(
     if billable and terms.blocked_reason:
         raise APIError(terms.blocked_reason, status=402, code="payment_required")
     tenant_id = api_key.tenant_id
-    period = int(terms.period_start.timestamp())
     keys = [
         f"rl:t:{tenant_id}",
         f"rl:k:{api_key.pk}",
         f"inflight:{tenant_id}",
-        f"quota:{tenant_id}:{period}",
+        quota_key(tenant_id, terms.period_start, livemode=api_key.livemode),
     ]
-    hard_cap = plan.monthly_hard_cap if plan.monthly_hard_cap is not None else -1
+    hard_cap = quota_cap(plan, livemode=api_key.livemode)
     quota_ttl = int((terms.period_end - terms.period_start).total_seconds()) + 7 * 86400
     inflight_ttl_ms = int((settings.INFERENCE_TIMEOUT_S + 30) * 1000)
     args = [
@@ -181,7 +194,7 @@ def limits_admit(
             reply, values = _admit_and_read(keys, args, prefetch)
         else:
             reply = _admit_script()(keys=keys, args=args)
-        verdict, limit, remaining, reset_ms, retry_ms, _used = reply
+        verdict, limit, remaining, reset_ms, retry_ms, used = reply
     except redis.RedisError:
         # NOTE: fail open on limits but never on money: a broker outage fails the request
         # anyway (503 from dispatch); other calls are served without rate limiting.
@@ -204,8 +217,14 @@ def limits_admit(
             headers={**headers, "Retry-After": "1"},
         )
     if verdict == "quota":
+        left = max(hard_cap - int(used), 0)
+        live = api_key.livemode
+        if left:  # some is left, not enough for this request
+            message = messages.QUOTA_LEFT if live else messages.TEST_QUOTA_LEFT
+        else:
+            message = messages.QUOTA if live else messages.TEST_QUOTA
         raise APIError(
-            messages.QUOTA.format(cap=hard_cap, plan=plan.name),
+            message.format(cap=hard_cap, plan=plan.name, inputs=inputs, left=left),
             status=402,
             code="quota_exceeded",
             headers=headers,

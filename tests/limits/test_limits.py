@@ -111,6 +111,38 @@ def test_a_failed_call_gives_its_reservation_back(tenant):
     assert refused.value.status == 402
 
 
+def test_the_402_says_what_is_left_when_some_is(tenant):
+    on_plan(tenant, custom_plan(monthly_hard_cap=10))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    limits_settle(limits_admit(api_key=key, request_id="r1", inputs=7), succeeded=True)
+    with pytest.raises(APIError) as too_many:
+        limits_admit(api_key=key, request_id="r2", inputs=5)
+    assert too_many.value.status == 402 and too_many.value.code == "quota_exceeded"
+    assert "5 inputs exceed the 3 left" in str(too_many.value)
+    limits_settle(limits_admit(api_key=key, request_id="r3", inputs=3), succeeded=True)
+    with pytest.raises(APIError) as used_up:
+        limits_admit(api_key=key, request_id="r4", inputs=1)
+    assert "quota of 10 inputs" in str(used_up.value)
+    assert "used up" in str(used_up.value)
+
+
+def test_test_mode_calls_are_counted_apart_from_live_ones(tenant, settings):
+    """A customer's tests never use up its production quota, and test-mode calls, which
+    are never billed, have an allowance of their own."""
+    settings.TEST_MODE_MONTHLY_INPUTS = 6
+    on_plan(tenant, custom_plan(monthly_hard_cap=10))
+    live = key_of(tenant, make_key(tenant, ["inference"]))
+    test = key_of(tenant, make_key(tenant, ["inference"], mode=ApiKey.Mode.TEST))
+    limits_settle(limits_admit(api_key=test, request_id="t1", inputs=6), succeeded=True)
+    with pytest.raises(APIError) as refused:
+        limits_admit(api_key=test, request_id="t2", inputs=1)
+    assert refused.value.status == 402 and "test-mode allowance of 6" in str(refused.value)
+    # The live quota is untouched: all 10 inputs are there.
+    limits_settle(limits_admit(api_key=live, request_id="l1", inputs=10), succeeded=True)
+    with pytest.raises(APIError):
+        limits_admit(api_key=live, request_id="l2", inputs=1)
+
+
 def test_quota_exceeded_over_http_is_402_and_runs_nothing(tenant):
     on_plan(tenant, custom_plan(monthly_hard_cap=3))
     client = bearer(make_key(tenant, ["inference"]))

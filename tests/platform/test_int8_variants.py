@@ -77,9 +77,9 @@ def test_deleting_the_variant_leaves_its_model(api, pair):
 
 def test_the_variant_answers_from_a_result_cache_of_its_own(pair):
     parent, variant = pair
-    assert cache_version(parent, 1) and cache_version(variant, 1)
-    assert cache_version(parent, 1) != cache_version(variant, 1)
-    keys = {result_cache_key(cache_version(m, 1) or "", None, None, "hi") for m in pair}
+    assert cache_version(parent, "t1") and cache_version(variant, "t1")
+    assert cache_version(parent, "t1") != cache_version(variant, "t1")
+    keys = {result_cache_key(cache_version(m, "t1") or "", None, None, "hi") for m in pair}
     assert len(keys) == 2
 
 

@@ -132,6 +132,9 @@ INFERENCE_MAX_QUEUE_DEPTH = int(os.environ.get("INFERENCE_MAX_QUEUE_DEPTH", "500
 INFERENCE_COALESCE_MS = float(os.environ.get("INFERENCE_COALESCE_MS", "1"))
 INFERENCE_COALESCE_MAX = int(os.environ.get("INFERENCE_COALESCE_MAX", "32"))
 # Result cache: how long an answered input is kept for identical requests (0: off).
+# Test-mode keys (sk_test_) run real models but are never billed: their inputs are counted
+# apart from live ones, against this allowance per billing period, whatever the plan.
+TEST_MODE_MONTHLY_INPUTS = int(os.environ.get("TEST_MODE_MONTHLY_INPUTS", "10000"))
 RESULT_CACHE_TTL_S = int(os.environ.get("RESULT_CACHE_TTL_S", str(24 * 3600)))
 
 # Usage consumer: rows per bulk insert and the longest an event waits in its buffer.
