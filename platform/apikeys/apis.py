@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
-from core.serializers import DeletedSerializer, validated
+from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
 
 from .models import ApiKey, Scope
@@ -76,7 +76,14 @@ class ApiKeyRotateApi(TenantAPIView):
     @extend_schema(
         operation_id="api_keys_rotate",
         request=ApiKeyRotateSerializer,
-        responses={200: ApiKeyWithSecretSerializer},
+        responses={
+            200: ApiKeyWithSecretSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="A grace period asked for while an earlier rotation's still runs"
+                " (code rotation_in_progress), or Idempotency-Key reused.",
+            ),
+        },
     )
     def post(self, request: Request, key_id: str) -> Response:
         # No body at all is {}; any other body must be an object.

@@ -12,3 +12,8 @@ UNKNOWN_SCOPE = "Unknown scope '{scope}'. Valid scopes: inference, training, bil
 EXPIRES_IN_PAST = "expires_at must be in the future."
 KEY_NOT_FOUND = "No such API key: '{key_id}'."
 STORE_DOWN = "The key store is unreachable; the key was not changed. Retry after a short wait."
+ROTATION_IN_GRACE = (
+    "This key's previous secret still works until {until}, the grace period of its last "
+    "rotation. Rotate with grace_period_seconds 0 to end it and the current secret now, or "
+    "rotate with a grace period after then."
+)

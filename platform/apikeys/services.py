@@ -19,7 +19,14 @@ from django.db import OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from core.errors import AuthenticationError, InvalidRequest, NotFound, Overloaded, PermissionError_
+from core.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PermissionError_,
+)
 from core.ids import random_token
 from core.rows import column, fetch_one
 from limits.services import redis_client
@@ -321,9 +328,20 @@ def api_key_get(*, tenant: Tenant, key_id: str) -> ApiKey:
 @transaction.atomic
 def api_key_rotate(*, tenant: Tenant, key_id: str, grace_period_seconds: int = 0) -> CreatedKey:
     """A new secret for the same key id. The old secret keeps working for the grace period
-    (0: it stops at once), so a fleet can be redeployed without downtime."""
+    (0: it stops at once), so a fleet can be redeployed without downtime.
+
+    A key holds one previous secret: while an earlier rotation's grace period runs, another
+    rotation with a grace period is a 409 (it would end that period before the time it
+    announced); one without (0) ends every old secret at once, as after a leak."""
     key = api_key_get(tenant=tenant, key_id=key_id)
     now = timezone.now()
+    running = key.previous_secret_expires_at
+    if grace_period_seconds > 0 and key.previous_secret_hash and running and running > now:
+        raise Conflict(
+            messages.ROTATION_IN_GRACE.format(until=running.isoformat().replace("+00:00", "Z")),
+            code="rotation_in_progress",
+            param="grace_period_seconds",
+        )
     secret = _mint_secret(key.mode, key.id.removeprefix("key_"))
     if grace_period_seconds > 0:
         key.previous_secret_hash = key.secret_hash

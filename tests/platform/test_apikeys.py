@@ -105,6 +105,25 @@ def test_rotate_with_grace_keeps_the_old_secret_until_it_ends(api, monkeypatch):
     assert bearer(new["secret"]).get("/v1/models").status_code == 200
 
 
+def test_a_rotation_never_cuts_an_announced_grace_period_short(api):
+    created = api.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").json()
+    path = f"/v1/api-keys/{created['id']}/rotate"
+    first = api.post(path, {"grace_period_seconds": 3600}, format="json").json()
+    again = api.post(path, {"grace_period_seconds": 60}, format="json")
+    assert again.status_code == 409, again.json()
+    error = again.json()["error"]
+    assert (error["code"], error["param"]) == ("rotation_in_progress", "grace_period_seconds")
+    assert first["previous_secret_expires_at"] in error["message"]
+    # Nothing changed: both secrets still work.
+    assert bearer(created["secret"]).get("/v1/models").status_code == 200
+    assert bearer(first["secret"]).get("/v1/models").status_code == 200
+    # Without a grace period (a leak): every old secret stops at once.
+    final = api.post(path, {"grace_period_seconds": 0}, format="json").json()
+    assert bearer(created["secret"]).get("/v1/models").status_code == 401
+    assert bearer(first["secret"]).get("/v1/models").status_code == 401
+    assert bearer(final["secret"]).get("/v1/models").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("raw", "param"),
     [
