@@ -10,7 +10,10 @@ FINE_TUNED_NO_LABELS = (
     "'{param}' cannot be used with the fine-tuned model '{model}': it already knows its labels."
 )
 INPUT_TOO_LONG = "inputs[{index}] is {length} characters long; the limit is {limit}."
-EMPTY_INPUT = "inputs[{index}] is empty."
+EMPTY_INPUT = (
+    "inputs[{index}] has nothing to classify: it is empty, or only whitespace and invisible "
+    "characters."
+)
 DUPLICATE_LABEL = "labels must be distinct; '{label}' appears more than once."
 EXAMPLE_LABEL_UNKNOWN = "examples[{index}].label '{label}' is not one of the request's labels."
 EXAMPLES_NEED_TWO_LABELS = "examples must cover at least two distinct labels."

@@ -19,14 +19,29 @@ from workers.contract import (
 
 from . import messages
 
+# What a text to classify may not consist of alone: whitespace, control characters and the
+# invisible format characters (soft hyphen, zero-width spaces and joiners, direction marks,
+# word joiner, byte-order mark). The encoder's tokenizer drops them all, so such a text
+# reads as an empty one, and would be billed as one. The same class is the schema's
+# pattern, so the schema says what the server enforces.
+INVISIBLE = (
+    r"\s\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+    r"\u2066-\u206f\ufeff"
+)
+_VISIBLE = re.compile(f"[^{INVISIBLE}]")
+
+
+def has_visible_text(text: str) -> bool:
+    return _VISIBLE.search(text) is not None
+
 
 @extend_schema_field(
     {
         "type": "string",
         "minLength": 1,
         "maxLength": MAX_INPUT_CHARS,
-        # Something besides whitespace, and no NUL.
-        "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$",
+        # Something visible, and no NUL.
+        "pattern": f"^[^\\x00]*[^{INVISIBLE}][^\\x00]*$",
     }
 )
 class InputTextField(StrictStringField):
@@ -99,7 +114,7 @@ class ClassifyRequestSerializer(StrictSerializer):
                     code="input_too_long",
                     param=f"inputs[{index}]",
                 )
-            if not text.strip():
+            if not has_visible_text(text):
                 raise InvalidRequest(
                     messages.EMPTY_INPUT.format(index=index),
                     code="empty_input",
@@ -172,7 +187,7 @@ def classify_request_fast(data: object) -> dict[str, Any] | None:
     if type(inputs) is not list or not 0 < len(inputs) <= MAX_INPUTS:
         return None
     for text in inputs:
-        if not _plain_text(text, MAX_INPUT_CHARS) or text.isspace():
+        if not _plain_text(text, MAX_INPUT_CHARS) or not has_visible_text(text):
             return None
     validated: dict[str, Any] = {"model": model, "inputs": inputs}
     if "labels" in data:

@@ -19,6 +19,9 @@ EXAMPLE = {"text": "y", "label": "b"}
         ({"inputs": ["ok", None]}, 400, "inputs[1]"),
         ({"inputs": ["ok", {"t": 1}]}, 400, "inputs[1]"),
         ({"inputs": ["ok", "   "]}, 400, "inputs[1]"),
+        ({"inputs": ["ok", "\u2060\u00ad"]}, 400, "inputs[1]"),  # billed as empty texts once
+        ({"inputs": ["\u200b \u200b", "ok"]}, 400, "inputs[0]"),
+        ({"inputs": ["\ufeff"]}, 400, "inputs[0]"),
         ({"inputs": ["ok", "x" * 10_001]}, 413, "inputs[1]"),
         ({"model": None}, 400, "model"),
         ({"model": 5}, 400, "model"),
@@ -164,6 +167,8 @@ PARITY_BODIES = [
     {**OK, "inputs": ["x" * 10_001]},
     {**OK, "inputs": ["ok", ""]},
     {**OK, "inputs": ["ok", " \t\n"]},
+    {**OK, "inputs": ["ok", "\u200b\u2060\ufeff\u00ad"]},
+    {**OK, "inputs": ["\u200bvisible\u200b"]},
     {**OK, "inputs": ["bad\x00nul"]},
     {**OK, "inputs": ["lone \ud800 surrogate"]},
     {**OK, "inputs": [1]},
