@@ -38,14 +38,15 @@ class Outcome:
 
 
 def _canonical(value: Any) -> Any:
-    """JSON-able form of a request's data; an uploaded file counts by its content (hash),
-    not its name, so another file under the same name is another request."""
+    """JSON-able form of a request's data; an uploaded file counts by its content (hash)
+    and its name (a dataset keeps its file's name), so another file under the same name, or
+    the same bytes under another name, is another request."""
     if hasattr(value, "chunks") and hasattr(value, "seek"):
         digest = hashlib.sha256()
         for chunk in value.chunks():
             digest.update(chunk)
         value.seek(0)
-        return {"file_sha256": digest.hexdigest()}
+        return {"file_sha256": digest.hexdigest(), "name": getattr(value, "name", None)}
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

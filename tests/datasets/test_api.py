@@ -126,6 +126,14 @@ def test_idempotent_upload_stores_one_dataset(api, tenant):
         HTTP_IDEMPOTENCY_KEY="upload-1",
     )
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    # So is the same file under another name: the dataset would keep the first one's name.
+    renamed = api.post(
+        "/v1/datasets",
+        {"file": SimpleUploadedFile("renamed.jsonl", good_file())},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY="upload-1",
+    )
+    assert renamed.status_code == 409, renamed.content
 
 
 def test_nul_in_labels_and_filename_is_stored_safely(api):
