@@ -124,9 +124,11 @@ def api_key_create(
 ) -> CreatedKey:
     scopes = _check_scopes(scopes, created_by)
     if not scopes:
-        raise InvalidRequest("scopes must name at least one scope.", param="scopes")
+        raise InvalidRequest(
+            "scopes must name at least one scope.", code="invalid_parameter", param="scopes"
+        )
     if expires_at is not None and expires_at <= timezone.now():
-        raise InvalidRequest(messages.EXPIRES_IN_PAST, param="expires_at")
+        raise InvalidRequest(messages.EXPIRES_IN_PAST, code="invalid_parameter", param="expires_at")
     public_id = random_token(PUBLIC_ID_LENGTH)
     secret = _mint_secret(mode, public_id)
     key = ApiKey.objects.create(

@@ -148,6 +148,9 @@ def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
     if isinstance(exc, drf.NotFound):
         return 404, "resource_missing", str(exc.detail), None
     if isinstance(exc, drf.ParseError):
+        if str(exc.detail).startswith("Multipart form parse error"):  # DRF's MultiPartParser
+            message = f"The request body is not valid multipart/form-data: {exc.detail}"
+            return 400, "invalid_multipart", message, None
         return 400, "invalid_json", f"The request body is not valid JSON: {exc.detail}", None
     if isinstance(exc, drf.UnsupportedMediaType):
         return 415, "unsupported_media_type", str(exc.detail), None
@@ -184,6 +187,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             headers["Retry-After"] = str(int(wait) + 1)
     else:
         return None  # a real bug: Django's 500 handler answers (in our shape, see below)
+    if status == 401:  # RFC 9110: a 401 names the scheme that would be accepted
+        headers = {**headers, "WWW-Authenticate": 'Bearer realm="api"'}
     return Response(error_body(status, code, message, param), status=status, headers=headers)
 
 

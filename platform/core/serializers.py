@@ -71,6 +71,8 @@ class StrictSerializer(serializers.Serializer[Any]):
 
 
 def validated(serializer_class: type[serializers.Serializer[Any]], data: Any) -> dict[str, Any]:
+    if data is None:  # a JSON ``null`` body: DRF would say "No data provided", as missing
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_request_body")
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)

@@ -31,7 +31,9 @@ def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
     for name, value in [*kwargs.items(), *query.items()]:
         if "\x00" not in str(value):
             continue
-        if name in kwargs or name in ID_PARAMETERS:
+        if name in kwargs:  # the object's id in the path: ``id``, as for any unknown id
+            raise NotFound("No such object.", param="id")
+        if name in ID_PARAMETERS:
             raise NotFound("No such object.", param=name)
         raise InvalidRequest(
             f"{name} must not contain NUL (\\u0000) characters.",

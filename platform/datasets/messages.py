@@ -29,6 +29,6 @@ EMPTY_FILE = "The file contains no examples."
 # Validation, whole file.
 TOO_FEW_LABELS = "At least 2 distinct labels are needed; found {count}."
 TOO_MANY_LABELS = "At most {limit} distinct labels are allowed; found {count}."
-TOO_FEW_EXAMPLES = "Label '{label}' has {count} examples; at least {minimum} are needed."
+TOO_FEW_EXAMPLES = "Label '{label}' has {count} {examples}; at least {minimum} are needed."
 FEW_EXAMPLES = "Label '{label}' has only {count} examples; 10 or more give better models."
 EXTRA_KEYS = "Keys other than 'text' and 'label' are ignored (first seen on line {line})."

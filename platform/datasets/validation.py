@@ -204,7 +204,10 @@ def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
             result.error(
                 None,
                 messages.TOO_FEW_EXAMPLES.format(
-                    label=label, count=count, minimum=MIN_EXAMPLES_PER_LABEL
+                    label=label,
+                    count=count,
+                    examples="example" if count == 1 else "examples",
+                    minimum=MIN_EXAMPLES_PER_LABEL,
                 ),
             )
         elif count < WARN_EXAMPLES_PER_LABEL:

@@ -83,7 +83,7 @@ class FineTuneDetailApi(TenantAPIView):
 
     @extend_schema(operation_id="fine_tunes_retrieve", responses={200: FineTuneSerializer})
     def get(self, request: Request, job_id: str) -> Response:
-        return Response(_job(fine_tune_get(tenant=self.tenant, job_id=job_id)))
+        return Response(_job(fine_tune_get(tenant=self.tenant, job_id=job_id, param="id")))
 
 
 class FineTuneEventsApi(TenantAPIView):

@@ -23,7 +23,6 @@ EV_RETRY = (
     "The worker running this job stopped responding (no heartbeat for {seconds:g} s); "
     "retrying from the start (attempt {attempt} of {max}). You are billed once."
 )
-EV_SUCCEEDED = "Job succeeded: model {model} is ready."
 EV_INT8_OFFERED = (
     "int8 variant {model} offered at the cheaper int8 tier: {delta:+.2f} points of validation "
     "accuracy against fp32 (at most {allowed:g} may be lost)."

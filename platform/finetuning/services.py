@@ -293,7 +293,8 @@ def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
     job.fine_tuned_model = model.id
     job.trained_tokens = int(result.get("trained_tokens", 0))
     job.metrics = model.metrics
-    _event(job, messages.EV_SUCCEEDED.format(model=model.id))
+    # NOTE: no event of our own: the worker's "succeeded" event, stored as it arrived, says
+    # that the model is ready.
     offer = int8_variant_offer(job, model)
     if offer is not None:
         message, data = offer

@@ -20,6 +20,17 @@ def upload(client, data: bytes, name="train.jsonl", **extra):
     )
 
 
+def test_a_multipart_body_that_does_not_parse_says_so(api):
+    response = api.post(
+        "/v1/datasets",
+        b"--x\r\n",
+        content_type="multipart/form-data",  # no boundary
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_multipart" and "JSON" not in error["message"]
+
+
 def good_file(per_label=10):
     rows = [
         {"text": f"ticket {label} number {i}", "label": label}

@@ -159,7 +159,7 @@ def test_scope_and_isolation(tenant, other_tenant, client_for, make_dataset):
         ("get", f"/v1/fine-tunes/{job['id']}/events"),
         ("post", f"/v1/fine-tunes/{job['id']}/cancel"),
     ]:
-        assert_error(getattr(other, method)(path), 404, "job_not_found")
+        assert_error(getattr(other, method)(path), 404, "job_not_found", param="id")
     assert other.get("/v1/fine-tunes").json()["data"] == []
     # Another tenant's dataset cannot be trained on either.
     response = create(other, base_model="minilm-l6", training_dataset=job["training_dataset"])

@@ -66,6 +66,7 @@ def test_bad_credentials_are_401_in_the_error_shape(header, code):
     assert error["type"] == "authentication" and error["code"] == code
     assert set(error) == {"type", "code", "message", "param"}
     assert response["X-Request-Id"].startswith("req_")
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
 
 
 def test_revoke_takes_effect_on_the_next_request(api):

@@ -63,6 +63,13 @@ def test_a_body_that_is_not_a_json_object_is_a_400(api, raw):
     assert response.json()["error"]["type"] == "invalid_request"
 
 
+@pytest.mark.parametrize("path", ["/v1/classify", "/v1/api-keys", "/v1/subscription"])
+def test_a_null_body_is_not_an_object_either(api, path):
+    response = api.post(path, b"null", content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request_body"
+
+
 @pytest.mark.parametrize("path", ["/v1/classify", "/v1/api-keys", "/v1/fine-tunes"])
 @pytest.mark.parametrize("raw", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000])
 def test_json_nested_beyond_the_parser_is_a_400_not_a_500(api, path, raw):
@@ -138,8 +145,9 @@ def test_nul_characters_are_bad_input_not_a_server_error(api, method, path, body
 @pytest.mark.parametrize(
     ("path", "param"),
     [
-        ("/v1/models/ft%00x", "model_id"),
-        ("/v1/api-keys/key_%00", "key_id"),
+        ("/v1/models/ft%00x", "id"),
+        ("/v1/api-keys/key_%00", "id"),
+        ("/v1/fine-tunes/ftjob_%00", "id"),
         ("/v1/api-keys?starting_after=key%00", "starting_after"),
     ],
 )

@@ -126,7 +126,9 @@ def test_an_unknown_query_parameter_is_refused_by_name(api, path):
 
 @pytest.mark.django_db
 def test_options_and_undeclared_methods_are_not_judged_by_their_query(api):
-    assert api.options("/v1/models?limit=1").status_code == 200
+    options = api.options("/v1/models?limit=1")
+    assert options.status_code == 200 and options.json() == {}  # no view names, no parsers
+    assert set(options["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "OPTIONS"}
     assert api.put("/v1/models?limit=1").status_code == 405
 
 
