@@ -147,6 +147,14 @@ class TenantAPIView(APIView):
                     code="unknown_parameter",
                     param=unknown,
                 )
+            # ?a=1&a=2: Django keeps the last, another reader the first; neither is asked for.
+            twice = next(
+                (n for n in request.query_params if len(request.query_params.getlist(n)) > 1), None
+            )
+            if twice is not None:
+                raise InvalidRequest(
+                    f"{twice} is given more than once.", code="duplicate_parameter", param=twice
+                )
         _refuse_nul(kwargs, request.query_params)
         post = request.method == "POST"
         check = _key_check(request)

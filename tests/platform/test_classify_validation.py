@@ -63,6 +63,29 @@ def test_a_body_that_is_not_a_json_object_is_a_400(api, raw):
     assert response.json()["error"]["type"] == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"model": "minilm-l6", "inputs": ["x"], "labels": ["a", "b"], "model": "m2"}', "model"),
+        (b'{"model": "minilm-l6", "inputs": ["x"], "examples": [{"text": "t", "label": "a",'
+         b' "text": "u"}]}', "text"),
+    ],
+)  # fmt: skip
+def test_a_member_named_twice_is_refused_not_read_as_the_last(api, raw, param):
+    response = api.post("/v1/classify", raw, content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("duplicate_parameter", param)
+
+
+def test_a_query_parameter_given_twice_is_refused(api):
+    response = api.get("/v1/usage?group_by=day&group_by=model")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("duplicate_parameter", "group_by")
+    assert api.get("/v1/api-keys?limit=1&limit=2").json()["error"]["param"] == "limit"
+
+
 @pytest.mark.parametrize("path", ["/v1/classify", "/v1/api-keys", "/v1/subscription"])
 def test_a_null_body_is_not_an_object_either(api, path):
     response = api.post(path, b"null", content_type="application/json")
