@@ -233,8 +233,8 @@ class ClassifierEngine:
             yield group
 
     def begin(self, request: ClassifyRequest) -> Begun:
-        """Check the request and queue its texts on the batcher; the returned call waits for
-        them and builds the result."""
+        """Check the request and queue its texts on the batcher; the returned ``finish``
+        waits for them and builds the result."""
         if request.get("artifact"):
             return self._begin_fine_tuned(request)
         try:
