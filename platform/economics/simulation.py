@@ -5,7 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ValidationError
+
 from plans.models import Plan
+from plans.terms import price_terms_check
 
 EDITABLE = {
     "base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount",
@@ -23,8 +26,11 @@ def proposed_validate(proposed: Any) -> dict[str, dict[str, Any]]:
             raise ValueError(f"unknown plan {slug!r}")
         if not isinstance(terms, dict) or not set(terms) <= EDITABLE:
             raise ValueError(f"{slug}: only {sorted(EDITABLE)} can be proposed")
-        if "finetune_unit_amount" in terms:
-            terms["finetune_unit_amount"] = Decimal(str(terms["finetune_unit_amount"]))
+        try:
+            proposed[slug] = price_terms_check(terms)
+        except ValidationError as exc:
+            field, problems = next(iter(exc.message_dict.items()))
+            raise ValueError(f"{slug}.{field}: {problems[0]}") from None
     return proposed
 
 

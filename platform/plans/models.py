@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from django.db import models
 
-# Model tiers a plan prices separately. `int8` is the cheaper quantised tier.
-MODEL_TIERS = ("standard", "int8")
+from .terms import MODEL_TIERS, price_terms_check
+
+__all__ = ["MODEL_TIERS", "Plan"]
 
 
 class Plan(models.Model):
@@ -25,7 +26,7 @@ class Plan(models.Model):
     # {"standard": [{"up_to": 1000000, "unit_amount": "40"}, {"up_to": null, ...}], "int8": [...]}
     # Graduated: each tier's unit_amount (minor units per 1,000 inputs) applies to the inputs
     # that fall inside it; the last tier has "up_to": null.
-    overage_tiers = models.JSONField(default=dict)
+    overage_tiers = models.JSONField(default=dict, blank=True)  # {}: no overage (capped plans)
     finetune_unit_amount = models.DecimalField(
         max_digits=12,
         decimal_places=4,
@@ -59,3 +60,13 @@ class Plan(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (v{self.version})"
+
+    def clean(self) -> None:
+        """Price terms the rating engine can price (plans/terms.py); the admin calls it."""
+        price_terms_check(
+            {
+                "overage_tiers": self.overage_tiers,
+                "finetune_unit_amount": self.finetune_unit_amount,
+                "currency": self.currency,
+            }
+        )

@@ -3,6 +3,8 @@ Stripe sync action."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.admin.sites import site
 from django.contrib.messages.storage.fallback import FallbackStorage
@@ -40,6 +42,40 @@ def test_editing_a_version_in_use_saves_the_next_version(tenant, admin_user):
     PlanAdmin(Plan, site).save_model(_request(admin_user), new, form=None, change=True)
     assert Plan.objects.get(pk="free@2").included_inputs == 3_000
     assert Plan.objects.filter(slug="free").count() == 2
+
+
+def _form(admin_user, plan: Plan, **changes):
+    from django.forms.models import model_to_dict
+
+    request = RequestFactory().get("/admin/plans/plan/")
+    request.user = admin_user
+    form_class = PlanAdmin(Plan, site).get_form(request, plan, change=True)
+    data = {**model_to_dict(plan), **changes}
+    data = {k: json.dumps(v) if k == "overage_tiers" else v for k, v in data.items()}
+    return form_class(data=data, instance=Plan.objects.get(pk=plan.pk))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"overage_tiers": [1, 2]}, "overage_tiers"),
+        ({"overage_tiers": {"standard": [{"up_to": 10, "unit_amount": "40"}]}}, "overage_tiers"),
+        ({"overage_tiers": {"gpu": [{"up_to": None, "unit_amount": "4"}]}}, "overage_tiers"),
+        ({"overage_tiers": {"standard": [{"up_to": None, "unit_amount": "-4"}]}}, "overage_tiers"),
+        ({"finetune_unit_amount": "-1"}, "finetune_unit_amount"),
+        ({"currency": "XX"}, "currency"),
+    ],
+)
+def test_the_plan_form_refuses_price_terms_that_cannot_be_priced(admin_user, changes, field):
+    """Saved, such a table made /v1/plans and every rating of usage a 500."""
+    form = _form(admin_user, Plan.objects.get(pk="pro@1"), **changes)
+    assert not form.is_valid()
+    assert field in form.errors, form.errors
+
+
+def test_the_free_plan_saves_unchanged(admin_user):
+    form = _form(admin_user, Plan.objects.get(pk="free@1"))  # overage_tiers {}: no overage
+    assert form.is_valid(), form.errors
 
 
 def test_sync_action_creates_stripe_plans(admin_client, stripe_api):

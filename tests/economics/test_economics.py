@@ -129,3 +129,37 @@ def test_simulate_command_and_admin_pages(ledger, tmp_path, admin_client, capsys
     assert sim.status_code == 200 and b"TOTAL" in sim.content
     bad = admin_client.post("/admin/economics/usagerollup/simulate/", {"prices": '{"gold": {}}'})
     assert b"unknown plan" in bad.content
+
+
+@pytest.mark.parametrize(
+    ("terms", "named"),
+    [
+        ({"overage_tiers": [1, 2]}, "overage_tiers"),
+        ({"overage_tiers": {"gpu": [{"up_to": None, "unit_amount": "1"}]}}, "gpu"),
+        ({"overage_tiers": {"standard": [{"up_to": None, "unit_amount": "-40"}]}}, "at least 0"),
+        ({"overage_tiers": {"standard": [{"up_to": 10, "unit_amount": "40"}]}}, "last tier"),
+        ({"overage_tiers": {"standard": [{"up_to": 9, "unit_amount": "4"},
+                                         {"up_to": 5, "unit_amount": "3"},
+                                         {"up_to": None, "unit_amount": "2"}]}}, "above 9"),
+        ({"base_fee": "abc"}, "base_fee"),
+        ({"base_fee": 39.99}, "base_fee"),  # a float is not money
+        ({"included_inputs": -1000}, "included_inputs"),
+        ({"finetune_unit_amount": "abc"}, "finetune_unit_amount"),
+        ({"finetune_unit_amount": -1}, "finetune_unit_amount"),
+        ({"cached_results_billed": "no"}, "cached_results_billed"),
+    ],
+)  # fmt: skip
+def test_a_price_table_the_rating_engine_cannot_price_is_refused(
+    ledger, admin_client, terms, named
+):
+    """By the simulator, in the admin and as a command, with the reason, never a 500."""
+    import json
+
+    from economics.simulation import proposed_validate
+
+    with pytest.raises(ValueError, match=named):
+        proposed_validate({"pro": terms})
+    page = admin_client.post(
+        "/admin/economics/usagerollup/simulate/", {"prices": json.dumps({"pro": terms})}
+    )
+    assert page.status_code == 200 and named.encode() in page.content
