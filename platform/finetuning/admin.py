@@ -5,8 +5,20 @@ from django.http import HttpRequest
 from .models import FineTuneEvent, FineTuneJob
 
 
+class _ViewOnly(admin.ModelAdmin):
+    """Jobs start, run and are cancelled through the API and the workers, and their events
+    are what happened: operators look, they do not edit. (An edit page would also offer
+    every tenant's datasets or jobs in its choice lists.)"""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(FineTuneJob)
-class FineTuneJobAdmin(admin.ModelAdmin[FineTuneJob]):
+class FineTuneJobAdmin(_ViewOnly):
     list_display = [
         "id",
         "tenant",
@@ -26,7 +38,7 @@ class FineTuneJobAdmin(admin.ModelAdmin[FineTuneJob]):
 
 
 @admin.register(FineTuneEvent)
-class FineTuneEventAdmin(admin.ModelAdmin[FineTuneEvent]):
+class FineTuneEventAdmin(_ViewOnly):
     list_display = ["id", "job", "attempt", "seq", "type", "level", "message", "created_at"]
     list_filter = ["level", "type"]
     search_fields = ["job__id"]

@@ -202,3 +202,21 @@ def test_the_plan_limits_fine_tuned_models(api, tenant, other_tenant, client_for
         402,
         "fine_tuned_model_limit",
     )
+
+
+def test_operators_pages_for_jobs_events_and_models_render(api, tenant, make_dataset, admin_client):
+    """Their change pages used to be a 500: a choice list of another tenant-scoped model."""
+    from finetuning.models import FineTuneEvent
+
+    job = create(api, base_model="minilm-l6", training_dataset=make_dataset(tenant).id).json()
+    event = FineTuneEvent.objects.unscoped().filter(job_id=job["id"]).first()
+    pages = [
+        f"/admin/finetuning/finetunejob/{job['id']}/change/",
+        "/admin/inference/aimodel/minilm-l6-int8/change/",
+        "/admin/finetuning/finetunejob/",
+        "/admin/finetuning/finetuneevent/",
+    ]
+    if event is not None:
+        pages.append(f"/admin/finetuning/finetuneevent/{event.pk}/change/")
+    for page in pages:
+        assert admin_client.get(page).status_code == 200, page
