@@ -3,6 +3,7 @@ can be fractional (per 1,000 inputs) is a decimal string, as Stripe's ``*_decima
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
@@ -117,6 +118,11 @@ class UpcomingInvoiceSerializer(serializers.Serializer[Any]):
     amount_due = serializers.IntegerField()
 
 
+def _decimal(amount: object) -> str:
+    """A unit price as Stripe writes ``*_decimal`` fields: "10", "0.5" (never "1E+1")."""
+    return format(Decimal(str(amount)).normalize(), "f")
+
+
 def plan_render(plan: Plan) -> dict[str, Any]:
     tiers = plan.overage_tiers or {}
     overage = {
@@ -124,7 +130,7 @@ def plan_render(plan: Plan) -> dict[str, Any]:
             "tiers_mode": "graduated",
             "per": 1000,
             "tiers": [
-                {"up_to": t.get("up_to"), "unit_amount_decimal": str(t["unit_amount"])}
+                {"up_to": t.get("up_to"), "unit_amount_decimal": _decimal(t["unit_amount"])}
                 for t in tiers[tier]
             ],
         }
@@ -141,7 +147,7 @@ def plan_render(plan: Plan) -> dict[str, Any]:
         "interval": "month",
         "included_inputs": plan.included_inputs,
         "overage": overage,
-        "finetune_unit_amount_decimal": str(plan.finetune_unit_amount.normalize()),
+        "finetune_unit_amount_decimal": _decimal(plan.finetune_unit_amount),
         "limits": {
             "requests_per_minute": plan.rate_limit_per_minute,
             "key_requests_per_minute": plan.key_rate_limit_per_minute,

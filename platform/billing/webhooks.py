@@ -62,6 +62,9 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
         isinstance(data, dict)
         and isinstance(event.get("id"), str)
         and isinstance(event.get("type"), str)
+        # StripeEvent's columns (Stripe's own ids and types are far shorter).
+        and 0 < len(event["id"]) <= 100
+        and 0 < len(event["type"]) <= 100
         and isinstance(data.get("object"), dict)
         # NOTE: PostgreSQL's jsonb cannot store NUL; Stripe never sends one.
         and b"\\u0000" not in payload

@@ -165,7 +165,8 @@ def limits_admit(
     terms = enforcement_for(api_key)
     plan = terms.plan
     if billable and terms.blocked_reason:
-        raise APIError(terms.blocked_reason, status=402, code="payment_required")
+        # The same code as a fine-tune refused for it (finetuning.services).
+        raise APIError(terms.blocked_reason, status=402, code="subscription_unpaid")
     tenant_id = api_key.tenant_id
     keys = [
         f"rl:t:{tenant_id}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -24,6 +25,9 @@ def test_plans_are_the_public_catalogue(tenant, client_for):
     }
     assert pro["overage"]["int8"]["tiers"][-1]["up_to"] is None
     assert pro["finetune_unit_amount_decimal"] == "0.5"
+    from billing.serializers import _decimal
+
+    assert [_decimal(x) for x in (Decimal("1E+1"), "10.000", 7, "0.50")] == ["10", "10", "7", "0.5"]
     assert pro["limits"]["monthly_inputs_cap"] is None
     assert plans["free"]["limits"]["monthly_inputs_cap"] == 10_000
     assert plans["free"]["features"] == {

@@ -57,6 +57,9 @@ def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server)
         json.dumps({**event, "data": ["not", "an", "object"]}).encode(),
         json.dumps({**event, "data": "text"}).encode(),
         json.dumps({**event, "id": "evt_\u0000"}).encode(),  # jsonb cannot hold NUL
+        json.dumps({**event, "id": "evt_" + "x" * 200}).encode(),  # past the column
+        json.dumps({**event, "type": "t" * 101}).encode(),
+        json.dumps({**event, "id": ""}).encode(),
     ]  # fmt: skip
     for payload in malformed:
         response = _post(url, payload, {"Stripe-Signature": sign(payload)})

@@ -244,7 +244,7 @@ def test_unpaid_beyond_grace_blocks_billable_calls_only(tenant, settings):
     body = {"model": "minilm-l6", "inputs": ["a"], "labels": ["x", "y"]}
     response = client.post("/v1/classify", body, format="json")
     assert response.status_code == 402
-    assert response.json()["error"]["code"] == "payment_required"
+    assert response.json()["error"]["code"] == "subscription_unpaid"
     assert client.get("/v1/models").status_code == 200
     assert client.get("/v1/usage").status_code == 200
 
