@@ -22,7 +22,7 @@ from .models import UsageRollup
 GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id")
 
 
-def _plans_of(tenant_ids: set[str]) -> dict[str, str]:
+def tenant_plans_now(tenant_ids: set[str]) -> dict[str, str]:
     """Each tenant's plan version now (tenants without a subscription are on free)."""
     subs = Subscription.objects.unscoped().filter(tenant_id__in=tenant_ids)
     plans = dict(subs.values_list("tenant_id", "plan_id"))
@@ -34,14 +34,15 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
     rows = list(rows)
     if not rows:
         return
-    plans = _plans_of({row.tenant_id for row in rows})
+    unstamped = {row.tenant_id for row in rows if not row.plan_id}
+    plans = tenant_plans_now(unstamped) if unstamped else {}
     sums: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(
         lambda: {"requests": 0, "inputs": 0, "cached": 0, "tokens": 0, "compute_ms": 0.0,
                  "cost_micros": Decimal(0)}
     )  # fmt: skip
     for row in rows:
         grain = (row.occurred_at.date(), row.tenant_id, row.model, row.kind, row.livemode,
-                 plans[row.tenant_id])  # fmt: skip
+                 row.plan_id or plans[row.tenant_id])  # fmt: skip
         s = sums[grain]
         s["requests"] += 1
         s["inputs"] += row.inputs
@@ -63,20 +64,29 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
 
 @transaction.atomic
 def rollups_rebuild() -> int:
-    """Recompute every rollup from the ledger (after a restore, or to correct drift)."""
+    """Recompute every rollup from the ledger (after a restore, or to correct drift), under
+    the plan each row was recorded on (rows from before plans were recorded: the tenant's
+    plan now)."""
     UsageRollup.objects.unscoped().delete()
     ledger = (
         UsageRecord.objects.unscoped()
         .annotate(day=TruncDate("occurred_at"))
-        .values("day", "tenant_id", "model", "kind", "livemode")
+        .values("day", "tenant_id", "model", "kind", "livemode", "plan_id")
         .annotate(
             requests=Count("id"), inputs=Sum("inputs"), cached=Sum("cached"),
             tokens=Sum("tokens"), compute_ms=Sum("compute_ms"), cost_micros=Sum("cost_micros"),
         )
     )  # fmt: skip
     groups = list(ledger)
-    plans = _plans_of({g["tenant_id"] for g in groups})
-    UsageRollup.objects.bulk_create(
-        [UsageRollup(plan_id=plans[g["tenant_id"]], **g) for g in groups], batch_size=1000
-    )
-    return len(groups)
+    plans = tenant_plans_now({g["tenant_id"] for g in groups if not g["plan_id"]})
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for g in groups:
+        g["plan_id"] = g["plan_id"] or plans[g["tenant_id"]]
+        grain = tuple(g[name] for name in GRAIN)
+        if grain in merged:  # stamped and unstamped rows of one plan: one rollup
+            for name in ("requests", "inputs", "cached", "tokens", "compute_ms", "cost_micros"):
+                merged[grain][name] += g[name]
+        else:
+            merged[grain] = g
+    UsageRollup.objects.bulk_create([UsageRollup(**g) for g in merged.values()], batch_size=1000)
+    return len(merged)

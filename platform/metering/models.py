@@ -45,6 +45,11 @@ class UsageRecord(models.Model):
     # hardware price per hour); margin = price - cost is a query, not a guess.
     cost_micros = models.DecimalField(max_digits=20, decimal_places=4, default=0)
     pool = models.CharField(max_length=64, blank=True, default="")
+    # The plan version the tenant was on when the event reached the ledger (a fraction of a
+    # second after the call): margins by plan are those of the plan a call was made on, and
+    # a rebuild of the rollups reproduces them after the tenant changed plans. Empty on rows
+    # written before it was recorded.
+    plan_id = models.CharField(max_length=64, blank=True, default="")
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
 

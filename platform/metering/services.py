@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from core.rows import insert_new
-from economics.services import rollup_apply
+from economics.services import rollup_apply, tenant_plans_now
 from tenants.models import Tenant
 from workers.contract import UsageEvent
 
@@ -52,6 +52,7 @@ class LedgerRow:
     tokens: int
     cached: int
     recorded_at: datetime | None = None
+    plan_id: str = ""
 
 
 def _parse(event: Any) -> tuple[LedgerRow | None, str]:
@@ -119,8 +120,10 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
         # pair was half of the usage consumer's CPU (py-spy, cache hits under 32 clients),
         # 54 us an event by time.process_time against 27 us now (LedgerRow included).
         now = timezone.now()
+        plans = tenant_plans_now(known)
         for row in rows.values():
             row.recorded_at = now  # what auto_now_add would set
+            row.plan_id = plans[row.tenant_id]
         inserted = insert_new(UsageRecord, list(rows.values()), unique="event_id")
         fresh = [row for event_id, row in rows.items() if event_id in inserted]
         # Margin reports read daily rollups, kept in the same transaction as the ledger.

@@ -105,6 +105,36 @@ def test_rollups_follow_the_ledger_and_rebuild_identically(ledger):
     assert snapshot() == before
 
 
+def test_a_call_stays_under_the_plan_it_was_made_on(ledger):
+    """Margins by plan follow the plan of each call, through a plan change and a rebuild."""
+    from billing.models import Subscription
+    from metering.models import UsageRecord
+    from plans.models import Plan
+
+    pro, _ = ledger
+    sub = Subscription.objects.for_tenant(pro).get()
+    on_pro = sub.plan_id
+    sub.plan = Plan.objects.get(slug="scale", is_current=True)
+    sub.save()
+    usage_record_bulk(events=[event(pro, 3, 7, 5)])  # made on scale
+
+    def plans_by_event():
+        return dict(UsageRecord.objects.for_tenant(pro).values_list("event_id", "plan_id"))
+
+    assert plans_by_event() == {
+        f"req_e{pro.pk}1": on_pro, f"req_e{pro.pk}2": on_pro, f"req_e{pro.pk}3": sub.plan_id
+    }  # fmt: skip
+
+    def rollups():
+        rows = UsageRollup.objects.for_tenant(pro)
+        return sorted((r.plan_id, r.model, r.inputs) for r in rows)
+
+    before = rollups()
+    assert (on_pro, "minilm-l6", 100_000) in before and (sub.plan_id, "minilm-l6", 7) in before
+    rollups_rebuild()
+    assert rollups() == before
+
+
 def test_simulate_command_and_admin_pages(ledger, tmp_path, admin_client, capsys):
     from django.core.management import call_command
 
