@@ -15,6 +15,8 @@ from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse
 
+from ops.metrics import request_observe
+
 from .ids import new_id
 
 # The only pages with a logged-in user: sessions, request.user and messages are theirs.
@@ -34,7 +36,13 @@ class RequestIdMiddleware:
         request.server_timing = {}  # type: ignore[attr-defined]
         response = self.get_response(request)
         _drain(request)
-        timings = {**request.server_timing, "app": (time.perf_counter() - started) * 1000}  # type: ignore[attr-defined]
+        spent = time.perf_counter() - started
+        match = request.resolver_match
+        route = match.route if match is not None and match.route else "unmatched"
+        request_observe(
+            route=route, method=request.method or "", status=response.status_code, seconds=spent
+        )
+        timings = {**request.server_timing, "app": spent * 1000}  # type: ignore[attr-defined]
         response["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
         # An idempotent replay or retry may have swapped in the first attempt's id.
         response["X-Request-Id"] = request.request_id  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.cache import cache
@@ -16,8 +17,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 import metering.metrics  # noqa: F401  # every series is declared, whichever process counts it
+import ops.metrics  # noqa: F401
 from inference.dispatch import queue_depth
 
 
@@ -55,10 +58,27 @@ def readyz(request: HttpRequest) -> JsonResponse:
     )
 
 
+class _QueueDepth:
+    """Classifications waiting for a worker, read from the broker at scrape time (what an
+    autoscaler scales inference workers on)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            depth = queue_depth(fresh=True)
+        except Exception:  # the broker is down: no sample rather than a failed scrape
+            return
+        yield GaugeMetricFamily(
+            "inference_queue_messages", "Messages waiting on the inference queue.", value=depth
+        )
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
     registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several API processes: add up what each wrote to the shared directory.
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry)
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_QueueDepth())
+    return HttpResponse(body + generate_latest(scrape), content_type=CONTENT_TYPE_LATEST)

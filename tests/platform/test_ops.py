@@ -26,6 +26,33 @@ def test_metrics_are_prometheus_text():
     assert b"usage_events_total" in response.content
 
 
+def test_metrics_count_requests_by_route_and_status_and_show_the_queue():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples():
+        text = APIClient().get("/metrics").content.decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    route = (("method", "GET"), ("route", "v1/models/<str:model_id>"), ("status", "401"))
+    unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
+    before = samples()
+    for _ in range(3):
+        APIClient().get("/v1/models/ft:x")  # no key: 401
+    APIClient().get("/no/such/route/123")
+    after = samples()
+    key = "http_requests_total"
+    assert after[(key, route)] - before.get((key, route), 0) == 3
+    assert after[(key, unmatched)] - before.get((key, unmatched), 0) == 1
+    count = ("http_request_duration_seconds_count", (("route", "v1/models/<str:model_id>"),))
+    assert after[count] - before.get(count, 0) == 3
+    assert ("inference_queue_messages", ()) in after
+    assert not any("ft:x" in str(labels) for _, labels in after)  # ids name no series
+
+
 def test_openapi_describes_every_public_route():
     response = APIClient().get("/v1/openapi.json")
     assert response.status_code == 200

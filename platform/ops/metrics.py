@@ -1,0 +1,25 @@
+"""The API's own series: requests by route, method and status, and how long they took.
+
+``route`` is the URL pattern (``v1/models/<str:model_id>``), never the path itself, so
+ids do not multiply the series; a path that matches no route is ``unmatched``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "Requests the API answered.", ["route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time the API spent on a request, by route (Server-Timing's app part).",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def request_observe(*, route: str, method: str, status: int, seconds: float) -> None:
+    method = method if method in _METHODS else "other"  # a client's method names no series
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_DURATION.labels(route).observe(seconds)
