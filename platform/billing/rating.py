@@ -3,7 +3,12 @@
 Pure arithmetic on integers and Decimals (never floats): included inputs first (applied to
 the dearest tier first, in the customer's favour), then graduated overage per model tier,
 then fine-tuning per 1,000 trained tokens. Amounts are rounded half-up to whole minor units
-once per line, so the lines always add up to the total that is invoiced."""
+once per line, so the lines always add up to the total that is invoiced.
+
+A period in which the tenant changed plans is priced plan by plan: each ledger row by the
+plan it was made on (``UsageRecord.plan_id``), each plan's included inputs covering the
+usage made on it. So a change never re-prices usage already made, nor what was already
+pushed to Stripe for it."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.db.models import Q, Sum
+from django.db.models import Sum
 
 from metering.models import UsageRecord
 from plans.models import MODEL_TIERS, Plan
@@ -123,33 +128,78 @@ def rate(
     )
 
 
+@dataclass
+class _Usage:
+    inputs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODEL_TIERS, 0))
+    tokens: int = 0
+
+
 def billable_usage(
     *, tenant: Tenant, plan: Plan, start: datetime, end: datetime
-) -> tuple[dict[str, int], int]:
-    """(inputs by model tier, trained tokens) of a tenant's live usage in [start, end)."""
+) -> dict[Plan, _Usage]:
+    """A tenant's live usage in [start, end) by the plan each row was made on: (inputs by
+    model tier, trained tokens). Rows from before plans were recorded count under ``plan``
+    (the tenant's plan now)."""
     records = UsageRecord.objects.for_tenant(tenant).filter(
         livemode=True, occurred_at__gte=start, occurred_at__lt=end
     )
-    inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
-    rows = (
-        records.filter(kind=UsageRecord.Kind.INFERENCE)
-        .values("model")
-        .annotate(inputs=Sum("inputs"), cached=Sum("cached"))
+    rows = list(
+        records.values("plan_id", "kind", "model").annotate(
+            inputs=Sum("inputs"), cached=Sum("cached"), tokens=Sum("tokens")
+        )
     )
+    plan_ids = {row["plan_id"] for row in rows if row["plan_id"]} - {plan.pk}
+    plans = {plan.pk: plan, "": plan, **Plan.objects.in_bulk(plan_ids)}
+    usage: dict[Plan, _Usage] = {}
     for row in rows:
+        made_on = plans.get(row["plan_id"], plan)  # a plan row is never deleted
+        segment = usage.setdefault(made_on, _Usage())
+        if row["kind"] != UsageRecord.Kind.INFERENCE:
+            segment.tokens += int(row["tokens"] or 0)
+            continue
         count = row["inputs"] or 0
-        if not plan.cached_results_billed:
+        if not made_on.cached_results_billed:
             count -= row["cached"] or 0
-        inputs[model_tier(row["model"])] += max(count, 0)
-    tokens = records.filter(~Q(kind=UsageRecord.Kind.INFERENCE)).aggregate(t=Sum("tokens"))["t"]
-    return inputs, int(tokens or 0)
+        segment.inputs[model_tier(row["model"])] += max(count, 0)
+    return usage
 
 
 def rate_tenant_period(
     *, tenant: Tenant, plan: Plan, start: datetime, end: datetime, include_base_fee: bool = True
 ) -> RatedPeriod:
-    inputs, tokens = billable_usage(tenant=tenant, plan=plan, start=start, end=end)
-    return rate(
-        plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
-        period_start=start, period_end=end, include_base_fee=include_base_fee,
-    )  # fmt: skip
+    """The period priced: ``plan`` (the tenant's plan now) for the base fee, and each plan
+    the period's usage was made on for that usage (one line per key, their sum)."""
+    usage = billable_usage(tenant=tenant, plan=plan, start=start, end=end)
+    segments = sorted(usage.items(), key=lambda item: item[0] != plan)  # the current first
+    lines: dict[str, ChargeLine] = {}
+    if include_base_fee and plan.base_fee:
+        lines["base_fee"] = ChargeLine("base_fee", f"{plan.name} plan", 1, plan.base_fee)
+    for made_on, segment in segments:
+        part = rate(
+            plan=made_on,
+            inputs_by_tier=segment.inputs,
+            trained_tokens=segment.tokens,
+            period_start=start,
+            period_end=end,
+            include_base_fee=False,
+        )
+        for line in part.lines:
+            text = line.description
+            if len(segments) > 1:  # say which plan each part of a line was priced on
+                text = f"{made_on.name} (v{made_on.version}): {text}"
+            was = lines.get(line.key)
+            if was is not None:
+                text = f"{was.description}; {text}"
+                line = ChargeLine(
+                    line.key, text, was.quantity + line.quantity, was.amount + line.amount
+                )
+            lines[line.key] = ChargeLine(line.key, text, line.quantity, line.amount)
+    return RatedPeriod(
+        plan_id=plan.id,
+        currency=plan.currency,
+        period_start=start,
+        period_end=end,
+        inputs_by_tier={t: sum(s.inputs[t] for s in usage.values()) for t in MODEL_TIERS},
+        trained_tokens=sum(s.tokens for s in usage.values()),
+        lines=list(lines.values()),
+    )

@@ -53,6 +53,14 @@ def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+def free_period_from(moment: datetime) -> tuple[datetime, datetime]:
+    """The period of a tenant that leaves a paid plan for free at ``moment``: from then to
+    the end of its calendar month (then calendar months). Usage before it was billed with
+    the paid plan on its final invoice, and must neither show on free's upcoming invoice
+    nor count against free's quota."""
+    return moment, calendar_month(moment)[1]
+
+
 def _at(seconds: int | None) -> datetime | None:
     return datetime.fromtimestamp(int(seconds), tz=UTC) if seconds else None
 
@@ -167,11 +175,12 @@ def _apply_stripe(sub: Subscription, stripe_sub: dict[str, Any], observed_at: in
     sub.stripe_updated_at = observed_at
     if status == Subscription.Status.CANCELED:
         # Cancelled in Stripe (by us moving to free, or by dunning): the tenant is on free.
+        if sub.stripe_subscription_id:  # not moved to free already (by _move_to_free)
+            sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
         sub.plan = Plan.objects.get(slug=FREE_SLUG, is_current=True)
         sub.status = Subscription.Status.ACTIVE
         sub.stripe_subscription_id = ""
         sub.past_due_since = None
-        sub.current_period_start, sub.current_period_end = calendar_month(timezone.now())
         return
     plan = _stripe_plan(stripe_sub)
     if plan is None:
@@ -205,7 +214,7 @@ def _move_to_free(sub: Subscription, free: Plan) -> None:
     sub.stripe_subscription_id = ""
     sub.past_due_since = None
     sub.stripe_updated_at = int(time.time())
-    sub.current_period_start, sub.current_period_end = calendar_month(timezone.now())
+    sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
 
 
 def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str, Any]:

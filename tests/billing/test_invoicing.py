@@ -19,11 +19,11 @@ from metering.models import UsageRecord
 pytestmark = pytest.mark.django_db
 
 
-def _usage(tenant, inputs, model="minilm-l6"):
+def _usage(tenant, inputs, model="minilm-l6", plan_id=""):
     UsageRecord.objects.create(
         event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
         livemode=True, model=model, inputs=inputs, tokens=inputs * 10, compute_ms=1.0,
-        occurred_at=timezone.now(),
+        occurred_at=timezone.now(), plan_id=plan_id,
     )  # fmt: skip
 
 
@@ -68,6 +68,32 @@ def test_usage_pushed_twice_is_billed_once(pro_tenant, stripe_api, client_for):
         ("base_fee", 4900), ("usage:standard", 2400), ("usage:int8", 24),
     }  # fmt: skip
     assert upcoming["total"] == 4900 + 2400 + 24
+
+
+def test_a_plan_change_never_reprices_usage_made_before_it(pro_tenant, stripe_api, client_for):
+    """Pro's overage stays priced at pro after an upgrade to scale (whose 2,000,000
+    included inputs would otherwise swallow it): what was pushed still matches the ledger,
+    and what was not pushed yet still goes."""
+    on_pro = Subscription.objects.for_tenant(pro_tenant).get().plan_id
+    _usage(pro_tenant, 150_000, plan_id=on_pro)  # 50,000 over pro's 100,000: 2,000
+    assert [(p.line, p.amount) for p in usage_charges_push(tenant=pro_tenant)] == [
+        ("usage:standard", 2000)
+    ]
+    _usage(pro_tenant, 10_000, plan_id=on_pro)  # made on pro, not pushed before the change
+    subscription_change(tenant=pro_tenant, plan_slug="scale")
+    sub = Subscription.objects.for_tenant(pro_tenant).get()
+    assert sub.plan.slug == "scale"
+    _usage(pro_tenant, 5_000, plan_id=sub.plan_id)  # within scale's included inputs
+    assert [(p.line, p.amount) for p in usage_charges_push(tenant=pro_tenant)] == [
+        ("usage:standard", 400)
+    ]
+    client = client_for(pro_tenant, ["billing"])
+    upcoming = client.get("/v1/invoices/upcoming").json()
+    usage = {line["key"]: line for line in upcoming["lines"] if line["key"].startswith("usage")}
+    assert usage["usage:standard"]["amount"] == 2400
+    assert "Pro" in usage["usage:standard"]["description"]
+    assert client.get("/v1/usage").json()["total"]["amount"] == 2400
+    assert reconciliation_run(tenant=pro_tenant).difference == 0
 
 
 def test_a_push_that_died_before_stripe_answered_is_retried_under_its_key(pro_tenant, stripe_api):

@@ -3,8 +3,11 @@ on the upcoming invoice, cancellation back to free, declines as 402."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from billing.models import Subscription
 from billing.stripe_sync import plans_sync_to_stripe
@@ -83,6 +86,10 @@ def test_moving_to_free_cancels_the_stripe_subscription(tenant, client_for, stri
     sub = _local(tenant)
     assert sub.plan_id == "free@1" and sub.stripe_subscription_id == ""
     assert sub.stripe_customer_id  # the customer stays, for the next upgrade
+    # Free starts now, to the end of the month: what was used on pro was billed on pro's
+    # final invoice and counts neither on free's upcoming invoice nor against its quota.
+    assert timezone.now() - sub.current_period_start < timedelta(seconds=30)
+    assert sub.current_period_end.day == 1 and sub.current_period_end > timezone.now()
     # Back to a paid plan: a new Stripe subscription for the same customer.
     client.post("/v1/subscription", {"plan": "pro"}, format="json")
     again = _local(tenant)
