@@ -32,7 +32,11 @@ from .subscriptions import (
 )
 
 STRIPE_ERRORS = {
-    402: OpenApiResponse(ErrorSerializer, description="The payment method was declined."),
+    402: OpenApiResponse(
+        ErrorSerializer,
+        description="The payment method was declined (card_declined), or the subscription"
+        " is past due and the new plan is a paid one (subscription_unpaid).",
+    ),
     503: OpenApiResponse(ErrorSerializer, description="The payment provider did not answer."),
 }
 

@@ -9,3 +9,7 @@ WEBHOOK_NO_SIGNATURE = "Missing Stripe-Signature header."
 WEBHOOK_BAD_SIGNATURE = "The signature does not match the payload, or it is too old."
 WEBHOOK_BAD_PAYLOAD = "The payload is not a Stripe event."
 WEBHOOK_NOT_CONFIGURED = "No webhook secret is configured."
+PAST_DUE_CHANGE = (
+    "The subscription is past due: pay its open invoice before moving to another paid plan "
+    "(moving to free is allowed)."
+)

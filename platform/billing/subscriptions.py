@@ -271,6 +271,9 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
     sub = subscription_get_or_create(tenant=tenant)
     if sub.plan_id == plan.id:
         return sub
+    if plan.base_fee and sub.status == Subscription.Status.PAST_DUE:
+        # A new paid plan would raise a new invoice on a card that is failing already.
+        raise PaymentRequired(messages.PAST_DUE_CHANGE, code="subscription_unpaid")
     if not plan.base_fee:
         _move_to_free(sub, plan)
         sub.save()

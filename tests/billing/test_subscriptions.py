@@ -97,6 +97,18 @@ def test_moving_to_free_cancels_the_stripe_subscription(tenant, client_for, stri
     assert again.stripe_customer_id == sub.stripe_customer_id
 
 
+def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, stripe_api):
+    client = client_for(tenant, ["billing"])
+    client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    Subscription.objects.for_tenant(tenant).update(status="past_due")
+    refused = client.post("/v1/subscription", {"plan": "scale"}, format="json")
+    assert refused.status_code == 402
+    assert refused.json()["error"]["code"] == "subscription_unpaid"
+    assert _local(tenant).plan_id == "pro@1"
+    # Leaving for free is allowed (it cancels the subscription).
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+
+
 def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_api):
     customer = stripe_api.Customer.create(name=tenant.name, metadata={"tenant_id": tenant.id})
     card = stripe_api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer.id)
