@@ -129,14 +129,16 @@ def rate(
 
 
 @dataclass
-class _Usage:
+class PlanUsage:
+    """Billable usage made on one plan: inputs by model tier, trained tokens."""
+
     inputs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODEL_TIERS, 0))
     tokens: int = 0
 
 
 def billable_usage(
     *, tenant: Tenant, plan: Plan, start: datetime, end: datetime
-) -> dict[Plan, _Usage]:
+) -> dict[Plan, PlanUsage]:
     """A tenant's live usage in [start, end) by the plan each row was made on: (inputs by
     model tier, trained tokens). Rows from before plans were recorded count under ``plan``
     (the tenant's plan now)."""
@@ -150,10 +152,10 @@ def billable_usage(
     )
     plan_ids = {row["plan_id"] for row in rows if row["plan_id"]} - {plan.pk}
     plans = {plan.pk: plan, "": plan, **Plan.objects.in_bulk(plan_ids)}
-    usage: dict[Plan, _Usage] = {}
+    usage: dict[Plan, PlanUsage] = {}
     for row in rows:
         made_on = plans.get(row["plan_id"], plan)  # a plan row is never deleted
-        segment = usage.setdefault(made_on, _Usage())
+        segment = usage.setdefault(made_on, PlanUsage())
         if row["kind"] != UsageRecord.Kind.INFERENCE:
             segment.tokens += int(row["tokens"] or 0)
             continue

@@ -241,10 +241,10 @@ def test_an_int8_variant_is_offered_served_billed_at_its_tier_and_deleted_with_i
     tenant = AIModel.objects.unscoped().get(pk=model).tenant
     plan = Plan.objects.get(slug="pro", is_current=True)
     now = timezone.now()
-    inputs, _ = billable_usage(
+    usage = billable_usage(
         tenant=tenant, plan=plan, start=now - timedelta(hours=1), end=now + timedelta(hours=1)
     )
-    assert inputs == {"standard": 4, "int8": 4}
+    assert [segment.inputs for segment in usage.values()] == [{"standard": 4, "int8": 4}]
 
     # Another tenant: 404 for the variant, everywhere.
     with http(make_key(TenantFactory(), ["admin"])) as other:
