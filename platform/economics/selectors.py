@@ -4,7 +4,9 @@ Everything reads the daily rollups, never the raw ledger. Revenue is what the ra
 charges for each tenant-month (base fee prorated by the share of the month the range
 covers, included inputs, graduated overage per tier, fine-tuning), shared among the month's
 rollup rows by quantity: usage lines by inputs of their tier, fine-tuning by trained
-tokens, the base fee by inputs. Cost is the workers' compute time x their hourly price.
+tokens, the base fee by inputs. As in billing, usage is priced by the plan it was made on
+(rollups keep it), each plan's included inputs covering its own usage; the base fee is the
+plan the tenant-month ends on. Cost is the workers' compute time x their hourly price.
 Both are reported in micro-units of the currency so that a margin per call is visible."""
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ def _revenue(
     month: tuple[datetime, datetime],
     start: datetime,
     end: datetime,
+    include_base_fee: bool = True,
 ) -> dict[int, int]:
-    """Minor units of revenue per rollup row (by id) for one tenant-month."""
+    """Minor units of revenue per rollup row (by id) for one tenant-month's rows made on
+    ``plan``."""
     inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
     tokens = 0
     for row in rows:
@@ -54,7 +58,8 @@ def _revenue(
         else:
             tokens += row.tokens
     rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
-                 period_start=month[0], period_end=month[1])  # fmt: skip
+                 period_start=month[0], period_end=month[1],
+                 include_base_fee=include_base_fee)  # fmt: skip
     covered = (min(end, month[1]) - max(start, month[0])) / (month[1] - month[0])
     revenue: dict[int, int] = defaultdict(int)
     for line in rated.lines:
@@ -94,15 +99,20 @@ def _rows_with_money(
     plan_of = _plan_cache()
     out: list[tuple[UsageRollup, int, Plan]] = []
     month_bounds = {m[0].date(): m for m in months(start, end)}
-    for (_, month_start), rows in _month_rows(start, end).items():
-        plan = plan_of(rows[-1].plan_id)
-        if proposed and plan.slug in proposed:
-            plan = copy.copy(plan)
-            for name, value in proposed[plan.slug].items():
-                setattr(plan, name, value)
+    for (_, month_start), month_rows in _month_rows(start, end).items():
         month = month_bounds[month_start]
-        revenue = _revenue(rows, plan, month, start, end)
-        out += [(row, revenue[row.pk], plan) for row in rows]
+        last = month_rows[-1].plan_id  # the plan the month ends on: its base fee
+        by_plan: dict[str, list[UsageRollup]] = defaultdict(list)
+        for row in month_rows:
+            by_plan[row.plan_id].append(row)
+        for plan_id, rows in by_plan.items():
+            plan = plan_of(plan_id)
+            if proposed and plan.slug in proposed:
+                plan = copy.copy(plan)
+                for name, value in proposed[plan.slug].items():
+                    setattr(plan, name, value)
+            revenue = _revenue(rows, plan, month, start, end, include_base_fee=plan_id == last)
+            out += [(row, revenue[row.pk], plan) for row in rows]
     return out
 
 

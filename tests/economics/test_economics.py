@@ -193,3 +193,24 @@ def test_a_price_table_the_rating_engine_cannot_price_is_refused(
         "/admin/economics/usagerollup/simulate/", {"prices": json.dumps({"pro": terms})}
     )
     assert page.status_code == 200 and named.encode() in page.content
+
+
+def test_margins_price_usage_by_the_plan_it_was_made_on():
+    """Pro's overage keeps its revenue after the tenant moved to scale in mid-month (whose
+    included inputs would otherwise swallow it), as on the invoice."""
+    from billing.models import Subscription
+    from economics.selectors import _rows_with_money
+    from plans.models import Plan
+
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    usage_record_bulk(events=[event(tenant, 1, 150_000, 9)])  # 50,000 over pro's 100,000
+    sub = Subscription.objects.for_tenant(tenant).get()
+    sub.plan = Plan.objects.get(slug="scale", is_current=True)
+    sub.save()
+    usage_record_bulk(events=[event(tenant, 2, 1_000, 1)])
+    rows = [(row.plan_id, revenue) for row, revenue, _ in _rows_with_money(MONTH, NEXT)
+            if row.tenant_id == tenant.pk]  # fmt: skip
+    revenue = dict(rows)
+    assert revenue["pro@1"] == 2_000  # 50,000 x 40 per 1,000, and no base fee of its own
+    assert revenue[sub.plan_id] > 0  # scale's base fee, prorated to the range
