@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -15,20 +15,27 @@ from django.urls import URLPattern, path
 
 from .models import UsageRollup
 from .selectors import DIMENSIONS, margins, pricing_simulate
-from .simulation import format_report, proposed_validate
+from .simulation import format_report, moment_parse, proposed_validate
 
 
 def _range(request: HttpRequest) -> tuple[datetime, datetime]:
+    """``?start=&end=`` (ISO 8601, UTC unless an offset says otherwise), else this month;
+    a value that does not parse, or a start not before the end, is said on the page."""
     now = datetime.now(UTC)
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
+    default = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start, end = default, (default + timedelta(days=32)).replace(day=1)
     try:
         if request.GET.get("start"):
-            start = datetime.fromisoformat(request.GET["start"]).replace(tzinfo=UTC)
+            start = moment_parse(request.GET["start"])
         if request.GET.get("end"):
-            end = datetime.fromisoformat(request.GET["end"]).replace(tzinfo=UTC)
-    except ValueError:
-        pass
+            end = moment_parse(request.GET["end"])
+    except ValueError as exc:
+        example = "2026-11-01 or 2026-11-01T00:00+05:00"
+        messages.error(request, f"Dates must be ISO 8601 ({example}): {exc}")
+        return default, (default + timedelta(days=32)).replace(day=1)
+    if start >= end:
+        messages.error(request, "start must be before end; showing this month.")
+        return default, (default + timedelta(days=32)).replace(day=1)
     return start, end
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,13 @@ EDITABLE = {
     "base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount",
     "cached_results_billed",
 }  # fmt: skip
+
+
+def moment_parse(text: str) -> datetime:
+    """An ISO 8601 date or datetime; with an offset it is converted to UTC (not relabelled),
+    without one it is UTC. ValueError when it is neither."""
+    moment = datetime.fromisoformat(text.strip())
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def proposed_validate(proposed: Any) -> dict[str, dict[str, Any]]:

@@ -214,3 +214,16 @@ def test_margins_price_usage_by_the_plan_it_was_made_on():
     revenue = dict(rows)
     assert revenue["pro@1"] == 2_000  # 50,000 x 40 per 1,000, and no base fee of its own
     assert revenue[sub.plan_id] > 0  # scale's base fee, prorated to the range
+
+
+def test_the_margins_page_reads_offsets_and_says_what_it_cannot_read(ledger, admin_client):
+    from economics.simulation import moment_parse
+
+    assert moment_parse("2026-11-01T05:00+05:00") == datetime(2026, 11, 1, tzinfo=UTC)
+    assert moment_parse("2026-11-01") == datetime(2026, 11, 1, tzinfo=UTC)
+    garbage = admin_client.get("/admin/economics/usagerollup/margins/?start=garbage")
+    assert garbage.status_code == 200 and b"ISO 8601" in garbage.content
+    backwards = admin_client.get(
+        "/admin/economics/usagerollup/margins/?start=2026-12-01&end=2026-11-01"
+    )
+    assert backwards.status_code == 200 and b"must be before end" in backwards.content

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from economics.selectors import pricing_simulate
-from economics.simulation import format_report, proposed_validate
+from economics.simulation import format_report, moment_parse, proposed_validate
 
 
 class Command(BaseCommand):
@@ -25,8 +24,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            start = datetime.fromisoformat(options["start"]).replace(tzinfo=UTC)
-            end = datetime.fromisoformat(options["end"]).replace(tzinfo=UTC)
+            start, end = moment_parse(options["start"]), moment_parse(options["end"])
+            if start >= end:
+                raise ValueError("--start must be before --end")
             proposed = proposed_validate(json.loads(Path(options["prices"]).read_text()))
         except (ValueError, OSError) as exc:
             raise CommandError(str(exc)) from exc
