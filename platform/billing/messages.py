@@ -13,3 +13,7 @@ PAST_DUE_CHANGE = (
     "The subscription is past due: pay its open invoice before moving to another paid plan "
     "(moving to free is allowed)."
 )
+CHANGE_IN_PROGRESS = (
+    "Another change of this subscription is still in progress; retry when it has finished."
+)
+LOCK_STORE_DOWN = "The subscription could not be changed (Redis unreachable); retry shortly."

@@ -4,18 +4,22 @@ enforcement reads."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 import stripe
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from redis.exceptions import LockError
 
-from core.errors import InvalidRequest
+from core.errors import Conflict, InvalidRequest, Overloaded
+from limits.services import redis_client
 from plans.models import Plan
 from tenants.models import Tenant
 from tenants.selectors import tenant_context_forget
@@ -32,6 +36,10 @@ from .stripe_client import (
 from .stripe_sync import plan_sync_to_stripe
 
 logger = logging.getLogger(__name__)
+# A plan change holds its tenant's lock for at most this long (Stripe calls included), and
+# a concurrent one waits this long for it before answering 409.
+CHANGE_LOCK_S = 120
+CHANGE_WAIT_S = 30
 
 FREE_SLUG = "free"
 # Stripe's statuses onto ours. `incomplete` (first payment not through) and `unpaid`
@@ -262,13 +270,35 @@ def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str
 def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
     """Move the tenant to the current version of a plan: a paid plan creates or changes the
     Stripe subscription (with proration), ``free`` cancels it. Asking for the plan the
-    tenant is already on changes nothing."""
+    tenant is already on changes nothing.
+
+    One change at a time per tenant (a Redis lock around the read and the Stripe calls):
+    two concurrent changes from free would otherwise each create a Stripe subscription, and
+    the loser would keep renewing, unrecorded. A change that waits longer than
+    ``CHANGE_WAIT_S`` for the one before it is a 409."""
     plan = plan_current(slug=plan_slug)
     if plan is None:
         raise InvalidRequest(
             messages.UNKNOWN_PLAN.format(plan=plan_slug), code="resource_missing", param="plan"
         )
-    sub = subscription_get_or_create(tenant=tenant)
+    lock = redis_client().lock(
+        f"subscription-change:{tenant.pk}", timeout=CHANGE_LOCK_S, blocking_timeout=CHANGE_WAIT_S
+    )
+    try:
+        acquired = lock.acquire()
+    except redis.RedisError:
+        raise Overloaded(messages.LOCK_STORE_DOWN, code="broker_unavailable") from None
+    if not acquired:
+        raise Conflict(messages.CHANGE_IN_PROGRESS, code="subscription_change_in_progress")
+    try:
+        return _change_locked(tenant, plan)
+    finally:
+        with contextlib.suppress(redis.RedisError, LockError):
+            lock.release()
+
+
+def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
+    sub = subscription_get_or_create(tenant=tenant)  # read under the lock
     if sub.plan_id == plan.id:
         return sub
     if plan.base_fee and sub.status == Subscription.Status.PAST_DUE:

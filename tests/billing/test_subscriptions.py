@@ -97,6 +97,35 @@ def test_moving_to_free_cancels_the_stripe_subscription(tenant, client_for, stri
     assert again.stripe_customer_id == sub.stripe_customer_id
 
 
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_plan_changes_leave_one_stripe_subscription(tenant, stripe_api):
+    """Four changes at once from free, to two plans: one Stripe subscription in the end,
+    the one the platform records (each used to create its own, and three renewed
+    unrecorded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from billing.subscriptions import subscription_change
+
+    def change(slug):
+        try:
+            return subscription_change(tenant=tenant, plan_slug=slug).plan.slug
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(change, ["pro", "scale", "pro", "scale"]))
+    sub = _local(tenant)
+    assert sub.plan.slug == results[-1] or sub.plan.slug in results
+    live = [
+        s for s in stripe_api.Subscription.list(limit=100).data
+        if s.to_dict().get("metadata", {}).get("tenant_id") == tenant.id
+        and s.status not in ("canceled", "incomplete_expired")
+    ]  # fmt: skip
+    assert [s.id for s in live] == [sub.stripe_subscription_id]
+
+
 def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, stripe_api):
     client = client_for(tenant, ["billing"])
     client.post("/v1/subscription", {"plan": "pro"}, format="json")
