@@ -49,7 +49,12 @@ class ApiKeySerializer(serializers.Serializer[Any]):
 
 
 class ApiKeyWithSecretSerializer(ApiKeySerializer):
-    secret = serializers.CharField(help_text="Shown once. Store it now; it cannot be retrieved.")
+    secret = serializers.CharField(
+        allow_null=True,
+        help_text="Shown once. Store it now; it cannot be retrieved. A replay of the request "
+        "(same Idempotency-Key) answers null here: only a hash of the secret is kept; rotate "
+        "the key if the first answer was lost.",
+    )
 
 
 class ApiKeyListSerializer(serializers.Serializer[Any]):

@@ -29,8 +29,9 @@ PLATFORM_QUEUE = "platform"
 app.conf.task_routes = {
     "billing.*": {"queue": PLATFORM_QUEUE},
     "limits.*": {"queue": PLATFORM_QUEUE},
+    "core.*": {"queue": PLATFORM_QUEUE},
 }
-app.autodiscover_tasks(lambda: ["billing", "limits"])
+app.autodiscover_tasks(lambda: ["billing", "limits", "core"])
 app.conf.beat_schedule = {
     # Usage charges go to Stripe through the period; the last ones when it closes (the
     # subscription webhook of the renewal enqueues that push).
@@ -43,4 +44,6 @@ app.conf.beat_schedule = {
     "billing-stripe-events-sweep": {"task": "billing.stripe_events_sweep", "schedule": 300.0},
     # Quota counters that lag the ledger (a lost settle, a flushed Redis) are raised.
     "limits-quota-reconcile": {"task": "limits.quota_reconcile_all", "schedule": 600.0},
+    # Idempotency records past any replay (they hold response bodies).
+    "core-idempotency-purge": {"task": "core.idempotency_purge", "schedule": 3600.0},
 }

@@ -113,12 +113,30 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str, request_id:
     return Outcome(record=record, replay=False, retry=same_request)
 
 
+def _without_secret(body: Any) -> Any:
+    """What is kept for a replay: an API key's secret is shown once and stored only as a
+    hash (API.md), so a replayed creation or rotation carries ``"secret": null``."""
+    if isinstance(body, dict) and body.get("secret") is not None:
+        return {**body, "secret": None}
+    return body
+
+
 def idempotency_finish(*, record: IdempotencyRecord, status_code: int, body: Any) -> None:
     """Keep a success for replay; release anything else so the client can retry it."""
     records = IdempotencyRecord.objects.for_tenant(record.tenant_id).filter(pk=record.pk)
     if 200 <= status_code < 300:
         records.update(
-            state=IdempotencyRecord.State.COMPLETED, status_code=status_code, response_body=body
+            state=IdempotencyRecord.State.COMPLETED,
+            status_code=status_code,
+            response_body=_without_secret(body),
         )
     else:
         records.update(state=IdempotencyRecord.State.RELEASED, locked_until=timezone.now())
+
+
+def idempotency_purge() -> int:
+    """Delete the records no replay can use any more (older than ``IDEMPOTENCY_TTL_S`` and
+    their lock window); returns how many. Run hourly by the platform worker's beat."""
+    cutoff = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_TTL_S) - _lock_window()
+    deleted, _ = IdempotencyRecord.objects.unscoped().filter(created_at__lt=cutoff).delete()
+    return int(deleted)

@@ -16,11 +16,32 @@ def test_same_key_same_body_replays_the_first_response(api):
     first = post(api, {"name": "a", "scopes": ["inference"]}, "k-1")
     second = post(api, {"scopes": ["inference"], "name": "a"}, "k-1")  # same JSON, other order
     assert first.status_code == second.status_code == 201
-    assert second.json() == first.json()
+    # The same answer, but the secret: shown once, stored only as a hash, never kept for a
+    # replay (the record would have held it in the clear).
+    assert first.json()["secret"].startswith("sk_live_")
+    assert second.json() == {**first.json(), "secret": None}
+    stored = IdempotencyRecord.objects.unscoped().get(key="k-1")
+    assert first.json()["secret"] not in str(stored.response_body)
     assert second["Idempotent-Replayed"] == "true"
     assert second["X-Request-Id"] == first["X-Request-Id"]
     keys = api.get("/v1/api-keys").json()["data"]
     assert sum(1 for k in keys if k["name"] == "a") == 1  # created once
+
+
+def test_records_past_any_replay_are_purged(api):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from core.tasks import idempotency_purge_task
+
+    post(api, {"name": "old", "scopes": ["inference"]}, "k-old")
+    post(api, {"name": "new", "scopes": ["inference"]}, "k-new")
+    IdempotencyRecord.objects.unscoped().filter(key="k-old").update(
+        created_at=timezone.now() - timedelta(days=2)
+    )
+    assert idempotency_purge_task() == 1
+    assert list(IdempotencyRecord.objects.unscoped().values_list("key", flat=True)) == ["k-new"]
 
 
 def test_same_key_other_body_is_409(api):
