@@ -10,7 +10,7 @@ from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
 
-from .models import ApiKey, Scope
+from .models import Scope
 from .serializers import (
     ApiKeyCreateSerializer,
     ApiKeyListSerializer,
@@ -18,7 +18,14 @@ from .serializers import (
     ApiKeySerializer,
     ApiKeyWithSecretSerializer,
 )
-from .services import CreatedKey, api_key_create, api_key_get, api_key_revoke, api_key_rotate
+from .services import (
+    CreatedKey,
+    api_key_create,
+    api_key_get,
+    api_key_revoke,
+    api_key_rotate,
+    api_keys_visible,
+)
 
 
 def _with_secret(created: CreatedKey) -> dict[str, Any]:
@@ -35,7 +42,7 @@ class ApiKeyListCreateApi(TenantAPIView):
         responses={200: ApiKeyListSerializer},
     )
     def get(self, request: Request) -> Response:
-        keys = ApiKey.objects.for_tenant(self.tenant).filter(revoked_at__isnull=True)
+        keys = api_keys_visible(tenant=self.tenant, caller=self.api_key)
         page, has_more = paginate(keys, query_params=request.query_params)
         return Response(list_body(page, has_more, lambda k: ApiKeySerializer(k).data))
 
@@ -62,11 +69,12 @@ class ApiKeyDetailApi(TenantAPIView):
 
     @extend_schema(operation_id="api_keys_retrieve", responses={200: ApiKeySerializer})
     def get(self, request: Request, key_id: str) -> Response:
-        return Response(ApiKeySerializer(api_key_get(tenant=self.tenant, key_id=key_id)).data)
+        key = api_key_get(tenant=self.tenant, key_id=key_id, caller=self.api_key)
+        return Response(ApiKeySerializer(key).data)
 
     @extend_schema(operation_id="api_keys_revoke", responses={200: DeletedSerializer})
     def delete(self, request: Request, key_id: str) -> Response:
-        key = api_key_revoke(tenant=self.tenant, key_id=key_id)
+        key = api_key_revoke(tenant=self.tenant, key_id=key_id, caller=self.api_key)
         return Response({"id": key.id, "object": "api_key", "deleted": True})
 
 
@@ -89,6 +97,9 @@ class ApiKeyRotateApi(TenantAPIView):
         # No body at all is {}; any other body must be an object.
         data = validated(ApiKeyRotateSerializer, {} if request.stream is None else request.data)
         created = api_key_rotate(
-            tenant=self.tenant, key_id=key_id, grace_period_seconds=data["grace_period_seconds"]
+            tenant=self.tenant,
+            key_id=key_id,
+            grace_period_seconds=data["grace_period_seconds"],
+            caller=self.api_key,
         )
         return Response(_with_secret(created))

@@ -17,3 +17,7 @@ ROTATION_IN_GRACE = (
     "rotation. Rotate with grace_period_seconds 0 to end it and the current secret now, or "
     "rotate with a grace period after then."
 )
+TEST_MINTS_LIVE = (
+    'A test-mode key can create test-mode keys only (mode "test"); use a live key to create '
+    "live ones."
+)

@@ -123,6 +123,9 @@ def api_key_create(
     created_by: ApiKey | None = None,
 ) -> CreatedKey:
     scopes = _check_scopes(scopes, created_by)
+    if created_by is not None and not created_by.livemode and mode != ApiKey.Mode.TEST:
+        # As in Stripe, test mode never reaches live objects: a live key would.
+        raise PermissionError_(messages.TEST_MINTS_LIVE, code="livemode_required", param="mode")
     if not scopes:
         raise InvalidRequest(
             "scopes must name at least one scope.", code="invalid_parameter", param="scopes"
@@ -320,22 +323,33 @@ def _touch_last_used(key: ApiKey, now: datetime) -> None:
     key.last_used_at = now
 
 
-def api_key_get(*, tenant: Tenant, key_id: str) -> ApiKey:
-    key = ApiKey.objects.for_tenant(tenant).filter(pk=key_id, revoked_at__isnull=True).first()
+def api_keys_visible(*, tenant: Tenant, caller: ApiKey | None = None) -> Any:
+    """The tenant's keys a caller sees: a test-mode key sees only test-mode keys (as in
+    Stripe, test mode never reaches live objects); a live key, or an operator, sees all."""
+    keys = ApiKey.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
+    if caller is not None and not caller.livemode:
+        keys = keys.filter(mode=ApiKey.Mode.TEST)
+    return keys
+
+
+def api_key_get(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None) -> ApiKey:
+    key = api_keys_visible(tenant=tenant, caller=caller).filter(pk=key_id).first()
     if key is None:
         raise NotFound(messages.KEY_NOT_FOUND.format(key_id=key_id), param="id")
     return key
 
 
 @transaction.atomic
-def api_key_rotate(*, tenant: Tenant, key_id: str, grace_period_seconds: int = 0) -> CreatedKey:
+def api_key_rotate(
+    *, tenant: Tenant, key_id: str, grace_period_seconds: int = 0, caller: ApiKey | None = None
+) -> CreatedKey:
     """A new secret for the same key id. The old secret keeps working for the grace period
     (0: it stops at once), so a fleet can be redeployed without downtime.
 
     A key holds one previous secret: while an earlier rotation's grace period runs, another
     rotation with a grace period is a 409 (it would end that period before the time it
     announced); one without (0) ends every old secret at once, as after a leak."""
-    key = api_key_get(tenant=tenant, key_id=key_id)
+    key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
     now = timezone.now()
     running = key.previous_secret_expires_at
     if grace_period_seconds > 0 and key.previous_secret_hash and running and running > now:
@@ -358,9 +372,9 @@ def api_key_rotate(*, tenant: Tenant, key_id: str, grace_period_seconds: int = 0
 
 
 @transaction.atomic
-def api_key_revoke(*, tenant: Tenant, key_id: str) -> ApiKey:
+def api_key_revoke(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None) -> ApiKey:
     """Effective on the next request, in every process (``api_key_generation_bump``)."""
-    key = api_key_get(tenant=tenant, key_id=key_id)
+    key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
     key.revoked_at = timezone.now()
     key.previous_secret_hash = None
     key.save(update_fields=["revoked_at", "previous_secret_hash"])

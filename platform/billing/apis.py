@@ -7,11 +7,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
+from core.errors import PermissionError_
 from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 from plans.models import Plan
 
+from . import messages
 from .invoicing import invoices_list, upcoming_invoice
 from .models import Subscription
 from .serializers import (
@@ -82,6 +84,8 @@ class SubscriptionApi(TenantAPIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(SubscriptionChangeSerializer, request.data)
+        if not self.api_key.livemode:  # a plan change is billed: live keys only
+            raise PermissionError_(messages.TEST_CHANGES_PLAN, code="livemode_required")
         sub = subscription_change(tenant=self.tenant, plan_slug=data["plan"])
         return Response(_subscription_body(sub))
 

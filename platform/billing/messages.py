@@ -17,3 +17,6 @@ CHANGE_IN_PROGRESS = (
     "Another change of this subscription is still in progress; retry when it has finished."
 )
 LOCK_STORE_DOWN = "The subscription could not be changed (Redis unreachable); retry shortly."
+TEST_CHANGES_PLAN = (
+    "A test-mode key cannot change the subscription: plan changes are billed. Use a live key."
+)

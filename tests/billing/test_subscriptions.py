@@ -126,6 +126,16 @@ def test_concurrent_plan_changes_leave_one_stripe_subscription(tenant, stripe_ap
     assert [s.id for s in live] == [sub.stripe_subscription_id]
 
 
+def test_a_test_mode_key_cannot_change_the_plan(tenant, client_for, stripe_api):
+    """A plan change is billed: live keys only."""
+    test = client_for(tenant, ["billing"], mode="test")
+    assert test.get("/v1/subscription").status_code == 200  # reading is fine
+    refused = test.post("/v1/subscription", {"plan": "pro"}, format="json")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "livemode_required"
+    assert _local(tenant).plan.slug == "free" and not _local(tenant).stripe_customer_id
+
+
 def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, stripe_api):
     client = client_for(tenant, ["billing"])
     client.post("/v1/subscription", {"plan": "pro"}, format="json")

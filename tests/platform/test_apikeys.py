@@ -434,3 +434,30 @@ def test_a_cached_key_deleted_by_an_operator_or_with_its_tenant_stops_at_once():
     assert bearer(first).get("/v1/models").status_code == 401
     site._registry[Tenant].delete_model(None, tenant)
     assert bearer(second).get("/v1/models").status_code == 401
+
+
+def test_a_test_mode_key_never_reaches_live_keys(tenant, client_for):
+    """As in Stripe: test mode creates, sees and manages test-mode keys only."""
+    live = client_for(tenant, ["admin"])
+    live_key = live.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").json()
+    test = client_for(tenant, ["admin"], mode="test")
+
+    minted = test.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
+    assert minted.status_code == 201 and minted.json()["secret"].startswith("sk_test_")
+    refused = test.post("/v1/api-keys", {"scopes": ["admin"], "mode": "live"}, format="json")
+    assert refused.status_code == 403
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == (
+        "livemode_required", "mode"
+    )  # fmt: skip
+
+    listed = {k["id"] for k in test.get("/v1/api-keys").json()["data"]}
+    assert minted.json()["id"] in listed and live_key["id"] not in listed
+    for method, path in [
+        ("get", f"/v1/api-keys/{live_key['id']}"),
+        ("delete", f"/v1/api-keys/{live_key['id']}"),
+        ("post", f"/v1/api-keys/{live_key['id']}/rotate"),
+    ]:
+        assert getattr(test, method)(path).status_code == 404, path
+    assert bearer(live_key["secret"]).get("/v1/models").status_code == 200  # untouched
+    # A live key still sees and manages both.
+    assert minted.json()["id"] in {k["id"] for k in live.get("/v1/api-keys").json()["data"]}
