@@ -48,10 +48,16 @@ from .models import AIModel
 from .selectors import base_model_cached
 
 _HOST = socket.gethostname()
-# Per model: requests answered from the cache alone (hit), partly (partial), or not (miss).
+# Per base model (a tenant's fine-tuned models together, as "fine_tuned": /metrics is
+# unauthenticated and their ids name tenants' projects): requests answered from the cache
+# alone (hit), partly (partial), or not (miss).
 CACHE_LOOKUPS = Counter(
     "result_cache_lookups_total", "Requests looked up in the result cache.", ["model", "outcome"]
 )
+
+
+def _metric_model(model_id: str) -> str:
+    return "fine_tuned" if model_id.startswith("ft:") else model_id
 
 
 def cache_version(model: AIModel, tenant_id: str) -> str | None:
@@ -135,7 +141,7 @@ def cache_lookup(
     ]
     hits = sum(row is not None for row in found)
     outcome = "hit" if hits == len(found) else "partial" if hits else "miss"
-    CACHE_LOOKUPS.labels(request["model"], outcome).inc()
+    CACHE_LOOKUPS.labels(_metric_model(request["model"]), outcome).inc()
     return found
 
 

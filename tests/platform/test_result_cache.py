@@ -65,6 +65,10 @@ def test_a_fine_tuned_models_rows_are_prefetched_and_never_a_retrained_models(te
     assert prefetch_keys(
         tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=None
     ) == [result_cache_key(new_version, None, None, "hello there")]
+    # /metrics (unauthenticated) counts the lookups without naming the tenant's model.
+    metrics = client.get("/metrics").content.decode()
+    assert 'result_cache_lookups_total{model="fine_tuned",outcome="hit"}' in metrics
+    assert model.id not in metrics
     # Labels are refused for a fine-tuned model: nothing is prefetched for such a request.
     assert (
         prefetch_keys(
