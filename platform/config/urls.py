@@ -9,6 +9,7 @@ from drf_spectacular.views import (
 from apikeys.apis import ApiKeyDetailApi, ApiKeyListCreateApi, ApiKeyRotateApi
 from billing.apis import InvoiceListApi, PlanListApi, SubscriptionApi, UpcomingInvoiceApi
 from billing.webhook_views import stripe_webhook
+from core.errors import read_only_route
 from datasets.apis import DatasetDetailApi, DatasetListCreateApi
 from finetuning.apis import (
     FineTuneCancelApi,
@@ -49,24 +50,30 @@ urlpatterns = [
     *v1,
     path(
         "v1/openapi.json",
-        SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[]),
+        read_only_route(
+            SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[])
+        ),
         name="openapi",
     ),
     path(
         "v1/docs",
-        SpectacularSwaggerView.as_view(
-            url_name="openapi", authentication_classes=[], permission_classes=[]
+        read_only_route(
+            SpectacularSwaggerView.as_view(
+                url_name="openapi", authentication_classes=[], permission_classes=[]
+            )
         ),
     ),
     path(
         "v1/redoc",
-        SpectacularRedocView.as_view(
-            url_name="openapi", authentication_classes=[], permission_classes=[]
+        read_only_route(
+            SpectacularRedocView.as_view(
+                url_name="openapi", authentication_classes=[], permission_classes=[]
+            )
         ),
     ),
     path("webhooks/stripe", stripe_webhook),
-    path("healthz", ops.healthz),
-    path("readyz", ops.readyz),
-    path("metrics", ops.metrics),
+    path("healthz", read_only_route(ops.healthz)),
+    path("readyz", read_only_route(ops.readyz)),
+    path("metrics", read_only_route(ops.metrics)),
     path("admin/", admin.site.urls),
 ]

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -205,3 +207,21 @@ handler404 = json_error_view(404, "resource_missing", "No such route.")
 handler500 = json_error_view(
     500, "internal_error", "Something went wrong on our side; it has been logged."
 )
+
+
+def read_only_route(view: Any) -> Any:
+    """For the routes outside the API's views (probes, metrics, docs): GET and HEAD reach
+    the view; OPTIONS is 200 with ``Allow``; any other method is a 405 in the error shape
+    (it was Django's HTML CSRF page for a POST, and a 500 for OPTIONS on the docs)."""
+    allow = "GET, HEAD, OPTIONS"
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.method in ("GET", "HEAD"):
+            return view(request, *args, **kwargs)
+        if request.method == "OPTIONS":
+            return JsonResponse({}, headers={"Allow": allow})
+        body = error_body(405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+        return JsonResponse(body, status=405, headers={"Allow": allow})
+
+    return csrf_exempt(wrapped)

@@ -163,3 +163,18 @@ def test_docs_page_renders():
     response = APIClient().get("/v1/docs")
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/metrics", "/v1/docs", "/v1/redoc", "/v1/openapi.json"]
+)
+def test_routes_outside_the_api_take_get_and_answer_other_methods_in_json(path):
+    client = APIClient(enforce_csrf_checks=True)
+    assert client.get(path).status_code == 200
+    options = client.options(path)
+    assert options.status_code == 200 and options["Allow"] == "GET, HEAD, OPTIONS"
+    for method in ("post", "put", "delete"):
+        response = getattr(client, method)(path)
+        assert response.status_code == 405, (method, path)
+        assert response.json()["error"]["code"] == "method_not_allowed"  # not an HTML page
