@@ -10,6 +10,7 @@ import functools
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
@@ -176,10 +177,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         status, code, message, param = 403, "permission_denied", "Permission denied.", None
     elif isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         status, code, message, param = (
             413,
             "request_too_large",
-            "The request body is too large.",
+            f"The request body is over {limit:,} bytes. Text sent as UTF-8 rather than as \\u"
+            " escapes takes less room.",
             None,
         )
     elif isinstance(exc, drf.APIException):

@@ -242,3 +242,23 @@ def test_the_fast_path_takes_the_common_request():
     from inference.serializers import classify_request_fast
 
     assert classify_request_fast(OK) == OK
+
+
+def test_the_largest_valid_request_fits_the_body_limit_and_a_bigger_body_says_the_limit(api):
+    """96 inputs of 10,000 emoji, as json.dumps writes them by default (\\ud83d\\ude00: 12
+    bytes each), are 11.5 MB: within the limit (no 413 for the body; the model answers or
+    the request fails on something else). A body over it names the limit."""
+    import json
+
+    from django.conf import settings
+
+    body = json.dumps({"model": "no-such-model", "inputs": ["\U0001f600" * 10_000] * 96})
+    assert len(body) > 11_000_000
+    fits = api.post("/v1/classify", body, content_type="application/json")
+    assert fits.status_code == 404, fits.content[:300]  # read and validated: model unknown
+    over = api.post(
+        "/v1/classify", " " * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1) + "{}",
+        content_type="application/json",
+    )  # fmt: skip
+    assert over.status_code == 413
+    assert f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes" in over.json()["error"]["message"]

@@ -144,8 +144,10 @@ USAGE_FLUSH_INTERVAL_S = float(os.environ.get("USAGE_FLUSH_INTERVAL_S", "0.2"))
 # Idempotency keys are remembered this long (Stripe keeps them 24 hours).
 IDEMPOTENCY_TTL_S = int(os.environ.get("IDEMPOTENCY_TTL_S", str(24 * 3600)))
 
-# 96 inputs of 10,000 characters, 4 bytes each at worst, plus labels and examples.
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", str(8 * 1024 * 1024)))
+# 96 inputs of 10,000 characters at their longest in JSON: an emoji written as the \u
+# escapes Python's json.dumps writes by default is 12 bytes (11.5 MB in all), plus labels
+# and examples sent as UTF-8.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", str(16 * 1024 * 1024)))
 
 # Fine-tuning. The artifact store (datasets, embeddings, model files) is a directory shared
 # with the workers, who read the same ARTIFACT_DIR (see workers/artifacts.py).
