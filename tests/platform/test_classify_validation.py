@@ -22,6 +22,7 @@ EXAMPLE = {"text": "y", "label": "b"}
         ({"inputs": ["ok", "\u2060\u00ad"]}, 400, "inputs[1]"),  # billed as empty texts once
         ({"inputs": ["\u200b \u200b", "ok"]}, 400, "inputs[0]"),
         ({"inputs": ["\ufeff"]}, 400, "inputs[0]"),
+        ({"inputs": ["\u0300\ufe0f \u3164\ufff9"]}, 400, "inputs[0]"),
         ({"inputs": ["ok", "x" * 10_001]}, 413, "inputs[1]"),
         ({"model": None}, 400, "model"),
         ({"model": 5}, 400, "model"),
