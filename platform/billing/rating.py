@@ -189,13 +189,12 @@ def rate_tenant_period(
             text = line.description
             if len(segments) > 1:  # say which plan each part of a line was priced on
                 text = f"{made_on.name} (v{made_on.version}): {text}"
+            quantity, amount = line.quantity, line.amount
             was = lines.get(line.key)
-            if was is not None:
+            if was is not None:  # the same line on an earlier plan: one line, their sum
                 text = f"{was.description}; {text}"
-                line = ChargeLine(
-                    line.key, text, was.quantity + line.quantity, was.amount + line.amount
-                )
-            lines[line.key] = ChargeLine(line.key, text, line.quantity, line.amount)
+                quantity, amount = was.quantity + quantity, was.amount + amount
+            lines[line.key] = ChargeLine(line.key, text, quantity, amount)
     return RatedPeriod(
         plan_id=plan.id,
         currency=plan.currency,
