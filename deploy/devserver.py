@@ -19,7 +19,10 @@ from pathlib import Path
 from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
-GRACE_S = 15
+# How long children get to stop after SIGTERM before SIGKILL: longer than the API waits for
+# a worker (INFERENCE_TIMEOUT_S), so a request in flight when the inference worker died
+# still gets its 503 rather than a dropped connection (15 s dropped them, at 30 s).
+GRACE_S = float(os.environ.get("INFERENCE_TIMEOUT_S", "30")) + 10
 
 
 def _worker(queue: str, pool: list[str]) -> list[str]:
