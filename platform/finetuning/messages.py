@@ -5,6 +5,13 @@ DATASET_INVALID = (
     "Dataset '{id}' failed validation ({count} problems); fix the file and upload it again."
 )
 VALIDATION_LABELS = "The validation dataset has labels the training dataset does not: {labels}."
+WARN_VALIDATION_IS_TRAINING = (
+    "The validation dataset holds the same file as the training dataset: its accuracy and F1 "
+    "measure how well the model remembers its examples, not how it does on new text."
+)
+WARN_VALIDATION_MISSES = (
+    "The validation dataset has no examples of {labels}: their F1 is 0 and counts in macro_f1."
+)
 NOT_A_BASE_MODEL = "'{model}' is not a base model; fine-tune one of the base models."
 HYPERPARAMETER_FOR_LORA = "'{name}' applies to method 'lora' only."
 UNKNOWN_TARGET = "Unknown target module '{name}'; choose from {choices}."

@@ -175,8 +175,22 @@ def fine_tune_create(
         job.status = Status.QUEUED
         job.save(update_fields=["status"])
         _event(job, messages.EV_VALIDATED.format(rows=training.rows, labels=len(training.labels)))
+        for warning in _validation_warnings(training, validation):
+            _event(job, warning, level="warning")
         _enqueue_on_commit(job)
     return job
+
+
+def _validation_warnings(training: Dataset, validation: Dataset | None) -> list[str]:
+    """What makes a job's validation metrics mean less than they seem (the job still runs)."""
+    if validation is None:
+        return []
+    if validation.content_file == training.content_file:
+        return [messages.WARN_VALIDATION_IS_TRAINING]
+    missing = sorted(set(training.labels) - set(validation.labels))
+    if missing:
+        return [messages.WARN_VALIDATION_MISSES.format(labels=", ".join(map(repr, missing)))]
+    return []
 
 
 def _check_plan(*, tenant: Tenant, api_key: ApiKey) -> None:

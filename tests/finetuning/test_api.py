@@ -220,3 +220,25 @@ def test_operators_pages_for_jobs_events_and_models_render(api, tenant, make_dat
         pages.append(f"/admin/finetuning/finetuneevent/{event.pk}/change/")
     for page in pages:
         assert admin_client.get(page).status_code == 200, page
+
+
+def test_validation_that_cannot_mean_much_is_said_in_the_jobs_events(api, tenant, make_dataset):
+    from tests.finetuning.conftest import read_rows
+
+    rows = read_rows("support_tickets.jsonl")[:60]
+    training = make_dataset(tenant, rows)
+    labels = sorted({row["label"] for row in rows})
+    partial = make_dataset(tenant, [row for row in rows if row["label"] != labels[0]])
+
+    def warnings(job):
+        events = api.get(f"/v1/fine-tunes/{job['id']}/events").json()["data"]
+        return [e["message"] for e in events if e["level"] == "warning"]
+
+    same = create(api, base_model="minilm-l6", training_dataset=training.id,
+                  validation_dataset=training.id).json()  # fmt: skip
+    assert any("same file as the training dataset" in w for w in warnings(same))
+    misses = create(api, base_model="minilm-l6", training_dataset=training.id,
+                    validation_dataset=partial.id).json()  # fmt: skip
+    assert any(f"no examples of {labels[0]!r}" in w for w in warnings(misses))
+    fine = create(api, base_model="minilm-l6", training_dataset=training.id).json()
+    assert warnings(fine) == []
