@@ -24,6 +24,9 @@ KEY_REUSED = (
     "Keys for idempotent requests can only be used with the same parameters they were first "
     "used with. Try using a key other than '{key}' if you meant to execute a different request."
 )
+# A request holding its key usually finishes within a second; one whose process died holds
+# it until its lock window ends (INFERENCE_TIMEOUT_S + 30 s).
+RETRY_SOON = {"Retry-After": "1"}
 KEY_IN_USE = (
     "There is currently another in-progress request using this Idempotency-Key ('{key}'). "
     "Retry after it has finished."
@@ -95,7 +98,9 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str, request_id:
             raise Conflict(KEY_REUSED.format(key=key), code="idempotency_key_reused")
         return Outcome(record=record, replay=True)
     if record.state == IdempotencyRecord.State.IN_PROGRESS and record.locked_until > now:
-        raise Conflict(KEY_IN_USE.format(key=key), code="idempotency_key_in_use")
+        raise Conflict(
+            KEY_IN_USE.format(key=key), code="idempotency_key_in_use", headers=RETRY_SOON
+        )
 
     # Released, stale or expired: claim it, atomically against a concurrent retry.
     same_request = record.fingerprint == fingerprint and not expired
@@ -108,7 +113,9 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str, request_id:
         request_id=claimed_id,
         **({} if same_request else {"created_at": now}),
     ):
-        raise Conflict(KEY_IN_USE.format(key=key), code="idempotency_key_in_use")
+        raise Conflict(
+            KEY_IN_USE.format(key=key), code="idempotency_key_in_use", headers=RETRY_SOON
+        )
     record.refresh_from_db()
     return Outcome(record=record, replay=False, retry=same_request)
 

@@ -85,6 +85,7 @@ def test_a_key_in_flight_is_409(api, tenant):
     response = post(api, {"scopes": ["inference"]}, "busy")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "idempotency_key_in_use"
+    assert response["Retry-After"] == "1"
 
 
 def test_an_overlong_key_is_a_400(api):
