@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import redis
 from django.db import OperationalError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from core.errors import (
@@ -323,7 +323,7 @@ def _touch_last_used(key: ApiKey, now: datetime) -> None:
     key.last_used_at = now
 
 
-def api_keys_visible(*, tenant: Tenant, caller: ApiKey | None = None) -> Any:
+def api_keys_visible(*, tenant: Tenant, caller: ApiKey | None = None) -> QuerySet[ApiKey]:
     """The tenant's keys a caller sees: a test-mode key sees only test-mode keys (as in
     Stripe, test mode never reaches live objects); a live key, or an operator, sees all."""
     keys = ApiKey.objects.for_tenant(tenant).filter(revoked_at__isnull=True)

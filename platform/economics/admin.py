@@ -4,7 +4,7 @@ pricing simulator."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -12,6 +12,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
+
+from billing.subscriptions import calendar_month
+from core.admin import ViewOnlyAdmin
 
 from .models import UsageRollup
 from .selectors import DIMENSIONS, margins, pricing_simulate
@@ -21,9 +24,8 @@ from .simulation import format_report, moment_parse, proposed_validate
 def _range(request: HttpRequest) -> tuple[datetime, datetime]:
     """``?start=&end=`` (ISO 8601, UTC unless an offset says otherwise), else this month;
     a value that does not parse, or a start not before the end, is said on the page."""
-    now = datetime.now(UTC)
-    default = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    start, end = default, (default + timedelta(days=32)).replace(day=1)
+    this_month = calendar_month(datetime.now(UTC))
+    start, end = this_month
     try:
         if request.GET.get("start"):
             start = moment_parse(request.GET["start"])
@@ -32,15 +34,15 @@ def _range(request: HttpRequest) -> tuple[datetime, datetime]:
     except ValueError as exc:
         example = "2026-11-01 or 2026-11-01T00:00+05:00"
         messages.error(request, f"Dates must be ISO 8601 ({example}): {exc}")
-        return default, (default + timedelta(days=32)).replace(day=1)
+        return this_month
     if start >= end:
         messages.error(request, "start must be before end; showing this month.")
-        return default, (default + timedelta(days=32)).replace(day=1)
+        return this_month
     return start, end
 
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(admin.ModelAdmin[UsageRollup]):
+class UsageRollupAdmin(ViewOnlyAdmin):
     list_display = ["day", "tenant", "model", "plan_id", "requests", "inputs", "cost_micros"]
     list_filter = ["kind", "livemode", "plan_id"]
     date_hierarchy = "day"
@@ -48,12 +50,6 @@ class UsageRollupAdmin(admin.ModelAdmin[UsageRollup]):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRollup]:
         return UsageRollup.objects.unscoped().select_related("tenant")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         own = [

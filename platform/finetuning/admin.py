@@ -2,23 +2,16 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from core.admin import ViewOnlyAdmin
+
 from .models import FineTuneEvent, FineTuneJob
 
-
-class _ViewOnly(admin.ModelAdmin):
-    """Jobs start, run and are cancelled through the API and the workers, and their events
-    are what happened: operators look, they do not edit. (An edit page would also offer
-    every tenant's datasets or jobs in its choice lists.)"""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
+# Jobs start, run and are cancelled through the API and the workers, and their events are
+# what happened: view-only.
 
 
 @admin.register(FineTuneJob)
-class FineTuneJobAdmin(_ViewOnly):
+class FineTuneJobAdmin(ViewOnlyAdmin):
     list_display = [
         "id",
         "tenant",
@@ -38,7 +31,7 @@ class FineTuneJobAdmin(_ViewOnly):
 
 
 @admin.register(FineTuneEvent)
-class FineTuneEventAdmin(_ViewOnly):
+class FineTuneEventAdmin(ViewOnlyAdmin):
     list_display = ["id", "job", "attempt", "seq", "type", "level", "message", "created_at"]
     list_filter = ["level", "type"]
     search_fields = ["job__id"]

@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from core.admin import ReadOnlyAdmin
+
 from .models import UsageRecord
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
+class UsageRecordAdmin(ReadOnlyAdmin):
     """Read-only: the ledger is append-only."""
 
     list_display = [
@@ -26,12 +28,3 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRecord]:
         return UsageRecord.objects.unscoped().select_related("tenant")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
