@@ -9,7 +9,14 @@ from django.http import HttpRequest
 
 from core.admin import ReadOnlyAdmin
 
-from .models import Invoice, Reconciliation, StripeEvent, Subscription, UsageChargePush
+from .models import (
+    BillingPeriod,
+    Invoice,
+    Reconciliation,
+    StripeEvent,
+    Subscription,
+    UsageChargePush,
+)
 
 
 @admin.register(Subscription)
@@ -21,6 +28,15 @@ class SubscriptionAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:
         return Subscription.objects.unscoped().select_related("tenant", "plan")
+
+
+@admin.register(BillingPeriod)
+class BillingPeriodAdmin(ReadOnlyAdmin):
+    list_display = ["tenant", "start", "end"]
+    search_fields = ["tenant__slug"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BillingPeriod]:
+        return BillingPeriod.objects.unscoped().select_related("tenant")
 
 
 @admin.register(StripeEvent)

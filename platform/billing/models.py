@@ -36,6 +36,28 @@ class Subscription(models.Model):
         return f"{self.tenant_id}: {self.plan_id} ({self.status})"
 
 
+class BillingPeriod(models.Model):
+    """A period a tenant's usage is priced in, as its subscription had it: a plan's included
+    inputs cover one period's usage. Paid plans have Stripe's periods (anchored on the day
+    the subscription began), free has calendar months (from the day it began). Written each
+    time a subscription's period is set (``billing.periods.billing_period_record``); a period
+    that a later one begins inside ends where that one begins."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "start"], name="billing_period_start_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}: {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M}"
+
+
 class StripeEvent(models.Model):
     """Each webhook event once (unique id); processed asynchronously and idempotently."""
 

@@ -26,6 +26,7 @@ from tenants.selectors import tenant_context_forget
 
 from . import messages
 from .models import Subscription
+from .periods import billing_period_record
 from .stripe_client import (
     PaymentRequired,
     as_dict,
@@ -85,13 +86,16 @@ def subscription_get_or_create(*, tenant: Tenant) -> Subscription:
     if sub is None:
         start, end = calendar_month(now)
         free = Plan.objects.get(slug=FREE_SLUG, is_current=True)
-        sub, _ = Subscription.objects.select_related("plan").get_or_create(
+        sub, created = Subscription.objects.select_related("plan").get_or_create(
             tenant=tenant,
             defaults={"plan": free, "current_period_start": start, "current_period_end": end},
         )
+        if created:
+            billing_period_record(sub=sub)
     elif not sub.stripe_subscription_id and now >= sub.current_period_end:
         sub.current_period_start, sub.current_period_end = calendar_month(now)
         sub.save(update_fields=["current_period_start", "current_period_end", "updated_at"])
+        billing_period_record(sub=sub)
     return sub
 
 
@@ -307,6 +311,7 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
     if not plan.base_fee:
         _move_to_free(sub, plan)
         sub.save()
+        billing_period_record(sub=sub)
         tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
         return sub
     try:
@@ -318,6 +323,7 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
         _apply_stripe(sub, stripe_sub, int(time.time()))
         sub.save()
+        billing_period_record(sub=sub)
     tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
     return sub
 
@@ -363,6 +369,7 @@ def subscription_refresh_from_stripe(
         renewal = sub.stripe_subscription_id == stripe_subscription_id
         _apply_stripe(sub, current, observed_at)
         sub.save()
+        billing_period_record(sub=sub)
         tenant_context_forget(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)
         if renewal and sub.stripe_subscription_id and sub.current_period_start > previous_start:

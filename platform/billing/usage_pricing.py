@@ -1,16 +1,17 @@
 """Money on usage reports: what a range of the ledger costs under the tenant's plan.
 
-A range is priced per calendar month as the marginal charge it adds to its month (rated
-up to its end minus rated up to its start), so included inputs and graduated tiers are
-honoured exactly as an invoice would; each charge line is then shared among the report's
+A range is priced per billing period (``billing.periods``: the subscription's periods as
+they were, else calendar months) as the marginal charge it adds to its period (rated up
+to its end minus rated up to its start), so included inputs and graduated tiers are
+honoured exactly as the invoice does; each charge line is then shared among the report's
 rows by their share of that line's quantity, with the rounding remainder placed so that
 the rows add up to the total to the minor unit."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from datetime import MAXYEAR, MINYEAR, UTC, datetime
+from collections.abc import Mapping
+from datetime import datetime
 from typing import TypeVar
 
 from django.db.models import Max, Min
@@ -19,35 +20,8 @@ from metering.models import UsageRecord
 from plans.models import Plan
 from tenants.models import Tenant
 
+from .periods import billing_periods
 from .rating import model_tier, rate_tenant_period
-
-FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
-LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
-
-
-def utc_clamped(moment: datetime) -> datetime:
-    """``moment`` (aware) in UTC; one that falls outside what datetime holds in UTC (year 1
-    with a positive offset, year 9999 with a negative one) becomes its first or last instant."""
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        return FIRST_INSTANT if moment.year == MINYEAR else LAST_INSTANT
-
-
-def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
-    """The UTC calendar months that [start, end) touches, as (first instant, next month's
-    first instant); December 9999 ends at datetime's last instant."""
-    cursor = utc_clamped(start).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    while cursor < end:
-        if cursor.month < 12:
-            following = cursor.replace(month=cursor.month + 1)
-        elif cursor.year < MAXYEAR:
-            following = cursor.replace(year=cursor.year + 1, month=1)
-        else:
-            yield cursor, LAST_INSTANT
-            return
-        yield cursor, following
-        cursor = following
 
 
 def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime) -> Counter[str]:
@@ -63,17 +37,17 @@ def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime)
     )
     if span["first"] is None:
         return charges
-    for month_start, month_end in months(span["first"], end):
-        if month_start > span["last"]:
+    for period_start, period_end in billing_periods(tenant=tenant, start=span["first"], end=end):
+        if period_start > span["last"]:
             break
-        lo, hi = max(start, month_start), min(end, month_end)
+        lo, hi = max(start, period_start), min(end, period_end)
         for line in rate_tenant_period(
-            tenant=tenant, plan=plan, start=month_start, end=hi, include_base_fee=False
+            tenant=tenant, plan=plan, start=period_start, end=hi, include_base_fee=False
         ).lines:
             charges[line.key] += line.amount
-        if lo > month_start:
+        if lo > period_start:
             for line in rate_tenant_period(
-                tenant=tenant, plan=plan, start=month_start, end=lo, include_base_fee=False
+                tenant=tenant, plan=plan, start=period_start, end=lo, include_base_fee=False
             ).lines:
                 charges[line.key] -= line.amount
     return charges

@@ -17,8 +17,9 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from billing.periods import months
 from billing.rating import model_tier, rate
-from billing.usage_pricing import allocate, months
+from billing.usage_pricing import allocate
 from plans.models import MODEL_TIERS, Plan
 
 from .models import UsageRollup

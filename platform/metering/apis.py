@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from billing.usage_pricing import FIRST_INSTANT, LAST_INSTANT, utc_clamped
+from billing.periods import FIRST_INSTANT, LAST_INSTANT, utc_clamped
 from core.errors import InvalidRequest
 from core.views import TenantAPIView
 from limits.services import enforcement_for

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from billing.rating import graduated, model_tier, rate
+from billing.periods import billing_period_record, billing_periods
+from billing.rating import graduated, model_tier, rate, rate_tenant_period
 from billing.usage_pricing import allocate
 from metering.services import usage_record_bulk
 from plans.models import Plan
@@ -151,3 +152,56 @@ def test_a_model_bills_at_its_base_models_tier():
     assert model_tier("ft:minilm-l6:tickets:ab12cd34") == "standard"
     # A customer's suffix is not a price tier.
     assert model_tier("ft:minilm-l6:int8-trial:ab12cd34") == "standard"
+
+
+def _period(sub, start, end):
+    sub.current_period_start, sub.current_period_end = start, end
+    sub.save()
+    billing_period_record(sub=sub)
+
+
+def test_usage_is_priced_in_the_billing_period_as_the_invoice_prices_it(tenant, client_for):
+    """A pro period from 15 September to 15 October: 60,000 inputs each side of 1 October
+    are 20,000 over the 100,000 included, as the invoice says, not two covered months."""
+    sub = subscribe(tenant, "pro")
+    sep15, oct15 = (
+        datetime(2026, 9, 15, 9, 30, tzinfo=UTC),
+        datetime(2026, 10, 15, 9, 30, tzinfo=UTC),
+    )
+    _period(sub, sep15, oct15)
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=60_000, occurred_at="2026-09-20T12:00:00+00:00"),
+            event(tenant, 2, inputs=60_000, occurred_at="2026-10-05T12:00:00+00:00"),
+        ]
+    )
+    invoice = rate_tenant_period(tenant=tenant, plan=sub.plan, start=sep15, end=oct15)
+    assert {line.key: line.amount for line in invoice.lines}["usage:standard"] == 800
+    api = client_for(tenant, ["billing"])
+    whole = api.get("/v1/usage", {"start": "2026-09-01", "end": "2026-11-01"}).json()
+    assert whole["total"]["inputs"] == 120_000 and whole["total"]["amount"] == 800
+    # October's 60,000 come after September's 60,000 in the same period: 20,000 over.
+    october = api.get("/v1/usage", {"start": "2026-10-01", "end": "2026-11-01"}).json()
+    assert october["total"]["amount"] == 800
+    september = api.get("/v1/usage", {"start": "2026-09-01", "end": "2026-10-01"}).json()
+    assert september["total"]["amount"] == 0
+
+
+def test_periods_without_a_record_are_calendar_months_cut_at_recorded_ones(tenant):
+    sub = subscribe(tenant, "free")
+    _period(sub, datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    pro_start = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    _period(sub, pro_start, datetime(2026, 12, 20, 10, tzinfo=UTC))  # free cut short here
+    spans = list(
+        billing_periods(
+            tenant=tenant,
+            start=datetime(2026, 10, 15, tzinfo=UTC),
+            end=datetime(2026, 12, 25, tzinfo=UTC),
+        )
+    )
+    assert spans == [
+        (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)),
+        (datetime(2026, 11, 1, tzinfo=UTC), pro_start),
+        (pro_start, datetime(2026, 12, 20, 10, tzinfo=UTC)),
+        (datetime(2026, 12, 20, 10, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)),
+    ]

@@ -3,13 +3,14 @@ on the upcoming invoice, cancellation back to free, declines as 402."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from billing.models import Subscription
+from billing.models import BillingPeriod, Subscription
 from billing.stripe_sync import plans_sync_to_stripe
 from plans.models import Plan
 
@@ -95,6 +96,30 @@ def test_moving_to_free_cancels_the_stripe_subscription(tenant, client_for, stri
     again = _local(tenant)
     assert again.plan_id == "pro@1" and again.stripe_subscription_id not in ("", stripe_id)
     assert again.stripe_customer_id == sub.stripe_customer_id
+
+
+def test_every_period_a_subscription_had_is_kept_back_to_back(tenant, client_for, stripe_api):
+    """What usage is priced in: free's calendar month, cut short where pro began, and so on;
+    never two periods at once."""
+    client = client_for(tenant, ["billing"])
+    month_start = _local_or_create(client, tenant).current_period_start
+    for plan in ("pro", "free", "pro"):
+        assert client.post("/v1/subscription", {"plan": plan}, format="json").status_code == 200
+    periods = list(
+        BillingPeriod.objects.for_tenant(tenant).order_by("start").values_list("start", "end")
+    )
+    sub = _local(tenant)
+    assert periods[0][0] == month_start and month_start.day == 1
+    assert periods[-1] == (sub.current_period_start, sub.current_period_end)
+    assert all(earlier[1] == later[0] for earlier, later in itertools.pairwise(periods))
+    # (Stripe's periods begin on whole seconds: pro, free and pro again within one second
+    # leave the second pro's period in place of the first's and free's.)
+    assert len(periods) >= 2
+
+
+def _local_or_create(client, tenant):
+    assert client.get("/v1/subscription").status_code == 200  # a new tenant starts on free
+    return _local(tenant)
 
 
 @pytest.mark.django_db(transaction=True)

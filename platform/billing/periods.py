@@ -1,0 +1,93 @@
+"""Billing periods as they were: what a plan's included inputs cover.
+
+A paid subscription's periods are Stripe's, anchored on the moment it began (the 29th to the
+29th, say); free runs calendar months. Usage is priced per period, as the invoice prices
+it, so a usage report agrees with the invoice wherever the period does not begin on the
+1st. Periods are recorded as subscriptions set them; where none is recorded (usage from
+before recording began), calendar months stand in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import MAXYEAR, MINYEAR, UTC, datetime
+
+from django.db import transaction
+
+from tenants.models import Tenant
+
+from .models import BillingPeriod, Subscription
+
+FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+
+
+def utc_clamped(moment: datetime) -> datetime:
+    """``moment`` (aware) in UTC; one that falls outside what datetime holds in UTC (year 1
+    with a positive offset, year 9999 with a negative one) becomes its first or last instant."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return FIRST_INSTANT if moment.year == MINYEAR else LAST_INSTANT
+
+
+def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """The UTC calendar months that [start, end) touches, as (first instant, next month's
+    first instant); December 9999 ends at datetime's last instant."""
+    cursor = utc_clamped(start).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    while cursor < end:
+        if cursor.month < 12:
+            following = cursor.replace(month=cursor.month + 1)
+        elif cursor.year < MAXYEAR:
+            following = cursor.replace(year=cursor.year + 1, month=1)
+        else:
+            yield cursor, LAST_INSTANT
+            return
+        yield cursor, following
+        cursor = following
+
+
+@transaction.atomic
+def billing_period_record(*, sub: Subscription) -> None:
+    """Record the subscription's current period. One that began earlier and runs past this
+    one's start ends there (a plan change or cancellation cut it short); one recorded as
+    beginning inside this one is replaced by it."""
+    start, end = sub.current_period_start, sub.current_period_end
+    periods = BillingPeriod.objects.for_tenant(sub.tenant_id)
+    periods.filter(start__lt=start, end__gt=start).update(end=start)
+    periods.filter(start__gt=start, start__lt=end).delete()
+    periods.update_or_create(tenant_id=sub.tenant_id, start=start, defaults={"end": end})
+
+
+def billing_periods(
+    *, tenant: Tenant, start: datetime, end: datetime
+) -> Iterator[tuple[datetime, datetime]]:
+    """The whole periods that [start, end) touches, in order: recorded ones, and calendar
+    months (cut where they meet a recorded one) where none is recorded."""
+    recorded = (
+        BillingPeriod.objects.for_tenant(tenant)
+        .filter(start__lt=end, end__gt=start)
+        .order_by("start")
+        .values_list("start", "end")
+    )
+    cursor: datetime | None = None  # where the last recorded period ended
+    for period_start, period_end in recorded:
+        lo = start if cursor is None else cursor
+        if lo < period_start:
+            yield from _months_between(lo, period_start, after=cursor, before=period_start)
+        yield period_start, period_end
+        cursor = period_end
+    lo = start if cursor is None else cursor
+    if lo < end:
+        yield from _months_between(lo, end, after=cursor, before=None)
+
+
+def _months_between(
+    lo: datetime, hi: datetime, *, after: datetime | None, before: datetime | None
+) -> Iterator[tuple[datetime, datetime]]:
+    """Calendar months touching [lo, hi), cut to begin no earlier than ``after`` and end no
+    later than ``before`` (the recorded periods either side, if any)."""
+    for month_start, month_end in months(lo, hi):
+        first = max(month_start, after) if after else month_start
+        last = min(month_end, before) if before else month_end
+        if first < last:
+            yield first, last
