@@ -46,6 +46,9 @@ class BillingPeriod(models.Model):
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     start = models.DateTimeField()
     end = models.DateTimeField()
+    # The plan the period ends on (a change within a period keeps the period): whose base
+    # fee it pays.
+    plan = models.ForeignKey("plans.Plan", on_delete=models.PROTECT, related_name="+")
 
     objects = TenantScopedManager()
 

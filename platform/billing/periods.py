@@ -55,7 +55,9 @@ def billing_period_record(*, sub: Subscription) -> None:
     periods = BillingPeriod.objects.for_tenant(sub.tenant_id)
     periods.filter(start__lt=start, end__gt=start).update(end=start)
     periods.filter(start__gt=start, start__lt=end).delete()
-    periods.update_or_create(tenant_id=sub.tenant_id, start=start, defaults={"end": end})
+    periods.update_or_create(
+        tenant_id=sub.tenant_id, start=start, defaults={"end": end, "plan_id": sub.plan_id}
+    )
 
 
 def billing_periods(

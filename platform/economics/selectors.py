@@ -6,8 +6,11 @@ covers, included inputs, graduated overage per tier, fine-tuning), shared among 
 rollup rows by quantity: usage lines by inputs of their tier, fine-tuning by trained
 tokens, the base fee by inputs. As in billing, usage is priced by the plan it was made on
 (rollups keep it), each plan's included inputs covering its own usage; the base fee is the
-plan the tenant-month ends on. Cost is the workers' compute time x their hourly price.
-Both are reported in micro-units of the currency so that a margin per call is visible."""
+plan the tenant-month ends on. A tenant-month without a call still earns the base fee of
+the paid plan it ended on (from the billing periods kept: ``billing.BillingPeriod``),
+reported under model ``(no calls)`` and spread over the days covered. Cost is the workers'
+compute time x their hourly price. Both are reported in micro-units of the currency so
+that a margin per call is visible."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from billing.models import BillingPeriod
 from billing.periods import months
 from billing.rating import model_tier, rate
 from billing.usage_pricing import allocate
@@ -26,6 +30,7 @@ from .models import UsageRollup
 
 MICROS_PER_MINOR = 10_000  # two-decimal currencies: 1 cent = 10,000 micro-dollars
 DIMENSIONS = ("tenant", "model", "plan", "day")
+NO_CALLS = "(no calls)"  # the model a base fee without usage is reported under
 
 
 def _month_rows(start: datetime, end: datetime) -> dict[tuple[str, date], list[UsageRollup]]:
@@ -107,13 +112,46 @@ def _rows_with_money(
         for row in month_rows:
             by_plan[row.plan_id].append(row)
         for plan_id, rows in by_plan.items():
-            plan = plan_of(plan_id)
-            if proposed and plan.slug in proposed:
-                plan = copy.copy(plan)
-                for name, value in proposed[plan.slug].items():
-                    setattr(plan, name, value)
+            plan = _proposed(plan_of(plan_id), proposed)
             revenue = _revenue(rows, plan, month, start, end, include_base_fee=plan_id == last)
             out += [(row, revenue[row.pk], plan) for row in rows]
+    return out + _idle_base_fees(start, end, plan_of, proposed)
+
+
+def _proposed(plan: Plan, proposed: dict[str, dict[str, Any]] | None) -> Plan:
+    if proposed and plan.slug in proposed:
+        plan = copy.copy(plan)
+        for name, value in proposed[plan.slug].items():
+            setattr(plan, name, value)
+    return plan
+
+
+def _idle_base_fees(
+    start: datetime, end: datetime, plan_of: Any, proposed: dict[str, dict[str, Any]] | None
+) -> list[tuple[UsageRollup, int, Plan]]:
+    """The base fee of each live tenant-month in range that made no call, by the plan its
+    last billing period in the month was on, prorated as a month with calls is: one
+    unsaved rollup row (model ``NO_CALLS``, no usage) per day of the range in the month."""
+    active = {(tenant_id, month_start) for tenant_id, month_start in _month_rows(start, end)}
+    out: list[tuple[UsageRollup, int, Plan]] = []
+    for month_start, month_end in months(start, end):
+        lo, hi = max(start, month_start), min(end, month_end)
+        ends_on: dict[str, str] = {}  # tenant -> plan of its last period in the month
+        periods = BillingPeriod.objects.unscoped().filter(start__lt=month_end, end__gt=month_start)
+        for tenant_id, plan_id in periods.order_by("start").values_list("tenant_id", "plan_id"):
+            ends_on[tenant_id] = plan_id
+        for tenant_id, plan_id in ends_on.items():
+            plan = _proposed(plan_of(plan_id), proposed)
+            if (tenant_id, month_start.date()) in active or not plan.base_fee:
+                continue
+            covered = Decimal((hi - lo) / (month_end - month_start))
+            amount = int(Decimal(plan.base_fee) * covered)
+            last = (hi - timedelta(microseconds=1)).date()
+            days = [lo.date() + timedelta(days=n) for n in range((last - lo.date()).days + 1)]
+            for day, part in allocate(amount, dict.fromkeys(days, 1)).items():
+                row = UsageRollup(day=day, tenant_id=tenant_id, model=NO_CALLS, kind="base_fee",
+                                  livemode=True, plan_id=plan.id)  # fmt: skip
+                out.append((row, part, plan))
     return out
 
 
@@ -152,18 +190,18 @@ def pricing_simulate(
     """Replay [start, end) of the ledger under proposed plan terms (by plan slug: any Plan
     field, e.g. base_fee, included_inputs, overage_tiers) against what was actually rated.
     Per tenant and in total: revenue, cost and margin, actual and simulated."""
-    actual = _rows_with_money(start, end)
-    simulated = {row.pk: revenue for row, revenue, _ in _rows_with_money(start, end, proposed)}
     tenants: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"actual_revenue_micros": 0, "simulated_revenue_micros": 0,
                  "cost_micros": Decimal(0), "plan": ""}
     )  # fmt: skip
-    for row, revenue, plan in actual:
+    for row, revenue, plan in _rows_with_money(start, end):
         t = tenants[row.tenant_id]
         t["plan"] = plan.id
         t["actual_revenue_micros"] += revenue * MICROS_PER_MINOR
-        t["simulated_revenue_micros"] += simulated[row.pk] * MICROS_PER_MINOR
         t["cost_micros"] += Decimal(row.cost_micros)
+    # (Not joined row by row: a proposed base fee can add months without calls, or drop them.)
+    for row, revenue, _ in _rows_with_money(start, end, proposed):
+        tenants[row.tenant_id]["simulated_revenue_micros"] += revenue * MICROS_PER_MINOR
     for t in tenants.values():
         t["actual_margin_micros"] = t["actual_revenue_micros"] - t["cost_micros"]
         t["simulated_margin_micros"] = t["simulated_revenue_micros"] - t["cost_micros"]

@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from billing.periods import billing_period_record
 from economics.models import UsageRollup
-from economics.selectors import margins, pricing_simulate
+from economics.selectors import NO_CALLS, margins, pricing_simulate
 from economics.services import rollups_rebuild
 from metering.services import usage_record_bulk
 from tests.factories import TenantFactory, subscribe
@@ -227,3 +228,28 @@ def test_the_margins_page_reads_offsets_and_says_what_it_cannot_read(ledger, adm
         "/admin/economics/usagerollup/margins/?start=2026-12-01&end=2026-11-01"
     )
     assert backwards.status_code == 200 and b"must be before end" in backwards.content
+
+
+def test_a_paying_tenant_without_calls_still_earns_its_base_fee(ledger):
+    """Margins and the simulator count the base fee of a month with no call in it."""
+    pro, _ = ledger
+    idle = TenantFactory()
+    billing_period_record(sub=subscribe(idle, "pro"))
+    by_tenant = {r["tenant"]: r for r in margins(start=MONTH, end=NEXT, by="tenant")}
+    assert by_tenant[idle.pk]["revenue_micros"] == 49_000_000  # the whole month: 4,900 cents
+    assert by_tenant[idle.pk]["requests"] == 0 and by_tenant[idle.pk]["cost_micros"] == 0
+    assert by_tenant[pro.pk]["revenue_micros"] == 49_200_000  # unchanged
+    by_model = {r["model"]: r for r in margins(start=MONTH, end=NEXT, by="model")}
+    assert by_model[NO_CALLS]["revenue_micros"] == 49_000_000
+    by_day = margins(start=MONTH, end=NEXT, by="day")
+    assert sum(r["revenue_micros"] for r in by_day) == 49_200_000 + 49_000_000
+    by_plan = {r["plan"]: r for r in margins(start=MONTH, end=NEXT, by="plan")}
+    assert by_plan["pro@1"]["revenue_micros"] == 49_200_000 + 49_000_000
+    # Half the month: half the base fee.
+    half = MONTH + (NEXT - MONTH) / 2
+    first_half = {r["tenant"]: r for r in margins(start=MONTH, end=half, by="tenant")}
+    assert first_half[idle.pk]["revenue_micros"] == 24_500_000
+    report = pricing_simulate(start=MONTH, end=NEXT, proposed={"pro": {"base_fee": 3_900}})
+    assert report["tenants"][idle.pk]["actual_revenue_micros"] == 49_000_000
+    assert report["tenants"][idle.pk]["simulated_revenue_micros"] == 39_000_000
+    assert report["total"]["simulated_revenue_micros"] == 39_200_000 + 39_000_000

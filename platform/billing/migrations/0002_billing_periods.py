@@ -10,7 +10,7 @@ def record_current_periods(apps, schema_editor):
     BillingPeriod = apps.get_model("billing", "BillingPeriod")
     BillingPeriod.objects.bulk_create(
         BillingPeriod(tenant_id=sub.tenant_id, start=sub.current_period_start,
-                      end=sub.current_period_end)
+                      end=sub.current_period_end, plan_id=sub.plan_id)
         for sub in Subscription.objects.all()
     )
 
@@ -19,6 +19,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('billing', '0001_initial'),
+        ('plans', '0001_initial'),
         ('tenants', '0001_initial'),
     ]
 
@@ -29,6 +30,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('start', models.DateTimeField()),
                 ('end', models.DateTimeField()),
+                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='plans.plan')),
                 ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='tenants.tenant')),
             ],
             options={
