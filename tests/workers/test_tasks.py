@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("live_worker")
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
+    # NOTE: redis-py 8 gives a client a 5 s socket timeout unless told: a BLPOP waiting
+    # longer (a 96-input message on a slow or busy machine) would time out in the client.
+    return redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=180)
 
 
 def _send(
