@@ -16,13 +16,31 @@ from apikeys.services import KeyCheck, api_key_forget, key_check_confirmed
 from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
-from .errors import InvalidRequest, NotFound
+from .errors import APIError, InvalidRequest, NotFound
 from .idempotency import idempotency_begin, idempotency_finish, request_fingerprint
 from .models import IdempotencyRecord
 from .negotiation import JSONFirstNegotiation
+from .wsgi import CODINGS
 
 # Query parameters whose value is an object id, like the path's.
 ID_PARAMETERS = frozenset({"starting_after"})
+
+
+def _refuse_content_coding(request: Request) -> None:
+    """A body still under a Content-Encoding: one ``core.wsgi`` could not undo."""
+    coding = request.META.get("HTTP_CONTENT_ENCODING", "").strip()
+    if not coding or request.method not in ("POST", "PUT", "PATCH"):
+        return
+    if coding.lower() in CODINGS:
+        raise InvalidRequest(
+            f"The body is not valid {coding} data.", code="invalid_content_encoding"
+        )
+    raise APIError(
+        f"Content-Encoding {coding} is not supported: send the body as it is, or gzip or "
+        "deflate it.",
+        code="unsupported_content_encoding",
+        status=415,
+    )
 
 
 def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
@@ -135,6 +153,7 @@ class TenantAPIView(APIView):
 
     def _initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        _refuse_content_coding(request)
         method = "GET" if request.method == "HEAD" else (request.method or "")
         # A method the view lacks is a 405, whatever its query says (DRF decides after this);
         # OPTIONS describes the resource, whichever of its methods' queries it carries.

@@ -1,0 +1,136 @@
+"""Bodies as clients send them: chunked, compressed, mislabelled. Called through the WSGI
+application the API server runs (``config.wsgi``), with the environ granian hands it: a
+chunked body arrives de-chunked, with ``HTTP_TRANSFER_ENCODING`` and no ``CONTENT_LENGTH``
+(checked against granian by hand)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sys
+import zlib
+from typing import Any
+
+import pytest
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+
+from apikeys.models import ApiKey
+from config.wsgi import application
+from tests.factories import make_key
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_test_database_open():
+    """As Django's test client does: a request's end must not close the test's connection."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+def call(secret: str, body: bytes, path: str = "/v1/api-keys", **headers: str) -> tuple[int, Any]:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "CONTENT_TYPE": headers.pop("content_type", "application/json"),
+        "HTTP_AUTHORIZATION": f"Bearer {secret}",
+        **headers,
+    }
+    status: list[str] = []
+    chunks = application(environ, lambda s, h, *_: status.append(s))
+    payload = b"".join(chunks)
+    return int(status[0].split()[0]), json.loads(payload)
+
+
+KEY = json.dumps({"name": "from a stream", "scopes": ["inference"]}).encode()
+
+
+def test_a_chunked_body_is_read(tenant):
+    status, body = call(make_key(tenant), KEY, HTTP_TRANSFER_ENCODING="chunked")
+    assert status == 201, body
+    assert body["name"] == "from a stream" and body["scopes"] == ["inference"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(tenant, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    settings.DATASET_MAX_BYTES = 1000
+    huge = json.dumps({"name": "x" * 3_000_000, "scopes": ["inference"]}).encode()
+    status, body = call(make_key(tenant), huge, HTTP_TRANSFER_ENCODING="chunked")
+    assert status == 413 and body["error"]["type"] == "too_large"
+    assert not ApiKey.objects.for_tenant(tenant).filter(name__startswith="xxx").exists()
+
+
+@pytest.mark.parametrize(
+    ("coding", "pack"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+    ],
+)
+def test_a_compressed_body_is_read(tenant, coding, pack):
+    secret = make_key(tenant)
+    status, body = call(secret, pack(KEY), HTTP_CONTENT_ENCODING=coding)
+    assert status == 201 and body["name"] == "from a stream", body
+    # Chunked and compressed at once.
+    status, body = call(
+        secret, pack(KEY), HTTP_CONTENT_ENCODING=coding, HTTP_TRANSFER_ENCODING="chunked"
+    )
+    assert status == 201, body
+
+
+def test_a_body_that_is_not_what_its_coding_says_is_refused(tenant):
+    secret = make_key(tenant)
+    status, body = call(secret, KEY, HTTP_CONTENT_ENCODING="gzip")  # not gzipped at all
+    assert status == 400 and body["error"]["code"] == "invalid_content_encoding"
+    status, body = call(secret, gzip.compress(KEY)[:-12], HTTP_CONTENT_ENCODING="gzip")  # cut
+    assert status == 400 and body["error"]["code"] == "invalid_content_encoding"
+    status, body = call(secret, KEY, HTTP_CONTENT_ENCODING="br")
+    assert status == 415 and body["error"]["code"] == "unsupported_content_encoding"
+    assert "br" in body["error"]["message"]
+    assert ApiKey.objects.for_tenant(tenant).filter(name="from a stream").count() == 0
+
+
+def test_json_is_read_as_utf8_whatever_charset_the_header_names(tenant, client_for):
+    api = client_for(tenant, ["admin"])
+    body = json.dumps({"name": "héllo", "scopes": ["inference"]}, ensure_ascii=False)
+    created = api.post(
+        "/v1/api-keys", body.encode(), content_type="application/json; charset=latin-1"
+    )
+    assert created.status_code == 201 and created.json()["name"] == "héllo"
+    latin = api.post(
+        "/v1/api-keys", body.encode("latin-1"), content_type="application/json; charset=latin-1"
+    )
+    assert latin.status_code == 400
+    assert latin.json()["error"]["message"].endswith(
+        "the body is not UTF-8 (byte 0xe9 at offset 11)."
+    )
+
+
+def test_parse_errors_say_what_is_wrong_in_the_clients_terms(tenant, client_for):
+    api = client_for(tenant, ["admin"])
+    huge = b'{"name": "a", "scopes": ["inference"], "expires_at": ' + b"9" * 5001 + b"}"
+    response = api.post("/v1/api-keys", huge, content_type="application/json")
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.endswith("a number has over 4,300 digits.") and "sys." not in message
+
+
+def test_format_is_an_unknown_parameter_like_any_other(tenant, client_for):
+    api = client_for(tenant, ["admin"])
+    for query in ("format=api", "format=csv", "format=json"):
+        response = api.get(f"/v1/api-keys?{query}")
+        assert response.status_code == 400, query
+        assert response.json()["error"]["code"] == "unknown_parameter"
+        assert response.json()["error"]["param"] == "format"
