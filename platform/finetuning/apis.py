@@ -47,7 +47,8 @@ class FineTuneListCreateApi(TenantAPIView):
     )
     def get(self, request: Request) -> Response:
         page, has_more = paginate(
-            fine_tune_list(tenant=self.tenant), query_params=request.query_params
+            fine_tune_list(tenant=self.tenant, livemode=self.api_key.livemode),
+            query_params=request.query_params,
         )
         return Response(list_body(page, has_more, _job))
 
@@ -83,7 +84,10 @@ class FineTuneDetailApi(TenantAPIView):
 
     @extend_schema(operation_id="fine_tunes_retrieve", responses={200: FineTuneSerializer})
     def get(self, request: Request, job_id: str) -> Response:
-        return Response(_job(fine_tune_get(tenant=self.tenant, job_id=job_id, param="id")))
+        job = fine_tune_get(
+            tenant=self.tenant, job_id=job_id, livemode=self.api_key.livemode, param="id"
+        )
+        return Response(_job(job))
 
 
 class FineTuneEventsApi(TenantAPIView):
@@ -96,7 +100,9 @@ class FineTuneEventsApi(TenantAPIView):
         responses={200: FineTuneEventListSerializer},
     )
     def get(self, request: Request, job_id: str) -> Response:
-        job = fine_tune_get(tenant=self.tenant, job_id=job_id, param="id")
+        job = fine_tune_get(
+            tenant=self.tenant, job_id=job_id, livemode=self.api_key.livemode, param="id"
+        )
         page, has_more = paginate(fine_tune_events(job=job), query_params=request.query_params)
         return Response(
             list_body(
@@ -115,4 +121,5 @@ class FineTuneCancelApi(TenantAPIView):
         # It takes no parameters: any sent is refused by name, as everywhere (an empty body
         # or an empty object is fine).
         validated(StrictSerializer, {} if request.stream is None else request.data)
-        return Response(_job(fine_tune_cancel(tenant=self.tenant, job_id=job_id)))
+        job = fine_tune_cancel(tenant=self.tenant, job_id=job_id, livemode=self.api_key.livemode)
+        return Response(_job(job))

@@ -32,6 +32,7 @@ def fine_tuned_model_register(job: FineTuneJob, result: dict[str, Any]) -> AIMod
         id=model_id_for(job),
         defaults={
             "tenant_id": job.tenant_id,
+            "livemode": job.livemode,
             "kind": AIModel.Kind.FINE_TUNED,
             "base_model": job.base_model,
             "description": f"Fine-tuned ({job.method}) by job {job.id}.",
@@ -62,6 +63,7 @@ def int8_variant_offer(job: FineTuneJob, parent: AIModel) -> tuple[str, dict[str
         id=variant_id,
         defaults={
             "tenant_id": job.tenant_id,
+            "livemode": job.livemode,
             "kind": AIModel.Kind.FINE_TUNED,
             "base_model": INT8_BASE_MODELS[job.base_model],
             "description": messages.INT8_VARIANT_DESCRIPTION.format(parent=parent.id),

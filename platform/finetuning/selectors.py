@@ -10,15 +10,21 @@ from . import messages
 from .models import FineTuneEvent, FineTuneJob
 
 
-def fine_tune_list(*, tenant: Tenant) -> TenantScopedQuerySet:
-    return FineTuneJob.objects.for_tenant(tenant)
+def fine_tune_list(*, tenant: Tenant, livemode: bool) -> TenantScopedQuerySet:
+    """The tenant's jobs of one mode: a test-mode key's jobs are test-mode jobs."""
+    return FineTuneJob.objects.for_tenant(tenant).filter(livemode=livemode)
 
 
 def fine_tune_get(
-    *, tenant: Tenant, job_id: str, param: str | None = None, for_update: bool = False
+    *,
+    tenant: Tenant,
+    job_id: str,
+    livemode: bool,
+    param: str | None = None,
+    for_update: bool = False,
 ) -> FineTuneJob:
-    """The tenant's job, or 404 (also for another tenant's id)."""
-    queryset = fine_tune_list(tenant=tenant).filter(pk=job_id)
+    """The tenant's job of that mode, or 404 (also for another tenant's id)."""
+    queryset = fine_tune_list(tenant=tenant, livemode=livemode).filter(pk=job_id)
     if for_update:
         queryset = queryset.select_for_update()
     job = queryset.first()

@@ -126,7 +126,9 @@ def fine_tune_create(
     suffix: str,
     seed: int,
 ) -> FineTuneJob:
-    model = model_get_visible(tenant=tenant, model_id=base_model, param="base_model")
+    model = model_get_visible(
+        tenant=tenant, model_id=base_model, livemode=api_key.livemode, param="base_model"
+    )
     if model.kind != AIModel.Kind.BASE:
         raise InvalidRequest(
             messages.NOT_A_BASE_MODEL.format(model=base_model),
@@ -225,10 +227,12 @@ def _usable(tenant: Tenant, dataset_id: str, param: str) -> Dataset:
 
 
 @transaction.atomic
-def fine_tune_cancel(*, tenant: Tenant, job_id: str) -> FineTuneJob:
+def fine_tune_cancel(*, tenant: Tenant, job_id: str, livemode: bool) -> FineTuneJob:
     """A queued job never starts (the worker checks the key before it begins); a running one
     stops at its next step boundary. The job reads ``cancelled`` at once."""
-    job = fine_tune_get(tenant=tenant, job_id=job_id, param="id", for_update=True)
+    job = fine_tune_get(
+        tenant=tenant, job_id=job_id, livemode=livemode, param="id", for_update=True
+    )
     if job.is_terminal:
         raise Conflict(
             messages.NOT_CANCELLABLE.format(status=job.status), code="job_not_cancellable"

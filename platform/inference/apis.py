@@ -102,7 +102,8 @@ class ModelListApi(TenantAPIView):
     )
     def get(self, request: Request) -> Response:
         page, has_more = paginate(
-            model_list_visible(tenant=self.tenant), query_params=request.query_params
+            model_list_visible(tenant=self.tenant, livemode=self.api_key.livemode),
+            query_params=request.query_params,
         )
         return Response(list_body(page, has_more, lambda m: model_to_dict(m, self.tenant)))
 
@@ -112,10 +113,12 @@ class ModelDetailApi(TenantAPIView):
 
     @extend_schema(operation_id="models_retrieve", responses={200: ModelSerializer})
     def get(self, request: Request, model_id: str) -> Response:
-        model = model_get_visible(tenant=self.tenant, model_id=model_id, param="id")
+        model = model_get_visible(
+            tenant=self.tenant, model_id=model_id, livemode=self.api_key.livemode, param="id"
+        )
         return Response(model_to_dict(model, self.tenant))
 
     @extend_schema(operation_id="models_delete", responses={200: DeletedSerializer})
     def delete(self, request: Request, model_id: str) -> Response:
-        model = model_delete(tenant=self.tenant, model_id=model_id)
+        model = model_delete(tenant=self.tenant, model_id=model_id, livemode=self.api_key.livemode)
         return Response({"id": model.id, "object": "model", "deleted": True})

@@ -6,10 +6,11 @@ from core.scoping import TenantScopedQuerySet
 
 
 class ModelQuerySet(TenantScopedQuerySet):
-    def visible_to(self, tenant_id: str) -> ModelQuerySet:
-        """Base models (shared by everyone) and the tenant's own fine-tuned models."""
+    def visible_to(self, tenant_id: str, livemode: bool) -> ModelQuerySet:
+        """Base models (shared by everyone) and the tenant's own fine-tuned models of the
+        mode asking (test-mode jobs make test-mode models)."""
         return self.unscoped().filter(
-            models.Q(tenant__isnull=True) | models.Q(tenant_id=tenant_id),
+            models.Q(tenant__isnull=True) | models.Q(tenant_id=tenant_id, livemode=livemode),
             deleted_at__isnull=True,
         )
 
@@ -51,6 +52,10 @@ class AIModel(models.Model):
         blank=True,
         help_text="int8 variants: validation accuracy minus the parent's, in points.",
     )
+    # Fine-tuned models: made by a test-mode job (an sk_test_ key), such a model is seen and
+    # served in test mode only, as Stripe keeps test objects apart: its training was not
+    # billed, so live traffic must not run on it.
+    livemode = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 

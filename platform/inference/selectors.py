@@ -41,18 +41,25 @@ def base_model_cached(model_id: str) -> AIModel | None:
 @functools.cache
 def _visible_where() -> str:
     """``ModelQuerySet.visible_to`` and a primary key, as SQL over AIModel's columns."""
-    pk, owner, deleted = (column(AIModel, name) for name in ("id", "tenant", "deleted_at"))
-    return f"{pk} = %s AND ({owner} IS NULL OR {owner} = %s) AND {deleted} IS NULL"
+    pk, owner, live, deleted = (
+        column(AIModel, name) for name in ("id", "tenant", "livemode", "deleted_at")
+    )
+    return (
+        f"{pk} = %s AND ({owner} IS NULL OR ({owner} = %s AND {live} = %s)) AND {deleted} IS NULL"
+    )
 
 
-def model_get_visible(*, tenant: Tenant, model_id: str, param: str | None = None) -> AIModel:
-    """A base model or one of this tenant's own; anything else (including another tenant's
-    fine-tuned model) is a 404, so ids leak nothing."""
+def model_get_visible(
+    *, tenant: Tenant, model_id: str, livemode: bool, param: str | None = None
+) -> AIModel:
+    """A base model or one of this tenant's own in the mode asking; anything else
+    (including another tenant's fine-tuned model, or a test-mode one asked for live) is a
+    404, so ids leak nothing."""
     model = base_model_cached(model_id)
     if model is None:
-        # NOTE: AIModel.objects.visible_to(tenant.pk).filter(pk=model_id).first(), without
-        # compiling it on every call to a fine-tuned model (core.rows; test_rows.py).
-        model = fetch_one(AIModel, _visible_where(), [model_id, tenant.pk])
+        # NOTE: AIModel.objects.visible_to(tenant.pk, livemode).filter(pk=model_id).first(),
+        # without compiling it on every call to a fine-tuned model (core.rows; test_rows.py).
+        model = fetch_one(AIModel, _visible_where(), [model_id, tenant.pk, livemode])
     if model is None:
         raise NotFound(
             messages.MODEL_NOT_FOUND.format(model=model_id), code="model_not_found", param=param
@@ -64,10 +71,11 @@ def _live_variants() -> QuerySet[AIModel]:
     return AIModel.objects.unscoped().filter(deleted_at__isnull=True)
 
 
-def model_list_visible(*, tenant: Tenant) -> Any:
+def model_list_visible(*, tenant: Tenant, livemode: bool) -> Any:
     # The int8 variant of each fine-tuned model, in the same query (model_to_dict reads it).
     variant = _live_variants().filter(parent=OuterRef("pk")).values("pk")[:1]
-    return AIModel.objects.visible_to(tenant.pk).annotate(int8_variant_id=Subquery(variant))
+    visible = AIModel.objects.visible_to(tenant.pk, livemode)
+    return visible.annotate(int8_variant_id=Subquery(variant))
 
 
 def _int8_variant(model: AIModel) -> str | None:

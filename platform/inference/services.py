@@ -39,7 +39,9 @@ def classify(
     (it carries an Idempotency-Key), so a worker keeps its answer for that retry.
     ``admission`` is the request's: its prefetched cache rows are used, and an answer from
     the cache settles it with the usage event."""
-    model = model_get_visible(tenant=tenant, model_id=model_id, param="model")
+    model = model_get_visible(
+        tenant=tenant, model_id=model_id, livemode=api_key.livemode, param="model"
+    )
     if model.status != AIModel.Status.READY:
         raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
     if model.needs_labels and not labels and not examples:
@@ -105,8 +107,8 @@ def _response(result: ClassifyResult, *, request_id: str, model: AIModel) -> dic
 
 
 @transaction.atomic
-def model_delete(*, tenant: Tenant, model_id: str) -> AIModel:
-    model = model_get_visible(tenant=tenant, model_id=model_id, param="id")
+def model_delete(*, tenant: Tenant, model_id: str, livemode: bool) -> AIModel:
+    model = model_get_visible(tenant=tenant, model_id=model_id, livemode=livemode, param="id")
     if model.tenant_id is None:
         raise PermissionError_(
             messages.BASE_MODEL_NOT_DELETABLE.format(model=model.id),

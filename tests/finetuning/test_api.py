@@ -242,3 +242,42 @@ def test_validation_that_cannot_mean_much_is_said_in_the_jobs_events(api, tenant
     assert any(f"no examples of {labels[0]!r}" in w for w in warnings(misses))
     fine = create(api, base_model="minilm-l6", training_dataset=training.id).json()
     assert warnings(fine) == []
+
+
+def test_test_mode_jobs_and_their_models_stay_in_test_mode(tenant, client_for, make_dataset):
+    """A job made with an sk_test_ key is not billed, so neither it nor the model it makes
+    is seen or served in live mode (and the other way round), as Stripe keeps modes apart."""
+    from finetuning.registration import fine_tuned_model_register
+
+    live, test = client_for(tenant, ["admin"]), client_for(tenant, ["admin"], mode="test")
+    dataset = make_dataset(tenant).id
+    test_job = create(test, base_model="minilm-l6", training_dataset=dataset).json()
+    live_job = create(live, base_model="minilm-l6", training_dataset=dataset).json()
+    assert [j["id"] for j in test.get("/v1/fine-tunes").json()["data"]] == [test_job["id"]]
+    assert [j["id"] for j in live.get("/v1/fine-tunes").json()["data"]] == [live_job["id"]]
+    for method, path in [
+        ("get", f"/v1/fine-tunes/{test_job['id']}"),
+        ("get", f"/v1/fine-tunes/{test_job['id']}/events"),
+        ("post", f"/v1/fine-tunes/{test_job['id']}/cancel"),
+    ]:
+        assert_error(getattr(live, method)(path), 404, "job_not_found", param="id")
+    assert_error(test.get(f"/v1/fine-tunes/{live_job['id']}"), 404, "job_not_found", "id")
+
+    job = FineTuneJob.objects.for_tenant(tenant).get(pk=test_job["id"])
+    model = fine_tuned_model_register(job, {"labels": ["a", "b"], "artifact": "d" * 64})
+    assert model.livemode is False
+    assert model.id in [m["id"] for m in test.get("/v1/models").json()["data"]]
+    assert test.get(f"/v1/models/{model.id}").status_code == 200
+    assert model.id not in [m["id"] for m in live.get("/v1/models").json()["data"]]
+    assert_error(live.get(f"/v1/models/{model.id}"), 404, "model_not_found", "id")
+    assert_error(live.delete(f"/v1/models/{model.id}"), 404, "model_not_found", "id")
+    classify = live.post("/v1/classify", {"model": model.id, "inputs": ["hello"]}, format="json")
+    assert_error(classify, 404, "model_not_found", "model")
+    # Nor can a live job's model be reached from test mode.
+    live_model = fine_tuned_model_register(
+        FineTuneJob.objects.for_tenant(tenant).get(pk=live_job["id"]),
+        {"labels": ["a", "b"], "artifact": "e" * 64},
+    )
+    assert live_model.livemode is True
+    assert_error(test.get(f"/v1/models/{live_model.id}"), 404, "model_not_found", "id")
+    assert test.delete(f"/v1/models/{model.id}").status_code == 200

@@ -29,8 +29,8 @@ def test_a_fine_tuned_model_is_read_as_the_orm_reads_it(tenant):
         artifact="f" * 64, parent=parent, accuracy_delta=-0.5,
     )  # fmt: skip
     for model in (parent, variant):
-        expected = AIModel.objects.visible_to(tenant.pk).get(pk=model.pk)
-        found = model_get_visible(tenant=tenant, model_id=model.pk)
+        expected = AIModel.objects.visible_to(tenant.pk, True).get(pk=model.pk)
+        found = model_get_visible(tenant=tenant, model_id=model.pk, livemode=True)
         for field in AIModel._meta.concrete_fields:
             assert getattr(found, field.attname) == getattr(expected, field.attname), field.name
         assert found._state.adding is False and found._state.db == expected._state.db
@@ -42,13 +42,13 @@ def test_only_the_owner_sees_a_live_fine_tuned_model(tenant):
         base_model="minilm-l6", labels=["a", "b"], artifact="e" * 64,
     )  # fmt: skip
     with pytest.raises(NotFound):
-        model_get_visible(tenant=TenantFactory(), model_id=model.pk)
+        model_get_visible(tenant=TenantFactory(), model_id=model.pk, livemode=True)
     model.deleted_at = timezone.now() - timedelta(seconds=1)
     model.save(update_fields=["deleted_at"])
     with pytest.raises(NotFound):
-        model_get_visible(tenant=tenant, model_id=model.pk)
+        model_get_visible(tenant=tenant, model_id=model.pk, livemode=True)
     # A base model is everyone's, whatever id path it takes.
-    assert model_get_visible(tenant=tenant, model_id="minilm-l6").tenant_id is None
+    assert model_get_visible(tenant=tenant, model_id="minilm-l6", livemode=True).tenant_id is None
 
 
 def test_the_ledger_insert_stores_rows_as_the_orm_does_and_skips_stored_ones(tenant):
