@@ -1,8 +1,9 @@
 """drf-spectacular, told the truth about what every operation can answer: besides its own
 responses, any authenticated endpoint may answer with the error shape for 400, 401, 403,
-404, 405, 415, 429 and 500, and a POST with 409 (idempotency). And about what a request
-body may hold: a strict serializer's object has no other properties, and its strings no NUL
-(``core.serializers``)."""
+404, 405, 406, 413, 415 and 429, and a POST with 402 and 409 (idempotency); and the headers
+each answer carries (X-Request-Id, RateLimit-*, Retry-After, Idempotent-Replayed). And
+about what a request body may hold: a strict serializer's object has no other properties,
+and its strings no NUL (``core.serializers``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
 from drf_spectacular.plumbing import force_instance
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer
+from rest_framework import serializers
 
 from .serializers import ErrorSerializer, StrictSerializer, StrictStringField
 
@@ -24,8 +26,16 @@ COMMON_ERRORS = {
     404: "No such object (or it belongs to another tenant).",
     405: "Method not allowed.",
     413: "Request body too large.",
-    415: "Unsupported media type.",
+    406: "The Accept header admits no JSON: every answer here is application/json.",
+    415: "Unsupported media type, or a Content-Encoding other than gzip or deflate.",
     429: "Rate limited (plan or key rate, or the concurrency cap); see Retry-After.",
+}
+
+
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": "Requests the key may make in the current window.",
+    "RateLimit-Remaining": "Requests left in the current window.",
+    "RateLimit-Reset": "Seconds until the window resets.",
 }
 
 
@@ -63,6 +73,12 @@ class AutoSchema(BaseAutoSchema):
             and schema.get("type") == "string"
         ):
             schema.setdefault("pattern", NO_NUL)
+        # drf-spectacular maps a ListField's bounds but not a ListSerializer's.
+        if isinstance(field, serializers.ListSerializer) and schema.get("type") == "array":
+            bounds = (("maxItems", "max_length"), ("minItems", "min_length"))
+            for keyword, attribute in bounds:
+                if (value := getattr(field, attribute, None)) is not None:
+                    schema.setdefault(keyword, value)
         return schema
 
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
@@ -77,7 +93,30 @@ class AutoSchema(BaseAutoSchema):
                     OpenApiResponse(response=ErrorSerializer, description=description),
                     str(status),
                 )
+        for code, response in responses.items():
+            response.setdefault("headers", {}).update(self._response_headers(str(code)))
         return responses
+
+    def _response_headers(self, status: str) -> dict[str, Any]:
+        """What ``core.middleware``, admission (``limits``) and idempotency put on answers."""
+        headers: dict[str, Any] = {"X-Request-Id": {
+            "required": True, "schema": {"type": "string"},
+            "description": "This request's id (req_...): in logs, usage and the ledger.",
+        }}  # fmt: skip
+        if status.startswith("2") or status == "429":
+            for name, description in RATE_LIMIT_HEADERS.items():
+                headers[name] = {"schema": {"type": "integer"}, "description": description}
+        if status in ("429", "409", "503"):
+            headers["Retry-After"] = {
+                "required": status == "429", "schema": {"type": "integer"},
+                "description": "Seconds to wait before retrying.",
+            }  # fmt: skip
+        if self.method == "POST" and status.startswith("2"):
+            headers["Idempotent-Replayed"] = {
+                "schema": {"type": "string", "enum": ["true"]},
+                "description": "Present on an Idempotency-Key replay of the first answer.",
+            }
+        return headers
 
     def get_override_parameters(self) -> list[Any]:
         params = list(super().get_override_parameters())

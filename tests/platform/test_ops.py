@@ -76,6 +76,26 @@ def test_openapi_describes_every_public_route():
     assert "ApiKeyAuth" in schema["components"]["securitySchemes"]
 
 
+def test_openapi_documents_the_headers_every_answer_carries():
+    schema = APIClient().get("/v1/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                headers = response.get("headers", {})
+                assert headers["X-Request-Id"]["required"] is True, (path, method, status)
+                if status.startswith("2") or status == "429":
+                    assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(
+                        headers
+                    ), (path, method, status)
+            assert operation["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+            assert "406" in operation["responses"]
+    classify = schema["paths"]["/v1/classify"]["post"]["responses"]["200"]["headers"]
+    assert "Idempotent-Replayed" in classify
+    # Every bound the server enforces is in the document, a list of examples' included.
+    examples = schema["components"]["schemas"]["ClassifyRequestRequest"]["properties"]["examples"]
+    assert examples["maxItems"] == 256
+
+
 def _request_objects(schema):
     """Every object schema a request body can hold, nested ones included."""
     components = schema["components"]["schemas"]
