@@ -140,9 +140,7 @@ def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
     if isinstance(exc, drf.ValidationError):
         param, code, message = _first_validation_error(exc.detail)
         if code in ("invalid", "required", "null", "blank", "not_a_list", "empty"):
-            code = {"required": "missing_parameter", "null": "missing_parameter"}.get(
-                code, "invalid_parameter"
-            )
+            code = {"required": "missing_parameter"}.get(code, "invalid_parameter")
         return 400, code, message, param
     if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
         return 401, "missing_api_key", str(exc.detail), None

@@ -25,3 +25,7 @@ WORKER_TIMEOUT = (
 )
 BROKER_DOWN = "The inference queue is unreachable. Retry after a short wait."
 WORKER_FAILED = "The inference worker failed on this request. Retry after a short wait."
+INVISIBLE_LABEL = (
+    "A label needs a visible character: it is compared with each input as text, and this one "
+    "has only whitespace or invisible characters."
+)

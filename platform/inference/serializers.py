@@ -7,7 +7,6 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.errors import InvalidRequest, TooLarge
-from core.schema import NO_NUL
 from core.serializers import StrictSerializer, StrictStringField
 from workers.contract import (
     MAX_EXAMPLES,
@@ -62,7 +61,8 @@ class InputTextField(StrictStringField):
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_LABEL_CHARS,
-            "pattern": NO_NUL,
+            # Something visible, and no NUL.
+            "pattern": f"^[^\\x00]*[^{INVISIBLE}][^\\x00]*$",
         },
         "minItems": 2,
         "maxItems": MAX_LABELS,
@@ -130,7 +130,11 @@ class ClassifyRequestSerializer(StrictSerializer):
     def validate_labels(self, labels: list[str] | None) -> list[str] | None:
         if labels:
             seen: set[str] = set()
-            for label in labels:
+            for index, label in enumerate(labels):
+                if not has_visible_text(label):  # embedded as it is: nothing to compare with
+                    raise InvalidRequest(
+                        messages.INVISIBLE_LABEL, code="invalid_parameter", param=f"labels[{index}]"
+                    )
                 if label in seen:
                     raise InvalidRequest(
                         messages.DUPLICATE_LABEL.format(label=label),
@@ -200,8 +204,9 @@ def classify_request_fast(data: object) -> dict[str, Any] | None:
         if labels is not None:
             if type(labels) is not list or not 2 <= len(labels) <= MAX_LABELS:
                 return None
-            if not all(_plain_text(label, MAX_LABEL_CHARS) for label in labels):
-                return None
+            for label in labels:
+                if not _plain_text(label, MAX_LABEL_CHARS) or not has_visible_text(label):
+                    return None
             if len(set(labels)) != len(labels):
                 return None
         validated["labels"] = labels

@@ -52,7 +52,7 @@ def test_a_new_tenant_is_on_free_for_this_calendar_month(tenant, client_for):
     [
         ({}, 400, "missing_parameter", "plan"),
         ({"plan": 5}, 400, "invalid_parameter", "plan"),
-        ({"plan": None}, 400, "missing_parameter", "plan"),
+        ({"plan": None}, 400, "invalid_parameter", "plan"),
         ({"plan": ["pro"]}, 400, "invalid_parameter", "plan"),
         ({"plan": "gold"}, 400, "resource_missing", "plan"),
         ({"plan": "pro", "coupon": "x"}, 400, "unknown_parameter", "coupon"),

@@ -30,6 +30,8 @@ EXAMPLE = {"text": "y", "label": "b"}
         ({"labels": ["only-one"]}, 400, "labels"),
         ({"labels": ["a", "a"]}, 400, "labels"),
         ({"labels": ["a", ""]}, 400, "labels[1]"),
+        ({"labels": ["a", "   "]}, 400, "labels[1]"),  # was classified, against nothing
+        ({"labels": ["\u200b", "b"]}, 400, "labels[0]"),
         ({"labels": None}, 400, "labels"),  # a base model needs labels or examples
         ({"labels": None, "examples": [{"text": "t", "label": "a"}]}, 400, "examples"),
         ({"examples": [{"text": "t", "label": "c"}]}, 400, "examples[0].label"),
@@ -189,7 +191,7 @@ PARITY_BODIES = [
     {"model": "minilm-l6", "inputs": ["hello"]},
     {**OK, "inputs": ["x" * 10_000, "  padded  ", "ünïcödé ☃"]},
     {**OK, "inputs": ["x"] * 96, "labels": [f"l{i}" for i in range(100)]},
-    {**OK, "labels": ["  ", "b"]},
+    {**OK, "labels": [" a ", "b"]},
     {**OK, "model": "  "},
     {**OK, "model": "m" * 200},
     {**OK, "examples": [{"text": "t", "label": "a"}]},
@@ -212,6 +214,8 @@ PARITY_BODIES = [
     {**OK, "labels": []},
     {**OK, "labels": ["a", "a"]},
     {**OK, "labels": ["a", ""]},
+    {**OK, "labels": ["  ", "b"]},
+    {**OK, "labels": ["a", "\u2060"]},
     {**OK, "labels": ["a", 1]},
     {**OK, "labels": ["a", "b" * 201]},
     {**OK, "labels": [f"l{i}" for i in range(101)]},
@@ -263,3 +267,12 @@ def test_the_largest_valid_request_fits_the_body_limit_and_a_bigger_body_says_th
     )  # fmt: skip
     assert over.status_code == 413
     assert f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes" in over.json()["error"]["message"]
+
+
+def test_a_null_value_is_an_invalid_parameter_not_a_missing_one(api):
+    response = api.post("/v1/classify", {**OK, "model": None}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_parameter"
+    assert response.json()["error"]["param"] == "model"
+    missing = api.post("/v1/classify", {"inputs": ["x"], "labels": ["a", "b"]}, format="json")
+    assert missing.json()["error"]["code"] == "missing_parameter"
