@@ -43,7 +43,11 @@ class ApiKeyListCreateApi(TenantAPIView):
     )
     def get(self, request: Request) -> Response:
         keys = api_keys_visible(tenant=self.tenant, caller=self.api_key)
-        page, has_more = paginate(keys, query_params=request.query_params)
+        page, has_more = paginate(
+            keys,
+            query_params=request.query_params,
+            cursors=api_keys_visible(tenant=self.tenant, caller=self.api_key, revoked=True),
+        )
         return Response(list_body(page, has_more, lambda k: ApiKeySerializer(k).data))
 
     @extend_schema(
@@ -72,7 +76,17 @@ class ApiKeyDetailApi(TenantAPIView):
         key = api_key_get(tenant=self.tenant, key_id=key_id, caller=self.api_key)
         return Response(ApiKeySerializer(key).data)
 
-    @extend_schema(operation_id="api_keys_revoke", responses={200: DeletedSerializer})
+    @extend_schema(
+        operation_id="api_keys_revoke",
+        responses={
+            200: DeletedSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="The tenant's last live, unexpired key with the admin scope"
+                " (code last_admin_key): create another one first.",
+            ),
+        },
+    )
     def delete(self, request: Request, key_id: str) -> Response:
         key = api_key_revoke(tenant=self.tenant, key_id=key_id, caller=self.api_key)
         return Response({"id": key.id, "object": "api_key", "deleted": True})

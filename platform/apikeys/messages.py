@@ -21,3 +21,8 @@ TEST_MINTS_LIVE = (
     'A test-mode key can create test-mode keys only (mode "test"); use a live key to create '
     "live ones."
 )
+LAST_ADMIN_KEY = (
+    "'{key_id}' is this account's last live API key with the admin scope: without it no key "
+    "could create or manage API keys again. Create another live key with the admin scope "
+    '(POST /v1/api-keys with "scopes": ["admin"]) first, then delete this one.'
+)

@@ -34,7 +34,7 @@ from tenants.models import Tenant
 from tenants.selectors import tenant_with_plan
 
 from . import messages
-from .models import ALL_SCOPES, ApiKey
+from .models import ALL_SCOPES, ApiKey, Scope
 
 logger = logging.getLogger(__name__)
 
@@ -323,10 +323,15 @@ def _touch_last_used(key: ApiKey, now: datetime) -> None:
     key.last_used_at = now
 
 
-def api_keys_visible(*, tenant: Tenant, caller: ApiKey | None = None) -> QuerySet[ApiKey]:
+def api_keys_visible(
+    *, tenant: Tenant, caller: ApiKey | None = None, revoked: bool = False
+) -> QuerySet[ApiKey]:
     """The tenant's keys a caller sees: a test-mode key sees only test-mode keys (as in
-    Stripe, test mode never reaches live objects); a live key, or an operator, sees all."""
-    keys = ApiKey.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
+    Stripe, test mode never reaches live objects); a live key, or an operator, sees all.
+    Revoked ones too with ``revoked`` (where a list's cursor is looked up)."""
+    keys = ApiKey.objects.for_tenant(tenant)
+    if not revoked:
+        keys = keys.filter(revoked_at__isnull=True)
     if caller is not None and not caller.livemode:
         keys = keys.filter(mode=ApiKey.Mode.TEST)
     return keys
@@ -373,10 +378,40 @@ def api_key_rotate(
 
 @transaction.atomic
 def api_key_revoke(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None) -> ApiKey:
-    """Effective on the next request, in every process (``api_key_generation_bump``)."""
+    """Effective on the next request, in every process (``api_key_generation_bump``).
+
+    The tenant's last working live admin key is not revoked (409 ``last_admin_key``): tenants
+    have no dashboard, so without one no key could ever manage keys again."""
     key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
-    key.revoked_at = timezone.now()
+    now = timezone.now()
+    if key.livemode and Scope.ADMIN in key.scopes:
+        _refuse_last_admin_key(tenant=tenant, key=key, now=now)
+    key.revoked_at = now
     key.previous_secret_hash = None
     key.save(update_fields=["revoked_at", "previous_secret_hash"])
     api_key_generation_bump(key_ids=[key.pk])
     return key
+
+
+def _refuse_last_admin_key(*, tenant: Tenant, key: ApiKey, now: datetime) -> None:
+    """409 when revoking ``key`` would leave the tenant no live, unrevoked, unexpired key with
+    the admin scope. A test-mode admin key is no way back: it cannot create live keys.
+
+    WARNING: the tenant's working live keys are locked (in one order, so two revocations
+    cannot deadlock) before they are counted: of two concurrent revocations of its last two
+    admin keys, the second counts after the first has committed, and is refused. On SQLite,
+    which ignores FOR UPDATE, the IMMEDIATE transaction serialises them the same way."""
+    working = (
+        ApiKey.objects.for_tenant(tenant)
+        .select_for_update()
+        .filter(mode=ApiKey.Mode.LIVE, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .order_by("pk")
+        .only("pk", "scopes")
+    )
+    # NOTE: the admin scope is matched here, not in SQL: SQLite has no JSON containment.
+    admins = {other.pk for other in working if Scope.ADMIN in other.scopes}
+    if admins == {key.pk}:
+        raise Conflict(
+            messages.LAST_ADMIN_KEY.format(key_id=key.pk), code="last_admin_key", param="id"
+        )

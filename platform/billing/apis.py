@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import Q
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from core.errors import PermissionError_
-from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body
+from core.errors import NotFound, PermissionError_
+from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, parse_limit
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 from plans.models import Plan
@@ -45,12 +46,35 @@ STRIPE_ERRORS = {
 
 class PlanListApi(TenantAPIView):
     required_scopes = {"GET": Scope.BILLING}
+    query_parameters = {"GET": LIST_QUERY}
 
-    @extend_schema(operation_id="plans_list", responses={200: PlanListSerializer})
+    @extend_schema(
+        operation_id="plans_list",
+        parameters=LIST_PARAMETERS,
+        responses={200: PlanListSerializer},
+    )
     def get(self, request: Request) -> Response:
+        # NOTE: the catalogue is cheapest first, not newest first, and a plan's id is its
+        # slug, not its primary key: core.pagination.paginate orders by time and pk, so the
+        # cursor is applied here, with its limit parsing, errors and body.
+        limit = parse_limit(request.query_params.get("limit"))
         plans = Plan.objects.filter(is_current=True, public=True).order_by("base_fee", "slug")
+        cursor_id = request.query_params.get("starting_after")
+        if cursor_id:
+            cursor = plans.filter(slug=cursor_id).values("base_fee", "slug").first()
+            if cursor is None:
+                raise NotFound(
+                    messages.UNKNOWN_PLAN.format(plan=cursor_id),
+                    code="resource_missing",
+                    param="starting_after",
+                )
+            fee = cursor["base_fee"]
+            plans = plans.filter(Q(base_fee__gt=fee) | Q(base_fee=fee, slug__gt=cursor["slug"]))
+        rows = list(plans[: limit + 1])
         return Response(
-            list_body(list(plans), False, lambda plan: PlanSerializer(plan_render(plan)).data)
+            list_body(
+                rows[:limit], len(rows) > limit, lambda plan: PlanSerializer(plan_render(plan)).data
+            )
         )
 
 

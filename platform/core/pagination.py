@@ -45,14 +45,22 @@ def parse_limit(raw: str | None) -> int:
 
 
 def paginate(
-    queryset: QuerySet[Any], *, query_params: Any, time_field: str = "created_at"
+    queryset: QuerySet[Any],
+    *,
+    query_params: Any,
+    time_field: str = "created_at",
+    cursors: QuerySet[Any] | None = None,
 ) -> tuple[list[Any], bool]:
-    """Return (page, has_more) for a queryset already scoped to the tenant."""
+    """Return (page, has_more) for a queryset already scoped to the tenant. ``cursors``:
+    where a ``starting_after`` id is looked up, when objects leave the list but stay in the
+    table (deleted, revoked): the page after one still follows its place, so a client that
+    deletes each page it reads can go on to the next."""
     limit = parse_limit(query_params.get("limit"))
     queryset = queryset.order_by(f"-{time_field}", "-pk")
     cursor_id = query_params.get("starting_after")
     if cursor_id:
-        cursor = queryset.filter(pk=cursor_id).values(time_field, "pk").first()
+        found_in = queryset if cursors is None else cursors
+        cursor = found_in.filter(pk=cursor_id).values(time_field, "pk").first()
         if cursor is None:
             raise NotFound(
                 f"No such object: '{cursor_id}'.", code="resource_missing", param="starting_after"

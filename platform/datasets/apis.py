@@ -43,7 +43,9 @@ class DatasetListCreateApi(TenantAPIView):
     )
     def get(self, request: Request) -> Response:
         page, has_more = paginate(
-            dataset_list(tenant=self.tenant), query_params=request.query_params
+            dataset_list(tenant=self.tenant),
+            query_params=request.query_params,
+            cursors=dataset_list(tenant=self.tenant, deleted=True),
         )
         return Response(list_body(page, has_more, _dataset))
 
@@ -83,7 +85,17 @@ class DatasetDetailApi(TenantAPIView):
         dataset = dataset_get(tenant=self.tenant, dataset_id=dataset_id, param="id")
         return Response(_dataset(dataset))
 
-    @extend_schema(operation_id="datasets_delete", responses={200: DeletedSerializer})
+    @extend_schema(
+        operation_id="datasets_delete",
+        responses={
+            200: DeletedSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="A fine-tuning job that has not finished uses the dataset"
+                " (code dataset_in_use): wait for it, or cancel it, first.",
+            ),
+        },
+    )
     def delete(self, request: Request, dataset_id: str) -> Response:
         dataset = dataset_delete(tenant=self.tenant, dataset_id=dataset_id)
         return Response({"id": dataset.id, "object": "dataset", "deleted": True})

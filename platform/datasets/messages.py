@@ -4,6 +4,10 @@ DATASET_NOT_FOUND = "No such dataset: '{id}'."
 FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
 FILE_TOO_LARGE = "The file is {size} bytes; the limit is {limit} bytes."
 UNKNOWN_FIELD = "Received unknown form field: {name}."
+DATASET_IN_USE = (
+    "Dataset '{id}' is in use by fine-tuning jobs that have not finished: {jobs}. Wait for "
+    "them to finish, or cancel them (POST /v1/fine-tunes/{{job id}}/cancel), then delete it."
+)
 
 # Validation, per line.
 NOT_UTF8 = "Line is not valid UTF-8."

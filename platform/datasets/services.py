@@ -7,13 +7,13 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import TooLarge
+from core.errors import Conflict, TooLarge
 from tenants.models import Tenant
 from workers.artifacts import ArtifactStore
 
 from . import messages
 from .models import Dataset
-from .selectors import dataset_get
+from .selectors import dataset_get, dataset_jobs_unfinished
 from .validation import dataset_validate, normalised_jsonl
 
 
@@ -59,9 +59,21 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
 
 @transaction.atomic
 def dataset_delete(*, tenant: Tenant, dataset_id: str) -> Dataset:
-    """Soft delete: the row disappears from the API; jobs that already use the file keep
-    their copy of its hash (blobs are shared and content-addressed, so never removed here)."""
-    dataset = dataset_get(tenant=tenant, dataset_id=dataset_id, param="id")
+    """Soft delete: the row disappears from the API; finished jobs that used the file keep
+    their copy of its hash (blobs are shared and content-addressed, so never removed here).
+
+    A dataset that a job still validating, queued or running trains or validates on is not
+    deleted (409 ``dataset_in_use``): the job would go on training on "deleted" data.
+    NOTE: the row is locked first. On PostgreSQL a job being created on it holds a key-share
+    lock on it from its INSERT until its commit, so the count below sees that job."""
+    dataset = dataset_get(tenant=tenant, dataset_id=dataset_id, param="id", for_update=True)
+    jobs = dataset_jobs_unfinished(tenant=tenant, dataset=dataset)
+    if jobs:
+        raise Conflict(
+            messages.DATASET_IN_USE.format(id=dataset.pk, jobs=", ".join(jobs)),
+            code="dataset_in_use",
+            param="id",
+        )
     dataset.deleted_at = timezone.now()
     dataset.save(update_fields=["deleted_at"])
     return dataset

@@ -149,6 +149,13 @@ def fine_tune_create(
     _check_plan(tenant=tenant, api_key=api_key)  # after the 400s/404s: only a valid job is 402
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
     with transaction.atomic():
+        # The files' rows locked, as a delete locks them: a delete that ran first makes this
+        # a 404; one that runs after sees this job (409 dataset_in_use).
+        dataset_get(tenant=tenant, dataset_id=training.pk, param="training_dataset",
+                    for_update=True)  # fmt: skip
+        if validation is not None:
+            dataset_get(tenant=tenant, dataset_id=validation.pk, param="validation_dataset",
+                        for_update=True)  # fmt: skip
         job = FineTuneJob.objects.create(
             tenant=tenant,
             api_key_id=api_key.pk,

@@ -104,6 +104,9 @@ class ModelListApi(TenantAPIView):
         page, has_more = paginate(
             model_list_visible(tenant=self.tenant, livemode=self.api_key.livemode),
             query_params=request.query_params,
+            cursors=model_list_visible(
+                tenant=self.tenant, livemode=self.api_key.livemode, deleted=True
+            ),
         )
         return Response(list_body(page, has_more, lambda m: model_to_dict(m, self.tenant)))
 

@@ -6,13 +6,14 @@ from core.scoping import TenantScopedQuerySet
 
 
 class ModelQuerySet(TenantScopedQuerySet):
-    def visible_to(self, tenant_id: str, livemode: bool) -> ModelQuerySet:
+    def visible_to(self, tenant_id: str, livemode: bool, deleted: bool = False) -> ModelQuerySet:
         """Base models (shared by everyone) and the tenant's own fine-tuned models of the
-        mode asking (test-mode jobs make test-mode models)."""
-        return self.unscoped().filter(
-            models.Q(tenant__isnull=True) | models.Q(tenant_id=tenant_id, livemode=livemode),
-            deleted_at__isnull=True,
+        mode asking (test-mode jobs make test-mode models); deleted ones too with ``deleted``
+        (a list's cursors)."""
+        visible = self.unscoped().filter(
+            models.Q(tenant__isnull=True) | models.Q(tenant_id=tenant_id, livemode=livemode)
         )
+        return visible if deleted else visible.filter(deleted_at__isnull=True)
 
 
 class AIModel(models.Model):

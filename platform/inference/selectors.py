@@ -71,10 +71,11 @@ def _live_variants() -> QuerySet[AIModel]:
     return AIModel.objects.unscoped().filter(deleted_at__isnull=True)
 
 
-def model_list_visible(*, tenant: Tenant, livemode: bool) -> Any:
+def model_list_visible(*, tenant: Tenant, livemode: bool, deleted: bool = False) -> Any:
+    """What GET /v1/models lists; deleted models too with ``deleted`` (its cursors)."""
     # The int8 variant of each fine-tuned model, in the same query (model_to_dict reads it).
     variant = _live_variants().filter(parent=OuterRef("pk")).values("pk")[:1]
-    visible = AIModel.objects.visible_to(tenant.pk, livemode)
+    visible = AIModel.objects.visible_to(tenant.pk, livemode, deleted=deleted)
     return visible.annotate(int8_variant_id=Subquery(variant))
 
 

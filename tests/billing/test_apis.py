@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import Invoice
+from plans.models import Plan
 
 pytestmark = pytest.mark.django_db
 
@@ -35,6 +36,66 @@ def test_plans_are_the_public_catalogue(tenant, client_for):
         "max_fine_tuned_models": 0,
         "lora": False,
     }
+
+
+def test_plans_are_a_cursor_list_in_catalogue_order(tenant, client_for):
+    # As cheap as pro: plans of one price follow by id. A plan not listed is no cursor.
+    Plan.objects.create(id="growth@1", slug="growth", name="Growth", base_fee=4900)
+    Plan.objects.create(id="hidden@1", slug="hidden", name="Hidden", base_fee=100, public=False)
+    client = client_for(tenant, ["billing"])
+    whole = client.get("/v1/plans").json()
+    assert [p["id"] for p in whole["data"]] == ["free", "growth", "pro", "scale"]
+    assert whole["has_more"] is False
+    pages, after = [], None
+    while after is None or pages[-1]["has_more"]:
+        query = {"limit": 1} if after is None else {"limit": 1, "starting_after": after}
+        response = client.get("/v1/plans", query)
+        assert response.status_code == 200, response.content
+        pages.append(response.json())
+        after = pages[-1]["data"][-1]["id"]
+    assert [p["data"][0] for p in pages] == whole["data"]
+    assert [p["has_more"] for p in pages] == [True, True, True, False]
+    first = client.get("/v1/plans", {"limit": 3}).json()
+    assert [p["id"] for p in first["data"]] == ["free", "growth", "pro"] and first["has_more"]
+    assert client.get("/v1/plans", {"starting_after": "scale"}).json() == {
+        "object": "list", "data": [], "has_more": False
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code", "param"),
+    [
+        ("limit=0", 400, "invalid_parameter", "limit"),
+        ("limit=101", 400, "invalid_parameter", "limit"),
+        ("limit=abc", 400, "invalid_parameter", "limit"),
+        ("limit=", 400, "invalid_parameter", "limit"),
+        ("limit=%2B5", 400, "invalid_parameter", "limit"),
+        ("limit=1&limit=2", 400, "duplicate_parameter", "limit"),
+        ("starting_after=gold", 404, "resource_missing", "starting_after"),
+        ("starting_after=hidden", 404, "resource_missing", "starting_after"),
+        ("starting_after=pro%401", 404, "resource_missing", "starting_after"),
+        ("starting_after=pro%00", 404, "resource_missing", "starting_after"),
+        ("ending_before=pro", 400, "unknown_parameter", "ending_before"),
+    ],
+)
+def test_plans_refuse_a_bad_cursor_as_every_list_does(
+    tenant, client_for, query, status, code, param
+):
+    Plan.objects.create(id="hidden@1", slug="hidden", name="Hidden", public=False)
+    client = client_for(tenant, ["admin"])
+    for path in ("/v1/plans", "/v1/api-keys"):  # the same answer as another list's
+        response = client.get(f"{path}?{query}")
+        assert response.status_code == status, (path, response.content)
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == (code, param), path
+
+
+def test_plans_document_their_cursor_parameters(client):
+    schema = client.get("/v1/openapi.json").json()
+    parameters = {p["name"]: p for p in schema["paths"]["/v1/plans"]["get"]["parameters"]}
+    assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
+    assert parameters["starting_after"]["schema"]["type"] == "string"
+    assert {p["in"] for p in parameters.values()} == {"query"}
 
 
 def test_a_new_tenant_is_on_free_for_this_calendar_month(tenant, client_for):

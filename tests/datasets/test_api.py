@@ -7,8 +7,12 @@ import json
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from datasets.models import Dataset
+from finetuning.models import FineTuneJob
+from finetuning.services import fine_tune_event_apply
+from tests.factories import subscribe
 from workers.artifacts import ArtifactStore
 
 pytestmark = pytest.mark.django_db
@@ -155,3 +159,90 @@ def test_nul_in_labels_and_filename_is_stored_safely(api):
     body = response.json()
     assert body["status"] == "invalid" and body["errors"][0]["line"] == 1
     assert "\x00" not in json.dumps(body["labels"]) and "\x00" not in body["filename"]
+
+
+# -- a dataset that fine-tuning still reads ------------------------------------------------
+
+
+def _job_event(job_id, seq, kind, **data):
+    """What the training worker sends as a job moves on (applied as the consumer applies it)."""
+    return {
+        "v": 1, "job_id": job_id, "attempt": 1, "seq": seq, "type": kind, "level": "info",
+        "message": kind, "data": data, "occurred_at": timezone.now().isoformat(),
+        "worker": "test",
+    }  # fmt: skip
+
+
+def _fine_tune(api, training, validation=None):
+    body = {"base_model": "minilm-l6", "training_dataset": training["id"]}
+    if validation is not None:
+        body["validation_dataset"] = validation["id"]
+    response = api.post("/v1/fine-tunes", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
+def _move_job(api, tenant, job_id, status):
+    """Bring a queued job to ``status`` the way it gets there."""
+    if status == "validating_files":  # only ever seen inside the job's creation
+        FineTuneJob.objects.for_tenant(tenant).filter(pk=job_id).update(status=status)
+    elif status == "cancelled":
+        assert api.post(f"/v1/fine-tunes/{job_id}/cancel").status_code == 200
+    elif status != "queued":
+        assert fine_tune_event_apply(event=_job_event(job_id, 1, "started"))
+        if status == "succeeded":
+            result = {"artifact": "a" * 64, "labels": ["billing", "bug"], "trained_tokens": 100}
+            metrics = {"accuracy": 0.9, "macro_f1": 0.88}
+            event = _job_event(job_id, 2, "succeeded", metrics=metrics, **result)
+            assert fine_tune_event_apply(event=event)
+        elif status == "failed":
+            fine_tune_event_apply(event=_job_event(job_id, 2, "failed", code="training_failed"))
+    assert FineTuneJob.objects.for_tenant(tenant).get(pk=job_id).status == status
+
+
+@pytest.mark.parametrize("status", ["validating_files", "queued", "running"])
+def test_a_dataset_an_unfinished_job_uses_cannot_be_deleted(api, tenant, status):
+    subscribe(tenant, "pro")
+    training, validation = upload(api, good_file()).json(), upload(api, good_file(11)).json()
+    first = _fine_tune(api, training, validation)
+    second = _fine_tune(api, training)
+    _move_job(api, tenant, first, status)
+    for dataset, jobs in ((training, [first, second]), (validation, [first])):
+        response = api.delete(f"/v1/datasets/{dataset['id']}")
+        assert_error(response, 409, "dataset_in_use", "id")
+        error = response.json()["error"]
+        assert error["type"] == "conflict"
+        assert all(job in error["message"] for job in jobs) and "cancel" in error["message"]
+        assert (second in error["message"]) is (second in jobs)
+        assert api.get(f"/v1/datasets/{dataset['id']}").status_code == 200  # still there
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_a_dataset_can_be_deleted_once_its_jobs_are_finished(api, tenant, status):
+    subscribe(tenant, "pro")
+    training, validation = upload(api, good_file()).json(), upload(api, good_file(11)).json()
+    job = _fine_tune(api, training, validation)
+    other = upload(api, good_file(12)).json()
+    _fine_tune(api, other)  # a job on another dataset is no reason to refuse
+    _move_job(api, tenant, job, status)
+    for dataset in (training, validation):
+        deleted = api.delete(f"/v1/datasets/{dataset['id']}")
+        assert deleted.status_code == 200, deleted.content
+        assert deleted.json() == {"id": dataset["id"], "object": "dataset", "deleted": True}
+        assert_error(api.get(f"/v1/datasets/{dataset['id']}"), 404, "dataset_not_found")
+    # The finished job still reads as it did.
+    assert api.get(f"/v1/fine-tunes/{job}").json()["training_dataset"] == training["id"]
+
+
+def test_the_next_page_follows_a_cursor_that_was_deleted(api):
+    """List a page, delete what it held, ask for the page after it: the cleanup loop."""
+    ids = [upload(api, good_file(), name=f"f{n}.jsonl").json()["id"] for n in range(5)]
+    first = api.get("/v1/datasets", {"limit": 2}).json()
+    assert [d["id"] for d in first["data"]] == ids[::-1][:2] and first["has_more"]
+    for dataset in first["data"]:
+        assert api.delete(f"/v1/datasets/{dataset['id']}").status_code == 200
+    after = api.get("/v1/datasets", {"limit": 2, "starting_after": ids[-2]}).json()
+    assert [d["id"] for d in after["data"]] == ids[::-1][2:4] and after["has_more"]
+    # An id that never was is still a 404.
+    missing = api.get("/v1/datasets", {"starting_after": "ds_nope"})
+    assert_error(missing, 404, "resource_missing", "starting_after")

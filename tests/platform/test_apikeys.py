@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -274,6 +275,15 @@ def test_list_paginates_with_a_cursor(api, tenant):
         assert response.status_code == 400, raw
         assert response.json()["error"]["param"] == "limit"
     assert api.get("/v1/api-keys?starting_after=key_nope").status_code == 404
+    # A revoked key still marks its place: the page after it is the page after it.
+    revoked = second["data"][-1]["id"]
+    assert api.delete(f"/v1/api-keys/{revoked}").status_code == 200
+    again = api.get(f"/v1/api-keys?limit=2&starting_after={revoked}").json()
+    assert again == third
+    # Not a live key's place from test mode, though: that one is not there.
+    test_mode = bearer(make_key(tenant, ["admin"], mode="test"))
+    hidden = test_mode.get(f"/v1/api-keys?starting_after={revoked}")
+    assert hidden.status_code == 404
 
 
 def test_create_tenant_command_prints_a_working_secret_last(capsys, db):
@@ -461,3 +471,97 @@ def test_a_test_mode_key_never_reaches_live_keys(tenant, client_for):
     assert bearer(live_key["secret"]).get("/v1/models").status_code == 200  # untouched
     # A live key still sees and manages both.
     assert minted.json()["id"] in {k["id"] for k in live.get("/v1/api-keys").json()["data"]}
+
+
+# -- the last way in: a tenant has no dashboard, only its live admin keys ------------------
+
+
+def _own_key_id(tenant) -> str:
+    return ApiKey.objects.for_tenant(tenant).get().pk
+
+
+def _assert_last_admin_key(response, key_id):
+    assert response.status_code == 409, response.json()
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("conflict", "last_admin_key", "id")
+    assert key_id in error["message"] and "first" in error["message"]
+
+
+def test_the_last_live_admin_key_cannot_be_deleted(api, tenant, client_for):
+    mine = _own_key_id(tenant)  # the fixture's key: the tenant's only one
+    _assert_last_admin_key(api.delete(f"/v1/api-keys/{mine}"), mine)
+    assert api.get("/v1/api-keys").status_code == 200  # still in
+    # Neither a test-mode admin key (it cannot create live keys), an expired or a revoked
+    # live one, nor a live key without the admin scope is a way back in.
+    make_key(tenant, ["admin"], mode="test")
+    expired = api.post("/v1/api-keys", {"scopes": ["admin"]}, format="json").json()
+    ApiKey.objects.for_tenant(tenant).filter(pk=expired["id"]).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    revoked = api.post("/v1/api-keys", {"scopes": ["admin"]}, format="json").json()
+    assert api.delete(f"/v1/api-keys/{revoked['id']}").status_code == 200
+    others = api.post(
+        "/v1/api-keys", {"scopes": ["inference", "training", "billing"]}, format="json"
+    ).json()
+    _assert_last_admin_key(api.delete(f"/v1/api-keys/{mine}"), mine)
+    # Deleting the keys that are no way in works as before, the expired admin key included.
+    for key_id in (others["id"], expired["id"]):
+        assert api.delete(f"/v1/api-keys/{key_id}").status_code == 200, key_id
+    # Nor can a test-mode admin key delete the last live one: it never sees live keys.
+    assert (
+        client_for(tenant, ["admin"], mode="test").delete(f"/v1/api-keys/{mine}").status_code == 404
+    )
+    assert api.get("/v1/api-keys").status_code == 200
+
+
+def test_an_admin_key_can_be_deleted_while_another_live_one_exists(api, tenant):
+    mine = _own_key_id(tenant)
+    spare = api.post("/v1/api-keys", {"scopes": ["admin"]}, format="json").json()
+    # The key making the request may delete itself: the spare is a way in.
+    deleted = api.delete(f"/v1/api-keys/{mine}")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert api.get("/v1/api-keys").json()["error"]["code"] == "api_key_revoked"
+    spare_client = bearer(spare["secret"])
+    assert spare_client.get("/v1/api-keys").status_code == 200
+    # Now the spare is the last one.
+    _assert_last_admin_key(spare_client.delete(f"/v1/api-keys/{spare['id']}"), spare["id"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(monkeypatch):
+    """Each of the last two live admin keys deletes itself at the same moment: one is
+    revoked, the other refused, whichever goes first."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from apikeys import services
+
+    tenant = TenantFactory()
+    secrets = [make_key(tenant, ["admin"]), make_key(tenant, ["admin"])]
+    ids = [_key_id(secret) for secret in secrets]
+    # Hold each revocation, once it has counted the admin keys, until the other has counted
+    # too (or a second has passed: the other is then waiting for the first's locks).
+    both_counted = threading.Barrier(2, timeout=1)
+    count = services._refuse_last_admin_key
+
+    def count_then_wait(**kwargs):
+        count(**kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_counted.wait()
+
+    monkeypatch.setattr(services, "_refuse_last_admin_key", count_then_wait)
+
+    def delete_itself(n):
+        try:
+            return bearer(secrets[n]).delete(f"/v1/api-keys/{ids[n]}").status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        statuses = sorted(pool.map(delete_itself, range(2)))
+    assert statuses == [200, 409]
+    left = ApiKey.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
+    assert left.count() == 1
+    assert bearer(secrets[ids.index(left.get().pk)]).get("/v1/api-keys").status_code == 200
