@@ -527,8 +527,7 @@ def test_an_admin_key_can_be_deleted_while_another_live_one_exists(api, tenant):
     _assert_last_admin_key(spare_client.delete(f"/v1/api-keys/{spare['id']}"), spare["id"])
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(monkeypatch):
+def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transactional_db, monkeypatch):
     """Each of the last two live admin keys deletes itself at the same moment: one is
     revoked, the other refused, whichever goes first."""
     import threading
