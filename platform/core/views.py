@@ -154,27 +154,6 @@ class TenantAPIView(APIView):
     def _initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         _refuse_content_coding(request)
-        method = "GET" if request.method == "HEAD" else (request.method or "")
-        # A method the view lacks is a 405, whatever its query says (DRF decides after this);
-        # OPTIONS describes the resource, whichever of its methods' queries it carries.
-        if method != "OPTIONS" and hasattr(self, method.lower()):
-            allowed = self.query_parameters.get(method, frozenset())
-            unknown = next((name for name in request.query_params if name not in allowed), None)
-            if unknown is not None:
-                raise InvalidRequest(
-                    f"Received unknown parameter: {unknown}.",
-                    code="unknown_parameter",
-                    param=unknown,
-                )
-            # ?a=1&a=2: Django keeps the last, another reader the first; neither is asked for.
-            twice = next(
-                (n for n in request.query_params if len(request.query_params.getlist(n)) > 1), None
-            )
-            if twice is not None:
-                raise InvalidRequest(
-                    f"{twice} is given more than once.", code="duplicate_parameter", param=twice
-                )
-        _refuse_nul(kwargs, request.query_params)
         post = request.method == "POST"
         check = _key_check(request)
         prefetch = [*(self.admission_prefetch(request) if post else ())]
@@ -192,6 +171,10 @@ class TenantAPIView(APIView):
             self._admission = None
             limits_settle(admission, succeeded=False)
             raise _StaleKey
+        # After admission, as a body's errors are: a throttled key gets its 429 whatever its
+        # query says, and a refused query carries the RateLimit headers like any answer.
+        self._refuse_query(request)
+        _refuse_nul(kwargs, request.query_params)
         # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
         # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
         key = request.META.get("HTTP_IDEMPOTENCY_KEY")
@@ -209,6 +192,27 @@ class TenantAPIView(APIView):
             raise _Replay(outcome.record)
         self._idempotency = outcome.record
         self.is_retry = outcome.retry
+
+    def _refuse_query(self, request: Request) -> None:
+        """A query parameter the method does not take, or one given twice, is a 400."""
+        method = "GET" if request.method == "HEAD" else (request.method or "")
+        # A method the view lacks is a 405, whatever its query says (DRF decides after this);
+        # OPTIONS describes the resource, whichever of its methods' queries it carries.
+        if method == "OPTIONS" or not hasattr(self, method.lower()):
+            return
+        allowed = self.query_parameters.get(method, frozenset())
+        unknown = next((name for name in request.query_params if name not in allowed), None)
+        if unknown is not None:
+            raise InvalidRequest(
+                f"Received unknown parameter: {unknown}.", code="unknown_parameter", param=unknown
+            )
+        # ?a=1&a=2: Django keeps the last, another reader the first; neither is asked for.
+        params = request.query_params
+        twice = next((n for n in params if len(params.getlist(n)) > 1), None)
+        if twice is not None:
+            raise InvalidRequest(
+                f"{twice} is given more than once.", code="duplicate_parameter", param=twice
+            )
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, _Replay):

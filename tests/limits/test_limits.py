@@ -70,6 +70,19 @@ def test_plan_rate_limit_with_headers(tenant):
     assert refused["RateLimit-Remaining"] == "0"
 
 
+def test_a_throttled_key_is_429_whatever_its_query_and_a_bad_query_is_counted(tenant):
+    on_plan(tenant, custom_plan(rate_limit_per_minute=3))
+    client = bearer(make_key(tenant, ["inference"]))
+    refused = client.get("/v1/models?foo=1")  # a 400, admitted and counted like any call
+    assert refused.status_code == 400 and refused["RateLimit-Remaining"] == "2"
+    assert client.get("/v1/models?limit=1&limit=2")["RateLimit-Remaining"] == "1"
+    assert client.get("/v1/models").status_code == 200
+    for query in ("", "?foo=1", "?limit=1&limit=2", "?format=api"):
+        throttled = client.get(f"/v1/models{query}")
+        assert throttled.status_code == 429, query
+        assert throttled["Retry-After"]
+
+
 def test_per_key_limit_leaves_the_tenants_other_keys_alone(tenant):
     on_plan(tenant, custom_plan(rate_limit_per_minute=100, key_rate_limit_per_minute=3))
     first, second = bearer(make_key(tenant, ["inference"])), bearer(make_key(tenant, ["inference"]))
