@@ -131,3 +131,58 @@ class AutoSchema(BaseAutoSchema):
                 )
             )
         return params
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+_REQUEST_ID = {"X-Request-Id": {"required": True, "schema": {"type": "string"}}}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _answer(description: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": content, "headers": _REQUEST_ID}
+
+
+def _read_only(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    not_allowed = _answer("Only GET (and HEAD) are served here.", _json(_ERROR))
+    return {"get": {"operationId": operation_id, "summary": summary, "tags": ["operations"],
+                    "security": [], "responses": {**responses, "405": not_allowed}}}  # fmt: skip
+
+
+def operations_paths(result: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the routes outside /v1 (plain Django views, which
+    it does not see): probes, metrics and the Stripe webhook, so that the document describes
+    every endpoint the server has."""
+    checks = {"type": "object", "additionalProperties": {"type": "object"}}
+    ready = {"type": "object", "required": ["status", "checks"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]}, "checks": checks}}  # fmt: skip
+    alive = {"type": "object", "required": ["status"],
+             "properties": {"status": {"type": "string", "enum": ["ok"]}}}  # fmt: skip
+    received = {"type": "object", "required": ["received"], "properties": {
+        "received": {"type": "boolean"}, "duplicate": {"type": "boolean"}}}  # fmt: skip
+    result["paths"].update({
+        "/healthz": _read_only("healthz", "Liveness: the process answers.",
+                               {"200": _answer("Alive.", _json(alive))}),
+        "/readyz": _read_only("readyz", "Readiness: database, broker and cache reachable.", {
+            "200": _answer("Ready.", _json(ready)),
+            "503": _answer("A dependency is unreachable (see checks).", _json(ready))}),
+        "/metrics": _read_only("metrics", "Prometheus metrics, summed over the API processes.", {
+            "200": _answer("Prometheus text format.",
+                           {"text/plain": {"schema": {"type": "string"}}})}),
+        "/webhooks/stripe": {"post": {
+            "operationId": "stripe_webhook", "tags": ["operations"], "security": [],
+            "summary": "Stripe events, verified by their Stripe-Signature header.",
+            "parameters": [{"name": "Stripe-Signature", "in": "header", "required": True,
+                            "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": _json({"type": "object"})},
+            "responses": {
+                "200": _answer("Recorded (or recorded before: duplicate).", _json(received)),
+                "400": _answer("Unsigned, badly signed, stale or malformed event.", _json(_ERROR)),
+                "405": _answer("Only POST.", _json(_ERROR)),
+                "413": _answer("Request body too large.", _json(_ERROR)),
+            },
+        }},
+    })  # fmt: skip
+    return result
