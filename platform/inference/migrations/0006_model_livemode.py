@@ -3,10 +3,25 @@
 from django.db import migrations, models
 
 
+def test_mode_models(apps, schema_editor):
+    # Models that test-mode jobs made before models had a mode are test-mode models (their
+    # training was not billed), and so are their int8 variants.
+    AIModel = apps.get_model("inference", "AIModel")
+    FineTuneJob = apps.get_model("finetuning", "FineTuneJob")
+    made = (
+        FineTuneJob.objects.filter(livemode=False)
+        .exclude(fine_tuned_model="")
+        .values_list("fine_tuned_model", flat=True)
+    )
+    AIModel.objects.filter(pk__in=list(made)).update(livemode=False)
+    AIModel.objects.filter(parent__livemode=False).update(livemode=False)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
         ('inference', '0005_aimodel_int8_variant'),
+        ('finetuning', '0001_initial'),
     ]
 
     operations = [
@@ -15,4 +30,5 @@ class Migration(migrations.Migration):
             name='livemode',
             field=models.BooleanField(default=True),
         ),
+        migrations.RunPython(test_mode_models, migrations.RunPython.noop),
     ]
