@@ -65,20 +65,22 @@ def billing_periods(
 ) -> Iterator[tuple[datetime, datetime]]:
     """The whole periods that [start, end) touches, in order: recorded ones, and calendar
     months (cut where they meet a recorded one) where none is recorded."""
+    periods = BillingPeriod.objects.for_tenant(tenant)
     recorded = (
-        BillingPeriod.objects.for_tenant(tenant)
-        .filter(start__lt=end, end__gt=start)
-        .order_by("start")
-        .values_list("start", "end")
+        periods.filter(start__lt=end, end__gt=start).order_by("start").values_list("start", "end")
     )
-    cursor: datetime | None = None  # where the last recorded period ended
+    # Where the last recorded period before the range ended: a month filled in after it
+    # begins there, not on the 1st (a renewal not yet recorded must not re-price usage that
+    # the period before it covered).
+    cursor: datetime | None = (
+        periods.filter(end__lte=start).order_by("-end").values_list("end", flat=True).first()
+    )
+    lo = start
     for period_start, period_end in recorded:
-        lo = start if cursor is None else cursor
         if lo < period_start:
             yield from _months_between(lo, period_start, after=cursor, before=period_start)
         yield period_start, period_end
-        cursor = period_end
-    lo = start if cursor is None else cursor
+        lo = cursor = period_end
     if lo < end:
         yield from _months_between(lo, end, after=cursor, before=None)
 

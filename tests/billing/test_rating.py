@@ -205,3 +205,30 @@ def test_periods_without_a_record_are_calendar_months_cut_at_recorded_ones(tenan
         (pro_start, datetime(2026, 12, 20, 10, tzinfo=UTC)),
         (datetime(2026, 12, 20, 10, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)),
     ]
+
+
+def test_a_month_filled_in_after_a_period_begins_where_that_period_ended(tenant):
+    """The renewal of 15 October not recorded yet: what follows the recorded period is
+    priced from its end, not from 1 October again (which would count 5 October's usage
+    against the included inputs a second time)."""
+    from billing.usage_pricing import range_charges
+
+    sub = subscribe(tenant, "pro")
+    sep15, oct15 = datetime(2026, 9, 15, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC)
+    _period(sub, sep15, oct15)
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=60_000, occurred_at="2026-10-05T12:00:00+00:00"),
+            event(tenant, 2, inputs=60_000, occurred_at="2026-10-20T12:00:00+00:00"),
+        ]
+    )
+    assert list(billing_periods(tenant=tenant, start=datetime(2026, 10, 16, tzinfo=UTC),
+                                end=datetime(2026, 11, 1, tzinfo=UTC))) == [
+        (oct15, datetime(2026, 11, 1, tzinfo=UTC))
+    ]  # fmt: skip
+    late = range_charges(tenant=tenant, plan=sub.plan, start=datetime(2026, 10, 16, tzinfo=UTC),
+                         end=datetime(2026, 11, 1, tzinfo=UTC))  # fmt: skip
+    whole = range_charges(tenant=tenant, plan=sub.plan, start=datetime(2026, 9, 1, tzinfo=UTC),
+                          end=datetime(2026, 11, 1, tzinfo=UTC))  # fmt: skip
+    assert late == whole  # each 60,000 within its own period's 100,000: nothing over
+    assert sum(late.values()) == 0
