@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any
 
@@ -47,6 +48,8 @@ class JSONParser(parsers.JSONParser):
         # the texts classified (and billed) without a word.
         constant = strict_constant if api_settings.STRICT_JSON else None
         raw = stream.read()
+        if raw.startswith(codecs.BOM_UTF8):  # RFC 8259: a parser may ignore one
+            raw = raw[len(codecs.BOM_UTF8) :]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -27,7 +27,7 @@ COMMON_ERRORS = {
     405: "Method not allowed.",
     413: "Request body too large.",
     406: "The Accept header admits no JSON: every answer here is application/json.",
-    415: "Unsupported media type, or a Content-Encoding other than gzip or deflate.",
+    415: "Unsupported media type, or a compressed body (Content-Encoding).",
     429: "Rate limited (plan or key rate, or the concurrency cap); see Retry-After.",
 }
 

@@ -20,24 +20,18 @@ from .errors import APIError, InvalidRequest, NotFound
 from .idempotency import idempotency_begin, idempotency_finish, request_fingerprint
 from .models import IdempotencyRecord
 from .negotiation import JSONFirstNegotiation
-from .wsgi import CODINGS
 
 # Query parameters whose value is an object id, like the path's.
 ID_PARAMETERS = frozenset({"starting_after"})
 
 
 def _refuse_content_coding(request: Request) -> None:
-    """A body still under a Content-Encoding: one ``core.wsgi`` could not undo."""
+    """A compressed body is refused rather than read as if it were JSON (``core.wsgi``)."""
     coding = request.META.get("HTTP_CONTENT_ENCODING", "").strip()
-    if not coding or request.method not in ("POST", "PUT", "PATCH"):
+    if not coding or coding.lower() == "identity" or request.method not in ("POST", "PUT"):
         return
-    if coding.lower() in CODINGS:
-        raise InvalidRequest(
-            f"The body is not valid {coding} data.", code="invalid_content_encoding"
-        )
     raise APIError(
-        f"Content-Encoding {coding} is not supported: send the body as it is, or gzip or "
-        "deflate it.",
+        f"Content-Encoding {coding} is not supported: send the body uncompressed.",
         code="unsupported_content_encoding",
         status=415,
     )
