@@ -150,11 +150,13 @@ def fine_tune_create(
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
     with transaction.atomic():
         # The files' rows locked, as a delete locks them: a delete that ran first makes this
-        # a 404; one that runs after sees this job (409 dataset_in_use).
-        dataset_get(tenant=tenant, dataset_id=training.pk, param="training_dataset",
-                    for_update=True)  # fmt: skip
+        # a 404; one that runs after sees this job (409 dataset_in_use). In id order, so that
+        # two jobs on the same two datasets the other way round cannot deadlock.
+        files = {training.pk: "training_dataset"}
         if validation is not None:
-            dataset_get(tenant=tenant, dataset_id=validation.pk, param="validation_dataset",
+            files.setdefault(validation.pk, "validation_dataset")
+        for dataset_id in sorted(files):
+            dataset_get(tenant=tenant, dataset_id=dataset_id, param=files[dataset_id],
                         for_update=True)  # fmt: skip
         job = FineTuneJob.objects.create(
             tenant=tenant,
@@ -210,10 +212,18 @@ def _check_plan(*, tenant: Tenant, api_key: ApiKey) -> None:
         raise APIError(enforcement.blocked_reason, code="subscription_unpaid", status=402)
     limit = enforcement.plan.max_fine_tuned_models
     # An int8 variant is another way to serve a model the tenant has, not another model.
+    # Each mode counts its own: a live key cannot see (or delete) test-mode models.
     models = AIModel.objects.for_tenant(tenant).filter(
-        kind=AIModel.Kind.FINE_TUNED, deleted_at__isnull=True, parent__isnull=True
+        kind=AIModel.Kind.FINE_TUNED,
+        deleted_at__isnull=True,
+        parent__isnull=True,
+        livemode=api_key.livemode,
     )
-    pending = FineTuneJob.objects.for_tenant(tenant).exclude(status__in=FineTuneJob.TERMINAL)
+    pending = (
+        FineTuneJob.objects.for_tenant(tenant)
+        .filter(livemode=api_key.livemode)
+        .exclude(status__in=FineTuneJob.TERMINAL)
+    )
     if models.count() + pending.count() >= limit:
         raise APIError(
             messages.MODEL_LIMIT.format(plan=enforcement.plan.name, limit=limit),

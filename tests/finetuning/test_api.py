@@ -194,6 +194,10 @@ def test_the_plan_limits_fine_tuned_models(api, tenant, other_tenant, client_for
     assert refused.json()["error"]["type"] == "payment_required"
     assert api.delete("/v1/models/ft:minilm-l6:m:0").status_code == 200
     assert create(api, **body).status_code == 201
+    # Each mode counts its own (a live key can neither see nor delete test-mode models).
+    test_mode = client_for(tenant, ["training"], mode="test")
+    assert create(test_mode, **body).status_code == 201
+    assert_error(create(api, **body), 402, "fine_tuned_model_limit")
 
     # The free plan (no subscription) has no fine-tuned models at all.
     free = client_for(other_tenant, ["training"])
