@@ -6,11 +6,11 @@ covers, included inputs, graduated overage per tier, fine-tuning), shared among 
 rollup rows by quantity: usage lines by inputs of their tier, fine-tuning by trained
 tokens, the base fee by inputs. As in billing, usage is priced by the plan it was made on
 (rollups keep it), each plan's included inputs covering its own usage; the base fee is the
-plan the tenant-month ends on. A tenant-month without a call still earns the base fee of
-the paid plan it ended on (from the billing periods kept: ``billing.BillingPeriod``),
-reported under model ``(no calls)`` and spread over the days covered. Cost is the workers'
-compute time x their hourly price. Both are reported in micro-units of the currency so
-that a margin per call is visible."""
+plan the tenant-month ends on. The plan a tenant-month ends on comes from the billing
+periods kept (``billing.BillingPeriod``) where there are any; its base fee is earned even
+in a month without a call on it, reported then under model ``(base fee)`` and spread over
+the days covered. Cost is the workers' compute time x their hourly price. Both are
+reported in micro-units of the currency so that a margin per call is visible."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .models import UsageRollup
 
 MICROS_PER_MINOR = 10_000  # two-decimal currencies: 1 cent = 10,000 micro-dollars
 DIMENSIONS = ("tenant", "model", "plan", "day")
-NO_CALLS = "(no calls)"  # the model a base fee without usage is reported under
+BASE_FEE = "(base fee)"  # the model a base fee without calls on its plan is reported under
 
 
 def _month_rows(start: datetime, end: datetime) -> dict[tuple[str, date], list[UsageRollup]]:
@@ -105,9 +105,12 @@ def _rows_with_money(
     plan_of = _plan_cache()
     out: list[tuple[UsageRollup, int, Plan]] = []
     month_bounds = {m[0].date(): m for m in months(start, end)}
-    for (_, month_start), month_rows in _month_rows(start, end).items():
+    ends_on = _month_end_plans(start, end)
+    for (tenant_id, month_start), month_rows in _month_rows(start, end).items():
         month = month_bounds[month_start]
-        last = month_rows[-1].plan_id  # the plan the month ends on: its base fee
+        # The plan the month ends on pays its base fee: as its billing periods say, else the
+        # plan of its last call.
+        last = ends_on.get((tenant_id, month_start), month_rows[-1].plan_id)
         by_plan: dict[str, list[UsageRollup]] = defaultdict(list)
         for row in month_rows:
             by_plan[row.plan_id].append(row)
@@ -115,7 +118,14 @@ def _rows_with_money(
             plan = _proposed(plan_of(plan_id), proposed)
             revenue = _revenue(rows, plan, month, start, end, include_base_fee=plan_id == last)
             out += [(row, revenue[row.pk], plan) for row in rows]
-    return out + _idle_base_fees(start, end, plan_of, proposed)
+        if last in by_plan:
+            ends_on.pop((tenant_id, month_start), None)  # its fee is in its calls' revenue
+        else:
+            ends_on[(tenant_id, month_start)] = last  # no call on it: a fee of its own
+    for (tenant_id, month_start), plan_id in ends_on.items():
+        plan = _proposed(plan_of(plan_id), proposed)
+        out += _base_fee_rows(tenant_id, plan, month_bounds[month_start], start, end)
+    return out
 
 
 def _proposed(plan: Plan, proposed: dict[str, dict[str, Any]] | None) -> Plan:
@@ -126,33 +136,36 @@ def _proposed(plan: Plan, proposed: dict[str, dict[str, Any]] | None) -> Plan:
     return plan
 
 
-def _idle_base_fees(
-    start: datetime, end: datetime, plan_of: Any, proposed: dict[str, dict[str, Any]] | None
-) -> list[tuple[UsageRollup, int, Plan]]:
-    """The base fee of each live tenant-month in range that made no call, by the plan its
-    last billing period in the month was on, prorated as a month with calls is: one
-    unsaved rollup row (model ``NO_CALLS``, no usage) per day of the range in the month."""
-    active = {(tenant_id, month_start) for tenant_id, month_start in _month_rows(start, end)}
-    out: list[tuple[UsageRollup, int, Plan]] = []
+def _month_end_plans(start: datetime, end: datetime) -> dict[tuple[str, date], str]:
+    """(tenant, month) -> the plan of the tenant's last billing period in that month, for the
+    months [start, end) touches (tenants with periods recorded)."""
+    ends_on: dict[tuple[str, date], str] = {}
     for month_start, month_end in months(start, end):
-        lo, hi = max(start, month_start), min(end, month_end)
-        ends_on: dict[str, str] = {}  # tenant -> plan of its last period in the month
         periods = BillingPeriod.objects.unscoped().filter(start__lt=month_end, end__gt=month_start)
         for tenant_id, plan_id in periods.order_by("start").values_list("tenant_id", "plan_id"):
-            ends_on[tenant_id] = plan_id
-        for tenant_id, plan_id in ends_on.items():
-            plan = _proposed(plan_of(plan_id), proposed)
-            if (tenant_id, month_start.date()) in active or not plan.base_fee:
-                continue
-            covered = Decimal((hi - lo) / (month_end - month_start))
-            amount = int(Decimal(plan.base_fee) * covered)
-            last = (hi - timedelta(microseconds=1)).date()
-            days = [lo.date() + timedelta(days=n) for n in range((last - lo.date()).days + 1)]
-            for day, part in allocate(amount, dict.fromkeys(days, 1)).items():
-                row = UsageRollup(day=day, tenant_id=tenant_id, model=NO_CALLS, kind="base_fee",
-                                  livemode=True, plan_id=plan.id)  # fmt: skip
-                out.append((row, part, plan))
-    return out
+            ends_on[(tenant_id, month_start.date())] = plan_id
+    return ends_on
+
+
+def _base_fee_rows(
+    tenant_id: str, plan: Plan, month: tuple[datetime, datetime], start: datetime, end: datetime
+) -> list[tuple[UsageRollup, int, Plan]]:
+    """The base fee of a tenant-month whose plan made no call in it, prorated as a month with
+    calls is: one unsaved rollup row (model ``BASE_FEE``, no usage) per day of the range in
+    the month."""
+    if not plan.base_fee:
+        return []
+    lo, hi = max(start, month[0]), min(end, month[1])
+    covered = Decimal((hi - lo) / (month[1] - month[0]))
+    amount = int(Decimal(plan.base_fee) * covered)
+    last = (hi - timedelta(microseconds=1)).date()
+    days = [lo.date() + timedelta(days=n) for n in range((last - lo.date()).days + 1)]
+    rows = []
+    for day, part in allocate(amount, dict.fromkeys(days, 1)).items():
+        row = UsageRollup(day=day, tenant_id=tenant_id, model=BASE_FEE, kind="base_fee",
+                          livemode=True, plan_id=plan.id)  # fmt: skip
+        rows.append((row, part, plan))
+    return rows
 
 
 def _key(row: UsageRollup, plan: Plan, by: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from billing.periods import billing_period_record
 from economics.models import UsageRollup
-from economics.selectors import NO_CALLS, margins, pricing_simulate
+from economics.selectors import BASE_FEE, margins, pricing_simulate
 from economics.services import rollups_rebuild
 from metering.services import usage_record_bulk
 from tests.factories import TenantFactory, subscribe
@@ -240,7 +240,7 @@ def test_a_paying_tenant_without_calls_still_earns_its_base_fee(ledger):
     assert by_tenant[idle.pk]["requests"] == 0 and by_tenant[idle.pk]["cost_micros"] == 0
     assert by_tenant[pro.pk]["revenue_micros"] == 49_200_000  # unchanged
     by_model = {r["model"]: r for r in margins(start=MONTH, end=NEXT, by="model")}
-    assert by_model[NO_CALLS]["revenue_micros"] == 49_000_000
+    assert by_model[BASE_FEE]["revenue_micros"] == 49_000_000
     by_day = margins(start=MONTH, end=NEXT, by="day")
     assert sum(r["revenue_micros"] for r in by_day) == 49_200_000 + 49_000_000
     by_plan = {r["plan"]: r for r in margins(start=MONTH, end=NEXT, by="plan")}
@@ -253,3 +253,20 @@ def test_a_paying_tenant_without_calls_still_earns_its_base_fee(ledger):
     assert report["tenants"][idle.pk]["actual_revenue_micros"] == 49_000_000
     assert report["tenants"][idle.pk]["simulated_revenue_micros"] == 39_000_000
     assert report["total"]["simulated_revenue_micros"] == 39_200_000 + 39_000_000
+
+
+def test_a_month_of_calls_on_free_then_an_upgrade_earns_the_paid_base_fee(ledger):
+    """Calls on free, then pro from the middle of the month: pro's base fee is earned, as it
+    is by a tenant that made no call at all."""
+    busy = TenantFactory()
+    sub = subscribe(busy, "free")
+    sub.current_period_start, sub.current_period_end = MONTH, NEXT
+    billing_period_record(sub=sub)
+    usage_record_bulk(events=[{**event(busy, 1, 10, 10), "plan_id": "free@1"}])
+    sub.plan_id = "pro@1"
+    sub.current_period_start, sub.current_period_end = MONTH + timedelta(days=3), NEXT
+    billing_period_record(sub=sub)
+    rows = {r["tenant"]: r for r in margins(start=MONTH, end=NEXT, by="tenant")}
+    assert rows[busy.pk]["revenue_micros"] == 49_000_000 and rows[busy.pk]["requests"] == 1
+    by_model = {r["model"]: r for r in margins(start=MONTH, end=NEXT, by="model")}
+    assert by_model[BASE_FEE]["revenue_micros"] == 49_000_000
