@@ -93,9 +93,19 @@ def subscription_get_or_create(*, tenant: Tenant) -> Subscription:
         if created:
             billing_period_record(sub=sub)
     elif not sub.stripe_subscription_id and now >= sub.current_period_end:
-        sub.current_period_start, sub.current_period_end = calendar_month(now)
-        sub.save(update_fields=["current_period_start", "current_period_end", "updated_at"])
-        billing_period_record(sub=sub)
+        with transaction.atomic():
+            # Read again, locked: a plan change committed since the read above must not be
+            # rolled over as a free month (nor its period recorded as one).
+            sub = (
+                Subscription.objects.for_tenant(tenant)
+                .select_for_update()
+                .select_related("plan")
+                .get()
+            )
+            if not sub.stripe_subscription_id and now >= sub.current_period_end:
+                sub.current_period_start, sub.current_period_end = calendar_month(now)
+                sub.save(update_fields=["current_period_start", "current_period_end", "updated_at"])
+                billing_period_record(sub=sub)
     return sub
 
 

@@ -108,6 +108,23 @@ def test_a_new_tenant_is_on_free_for_this_calendar_month(tenant, client_for):
     assert (start.year, start.month, start.day, start.hour) == (now.year, now.month, 1, 0)
 
 
+def test_a_free_month_rolls_over_into_this_one_and_is_kept(tenant, client_for):
+    from billing.models import BillingPeriod, Subscription
+
+    api = client_for(tenant, ["billing"])
+    api.get("/v1/subscription")
+    october = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
+    Subscription.objects.for_tenant(tenant).update(
+        current_period_start=october[0], current_period_end=october[1]
+    )
+    body = api.get("/v1/subscription").json()
+    start = datetime.fromisoformat(body["current_period_start"].replace("Z", "+00:00"))
+    now = datetime.now(UTC)
+    assert (start.year, start.month, start.day) == (now.year, now.month, 1)
+    kept = BillingPeriod.objects.for_tenant(tenant).order_by("start")
+    assert kept.last().start == start and kept.last().plan_id == "free@1"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [
