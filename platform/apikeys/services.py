@@ -16,14 +16,13 @@ from typing import Any, cast
 
 import redis
 from django.db import OperationalError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.utils import timezone
 
 from core.errors import (
     AuthenticationError,
     Conflict,
     InvalidRequest,
-    NotFound,
     Overloaded,
     PermissionError_,
 )
@@ -35,6 +34,7 @@ from tenants.selectors import tenant_with_plan
 
 from . import messages
 from .models import ALL_SCOPES, ApiKey, Scope
+from .selectors import api_key_get
 
 logger = logging.getLogger(__name__)
 
@@ -321,27 +321,6 @@ def _touch_last_used(key: ApiKey, now: datetime) -> None:
         logger.warning("last_used_at of key %s not written: database busy", key.pk, exc_info=True)
         return
     key.last_used_at = now
-
-
-def api_keys_visible(
-    *, tenant: Tenant, caller: ApiKey | None = None, revoked: bool = False
-) -> QuerySet[ApiKey]:
-    """The tenant's keys a caller sees: a test-mode key sees only test-mode keys (as in
-    Stripe, test mode never reaches live objects); a live key, or an operator, sees all.
-    Revoked ones too with ``revoked`` (where a list's cursor is looked up)."""
-    keys = ApiKey.objects.for_tenant(tenant)
-    if not revoked:
-        keys = keys.filter(revoked_at__isnull=True)
-    if caller is not None and not caller.livemode:
-        keys = keys.filter(mode=ApiKey.Mode.TEST)
-    return keys
-
-
-def api_key_get(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None) -> ApiKey:
-    key = api_keys_visible(tenant=tenant, caller=caller).filter(pk=key_id).first()
-    if key is None:
-        raise NotFound(messages.KEY_NOT_FOUND.format(key_id=key_id), param="id")
-    return key
 
 
 @transaction.atomic

@@ -66,12 +66,11 @@ def _revenue(
     rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
                  period_start=month[0], period_end=month[1],
                  include_base_fee=include_base_fee)  # fmt: skip
-    covered = (min(end, month[1]) - max(start, month[0])) / (month[1] - month[0])
     revenue: dict[int, int] = defaultdict(int)
     for line in rated.lines:
         amount = line.amount
         if line.key == "base_fee":
-            amount = int(Decimal(amount) * Decimal(covered))
+            amount = _prorated(amount, month, start, end)
             weights = {row.pk: row.inputs for row in rows}
         elif line.key == "finetune":
             weights = {row.pk: row.tokens for row in rows if row.kind != "inference"}
@@ -84,6 +83,12 @@ def _revenue(
         for pk, part in allocate(amount, weights).items():
             revenue[pk] += part
     return revenue
+
+
+def _prorated(amount: int, month: tuple[datetime, datetime], start: datetime, end: datetime) -> int:
+    """A month's base fee for the share of the month that [start, end) covers."""
+    covered = (min(end, month[1]) - max(start, month[0])) / (month[1] - month[0])
+    return int(Decimal(amount) * Decimal(covered))
 
 
 def _plan_cache() -> Any:
@@ -156,8 +161,7 @@ def _base_fee_rows(
     if not plan.base_fee:
         return []
     lo, hi = max(start, month[0]), min(end, month[1])
-    covered = Decimal((hi - lo) / (month[1] - month[0]))
-    amount = int(Decimal(plan.base_fee) * covered)
+    amount = _prorated(plan.base_fee, month, start, end)
     last = (hi - timedelta(microseconds=1)).date()
     days = [lo.date() + timedelta(days=n) for n in range((last - lo.date()).days + 1)]
     rows = []

@@ -1,0 +1,32 @@
+"""Reading API keys: what a caller may see of its tenant's keys."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from core.errors import NotFound
+from tenants.models import Tenant
+
+from . import messages
+from .models import ApiKey
+
+
+def api_keys_visible(
+    *, tenant: Tenant, caller: ApiKey | None = None, revoked: bool = False
+) -> QuerySet[ApiKey]:
+    """The tenant's keys a caller sees: a test-mode key sees only test-mode keys (as in
+    Stripe, test mode never reaches live objects); a live key, or an operator, sees all.
+    Revoked ones too with ``revoked`` (where a list's cursor is looked up)."""
+    keys = ApiKey.objects.for_tenant(tenant)
+    if not revoked:
+        keys = keys.filter(revoked_at__isnull=True)
+    if caller is not None and not caller.livemode:
+        keys = keys.filter(mode=ApiKey.Mode.TEST)
+    return keys
+
+
+def api_key_get(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None) -> ApiKey:
+    key = api_keys_visible(tenant=tenant, caller=caller).filter(pk=key_id).first()
+    if key is None:
+        raise NotFound(messages.KEY_NOT_FOUND.format(key_id=key_id), param="id")
+    return key
