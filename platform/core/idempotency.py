@@ -68,10 +68,33 @@ def _lock_window() -> timedelta:
     return timedelta(seconds=settings.INFERENCE_TIMEOUT_S + 30)
 
 
-def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str, request_id: str) -> Outcome:
-    if not key or len(key) > MAX_KEY_LENGTH:
+def _valid(key: str) -> bool:
+    """1 to 255 printable ASCII characters. NOTE: granian hands the app an empty value for a
+    header holding other bytes (a UTF-8 "é" arrives as ""), so a key outside ASCII could not
+    be told apart from another one: refused, whatever server runs the app."""
+    return 0 < len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()
+
+
+def idempotency_replayable(*, tenant: Tenant, livemode: bool, key: str | None) -> bool:
+    """Whether a POST under ``key`` would replay a completed response. Read before
+    admission: a replay runs and bills nothing, so it is held to the rate limit only, not
+    to the quota, the concurrency cap or an unpaid subscription (the call it replays was
+    answered and billed when that was allowed)."""
+    if key is None or not _valid(key):
+        return False
+    cutoff = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
+    records = IdempotencyRecord.objects.for_tenant(tenant)
+    return records.filter(
+        livemode=livemode, key=key, state=IdempotencyRecord.State.COMPLETED, created_at__gte=cutoff
+    ).exists()
+
+
+def idempotency_begin(
+    *, tenant: Tenant, livemode: bool, key: str, fingerprint: str, request_id: str
+) -> Outcome:
+    if not _valid(key):
         raise InvalidRequest(
-            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.",
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters.",
             code="invalid_idempotency_key",
             param="Idempotency-Key",
         )
@@ -80,6 +103,7 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str, request_id:
         with transaction.atomic():
             record = IdempotencyRecord.objects.create(
                 tenant=tenant,
+                livemode=livemode,
                 key=key,
                 fingerprint=fingerprint,
                 request_id=request_id,
@@ -91,7 +115,7 @@ def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str, request_id:
         pass
 
     records = IdempotencyRecord.objects.for_tenant(tenant)
-    record = records.get(key=key)
+    record = records.get(livemode=livemode, key=key)
     expired = record.created_at < now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
     if record.state == IdempotencyRecord.State.COMPLETED and not expired:
         if record.fingerprint != fingerprint:

@@ -19,6 +19,9 @@ class IdempotencyRecord(models.Model):
         RELEASED = "released"
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    # Live and test mode keep apart, as Stripe keeps them: a test key's request under a key
+    # never replays to a live key (which would then run nothing), nor the other way round.
+    livemode = models.BooleanField(default=True)
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)
     request_id = models.CharField(max_length=40)
@@ -32,7 +35,9 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_tenant_key")
+            models.UniqueConstraint(
+                fields=["tenant", "livemode", "key"], name="idempotency_tenant_mode_key"
+            )
         ]
         indexes = [models.Index(fields=["created_at"], name="idempotency_created")]
 

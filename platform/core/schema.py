@@ -124,10 +124,20 @@ class AutoSchema(BaseAutoSchema):
             params.append(
                 OpenApiParameter(
                     "Idempotency-Key",
-                    {"type": "string", "minLength": 1, "maxLength": 255},
+                    # Printable ASCII, no surrounding spaces (HTTP strips them; the server
+                    # drops other header values before the app sees them).
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[!-~]([ -~]*[!-~])?$",
+                    },
                     OpenApiParameter.HEADER,
                     required=False,
-                    description="Retry safely: the same key and body replay the first response.",
+                    description=(
+                        "Retry safely: the same key and body replay the first response, in the"
+                        " key's mode (live or test). 1 to 255 printable ASCII characters."
+                    ),
                 )
             )
         return params

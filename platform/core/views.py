@@ -17,7 +17,12 @@ from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
 from .errors import APIError, InvalidRequest, NotFound
-from .idempotency import idempotency_begin, idempotency_finish, request_fingerprint
+from .idempotency import (
+    idempotency_begin,
+    idempotency_finish,
+    idempotency_replayable,
+    request_fingerprint,
+)
 from .models import IdempotencyRecord
 from .negotiation import JSONFirstNegotiation
 
@@ -149,17 +154,21 @@ class TenantAPIView(APIView):
         super().initial(request, *args, **kwargs)
         _refuse_content_coding(request)
         post = request.method == "POST"
+        # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
+        # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY") if post else None
+        # A replay is admitted as a request that runs nothing: rate-limited, never refused for
+        # the quota its first attempt used up, nor for a subscription unpaid since.
+        replaying = key is not None and idempotency_replayable(
+            tenant=self.tenant, livemode=self.api_key.livemode, key=key
+        )
         check = _key_check(request)
-        prefetch = [*(self.admission_prefetch(request) if post else ())]
+        prefetch = [*(self.admission_prefetch(request) if post and not replaying else ())]
         if check is not None:
             prefetch.append(check.redis_key)  # the cached key's generation, read with it
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.
-        admission = self._admission = limits_admit(
-            api_key=self.api_key,
-            request_id=request._request.request_id,  # type: ignore[attr-defined]
-            inputs=self.metered_inputs(request) if post else 0,
-            billable=self.billable and post,
-            prefetch=prefetch,
+        admission = self._admission = self._admit(
+            request, runs=post and not replaying, prefetch=prefetch
         )
         if check is not None and not key_check_confirmed(check, admission.prefetched):
             self._admission = None
@@ -169,13 +178,11 @@ class TenantAPIView(APIView):
         # query says, and a refused query carries the RateLimit headers like any answer.
         self._refuse_query(request)
         _refuse_nul(kwargs, request.query_params)
-        # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
-        # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
-        key = request.META.get("HTTP_IDEMPOTENCY_KEY")
-        if request.method != "POST" or key is None:
+        if key is None:
             return
         outcome = idempotency_begin(
             tenant=self.tenant,
+            livemode=self.api_key.livemode,
             key=key,
             fingerprint=request_fingerprint(method="POST", path=request.path, data=request.data),
             request_id=request._request.request_id,  # type: ignore[attr-defined]
@@ -186,6 +193,21 @@ class TenantAPIView(APIView):
             raise _Replay(outcome.record)
         self._idempotency = outcome.record
         self.is_retry = outcome.retry
+        if replaying:  # its record expired in between: a new request, admitted as one
+            self._admission = None
+            limits_settle(admission, succeeded=False)
+            self._admission = self._admit(request, runs=True, prefetch=())
+
+    def _admit(self, request: Request, *, runs: bool, prefetch: Sequence[str]) -> Admission:
+        """``limits_admit`` for this request; ``runs``: a POST that will do (and may bill)
+        work, which reserves its inputs and is refused for an unpaid subscription."""
+        return limits_admit(
+            api_key=self.api_key,
+            request_id=request._request.request_id,  # type: ignore[attr-defined]
+            inputs=self.metered_inputs(request) if runs else 0,
+            billable=self.billable and runs,
+            prefetch=prefetch,
+        )
 
     def _refuse_query(self, request: Request) -> None:
         """A query parameter the method does not take, or one given twice, is a 400."""

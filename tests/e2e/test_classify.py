@@ -249,6 +249,48 @@ def test_a_cache_hit_frees_its_concurrency_slot_and_keeps_its_quota(http, transa
     assert sorted(row.cached for row in rows) == [0, 2, 2, 2]
 
 
+def test_a_replay_is_answered_after_its_call_used_up_the_quota_or_went_unpaid(
+    http, transactional_db
+):
+    """Replaying an answered call runs and bills nothing: it gets the first response even
+    once that call used the last of the quota, or the subscription has gone unpaid since,
+    while any new call is refused."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing.models import Subscription
+    from plans.models import Plan
+    from tenants.selectors import tenant_context_forget
+    from tests.factories import TenantFactory, make_key, subscribe
+
+    Plan.objects.create(
+        id="last@1", slug="last", name="Last", monthly_hard_cap=2, rate_limit_per_minute=1_000
+    )
+    tenant = TenantFactory()
+    subscribe(tenant, "last")
+    body = {"model": "minilm-l6", "inputs": ["the whole", "quota"], "labels": ["x", "y"]}
+    with http(make_key(tenant, ["inference"])) as client:
+        first = classify(client, body, **{"Idempotency-Key": "last-call"})
+        replay = classify(client, body, **{"Idempotency-Key": "last-call"})
+        new = classify(client, body, **{"Idempotency-Key": "another-call"})
+        Subscription.objects.unscoped().filter(tenant=tenant).update(
+            status="past_due", past_due_since=datetime.now(UTC) - timedelta(days=30)
+        )
+        tenant_context_forget(tenant_id=tenant.pk)  # as the webhook that marks it does
+        unpaid_replay = classify(client, body, **{"Idempotency-Key": "last-call"})
+        unpaid_new = classify(client, {**body, "inputs": ["one"]})
+    assert first.status_code == 200, first.text
+    for again in (replay, unpaid_replay):
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert "RateLimit-Remaining" in again.headers  # still counted by the rate limiter
+    assert new.status_code == 402 and new.json()["error"]["code"] == "quota_exceeded"
+    assert unpaid_new.status_code == 402
+    assert unpaid_new.json()["error"]["code"] == "subscription_unpaid"
+    drain_usage()
+    assert UsageRecord.objects.unscoped().filter(tenant=tenant).count() == 1
+
+
 def test_a_partial_cache_hit_computes_only_the_misses_and_meters_the_whole_call(http, secret):
     labels = ["cheap", "dear"]
     texts = ["the price halved overnight", "a small fortune for a sandwich", "fair enough"]

@@ -2,6 +2,7 @@
 replay, which must also bill once, is in tests/e2e."""
 
 import pytest
+from rest_framework.test import APIClient
 
 from core.models import IdempotencyRecord
 
@@ -92,3 +93,35 @@ def test_an_overlong_key_is_a_400(api):
     response = post(api, {"scopes": ["inference"]}, "x" * 256)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_a_key_outside_printable_ascii_is_a_400_that_says_so(api):
+    for key in ("café", "tab\there"):
+        response = post(api, {"scopes": ["inference"]}, key)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "invalid_idempotency_key"
+        assert "printable ASCII" in error["message"]
+
+
+def test_live_and_test_mode_keep_their_keys_apart(tenant, client_for):
+    """The same Idempotency-Key from a test key and then a live key (a client that derives
+    its keys from its own ids, and runs its tests first) is two requests, each run in its
+    own mode; each mode replays only its own."""
+    from apikeys.models import ApiKey
+    from tests.factories import make_key
+
+    test = APIClient()
+    test.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['admin'], ApiKey.Mode.TEST)}")
+    live = client_for(tenant, ["admin"])
+    body = {"name": "deploy", "scopes": ["inference"]}
+    in_test = post(test, body, "deploy-42")
+    in_live = post(live, body, "deploy-42")
+    assert in_test.status_code == in_live.status_code == 201
+    assert "Idempotent-Replayed" not in in_live
+    assert in_test.json()["mode"] == "test" and in_live.json()["mode"] == "live"
+    assert in_live.json()["id"] != in_test.json()["id"]
+    again = post(test, body, "deploy-42")
+    assert again["Idempotent-Replayed"] == "true" and again.json()["id"] == in_test.json()["id"]
+    again = post(live, body, "deploy-42")
+    assert again["Idempotent-Replayed"] == "true" and again.json()["id"] == in_live.json()["id"]
