@@ -49,6 +49,21 @@ def result_key(request_id: str) -> str:
     return f"result:{request_id}"
 
 
+# An API that stopped waiting for an answer (its 503 ``worker_timeout``) marks the request
+# abandoned, atomically with a last look for the answer: a worker that finishes after that
+# delivers nothing and meters nothing (the caller was told it failed). Kept this long,
+# past any message's run. A retry under the same Idempotency-Key clears it.
+ABANDONED_TTL_S = 600
+# A worker checks for the mark only for answers this close to (or past) their deadline: the
+# API waits until the deadline, so an earlier answer cannot have been given up on (the
+# margin covers clock skew between machines).
+ABANDON_CHECK_MARGIN_S = 1.0
+
+
+def abandoned_key(request_id: str) -> str:
+    return f"abandoned:{request_id}"
+
+
 # Usage events are JSON documents appended to this Redis stream (field ``event``) in the same
 # transaction that delivers the answer, so an answered call is always metered; the
 # platform's usage consumer reads them as consumer group ``USAGE_GROUP`` (at least once:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from workers.contract import (
+    ABANDON_CHECK_MARGIN_S,
     REPLY_TTL_S,
     RESULT_TTL_S,
     ClassifyRequest,
     ClassifyResult,
+    abandoned_key,
     input_indices,
     reply_key,
     result_cache_key,
@@ -24,6 +28,8 @@ from workers.settings import get_settings
 
 if TYPE_CHECKING:
     from workers.contract import UsageEvent
+
+logger = logging.getLogger(__name__)
 
 # One answer: the result, its usage event (None for an error), the request it answers (its
 # rows go to the result cache; None: no caching).
@@ -43,25 +49,63 @@ def reply_send(
 
 def replies_send(replies: list[Reply]) -> None:
     """Deliver answers and stage their usage events in one transaction: each answer is
-    delivered if and only if its call is metered."""
-    from workers.usage import usage_stage  # usage imports this module
-
+    delivered if and only if its call is metered. An answer its caller gave up on
+    (``contract.abandoned_key``) is neither: only its rows go to the result cache."""
     if not replies:
         return
-    pipe = redis_client().pipeline(transaction=True)
+    now = time.time()
+    late = {
+        request["request_id"]
+        for _, usage, request in replies
+        if usage is not None
+        and request is not None
+        and now > request["deadline"] - ABANDON_CHECK_MARGIN_S
+    }
+    if not late:
+        pipe = redis_client().pipeline(transaction=True)
+        _stage(pipe, replies, abandoned=set())
+        pipe.execute()
+        return
+    # NOTE: WATCH, so that an API giving up between our read of the marks and our commit
+    # fails the commit (and we read again) rather than having its 503 billed.
+    watched = [abandoned_key(request_id) for request_id in sorted(late)]
+    with redis_client().pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(*watched)
+                marks = pipe.mget(watched)
+                abandoned = {
+                    request_id
+                    for request_id, mark in zip(sorted(late), marks, strict=True)
+                    if mark is not None
+                }
+                pipe.multi()
+                _stage(pipe, replies, abandoned=abandoned)
+                pipe.execute()
+            except redis.WatchError:
+                continue
+            break
+    for request_id in sorted(abandoned):
+        logger.info("%s: answered after its caller gave up: not delivered, not billed", request_id)
+
+
+def _stage(pipe: Any, replies: list[Reply], *, abandoned: set[str]) -> None:
+    from workers.usage import usage_stage  # usage imports this module
+
     for result, usage, request in replies:
         request_id = result["request_id"]
         body = json.dumps(result, separators=(",", ":"))
-        if usage is not None:
-            usage_stage(pipe, usage)
-        pipe.rpush(reply_key(request_id), body)
-        pipe.expire(reply_key(request_id), REPLY_TTL_S)
+        if request_id not in abandoned:
+            if usage is not None:
+                usage_stage(pipe, usage)
+            pipe.rpush(reply_key(request_id), body)
+            pipe.expire(reply_key(request_id), REPLY_TTL_S)
         if "error" not in result:
-            if request is None or request.get("keep_result", True):
+            keep = request is None or request.get("keep_result", True)
+            if keep and request_id not in abandoned:
                 pipe.set(result_key(request_id), body, ex=RESULT_TTL_S)
             if request is not None and request.get("cache_version"):
                 _cache_rows(pipe, request, result)
-    pipe.execute()
 
 
 def _cache_rows(pipe: Any, request: ClassifyRequest, result: ClassifyResult) -> None:

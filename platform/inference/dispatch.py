@@ -20,7 +20,16 @@ from django.conf import settings
 
 from config.celery import app
 from core.errors import Overloaded
-from workers.contract import ClassifyRequest, ClassifyResult, Queue, TaskName, reply_key, result_key
+from workers.contract import (
+    ABANDONED_TTL_S,
+    ClassifyRequest,
+    ClassifyResult,
+    Queue,
+    TaskName,
+    abandoned_key,
+    reply_key,
+    result_key,
+)
 
 from . import messages
 
@@ -226,8 +235,13 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
     try:
         if reuse_result:
             # A retry under the same Idempotency-Key: a worker may have answered the first
-            # attempt after the API gave up. Serve that answer; never run (and bill) it twice.
-            earlier = client.get(result_key(request_id))
+            # attempt after all (before the API gave up on it, or while it was). Serve that
+            # answer; never run (and bill) it twice. Otherwise this attempt is waited for:
+            # the first one's abandoned mark goes.
+            pipe = client.pipeline(transaction=False)
+            pipe.get(result_key(request_id))
+            pipe.delete(abandoned_key(request_id))
+            earlier, _ = pipe.execute()
             if earlier is not None:
                 return cast(ClassifyResult, json.loads(cast(bytes, earlier)))
         publisher = _publisher()
@@ -240,9 +254,22 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
         # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
         wait = max(request["deadline"] - time.time(), 0.01)
         popped = client.blpop([reply_key(request_id)], timeout=wait)
+        answer = cast(Any, popped)[1] if popped is not None else give_up(client, request_id)
     except (redis.RedisError, ConnectionError):
         raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
-    if popped is None:
+    if answer is None:
         timeout = settings.INFERENCE_TIMEOUT_S
         raise overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
-    return cast(ClassifyResult, json.loads(cast(Any, popped)[1]))
+    return cast(ClassifyResult, json.loads(answer))
+
+
+def give_up(client: redis.Redis, request_id: str) -> bytes | None:
+    """Stop waiting: mark the request abandoned, together with a last look for its answer.
+    An answer delivered before that is the caller's (it was metered with its delivery); a
+    worker finishing after it delivers and meters nothing (``workers.replies``), so the
+    caller's 503 is not billed."""
+    pipe = client.pipeline(transaction=True)
+    pipe.lpop(reply_key(request_id))
+    pipe.set(abandoned_key(request_id), b"1", ex=ABANDONED_TTL_S)
+    answer, _ = pipe.execute()
+    return cast(bytes | None, answer)
