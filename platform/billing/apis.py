@@ -120,11 +120,15 @@ class InvoiceListApi(TenantAPIView):
 
     @extend_schema(
         operation_id="invoices_list",
+        description="The tenant's invoices, newest first. Test mode is never billed: a"
+        " test-mode key lists none.",
         parameters=LIST_PARAMETERS,
         responses={200: InvoiceListSerializer},
     )
     def get(self, request: Request) -> Response:
-        page, has_more = invoices_list(tenant=self.tenant, query_params=request.query_params)
+        page, has_more = invoices_list(
+            tenant=self.tenant, livemode=self.api_key.livemode, query_params=request.query_params
+        )
         return Response(
             list_body(page, has_more, lambda inv: InvoiceSerializer(invoice_render(inv)).data)
         )
@@ -135,10 +139,12 @@ class UpcomingInvoiceApi(TenantAPIView):
 
     @extend_schema(
         operation_id="invoices_upcoming",
+        description="The current period's invoice so far. For a test-mode key (never billed)"
+        " it has no lines and totals 0.",
         responses={200: UpcomingInvoiceSerializer, 503: STRIPE_ERRORS[503]},
     )
     def get(self, request: Request) -> Response:
-        upcoming = upcoming_invoice(tenant=self.tenant)
+        upcoming = upcoming_invoice(tenant=self.tenant, livemode=self.api_key.livemode)
         body = {
             "object": "upcoming_invoice",
             "plan": upcoming.plan,

@@ -123,9 +123,14 @@ def usage_charges_push(
     return made
 
 
-def invoices_list(*, tenant: Tenant, query_params: Any) -> tuple[list[Invoice], bool]:
-    """The tenant's finalised invoices (mirrored from Stripe's webhooks), newest first."""
-    return paginate(Invoice.objects.for_tenant(tenant), query_params=query_params)
+def invoices_list(
+    *, tenant: Tenant, livemode: bool, query_params: Any
+) -> tuple[list[Invoice], bool]:
+    """The tenant's finalised invoices (mirrored from Stripe's webhooks), newest first. Test
+    mode is never billed: it has no invoices, and a test key sees none of the live ones (as
+    ``/v1/usage`` shows it no live usage)."""
+    invoices = Invoice.objects.for_tenant(tenant)
+    return paginate(invoices if livemode else invoices.none(), query_params=query_params)
 
 
 @dataclass
@@ -164,10 +169,18 @@ def _stripe_preview_lines(sub: Subscription) -> list[dict[str, Any]]:
     return lines
 
 
-def upcoming_invoice(*, tenant: Tenant) -> UpcomingInvoice:
+def upcoming_invoice(*, tenant: Tenant, livemode: bool = True) -> UpcomingInvoice:
     """Base fee + usage lines from the ledger so far; with a Stripe subscription the fixed
-    part (base fee, prorations) is Stripe's own preview."""
+    part (base fee, prorations) is Stripe's own preview. In test mode, which is never billed,
+    the current period's invoice with no lines."""
     sub = subscription_get_or_create(tenant=tenant)
+    if not livemode:
+        return UpcomingInvoice(
+            currency=sub.plan.currency,
+            period_start=sub.current_period_start,
+            period_end=sub.current_period_end,
+            plan=sub.plan.slug,
+        )
     with_stripe = bool(sub.stripe_subscription_id) and stripe_configured()
     rated: RatedPeriod = rate_tenant_period(
         tenant=tenant, plan=sub.plan, start=sub.current_period_start,

@@ -208,3 +208,22 @@ def test_upcoming_invoice_on_free_has_no_charges(tenant, client_for):
     body = client_for(tenant, ["billing"]).get("/v1/invoices/upcoming").json()
     assert body["object"] == "upcoming_invoice" and body["plan"] == "free"
     assert body["lines"] == [] and body["total"] == 0
+
+
+def test_a_test_mode_key_sees_no_live_invoices(tenant, client_for):
+    """Test mode is never billed: a test key lists no invoices and its upcoming invoice has
+    no lines, where a live key of the same tenant sees the live ones."""
+    from tests.factories import subscribe
+
+    subscribe(tenant, "pro")
+    _invoice(tenant, "in_live", datetime(2026, 8, 1, tzinfo=UTC))
+    live = client_for(tenant, ["billing"])
+    test = client_for(tenant, ["billing"], mode="test")
+    assert [i["id"] for i in live.get("/v1/invoices").json()["data"]] == ["in_live"]
+    assert live.get("/v1/invoices/upcoming").json()["total"] == 4900  # the base fee
+    listed = test.get("/v1/invoices").json()
+    assert listed["data"] == [] and listed["has_more"] is False
+    assert test.get("/v1/invoices", {"starting_after": "in_live"}).status_code == 404
+    upcoming = test.get("/v1/invoices/upcoming").json()
+    assert upcoming["plan"] == "pro" and upcoming["currency"] == "usd"
+    assert upcoming["lines"] == [] and upcoming["total"] == upcoming["amount_due"] == 0
