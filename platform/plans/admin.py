@@ -1,6 +1,7 @@
-"""Operators edit the catalogue here. A version that has subscribers is never changed in
-place: saving it creates the next version (which new subscribers get), and existing
-subscribers keep theirs until they are moved."""
+"""Operators edit the catalogue here. A version anything refers to (a subscriber, a billing
+period, usage priced on it, a Stripe plan) never has its terms changed in place: saving new
+terms creates the next version (which new subscribers get), and existing subscribers keep
+theirs until they are moved. Its name and listing flags may change in place."""
 
 from __future__ import annotations
 
@@ -13,18 +14,39 @@ from django.db.models import Max, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from billing.models import Subscription
+from billing.models import BillingPeriod, Subscription
 from billing.stripe_client import BillingUnavailable
 from billing.stripe_sync import plans_sync_to_stripe
+from economics.models import UsageRollup
 
 from .models import Plan
 
 PRICING_FIELDS = ["stripe_product_id", "stripe_plan_id", "id", "version", "created_at"]
 
 
+# What an operator may change on a version in use: nothing that prices or limits usage.
+IN_PLACE_FIELDS = frozenset({"name", "public", "is_current"})
+
+
 def _in_use(plan: Plan) -> bool:
-    # NOTE: unscoped on purpose: whether any tenant at all is on this version.
-    return Subscription.objects.unscoped().filter(plan_id=plan.pk).exists()
+    """Whether changing the version's terms in place would change what was agreed or done:
+    a tenant is on it, a billing period or usage was priced on it (rating reads a usage
+    row's plan as it is now), or Stripe has its base fee (a Stripe plan's amount is fixed,
+    so the next subscriber would pay the old one)."""
+    # NOTE: unscoped on purpose: whether any tenant at all refers to this version. Usage is
+    # looked up in the daily rollups, which carry every ledger row's plan, not the ledger.
+    return bool(plan.stripe_plan_id) or any(
+        manager.unscoped().filter(plan_id=plan.pk).exists()
+        for manager in (Subscription.objects, BillingPeriod.objects, UsageRollup.objects)
+    )
+
+
+def _terms_changed(original: Plan, edited: Plan) -> bool:
+    return any(
+        getattr(original, field.attname) != getattr(edited, field.attname)
+        for field in Plan._meta.concrete_fields
+        if field.name not in IN_PLACE_FIELDS and field.editable and not field.primary_key
+    )
 
 
 @admin.register(Plan)
@@ -46,7 +68,7 @@ class PlanAdmin(admin.ModelAdmin[Plan]):
                 super().save_model(request, obj, form, change)
             return
         original = Plan.objects.get(pk=obj.pk)
-        if not _in_use(original):
+        if not _terms_changed(original, obj) or not _in_use(original):
             super().save_model(request, obj, form, change)
             return
         with transaction.atomic():
@@ -59,7 +81,11 @@ class PlanAdmin(admin.ModelAdmin[Plan]):
             obj.is_current = True
             obj.stripe_plan_id = ""  # a new version is a new Stripe plan (its amount is fixed)
             obj.save(force_insert=True)
-        messages.info(request, f"{original.id} has subscribers: saved as {obj.id} instead.")
+        messages.info(
+            request,
+            f"{original.id} is in use (subscribers, priced usage or a Stripe plan): its new"
+            f" terms are saved as {obj.id}.",
+        )
 
     @admin.action(description="Sync the selected plans to Stripe (product + monthly plan)")
     def sync_to_stripe(self, request: HttpRequest, queryset: QuerySet[Plan]) -> None:

@@ -44,6 +44,39 @@ def test_editing_a_version_in_use_saves_the_next_version(tenant, admin_user):
     assert Plan.objects.filter(slug="free").count() == 2
 
 
+def _edit(admin_user, plan_id: str, **changes) -> None:
+    edited = Plan.objects.get(pk=plan_id)
+    for name, value in changes.items():
+        setattr(edited, name, value)
+    PlanAdmin(Plan, site).save_model(_request(admin_user), edited, form=None, change=True)
+
+
+def test_a_version_with_priced_usage_or_a_stripe_plan_keeps_its_terms(tenant, admin_user):
+    """No subscriber left on it is not enough: usage priced on a version would be re-priced
+    by new terms, and a version synced to Stripe would keep charging Stripe's old base fee
+    to its next subscriber. New terms are the next version; names and flags change in place."""
+    from datetime import date
+
+    from economics.models import UsageRollup
+
+    UsageRollup.objects.create(
+        day=date(2026, 11, 2), tenant=tenant, model="minilm-l6", kind="classify",
+        livemode=True, plan_id="pro@1", requests=1, inputs=120_000,
+    )  # fmt: skip
+    Plan.objects.filter(pk="scale@1").update(stripe_plan_id="margin-scale-v1")
+    _edit(admin_user, "pro@1", included_inputs=50_000)
+    _edit(admin_user, "scale@1", base_fee=39_900)
+    assert Plan.objects.get(pk="pro@1").included_inputs == 100_000
+    assert Plan.objects.get(pk="pro@2").included_inputs == 50_000
+    old, new = Plan.objects.get(pk="scale@1"), Plan.objects.get(pk="scale@2")
+    assert (old.base_fee, old.stripe_plan_id, old.is_current) == (49_900, "margin-scale-v1", False)
+    assert (new.base_fee, new.stripe_plan_id, new.is_current) == (39_900, "", True)
+    # A new name or listing flag on a version in use is not new terms: edited in place.
+    _edit(admin_user, "pro@1", name="Pro (2025)", public=False)
+    assert Plan.objects.get(pk="pro@1").name == "Pro (2025)"
+    assert Plan.objects.filter(slug="pro").count() == 2
+
+
 def _form(admin_user, plan: Plan, **changes):
     from django.forms.models import model_to_dict
 
