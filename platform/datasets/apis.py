@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import DataAndFiles, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -25,6 +26,37 @@ from .services import dataset_create, dataset_delete
 _MULTIPART_SLACK = 64 * 1024
 
 
+class UniqueFieldsMultiPartParser(MultiPartParser):
+    """DRF's multipart parser, refusing a form field given more than once (400
+    ``duplicate_parameter``), as the JSON parser refuses a member named twice: Django keeps
+    the last ``file`` of ``-F file=@a -F file=@b`` silently, and the Idempotency-Key
+    fingerprint reads one value per field too.
+
+    NOTE: in the parser, so the refusal comes wherever the body is first read: with an
+    Idempotency-Key that is ``TenantAPIView._initial`` (after admission, before the key is
+    recorded), without one the view's ``post``; before anything is stored either way."""
+
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: Any = None
+    ) -> DataAndFiles[Any, Any]:
+        parsed = super().parse(stream, media_type, parser_context)
+        # A name may repeat within the fields, within the files, or across the two
+        # (``-F file=@a.jsonl -F file=text``).
+        counts = Counter({name: len(parsed.data.getlist(name)) for name in parsed.data})
+        counts.update({name: len(parsed.files.getlist(name)) for name in parsed.files})
+        twice = next((name for name, count in counts.items() if count > 1), None)
+        if twice is not None:
+            for uploads in parsed.files.lists():
+                for upload in uploads[1]:
+                    upload.close()  # a temporary file is removed now, not when collected
+            raise InvalidRequest(
+                messages.FIELD_GIVEN_TWICE.format(name=twice),
+                code="duplicate_parameter",
+                param=twice,
+            )
+        return parsed
+
+
 def _dataset(dataset: Dataset) -> Any:
     # Rendered through the documented serializer: the body is plain JSON (an idempotent
     # replay stores it) and cannot drift from the OpenAPI document.
@@ -34,7 +66,7 @@ def _dataset(dataset: Dataset) -> Any:
 class DatasetListCreateApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
     query_parameters = {"GET": LIST_QUERY}
-    parser_classes = [MultiPartParser]
+    parser_classes = [UniqueFieldsMultiPartParser]
 
     @extend_schema(
         operation_id="datasets_list",

@@ -4,6 +4,8 @@ DATASET_NOT_FOUND = "No such dataset: '{id}'."
 FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
 FILE_TOO_LARGE = "The file is {size} bytes; the limit is {limit} bytes."
 UNKNOWN_FIELD = "Received unknown form field: {name}."
+# core's wording, for a JSON member or query parameter given twice.
+FIELD_GIVEN_TWICE = "{name} is given more than once."
 DATASET_IN_USE = (
     "Dataset '{id}' is in use by fine-tuning jobs that have not finished: {jobs}. Wait for "
     "them to finish, or cancel them (POST /v1/fine-tunes/{{job id}}/cancel), then delete it."
@@ -16,6 +18,11 @@ NOT_OBJECT = 'Line must be a JSON object like {"text": "...", "label": "..."}.'
 MISSING_FIELD = "Missing '{field}'."
 NOT_STRING = "'{field}' must be a string."
 NUL_CHARACTER = "'text' and 'label' must not contain NUL characters (\\u0000)."
+LONE_SURROGATE = (
+    "'text' and 'label' must be Unicode text: a \\ud800-\\udfff escape is only half of a character."
+)
+DUPLICATE_MEMBER = "'{name}' is given more than once in the object; give each member once."
+CSV_DUPLICATE_COLUMN = "Column '{name}' appears more than once in the header."
 EMPTY_TEXT = "'text' is empty."
 TEXT_TOO_LONG = "'text' is {length} characters long; the limit is {limit}."
 EMPTY_LABEL = "'label' is empty."
@@ -35,4 +42,8 @@ TOO_FEW_LABELS = "At least 2 distinct labels are needed; found {count}."
 TOO_MANY_LABELS = "At most {limit} distinct labels are allowed; found {count}."
 TOO_FEW_EXAMPLES = "Label '{label}' has {count} {examples}; at least {minimum} are needed."
 FEW_EXAMPLES = "Label '{label}' has only {count} examples; 10 or more give better models."
+LABEL_WHITESPACE = (
+    "Leading and trailing whitespace is removed from labels: {count} {rows} had some, the "
+    "first on line {line} (trained as '{label}')."
+)
 EXTRA_KEYS = "Keys other than 'text' and 'label' are ignored (first seen on line {line})."

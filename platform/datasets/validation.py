@@ -31,6 +31,9 @@ class Validation:
     error_count: int = 0
     warnings: list[dict[str, Any]] = field(default_factory=list)
     _seen: dict[str, int] = field(default_factory=dict)
+    # Labels whose surrounding whitespace was removed: how many, and the first one and line.
+    _stripped_labels: int = 0
+    _first_stripped: tuple[int, str] | None = None
 
     @property
     def valid(self) -> bool:
@@ -56,6 +59,7 @@ class Validation:
     def add(self, line: int, text: Any, label: Any) -> None:
         """Check one example; keep it if it is good."""
         problems = []
+        stripped = False  # whether the label had surrounding whitespace removed
         for name, value in (("text", text), ("label", label)):
             if value is None:
                 problems.append(messages.MISSING_FIELD.format(field=name))
@@ -64,6 +68,10 @@ class Validation:
         if not problems and ("\x00" in text or "\x00" in label):
             # NOTE: no database stores NUL in text, and no tokenizer means anything by it.
             problems.append(messages.NUL_CHARACTER)
+        if not problems and not (_encodable(text) and _encodable(label)):
+            # A JSON escape of half a surrogate pair ("\ud800") is no character at all:
+            # nothing can store or tokenize it.
+            problems.append(messages.LONE_SURROGATE)
         if not problems:
             if not text.strip():
                 problems.append(messages.EMPTY_TEXT)
@@ -71,7 +79,12 @@ class Validation:
                 problems.append(
                     messages.TEXT_TOO_LONG.format(length=len(text), limit=MAX_INPUT_CHARS)
                 )
-            if not label.strip():
+            # NOTE: a label is a class name: "negative" and "negative " (a stray space in a
+            # spreadsheet cell, or after a CSV comma) are never meant as two classes. The
+            # label is trained stripped, and one warning says so (``label_warning``).
+            if label != label.strip():
+                stripped, label = True, label.strip()
+            if not label:
                 problems.append(messages.EMPTY_LABEL)
             elif len(label) > MAX_LABEL_CHARS:
                 problems.append(
@@ -86,7 +99,30 @@ class Validation:
         for problem in problems:
             self.error(line, problem)
         if not problems:
+            if stripped:
+                self._stripped_labels += 1
+                if self._first_stripped is None:
+                    self._first_stripped = (line, label)
             self.examples.append((text, label))
+
+    def label_warning(self) -> None:
+        """One warning for all the labels that had surrounding whitespace removed."""
+        if self._first_stripped is None:
+            return
+        line, label = self._first_stripped
+        count = self._stripped_labels
+        rows = "row" if count == 1 else "rows"
+        self.warn(
+            line, messages.LABEL_WHITESPACE.format(count=count, rows=rows, line=line, label=label)
+        )
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decode_lines(data: bytes, result: Validation) -> list[tuple[int, str]]:
@@ -104,13 +140,36 @@ def _decode_lines(data: bytes, result: Validation) -> list[tuple[int, str]]:
     return lines
 
 
+class _DuplicateMember(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: ``json`` keeps the last of a member named twice, silently
+    (``{"text": "a", "text": "b"}`` would train on "b"), where another tool reading the same
+    file may take the first. Objects at any depth, as the API's JSON parser does."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateMember(name)
+            seen.add(name)
+    return obj
+
+
 def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
     extra_seen = False
     for number, line in lines:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_members)
+        except _DuplicateMember as exc:
+            result.error(number, messages.DUPLICATE_MEMBER.format(name=exc.name))
+            continue
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             result.error(number, messages.NOT_JSON.format(error=str(exc).split(":")[0]))
             continue
@@ -135,8 +194,16 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
     except csv.Error as exc:
         result.error(1, messages.CSV_UNREADABLE.format(error=exc))
         return
+    header_line = lines[0][0] if lines else 1
+    # A repeated column leaves it to chance which of the two is the text (or the label).
+    # Empty names are left alone: "text,label,," is how spreadsheets export empty columns.
+    repeated = [name for name, n in Counter(header).items() if name and n > 1]
+    for name in repeated:
+        result.error(header_line, messages.CSV_DUPLICATE_COLUMN.format(name=name))
+    if repeated:
+        return
     if "text" not in header or "label" not in header:
-        result.error(lines[0][0] if lines else 1, messages.CSV_HEADER)
+        result.error(header_line, messages.CSV_HEADER)
         return
     text_at, label_at = header.index("text"), header.index("label")
     # NOTE: csv.reader's line_num counts physical lines consumed, so a quoted field with
@@ -191,6 +258,7 @@ def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
     else:
         result.error(1, messages.UNKNOWN_FORMAT)
         return result.finish()
+    result.label_warning()
     if not result.examples and result.error_count == 0:
         result.error(None, messages.EMPTY_FILE)
         return result.finish()

@@ -93,6 +93,56 @@ def test_bad_uploads_are_4xx_in_the_error_shape(api, settings):
     assert_error(upload(api, good_file()), 413, "file_too_large", "file")
 
 
+def _stored(artifact_dir):
+    return {path for path in artifact_dir.rglob("*") if path.is_file()}
+
+
+def test_a_form_field_given_twice_is_refused_and_nothing_is_stored(api, tenant, artifact_dir):
+    """Django keeps the last of two ``file`` parts: the upload would silently be the second
+    file. Refused, as a JSON member or query parameter given twice is."""
+    before = _stored(artifact_dir)
+    first, second = good_file(), good_file(11)
+    cases = [
+        ([SimpleUploadedFile("a.jsonl", first), SimpleUploadedFile("b.jsonl", second)], {}),
+        # A file part and a plain field under one name are two values of one field too.
+        ([SimpleUploadedFile("a.jsonl", first), "text"], {}),
+        (SimpleUploadedFile("a.jsonl", first), {"purpose": ["a", "b"]}),
+    ]
+    for files, fields in cases:
+        response = api.post("/v1/datasets", {"file": files, **fields}, format="multipart")
+        param = next(iter(fields), "file")
+        assert_error(response, 400, "duplicate_parameter", param)
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request" and param in error["message"]
+    assert not Dataset.objects.for_tenant(tenant).exists()
+    assert _stored(artifact_dir) == before
+    # One file is still an upload.
+    assert upload(api, first).status_code == 201
+
+
+def test_a_file_given_twice_is_refused_before_its_idempotency_key_is_recorded(api, tenant):
+    # The fingerprint reads one value per field: the last file, which is the one sent next.
+    files = [
+        SimpleUploadedFile("a.jsonl", good_file()),
+        SimpleUploadedFile("b.jsonl", good_file(11)),
+    ]
+    twice = api.post(
+        "/v1/datasets", {"file": files}, format="multipart", HTTP_IDEMPOTENCY_KEY="upload-2"
+    )
+    assert_error(twice, 400, "duplicate_parameter", "file")
+    assert not Dataset.objects.for_tenant(tenant).exists()
+    # The key was not spent on the refused request: the corrected upload is a first request,
+    # not a replay of the 400.
+    once = api.post(
+        "/v1/datasets",
+        {"file": SimpleUploadedFile("b.jsonl", good_file(11))},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY="upload-2",
+    )
+    assert once.status_code == 201, once.content
+    assert "Idempotent-Replayed" not in once.headers and once.json()["rows"] == 22
+
+
 def test_list_retrieve_delete(api):
     first = upload(api, good_file()).json()
     second = upload(api, good_file(11)).json()
@@ -159,6 +209,19 @@ def test_nul_in_labels_and_filename_is_stored_safely(api):
     body = response.json()
     assert body["status"] == "invalid" and body["errors"][0]["line"] == 1
     assert "\x00" not in json.dumps(body["labels"]) and "\x00" not in body["filename"]
+
+
+def test_half_a_surrogate_pair_is_an_error_on_its_line_not_a_500(api):
+    """JSON can spell "\\ud800" (half of a character); no database or tokenizer takes it."""
+    rows = [f'{{"text": "t{i}", "label": "{"ab"[i % 2]}"}}' for i in range(30)]
+    rows[3] = '{"text": "broken \\ud800 text", "label": "a"}'
+    rows[7] = '{"text": "fine", "label": "b\\udfff"}'
+    response = upload(api, ("\n".join(rows) + "\n").encode())
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["status"] == "invalid"
+    assert [e["line"] for e in body["errors"]] == [4, 8]
+    assert "half of a character" in body["errors"][0]["message"]
 
 
 # -- a dataset that fine-tuning still reads ------------------------------------------------

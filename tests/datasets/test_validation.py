@@ -128,3 +128,63 @@ def test_a_line_nested_too_deeply_is_an_error_not_a_crash():
     result = dataset_validate(data)
     assert not result.valid
     assert [line for line, _ in messages_by_line(result)] == [21]
+
+
+def test_a_member_named_twice_is_an_error_on_its_line():
+    """json keeps the last of two "text" members silently; another reader takes the first."""
+    rows = good_rows()
+    lines = [json.dumps(row) for row in rows]
+    lines[3] = '{"text": "first", "text": "second", "label": "a"}'
+    lines[5] = '{"text": "nested", "label": "a", "meta": {"id": 1, "id": 2}}'
+    result = dataset_validate(("\n".join(lines) + "\n").encode())
+    assert not result.valid
+    assert messages_by_line(result) == [
+        (4, "'text' is given more than once in the object; give each member once."),
+        (6, "'id' is given more than once in the object; give each member once."),
+    ]
+    assert "second" not in {text for text, _ in result.examples}
+    # Distinct members, nested ones included, are still fine.
+    rows[3]["meta"] = {"id": 1, "source": "mail"}
+    assert dataset_validate(jsonl(rows)).valid
+
+
+def test_a_csv_column_named_twice_is_an_error_on_the_header():
+    body = "".join(f"text {i},{'ab'[i % 2]},other {i}\n" for i in range(20))
+    for header in ("text,label,text", "text,label,Text ", "text,note,label,note"):
+        columns = header.count(",") + 1
+        rows = body if columns == 3 else body.replace(",other", ",x,other")
+        result = dataset_validate(f"{header}\n{rows}".encode(), filename="x.csv")
+        assert not result.valid and result.examples == []
+        name = "note" if "note" in header else "text"
+        found = [(line, m) for line, m in messages_by_line(result) if line is not None]
+        assert found == [(1, f"Column '{name}' appears more than once in the header.")]
+    # Unnamed trailing columns, as spreadsheets export them, are not a repeated name.
+    trailing = "".join(f"text {i},{'ab'[i % 2]},,\n" for i in range(20))
+    assert dataset_validate(f"text,label,,\n{trailing}".encode(), filename="x.csv").valid
+
+
+def test_labels_are_trained_without_surrounding_whitespace_and_a_warning_says_so():
+    rows = good_rows(labels=("negative", "positive"))
+    rows[2]["label"] = "negative "
+    rows[4]["label"] = "\tnegative"
+    rows[15]["label"] = "positive\u00a0"  # a no-break space, as spreadsheets paste it
+    result = dataset_validate(jsonl(rows))
+    assert result.valid, result.errors
+    assert result.labels == {"negative": 10, "positive": 10}
+    assert {label for _, label in result.examples} == {"negative", "positive"}
+    assert result.warnings == [
+        {
+            "line": 3,
+            "message": "Leading and trailing whitespace is removed from labels: 3 rows had "
+            "some, the first on line 3 (trained as 'negative').",
+        }
+    ]
+    # A CSV written with a space after each comma: the labels are the names without it.
+    data = "text, label\n" + "".join(f"text {i}, {'ab'[i % 2]}\n" for i in range(20))
+    csv_result = dataset_validate(data.encode(), filename="x.csv")
+    assert csv_result.valid and csv_result.labels == {"a": 10, "b": 10}
+    assert len(csv_result.warnings) == 1 and "20 rows" in csv_result.warnings[0]["message"]
+    # A label of whitespace only is still an empty label; clean labels warn about nothing.
+    rows[2]["label"] = " \t"
+    assert (3, "'label' is empty.") in messages_by_line(dataset_validate(jsonl(rows)))
+    assert dataset_validate(jsonl(good_rows())).warnings == []
