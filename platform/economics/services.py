@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import UTC
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 
 from billing.models import Subscription
+from limits.services import free_plan_current
 from metering.models import UsageRecord
 
 if TYPE_CHECKING:
@@ -23,10 +25,16 @@ GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id")
 
 
 def tenant_plans_now(tenant_ids: set[str]) -> dict[str, str]:
-    """Each tenant's plan version now (tenants without a subscription are on free)."""
+    """Each tenant's plan version now. A tenant without a subscription is on the current free
+    version: the plan enforcement admitted its calls under, so they are stamped with it."""
     subs = Subscription.objects.unscoped().filter(tenant_id__in=tenant_ids)
     plans = dict(subs.values_list("tenant_id", "plan_id"))
-    return {tenant_id: plans.get(tenant_id, "free@1") for tenant_id in tenant_ids}
+    if plans.keys() >= tenant_ids:
+        return plans
+    # NOTE: enforcement's own lookup, re-read at most every few seconds: the usage consumer
+    # calls this once a batch, and free's version changes about never.
+    free = free_plan_current().id
+    return {tenant_id: plans.get(tenant_id, free) for tenant_id in tenant_ids}
 
 
 def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
@@ -40,8 +48,10 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
                  "cost_micros": Decimal(0)}
     )  # fmt: skip
     for row in rows:
-        grain = (row.occurred_at.date(), row.tenant_id, row.model, row.kind, row.livemode,
-                 row.plan_id)  # fmt: skip
+        # NOTE: the UTC day, as the ledger's (TruncDate) and /v1/usage's: an event may carry
+        # any offset, and its local date can be the day after (or before).
+        grain = (row.occurred_at.astimezone(UTC).date(), row.tenant_id, row.model, row.kind,
+                 row.livemode, row.plan_id)  # fmt: skip
         s = sums[grain]
         s["requests"] += 1
         s["inputs"] += row.inputs

@@ -96,7 +96,7 @@ FREE_PLAN_TTL_S = 5.0
 _free: dict[str, Any] = {"plan": None, "read_at": 0.0}
 
 
-def _free_plan() -> Plan:
+def free_plan_current() -> Plan:
     """The current free plan, re-read at most every few seconds (operators may revise it)."""
     now = time.monotonic()
     if _free["plan"] is None or now - _free["read_at"] > FREE_PLAN_TTL_S:
@@ -111,7 +111,7 @@ def enforcement_for(api_key: ApiKey) -> Enforcement:
     subscription = getattr(api_key.tenant, "subscription", None)
     if subscription is None:
         start, end = _month(now)
-        return Enforcement(_free_plan(), start, end)
+        return Enforcement(free_plan_current(), start, end)
     blocked = ""
     if subscription.status == "past_due" and subscription.past_due_since is not None:
         grace = timedelta(days=getattr(settings, "PAST_DUE_GRACE_DAYS", 7))

@@ -24,6 +24,21 @@ CURRENCIES = frozenset(
     ).split()
 )
 
+# Amounts are in Stripe's smallest unit of the currency (https://docs.stripe.com/currencies):
+# a hundredth of the major unit except in these. NOTE: ISK, HUF and TWD are two-decimal in
+# Stripe's API although charged in whole units, so they are not listed.
+ZERO_DECIMAL = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
+)
+THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())  # noqa: SIM905
+
+
+def micros_per_minor(currency: str) -> int:
+    """Micro-units of ``currency`` in one of its minor units: 10,000 micro-dollars to the
+    cent, 1,000,000 micro-yen to the yen, 1,000 micro-dinars to the fils."""
+    exponent = 0 if currency in ZERO_DECIMAL else 3 if currency in THREE_DECIMAL else 2
+    return 10 ** (6 - exponent)
+
 
 def amount_check(value: Any, field: str) -> Decimal:
     """A unit price: a non-negative, finite number of minor units (an integer, or a decimal

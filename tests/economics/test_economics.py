@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 
@@ -20,7 +21,7 @@ MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 NEXT = (MONTH + timedelta(days=32)).replace(day=1)
 
 
-def event(tenant, n, inputs, cost, model="minilm-l6"):
+def event(tenant, n, inputs, cost, model="minilm-l6", at=None):
     return {
         "v": 1,
         "event_id": f"req_e{tenant.pk}{n}",
@@ -33,7 +34,7 @@ def event(tenant, n, inputs, cost, model="minilm-l6"):
         "tokens": inputs * 10,
         "compute_ms": 1.0,
         "cached": 0,
-        "occurred_at": NOW.isoformat(),
+        "occurred_at": (at or NOW).isoformat(),
         "cost_micros": str(cost),
         "pool": "cpu",
     }
@@ -270,3 +271,139 @@ def test_a_month_of_calls_on_free_then_an_upgrade_earns_the_paid_base_fee(ledger
     assert rows[busy.pk]["revenue_micros"] == 49_000_000 and rows[busy.pk]["requests"] == 1
     by_model = {r["model"]: r for r in margins(start=MONTH, end=NEXT, by="model")}
     assert by_model[BASE_FEE]["revenue_micros"] == 49_000_000
+
+
+NOV = datetime(2025, 11, 1, tzinfo=UTC)  # 30 days
+DEC = datetime(2025, 12, 1, tzinfo=UTC)
+
+
+def revenue_of(tenant, start, end):
+    """The tenant's revenue in [start, end), in cents."""
+    rows = margins(start=start, end=end, by="tenant")
+    return sum(r["revenue_micros"] for r in rows if r["tenant"] == tenant.pk) // 10_000
+
+
+def test_a_months_included_inputs_are_granted_once_whatever_the_range():
+    """Pro: 100,000 inputs on the 5th use up the included inputs, so the 100,000 on the
+    25th are overage (4,000 cents) in the whole month and in its second half alike: the
+    halves add up to the month, in margins and in the simulator, as /v1/usage prices them."""
+    from billing.usage_pricing import range_charges
+    from plans.models import Plan
+
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    pro = Plan.objects.get(slug="pro", is_current=True)
+    usage_record_bulk(
+        events=[event(tenant, 1, 100_000, 7, at=NOV + timedelta(days=4)),
+                event(tenant, 2, 100_000, 7, at=NOV + timedelta(days=24))]
+    )  # fmt: skip
+    half = NOV + timedelta(days=15)
+    assert revenue_of(tenant, NOV, DEC) == 4_900 + 4_000
+    assert revenue_of(tenant, NOV, half) == 2_450  # half the base fee, no overage
+    assert revenue_of(tenant, half, DEC) == 2_450 + 4_000  # the overage is the second half's
+    for lo, hi in ((NOV, half), (half, DEC)):  # the usage part is what /v1/usage charges
+        usage = sum(range_charges(tenant=tenant, plan=pro, start=lo, end=hi).values())
+        assert revenue_of(tenant, lo, hi) == 2_450 + usage
+
+    def simulated(lo, hi):
+        report = pricing_simulate(start=lo, end=hi, proposed={"pro": {"included_inputs": 150_000}})
+        mine = report["tenants"][tenant.pk]
+        return mine["actual_revenue_micros"] // 10_000, mine["simulated_revenue_micros"] // 10_000
+
+    assert simulated(NOV, DEC) == (8_900, 4_900 + 2_000)  # 50,000 over at 40 per 1,000
+    assert simulated(NOV, half) == (2_450, 2_450)
+    assert simulated(half, DEC) == (6_450, 2_450 + 2_000)
+
+
+def test_a_range_pays_for_cheaper_inputs_its_dearer_ones_pushed_out_of_the_allowance():
+    """60,000 int8 inputs on the 5th are covered; 60,000 standard inputs on the 25th take the
+    included inputs first (the dearer tier), leaving 20,000 int8 inputs at 24 per 1,000 to
+    pay: 480 cents, which the second half earns although it has no int8 call."""
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    usage_record_bulk(
+        events=[event(tenant, 1, 60_000, 7, model="minilm-l6-int8", at=NOV + timedelta(days=4)),
+                event(tenant, 2, 60_000, 7, at=NOV + timedelta(days=24))]
+    )  # fmt: skip
+    half = NOV + timedelta(days=15)
+    assert revenue_of(tenant, NOV, DEC) == 4_900 + 480
+    assert revenue_of(tenant, NOV, half) == 2_450
+    second = margins(start=half, end=DEC, by="model")
+    assert {r["model"]: r["revenue_micros"] // 10_000 for r in second} == {"minilm-l6": 2_450 + 480}
+
+
+def test_adjacent_ranges_add_up_to_the_months_base_fee():
+    """4,900 over three 10-day ranges of a 30-day month: 1,633 + 1,634 + 1,633, never 4,899;
+    and over ranges cut inside a day, still exactly 4,900."""
+    from economics.selectors import _prorated
+
+    month = (NOV, DEC)
+    thirds = [NOV, NOV + timedelta(days=10), NOV + timedelta(days=20), DEC]
+    parts = [_prorated(4_900, month, lo, hi) for lo, hi in pairwise(thirds)]
+    assert parts == [1_633, 1_634, 1_633] and sum(parts) == 4_900
+    idle = TenantFactory()
+    sub = subscribe(idle, "pro")
+    sub.current_period_start, sub.current_period_end = NOV, DEC
+    billing_period_record(sub=sub)
+    assert [revenue_of(idle, lo, hi) for lo, hi in pairwise(thirds)] == parts
+    cuts = (timedelta(days=7, hours=5, microseconds=3), timedelta(days=19, hours=7, minutes=12))
+    odd = [NOV, *(NOV + cut for cut in cuts), DEC]
+    assert sum(revenue_of(idle, lo, hi) for lo, hi in pairwise(odd)) == 4_900
+
+
+@pytest.mark.parametrize(
+    ("currency", "micros"), [("jpy", 1_000_000), ("usd", 10_000), ("bhd", 1_000)]
+)
+def test_revenue_in_micro_units_follows_the_currencys_minor_unit(currency, micros):
+    """A base fee of 4,900 minor units is 4,900 yen, 49 dollars or 4.9 dinars."""
+    from economics.selectors import micros_per_minor
+    from plans.models import Plan
+
+    assert micros_per_minor(currency) == micros
+    Plan.objects.create(id=f"{currency}@1", slug=currency, name=currency, currency=currency,
+                        base_fee=4_900)  # fmt: skip
+    tenant = TenantFactory()
+    subscribe(tenant, currency)
+    usage_record_bulk(events=[event(tenant, 1, 10, 7, at=NOV + timedelta(days=4))])
+    (row,) = [r for r in margins(start=NOV, end=DEC, by="tenant") if r["tenant"] == tenant.pk]
+    assert row["revenue_micros"] == 4_900 * micros
+    assert row["margin_micros"] == 4_900 * micros - 7
+
+
+def test_calls_without_a_subscription_are_stamped_with_the_current_free_version(monkeypatch):
+    """After free gets a new version, the ledger and the rollups say the version that
+    enforcement admitted the calls under, not free@1."""
+    from limits import services as limits
+    from metering.models import UsageRecord
+    from plans.models import Plan
+
+    free = Plan.objects.get(slug="free", is_current=True)
+    Plan.objects.filter(pk=free.pk).update(is_current=False)
+    Plan.objects.create(id="free@2", slug="free", version=2, name="Free", included_inputs=5_000,
+                        monthly_hard_cap=5_000)  # fmt: skip
+    monkeypatch.setitem(limits._free, "plan", None)  # enforcement's few seconds' cache
+    monkeypatch.setitem(limits._free, "read_at", 0.0)
+    tenant, subscribed = TenantFactory(), TenantFactory()
+    subscribe(subscribed, "pro")
+    usage_record_bulk(events=[event(tenant, 1, 3, 1), event(subscribed, 1, 3, 1)])
+    assert limits.free_plan_current().id == "free@2"
+    stamped = dict(UsageRecord.objects.unscoped().values_list("tenant_id", "plan_id"))
+    assert stamped == {tenant.pk: "free@2", subscribed.pk: "pro@1"}
+    assert UsageRollup.objects.for_tenant(tenant).get().plan_id == "free@2"
+
+
+def test_a_rollups_day_is_the_utc_day_of_its_call():
+    """2026-11-02T03:00+05:30 is 2026-11-01T21:30Z: the rollup's day is the 1st, as the
+    ledger's (and /v1/usage's) is, and a rebuild agrees."""
+    from datetime import date
+
+    tenant = TenantFactory()
+    local = datetime.fromisoformat("2026-11-02T03:00:00+05:30")
+    usage_record_bulk(events=[event(tenant, 1, 7, 1, at=local)])
+    assert list(UsageRollup.objects.for_tenant(tenant).values_list("day", flat=True)) == [
+        date(2026, 11, 1)
+    ]
+    rollups_rebuild()
+    assert list(UsageRollup.objects.for_tenant(tenant).values_list("day", flat=True)) == [
+        date(2026, 11, 1)
+    ]
