@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rest_framework.exceptions import NotAcceptable
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -229,6 +230,15 @@ class TenantAPIView(APIView):
             raise InvalidRequest(
                 f"{twice} is given more than once.", code="duplicate_parameter", param=twice
             )
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        try:
+            return super().perform_content_negotiation(request, force)
+        except NotAcceptable:
+            # Who asks comes first: without a valid key this is a 401, whatever it accepts
+            # (DRF negotiates before it authenticates).
+            principal(request)
+            raise
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, _Replay):

@@ -131,6 +131,16 @@ def test_every_answer_is_json_and_an_accept_the_api_cannot_produce_is_a_406(api,
     assert response.json()["error"]["type"] == "invalid_request"
 
 
+def test_a_request_without_a_valid_key_is_a_401_whatever_it_accepts(api):
+    from rest_framework.test import APIClient
+
+    for credentials in ({}, {"HTTP_AUTHORIZATION": "Bearer sk_live_nope"}):
+        response = APIClient().get("/v1/models", HTTP_ACCEPT="text/html", **credentials)
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "authentication"
+    assert api.get("/v1/models", HTTP_ACCEPT="text/html").status_code == 406
+
+
 def test_classify_needs_the_inference_scope(tenant, client_for):
     response = client_for(tenant, ["billing"]).post("/v1/classify", OK, format="json")
     assert response.status_code == 403
