@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 
-from billing.usage_pricing import allocate, line_key, range_charges
+from billing.usage_pricing import range_charges, range_row_charges
 from plans.models import Plan
 from tenants.models import Tenant
 
@@ -26,23 +26,6 @@ def _metrics(row: dict[str, Any], amount: int, currency: str) -> dict[str, Any]:
         "amount": amount,
         "currency": currency,
     }
-
-
-def _row_amounts(grouped: Any, key: str, charges: dict[str, int]) -> dict[str, int]:
-    """Each report row's share of the range's charges (see billing.usage_pricing)."""
-    weights: dict[str, dict[str, int]] = {}
-    for row in grouped.values("kind", "model", group=F(key)).annotate(
-        inputs=Sum("inputs"), tokens=Sum("tokens")
-    ):
-        line = line_key(row["kind"], row["model"])
-        quantity = row["tokens"] if line == "finetune" else row["inputs"]
-        by_group = weights.setdefault(line, {})
-        by_group[str(row["group"])] = by_group.get(str(row["group"]), 0) + (quantity or 0)
-    amounts: dict[str, int] = {}
-    for line, by_group in weights.items():
-        for group, part in allocate(charges.get(line, 0), by_group).items():
-            amounts[group] = amounts.get(group, 0) + part
-    return amounts
 
 
 def usage_summary(
@@ -67,10 +50,22 @@ def usage_summary(
     }
     key = GROUP_FIELDS[group_by]
     grouped = records.annotate(day=TruncDate("occurred_at")) if group_by == "day" else records
-    charges = (
-        dict(range_charges(tenant=tenant, plan=plan, start=start, end=end)) if livemode else {}
-    )
-    amounts = _row_amounts(grouped, key, charges)
+    charges: dict[str, int] = {}
+    amounts: dict[str, int] = {}
+    if livemode:
+        charges = dict(range_charges(tenant=tenant, plan=plan, start=start, end=end))
+        # Each row's money is what its own usage adds in its own billing periods (a day's
+        # marginal charge; a model's or key's share of each period's charge), never a share
+        # of a period it has no usage in.
+        by_row = range_row_charges(
+            tenant=tenant,
+            plan=plan,
+            start=start,
+            end=end,
+            group=TruncDate("occurred_at") if group_by == "day" else key,
+            in_time_order=group_by == "day",
+        )
+        amounts = {str(group): amount for group, amount in by_row.items()}
     currency = plan.currency
     rows = grouped.values(group=F(key)).annotate(**sums).order_by("group")
     data = [

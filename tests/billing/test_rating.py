@@ -72,6 +72,11 @@ def test_allocation_always_adds_up():
     assert sum(parts.values()) == 100 and sorted(parts.values()) == [33, 33, 34]
     assert allocate(0, {"a": 5}) == {"a": 0}
     assert allocate(7, {}) == {}
+    # Beyond a float's 53 bits a quotient in floating point is off by more units than
+    # there are parts, and the largest-remainder step could not make the parts add up.
+    total = 2**60 + 3
+    parts = allocate(total, {"a": 1, "b": 2})
+    assert parts == {"a": total // 3, "b": total - total // 3}
 
 
 def event(tenant, n, **fields):
@@ -232,3 +237,148 @@ def test_a_month_filled_in_after_a_period_begins_where_that_period_ended(tenant)
                           end=datetime(2026, 11, 1, tzinfo=UTC))  # fmt: skip
     assert late == whole  # each 60,000 within its own period's 100,000: nothing over
     assert sum(late.values()) == 0
+
+
+def _by(api, group_by, start, end):
+    body = api.get("/v1/usage", {"group_by": group_by, "start": start, "end": end}).json()
+    return {row[group_by]: row["amount"] for row in body["data"]}, body["total"]["amount"]
+
+
+def test_a_days_amount_is_what_its_usage_adds_to_its_own_period(tenant, client_for):
+    """The README's pro period of 15 September to 15 October, 60,000 inputs each side of
+    1 October: by day, 20 September is inside the included inputs (as September's report
+    says) and 5 October holds the 20,000 over; each day agrees with a report of that day."""
+    sub = subscribe(tenant, "pro")
+    sep15, oct15 = (datetime(2026, m, 15, 9, 30, tzinfo=UTC) for m in (9, 10))
+    _period(sub, sep15, oct15)
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=60_000, occurred_at="2026-09-20T12:00:00+00:00"),
+            event(tenant, 2, inputs=60_000, occurred_at="2026-10-05T12:00:00+00:00"),
+        ]
+    )
+    api = client_for(tenant, ["billing"])
+    days, total = _by(api, "day", "2026-09-01", "2026-11-01")
+    assert days == {"2026-09-20": 0, "2026-10-05": 800} and total == 800
+    for day, amount in days.items():
+        alone = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        assert _by(api, "day", alone.isoformat(), (alone + timedelta(days=1)).isoformat()) == (
+            {day: amount},
+            amount,
+        )
+    assert _by(api, "day", "2026-09-01", "2026-10-01") == ({"2026-09-20": 0}, 0)
+    assert _by(api, "day", "2026-10-01", "2026-11-01") == ({"2026-10-05": 800}, 800)
+
+
+def test_a_day_in_a_period_whose_invoice_has_no_usage_charge_shows_none(tenant, client_for):
+    """Two pro periods: 150,048 inputs in the first (50,048 over: 2,002), 50,016 in the
+    second (inside its own 100,000). The second period's day shows no money, whatever
+    range, grouping or the first period's overage."""
+    sub = subscribe(tenant, "pro")
+    sep15, oct15, nov15 = (datetime(2026, m, 15, tzinfo=UTC) for m in (9, 10, 11))
+    _period(sub, sep15, oct15)
+    _period(sub, oct15, nov15)
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=150_048, occurred_at="2026-09-20T12:00:00+00:00"),
+            event(tenant, 2, inputs=50_016, occurred_at="2026-10-20T12:00:00+00:00"),
+        ]
+    )
+    second = rate_tenant_period(tenant=tenant, plan=sub.plan, start=oct15, end=nov15)
+    assert [line.key for line in second.lines] == ["base_fee"]  # no usage line
+    api = client_for(tenant, ["billing"])
+    assert _by(api, "day", sep15.isoformat(), nov15.isoformat()) == (
+        {"2026-09-20": 2_002, "2026-10-20": 0},
+        2_002,
+    )
+    assert _by(api, "model", sep15.isoformat(), nov15.isoformat()) == ({"minilm-l6": 2_002}, 2_002)
+    assert _by(api, "day", oct15.isoformat(), nov15.isoformat()) == ({"2026-10-20": 0}, 0)
+
+
+def test_models_and_keys_share_each_periods_charge_by_their_billable_part_in_it(tenant, client_for):
+    """Rows that span the range (a model, an API key) are charged per period: model A's
+    overage of the first period is A's alone, and the second period's 400 is shared by the
+    two models' 60,000 and 50,000 inputs there, not by their inputs over both periods."""
+    sub = subscribe(tenant, "pro")
+    sep15, oct15, nov15 = (datetime(2026, m, 15, tzinfo=UTC) for m in (9, 10, 11))
+    _period(sub, sep15, oct15)
+    _period(sub, oct15, nov15)
+    ft = "ft:minilm-l6:x:1"
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=150_000, occurred_at="2026-09-20T12:00:00+00:00"),
+            event(tenant, 2, inputs=60_000, occurred_at="2026-10-20T12:00:00+00:00"),
+            event(tenant, 3, inputs=50_000, occurred_at="2026-10-21T12:00:00+00:00", model=ft,
+                  api_key_id="key_b"),
+        ]
+    )  # fmt: skip
+    api = client_for(tenant, ["billing"])
+    # First period 2,000 to A; second period 400 by 60,000 : 50,000 (218.18 : 181.82).
+    by_model, total = _by(api, "model", sep15.isoformat(), nov15.isoformat())
+    assert by_model == {"minilm-l6": 2_000 + 218, ft: 182} and total == 2_400
+    by_key, total = _by(api, "api_key", sep15.isoformat(), nov15.isoformat())
+    assert by_key == {"key_a": 2_218, "key_b": 182} and total == 2_400
+    # A narrower report prices the second period's share alone.
+    assert _by(api, "model", oct15.isoformat(), nov15.isoformat()) == (
+        {"minilm-l6": 218, ft: 182},
+        400,
+    )
+
+
+def test_free_usage_carries_no_money_in_any_row(tenant, client_for):
+    """Within one pro period: cached inputs that the plan does not bill, and usage made on
+    free before the upgrade, are no row's charge; the inputs that went over are."""
+    Plan.objects.filter(slug="pro").update(cached_results_billed=False)
+    sub = subscribe(tenant, "pro")
+    _period(sub, datetime(2026, 9, 15, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC))
+    free_plan = Plan.objects.get(slug="free", is_current=True)
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=150_000, cached=150_000,
+                  occurred_at="2026-09-16T12:00:00+00:00", api_key_id="key_cached"),
+            event(tenant, 2, inputs=110_000, occurred_at="2026-09-18T12:00:00+00:00",
+                  model="ft:minilm-l6:x:1", api_key_id="key_paid"),
+        ]
+    )  # fmt: skip
+    # Made on free (a row stamped before the upgrade), same period: free has no overage.
+    from metering.models import UsageRecord
+
+    UsageRecord.objects.create(
+        event_id="req_on_free", kind="inference", tenant=tenant, api_key_id="key_free",
+        livemode=True, model="minilm-l6", inputs=300_000, tokens=10, compute_ms=1.0,
+        occurred_at=datetime(2026, 9, 17, 12, tzinfo=UTC), plan_id=free_plan.pk,
+    )  # fmt: skip
+    api = client_for(tenant, ["billing"])
+    span = ("2026-09-15", "2026-10-15")
+    # Pro's included 100,000 cover 100,000 of the 110,000 billable: 10,000 at 40 per 1k.
+    assert _by(api, "day", *span) == (
+        {"2026-09-16": 0, "2026-09-17": 0, "2026-09-18": 400},
+        400,
+    )
+    assert _by(api, "api_key", *span) == (
+        {"key_cached": 0, "key_free": 0, "key_paid": 400},
+        400,
+    )
+    assert _by(api, "model", *span) == ({"minilm-l6": 0, "ft:minilm-l6:x:1": 400}, 400)
+
+
+def test_rows_add_up_to_the_total_when_one_tier_takes_anothers_allowance(tenant, client_for):
+    """Standard inputs in the range push int8 inputs from before it out of the included
+    ones (dearest tier first): the int8 charge that appears is the range's, and its rows
+    carry it."""
+    sub = subscribe(tenant, "pro")
+    _period(sub, datetime(2026, 9, 15, tzinfo=UTC), datetime(2026, 10, 15, tzinfo=UTC))
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, inputs=100_000, model="minilm-l6-int8",
+                  occurred_at="2026-09-16T12:00:00+00:00"),
+            event(tenant, 2, inputs=50_000, occurred_at="2026-09-20T12:00:00+00:00"),
+        ]
+    )  # fmt: skip
+    api = client_for(tenant, ["billing"])
+    # From 18 September: 50,000 standard covered, which leaves 50,000 int8 over (1,200).
+    assert _by(api, "model", "2026-09-18", "2026-10-15") == ({"minilm-l6": 1_200}, 1_200)
+    assert _by(api, "day", "2026-09-15", "2026-10-15") == (
+        {"2026-09-16": 0, "2026-09-20": 1_200},
+        1_200,
+    )
