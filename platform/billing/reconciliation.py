@@ -6,6 +6,7 @@ person decides what went wrong."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from prometheus_client import Counter
 
 from tenants.models import Tenant
 
-from .models import Reconciliation
+from .models import BillingPeriod, Reconciliation, Subscription
 from .rating import rate_tenant_period
 from .stripe_client import as_dict, stripe_api
 from .subscriptions import subscription_get_or_create
@@ -46,10 +47,38 @@ def stripe_usage_total(*, tenant: Tenant, customer_id: str, start: datetime) -> 
         data = as_dict(invoice)
         if data.get("status") in ("draft", "void"):
             continue  # a draft is not billed yet (its items are counted as pending above)
-        for line in (data.get("lines") or {}).get("data") or []:
+        for line in _invoice_lines(api, data):
             if _ours_for_period(line, tenant, start):
                 total += int(line.get("amount") or 0)
     return total
+
+
+def _invoice_lines(api: Any, invoice: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every line of an invoice. An invoice as listed embeds only the first page of its
+    lines (10 at Stripe), and usage growth is pushed as a new item each hour it grows, so
+    the rest are paged from the invoice's own lines list when there are more."""
+    embedded = invoice.get("lines")
+    if isinstance(embedded, dict) and not embedded.get("has_more"):
+        yield from embedded.get("data") or []
+        return
+    # NOTE: limit=100 is Stripe's largest page; the emulator (localstripe 1.15) cannot page
+    # an invoice's lines beyond one page (it refuses starting_after there), Stripe can.
+    for line in api.Invoice.list_lines(invoice["id"], limit=100).auto_paging_iter():
+        yield as_dict(line)
+
+
+def _period_end(*, tenant: Tenant, sub: Subscription, start: datetime) -> datetime:
+    """Where the period that begins at ``start`` ends: the current one's end, or a past
+    one's as recorded (else the current one's end, as before periods were recorded)."""
+    if start == sub.current_period_start:
+        return sub.current_period_end
+    recorded = (
+        BillingPeriod.objects.for_tenant(tenant)
+        .filter(start=start)
+        .values_list("end", flat=True)
+        .first()
+    )
+    return recorded or sub.current_period_end
 
 
 def reconciliation_run(
@@ -61,7 +90,10 @@ def reconciliation_run(
     if not sub.stripe_customer_id:
         return None
     start = start or sub.current_period_start
-    cut = until or min(sub.current_period_end, timezone.now())
+    # Never past the period's end, whatever ``until`` says: the push stops there too (it
+    # rates up to min(end, until)), so with a renewal whose webhook is late, the new period's
+    # usage is in neither and does not read as a difference.
+    cut = min(until or timezone.now(), _period_end(tenant=tenant, sub=sub, start=start))
     rated = rate_tenant_period(
         tenant=tenant, plan=sub.plan, start=start, end=cut, include_base_fee=False
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -12,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from billing.invoicing import usage_charges_push
 from billing.models import Reconciliation, Subscription, UsageChargePush
+from billing.periods import billing_period_record
 from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change
 from metering.models import UsageRecord
@@ -19,11 +21,11 @@ from metering.models import UsageRecord
 pytestmark = pytest.mark.django_db
 
 
-def _usage(tenant, inputs, model="minilm-l6", plan_id=""):
+def _usage(tenant, inputs, model="minilm-l6", plan_id="", at=None):
     UsageRecord.objects.create(
         event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
         livemode=True, model=model, inputs=inputs, tokens=inputs * 10, compute_ms=1.0,
-        occurred_at=timezone.now(), plan_id=plan_id,
+        occurred_at=at or timezone.now(), plan_id=plan_id,
     )  # fmt: skip
 
 
@@ -133,3 +135,64 @@ def test_free_tenants_push_nothing(tenant):
     _usage(tenant, 5_000)
     assert usage_charges_push(tenant=tenant) == []
     assert reconciliation_run(tenant=tenant) is None
+
+
+def test_reconciliation_stops_at_the_period_end_when_the_renewal_is_late(pro_tenant, stripe_api):
+    """The period ended an hour ago and the renewal's webhook has not been processed: the
+    push stops at the period's end, and so does the check, so the next period's usage is
+    no difference. Usage inside the period that was never pushed still is."""
+    sub = Subscription.objects.for_tenant(pro_tenant).get()
+    now = timezone.now()
+    sub.current_period_start = now - timedelta(days=30)
+    sub.current_period_end = now - timedelta(hours=1)
+    sub.save()
+    _usage(pro_tenant, 120_000, at=now - timedelta(days=2))  # in the period: 800
+    _usage(pro_tenant, 50_000, at=now - timedelta(minutes=5))  # the next period's
+    cut = timezone.now()
+    assert [(p.line, p.amount) for p in usage_charges_push(tenant=pro_tenant, until=cut)] == [
+        ("usage:standard", 800)
+    ]
+    row = reconciliation_run(tenant=pro_tenant, until=cut)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (800, 800, 0)
+    assert row.period_end == sub.current_period_end
+
+    _usage(pro_tenant, 5_000, at=now - timedelta(hours=2))  # in the period, never pushed
+    row = reconciliation_run(tenant=pro_tenant, until=timezone.now())
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (1000, 800, 200)
+
+    # Once the renewal is recorded, the past period checked by its start ends where it did.
+    old_start, old_end = sub.current_period_start, sub.current_period_end
+    billing_period_record(sub=sub)
+    sub.current_period_start, sub.current_period_end = old_end, old_end + timedelta(days=30)
+    sub.save()
+    billing_period_record(sub=sub)
+    row = reconciliation_run(tenant=pro_tenant, start=old_start)
+    assert (row.period_end, row.ledger_amount, row.difference) == (old_end, 1000, 200)
+
+
+def test_reconciliation_counts_every_line_of_an_invoice(pro_tenant, stripe_api):
+    """Usage growth is pushed as a new item each time: twelve items on one invoice, of
+    which the invoice as listed embeds only the first ten lines. All twelve are counted,
+    and usage never pushed is still a difference."""
+    sub = Subscription.objects.for_tenant(pro_tenant).get()
+    _usage(pro_tenant, 110_000)  # 10,000 over: 400
+    usage_charges_push(tenant=pro_tenant)
+    for _ in range(11):
+        _usage(pro_tenant, 1_000)  # 40 more, pushed as a new item
+        usage_charges_push(tenant=pro_tenant)
+    assert len(_stripe_items(stripe_api, sub.stripe_customer_id)) == 12
+    invoice = stripe_api.Invoice.create(
+        customer=sub.stripe_customer_id, subscription=sub.stripe_subscription_id
+    )
+    assert stripe_api.Invoice.pay(invoice.id).status == "paid"
+    assert _stripe_items(stripe_api, sub.stripe_customer_id) == []  # all on the invoice
+    listed = stripe_api.Invoice.list(customer=sub.stripe_customer_id).data
+    lines = next(i for i in listed if i.id == invoice.id).to_dict()["lines"]
+    assert len(lines["data"]) == 10 and lines["has_more"]  # the first page only
+
+    row = reconciliation_run(tenant=pro_tenant)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (840, 840, 0)
+
+    _usage(pro_tenant, 1_000)  # never pushed
+    row = reconciliation_run(tenant=pro_tenant)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (880, 840, 40)
