@@ -26,8 +26,9 @@ class Subscription(models.Model):
     current_period_end = models.DateTimeField()
     past_due_since = models.DateTimeField(null=True, blank=True)
     # The Stripe object's own timestamp of the state we hold: an older event never
-    # overwrites a newer one (webhooks arrive out of order).
-    stripe_updated_at = models.IntegerField(default=0)
+    # overwrites a newer one (webhooks arrive out of order). Unix seconds: a 64-bit column,
+    # since a 32-bit one (PostgreSQL's integer) runs out in January 2038.
+    stripe_updated_at = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = TenantScopedManager()
@@ -90,7 +91,7 @@ class Invoice(models.Model):
     period_end = models.DateTimeField(null=True)
     hosted_invoice_url = models.URLField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField()
-    stripe_updated_at = models.IntegerField(default=0)
+    stripe_updated_at = models.BigIntegerField(default=0)  # unix seconds (beyond 2038)
 
     objects = TenantScopedManager()
 

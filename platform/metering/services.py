@@ -98,6 +98,9 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
     poison message never blocks the rest."""
     outcome = BulkOutcome()
     rows: dict[str, LedgerRow] = {}
+    # Each row's event as it came: a rejection after parsing dead-letters the event itself,
+    # which an operator can replay, not just its id (the stream entry is deleted).
+    sources: dict[str, Any] = {}
     for event in events:
         row, why = _parse(event)
         if row is None:
@@ -106,13 +109,14 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
             outcome.duplicates += 1
         else:
             rows[row.event_id] = row
+            sources[row.event_id] = event
     if not rows:
         return outcome
     tenant_ids = {row.tenant_id for row in rows.values()}
     known = set(Tenant.objects.filter(pk__in=tenant_ids).values_list("pk", flat=True))
     for event_id, row in list(rows.items()):
         if row.tenant_id not in known:
-            outcome.rejected.append((event_id, f"unknown tenant {row.tenant_id!r}"))
+            outcome.rejected.append((sources[event_id], f"unknown tenant {row.tenant_id!r}"))
             del rows[event_id]
     with transaction.atomic():
         # NOTE: one INSERT that skips ids already stored and names the rows that went in,
