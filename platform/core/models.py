@@ -21,7 +21,9 @@ class IdempotencyRecord(models.Model):
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     # Live and test mode keep apart, as Stripe keeps them: a test key's request under a key
     # never replays to a live key (which would then run nothing), nor the other way round.
-    livemode = models.BooleanField(default=True)
+    # NOTE: db_default as well: an API process still running the code before this column
+    # (a rolling deploy) inserts records without it.
+    livemode = models.BooleanField(default=True, db_default=True)
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)
     request_id = models.CharField(max_length=40)

@@ -60,6 +60,10 @@ def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
         )
 
 
+# Admission's refusals that a replay of an answered call is not subject to.
+REPLAY_ADMITTED = frozenset({"quota_exceeded", "subscription_unpaid", "concurrency_limited"})
+
+
 class _Replay(Exception):
     def __init__(self, record: IdempotencyRecord) -> None:
         self.record = record
@@ -158,19 +162,27 @@ class TenantAPIView(APIView):
         # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
         # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
         key = request.META.get("HTTP_IDEMPOTENCY_KEY") if post else None
-        # A replay is admitted as a request that runs nothing: rate-limited, never refused for
-        # the quota its first attempt used up, nor for a subscription unpaid since.
-        replaying = key is not None and idempotency_replayable(
-            tenant=self.tenant, livemode=self.api_key.livemode, key=key
-        )
         check = _key_check(request)
-        prefetch = [*(self.admission_prefetch(request) if post and not replaying else ())]
+        prefetch = [*(self.admission_prefetch(request) if post else ())]
         if check is not None:
             prefetch.append(check.redis_key)  # the cached key's generation, read with it
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.
-        admission = self._admission = self._admit(
-            request, runs=post and not replaying, prefetch=prefetch
-        )
+        replaying = False
+        try:
+            admission = self._admission = self._admit(request, runs=post, prefetch=prefetch)
+        except APIError as refused:
+            # A replay runs and bills nothing: it is not refused for the quota its first
+            # attempt used up, a subscription unpaid since, or the concurrency cap, only for
+            # the rate limit. (Looked up only on such a refusal: no query on the common path.)
+            if refused.code not in REPLAY_ADMITTED or not (
+                key is not None
+                and idempotency_replayable(
+                    tenant=self.tenant, livemode=self.api_key.livemode, key=key
+                )
+            ):
+                raise
+            replaying = True
+            admission = self._admission = self._admit(request, runs=False, prefetch=prefetch)
         if check is not None and not key_check_confirmed(check, admission.prefetched):
             self._admission = None
             limits_settle(admission, succeeded=False)

@@ -235,13 +235,9 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
     try:
         if reuse_result:
             # A retry under the same Idempotency-Key: a worker may have answered the first
-            # attempt after all (before the API gave up on it, or while it was). Serve that
-            # answer; never run (and bill) it twice. Otherwise this attempt is waited for:
-            # the first one's abandoned mark goes.
-            pipe = client.pipeline(transaction=False)
-            pipe.get(result_key(request_id))
-            pipe.delete(abandoned_key(request_id))
-            earlier, _ = pipe.execute()
+            # attempt after all (before the API gave up on it). Serve that answer; never run
+            # (and bill) it twice.
+            earlier = client.get(result_key(request_id))
             if earlier is not None:
                 return cast(ClassifyResult, json.loads(cast(bytes, earlier)))
         publisher = _publisher()
@@ -251,6 +247,12 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
         ):
             raise overloaded(messages.OVERLOADED, "overloaded")
         publisher.publish(request)
+        if reuse_result:
+            # This attempt is on its way and waited for: the first one's abandoned mark goes,
+            # so that whichever answer comes first is delivered (and billed, once: the
+            # ledger keys usage by the request id they share). Only now: a retry refused
+            # before it was sent leaves the first attempt abandoned.
+            client.delete(abandoned_key(request_id))
         # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
         wait = max(request["deadline"] - time.time(), 0.01)
         popped = client.blpop([reply_key(request_id)], timeout=wait)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 import time
 
+import pytest
 import redis
 
 from tests.workers.helpers import make_request
@@ -90,12 +92,14 @@ def test_a_give_up_racing_the_reply_transaction_bills_exactly_when_it_delivers()
 
         def api(request_id: str = request["request_id"], barrier=barrier) -> None:
             barrier.wait()
+            time.sleep(random.uniform(0, 0.002))  # either may reach Redis first
             if give_up(_redis(), request_id) is not None:
                 delivered.add(request_id)
 
         thread = threading.Thread(target=api)
         thread.start()
         barrier.wait()
+        time.sleep(random.uniform(0, 0.002))
         replies_send([_reply(request)])
         thread.join()
     ids = {r["request_id"] for r in requests}
@@ -104,3 +108,35 @@ def test_a_give_up_racing_the_reply_transaction_bills_exactly_when_it_delivers()
     for request in requests:  # an answer left in the list was never anyone's
         assert client.llen(reply_key(request["request_id"])) == 0
         assert client.exists(abandoned_key(request["request_id"]))
+
+
+def test_a_retry_refused_before_it_is_sent_leaves_the_first_attempt_abandoned(settings) -> None:
+    """The first attempt timed out (503); its retry under the same Idempotency-Key is shed
+    (503 overloaded) before it reaches the queue; the first attempt's worker then finishes:
+    the customer got two 503s and is billed for neither."""
+    from core.errors import Overloaded
+    from inference.dispatch import classify_dispatch, give_up
+
+    drain_usage_events()
+    first = make_request(["shed twice"], labels=["a", "b"], deadline=time.time() - 0.5)
+    give_up(_redis(), first["request_id"])
+    settings.INFERENCE_MAX_QUEUE_DEPTH = 0  # every request is shed
+    with pytest.raises(Overloaded):
+        classify_dispatch({**first, "deadline": time.time() + 5}, reuse_result=True)
+    replies_send([_reply(first)])
+    assert _billed({first["request_id"]}) == set()
+    assert _redis().get(result_key(first["request_id"])) is None
+
+
+def test_a_retry_that_is_sent_takes_the_first_attempts_late_answer_billed_once() -> None:
+    from inference.dispatch import classify_dispatch, give_up
+
+    drain_usage_events()
+    first = make_request(["answered late"], labels=["a", "b"], deadline=time.time() - 0.5)
+    give_up(_redis(), first["request_id"])
+    late = threading.Timer(0.3, replies_send, args=([_reply(first)],))  # its worker, late
+    late.start()
+    answer = classify_dispatch({**first, "deadline": time.time() + 10}, reuse_result=True)
+    late.join()
+    assert answer["request_id"] == first["request_id"] and "error" not in answer
+    assert _billed({first["request_id"]}) == {first["request_id"]}
