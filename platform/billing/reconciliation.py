@@ -36,7 +36,9 @@ def _ours_for_period(item: dict[str, Any], tenant: Tenant, start: datetime) -> b
 
 
 def stripe_usage_total(*, tenant: Tenant, customer_id: str, start: datetime) -> int:
-    """Usage items of the period in Stripe: still pending, plus lines of its invoices."""
+    """Usage items of the period in Stripe: still pending, plus lines of its invoices, drafts
+    included (at a renewal Stripe attaches the pending items to a draft it finalises about an
+    hour later: in that hour they are on neither list otherwise)."""
     api = stripe_api()
     total = 0
     for item in api.InvoiceItem.list(customer=customer_id, limit=100).auto_paging_iter():
@@ -45,8 +47,8 @@ def stripe_usage_total(*, tenant: Tenant, customer_id: str, start: datetime) -> 
             total += int(data.get("amount") or 0)
     for invoice in api.Invoice.list(customer=customer_id, limit=100).auto_paging_iter():
         data = as_dict(invoice)
-        if data.get("status") in ("draft", "void"):
-            continue  # a draft is not billed yet (its items are counted as pending above)
+        if data.get("status") == "void":
+            continue  # cancelled: what it held is not owed
         for line in _invoice_lines(api, data):
             if _ours_for_period(line, tenant, start):
                 total += int(line.get("amount") or 0)

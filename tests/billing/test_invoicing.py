@@ -196,3 +196,18 @@ def test_reconciliation_counts_every_line_of_an_invoice(pro_tenant, stripe_api):
     _usage(pro_tenant, 1_000)  # never pushed
     row = reconciliation_run(tenant=pro_tenant)
     assert (row.ledger_amount, row.stripe_amount, row.difference) == (880, 840, 40)
+
+
+def test_reconciliation_counts_the_items_a_renewal_put_on_a_draft_invoice(pro_tenant, stripe_api):
+    """At a renewal Stripe moves the pending items onto a draft invoice, finalised about an
+    hour later: in that hour they are still what Stripe holds, not a difference."""
+    sub = Subscription.objects.for_tenant(pro_tenant).get()
+    _usage(pro_tenant, 110_000)  # 10,000 over: 400
+    usage_charges_push(tenant=pro_tenant)
+    draft = stripe_api.Invoice.create(
+        customer=sub.stripe_customer_id, subscription=sub.stripe_subscription_id
+    )
+    assert draft.status == "draft"
+    assert _stripe_items(stripe_api, sub.stripe_customer_id) == []  # none pending now
+    row = reconciliation_run(tenant=pro_tenant)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (400, 400, 0)
