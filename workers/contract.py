@@ -116,6 +116,10 @@ class ClassifyRequest(TypedDict):
     # would hold Redis memory for nothing (at 200 calls/s, ~120,000 copies). Absent: kept,
     # as older API processes expect.
     keep_result: NotRequired[bool]
+    # The plan version the API admitted the call under, carried onto its usage event: the
+    # call is priced by it, however late the event is recorded. Absent: the tenant's plan
+    # when the event is recorded.
+    plan_id: NotRequired[str]
 
 
 class CachedRow(TypedDict):
@@ -204,6 +208,7 @@ class UsageEvent(TypedDict):
     # currency, as a decimal string (money is never a float). Absent from v1 producers.
     cost_micros: NotRequired[str]
     pool: NotRequired[str]
+    plan_id: NotRequired[str]  # as on the ClassifyRequest
 
 
 # --- Training (fine-tuning) -------------------------------------------------------------------

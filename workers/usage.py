@@ -40,7 +40,7 @@ def usage_event_build(
     *, request: ClassifyRequest, result: ClassifyResult, occurred_at: datetime | None = None
 ) -> UsageEvent:
     usage = result["usage"]
-    return {
+    event: UsageEvent = {
         "v": CONTRACT_VERSION,
         "event_id": request["request_id"],
         "kind": "inference",
@@ -57,6 +57,9 @@ def usage_event_build(
         "cost_micros": cost_micros(usage["compute_ms"]),
         "pool": get_settings().pool,
     }
+    if "plan_id" in request:
+        event["plan_id"] = request["plan_id"]
+    return event
 
 
 MS_PER_HOUR = Decimal(3_600_000)

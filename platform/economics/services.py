@@ -15,6 +15,7 @@ from django.db.models.functions import TruncDate
 from billing.models import Subscription
 from limits.services import free_plan_current
 from metering.models import UsageRecord
+from plans.models import Plan
 
 if TYPE_CHECKING:
     from metering.services import LedgerRow
@@ -35,6 +36,18 @@ def tenant_plans_now(tenant_ids: set[str]) -> dict[str, str]:
     # calls this once a batch, and free's version changes about never.
     free = free_plan_current().id
     return {tenant_id: plans.get(tenant_id, free) for tenant_id in tenant_ids}
+
+
+_plans_seen: set[str] = set()
+
+
+def plans_known(plan_ids: set[str]) -> set[str]:
+    """Those of ``plan_ids`` that are plan versions here. A version is never deleted (rows
+    refer to it), so one seen once is remembered: a query only for ids not seen before."""
+    unseen = plan_ids - _plans_seen
+    if unseen:
+        _plans_seen.update(Plan.objects.filter(pk__in=unseen).values_list("pk", flat=True))
+    return plan_ids & _plans_seen
 
 
 def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:

@@ -175,6 +175,8 @@ def cached_answer(
         "occurred_at": datetime.now(UTC).isoformat(), "worker": _HOST,
         "cost_micros": "0", "pool": "cache",
     }  # fmt: skip
+    if "plan_id" in request:
+        event["plan_id"] = request["plan_id"]
     pipe = redis_client().pipeline(transaction=False)
     pipe.xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
     if admission is not None:

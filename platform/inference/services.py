@@ -73,6 +73,8 @@ def classify(
         "cache_ttl_s": settings.RESULT_CACHE_TTL_S,
         "keep_result": retriable,
     }
+    if admission is not None and admission.plan_id:
+        payload["plan_id"] = admission.plan_id
     # A retry may have been answered (and metered) by a worker already: dispatch knows.
     result = None
     prefetched = admission.prefetched if admission is not None else None

@@ -74,6 +74,8 @@ class Admission:
     prefetched: dict[str, bytes | None] | None = None
     # Settled already, in a pipeline the request ran anyway (see ``settle_commands``).
     settled: bool = False
+    # The plan version the request was admitted under (what its usage is priced by).
+    plan_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def limits_admit(
     except redis.RedisError:
         # NOTE: fail open on limits but never on money: a broker outage fails the request
         # anyway (503 from dispatch); other calls are served without rate limiting.
-        return Admission(plan.rate_limit_per_minute, plan.rate_limit_per_minute, 0)
+        return Admission(plan.rate_limit_per_minute, plan.rate_limit_per_minute, 0, plan_id=plan.pk)
     headers = _headers(int(limit), int(remaining), int(reset_ms))
     verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
     if verdict == "rate":
@@ -241,6 +243,7 @@ def limits_admit(
         reserved=reserved,
         headers=headers,
         prefetched=None if values is None else dict(zip(prefetch, values, strict=True)),
+        plan_id=plan.pk,
     )
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from core.rows import insert_new
-from economics.services import rollup_apply, tenant_plans_now
+from economics.services import plans_known, rollup_apply, tenant_plans_now
 from tenants.models import Tenant
 from workers.contract import UsageEvent
 
@@ -52,7 +52,7 @@ class LedgerRow:
     tokens: int
     cached: int
     recorded_at: datetime | None = None
-    plan_id: str = ""
+    plan_id: str = ""  # the event's (the plan the call was admitted under), else set on write
 
 
 def _parse(event: Any) -> tuple[LedgerRow | None, str]:
@@ -86,6 +86,7 @@ def _parse(event: Any) -> tuple[LedgerRow | None, str]:
             cost_micros=cost.quantize(Decimal("0.0001")),
             pool=str(event.get("pool", ""))[:64],
             occurred_at=occurred,
+            plan_id=str(event.get("plan_id") or "")[:64],
             **ints,
         ), ""
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
@@ -125,9 +126,13 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
         # 54 us an event by time.process_time against 27 us now (LedgerRow included).
         now = timezone.now()
         plans = tenant_plans_now(known)
+        stamped = plans_known({row.plan_id for row in rows.values() if row.plan_id})
         for row in rows.values():
             row.recorded_at = now  # what auto_now_add would set
-            row.plan_id = plans[row.tenant_id]
+            # The plan the call was admitted under; else (an event from before events
+            # carried it, a fine-tune, a plan this database lacks) the tenant's plan now.
+            if row.plan_id not in stamped:
+                row.plan_id = plans[row.tenant_id]
         inserted = insert_new(UsageRecord, list(rows.values()), unique="event_id")
         fresh = [row for event_id, row in rows.items() if event_id in inserted]
         # Margin reports read daily rollups, kept in the same transaction as the ledger.

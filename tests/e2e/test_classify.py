@@ -291,6 +291,32 @@ def test_a_replay_is_answered_after_its_call_used_up_the_quota_or_went_unpaid(
     assert UsageRecord.objects.unscoped().filter(tenant=tenant).count() == 1
 
 
+def test_a_call_is_priced_by_the_plan_it_was_admitted_under_however_late_it_is_recorded(
+    http, transactional_db
+):
+    """The usage consumer records a call after it was answered (seconds later after an
+    outage): a plan change in between does not move the call, computed or cached, to the
+    new plan."""
+    from billing.models import Subscription
+    from plans.models import Plan
+    from tests.factories import TenantFactory, make_key, subscribe
+
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    body = {"model": "minilm-l6", "inputs": ["priced as it was made"], "labels": ["x", "y"]}
+    with http(make_key(tenant, ["inference"])) as client:
+        computed = classify(client, body)
+        cached = classify(client, body)
+    assert computed.status_code == cached.status_code == 200
+    assert cached.json()["usage"]["cached"] == 1
+    Subscription.objects.unscoped().filter(tenant=tenant).update(
+        plan=Plan.objects.get(pk="scale@1")
+    )
+    drain_usage()
+    rows = UsageRecord.objects.unscoped().filter(tenant=tenant)
+    assert sorted((row.cached, row.plan_id) for row in rows) == [(0, "pro@1"), (1, "pro@1")]
+
+
 def test_a_partial_cache_hit_computes_only_the_misses_and_meters_the_whole_call(http, secret):
     labels = ["cheap", "dear"]
     texts = ["the price halved overnight", "a small fortune for a sandwich", "fair enough"]

@@ -75,6 +75,26 @@ def test_cost_to_serve_is_stored_beside_the_usage(tenant):
     assert rows["req_test2"].cost_micros == 0  # an older producer that did not cost it
 
 
+def test_usage_is_stamped_with_the_plan_its_call_was_admitted_under(tenant):
+    """However late an event is recorded (a consumer that was down while the tenant changed
+    plan), its call stays on the plan it was admitted under; an event that names no plan,
+    or one this database lacks, gets the tenant's plan now."""
+    from economics.models import UsageRollup
+    from tests.factories import subscribe
+
+    subscribe(tenant, "scale")
+    publish(
+        event(tenant, 1, plan_id="pro@1"),
+        event(tenant, 2),
+        event(tenant, 3, plan_id="gone@7"),
+    )
+    drain()
+    rows = {r.event_id: r.plan_id for r in UsageRecord.objects.for_tenant(tenant)}
+    assert rows == {"req_test1": "pro@1", "req_test2": "scale@1", "req_test3": "scale@1"}
+    rollups = UsageRollup.objects.for_tenant(tenant)
+    assert {(r.plan_id, r.inputs) for r in rollups} == {("pro@1", 2), ("scale@1", 4)}
+
+
 def test_a_redelivered_event_is_not_counted_twice(tenant):
     publish(event(tenant, 1), event(tenant, 1))
     drain()
