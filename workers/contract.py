@@ -79,6 +79,10 @@ MAX_INPUT_CHARS = 10_000
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 200
 MAX_EXAMPLES = 256
+# The examples' texts together: the encoder reads at most 256 tokens (~1,000 characters) of
+# each, so this bounds a request's example work near that of 96 full inputs (256 examples
+# of 10,000 characters took ~7 s of a worker, billed as one input, starving other calls).
+MAX_EXAMPLES_CHARS = 100_000
 
 
 class Example(TypedDict):

@@ -15,6 +15,13 @@ EMPTY_INPUT = (
     "characters."
 )
 DUPLICATE_LABEL = "labels must be distinct; '{label}' appears more than once."
+SAME_LABEL_TO_MODEL = (
+    "labels[{index}] '{label}' is the same class to the model as labels[{first}] '{other}': "
+    "it ignores case, accents and surrounding whitespace."
+)
+EXAMPLES_TOO_LARGE = (
+    "The examples' texts are {length} characters long together; the limit is {limit}."
+)
 EXAMPLE_LABEL_UNKNOWN = "examples[{index}].label '{label}' is not one of the request's labels."
 EXAMPLES_NEED_TWO_LABELS = "examples must cover at least two distinct labels."
 BASE_MODEL_NOT_DELETABLE = "'{model}' is a base model; only fine-tuned models can be deleted."

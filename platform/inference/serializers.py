@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -10,6 +11,7 @@ from core.errors import InvalidRequest, TooLarge
 from core.serializers import StrictSerializer, StrictStringField
 from workers.contract import (
     MAX_EXAMPLES,
+    MAX_EXAMPLES_CHARS,
     MAX_INPUT_CHARS,
     MAX_INPUTS,
     MAX_LABEL_CHARS,
@@ -104,7 +106,8 @@ class ClassifyRequestSerializer(StrictSerializer):
         max_length=MAX_EXAMPLES,
         help_text=(
             "Few-shot: labelled examples (base models only). With labels, each example's "
-            "label must be one of them; without, the examples need at least two labels."
+            "label must be one of them; without, the examples need at least two labels. "
+            f"Their texts together at most {MAX_EXAMPLES_CHARS} characters (else 413)."
         ),
     )
 
@@ -146,7 +149,16 @@ class ClassifyRequestSerializer(StrictSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         labels, examples = attrs.get("labels"), attrs.get("examples")
+        if labels and not examples:
+            _refuse_labels_alike(labels)
         if examples:
+            length = sum(len(example["text"]) for example in examples)
+            if length > MAX_EXAMPLES_CHARS:
+                raise TooLarge(
+                    messages.EXAMPLES_TOO_LARGE.format(length=length, limit=MAX_EXAMPLES_CHARS),
+                    code="examples_too_large",
+                    param="examples",
+                )
             if labels:
                 known = set(labels)
                 for index, example in enumerate(examples):
@@ -163,6 +175,40 @@ class ClassifyRequestSerializer(StrictSerializer):
                     messages.EXAMPLES_NEED_TWO_LABELS, code="invalid_parameter", param="examples"
                 )
         return attrs
+
+
+def label_as_read(label: str) -> str:
+    """A label as the base encoder reads it: all-MiniLM-L6-v2's tokenizer is uncased (it
+    lowercases and drops accents) and splits on whitespace, so "Coffee", "coffee " and
+    "COFFEE" are one label to it, as are "café" (in either Unicode form) and "cafe"."""
+    decomposed = unicodedata.normalize("NFD", label.lower())
+    return " ".join("".join(c for c in decomposed if unicodedata.category(c) != "Mn").split())
+
+
+def _labels_alike(labels: list[str]) -> tuple[int, int] | None:
+    """(index, index of the earlier one) of the first label the encoder reads as an earlier
+    one, or None."""
+    seen: dict[str, int] = {}
+    for index, label in enumerate(labels):
+        first = seen.setdefault(label_as_read(label), index)
+        if first != index:
+            return index, first
+    return None
+
+
+def _refuse_labels_alike(labels: list[str]) -> None:
+    """Zero-shot labels the encoder cannot tell apart split one class's score between them
+    (50/50), and which one is reported is arbitrary: a 400."""
+    alike = _labels_alike(labels)
+    if alike is not None:
+        index, first = alike
+        raise InvalidRequest(
+            messages.SAME_LABEL_TO_MODEL.format(
+                index=index, label=labels[index], first=first, other=labels[first]
+            ),
+            code="duplicate_label",
+            param=f"labels[{index}]",
+        )
 
 
 # Lone UTF-16 surrogates (JSON "\ud800"): DRF's CharField refuses them.
@@ -207,7 +253,7 @@ def classify_request_fast(data: object) -> dict[str, Any] | None:
             for label in labels:
                 if not _plain_text(label, MAX_LABEL_CHARS) or not has_visible_text(label):
                     return None
-            if len(set(labels)) != len(labels):
+            if len(set(labels)) != len(labels) or _labels_alike(labels) is not None:
                 return None
         validated["labels"] = labels
     return validated

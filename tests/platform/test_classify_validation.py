@@ -29,6 +29,19 @@ EXAMPLE = {"text": "y", "label": "b"}
         ({"model": "no-such-model"}, 404, "model"),
         ({"labels": ["only-one"]}, 400, "labels"),
         ({"labels": ["a", "a"]}, 400, "labels"),
+        # One class to the uncased encoder: its score was split between them, 50/50.
+        ({"labels": ["Coffee", "tea", "coffee"]}, 400, "labels[2]"),
+        ({"labels": ["pos", "neg", "pos "]}, 400, "labels[2]"),
+        ({"labels": ["caf\u00e9", "cafe\u0301"]}, 400, "labels[1]"),  # NFC and NFD
+        ({"labels": ["cafe", "CAF\u00c9"]}, 400, "labels[1]"),
+        (
+            {
+                "labels": None,
+                "examples": [{"text": "x" * 10_000, "label": "ab"[i % 2]} for i in range(11)],
+            },
+            413,
+            "examples",
+        ),  # 110,000 characters of examples: ~7 s of a worker at 256 of them, billed as one input
         ({"labels": ["a", ""]}, 400, "labels[1]"),
         ({"labels": ["a", "   "]}, 400, "labels[1]"),  # was classified, against nothing
         ({"labels": ["\u200b", "b"]}, 400, "labels[0]"),
