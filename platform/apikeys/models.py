@@ -54,5 +54,17 @@ class ApiKey(models.Model):
     def livemode(self) -> bool:
         return self.mode == self.Mode.LIVE
 
+    @property
+    def scope_list(self) -> list[str]:
+        """The key's scopes, as a list of known scopes. The column is JSON: a value of any
+        other shape (a hand edit, an old admin form) grants nothing.
+
+        WARNING: never test membership on ``scopes`` itself: ``"admin" in "xxadminxx"`` is
+        a substring match, and would make such a key an admin key."""
+        if not isinstance(self.scopes, list):
+            return []
+        return [scope for scope in self.scopes if isinstance(scope, str) and scope in ALL_SCOPES]
+
     def has_scope(self, scope: str) -> bool:
-        return Scope.ADMIN in self.scopes or scope in self.scopes
+        scopes = self.scope_list
+        return Scope.ADMIN in scopes or scope in scopes

@@ -36,7 +36,9 @@ class ApiKeySerializer(serializers.Serializer[Any]):
     name = serializers.CharField()
     mode = serializers.ChoiceField(choices=ApiKey.Mode.choices)
     prefix = serializers.CharField(help_text="The start of the secret, for recognising it.")
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices))
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=Scope.choices), source="scope_list"
+    )
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     last_used_at = serializers.DateTimeField(allow_null=True)

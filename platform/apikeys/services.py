@@ -178,7 +178,9 @@ def api_key_forget(*, digest: str) -> None:
         _key_cache.pop(digest, None)
 
 
-def _authenticate(secret: str, *, cached: bool) -> tuple[ApiKey, KeyCheck | None]:
+def _authenticate(
+    secret: str, *, cached: bool, again: bool = False
+) -> tuple[ApiKey, KeyCheck | None]:
     """NOTE: lookup is by the SHA-256 of the secret (an indexed equality), so no stored value
     is compared byte by byte against attacker input; the final comparison of digests is
     still constant-time."""
@@ -194,6 +196,10 @@ def _authenticate(secret: str, *, cached: bool) -> tuple[ApiKey, KeyCheck | None
         if found is None:
             raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key")
         key = found
+    # A row just read from the database goes with its tenant read from it too: a suspension
+    # or reactivation sets a new generation on the tenant's keys
+    # (``api_key_generation_bump_for_tenants``), which sends cached rows here.
+    fresh_tenant = cached and check is None
     now = timezone.now()
     if hmac.compare_digest(key.secret_hash, digest):
         pass
@@ -210,11 +216,17 @@ def _authenticate(secret: str, *, cached: bool) -> tuple[ApiKey, KeyCheck | None
     # NOTE: a cached row is shared by the process's threads; what is set on it here (the
     # tenant, last_used_at) is the same for all of them.
     try:
-        key.tenant = tenant_with_plan(tenant_id=key.tenant_id)
+        key.tenant = tenant_with_plan(tenant_id=key.tenant_id, fresh=fresh_tenant)
     except Tenant.DoesNotExist:  # deleted since the row was cached
         api_key_forget(digest=digest)
         raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key") from None
     if not key.tenant.is_active:
+        if check is not None and not again and not key_check_confirmed(check):
+            # Reactivated (or the key changed) since the row was cached: this refusal comes
+            # before admission, which would have confirmed the key, so it is confirmed here
+            # (one Redis read, on refusals only), and the row and tenant are read again.
+            api_key_forget(digest=digest)
+            return _authenticate(secret, cached=cached, again=True)
         raise PermissionError_(messages.TENANT_SUSPENDED, code="tenant_suspended")
     _touch_last_used(key, now)
     return key, check
@@ -291,6 +303,14 @@ def api_key_generation_bump(*, key_ids: Iterable[str]) -> None:
     transaction.on_commit(after_commit)
 
 
+def api_key_generation_bump_for_tenants(*, tenant_ids: Iterable[str]) -> None:
+    """``api_key_generation_bump`` for every key of these tenants: where a tenant changes in
+    a way its keys' next requests must see (suspended, reactivated, deleted). A cached row
+    whose generation moved on is read again from the database, with its tenant."""
+    keys = ApiKey.objects.unscoped().filter(tenant_id__in=list(tenant_ids))
+    api_key_generation_bump(key_ids=list(keys.values_list("pk", flat=True)))
+
+
 def _key_by_digest(digest: str) -> ApiKey | None:
     """The key whose current or previous secret hashes to ``digest`` (both unique columns).
 
@@ -363,7 +383,7 @@ def api_key_revoke(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None)
     have no dashboard, so without one no key could ever manage keys again."""
     key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
     now = timezone.now()
-    if key.livemode and Scope.ADMIN in key.scopes:
+    if key.livemode and Scope.ADMIN in key.scope_list:
         _refuse_last_admin_key(tenant=tenant, key=key, now=now)
     key.revoked_at = now
     key.previous_secret_hash = None
@@ -389,7 +409,7 @@ def _refuse_last_admin_key(*, tenant: Tenant, key: ApiKey, now: datetime) -> Non
         .only("pk", "scopes")
     )
     # NOTE: the admin scope is matched here, not in SQL: SQLite has no JSON containment.
-    admins = {other.pk for other in working if Scope.ADMIN in other.scopes}
+    admins = {other.pk for other in working if Scope.ADMIN in other.scope_list}
     if admins == {key.pk}:
         raise Conflict(
             messages.LAST_ADMIN_KEY.format(key_id=key.pk), code="last_admin_key", param="id"

@@ -1,14 +1,14 @@
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apikeys.models import ApiKey
-from apikeys.services import api_key_generation_bump
+from apikeys.services import api_key_generation_bump_for_tenants
 
 from .models import Tenant
+from .services import tenant_set_status, tenant_status_changed
 
 
 @admin.register(Tenant)
@@ -17,20 +17,44 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
     list_filter = ["status"]
     search_fields = ["name", "slug", "id"]
     readonly_fields = ["id", "created_at"]
+    actions = ["suspend", "reactivate"]
+
+    # A suspension or reactivation applies on the next request in every API process, as a
+    # change to a key does (tenants.services.tenant_status_changed).
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            before = Tenant.objects.filter(pk=obj.pk).values_list("status", flat=True).first()
+            super().save_model(request, obj, form, change)
+            if change and before != obj.status:
+                tenant_status_changed(tenant_ids=[obj.pk])
+
+    @admin.action(description="Suspend selected tenants")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        self._set_status(request, queryset, Tenant.Status.SUSPENDED, "suspended")
+
+    @admin.action(description="Reactivate selected tenants")
+    def reactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        self._set_status(request, queryset, Tenant.Status.ACTIVE, "reactivated")
+
+    def _set_status(
+        self, request: HttpRequest, queryset: QuerySet[Tenant], status: str, done: str
+    ) -> None:
+        changed = 0
+        with transaction.atomic():
+            for tenant in queryset.exclude(status=status):
+                tenant_set_status(tenant=tenant, status=status)
+                changed += 1
+        self.message_user(request, f"{changed} tenant(s) {done}.", messages.SUCCESS)
 
     # A deleted tenant's keys go with it: API processes stop using their cached copies on
     # the keys' next request (apikeys.services).
     def delete_model(self, request: HttpRequest, obj: Tenant) -> None:
         with transaction.atomic():
-            _forget_keys_of([obj.pk])
+            api_key_generation_bump_for_tenants(tenant_ids=[obj.pk])
             super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
         with transaction.atomic():
-            _forget_keys_of(list(queryset.values_list("pk", flat=True)))
+            ids = list(queryset.values_list("pk", flat=True))
+            api_key_generation_bump_for_tenants(tenant_ids=ids)
             super().delete_queryset(request, queryset)
-
-
-def _forget_keys_of(tenant_ids: list[Any]) -> None:
-    keys = ApiKey.objects.unscoped().filter(tenant_id__in=tenant_ids)
-    api_key_generation_bump(key_ids=list(keys.values_list("pk", flat=True)))

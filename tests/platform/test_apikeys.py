@@ -564,3 +564,56 @@ def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transaction
     left = ApiKey.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
     assert left.count() == 1
     assert bearer(secrets[ids.index(left.get().pk)]).get("/v1/api-keys").status_code == 200
+
+
+# -- the operator's key form: mode is the secret's, scopes are the four -------------------
+
+
+def _admin_change(admin_client, key_id: str, **fields):
+    data = {"name": "edited", "scopes": ["inference"], "expires_at_0": "", "expires_at_1": ""}
+    data.update(fields)
+    return admin_client.post(f"/admin/apikeys/apikey/{key_id}/change/", data)
+
+
+@pytest.mark.parametrize("scopes", [["bogus"], [], ["admin", "a"], '"xxadminxx"', '["admin"]'])
+def test_the_key_admin_refuses_scopes_outside_the_four(admin_client, tenant, scopes):
+    key_id = _key_id(make_key(tenant, ["inference"]))
+    response = _admin_change(admin_client, key_id, scopes=scopes)
+    assert response.status_code == 200  # the form again, with its errors
+    assert "scopes" in response.context["adminform"].form.errors
+    assert ApiKey.objects.unscoped().get(pk=key_id).scopes == ["inference"]
+
+
+def test_the_key_admin_stores_chosen_scopes_as_a_list_and_never_changes_the_mode(
+    admin_client, tenant
+):
+    secret = make_key(tenant, ["inference"], mode="test")
+    key_id = _key_id(secret)
+    page = admin_client.get(f"/admin/apikeys/apikey/{key_id}/change/")
+    assert page.status_code == 200 and "mode" not in page.context["adminform"].form.fields
+    response = _admin_change(admin_client, key_id, scopes=["billing", "inference"], mode="live")
+    assert response.status_code == 302, response.context and response.context["errors"]
+    key = ApiKey.objects.unscoped().get(pk=key_id)
+    assert key.scopes == ["inference", "billing"] and key.mode == "test"
+    assert key.name == "edited"
+    body = bearer(secret).get(f"/v1/api-keys/{key_id}")
+    assert body.status_code == 403  # no admin scope: the key is still what it was, in test mode
+    listed = bearer(make_key(tenant, ["admin"], mode="test")).get(f"/v1/api-keys/{key_id}")
+    assert listed.json()["mode"] == "test" and listed.json()["prefix"].startswith("sk_test_")
+
+
+@pytest.mark.parametrize("stored", ["xxadminxx", "admin", {"admin": True}, ["bogus"], 7])
+def test_scopes_stored_in_another_shape_grant_nothing(api, tenant, stored):
+    own = _own_key_id(tenant)
+    secret = make_key(tenant, ["inference"])
+    key_id = _key_id(secret)
+    ApiKey.objects.unscoped().filter(pk=key_id).update(scopes=stored)  # by hand, in SQL
+    client = bearer(secret)
+    for path in ("/v1/api-keys", "/v1/models", "/v1/usage"):
+        response = client.get(path)
+        assert response.status_code == 403, (path, response.json())
+        assert response.json()["error"]["code"] == "insufficient_scope"
+    # The API describes such a key as having no scopes, never as a string's letters.
+    assert api.get(f"/v1/api-keys/{key_id}").json()["scopes"] == []
+    # Nor does it count as an admin key that keeps the tenant's last way in.
+    assert api.delete(f"/v1/api-keys/{own}").status_code == 409
