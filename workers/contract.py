@@ -278,6 +278,21 @@ class TrainResult(TypedDict):
     compute_ms: float
 
 
+class TrainSucceeded(TrainResult):
+    """The ``data`` of a ``succeeded`` job event: the result, and the job's usage.
+
+    The worker does not meter a fine-tune itself: the platform writes ``usage`` to the
+    ledger in the transaction that marks the job succeeded, so a job it does not mark
+    succeeded (cancelled while this event was on its way, failed, a stale attempt) is never
+    billed. ``usage`` is absent from workers that published it to ``USAGE_STREAM``
+    themselves (before this field): the platform then records nothing (the ledger's unique
+    event id, the job id, would make a second row a no-op anyway). Deploy the platform's
+    job-events consumer before training workers that send it: an older consumer ignores it,
+    and the job would go unbilled."""
+
+    usage: NotRequired[UsageEvent]
+
+
 class JobEvent(TypedDict):
     v: int
     job_id: str
@@ -286,7 +301,7 @@ class JobEvent(TypedDict):
     type: JobEventType
     level: Literal["info", "warning", "error"]
     message: str
-    data: dict[str, object]  # progress: epoch, loss, accuracy; succeeded: a TrainResult
+    data: dict[str, object]  # progress: epoch, loss, accuracy; succeeded: a TrainSucceeded
     occurred_at: str  # ISO 8601, UTC
     worker: str
 

@@ -1,10 +1,12 @@
-"""Usage events: one JSON document per answered request (or finished fine-tune), for the
-platform's usage consumer (``platform/metering/consumer.py``) to append to the ledger.
+"""Usage events: one JSON document per answered request, for the platform's usage consumer
+(``platform/metering/consumer.py``) to append to the ledger.
 
-They go to a Redis stream (``contract.USAGE_STREAM``). For a classification the event is
-written in the same transaction as the answer (``workers/replies.py``), so no answered
-call goes unmetered and no unanswered one is metered. The event id is the request id (the
-job id for a fine-tune), so a re-run of the same request is de-duplicated by the ledger.
+They go to a Redis stream (``contract.USAGE_STREAM``), written in the same transaction as
+the answer (``workers/replies.py``), so no answered call goes unmetered and no unanswered
+one is metered. The event id is the request id, so a re-run of the same request is
+de-duplicated by the ledger. A fine-tune's event (the job id its event id) rides in the
+job's ``succeeded`` event instead (``workers/training/tasks.py``): the platform records it
+when it marks the job succeeded, so a job cancelled first is never billed.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def usage_stage(pipe: Any, event: UsageEvent) -> None:
 
 
 def usage_publish(*, event: UsageEvent, app: Any = None) -> None:
-    """Append one event on its own (fine-tunes; classifications use ``reply_send``).
+    """Append one event on its own (classifications use ``reply_send``; fine-tunes, once
+    published this way, now ride in their ``succeeded`` event).
     ``app`` is accepted for callers written against the earlier kombu transport."""
     for attempt in range(PUBLISH_ATTEMPTS):
         try:

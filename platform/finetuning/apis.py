@@ -59,7 +59,11 @@ class FineTuneListCreateApi(TenantAPIView):
             201: FineTuneSerializer,
             402: OpenApiResponse(
                 ErrorSerializer,
-                description="The plan's fine-tuned model limit is reached, or it is unpaid.",
+                description=(
+                    "The plan does not include fine-tuning (fine_tuning_not_in_plan) or LoRA "
+                    "(lora_not_in_plan), its fine-tuned model limit is reached "
+                    "(fine_tuned_model_limit), or it is unpaid (subscription_unpaid)."
+                ),
             ),
         },
     )

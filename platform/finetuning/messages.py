@@ -15,6 +15,13 @@ WARN_VALIDATION_MISSES = (
 NOT_A_BASE_MODEL = "'{model}' is not a base model; fine-tune one of the base models."
 HYPERPARAMETER_FOR_LORA = "'{name}' applies to method 'lora' only."
 UNKNOWN_TARGET = "Unknown target module '{name}'; choose from {choices}."
+FINE_TUNING_NOT_IN_PLAN = (
+    "The {plan} plan does not include fine-tuning; change to a plan that does to train models."
+)
+LORA_NOT_IN_PLAN = (
+    "The {plan} plan does not include LoRA fine-tuning; use method 'head' or change to a plan "
+    "that includes LoRA."
+)
 MODEL_LIMIT = (
     "The {plan} plan allows {limit} fine-tuned models (counting jobs in progress); delete a "
     "model or change plan to train another."

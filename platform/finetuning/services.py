@@ -28,6 +28,8 @@ from datasets.services import artifact_store
 from inference.models import AIModel
 from inference.selectors import model_get_visible
 from limits.services import enforcement_for
+from metering.metrics import USAGE_EVENTS
+from metering.services import usage_record_bulk
 from tenants.models import Tenant
 from workers.contract import (
     CONTRACT_VERSION,
@@ -146,9 +148,18 @@ def fine_tune_create(
                 code="validation_labels_mismatch",
                 param="validation_dataset",
             )
-    _check_plan(tenant=tenant, api_key=api_key)  # after the 400s/404s: only a valid job is 402
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
     with transaction.atomic():
+        # WARNING: the plan's model count and the insert of the job that it admits must be
+        # atomic, or parallel requests all pass the count (finding: 13 models on a 10-model
+        # plan). The tenant's row is locked first, before anything else this transaction
+        # locks (the datasets below), so two creates of one tenant queue here and the second
+        # counts the first's job. FOR NO KEY UPDATE: rows that merely reference the tenant
+        # (the ledger, keys) are still inserted meanwhile. SQLite ignores FOR UPDATE; its
+        # IMMEDIATE transactions (settings) serialise writers the same way.
+        list(Tenant.objects.select_for_update(no_key=True).filter(pk=tenant.pk).values_list("pk"))
+        # After the 400s/404s above: only a valid job is a 402.
+        _check_plan(tenant=tenant, api_key=api_key, method=method)
         # The files' rows locked, as a delete locks them: a delete that ran first makes this
         # a 404; one that runs after sees this job (409 dataset_in_use). In id order, so that
         # two jobs on the same two datasets the other way round cannot deadlock.
@@ -204,13 +215,32 @@ def _validation_warnings(training: Dataset, validation: Dataset | None) -> list[
     return []
 
 
-def _check_plan(*, tenant: Tenant, api_key: ApiKey) -> None:
-    """The plan's ``max_fine_tuned_models`` counts the tenant's models and the jobs that may
-    still become one; past it (or with an unpaid subscription) a new job is a 402."""
+def _check_plan(*, tenant: Tenant, api_key: ApiKey, method: str = "head") -> None:
+    """What the plan allows, each refusal a 402: an unpaid subscription, a plan without
+    fine-tuning, a plan without LoRA for a ``lora`` job; then ``max_fine_tuned_models``,
+    which counts the tenant's models and the jobs that may still become one.
+
+    WARNING: call it with the tenant's row locked, in the transaction that creates the job
+    (``fine_tune_create``): the count is only true until another job is inserted."""
     enforcement = enforcement_for(api_key)
     if enforcement.blocked_reason:
         raise APIError(enforcement.blocked_reason, code="subscription_unpaid", status=402)
-    limit = enforcement.plan.max_fine_tuned_models
+    plan = enforcement.plan
+    # The features GET /v1/plans publishes are the features a plan has.
+    if not plan.fine_tuning:
+        raise APIError(
+            messages.FINE_TUNING_NOT_IN_PLAN.format(plan=plan.name),
+            code="fine_tuning_not_in_plan",
+            status=402,
+        )
+    if method == FineTuneJob.Method.LORA and not plan.lora:
+        raise APIError(
+            messages.LORA_NOT_IN_PLAN.format(plan=plan.name),
+            code="lora_not_in_plan",
+            param="method",
+            status=402,
+        )
+    limit = plan.max_fine_tuned_models
     # An int8 variant is another way to serve a model the tenant has, not another model.
     # Each mode counts its own: a live key cannot see (or delete) test-mode models.
     models = AIModel.objects.for_tenant(tenant).filter(
@@ -226,7 +256,7 @@ def _check_plan(*, tenant: Tenant, api_key: ApiKey) -> None:
     )
     if models.count() + pending.count() >= limit:
         raise APIError(
-            messages.MODEL_LIMIT.format(plan=enforcement.plan.name, limit=limit),
+            messages.MODEL_LIMIT.format(plan=plan.name, limit=limit),
             code="fine_tuned_model_limit",
             status=402,
         )
@@ -292,7 +322,9 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     data = event.get("data") or {}
     if not isinstance(data, dict):
         data = {}
-    shown = {k: v for k, v in data.items() if k != "artifact"} if kind == "succeeded" else data
+    # The artifact hash and the usage (its cost to serve) are internal: not in the job's events.
+    hidden = ("artifact", "usage") if kind == "succeeded" else ()
+    shown = {k: v for k, v in data.items() if k not in hidden}
     FineTuneEvent.objects.create(
         tenant_id=job.tenant_id,
         job=job,
@@ -305,7 +337,9 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
         created_at=_when(event.get("occurred_at")),
     )
     if job.is_terminal:
-        return True  # e.g. the worker confirming a cancel the user already made
+        # e.g. the worker confirming a cancel the user already made; or a success that lost
+        # the race with a cancel: the job stays cancelled and nothing is billed.
+        return True
     if kind == "started" and job.status == Status.QUEUED:
         job.status, job.started_at = Status.RUNNING, job.started_at or now
         job.heartbeat_at = now
@@ -328,12 +362,48 @@ def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
     job.fine_tuned_model = model.id
     job.trained_tokens = int(result.get("trained_tokens", 0))
     job.metrics = model.metrics
+    _meter(job, model, result.get("usage"))
     # NOTE: no event of our own: the worker's "succeeded" event, stored as it arrived, says
     # that the model is ready.
     offer = int8_variant_offer(job, model)
     if offer is not None:
         message, data = offer
         _event(job, message, **data)
+
+
+def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
+    """Bill the job, in the transaction that marks it succeeded: a job marked succeeded is
+    always metered, and one that is not (cancelled first, failed, a stale attempt) never is.
+    The ledger row goes in as the usage consumer writes it (rollups included)."""
+    if usage is None:
+        # NOTE: a worker from before the usage rode in the success published it to the
+        # usage stream itself, before this event: nothing to record here. Should the usage
+        # ever arrive both ways, the ledger's unique event id (the job id) keeps one row.
+        return
+    if not isinstance(usage, dict):
+        raise ValueError("the succeeded event's usage is not an object")
+    # The worker reports what the job used and cost; whose it is and what it is billed as
+    # are the job's, not the message's.
+    event = {
+        **usage,
+        "event_id": job.id,
+        "kind": "fine_tune",
+        "tenant_id": job.tenant_id,
+        "api_key_id": job.api_key_id,
+        "livemode": job.livemode,
+        "model": model.id,
+    }
+    outcome = usage_record_bulk(events=[event])
+    if outcome.rejected:
+        # WARNING: raised, so that the job is not marked succeeded unbilled: the consumer
+        # dead-letters the event (the transaction rolls back) for an operator to replay.
+        raise ValueError(f"the succeeded event's usage is unusable: {outcome.rejected[0][1]}")
+
+    def count() -> None:
+        USAGE_EVENTS.labels("recorded").inc(outcome.inserted)
+        USAGE_EVENTS.labels("duplicate").inc(outcome.duplicates)
+
+    transaction.on_commit(count)
 
 
 def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = None) -> int:

@@ -1,5 +1,7 @@
 from prometheus_client import Counter
 
 USAGE_EVENTS = Counter(
-    "usage_events_total", "Usage events handled by the usage consumer.", ["outcome"]
+    "usage_events_total",
+    "Usage events recorded: by the usage consumer, and fine-tunes' as their jobs succeed.",
+    ["outcome"],
 )

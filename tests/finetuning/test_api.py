@@ -3,10 +3,14 @@ contract's shape, cancel, events, isolation. (Jobs running for real: tests/e2e.)
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from rest_framework.test import APIClient
 
 from finetuning.models import FineTuneJob
 from inference.models import AIModel
+from tests.factories import TenantFactory, make_key, subscribe
 from tests.finetuning.conftest import read_rows
 
 pytestmark = pytest.mark.django_db
@@ -199,13 +203,97 @@ def test_the_plan_limits_fine_tuned_models(api, tenant, other_tenant, client_for
     assert create(test_mode, **body).status_code == 201
     assert_error(create(api, **body), 402, "fine_tuned_model_limit")
 
-    # The free plan (no subscription) has no fine-tuned models at all.
+    # The free plan (no subscription) does not include fine-tuning: that is what it says.
     free = client_for(other_tenant, ["training"])
-    assert_error(
-        create(free, base_model="minilm-l6", training_dataset=make_dataset(other_tenant).id),
-        402,
-        "fine_tuned_model_limit",
-    )
+    refused = create(free, base_model="minilm-l6", training_dataset=make_dataset(other_tenant).id)
+    assert_error(refused, 402, "fine_tuning_not_in_plan")
+    assert "Free plan does not include fine-tuning" in refused.json()["error"]["message"]
+    assert not FineTuneJob.objects.for_tenant(other_tenant).exists()
+
+
+def _plan(slug, **features):
+    from plans.models import Plan
+
+    return Plan.objects.create(id=f"{slug}@1", slug=slug, name=slug.title(), **features)
+
+
+def test_the_plans_features_are_enforced(client_for, make_dataset):
+    """What GET /v1/plans publishes is what a plan gets: no fine-tuning, no job, however many
+    models it would allow; no LoRA, no lora job (a head job is fine)."""
+    no_tuning = TenantFactory()
+    subscribe(no_tuning, _plan("models-only", fine_tuning=False, max_fine_tuned_models=5).slug)
+    api = client_for(no_tuning, ["training"])
+    dataset = make_dataset(no_tuning).id
+    for method in ("head", "lora"):
+        refused = create(api, base_model="minilm-l6", training_dataset=dataset, method=method)
+        assert_error(refused, 402, "fine_tuning_not_in_plan")
+        assert refused.json()["error"]["type"] == "payment_required"
+
+    head_only = TenantFactory()
+    subscribe(head_only, _plan("head-only", fine_tuning=True, max_fine_tuned_models=3).slug)
+    api = client_for(head_only, ["training"])
+    dataset = make_dataset(head_only).id
+    refused = create(api, base_model="minilm-l6", training_dataset=dataset, method="lora")
+    assert_error(refused, 402, "lora_not_in_plan", "method")
+    assert "does not include LoRA" in refused.json()["error"]["message"]
+    assert not FineTuneJob.objects.for_tenant(head_only).exists()
+    assert create(api, base_model="minilm-l6", training_dataset=dataset).status_code == 201
+    # A request that is invalid anyway is a 400, not a 402: only a valid job is refused.
+    assert_error(create(api, base_model="minilm-l6", method="lora"), 400, "missing_parameter")
+
+
+def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkeypatch):
+    """Four creates at once for the last two slots of a plan: exactly two jobs. Each create,
+    once it has counted, waits for the others to count too (or a second: they are then
+    waiting for its lock), which is how parallel requests all passed the count before the
+    count and the insert were made atomic."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.db import connection
+
+    from datasets.services import dataset_create
+    from finetuning import services
+    from tests.finetuning.conftest import rows_file
+
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")  # 10 fine-tuned models
+    for n in range(8):
+        AIModel.objects.create(
+            id=f"ft:minilm-l6:m:{n}", tenant=tenant, kind="fine_tuned", base_model="minilm-l6"
+        )
+    rows = read_rows("support_tickets.jsonl")[:60]
+    dataset = dataset_create(tenant=tenant, upload=SimpleUploadedFile("d.jsonl", rows_file(rows)))
+    secret = make_key(tenant, ["training"])
+    # Nothing goes to the training queue: this is about admission, not training.
+    monkeypatch.setattr(services, "_enqueue_on_commit", lambda job: None)
+    all_counted = threading.Barrier(4, timeout=1)
+    check = services._check_plan
+
+    def check_then_wait(**kwargs):
+        check(**kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            all_counted.wait()
+
+    monkeypatch.setattr(services, "_check_plan", check_then_wait)
+
+    def create_one(_):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        try:
+            return create(client, base_model="minilm-l6", training_dataset=dataset.id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(create_one, range(4)))
+    assert sorted(r.status_code for r in responses) == [201, 201, 402, 402], [
+        r.content for r in responses
+    ]
+    for refused in (r for r in responses if r.status_code == 402):
+        assert_error(refused, 402, "fine_tuned_model_limit")
+    assert FineTuneJob.objects.for_tenant(tenant).count() == 2
 
 
 def test_operators_pages_for_jobs_events_and_models_render(api, tenant, make_dataset, admin_client):

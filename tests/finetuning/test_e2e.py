@@ -3,11 +3,14 @@ pool, as deployed) and inference worker, the real job-events and usage consumers
 
 Upload good and bad files, train a head and a LoRA model and classify with them and with
 their int8 variants (offered, billed at the int8 tier, deleted with their model; or not
-offered past the threshold), cancel a queued and a running job, kill -9 the training worker
-mid-job, and check that another tenant sees none of it."""
+offered past the threshold), cancel a queued and a running job, cancel a job whose worker
+finished before its success was applied (not billed), kill -9 the training worker mid-job,
+and check that another tenant sees none of it."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
 from collections.abc import Callable
@@ -141,10 +144,13 @@ def test_head_job_end_to_end_and_tenant_isolation(http, tenant_secret):
         listed = client.get("/v1/models").json()["data"]
         assert any(m["id"] == model and m["metrics"]["accuracy"] for m in listed)
 
-    # The job's usage reached the ledger once, keyed by the job id.
-    UsageConsumer(flush_interval=0.1).run(until_idle=True)
+    # The job's usage reached the ledger once, keyed by the job id, with its success: the
+    # worker sent nothing to the usage stream.
     row = UsageRecord.objects.unscoped().get(event_id=job["id"])
     assert row.kind == "fine_tune" and row.tokens == body["trained_tokens"] and row.compute_ms > 0
+    assert row.model == body["fine_tuned_model"] and row.cost_micros > 0 and row.pool
+    UsageConsumer(flush_interval=0.1).run(until_idle=True)  # the classification's usage
+    assert list(UsageRecord.objects.unscoped().filter(kind="fine_tune")) == [row]
 
     # Another tenant: 404 for the dataset, the job and the model, everywhere.
     with http(make_key(TenantFactory(), ["admin"])) as other:
@@ -303,6 +309,44 @@ def test_cancel_a_running_and_a_queued_job(http, tenant_secret):
         for job_id in (running["id"], queued["id"]):
             body = client.get(f"/v1/fine-tunes/{job_id}").json()
             assert body["status"] == "cancelled" and body["fine_tuned_model"] is None
+
+
+def published(job_id: str, type: str, timeout: float = 90) -> dict[str, Any]:
+    """Wait, without applying anything, until the worker has put ``type`` for the job on the
+    job-events queue (as if the platform's consumer were lagging)."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for raw in client.lrange(events_queue.name, 0, -1):
+            envelope = json.loads(raw)
+            body = envelope["body"]
+            if envelope["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            event = json.loads(body)
+            if event["job_id"] == job_id and event["type"] == type:
+                return dict(event)
+        time.sleep(0.2)
+    pytest.fail(f"no {type} event for {job_id} in {timeout} s")
+
+
+def test_a_job_cancelled_after_its_worker_finished_is_not_billed(http, tenant_secret):
+    """The audit's case: the worker has finished and sent its success, the platform has not
+    applied it yet (the job still reads queued), the user cancels. The cancel wins: no
+    model, and nothing in the ledger (before, the worker's own usage event billed it)."""
+    with http(tenant_secret) as client:
+        dataset = upload(client, TICKETS[:80])
+        job = start(client, dataset["id"], hyperparameters={"epochs": 1})
+        sent = published(job["id"], "succeeded")
+        assert sent["data"]["usage"]["event_id"] == job["id"]
+        assert client.get(f"/v1/fine-tunes/{job['id']}").json()["status"] == "queued"
+        cancelled = client.post(f"/v1/fine-tunes/{job['id']}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        wait(job["id"], lambda j: said(j.id, "is ready"), 30)  # the success, applied late
+        body = client.get(f"/v1/fine-tunes/{job['id']}").json()
+        assert body["status"] == "cancelled" and body["fine_tuned_model"] is None
+        assert all(m["type"] == "base" for m in client.get("/v1/models").json()["data"])
+    UsageConsumer(flush_interval=0.1).run(until_idle=True)
+    assert not UsageRecord.objects.unscoped().filter(event_id=job["id"]).exists()
 
 
 def test_a_killed_worker_is_retried_once_then_the_job_finishes(

@@ -1,7 +1,8 @@
 """Applying workers' job events, and the lease sweep, against the real database: the state
 machine, idempotency under redelivery, stale attempts, retry-once-then-fail, the model
 registered on success (and its int8 variant when it holds accuracy), the fine-tune usage
-event in the ledger."""
+in the ledger: written with the success it rides in, so only a job marked succeeded is
+billed (never one cancelled first)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from finetuning.models import FineTuneEvent, FineTuneJob
-from finetuning.services import fine_tune_event_apply, fine_tune_sweep
+from finetuning.services import fine_tune_cancel, fine_tune_event_apply, fine_tune_sweep
 from inference.models import AIModel
 from metering.models import UsageRecord
 from metering.services import usage_record_bulk
@@ -44,8 +45,32 @@ def reload(job):
     return FineTuneJob.objects.unscoped().get(pk=job.pk)
 
 
-def succeeded(job, attempt=1, seq=3):
-    return event(
+def usage_of(job, **fields):
+    """The usage a training worker puts in its success (workers/training/tasks.py)."""
+    return {
+        "v": 1,
+        "event_id": job.id,
+        "kind": "fine_tune",
+        "tenant_id": job.tenant_id,
+        "api_key_id": job.api_key_id,
+        "livemode": job.livemode,
+        "model": f"ft:minilm-l6:tickets:{job.id[6:14].lower()}",
+        "inputs": 48,
+        "tokens": 1234,
+        "compute_ms": 55.0,
+        "cached": 0,
+        "occurred_at": timezone.now().isoformat(),
+        "worker": "w",
+        "cost_micros": "1.5278",
+        "pool": "cpu",
+        **fields,
+    }
+
+
+def succeeded(job, attempt=1, seq=3, usage=True):
+    """A success as a worker sends it; ``usage=False``: as a worker from before the usage
+    rode in it (it published the usage to the usage stream itself)."""
+    body = event(
         job,
         seq,
         "succeeded",
@@ -56,6 +81,13 @@ def succeeded(job, attempt=1, seq=3):
         trained_tokens=1234,
         compute_ms=55.0,
     )
+    if usage:
+        body["data"]["usage"] = usage_of(job) if usage is True else usage
+    return body
+
+
+def ledger(job):
+    return UsageRecord.objects.unscoped().filter(event_id=job.id)
 
 
 def test_a_job_runs_to_success_and_registers_its_model(job, tenant):
@@ -71,8 +103,8 @@ def test_a_job_runs_to_success_and_registers_its_model(job, tenant):
     model = AIModel.objects.for_tenant(tenant).get(pk=done.fine_tuned_model)
     assert model.kind == "fine_tuned" and model.artifact == "a" * 64
     assert model.labels == ["account", "billing"] and model.metrics["macro_f1"] == 0.88
-    # The artifact hash is internal: it is not shown in the job's events.
-    assert all("artifact" not in e.data for e in events_of(done))
+    # The artifact hash and the usage (cost to serve) are internal: not in the job's events.
+    assert all("artifact" not in e.data and "usage" not in e.data for e in events_of(done))
 
 
 def test_redelivered_events_change_nothing(job):
@@ -90,10 +122,11 @@ def test_failed_and_cancelled_events(job, make_dataset, tenant):
     failed = reload(job)
     assert failed.status == Status.FAILED
     assert failed.error == {"code": "invalid_data", "message": "bad data"}
-    # A terminal job stays terminal, whatever arrives late.
+    # A terminal job stays terminal, whatever arrives late, and a failed job is not billed.
     fine_tune_event_apply(event=succeeded(job))
     assert reload(job).status == Status.FAILED
     assert not AIModel.objects.for_tenant(tenant).exists()
+    assert not ledger(job).exists()
 
 
 def test_heartbeats_extend_the_lease_and_a_silent_job_is_retried_once_then_failed(
@@ -112,8 +145,10 @@ def test_heartbeats_extend_the_lease_and_a_silent_job_is_retried_once_then_faile
         in events_of(retried).latest("created_at").message
     )
 
-    # Events of the first attempt (a zombie worker) are ignored from now on.
+    # Events of the first attempt (a zombie worker) are ignored from now on, and its
+    # success bills nothing.
     assert not fine_tune_event_apply(event=succeeded(job, attempt=1, seq=9))
+    assert not ledger(job).exists()
     fine_tune_event_apply(event=event(job, 1, "started", attempt=2))
     fine_tune_event_apply(event={**event(job, 0, "heartbeat", attempt=2)})
     assert reload(job).status == Status.RUNNING
@@ -125,26 +160,68 @@ def test_heartbeats_extend_the_lease_and_a_silent_job_is_retried_once_then_faile
     assert failed.error["code"] == "worker_lost" and "2 times" in failed.error["message"]
 
 
-def test_fine_tune_usage_is_billed_once(job, tenant):
-    usage = {
-        "v": 1,
-        "event_id": job.id,
-        "kind": "fine_tune",
-        "tenant_id": tenant.pk,
-        "api_key_id": job.api_key_id,
-        "livemode": True,
-        "model": "ft:minilm-l6:tickets:x",
-        "inputs": 48,
-        "tokens": 5000,
-        "compute_ms": 2500.0,
-        "cached": 0,
-        "occurred_at": timezone.now().isoformat(),
-        "worker": "w",
-    }
-    assert usage_record_bulk(events=[usage]).inserted == 1
-    assert usage_record_bulk(events=[usage]).duplicates == 1
-    row = UsageRecord.objects.for_tenant(tenant).get()
-    assert row.kind == "fine_tune" and row.event_id == job.id and row.tokens == 5000
+def test_a_success_bills_the_job_once_in_the_transaction_that_marks_it_succeeded(job, tenant):
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    assert fine_tune_event_apply(event=succeeded(job))
+    done = reload(job)
+    row = ledger(job).get()
+    assert row.kind == "fine_tune" and row.tenant_id == tenant.pk
+    assert row.model == done.fine_tuned_model and row.livemode == job.livemode
+    assert (row.tokens, row.inputs, row.compute_ms, row.worker) == (1234, 48, 55.0, "w")
+    assert str(row.cost_micros) == "1.5278" and row.pool == "cpu"
+    assert row.plan_id == "pro@1"  # the tenant's plan (conftest: pro)
+    # A redelivered success writes nothing; neither does a late one from another seq.
+    assert not fine_tune_event_apply(event=succeeded(job))
+    fine_tune_event_apply(event=succeeded(job, seq=4))
+    assert ledger(job).count() == 1
+
+
+def test_a_job_cancelled_before_its_success_is_applied_is_not_billed(job, tenant):
+    """The worker finished, but the platform had not applied its success when the user
+    cancelled (the cancel is accepted: the job still read running): the job stays
+    cancelled, registers no model and bills nothing."""
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_cancel(tenant=tenant, job_id=job.id, livemode=job.livemode)
+    assert fine_tune_event_apply(event=succeeded(job))  # stored as an event, nothing else
+    cancelled = reload(job)
+    assert cancelled.status == Status.CANCELLED and not cancelled.fine_tuned_model
+    assert not AIModel.objects.for_tenant(tenant).exists()
+    assert not ledger(job).exists()
+    assert not UsageRecord.objects.for_tenant(tenant).exists()
+
+
+def test_the_usage_is_billed_as_the_job_says_whatever_the_message_claims(job, tenant, other_tenant):
+    forged = usage_of(job, tenant_id=other_tenant.pk, event_id="ftjob_other", kind="inference",
+                      model="minilm-l6", livemode=not job.livemode)  # fmt: skip
+    fine_tune_event_apply(event=succeeded(job, usage=forged))
+    row = UsageRecord.objects.unscoped().get()
+    assert (row.event_id, row.tenant_id, row.kind) == (job.id, tenant.pk, "fine_tune")
+    assert row.model == reload(job).fine_tuned_model and row.livemode == job.livemode
+
+
+@pytest.mark.parametrize("usage", ["x", {"tokens": 5}], ids=["not-an-object", "malformed"])
+def test_an_unusable_usage_leaves_the_job_unfinished_rather_than_unbilled(job, usage):
+    """Raised (the job-events consumer dead-letters the event for an operator): a job is
+    never marked succeeded without its ledger row."""
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    with pytest.raises(ValueError, match="usage"):
+        fine_tune_event_apply(event=succeeded(job, usage=usage))
+    assert reload(job).status == Status.RUNNING and not ledger(job).exists()
+    assert not events_of(job).filter(type="succeeded").exists()
+
+
+def test_a_worker_that_publishes_usage_itself_is_billed_once(job, tenant):
+    """A training worker from before the usage rode in the success publishes it to the
+    usage stream first; the platform then records none of its own."""
+    published = usage_of(job, compute_ms=2500.0, tokens=5000)
+    assert usage_record_bulk(events=[published]).inserted == 1  # the usage consumer
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    assert fine_tune_event_apply(event=succeeded(job, usage=False))
+    assert reload(job).status == Status.SUCCEEDED
+    assert ledger(job).get().tokens == 5000
+    # Should one ever arrive both ways, the ledger's unique event id keeps one row.
+    assert usage_record_bulk(events=[published]).duplicates == 1
+    assert ledger(job).count() == 1
 
 
 def succeeded_with_int8(job, delta, seq=3):

@@ -22,12 +22,13 @@ from workers.contract import (
     TaskName,
     TrainRequest,
     TrainResult,
+    TrainSucceeded,
     UsageEvent,
     attempt_key,
     cancel_key,
 )
 from workers.settings import get_settings
-from workers.usage import usage_publish
+from workers.usage import cost_micros
 
 from .events import EventPublisher, Heartbeat
 from .runner import JobCancelledError, JobContext, TrainingDataError, train_run
@@ -46,8 +47,10 @@ def _redis() -> redis.Redis:
 
 
 def usage_event_for(request: TrainRequest, result: TrainResult) -> UsageEvent:
-    """The job's one usage event: keyed by the job id, so retries and redeliveries of a
-    finished job are billed once (the ledger's unique event id)."""
+    """The job's one usage event, costed at this pool's hardware price: keyed by the job id,
+    so retries and redeliveries of a finished job are billed once (the ledger's unique event
+    id). It travels inside the ``succeeded`` event (``succeeded_data``), not on the usage
+    stream: the platform records it only if it marks the job succeeded."""
     return {
         "v": CONTRACT_VERSION,
         "event_id": request["job_id"],
@@ -62,7 +65,14 @@ def usage_event_for(request: TrainRequest, result: TrainResult) -> UsageEvent:
         "cached": 0,
         "occurred_at": datetime.now(UTC).isoformat(),
         "worker": os.uname().nodename,
+        "cost_micros": cost_micros(result["compute_ms"]),
+        "pool": get_settings().pool,
     }
+
+
+def succeeded_data(request: TrainRequest, result: TrainResult) -> TrainSucceeded:
+    """What the ``succeeded`` event carries: the result and the usage to bill for it."""
+    return {**result, "usage": usage_event_for(request, result)}
 
 
 @app.task(name=TaskName.TRAIN.value, **TRAINING_TASK_POLICY)
@@ -107,10 +117,12 @@ def train(request: TrainRequest) -> None:
             logger.exception("fine-tuning job %s failed", job_id)
             publisher.emit("failed", INTERNAL_ERROR, level="error", data={"code": "internal"})
             return
-        # Usage first, then success: a job the platform marks succeeded is always metered.
-        usage_publish(app=app, event=usage_event_for(request, result))
+        # NOTE: no usage event of our own. The usage rides in the success, and the platform
+        # writes it to the ledger in the transaction that marks the job succeeded: a job it
+        # marks succeeded is always metered, and one cancelled before this event is applied
+        # (the cancel wins) is never billed.
         publisher.emit(
             "succeeded",
             f"Fine-tuned model {request['model_id']} is ready.",
-            data=dict(result),
+            data=dict(succeeded_data(request, result)),
         )

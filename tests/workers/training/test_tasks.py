@@ -1,0 +1,83 @@
+"""The training task's messages on the real Redis: a finished job's usage rides in its
+``succeeded`` event (the platform bills it when, and only if, it marks the job succeeded),
+and nothing goes to the usage stream on the worker's own say-so."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection
+
+from tests.workers.training.conftest import make_request
+from tests.workers.usage_queue import drain_usage_events
+from workers.contract import TrainResult, attempt_key, cancel_key
+from workers.training import tasks
+from workers.training.events import events_queue
+
+RESULT: TrainResult = {
+    "artifact": "a" * 64,
+    "labels": ["billing", "bug"],
+    "metrics": {"accuracy": 0.9, "macro_f1": 0.88, "train_examples": 48},
+    "trained_tokens": 1234,
+    "compute_ms": 55.0,
+}
+
+
+@pytest.fixture
+def client() -> Any:
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    keys = (events_queue.name, attempt_key("ftjob_test"), cancel_key("ftjob_test"))
+    client.delete(*keys)
+    drain_usage_events()
+    yield client
+    client.delete(*keys)
+
+
+def published_events() -> list[dict[str, Any]]:
+    with Connection(os.environ["REDIS_URL"]) as conn, conn.SimpleQueue(events_queue) as queue:
+        found = []
+        while True:
+            try:
+                message = queue.get(timeout=0.5)
+            except queue.Empty:
+                return found
+            found.append(message.payload)
+            message.ack()
+
+
+def test_a_finished_job_carries_its_usage_in_its_success_and_publishes_none(client, monkeypatch):
+    monkeypatch.setattr(tasks, "train_run", lambda ctx: dict(RESULT))
+    tasks.train(make_request("f" * 64))
+    events = published_events()
+    assert [e["type"] for e in events] == ["started", "succeeded"]
+    data = events[-1]["data"]
+    assert {k: data[k] for k in RESULT} == RESULT
+    usage = data["usage"]
+    assert (usage["event_id"], usage["kind"], usage["model"]) == (
+        "ftjob_test",
+        "fine_tune",
+        "ft:minilm-l6:test:abc",
+    )
+    assert (usage["tenant_id"], usage["api_key_id"], usage["livemode"]) == (
+        "ten_test",
+        "key_test",
+        False,
+    )
+    assert (usage["tokens"], usage["inputs"], usage["compute_ms"]) == (1234, 48, 55.0)
+    # Costed here, at this pool's price (the platform does not know the hardware's).
+    assert Decimal(usage["cost_micros"]) == Decimal("1.5278") and usage["pool"] == "cpu"
+    # The worker no longer meters the job itself: a job cancelled before the platform applies
+    # this success is never billed.
+    assert drain_usage_events() == []
+
+
+def test_a_job_cancelled_before_it_starts_sends_no_usage_at_all(client, monkeypatch):
+    monkeypatch.setattr(tasks, "train_run", lambda ctx: dict(RESULT))
+    client.set(cancel_key("ftjob_test"), 1)
+    tasks.train(make_request("f" * 64))
+    assert [e["type"] for e in published_events()] == ["cancelled"]
+    assert drain_usage_events() == []
