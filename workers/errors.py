@@ -7,6 +7,14 @@ from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult
 EXPIRED = "expired"
 MODEL_UNAVAILABLE = "model_unavailable"
 INVALID_REQUEST = "invalid_request"
+# Zero-shot labels whose prompts the encoder reads as one (the API refuses the cases it can
+# tell; the tokenizer is the judge of the rest: emoji and symbols outside its vocabulary).
+DUPLICATE_LABEL = "duplicate_label"
+DUPLICATE_LABEL_MESSAGE = (
+    "labels[{index}] {label!r} is the same class to the model as labels[{first}] {other!r}: "
+    "it reads both the same (characters outside its vocabulary, such as most emoji, all "
+    "read as one unknown token). Use labels in words."
+)
 WORKER_ERROR = "worker_error"
 
 EXPIRED_MESSAGE = "The request was not started before its deadline."

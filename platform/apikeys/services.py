@@ -199,7 +199,9 @@ def _authenticate(
     # A row just read from the database goes with its tenant read from it too: a suspension
     # or reactivation sets a new generation on the tenant's keys
     # (``api_key_generation_bump_for_tenants``), which sends cached rows here.
-    fresh_tenant = cached and check is None
+    # (Only a row cached just now: one read while Redis is down is not cached, and reading
+    # its tenant too on every request would load the database when it can least afford it.)
+    fresh_tenant = cached and check is None and digest in _key_cache
     now = timezone.now()
     if hmac.compare_digest(key.secret_hash, digest):
         pass

@@ -380,12 +380,9 @@ def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
         # usage stream itself, before this event: nothing to record here. Should the usage
         # ever arrive both ways, the ledger's unique event id (the job id) keeps one row.
         return
-    if not isinstance(usage, dict):
-        raise ValueError("the succeeded event's usage is not an object")
     # The worker reports what the job used and cost; whose it is and what it is billed as
     # are the job's, not the message's.
-    event = {
-        **usage,
+    identity = {
         "event_id": job.id,
         "kind": "fine_tune",
         "tenant_id": job.tenant_id,
@@ -393,11 +390,29 @@ def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
         "livemode": job.livemode,
         "model": model.id,
     }
-    outcome = usage_record_bulk(events=[event])
-    if outcome.rejected:
-        # WARNING: raised, so that the job is not marked succeeded unbilled: the consumer
-        # dead-letters the event (the transaction rolls back) for an operator to replay.
-        raise ValueError(f"the succeeded event's usage is unusable: {outcome.rejected[0][1]}")
+    outcome = usage_record_bulk(events=[{**usage, **identity}] if isinstance(usage, dict) else [])
+    if not isinstance(usage, dict) or outcome.rejected:
+        # NOTE: a worker's bug, not the customer's: the job trained and succeeds, billed on
+        # its own figures (its trained tokens; no cost to serve known). Refusing the success
+        # instead would leave the job to the lease sweep, to be trained again and failed.
+        why = outcome.rejected[0][1] if outcome.rejected else "not an object"
+        logger.error(
+            "job %s: its success's usage is unusable (%s); billed on the job's", job.id, why
+        )
+        outcome = usage_record_bulk(
+            events=[
+                {
+                    "v": CONTRACT_VERSION,
+                    **identity,
+                    "inputs": 0,
+                    "tokens": job.trained_tokens,
+                    "compute_ms": 0.0,
+                    "cached": 0,
+                    "occurred_at": timezone.now().isoformat(),
+                    "worker": "",
+                }
+            ]
+        )
 
     def count() -> None:
         USAGE_EVENTS.labels("recorded").inc(outcome.inserted)

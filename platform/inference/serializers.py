@@ -149,8 +149,9 @@ class ClassifyRequestSerializer(StrictSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         labels, examples = attrs.get("labels"), attrs.get("examples")
-        if labels and not examples:
-            _refuse_labels_alike(labels)
+        if labels:
+            # A label with examples is their centroid; one without is its name, embedded.
+            _refuse_labels_alike(labels, {example["label"] for example in examples or []})
         if examples:
             length = sum(len(example["text"]) for example in examples)
             if length > MAX_EXAMPLES_CHARS:
@@ -185,21 +186,25 @@ def label_as_read(label: str) -> str:
     return " ".join("".join(c for c in decomposed if unicodedata.category(c) != "Mn").split())
 
 
-def _labels_alike(labels: list[str]) -> tuple[int, int] | None:
-    """(index, index of the earlier one) of the first label the encoder reads as an earlier
-    one, or None."""
+def _labels_alike(labels: list[str], skip: set[str] | None = None) -> tuple[int, int] | None:
+    """(index, index of the earlier one) of the first label (not in ``skip``) the encoder
+    reads as an earlier one, or None."""
     seen: dict[str, int] = {}
     for index, label in enumerate(labels):
+        if skip and label in skip:
+            continue
         first = seen.setdefault(label_as_read(label), index)
         if first != index:
             return index, first
     return None
 
 
-def _refuse_labels_alike(labels: list[str]) -> None:
-    """Zero-shot labels the encoder cannot tell apart split one class's score between them
-    (50/50), and which one is reported is arbitrary: a 400."""
-    alike = _labels_alike(labels)
+def _refuse_labels_alike(labels: list[str], with_examples: set[str]) -> None:
+    """Labels embedded from their names (those without examples) that the encoder cannot
+    tell apart split one class's score between them (50/50), and which one is reported is
+    arbitrary: a 400. NOTE: an approximation of the tokenizer (case, accents, whitespace);
+    the worker refuses the rest by their embeddings (workers/runtime/classifier.py)."""
+    alike = _labels_alike(labels, with_examples)
     if alike is not None:
         index, first = alike
         raise InvalidRequest(

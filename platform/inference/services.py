@@ -12,6 +12,7 @@ from core.errors import InvalidRequest, Overloaded, PermissionError_
 from limits.services import Admission
 from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
+from workers.errors import DUPLICATE_LABEL
 
 from . import messages
 from .cache import cache_lookup, cache_version, cached_answer, with_cached_rows
@@ -95,6 +96,9 @@ def classify(
 
 def _response(result: ClassifyResult, *, request_id: str, model: AIModel) -> dict[str, Any]:
     error = result.get("error")
+    if error is not None and error.get("code") == DUPLICATE_LABEL:
+        # Labels the tokenizer reads as one (the serializer refuses those it can tell).
+        raise InvalidRequest(error["message"], code=DUPLICATE_LABEL, param="labels")
     if error is not None:
         # An answer that arrived after its deadline, or a worker that cannot serve the model.
         raise Overloaded(messages.WORKER_FAILED, code=error["code"], headers={"Retry-After": "1"})

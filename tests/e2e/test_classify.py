@@ -317,6 +317,17 @@ def test_a_call_is_priced_by_the_plan_it_was_admitted_under_however_late_it_is_r
     assert sorted((row.cached, row.plan_id) for row in rows) == [(0, "pro@1"), (1, "pro@1")]
 
 
+def test_labels_the_tokenizer_reads_as_one_are_a_400_and_unbilled(http, secret):
+    body = {"model": "minilm-l6", "inputs": ["love it"], "labels": ["\U0001f44d", "\U0001f44e"]}
+    with http(secret) as client:
+        refused = classify(client, body)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("duplicate_label", "labels")
+    drain_usage()
+    assert not UsageRecord.objects.unscoped().filter(event_id=refused.headers["X-Request-Id"])
+
+
 def test_a_partial_cache_hit_computes_only_the_misses_and_meters_the_whole_call(http, secret):
     labels = ["cheap", "dear"]
     texts = ["the price halved overnight", "a small fortune for a sandwich", "fair enough"]

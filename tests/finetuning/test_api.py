@@ -246,7 +246,8 @@ def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkey
     """Four creates at once for the last two slots of a plan: exactly two jobs. Each create,
     once it has counted, waits for the others to count too (or a second: they are then
     waiting for its lock), which is how parallel requests all passed the count before the
-    count and the insert were made atomic."""
+    count and the insert were made atomic. NOTE: it guards the tenant lock on PostgreSQL
+    (CI); on SQLite, IMMEDIATE transactions serialise the creates with or without it."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 

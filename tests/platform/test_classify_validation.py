@@ -34,6 +34,8 @@ EXAMPLE = {"text": "y", "label": "b"}
         ({"labels": ["pos", "neg", "pos "]}, 400, "labels[2]"),
         ({"labels": ["caf\u00e9", "cafe\u0301"]}, 400, "labels[1]"),  # NFC and NFD
         ({"labels": ["cafe", "CAF\u00c9"]}, 400, "labels[1]"),
+        # With examples: the labels without any are still embedded from their names.
+        ({"labels": ["a", "b", "Tea", "tea"], "examples": [EXAMPLE]}, 400, "labels[3]"),
         (
             {
                 "labels": None,

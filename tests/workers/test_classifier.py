@@ -70,6 +70,29 @@ def test_labels_and_examples_mix(engine: ClassifierEngine) -> None:
     assert [row["label"] for row in result["results"]] == [*HELD_OUT.values(), "shipping"]
 
 
+def test_labels_the_tokenizer_reads_as_one_are_refused_not_split(engine: ClassifierEngine) -> None:
+    """Emoji outside the vocabulary all read as one unknown token: their prompts embed
+    alike and their scores would split one class's 50/50. Refused, unbilled (an error
+    result carries no usage); labels with examples of their own are their examples."""
+    for labels, examples in (
+        (["\U0001f44d", "\U0001f44e"], None),  # thumbs up, thumbs down
+        (["good", "\u2713", "\u2717"], None),  # check mark, ballot x
+        (["billing", "technical", "Shipping", "shipping"], SUPPORT),
+    ):
+        result = engine.classify(make_request(["great stuff"], labels=labels, examples=examples))
+        assert result.get("error", {}).get("code") == "duplicate_label", (labels, result)
+        assert result["usage"]["inputs"] == 0 and result["results"] == []
+    fine = engine.classify(make_request(["great stuff"], labels=["\U0001f44d", "bad"]))
+    _check_distribution(fine, ["\U0001f44d", "bad"])
+    # Two labels named alike but each with examples: two centroids, not two names.
+    examples: list[Example] = [
+        {"text": "hot black coffee", "label": "Coffee"},
+        {"text": "green tea leaves", "label": "coffee"},
+    ]
+    mixed = engine.classify(make_request(["tea"], labels=["Coffee", "coffee"], examples=examples))
+    _check_distribution(mixed, ["Coffee", "coffee"])
+
+
 def test_label_embeddings_are_cached(engine: ClassifierEngine) -> None:
     labels = ["sports", "politics", "technology", "cooking"]
     inputs = ["The striker scored twice to win the match", "Bake the bread for thirty minutes"]

@@ -275,6 +275,13 @@ class ClassifierEngine:
                 self.cache.put((encoder.encoder_id, text), known[text])
 
             classes = torch.stack([self._class_vector(x, examples, known) for x in label_set])
+            alike = _prompts_alike(label_set, with_examples, classes)
+            if alike is not None:  # their scores would split one class's 50/50
+                index, first = alike
+                message = errors.DUPLICATE_LABEL_MESSAGE.format(
+                    index=index, label=label_set[index], first=first, other=label_set[first]
+                )
+                return errors.error_result(request, errors.DUPLICATE_LABEL, message)
             vectors = torch.stack([e.vector for e in embedded[: len(inputs)]])
             probs = torch.softmax((vectors @ classes.T).double() / TEMPERATURE, dim=1).tolist()
             return self._result(request, probs, label_set, tokenized[: len(inputs)], compute_ms)
@@ -357,6 +364,27 @@ class ClassifierEngine:
         if not own:
             return known[LABEL_TEMPLATE.format(label=label)]
         return F.normalize(torch.stack(own).mean(dim=0), dim=0)
+
+
+# Two prompts the encoder reads as the same tokens embed alike to within float noise
+# (another batch, other padding); different tokens are far further apart (cosine < 0.999).
+SAME_PROMPT_COSINE = 1 - 1e-5
+
+
+def _prompts_alike(
+    labels: Sequence[str], with_examples: set[str], classes: torch.Tensor
+) -> tuple[int, int] | None:
+    """(index, earlier index) of the first label embedded from its prompt whose vector is an
+    earlier one's: the tokenizer read the two prompts as one. None if there is none."""
+    prompted = [i for i, label in enumerate(labels) if label not in with_examples]
+    if len(prompted) < 2:
+        return None
+    sims = (classes[prompted] @ classes[prompted].T).tolist()
+    for b in range(1, len(prompted)):
+        for a in range(b):
+            if sims[a][b] > SAME_PROMPT_COSINE:
+                return prompted[b], prompted[a]
+    return None
 
 
 _engine: ClassifierEngine | None = None
