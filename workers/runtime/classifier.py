@@ -379,12 +379,12 @@ def _prompts_alike(
     prompted = [i for i, label in enumerate(labels) if label not in with_examples]
     if len(prompted) < 2:
         return None
-    sims = (classes[prompted] @ classes[prompted].T).tolist()
-    for b in range(1, len(prompted)):
-        for a in range(b):
-            if sims[a][b] > SAME_PROMPT_COSINE:
-                return prompted[b], prompted[a]
-    return None
+    vectors = classes[prompted]
+    alike = torch.triu(vectors @ vectors.T > SAME_PROMPT_COSINE, diagonal=1).nonzero().tolist()
+    if not alike:
+        return None
+    later, earlier = min((b, a) for a, b in alike)
+    return prompted[later], prompted[earlier]
 
 
 _engine: ClassifierEngine | None = None
