@@ -97,7 +97,8 @@ class ApiKeyRotateApi(TenantAPIView):
             409: OpenApiResponse(
                 ErrorSerializer,
                 description="A grace period asked for while an earlier rotation's still runs"
-                " (code rotation_in_progress), or Idempotency-Key reused.",
+                " (code rotation_in_progress), the key has expired (code key_expired: a new"
+                " secret would not work either), or Idempotency-Key reused.",
             ),
         },
     )

@@ -5,6 +5,10 @@ MALFORMED_KEY = "Invalid API key format: keys look like 'sk_live_...' or 'sk_tes
 INVALID_KEY = "Invalid API key provided."
 REVOKED_KEY = "This API key has been revoked."
 EXPIRED_KEY = "This API key has expired."
+ROTATE_EXPIRED = (
+    "Key '{key_id}' expired at {at}: a new secret for it would not work either. Create a new "
+    "key instead."
+)
 TENANT_SUSPENDED = "This account is suspended. Contact support."
 INSUFFICIENT_SCOPE = "This API key lacks the '{scope}' scope required for this request."
 SCOPE_ESCALATION = "A key can only create keys with scopes it holds itself; it lacks '{scope}'."

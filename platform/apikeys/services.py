@@ -357,6 +357,11 @@ def api_key_rotate(
     announced); one without (0) ends every old secret at once, as after a leak."""
     key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
     now = timezone.now()
+    if key.expires_at is not None and key.expires_at <= now:
+        at = key.expires_at.isoformat().replace("+00:00", "Z")
+        raise Conflict(
+            messages.ROTATE_EXPIRED.format(key_id=key.pk, at=at), code="key_expired", param="id"
+        )
     running = key.previous_secret_expires_at
     if grace_period_seconds > 0 and key.previous_secret_hash and running and running > now:
         raise Conflict(

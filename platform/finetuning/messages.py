@@ -15,6 +15,7 @@ WARN_VALIDATION_MISSES = (
 NOT_A_BASE_MODEL = "'{model}' is not a base model; fine-tune one of the base models."
 HYPERPARAMETER_FOR_LORA = "'{name}' applies to method 'lora' only."
 UNKNOWN_TARGET = "Unknown target module '{name}'; choose from {choices}."
+TARGET_TWICE = "target_modules names a projection more than once."
 FINE_TUNING_NOT_IN_PLAN = (
     "The {plan} plan does not include fine-tuning; change to a plan that does to train models."
 )

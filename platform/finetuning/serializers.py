@@ -53,7 +53,14 @@ class HyperparametersSerializer(HeadHyperparametersSerializer):
                     code="invalid_parameter",
                     param="hyperparameters.target_modules",
                 )
-        return list(dict.fromkeys(value))
+        if len(set(value)) != len(value):
+            # As a label or a parameter given twice: said, not merged silently.
+            raise InvalidRequest(
+                messages.TARGET_TWICE,
+                code="invalid_parameter",
+                param="hyperparameters.target_modules",
+            )
+        return value
 
 
 @extend_schema_field({"type": "string", "pattern": SUFFIX_RE.pattern})

@@ -84,6 +84,12 @@ def test_lora_defaults(api, tenant, make_dataset):
             "hyperparameters.target_modules",
         ),
         ({"method": "lora", "hyperparameters": {"target_modules": []}}, 400, "min_length", None),
+        (
+            {"method": "lora", "hyperparameters": {"target_modules": ["query", "query"]}},
+            400,
+            "invalid_parameter",
+            "hyperparameters.target_modules",
+        ),
         ({"suffix": "has space"}, 400, "invalid_parameter", "suffix"),
         ({"suffix": "x" * 41}, 400, "max_length", "suffix"),
         ({"seed": -1}, 400, "min_value", "seed"),

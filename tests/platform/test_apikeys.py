@@ -617,3 +617,27 @@ def test_scopes_stored_in_another_shape_grant_nothing(api, tenant, stored):
     assert api.get(f"/v1/api-keys/{key_id}").json()["scopes"] == []
     # Nor does it count as an admin key that keeps the tenant's last way in.
     assert api.delete(f"/v1/api-keys/{own}").status_code == 409
+
+
+def test_an_expired_key_is_not_rotated_into_a_secret_that_cannot_work(api, tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apikeys.models import ApiKey
+
+    created = api.post("/v1/api-keys", {"name": "short", "scopes": ["inference"]}, format="json")
+    key_id = created.json()["id"]
+    ApiKey.objects.for_tenant(tenant).filter(pk=key_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    refused = api.post(f"/v1/api-keys/{key_id}/rotate", {}, format="json")
+    assert refused.status_code == 409
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == (
+        "key_expired",
+        "id",
+    )
+    live = api.post("/v1/api-keys", {"name": "long", "scopes": ["inference"]}, format="json")
+    assert (
+        api.post(f"/v1/api-keys/{live.json()['id']}/rotate", {}, format="json").status_code == 200
+    )
