@@ -7,8 +7,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from .generations import api_key_generation_bump
 from .models import ApiKey, Scope
-from .services import api_key_generation_bump
 
 
 class ApiKeyAdminForm(forms.ModelForm[ApiKey]):

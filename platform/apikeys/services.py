@@ -9,7 +9,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -23,7 +23,6 @@ from core.errors import (
     AuthenticationError,
     Conflict,
     InvalidRequest,
-    Overloaded,
     PermissionError_,
 )
 from core.ids import random_token
@@ -33,6 +32,7 @@ from tenants.models import Tenant
 from tenants.selectors import tenant_with_plan
 
 from . import messages
+from .generations import GENERATION_TTL_S, api_key_generation_bump, generation_key
 from .models import ALL_SCOPES, ApiKey, Scope
 from .selectors import api_key_get
 
@@ -51,10 +51,6 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 # CPU on SQLite, a network round trip on PostgreSQL).
 KEY_CACHE_TTL_S = 60.0
 KEY_CACHE_MAX = 10_000
-# A key's generation in Redis: a random token, set anew on every change. It expires after a
-# day unread (and a flushed Redis loses it): a missing generation never matches a cached
-# one, so losing it costs a database read, never a stale key.
-GENERATION_TTL_S = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +72,6 @@ class _Cached:
 
 _key_cache: dict[str, _Cached] = {}
 _key_cache_lock = threading.Lock()
-
-
-def generation_key(key_id: str) -> str:
-    return f"apikey:gen:{key_id}"
 
 
 @dataclass(frozen=True)
@@ -271,46 +263,6 @@ def _key_id_of(secret: str) -> str | None:
     if len(parts) != 4 or not parts[2].isalnum():
         return None
     return f"key_{parts[2]}"
-
-
-def api_key_generation_bump(*, key_ids: Iterable[str]) -> None:
-    """Give keys a new generation, now and again once the caller's transaction commits:
-    every process's cached row for them stops being used on its next request. Call it
-    where a key's row changes (revoke, rotate, the admin), inside the transaction.
-
-    The first bump failing fails the change (a 503: Redis is what the API cannot do without
-    anyway); the second, after the commit, is logged (rows read between the two would then
-    be used until ``KEY_CACHE_TTL_S``)."""
-    ids = list(key_ids)
-    if not ids:
-        return
-
-    def bump() -> None:
-        pipe = redis_client().pipeline(transaction=False)
-        for key_id in ids:
-            pipe.set(generation_key(key_id), random_token(16), ex=GENERATION_TTL_S)
-        pipe.execute()
-
-    try:
-        bump()
-    except redis.RedisError:
-        raise Overloaded(messages.STORE_DOWN, code="broker_unavailable") from None
-
-    def after_commit() -> None:
-        try:
-            bump()
-        except redis.RedisError:
-            logger.exception("keys %s changed but their generation was not set anew", ids)
-
-    transaction.on_commit(after_commit)
-
-
-def api_key_generation_bump_for_tenants(*, tenant_ids: Iterable[str]) -> None:
-    """``api_key_generation_bump`` for every key of these tenants: where a tenant changes in
-    a way its keys' next requests must see (suspended, reactivated, deleted). A cached row
-    whose generation moved on is read again from the database, with its tenant."""
-    keys = ApiKey.objects.unscoped().filter(tenant_id__in=list(tenant_ids))
-    api_key_generation_bump(key_ids=list(keys.values_list("pk", flat=True)))
 
 
 def _key_by_digest(digest: str) -> ApiKey | None:

@@ -5,7 +5,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apikeys.services import api_key_generation_bump_for_tenants
+from apikeys.generations import api_key_generation_bump_for_tenants
 
 from .models import Tenant
 from .services import tenant_set_status, tenant_status_changed

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils.text import slugify
 
-from apikeys.services import api_key_generation_bump_for_tenants
+from apikeys.generations import api_key_generation_bump_for_tenants
 from core.errors import Conflict, InvalidRequest
 from core.ids import random_token
 

@@ -356,7 +356,7 @@ def _in_cache(secret: str, path: str = "/v1/models", status: int = 200) -> APICl
 
 
 def test_guessing_secrets_costs_redis_nothing(tenant):
-    from apikeys.services import generation_key
+    from apikeys.generations import generation_key
     from limits.services import redis_client
 
     guess = "sk_live_AbCdEf123456_" + "x" * 40
@@ -420,7 +420,7 @@ def test_an_operators_changes_to_a_cached_key_apply_on_its_next_request(tenant):
 
 def test_a_lost_generation_sends_a_cached_key_back_to_the_database(tenant):
     """Redis flushed or restarted: the row is read again rather than trusted."""
-    from apikeys.services import generation_key
+    from apikeys.generations import generation_key
     from limits.services import redis_client
 
     secret = make_key(tenant, ["inference"])
