@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from django.contrib.admin.utils import quote
 from rest_framework.test import APIClient
 
 from finetuning.models import FineTuneJob
@@ -310,7 +311,7 @@ def test_operators_pages_for_jobs_events_and_models_render(api, tenant, make_dat
     job = create(api, base_model="minilm-l6", training_dataset=make_dataset(tenant).id).json()
     event = FineTuneEvent.objects.unscoped().filter(job_id=job["id"]).first()
     pages = [
-        f"/admin/finetuning/finetunejob/{job['id']}/change/",
+        f"/admin/finetuning/finetunejob/{quote(job['id'])}/change/",
         "/admin/inference/aimodel/minilm-l6-int8/change/",
         "/admin/finetuning/finetunejob/",
         "/admin/finetuning/finetuneevent/",

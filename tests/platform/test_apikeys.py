@@ -4,6 +4,7 @@ import contextlib
 from datetime import timedelta
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -572,7 +573,7 @@ def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transaction
 def _admin_change(admin_client, key_id: str, **fields):
     data = {"name": "edited", "scopes": ["inference"], "expires_at_0": "", "expires_at_1": ""}
     data.update(fields)
-    return admin_client.post(f"/admin/apikeys/apikey/{key_id}/change/", data)
+    return admin_client.post(f"/admin/apikeys/apikey/{quote(key_id)}/change/", data)
 
 
 @pytest.mark.parametrize("scopes", [["bogus"], [], ["admin", "a"], '"xxadminxx"', '["admin"]'])
@@ -589,7 +590,7 @@ def test_the_key_admin_stores_chosen_scopes_as_a_list_and_never_changes_the_mode
 ):
     secret = make_key(tenant, ["inference"], mode="test")
     key_id = _key_id(secret)
-    page = admin_client.get(f"/admin/apikeys/apikey/{key_id}/change/")
+    page = admin_client.get(f"/admin/apikeys/apikey/{quote(key_id)}/change/")
     assert page.status_code == 200 and "mode" not in page.context["adminform"].form.fields
     response = _admin_change(admin_client, key_id, scopes=["billing", "inference"], mode="live")
     assert response.status_code == 302, response.context and response.context["errors"]

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from io import StringIO
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
@@ -138,7 +139,7 @@ def _cached_client(secret: str) -> APIClient:
 def _set_status_in_admin(admin_client, tenant: Tenant, status: str, how: str) -> None:
     if how == "form":
         response = admin_client.post(
-            f"/admin/tenants/tenant/{tenant.pk}/change/",
+            f"/admin/tenants/tenant/{quote(tenant.pk)}/change/",
             {"name": tenant.name, "slug": tenant.slug, "status": status},
         )
     else:
