@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -33,8 +34,14 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
         body = error_body(405, "method_not_allowed", "Stripe events are POSTed.")
         return JsonResponse(body, status=405, headers={"Allow": "POST"})
     try:
+        payload = request.body
+    except RequestDataTooBig:
+        # Stripe's events are a few kB; the request limit is far above any.
+        body = error_body(413, "request_too_large", "The event is larger than this server takes.")
+        return JsonResponse(body, status=413)
+    try:
         event = stripe_event_verify(
-            payload=request.body, signature=request.headers.get("Stripe-Signature")
+            payload=payload, signature=request.headers.get("Stripe-Signature")
         )
     except WebhookRejected as exc:
         logger.warning("Stripe webhook rejected: %s", exc.code)

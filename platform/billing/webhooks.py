@@ -66,6 +66,11 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
         and 0 < len(event["id"]) <= 100
         and 0 < len(event["type"]) <= 100
         and isinstance(data.get("object"), dict)
+        # What every handler reads: the object's id, and the event's time (unix seconds).
+        # Signed but without them, an event would fail its handler on every retry.
+        and isinstance(data["object"].get("id"), str)
+        and 0 < len(data["object"]["id"]) <= 255
+        and type(event.get("created", 0)) is int
         # NOTE: PostgreSQL's jsonb cannot store NUL; Stripe never sends one.
         and b"\\u0000" not in payload
     ):
@@ -83,8 +88,12 @@ def stripe_event_record(*, event: dict[str, Any]) -> bool:
     return True
 
 
+# A finalised invoice's statuses: what GET /v1/invoices lists.
+FINALISED = frozenset({"open", "paid", "void", "uncollectible"})
+
+
 def _mirror_invoice(invoice: dict[str, Any], tenant_id: str, observed_at: int) -> None:
-    if invoice.get("status") == "draft" or not invoice.get("id"):
+    if invoice.get("status") not in FINALISED or not invoice.get("id"):
         return  # only finalised invoices are mirrored
     existing = Invoice.objects.for_tenant(tenant_id).filter(pk=invoice["id"]).first()
     if existing is not None and existing.stripe_updated_at > observed_at:
@@ -143,7 +152,10 @@ def handle_invoice(snapshot: dict[str, Any], created: int) -> None:
     except stripe.StripeError as exc:
         if not is_missing(exc):
             raise
-        current, observed_at = snapshot, created
+        # A finalised invoice is never deleted at Stripe: one it does not have is a deleted
+        # draft, or never was. Nothing to list.
+        logger.info("invoice %s of an event is not at Stripe: ignored", snapshot["id"])
+        return
     _mirror_invoice(current, row.tenant_id, int(observed_at))
     subscription_id = _invoice_subscription(current)
     if subscription_id:

@@ -60,11 +60,18 @@ def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server)
         json.dumps({**event, "id": "evt_" + "x" * 200}).encode(),  # past the column
         json.dumps({**event, "type": "t" * 101}).encode(),
         json.dumps({**event, "id": ""}).encode(),
+        # Signed, but what every handler reads is missing: it failed on every retry.
+        json.dumps({**event, "data": {"object": {"customer": "cus_x"}}}).encode(),
+        json.dumps({**event, "created": "abc"}).encode(),
     ]  # fmt: skip
     for payload in malformed:
         response = _post(url, payload, {"Stripe-Signature": sign(payload)})
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_payload"
     assert httpx.get(f"{url}/webhooks/stripe").status_code == 405
+    # Over the request limit (16 MB): a 413 in the contract's shape, as on any route.
+    huge = b'{"pad": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    response = _post(url, huge, {"Stripe-Signature": sign(huge)})
+    assert response.status_code == 413 and response.json()["error"]["type"] == "too_large"
     assert StripeEvent.objects.count() == 0
 
     # The second secret (mid-rotation) is accepted too; a duplicate is 200 and stored once.
@@ -224,6 +231,11 @@ def test_events_about_strangers_change_nothing(tenant, stripe_api):
         assert stripe_event_process(event_id=event["id"])
     assert _state(tenant) == before
     assert not Invoice.objects.unscoped().filter(pk=theirs["latest_invoice"]).exists()
+    # Our customer, but an invoice Stripe does not have: nothing to list.
+    missing = _event("invoice.paid", {"id": "in_nowhere", "customer": ours})
+    assert stripe_event_record(event=missing)
+    assert stripe_event_process(event_id=missing["id"])
+    assert not Invoice.objects.unscoped().filter(pk="in_nowhere").exists()
 
 
 @pytest.mark.django_db

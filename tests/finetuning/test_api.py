@@ -218,6 +218,23 @@ def test_the_plan_limits_fine_tuned_models(api, tenant, other_tenant, client_for
     assert not FineTuneJob.objects.for_tenant(other_tenant).exists()
 
 
+def test_an_unpaid_subscription_stops_live_jobs_only(tenant, client_for, make_dataset):
+    """Test mode is never billed: a bill unpaid beyond the grace period stops live jobs
+    (402), not a test key's."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing.models import Subscription
+    from tenants.selectors import tenant_context_forget
+
+    Subscription.objects.for_tenant(tenant).update(
+        status="past_due", past_due_since=datetime.now(UTC) - timedelta(days=30)
+    )
+    tenant_context_forget(tenant_id=tenant.pk)
+    body = {"base_model": "minilm-l6", "training_dataset": make_dataset(tenant).id}
+    assert_error(create(client_for(tenant, ["training"]), **body), 402, "subscription_unpaid")
+    assert create(client_for(tenant, ["training"], mode="test"), **body).status_code == 201
+
+
 def _plan(slug, **features):
     from plans.models import Plan
 

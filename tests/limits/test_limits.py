@@ -260,6 +260,12 @@ def test_unpaid_beyond_grace_blocks_billable_calls_only(tenant, settings):
     assert response.json()["error"]["code"] == "subscription_unpaid"
     assert client.get("/v1/models").status_code == 200
     assert client.get("/v1/usage").status_code == 200
+    # Test mode is never billed: an unpaid bill does not stop it (past admission, the
+    # unknown model is the answer; the live key never gets that far).
+    unknown = {**body, "model": "no-such-model"}
+    assert client.post("/v1/classify", unknown, format="json").status_code == 402
+    test = bearer(make_key(tenant, ["admin"], mode=ApiKey.Mode.TEST))
+    assert test.post("/v1/classify", unknown, format="json").status_code == 404
 
 
 def test_unpaid_within_grace_still_works(tenant):
