@@ -265,8 +265,9 @@ def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str
             payment_behavior="error_if_incomplete",
             metadata=metadata,
             # Same tenant, plan and row state = the same attempt: a retry cannot subscribe
-            # twice.
-            idempotency_key=f"subscribe-{tenant.id}-{plan.id}-{sub.updated_at.timestamp():.0f}",
+            # twice. A declined attempt moves the row on (``subscription_change``), or Stripe
+            # would replay the decline to the next attempt, made with a new card, for 24 h.
+            idempotency_key=f"subscribe-{tenant.id}-{plan.id}-{sub.updated_at.timestamp():.6f}",
         )
     result = as_dict(api.Subscription.retrieve(updated.id, expand=["latest_invoice"]))
     if not current and result.get("status") == "incomplete":
@@ -326,6 +327,14 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
         return sub
     try:
         stripe_sub = _stripe_subscribe(sub, plan, tenant)
+    except (stripe.CardError, PaymentRequired) as exc:
+        # Declined: nothing was subscribed. The next attempt is a new one (its idempotency
+        # key follows the row), not a replay of this decline.
+        Subscription.objects.for_tenant(tenant).filter(pk=sub.pk).update(updated_at=timezone.now())
+        if isinstance(exc, PaymentRequired):
+            raise
+        logger.warning("plan change for %s to %s declined: %s", tenant.id, plan.id, exc)
+        raise stripe_error_to_api(exc) from exc
     except stripe.StripeError as exc:
         logger.warning("plan change for %s to %s failed in Stripe: %s", tenant.id, plan.id, exc)
         raise stripe_error_to_api(exc) from exc

@@ -173,7 +173,15 @@ def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, str
     assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
 
 
-def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_api):
+def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_api, monkeypatch):
+    keys = []  # Stripe replays a request's result for 24 h to a retry under the same key
+    create = stripe_api.Subscription.create
+
+    def recording(*args, **kwargs):
+        keys.append(kwargs.get("idempotency_key"))
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(stripe_api.Subscription, "create", recording)
     customer = stripe_api.Customer.create(name=tenant.name, metadata={"tenant_id": tenant.id})
     card = stripe_api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer.id)
     stripe_api.Customer.modify(customer.id, invoice_settings={"default_payment_method": card.id})
@@ -187,6 +195,14 @@ def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_a
     assert (error["type"], error["code"]) == ("payment_required", "card_declined")
     assert _local(tenant).plan_id == "free@1" and _local(tenant).stripe_subscription_id == ""
     assert not stripe_api.Subscription.list(customer=customer.id).data
+
+    # With a card that works, the next attempt is a new one at Stripe, not a replay of the
+    # decline: it subscribes.
+    good = stripe_api.PaymentMethod.attach("pm_card_visa", customer=customer.id)
+    stripe_api.Customer.modify(customer.id, invoice_settings={"default_payment_method": good.id})
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    assert _local(tenant).plan_id == "pro@1"
+    assert len(keys) == 2 and keys[0] != keys[1]
 
 
 def test_billing_unconfigured_is_503_for_paid_plans(tenant, client_for, settings):
