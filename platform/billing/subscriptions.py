@@ -327,16 +327,16 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
         return sub
     try:
         stripe_sub = _stripe_subscribe(sub, plan, tenant)
-    except (stripe.CardError, PaymentRequired) as exc:
-        # Declined: nothing was subscribed. The next attempt is a new one (its idempotency
-        # key follows the row), not a replay of this decline.
-        Subscription.objects.for_tenant(tenant).filter(pk=sub.pk).update(updated_at=timezone.now())
+    except (stripe.StripeError, PaymentRequired) as exc:
+        if isinstance(exc, stripe.CardError | PaymentRequired):
+            # Declined: nothing was subscribed. The next attempt is a new one (its
+            # idempotency key follows the row), not a replay of this decline.
+            Subscription.objects.for_tenant(tenant).filter(pk=sub.pk).update(
+                updated_at=timezone.now()
+            )
+        logger.warning("plan change for %s to %s failed in Stripe: %s", tenant.id, plan.id, exc)
         if isinstance(exc, PaymentRequired):
             raise
-        logger.warning("plan change for %s to %s declined: %s", tenant.id, plan.id, exc)
-        raise stripe_error_to_api(exc) from exc
-    except stripe.StripeError as exc:
-        logger.warning("plan change for %s to %s failed in Stripe: %s", tenant.id, plan.id, exc)
         raise stripe_error_to_api(exc) from exc
     with transaction.atomic():
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()

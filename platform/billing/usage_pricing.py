@@ -15,7 +15,7 @@ there. Either way the rows add up to the range's charge to the minor unit."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -33,20 +33,7 @@ from .rating import PlanUsage, model_tier, rate, rate_tenant_period
 def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime) -> Counter[str]:
     """Charge line key → minor units that [start, end) adds (base fee excluded)."""
     charges: Counter[str] = Counter()
-    # NOTE: a month without live usage in the range adds nothing, so only the months from
-    # the range's first live row to its last are rated: the work follows the ledger, not
-    # the width of the range (a client may ask for years 0001 to 9999).
-    span = (
-        UsageRecord.objects.for_tenant(tenant)
-        .filter(livemode=True, occurred_at__gte=start, occurred_at__lt=end)
-        .aggregate(first=Min("occurred_at"), last=Max("occurred_at"))
-    )
-    if span["first"] is None:
-        return charges
-    for period_start, period_end in billing_periods(tenant=tenant, start=span["first"], end=end):
-        if period_start > span["last"]:
-            break
-        lo, hi = max(start, period_start), min(end, period_end)
+    for period_start, _, lo, hi in _periods_with_usage(tenant, start, end):
         for line in rate_tenant_period(
             tenant=tenant, plan=plan, start=period_start, end=hi, include_base_fee=False
         ).lines:
@@ -60,6 +47,28 @@ def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime)
 
 
 K = TypeVar("K")
+
+
+def _periods_with_usage(
+    tenant: Tenant, start: datetime, end: datetime
+) -> Iterator[tuple[datetime, datetime, datetime, datetime]]:
+    """(period start, period end, and the part of [start, end) inside it) for each billing
+    period that [start, end) has live usage in.
+
+    NOTE: a period without live usage in the range adds nothing, so only the periods from
+    the range's first live row to its last are visited: the work follows the ledger, not
+    the width of the range (a client may ask for years 0001 to 9999)."""
+    span = (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(livemode=True, occurred_at__gte=start, occurred_at__lt=end)
+        .aggregate(first=Min("occurred_at"), last=Max("occurred_at"))
+    )
+    if span["first"] is None:
+        return
+    for period_start, period_end in billing_periods(tenant=tenant, start=span["first"], end=end):
+        if period_start > span["last"]:
+            return
+        yield period_start, period_end, max(start, period_start), min(end, period_end)
 
 
 def allocate(total: int, weights: Mapping[K, int]) -> dict[K, int]:
@@ -199,18 +208,8 @@ def range_row_charges(
     its start. Other rows (models, API keys) share each (period, plan segment, charge line)
     charge by their billable quantity in it. The rows add up to ``range_charges``."""
     amounts: dict[Any, int] = {}
-    span = (
-        UsageRecord.objects.for_tenant(tenant)
-        .filter(livemode=True, occurred_at__gte=start, occurred_at__lt=end)
-        .aggregate(first=Min("occurred_at"), last=Max("occurred_at"))
-    )
-    if span["first"] is None:
-        return amounts
     share = _marginal if in_time_order else _proportional
-    for period_start, period_end in billing_periods(tenant=tenant, start=span["first"], end=end):
-        if period_start > span["last"]:
-            break
-        lo, hi = max(start, period_start), min(end, period_end)
+    for period_start, period_end, lo, hi in _periods_with_usage(tenant, start, end):
         rows = _ledger_sums(tenant, lo, hi, group)
         if not rows:
             continue

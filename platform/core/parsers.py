@@ -14,19 +14,23 @@ from rest_framework.utils.json import strict_constant
 from .errors import InvalidRequest
 
 
-class _DuplicateName(ValueError):
+class DuplicateName(ValueError):
+    """A JSON object named a member twice (raised by ``unique_names``)."""
+
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
 
 
-def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s ``object_pairs_hook`` refusing a member named twice, at any depth
+    (``json`` itself keeps the last, silently)."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
-                raise _DuplicateName(name)
+                raise DuplicateName(name)
             seen.add(name)
     return obj
 
@@ -58,8 +62,8 @@ class JSONParser(parsers.JSONParser):
                 f"offset {exc.start})."
             ) from None
         try:
-            return json.loads(text, parse_constant=constant, object_pairs_hook=_unique_names)
-        except _DuplicateName as exc:
+            return json.loads(text, parse_constant=constant, object_pairs_hook=unique_names)
+        except DuplicateName as exc:
             raise InvalidRequest(
                 f"{exc.name} is given more than once.", code="duplicate_parameter", param=exc.name
             ) from None

@@ -213,13 +213,12 @@ class TenantAPIView(APIView):
 
     def _admit(self, request: Request, *, runs: bool, prefetch: Sequence[str]) -> Admission:
         """``limits_admit`` for this request; ``runs``: a POST that will do (and may bill)
-        work, which reserves its inputs and, in live mode, is refused for an unpaid
-        subscription (test mode is never billed: an unpaid bill does not stop it)."""
+        work, which reserves its inputs and is refused for an unpaid subscription."""
         return limits_admit(
             api_key=self.api_key,
             request_id=request._request.request_id,  # type: ignore[attr-defined]
             inputs=self.metered_inputs(request) if runs else 0,
-            billable=self.billable and runs and self.api_key.livemode,
+            billable=self.billable and runs,
             prefetch=prefetch,
         )
 

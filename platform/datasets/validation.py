@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.parsers import DuplicateName, unique_names
 from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS, MAX_LABELS
 
 from . import messages
@@ -140,34 +141,14 @@ def _decode_lines(data: bytes, result: Validation) -> list[tuple[int, str]]:
     return lines
 
 
-class _DuplicateMember(Exception):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object_pairs_hook: ``json`` keeps the last of a member named twice, silently
-    (``{"text": "a", "text": "b"}`` would train on "b"), where another tool reading the same
-    file may take the first. Objects at any depth, as the API's JSON parser does."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _DuplicateMember(name)
-            seen.add(name)
-    return obj
-
-
 def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
     extra_seen = False
     for number, line in lines:
         if not line.strip():
             continue
         try:
-            row = json.loads(line, object_pairs_hook=_unique_members)
-        except _DuplicateMember as exc:
+            row = json.loads(line, object_pairs_hook=unique_names)
+        except DuplicateName as exc:  # ``{"text": "a", "text": "b"}``: readers disagree
             result.error(number, messages.DUPLICATE_MEMBER.format(name=exc.name))
             continue
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply

@@ -22,7 +22,7 @@ from kombu import Queue as KombuQueue
 
 from workers.contract import TRAINING_EVENTS_EXCHANGE, TRAINING_EVENTS_ROUTING_KEY, Queue
 
-from .services import fine_tune_event_apply, fine_tune_sweep
+from .events import fine_tune_event_apply, fine_tune_sweep
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ def _event_id() -> str:
 
 class FineTuneJob(models.Model):
     """A fine-tuning job. The worker never writes this row: it sends events, and the
-    platform's job-events consumer applies them (finetuning/services.py)."""
+    platform's job-events consumer applies them (finetuning/events.py)."""
 
     class Status(models.TextChoices):
         VALIDATING_FILES = "validating_files", "Validating files"

@@ -1,8 +1,8 @@
-"""Writing fine-tuning jobs: create, cancel, apply a worker's event, and the lease sweep that
-retries a job whose worker died.
+"""Writing fine-tuning jobs: create and cancel (what a worker reports is applied in
+``events.py``).
 
 State machine: validating_files -> queued -> running -> succeeded | failed | cancelled.
-Only this module moves a job between states; the worker only reports (job events).
+Only this app's services move a job between states; the worker only reports (job events).
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from apikeys.models import ApiKey
 from config.celery import app
@@ -28,8 +26,6 @@ from datasets.services import artifact_store
 from inference.models import AIModel
 from inference.selectors import model_get_visible
 from limits.services import enforcement_for
-from metering.metrics import USAGE_EVENTS
-from metering.services import usage_record_bulk
 from tenants.models import Tenant
 from workers.contract import (
     CONTRACT_VERSION,
@@ -43,7 +39,7 @@ from workers.contract import (
 
 from . import messages
 from .models import FineTuneEvent, FineTuneJob
-from .registration import fine_tuned_model_register, int8_variant_offer, model_id_for
+from .registration import model_id_for
 from .selectors import fine_tune_get
 
 logger = logging.getLogger(__name__)
@@ -58,7 +54,7 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
-def _event(job: FineTuneJob, message: str, *, level: str = "info", **data: Any) -> None:
+def job_log(job: FineTuneJob, message: str, *, level: str = "info", **data: Any) -> None:
     FineTuneEvent.objects.create(
         tenant_id=job.tenant_id,
         job=job,
@@ -88,7 +84,7 @@ def _train_request(job: FineTuneJob) -> TrainRequest:
     }
 
 
-def _enqueue_on_commit(job: FineTuneJob) -> None:
+def job_enqueue_on_commit(job: FineTuneJob) -> None:
     """Send the attempt after the commit (a worker must never see a job the database does
     not have yet). If the broker is down then, the job fails visibly instead of sitting in
     ``queued`` with no message behind it."""
@@ -113,7 +109,7 @@ def _fail(job_id: str, *, code: str, message: str) -> None:
     job.status, job.finished_at = Status.FAILED, timezone.now()
     job.error = {"code": code, "message": message}
     job.save(update_fields=["status", "finished_at", "error"])
-    _event(job, message, level="error")
+    job_log(job, message, level="error")
 
 
 def fine_tune_create(
@@ -184,7 +180,7 @@ def fine_tune_create(
             seed=seed,
             status=Status.VALIDATING_FILES,
         )
-        _event(job, messages.EV_CREATED)
+        job_log(job, messages.EV_CREATED)
         # The files were validated at upload; what is left to check is that their bytes are
         # still in the artifact store the workers read.
         store = artifact_store()
@@ -192,14 +188,14 @@ def fine_tune_create(
             job.status, job.finished_at = Status.FAILED, timezone.now()
             job.error = {"code": "file_missing", "message": "A dataset file is missing."}
             job.save(update_fields=["status", "finished_at", "error"])
-            _event(job, job.error["message"], level="error")
+            job_log(job, job.error["message"], level="error")
             return job
         job.status = Status.QUEUED
         job.save(update_fields=["status"])
-        _event(job, messages.EV_VALIDATED.format(rows=training.rows, labels=len(training.labels)))
+        job_log(job, messages.EV_VALIDATED.format(rows=training.rows, labels=len(training.labels)))
         for warning in _validation_warnings(training, validation):
-            _event(job, warning, level="warning")
-        _enqueue_on_commit(job)
+            job_log(job, warning, level="warning")
+        job_enqueue_on_commit(job)
     return job
 
 
@@ -223,7 +219,7 @@ def _check_plan(*, tenant: Tenant, api_key: ApiKey, method: str = "head") -> Non
     WARNING: call it with the tenant's row locked, in the transaction that creates the job
     (``fine_tune_create``): the count is only true until another job is inserted."""
     enforcement = enforcement_for(api_key)
-    if enforcement.blocked_reason and api_key.livemode:  # test mode is never billed
+    if enforcement.blocked_reason:
         raise APIError(enforcement.blocked_reason, code="subscription_unpaid", status=402)
     plan = enforcement.plan
     # The features GET /v1/plans publishes are the features a plan has.
@@ -287,179 +283,8 @@ def fine_tune_cancel(*, tenant: Tenant, job_id: str, livemode: bool) -> FineTune
     _redis().set(cancel_key(job.id), 1, ex=KEY_TTL_S)
     job.status, job.finished_at = Status.CANCELLED, timezone.now()
     job.save(update_fields=["status", "finished_at"])
-    _event(job, messages.EV_CANCELLED)
+    job_log(job, messages.EV_CANCELLED)
     return job
-
-
-def _when(raw: Any) -> datetime:
-    moment = parse_datetime(str(raw)) if raw else None
-    return moment if moment is not None and moment.tzinfo is not None else timezone.now()
-
-
-@transaction.atomic
-def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
-    """Apply one worker event. Idempotent (a redelivered event changes nothing) and safe
-    against stale attempts (events of an attempt the sweep gave up on are ignored).
-    Returns whether anything changed."""
-    job_id, attempt, kind = str(event["job_id"]), int(event["attempt"]), str(event["type"])
-    job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
-    if job is None or attempt != job.attempt:
-        return False
-    now = timezone.now()
-    if kind == "heartbeat":
-        if job.status != Status.RUNNING:
-            return False
-        job.heartbeat_at = now
-        job.save(update_fields=["heartbeat_at"])
-        return True
-    seq = int(event["seq"])
-    if (
-        FineTuneEvent.objects.for_tenant(job.tenant_id)
-        .filter(job=job, attempt=attempt, seq=seq)
-        .exists()
-    ):
-        return False
-    data = event.get("data") or {}
-    if not isinstance(data, dict):
-        data = {}
-    # The artifact hash and the usage (its cost to serve) are internal: not in the job's events.
-    hidden = ("artifact", "usage") if kind == "succeeded" else ()
-    shown = {k: v for k, v in data.items() if k not in hidden}
-    FineTuneEvent.objects.create(
-        tenant_id=job.tenant_id,
-        job=job,
-        attempt=attempt,
-        seq=seq,
-        type=kind[:16],
-        level=str(event.get("level", "info"))[:8],
-        message=str(event.get("message", ""))[:1000],
-        data=shown,
-        created_at=_when(event.get("occurred_at")),
-    )
-    if job.is_terminal:
-        # e.g. the worker confirming a cancel the user already made; or a success that lost
-        # the race with a cancel: the job stays cancelled and nothing is billed.
-        return True
-    if kind == "started" and job.status == Status.QUEUED:
-        job.status, job.started_at = Status.RUNNING, job.started_at or now
-        job.heartbeat_at = now
-    elif kind in ("progress", "log") and job.status == Status.RUNNING:
-        job.heartbeat_at = now
-    elif kind == "succeeded":
-        _succeed(job, data)
-    elif kind == "failed":
-        job.status, job.finished_at = Status.FAILED, now
-        job.error = {"code": str(data.get("code", "training_failed")), "message": event["message"]}
-    elif kind == "cancelled":
-        job.status, job.finished_at = Status.CANCELLED, now
-    job.save()
-    return True
-
-
-def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
-    model = fine_tuned_model_register(job, result)
-    job.status, job.finished_at = Status.SUCCEEDED, timezone.now()
-    job.fine_tuned_model = model.id
-    job.trained_tokens = int(result.get("trained_tokens", 0))
-    job.metrics = model.metrics
-    _meter(job, model, result.get("usage"))
-    # NOTE: no event of our own: the worker's "succeeded" event, stored as it arrived, says
-    # that the model is ready.
-    offer = int8_variant_offer(job, model)
-    if offer is not None:
-        message, data = offer
-        _event(job, message, **data)
-
-
-def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
-    """Bill the job, in the transaction that marks it succeeded: a job marked succeeded is
-    always metered, and one that is not (cancelled first, failed, a stale attempt) never is.
-    The ledger row goes in as the usage consumer writes it (rollups included)."""
-    if usage is None:
-        # NOTE: a worker from before the usage rode in the success published it to the
-        # usage stream itself, before this event: nothing to record here. Should the usage
-        # ever arrive both ways, the ledger's unique event id (the job id) keeps one row.
-        return
-    # The worker reports what the job used and cost; whose it is and what it is billed as
-    # are the job's, not the message's.
-    identity = {
-        "event_id": job.id,
-        "kind": "fine_tune",
-        "tenant_id": job.tenant_id,
-        "api_key_id": job.api_key_id,
-        "livemode": job.livemode,
-        "model": model.id,
-    }
-    outcome = usage_record_bulk(events=[{**usage, **identity}] if isinstance(usage, dict) else [])
-    if not isinstance(usage, dict) or outcome.rejected:
-        # NOTE: a worker's bug, not the customer's: the job trained and succeeds, billed on
-        # its own figures (its trained tokens; no cost to serve known). Refusing the success
-        # instead would leave the job to the lease sweep, to be trained again and failed.
-        why = outcome.rejected[0][1] if outcome.rejected else "not an object"
-        logger.error(
-            "job %s: its success's usage is unusable (%s); billed on the job's", job.id, why
-        )
-        outcome = usage_record_bulk(
-            events=[
-                {
-                    "v": CONTRACT_VERSION,
-                    **identity,
-                    "inputs": 0,
-                    "tokens": job.trained_tokens,
-                    "compute_ms": 0.0,
-                    "cached": 0,
-                    "occurred_at": timezone.now().isoformat(),
-                    "worker": "",
-                }
-            ]
-        )
-
-    def count() -> None:
-        USAGE_EVENTS.labels("recorded").inc(outcome.inserted)
-        USAGE_EVENTS.labels("duplicate").inc(outcome.duplicates)
-
-    transaction.on_commit(count)
-
-
-def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = None) -> int:
-    """The lease: a running job with no heartbeat for ``timeout_s`` has lost its worker. It is
-    retried from the start once, then failed with the reason. Returns jobs handled."""
-    timeout = float(timeout_s if timeout_s is not None else settings.FINETUNE_HEARTBEAT_TIMEOUT_S)
-    cutoff = (now or timezone.now()) - timedelta(seconds=timeout)
-    # An operator's job across every tenant: deliberately unscoped.
-    stale = list(
-        FineTuneJob.objects.unscoped()
-        .filter(status=Status.RUNNING, heartbeat_at__lt=cutoff)
-        .values_list("pk", flat=True)
-    )
-    for job_id in stale:
-        with transaction.atomic():
-            job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
-            if (
-                job is None
-                or job.status != Status.RUNNING
-                or (job.heartbeat_at or cutoff) >= cutoff
-            ):
-                continue
-            if job.attempt < settings.FINETUNE_MAX_ATTEMPTS:
-                job.attempt += 1
-                job.status, job.heartbeat_at = Status.QUEUED, None
-                job.save(update_fields=["attempt", "status", "heartbeat_at"])
-                _event(
-                    job,
-                    messages.EV_RETRY.format(
-                        seconds=timeout, attempt=job.attempt, max=settings.FINETUNE_MAX_ATTEMPTS
-                    ),
-                    level="warning",
-                )
-                _enqueue_on_commit(job)
-            else:
-                message = messages.WORKER_LOST.format(attempts=job.attempt, seconds=timeout)
-                job.status, job.finished_at = Status.FAILED, timezone.now()
-                job.error = {"code": "worker_lost", "message": message}
-                job.save(update_fields=["status", "finished_at", "error"])
-                _event(job, message, level="error")
-    return len(stale)
 
 
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

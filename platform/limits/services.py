@@ -106,6 +106,14 @@ def free_plan_current() -> Plan:
     return cast(Plan, _free["plan"])
 
 
+def _blocked_reason(subscription: Any, now: datetime) -> str:
+    """Why billable calls are refused (402), or "": unpaid beyond the grace, or cancelled."""
+    if subscription.status == "past_due" and subscription.past_due_since is not None:
+        grace = timedelta(days=getattr(settings, "PAST_DUE_GRACE_DAYS", 7))
+        return messages.PAST_DUE if subscription.past_due_since + grace <= now else ""
+    return messages.CANCELED if subscription.status == "canceled" else ""
+
+
 def enforcement_for(api_key: ApiKey) -> Enforcement:
     """The tenant's plan and period, from the subscription loaded with the key (no query in
     the common case). A tenant without a subscription row is on the free plan."""
@@ -114,13 +122,8 @@ def enforcement_for(api_key: ApiKey) -> Enforcement:
     if subscription is None:
         start, end = _month(now)
         return Enforcement(free_plan_current(), start, end)
-    blocked = ""
-    if subscription.status == "past_due" and subscription.past_due_since is not None:
-        grace = timedelta(days=getattr(settings, "PAST_DUE_GRACE_DAYS", 7))
-        if subscription.past_due_since + grace <= now:
-            blocked = messages.PAST_DUE
-    elif subscription.status == "canceled":
-        blocked = messages.CANCELED
+    # Test mode is never billed: an unpaid bill does not stop it.
+    blocked = _blocked_reason(subscription, now) if api_key.livemode else ""
     start, end = subscription.current_period_start, subscription.current_period_end
     if not start <= now < end:  # the period rolled over and no webhook said so yet
         start, end = _month(now)

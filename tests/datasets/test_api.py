@@ -10,8 +10,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from datasets.models import Dataset
+from finetuning.events import fine_tune_event_apply
 from finetuning.models import FineTuneJob
-from finetuning.services import fine_tune_event_apply
 from tests.factories import subscribe
 from workers.artifacts import ArtifactStore
 

@@ -292,7 +292,7 @@ def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkey
     dataset = dataset_create(tenant=tenant, upload=SimpleUploadedFile("d.jsonl", rows_file(rows)))
     secret = make_key(tenant, ["training"])
     # Nothing goes to the training queue: this is about admission, not training.
-    monkeypatch.setattr(services, "_enqueue_on_commit", lambda job: None)
+    monkeypatch.setattr(services, "job_enqueue_on_commit", lambda job: None)
     all_counted = threading.Barrier(4, timeout=1)
     check = services._check_plan
 

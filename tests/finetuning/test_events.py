@@ -11,8 +11,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from finetuning.events import fine_tune_event_apply, fine_tune_sweep
 from finetuning.models import FineTuneEvent, FineTuneJob
-from finetuning.services import fine_tune_cancel, fine_tune_event_apply, fine_tune_sweep
+from finetuning.services import fine_tune_cancel
 from inference.models import AIModel
 from metering.models import UsageRecord
 from metering.services import usage_record_bulk

@@ -1,0 +1,198 @@
+"""Applying what training workers report: a job's events (a success registers its model
+and bills the job in the same transaction), and the lease sweep that retries a job whose
+worker died."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from inference.models import AIModel
+from metering.metrics import USAGE_EVENTS
+from metering.services import usage_record_bulk
+from workers.contract import CONTRACT_VERSION
+
+from . import messages
+from .models import FineTuneEvent, FineTuneJob
+from .registration import fine_tuned_model_register, int8_variant_offer
+from .services import job_enqueue_on_commit, job_log
+
+logger = logging.getLogger(__name__)
+Status = FineTuneJob.Status
+
+
+def _when(raw: Any) -> datetime:
+    moment = parse_datetime(str(raw)) if raw else None
+    return moment if moment is not None and moment.tzinfo is not None else timezone.now()
+
+
+@transaction.atomic
+def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
+    """Apply one worker event. Idempotent (a redelivered event changes nothing) and safe
+    against stale attempts (events of an attempt the sweep gave up on are ignored).
+    Returns whether anything changed."""
+    job_id, attempt, kind = str(event["job_id"]), int(event["attempt"]), str(event["type"])
+    job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+    if job is None or attempt != job.attempt:
+        return False
+    now = timezone.now()
+    if kind == "heartbeat":
+        if job.status != Status.RUNNING:
+            return False
+        job.heartbeat_at = now
+        job.save(update_fields=["heartbeat_at"])
+        return True
+    seq = int(event["seq"])
+    if (
+        FineTuneEvent.objects.for_tenant(job.tenant_id)
+        .filter(job=job, attempt=attempt, seq=seq)
+        .exists()
+    ):
+        return False
+    data = event.get("data") or {}
+    if not isinstance(data, dict):
+        data = {}
+    # The artifact hash and the usage (its cost to serve) are internal: not in the job's events.
+    hidden = ("artifact", "usage") if kind == "succeeded" else ()
+    shown = {k: v for k, v in data.items() if k not in hidden}
+    FineTuneEvent.objects.create(
+        tenant_id=job.tenant_id,
+        job=job,
+        attempt=attempt,
+        seq=seq,
+        type=kind[:16],
+        level=str(event.get("level", "info"))[:8],
+        message=str(event.get("message", ""))[:1000],
+        data=shown,
+        created_at=_when(event.get("occurred_at")),
+    )
+    if job.is_terminal:
+        # e.g. the worker confirming a cancel the user already made; or a success that lost
+        # the race with a cancel: the job stays cancelled and nothing is billed.
+        return True
+    if kind == "started" and job.status == Status.QUEUED:
+        job.status, job.started_at = Status.RUNNING, job.started_at or now
+        job.heartbeat_at = now
+    elif kind in ("progress", "log") and job.status == Status.RUNNING:
+        job.heartbeat_at = now
+    elif kind == "succeeded":
+        _succeed(job, data)
+    elif kind == "failed":
+        job.status, job.finished_at = Status.FAILED, now
+        job.error = {"code": str(data.get("code", "training_failed")), "message": event["message"]}
+    elif kind == "cancelled":
+        job.status, job.finished_at = Status.CANCELLED, now
+    job.save()
+    return True
+
+
+def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
+    model = fine_tuned_model_register(job, result)
+    job.status, job.finished_at = Status.SUCCEEDED, timezone.now()
+    job.fine_tuned_model = model.id
+    job.trained_tokens = int(result.get("trained_tokens", 0))
+    job.metrics = model.metrics
+    _meter(job, model, result.get("usage"))
+    # NOTE: no event of our own: the worker's "succeeded" event, stored as it arrived, says
+    # that the model is ready.
+    offer = int8_variant_offer(job, model)
+    if offer is not None:
+        message, data = offer
+        job_log(job, message, **data)
+
+
+def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
+    """Bill the job, in the transaction that marks it succeeded: a job marked succeeded is
+    always metered, and one that is not (cancelled first, failed, a stale attempt) never is.
+    The ledger row goes in as the usage consumer writes it (rollups included)."""
+    if usage is None:
+        # NOTE: a worker from before the usage rode in the success published it to the
+        # usage stream itself, before this event: nothing to record here. Should the usage
+        # ever arrive both ways, the ledger's unique event id (the job id) keeps one row.
+        return
+    # The worker reports what the job used and cost; whose it is and what it is billed as
+    # are the job's, not the message's.
+    identity = {
+        "event_id": job.id,
+        "kind": "fine_tune",
+        "tenant_id": job.tenant_id,
+        "api_key_id": job.api_key_id,
+        "livemode": job.livemode,
+        "model": model.id,
+    }
+    outcome = usage_record_bulk(events=[{**usage, **identity}] if isinstance(usage, dict) else [])
+    if not isinstance(usage, dict) or outcome.rejected:
+        # NOTE: a worker's bug, not the customer's: the job trained and succeeds, billed on
+        # its own figures (its trained tokens; no cost to serve known). Refusing the success
+        # instead would leave the job to the lease sweep, to be trained again and failed.
+        why = outcome.rejected[0][1] if outcome.rejected else "not an object"
+        logger.error(
+            "job %s: its success's usage is unusable (%s); billed on the job's", job.id, why
+        )
+        outcome = usage_record_bulk(
+            events=[
+                {
+                    "v": CONTRACT_VERSION,
+                    **identity,
+                    "inputs": 0,
+                    "tokens": job.trained_tokens,
+                    "compute_ms": 0.0,
+                    "cached": 0,
+                    "occurred_at": timezone.now().isoformat(),
+                    "worker": "",
+                }
+            ]
+        )
+
+    def count() -> None:
+        USAGE_EVENTS.labels("recorded").inc(outcome.inserted)
+        USAGE_EVENTS.labels("duplicate").inc(outcome.duplicates)
+
+    transaction.on_commit(count)
+
+
+def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = None) -> int:
+    """The lease: a running job with no heartbeat for ``timeout_s`` has lost its worker. It is
+    retried from the start once, then failed with the reason. Returns jobs handled."""
+    timeout = float(timeout_s if timeout_s is not None else settings.FINETUNE_HEARTBEAT_TIMEOUT_S)
+    cutoff = (now or timezone.now()) - timedelta(seconds=timeout)
+    # An operator's job across every tenant: deliberately unscoped.
+    stale = list(
+        FineTuneJob.objects.unscoped()
+        .filter(status=Status.RUNNING, heartbeat_at__lt=cutoff)
+        .values_list("pk", flat=True)
+    )
+    for job_id in stale:
+        with transaction.atomic():
+            job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+            if (
+                job is None
+                or job.status != Status.RUNNING
+                or (job.heartbeat_at or cutoff) >= cutoff
+            ):
+                continue
+            if job.attempt < settings.FINETUNE_MAX_ATTEMPTS:
+                job.attempt += 1
+                job.status, job.heartbeat_at = Status.QUEUED, None
+                job.save(update_fields=["attempt", "status", "heartbeat_at"])
+                job_log(
+                    job,
+                    messages.EV_RETRY.format(
+                        seconds=timeout, attempt=job.attempt, max=settings.FINETUNE_MAX_ATTEMPTS
+                    ),
+                    level="warning",
+                )
+                job_enqueue_on_commit(job)
+            else:
+                message = messages.WORKER_LOST.format(attempts=job.attempt, seconds=timeout)
+                job.status, job.finished_at = Status.FAILED, timezone.now()
+                job.error = {"code": "worker_lost", "message": message}
+                job.save(update_fields=["status", "finished_at", "error"])
+                job_log(job, message, level="error")
+    return len(stale)
