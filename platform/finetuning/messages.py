@@ -51,6 +51,10 @@ INT8_VARIANT_DESCRIPTION = (
 )
 
 # Job errors.
+TENANT_SUSPENDED = (
+    "The account was suspended while this job was {status}: it was stopped and is not billed. "
+    "Create it again once the account is active."
+)
 WORKER_LOST = (
     "The worker running this job stopped responding {attempts} times (no heartbeat for "
     "{seconds:g} s); giving up."

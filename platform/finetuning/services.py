@@ -287,4 +287,44 @@ def fine_tune_cancel(*, tenant: Tenant, job_id: str, livemode: bool) -> FineTune
     return job
 
 
+def fine_tunes_stop_for_suspension(*, tenant_ids: list[str]) -> int:
+    """Stop every unfinished job of these (just suspended) tenants: each reads ``failed``
+    with code ``tenant_suspended`` at once and is never billed, as a cancel is: a queued job
+    never starts and a running one stops at its next step boundary; a success its worker
+    sends anyway finds the job terminal and registers and bills nothing
+    (``events.fine_tune_event_apply``). Call it inside the transaction that suspends them.
+    Returns how many jobs were stopped."""
+    jobs = list(
+        FineTuneJob.objects.unscoped()
+        .select_for_update()
+        .filter(tenant_id__in=tenant_ids)
+        .exclude(status__in=FineTuneJob.TERMINAL)
+        .order_by("pk")
+    )
+    now = timezone.now()
+    for job in jobs:
+        message = messages.TENANT_SUSPENDED.format(status=job.status.replace("_", " "))
+        job.status, job.finished_at = Status.FAILED, now
+        job.error = {"code": "tenant_suspended", "message": message}
+        job.save(update_fields=["status", "finished_at", "error"])
+        job_log(job, message, level="error")
+    ids = [job.id for job in jobs]
+
+    def tell_workers() -> None:
+        # NOTE: after the commit, so that a worker never stops for a suspension that was
+        # rolled back. Should Redis be down, the workers train on and their successes are
+        # ignored: compute lost, nothing billed.
+        try:
+            with _redis().pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.set(cancel_key(job_id), 1, ex=KEY_TTL_S)
+                pipe.execute()
+        except redis.RedisError:
+            logger.warning("could not tell workers to stop jobs %s", ids, exc_info=True)
+
+    if ids:
+        transaction.on_commit(tell_workers)
+    return len(ids)
+
+
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

@@ -26,7 +26,7 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
             before = Tenant.objects.filter(pk=obj.pk).values_list("status", flat=True).first()
             super().save_model(request, obj, form, change)
             if change and before != obj.status:
-                tenant_status_changed(tenant_ids=[obj.pk])
+                tenant_status_changed(tenant_ids=[obj.pk], status=obj.status)
 
     @admin.action(description="Suspend selected tenants")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:

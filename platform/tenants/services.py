@@ -6,6 +6,7 @@ from django.utils.text import slugify
 from apikeys.generations import api_key_generation_bump_for_tenants
 from core.errors import Conflict, InvalidRequest
 from core.ids import random_token
+from finetuning.services import fine_tunes_stop_for_suspension
 
 from . import messages
 from .models import Tenant
@@ -62,17 +63,20 @@ def tenant_set_status(*, tenant: Tenant, status: str) -> Tenant:
     """Suspend or reactivate: effective on the next request, in every API process."""
     tenant.status = status
     tenant.save(update_fields=["status"])
-    tenant_status_changed(tenant_ids=[tenant.pk])
+    tenant_status_changed(tenant_ids=[tenant.pk], status=status)
     return tenant
 
 
-def tenant_status_changed(*, tenant_ids: list[str]) -> None:
-    """Make every API process see these tenants' new status on their keys' next request:
-    each key gets a new generation (``apikeys.services``), so a process's cached key row is
-    read again from the database, with its tenant, rather than used with a cached tenant.
-    Call it inside the transaction that changes the status."""
+def tenant_status_changed(*, tenant_ids: list[str], status: str) -> None:
+    """Apply these tenants' new ``status``. Every API process sees it on their keys' next
+    request: each key gets a new generation (``apikeys.services``), so a process's cached key
+    row is read again from the database, with its tenant, rather than used with a cached
+    tenant. A suspension also stops their unfinished fine-tuning jobs, unbilled. Call it
+    inside the transaction that changes the status."""
     ids = list(tenant_ids)
     api_key_generation_bump_for_tenants(tenant_ids=ids)
+    if status == Tenant.Status.SUSPENDED:
+        fine_tunes_stop_for_suspension(tenant_ids=ids)
 
     def forget() -> None:
         for tenant_id in ids:

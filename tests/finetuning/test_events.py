@@ -293,3 +293,68 @@ def test_no_measurement_no_variant(job, tenant):
     fine_tune_event_apply(event=succeeded(job))
     assert AIModel.objects.for_tenant(tenant).count() == 1
     assert not events_of(job).filter(message__startswith="int8 variant").exists()
+
+
+def test_suspending_the_tenant_stops_its_unfinished_jobs_unbilled(
+    job, tenant, make_dataset, django_capture_on_commit_callbacks
+):
+    """A suspended account's jobs read failed (tenant_suspended) at once; their workers are
+    told to stop once the suspension commits, and a success one sends anyway bills nothing."""
+    from apikeys.models import ApiKey
+    from finetuning.services import _redis, fine_tune_create
+    from tenants.models import Tenant
+    from tenants.services import tenant_set_status
+    from workers.contract import cancel_key
+
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    queued = fine_tune_create(
+        tenant=tenant, api_key=ApiKey.objects.for_tenant(tenant).get(), base_model="minilm-l6",
+        training_dataset_id=make_dataset(tenant).id, validation_dataset_id=None,
+        method="head", hyperparameters={}, suffix="second", seed=0,
+    )  # fmt: skip
+    _redis().delete(cancel_key(job.id), cancel_key(queued.id))
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_set_status(tenant=tenant, status=Tenant.Status.SUSPENDED)
+        assert not _redis().exists(cancel_key(job.id))  # not before the commit
+    for stopped, was in ((reload(job), "running"), (reload(queued), "queued")):
+        assert stopped.status == Status.FAILED and stopped.finished_at is not None
+        assert stopped.error["code"] == "tenant_suspended"
+        assert f"suspended while this job was {was}" in stopped.error["message"]
+        assert events_of(stopped).latest("created_at").level == "error"
+        assert _redis().exists(cancel_key(stopped.id))
+    # The running job's worker had finished: its success registers and bills nothing.
+    assert fine_tune_event_apply(event=succeeded(job))
+    assert reload(job).status == Status.FAILED and not reload(job).fine_tuned_model
+    assert not AIModel.objects.for_tenant(tenant).exists() and not ledger(job).exists()
+    # Reactivating does not restart them; finished jobs are left as they are.
+    tenant_set_status(tenant=tenant, status=Tenant.Status.ACTIVE)
+    assert reload(queued).status == Status.FAILED
+
+
+def test_suspending_leaves_finished_jobs_and_other_tenants_alone(job, tenant, other_tenant):
+    from tenants.models import Tenant
+    from tenants.services import tenant_set_status
+
+    fine_tune_event_apply(event=succeeded(job))
+    tenant_set_status(tenant=other_tenant, status=Tenant.Status.SUSPENDED)
+    tenant_set_status(tenant=tenant, status=Tenant.Status.SUSPENDED)
+    done = reload(job)
+    assert done.status == Status.SUCCEEDED and done.error is None and ledger(job).count() == 1
+
+
+@pytest.mark.parametrize("how", ["form", "action"])
+def test_a_suspension_in_the_admin_stops_the_tenants_jobs(admin_client, job, tenant, how):
+    from django.contrib.admin.utils import quote
+
+    if how == "form":
+        response = admin_client.post(
+            f"/admin/tenants/tenant/{quote(tenant.pk)}/change/",
+            {"name": tenant.name, "slug": tenant.slug, "status": "suspended"},
+        )
+    else:
+        response = admin_client.post(
+            "/admin/tenants/tenant/", {"action": "suspend", "_selected_action": [tenant.pk]}
+        )
+    assert response.status_code == 302
+    stopped = reload(job)
+    assert stopped.status == Status.FAILED and stopped.error["code"] == "tenant_suspended"

@@ -90,7 +90,8 @@ def train(request: TrainRequest) -> None:
         return bool(client.exists(cancel_key(job_id)))
 
     if cancelled():
-        publisher.emit("cancelled", "The job was cancelled before it started.")
+        # The platform asked it to stop: the user cancelled it, or the account was suspended.
+        publisher.emit("cancelled", "The worker stopped the job before it started.")
         return
     publisher.emit("started", f"Attempt {request['attempt']} started.")
     settings = get_settings()
@@ -108,7 +109,7 @@ def train(request: TrainRequest) -> None:
             result = train_run(ctx)
             ctx.step()
         except JobCancelledError:
-            publisher.emit("cancelled", "The job was cancelled; training stopped.")
+            publisher.emit("cancelled", "The worker stopped the job; training stopped.")
             return
         except (TrainingDataError, ArtifactMissingError) as exc:
             publisher.emit("failed", str(exc), level="error", data={"code": "invalid_data"})
