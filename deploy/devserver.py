@@ -89,6 +89,16 @@ def _children(port: str) -> dict[str, list[str]]:
     }
 
 
+def _metrics_dir() -> Path:
+    """The API processes' metrics directory: under DATA_DIR, with the install's other files,
+    so that two installs of one checkout (each its own DATA_DIR) neither add up nor empty
+    each other's /metrics, as one ``var/prometheus`` in the checkout did."""
+    # Same default as the settings' DATA_DIR; a relative one is read from the checkout, where
+    # the children run.
+    data_dir = Path(os.environ.get("DATA_DIR", ROOT / "var"))
+    return ROOT / data_dir / "prometheus"
+
+
 def main() -> int:
     embedded = None
     if not os.environ.get("REDIS_URL"):
@@ -101,8 +111,9 @@ def main() -> int:
         print(f"devserver: embedded Redis at {url}", flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Several API processes: /metrics adds up what each one wrote here.
-        metrics_dir = ROOT / "var" / "prometheus"
+        # Several API processes: /metrics adds up what each one wrote here. Emptied at start:
+        # the last run's files would be added up too.
+        metrics_dir = _metrics_dir()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -85,7 +85,9 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are minted by create_tenant or the API, which show the secret once
 
-    @admin.action(description="Revoke selected keys")
+    # NOTE: without ``permissions`` an action is offered (and run) to anyone who may see the
+    # list, view-only staff included.
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
         with transaction.atomic():
             live = queryset.filter(revoked_at__isnull=True)

@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.functional import cached_property
 
 
 class ViewOnlyAdmin(admin.ModelAdmin):
-    """Rows the API and the workers write (jobs, rollups): operators look, they do not add
-    or edit; an edit page would also offer every tenant's related rows in its choice lists."""
+    """Rows the API and the workers write (jobs, rollups): operators look, they do not add,
+    edit or delete; an edit page would also offer every tenant's related rows in its choice
+    lists."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -18,9 +22,32 @@ class ViewOnlyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-
-class ReadOnlyAdmin(ViewOnlyAdmin):
-    """Records nothing may change or remove: the ledger, Stripe's mirror."""
-
+    # NOTE: deleting is a change too: a deleted usage rollup dropped its usage from the
+    # margins and made the plan it was priced on look unused, so the plan's terms could be
+    # edited in place (plans.admin._in_use).
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(ViewOnlyAdmin):
+    """Records nothing may change or remove: the ledger, Stripe's mirror. The same rights as
+    ViewOnlyAdmin; the name says that these rows are records, not state being worked on."""
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most ``cap + 1`` rows, for list pages over tables that only grow (the
+    ledger): an exact COUNT(*) reads the whole table on every view. The pages stop at the
+    cap; the filters and the search reach older rows."""
+
+    cap = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        # NOTE: a sliced count is SELECT COUNT(*) FROM (... LIMIT cap + 1): the database stops
+        # reading at the cap, on the page's own ordering (the primary key, newest first).
+        head = self.object_list[: self.cap + 1]
+        return head.count() if isinstance(head, QuerySet) else len(head)
+
+    @property
+    def capped(self) -> bool:
+        return self.count > self.cap

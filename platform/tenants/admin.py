@@ -28,11 +28,13 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
             if change and before != obj.status:
                 tenant_status_changed(tenant_ids=[obj.pk], status=obj.status)
 
-    @admin.action(description="Suspend selected tenants")
+    # NOTE: an action runs from the list page, which view-only staff reach too: without
+    # ``permissions`` Django offers it (and runs it) to anyone who may see the list.
+    @admin.action(description="Suspend selected tenants", permissions=["change"])
     def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
         self._set_status(request, queryset, Tenant.Status.SUSPENDED, "suspended")
 
-    @admin.action(description="Reactivate selected tenants")
+    @admin.action(description="Reactivate selected tenants", permissions=["change"])
     def reactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
         self._set_status(request, queryset, Tenant.Status.ACTIVE, "reactivated")
 
