@@ -19,7 +19,7 @@ from django.utils import timezone
 from redis.exceptions import LockError
 
 from core.errors import Conflict, InvalidRequest, Overloaded
-from limits.services import redis_client
+from limits.services import free_plan_current, redis_client
 from plans.models import Plan
 from tenants.models import Tenant
 from tenants.selectors import tenant_context_forget
@@ -85,7 +85,7 @@ def subscription_get_or_create(*, tenant: Tenant) -> Subscription:
     now = timezone.now()
     if sub is None:
         start, end = calendar_month(now)
-        free = Plan.objects.get(slug=FREE_SLUG, is_current=True)
+        free = free_plan_current()
         sub, created = Subscription.objects.select_related("plan").get_or_create(
             tenant=tenant,
             defaults={"plan": free, "current_period_start": start, "current_period_end": end},
@@ -199,7 +199,7 @@ def _apply_stripe(sub: Subscription, stripe_sub: dict[str, Any], observed_at: in
         # Cancelled in Stripe (by us moving to free, or by dunning): the tenant is on free.
         if sub.stripe_subscription_id:  # not moved to free already (by _move_to_free)
             sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
-        sub.plan = Plan.objects.get(slug=FREE_SLUG, is_current=True)
+        sub.plan = free_plan_current()
         sub.status = Subscription.Status.ACTIVE
         sub.stripe_subscription_id = ""
         sub.past_due_since = None

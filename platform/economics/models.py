@@ -33,7 +33,10 @@ class UsageRollup(models.Model):
                 name="rollup_grain",
             )
         ]
-        indexes = [models.Index(fields=["day"], name="rollup_day")]
+        indexes = [
+            models.Index(fields=["day"], name="rollup_day"),
+            models.Index(fields=["plan_id"], name="rollup_plan"),  # as usage_plan in metering
+        ]
 
     def __str__(self) -> str:
         return f"{self.day} {self.tenant_id} {self.model}"

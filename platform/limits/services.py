@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from plans.models import Plan
 
 from . import messages
 from .lua import ADMIT
+
+logger = logging.getLogger(__name__)
 
 WINDOW_MS = 60_000
 
@@ -102,8 +105,22 @@ def free_plan_current() -> Plan:
     """The current free plan, re-read at most every few seconds (operators may revise it)."""
     now = time.monotonic()
     if _free["plan"] is None or now - _free["read_at"] > FREE_PLAN_TTL_S:
-        _free["plan"], _free["read_at"] = Plan.objects.get(slug="free", is_current=True), now
+        _free["plan"], _free["read_at"] = _free_plan_read(), now
     return cast(Plan, _free["plan"])
+
+
+def _free_plan_read() -> Plan:
+    plan = Plan.objects.filter(slug="free", is_current=True).first()
+    if plan is None:
+        # NOTE: the admin refuses to leave free without a current version, but a shell or a
+        # migration can: every tenant without a subscription is on free, so serve its latest
+        # version rather than a 500 each, and say so (once per re-read, not per request).
+        plan = Plan.objects.filter(slug="free").latest("version")  # none at all: raises
+        logger.error(
+            "no current version of the free plan: enforcing %s, its latest; make one current",
+            plan.pk,
+        )
+    return plan
 
 
 def _blocked_reason(subscription: Any, now: datetime) -> str:

@@ -57,7 +57,10 @@ class UsageRecord(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["tenant", "livemode", "occurred_at"], name="usage_tenant_time")
+            models.Index(fields=["tenant", "livemode", "occurred_at"], name="usage_tenant_time"),
+            # Whether any usage was made on a plan version (plans.admin: its terms and its id
+            # are then kept for good).
+            models.Index(fields=["plan_id"], name="usage_plan"),
         ]
 
     def __str__(self) -> str:

@@ -4,11 +4,19 @@ keep theirs until they are moved."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from .terms import MODEL_TIERS, price_terms_check
 
 __all__ = ["MODEL_TIERS", "Plan"]
+
+# The price terms plans/terms.py checks (what the rating engine can price).
+CHECKED_TERMS = ("base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount",
+                 "cached_results_billed", "currency")  # fmt: skip
 
 
 class Plan(models.Model):
@@ -61,12 +69,32 @@ class Plan(models.Model):
     def __str__(self) -> str:
         return f"{self.name} (v{self.version})"
 
-    def clean(self) -> None:
-        """Price terms the rating engine can price (plans/terms.py); the admin calls it."""
-        price_terms_check(
-            {
-                "overage_tiers": self.overage_tiers,
-                "finetune_unit_amount": self.finetune_unit_amount,
-                "currency": self.currency,
-            }
-        )
+    def clean_fields(self, exclude: Collection[str] | None = None) -> None:
+        """The fields, and price terms the rating engine can price (plans/terms.py); the
+        admin calls it. NOTE: a term in ``exclude`` (read-only in the admin, as an old
+        version's terms are) is not checked: it cannot change here, and one stored before a
+        check that refuses it now must not stop an operator from renaming the version (nor
+        raise: a form cannot show an error on a field it lacks)."""
+        skipped = set(exclude or ())
+        errors: dict[str, Any] = {}
+        try:
+            super().clean_fields(exclude=exclude)
+        except ValidationError as exc:
+            errors = exc.update_error_dict(errors)
+        terms = {
+            name: getattr(self, name)
+            for name in CHECKED_TERMS
+            if name not in skipped and name not in errors
+        }
+        try:
+            price_terms_check(terms)
+        except ValidationError as exc:
+            errors = exc.update_error_dict(errors)
+        if errors:
+            raise ValidationError(errors)
+
+    def validate_constraints(self, exclude: Collection[str] | None = None) -> None:
+        """Every constraint but ``plan_one_current``: making a version current un-sets its
+        slug's current one in the same transaction (plans/admin.py), which validating first
+        would refuse. The database still enforces it."""
+        super().validate_constraints(exclude={*(exclude or ()), "is_current"})

@@ -9,6 +9,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from . import messages
+
 # Model tiers a plan prices separately. `int8` is the cheaper quantised tier.
 MODEL_TIERS = ("standard", "int8")
 # The currencies Stripe charges in (ISO 4217, lower case, as Stripe writes them).
@@ -40,23 +42,55 @@ def micros_per_minor(currency: str) -> int:
     return 10 ** (6 - exponent)
 
 
-def amount_check(value: Any, field: str) -> Decimal:
-    """A unit price: a non-negative, finite number of minor units (an integer, or a decimal
-    string such as "0.5"; never a float, which cannot hold money exactly)."""
+# NOTE: what money in a plan can be. A tier's unit price per 1,000 inputs below 10^12 minor
+# units, with at most 6 decimal places, keeps the charge for any BigInteger of inputs inside
+# Decimal's 28 digits (rating.py's ``_round`` raised InvalidOperation past them: "1e40");
+# the base fee fits its column (PositiveIntegerField, 32 bits on PostgreSQL), the price per
+# 1,000 trained tokens its DecimalField(max_digits=12, decimal_places=4), and counts and
+# tier ceilings a BigInteger.
+UNIT_AMOUNT_DIGITS, UNIT_AMOUNT_PLACES = 12, 6
+FINETUNE_AMOUNT_DIGITS, FINETUNE_AMOUNT_PLACES = 8, 4
+MAX_BASE_FEE = 2**31 - 1
+MAX_COUNT = 2**63 - 1
+
+
+def amount_check(
+    value: Any,
+    field: str,
+    *,
+    label: str = "",
+    digits: int = UNIT_AMOUNT_DIGITS,
+    places: int = UNIT_AMOUNT_PLACES,
+) -> Decimal:
+    """A unit price: a non-negative number of minor units (an integer, or a decimal string
+    such as "0.5"; never a float, which cannot hold money exactly), below 10^``digits`` and
+    with at most ``places`` decimal places. ``label`` says where in ``field`` it was."""
+    prefix = f"{label}: " if label else ""
+
+    def refuse(message: str) -> ValidationError:
+        return ValidationError({field: prefix + message})
+
     if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
-        raise ValidationError({field: "must be an integer or a decimal string of minor units"})
+        raise refuse(messages.AMOUNT_TYPE)
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValidationError({field: f"{value!r} is not a number"}) from None
+        raise refuse(messages.AMOUNT_NOT_A_NUMBER.format(value=repr(value))) from None
     if not amount.is_finite() or amount < 0:
-        raise ValidationError({field: "must be a finite amount of at least 0"})
+        raise refuse(messages.AMOUNT_NEGATIVE)
+    limit = Decimal(10) ** digits
+    if amount >= limit:  # NOTE: exact comparisons; no context rounding before the checks
+        raise refuse(messages.AMOUNT_TOO_LARGE.format(limit=f"{limit:,}", digits=digits))
+    if amount != amount.quantize(Decimal(1).scaleb(-places)):
+        raise refuse(messages.AMOUNT_TOO_PRECISE.format(places=places))
     return amount
 
 
-def count_check(value: Any, field: str) -> int:
+def count_check(value: Any, field: str, maximum: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError({field: "must be a whole number of at least 0"})
+        raise ValidationError({field: messages.COUNT})
+    if value > maximum:
+        raise ValidationError({field: messages.COUNT_TOO_LARGE.format(maximum=f"{maximum:,}")})
     return value
 
 
@@ -65,49 +99,60 @@ def overage_tiers_check(tiers: Any, field: str = "overage_tiers") -> None:
     known model tiers only, each a graduated list whose ceilings rise and whose last tier
     has none (usage past a last ceiling would otherwise be free)."""
     if not isinstance(tiers, dict):
-        raise ValidationError({field: 'must be an object like {"standard": [...]}'})
+        raise ValidationError({field: messages.TIERS_SHAPE})
     for name, steps in tiers.items():
         where = f"{field}.{name}"
         if name not in MODEL_TIERS:
             raise ValidationError(
-                {field: f"unknown model tier {name!r} ({', '.join(MODEL_TIERS)})"}
+                {
+                    field: messages.TIERS_UNKNOWN.format(
+                        name=repr(name), known=", ".join(MODEL_TIERS)
+                    )
+                }
             )
         if not isinstance(steps, list) or not steps:
-            raise ValidationError({field: f"{where} must be a non-empty list of tiers"})
+            raise ValidationError({field: messages.TIERS_EMPTY.format(where=where)})
         floor = 0
         for index, step in enumerate(steps):
             at = f"{where}[{index}]"
             if not isinstance(step, dict) or set(step) != {"up_to", "unit_amount"}:
-                raise ValidationError({field: f'{at} must be {{"up_to": ..., "unit_amount": ...}}'})
-            amount_check(step["unit_amount"], field)
+                raise ValidationError({field: messages.TIER_SHAPE.format(at=at)})
+            amount_check(step["unit_amount"], field, label=f"{at}.unit_amount")
             ceiling, last = step["up_to"], index == len(steps) - 1
             if last and ceiling is not None:
-                raise ValidationError({field: f"{at}: the last tier's up_to must be null"})
+                raise ValidationError({field: messages.TIER_LAST_BOUNDED.format(at=at)})
+            if not last and (
+                isinstance(ceiling, bool)
+                or not isinstance(ceiling, int)
+                or not floor < ceiling <= MAX_COUNT
+            ):
+                raise ValidationError(
+                    {field: messages.TIER_CEILING.format(at=at, floor=floor, maximum=MAX_COUNT)}
+                )
             if not last:
-                if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling <= floor:
-                    raise ValidationError(
-                        {field: f"{at}.up_to must be a whole number above {floor}"}
-                    )
                 floor = ceiling
 
 
 def price_terms_check(terms: dict[str, Any]) -> dict[str, Any]:
     """The price terms present in ``terms`` checked (ValidationError naming the field) and
-    normalised: ``finetune_unit_amount`` as a Decimal."""
+    normalised: ``finetune_unit_amount`` as a Decimal. The admin (``Plan.clean``) and the
+    pricing simulator both check here, so they accept the same terms."""
     checked = dict(terms)
-    for field in ("base_fee", "included_inputs"):
-        if field in terms:
-            checked[field] = count_check(terms[field], field)
+    if "base_fee" in terms:
+        checked["base_fee"] = count_check(terms["base_fee"], "base_fee", MAX_BASE_FEE)
+    if "included_inputs" in terms:
+        checked["included_inputs"] = count_check(terms["included_inputs"], "included_inputs")
     if "finetune_unit_amount" in terms:
         checked["finetune_unit_amount"] = amount_check(
-            terms["finetune_unit_amount"], "finetune_unit_amount"
+            terms["finetune_unit_amount"],
+            "finetune_unit_amount",
+            digits=FINETUNE_AMOUNT_DIGITS,
+            places=FINETUNE_AMOUNT_PLACES,
         )
     if "overage_tiers" in terms:
         overage_tiers_check(terms["overage_tiers"])
     if "cached_results_billed" in terms and not isinstance(terms["cached_results_billed"], bool):
-        raise ValidationError({"cached_results_billed": "must be true or false"})
+        raise ValidationError({"cached_results_billed": messages.CACHED_BILLED})
     if "currency" in terms and terms["currency"] not in CURRENCIES:
-        raise ValidationError(
-            {"currency": "must be a currency Stripe charges in, lower case (usd, eur, ...)"}
-        )
+        raise ValidationError({"currency": messages.CURRENCY})
     return checked

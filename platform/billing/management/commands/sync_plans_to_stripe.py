@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from billing.stripe_client import stripe_configured
-from billing.stripe_sync import plans_sync_to_stripe
+from billing.stripe_sync import StripePlanMismatch, plans_sync_to_stripe
 
 
 class Command(BaseCommand):
@@ -14,5 +14,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not stripe_configured():
             raise CommandError("STRIPE_API_KEY is not set.")
-        for plan in plans_sync_to_stripe():
+        try:
+            synced = plans_sync_to_stripe()
+        except StripePlanMismatch as exc:
+            raise CommandError(str(exc)) from exc
+        for plan in synced:
             self.stdout.write(f"{plan.id}: {plan.stripe_product_id} / {plan.stripe_plan_id}")
