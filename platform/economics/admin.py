@@ -3,42 +3,36 @@ pricing simulator."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from billing.subscriptions import calendar_month
 from core.admin import ViewOnlyAdmin
 
+from .forms import RangeForm, SimulateForm, range_initial, this_month
 from .models import UsageRollup
-from .selectors import DIMENSIONS, margins, pricing_simulate
-from .simulation import format_report, moment_parse, proposed_validate
+from .money import cost_currency
+from .selectors import DIMENSIONS, margin_totals, margins
+from .simulation import simulation_report
+
+View = Callable[[HttpRequest], HttpResponse]
 
 
-def _range(request: HttpRequest) -> tuple[datetime, datetime]:
-    """``?start=&end=`` (ISO 8601, UTC unless an offset says otherwise), else this month;
-    a value that does not parse, or a start not before the end, is said on the page."""
-    this_month = calendar_month(datetime.now(UTC))
-    start, end = this_month
-    try:
-        if request.GET.get("start"):
-            start = moment_parse(request.GET["start"])
-        if request.GET.get("end"):
-            end = moment_parse(request.GET["end"])
-    except ValueError as exc:
-        example = "2026-11-01 or 2026-11-01T00:00+05:00"
-        messages.error(request, f"Dates must be ISO 8601 ({example}): {exc}")
-        return this_month
-    if start >= end:
-        messages.error(request, "start must be before end; showing this month.")
-        return this_month
-    return start, end
+def _range(form: RangeForm) -> tuple[datetime, datetime] | None:
+    """The range a form asks for (this month when it asks for none); None when it is
+    refused, its errors then on the form."""
+    if not form.is_bound:
+        return this_month()
+    if not form.is_valid():
+        return None
+    return form.cleaned_data["start"], form.cleaned_data["end"]
 
 
 @admin.register(UsageRollup)
@@ -53,34 +47,47 @@ class UsageRollupAdmin(ViewOnlyAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         own = [
-            path("margins/", self.admin_site.admin_view(self.margins_view), name="margins"),
-            path("simulate/", self.admin_site.admin_view(self.simulate_view), name="simulate"),
+            path("margins/", self._viewers_only(self.margins_view), name="margins"),
+            path("simulate/", self._viewers_only(self.simulate_view), name="simulate"),
         ]
         return own + super().get_urls()
 
+    def _viewers_only(self, view: View) -> View:
+        """Staff with the permission to view usage rollups (``economics.view_usagerollup``),
+        else 403: every tenant's revenue and cost is on these pages, and being staff is not
+        enough for that (admin_view alone checks only that)."""
+
+        def guarded(request: HttpRequest) -> HttpResponse:
+            if not self.has_view_permission(request):
+                raise PermissionDenied
+            return view(request)
+
+        return self.admin_site.admin_view(guarded)
+
     def margins_view(self, request: HttpRequest) -> HttpResponse:
-        start, end = _range(request)
+        form = RangeForm(request.GET or None, initial=range_initial())
         by = request.GET.get("by") if request.GET.get("by") in DIMENSIONS else "tenant"
-        rows = margins(start=start, end=end, by=str(by))
+        period = _range(form)
+        rows = margins(start=period[0], end=period[1], by=str(by)) if period else []
         context: dict[str, Any] = {
-            **self.admin_site.each_context(request), "title": "Margins", "rows": rows,
-            "by": by, "dimensions": DIMENSIONS, "start": start, "end": end,
+            **self.admin_site.each_context(request), "title": "Margins", "form": form,
+            "rows": rows, "totals": margin_totals(rows), "by": by, "dimensions": DIMENSIONS,
+            "period": period, "cost_currency": cost_currency(),
         }  # fmt: skip
         return TemplateResponse(request, "admin/economics/margins.html", context)
 
     def simulate_view(self, request: HttpRequest) -> HttpResponse:
-        start, end = _range(request)
-        prices = request.POST.get("prices", "") if request.method == "POST" else ""
-        report, error = "", ""
-        if prices:
+        form = SimulateForm(request.POST if request.method == "POST" else None,
+                            initial=range_initial())  # fmt: skip
+        period, report = _range(form), ""
+        if period and form.is_bound:
             try:
-                proposed = proposed_validate(json.loads(prices))
-                report = format_report(pricing_simulate(start=start, end=end, proposed=proposed))
+                report = simulation_report(start=period[0], end=period[1],
+                                           proposed=form.cleaned_data["prices"])  # fmt: skip
             except ValueError as exc:
-                error = str(exc)
+                form.add_error(None, str(exc))
         context: dict[str, Any] = {
             **self.admin_site.each_context(request), "title": "Pricing simulator",
-            "prices": prices or '{"pro": {"base_fee": 3900, "included_inputs": 50000}}',
-            "report": report, "error": error, "start": start, "end": end,
+            "form": form, "report": report, "period": period,
         }  # fmt: skip
         return TemplateResponse(request, "admin/economics/simulate.html", context)

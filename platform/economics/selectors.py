@@ -10,17 +10,21 @@ base fee prorated by the time of the month the range covers, to the same effect.
 charge is shared among the range's rollup rows by quantity: usage lines by billable inputs
 of their tier, fine-tuning by trained tokens, the base fee by inputs. As in billing, usage
 is priced by the plan it was made on (rollups keep it), each plan's included inputs
-covering its own usage; the base fee is the plan the tenant-month ends on. The plan a
-tenant-month ends on comes from the billing periods kept (``billing.BillingPeriod``) where
-there are any, else from its last call; its base fee is earned even in a range without a
-call on it, reported then under model ``(base fee)`` and spread over the days covered.
-Cost is the workers' compute time x their hourly price. Both are reported in micro-units of
-the currency so that a margin per call is visible."""
+covering its own usage. A tenant-month pays a base fee for each run of paid billing
+periods (``billing.BillingPeriod``) overlapping it, a period cut short by a cancellation
+included: Stripe charged for it (``_fee_payers``); a tenant-month without periods recorded
+pays its last call's plan's. A base fee is earned even in a range without a call on its
+plan, reported then under model ``(base fee)`` and spread over the days covered.
+
+Revenue is in micro-units of each plan's currency, cost (the workers' compute time x their
+hourly price) in micro-units of the cost currency (``cost_currency``): amounts in two
+currencies are never added, and a margin is taken only where the two are the same."""
 
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -31,8 +35,18 @@ from billing.rating import rate
 from billing.usage_pricing import allocate, line_key
 from plans.models import MODEL_TIERS, Plan
 from plans.terms import micros_per_minor
+from tenants.models import Tenant
 
 from .models import UsageRollup
+from .money import (
+    SIMULATED,
+    by_currency,
+    cost_currency,
+    margin_fill,
+    margin_sums,
+    simulated_margin_fill,
+    usage_add,
+)
 
 DIMENSIONS = ("tenant", "model", "plan", "day")
 BASE_FEE = "(base fee)"  # the model a base fee without calls on its plan is reported under
@@ -41,7 +55,8 @@ MICROSECOND = timedelta(microseconds=1)
 
 def _days(start: datetime, end: datetime) -> tuple[date, date]:
     """The first and last UTC days that [start, end) touches: rollups are daily, so a range
-    covers the days it touches."""
+    covers the days it touches. NOTE: the pages and ``simulate_pricing`` accept whole UTC
+    days only, so that the usage counted and the base fee prorated cover the same span."""
     return start.date(), (end - MICROSECOND).date()
 
 
@@ -145,7 +160,7 @@ def _earned(amount: int, month: tuple[datetime, datetime], moment: datetime) -> 
     return whole + int(2 * rest >= length)
 
 
-def _plan_cache() -> Any:
+def _plan_cache() -> Callable[[str], Plan]:
     cache: dict[str, Plan] = {}
 
     def get(plan_id: str) -> Plan:
@@ -169,31 +184,30 @@ def _rows_with_money(
     out: list[tuple[UsageRollup, int, Plan]] = []
     days = _days(start, end)
     month_bounds = {m[0].date(): m for m in months_touched}
-    ends_on = _month_end_plans(start, end)
+    payers = _fee_payers(months_touched)
     for (tenant_id, month_start), month_rows in _month_rows(months_touched).items():
         month = month_bounds[month_start]
-        # The plan the month ends on pays its base fee: as its billing periods say, else the
-        # plan of its last call.
-        last = ends_on.pop((tenant_id, month_start), month_rows[-1].plan_id)
+        fees = payers.pop((tenant_id, month_start), None)
+        if fees is None:  # no billing period recorded: the plan of the month's last call
+            fees = Counter([month_rows[-1].plan_id])
         by_plan: dict[str, list[UsageRollup]] = defaultdict(list)
         for row in month_rows:
             by_plan[row.plan_id].append(row)
-        fee_charged = False
         for plan_id, rows in by_plan.items():
             in_range = [row for row in rows if days[0] <= row.day <= days[1]]
             if not in_range:
                 continue
             plan = _proposed(plan_of(plan_id), proposed)
-            fee = _prorated(plan.base_fee, month, start, end) if plan_id == last else 0
+            fee = fees.pop(plan_id, 0) * _prorated(plan.base_fee, month, start, end)
             revenue = _revenue(rows, in_range, plan, month, days, fee)
             out += [(row, revenue[row.pk], plan) for row in in_range]
-            fee_charged = fee_charged or plan_id == last
-        if not fee_charged:  # no call on it in the range: a fee of its own
-            plan = _proposed(plan_of(last), proposed)
-            out += _base_fee_rows(tenant_id, plan, month, start, end)
-    for (tenant_id, month_start), plan_id in ends_on.items():  # months without a call
-        plan = _proposed(plan_of(plan_id), proposed)
-        out += _base_fee_rows(tenant_id, plan, month_bounds[month_start], start, end)
+        for plan_id, runs in fees.items():  # no call on its plan in the range: rows of its own
+            out += _base_fee_rows(tenant_id, _proposed(plan_of(plan_id), proposed), runs,
+                                  month, start, end)  # fmt: skip
+    for (tenant_id, month_start), fees in payers.items():  # months without a call
+        for plan_id, runs in fees.items():
+            out += _base_fee_rows(tenant_id, _proposed(plan_of(plan_id), proposed), runs,
+                                  month_bounds[month_start], start, end)  # fmt: skip
     return out
 
 
@@ -205,27 +219,53 @@ def _proposed(plan: Plan, proposed: dict[str, dict[str, Any]] | None) -> Plan:
     return plan
 
 
-def _month_end_plans(start: datetime, end: datetime) -> dict[tuple[str, date], str]:
-    """(tenant, month) -> the plan of the tenant's last billing period in that month, for the
-    months [start, end) touches (tenants with periods recorded)."""
-    ends_on: dict[tuple[str, date], str] = {}
-    for month_start, month_end in months(start, end):
-        periods = BillingPeriod.objects.unscoped().filter(start__lt=month_end, end__gt=month_start)
-        for tenant_id, plan_id in periods.order_by("start").values_list("tenant_id", "plan_id"):
-            ends_on[(tenant_id, month_start.date())] = plan_id
-    return ends_on
+def _fee_payers(
+    months_touched: list[tuple[datetime, datetime]],
+) -> dict[tuple[str, date], Counter[str]]:
+    """(tenant, month) -> plan -> how many base fees the plan pays that month, for each
+    tenant with billing periods recorded in the months touched (one query for them all).
+
+    A plan pays one fee a month for each run of its periods overlapping the month (periods
+    of one plan that follow one another: a subscription renewing). So a period cut short
+    the day it began (pro on the 29th, free again that afternoon: Stripe charged pro) pays
+    its month's fee, and a plan left and subscribed to again within a month pays twice, as
+    Stripe charged it twice. Free periods are counted too: a month with periods recorded
+    and none paid pays nothing, whatever its calls were made on."""
+    lo, hi = months_touched[0][0], months_touched[-1][1]
+    periods = (
+        BillingPeriod.objects.unscoped()
+        .filter(start__lt=hi, end__gt=lo)
+        .order_by("tenant_id", "start")
+        .values_list("tenant_id", "start", "end", "plan_id")
+    )
+    payers: dict[tuple[str, date], Counter[str]] = defaultdict(Counter)
+    previous: dict[tuple[str, date], tuple[datetime, str]] = {}  # the month's last (end, plan)
+    for tenant_id, period_start, period_end, plan_id in periods:
+        if period_start >= period_end:
+            continue
+        for month_start, _ in months(max(period_start, lo), min(period_end, hi)):
+            key = (tenant_id, month_start.date())
+            if previous.get(key) != (period_start, plan_id):  # not a renewal of the last
+                payers[key][plan_id] += 1
+            previous[key] = (period_end, plan_id)
+    return payers
 
 
 def _base_fee_rows(
-    tenant_id: str, plan: Plan, month: tuple[datetime, datetime], start: datetime, end: datetime
+    tenant_id: str,
+    plan: Plan,
+    runs: int,
+    month: tuple[datetime, datetime],
+    start: datetime,
+    end: datetime,
 ) -> list[tuple[UsageRollup, int, Plan]]:
-    """The base fee of a tenant-month whose plan made no call in the range, prorated as one
-    with calls is: one unsaved rollup row (model ``BASE_FEE``, no usage) per day of the
-    range in the month."""
+    """The ``runs`` base fees of a tenant-month whose plan made no call in the range,
+    prorated as one with calls is: one unsaved rollup row (model ``BASE_FEE``, no usage) per
+    day of the range in the month."""
     if not plan.base_fee:
         return []
     first, last = _days(max(start, month[0]), min(end, month[1]))
-    amount = _prorated(plan.base_fee, month, start, end)
+    amount = runs * _prorated(plan.base_fee, month, start, end)
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     rows = []
     for day, part in allocate(amount, dict.fromkeys(days, 1)).items():
@@ -235,33 +275,63 @@ def _base_fee_rows(
     return rows
 
 
+def _test_mode_rows(start: datetime, end: datetime) -> list[UsageRollup]:
+    """The test-mode (livemode=False) rollups of the range: compute paid for, never billed."""
+    first, last = _days(utc_clamped(start), utc_clamped(end))
+    return list(
+        UsageRollup.objects.unscoped()
+        .filter(livemode=False, day__gte=first, day__lte=last)
+        .order_by("day", "pk")
+    )
+
+
+def tenant_names(tenant_ids: Iterable[str]) -> dict[str, str]:
+    """Tenant id -> name, in one query: reports name tenants beside their ids."""
+    return dict(Tenant.objects.filter(pk__in=set(tenant_ids)).values_list("pk", "name"))
+
+
 def _key(row: UsageRollup, plan: Plan, by: str) -> str:
     return {"tenant": row.tenant_id, "model": row.model, "plan": plan.id,
             "day": row.day.isoformat()}[by]  # fmt: skip
 
 
 def margins(*, start: datetime, end: datetime, by: str) -> list[dict[str, Any]]:
-    """Revenue, cost and margin (micro-units) per ``by`` in [start, end), best first."""
+    """One line per ``by`` and revenue currency in [start, end), best margin first:
+    classifications (requests, inputs) and fine-tuning (jobs, trained tokens) apart;
+    revenue in micro-units of its ``currency``; live cost (of which fine-tuning) and
+    test-mode cost in micro-units of the ``cost_currency``; the margin where the two
+    currencies are one, else ``no_margin`` says why there is none."""
     if by not in DIMENSIONS:
         raise ValueError(f"by must be one of {DIMENSIONS}")
-    totals: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"requests": 0, "inputs": 0, "revenue_micros": 0, "cost_micros": Decimal(0)}
-    )
+    lines: dict[tuple[str, str], dict[str, Any]] = defaultdict(margin_sums)
     for row, revenue, plan in _rows_with_money(start, end):
-        t = totals[_key(row, plan, by)]
-        t["requests"] += row.requests
-        t["inputs"] += row.inputs
-        t["revenue_micros"] += revenue * micros_per_minor(plan.currency)
-        t["cost_micros"] += Decimal(row.cost_micros)
+        usage_add(lines[(_key(row, plan, by), plan.currency)], row,
+                  revenue * micros_per_minor(plan.currency))  # fmt: skip
+    plan_of = _plan_cache()
+    for row in _test_mode_rows(start, end):
+        plan = plan_of(row.plan_id)
+        lines[(_key(row, plan, by), plan.currency)]["test_cost_micros"] += row.cost_micros
+    names = tenant_names(key for key, _ in lines) if by == "tenant" else {}
     report = []
-    for key, t in totals.items():
-        margin = Decimal(t["revenue_micros"]) - t["cost_micros"]
-        report.append({
-            by: key, **t, "margin_micros": margin,
-            "margin_pct": (margin / t["revenue_micros"] * 100) if t["revenue_micros"] else None,
-            "cost_per_call_micros": t["cost_micros"] / t["requests"] if t["requests"] else None,
-        })  # fmt: skip
-    return sorted(report, key=lambda r: r["margin_micros"], reverse=True)
+    for (key, currency), sums in lines.items():
+        label = f"{names[key]} ({key})" if key in names else key
+        report.append(margin_fill({by: key, "label": label, "currency": currency, **sums}))
+    return sorted(report, key=_best_first)
+
+
+def _best_first(line: dict[str, Any]) -> tuple[bool, str, Decimal]:
+    """Lines with a margin first, by margin; the others by currency, then revenue."""
+    if line["margin_micros"] is not None:
+        return False, "", -line["margin_micros"]
+    return True, line["currency"], -Decimal(line["revenue_micros"])
+
+
+def margin_totals(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines of one ``margins`` report summed per revenue currency (never across
+    currencies), each with its margin where revenue and cost are in one currency."""
+    names = ("requests", "inputs", "finetunes", "trained_tokens", "revenue_micros",
+             "cost_micros", "finetune_cost_micros", "test_cost_micros")  # fmt: skip
+    return [margin_fill(total) for total in by_currency(lines, names).values()]
 
 
 def pricing_simulate(
@@ -269,25 +339,34 @@ def pricing_simulate(
 ) -> dict[str, Any]:
     """Replay [start, end) of the ledger under proposed plan terms (by plan slug: any Plan
     field, e.g. base_fee, included_inputs, overage_tiers) against what was actually rated.
-    Per tenant and in total: revenue, cost and margin, actual and simulated."""
-    tenants: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"actual_revenue_micros": 0, "simulated_revenue_micros": 0,
-                 "cost_micros": Decimal(0), "plan": ""}
+    Per tenant and revenue currency (``tenants``: keyed by tenant id, or "<id> (<currency>)"
+    for a tenant billed in two currencies in the range) and per currency (``totals``;
+    ``total`` when there is one currency): revenue, cost and margin, actual and simulated."""
+    lines: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"plan": "", "actual_revenue_micros": 0, "simulated_revenue_micros": 0,
+                 "cost_micros": Decimal(0)}
     )  # fmt: skip
     for row, revenue, plan in _rows_with_money(start, end):
-        t = tenants[row.tenant_id]
+        t = lines[(row.tenant_id, plan.currency)]
         t["plan"] = plan.id
         t["actual_revenue_micros"] += revenue * micros_per_minor(plan.currency)
         t["cost_micros"] += Decimal(row.cost_micros)
     # (Not joined row by row: a proposed base fee can add months without calls, or drop them.)
     for row, revenue, plan in _rows_with_money(start, end, proposed):
-        simulated = revenue * micros_per_minor(plan.currency)
-        tenants[row.tenant_id]["simulated_revenue_micros"] += simulated
-    for t in tenants.values():
-        t["actual_margin_micros"] = t["actual_revenue_micros"] - t["cost_micros"]
-        t["simulated_margin_micros"] = t["simulated_revenue_micros"] - t["cost_micros"]
-    total = {name: sum((t[name] for t in tenants.values()), Decimal(0)) for name in (
-        "actual_revenue_micros", "simulated_revenue_micros", "cost_micros",
-        "actual_margin_micros", "simulated_margin_micros")}  # fmt: skip
-    return {"start": start, "end": end, "proposed": proposed, "tenants": dict(tenants),
-            "total": total}  # fmt: skip
+        t = lines[(row.tenant_id, plan.currency)]
+        t["plan"] = t["plan"] or plan.id
+        t["simulated_revenue_micros"] += revenue * micros_per_minor(plan.currency)
+    names = tenant_names(tenant_id for tenant_id, _ in lines)
+    currencies = Counter(tenant_id for tenant_id, _ in lines)
+    tenants: dict[str, dict[str, Any]] = {}
+    by_name = sorted(lines.items(), key=lambda item: (names.get(item[0][0], ""), item[0]))
+    for (tenant_id, currency), t in by_name:
+        key = tenant_id if currencies[tenant_id] == 1 else f"{tenant_id} ({currency})"
+        tenants[key] = simulated_margin_fill(
+            {"tenant": tenant_id, "name": names.get(tenant_id, ""), "currency": currency, **t}
+        )
+    totals = {currency: simulated_margin_fill(total)
+              for currency, total in by_currency(tenants.values(), SIMULATED).items()}  # fmt: skip
+    total = next(iter(totals.values())) if len(totals) == 1 else None
+    return {"start": start, "end": end, "proposed": proposed, "tenants": tenants,
+            "totals": totals, "total": total, "cost_currency": cost_currency()}  # fmt: skip

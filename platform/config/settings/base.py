@@ -135,6 +135,9 @@ INFERENCE_COALESCE_MAX = int(os.environ.get("INFERENCE_COALESCE_MAX", "32"))
 # Test-mode keys (sk_test_) run real models but are never billed: their inputs are counted
 # apart from live ones, against this allowance per billing period, whatever the plan.
 TEST_MODE_MONTHLY_INPUTS = int(os.environ.get("TEST_MODE_MONTHLY_INPUTS", "10000"))
+# The currency of the workers' cost to serve (their WORKER_CURRENCY): usage events carry
+# cost_micros but not its currency. Margins are taken only against revenue in it.
+COST_CURRENCY = os.environ.get("COST_CURRENCY", "usd").strip().lower() or "usd"
 RESULT_CACHE_TTL_S = int(os.environ.get("RESULT_CACHE_TTL_S", str(24 * 3600)))
 
 # Usage consumer: rows per bulk insert and the longest an event waits in its buffer.
