@@ -54,12 +54,13 @@ def result_key(request_id: str) -> str:
 # delivers nothing and meters nothing (the caller was told it failed). Kept this long,
 # past any message's run. A retry under the same Idempotency-Key clears it.
 ABANDONED_TTL_S = 600
-# A worker checks for the mark only for answers this close to (or past) their deadline: the
-# API waits until the deadline, so an earlier answer cannot have been given up on. The
-# margin covers clock skew between machines and a worker stalled between reading its clock
-# and committing; an answer this near its deadline is rare, so the check costs nothing on
-# the common path.
-ABANDON_CHECK_MARGIN_S = 5.0
+# An API waits for an answer until the request's deadline and then gives up as above. Should
+# Redis be unreachable then (restarting, stalled), it keeps trying for at most this long
+# past the deadline before it answers 503 whatever happens. So an answer that reaches Redis
+# later than that (by Redis's own clock) has nobody waiting for it, marked or not: a worker
+# delivers and meters it no more than an abandoned one (``workers.replies``). It also covers
+# clock skew between the API's machine and Redis's.
+GIVE_UP_GRACE_S = 10.0
 
 
 def abandoned_key(request_id: str) -> str:

@@ -1,21 +1,22 @@
 """Sending a classification's answer back to the API that waits for it (see
-``contract.reply_key``), together with its usage event, in one Redis transaction: the
-answer is delivered if and only if the call is metered."""
+``contract.reply_key``), together with its usage event, in one Redis script: the answer is
+delivered if and only if the call is metered, and neither happens for a call its API has
+given up on."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from workers.contract import (
-    ABANDON_CHECK_MARGIN_S,
+    GIVE_UP_GRACE_S,
     REPLY_TTL_S,
     RESULT_TTL_S,
+    USAGE_STREAM,
     ClassifyRequest,
     ClassifyResult,
     abandoned_key,
@@ -35,10 +36,44 @@ logger = logging.getLogger(__name__)
 # rows go to the result cache; None: no caching).
 Reply = tuple["ClassifyResult", "UsageEvent | None", "ClassifyRequest | None"]
 
+# Per answer, KEYS: its reply list, its abandoned mark, its kept result; the usage stream
+# last. ARGV: the grace and the two TTLs, then per answer: its body, its usage event ("" for
+# an error, which is always delivered and never metered), its deadline, whether to keep it.
+# A metered answer is dropped when its API has marked it abandoned, or when Redis runs this
+# past its deadline + GIVE_UP_GRACE_S (nobody can be waiting). NOTE: decided here, by Redis,
+# when the writes happen, not by the worker beforehand: a worker's transaction that reached
+# Redis just before a stall runs after it, when its API may long have answered 503.
+# Returns the indices (0-based) of the answers dropped.
+DELIVER = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local grace, reply_ttl, result_ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local stream = KEYS[#KEYS]
+local dropped = {}
+for i = 0, (#KEYS - 1) / 3 - 1 do
+  local body, usage = ARGV[4 + 4 * i], ARGV[5 + 4 * i]
+  local deadline, keep = tonumber(ARGV[6 + 4 * i]), ARGV[7 + 4 * i]
+  if usage ~= '' and (now > deadline + grace or redis.call('EXISTS', KEYS[2 + 3 * i]) == 1) then
+    dropped[#dropped + 1] = i
+  else
+    if usage ~= '' then redis.call('XADD', stream, '*', 'event', usage) end
+    redis.call('RPUSH', KEYS[1 + 3 * i], body)
+    redis.call('EXPIRE', KEYS[1 + 3 * i], reply_ttl)
+    if keep == '1' then redis.call('SET', KEYS[3 + 3 * i], body, 'EX', result_ttl) end
+  end
+end
+return dropped
+"""
+
 
 @functools.cache
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(get_settings().redis_url, socket_timeout=10)
+
+
+@functools.cache
+def _deliver() -> Any:
+    return redis_client().register_script(DELIVER)
 
 
 def reply_send(
@@ -48,64 +83,40 @@ def reply_send(
 
 
 def replies_send(replies: list[Reply]) -> None:
-    """Deliver answers and stage their usage events in one transaction: each answer is
-    delivered if and only if its call is metered. An answer its caller gave up on
-    (``contract.abandoned_key``) is neither: only its rows go to the result cache."""
+    """Deliver answers and stage their usage events, atomically: each answer is delivered if
+    and only if its call is metered. An answer its caller gave up on (``DELIVER``) is
+    neither: only its rows go to the result cache."""
     if not replies:
         return
-    now = time.time()
-    late = {
-        request["request_id"]
-        for _, usage, request in replies
-        if usage is not None
-        and request is not None
-        and now > request["deadline"] - ABANDON_CHECK_MARGIN_S
-    }
-    if not late:
-        pipe = redis_client().pipeline(transaction=True)
-        _stage(pipe, replies, abandoned=set())
-        pipe.execute()
-        return
-    # NOTE: WATCH, so that an API giving up between our read of the marks and our commit
-    # fails the commit (and we read again) rather than having its 503 billed.
-    watched = [abandoned_key(request_id) for request_id in sorted(late)]
-    with redis_client().pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(*watched)
-                marks = pipe.mget(watched)
-                abandoned = {
-                    request_id
-                    for request_id, mark in zip(sorted(late), marks, strict=True)
-                    if mark is not None
-                }
-                pipe.multi()
-                _stage(pipe, replies, abandoned=abandoned)
-                pipe.execute()
-            except redis.WatchError:
-                continue
-            break
-    for request_id in sorted(abandoned):
-        logger.info("%s: answered after its caller gave up: not delivered, not billed", request_id)
+    from workers.usage import usage_event_json  # usage imports this module
 
-
-def _stage(pipe: Any, replies: list[Reply], *, abandoned: set[str]) -> None:
-    from workers.usage import usage_stage  # usage imports this module
-
+    keys: list[str] = []
+    args: list[Any] = [GIVE_UP_GRACE_S, REPLY_TTL_S, RESULT_TTL_S]
     for result, usage, request in replies:
         request_id = result["request_id"]
         body = json.dumps(result, separators=(",", ":"))
-        if request_id not in abandoned:
-            if usage is not None:
-                usage_stage(pipe, usage)
-            pipe.rpush(reply_key(request_id), body)
-            pipe.expire(reply_key(request_id), REPLY_TTL_S)
-        if "error" not in result:
-            keep = request is None or request.get("keep_result", True)
-            if keep and request_id not in abandoned:
-                pipe.set(result_key(request_id), body, ex=RESULT_TTL_S)
-            if request is not None and request.get("cache_version"):
-                _cache_rows(pipe, request, result)
+        keep = "error" not in result and (request is None or request.get("keep_result", True))
+        keys += [reply_key(request_id), abandoned_key(request_id), result_key(request_id)]
+        args += [
+            body,
+            usage_event_json(usage) if usage is not None else "",
+            request["deadline"] if request is not None else 0,
+            "1" if keep else "0",
+        ]
+    keys.append(USAGE_STREAM)
+    # NOTE: the result cache's rows go in the same round trip, whatever the script decides:
+    # an answer nobody took still saves the next identical request a forward pass.
+    pipe = redis_client().pipeline(transaction=False)
+    _deliver()(keys=keys, args=args, client=pipe)
+    for result, _, request in replies:
+        if "error" not in result and request is not None and request.get("cache_version"):
+            _cache_rows(pipe, request, result)
+    dropped = pipe.execute()[0]
+    for index in dropped:
+        logger.info(
+            "%s: answered after its caller gave up: not delivered, not billed",
+            replies[int(index)][0]["request_id"],
+        )
 
 
 def _cache_rows(pipe: Any, request: ClassifyRequest, result: ClassifyResult) -> None:

@@ -79,12 +79,16 @@ def cost_micros(compute_ms: float) -> str:
 
 
 def usage_stage(pipe: Any, event: UsageEvent) -> None:
-    """Add the event to a pipeline (or transaction) the caller executes, costed if the
-    producer did not cost it itself."""
+    """Add the event to a pipeline (or transaction) the caller executes."""
+    pipe.xadd(USAGE_STREAM, {"event": usage_event_json(event)})
+
+
+def usage_event_json(event: UsageEvent) -> str:
+    """The event as the usage stream holds it, costed if the producer did not cost it."""
     if "cost_micros" not in event:
         event = {**event, "cost_micros": cost_micros(event["compute_ms"]),
                  "pool": get_settings().pool}  # fmt: skip
-    pipe.xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
+    return json.dumps(event, separators=(",", ":"))
 
 
 def usage_publish(*, event: UsageEvent, app: Any = None) -> None:

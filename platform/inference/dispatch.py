@@ -5,6 +5,7 @@ queue is refused at once (503 ``overloaded``) and a worker that does not answer 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -22,6 +23,7 @@ from config.celery import app
 from core.errors import Overloaded
 from workers.contract import (
     ABANDONED_TTL_S,
+    GIVE_UP_GRACE_S,
     ClassifyRequest,
     ClassifyResult,
     Queue,
@@ -41,6 +43,12 @@ _depth_lock = threading.Lock()
 _ORIGIN = f"api@{socket.gethostname()}"
 # An LPUSH takes well under a millisecond; a request gives up waiting for it after this.
 PUBLISH_TIMEOUT_S = 10.0
+# Between two tries at Redis while it is unreachable, waiting for an answer or giving up.
+RETRY_PAUSE_S = 0.25
+
+
+class NotSentError(redis.TimeoutError):
+    """The classify message never left this process: no worker can answer (or bill) it."""
 
 
 @functools.cache
@@ -174,7 +182,9 @@ class Publisher:
             with self._cond:
                 if item in self._pending:  # not taken yet: it will never be sent
                     self._pending.remove(item)
-            raise redis.TimeoutError("the classify message was not published in time")
+                    raise NotSentError("the classify message was not published in time")
+            # NOTE: taken and being written: it may reach Redis yet (once a stall ends).
+            raise redis.TimeoutError("the classify message may not have been published")
         if item.error is not None:
             raise item.error
 
@@ -246,32 +256,62 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
             settings.INFERENCE_MAX_QUEUE_DEPTH
         ):
             raise overloaded(messages.OVERLOADED, "overloaded")
-        publisher.publish(request)
-        if reuse_result:
-            # This attempt is on its way and waited for: the first one's abandoned mark goes,
-            # so that whichever answer comes first is delivered (and billed, once: the
-            # ledger keys usage by the request id they share). Only now: a retry refused
-            # before it was sent leaves the first attempt abandoned.
-            client.delete(abandoned_key(request_id))
-        # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
-        wait = max(request["deadline"] - time.time(), 0.01)
-        popped = client.blpop([reply_key(request_id)], timeout=wait)
-        answer = cast(Any, popped)[1] if popped is not None else give_up(client, request_id)
-    except (redis.RedisError, ConnectionError):
+    except (redis.RedisError, ConnectionError):  # nothing was sent
         raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+    try:
+        publisher.publish(request)
+    except NotSentError:
+        raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+    except (redis.RedisError, ConnectionError):
+        # NOTE: the LPUSH may have reached Redis all the same (a timeout after the write, a
+        # stall): a worker may answer and bill it, so it is waited for (and given up on)
+        # like one that was sent, never answered with a 503 at once.
+        pass
+    if reuse_result:
+        # This attempt is on its way and waited for: the first one's abandoned mark goes,
+        # so that whichever answer comes first is delivered (and billed, once: the ledger
+        # keys usage by the request id they share). Only now: a retry refused before it was
+        # sent leaves the first attempt abandoned. (Should Redis not take the delete, the
+        # first answer stays unbilled and this attempt's own one is waited for.)
+        with contextlib.suppress(redis.RedisError, ConnectionError):
+            client.delete(abandoned_key(request_id))
+    answer = _answer_await(client, request_id, request["deadline"])
     if answer is None:
         timeout = settings.INFERENCE_TIMEOUT_S
         raise overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
     return cast(ClassifyResult, json.loads(answer))
 
 
+def _answer_await(client: redis.Redis, request_id: str, deadline: float) -> bytes | None:
+    """The answer, or None once the request is given up on (``give_up``). Redis errors are
+    tried again until GIVE_UP_GRACE_S past the deadline: a worker may be answering, and an
+    answer nobody takes must be one nobody is billed for, so the 503 waits for the abandoned
+    mark to be set. Past the grace, the 503 ``broker_unavailable``; a worker's answer that
+    reaches Redis later is dropped unbilled all the same (``workers.replies``)."""
+    while True:
+        try:
+            left = deadline - time.time()
+            if left <= 0:
+                return give_up(client, request_id)
+            # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
+            popped = client.blpop([reply_key(request_id)], timeout=max(left, 0.01))
+            if popped is not None:
+                return cast(bytes, cast(Any, popped)[1])
+        except (redis.RedisError, ConnectionError):
+            if time.time() + RETRY_PAUSE_S > deadline + GIVE_UP_GRACE_S:
+                raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+            time.sleep(RETRY_PAUSE_S)
+
+
 def give_up(client: redis.Redis, request_id: str) -> bytes | None:
     """Stop waiting: mark the request abandoned, together with a last look for its answer.
     An answer delivered before that is the caller's (it was metered with its delivery); a
     worker finishing after it delivers and meters nothing (``workers.replies``), so the
-    caller's 503 is not billed."""
+    caller's 503 is not billed. NOTE: the look leaves the answer in its list (LINDEX, not
+    LPOP): a give-up whose reply was lost (Redis stalled) is tried again, and must see the
+    answer again rather than take it unseen and answer 503 for a billed call."""
     pipe = client.pipeline(transaction=True)
-    pipe.lpop(reply_key(request_id))
+    pipe.lindex(reply_key(request_id), 0)
     pipe.set(abandoned_key(request_id), b"1", ex=ABANDONED_TTL_S)
     answer, _ = pipe.execute()
     return cast(bytes | None, answer)

@@ -177,8 +177,12 @@ def test_a_request_that_gives_up_waiting_for_the_broker_is_never_sent() -> None:
         time.sleep(0.05)
     for thread in threads:
         thread.join(5)
-    # Both gave up (a 503 for their callers); the one still waiting to be taken is dropped.
+    # Both gave up; the one still waiting to be taken is dropped, and says it was never sent
+    # (a 503 at once); the other may reach Redis yet (its caller waits for an answer).
+    from inference.dispatch import NotSentError
+
     assert len(errors) == 2
+    assert [isinstance(e, NotSentError) for e in errors] == [False, True]
     stuck.set()
     time.sleep(0.3)
     assert _published(client) == [[first["request_id"]]]

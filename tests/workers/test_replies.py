@@ -1,5 +1,6 @@
 """Answers its caller gave up on (the API's 503 ``worker_timeout``) are neither delivered nor
-billed, whichever of the API and the worker gets to Redis first; any other answer is both."""
+billed, whichever of the API and the worker gets to Redis first, and whatever Redis does in
+between (a stall, an error); any other answer is both."""
 
 from __future__ import annotations
 
@@ -105,8 +106,9 @@ def test_a_give_up_racing_the_reply_transaction_bills_exactly_when_it_delivers()
     ids = {r["request_id"] for r in requests}
     assert _billed(ids) == delivered
     client = _redis()
-    for request in requests:  # an answer left in the list was never anyone's
-        assert client.llen(reply_key(request["request_id"])) == 0
+    for request in requests:  # an answer is in its list exactly when it was taken
+        taken = request["request_id"] in delivered
+        assert client.llen(reply_key(request["request_id"])) == int(taken)
         assert client.exists(abandoned_key(request["request_id"]))
 
 
@@ -140,3 +142,158 @@ def test_a_retry_that_is_sent_takes_the_first_attempts_late_answer_billed_once()
     late.join()
     assert answer["request_id"] == first["request_id"] and "error" not in answer
     assert _billed({first["request_id"]}) == {first["request_id"]}
+
+
+def test_an_answer_reaching_redis_past_the_grace_is_dropped_unmarked() -> None:
+    """No API waits past its deadline + GIVE_UP_GRACE_S, marked or not: an answer that
+    reaches Redis later is neither delivered nor billed; one within the grace is both (its
+    API may still be trying to give up while Redis is unreachable)."""
+    from workers.contract import GIVE_UP_GRACE_S
+
+    drain_usage_events()
+    past = make_request(["past"], labels=["a", "b"], deadline=time.time() - GIVE_UP_GRACE_S - 1)
+    within = make_request(["within"], labels=["a", "b"], deadline=time.time() - 1)
+    replies_send([_reply(past), _reply(within)])
+    client = _redis()
+    assert client.llen(reply_key(past["request_id"])) == 0
+    assert client.get(result_key(past["request_id"])) is None
+    assert client.llen(reply_key(within["request_id"])) == 1
+    assert _billed({past["request_id"], within["request_id"]}) == {within["request_id"]}
+
+
+def test_an_error_answer_is_delivered_whenever_it_comes_and_never_billed() -> None:
+    from inference.dispatch import give_up
+
+    drain_usage_events()
+    request = make_request(["failed"], labels=["a", "b"], deadline=time.time() - 60)
+    give_up(_redis(), request["request_id"])
+    error = {"request_id": request["request_id"], "error": {"code": "expired"}}
+    replies_send([(error, None, request)])  # type: ignore[list-item]
+    assert _redis().llen(reply_key(request["request_id"])) == 1
+    assert _billed({request["request_id"]}) == set()
+
+
+@pytest.fixture
+def stallable_redis(tmp_path, monkeypatch):
+    """A Redis of the test's own, which it may freeze (SIGSTOP) and thaw, with the worker's
+    replies and the API's dispatch both talking to it."""
+    import signal
+
+    from deploy.embedded_redis import start_embedded_redis, stop_embedded_redis
+    from inference import dispatch
+    from workers import replies
+
+    server, url = start_embedded_redis(str(tmp_path))
+    worker = redis.Redis.from_url(url, socket_timeout=10)
+    api = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    monkeypatch.setattr(replies, "redis_client", lambda: worker)
+    monkeypatch.setattr(replies, "_deliver", lambda: worker.register_script(replies.DELIVER))
+    monkeypatch.setattr(dispatch, "redis_client", lambda: api)
+
+    class Stall:
+        client = redis.Redis.from_url(url)
+
+        def freeze(self) -> None:
+            os.kill(server.pid, signal.SIGSTOP)
+
+        def thaw(self) -> None:
+            os.kill(server.pid, signal.SIGCONT)
+
+    stall = Stall()
+    yield stall
+    stall.thaw()
+    stop_embedded_redis(server)
+
+
+def _stream_ids(client: redis.Redis) -> set[str]:
+    from workers.contract import USAGE_STREAM
+
+    return {json.loads(f[b"event"])["event_id"] for _, f in client.xrange(USAGE_STREAM)}
+
+
+def test_a_reply_held_up_by_a_stall_past_the_grace_is_not_billed(stallable_redis, monkeypatch):
+    """The audit's case: the worker's reply reached a frozen Redis before the deadline and
+    ran only once Redis thawed, after the API had answered 503: Redis's clock, at the time
+    of the writes, decides; the 503 is not billed."""
+    from workers import replies
+
+    monkeypatch.setattr(replies, "GIVE_UP_GRACE_S", 0.5)
+    request = make_request(["stalled"], labels=["a", "b"], deadline=time.time() + 0.5)
+    stallable_redis.freeze()
+    worker = threading.Thread(target=replies_send, args=([_reply(request)],))
+    worker.start()  # sent before the deadline, stuck in the frozen server
+    time.sleep(1.5)  # past deadline + grace: the API has given up, unable to mark it
+    stallable_redis.thaw()
+    worker.join(10)
+    assert stallable_redis.client.llen(reply_key(request["request_id"])) == 0
+    assert request["request_id"] not in _stream_ids(stallable_redis.client)
+
+
+def test_a_stall_while_the_api_waits_bills_exactly_when_the_api_takes_the_answer(
+    stallable_redis,
+):
+    """Redis freezes while the API waits; the worker's answer and the API's give-up are both
+    held up, and run in either order once it thaws (within the grace): the API, which kept
+    trying rather than answer 503 at once, either takes the answer (billed once) or marked
+    the call abandoned first (a 503, billed for nothing)."""
+    from inference import dispatch
+
+    request = make_request(["waited"], labels=["a", "b"], deadline=time.time() + 0.6)
+    got: list[bytes | None] = []
+
+    def api() -> None:
+        got.append(
+            dispatch._answer_await(
+                dispatch.redis_client(), request["request_id"], request["deadline"]
+            )
+        )
+
+    waiting = threading.Thread(target=api)
+    waiting.start()
+    time.sleep(0.1)
+    stallable_redis.freeze()  # the API's BLPOP times out (its socket timeout is 1 s)
+    worker = threading.Thread(target=replies_send, args=([_reply(request)],))
+    worker.start()
+    time.sleep(2.0)  # past the deadline, within the grace (10 s)
+    stallable_redis.thaw()
+    worker.join(10)
+    waiting.join(15)
+    assert len(got) == 1
+    billed = request["request_id"] in _stream_ids(stallable_redis.client)
+    assert billed == (got[0] is not None)
+    if got[0] is not None:
+        assert json.loads(got[0])["request_id"] == request["request_id"]
+
+
+def test_a_message_that_may_have_been_sent_is_waited_for_not_answered_503(monkeypatch) -> None:
+    """The LPUSH failed after its bytes may have left (a timeout): the request is waited for
+    like a sent one, so a worker's answer to it is the caller's, not a billed 503; one that
+    never left is a 503 at once."""
+    from core.errors import Overloaded
+    from inference import dispatch
+
+    class Failing:
+        requests_per_message = 1.0
+
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def publish(self, request: ClassifyRequest) -> None:
+            raise self.error
+
+    drain_usage_events()
+    request = make_request(["maybe sent"], labels=["a", "b"], deadline=time.time() + 5)
+    monkeypatch.setattr(dispatch, "_publisher", lambda: Failing(redis.TimeoutError("slow")))
+    worker = threading.Timer(0.3, replies_send, args=([_reply(request)],))
+    worker.start()
+    answer = dispatch.classify_dispatch(request, reuse_result=False)
+    worker.join()
+    assert answer["request_id"] == request["request_id"] and "error" not in answer
+    assert _billed({request["request_id"]}) == {request["request_id"]}
+
+    never = make_request(["never sent"], labels=["a", "b"], deadline=time.time() + 5)
+    monkeypatch.setattr(dispatch, "_publisher", lambda: Failing(dispatch.NotSentError("no")))
+    began = time.monotonic()
+    with pytest.raises(Overloaded) as refused:
+        dispatch.classify_dispatch(never, reuse_result=False)
+    assert refused.value.code == "broker_unavailable" and time.monotonic() - began < 1
