@@ -73,7 +73,7 @@ def redis_client() -> redis.Redis:
 
 @functools.cache
 def _deliver() -> Any:
-    return redis_client().register_script(DELIVER)
+    return redis_client().register_script(DELIVER)  # for its .sha
 
 
 def reply_send(
@@ -105,13 +105,24 @@ def replies_send(replies: list[Reply]) -> None:
         ]
     keys.append(USAGE_STREAM)
     # NOTE: the result cache's rows go in the same round trip, whatever the script decides:
-    # an answer nobody took still saves the next identical request a forward pass.
-    pipe = redis_client().pipeline(transaction=False)
-    _deliver()(keys=keys, args=args, client=pipe)
-    for result, _, request in replies:
-        if "error" not in result and request is not None and request.get("cache_version"):
-            _cache_rows(pipe, request, result)
-    dropped = pipe.execute()[0]
+    # an answer nobody took still saves the next identical request a forward pass. EVALSHA
+    # by hand: a pipeline running a registered script first asks Redis whether it has it, a
+    # round trip per batch; a Redis that lost it (restarted) says so, and the batch, its
+    # writes all idempotent or not done, is sent again once the script is loaded.
+    script = _deliver()
+    for attempt in range(2):
+        pipe = redis_client().pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for result, _, request in replies:
+            if "error" not in result and request is not None and request.get("cache_version"):
+                _cache_rows(pipe, request, result)
+        try:
+            dropped = pipe.execute()[0]
+            break
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            redis_client().script_load(DELIVER)
     for index in dropped:
         logger.info(
             "%s: answered after its caller gave up: not delivered, not billed",
