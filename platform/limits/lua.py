@@ -4,14 +4,20 @@ atomically inside Redis in one round trip.
 Rate limits are GCRA (the generic cell rate algorithm, a token bucket that stores one
 timestamp per limiter): ``rate`` requests per ``window``, with a burst of up to ``rate``.
 Nothing is written unless the request is admitted, so a refused request costs the client
-nothing.
+nothing (a quota counter's seed aside, which is the ledger's figure, not the request's).
+
+A quota counter that is missing (the first reservation of a period, or a Redis that lost
+its data) is never taken for 0: the script answers "seed" without writing anything, and the
+caller runs it again with the period's inputs in the ledger (ARGV 11), which it sets only if
+the counter is still missing, so concurrent seeds cannot count anything twice.
 
 KEYS: 1 tenant limiter, 2 key limiter, 3 in-flight set (sorted by expiry), 4 quota counter
 ARGV: 1 now (ms), 2 window (ms), 3 tenant rate, 4 key rate, 5 concurrency cap (-1: none),
       6 inputs to reserve (0: not an inference call), 7 hard cap (-1: none),
-      8 request id, 9 in-flight TTL (ms), 10 quota TTL (s)
+      8 request id, 9 in-flight TTL (ms), 10 quota TTL (s),
+      11 the quota counter's seed, the ledger's inputs this period (-1: not read)
 Returns {verdict, limit, remaining, reset_ms, retry_ms, used}; verdict is one of
-"ok", "rate", "concurrency", "quota".
+"ok", "rate", "concurrency", "quota", "seed".
 """
 
 ADMIT = """
@@ -49,7 +55,16 @@ if inputs > 0 then
     end
   end
   if hard_cap >= 0 then
-    used = tonumber(redis.call('GET', KEYS[4]) or '0')
+    local counted = redis.call('GET', KEYS[4])
+    if not counted then
+      local seed = tonumber(ARGV[11])
+      if seed < 0 then
+        return {'seed', limit, remaining, reset, 0, 0}
+      end
+      redis.call('SET', KEYS[4], ARGV[11], 'EX', tonumber(ARGV[10]))
+      counted = seed
+    end
+    used = tonumber(counted)
     if used + inputs > hard_cap then
       return {'quota', limit, remaining, reset, 0, used}
     end
@@ -68,4 +83,13 @@ for i = 1, 2 do
   redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', window)
 end
 return {'ok', limit, remaining, reset, 0, used}
+"""
+
+# A failed call's reservation given back, to a counter that still exists (KEYS 1: the
+# counter, ARGV 1: the inputs); a missing one is seeded from the ledger on its next use.
+REFUND = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('DECRBY', KEYS[1], ARGV[1])
+end
+return false
 """

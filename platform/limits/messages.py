@@ -28,3 +28,7 @@ TEST_QUOTA_LEFT = (
 )
 PAST_DUE = "Your subscription is past due. Update your payment method to continue."
 CANCELED = "Your subscription is canceled. Choose a plan to continue."
+QUOTA_UNREADABLE = (
+    "This period's usage could not be checked against your quota just now. Nothing was "
+    "run or billed; retry in a moment."
+)

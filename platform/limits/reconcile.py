@@ -2,12 +2,15 @@
 
 The counter in Redis is what admission decides on; the ledger is the truth. A periodic
 job compares them for every tenant on a capped plan and raises a counter that is behind
-the ledger (a lost settle, a flushed Redis). It never lowers a counter: inputs that were
-answered but are still on their way to the ledger (the consumer batches) would otherwise
-be handed out twice. Every difference is logged and counted.
+the ledger (a lost settle, a reservation made before a flush and refunded after it). A
+counter that is missing (a flushed Redis, a new period) is admission's to fix: it seeds it
+from the same ledger sum before it reserves anything. It never lowers a counter: inputs that
+were answered but are still on their way to the ledger (the consumer batches) would
+otherwise be handed out twice. Every difference is logged and counted.
 
 Live counters only: a test-mode counter (``quota_key(livemode=False)``) bounds calls that are
-never billed, and a flushed Redis costing it what it had counted costs no revenue."""
+never billed (admission seeds a missing one from the test-mode rows), and one that lags
+costs no revenue."""
 
 from __future__ import annotations
 
@@ -15,14 +18,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Sum
 from django.utils import timezone
 from prometheus_client import Counter
 
 from apikeys.models import ApiKey
 from billing.models import Subscription
-from metering.models import UsageRecord
 
+from .selectors import quota_ledger_inputs
 from .services import enforcement_for, quota_key, redis_client
 
 logger = logging.getLogger(__name__)
@@ -44,10 +46,12 @@ def quota_reconcile_tenant(*, api_key: ApiKey) -> QuotaCheck | None:
     if terms.plan.monthly_hard_cap is None:
         return None
     tenant = api_key.tenant
-    ledger = UsageRecord.objects.for_tenant(tenant).filter(
-        livemode=True, kind=UsageRecord.Kind.INFERENCE,
-        occurred_at__gte=terms.period_start, occurred_at__lt=terms.period_end,
-    ).aggregate(n=Sum("inputs"))["n"] or 0  # fmt: skip
+    ledger = quota_ledger_inputs(
+        tenant_id=tenant.pk,
+        period_start=terms.period_start,
+        period_end=terms.period_end,
+        livemode=True,
+    )
     key = quota_key(tenant.pk, terms.period_start, livemode=True)
     ttl = int((terms.period_end - timezone.now()).total_seconds()) + 7 * 86400
     # Raise to the ledger atomically, never lower (see the module's docstring).

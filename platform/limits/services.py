@@ -6,7 +6,12 @@ Both round trips can carry another module's commands, so that a request pays for
 it can: admission reads the keys a view asks to ``prefetch`` (the result cache's rows for a
 classification) in the same round trip, and ``settle_commands`` adds the settlement to a
 pipeline the caller executes anyway (the usage event of a classification answered from the
-cache)."""
+cache).
+
+A period's quota counter that Redis does not have (the period's first reservation, or a
+Redis that lost its data) is seeded from the ledger before anything is reserved against
+it: a flush must not hand a tenant its cap again. That costs a query only then; the common
+path reads no database."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +28,7 @@ from typing import Any, cast
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from apikeys.models import ApiKey
@@ -29,7 +36,8 @@ from core.errors import APIError
 from plans.models import Plan
 
 from . import messages
-from .lua import ADMIT
+from .lua import ADMIT, REFUND
+from .selectors import quota_ledger_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +163,73 @@ def _headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:
     }
 
 
+# When this process last seeded each quota counter (time.monotonic()): the requests that
+# found a counter missing together (after a flush, every one in flight) wait for one of them
+# to read the ledger, rather than each reading it. Notes older than a request are no use to
+# it, so they are dropped once there are many.
+SEED_NOTES_MAX = 1024
+SEED_NOTE_S = 10.0
+_seeding = threading.Lock()  # guards the two dicts below
+_seed_locks: dict[str, threading.Lock] = {}
+_seeded_at: dict[str, float] = {}
+
+
+def _quota_seed(
+    *, api_key: ApiKey, terms: Enforcement, key: str, ttl: int, found_missing_at: float
+) -> int:
+    """Seed the missing quota counter ``key`` with the period's inputs in the ledger, live or
+    test mode as the key is (0 in a new period), unless it is there again, and return them
+    for the admission script, which sets them only if the counter is still missing; -1
+    (nothing read) where another request of this process seeded it after
+    ``found_missing_at``: run the script again as it was.
+
+    Answered calls still on their way to the ledger are not in it: a flush loses those, as
+    it did, but no longer the period's whole count."""
+    with _seeding:
+        lock = _seed_locks.setdefault(key, threading.Lock())
+    with lock:
+        if _seeded_at.get(key, -math.inf) >= found_missing_at:
+            return -1
+        try:
+            seed = quota_ledger_inputs(
+                tenant_id=api_key.tenant_id,
+                period_start=terms.period_start,
+                period_end=terms.period_end,
+                livemode=api_key.livemode,
+            )
+        except DatabaseError:
+            # NOTE: never on money: without the ledger the counter would start from 0 and
+            # admit the whole cap again. Nothing is reserved yet; the client may retry.
+            logger.exception("quota counter %s is missing and the ledger cannot be read", key)
+            raise APIError(
+                messages.QUOTA_UNREADABLE,
+                status=503,
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
+        # Seeded now, whatever this request's verdict, for the requests waiting on the lock.
+        redis_client().set(key, seed, ex=ttl, nx=True)
+        now = time.monotonic()
+        with _seeding:
+            _seeded_at[key] = now
+            if len(_seeded_at) > SEED_NOTES_MAX:
+                for old in [k for k, at in _seeded_at.items() if now - at > SEED_NOTE_S]:
+                    del _seeded_at[old]
+                    _seed_locks.pop(old, None)
+        return seed
+
+
+def _counter_missing(reply: Any) -> bool:
+    return reply[0] in (b"seed", "seed")
+
+
+def _admit_once(keys: list[str], args: list[Any], prefetch: Sequence[str]) -> Any:
+    """The admission script's reply and ``prefetch``'s values (None without a prefetch)."""
+    if prefetch:
+        return _admit_and_read(keys, args, prefetch)
+    return _admit_script()(keys=keys, args=args), None
+
+
 def _admit_and_read(keys: list[str], args: list[Any], prefetch: Sequence[str]) -> Any:
     """The admission script's verdict, with ``prefetch``'s values read in the same round trip
     (a pipeline of EVALSHA and MGET) where the script is loaded: (verdict, values or None)."""
@@ -210,13 +285,19 @@ def limits_admit(
         request_id,
         inflight_ttl_ms,
         quota_ttl,
+        -1,  # the quota counter's seed: read from the ledger only if the script asks
     ]
-    values = None
     try:
-        if prefetch:
-            reply, values = _admit_and_read(keys, args, prefetch)
-        else:
-            reply = _admit_script()(keys=keys, args=args)
+        reply, values = _admit_once(keys, args, prefetch)
+        if _counter_missing(reply):  # the quota counter: the ledger is read only then
+            seeding = functools.partial(
+                _quota_seed, api_key=api_key, terms=terms, key=keys[3], ttl=quota_ttl
+            )
+            args[-1] = seeding(found_missing_at=time.monotonic())
+            reply, values = _admit_once(keys, args, prefetch)
+            if _counter_missing(reply):  # lost again since another request seeded it
+                args[-1] = seeding(found_missing_at=math.inf)
+                reply, values = _admit_once(keys, args, prefetch)
         verdict, limit, remaining, reset_ms, retry_ms, used = reply
     except redis.RedisError:
         # NOTE: fail open on limits but never on money: a broker outage fails the request
@@ -286,4 +367,6 @@ def settle_commands(pipe: Any, admission: Admission, *, succeeded: bool) -> None
     if admission.request_id:
         pipe.zrem(admission.inflight_key, admission.request_id)
     if admission.reserved and not succeeded:
-        pipe.decrby(admission.quota_key, admission.reserved)
+        # NOTE: not DECRBY, which would create a counter that a flush removed, below zero:
+        # admission would then take it as counted and never seed it from the ledger.
+        pipe.eval(REFUND, 1, admission.quota_key, admission.reserved)
