@@ -189,7 +189,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if isinstance(exc, drf.Throttled) and wait is not None:
             headers["Retry-After"] = str(int(wait) + 1)
     else:
-        return None  # a real bug: Django's 500 handler answers (in our shape, see below)
+        # A real bug: Django's 500 handler answers (in our shape, see below), after
+        # ``TenantAPIView.dispatch`` has handed back the request's admission and key.
+        return None
     if status == 401:  # RFC 9110: a 401 names the scheme that would be accepted
         headers = {**headers, "WWW-Authenticate": 'Bearer realm="api"'}
     return Response(error_body(status, code, message, param), status=status, headers=headers)

@@ -3,9 +3,11 @@ never from ambient state, and every POST honours ``Idempotency-Key``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from django.http import HttpRequest, HttpResponseBase
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -26,6 +28,8 @@ from .idempotency import (
 )
 from .models import IdempotencyRecord
 from .negotiation import JSONFirstNegotiation
+
+logger = logging.getLogger(__name__)
 
 # Query parameters whose value is an object id, like the path's.
 ID_PARAMETERS = frozenset({"starting_after"})
@@ -251,6 +255,35 @@ class TenantAPIView(APIView):
             # (DRF negotiates before it authenticates).
             principal(request)
             raise
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        """DRF's, and what an unhandled exception leaves behind is handed back before
+        Django's 500 handler answers: DRF re-raises it without ``finalize_response``, so the
+        admission's concurrency slot and reserved inputs would be held until they expire, and
+        the Idempotency-Key locked for its window (every retry a 409)."""
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        except Exception:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Settle a failed request's admission as failed and release its Idempotency-Key
+        (a 500 is never kept for replay: a retry runs again). NOTE: each is cleared before
+        it is handed back, as ``finalize_response`` does, so neither is settled twice; a
+        failure here is logged, never raised over the request's own."""
+        if self._admission is not None:
+            admission, self._admission = self._admission, None
+            try:
+                limits_settle(admission, succeeded=False)
+            except Exception:
+                logger.exception("could not settle the admission of a failed request")
+        if self._idempotency is not None:
+            record, self._idempotency = self._idempotency, None
+            try:
+                idempotency_finish(record=record, status_code=500, body=None)
+            except Exception:
+                logger.exception("could not release the Idempotency-Key of a failed request")
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, _Replay):

@@ -17,6 +17,7 @@ have sent."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from collections import OrderedDict
@@ -47,10 +48,12 @@ from .dispatch import overloaded, redis_client
 from .models import AIModel
 from .selectors import base_model_cached
 
+logger = logging.getLogger(__name__)
+
 _HOST = socket.gethostname()
 # Per base model (a tenant's fine-tuned models together, as "fine_tuned": /metrics is
 # unauthenticated and their ids name tenants' projects): requests answered from the cache
-# alone (hit), partly (partial), or not (miss).
+# alone (hit), partly (partial), or not (miss), or not looked up because Redis failed (error).
 CACHE_LOOKUPS = Counter(
     "result_cache_lookups_total", "Requests looked up in the result cache.", ["model", "outcome"]
 )
@@ -122,7 +125,11 @@ def cache_lookup(
 ) -> list[CachedRow | None] | None:
     """Each input's cached row (None where it missed), or None when the model's answers are
     not cached; from ``prefetched`` (values read with the request's admission) when it holds
-    every key, else one MGET. Counts the lookup as a hit, a partial hit or a miss."""
+    every key, else one MGET. Counts the lookup as a hit, a partial hit or a miss.
+
+    NOTE: a Redis that cannot be read is a miss for every input (counted as an error), not
+    a failure: the request goes on to a worker, and dispatch answers the 503 for a broker
+    that is down. Admission fails open without Redis, so nothing is prefetched then."""
     version = request.get("cache_version")
     if not version:
         return None
@@ -134,7 +141,12 @@ def cache_lookup(
     if prefetched is not None and all(key in prefetched for key in keys):
         raws: list[Any] = [prefetched[key] for key in keys]
     else:
-        raws = cast(list[Any], redis_client().mget(keys))
+        try:
+            raws = cast(list[Any], redis_client().mget(keys))
+        except (redis.RedisError, ConnectionError) as exc:
+            logger.warning("result cache unreadable, looked up as a miss: %r", exc)
+            CACHE_LOOKUPS.labels(_metric_model(request["model"]), "error").inc()
+            return [None] * len(keys)
     found: list[CachedRow | None] = [
         None if raw is None else cast(CachedRow, {**json.loads(raw), "index": index})
         for index, raw in enumerate(raws)
