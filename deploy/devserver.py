@@ -5,6 +5,10 @@ usage consumer and the platform worker (billing tasks and their schedule), on th
 and Redis named by DATABASE_URL / REDIS_URL, or on SQLite and an embedded Redis when they
 are unset. Ctrl-C or SIGTERM stops every child; if any
 child dies, the rest are stopped too and the exit status says so.
+
+Children stop in an order that bills every call answered: the API first (its requests in
+flight still reach the workers), then the workers, then the consumers once they have stored
+what the others left in Redis (for up to ``DRAIN_S``), and the embedded Redis last.
 """
 
 from __future__ import annotations
@@ -18,11 +22,24 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from workers.contract import USAGE_GROUP, USAGE_STREAM, Queue
+
 ROOT = Path(__file__).resolve().parents[1]
 # How long children get to stop after SIGTERM before SIGKILL: longer than the API waits for
 # a worker (INFERENCE_TIMEOUT_S), so a request in flight when the inference worker died
 # still gets its 503 rather than a dropped connection (15 s dropped them, at 30 s).
 GRACE_S = float(os.environ.get("INFERENCE_TIMEOUT_S", "30")) + 10
+# Stopped in this order, each group once the one before it is gone; the consumers last, after
+# the drain. The platform worker (billing) neither makes nor stores usage: with the workers.
+STOP_ORDER = [("api",), ("inference-worker", "training-worker", "platform-worker")]
+CONSUMERS = ("usage-consumer", "training-events")
+# How long the consumers get to store what is left in Redis before they are stopped anyway
+# (what they did not store stays in Redis, which persists it, for the next start).
+DRAIN_S = 15.0
 
 
 def _worker(queue: str, pool: list[str]) -> list[str]:
@@ -99,6 +116,72 @@ def _metrics_dir() -> Path:
     return ROOT / data_dir / "prometheus"
 
 
+def _stop(processes: dict[str, subprocess.Popen[bytes]], names: tuple[str, ...]) -> None:
+    """SIGTERM to each, then up to GRACE_S for all of them; a child left is killed with every
+    process it started."""
+    stopping = [processes[name] for name in names if name in processes]
+    for process in stopping:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_S
+    for process in stopping:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _usage_waiting(client: redis.Redis) -> int:
+    """Usage events the usage consumer has not stored yet: its group's pending entries and
+    lag, or (Redis before 7, or a lag it cannot tell) the stream's length, since the consumer
+    deletes each entry it acknowledges."""
+    groups: list[dict[str, object]] = (
+        client.xinfo_groups(USAGE_STREAM) if client.exists(USAGE_STREAM) else []
+    )
+    for group in groups:
+        if group["name"] in (USAGE_GROUP, USAGE_GROUP.encode()):
+            pending, lag = group["pending"], group.get("lag")
+            if isinstance(pending, int) and isinstance(lag, int):
+                return pending + lag
+    return int(client.xlen(USAGE_STREAM))
+
+
+def _job_events_waiting(client: redis.Redis) -> int:
+    """Job events still queued: kombu's Redis transport keeps a queue as one list per
+    priority step."""
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    queue = Queue.TRAINING_EVENTS.value
+    keys = [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
+    return sum(int(client.llen(key)) for key in keys)
+
+
+def _drain(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Wait, up to DRAIN_S, until the consumers have stored every event the API and the
+    workers left in Redis (the calls answered while the API was stopping)."""
+    consumers = [processes[name] for name in CONSUMERS if name in processes]
+    # No retries of its own: a Redis that is not there now will not be waited for.
+    client = redis.Redis.from_url(
+        os.environ["REDIS_URL"], socket_timeout=2, retry=Retry(NoBackoff(), 0)
+    )
+    deadline = time.monotonic() + DRAIN_S
+    waiting = 0
+    try:
+        while any(process.poll() is None for process in consumers):
+            waiting = _usage_waiting(client) + _job_events_waiting(client)
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    except redis.RedisError as exc:
+        print(f"devserver: cannot see what the consumers have left ({exc})", flush=True)
+        return
+    finally:
+        client.close()
+    if waiting:
+        print(f"devserver: {waiting} events not stored yet; they stay in Redis", flush=True)
+
+
 def main() -> int:
     embedded = None
     if not os.environ.get("REDIS_URL"):
@@ -147,16 +230,11 @@ def main() -> int:
                 break
         time.sleep(0.5)
 
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_S
-    for process in processes.values():
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    for names in STOP_ORDER:
+        _stop(processes, names)
+    _drain(processes)
+    _stop(processes, CONSUMERS)
+    _stop(processes, tuple(name for name in processes if processes[name].poll() is None))
     if embedded is not None:
         from deploy.embedded_redis import stop_embedded_redis
 

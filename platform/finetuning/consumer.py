@@ -4,6 +4,10 @@ runs the lease sweep that retries (once) or fails jobs whose worker went silent.
 At-least-once: a message is acknowledged only after the transaction that applied it
 commits; a re-delivered event is a no-op (events are unique per job, attempt and seq).
 Events that can never be applied go to the Redis list ``training_events:dead``.
+
+Redis going away (restarting, stalled) does not end the consumer: it logs a warning, waits
+(the usage consumer's ``Backoff``) and connects again; a message it had taken and not
+acknowledged goes back to the queue when kombu restores it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from kombu import Connection, Exchange
 from kombu import Queue as KombuQueue
+from kombu.exceptions import ConnectionError as BrokerConnectionError
+from kombu.exceptions import OperationalError
 
+from core.backoff import Backoff
 from workers.contract import TRAINING_EVENTS_EXCHANGE, TRAINING_EVENTS_ROUTING_KEY, Queue
 
 from .events import fine_tune_event_apply, fine_tune_sweep
@@ -34,6 +41,9 @@ events_queue = KombuQueue(
     routing_key=TRAINING_EVENTS_ROUTING_KEY,
     durable=True,
 )
+# What Redis going away raises through kombu: redis-py's errors, socket errors, and kombu's
+# (a connection it could not make, a queue's binding Redis lost).
+REDIS_ERRORS = (redis.RedisError, OSError, OperationalError, BrokerConnectionError)
 
 
 class JobEventConsumer:
@@ -49,6 +59,9 @@ class JobEventConsumer:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._dead = redis.Redis.from_url(self.url)
         self._last_sweep = 0.0
+        self._deaf_until = 0.0
+        self._backoff = Backoff()
+        self._failing_since: float | None = None
 
     def _on_message(self, body: Any, message: Any) -> None:
         if not connection.in_atomic_block:
@@ -73,17 +86,18 @@ class JobEventConsumer:
             logger.exception("fine-tune sweep failed; will retry")
             return 0
 
-    def run(
-        self, *, should_stop: Callable[[], bool] = lambda: False, until_idle: bool = False
-    ) -> None:
-        """Consume until ``should_stop()`` (or, with ``until_idle``, until no event arrives
-        for one poll), sweeping every ``sweep_interval_s``."""
+    def _consume(self, should_stop: Callable[[], bool], *, until_idle: bool) -> None:
         with Connection(self.url) as broker:
-            broker.ensure_connection(max_retries=10)
+            broker.connect()
             consumer = broker.Consumer(
                 [events_queue], callbacks=[self._on_message], accept=["json"], prefetch_count=50
             )
             with consumer:
+                if self._failing_since is not None:
+                    logger.info("training events consumer: Redis is back after %.1f s",
+                                time.monotonic() - self._failing_since)  # fmt: skip
+                    self._failing_since = None
+                    self._backoff.reset()
                 while not should_stop():
                     idle = False
                     try:
@@ -93,9 +107,31 @@ class JobEventConsumer:
                     since = time.monotonic() - self._last_sweep
                     # NOTE: sweep when caught up: heartbeats still waiting in the queue must
                     # count before a job is judged dead (but never starve the sweep).
-                    if since >= self.sweep_interval_s and (
-                        idle or since >= 10 * self.sweep_interval_s
+                    if (
+                        since >= self.sweep_interval_s
+                        and (idle or since >= 10 * self.sweep_interval_s)
+                        and time.monotonic() >= self._deaf_until
                     ):
                         self.sweep()
                     if idle and until_idle:
                         break
+
+    def run(
+        self, *, should_stop: Callable[[], bool] = lambda: False, until_idle: bool = False
+    ) -> None:
+        """Consume until ``should_stop()`` (or, with ``until_idle``, until no event arrives
+        for one poll), sweeping every ``sweep_interval_s``."""
+        while not should_stop():
+            try:
+                self._consume(should_stop, until_idle=until_idle)
+                return
+            except REDIS_ERRORS as exc:
+                self._failing_since = self._failing_since or time.monotonic()
+                delay = self._backoff.delay()
+                logger.warning("training events consumer: Redis error (%s: %s); retrying in %.1f s",
+                               type(exc).__name__, exc, delay)  # fmt: skip
+                # WARNING: no heartbeat could reach us while Redis was away: a job is judged
+                # silent only after a full heartbeat timeout in which we could hear it.
+                timeout = self.heartbeat_timeout_s or settings.FINETUNE_HEARTBEAT_TIMEOUT_S
+                self._deaf_until = time.monotonic() + delay + timeout
+                self._backoff.wait(delay, should_stop)

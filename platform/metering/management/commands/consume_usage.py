@@ -2,17 +2,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from core.signals import stop_flag
-from metering.consumer import UsageConsumer
+from metering.consumer import UsageConsumer, default_name
 
 
 class Command(BaseCommand):
     help = "Consume usage events from the workers and append them to the ledger (runs forever)."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--name",
+            default=None,
+            help=(
+                f"this consumer's name in the group (default: the host's, {default_name()!r}); "
+                "the same after a restart, so that it stores at once what it had read and not "
+                "acknowledged. Give each consumer on one host its own."
+            ),
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         should_stop = stop_flag()
-        self.stdout.write("usage consumer: waiting for events")
-        UsageConsumer().run(should_stop=should_stop)
+        consumer = UsageConsumer(name=options["name"])
+        self.stdout.write(f"usage consumer {consumer.name!r}: waiting for events")
+        consumer.run(should_stop=should_stop)
         self.stdout.write("usage consumer: stopped")
