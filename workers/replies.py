@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -36,14 +37,20 @@ logger = logging.getLogger(__name__)
 # rows go to the result cache; None: no caching).
 Reply = tuple["ClassifyResult", "UsageEvent | None", "ClassifyRequest | None"]
 
-# Per answer, KEYS: its reply list, its abandoned mark, its kept result; the usage stream
-# last. ARGV: the grace and the two TTLs, then per answer: its body, its usage event ("" for
-# an error, which is always delivered and never metered), its deadline, whether to keep it.
-# A metered answer is dropped when its API has marked it abandoned, or when Redis runs this
-# past its deadline + GIVE_UP_GRACE_S (nobody can be waiting). NOTE: decided here, by Redis,
-# when the writes happen, not by the worker beforehand: a worker's transaction that reached
-# Redis just before a stall runs after it, when its API may long have answered 503.
-# Returns the indices (0-based) of the answers dropped.
+# Per answer, KEYS: its reply list, its abandoned mark, its result; the usage stream last.
+# ARGV: the grace and the two TTLs, then per answer: its body, its usage event ("" for an
+# error, never metered), its deadline, and how long its result key keeps it: "1"
+# RESULT_TTL_S (a call a retry may ask for again), "0" REPLY_TTL_S, "" not at all (an error:
+# a retry runs again).
+# An answer is dropped when its API has marked it abandoned, or when Redis runs this past its
+# deadline + GIVE_UP_GRACE_S (nobody can be waiting): a success so that the 503 its caller
+# got is not billed, an error so that a retry of the call never takes it for its own.
+# NOTE: decided here, by Redis, when the writes happen, not by the worker beforehand: a
+# worker's transaction that reached Redis just before a stall runs after it, when its API
+# may long have answered 503. Every delivered answer is also SET under its result key: the
+# API's last look (``give_up``) reads it there, and so sees an answer whose BLPOP reply it
+# lost (the list was popped, the reply never arrived). Returns the dropped answers' indices
+# (0-based).
 DELIVER = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -53,13 +60,15 @@ local dropped = {}
 for i = 0, (#KEYS - 1) / 3 - 1 do
   local body, usage = ARGV[4 + 4 * i], ARGV[5 + 4 * i]
   local deadline, keep = tonumber(ARGV[6 + 4 * i]), ARGV[7 + 4 * i]
-  if usage ~= '' and (now > deadline + grace or redis.call('EXISTS', KEYS[2 + 3 * i]) == 1) then
+  if now > deadline + grace or redis.call('EXISTS', KEYS[2 + 3 * i]) == 1 then
     dropped[#dropped + 1] = i
   else
     if usage ~= '' then redis.call('XADD', stream, '*', 'event', usage) end
     redis.call('RPUSH', KEYS[1 + 3 * i], body)
     redis.call('EXPIRE', KEYS[1 + 3 * i], reply_ttl)
-    if keep == '1' then redis.call('SET', KEYS[3 + 3 * i], body, 'EX', result_ttl) end
+    if keep ~= '' then
+      redis.call('SET', KEYS[3 + 3 * i], body, 'EX', keep == '1' and result_ttl or reply_ttl)
+    end
   end
 end
 return dropped
@@ -95,13 +104,18 @@ def replies_send(replies: list[Reply]) -> None:
     for result, usage, request in replies:
         request_id = result["request_id"]
         body = json.dumps(result, separators=(",", ":"))
-        keep = "error" not in result and (request is None or request.get("keep_result", True))
+        if "error" in result:
+            keep = ""  # never kept: a retry of the call runs again
+        elif request is None or request.get("keep_result", True):
+            keep = "1"
+        else:
+            keep = "0"
         keys += [reply_key(request_id), abandoned_key(request_id), result_key(request_id)]
         args += [
             body,
             usage_event_json(usage) if usage is not None else "",
-            request["deadline"] if request is not None else 0,
-            "1" if keep else "0",
+            request["deadline"] if request is not None else time.time(),
+            keep,
         ]
     keys.append(USAGE_STREAM)
     # NOTE: the result cache's rows go in the same round trip, whatever the script decides:

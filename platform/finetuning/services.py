@@ -17,9 +17,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apikeys.messages import TENANT_SUSPENDED
 from apikeys.models import ApiKey
 from config.celery import app
-from core.errors import APIError, Conflict, InvalidRequest
+from core.errors import APIError, Conflict, InvalidRequest, PermissionError_
 from datasets.models import Dataset
 from datasets.selectors import dataset_get
 from datasets.services import artifact_store
@@ -153,7 +154,17 @@ def fine_tune_create(
         # counts the first's job. FOR NO KEY UPDATE: rows that merely reference the tenant
         # (the ledger, keys) are still inserted meanwhile. SQLite ignores FOR UPDATE; its
         # IMMEDIATE transactions (settings) serialise writers the same way.
-        list(Tenant.objects.select_for_update(no_key=True).filter(pk=tenant.pk).values_list("pk"))
+        status = (
+            Tenant.objects.select_for_update(no_key=True)
+            .filter(pk=tenant.pk)
+            .values_list("status", flat=True)
+            .first()
+        )
+        # NOTE: read under the lock a suspension takes too: one committed while this request
+        # waited (its key was checked before) would otherwise miss this job, and it would
+        # run and be billed (fine_tunes_stop_for_suspension).
+        if status == Tenant.Status.SUSPENDED:
+            raise PermissionError_(TENANT_SUSPENDED, code="tenant_suspended")
         # After the 400s/404s above: only a valid job is a 402.
         _check_plan(tenant=tenant, api_key=api_key, method=method)
         # The files' rows locked, as a delete locks them: a delete that ran first makes this

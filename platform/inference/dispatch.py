@@ -45,6 +45,11 @@ _ORIGIN = f"api@{socket.gethostname()}"
 PUBLISH_TIMEOUT_S = 10.0
 # Between two tries at Redis while it is unreachable, waiting for an answer or giving up.
 RETRY_PAUSE_S = 0.25
+# An API that cannot reach Redis to give up answers 503 this long after Redis stops taking
+# answers for the request (``_hard_stop``): for clock skew between its machine and Redis's.
+GIVE_UP_SKEW_S = 5.0
+# A give-up's socket timeout: short, so that tries during a stall end near the hard stop.
+GIVE_UP_SOCKET_TIMEOUT_S = 2.0
 
 
 class NotSentError(redis.TimeoutError):
@@ -279,39 +284,79 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
     if answer is None:
         timeout = settings.INFERENCE_TIMEOUT_S
         raise overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
-    return cast(ClassifyResult, json.loads(answer))
+    result = cast(ClassifyResult, json.loads(answer))
+    if "error" in result:
+        # NOTE: the call ends in an error for its caller, so nothing may be billed for it from
+        # now on (another attempt's answer still on its way, under the same request id):
+        # given up on, unless a success was delivered meanwhile, which is then the caller's.
+        other = _give_up_retrying(request_id, _hard_stop(request["deadline"]))
+        if other is not None:
+            return cast(ClassifyResult, json.loads(other))
+    return result
+
+
+def _hard_stop(deadline: float) -> float:
+    """When an API that cannot reach Redis answers 503 all the same: after Redis itself stops
+    taking answers for the request (deadline + GIVE_UP_GRACE_S, by its clock), with a margin
+    for the two machines' clocks."""
+    return deadline + GIVE_UP_GRACE_S + GIVE_UP_SKEW_S
 
 
 def _answer_await(client: redis.Redis, request_id: str, deadline: float) -> bytes | None:
     """The answer, or None once the request is given up on (``give_up``). Redis errors are
-    tried again until GIVE_UP_GRACE_S past the deadline: a worker may be answering, and an
-    answer nobody takes must be one nobody is billed for, so the 503 waits for the abandoned
-    mark to be set. Past the grace, the 503 ``broker_unavailable``; a worker's answer that
-    reaches Redis later is dropped unbilled all the same (``workers.replies``)."""
+    tried again until the hard stop: a worker may be answering, and an answer nobody takes
+    must be one nobody is billed for, so the 503 waits for the abandoned mark to be set.
+    Past the hard stop, the 503 ``broker_unavailable``: a worker's answer reaching Redis by
+    then is dropped unbilled all the same (``workers.replies``)."""
+    hard_stop = _hard_stop(deadline)
     while True:
         try:
             left = deadline - time.time()
             if left <= 0:
-                return give_up(client, request_id)
+                return _give_up_retrying(request_id, hard_stop)
             # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
             popped = client.blpop([reply_key(request_id)], timeout=max(left, 0.01))
             if popped is not None:
                 return cast(bytes, cast(Any, popped)[1])
         except (redis.RedisError, ConnectionError):
-            if time.time() + RETRY_PAUSE_S > deadline + GIVE_UP_GRACE_S:
-                raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
-            time.sleep(RETRY_PAUSE_S)
+            _pause_or_stop(hard_stop)
+
+
+def _give_up_retrying(request_id: str, hard_stop: float) -> bytes | None:
+    """``give_up``, tried again on Redis errors until ``hard_stop``, on a client whose short
+    socket timeout keeps each try (and so the 503) within that bound during a stall."""
+    while True:
+        try:
+            return give_up(_give_up_client(), request_id)
+        except (redis.RedisError, ConnectionError):
+            _pause_or_stop(hard_stop)
+
+
+def _pause_or_stop(hard_stop: float) -> None:
+    if time.time() + RETRY_PAUSE_S > hard_stop:
+        raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+    time.sleep(RETRY_PAUSE_S)
+
+
+@functools.cache
+def _give_up_client() -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=GIVE_UP_SOCKET_TIMEOUT_S, socket_connect_timeout=2
+    )
 
 
 def give_up(client: redis.Redis, request_id: str) -> bytes | None:
     """Stop waiting: mark the request abandoned, together with a last look for its answer.
     An answer delivered before that is the caller's (it was metered with its delivery); a
     worker finishing after it delivers and meters nothing (``workers.replies``), so the
-    caller's 503 is not billed. NOTE: the look leaves the answer in its list (LINDEX, not
-    LPOP): a give-up whose reply was lost (Redis stalled) is tried again, and must see the
-    answer again rather than take it unseen and answer 503 for a billed call."""
+    caller's 503 is not billed. NOTE: the look reads the answer's result key, which the
+    worker sets with every delivered success, not the reply list: a BLPOP whose reply was
+    lost (the list popped, the reply never read) and a give-up tried again after a lost
+    reply both see it there. The list is emptied: an error left in it is nobody's now (a
+    retry under the same request id must not take it for its own)."""
     pipe = client.pipeline(transaction=True)
-    pipe.lindex(reply_key(request_id), 0)
+    pipe.get(result_key(request_id))
+    pipe.delete(reply_key(request_id))
     pipe.set(abandoned_key(request_id), b"1", ex=ABANDONED_TTL_S)
-    answer, _ = pipe.execute()
+    answer, _, _ = pipe.execute()
     return cast(bytes | None, answer)

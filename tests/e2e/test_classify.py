@@ -111,8 +111,9 @@ def test_idempotent_replay_answers_once_and_bills_once(http, secret):
 
 def test_only_a_call_that_can_be_retried_leaves_its_answer_for_the_retry(http, secret):
     """A worker keeps an answer under its request id for a retry that comes after the API
-    gave up, which only an Idempotency-Key can make (it reuses the request id): any other
-    call's copy would hold Redis memory for nothing."""
+    gave up, which only an Idempotency-Key can make (it reuses the request id); any other
+    call's copy is kept only as long as its reply (the API's last look, ``give_up``, reads
+    it there), not for RESULT_TTL_S."""
     import json
     import os
 
@@ -126,7 +127,10 @@ def test_only_a_call_that_can_be_retried_leaves_its_answer_for_the_retry(http, s
         keyed = classify(client, body, **{"Idempotency-Key": "keep-1"})
     assert plain.status_code == keyed.status_code == 200
     store = redis.Redis.from_url(os.environ["REDIS_URL"])
-    assert store.get(result_key(plain.json()["id"])) is None
+    from workers.contract import REPLY_TTL_S
+
+    assert 0 < store.ttl(result_key(plain.json()["id"])) <= REPLY_TTL_S
+    assert store.ttl(result_key(keyed.json()["id"])) > REPLY_TTL_S
     kept = json.loads(store.get(result_key(keyed.json()["id"])) or "null")
     assert kept["results"] == keyed.json()["results"]
 

@@ -358,3 +358,26 @@ def test_a_suspension_in_the_admin_stops_the_tenants_jobs(admin_client, job, ten
     assert response.status_code == 302
     stopped = reload(job)
     assert stopped.status == Status.FAILED and stopped.error["code"] == "tenant_suspended"
+
+
+def test_a_fine_tune_created_after_a_suspension_it_waited_for_is_refused(tenant, make_dataset):
+    """A request authenticated before the suspension committed, creating its job after: the
+    status is read again under the tenant's lock, and the job is refused (403), never run."""
+    from apikeys.models import ApiKey
+    from core.errors import PermissionError_
+    from finetuning.services import fine_tune_create
+    from tenants.models import Tenant
+    from tests.factories import make_key
+
+    make_key(tenant, ["training"])
+    dataset = make_dataset(tenant)
+    key = ApiKey.objects.for_tenant(tenant).get()
+    Tenant.objects.filter(pk=tenant.pk).update(status=Tenant.Status.SUSPENDED)
+    with pytest.raises(PermissionError_) as refused:
+        fine_tune_create(
+            tenant=tenant, api_key=key, base_model="minilm-l6",
+            training_dataset_id=dataset.id, validation_dataset_id=None, method="head",
+            hyperparameters={}, suffix="late", seed=0,
+        )  # fmt: skip
+    assert refused.value.code == "tenant_suspended"
+    assert not FineTuneJob.objects.for_tenant(tenant).exists()

@@ -68,7 +68,12 @@ def redis_down() -> Iterator[None]:
     """Every Redis client of the classify path (admission, key cache, result cache, broker)
     pointed at a closed port. NOTE: the clients are built once per process and cached; they
     are rebuilt for the outage and again after it, so nothing keeps the dead one."""
-    cached = (dispatch.redis_client, limits.redis_client, limits._admit_script)
+    cached = (
+        dispatch.redis_client,
+        dispatch._give_up_client,
+        limits.redis_client,
+        limits._admit_script,
+    )
     with override_settings(REDIS_URL=DOWN_URL):
         for factory in cached:
             factory.cache_clear()

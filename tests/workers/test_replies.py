@@ -106,9 +106,10 @@ def test_a_give_up_racing_the_reply_transaction_bills_exactly_when_it_delivers()
     ids = {r["request_id"] for r in requests}
     assert _billed(ids) == delivered
     client = _redis()
-    for request in requests:  # an answer is in its list exactly when it was taken
+    for request in requests:  # kept under its result key exactly when it was taken
         taken = request["request_id"] in delivered
-        assert client.llen(reply_key(request["request_id"])) == int(taken)
+        assert client.exists(result_key(request["request_id"])) == int(taken)
+        assert client.llen(reply_key(request["request_id"])) == 0
         assert client.exists(abandoned_key(request["request_id"]))
 
 
@@ -161,16 +162,69 @@ def test_an_answer_reaching_redis_past_the_grace_is_dropped_unmarked() -> None:
     assert _billed({past["request_id"], within["request_id"]}) == {within["request_id"]}
 
 
-def test_an_error_answer_is_delivered_whenever_it_comes_and_never_billed() -> None:
+def test_an_error_answer_is_never_billed_nor_kept_and_dropped_once_given_up() -> None:
+    """A worker's error reaches its caller (a 503) unbilled, and is not kept for a retry (it
+    runs again); one for a call given up on is dropped: a retry of the call under the same
+    request id must not take it for its own answer (and answer 503 while its own message,
+    on its way, would be billed)."""
     from inference.dispatch import give_up
 
     drain_usage_events()
-    request = make_request(["failed"], labels=["a", "b"], deadline=time.time() - 60)
-    give_up(_redis(), request["request_id"])
-    error = {"request_id": request["request_id"], "error": {"code": "expired"}}
-    replies_send([(error, None, request)])  # type: ignore[list-item]
-    assert _redis().llen(reply_key(request["request_id"])) == 1
-    assert _billed({request["request_id"]}) == set()
+    client = _redis()
+    in_time = make_request(["failed"], labels=["a", "b"])
+    given_up = make_request(["failed late"], labels=["a", "b"])
+    give_up(client, given_up["request_id"])
+    for request in (in_time, given_up):
+        error = {"request_id": request["request_id"], "error": {"code": "worker_error"}}
+        replies_send([(error, None, request)])  # type: ignore[list-item]
+    assert client.llen(reply_key(in_time["request_id"])) == 1
+    assert client.llen(reply_key(given_up["request_id"])) == 0
+    assert not client.exists(result_key(in_time["request_id"]))
+    assert _billed({in_time["request_id"], given_up["request_id"]}) == set()
+
+
+def test_a_lost_blpop_reply_is_seen_by_the_give_up_not_billed_behind_a_503() -> None:
+    """The API's BLPOP popped the answer but its reply never arrived (a dropped connection):
+    the give-up finds the answer under its result key, so the caller gets the answer it is
+    billed for."""
+    from inference.dispatch import give_up
+
+    drain_usage_events()
+    client = _redis()
+    request = make_request(["popped"], labels=["a", "b"], keep_result=False)
+    replies_send([_reply(request)])
+    assert client.lpop(reply_key(request["request_id"])) is not None  # the lost reply
+    answer = give_up(client, request["request_id"])
+    assert answer is not None and json.loads(answer)["request_id"] == request["request_id"]
+    assert _billed({request["request_id"]}) == {request["request_id"]}
+    assert 0 < client.ttl(result_key(request["request_id"])) <= 60  # not kept for retries
+
+
+def test_a_retry_that_gets_an_error_gives_the_call_up_so_no_other_attempt_bills_it(
+    monkeypatch,
+) -> None:
+    """Attempt 1 was given up on (503); its retry gets an error from its own worker (503):
+    attempt 1's worker, finishing after that, delivers and bills nothing."""
+    from inference import dispatch
+    from inference.dispatch import classify_dispatch, give_up
+
+    class Sent:  # the retry's message, as if on the queue (no real worker may take it)
+        requests_per_message = 1.0
+
+        def publish(self, request: ClassifyRequest) -> None:
+            return None
+
+    monkeypatch.setattr(dispatch, "_publisher", Sent)
+    drain_usage_events()
+    first = make_request(["errs"], labels=["a", "b"], deadline=time.time() + 20)
+    give_up(_redis(), first["request_id"])
+    retry = {**first, "deadline": time.time() + 10}
+    error = {"request_id": first["request_id"], "error": {"code": "worker_error"}}
+    threading.Timer(0.3, replies_send, args=([(error, None, retry)],)).start()
+    answer = classify_dispatch(retry, reuse_result=True)  # type: ignore[arg-type]
+    assert answer.get("error", {}).get("code") == "worker_error"
+    replies_send([_reply(first)])  # attempt 1's worker, within its own deadline
+    assert _billed({first["request_id"]}) == set()
 
 
 @pytest.fixture
@@ -189,6 +243,7 @@ def stallable_redis(tmp_path, monkeypatch):
     monkeypatch.setattr(replies, "redis_client", lambda: worker)
     monkeypatch.setattr(replies, "_deliver", lambda: worker.register_script(replies.DELIVER))
     monkeypatch.setattr(dispatch, "redis_client", lambda: api)
+    monkeypatch.setattr(dispatch, "_give_up_client", lambda: api)
 
     class Stall:
         client = redis.Redis.from_url(url)
