@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # How long children get to stop after SIGTERM before SIGKILL: longer than the API waits for
 # a worker (INFERENCE_TIMEOUT_S), so a request in flight when the inference worker died
 # still gets its 503 rather than a dropped connection (15 s dropped them, at 30 s).
-GRACE_S = float(os.environ.get("INFERENCE_TIMEOUT_S", "30")) + 10
+# An API that cannot reach Redis keeps a request up to GIVE_UP_GRACE_S + GIVE_UP_SKEW_S past
+# its deadline, plus a last give-up try (inference/dispatch.py): 25 s covers it.
+GRACE_S = float(os.environ.get("INFERENCE_TIMEOUT_S", "30")) + 25
 # Stopped in this order, each group once the one before it is gone; the consumers last, after
 # the drain. The platform worker (billing) neither makes nor stores usage: with the workers.
 STOP_ORDER = [("api",), ("inference-worker", "training-worker", "platform-worker")]

@@ -116,10 +116,10 @@ class ClassifyRequest(TypedDict):
     # as cached. Workers go before API processes that send it (an older worker would answer
     # and meter only ``inputs``).
     cached_rows: NotRequired[list[CachedRow]]
-    # Whether the answer is also kept under ``result_key`` for ``RESULT_TTL_S``: only a call
-    # with an Idempotency-Key can be retried under the same request id, and any other's copy
-    # would hold Redis memory for nothing (at 200 calls/s, ~120,000 copies). Absent: kept,
-    # as older API processes expect.
+    # Whether the answer is kept under ``result_key`` for ``RESULT_TTL_S``: only a call with
+    # an Idempotency-Key can be retried under the same request id. Any other's copy is kept
+    # only until its API can no longer be giving up on it (``workers.replies``), for the
+    # API's last look. Absent: kept, as older API processes expect.
     keep_result: NotRequired[bool]
     # The plan version the API admitted the call under, carried onto its usage event: the
     # call is priced by it, however late the event is recorded. Absent: the tenant's plan
@@ -193,6 +193,10 @@ class ClassifyResult(TypedDict):
     usage: Usage
     error: NotRequired[WorkerError]
     row_tokens: NotRequired[list[int]]  # tokens each input took (the result cache meters hits)
+    # An error's: the deadline of the attempt it answers. Attempts of one call (retries under
+    # an Idempotency-Key) share its request id; a retry waits on for its own answer when an
+    # earlier attempt's error comes first.
+    deadline: NotRequired[float]
 
 
 class UsageEvent(TypedDict):

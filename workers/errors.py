@@ -32,7 +32,7 @@ EXAMPLE_LABEL_MESSAGE = "Example {index} has label {label!r}, which is not in 'l
 
 def error_result(request: ClassifyRequest, code: str, message: str) -> ClassifyResult:
     """A result that carries an error instead of classifications; nothing was computed."""
-    return {
+    result: ClassifyResult = {
         "v": CONTRACT_VERSION,
         "request_id": request.get("request_id", ""),
         "model": request.get("model", ""),
@@ -40,3 +40,6 @@ def error_result(request: ClassifyRequest, code: str, message: str) -> ClassifyR
         "usage": {"inputs": 0, "tokens": 0, "compute_ms": 0.0, "cached": 0},
         "error": {"code": code, "message": message},
     }
+    if "deadline" in request:
+        result["deadline"] = request["deadline"]
+    return result

@@ -40,8 +40,9 @@ Reply = tuple["ClassifyResult", "UsageEvent | None", "ClassifyRequest | None"]
 # Per answer, KEYS: its reply list, its abandoned mark, its result; the usage stream last.
 # ARGV: the grace and the two TTLs, then per answer: its body, its usage event ("" for an
 # error, never metered), its deadline, and how long its result key keeps it: "1"
-# RESULT_TTL_S (a call a retry may ask for again), "0" REPLY_TTL_S, "" not at all (an error:
-# a retry runs again).
+# RESULT_TTL_S (a call a retry may ask for again), "0" REPLY_TTL_S or until 30 s past the
+# deadline + grace if later (its API's last look may come that late), "" not at all (an
+# error: a retry runs again).
 # An answer is dropped when its API has marked it abandoned, or when Redis runs this past its
 # deadline + GIVE_UP_GRACE_S (nobody can be waiting): a success so that the 503 its caller
 # got is not billed, an error so that a retry of the call never takes it for its own.
@@ -66,8 +67,12 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
     if usage ~= '' then redis.call('XADD', stream, '*', 'event', usage) end
     redis.call('RPUSH', KEYS[1 + 3 * i], body)
     redis.call('EXPIRE', KEYS[1 + 3 * i], reply_ttl)
-    if keep ~= '' then
-      redis.call('SET', KEYS[3 + 3 * i], body, 'EX', keep == '1' and result_ttl or reply_ttl)
+    if keep == '1' then
+      redis.call('SET', KEYS[3 + 3 * i], body, 'EX', result_ttl)
+    elseif keep == '0' then
+      -- until its API can no longer be giving up on it (the hard stop, with room to spare)
+      local ttl = math.max(tonumber(reply_ttl), math.ceil(deadline + grace + 30 - now))
+      redis.call('SET', KEYS[3 + 3 * i], body, 'EX', ttl)
     end
   end
 end

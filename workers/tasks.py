@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def _expired(request: ClassifyRequest) -> Reply:
     # The caller has given up: skip the model, and bill nothing.
-    return errors.error_result(request, errors.EXPIRED, errors.EXPIRED_MESSAGE), None, None
+    return errors.error_result(request, errors.EXPIRED, errors.EXPIRED_MESSAGE), None, request
 
 
 def _answered(request: ClassifyRequest, result: ClassifyResult) -> Reply:
@@ -80,7 +80,11 @@ def classify(request: ClassifyRequest) -> None:
         result = get_engine().classify(request)
     except Exception:
         # Tell the waiting API now rather than letting it wait out its timeout.
-        reply_send(errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE))
+        reply_send(
+            errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE),
+            None,
+            request,
+        )
         raise
     reply_send(*_answered(request, result))
 
@@ -107,5 +111,5 @@ def classify_batch(requests: list[ClassifyRequest]) -> None:
                     result = exc
             logger.error("classification %s failed", request.get("request_id"), exc_info=result)
             error = errors.error_result(request, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
-            replies.append((error, None, None))
+            replies.append((error, None, request))
         replies_send(replies)

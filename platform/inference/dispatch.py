@@ -5,7 +5,6 @@ queue is refused at once (503 ``overloaded``) and a worker that does not answer 
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import json
 import os
@@ -131,10 +130,10 @@ def task_message(requests: list[ClassifyRequest], task_id: str | None = None) ->
 
 
 class _Pending:
-    __slots__ = ("error", "published", "request")
+    __slots__ = ("error", "published", "request", "retry")
 
-    def __init__(self, request: ClassifyRequest) -> None:
-        self.request = request
+    def __init__(self, request: ClassifyRequest, retry: bool) -> None:
+        self.request, self.retry = request, retry
         self.published = threading.Event()
         self.error: BaseException | None = None
 
@@ -172,9 +171,12 @@ class Publisher:
         """What this process's messages have carried on average (1 before the first)."""
         return self.requests / self.messages if self.messages else 1.0
 
-    def publish(self, request: ClassifyRequest) -> None:
-        """Returns once the request is on the queue; raises what the LPUSH raised."""
-        item = _Pending(request)
+    def publish(self, request: ClassifyRequest, *, retry: bool = False) -> None:
+        """Returns once the request is on the queue; raises NotSentError when it never will
+        be, and what the LPUSH raised otherwise (it may have reached Redis all the same).
+        ``retry``: a retry under an earlier attempt's request id, whose abandoned mark goes
+        in the same transaction as the message (``classify_dispatch``)."""
+        item = _Pending(request, retry)
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -210,7 +212,15 @@ class Publisher:
         while True:
             group = self._take()
             try:
-                self._client().lpush(self.queue, task_message([item.request for item in group]))
+                message = task_message([item.request for item in group])
+                marks = [abandoned_key(i.request["request_id"]) for i in group if i.retry]
+                if marks:
+                    pipe = self._client().pipeline(transaction=True)
+                    pipe.delete(*marks)
+                    pipe.lpush(self.queue, message)
+                    pipe.execute()
+                else:
+                    self._client().lpush(self.queue, message)
                 self.messages += 1
                 self.requests += len(group)
             except BaseException as exc:  # each waiting request hears about it
@@ -264,7 +274,11 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
     except (redis.RedisError, ConnectionError):  # nothing was sent
         raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
     try:
-        publisher.publish(request)
+        # NOTE: a retry's message clears the earlier attempt's abandoned mark in the same
+        # transaction: whichever answer comes first is then delivered (and billed, once: the
+        # ledger keys usage by the request id they share), this attempt's own included,
+        # however fast. A retry refused before it is sent leaves the earlier one abandoned.
+        publisher.publish(request, retry=reuse_result)
     except NotSentError:
         raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
     except (redis.RedisError, ConnectionError):
@@ -272,27 +286,21 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
         # stall): a worker may answer and bill it, so it is waited for (and given up on)
         # like one that was sent, never answered with a 503 at once.
         pass
-    if reuse_result:
-        # This attempt is on its way and waited for: the first one's abandoned mark goes,
-        # so that whichever answer comes first is delivered (and billed, once: the ledger
-        # keys usage by the request id they share). Only now: a retry refused before it was
-        # sent leaves the first attempt abandoned. (Should Redis not take the delete, the
-        # first answer stays unbilled and this attempt's own one is waited for.)
-        with contextlib.suppress(redis.RedisError, ConnectionError):
-            client.delete(abandoned_key(request_id))
-    answer = _answer_await(client, request_id, request["deadline"])
-    if answer is None:
-        timeout = settings.INFERENCE_TIMEOUT_S
-        raise overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
-    result = cast(ClassifyResult, json.loads(answer))
-    if "error" in result:
-        # NOTE: the call ends in an error for its caller, so nothing may be billed for it from
-        # now on (another attempt's answer still on its way, under the same request id):
-        # given up on, unless a success was delivered meanwhile, which is then the caller's.
+    while True:
+        answer = _answer_await(client, request_id, request["deadline"])
+        if answer is None:
+            timeout = settings.INFERENCE_TIMEOUT_S
+            raise overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), "worker_timeout")
+        result = cast(ClassifyResult, json.loads(answer))
+        if "error" not in result:
+            return result
+        if result.get("deadline", request["deadline"]) != request["deadline"]:
+            continue  # an earlier attempt's error: this attempt's own answer is on its way
+        # NOTE: the call ends in an error for its caller, so nothing may be billed for it
+        # from now on (another attempt's answer still on its way, under the same request
+        # id): given up on, unless a success was delivered meanwhile, the caller's then.
         other = _give_up_retrying(request_id, _hard_stop(request["deadline"]))
-        if other is not None:
-            return cast(ClassifyResult, json.loads(other))
-    return result
+        return result if other is None else cast(ClassifyResult, json.loads(other))
 
 
 def _hard_stop(deadline: float) -> float:

@@ -197,7 +197,10 @@ def test_a_lost_blpop_reply_is_seen_by_the_give_up_not_billed_behind_a_503() -> 
     answer = give_up(client, request["request_id"])
     assert answer is not None and json.loads(answer)["request_id"] == request["request_id"]
     assert _billed({request["request_id"]}) == {request["request_id"]}
-    assert 0 < client.ttl(result_key(request["request_id"])) <= 60  # not kept for retries
+    from workers.contract import RESULT_TTL_S
+
+    # Kept until its API can no longer be giving up on it, not for retries.
+    assert 0 < client.ttl(result_key(request["request_id"])) < RESULT_TTL_S
 
 
 def test_a_retry_that_gets_an_error_gives_the_call_up_so_no_other_attempt_bills_it(
@@ -211,8 +214,9 @@ def test_a_retry_that_gets_an_error_gives_the_call_up_so_no_other_attempt_bills_
     class Sent:  # the retry's message, as if on the queue (no real worker may take it)
         requests_per_message = 1.0
 
-        def publish(self, request: ClassifyRequest) -> None:
-            return None
+        def publish(self, request: ClassifyRequest, *, retry: bool = False) -> None:
+            if retry:  # as the publisher does, with the message
+                _redis().delete(abandoned_key(request["request_id"]))
 
     monkeypatch.setattr(dispatch, "_publisher", Sent)
     drain_usage_events()
@@ -333,7 +337,7 @@ def test_a_message_that_may_have_been_sent_is_waited_for_not_answered_503(monkey
         def __init__(self, error: Exception) -> None:
             self.error = error
 
-        def publish(self, request: ClassifyRequest) -> None:
+        def publish(self, request: ClassifyRequest, **_: object) -> None:
             raise self.error
 
     drain_usage_events()
@@ -352,3 +356,49 @@ def test_a_message_that_may_have_been_sent_is_waited_for_not_answered_503(monkey
     with pytest.raises(Overloaded) as refused:
         dispatch.classify_dispatch(never, reuse_result=False)
     assert refused.value.code == "broker_unavailable" and time.monotonic() - began < 1
+
+
+def test_a_retry_waits_past_an_earlier_attempts_error_for_its_own_answer(monkeypatch) -> None:
+    """Attempt 1's worker fails after its caller gave up and its retry cleared the mark: the
+    retry takes that error for what it is, not its own answer, and waits for its own."""
+    from inference import dispatch
+    from workers import errors
+
+    class Sent:
+        requests_per_message = 1.0
+
+        def publish(self, request: ClassifyRequest, *, retry: bool = False) -> None:
+            return None
+
+    monkeypatch.setattr(dispatch, "_publisher", Sent)
+    drain_usage_events()
+    first = make_request(["first errs"], labels=["a", "b"], deadline=time.time() + 1)
+    retry = {**first, "deadline": time.time() + 10}
+    stale = errors.error_result(first, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
+    replies_send([(stale, None, first)])  # attempt 1's error, in time: delivered
+    threading.Timer(0.3, replies_send, args=([_reply(retry)],)).start()  # type: ignore[arg-type]
+    answer = dispatch.classify_dispatch(retry, reuse_result=True)  # type: ignore[arg-type]
+    assert "error" not in answer and answer["request_id"] == first["request_id"]
+    assert _billed({first["request_id"]}) == {first["request_id"]}
+
+
+def test_a_retry_clears_the_mark_with_its_message_so_a_fast_answer_is_its_own() -> None:
+    """The earlier attempt's abandoned mark goes in the transaction that queues the retry:
+    a worker answering the instant the message lands is delivered (and billed), not
+    dropped as abandoned."""
+    from inference.dispatch import Publisher, give_up
+
+    client = _redis()
+    queue = "test:retry-publish"
+    client.delete(queue)
+    first = make_request(["fast"], labels=["a", "b"])
+    give_up(client, first["request_id"])
+    publisher = Publisher(linger_s=0, max_requests=1, queue=queue)
+    publisher.publish(first, retry=True)
+    assert client.llen(queue) == 1
+    assert not client.exists(abandoned_key(first["request_id"]))
+    plain = make_request(["not a retry"], labels=["a", "b"])
+    give_up(client, plain["request_id"])
+    publisher.publish(plain)
+    assert client.exists(abandoned_key(plain["request_id"]))  # a plain message keeps it
+    client.delete(queue)

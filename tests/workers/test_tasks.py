@@ -73,14 +73,14 @@ def test_classify_answers_and_meters_exactly_once() -> None:
     )
 
 
-def test_an_answer_nobody_can_retry_for_is_kept_only_as_long_as_its_reply() -> None:
-    from workers.contract import REPLY_TTL_S
+def test_an_answer_nobody_can_retry_for_is_kept_only_while_its_api_may_look() -> None:
+    from workers.contract import RESULT_TTL_S
 
     request = make_request(["no retry will come"], labels=["a", "b"])
     request["keep_result"] = False
     result = _send(request)
     assert result is not None and "error" not in result, result
-    assert 0 < _redis().ttl(result_key(request["request_id"])) <= REPLY_TTL_S
+    assert 0 < _redis().ttl(result_key(request["request_id"])) < RESULT_TTL_S
     assert len(_events_for(request["request_id"])) == 1  # still metered
 
 
