@@ -55,13 +55,17 @@ class NotSentError(redis.TimeoutError):
     """The classify message never left this process: no worker can answer (or bill) it."""
 
 
+# A wait for an answer is BLPOPs of at most this long, each on a socket that times out a
+# few seconds later: a stall of Redis then holds a waiting request only that much past the
+# point where it would give up, not a whole INFERENCE_TIMEOUT_S more.
+BLPOP_SLICE_S = 5.0
+
+
 @functools.cache
 def redis_client() -> redis.Redis:
-    # NOTE: the socket timeout must outlast the longest BLPOP we issue.
+    # NOTE: the socket timeout must outlast the longest BLPOP we issue (BLPOP_SLICE_S).
     return redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=settings.INFERENCE_TIMEOUT_S + 10,
-        socket_connect_timeout=5,
+        settings.REDIS_URL, socket_timeout=BLPOP_SLICE_S + 5, socket_connect_timeout=5
     )
 
 
@@ -323,7 +327,8 @@ def _answer_await(client: redis.Redis, request_id: str, deadline: float) -> byte
             if left <= 0:
                 return _give_up_retrying(request_id, hard_stop)
             # NOTE: BLPOP's timeout 0 means "forever": never let it round down to that.
-            popped = client.blpop([reply_key(request_id)], timeout=max(left, 0.01))
+            wait = max(min(left, BLPOP_SLICE_S), 0.01)
+            popped = client.blpop([reply_key(request_id)], timeout=wait)
             if popped is not None:
                 return cast(bytes, cast(Any, popped)[1])
         except (redis.RedisError, ConnectionError):
