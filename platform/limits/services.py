@@ -300,8 +300,19 @@ def limits_admit(
                 reply, values = _admit_once(keys, args, prefetch)
         verdict, limit, remaining, reset_ms, retry_ms, used = reply
     except redis.RedisError:
-        # NOTE: fail open on limits but never on money: a broker outage fails the request
-        # anyway (503 from dispatch); other calls are served without rate limiting.
+        # NOTE: fail open on limits but never on money. A call that reserves inputs against
+        # a hard cap is refused (503): a Redis that stalled rather than went away takes the
+        # message once it resumes, and the call would run past the cap, billed (an audit:
+        # 8 calls of 96 inputs past a free plan's 10,000 in an 8 s stall). Other calls are
+        # served without rate limiting or the concurrency cap; a broker that is really
+        # down fails them anyway (503 from dispatch).
+        if inputs > 0 and hard_cap >= 0:
+            raise APIError(
+                messages.QUOTA_UNREADABLE,
+                status=503,
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
         return Admission(plan.rate_limit_per_minute, plan.rate_limit_per_minute, 0, plan_id=plan.pk)
     headers = _headers(int(limit), int(remaining), int(reset_ms))
     verdict = verdict.decode() if isinstance(verdict, bytes) else verdict

@@ -170,10 +170,13 @@ def test_a_refund_after_a_flush_does_not_reopen_the_quota(tenant):
     assert "11 inputs exceed the 10 left" in str(refused(key, 11))
 
 
-def test_a_redis_failure_while_seeding_fails_open_as_any_redis_failure(tenant, monkeypatch):
-    """Admission serves a call without limits when Redis fails (dispatch then fails it if
-    the broker is down too); one failing between the ledger read and the seed is no
-    different, and raises nothing else."""
+def test_a_redis_failure_while_seeding_refuses_a_capped_call_as_any_redis_failure(
+    tenant, monkeypatch
+):
+    """A call that reserves inputs against a hard cap is refused (503) when Redis fails,
+    never admitted unchecked (a stalled Redis would take its message once it resumes, and
+    it would run past the cap, billed); one failing between the ledger read and the seed
+    is no different. A call without inputs is served without limits (fail open)."""
     on_plan(tenant, custom_plan(monthly_hard_cap=100))
     key = key_of(tenant, make_key(tenant, ["inference"]))
     answered(key, 100)
@@ -187,10 +190,24 @@ def test_a_redis_failure_while_seeding_fails_open_as_any_redis_failure(tenant, m
         return value
 
     monkeypatch.setattr(services, "quota_ledger_inputs", read_then_lose_redis)
-    admission = limits_admit(api_key=key, request_id="during-outage", inputs=1)
+    with pytest.raises(APIError) as unchecked:
+        limits_admit(api_key=key, request_id="during-outage", inputs=1)
+    assert (unchecked.value.status, unchecked.value.code) == (503, "overloaded")
+    assert unchecked.value.headers["Retry-After"] == "1"
+    admission = limits_admit(api_key=key, request_id="a-read")  # no inputs: fail open
     assert admission.reserved == 0 and admission.quota_key == ""
     monkeypatch.undo()
     refused(key, 1)  # Redis is back: seeded from the ledger on the next call
+
+
+def test_a_call_without_a_hard_cap_is_served_when_redis_fails(tenant, monkeypatch):
+    """Overage is billed whatever the count: nothing is given away by serving the call."""
+    on_plan(tenant, custom_plan(monthly_hard_cap=None))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    monkeypatch.setattr(services, "redis_client", lambda: gone)
+    admission = limits_admit(api_key=key, request_id="uncapped", inputs=5)
+    assert admission.reserved == 0
 
 
 def test_racing_requests_after_a_flush_admit_no_more_than_remains(transactional_db, monkeypatch):

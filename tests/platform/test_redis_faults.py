@@ -23,7 +23,7 @@ from core.models import IdempotencyRecord
 from inference import dispatch
 from inference.cache import cache_lookup
 from limits import services as limits
-from tests.factories import make_key
+from tests.factories import make_key, subscribe
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult
 
 pytestmark = pytest.mark.django_db
@@ -95,15 +95,20 @@ def test_an_unreadable_cache_is_a_miss_for_every_input(monkeypatch):
     assert _lookups("error") == errors + 1
 
 
-def test_classify_with_redis_down_is_a_503_not_a_500(tenant, redis_down):
+@pytest.mark.parametrize(("plan", "code"), [("pro", "broker_unavailable"), ("free", "overloaded")])
+def test_classify_with_redis_down_is_a_503_not_a_500(tenant, redis_down, plan, code):
     """The audit's case: admission fails open without Redis (nothing prefetched), the cache
-    lookup misses, and dispatch answers that the queue is unreachable."""
+    lookup misses, and dispatch answers that the queue is unreachable. A plan with a hard
+    cap is refused at admission instead: its quota cannot be checked, and a Redis that had
+    stalled rather than gone would run the call past the cap, billed."""
+    if plan != "free":
+        subscribe(tenant, plan)
     client, _ = _client(tenant)
     response = client.post("/v1/classify", BODY, format="json")
     assert response.status_code == 503, response.content
     assert response.json()["error"] == {
         "type": "overloaded",
-        "code": "broker_unavailable",
+        "code": code,
         "message": response.json()["error"]["message"],
         "param": None,
     }
