@@ -201,12 +201,7 @@ def _quota_seed(
             # NOTE: never on money: without the ledger the counter would start from 0 and
             # admit the whole cap again. Nothing is reserved yet; the client may retry.
             logger.exception("quota counter %s is missing and the ledger cannot be read", key)
-            raise APIError(
-                messages.QUOTA_UNREADABLE,
-                status=503,
-                code="overloaded",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _quota_unreadable() from None
         # Seeded now, whatever this request's verdict, for the requests waiting on the lock.
         redis_client().set(key, seed, ex=ttl, nx=True)
         now = time.monotonic()
@@ -217,6 +212,13 @@ def _quota_seed(
                     del _seeded_at[old]
                     _seed_locks.pop(old, None)
         return seed
+
+
+def _quota_unreadable() -> APIError:
+    """The 503 for a call whose quota cannot be checked (nothing reserved: it may retry)."""
+    return APIError(
+        messages.QUOTA_UNREADABLE, status=503, code="overloaded", headers={"Retry-After": "1"}
+    )
 
 
 def _counter_missing(reply: Any) -> bool:
@@ -307,12 +309,7 @@ def limits_admit(
         # served without rate limiting or the concurrency cap; a broker that is really
         # down fails them anyway (503 from dispatch).
         if inputs > 0 and hard_cap >= 0:
-            raise APIError(
-                messages.QUOTA_UNREADABLE,
-                status=503,
-                code="overloaded",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _quota_unreadable() from None
         return Admission(plan.rate_limit_per_minute, plan.rate_limit_per_minute, 0, plan_id=plan.pk)
     headers = _headers(int(limit), int(remaining), int(reset_ms))
     verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
