@@ -5,19 +5,27 @@ usage events and the response all name the same id. Every response also carries
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import redis
+import stripe
+from django.contrib import messages
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.wsgi import LimitedStream
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.utils.html import escape
 
 from ops.metrics import request_observe
 
+from .errors import APIError
 from .ids import new_id
+
+logger = logging.getLogger(__name__)
 
 # The only pages with a logged-in user: sessions, request.user and messages are theirs.
 ADMIN_PREFIX = "/admin/"
@@ -87,3 +95,42 @@ class AdminAuthenticationMiddleware(_AdminOnly, AuthenticationMiddleware):
 
 class AdminMessageMiddleware(_AdminOnly, MessageMiddleware):
     pass
+
+
+class AdminUnavailableMiddleware:
+    """An admin change that needs Redis or Stripe while it cannot be reached, or that a
+    service refuses (an ``APIError``), is told to the operator on the page they came from,
+    never a 500. Every admin write that reaches Redis or Stripe runs in one transaction
+    (Django's change and delete views, and each action here), so it has been rolled back by
+    the time this runs: nothing was changed."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not request.path_info.startswith(ADMIN_PREFIX):
+            return None
+        reason = _unavailable_reason(exception)
+        if reason is None:
+            return None
+        logger.warning("admin %s %s not done: %r", request.method, request.path, exception)
+        text = f"Nothing was changed: {reason}"
+        if request.method == "POST":
+            messages.error(request, text)
+            return HttpResponseRedirect(request.get_full_path())
+        return HttpResponse(f"<h1>Service unavailable</h1><p>{escape(text)}</p>", status=503)
+
+
+def _unavailable_reason(exception: Exception) -> str | None:
+    """What the operator reads about a failure that is not the admin's own bug, or None."""
+    if isinstance(exception, APIError):
+        return exception.message
+    if isinstance(exception, redis.RedisError):
+        return "Redis cannot be reached. Retry once it is back."
+    if isinstance(exception, stripe.StripeError):
+        detail = exception.user_message or type(exception).__name__
+        return f"Stripe did not accept the call ({detail}). Retry once it is back."
+    return None

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import redis
 from django.contrib.admin.sites import site
 from django.contrib.admin.utils import quote
 from django.contrib.auth import get_user_model
@@ -107,6 +108,60 @@ def test_view_only_staff_cannot_revoke_a_key_and_staff_who_may_change_keys_can()
     assert ApiKey.objects.unscoped().get(pk=key_id).revoked_at is not None
     refused = _bearer(secret).get("/v1/models")
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "api_key_revoked"
+
+
+def _redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Redis that key generations are set in, at a port nothing listens on."""
+    down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    monkeypatch.setattr("apikeys.generations.redis_client", lambda: down)
+
+
+def test_a_suspension_while_redis_is_down_is_refused_on_the_page_not_a_500(monkeypatch):
+    """Suspending needs every API process told (a key generation in Redis): without Redis
+    the operator reads why on the page, and nothing changed, from the list's action or
+    from the tenant's form."""
+    tenant = TenantFactory()
+    secret = make_key(tenant, ["inference"])
+    operator = _staff("tenants.view_tenant", "tenants.change_tenant")
+    _redis_down(monkeypatch)
+
+    response = _run_action(operator, "/admin/tenants/tenant/", "suspend", tenant.pk)
+    assert response.status_code == 200
+    assert response.redirect_chain == [("/admin/tenants/tenant/", 302)]
+    page = response.content.decode()
+    assert "Nothing was changed: The key store is unreachable" in page
+    assert "tenant(s) suspended" not in page
+
+    form = {"name": tenant.name, "slug": tenant.slug, "status": Tenant.Status.SUSPENDED}
+    response = operator.post(_admin_url(tenant, "change"), form, follow=True)
+    assert response.status_code == 200
+    assert "Nothing was changed: The key store is unreachable" in response.content.decode()
+    tenant.refresh_from_db()
+    assert tenant.status == Tenant.Status.ACTIVE
+
+    monkeypatch.undo()
+    assert _bearer(secret).get("/v1/models").status_code == 200
+    response = _run_action(operator, "/admin/tenants/tenant/", "suspend", tenant.pk)
+    assert "1 tenant(s) suspended." in response.content.decode()
+
+
+def test_a_key_revoked_while_redis_is_down_stays_unrevoked_and_the_page_says_so(monkeypatch):
+    tenant = TenantFactory()
+    secret = make_key(tenant, ["inference"])
+    key_id = ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
+    operator = _staff("apikeys.view_apikey", "apikeys.change_apikey", "apikeys.delete_apikey")
+    _redis_down(monkeypatch)
+
+    response = _run_action(operator, "/admin/apikeys/apikey/", "revoke", key_id)
+    assert "Nothing was changed: The key store is unreachable" in response.content.decode()
+    key = ApiKey.objects.unscoped().get(pk=key_id)
+    response = operator.post(_admin_url(key, "delete"), {"post": "yes"}, follow=True)
+    assert response.status_code == 200
+    assert "Nothing was changed: The key store is unreachable" in response.content.decode()
+    assert ApiKey.objects.unscoped().get(pk=key_id).revoked_at is None
+
+    monkeypatch.undo()
+    assert _bearer(secret).get("/v1/models").status_code == 200
 
 
 # -- 2. view-only admins: no add, no change, no delete ------------------------------------

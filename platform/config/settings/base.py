@@ -60,6 +60,7 @@ MIDDLEWARE = [
     "core.middleware.AdminAuthenticationMiddleware",
     "core.middleware.AdminMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.middleware.AdminUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
