@@ -81,7 +81,10 @@ def _wait_for_worker(name: str, process: subprocess.Popen[bytes], log: Path) -> 
 @pytest.fixture(scope="session")
 def inference_worker() -> Iterator[str]:
     """A real Celery inference worker process on the test Redis, for the whole session."""
-    worker = WorkerProcess("inference", ["-P", "threads", "-c", "16"])
+    # Presence reports every 0.5 s, so that the Workers page's test sees its counters move.
+    worker = WorkerProcess(
+        "inference", ["-P", "threads", "-c", "16"], {"WORKER_PRESENCE_INTERVAL_S": "0.5"}
+    )
     worker.start()
     try:
         yield worker.name

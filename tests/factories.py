@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import factory
 
 from apikeys.models import ApiKey
@@ -35,3 +37,25 @@ def subscribe(tenant: Tenant, slug: str, **fields: object) -> object:
         current_period_end=now + timedelta(days=29),
         **fields,
     )
+
+
+def staff_client(*permissions: str, superuser: bool = False) -> Any:
+    """A Django test client logged in as a new staff user with only these ``app.codename``
+    rights (or every right, as a superuser)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    model = get_user_model()
+    user = model.objects.create_user(
+        username=f"staff-{model.objects.count()}", password="x", is_staff=True,
+        is_superuser=superuser,
+    )  # fmt: skip
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    client = Client()
+    client.force_login(user)
+    return client

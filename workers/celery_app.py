@@ -12,10 +12,12 @@ import logging
 import time
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from celery.concurrency import get_implementation
 
 from workers.contract import Queue, TaskName
+from workers.presence import Presence, describe
 from workers.settings import default_price_warning, get_settings
 
 logger = logging.getLogger(__name__)
@@ -158,9 +160,52 @@ def _log_warm(**_: Any) -> None:
             logger.warning(warning)
 
 
+_presence: Presence | None = None
+
+
+def _engine_stats() -> tuple[dict[str, float], dict[str, Any]]:
+    """What this worker's report carries about its models (``workers/presence.py``): this
+    process's (a prefork pool's children are not added up; workers here run threads or
+    solo)."""
+    from workers.runtime.classifier import get_engine
+
+    engine = get_engine()
+    totals = dict.fromkeys(("texts", "forwards", "busy_ms", "real_tokens", "padded_tokens"), 0.0)
+    models, batches, threads = [], set(), 1
+    for base_model, runtime in sorted(engine.loaded().items()):
+        stats = runtime.batcher.stats()
+        for counter in totals:
+            totals[counter] += getattr(stats, counter)
+        encoder = runtime.encoder
+        models.append(f"{base_model} on {encoder.device.type} in {encoder.numerics}")
+        batcher = runtime.batcher
+        batches.add(f"{batcher.max_batch_size} rows / {batcher.max_batch_tokens} tokens")
+        threads = max(threads, batcher.model_threads)
+    serving = {"models": models, "batches": "; ".join(sorted(batches)), "model_threads": threads,
+               "fine_tuned_loaded": len(engine.fine_tuned)}  # fmt: skip
+    return totals, serving
+
+
+@signals.worker_ready.connect
+def _announce(sender: Any = None, **_: Any) -> None:
+    """Start writing this worker's presence (its consumer names it and its queues)."""
+    global _presence
+    if sender is None or _presence is not None:
+        return
+    queues = list(sender.app.amqp.queues.consume_from or {})
+    static = describe(
+        name=sender.hostname, queues=queues, settings=settings, started_at=time.time()
+    )
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    _presence = Presence(client, static, _engine_stats, interval=settings.presence_interval_s)
+    _presence.start()
+
+
 @signals.worker_shutdown.connect
 def _close(**_: Any) -> None:
     from workers.runtime import classifier
 
+    if _presence is not None:
+        _presence.stop()
     if classifier._engine is not None:
         classifier._engine.close()

@@ -74,6 +74,8 @@ class WorkerSettings:
     # serving rates they cost ~4 % of the worker's CPU (yappi, 32 clients) and say nothing
     # the usage ledger does not; failures are still logged.
     log_tasks: bool = False
+    # How often the worker writes its presence report for operators (workers/presence.py).
+    presence_interval_s: float = 5.0
 
     def batch_limits(self, device_type: str) -> tuple[int, int]:
         """(max padded tokens, max rows) per forward pass on a ``cpu`` or ``cuda`` device:
@@ -167,6 +169,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
         price_per_hour=_price(env, "WORKER_PRICE_PER_HOUR", DEFAULT_PRICE_PER_HOUR),
         currency=(env.get("WORKER_CURRENCY", "").strip() or "usd").lower(),
         log_tasks=_bool(env, "WORKER_LOG_TASKS"),
+        presence_interval_s=_float(env, "WORKER_PRESENCE_INTERVAL_S", 5.0, 0.1),
     )
 
 

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 import metering.metrics  # noqa: F401  # every series is declared, whichever process counts it
 import ops.metrics  # noqa: F401
 from inference.dispatch import queue_depth
+from ops.workers import fleet_cost, queue_depths, workers_seen
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -58,18 +59,42 @@ def readyz(request: HttpRequest) -> JsonResponse:
     )
 
 
-class _QueueDepth:
-    """Classifications waiting for a worker, read from the broker at scrape time (what an
-    autoscaler scales inference workers on)."""
+class _DataPlane:
+    """Read from Redis at scrape time: classifications waiting for a worker (what an
+    autoscaler scales inference workers on), the other queues and dead letters, and the
+    live workers and their hardware price per hour (``ops.workers``)."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             depth = queue_depth(fresh=True)
+            depths = queue_depths()
+            rows = workers_seen()
         except Exception:  # the broker is down: no sample rather than a failed scrape
             return
         yield GaugeMetricFamily(
             "inference_queue_messages", "Messages waiting on the inference queue.", value=depth
         )
+        queues = GaugeMetricFamily(
+            "queue_entries", "Entries waiting in each queue and dead-letter list.", labels=["queue"]
+        )
+        for name, value in depths.items():
+            queues.add_metric([name], value)
+        yield queues
+        live = GaugeMetricFamily(
+            "workers_live",
+            "Workers heard from recently, by kind and pool.",
+            labels=["kind", "pool"],
+        )
+        price = GaugeMetricFamily(
+            "workers_price_per_hour",
+            "What the live workers' hardware costs per hour, by kind, pool and currency.",
+            labels=["kind", "pool", "currency"],
+        )
+        for row in fleet_cost(rows):
+            live.add_metric([row.kind, row.pool], row.live)
+            price.add_metric([row.kind, row.pool, row.currency], float(row.per_hour))
+        yield live
+        yield price
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -80,5 +105,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
         multiprocess.MultiProcessCollector(registry)
     body = generate_latest(registry)
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(_QueueDepth())
+    scrape.register(_DataPlane())
     return HttpResponse(body + generate_latest(scrape), content_type=CONTENT_TYPE_LATEST)

@@ -13,8 +13,6 @@ import pytest
 import redis
 from django.contrib.admin.sites import site
 from django.contrib.admin.utils import quote
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -26,24 +24,9 @@ from core.admin import CappedCountPaginator, ViewOnlyAdmin
 from inference.models import AIModel
 from metering.models import UsageRecord
 from tenants.models import Tenant
-from tests.factories import TenantFactory, make_key, subscribe
+from tests.factories import TenantFactory, make_key, staff_client, subscribe
 
 pytestmark = pytest.mark.django_db
-
-
-def _staff(*permissions: str) -> Client:
-    """A logged-in staff user (not a superuser) with only these ``app.codename`` rights."""
-    user = get_user_model().objects.create_user(
-        username=f"staff-{get_user_model().objects.count()}", password="x", is_staff=True
-    )
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _bearer(secret: str) -> APIClient:
@@ -62,7 +45,7 @@ def _run_action(client: Client, path: str, action: str, pk: str) -> Any:
 def test_view_only_staff_cannot_suspend_a_tenant():
     tenant = TenantFactory()
     secret = make_key(tenant, ["inference"])
-    viewer = _staff("tenants.view_tenant")
+    viewer = staff_client("tenants.view_tenant")
     page = viewer.get("/admin/tenants/tenant/")
     assert page.status_code == 200 and tenant.name in page.content.decode()
     assert "Suspend selected tenants" not in page.content.decode()
@@ -77,7 +60,7 @@ def test_view_only_staff_cannot_suspend_a_tenant():
 def test_staff_with_the_change_permission_can_suspend_and_reactivate():
     tenant = TenantFactory()
     secret = make_key(tenant, ["inference"])
-    operator = _staff("tenants.view_tenant", "tenants.change_tenant")
+    operator = staff_client("tenants.view_tenant", "tenants.change_tenant")
     assert "Suspend selected tenants" in operator.get("/admin/tenants/tenant/").content.decode()
 
     response = _run_action(operator, "/admin/tenants/tenant/", "suspend", tenant.pk)
@@ -95,7 +78,7 @@ def test_view_only_staff_cannot_revoke_a_key_and_staff_who_may_change_keys_can()
     secret = make_key(tenant, ["inference"])
     key_id = ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
 
-    viewer = _staff("apikeys.view_apikey")
+    viewer = staff_client("apikeys.view_apikey")
     page = viewer.get("/admin/apikeys/apikey/")
     assert page.status_code == 200 and key_id in page.content.decode()
     assert "Revoke selected keys" not in page.content.decode()
@@ -103,7 +86,7 @@ def test_view_only_staff_cannot_revoke_a_key_and_staff_who_may_change_keys_can()
     assert ApiKey.objects.unscoped().get(pk=key_id).revoked_at is None
     assert _bearer(secret).get("/v1/models").status_code == 200
 
-    operator = _staff("apikeys.view_apikey", "apikeys.change_apikey")
+    operator = staff_client("apikeys.view_apikey", "apikeys.change_apikey")
     _run_action(operator, "/admin/apikeys/apikey/", "revoke", key_id)
     assert ApiKey.objects.unscoped().get(pk=key_id).revoked_at is not None
     refused = _bearer(secret).get("/v1/models")
@@ -122,7 +105,7 @@ def test_a_suspension_while_redis_is_down_is_refused_on_the_page_not_a_500(monke
     from the tenant's form."""
     tenant = TenantFactory()
     secret = make_key(tenant, ["inference"])
-    operator = _staff("tenants.view_tenant", "tenants.change_tenant")
+    operator = staff_client("tenants.view_tenant", "tenants.change_tenant")
     _redis_down(monkeypatch)
 
     response = _run_action(operator, "/admin/tenants/tenant/", "suspend", tenant.pk)
@@ -149,7 +132,7 @@ def test_a_key_revoked_while_redis_is_down_stays_unrevoked_and_the_page_says_so(
     tenant = TenantFactory()
     secret = make_key(tenant, ["inference"])
     key_id = ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
-    operator = _staff("apikeys.view_apikey", "apikeys.change_apikey", "apikeys.delete_apikey")
+    operator = staff_client("apikeys.view_apikey", "apikeys.change_apikey", "apikeys.delete_apikey")
     _redis_down(monkeypatch)
 
     response = _run_action(operator, "/admin/apikeys/apikey/", "revoke", key_id)

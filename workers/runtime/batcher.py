@@ -151,6 +151,10 @@ class DynamicBatcher:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def model_threads(self) -> int:
+        return self._model_threads
+
     def stats(self) -> BatcherStats:
         with self._cond:
             return dataclasses.replace(self._stats)

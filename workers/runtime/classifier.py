@@ -184,6 +184,11 @@ class ClassifierEngine:
                 runtime = self._runtimes[base_model] = _Runtime(encoder, batcher)
             return runtime
 
+    def loaded(self) -> dict[str, _Runtime]:
+        """The base models loaded so far, with their encoders and batchers."""
+        with self._lock:
+            return dict(self._runtimes)
+
     def close(self) -> None:
         with self._lock:
             runtimes, self._runtimes = list(self._runtimes.values()), {}

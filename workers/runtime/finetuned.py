@@ -184,6 +184,10 @@ class FineTunedCache:
         self._items: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
     def get(
         self,
         artifact: str,

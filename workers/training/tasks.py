@@ -27,6 +27,7 @@ from workers.contract import (
     attempt_key,
     cancel_key,
 )
+from workers.presence import busy_with
 from workers.settings import get_settings
 from workers.usage import cost_micros
 
@@ -104,7 +105,7 @@ def train(request: TrainRequest) -> None:
         threads=settings.torch_threads,
         precision=settings.precision,
     )
-    with Heartbeat(publisher, HEARTBEAT_S):
+    with Heartbeat(publisher, HEARTBEAT_S), busy_with(f"fine-tuning {job_id}"):
         try:
             result = train_run(ctx)
             ctx.step()
