@@ -19,8 +19,8 @@ import re
 import tempfile
 from pathlib import Path
 
-_HASH = re.compile(r"^[0-9a-f]{64}$")
-_REF = re.compile(r"^[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*$")
+_HASH = re.compile(r"[0-9a-f]{64}")
+_REF = re.compile(r"[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*")
 
 
 class ArtifactMissingError(LookupError):
@@ -47,12 +47,12 @@ class ArtifactStore:
         self.root = Path(root) if root is not None else default_root()
 
     def _blob(self, digest: str) -> Path:
-        if not _HASH.match(digest):
+        if not _HASH.fullmatch(digest):
             raise ArtifactMissingError(f"not an artifact hash: {digest!r}")
         return self.root / "blobs" / digest[:2] / digest
 
     def _ref(self, name: str) -> Path:
-        if not _REF.match(name) or ".." in name:
+        if not _REF.fullmatch(name) or ".." in name:
             raise ValueError(f"invalid ref name: {name!r}")
         return self.root / "refs" / name
 

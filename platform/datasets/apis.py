@@ -93,7 +93,7 @@ class DatasetListCreateApi(TenantAPIView):
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > settings.DATASET_MAX_BYTES + _MULTIPART_SLACK:
             raise TooLarge(
-                messages.FILE_TOO_LARGE.format(size=length, limit=settings.DATASET_MAX_BYTES),
+                messages.UPLOAD_TOO_LARGE.format(size=length, limit=settings.DATASET_MAX_BYTES),
                 code="file_too_large",
                 param="file",
             )

@@ -3,6 +3,10 @@
 DATASET_NOT_FOUND = "No such dataset: '{id}'."
 FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
 FILE_TOO_LARGE = "The file is {size} bytes; the limit is {limit} bytes."
+# Refused on the request's length, before the file is read: its own size is not known yet.
+UPLOAD_TOO_LARGE = (
+    "The upload is {size} bytes, more than a file of the limit ({limit} bytes) can make."
+)
 UNKNOWN_FIELD = "Received unknown form field: {name}."
 # core's wording, for a JSON member or query parameter given twice.
 FIELD_GIVEN_TWICE = "{name} is given more than once."
@@ -23,9 +27,9 @@ LONE_SURROGATE = (
 )
 DUPLICATE_MEMBER = "'{name}' is given more than once in the object; give each member once."
 CSV_DUPLICATE_COLUMN = "Column '{name}' appears more than once in the header."
-EMPTY_TEXT = "'text' is empty."
+EMPTY_TEXT = "'text' is empty (or has nothing visible in it)."
 TEXT_TOO_LONG = "'text' is {length} characters long; the limit is {limit}."
-EMPTY_LABEL = "'label' is empty."
+EMPTY_LABEL = "'label' is empty (or has nothing visible in it)."
 LABEL_TOO_LONG = "'label' is {length} characters long; the limit is {limit}."
 DUPLICATE = "Duplicate of line {line}."
 CSV_HEADER = "A CSV file needs a header row with the columns 'text' and 'label'."

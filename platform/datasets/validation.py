@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.parsers import DuplicateName, unique_names
+from inference.serializers import has_visible_text
 from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS, MAX_LABELS
 
 from . import messages
+
+# NOTE: csv's limit on one field (128 KiB unless raised; process-wide) made a text of 200,000
+# characters "unreadable CSV" rather than a text too long, as JSONL reports it. Uploads are
+# capped far below this (DATASET_MAX_BYTES); raising it once, here, never lowers it.
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 
 MAX_REPORTED_ERRORS = 100
 MIN_LABELS = 2
@@ -74,7 +80,9 @@ class Validation:
             # nothing can store or tokenize it.
             problems.append(messages.LONE_SURROGATE)
         if not problems:
-            if not text.strip():
+            # NOTE: as /v1/classify refuses it: a text of only spaces, zero-width or other
+            # invisible characters means nothing to learn from.
+            if not has_visible_text(text):
                 problems.append(messages.EMPTY_TEXT)
             elif len(text) > MAX_INPUT_CHARS:
                 problems.append(
@@ -85,7 +93,7 @@ class Validation:
             # label is trained stripped, and one warning says so (``label_warning``).
             if label != label.strip():
                 stripped, label = True, label.strip()
-            if not label:
+            if not has_visible_text(label):
                 problems.append(messages.EMPTY_LABEL)
             elif len(label) > MAX_LABEL_CHARS:
                 problems.append(
@@ -164,6 +172,8 @@ def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
 
 
 def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
+    """Rows of a CSV file with a ``text,label`` header (any order, other columns ignored),
+    every problem reported with its line, as for JSONL."""
     # csv needs the text back; undecodable lines were already reported and are left out,
     # which shifts no line numbers because we pass the numbers along with the rows.
     # Lines go back in with their newline so a quoted field may span lines.
@@ -199,7 +209,9 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
         except csv.Error as exc:
             number = number_of[min(start, len(number_of) - 1)]
             result.error(number, messages.CSV_UNREADABLE.format(error=exc))
-            break
+            if reader.line_num <= start:  # nothing consumed: it would fail the same again
+                break
+            continue  # the reader starts afresh on the next line: report the rest too
         number = number_of[min(start, len(number_of) - 1)]
         if not row or all(not cell.strip() for cell in row):
             continue

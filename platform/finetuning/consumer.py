@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection
 from kombu import Connection, Exchange
 from kombu import Queue as KombuQueue
 from kombu.exceptions import ConnectionError as BrokerConnectionError
@@ -68,12 +68,17 @@ class JobEventConsumer:
             close_old_connections()  # a long-lived process must drop closed connections
         try:
             fine_tune_event_apply(event=body)
+        except (IntegrityError, DataError) as exc:
+            # NOTE: this event can never be stored (a value the database refuses): re-queued,
+            # it would come back first forever and hold up every tenant's events behind it.
+            logger.error("job event refused by the database (%r): %r", exc, body)
+            self._dead.rpush(DEAD_LETTER_KEY, json.dumps({"event": body, "why": repr(exc)}))
         except DatabaseError:
             logger.exception("job event not applied; re-queued")
             message.requeue()
             time.sleep(1.0)
             return
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             logger.error("job event rejected (%r): %r", exc, body)
             self._dead.rpush(DEAD_LETTER_KEY, json.dumps({"event": body, "why": repr(exc)}))
         message.ack()

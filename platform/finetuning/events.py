@@ -5,6 +5,7 @@ worker died."""
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,19 @@ def _when(raw: Any) -> datetime:
     return moment if moment is not None and moment.tzinfo is not None else timezone.now()
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity in it replaced by None: JSON has no such numbers
+    (SQLite's JSON_VALID and PostgreSQL's jsonb refuse them), and a diverging job's loss is
+    one. An event is stored with them left out rather than not stored."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
 @transaction.atomic
 def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     """Apply one worker event. Idempotent (a redelivered event changes nothing) and safe
@@ -56,8 +70,7 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     ):
         return False
     data = event.get("data") or {}
-    if not isinstance(data, dict):
-        data = {}
+    data = _finite(data) if isinstance(data, dict) else {}
     # The artifact hash and the usage (its cost to serve) are internal: not in the job's events.
     hidden = ("artifact", "usage") if kind == "succeeded" else ()
     shown = {k: v for k, v in data.items() if k not in hidden}

@@ -27,7 +27,7 @@ MODEL_LIMIT = (
     "The {plan} plan allows {limit} fine-tuned models (counting jobs in progress); delete a "
     "model or change plan to train another."
 )
-NOT_CANCELLABLE = "The job is already {status}; only queued or running jobs can be cancelled."
+NOT_CANCELLABLE = "The job has already {status}; only queued or running jobs can be cancelled."
 SUFFIX = "suffix may contain only letters, digits, '-' and '_' (at most 40 characters)."
 
 # Events (what a user watching the job reads).

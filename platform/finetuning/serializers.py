@@ -63,7 +63,7 @@ class HyperparametersSerializer(HeadHyperparametersSerializer):
         return value
 
 
-@extend_schema_field({"type": "string", "pattern": SUFFIX_RE.pattern})
+@extend_schema_field({"type": "string", "pattern": f"^{SUFFIX_RE.pattern}$"})
 class SuffixField(StrictStringField):
     """Checked with its own message in validate_suffix."""
 
@@ -78,7 +78,7 @@ class FineTuneCreateSerializer(StrictSerializer):
     seed = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False, default=0)
 
     def validate_suffix(self, value: str) -> str:
-        if value and not SUFFIX_RE.match(value):
+        if value and not SUFFIX_RE.fullmatch(value):
             raise InvalidRequest(messages.SUFFIX, code="invalid_parameter", param="suffix")
         return value
 

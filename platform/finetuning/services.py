@@ -338,4 +338,4 @@ def fine_tunes_stop_for_suspension(*, tenant_ids: list[str]) -> int:
     return len(ids)
 
 
-SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")

@@ -121,7 +121,17 @@ class ModelDetailApi(TenantAPIView):
         )
         return Response(model_to_dict(model, self.tenant))
 
-    @extend_schema(operation_id="models_delete", responses={200: DeletedSerializer})
+    @extend_schema(
+        operation_id="models_delete",
+        responses={
+            200: DeletedSerializer,
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="The key lacks the training scope, the account is suspended, or"
+                " the model is a base model (base_model_not_deletable).",
+            ),
+        },
+    )
     def delete(self, request: Request, model_id: str) -> Response:
         model = model_delete(tenant=self.tenant, model_id=model_id, livemode=self.api_key.livemode)
         return Response({"id": model.id, "object": "model", "deleted": True})

@@ -51,6 +51,8 @@ def test_each_line_problem_is_reported_with_its_line():
         json.dumps({"text": "x" * 10_001, "label": "a"}),
         json.dumps({"text": "fine", "label": "b"}),
         json.dumps({"text": "ok", "label": ""}),
+        json.dumps({"text": "\u200b\u200b\u00ad", "label": "a"}),
+        json.dumps({"text": "fine again", "label": "\u200b"}),
     ]
     data = ("\n".join(lines) + "\n").encode() + b'{"text": "\xff", "label": "a"}\n'
     found = messages_by_line(dataset_validate(data))
@@ -61,11 +63,14 @@ def test_each_line_problem_is_reported_with_its_line():
     assert "must be a JSON object" in by_line[3][0]
     assert by_line[4] == ["Missing 'text'."]
     assert by_line[5] == ["'text' must be a string."]
-    assert by_line[6] == ["'text' is empty."]
+    assert by_line[6] == ["'text' is empty (or has nothing visible in it)."]
     assert "10001 characters" in by_line[7][0]
     assert by_line[8] == ["Duplicate of line 1."]
-    assert by_line[9] == ["'label' is empty."]
-    assert by_line[10] == ["Line is not valid UTF-8."]
+    assert by_line[9] == ["'label' is empty (or has nothing visible in it)."]
+    # Nothing visible: zero-width and soft-hyphen characters only, as classify refuses them.
+    assert by_line[10] == ["'text' is empty (or has nothing visible in it)."]
+    assert by_line[11] == ["'label' is empty (or has nothing visible in it)."]
+    assert by_line[12] == ["Line is not valid UTF-8."]
 
 
 def test_whole_file_rules():
@@ -98,6 +103,20 @@ def test_csv_problems():
     assert messages_by_line(no_header)[0][1].startswith("A CSV file needs a header")
     ragged = dataset_validate(b"text,label\nonly one column\n", filename="x.csv")
     assert (2, "Expected 2 columns as in the header, found 1.") in messages_by_line(ragged)
+
+
+def test_a_csv_row_past_any_size_or_a_bare_carriage_return_is_reported_and_the_rest_read():
+    """The audit's case: validation stopped at the first row the csv module could not read
+    (a field over its 128 KiB default, a bare CR in an unquoted field), so later problems
+    were neither reported nor counted."""
+    rows = [f"good text {i},{'ab'[i % 2]}" for i in range(20)]
+    data = "\n".join(["text,label", *rows, '"' + "y" * 200_000 + '",a', "bare\rcr,b",
+                       "after,a", "after2"]).encode() + b"\n"  # fmt: skip
+    found = messages_by_line(dataset_validate(data, filename="x.csv"))
+    assert (22, "'text' is 200000 characters long; the limit is 10000.") in found
+    assert any(line == 23 and "Unreadable CSV" in message for line, message in found)
+    assert (25, "Expected 2 columns as in the header, found 1.") in found
+    assert len(found) == 3
 
 
 def test_unknown_format():
@@ -186,5 +205,7 @@ def test_labels_are_trained_without_surrounding_whitespace_and_a_warning_says_so
     assert len(csv_result.warnings) == 1 and "20 rows" in csv_result.warnings[0]["message"]
     # A label of whitespace only is still an empty label; clean labels warn about nothing.
     rows[2]["label"] = " \t"
-    assert (3, "'label' is empty.") in messages_by_line(dataset_validate(jsonl(rows)))
+    assert (3, "'label' is empty (or has nothing visible in it).") in messages_by_line(
+        dataset_validate(jsonl(rows))
+    )
     assert dataset_validate(jsonl(good_rows())).warnings == []

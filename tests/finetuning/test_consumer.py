@@ -12,7 +12,7 @@ from django.utils import timezone
 from kombu import Connection
 
 from finetuning.consumer import DEAD_LETTER_KEY, JobEventConsumer, events_queue
-from finetuning.models import FineTuneJob
+from finetuning.models import FineTuneEvent, FineTuneJob
 from workers.contract import TRAINING_EVENTS_ROUTING_KEY
 
 pytestmark = pytest.mark.django_db
@@ -56,4 +56,31 @@ def test_events_are_applied_and_poison_is_dead_lettered(job, clean_queue):
     assert FineTuneJob.objects.unscoped().get(pk=job.pk).status == "running"
     dead = [json.loads(x) for x in clean_queue.lrange(DEAD_LETTER_KEY, 0, -1)]
     assert len(dead) == 1 and dead[0]["event"] == {"not": "an event"}
+    assert clean_queue.llen(events_queue.name) == 0
+
+
+def _event(job, seq, kind, data=None):
+    return {
+        "v": 1, "job_id": job.id, "attempt": 1, "seq": seq, "type": kind, "level": "info",
+        "message": kind, "data": data or {}, "occurred_at": timezone.now().isoformat(),
+        "worker": "w",
+    }  # fmt: skip
+
+
+def test_an_event_the_database_refuses_is_dead_lettered_and_holds_up_nothing(job, clean_queue):
+    """The audit's case: a diverging job's NaN loss failed the database's JSON check, and the
+    event, re-queued forever, held up every tenant's job events behind it. NaN and infinity
+    are now stored as null; an event the database still refuses (a negative or overflowing
+    sequence number) is a dead letter, and the events after it are applied."""
+    refused = [_event(job, -1, "progress"), _event(job, 2**70, "progress")]
+    nan = {"epoch": 1, "loss": float("nan"), "nested": [float("inf"), 1.5]}
+    publish(*refused, _event(job, 1, "started"), _event(job, 2, "progress", nan))
+    JobEventConsumer(sweep_interval_s=60).run(until_idle=True)
+
+    stored = FineTuneJob.objects.unscoped().get(pk=job.pk)
+    assert stored.status == "running"
+    progress = FineTuneEvent.objects.for_tenant(job.tenant_id).get(job=job, type="progress")
+    assert progress.data == {"epoch": 1, "loss": None, "nested": [None, 1.5]}
+    dead = [json.loads(x)["event"]["seq"] for x in clean_queue.lrange(DEAD_LETTER_KEY, 0, -1)]
+    assert dead == [-1, 2**70]
     assert clean_queue.llen(events_queue.name) == 0

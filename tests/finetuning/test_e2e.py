@@ -190,6 +190,33 @@ def test_lora_job_end_to_end(http, tenant_secret):
         assert [row["label"] for row in answer.json()["results"]] == ["billing", "technical"]
 
 
+def test_a_diverging_job_fails_with_what_to_change_unbilled_and_holds_up_no_one(
+    http, tenant_secret
+):
+    """The audit's case: hyperparameters within their ranges that make LoRA's loss NaN. The
+    job fails at once with `training_diverged` and no charge; its events carry no NaN (which
+    the database refused, and the re-queued event then held up every tenant's jobs), and the
+    next job is not held up."""
+    hyperparameters = {"epochs": 25, "learning_rate": 1.0, "lora_alpha": 1024.0,
+                       "lora_rank": 64, "lora_dropout": 0.0, "batch_size": 1,
+                       "target_modules": ["query", "key", "value"]}  # fmt: skip
+    with http(tenant_secret) as client:
+        dataset = upload(client, TICKETS[:40])
+        job = start(client, dataset["id"], method="lora", hyperparameters=hyperparameters)
+        wait(job["id"], lambda j: j.status in TERMINAL)
+        body = client.get(f"/v1/fine-tunes/{job['id']}").json()
+        assert body["status"] == "failed", body
+        assert body["error"]["code"] == "training_diverged"
+        assert "Lower learning_rate or lora_alpha" in body["error"]["message"]
+        assert not UsageRecord.objects.unscoped().filter(event_id=job["id"]).exists()
+        assert client.get(f"/v1/fine-tunes/{job['id']}/events").status_code == 200
+
+        after = start(client, dataset["id"], hyperparameters={"epochs": 1})
+        done = wait(after["id"], lambda j: j.status in TERMINAL, timeout=60)
+        assert done.status == "succeeded"
+        assert redis.Redis.from_url(os.environ["REDIS_URL"]).llen(events_queue.name) == 0
+
+
 def int8_id(model_id: str) -> str:
     return model_id.replace("ft:minilm-l6:", "ft:minilm-l6-int8:", 1)
 

@@ -9,6 +9,7 @@ texts takes ~10 s on 2 cores, too long to wait for a cancel).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,20 @@ class JobCancelledError(Exception):
 
 class TrainingDataError(ValueError):
     """The data cannot be trained on (the message is shown to the customer)."""
+
+
+class TrainingDivergedError(ValueError):
+    """The loss stopped being a number: the hyperparameters (a learning rate, LoRA's alpha)
+    are too large for this data. The message is shown to the customer."""
+
+
+def _check_loss(epoch: int, loss: float, method: str) -> None:
+    if not math.isfinite(loss):
+        knobs = "learning_rate or lora_alpha" if method == "lora" else "learning_rate"
+        raise TrainingDivergedError(
+            f"Training diverged at epoch {epoch}: the loss is {loss}. Lower {knobs} and"
+            " start a new job."
+        )
 
 
 @dataclass
@@ -135,6 +150,7 @@ def train_run(ctx: JobContext) -> TrainResult:
     head_epochs = int(hp["epochs"]) if request["method"] == "head" else 10
 
     def head_epoch(epoch: int, loss: float, w: torch.Tensor, b: torch.Tensor) -> None:
+        _check_loss(epoch, loss, "head")
         accuracy = float((head_method.head_predict(x_val, w, b) == y_val).float().mean())
         if request["method"] == "head":
             ctx.emit(
@@ -173,6 +189,7 @@ def train_run(ctx: JobContext) -> TrainResult:
         epochs = int(hp["epochs"])
 
         def lora_epoch(epoch: int, loss: float, accuracy: float) -> None:
+            _check_loss(epoch, loss, "lora")
             ctx.emit(
                 "progress",
                 f"Epoch {epoch}/{epochs}: loss {loss:.4f}, validation accuracy {accuracy:.4f}.",

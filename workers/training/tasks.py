@@ -32,7 +32,13 @@ from workers.settings import get_settings
 from workers.usage import cost_micros
 
 from .events import EventPublisher, Heartbeat
-from .runner import JobCancelledError, JobContext, TrainingDataError, train_run
+from .runner import (
+    JobCancelledError,
+    JobContext,
+    TrainingDataError,
+    TrainingDivergedError,
+    train_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +120,9 @@ def train(request: TrainRequest) -> None:
             return
         except (TrainingDataError, ArtifactMissingError) as exc:
             publisher.emit("failed", str(exc), level="error", data={"code": "invalid_data"})
+            return
+        except TrainingDivergedError as exc:
+            publisher.emit("failed", str(exc), level="error", data={"code": "training_diverged"})
             return
         except Exception:
             logger.exception("fine-tuning job %s failed", job_id)

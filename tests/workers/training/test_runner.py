@@ -11,7 +11,12 @@ from sklearn.linear_model import LogisticRegression
 from workers.runtime.encoder import load_encoder
 from workers.training.data import Rows, rows_load, stratified_split
 from workers.training.metrics import classification_metrics
-from workers.training.runner import JobCancelledError, TrainingDataError, train_run
+from workers.training.runner import (
+    JobCancelledError,
+    TrainingDataError,
+    TrainingDivergedError,
+    train_run,
+)
 
 from .conftest import dataset_bytes, make_request
 
@@ -69,6 +74,21 @@ def test_lora_beats_head(store, context):
     assert lora["metrics"]["accuracy"] > head["metrics"]["accuracy"]
     assert [e[2]["epoch"] for e in events.of("progress")] == [1, 2]
     assert lora["trained_tokens"] == 2 * head["trained_tokens"] // 10
+
+
+def test_a_diverging_job_stops_at_the_first_epoch_without_a_number_and_says_what_to_lower(
+    store, context
+):
+    """The audit's hyperparameters, all within their documented ranges: the loss is NaN
+    from the first epoch on this data. The job stops there, reporting no NaN."""
+    digest = store.put(dataset_bytes("product_reviews.jsonl", 20))
+    hyperparameters = {"epochs": 8, "learning_rate": 1.0, "lora_alpha": 1024.0, "lora_rank": 64,
+                       "lora_dropout": 0.0, "batch_size": 1,
+                       "target_modules": ["query", "key", "value"]}  # fmt: skip
+    ctx, events = context(make_request(digest, method="lora", hyperparameters=hyperparameters))
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1.*lora_alpha"):
+        train_run(ctx)
+    assert events.of("progress") == []
 
 
 def test_an_explicit_validation_set_and_its_labels(store, context):
