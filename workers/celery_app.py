@@ -9,6 +9,7 @@ Run it as (threads: the tasks mostly wait on the in-process batcher, which owns 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -167,10 +168,13 @@ def _engine_stats() -> tuple[dict[str, float], dict[str, Any]]:
     """What this worker's report carries about its models (``workers/presence.py``): this
     process's (a prefork pool's children are not added up; workers here run threads or
     solo)."""
-    from workers.runtime.classifier import get_engine
-
-    engine = get_engine()
     totals = dict.fromkeys(("texts", "forwards", "busy_ms", "real_tokens", "padded_tokens"), 0.0)
+    # NOTE: read, never made here: a prefork pool's parent has no engine (its children
+    # do) and must not import torch for one.
+    classifier = sys.modules.get("workers.runtime.classifier")
+    engine = getattr(classifier, "_engine", None)
+    if engine is None:
+        return totals, {"models": [], "batches": "", "model_threads": 0, "fine_tuned_loaded": 0}
     models, batches, threads = [], set(), 1
     for base_model, runtime in sorted(engine.loaded().items()):
         stats = runtime.batcher.stats()

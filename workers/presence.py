@@ -74,8 +74,12 @@ def describe(
 
 class Presence:
     """Writes this worker's report every ``interval`` seconds on a daemon thread, and a last
-    one, ``state: stopped``, when stopped. A Redis that cannot be reached is retried at the
-    next beat: presence is for operators, never in the way of serving."""
+    one, ``state: stopped``, when stopped (from the same thread: no other write can follow
+    it). A Redis that cannot be reached is retried at the next beat: presence is for
+    operators, never in the way of serving or of a shutdown."""
+
+    # How long stop() waits for the goodbye: a Redis that is away costs a shutdown no more.
+    STOP_WAIT_S = 3.0
 
     def __init__(
         self,
@@ -90,7 +94,7 @@ class Presence:
         self._read_stats = read_stats
         self._interval = interval
         self._stop = threading.Event()
-        self._last: tuple[float, Counters] | None = None
+        self._last: tuple[float, Counters] | None = None  # (monotonic time, counters)
         self._thread = threading.Thread(target=self._run, name="presence", daemon=True)
 
     def start(self) -> None:
@@ -98,26 +102,29 @@ class Presence:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2 * self._interval)
-        self.beat(state="stopped")
+        self._thread.join(timeout=self.STOP_WAIT_S)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.beat(state="live")
             self._stop.wait(self._interval)
+        self.beat(state="stopped")
 
-    def report(self, *, state: str) -> dict[str, Any]:
-        now = time.time()
+    def report(self, *, state: str, now: float) -> dict[str, Any]:
+        """The report at Redis time ``now`` (what readers compare it with: the hosts'
+        clocks may disagree)."""
+        tick = time.monotonic()
         counters, serving = self._read_stats()
         recent: dict[str, float | None] = {"texts_per_s": None, "busy_pct": None}
-        if self._last is not None and now > self._last[0]:
-            elapsed = now - self._last[0]
+        if self._last is not None and tick > self._last[0]:
+            elapsed = tick - self._last[0]
             before = self._last[1]
             recent["texts_per_s"] = (counters["texts"] - before.get("texts", 0)) / elapsed
+            # NOTE: a batcher counts a forward's time divided by its model threads, so
+            # busy_ms is already the share of the worker's model capacity that was used.
             busy_ms = counters["busy_ms"] - before.get("busy_ms", 0)
-            threads = max(1, int(serving.get("model_threads") or 1))
-            recent["busy_pct"] = 100 * busy_ms / (elapsed * 1000 * threads)
-        self._last = (now, counters)
+            recent["busy_pct"] = 100 * busy_ms / (elapsed * 1000)
+        self._last = (tick, counters)
         return {
             **self._static, **serving, "state": state, "reported_at": now,
             "activity": _activity["now"], "totals": counters, "recent": recent,
@@ -126,13 +133,15 @@ class Presence:
 
     def beat(self, *, state: str) -> None:
         try:
-            report = self.report(state=state)
+            seconds, micros = self._client.time()
+            now = seconds + micros / 1e6
+            report = self.report(state=state, now=now)
             name = str(self._static["name"])
             pipe = self._client.pipeline(transaction=True)
             pipe.set(report_key(name), json.dumps(report), ex=REPORT_TTL_S)
-            pipe.zadd(SEEN_KEY, {name: report["reported_at"]})
+            pipe.zadd(SEEN_KEY, {name: now})
             # Names whose reports have expired: nothing left to show for them.
-            pipe.zremrangebyscore(SEEN_KEY, "-inf", report["reported_at"] - REPORT_TTL_S)
+            pipe.zremrangebyscore(SEEN_KEY, "-inf", now - REPORT_TTL_S)
             pipe.execute()
         except Exception:  # Redis away, or a stats reader that failed: the next beat retries
             logger.warning("worker presence not written", exc_info=True)

@@ -7,6 +7,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.admin import AtomicActionsAdmin
+
 from .generations import api_key_generation_bump
 from .models import ApiKey, Scope
 
@@ -35,7 +37,7 @@ class ApiKeyAdminForm(forms.ModelForm[ApiKey]):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+class ApiKeyAdmin(AtomicActionsAdmin):
     form = ApiKeyAdminForm
     list_display = [
         "id",

@@ -100,9 +100,10 @@ class AdminMessageMiddleware(_AdminOnly, MessageMiddleware):
 class AdminUnavailableMiddleware:
     """An admin change that needs Redis or Stripe while it cannot be reached, or that a
     service refuses (an ``APIError``), is told to the operator on the page they came from,
-    never a 500. Every admin write that reaches Redis or Stripe runs in one transaction
-    (Django's change and delete views, and each action here), so it has been rolled back by
-    the time this runs: nothing was changed."""
+    never a 500. The admin writes that reach Redis run in one transaction (Django's change
+    and delete views; list actions through ``core.admin.AtomicActionsAdmin``), so by the
+    time this runs they have been rolled back: nothing was changed. (The plans' *Sync to
+    Stripe* action commits plan by plan and reports its own failures.)"""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -121,15 +122,18 @@ class AdminUnavailableMiddleware:
         if request.method == "POST":
             messages.error(request, text)
             return HttpResponseRedirect(request.get_full_path())
-        return HttpResponse(f"<h1>Service unavailable</h1><p>{escape(text)}</p>", status=503)
+        status = exception.status if isinstance(exception, APIError) else 503
+        return HttpResponse(f"<h1>Not done</h1><p>{escape(text)}</p>", status=status)
 
 
 def _unavailable_reason(exception: Exception) -> str | None:
     """What the operator reads about a failure that is not the admin's own bug, or None."""
     if isinstance(exception, APIError):
         return exception.message
-    if isinstance(exception, redis.RedisError):
+    if isinstance(exception, redis.ConnectionError | redis.TimeoutError):
         return "Redis cannot be reached. Retry once it is back."
+    if isinstance(exception, redis.RedisError):
+        return f"Redis refused the command ({exception}). Retry once that is fixed."
     if isinstance(exception, stripe.StripeError):
         detail = exception.user_message or type(exception).__name__
         return f"Stripe did not accept the call ({detail}). Retry once it is back."

@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 
 from workers.presence import SILENT_AFTER_BEATS
 
@@ -29,6 +30,13 @@ class WorkerAdmin(admin.ModelAdmin[Worker]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_urls(self) -> list[URLPattern]:
+        """The list page only: a worker has no row to change, delete or show history of
+        (Django's other admin pages would look for one in a table that does not exist)."""
+        view = self.admin_site.admin_view(self.changelist_view)
+        info = self.opts.app_label, self.opts.model_name
+        return [path("", view, name=f"{info[0]}_{info[1]}_changelist")]
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

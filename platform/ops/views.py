@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from django.core.cache import cache
 from django.db import connection
@@ -22,7 +23,10 @@ from prometheus_client.core import GaugeMetricFamily
 import metering.metrics  # noqa: F401  # every series is declared, whichever process counts it
 import ops.metrics  # noqa: F401
 from inference.dispatch import queue_depth
-from ops.workers import fleet_cost, queue_depths, workers_seen
+from ops.workers import fleet_cost, live_counts, queue_depths, workers_seen
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -59,41 +63,53 @@ def readyz(request: HttpRequest) -> JsonResponse:
     )
 
 
+def _read(read: Callable[[], T]) -> T | None:
+    """``read()``, or None when Redis cannot answer it: no sample rather than a failed
+    scrape (``/readyz`` says that Redis is down)."""
+    try:
+        return read()
+    except Exception:
+        logger.debug("a data-plane gauge is unreadable", exc_info=True)
+        return None
+
+
 class _DataPlane:
     """Read from Redis at scrape time: classifications waiting for a worker (what an
     autoscaler scales inference workers on), the other queues and dead letters, and the
-    live workers and their hardware price per hour (``ops.workers``)."""
+    live workers and their hardware price per hour (``ops.workers``). Each read on its own:
+    one that fails (the broker down) leaves its samples out, not the others'."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            depth = queue_depth(fresh=True)
-            depths = queue_depths()
-            rows = workers_seen()
-        except Exception:  # the broker is down: no sample rather than a failed scrape
+        depth = _read(lambda: queue_depth(fresh=True))
+        if depth is not None:
+            yield GaugeMetricFamily(
+                "inference_queue_messages", "Messages waiting on the inference queue.", depth
+            )
+        depths = _read(queue_depths)
+        if depths is not None:
+            queues = GaugeMetricFamily(
+                "queue_entries", "Entries waiting in each queue and dead-letter list.",
+                labels=["queue"],
+            )  # fmt: skip
+            for name, value in depths.items():
+                queues.add_metric([name], value)
+            yield queues
+        rows = _read(workers_seen)
+        if rows is None:
             return
-        yield GaugeMetricFamily(
-            "inference_queue_messages", "Messages waiting on the inference queue.", value=depth
-        )
-        queues = GaugeMetricFamily(
-            "queue_entries", "Entries waiting in each queue and dead-letter list.", labels=["queue"]
-        )
-        for name, value in depths.items():
-            queues.add_metric([name], value)
-        yield queues
         live = GaugeMetricFamily(
-            "workers_live",
-            "Workers heard from recently, by kind and pool.",
-            labels=["kind", "pool"],
+            "workers_live", "Workers heard from lately, by kind and pool.", labels=["kind", "pool"]
         )
+        for (kind, pool), count in live_counts(rows).items():
+            live.add_metric([kind, pool], count)
+        yield live
         price = GaugeMetricFamily(
             "workers_price_per_hour",
             "What the live workers' hardware costs per hour, by kind, pool and currency.",
             labels=["kind", "pool", "currency"],
         )
         for row in fleet_cost(rows):
-            live.add_metric([row.kind, row.pool], row.live)
             price.add_metric([row.kind, row.pool, row.currency], float(row.per_hour))
-        yield live
         yield price
 
 

@@ -15,7 +15,9 @@ from typing import Any, cast
 
 import redis
 
+from finetuning.consumer import DEAD_LETTER_KEY as TRAINING_DEAD_LETTERS
 from limits.services import redis_client
+from metering.consumer import DEAD_LETTER_KEY as USAGE_DEAD_LETTERS
 from workers.contract import CONTRACT_VERSION, USAGE_STREAM, Queue
 from workers.presence import SEEN_KEY, SILENT_AFTER_BEATS, report_key
 
@@ -29,8 +31,8 @@ QUEUES: dict[str, tuple[str, str]] = {
     "training": ("list", Queue.TRAINING.value),
     "training events": ("list", Queue.TRAINING_EVENTS.value),
     "usage events": ("stream", USAGE_STREAM),
-    "usage dead letters": ("list", "usage:dead"),
-    "training-event dead letters": ("list", "training_events:dead"),
+    "usage dead letters": ("list", USAGE_DEAD_LETTERS),
+    "training-event dead letters": ("list", TRAINING_DEAD_LETTERS),
 }
 
 
@@ -115,7 +117,10 @@ def _row(name: str, seen: float, report: dict[str, Any], now: float) -> WorkerRo
         activity=report.get("activity"), texts=texts, forwards=forwards,
         texts_per_forward=texts / forwards if forwards else None,
         padding_pct=100 * (1 - (totals.get("real_tokens") or 0) / padded) if padded else None,
-        texts_per_s=_number(recent.get("texts_per_s")), busy_pct=_number(recent.get("busy_pct")),
+        # NOTE: what a training worker does is its job (``activity``); its counters are
+        # those of the inference batchers it also holds, idle there.
+        texts_per_s=_number(recent.get("texts_per_s")) if kind == "inference" else None,
+        busy_pct=_number(recent.get("busy_pct")) if kind == "inference" else None,
         settings=settings, contract_differs=report.get("contract") != CONTRACT_VERSION,
     )  # fmt: skip
 
@@ -127,26 +132,40 @@ def workers_seen(client: redis.Redis | None = None) -> list[WorkerRow]:
     seen = cast(list[tuple[bytes, float]], client.zrange(SEEN_KEY, 0, -1, withscores=True))
     if not seen:
         return []
-    reports = cast(list[bytes | None], client.mget([report_key(n.decode()) for n, _ in seen]))
-    now = datetime.now(UTC).timestamp()
+    names = [raw.decode(errors="replace") for raw, _ in seen]
+    reports = cast(list[bytes | None], client.mget([report_key(name) for name in names]))
+    # Redis's clock, which the workers stamp their reports with: hosts' clocks may disagree.
+    seconds, micros = client.time()
+    now = seconds + micros / 1e6
     rows = []
-    for (raw_name, at), raw in zip(seen, reports, strict=True):
+    for name, (_, at), raw in zip(names, seen, reports, strict=True):
         if raw is None:  # expired: the next beat of any worker drops the name
             continue
         try:
-            report = json.loads(raw)
-            rows.append(_row(raw_name.decode(), at, report, now))
-        except (ValueError, TypeError, AttributeError):
-            logger.warning("worker %r: unreadable presence report", raw_name)
+            rows.append(_row(name, at, json.loads(raw), now))
+        except Exception:  # one unreadable report must not hide the others
+            logger.warning("worker %r: unreadable presence report", name, exc_info=True)
     order = {"live": 0, "silent": 1, "stopped": 2}
     return sorted(rows, key=lambda r: (order[r.state], r.kind, r.name))
 
 
+def live_counts(rows: list[WorkerRow]) -> dict[tuple[str, str], int]:
+    """Live workers by (kind, pool)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for row in rows:
+        if row.state == "live":
+            counts[(row.kind, row.pool)] += 1
+    return dict(sorted(counts.items()))
+
+
 def fleet_cost(rows: list[WorkerRow]) -> list[FleetRow]:
-    """Live workers and what their hardware costs per hour, by kind, pool and currency."""
+    """Live workers and what their hardware costs per hour, by kind, pool and currency (a
+    price a report does not say in a form read here counts as 0, and is logged)."""
     fleet: dict[tuple[str, str, str], list[Decimal]] = defaultdict(list)
     for row in rows:
         if row.state == "live":
+            if row.price_per_hour is None:
+                logger.warning("worker %r reports no usable price per hour", row.name)
             fleet[(row.kind, row.pool, row.currency)].append(row.price_per_hour or Decimal(0))
     return [
         FleetRow(kind, pool, currency, live=len(prices), per_hour=sum(prices, Decimal(0)))

@@ -6,13 +6,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apikeys.generations import api_key_generation_bump_for_tenants
+from core.admin import AtomicActionsAdmin
 
 from .models import Tenant
 from .services import tenant_set_status, tenant_status_changed
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin[Tenant]):
+class TenantAdmin(AtomicActionsAdmin):
     list_display = ["name", "slug", "status", "created_at"]
     list_filter = ["status"]
     search_fields = ["name", "slug", "id"]

@@ -6,6 +6,7 @@ the page shows it live, with the queues; a worker that stops says so, one that g
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -66,15 +67,29 @@ def test_a_live_worker_is_on_the_page_with_its_price_models_and_work(
 
     page = staff_client(superuser=True).get(PAGE)
     assert page.status_code == 200
-    text = page.content.decode()
-    for shown in (inference_worker, "live", "inference", "usage dead letters", "Fleet cost"):
-        assert shown in text
-    assert f"{before.price_per_hour} usd" in text
+    assert _cells(page.content.decode(), inference_worker)[:6] == [
+        inference_worker,
+        "inference",
+        "live",
+        "0 s ago",
+        "cpu",
+        f"{before.price_per_hour} usd",
+    ]
 
     metrics = http(secret).get("/metrics").text
-    assert 'workers_live{kind="inference",pool="cpu"}' in metrics
+    live = [line for line in metrics.splitlines() if line.startswith("workers_live{")]
+    assert len(live) == len(set(line.split(" ")[0] for line in live))  # one series each
+    assert any(line.startswith('workers_live{kind="inference",pool="cpu"}') for line in live)
     assert 'queue_entries{queue="usage dead letters"}' in metrics
     assert 'workers_price_per_hour{currency="usd",kind="inference",pool="cpu"}' in metrics
+
+
+def _cells(page: str, name: str) -> list[str]:
+    """The text of each cell of the Workers table's row for ``name``."""
+    row = re.search(rf"<tr><td>{re.escape(name)}.*?</tr>", page, re.S)
+    assert row is not None, f"no row for {name}"
+    cells = re.findall(r"<td>(.*?)</td>", row.group(0), re.S)
+    return [re.sub(r"<[^>]+>", "", cell).strip() for cell in cells]
 
 
 def test_only_staff_allowed_to_view_workers_see_the_page(transactional_db: Any) -> None:
@@ -82,47 +97,81 @@ def test_only_staff_allowed_to_view_workers_see_the_page(transactional_db: Any) 
     assert staff_client("ops.view_worker").get(PAGE).status_code == 200
 
 
+COUNTERS = ("texts", "forwards", "busy_ms", "real_tokens", "padded_tokens")
+
+
+def _counters(**values: float) -> dict[str, float]:
+    return {name: values.get(name, 0.0) for name in COUNTERS}
+
+
+def test_throughput_and_busyness_are_those_since_the_previous_report(monkeypatch):
+    """A batcher counts a forward's time over its model threads, so busy_ms is already the
+    share of the worker's model capacity: 150 ms of it in 2 s is 7.5 % busy."""
+    counters = _counters()
+    settings = settings_from_env({})
+    static = describe(name="w@test", queues=["inference"], settings=settings, started_at=0.0)
+    presence = Presence(redis.Redis(), static, lambda: (dict(counters), {}), interval=5)
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr("workers.presence.time.monotonic", lambda: next(clock))
+    first = presence.report(state="live", now=1.0)
+    assert first["recent"] == {"texts_per_s": None, "busy_pct": None}
+    counters.update(texts=64, busy_ms=150)
+    assert presence.report(state="live", now=3.0)["recent"] == {
+        "texts_per_s": 32.0,
+        "busy_pct": 7.5,
+    }
+
+
 def test_a_worker_that_stops_says_so_and_one_that_goes_quiet_is_silent(
     transactional_db: Any, client_redis: redis.Redis
 ) -> None:
     settings = settings_from_env({"WORKER_POOL": "gpu-h100", "WORKER_PRICE_PER_HOUR": "2.5"})
-    counters = {"texts": 0.0, "forwards": 0.0, "busy_ms": 0.0, "real_tokens": 0.0,
-                "padded_tokens": 0.0}  # fmt: skip
+    counters = _counters()
 
     def stats() -> tuple[dict[str, float], dict[str, Any]]:
         return dict(counters), {"models": ["minilm-l6 on cuda in bfloat16"], "fine_tuned_loaded": 3}
 
-    presences = {}
-    for name in ("gpu-a@test", "gpu-b@test"):
-        static = describe(
-            name=name, queues=["inference"], settings=settings, started_at=time.time()
-        )
-        presences[name] = Presence(client_redis, static, stats, interval=0.2)
-        presences[name].start()
+    names = ("gpu-a@test", "gpu-b@test")
+    presences = {
+        name: Presence(client_redis, describe(name=name, queues=["inference"],
+                       settings=settings, started_at=time.time()), stats, interval=0.2)
+        for name in names
+    }  # fmt: skip
     try:
+        presences["gpu-a@test"].start()
         _wait_for(_row("gpu-a@test"))
         with busy_with("fine-tuning ftjob_x"):
             counters.update(texts=64, forwards=4, busy_ms=150, real_tokens=900, padded_tokens=1000)
-            busy = _wait_for(_row("gpu-b@test", texts_over=0))
+            busy = _wait_for(_row("gpu-a@test", texts_over=0))
         assert busy.activity == "fine-tuning ftjob_x" and busy.fine_tuned_loaded == 3
         assert busy.texts_per_forward == 16 and busy.padding_pct == pytest.approx(10)
+        assert busy.busy_pct is not None and busy.texts_per_s is not None
 
         presences["gpu-a@test"].stop()
         stopped = _wait_for(_row("gpu-a@test", state="stopped"))
         assert stopped.silent_for_s < 1
-        # As a worker killed with kill -9 does: no more reports, no goodbye.
-        presences["gpu-b@test"]._stop.set()
-        presences["gpu-b@test"]._thread.join()
+        # As a worker killed with kill -9: one report, then nothing, no goodbye.
+        presences["gpu-b@test"].beat(state="live")
         _wait_for(_row("gpu-b@test", state="silent"), seconds=3)
 
         page = staff_client(superuser=True).get(PAGE).content.decode()
-        assert "gpu-a@test" in page and "stopped" in page and "silent" in page
+        cells = _cells(page, "gpu-a@test")
+        assert cells[1:3] == ["inference", "stopped"] and cells[4] == "gpu-h100"
+        assert _cells(page, "gpu-b@test")[1:3] == ["inference", "silent"]
         assert "gpu-h100" not in {row.pool for row in fleet_cost(workers_seen())}
     finally:
         for presence in presences.values():
             presence._stop.set()
-        client_redis.zrem(SEEN_KEY, *presences)
-        client_redis.delete(*(report_key(name) for name in presences))
+        client_redis.zrem(SEEN_KEY, *names)
+        client_redis.delete(*(report_key(name) for name in names))
+
+
+def test_a_worker_has_no_other_admin_page(transactional_db: Any) -> None:
+    """Django's change, delete and history pages would look for a row in a table that does
+    not exist: they are not there (404), not 500s."""
+    operator = staff_client(superuser=True)
+    for path in ("x/", "x/change/", "x/delete/", "x/history/", "add/"):
+        assert operator.get(PAGE + path).status_code == 404
 
 
 def test_the_page_says_when_redis_cannot_be_reached(

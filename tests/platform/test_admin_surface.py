@@ -128,6 +128,27 @@ def test_a_suspension_while_redis_is_down_is_refused_on_the_page_not_a_500(monke
     assert "1 tenant(s) suspended." in response.content.decode()
 
 
+def test_delete_selected_while_redis_is_down_deletes_nothing_and_logs_no_deletion(monkeypatch):
+    """Django's *Delete selected* writes its history before it deletes: the review found a
+    "deleted" history entry left behind by a deletion that Redis being down rolled back."""
+    from django.contrib.admin.models import DELETION, LogEntry
+
+    tenant = TenantFactory()
+    make_key(tenant, ["inference"])  # its keys' generations are what need Redis
+    operator = staff_client(superuser=True)
+    _redis_down(monkeypatch)
+    form = {"action": "delete_selected", "_selected_action": [tenant.pk], "post": "yes", "index": 0}
+    response = operator.post("/admin/tenants/tenant/", form, follow=True)
+    assert "Nothing was changed: The key store is unreachable" in response.content.decode()
+    assert Tenant.objects.filter(pk=tenant.pk).exists()
+    assert not LogEntry.objects.filter(action_flag=DELETION).exists()
+
+    monkeypatch.undo()
+    operator.post("/admin/tenants/tenant/", form, follow=True)
+    assert not Tenant.objects.filter(pk=tenant.pk).exists()
+    assert LogEntry.objects.filter(action_flag=DELETION).count() == 1
+
+
 def test_a_key_revoked_while_redis_is_down_stays_unrevoked_and_the_page_says_so(monkeypatch):
     tenant = TenantFactory()
     secret = make_key(tenant, ["inference"])
