@@ -1,0 +1,226 @@
+"""deploy/: the Dockerfile, compose file and Kubernetes manifests say what the code does.
+No container is built or run here (no Docker daemon, no cluster on these machines), so what
+can drift is checked against the code itself: every command a container runs is one the
+code has (a management command and its options, a Celery worker on a real queue, the API
+server as ``make run`` starts it), every environment variable set is one the code reads,
+KEDA scales on the queue the API fills, Redis is persistent and never evicts, the beat runs
+once, and each manifest is well formed (``kubectl kustomize`` renders it where kubectl is
+installed)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from django.core.management import get_commands, load_command_class
+
+from deploy.devserver import _children
+from workers.contract import Queue
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+# Set in the manifests for something other than this code: the model hub's offline switch
+# (read by the tokenizer's libraries), the pod's own name (for --name and -n), PostgreSQL's
+# image.
+READ_ELSEWHERE = {"HF_HUB_OFFLINE", "POD_NAME", "POSTGRES_USER", "POSTGRES_PASSWORD",
+                  "POSTGRES_DB"}  # fmt: skip
+
+
+def _k8s_documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((K8S / "base").glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def _containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, container) for every container of the manifests and the compose file."""
+    for doc in _k8s_documents():
+        spec = doc.get("spec", {})
+        pod = spec.get("template", {}).get("spec", {})
+        for container in pod.get("containers", []):
+            yield f"{doc['kind']}/{doc['metadata']['name']}", container
+    for name, service in _compose()["services"].items():
+        if "build" in service or service.get("image", "").startswith("margin-"):
+            yield (
+                f"compose/{name}",
+                {"command": service.get("command"), "env": service.get("environment", {})},
+            )
+
+
+def _dockerfile_cmds() -> dict[str, list[str]]:
+    """The CMD of each stage of deploy/Dockerfile, as argv (a shell form's command parsed)."""
+    cmds, stage = {}, ""
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            stage = line.split(" AS ")[-1].strip()
+        elif line.startswith("CMD "):
+            argv = yaml.safe_load(line[4:])
+            if argv[:2] == ["sh", "-c"]:
+                argv = shlex.split(argv[2].removeprefix("exec "))
+            cmds[stage] = argv
+    return cmds
+
+
+def _argv(command: Any) -> list[str]:
+    if isinstance(command, str):
+        command = shlex.split(command)
+    argv = [str(part) for part in command or []]
+    if argv[:2] == ["sh", "-c"]:
+        return argv
+    return [re.sub(r"\$\(POD_NAME\)", "pod-0", part) for part in argv]
+
+
+def _check_command(argv: list[str], where: str) -> None:
+    if argv[:2] == ["sh", "-c"]:
+        for part in argv[2].split("&&"):
+            _check_command(shlex.split(part), where)
+        return
+    if argv[:2] == ["python", "manage.py"]:
+        name, args = argv[2], argv[3:]
+        assert name in get_commands(), f"{where}: no management command {name!r}"
+        command = load_command_class(get_commands()[name], name)
+        command.create_parser("manage.py", name).parse_args(args)  # exits on a bad option
+        return
+    if argv[:1] == ["celery"]:
+        assert argv[1:3] == ["-A", "workers.celery_app"] and argv[3] == "worker", where
+        queue = argv[argv.index("-Q") + 1]
+        assert queue in {q.value for q in Queue}, f"{where}: no queue {queue!r}"
+        assert argv[argv.index("-P") + 1] == ("solo" if queue == "training" else "threads")
+        assert {"--without-gossip", "--without-mingle", "--without-heartbeat"} <= set(argv)
+        return
+    if argv[:1] == ["granian"]:
+        assert argv[-1] == "config.wsgi:application", where
+        return
+    raise AssertionError(f"{where}: an unknown command {argv}")
+
+
+def test_every_file_is_well_formed_yaml() -> None:
+    for path in [DEPLOY / "compose.yaml", *sorted(K8S.rglob("*.yaml"))]:
+        assert list(yaml.safe_load_all(path.read_text())), path
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("overlay", ["base", "gpu"])
+def test_kustomize_renders_the_base_and_the_gpu_overlay(overlay: str) -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, check=True
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    workers = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    inference = workers["margin-inference-worker"]["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in inference["env"]}
+    if overlay == "gpu":
+        assert inference["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert env["WORKER_POOL"] == "gpu-h100" and env["WORKER_MODEL_THREADS"] == "1"
+        assert inference["image"].endswith("margin-worker-cuda:latest")
+        training = workers["margin-training-worker"]["spec"]["template"]["spec"]["containers"]
+        assert not training[0]["image"].endswith("-cuda:latest")
+    else:
+        assert "WORKER_POOL" not in env  # the pool's price comes from margin-config
+
+
+def test_every_command_a_container_runs_is_one_the_code_has() -> None:
+    seen = 0
+    for where, container in _containers():
+        if container.get("command"):
+            _check_command(_argv(container["command"]), where)
+            seen += 1
+    for stage, argv in _dockerfile_cmds().items():
+        _check_command(argv, f"Dockerfile {stage}")
+    assert seen >= 12
+
+
+def test_the_images_api_server_runs_as_make_run_starts_it() -> None:
+    """The same granian options as deploy/devserver.py (whose comments say why each)."""
+    image = _dockerfile_cmds()["api"]
+    ours = _children("8000")["api"]
+    flags = {part for part in ours if part.startswith("--")} - {"--log-level"}
+    assert flags <= set(image), flags - set(image)
+    for flag in ("--interface", "--runtime-threads", "--runtime-mode"):
+        assert image[image.index(flag) + 1] == ours[ours.index(flag) + 1]
+
+
+def test_every_variable_set_is_one_the_code_reads() -> None:
+    source = "\n".join(
+        path.read_text()
+        for folder in ("platform", "workers", "deploy")
+        for path in (ROOT / folder).rglob("*.py")
+        if "migrations" not in path.parts
+    )
+    names: set[str] = set()
+    for doc in _k8s_documents():
+        if doc["kind"] in ("ConfigMap", "Secret"):
+            names |= set(doc.get("data") or {}) | set(doc.get("stringData") or {})
+    for _, container in _containers():
+        env = container.get("env") or []
+        names |= {item["name"] for item in env} if isinstance(env, list) else set(env)
+    unread = {name for name in names - READ_ELSEWHERE if f'"{name}"' not in source}
+    assert not unread, f"set in deploy/ but read nowhere: {sorted(unread)}"
+    assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "WORKER_PRICE_PER_HOUR"} <= names
+
+
+def test_keda_scales_inference_on_the_queue_the_api_fills_in_the_redis_it_uses() -> None:
+    docs = _k8s_documents()
+    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert [d["spec"]["scaleTargetRef"]["name"] for d in scaled] == ["margin-inference-worker"]
+    trigger = scaled[0]["spec"]["triggers"][0]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["listName"] == Queue.INFERENCE.value
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    redis_url = urlsplit(secret["stringData"]["REDIS_URL"])
+    assert trigger["metadata"]["address"] == f"{redis_url.hostname}:{redis_url.port}"
+    assert trigger["metadata"]["databaseIndex"] == redis_url.path.strip("/")
+
+
+def test_one_beat_deployments_select_their_pods_and_mount_what_they_declare() -> None:
+    docs = _k8s_documents()
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = doc["spec"]
+        pod = spec["template"]["spec"]
+        if doc["kind"] == "Deployment":
+            assert (
+                spec["selector"]["matchLabels"].items()
+                <= spec["template"]["metadata"]["labels"].items()
+            ), doc["metadata"]["name"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, (doc["metadata"]["name"], mount)
+        for volume in volumes.values():
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+    beat = next(d for d in docs if d["metadata"]["name"] == "margin-platform-worker")
+    assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_composes_redis_keeps_the_usage_stream_and_never_evicts() -> None:
+    command = _compose()["services"]["redis"]["command"]
+    pairs = dict(zip(command[1::2], command[2::2], strict=False))
+    assert pairs["--appendonly"] == "yes" and pairs["--maxmemory-policy"] == "noeviction"
+
+
+def test_the_worker_image_takes_the_pinned_torch_from_a_cpu_index_by_default() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile
+    assert '".[worker]"' in dockerfile
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+    api_stage = dockerfile.split("FROM source AS api")[1].split("FROM source AS worker")[0]
+    assert "[worker]" not in api_stage  # the control plane never installs torch
