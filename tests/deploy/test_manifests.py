@@ -211,6 +211,23 @@ def test_one_beat_deployments_select_their_pods_and_mount_what_they_declare() ->
     assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
 
 
+def test_the_api_probes_pass_the_host_check(client: Any, settings: Any) -> None:
+    """The kubelet's Host header is the pod's IP, which ALLOWED_HOSTS refuses with a 400: a
+    probe must name a host margin-config allows, and get its answer with it."""
+    docs = _k8s_documents()
+    allowed = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["ALLOWED_HOSTS"]
+    settings.ALLOWED_HOSTS = allowed.split(",")
+    api = next(
+        d for d in docs if d["metadata"]["name"] == "margin-api" and d["kind"] == "Deployment"
+    )
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        headers = {h["name"]: h["value"] for h in get.get("httpHeaders", [])}
+        assert client.get(get["path"], HTTP_HOST="10.0.0.7:8000").status_code == 400
+        assert client.get(get["path"], HTTP_HOST=headers["Host"]).status_code != 400, probe
+
+
 def test_composes_redis_keeps_the_usage_stream_and_never_evicts() -> None:
     command = _compose()["services"]["redis"]["command"]
     pairs = dict(zip(command[1::2], command[2::2], strict=False))
