@@ -50,4 +50,8 @@ LABEL_WHITESPACE = (
     "Leading and trailing whitespace is removed from labels: {count} {rows} had some, the "
     "first on line {line} (trained as '{label}')."
 )
+LABEL_CASE_VARIANTS = (
+    "Labels {labels} differ only in case: they are trained as separate classes. Write them"
+    " alike if they are one."
+)
 EXTRA_KEYS = "Keys other than 'text' and 'label' are ignored (first seen on line {line})."

@@ -126,6 +126,18 @@ class Validation:
         )
 
 
+def _warn_case_variants(result: Validation, counts: dict[str, int]) -> None:
+    """One warning per set of labels that differ only in case ("Pos", "pos"): trained as
+    the classes they are, but rarely meant as two (/v1/classify refuses such labels)."""
+    variants: dict[str, list[str]] = {}
+    for label in counts:
+        variants.setdefault(label.casefold(), []).append(label)
+    for group in variants.values():
+        if len(group) > 1:
+            names = ", ".join(f"'{label}' ({counts[label]})" for label in group)
+            result.warn(None, messages.LABEL_CASE_VARIANTS.format(labels=names))
+
+
 def _encodable(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -256,6 +268,7 @@ def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
         result.error(None, messages.EMPTY_FILE)
         return result.finish()
     counts = result.labels
+    _warn_case_variants(result, counts)
     if len(counts) < MIN_LABELS:
         result.error(None, messages.TOO_FEW_LABELS.format(count=len(counts)))
     if len(counts) > MAX_LABELS:

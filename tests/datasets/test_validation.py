@@ -119,6 +119,14 @@ def test_a_csv_row_past_any_size_or_a_bare_carriage_return_is_reported_and_the_r
     assert len(found) == 3
 
 
+def test_labels_that_differ_only_in_case_are_two_classes_and_a_warning_says_so():
+    rows = good_rows(labels=("Pos", "neg")) + good_rows(labels=("pos",))
+    result = dataset_validate(jsonl(rows))
+    assert result.valid and set(result.labels) == {"Pos", "neg", "pos"}
+    [warning] = [w for w in result.warnings if "differ only in case" in w["message"]]
+    assert "'Pos' (" in warning["message"] and "'pos' (" in warning["message"]
+
+
 def test_unknown_format():
     result = dataset_validate(b"just some prose\nwithout structure\n")
     assert not result.valid and "Expected JSONL" in result.errors[0]["message"]
