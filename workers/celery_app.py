@@ -178,8 +178,10 @@ def _engine_stats() -> tuple[dict[str, float], dict[str, Any]]:
     models, batches, threads = [], set(), 1
     for base_model, runtime in sorted(engine.loaded().items()):
         stats = runtime.batcher.stats()
-        for counter in totals:
+        for counter in ("texts", "forwards", "busy_ms", "real_tokens", "padded_tokens"):
             totals[counter] += getattr(stats, counter)
+        # Each base model's batcher has model threads of its own: busy is per model.
+        totals[f"busy_ms:{base_model}"] = stats.busy_ms
         encoder = runtime.encoder
         models.append(f"{base_model} on {encoder.device.type} in {encoder.numerics}")
         batcher = runtime.batcher

@@ -120,9 +120,11 @@ class Presence:
             elapsed = tick - self._last[0]
             before = self._last[1]
             recent["texts_per_s"] = (counters["texts"] - before.get("texts", 0)) / elapsed
-            # NOTE: a batcher counts a forward's time divided by its model threads, so
-            # busy_ms is already the share of the worker's model capacity that was used.
-            busy_ms = counters["busy_ms"] - before.get("busy_ms", 0)
+            # NOTE: a batcher counts a forward's time divided by its model threads, so its
+            # busy_ms is the share of its threads' time in forward passes. Each base model
+            # has its own batcher ("busy_ms:<model>"): busy is the busiest one's.
+            keys = [key for key in counters if key.startswith("busy_ms:")] or ["busy_ms"]
+            busy_ms = max(counters[key] - before.get(key, 0) for key in keys)
             recent["busy_pct"] = 100 * busy_ms / (elapsed * 1000)
         self._last = (tick, counters)
         return {

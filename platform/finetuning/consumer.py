@@ -29,7 +29,7 @@ from kombu.exceptions import OperationalError
 from core.backoff import Backoff
 from workers.contract import TRAINING_EVENTS_EXCHANGE, TRAINING_EVENTS_ROUTING_KEY, Queue
 
-from .events import fine_tune_event_apply, fine_tune_sweep
+from .events import fine_tune_event_apply, fine_tune_event_refused, fine_tune_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +71,25 @@ class JobEventConsumer:
         except (IntegrityError, DataError) as exc:
             # NOTE: this event can never be stored (a value the database refuses): re-queued,
             # it would come back first forever and hold up every tenant's events behind it.
-            logger.error("job event refused by the database (%r): %r", exc, body)
-            self._dead.rpush(DEAD_LETTER_KEY, json.dumps({"event": body, "why": repr(exc)}))
+            self._refuse(body, exc, "refused by the database")
         except DatabaseError:
             logger.exception("job event not applied; re-queued")
             message.requeue()
             time.sleep(1.0)
             return
         except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-            logger.error("job event rejected (%r): %r", exc, body)
-            self._dead.rpush(DEAD_LETTER_KEY, json.dumps({"event": body, "why": repr(exc)}))
+            self._refuse(body, exc, "rejected")
         message.ack()
+
+    def _refuse(self, body: Any, exc: Exception, why: str) -> None:
+        """A dead letter for an operator; a job whose last word it was fails now."""
+        logger.error("job event %s (%r): %r", why, exc, body)
+        self._dead.rpush(DEAD_LETTER_KEY, json.dumps({"event": body, "why": repr(exc)}))
+        if isinstance(body, dict):
+            try:
+                fine_tune_event_refused(event=body)
+            except DatabaseError:
+                logger.exception("the job of a refused event could not be failed")
 
     def sweep(self) -> int:
         self._last_sweep = time.monotonic()

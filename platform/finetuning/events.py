@@ -105,6 +105,27 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     return True
 
 
+def fine_tune_event_refused(*, event: Any) -> bool:
+    """A worker's terminal event (``succeeded``, ``failed``) that cannot be stored: its job
+    fails now, with code ``internal`` and unbilled, rather than wait for the lease to call
+    the silent worker lost and train it again, to the same end. True if a job was failed."""
+    try:
+        job_id, attempt, kind = str(event["job_id"]), int(event["attempt"]), str(event["type"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return False
+    if kind not in ("succeeded", "failed"):
+        return False
+    with transaction.atomic():
+        job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+        if job is None or attempt != job.attempt or job.is_terminal:
+            return False
+        job.status, job.finished_at = Status.FAILED, timezone.now()
+        job.error = {"code": "internal", "message": messages.REPORT_REFUSED}
+        job.save(update_fields=["status", "finished_at", "error"])
+        job_log(job, messages.REPORT_REFUSED, level="error")
+    return True
+
+
 def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
     model = fine_tuned_model_register(job, result)
     job.status, job.finished_at = Status.SUCCEEDED, timezone.now()

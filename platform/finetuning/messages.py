@@ -59,3 +59,8 @@ WORKER_LOST = (
     "The worker running this job stopped responding {attempts} times (no heartbeat for "
     "{seconds:g} s); giving up."
 )
+# A worker's last word about a job (success or failure) that could not be stored.
+REPORT_REFUSED = (
+    "The training worker's report on this job could not be stored; the job was not billed."
+    " Start a new job; if it fails the same way, contact support with this job's id."
+)

@@ -122,6 +122,21 @@ def test_throughput_and_busyness_are_those_since_the_previous_report(monkeypatch
     }
 
 
+def test_busy_is_the_busiest_base_models_not_their_sum(monkeypatch):
+    """Two base models, each with its own batcher and threads, both busy all the time: 100 %,
+    not 200 % (the review's reproduction read 190 %)."""
+    counters = {**_counters(), "busy_ms:minilm-l6": 0.0, "busy_ms:minilm-l6-int8": 0.0}
+    static = describe(name="w@test", queues=["inference"], settings=settings_from_env({}),
+                      started_at=0.0)  # fmt: skip
+    presence = Presence(redis.Redis(), static, lambda: (dict(counters), {}), interval=5)
+    clock = iter([100.0, 101.0])
+    monkeypatch.setattr("workers.presence.time.monotonic", lambda: next(clock))
+    presence.report(state="live", now=1.0)
+    counters.update({"busy_ms": 2000.0, "busy_ms:minilm-l6": 1000.0,
+                     "busy_ms:minilm-l6-int8": 1000.0})  # fmt: skip
+    assert presence.report(state="live", now=2.0)["recent"]["busy_pct"] == 100.0
+
+
 def test_a_worker_that_stops_says_so_and_one_that_goes_quiet_is_silent(
     transactional_db: Any, client_redis: redis.Redis
 ) -> None:

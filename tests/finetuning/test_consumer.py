@@ -84,3 +84,17 @@ def test_an_event_the_database_refuses_is_dead_lettered_and_holds_up_nothing(job
     dead = [json.loads(x)["event"]["seq"] for x in clean_queue.lrange(DEAD_LETTER_KEY, 0, -1)]
     assert dead == [-1, 2**70]
     assert clean_queue.llen(events_queue.name) == 0
+
+
+def test_a_jobs_last_word_that_cannot_be_stored_fails_the_job_now_unbilled(job, clean_queue):
+    """Dead-lettered, a refused success left its job running until the lease called the
+    worker lost and trained it again, to the same end. The job fails at once instead."""
+    from metering.models import UsageRecord
+
+    publish(_event(job, 1, "started"), _event(job, -1, "succeeded", {"trained_tokens": 10}))
+    JobEventConsumer(sweep_interval_s=60).run(until_idle=True)
+    stored = FineTuneJob.objects.unscoped().get(pk=job.pk)
+    assert stored.status == "failed" and stored.error["code"] == "internal"
+    assert "not billed" in stored.error["message"]
+    assert not UsageRecord.objects.unscoped().filter(event_id=job.id).exists()
+    assert clean_queue.llen(DEAD_LETTER_KEY) == 1

@@ -29,7 +29,9 @@ class Rows:
 def rows_load(store: ArtifactStore, digest: str) -> Rows:
     texts: list[str] = []
     labels: list[str] = []
-    for line in store.get(digest).decode("utf-8").splitlines():
+    # NOTE: split on "\n" only: str.splitlines() also splits at U+2028, U+2029, U+0085 and
+    # others, which a JSON string may hold as they are (the platform writes them unescaped).
+    for line in store.get(digest).decode("utf-8").split("\n"):
         if line.strip():
             row = json.loads(line)
             texts.append(row["text"])

@@ -150,7 +150,7 @@ def train_run(ctx: JobContext) -> TrainResult:
     head_epochs = int(hp["epochs"]) if request["method"] == "head" else 10
 
     def head_epoch(epoch: int, loss: float, w: torch.Tensor, b: torch.Tensor) -> None:
-        _check_loss(epoch, loss, "head")
+        _check_loss(epoch, loss, request["method"])
         accuracy = float((head_method.head_predict(x_val, w, b) == y_val).float().mean())
         if request["method"] == "head":
             ctx.emit(
@@ -219,6 +219,11 @@ def train_run(ctx: JobContext) -> TrainResult:
         lora = lora_method.lora_state(adapters)
         x_val = lora_method.embed_with(model, [t.ids for t in encoder.tokenize(val_rows.texts)])
 
+    # NOTE: each epoch's loss was a number; a last step may still have left a weight that is
+    # not (and a model that answers NaN would be served, and billed).
+    tensors = [weight, bias, *lora.values(), x_val]
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors):
+        _check_loss(int(hp["epochs"]), float("nan"), request["method"])
     predicted = head_method.head_predict(x_val, weight, bias).tolist()
     metrics = classification_metrics(val_rows.labels, [labels[i] for i in predicted], labels)
     metrics["validation_examples"] = len(val_rows)

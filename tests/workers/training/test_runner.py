@@ -30,6 +30,16 @@ def test_stratified_split_holds_out_every_label_deterministically():
     assert stratified_split(rows, seed=2) != (train, held)
 
 
+def test_texts_holding_line_separators_other_than_newline_are_read_whole(store):
+    """U+2028, U+2029 and U+0085 are characters a JSON string may hold as they are (the
+    platform's normalised file does): str.splitlines() cut rows there, and the job failed."""
+    from datasets.validation import normalised_jsonl
+
+    examples = [(f"text {i}\u2028more\u2029and\x85more", "ab"[i % 2]) for i in range(12)]
+    rows = rows_load(store, store.put(normalised_jsonl(examples)))
+    assert list(zip(rows.texts, rows.labels, strict=True)) == examples
+
+
 def test_metrics():
     m = classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b", "c"])
     assert m["accuracy"] == 0.75
