@@ -5,7 +5,9 @@ ids do not multiply the series; a path that matches no route is ``unmatched``.""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import Counter, Histogram, start_http_server
 
 HTTP_REQUESTS = Counter(
     "http_requests_total", "Requests the API answered.", ["route", "method", "status"]
@@ -23,3 +25,16 @@ def request_observe(*, route: str, method: str, status: int, seconds: float) -> 
     method = method if method in _METHODS else "other"  # a client's method names no series
     HTTP_REQUESTS.labels(route, method, str(status)).inc()
     HTTP_DURATION.labels(route).observe(seconds)
+
+
+def metrics_serve_from_env() -> int | None:
+    """For a process without the API (a consumer, the platform worker): serve its own series
+    on ``METRICS_PORT`` when that is set, for a scraper that reaches each process (a
+    cluster). ``make run``'s processes share PROMETHEUS_MULTIPROC_DIR instead, and the API's
+    /metrics adds them up. Returns the port served on, or None."""
+    raw = os.environ.get("METRICS_PORT", "").strip()
+    if not raw:
+        return None
+    port = int(raw)
+    start_http_server(port)
+    return port

@@ -31,13 +31,16 @@ K8S = DEPLOY / "k8s"
 # Set in the manifests for something other than this code: the model hub's offline switch
 # (read by the tokenizer's libraries), the pod's own name (for --name and -n), PostgreSQL's
 # image.
-READ_ELSEWHERE = {"HF_HUB_OFFLINE", "POD_NAME", "POSTGRES_USER", "POSTGRES_PASSWORD",
-                  "POSTGRES_DB"}  # fmt: skip
+READ_ELSEWHERE = {"HF_HUB_OFFLINE", "POD_NAME", "POD_IP", "POSTGRES_USER",
+                  "POSTGRES_PASSWORD", "POSTGRES_DB"}  # fmt: skip
 
 
 def _k8s_documents() -> list[dict[str, Any]]:
+    """The base's resources, the migrations Job and the example Secret."""
+    paths = [*sorted((K8S / "base").glob("*.yaml")), K8S / "migrate" / "job.yaml",
+             K8S / "secret.example.yaml"]  # fmt: skip
     docs = []
-    for path in sorted((K8S / "base").glob("*.yaml")):
+    for path in paths:
         if path.name != "kustomization.yaml":
             docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     return docs
@@ -115,12 +118,21 @@ def test_every_file_is_well_formed_yaml() -> None:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("overlay", ["base", "gpu"])
+@pytest.mark.parametrize("overlay", ["base", "gpu", "migrate"])
 def test_kustomize_renders_the_base_and_the_gpu_overlay(overlay: str) -> None:
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, check=True
     ).stdout
     docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    if overlay == "migrate":
+        assert [d["kind"] for d in docs] == ["Job"]
+        assert docs[0]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
+            "margin-api:latest"
+        )
+        return
+    # Applying the base never overwrites the real Secret, nor meets a finished Job's
+    # unchangeable template.
+    assert not {d["kind"] for d in docs} & {"Secret", "Job"}
     workers = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     inference = workers["margin-inference-worker"]["spec"]["template"]["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in inference["env"]}
@@ -211,21 +223,48 @@ def test_one_beat_deployments_select_their_pods_and_mount_what_they_declare() ->
     assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
 
 
-def test_the_api_probes_pass_the_host_check(client: Any, settings: Any) -> None:
-    """The kubelet's Host header is the pod's IP, which ALLOWED_HOSTS refuses with a 400: a
-    probe must name a host margin-config allows, and get its answer with it."""
+def test_the_kubelet_prometheus_and_the_service_pass_the_host_check(
+    client: Any, settings: Any
+) -> None:
+    """The kubelet's probes and Prometheus's scrapes name the pod's IP as the Host, in-cluster
+    clients the Service: ALLOWED_HOSTS refuses whatever it does not list with a 400."""
     docs = _k8s_documents()
-    allowed = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["ALLOWED_HOSTS"]
-    settings.ALLOWED_HOSTS = allowed.split(",")
     api = next(
-        d for d in docs if d["metadata"]["name"] == "margin-api" and d["kind"] == "Deployment"
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "margin-api"
     )
     container = api["spec"]["template"]["spec"]["containers"][0]
-    for probe in ("readinessProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        headers = {h["name"]: h["value"] for h in get.get("httpHeaders", [])}
-        assert client.get(get["path"], HTTP_HOST="10.0.0.7:8000").status_code == 400
-        assert client.get(get["path"], HTTP_HOST=headers["Host"]).status_code != 400, probe
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    settings.ALLOWED_HOSTS = env["ALLOWED_HOSTS"].replace("$(POD_IP)", "10.0.0.7").split(",")
+    paths = [container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")]
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    paths.append(annotations["prometheus.io/path"])
+    hosts = ["10.0.0.7:8000", "margin-api", "margin-api.prod.svc.cluster.local", "api.example.com"]
+    for path in paths:
+        assert client.get(path, HTTP_HOST="elsewhere.example").status_code == 400
+        for host in hosts:
+            assert client.get(path, HTTP_HOST=host).status_code != 400, (path, host)
+
+
+def test_autoscaled_deployments_leave_their_replicas_to_the_autoscaler() -> None:
+    docs = _k8s_documents()
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in docs
+              if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")}  # fmt: skip
+    assert scaled == {"margin-api", "margin-inference-worker"}
+    for doc in docs:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] in scaled:
+            assert "replicas" not in doc["spec"], doc["metadata"]["name"]
+
+
+def test_each_process_without_the_api_serves_its_series_where_it_is_scraped() -> None:
+    for doc in _k8s_documents():
+        if doc["kind"] != "Deployment" or doc["metadata"]["name"] == "margin-api":
+            continue
+        template = doc["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        if container["image"] == "margin-api":
+            annotations = template["metadata"].get("annotations", {})
+            assert env.get("METRICS_PORT") == annotations.get("prometheus.io/port"), doc
 
 
 def test_composes_redis_keeps_the_usage_stream_and_never_evicts() -> None:

@@ -213,3 +213,40 @@ def test_routes_outside_the_api_take_get_and_answer_other_methods_in_json(path):
         response = getattr(client, method)(path)
         assert response.status_code == 405, (method, path)
         assert response.json()["error"]["code"] == "method_not_allowed"  # not an HTML page
+
+
+def test_a_consumer_serves_its_own_series_on_metrics_port(tmp_path):
+    """In a cluster each process is scraped on its own: the usage consumer's counters
+    (events stored, rejected) are on METRICS_PORT, not in the API's /metrics."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "METRICS_PORT": str(port), "DATABASE_URL": f"sqlite:///{tmp_path}/x"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [sys.executable, str(root / "manage.py"), "consume_usage", "--name", "metrics-test"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.2)
+        assert "usage_events_total" in body
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from config.celery import PLATFORM_QUEUE, app
+from ops.metrics import metrics_serve_from_env
 
 
 class Command(BaseCommand):
@@ -22,6 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--loglevel", default="INFO")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        metrics_serve_from_env()
         argv = ["worker", "-Q", PLATFORM_QUEUE, "-n", "platform@%h", "-P", "threads",
                 "-c", str(options["concurrency"]), "--loglevel", options["loglevel"],
                 "--without-gossip", "--without-mingle"]  # fmt: skip

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand
 
 from core.signals import stop_flag
 from finetuning.consumer import JobEventConsumer
+from ops.metrics import metrics_serve_from_env
 
 
 class Command(BaseCommand):
@@ -15,6 +16,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        metrics_serve_from_env()
         should_stop = stop_flag()
         self.stdout.write("training events consumer: waiting for events")
         JobEventConsumer().run(should_stop=should_stop)

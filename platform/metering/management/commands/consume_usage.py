@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from core.signals import stop_flag
 from metering.consumer import UsageConsumer, default_name
+from ops.metrics import metrics_serve_from_env
 
 
 class Command(BaseCommand):
@@ -23,6 +24,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        metrics_serve_from_env()
         should_stop = stop_flag()
         consumer = UsageConsumer(name=options["name"])
         self.stdout.write(f"usage consumer {consumer.name!r}: waiting for events")
