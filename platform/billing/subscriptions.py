@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
-from core.errors import Conflict, InvalidRequest, Overloaded
+from core.errors import Conflict, NotFound, Overloaded
 from limits.services import free_plan_current, redis_client
 from plans.models import Plan
 from tenants.models import Tenant
@@ -293,7 +293,7 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
     ``CHANGE_WAIT_S`` for the one before it is a 409."""
     plan = plan_current(slug=plan_slug)
     if plan is None:
-        raise InvalidRequest(
+        raise NotFound(
             messages.UNKNOWN_PLAN.format(plan=plan_slug), code="resource_missing", param="plan"
         )
     lock = redis_client().lock(

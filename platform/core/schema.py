@@ -7,6 +7,7 @@ and its strings no NUL (``core.serializers``)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
@@ -14,7 +15,7 @@ from drf_spectacular.plumbing import force_instance
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer
 from rest_framework import serializers
 
-from .serializers import ErrorSerializer, StrictSerializer, StrictStringField
+from .serializers import DistinctListField, ErrorSerializer, StrictSerializer, StrictStringField
 
 # A string without NUL (U+0000), as a JSON Schema (ECMA 262) pattern.
 NO_NUL = "^[^\\x00]*$"
@@ -29,6 +30,7 @@ COMMON_ERRORS = {
     406: "The Accept header admits no JSON: every answer here is application/json.",
     415: "Unsupported media type, or a compressed body (Content-Encoding).",
     429: "Rate limited (plan or key rate, or the concurrency cap); see Retry-After.",
+    503: "A store it needs (Redis, Stripe) cannot be reached for now; retry after a wait.",
 }
 
 
@@ -37,6 +39,14 @@ RATE_LIMIT_HEADERS = {
     "RateLimit-Remaining": "Requests left in the current window.",
     "RateLimit-Reset": "Seconds until the window resets.",
 }
+
+
+def _takes_empty(schema: dict[str, Any]) -> bool:
+    """Whether a string schema (a pattern, a length, no format) accepts ""."""
+    if schema.get("type") != "string" or "format" in schema or schema.get("minLength", 0) > 0:
+        return False
+    pattern = schema.get("pattern")
+    return pattern is None or re.search(pattern, "") is not None
 
 
 class AutoSchema(BaseAutoSchema):
@@ -60,7 +70,9 @@ class AutoSchema(BaseAutoSchema):
         super()._insert_field_validators(field, schema)
         # drf-spectacular offers "" beside a constrained string that allows blank; a field
         # that lets blank through only to refuse it with its own error code says so.
-        if getattr(field, "blank_is_refused", False) and "oneOf" in schema:
+        if (getattr(field, "blank_is_refused", False) and "oneOf" in schema) or (
+            "oneOf" in schema and _takes_empty(schema["oneOf"][0])
+        ):
             schema.update(schema.pop("oneOf")[0])
 
     def _map_serializer_field(
@@ -73,6 +85,8 @@ class AutoSchema(BaseAutoSchema):
             and schema.get("type") == "string"
         ):
             schema.setdefault("pattern", NO_NUL)
+        if isinstance(field, DistinctListField) and schema.get("type") == "array":
+            schema["uniqueItems"] = True
         # drf-spectacular maps a ListField's bounds but not a ListSerializer's.
         if isinstance(field, serializers.ListSerializer) and schema.get("type") == "array":
             bounds = (("maxItems", "max_length"), ("minItems", "min_length"))

@@ -48,6 +48,11 @@ class StrictFloatField(serializers.FloatField):
         return float(super().to_internal_value(data))
 
 
+class DistinctListField(serializers.ListField):
+    """A list whose items must differ (the view refuses a repeat with its own message); the
+    OpenAPI document says so (``uniqueItems``, core.schema)."""
+
+
 class StrictSerializer(serializers.Serializer[Any]):
     def to_internal_value(self, data: Any) -> Any:
         # Nested (an example in a list, hyperparameters), the error goes up through DRF,

@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from core.errors import InvalidRequest
 from core.serializers import (
+    DistinctListField,
     StrictFloatField,
     StrictIntegerField,
     StrictSerializer,
@@ -37,7 +38,7 @@ class HyperparametersSerializer(HeadHyperparametersSerializer):
     lora_rank = StrictIntegerField(min_value=1, max_value=64, required=False)
     lora_alpha = StrictFloatField(min_value=0.01, max_value=1024.0, required=False)
     lora_dropout = StrictFloatField(min_value=0.0, max_value=0.9, required=False)
-    target_modules = serializers.ListField(
+    target_modules = DistinctListField(
         child=TargetModuleField(),
         min_length=1,
         max_length=len(LORA_TARGET_MODULES),

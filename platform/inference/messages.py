@@ -36,3 +36,6 @@ INVISIBLE_LABEL = (
     "A label needs a visible character: it is compared with each input as text, and this one "
     "has only whitespace or invisible characters."
 )
+EMPTY_EXAMPLE = (
+    "examples[{index}].{field} has nothing visible: only whitespace and invisible characters."
+)

@@ -41,15 +41,13 @@ def has_visible_text(text: str) -> bool:
     return _VISIBLE.search(text) is not None
 
 
-@extend_schema_field(
-    {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": MAX_INPUT_CHARS,
-        # Something visible, and no NUL.
-        "pattern": f"^[^\\x00]*[^{INVISIBLE}][^\\x00]*$",
-    }
-)
+def _visible_string(max_length: int) -> dict[str, Any]:
+    """A string with something visible in it and no NUL, as an OpenAPI schema."""
+    return {"type": "string", "minLength": 1, "maxLength": max_length,
+            "pattern": f"^[^\\x00]*[^{INVISIBLE}][^\\x00]*$"}  # fmt: skip
+
+
+@extend_schema_field(_visible_string(MAX_INPUT_CHARS))
 class InputTextField(StrictStringField):
     """A text to classify: not blank; longer than the limit is a 413 (see validate_inputs)."""
 
@@ -76,9 +74,19 @@ class LabelsField(serializers.ListField):
     """Zero-shot classes: distinct, non-empty."""
 
 
+@extend_schema_field(_visible_string(MAX_INPUT_CHARS))
+class ExampleTextField(StrictStringField):
+    """Checked for something visible in ClassifyRequestSerializer.validate."""
+
+
+@extend_schema_field(_visible_string(MAX_LABEL_CHARS))
+class ExampleLabelField(StrictStringField):
+    """Checked for something visible in ClassifyRequestSerializer.validate."""
+
+
 class ExampleSerializer(StrictSerializer):
-    text = StrictStringField(allow_blank=False, max_length=MAX_INPUT_CHARS)
-    label = StrictStringField(allow_blank=False, max_length=MAX_LABEL_CHARS)  # type: ignore[assignment]  # the stubs reserve this name
+    text = ExampleTextField(allow_blank=False, max_length=MAX_INPUT_CHARS)
+    label = ExampleLabelField(allow_blank=False, max_length=MAX_LABEL_CHARS)  # type: ignore[assignment]  # the stubs reserve this name
 
 
 class ClassifyRequestSerializer(StrictSerializer):
@@ -153,6 +161,7 @@ class ClassifyRequestSerializer(StrictSerializer):
             # A label with examples is their centroid; one without is its name, embedded.
             _refuse_labels_alike(labels, {example["label"] for example in examples or []})
         if examples:
+            _refuse_invisible_examples(examples)
             length = sum(len(example["text"]) for example in examples)
             if length > MAX_EXAMPLES_CHARS:
                 raise TooLarge(
@@ -176,6 +185,19 @@ class ClassifyRequestSerializer(StrictSerializer):
                     messages.EXAMPLES_NEED_TWO_LABELS, code="invalid_parameter", param="examples"
                 )
         return attrs
+
+
+def _refuse_invisible_examples(examples: list[dict[str, str]]) -> None:
+    """An example's text is embedded into its label's centroid and its label names a class:
+    one with nothing visible teaches nothing, and names nothing a reader can tell apart."""
+    for index, example in enumerate(examples):
+        for field in ("text", "label"):
+            if not has_visible_text(example[field]):
+                raise InvalidRequest(
+                    messages.EMPTY_EXAMPLE.format(index=index, field=field),
+                    code="invalid_parameter",
+                    param=f"examples[{index}].{field}",
+                )
 
 
 def label_as_read(label: str) -> str:

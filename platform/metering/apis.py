@@ -46,6 +46,12 @@ class UsageReportSerializer(serializers.Serializer[Any]):
 
 
 _UNIX_SECONDS = re.compile(r"-?[0-9]+")
+# RFC 3339's date-time (its offset optional here: UTC without one) or full-date; Python's
+# ISO 8601 parser alone also took week dates, hours without minutes, "+0100" and "10,5".
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[Tt ][0-9]{2}:[0-9]{2}:(?P<second>[0-9]{2})(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _MICROSECOND = timedelta(microseconds=1)
@@ -81,8 +87,17 @@ def _parse_moment(raw: str, param: str) -> datetime:
     """An aware datetime, as the client gave it (see MOMENT_FORMATS)."""
     if _UNIX_SECONDS.fullmatch(raw):
         return _from_unix_seconds(raw)
+    form = _RFC3339.fullmatch(raw)
+    if form is None:
+        raise InvalidRequest(
+            INVALID_MOMENT.format(param=param), code="invalid_parameter", param=param
+        )
     # RFC 3339 allows a lower-case "t" and "z"; Python's ISO 8601 parser does not.
     text = raw.replace("t", "T").replace("z", "Z")
+    # A leap second (23:59:60) is the instant a second after 23:59:59, as POSIX time has it.
+    leap = form["second"] == "60"
+    if leap:
+        text = text[: form.start("second")] + "59" + text[form.end("second") :]
     moment: datetime | None = None
     try:
         moment = parse_datetime(text)
@@ -94,7 +109,8 @@ def _parse_moment(raw: str, param: str) -> datetime:
         raise InvalidRequest(
             INVALID_MOMENT.format(param=param), code="invalid_parameter", param=param
         )
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return min(moment + _SECOND, LAST_INSTANT) if leap else moment
 
 
 class UsageApi(TenantAPIView):

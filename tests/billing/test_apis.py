@@ -132,7 +132,7 @@ def test_a_free_month_rolls_over_into_this_one_and_is_kept(tenant, client_for):
         ({"plan": 5}, 400, "invalid_parameter", "plan"),
         ({"plan": None}, 400, "invalid_parameter", "plan"),
         ({"plan": ["pro"]}, 400, "invalid_parameter", "plan"),
-        ({"plan": "gold"}, 400, "resource_missing", "plan"),
+        ({"plan": "gold"}, 404, "resource_missing", "plan"),
         ({"plan": "pro", "coupon": "x"}, 400, "unknown_parameter", "coupon"),
         ([], 400, "invalid_request_body", None),
     ],
@@ -141,7 +141,8 @@ def test_subscription_change_rejects_bad_input(tenant, client_for, body, status,
     response = client_for(tenant, ["billing"]).post("/v1/subscription", body, format="json")
     assert response.status_code == status
     error = response.json()["error"]
-    assert (error["type"], error["code"], error["param"]) == ("invalid_request", code, param)
+    kind = "not_found" if status == 404 else "invalid_request"
+    assert (error["type"], error["code"], error["param"]) == (kind, code, param)
     assert client_for(tenant, ["billing"]).get("/v1/subscription").json()["plan"]["id"] == "free"
 
 

@@ -7,6 +7,8 @@ pytestmark = pytest.mark.django_db
 
 OK = {"model": "minilm-l6", "inputs": ["hello"], "labels": ["a", "b"]}
 EXAMPLE = {"text": "y", "label": "b"}
+BLANK_TEXT = {"text": " ", "label": "a"}
+INVISIBLE_LABEL = {"text": "u", "label": "\u200b"}
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,17 @@ EXAMPLE = {"text": "y", "label": "b"}
         ({"examples": [{"text": "t", "label": "c"}]}, 400, "examples[0].label"),
         ({"labels": None, "examples": [{"text": "t"}]}, 400, "examples[0].label"),
         ({"examples": [None]}, 400, "examples[0]"),  # was a 500
+        # Nothing visible in an example's text or label (the fuzz audit's 0.5/0.5 answer).
+        (
+            {"labels": None, "examples": [BLANK_TEXT, {"text": "t", "label": "b"}]},
+            400,
+            "examples[0].text",
+        ),
+        (
+            {"labels": None, "examples": [{"text": "t", "label": "a"}, INVISIBLE_LABEL]},
+            400,
+            "examples[1].label",
+        ),
         ({"labels": None, "examples": [{"text": "t", "label": "a"}, None]}, 400, "examples[1]"),
         ({"temperature": 0.5}, 400, "temperature"),
         ({"examples": ["x", "y"]}, 400, "examples[0]"),
