@@ -110,7 +110,9 @@ def _parse_moment(raw: str, param: str) -> datetime:
             INVALID_MOMENT.format(param=param), code="invalid_parameter", param=param
         )
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return min(moment + _SECOND, LAST_INSTANT) if leap else moment
+    if leap:  # the last second of year 9999 has no next one: clamped, as moments past it are
+        return moment + _SECOND if moment < LAST_INSTANT - _SECOND else LAST_INSTANT
+    return moment
 
 
 class UsageApi(TenantAPIView):

@@ -369,3 +369,11 @@ def test_usage_api_rejects_what_is_not_a_moment(tenant, client_for, params, para
         param,
     )
     assert "RFC 3339" in error["message"]
+
+
+def test_usage_api_clamps_the_leap_second_that_has_no_next_one(tenant, client_for):
+    """9999-12-31T23:59:60: the second after it is past datetime's range (it was a 500)."""
+    params = {"start": "2026-01-01", "end": "9999-12-31T23:59:60Z"}
+    response = client_for(tenant, ["billing"]).get("/v1/usage", params)
+    assert response.status_code == 200, response.content
+    assert response.json()["end"] == LAST
