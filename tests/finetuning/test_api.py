@@ -335,7 +335,7 @@ def test_operators_pages_for_jobs_events_and_models_render(api, tenant, make_dat
         "/admin/finetuning/finetuneevent/",
     ]
     if event is not None:
-        pages.append(f"/admin/finetuning/finetuneevent/{event.pk}/change/")
+        pages.append(f"/admin/finetuning/finetuneevent/{quote(event.pk)}/change/")
     for page in pages:
         assert admin_client.get(page).status_code == 200, page
 
