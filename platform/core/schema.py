@@ -1,13 +1,12 @@
 """drf-spectacular, told the truth about what every operation can answer: besides its own
 responses, any authenticated endpoint may answer with the error shape for 400, 401, 403,
-404, 405, 406, 413, 415 and 429, and a POST with 402 and 409 (idempotency); and the headers
+404, 405, 406, 413, 415, 429 and 503, and a POST with 402 and 409 (idempotency); and the headers
 each answer carries (X-Request-Id, RateLimit-*, Retry-After, Idempotent-Replayed). And
 about what a request body may hold: a strict serializer's object has no other properties,
 and its strings no NUL (``core.serializers``)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
@@ -42,11 +41,12 @@ RATE_LIMIT_HEADERS = {
 
 
 def _takes_empty(schema: dict[str, Any]) -> bool:
-    """Whether a string schema (a pattern, a length, no format) accepts ""."""
+    """Whether a string schema accepts "": no format, no minLength, and no pattern but the
+    one every string field gets (NO_NUL). (Python's re is not ECMA 262's: other patterns
+    are not judged here.)"""
     if schema.get("type") != "string" or "format" in schema or schema.get("minLength", 0) > 0:
         return False
-    pattern = schema.get("pattern")
-    return pattern is None or re.search(pattern, "") is not None
+    return schema.get("pattern") in (None, NO_NUL)
 
 
 class AutoSchema(BaseAutoSchema):

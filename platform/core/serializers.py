@@ -49,7 +49,7 @@ class StrictFloatField(serializers.FloatField):
 
 
 class DistinctListField(serializers.ListField):
-    """A list whose items must differ (the view refuses a repeat with its own message); the
+    """A list whose items must differ (its serializer refuses a repeat with its own message); the
     OpenAPI document says so (``uniqueItems``, core.schema)."""
 
 

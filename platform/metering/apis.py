@@ -50,7 +50,8 @@ _UNIX_SECONDS = re.compile(r"-?[0-9]+")
 # ISO 8601 parser alone also took week dates, hours without minutes, "+0100" and "10,5".
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[Tt ][0-9]{2}:[0-9]{2}:(?P<second>[0-9]{2})(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
+    r"(?:[Tt ][0-9]{2}:(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
@@ -94,8 +95,9 @@ def _parse_moment(raw: str, param: str) -> datetime:
         )
     # RFC 3339 allows a lower-case "t" and "z"; Python's ISO 8601 parser does not.
     text = raw.replace("t", "T").replace("z", "Z")
-    # A leap second (23:59:60) is the instant a second after 23:59:59, as POSIX time has it.
-    leap = form["second"] == "60"
+    # A leap second (hh:59:60, at 23:59 UTC in the client's offset) is the instant a second
+    # after hh:59:59, as POSIX time has it.
+    leap = form["second"] == "60" and form["minute"] == "59"
     if leap:
         text = text[: form.start("second")] + "59" + text[form.end("second") :]
     moment: datetime | None = None
@@ -111,7 +113,10 @@ def _parse_moment(raw: str, param: str) -> datetime:
         )
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     if leap:  # the last second of year 9999 has no next one: clamped, as moments past it are
-        return moment + _SECOND if moment < LAST_INSTANT - _SECOND else LAST_INSTANT
+        try:
+            return moment.astimezone(UTC) + _SECOND
+        except OverflowError:
+            return LAST_INSTANT
     return moment
 
 

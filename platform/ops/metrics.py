@@ -33,8 +33,13 @@ def metrics_serve_from_env() -> int | None:
     cluster). ``make run``'s processes share PROMETHEUS_MULTIPROC_DIR instead, and the API's
     /metrics adds them up. Returns the port served on, or None."""
     raw = os.environ.get("METRICS_PORT", "").strip()
-    if not raw:
+    # NOTE: under make run every child inherits the shell's variables: three servers on one
+    # port would stop the stack. There the API's /metrics adds the processes up already.
+    if not raw or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
-    port = int(raw)
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"METRICS_PORT must be a port number, got {raw!r}") from None
     start_http_server(port)
     return port

@@ -31,14 +31,14 @@ K8S = DEPLOY / "k8s"
 # Set in the manifests for something other than this code: the model hub's offline switch
 # (read by the tokenizer's libraries), the pod's own name (for --name and -n), PostgreSQL's
 # image.
-READ_ELSEWHERE = {"HF_HUB_OFFLINE", "POD_NAME", "POD_IP", "POSTGRES_USER",
+READ_ELSEWHERE = {"HF_HUB_OFFLINE", "POD_NAME", "POD_IP", "PUBLIC_HOST", "POSTGRES_USER",
                   "POSTGRES_PASSWORD", "POSTGRES_DB"}  # fmt: skip
 
 
 def _k8s_documents() -> list[dict[str, Any]]:
     """The base's resources, the migrations Job and the example Secret."""
-    paths = [*sorted((K8S / "base").glob("*.yaml")), K8S / "migrate" / "job.yaml",
-             K8S / "secret.example.yaml"]  # fmt: skip
+    paths = [*sorted((K8S / "base").glob("*.yaml")), K8S / "config" / "config.yaml",
+             K8S / "migrate" / "job.yaml", K8S / "secret.example.yaml"]  # fmt: skip
     docs = []
     for path in paths:
         if path.name != "kustomization.yaml":
@@ -124,9 +124,9 @@ def test_kustomize_renders_the_base_and_the_gpu_overlay(overlay: str) -> None:
         ["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, check=True
     ).stdout
     docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
-    if overlay == "migrate":
-        assert [d["kind"] for d in docs] == ["Job"]
-        assert docs[0]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
+    if overlay == "migrate":  # the release's settings with it, read by the Job
+        assert [d["kind"] for d in docs] == ["ConfigMap", "Job"]
+        assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
             "margin-api:latest"
         )
         return
@@ -234,15 +234,18 @@ def test_the_kubelet_prometheus_and_the_service_pass_the_host_check(
     )
     container = api["spec"]["template"]["spec"]["containers"][0]
     env = {item["name"]: item.get("value") for item in container["env"]}
-    settings.ALLOWED_HOSTS = env["ALLOWED_HOSTS"].replace("$(POD_IP)", "10.0.0.7").split(",")
+    public = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["PUBLIC_HOST"]
     paths = [container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")]
     annotations = api["spec"]["template"]["metadata"]["annotations"]
     paths.append(annotations["prometheus.io/path"])
-    hosts = ["10.0.0.7:8000", "margin-api", "margin-api.prod.svc.cluster.local", "api.example.com"]
-    for path in paths:
-        assert client.get(path, HTTP_HOST="elsewhere.example").status_code == 400
-        for host in hosts:
-            assert client.get(path, HTTP_HOST=host).status_code != 400, (path, host)
+    for pod_ip, pod_host in (("10.0.0.7", "10.0.0.7:8000"), ("fd00::7", "[fd00::7]:8000")):
+        allowed = env["ALLOWED_HOSTS"].replace("$(PUBLIC_HOST)", public)
+        settings.ALLOWED_HOSTS = allowed.replace("$(POD_IP)", pod_ip).split(",")
+        hosts = [pod_host, "margin-api", "margin-api.prod.svc.cluster.local", public]
+        for path in paths:
+            assert client.get(path, HTTP_HOST="elsewhere.example").status_code == 400
+            for host in hosts:
+                assert client.get(path, HTTP_HOST=host).status_code != 400, (path, host)
 
 
 def test_autoscaled_deployments_leave_their_replicas_to_the_autoscaler() -> None:
@@ -264,7 +267,7 @@ def test_each_process_without_the_api_serves_its_series_where_it_is_scraped() ->
         env = {item["name"]: item.get("value") for item in container.get("env", [])}
         if container["image"] == "margin-api":
             annotations = template["metadata"].get("annotations", {})
-            assert env.get("METRICS_PORT") == annotations.get("prometheus.io/port"), doc
+            assert env["METRICS_PORT"] == annotations["prometheus.io/port"], doc["metadata"]
 
 
 def test_composes_redis_keeps_the_usage_stream_and_never_evicts() -> None:

@@ -371,9 +371,16 @@ def test_usage_api_rejects_what_is_not_a_moment(tenant, client_for, params, para
     assert "RFC 3339" in error["message"]
 
 
-def test_usage_api_clamps_the_leap_second_that_has_no_next_one(tenant, client_for):
-    """9999-12-31T23:59:60: the second after it is past datetime's range (it was a 500)."""
-    params = {"start": "2026-01-01", "end": "9999-12-31T23:59:60Z"}
+@pytest.mark.parametrize("offset", ["Z", "+01:00", "+14:00", "-01:00"])
+def test_usage_api_clamps_the_leap_second_that_has_no_next_one(tenant, client_for, offset):
+    """9999-12-31T23:59:60: the second after it is past datetime's range (it was a 500), in
+    the client's offset too."""
+    params = {"start": "2026-01-01", "end": f"9999-12-31T23:59:60{offset}"}
     response = client_for(tenant, ["billing"]).get("/v1/usage", params)
     assert response.status_code == 200, response.content
-    assert response.json()["end"] == LAST
+    assert response.json()["end"] <= LAST
+
+
+def test_usage_api_takes_a_60th_second_only_as_a_leap_second(tenant, client_for):
+    response = client_for(tenant, ["billing"]).get("/v1/usage", {"start": "2016-06-15T10:11:60Z"})
+    assert response.status_code == 400

@@ -250,3 +250,17 @@ def test_a_consumer_serves_its_own_series_on_metrics_port(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_metrics_port_is_left_alone_under_make_run_and_a_bad_one_says_so(monkeypatch, tmp_path):
+    """make run's children inherit the shell's METRICS_PORT: three servers on one port would
+    stop the stack, and the API's /metrics adds them up there already."""
+    from ops.metrics import metrics_serve_from_env
+
+    monkeypatch.setenv("METRICS_PORT", "1")  # a port no test process may bind
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert metrics_serve_from_env() is None
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    monkeypatch.setenv("METRICS_PORT", "nine-thousand")
+    with pytest.raises(ValueError, match="METRICS_PORT must be a port number"):
+        metrics_serve_from_env()
