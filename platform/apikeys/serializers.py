@@ -1,12 +1,25 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from rest_framework import serializers
 
+from core.moments import rfc3339_parse
 from core.serializers import StrictIntegerField, StrictSerializer, StrictStringField
 
 from .models import ApiKey, Scope
+
+
+class Rfc3339DateTimeField(serializers.DateTimeField):
+    """A date-time as RFC 3339 writes it (core.moments): DRF's own refused a lower-case "t"
+    or "z" and a leap second, which its published format (date-time) allows."""
+
+    def to_internal_value(self, value: Any) -> datetime:
+        moment = rfc3339_parse(value, full_date=False) if isinstance(value, str) else None
+        if moment is None:
+            self.fail("invalid", format="RFC 3339 (2030-01-31T12:00:00Z)")
+        return moment
 
 
 class ApiKeyCreateSerializer(StrictSerializer):
@@ -14,7 +27,7 @@ class ApiKeyCreateSerializer(StrictSerializer):
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=Scope.choices), min_length=1, max_length=4
     )
-    expires_at = serializers.DateTimeField(
+    expires_at = Rfc3339DateTimeField(
         required=False, allow_null=True, default=None, help_text="Must be in the future."
     )
     mode = serializers.ChoiceField(choices=ApiKey.Mode.choices, required=False)

@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -14,6 +13,7 @@ from rest_framework.response import Response
 from apikeys.models import Scope
 from billing.periods import FIRST_INSTANT, LAST_INSTANT, utc_clamped
 from core.errors import InvalidRequest
+from core.moments import rfc3339_parse
 from core.views import TenantAPIView
 from limits.services import enforcement_for
 
@@ -46,13 +46,6 @@ class UsageReportSerializer(serializers.Serializer[Any]):
 
 
 _UNIX_SECONDS = re.compile(r"-?[0-9]+")
-# RFC 3339's date-time (its offset optional here: UTC without one) or full-date; Python's
-# ISO 8601 parser alone also took week dates, hours without minutes, "+0100" and "10,5".
-_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[Tt ][0-9]{2}:(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
-)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _MICROSECOND = timedelta(microseconds=1)
@@ -88,35 +81,11 @@ def _parse_moment(raw: str, param: str) -> datetime:
     """An aware datetime, as the client gave it (see MOMENT_FORMATS)."""
     if _UNIX_SECONDS.fullmatch(raw):
         return _from_unix_seconds(raw)
-    form = _RFC3339.fullmatch(raw)
-    if form is None:
-        raise InvalidRequest(
-            INVALID_MOMENT.format(param=param), code="invalid_parameter", param=param
-        )
-    # RFC 3339 allows a lower-case "t" and "z"; Python's ISO 8601 parser does not.
-    text = raw.replace("t", "T").replace("z", "Z")
-    # A leap second (hh:59:60, at 23:59 UTC in the client's offset) is the instant a second
-    # after hh:59:59, as POSIX time has it.
-    leap = form["second"] == "60" and form["minute"] == "59"
-    if leap:
-        text = text[: form.start("second")] + "59" + text[form.end("second") :]
-    moment: datetime | None = None
-    try:
-        moment = parse_datetime(text)
-        if moment is None and (day := parse_date(text)) is not None:
-            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    except (ValueError, OverflowError):
-        moment = None
+    moment = rfc3339_parse(raw, full_date=True)
     if moment is None:
         raise InvalidRequest(
             INVALID_MOMENT.format(param=param), code="invalid_parameter", param=param
         )
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    if leap:  # the last second of year 9999 has no next one: clamped, as moments past it are
-        try:
-            return moment.astimezone(UTC) + _SECOND
-        except OverflowError:
-            return LAST_INSTANT
     return moment
 
 

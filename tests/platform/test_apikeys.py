@@ -179,6 +179,31 @@ def test_expires_at_in_the_past_is_a_400(api):
 
 
 @pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("2030-06-30T23:59:59Z", "2030-06-30T23:59:59Z"),
+        ("2030-06-30t23:59:59z", "2030-06-30T23:59:59Z"),  # RFC 3339 allows either case
+        ("2030-06-30T23:59:60Z", "2030-07-01T00:00:00Z"),  # a leap second: the next one
+        ("2030-06-30T20:00:00.5-04:00", "2030-07-01T00:00:00.500000Z"),
+    ],
+)
+def test_expires_at_takes_what_rfc_3339_writes(api, given, stored):
+    """DRF's own field refused a lower-case t or z and a leap second: valid date-times."""
+    response = api.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": given},
+                        format="json")  # fmt: skip
+    assert response.status_code == 201, response.content
+    assert response.json()["expires_at"] == stored
+
+
+@pytest.mark.parametrize("given", ["2030-06-30", "2030-W26", "2030-06-30T10", 1924905600, True])
+def test_expires_at_refuses_what_is_not_a_date_time(api, given):
+    response = api.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": given},
+                        format="json")  # fmt: skip
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == "expires_at"
+
+
+@pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"scopes": ["superuser"]}, "scopes[0]"),

@@ -1,0 +1,48 @@
+"""RFC 3339 moments as the API reads them: a date-time (its offset optional: UTC without
+one; "t" and "z" in either case; a leap second, hh:59:60, read as the next second, as POSIX
+time has it) or, where a parameter allows it, a full-date (midnight UTC). Python's ISO 8601
+parser alone also takes week dates, hours without minutes, "+0100" and "10,5", and refuses
+a leap second."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from django.utils.dateparse import parse_date, parse_datetime
+
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[Tt ][0-9]{2}:(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+_SECOND = timedelta(seconds=1)
+LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+
+
+def rfc3339_parse(raw: str, *, full_date: bool) -> datetime | None:
+    """The aware moment ``raw`` names, or None when it is not one (a full-date only where
+    ``full_date``). The second after year 9999's last is that last instant."""
+    form = _RFC3339.fullmatch(raw)
+    if form is None or (form["minute"] is None and not full_date):
+        return None
+    # RFC 3339 allows a lower-case "t" and "z"; Python's ISO 8601 parser does not.
+    text = raw.replace("t", "T").replace("z", "Z")
+    leap = form["second"] == "60" and form["minute"] == "59"
+    if leap:
+        text = text[: form.start("second")] + "59" + text[form.end("second") :]
+    try:
+        moment = parse_datetime(text)
+        if moment is None and (day := parse_date(text)) is not None:
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return None
+    if moment is None:
+        return None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if leap:
+        try:
+            return moment.astimezone(UTC) + _SECOND
+        except OverflowError:
+            return LAST_INSTANT
+    return moment
