@@ -53,9 +53,9 @@ def busy_with(activity: str) -> Iterator[None]:
 
 Counters = dict[str, float]
 # Read at each report: the worker's cumulative counters (``texts``, ``forwards``,
-# ``busy_ms``, ``real_tokens``, ``padded_tokens``) and what it serves now (``models``,
-# ``batches``: its batch limits, ``model_threads``: its forward passes side by side,
-# ``fine_tuned_loaded``), which the report carries as is.
+# ``busy_ms`` and ``busy_ms:<base model>``, ``real_tokens``, ``padded_tokens``) and what it
+# serves now (``models``, ``batches``: its batch limits, ``model_threads``: its forward
+# passes side by side, ``fine_tuned_loaded``), which the report carries as is.
 StatsReader = Callable[[], tuple[Counters, dict[str, Any]]]
 
 
