@@ -13,12 +13,10 @@ from datetime import MAXYEAR, MINYEAR, UTC, datetime
 
 from django.db import transaction
 
+from core.moments import FIRST_INSTANT, LAST_INSTANT
 from tenants.models import Tenant
 
 from .models import BillingPeriod, Subscription
-
-FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
-LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
 
 
 def utc_clamped(moment: datetime) -> datetime:

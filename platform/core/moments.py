@@ -17,6 +17,8 @@ _RFC3339 = re.compile(
     r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
 )
 _SECOND = timedelta(seconds=1)
+# The first and last instants a datetime holds: where moments outside them are clamped.
+FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
 LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
 
 

@@ -76,17 +76,16 @@ def _read(read: Callable[[], T]) -> T | None:
 class _DataPlane:
     """Read from Redis at scrape time: classifications waiting for a worker (what an
     autoscaler scales inference workers on), the other queues and dead letters, and the
-    live workers and their hardware price per hour (``ops.workers``). Each read on its own:
-    one that fails (the broker down) leaves its samples out, not the others'."""
+    live workers and their hardware price per hour (``ops.workers``). The two reads stand
+    apart: an unreadable worker report never drops the queues' samples."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = _read(lambda: queue_depth(fresh=True))
-        if depth is not None:
-            yield GaugeMetricFamily(
-                "inference_queue_messages", "Messages waiting on the inference queue.", depth
-            )
-        depths = _read(queue_depths)
+        depths = _read(queue_depths)  # one round trip for every queue
         if depths is not None:
+            yield GaugeMetricFamily(
+                "inference_queue_messages", "Messages waiting on the inference queue.",
+                depths["inference"],
+            )  # fmt: skip
             queues = GaugeMetricFamily(
                 "queue_entries", "Entries waiting in each queue and dead-letter list.",
                 labels=["queue"],
