@@ -194,7 +194,9 @@ def operations_paths(result: dict[str, Any], **_: Any) -> dict[str, Any]:
             "503": _answer("A dependency is unreachable (see checks).", _json(ready))}),
         "/metrics": _read_only("metrics", "Prometheus metrics, summed over the API processes.", {
             "200": _answer("Prometheus text format.",
-                           {"text/plain": {"schema": {"type": "string"}}})}),
+                           {"text/plain": {"schema": {"type": "string"}}}),
+            "401": _answer("The operator set METRICS_TOKEN and the scrape did not send it as"
+                           " a Bearer token.", _json(_ERROR))}),
         "/webhooks/stripe": {"post": {
             "operationId": "stripe_webhook", "tags": ["operations"], "security": [],
             "summary": "Stripe events, verified by their Stripe-Signature header.",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -22,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 import metering.metrics  # noqa: F401  # every series is declared, whichever process counts it
 import ops.metrics  # noqa: F401
+from core.errors import error_body
 from inference.dispatch import queue_depth
 from ops.workers import fleet_cost, live_counts, queue_depths, workers_seen
 
@@ -112,7 +115,22 @@ class _DataPlane:
         yield price
 
 
+def _scrape_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
+    if not _scrape_allowed(request):
+        message = "This server's /metrics needs its token: Authorization: Bearer <METRICS_TOKEN>."
+        body = error_body(401, "invalid_metrics_token", message)
+        challenge = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+        return JsonResponse(body, status=401, headers=challenge)
     registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several API processes: add up what each wrote to the shared directory.

@@ -26,6 +26,22 @@ def test_metrics_are_prometheus_text():
     assert b"usage_events_total" in response.content
 
 
+def test_metrics_token_when_set_is_required_and_compared_whole(settings):
+    settings.METRICS_TOKEN = "scrape-secret"
+    client = APIClient()
+    for header in (None, "Bearer wrong", "Bearer scrape-secre", "Basic scrape-secret"):
+        response = client.get("/metrics", **({"HTTP_AUTHORIZATION": header} if header else {}))
+        assert response.status_code == 401, header
+        assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("authentication", "invalid_metrics_token")
+        assert b"usage_events_total" not in response.content
+    ok = client.get("/metrics", HTTP_AUTHORIZATION="bearer  scrape-secret")
+    assert ok.status_code == 200 and b"usage_events_total" in ok.content
+    # The probes stay open: an orchestrator calls them with no credentials.
+    assert client.get("/healthz").status_code == 200
+
+
 def test_metrics_count_requests_by_route_and_status_and_show_the_queue():
     from prometheus_client.parser import text_string_to_metric_families
 

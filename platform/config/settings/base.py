@@ -30,6 +30,11 @@ ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "*").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# When set, GET /metrics answers only a scrape that sends ``Authorization: Bearer <token>``:
+# its series name the fleet's hardware price and every route's traffic, which a public
+# host should not show to anyone who asks. Unset, /metrics is open (one machine, a cluster
+# that reaches the API only through a private port).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 
 INSTALLED_APPS = [
     "django.contrib.admin",
