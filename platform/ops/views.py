@@ -128,9 +128,9 @@ def _scrape_allowed(request: HttpRequest) -> bool:
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _scrape_allowed(request):
         message = "This server's /metrics needs its token: Authorization: Bearer <METRICS_TOKEN>."
-        body = error_body(401, "invalid_metrics_token", message)
         challenge = {"WWW-Authenticate": 'Bearer realm="metrics"'}
-        return JsonResponse(body, status=401, headers=challenge)
+        refused = error_body(401, "invalid_metrics_token", message)
+        return JsonResponse(refused, status=401, headers=challenge)
     registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several API processes: add up what each wrote to the shared directory.
