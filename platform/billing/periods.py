@@ -9,7 +9,7 @@ before recording began), calendar months stand in."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import MAXYEAR, MINYEAR, UTC, datetime
+from datetime import MAXYEAR, MINYEAR, UTC, datetime, timedelta
 
 from django.db import transaction
 
@@ -17,6 +17,20 @@ from core.moments import FIRST_INSTANT, LAST_INSTANT
 from tenants.models import Tenant
 
 from .models import BillingPeriod, Subscription
+
+
+def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
+    start = moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+def free_period_from(moment: datetime) -> tuple[datetime, datetime]:
+    """The period of a tenant that leaves a paid plan for free at ``moment``: from then to
+    the end of its calendar month (then calendar months). Usage before it was billed with
+    the paid plan on its final invoice, and must neither show on free's upcoming invoice
+    nor count against free's quota."""
+    return moment, calendar_month(moment)[1]
 
 
 def utc_clamped(moment: datetime) -> datetime:

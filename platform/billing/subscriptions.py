@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -26,7 +26,7 @@ from tenants.selectors import tenant_context_forget
 
 from . import messages
 from .models import Subscription
-from .periods import billing_period_record
+from .periods import billing_period_record, calendar_month, free_period_from
 from .stripe_client import (
     PaymentRequired,
     as_dict,
@@ -34,6 +34,7 @@ from .stripe_client import (
     stripe_api,
     stripe_error_to_api,
 )
+from .stripe_mirror import STATUS_FROM_STRIPE, first_item, stripe_apply
 from .stripe_sync import plan_sync_to_stripe
 
 logger = logging.getLogger(__name__)
@@ -43,35 +44,6 @@ CHANGE_LOCK_S = 120
 CHANGE_WAIT_S = 30
 
 FREE_SLUG = "free"
-# Stripe's statuses onto ours. `incomplete` (first payment not through) and `unpaid`
-# (retries exhausted, invoice left open) both mean: money is owed.
-STATUS_FROM_STRIPE = {
-    "active": Subscription.Status.ACTIVE,
-    "trialing": Subscription.Status.TRIALING,
-    "past_due": Subscription.Status.PAST_DUE,
-    "unpaid": Subscription.Status.PAST_DUE,
-    "incomplete": Subscription.Status.PAST_DUE,
-    "canceled": Subscription.Status.CANCELED,
-    "incomplete_expired": Subscription.Status.CANCELED,
-}
-
-
-def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
-    start = moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
-
-
-def free_period_from(moment: datetime) -> tuple[datetime, datetime]:
-    """The period of a tenant that leaves a paid plan for free at ``moment``: from then to
-    the end of its calendar month (then calendar months). Usage before it was billed with
-    the paid plan on its final invoice, and must neither show on free's upcoming invoice
-    nor count against free's quota."""
-    return moment, calendar_month(moment)[1]
-
-
-def _at(seconds: int | None) -> datetime | None:
-    return datetime.fromtimestamp(int(seconds), tz=UTC) if seconds else None
 
 
 def plan_current(*, slug: str) -> Plan | None:
@@ -162,64 +134,6 @@ def _payment_method_ensure(api: Any, customer_id: str) -> None:
     api.Customer.modify(customer_id, invoice_settings={"default_payment_method": method.id})
 
 
-def _first_item(stripe_sub: dict[str, Any]) -> dict[str, Any]:
-    data = (stripe_sub.get("items") or {}).get("data") or [{}]
-    return dict(data[0])
-
-
-def _stripe_period(stripe_sub: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
-    # Newer API versions keep the period on the item; the emulator on the subscription.
-    item = _first_item(stripe_sub)
-    start = item.get("current_period_start") or stripe_sub.get("current_period_start")
-    end = item.get("current_period_end") or stripe_sub.get("current_period_end")
-    return _at(start), _at(end)
-
-
-def _stripe_plan(stripe_sub: dict[str, Any]) -> Plan | None:
-    item = _first_item(stripe_sub)
-    price = item.get("plan") or item.get("price") or stripe_sub.get("plan") or {}
-    price_id = price.get("id") if isinstance(price, dict) else price
-    return Plan.objects.filter(stripe_plan_id=price_id).first() if price_id else None
-
-
-def _past_due_since(stripe_sub: dict[str, Any]) -> datetime | None:
-    """Unpaid since the latest invoice was finalised (needs ``latest_invoice`` expanded)."""
-    invoice = stripe_sub.get("latest_invoice")
-    if not isinstance(invoice, dict):
-        return None
-    transitions = invoice.get("status_transitions") or {}
-    return _at(transitions.get("finalized_at") or invoice.get("created"))
-
-
-def _apply_stripe(sub: Subscription, stripe_sub: dict[str, Any], observed_at: int) -> None:
-    """Make the row follow a Stripe subscription (re-read, or an event's snapshot)."""
-    status = STATUS_FROM_STRIPE.get(str(stripe_sub.get("status")), Subscription.Status.PAST_DUE)
-    sub.stripe_updated_at = observed_at
-    if status == Subscription.Status.CANCELED:
-        # Cancelled in Stripe (by us moving to free, or by dunning): the tenant is on free.
-        if sub.stripe_subscription_id:  # not moved to free already (by _move_to_free)
-            sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
-        sub.plan = free_plan_current()
-        sub.status = Subscription.Status.ACTIVE
-        sub.stripe_subscription_id = ""
-        sub.past_due_since = None
-        return
-    plan = _stripe_plan(stripe_sub)
-    if plan is None:
-        logger.error("Stripe subscription %s is on a plan we do not know", stripe_sub.get("id"))
-    else:
-        sub.plan = plan
-    sub.status = status
-    sub.stripe_subscription_id = str(stripe_sub["id"])
-    start, end = _stripe_period(stripe_sub)
-    if start and end:
-        sub.current_period_start, sub.current_period_end = start, end
-    if status == Subscription.Status.PAST_DUE:
-        sub.past_due_since = _past_due_since(stripe_sub) or sub.past_due_since or timezone.now()
-    else:
-        sub.past_due_since = None
-
-
 def _move_to_free(sub: Subscription, free: Plan) -> None:
     if sub.stripe_subscription_id:
         from .invoicing import usage_charges_push  # NOTE: invoicing reads subscriptions
@@ -251,7 +165,7 @@ def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str
     if current and current.get("status") not in ("canceled", "incomplete_expired"):
         updated = api.Subscription.modify(
             current["id"],
-            items=[{"id": _first_item(current)["id"], "plan": plan.stripe_plan_id}],
+            items=[{"id": first_item(current)["id"], "plan": plan.stripe_plan_id}],
             proration_behavior="create_prorations",
             metadata=metadata,
         )
@@ -340,7 +254,7 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
         raise stripe_error_to_api(exc) from exc
     with transaction.atomic():
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
-        _apply_stripe(sub, stripe_sub, int(time.time()))
+        stripe_apply(sub, stripe_sub, int(time.time()))
         sub.save()
         billing_period_record(sub=sub)
     tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
@@ -386,7 +300,7 @@ def subscription_refresh_from_stripe(
             return sub  # an older snapshot than the one we hold
         previous_start = sub.current_period_start
         renewal = sub.stripe_subscription_id == stripe_subscription_id
-        _apply_stripe(sub, current, observed_at)
+        stripe_apply(sub, current, observed_at)
         sub.save()
         billing_period_record(sub=sub)
         tenant_context_forget(tenant_id=sub.tenant_id)

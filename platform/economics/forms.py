@@ -8,7 +8,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from billing.subscriptions import calendar_month
+from billing.periods import calendar_month
 
 from .simulation import day_parse, prices_parse, range_check
 

@@ -185,9 +185,8 @@ def test_usage_not_yet_stored_outlives_a_killed_embedded_redis(
     db: Any, tenant: Any, private_redis: PrivateRedis
 ) -> None:
     """The embedded Redis keeps an append-only file: events in the stream when it was killed
-    are there when it is back (they meter answered calls): those it has written to the file.
-    With ``appendfsync everysec`` Redis holds its writes back while the disk is slow to sync
-    (up to 2 s: a loaded machine, here under a parallel test run), as its documentation says."""
+    are there when it is back (they meter answered calls): what it wrote to the file (under
+    ``appendfsync everysec`` it holds writes back up to 2 s while a loaded disk syncs)."""
     publish_usage(private_redis.client, tenant, range(20))
     assert wait_for(
         lambda: private_redis.client.info("persistence")["aof_buffer_length"] == 0, timeout=10

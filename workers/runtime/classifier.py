@@ -23,17 +23,13 @@ from workers import errors
 from workers.artifacts import ArtifactMissingError, ArtifactStore
 from workers.contract import (
     CONTRACT_VERSION,
-    MAX_EXAMPLES,
-    MAX_INPUT_CHARS,
-    MAX_INPUTS,
-    MAX_LABEL_CHARS,
-    MAX_LABELS,
     ClassificationRow,
     ClassifyRequest,
     ClassifyResult,
 )
 from workers.runtime.batcher import DynamicBatcher, Embedded
 from workers.runtime.cache import EmbeddingCache
+from workers.runtime.checks import InvalidRequestError, check_inputs, check_request
 from workers.runtime.encoder import Encoder, Tokenized, UnknownModelError, load_encoder
 from workers.runtime.finetuned import FineTunedCache, ModelFileError
 from workers.settings import WorkerSettings, get_settings
@@ -58,64 +54,6 @@ logger = logging.getLogger(__name__)
 class _Runtime:
     encoder: Encoder
     batcher: DynamicBatcher
-
-
-class InvalidRequestError(ValueError):
-    """The request breaks the contract's limits; the message is safe to show the client."""
-
-
-def _check_inputs(request: ClassifyRequest) -> None:
-    inputs = request.get("inputs")
-    if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_INPUTS:
-        raise InvalidRequestError(errors.BAD_INPUTS_MESSAGE.format(limit=MAX_INPUTS))
-    for index, text in enumerate(inputs):
-        if not isinstance(text, str):
-            raise InvalidRequestError(errors.BAD_INPUTS_MESSAGE.format(limit=MAX_INPUTS))
-        if len(text) > MAX_INPUT_CHARS:
-            raise InvalidRequestError(
-                errors.INPUT_TOO_LONG_MESSAGE.format(index=index, limit=MAX_INPUT_CHARS)
-            )
-
-
-def _check(request: ClassifyRequest) -> tuple[list[str], list[tuple[str, str]]]:
-    """Defensive re-check of what the API validates; returns (label set, examples)."""
-    _check_inputs(request)
-    labels, raw_examples = request.get("labels"), request.get("examples")
-    if not labels and not raw_examples:
-        raise InvalidRequestError(errors.NEEDS_LABELS_MESSAGE)
-
-    bad_labels = errors.BAD_LABELS_MESSAGE.format(limit=MAX_LABELS, chars=MAX_LABEL_CHARS)
-    examples: list[tuple[str, str]] = []
-    if raw_examples:
-        bad_examples = errors.BAD_EXAMPLES_MESSAGE.format(limit=MAX_EXAMPLES)
-        if not isinstance(raw_examples, list) or len(raw_examples) > MAX_EXAMPLES:
-            raise InvalidRequestError(bad_examples)
-        for example in raw_examples:
-            text = example.get("text") if isinstance(example, dict) else None
-            label = example.get("label") if isinstance(example, dict) else None
-            if not isinstance(text, str) or not isinstance(label, str) or not label:
-                raise InvalidRequestError(bad_examples)
-            if len(label) > MAX_LABEL_CHARS or len(text) > MAX_INPUT_CHARS:
-                raise InvalidRequestError(bad_examples)
-            examples.append((text, label))
-
-    if labels:
-        if not isinstance(labels, list) or len(labels) > MAX_LABELS:
-            raise InvalidRequestError(bad_labels)
-        if not all(isinstance(x, str) and 0 < len(x) <= MAX_LABEL_CHARS for x in labels):
-            raise InvalidRequestError(bad_labels)
-        label_set = list(dict.fromkeys(labels))  # de-duplicated, order kept
-        known = set(label_set)
-        for index, (_, label) in enumerate(examples):
-            if label not in known:
-                raise InvalidRequestError(
-                    errors.EXAMPLE_LABEL_MESSAGE.format(index=index, label=label)
-                )
-    else:
-        label_set = list(dict.fromkeys(label for _, label in examples))
-        if len(label_set) > MAX_LABELS:
-            raise InvalidRequestError(bad_labels)
-    return label_set, examples
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +181,7 @@ class ClassifierEngine:
         if request.get("artifact"):
             return self._begin_fine_tuned(request)
         try:
-            label_set, examples = _check(request)
+            label_set, examples = check_request(request)
         except InvalidRequestError as exc:
             return _done(errors.error_result(request, errors.INVALID_REQUEST, str(exc)))
         base_model = request.get("base_model", "")
@@ -298,7 +236,7 @@ class ClassifierEngine:
         rides the base encoder's batcher with every other request; a LoRA model's rows carry
         its adapter into the shared forward passes (finetuned.py says how)."""
         try:
-            _check_inputs(request)
+            check_inputs(request)
         except InvalidRequestError as exc:
             return _done(errors.error_result(request, errors.INVALID_REQUEST, str(exc)))
         base_model, artifact = request.get("base_model", ""), str(request.get("artifact"))
