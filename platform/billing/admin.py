@@ -4,6 +4,7 @@ here edits what mirrors it. Reconciliation rows with a difference are what to lo
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -51,6 +52,8 @@ class InvoiceAdmin(ReadOnlyAdmin):
     list_display = ["id", "tenant", "status", "total", "currency", "period_start", "created_at"]
     list_filter = ["status"]
     search_fields = ["id", "tenant__slug"]
+    # Stripe's hosted invoice pages are https (and Django 6 assumes it: no warning).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Invoice]:
         return Invoice.objects.unscoped().select_related("tenant")
