@@ -15,13 +15,14 @@ from typing import Any
 
 import stripe
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from core.pagination import paginate
 from tenants.models import Tenant
 
 from .models import Invoice, Subscription, UsageChargePush
+from .periods import period_plan
 from .rating import RatedPeriod, rate_tenant_period
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
@@ -39,9 +40,13 @@ def push_key(*, tenant_id: str, start: datetime, line: str, sequence: int) -> st
 
 
 def _pushed(tenant: Tenant, start: datetime, line: str) -> tuple[int, int]:
+    """What the line's pushes add up to, and how many there are, read in ONE query (one
+    snapshot): a push made by a concurrent run between two reads would pair its growth with
+    the next sequence number and bill that growth twice; read together, a concurrent run's
+    push takes the same sequence number, and the unique key refuses the second."""
     rows = UsageChargePush.objects.for_tenant(tenant).filter(period_start=start, line=line)
-    total = rows.aggregate(total=Sum("amount"))["total"] or 0
-    return int(total), rows.count()
+    pushed = rows.aggregate(total=Sum("amount"), count=Count("id"))
+    return int(pushed["total"] or 0), int(pushed["count"])
 
 
 def _find_in_stripe(api: Any, customer_id: str, key: str) -> str | None:
@@ -53,13 +58,18 @@ def _find_in_stripe(api: Any, customer_id: str, key: str) -> str | None:
 
 
 def _send(api: Any, push: UsageChargePush, sub: Subscription, *, in_doubt: bool) -> None:
+    """One push to Stripe: an invoice item on the live subscription's next invoice, or,
+    where the subscription has ended, a pending item on the customer (invoiced below)."""
     item_id = (
         _find_in_stripe(api, sub.stripe_customer_id, push.idempotency_key) if in_doubt else None
     )
     if item_id is None:
+        on_subscription = (
+            {"subscription": sub.stripe_subscription_id} if sub.stripe_subscription_id else {}
+        )
         item = api.InvoiceItem.create(
             customer=sub.stripe_customer_id,
-            subscription=sub.stripe_subscription_id,
+            **on_subscription,
             amount=push.amount,
             currency=push.currency,
             description=push.description,
@@ -77,6 +87,32 @@ def _send(api: Any, push: UsageChargePush, sub: Subscription, *, in_doubt: bool)
     push.save(update_fields=["stripe_invoice_item_id", "pushed_at"])
 
 
+def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageChargePush]) -> None:
+    """Usage of a period whose subscription has ended (moved to free, cancelled in Stripe)
+    that reached the ledger after its final invoice: no subscription invoice will ever take
+    its items, so they go on an invoice of their own, collected now. Keyed by the last push,
+    so a retry never invoices twice. Should Stripe refuse, the items stay pending on the
+    customer (reconciliation counts them as held; the customer's next invoice takes them)."""
+    last = max(pushes, key=lambda push: push.pk)
+    try:
+        invoice = api.Invoice.create(
+            customer=sub.stripe_customer_id,
+            pending_invoice_items_behavior="include",
+            description="Usage recorded after your subscription's final invoice",
+            metadata={"tenant_id": last.tenant_id, "late_usage": last.idempotency_key},
+            idempotency_key=f"late-invoice-{last.idempotency_key}",
+        )
+        api.Invoice.pay(invoice.id, idempotency_key=f"late-pay-{last.idempotency_key}")
+    except stripe.CardError as exc:
+        # Finalised and owed: the invoice is open and its webhooks mirror it.
+        logger.warning("late usage invoice for %s not paid: %s", sub.tenant_id, exc)
+    except stripe.InvalidRequestError as exc:
+        logger.error(
+            "late usage of %s left pending on Stripe customer %s (no invoice: %s)",
+            sub.tenant_id, sub.stripe_customer_id, exc,
+        )  # fmt: skip
+
+
 def usage_charges_push(
     *,
     tenant: Tenant,
@@ -85,15 +121,26 @@ def usage_charges_push(
     until: datetime | None = None,
 ) -> list[UsageChargePush]:
     """Push what the ledger says for the period (default: the current one) up to ``until``
-    (default: now) and Stripe does not hold yet. Returns the pushes made by this call."""
+    (default: now) and Stripe does not hold yet. Returns the pushes made by this call.
+
+    A closed period is pushed again whenever its rated usage has grown since: an event
+    that reached the ledger after the renewal's push (consumer lag, an outage), or calls
+    answered after a move to free or a cancellation in Stripe. Its items go on the live
+    subscription's next invoice, or, with none, on an invoice of their own."""
     sub = subscription_get_or_create(tenant=tenant)
-    if not (sub.stripe_customer_id and sub.stripe_subscription_id) or not stripe_configured():
-        return []  # nothing invoices in Stripe without a subscription
+    if not sub.stripe_customer_id or not stripe_configured():
+        return []  # never on a paid plan: nothing to bill in Stripe
     start = start or sub.current_period_start
     end = end or sub.current_period_end
+    current = start == sub.current_period_start
+    if current and not sub.stripe_subscription_id:
+        return []  # on free now: its own period is not invoiced
     cut = min(end, until or timezone.now())
-    rated = rate_tenant_period(tenant=tenant, plan=sub.plan, start=start, end=cut,
+    plan = period_plan(tenant=tenant, sub=sub, start=start)
+    rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
                                include_base_fee=False)  # fmt: skip
+    # A closed period's items land on a later invoice: each says which period it bills.
+    of_period = "" if current else f" (usage of {start:%Y-%m-%d} to {end:%Y-%m-%d})"
     api = stripe_api()
     made: list[UsageChargePush] = []
     for line in rated.lines:
@@ -109,17 +156,19 @@ def usage_charges_push(
                         tenant_id=tenant.id, start=start, line=line.key, sequence=count + 1
                     ),
                     tenant=tenant, period_start=start, period_end=end, line=line.key,
-                    description=line.description, amount=line.amount - already,
-                    currency=rated.currency,
+                    description=(line.description + of_period)[:300],
+                    amount=line.amount - already, currency=rated.currency,
                 )  # fmt: skip
         except IntegrityError:
             continue  # a concurrent push took this sequence number; the next run catches up
         made.append(push)
     # Also retries pushes recorded earlier whose Stripe call never completed.
-    pending = UsageChargePush.objects.for_tenant(tenant).filter(pushed_at__isnull=True)
+    pending = list(UsageChargePush.objects.for_tenant(tenant).filter(pushed_at__isnull=True))
     fresh = {push.pk for push in made}
-    for push in pending.order_by("id"):
+    for push in sorted(pending, key=lambda push: push.pk):
         _send(api, push, sub, in_doubt=push.pk not in fresh)
+    if pending and not sub.stripe_subscription_id:
+        _invoice_ended_subscription(api, sub, pending)
     return made
 
 

@@ -14,6 +14,7 @@ from datetime import MAXYEAR, MINYEAR, UTC, datetime, timedelta
 from django.db import transaction
 
 from core.moments import FIRST_INSTANT, LAST_INSTANT
+from plans.models import Plan
 from tenants.models import Tenant
 
 from .models import BillingPeriod, Subscription
@@ -107,3 +108,12 @@ def _months_between(
         last = min(month_end, before) if before else month_end
         if first < last:
             yield first, last
+
+
+def period_plan(*, tenant: Tenant, sub: Subscription, start: datetime) -> Plan:
+    """The plan a period ended on (its currency; the price of rows made before plans were
+    recorded): the current one's, or a past one's as recorded."""
+    if start == sub.current_period_start:
+        return sub.plan
+    recorded = BillingPeriod.objects.for_tenant(tenant).filter(start=start).first()
+    return recorded.plan if recorded else sub.plan

@@ -16,6 +16,7 @@ from prometheus_client import Counter
 from tenants.models import Tenant
 
 from .models import BillingPeriod, Reconciliation, Subscription
+from .periods import period_plan
 from .rating import rate_tenant_period
 from .stripe_client import as_dict, stripe_api
 from .subscriptions import subscription_get_or_create
@@ -96,9 +97,9 @@ def reconciliation_run(
     # rates up to min(end, until)), so with a renewal whose webhook is late, the new period's
     # usage is in neither and does not read as a difference.
     cut = min(until or timezone.now(), _period_end(tenant=tenant, sub=sub, start=start))
-    rated = rate_tenant_period(
-        tenant=tenant, plan=sub.plan, start=start, end=cut, include_base_fee=False
-    )
+    plan = period_plan(tenant=tenant, sub=sub, start=start)
+    rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
+                               include_base_fee=False)  # fmt: skip
     in_stripe = stripe_usage_total(tenant=tenant, customer_id=sub.stripe_customer_id, start=start)
     row = Reconciliation.objects.create(
         tenant=tenant,

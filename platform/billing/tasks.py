@@ -16,7 +16,7 @@ from config.celery import app
 from tenants.models import Tenant
 
 from .invoicing import usage_charges_push
-from .models import StripeEvent, Subscription
+from .models import BillingPeriod, StripeEvent, Subscription
 from .reconciliation import reconciliation_run
 from .webhooks import stripe_event_process
 
@@ -36,6 +36,11 @@ TASK_OPTIONS: dict[str, Any] = {
 SWEEP_AGE = timedelta(minutes=1)
 # Stripe itself stops redelivering after three days; so do we.
 SWEEP_HORIZON = timedelta(days=3)
+# A closed period is pushed again each hour for this long (usage that reached the ledger
+# after its last push: a consumer outage of up to a week still gets billed) ...
+LATE_USAGE_HORIZON = timedelta(days=7)
+# ... and reconciled whole by the daily run after it closed (with a day's overlap).
+RECONCILE_CLOSED_WITHIN = timedelta(days=2)
 
 
 @app.task(name="billing.stripe_event_process", **TASK_OPTIONS)
@@ -84,29 +89,62 @@ def _tenants_on_stripe() -> list[str]:
     )
 
 
+def _periods_closed_since(since: datetime) -> list[tuple[str, datetime, datetime]]:
+    """Periods that ended after ``since`` of tenants that have a Stripe customer (a paid
+    plan now or before): their last usage may have reached the ledger after their push."""
+    # NOTE: unscoped on purpose: an operator's job over every tenant.
+    customers = Subscription.objects.unscoped().exclude(stripe_customer_id="")
+    periods = BillingPeriod.objects.unscoped().filter(
+        end__gt=since,
+        end__lte=timezone.now(),
+        tenant_id__in=customers.values("tenant_id"),
+    )
+    return list(periods.values_list("tenant_id", "start", "end"))
+
+
+def _push(tenant_id: str, start: datetime | None = None, end: datetime | None = None) -> None:
+    args = [tenant_id] + ([start.isoformat(), end.isoformat()] if start and end else [])
+    usage_push_task.apply_async(args=args)
+
+
 @app.task(name="billing.usage_push_all", **TASK_OPTIONS)
 def usage_push_all_task() -> int:
-    """Beat: push every paid subscription's current period so far."""
+    """Beat: push every paid subscription's current period so far, and what has reached the
+    ledger since the last push of a period closed within LATE_USAGE_HORIZON."""
     tenant_ids = _tenants_on_stripe()
     for tenant_id in tenant_ids:
-        usage_push_task.apply_async(args=[tenant_id])
-    return len(tenant_ids)
+        _push(tenant_id)
+    closed = _periods_closed_since(timezone.now() - LATE_USAGE_HORIZON)
+    for tenant_id, start, end in closed:
+        _push(tenant_id, start, end)
+    return len(tenant_ids) + len(closed)
 
 
 @app.task(name="billing.reconcile_all", **TASK_OPTIONS)
 def reconcile_all_task() -> int:
-    """Beat: push and then reconcile every paid subscription's period at one cut, so the
-    check compares like with like (usage recorded after the cut is in neither)."""
+    """Beat (daily): push and then reconcile every paid subscription's period at one cut, so
+    the check compares like with like (usage recorded after the cut is in neither); and
+    every period that closed since the run before, whole, so that usage which reached the
+    ledger after a period's last push cannot go unbilled unseen."""
     tenant_ids = _tenants_on_stripe()
     for tenant_id in tenant_ids:
         usage_push_and_reconcile_task.apply_async(args=[tenant_id])
-    return len(tenant_ids)
+    closed = _periods_closed_since(timezone.now() - RECONCILE_CLOSED_WITHIN)
+    for tenant_id, start, end in closed:
+        usage_push_and_reconcile_task.apply_async(
+            args=[tenant_id, start.isoformat(), end.isoformat()]
+        )
+    return len(tenant_ids) + len(closed)
 
 
 @app.task(name="billing.usage_push_and_reconcile", **TASK_OPTIONS)
-def usage_push_and_reconcile_task(tenant_id: str) -> int | None:
+def usage_push_and_reconcile_task(
+    tenant_id: str, start: str | None = None, end: str | None = None
+) -> int | None:
     tenant = Tenant.objects.get(pk=tenant_id)
     cut = timezone.now()
-    usage_charges_push(tenant=tenant, until=cut)
-    row = reconciliation_run(tenant=tenant, until=cut)
+    began = datetime.fromisoformat(start) if start else None
+    ends = datetime.fromisoformat(end) if end else None
+    usage_charges_push(tenant=tenant, start=began, end=ends, until=cut)
+    row = reconciliation_run(tenant=tenant, start=began, until=cut)
     return row.difference if row else None

@@ -1,0 +1,190 @@
+"""Usage that reaches the ledger after its period's last push is billed all the same: an
+event recorded after the renewal's push, calls answered in the moment a tenant moves to
+free, usage since the last hourly push when Stripe cancels the subscription. And two pushes
+at once bill growth once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+import billing.invoicing as invoicing
+from billing.invoicing import usage_charges_push
+from billing.models import Reconciliation, Subscription, UsageChargePush
+from billing.periods import billing_period_record
+from billing.reconciliation import reconciliation_run
+from billing.subscriptions import subscription_change, subscription_refresh_from_stripe
+from billing.tasks import usage_push_all_task
+from metering.models import UsageRecord
+from tests.billing.helpers import wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+def _usage(tenant, inputs, *, at, plan_id):
+    UsageRecord.objects.create(
+        event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
+        livemode=True, model="minilm-l6", inputs=inputs, tokens=inputs, compute_ms=1.0,
+        occurred_at=at, plan_id=plan_id,
+    )  # fmt: skip
+
+
+def _pushed(tenant, start):
+    pushes = UsageChargePush.objects.for_tenant(tenant).filter(period_start=start)
+    return sorted(push.amount for push in pushes)
+
+
+def _in_stripe(api, customer_id, start):
+    """Our usage items for the period that Stripe holds: (amount, subscription) each."""
+    items = [i.to_dict() for i in api.InvoiceItem.list(customer=customer_id, limit=100).data]
+    ours = [i for i in items if i["metadata"].get("period_start") == str(int(start.timestamp()))]
+    return sorted((i["amount"], i.get("subscription")) for i in ours)
+
+
+def test_usage_recorded_after_the_renewal_push_goes_on_the_next_invoice(tenant, stripe_api):
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    now = timezone.now()
+    old_start, old_end = now - timedelta(days=31), now - timedelta(days=1)
+    sub.current_period_start, sub.current_period_end = old_start, old_end
+    sub.save()
+    billing_period_record(sub=sub)
+    _usage(tenant, 150_000, at=old_start + timedelta(days=3), plan_id=sub.plan_id)
+    sub.current_period_start, sub.current_period_end = old_end, old_end + timedelta(days=30)
+    sub.save()
+    billing_period_record(sub=sub)
+    usage_charges_push(tenant=tenant, start=old_start, end=old_end)  # the renewal's push
+    assert _pushed(tenant, old_start) == [2000]
+
+    # A call answered a millisecond before the period closed, its event stored only now
+    # (a consumer that was down): 50,000 more inputs at 40 per 1,000.
+    _usage(tenant, 50_000, at=old_end - timedelta(milliseconds=1), plan_id=sub.plan_id)
+    late = usage_charges_push(tenant=tenant, start=old_start, end=old_end)  # the hourly sweep
+    assert [push.amount for push in late] == [2000]
+    assert late[0].description.endswith(f"(usage of {old_start:%Y-%m-%d} to {old_end:%Y-%m-%d})")
+    assert _in_stripe(stripe_api, sub.stripe_customer_id, old_start) == [
+        (2000, sub.stripe_subscription_id), (2000, sub.stripe_subscription_id)
+    ]  # fmt: skip
+    assert usage_charges_push(tenant=tenant, start=old_start, end=old_end) == []
+    row = reconciliation_run(tenant=tenant, start=old_start)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (4000, 4000, 0)
+
+
+def test_calls_answered_as_the_tenant_moves_to_free_are_billed_on_an_invoice_of_their_own(
+    tenant, stripe_api, caplog
+):
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    pro_id, pro_start, customer = sub.plan_id, sub.current_period_start, sub.stripe_customer_id
+    cancelled = sub.stripe_subscription_id
+    _usage(tenant, 150_000, at=timezone.now(), plan_id=pro_id)
+    sub = subscription_change(tenant=tenant, plan_slug="free")  # final push, then cancel
+    free_start = sub.current_period_start
+    assert _pushed(tenant, pro_start) == [2000]
+    # A call answered on pro just before the switch, its event stored just after it.
+    _usage(tenant, 20_000, at=free_start - timedelta(milliseconds=5), plan_id=pro_id)
+    assert usage_charges_push(tenant=tenant) == []  # free's own period: nothing to invoice
+
+    caplog.set_level(logging.ERROR, logger="billing.invoicing")
+    late = usage_charges_push(tenant=tenant, start=pro_start, end=free_start)
+    assert [push.amount for push in late] == [800]
+    # On the customer, pending, with no subscription left to take it: an invoice of its own
+    # is asked for. (localstripe cannot make one for a customer with no live subscription:
+    # it answers 404, which leaves the item pending and says so; Stripe makes and collects it.)
+    assert _in_stripe(stripe_api, customer, pro_start) == [(800, None), (2000, cancelled)]
+    assert "left pending on Stripe customer" in caplog.text
+    row = reconciliation_run(tenant=tenant, start=pro_start)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (2800, 2800, 0)
+
+
+def test_usage_since_the_last_hourly_push_is_billed_when_stripe_cancels(
+    tenant, stripe_api, django_capture_on_commit_callbacks
+):
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    start = sub.current_period_start
+    _usage(tenant, 150_000, at=timezone.now(), plan_id=sub.plan_id)
+    usage_charges_push(tenant=tenant)  # the hourly push: 2,000
+    _usage(tenant, 30_000, at=timezone.now(), plan_id=sub.plan_id)  # 1,200 since
+    stripe_api.Subscription.cancel(sub.stripe_subscription_id)  # dunning gave up
+    with django_capture_on_commit_callbacks(execute=True):
+        subscription_refresh_from_stripe(
+            customer_id=sub.stripe_customer_id, stripe_subscription_id=sub.stripe_subscription_id,
+            snapshot={"id": sub.stripe_subscription_id}, event_created=0,
+        )  # fmt: skip
+    now_on = Subscription.objects.for_tenant(tenant).get()
+    assert (now_on.plan_id, now_on.stripe_subscription_id) == ("free@1", "")
+    ended = now_on.current_period_start  # where the paid period was cut
+    late = usage_charges_push(tenant=tenant, start=start, end=ended)
+    assert [push.amount for push in late] == [1200]
+    assert _pushed(tenant, start) == [1200, 2000]
+
+
+def test_the_hourly_beat_sweeps_periods_closed_this_week(
+    tenant, other_tenant, live_server, platform_worker, stripe_api
+):
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    now = timezone.now()
+    old_start, old_end = now - timedelta(days=31), now - timedelta(days=1)
+    Subscription.objects.for_tenant(tenant).update(
+        current_period_start=old_start, current_period_end=old_end
+    )
+    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
+    Subscription.objects.for_tenant(tenant).update(
+        current_period_start=old_end, current_period_end=old_end + timedelta(days=30)
+    )
+    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
+    _usage(tenant, 101_000, at=old_end - timedelta(seconds=1), plan_id=sub.plan_id)
+    _usage(other_tenant, 500, at=now, plan_id="")  # free, never on Stripe: not swept
+    with platform_worker():
+        usage_push_all_task.apply_async()
+        push = wait_for(
+            lambda: (
+                UsageChargePush.objects.for_tenant(tenant)
+                .filter(period_start=old_start, pushed_at__isnull=False)
+                .first()
+            ),
+            what="the closed period's late push",
+        )
+    assert (push.line, push.amount) == ("usage:standard", 40)
+    assert not UsageChargePush.objects.for_tenant(other_tenant).exists()
+    assert not Reconciliation.objects.for_tenant(other_tenant).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch):
+    """One push reads what was pushed; another runs whole before the first writes: the
+    first's item takes the sequence number the second took, and is refused."""
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    _usage(tenant, 150_000, at=timezone.now(), plan_id=sub.plan_id)
+    usage_charges_push(tenant=tenant)  # 2,000
+    _usage(tenant, 10_000, at=timezone.now(), plan_id=sub.plan_id)  # grows by 400
+    read = invoicing._pushed
+    other_done = threading.Event()
+
+    def read_then_let_the_other_run(*args):
+        seen = read(*args)
+        if threading.current_thread().name == "first":
+            other = threading.Thread(target=push_in_thread, name="second")
+            other.start()
+            other.join(30)
+            other_done.set()
+        return seen
+
+    def push_in_thread():
+        try:
+            usage_charges_push(tenant=tenant)
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(invoicing, "_pushed", read_then_let_the_other_run)
+    first = threading.Thread(target=push_in_thread, name="first")
+    first.start()
+    first.join(60)
+    assert other_done.is_set()
+    assert _pushed(tenant, sub.current_period_start) == [400, 2000]
+    held = _in_stripe(stripe_api, sub.stripe_customer_id, sub.current_period_start)
+    assert [amount for amount, _ in held] == [400, 2000]
