@@ -5,7 +5,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from core.moments import rfc3339_parse
+from core.moments import rfc3339_parse, utc_clamped
 from core.serializers import StrictIntegerField, StrictSerializer, StrictStringField
 
 from .models import ApiKey, Scope
@@ -19,7 +19,9 @@ class Rfc3339DateTimeField(serializers.DateTimeField):
         moment = rfc3339_parse(value, full_date=False) if isinstance(value, str) else None
         if moment is None:
             self.fail("invalid", format="RFC 3339 (2030-01-31T12:00:00Z)")
-        return moment
+        # In UTC, as stored: 9999-12-31T23:59:59-01:00 is past year 9999 there (its last
+        # instant), and a database write of it was a 500.
+        return utc_clamped(moment)
 
 
 class ApiKeyCreateSerializer(StrictSerializer):

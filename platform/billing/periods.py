@@ -9,11 +9,11 @@ before recording began), calendar months stand in."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import MAXYEAR, MINYEAR, UTC, datetime, timedelta
+from datetime import MAXYEAR, UTC, datetime, timedelta
 
 from django.db import transaction
 
-from core.moments import FIRST_INSTANT, LAST_INSTANT
+from core.moments import LAST_INSTANT, utc_clamped
 from plans.models import Plan
 from tenants.models import Tenant
 
@@ -32,15 +32,6 @@ def free_period_from(moment: datetime) -> tuple[datetime, datetime]:
     the paid plan on its final invoice, and must neither show on free's upcoming invoice
     nor count against free's quota."""
     return moment, calendar_month(moment)[1]
-
-
-def utc_clamped(moment: datetime) -> datetime:
-    """``moment`` (aware) in UTC; one that falls outside what datetime holds in UTC (year 1
-    with a positive offset, year 9999 with a negative one) becomes its first or last instant."""
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        return FIRST_INSTANT if moment.year == MINYEAR else LAST_INSTANT
 
 
 def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:

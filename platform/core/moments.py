@@ -7,7 +7,7 @@ a leap second."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import MINYEAR, UTC, datetime, timedelta
 
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -48,3 +48,12 @@ def rfc3339_parse(raw: str, *, full_date: bool) -> datetime | None:
         except OverflowError:
             return LAST_INSTANT
     return moment
+
+
+def utc_clamped(moment: datetime) -> datetime:
+    """``moment`` (aware) in UTC; one that falls outside what datetime holds in UTC (year 1
+    with a positive offset, year 9999 with a negative one) becomes its first or last instant."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return FIRST_INSTANT if moment.year == MINYEAR else LAST_INSTANT

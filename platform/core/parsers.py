@@ -13,6 +13,26 @@ from rest_framework.utils.json import strict_constant
 
 from .errors import InvalidRequest
 
+# Deeper than this is refused as bad JSON. No request of the contract nests past 4 levels;
+# the code that hashes a body for Idempotency-Key, renders errors and stores a dataset
+# recurses, and met Python's recursion limit at ~475 levels (a 500).
+MAX_DEPTH = 64
+
+
+def nested_too_deeply(value: Any) -> bool:
+    """Whether any array or object in ``value`` sits more than MAX_DEPTH levels down
+    (iterative: what it checks cannot exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
 
 class DuplicateName(ValueError):
     """A JSON object named a member twice (raised by ``unique_names``)."""
@@ -42,8 +62,8 @@ class JSONParser(parsers.JSONParser):
       the last value silently (``{"model": "a", "model": "b"}`` would run, and bill, "b"),
       where another reader of the same body may take the first (RFC 8259: names SHOULD be
       unique); measured, the check costs ~3 us on a one-input classification;
-    - JSON nested deeper than Python's recursion limit (~1,000 levels of ``[``) is bad JSON:
-      ``json`` raises RecursionError there, which DRF lets through as a 500."""
+    - JSON nested deeper than MAX_DEPTH levels is bad JSON (Python's own limit, ~1,000
+      levels of ``[``, made ``json`` raise RecursionError, which DRF let through as a 500)."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         # NOTE: always UTF-8, whatever ``charset`` the Content-Type names: JSON exchanged
@@ -62,7 +82,7 @@ class JSONParser(parsers.JSONParser):
                 f"offset {exc.start})."
             ) from None
         try:
-            return json.loads(text, parse_constant=constant, object_pairs_hook=unique_names)
+            data = json.loads(text, parse_constant=constant, object_pairs_hook=unique_names)
         except DuplicateName as exc:
             raise InvalidRequest(
                 f"{exc.name} is given more than once.", code="duplicate_parameter", param=exc.name
@@ -73,3 +93,8 @@ class JSONParser(parsers.JSONParser):
             if str(exc).startswith("Exceeds the limit"):  # int() of a 4,301+ digit number
                 raise ParseError("JSON parse error - a number has over 4,300 digits.") from None
             raise ParseError(f"JSON parse error - {exc}") from None
+        if isinstance(data, dict | list) and nested_too_deeply(data):
+            raise ParseError(
+                f"JSON parse error - it is nested too deeply (over {MAX_DEPTH} levels)."
+            )
+        return data

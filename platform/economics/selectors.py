@@ -30,9 +30,10 @@ from decimal import Decimal
 from typing import Any
 
 from billing.models import BillingPeriod
-from billing.periods import months, utc_clamped
+from billing.periods import months
 from billing.rating import rate
 from billing.usage_pricing import allocate, line_key
+from core.moments import utc_clamped
 from plans.models import MODEL_TIERS, Plan
 from plans.terms import micros_per_minor
 from tenants.models import Tenant

@@ -11,9 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
-from billing.periods import FIRST_INSTANT, LAST_INSTANT, utc_clamped
 from core.errors import InvalidRequest
-from core.moments import rfc3339_parse
+from core.moments import FIRST_INSTANT, LAST_INSTANT, rfc3339_parse, utc_clamped
 from core.views import TenantAPIView
 from limits.services import enforcement_for
 

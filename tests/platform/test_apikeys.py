@@ -185,6 +185,8 @@ def test_expires_at_in_the_past_is_a_400(api):
         ("2030-06-30t23:59:59z", "2030-06-30T23:59:59Z"),  # RFC 3339 allows either case
         ("2030-06-30T23:59:60Z", "2030-07-01T00:00:00Z"),  # a leap second: the next one
         ("2030-06-30T20:00:00.5-04:00", "2030-07-01T00:00:00.500000Z"),
+        # Past year 9999 in UTC (a 500 on the database write): its last instant.
+        ("9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59.999999Z"),
     ],
 )
 def test_expires_at_takes_what_rfc_3339_writes(api, given, stored):

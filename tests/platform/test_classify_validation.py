@@ -133,6 +133,23 @@ def test_json_nested_beyond_the_parser_is_a_400_not_a_500(api, path, raw):
     assert error["code"] == "invalid_json" and "nested too deeply" in error["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/classify", "/v1/api-keys", "/v1/fine-tunes/ftjob_x/cancel"])
+@pytest.mark.parametrize("levels", [65, 600])
+def test_json_nested_past_64_levels_is_a_400_with_or_without_an_idempotency_key(api, path, levels):
+    """Nested 600 deep the body parsed, and hashing it for the Idempotency-Key was a 500."""
+    deep = "[" * levels + "]" * levels
+    body = '{"model":"minilm-l6","inputs":["x"],"labels":["a","b"],"examples":' + deep + "}"
+    for headers in ({}, {"HTTP_IDEMPOTENCY_KEY": f"deep-{levels}"}):
+        response = api.post(path, body.encode(), content_type="application/json", **headers)
+        assert response.status_code == 400, response.content
+        error = response.json()["error"]
+        assert error["code"] == "invalid_json" and "over 64 levels" in error["message"]
+    shallow = "[" * 2 + "]" * 2  # what the contract's bodies nest to is still read
+    ok = api.post("/v1/classify", ('{"inputs":["x"],"labels":' + shallow + "}").encode(),
+                  content_type="application/json")  # fmt: skip
+    assert ok.json()["error"]["code"] != "invalid_json"
+
+
 def test_wrong_content_type_is_415(api):
     response = api.post("/v1/classify", b"inputs=x", content_type="text/plain")
     assert response.status_code == 415
