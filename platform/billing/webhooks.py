@@ -57,6 +57,12 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
     else:
         raise WebhookRejected("invalid_signature", messages.WEBHOOK_BAD_SIGNATURE)
     event = json.loads(payload)
+    try:
+        # What the database stores must be JSON it can write: no NaN or Infinity (which
+        # Python's json reads), no lone surrogate ("\ud800", which no UTF-8 can hold).
+        json.dumps(event, allow_nan=False, ensure_ascii=False).encode()
+    except ValueError:  # UnicodeEncodeError is one
+        raise WebhookRejected("invalid_payload", messages.WEBHOOK_BAD_PAYLOAD) from None
     data = event.get("data") if isinstance(event, dict) else None
     if not (
         isinstance(data, dict)
@@ -70,7 +76,7 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
         # Signed but without them, an event would fail its handler on every retry.
         and isinstance(data["object"].get("id"), str)
         and 0 < len(data["object"]["id"]) <= 255
-        and type(event.get("created", 0)) is int
+        and type(event.get("created")) is int
         # NOTE: PostgreSQL's jsonb cannot store NUL; Stripe never sends one.
         and b"\\u0000" not in payload
     ):
@@ -84,7 +90,9 @@ def stripe_event_record(*, event: dict[str, Any]) -> bool:
         with transaction.atomic():
             StripeEvent.objects.create(id=event["id"], type=event["type"], payload=event)
     except IntegrityError:
-        return False
+        if StripeEvent.objects.filter(pk=event["id"]).exists():
+            return False
+        raise  # not stored, and not a redelivery: never answered as one (Stripe retries a 500)
     return True
 
 
