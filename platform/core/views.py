@@ -106,6 +106,13 @@ class TenantAPIView(APIView):
         (inference views override this)."""
         return 0
 
+    def check_body(self, request: Request) -> None:
+        """Raise what is wrong with this POST's body, if anything (its 400, 404 or 413).
+        Called only when admission refuses the request for the quota, an unpaid
+        subscription or the concurrency cap: a body that could never run says what to fix,
+        not a 402 or 429 that paying or waiting would not cure. (The rate limit's 429 stays
+        first: it meters requests, whatever they hold.)"""
+
     def admission_prefetch(self, request: Request) -> Sequence[str]:
         """Redis keys this request will read, read with its admission in one round trip
         (``Admission.prefetched``); the classify view names its result-cache rows."""
@@ -178,12 +185,16 @@ class TenantAPIView(APIView):
             # A replay runs and bills nothing: it is not refused for the quota its first
             # attempt used up, a subscription unpaid since, or the concurrency cap, only for
             # the rate limit. (Looked up only on such a refusal: no query on the common path.)
-            if refused.code not in REPLAY_ADMITTED or not (
+            if refused.code not in REPLAY_ADMITTED:
+                raise
+            if not (
                 key is not None
                 and idempotency_replayable(
                     tenant=self.tenant, livemode=self.api_key.livemode, key=key
                 )
             ):
+                if post:
+                    self.check_body(request)
                 raise
             replaying = True
             admission = self._admission = self._admit(request, runs=False, prefetch=prefetch)

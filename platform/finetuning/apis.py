@@ -52,6 +52,9 @@ class FineTuneListCreateApi(TenantAPIView):
         )
         return Response(list_body(page, has_more, _job))
 
+    def check_body(self, request: Request) -> None:
+        validated(FineTuneCreateSerializer, request.data)
+
     @extend_schema(
         operation_id="fine_tunes_create",
         request=FINE_TUNE_CREATE_REQUEST,

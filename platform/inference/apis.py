@@ -23,7 +23,7 @@ from .serializers import (
     ModelSerializer,
     classify_request_fast,
 )
-from .services import classify, model_delete
+from .services import classify, classify_model_check, model_delete
 
 _UNPARSED: Any = object()
 
@@ -45,6 +45,15 @@ class ClassifyApi(TenantAPIView):
         inputs = data.get("inputs") if isinstance(data, dict) else None
         # Reserve what a valid request would run; an invalid one is refunded when it ends.
         return len(inputs) if isinstance(inputs, list) and 0 < len(inputs) <= MAX_INPUTS else 0
+
+    def check_body(self, request: Request) -> None:
+        data = self._plain_body(request)
+        if data is None:
+            data = validated(ClassifyRequestSerializer, request.data)
+        classify_model_check(
+            tenant=self.tenant, api_key=self.api_key, model_id=data["model"],
+            labels=data.get("labels"), examples=data.get("examples"),
+        )  # fmt: skip
 
     def admission_prefetch(self, request: Request) -> Sequence[str]:
         # The result cache's rows for this request, read in its admission round trip.

@@ -21,6 +21,36 @@ from .models import AIModel
 from .selectors import model_get_visible
 
 
+def classify_model_check(
+    *,
+    tenant: Tenant,
+    api_key: ApiKey,
+    model_id: str,
+    labels: list[str] | None,
+    examples: list[Example] | None,
+) -> AIModel:
+    """The model a classification names, if the key may run it with what the request
+    gives it (labels or examples for a base model, neither for a fine-tuned one)."""
+    model = model_get_visible(
+        tenant=tenant, model_id=model_id, livemode=api_key.livemode, param="model"
+    )
+    if model.status != AIModel.Status.READY:
+        raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
+    if model.needs_labels and not labels and not examples:
+        raise InvalidRequest(
+            messages.NEEDS_LABELS.format(model=model.id), code="missing_labels", param="labels"
+        )
+    if not model.needs_labels:
+        for param, value in (("labels", labels), ("examples", examples)):
+            if value:
+                raise InvalidRequest(
+                    messages.FINE_TUNED_NO_LABELS.format(param=param, model=model.id),
+                    code="invalid_parameter",
+                    param=param,
+                )
+    return model
+
+
 def classify(
     *,
     tenant: Tenant,
@@ -40,23 +70,9 @@ def classify(
     (it carries an Idempotency-Key), so a worker keeps its answer for that retry.
     ``admission`` is the request's: its prefetched cache rows are used, and an answer from
     the cache settles it with the usage event."""
-    model = model_get_visible(
-        tenant=tenant, model_id=model_id, livemode=api_key.livemode, param="model"
+    model = classify_model_check(
+        tenant=tenant, api_key=api_key, model_id=model_id, labels=labels, examples=examples
     )
-    if model.status != AIModel.Status.READY:
-        raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
-    if model.needs_labels and not labels and not examples:
-        raise InvalidRequest(
-            messages.NEEDS_LABELS.format(model=model.id), code="missing_labels", param="labels"
-        )
-    if not model.needs_labels:
-        for param, value in (("labels", labels), ("examples", examples)):
-            if value:
-                raise InvalidRequest(
-                    messages.FINE_TUNED_NO_LABELS.format(param=param, model=model.id),
-                    code="invalid_parameter",
-                    param=param,
-                )
     payload: ClassifyRequest = {
         "v": CONTRACT_VERSION,
         "request_id": request_id,

@@ -178,6 +178,28 @@ def test_quota_exceeded_over_http_is_402_and_runs_nothing(tenant):
     assert again.status_code == 404  # admitted (3 <= 3) and refunded again
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"model": "nope", "inputs": ["a"] * 4, "labels": ["x", "y"]}, 404, "model_not_found"),
+        ({"model": "minilm-l6", "inputs": ["a"] * 4}, 400, "missing_labels"),
+        ({"model": "minilm-l6", "inputs": ["a"] * 4, "labels": ["x", "y"], "k": 1}, 400,
+         "unknown_parameter"),
+        ({"model": "minilm-l6", "inputs": ["a", "x" * 10_001, "b", "c"], "labels": ["x", "y"]},
+         413, "input_too_long"),
+    ],
+)  # fmt: skip
+def test_a_body_that_could_never_run_says_so_before_the_quota_does(tenant, body, status, code):
+    """Over the quota (4 inputs against 3 left), a request with its own errors gets them,
+    not a 402 that paying would not cure; a valid one gets the 402."""
+    on_plan(tenant, custom_plan(monthly_hard_cap=3))
+    client = bearer(make_key(tenant, ["inference"]))
+    response = client.post("/v1/classify", body, format="json")
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    valid = {"model": "minilm-l6", "inputs": ["a"] * 4, "labels": ["x", "y"]}
+    assert client.post("/v1/classify", valid, format="json").status_code == 402
+
+
 def test_admission_reads_the_keys_asked_for_in_its_round_trip(tenant):
     key = key_of(tenant, make_key(tenant, ["inference"]))
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -260,12 +282,16 @@ def test_unpaid_beyond_grace_blocks_billable_calls_only(tenant, settings):
     assert response.json()["error"]["code"] == "subscription_unpaid"
     assert client.get("/v1/models").status_code == 200
     assert client.get("/v1/usage").status_code == 200
-    # Test mode is never billed: an unpaid bill does not stop it (past admission, the
-    # unknown model is the answer; the live key never gets that far).
+    # A call that could never run says why, unpaid or not (a 402 would hide it).
     unknown = {**body, "model": "no-such-model"}
-    assert client.post("/v1/classify", unknown, format="json").status_code == 402
-    test = bearer(make_key(tenant, ["admin"], mode=ApiKey.Mode.TEST))
-    assert test.post("/v1/classify", unknown, format="json").status_code == 404
+    assert client.post("/v1/classify", unknown, format="json").status_code == 404
+    # Test mode is never billed: an unpaid bill does not stop it.
+    test = key_of(tenant, make_key(tenant, ["admin"], mode=ApiKey.Mode.TEST))
+    limits_settle(limits_admit(api_key=test, request_id="t1", inputs=1, billable=True),
+                  succeeded=False)  # fmt: skip
+    live = key_of(tenant, make_key(tenant, ["admin"]))
+    with pytest.raises(APIError):
+        limits_admit(api_key=live, request_id="l1", inputs=1, billable=True)
 
 
 def test_unpaid_within_grace_still_works(tenant):
