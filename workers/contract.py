@@ -107,7 +107,7 @@ class ClassifyRequest(TypedDict):
     # base models. Older workers ignore it (they cannot serve fine-tuned models anyway).
     artifact: NotRequired[str | None]
     # Result cache: when set, the worker stores each answered row under
-    # ``result_cache_key(cache_version, labels, examples, input)`` for ``cache_ttl_s``.
+    # ``result_cache_keys(cache_version, labels, examples, inputs)`` for ``cache_ttl_s``.
     cache_version: NotRequired[str | None]
     cache_ttl_s: NotRequired[int]
     # Partial cache hit: the rows the API found in the result cache (each with its original
@@ -152,17 +152,23 @@ def input_indices(request: ClassifyRequest) -> list[int]:
     return [index for index in range(total) if index not in taken]
 
 
-def result_cache_key(
-    version: str, labels: list[str] | None, examples: list[Example] | None, text: str
-) -> str:
-    """Where one input's classification is cached: the model version (a fine-tuned model's
+def result_cache_keys(
+    version: str, labels: list[str] | None, examples: list[Example] | None, texts: list[str]
+) -> list[str]:
+    """Where each input's classification is cached: the model version (a fine-tuned model's
     artifact hash, so a retrained model never serves stale answers), the request's label set
-    and examples, and the input normalised the way the uncased encoder sees it anyway
-    (Unicode NFKC, whitespace collapsed, lower case)."""
+    and examples (hashed once for all its inputs), and the input normalised the way the
+    uncased encoder sees it anyway (Unicode NFKC, whitespace collapsed, lower case)."""
     task = json.dumps([labels, examples], sort_keys=True, separators=(",", ":"))
-    normal = " ".join(unicodedata.normalize("NFKC", text).split()).lower()
-    digest = hashlib.sha256(f"{task}\n{normal}".encode()).hexdigest()
-    return f"rc:{version}:{digest}"
+    prefix = hashlib.sha256(f"{version}\n{task}".encode())
+    keys = []
+    for text in texts:
+        if not text.isascii():  # ASCII is its own NFKC form
+            text = unicodedata.normalize("NFKC", text)
+        digest = prefix.copy()
+        digest.update(" ".join(text.split()).lower().encode())
+        keys.append(f"rc:{version}:{digest.hexdigest()}")
+    return keys
 
 
 class ClassificationRow(TypedDict):

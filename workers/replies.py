@@ -23,7 +23,7 @@ from workers.contract import (
     abandoned_key,
     input_indices,
     reply_key,
-    result_cache_key,
+    result_cache_keys,
     result_key,
 )
 from workers.settings import get_settings
@@ -156,11 +156,11 @@ def _cache_rows(pipe: Any, request: ClassifyRequest, result: ClassifyResult) -> 
     version = str(request["cache_version"])
     ttl = int(request.get("cache_ttl_s") or 86_400)
     tokens = result.get("row_tokens") or []
-    texts = dict(zip(input_indices(request), request["inputs"], strict=True))
+    keys = result_cache_keys(version, request["labels"], request["examples"], request["inputs"])
+    key_at = dict(zip(input_indices(request), keys, strict=True))
     for row in result["results"]:
-        text = texts.get(row["index"])
-        if text is None:
+        key = key_at.get(row["index"])
+        if key is None:
             continue
-        key = result_cache_key(version, request["labels"], request["examples"], text)
         cached = {**row, "tokens": tokens[row["index"]] if tokens else 0}
         pipe.set(key, json.dumps(cached, separators=(",", ":")), ex=ttl)

@@ -62,6 +62,7 @@ class ClassifyApi(TenantAPIView):
             return ()
         return prefetch_keys(
             tenant_id=self.api_key.tenant_id,
+            livemode=self.api_key.livemode,
             model_id=data["model"],
             inputs=data["inputs"],
             labels=data.get("labels"),

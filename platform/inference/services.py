@@ -86,7 +86,7 @@ def classify(
         "examples": [{"text": e["text"], "label": e["label"]} for e in examples or []] or None,
         "deadline": time.time() + settings.INFERENCE_TIMEOUT_S,
         "artifact": model.artifact or None,
-        "cache_version": cache_version(model, tenant.pk),
+        "cache_version": cache_version(model, tenant.pk, api_key.livemode),
         "cache_ttl_s": settings.RESULT_CACHE_TTL_S,
         "keep_result": retriable,
     }

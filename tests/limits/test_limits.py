@@ -235,7 +235,11 @@ def test_a_cache_hit_that_cannot_be_metered_is_a_503_and_refunds_its_inputs(tena
     store = redis.Redis.from_url(os.environ["REDIS_URL"])
     row = {"label": "x", "score": 0.75, "scores": {"x": 0.75, "y": 0.25}, "truncated": False}
     for key in prefetch_keys(
-        tenant_id=tenant.pk, model_id="minilm-l6", inputs=body["inputs"], labels=body["labels"]
+        tenant_id=tenant.pk,
+        livemode=True,
+        model_id="minilm-l6",
+        inputs=body["inputs"],
+        labels=body["labels"],
     ):
         store.set(key, json.dumps({**row, "tokens": 3}), ex=60)
     store.delete(USAGE_STREAM)

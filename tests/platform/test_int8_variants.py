@@ -8,7 +8,7 @@ import pytest
 
 from inference.cache import cache_version
 from inference.models import AIModel
-from workers.contract import result_cache_key
+from workers.contract import result_cache_keys
 
 pytestmark = pytest.mark.django_db
 
@@ -77,9 +77,11 @@ def test_deleting_the_variant_leaves_its_model(api, pair):
 
 def test_the_variant_answers_from_a_result_cache_of_its_own(pair):
     parent, variant = pair
-    assert cache_version(parent, "t1") and cache_version(variant, "t1")
-    assert cache_version(parent, "t1") != cache_version(variant, "t1")
-    keys = {result_cache_key(cache_version(m, "t1") or "", None, None, "hi") for m in pair}
+    assert cache_version(parent, "t1", True) and cache_version(variant, "t1", True)
+    assert cache_version(parent, "t1", True) != cache_version(variant, "t1", True)
+    keys = {
+        result_cache_keys(cache_version(m, "t1", True) or "", None, None, ["hi"])[0] for m in pair
+    }
     assert len(keys) == 2
 
 

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from inference.cache import cache_version, prefetch_keys
 from inference.models import AIModel
 from tests.factories import make_key, subscribe
-from workers.contract import result_cache_key
+from workers.contract import result_cache_keys
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,9 @@ def _cache(version: str, text: str, label: str) -> None:
     other = "b" if label == "a" else "a"
     row = {"label": label, "score": 0.9, "scores": {label: 0.9, other: 0.1}, "truncated": False}
     store = redis.Redis.from_url(os.environ["REDIS_URL"])
-    store.set(result_cache_key(version, None, None, text), json.dumps({**row, "tokens": 2}), ex=60)
+    store.set(
+        result_cache_keys(version, None, None, [text])[0], json.dumps({**row, "tokens": 2}), ex=60
+    )
 
 
 def test_a_fine_tuned_models_rows_are_prefetched_and_never_a_retrained_models(tenant):
@@ -37,12 +39,18 @@ def test_a_fine_tuned_models_rows_are_prefetched_and_never_a_retrained_models(te
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['inference'])}")
     body = {"model": model.id, "inputs": ["hello there"]}
-    old_version = cache_version(model, tenant.pk)
+    old_version = cache_version(model, tenant.pk, True)
     assert old_version
     _cache(old_version, "hello there", "a")
     # Not classified with in this process yet: nothing to prefetch, the lookup reads alone.
     assert (
-        prefetch_keys(tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=None)
+        prefetch_keys(
+            tenant_id=tenant.pk,
+            livemode=True,
+            model_id=model.id,
+            inputs=body["inputs"],
+            labels=None,
+        )
         == []
     )
     first = client.post("/v1/classify", body, format="json")
@@ -50,21 +58,21 @@ def test_a_fine_tuned_models_rows_are_prefetched_and_never_a_retrained_models(te
     assert first.json()["results"][0]["label"] == "a"
     assert first.json()["usage"]["cached"] == 1
     assert prefetch_keys(
-        tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=None
-    ) == [result_cache_key(old_version, None, None, "hello there")]
+        tenant_id=tenant.pk, livemode=True, model_id=model.id, inputs=body["inputs"], labels=None
+    ) == [result_cache_keys(old_version, None, None, ["hello there"])[0]]
     # Retrained: new weights, a new version. Admission still prefetches the old rows (this
     # process remembers the old version); the answer comes from the new version's.
     model.artifact = "e" * 64
     model.save(update_fields=["artifact"])
-    new_version = cache_version(model, tenant.pk)
+    new_version = cache_version(model, tenant.pk, True)
     assert new_version and new_version != old_version
     _cache(new_version, "hello there", "b")
     second = client.post("/v1/classify", body, format="json")
     assert second.status_code == 200, second.json()
     assert second.json()["results"][0]["label"] == "b"
     assert prefetch_keys(
-        tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=None
-    ) == [result_cache_key(new_version, None, None, "hello there")]
+        tenant_id=tenant.pk, livemode=True, model_id=model.id, inputs=body["inputs"], labels=None
+    ) == [result_cache_keys(new_version, None, None, ["hello there"])[0]]
     # /metrics (unauthenticated) counts the lookups without naming the tenant's model.
     metrics = client.get("/metrics").content.decode()
     assert 'result_cache_lookups_total{model="fine_tuned",outcome="hit"}' in metrics
@@ -72,7 +80,45 @@ def test_a_fine_tuned_models_rows_are_prefetched_and_never_a_retrained_models(te
     # Labels are refused for a fine-tuned model: nothing is prefetched for such a request.
     assert (
         prefetch_keys(
-            tenant_id=tenant.pk, model_id=model.id, inputs=body["inputs"], labels=["a", "b"]
+            tenant_id=tenant.pk,
+            livemode=True,
+            model_id=model.id,
+            inputs=body["inputs"],
+            labels=["a", "b"],
         )
         == []
     )
+
+
+def test_live_and_test_mode_keep_apart_caches(tenant):
+    """A test key never reads what production classified (nor fills the live cache with
+    answers that were never billed)."""
+    base = AIModel.objects.unscoped().get(pk="minilm-l6")
+    live, test = cache_version(base, tenant.pk, True), cache_version(base, tenant.pk, False)
+    assert live and test and live != test
+    body = {"model": "minilm-l6", "inputs": ["The  merger with Initech"], "labels": ["a", "b"]}
+    row = {"label": "a", "score": 0.9, "scores": {"a": 0.9, "b": 0.1}, "truncated": False}
+    store = redis.Redis.from_url(os.environ["REDIS_URL"])
+    (key,) = result_cache_keys(live, ["a", "b"], None, ["the merger with initech"])
+    store.set(key, json.dumps({**row, "tokens": 2}), ex=60)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['inference'])}")
+    hit = client.post("/v1/classify", body, format="json")
+    assert hit.status_code == 200 and hit.json()["usage"]["cached"] == 1
+    keys = prefetch_keys(
+        tenant_id=tenant.pk, livemode=False, model_id="minilm-l6", inputs=body["inputs"],
+        labels=["a", "b"],
+    )  # fmt: skip
+    assert keys and keys[0] != key and store.get(keys[0]) is None
+
+
+def test_admission_reads_no_rows_for_inputs_that_are_costly_to_normalise(tenant):
+    """Some characters grow 18-fold under NFKC: admission, which may refuse the request,
+    does not pay for that; the lookup after it does."""
+    common = dict(tenant_id=tenant.pk, livemode=True, model_id="minilm-l6", labels=["a", "b"])
+    assert len(prefetch_keys(inputs=["plain text " * 900], **common)) == 1  # ASCII: cheap
+    assert len(prefetch_keys(inputs=["\ufdfa" * 100] * 2, **common)) == 2
+    assert prefetch_keys(inputs=["\ufdfa" * 10_000], **common) == []
+    # The same keys either way: NFKC's output for ASCII is the ASCII itself.
+    (ascii_key,) = result_cache_keys("v", None, None, ["Hello  World"])
+    assert result_cache_keys("v", None, None, ["\uff28ello World"]) == [ascii_key]

@@ -209,10 +209,12 @@ def test_a_partial_cache_hit_is_answered_and_metered_as_one_call() -> None:
     (event,) = _events_for(request["request_id"])
     assert (event["inputs"], event["cached"], event["tokens"]) == (3, 1, usage["tokens"])
     # The computed rows are now cached too, each under its own input, at its own index.
-    from workers.contract import result_cache_key
+    from workers.contract import result_cache_keys
 
     for text, index in zip(texts, (0, 2), strict=True):
-        raw = _redis().get(result_cache_key("test-partial", ["positive", "negative"], None, text))
+        raw = _redis().get(
+            result_cache_keys("test-partial", ["positive", "negative"], None, [text])[0]
+        )
         assert raw is not None and json.loads(raw)["index"] == index
 
 
