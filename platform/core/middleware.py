@@ -6,6 +6,7 @@ usage events and the response all name the same id. Every response also carries
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -32,6 +33,10 @@ ADMIN_PREFIX = "/admin/"
 # A request body the app left unread is read and dropped up to this size (``_drain``):
 # the largest the API takes (a dataset upload) and then some.
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
+# For callers who did not authenticate (see ``_drain``): a few threads of each process.
+ANONYMOUS_DRAINS = 4
+ANONYMOUS_DRAIN_MAX_BYTES = 1024 * 1024
+_anonymous_drains = threading.BoundedSemaphore(ANONYMOUS_DRAINS)
 
 
 class RequestIdMiddleware:
@@ -61,12 +66,28 @@ def _drain(request: HttpRequest) -> None:
     """Read what is left of the request's body. A request refused before its body is read
     (401, 403, 413...) would otherwise leave it in a keep-alive connection, which makes the
     HTTP server drop the connection, at times without answering the client's next request
-    on it (seen with granian: 1-5 of 40 POSTs refused with a 401 in a row). A body bigger
-    than ``DRAIN_MAX_BYTES`` is left: the connection is then the server's to close."""
+    on it (seen with granian: 6 of 40 POSTs refused with a 401 in a row). A body bigger
+    than ``DRAIN_MAX_BYTES`` is left: the connection is then the server's to close.
+
+    A read has no timeout here, and ~40 connections that announce a body and never send it
+    held every API thread (the server answered nothing while they stayed open). So for a
+    caller who did not authenticate (no key, a wrong one, a probe, an unknown route) at most
+    ``ANONYMOUS_DRAINS`` threads of a process drain at once, each at most
+    ``ANONYMOUS_DRAIN_MAX_BYTES``; past that the connection is dropped after the answer."""
     stream = getattr(request, "_stream", None)
     if not isinstance(stream, LimitedStream):  # read into memory already, or not over WSGI
         return
-    left = DRAIN_MAX_BYTES
+    if getattr(getattr(request, "user", None), "is_authenticated", False):
+        _read_out(stream, DRAIN_MAX_BYTES)
+    elif _anonymous_drains.acquire(blocking=False):
+        try:
+            _read_out(stream, ANONYMOUS_DRAIN_MAX_BYTES)
+        finally:
+            _anonymous_drains.release()
+
+
+def _read_out(stream: LimitedStream, limit: int) -> None:
+    left = limit
     try:
         while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
             left -= len(chunk)

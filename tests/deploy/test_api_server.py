@@ -161,6 +161,33 @@ def test_a_post_refused_before_its_body_is_read_keeps_the_connection_usable(serv
     assert answered.status_code == 200, answered.text
 
 
+def test_bodies_announced_and_never_sent_do_not_hold_the_server(server: Server):
+    """More connections than the server has threads, each announcing a body it never sends:
+    waiting for those bodies held every thread, and the server answered nothing while they
+    stayed open. Those refused without a key are left to the server to drop."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    heads = [
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_nobody\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+    ]
+    held = []
+    try:
+        for n in range(24):  # the server has 2 x 8 threads
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(heads[n % 2])
+            held.append(sock)
+        time.sleep(1)
+        began = time.monotonic()
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        assert time.monotonic() - began < 5
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_a_revoked_key_is_refused_by_every_api_process_at_once(server: Server):
     """Each API process keeps the key rows it read; a revocation still applies on the next
     request, whichever process answers it."""
