@@ -55,3 +55,4 @@ LABEL_CASE_VARIANTS = (
     " alike if they are one."
 )
 EXTRA_KEYS = "Keys other than 'text' and 'label' are ignored (first seen on line {line})."
+MORE_WARNINGS = "{count} more warnings like the ones above were left out of this list."

@@ -25,6 +25,7 @@ from . import messages
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 
 MAX_REPORTED_ERRORS = 100
+MAX_REPORTED_WARNINGS = 100
 MIN_LABELS = 2
 MIN_EXAMPLES_PER_LABEL = 5
 WARN_EXAMPLES_PER_LABEL = 10
@@ -41,6 +42,7 @@ class Validation:
     # Labels whose surrounding whitespace was removed: how many, and the first one and line.
     _stripped_labels: int = 0
     _first_stripped: tuple[int, str] | None = None
+    _warnings_left_out: int = 0
 
     @property
     def valid(self) -> bool:
@@ -51,16 +53,32 @@ class Validation:
         return dict(sorted(Counter(label for _, label in self.examples).items()))
 
     def error(self, line: int | None, message: str) -> None:
+        """Count every error; keep only the ones ``finish`` can report (a file of a million
+        bad lines held a million of them, ~240 MB a megabyte of upload)."""
         self.error_count += 1
         self.errors.append({"line": line, "message": message})
+        if len(self.errors) >= 2 * MAX_REPORTED_ERRORS:
+            self._trim_errors()
 
-    def finish(self) -> Validation:
-        """Keep the first MAX_REPORTED_ERRORS errors in line order (whole-file ones last)."""
+    def _trim_errors(self) -> None:
+        """The first MAX_REPORTED_ERRORS errors in line order (whole-file ones last)."""
         ordered = sorted(self.errors, key=lambda e: (e["line"] is None, e["line"] or 0))
         self.errors = ordered[:MAX_REPORTED_ERRORS]
+
+    def finish(self) -> Validation:
+        self._trim_errors()
+        if self._warnings_left_out:
+            self.warnings.append({"line": None, "message": messages.MORE_WARNINGS.format(
+                count=self._warnings_left_out)})  # fmt: skip
+            self._warnings_left_out = 0
         return self
 
     def warn(self, line: int | None, message: str) -> None:
+        """Up to MAX_REPORTED_WARNINGS, then counted (a file of thousands of labels that
+        differ only in case stored, and listed, a warning for each)."""
+        if len(self.warnings) >= MAX_REPORTED_WARNINGS:
+            self._warnings_left_out += 1
+            return
         self.warnings.append({"line": line, "message": message})
 
     def add(self, line: int, text: Any, label: Any) -> None:

@@ -217,3 +217,18 @@ def test_labels_are_trained_without_surrounding_whitespace_and_a_warning_says_so
         dataset_validate(jsonl(rows))
     )
     assert dataset_validate(jsonl(good_rows())).warnings == []
+
+
+def test_a_flood_of_errors_and_warnings_is_counted_not_kept():
+    """A megabyte of bad lines held ~240 MB of error records until the end; thousands of
+    labels differing only in case stored a warning each."""
+    from datasets.validation import MAX_REPORTED_WARNINGS
+
+    result = dataset_validate(b'{"text": 1, "label": "a"}\n' * 200_000)
+    assert result.error_count > 200_000 and len(result.errors) == MAX_REPORTED_ERRORS
+    assert [e["line"] for e in result.errors] == list(range(1, 101))
+    rows = [{"text": f"text {n}", "label": f"l{n % 150}"} for n in range(1500)]
+    rows += [{"text": f"other {n}", "label": f"L{n % 150}"} for n in range(1500)]
+    flooded = dataset_validate(jsonl(rows))
+    assert len(flooded.warnings) == MAX_REPORTED_WARNINGS + 1
+    assert flooded.warnings[-1]["message"].startswith("50 more warnings")
