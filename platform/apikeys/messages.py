@@ -30,3 +30,4 @@ LAST_ADMIN_KEY = (
     "could create or manage API keys again. Create another live key with the admin scope "
     '(POST /v1/api-keys with "scopes": ["admin"]) first, then delete this one.'
 )
+OUTLIVES_CREATOR = "This key expires at {at}: it cannot create a key that expires later (or never)."

@@ -124,6 +124,17 @@ def api_key_create(
         )
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidRequest(messages.EXPIRES_IN_PAST, code="invalid_parameter", param="expires_at")
+    if created_by is not None and created_by.expires_at is not None:
+        # As with scopes, a key mints no more than it has: a key that expires cannot make
+        # one that outlives it (by default, the new key expires with it).
+        if expires_at is None:
+            expires_at = created_by.expires_at
+        elif expires_at > created_by.expires_at:
+            at = created_by.expires_at.isoformat().replace("+00:00", "Z")
+            raise PermissionError_(
+                messages.OUTLIVES_CREATOR.format(at=at), code="expiry_escalation",
+                param="expires_at",
+            )  # fmt: skip
     public_id = random_token(PUBLIC_ID_LENGTH)
     secret = _mint_secret(mode, public_id)
     key = ApiKey.objects.create(

@@ -1,0 +1,56 @@
+"""A key mints no more than it has: as with scopes, a key that expires cannot create one that
+outlives it (a two-minute key minted a key that never expired)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from apikeys.services import api_key_create
+
+pytestmark = pytest.mark.django_db
+
+
+def _bearer(secret: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def _at(moment):
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_a_key_that_expires_cannot_mint_one_that_outlives_it(tenant):
+    ends = (timezone.now() + timedelta(minutes=2)).replace(microsecond=0)
+    short = _bearer(api_key_create(tenant=tenant, scopes=["admin"], expires_at=ends).secret)
+
+    # Unsaid, the new key expires with its creator.
+    inherited = short.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
+    assert inherited.status_code == 201, inherited.content
+    assert inherited.json()["expires_at"] == _at(ends)
+    sooner = short.post(
+        "/v1/api-keys", {"scopes": ["inference"], "expires_at": _at(ends - timedelta(minutes=1))},
+        format="json",
+    )  # fmt: skip
+    assert sooner.status_code == 201, sooner.content
+
+    later = short.post(
+        "/v1/api-keys", {"scopes": ["admin"], "expires_at": _at(ends + timedelta(days=365))},
+        format="json",
+    )  # fmt: skip
+    assert later.status_code == 403
+    error = later.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "permission", "expiry_escalation", "expires_at",
+    )  # fmt: skip
+    assert _at(ends) in error["message"]
+
+
+def test_a_key_that_never_expires_mints_any_expiry(tenant):
+    forever = _bearer(api_key_create(tenant=tenant, scopes=["admin"]).secret)
+    made = forever.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
+    assert made.status_code == 201 and made.json()["expires_at"] is None
