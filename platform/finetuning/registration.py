@@ -13,9 +13,17 @@ from workers.contract import INT8_BASE_MODELS
 from . import messages
 from .models import FineTuneJob
 
+# Characters of the job id's random part in its model's id: 62^12 ids, ~71 bits (8 lower-
+# cased ones, ~41 bits, made two jobs' models meet at a million jobs of one base and suffix).
+MODEL_ID_TOKEN_CHARS = 12
+
+
+class ModelIdTaken(ValueError):
+    """The model id a job derives is another tenant's, or another mode's: never taken over."""
+
 
 def model_id_for(job: FineTuneJob, *, base_model: str | None = None) -> str:
-    short = job.id.removeprefix("ftjob_")[:8].lower()
+    short = job.id.removeprefix("ftjob_")[:MODEL_ID_TOKEN_CHARS]
     base = base_model or job.base_model
     return ":".join(part for part in ("ft", base, job.suffix, short) if part)
 
@@ -27,7 +35,17 @@ def int8_model_id_for(job: FineTuneJob) -> str | None:
     return model_id_for(job, base_model=int8_base) if int8_base else None
 
 
+def _claim(model_id: str, job: FineTuneJob) -> None:
+    """A job registers its model again when its event is delivered twice (an update); a row
+    under the same id that is another tenant's or mode's is no such thing."""
+    owner = AIModel.objects.unscoped().filter(id=model_id).values_list("tenant_id", "livemode")
+    found = owner.first()
+    if found is not None and found != (job.tenant_id, job.livemode):
+        raise ModelIdTaken(model_id)
+
+
 def fine_tuned_model_register(job: FineTuneJob, result: dict[str, Any]) -> AIModel:
+    _claim(model_id_for(job), job)
     model, _ = AIModel.objects.unscoped().update_or_create(
         id=model_id_for(job),
         defaults={
@@ -59,6 +77,7 @@ def int8_variant_offer(job: FineTuneJob, parent: AIModel) -> tuple[str, dict[str
     if -delta > allowed:
         message = messages.EV_INT8_NOT_OFFERED.format(loss=-delta, allowed=allowed)
         return message, {"int8_model": None, **data}
+    _claim(variant_id, job)
     AIModel.objects.unscoped().update_or_create(
         id=variant_id,
         defaults={

@@ -16,6 +16,10 @@ from .models import AIModel
 # Base models change only when an operator edits them: each process re-reads them at most
 # this often, which saves a query on every classification.
 BASE_MODEL_TTL_S = 5.0
+# Ids found to be no base model are remembered too, up to this many in all: ids a caller
+# makes up (an unknown model, a fine-tuned one's) are endless, and grew the process by
+# ~0.4 KB each.
+BASE_MODEL_CACHE_MAX = 1024
 _base_models: dict[str, tuple[float, AIModel | None]] = {}
 
 
@@ -28,7 +32,9 @@ def _base_model(model_id: str) -> AIModel | None:
             .filter(pk=model_id, tenant__isnull=True, deleted_at__isnull=True)
             .first()
         )
-        cached = _base_models[model_id] = (now, model)
+        cached = (now, model)
+        if model is not None or len(_base_models) < BASE_MODEL_CACHE_MAX:
+            _base_models[model_id] = cached
     return cached[1]
 
 

@@ -55,7 +55,7 @@ def usage_of(job, **fields):
         "tenant_id": job.tenant_id,
         "api_key_id": job.api_key_id,
         "livemode": job.livemode,
-        "model": f"ft:minilm-l6:tickets:{job.id[6:14].lower()}",
+        "model": f"ft:minilm-l6:tickets:{job.id[6:18]}",
         "inputs": 48,
         "tokens": 1234,
         "compute_ms": 55.0,
@@ -99,7 +99,7 @@ def test_a_job_runs_to_success_and_registers_its_model(job, tenant):
     assert fine_tune_event_apply(event=succeeded(job))
     done = reload(job)
     assert done.status == Status.SUCCEEDED and done.finished_at is not None
-    assert done.fine_tuned_model == f"ft:minilm-l6:tickets:{job.id[6:14].lower()}"
+    assert done.fine_tuned_model == f"ft:minilm-l6:tickets:{job.id[6:18]}"
     assert done.trained_tokens == 1234 and done.metrics["accuracy"] == 0.9
     model = AIModel.objects.for_tenant(tenant).get(pk=done.fine_tuned_model)
     assert model.kind == "fine_tuned" and model.artifact == "a" * 64
@@ -246,7 +246,7 @@ def test_an_int8_variant_within_the_threshold_is_registered(job, tenant, delta):
     fine_tune_event_apply(event=succeeded_with_int8(job, delta))
     done = reload(job)
     parent = AIModel.objects.for_tenant(tenant).get(pk=done.fine_tuned_model)
-    variant_id = f"ft:minilm-l6-int8:tickets:{job.id[6:14].lower()}"
+    variant_id = f"ft:minilm-l6-int8:tickets:{job.id[6:18]}"
     assert done.fine_tuned_model.startswith("ft:minilm-l6:")  # the job's model stays fp32
     assert done.metrics["int8_accuracy_delta"] == delta
     variant = AIModel.objects.for_tenant(tenant).get(pk=variant_id)

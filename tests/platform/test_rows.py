@@ -83,3 +83,17 @@ def test_the_ledger_insert_stores_rows_as_the_orm_does_and_skips_stored_ones(ten
                      "cached"):  # fmt: skip
             assert getattr(found, name) == getattr(expected, name), name
     assert insert_new(UsageRecord, [], unique="event_id") == set()
+
+
+def test_ids_that_name_no_base_model_are_remembered_only_up_to_a_bound(tenant):
+    """Made-up model ids are endless: each was remembered, and the process grew by each."""
+    from inference import selectors
+
+    selectors._base_models.clear()
+    for n in range(selectors.BASE_MODEL_CACHE_MAX + 500):
+        with pytest.raises(NotFound):
+            model_get_visible(tenant=tenant, model_id=f"made-up-{n}", livemode=True)
+    assert len(selectors._base_models) == selectors.BASE_MODEL_CACHE_MAX
+    # A real base model is still read, and remembered.
+    assert model_get_visible(tenant=tenant, model_id="minilm-l6", livemode=True).id == "minilm-l6"
+    assert selectors._base_models["minilm-l6"][1] is not None
