@@ -8,19 +8,20 @@ from workers.runtime.cache import EmbeddingCache
 def test_least_recently_used_entry_is_evicted() -> None:
     cache = EmbeddingCache(2)
     a, b, c = torch.zeros(2), torch.ones(2), torch.full((2,), 2.0)
-    cache.put(("m", "a"), a)
-    cache.put(("m", "b"), b)
-    assert cache.get(("m", "a")) is a  # "a" is now the most recent
-    cache.put(("m", "c"), c)
-    assert cache.get(("m", "b")) is None
-    assert cache.get(("m", "a")) is a and cache.get(("m", "c")) is c
+    cache.put(("m", "t", "a"), a)
+    cache.put(("m", "t", "b"), b)
+    assert cache.get(("m", "t", "a")) is a  # "a" is now the most recent
+    cache.put(("m", "t", "c"), c)
+    assert cache.get(("m", "t", "b")) is None
+    assert cache.get(("m", "t", "a")) is a and cache.get(("m", "t", "c")) is c
     assert (cache.hits, cache.misses, len(cache)) == (3, 1, 2)
 
 
-def test_keys_are_per_encoder_and_size_zero_disables() -> None:
+def test_keys_are_per_encoder_and_tenant_and_size_zero_disables() -> None:
     cache = EmbeddingCache(10)
-    cache.put(("m1", "x"), torch.zeros(1))
-    assert cache.get(("m2", "x")) is None
+    cache.put(("m1", "t", "x"), torch.zeros(1))
+    assert cache.get(("m2", "t", "x")) is None
+    assert cache.get(("m1", "other tenant", "x")) is None
     off = EmbeddingCache(0)
-    off.put(("m", "x"), torch.zeros(1))
-    assert off.get(("m", "x")) is None
+    off.put(("m", "t", "x"), torch.zeros(1))
+    assert off.get(("m", "t", "x")) is None

@@ -116,6 +116,11 @@ def test_label_embeddings_are_cached(engine: ClassifierEngine) -> None:
     assert batcher.stats().texts == 8 + 2 + 2 and engine.cache.hits == 4 + 2
     assert [r["label"] for r in third["results"]] == ["sports", "cooking"]
 
+    # Another tenant's labels are its own: the same four are embedded again, not shared (a
+    # hit shows in compute_ms, which would tell it what the first tenant sends).
+    engine.classify(make_request(inputs, labels=labels, tenant_id="ten_other"))
+    assert batcher.stats().texts == 12 + 2 + 4 and engine.cache.hits == 6
+
 
 def test_long_input_is_flagged_truncated(engine: ClassifierEngine) -> None:
     long_text = "the shipment is late again " * 100

@@ -198,8 +198,11 @@ class ClassifierEngine:
         class_texts = [LABEL_TEMPLATE.format(label=x) for x in label_set if x not in with_examples]
         class_texts += [text for text, _ in examples]
         known: dict[str, torch.Tensor] = {}
+        # Per tenant: a hit is faster (compute_ms says so), and one tenant must not learn
+        # which labels or examples another sends.
+        owner = str(request.get("tenant_id") or "")
         for text in dict.fromkeys(class_texts):
-            vector = self.cache.get((encoder.encoder_id, text))
+            vector = self.cache.get((encoder.encoder_id, owner, text))
             if vector is not None:
                 known[text] = vector
         missing = [text for text in dict.fromkeys(class_texts) if text not in known]
@@ -215,7 +218,7 @@ class ClassifierEngine:
                 # clone(): the vector is a view of its whole batch's output, which a cache
                 # entry would otherwise keep alive.
                 known[text] = e.vector.clone()
-                self.cache.put((encoder.encoder_id, text), known[text])
+                self.cache.put((encoder.encoder_id, owner, text), known[text])
 
             classes = torch.stack([self._class_vector(x, examples, known) for x in label_set])
             alike = _prompts_alike(label_set, with_examples, classes)

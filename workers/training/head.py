@@ -44,12 +44,20 @@ def embed_sorted(
 
 
 def embeddings_get(
-    *, store: ArtifactStore, encoder: Encoder, digest: str, texts: Sequence[str], step: Step
+    *,
+    store: ArtifactStore,
+    encoder: Encoder,
+    owner: str,
+    digest: str,
+    texts: Sequence[str],
+    step: Step,
 ) -> tuple[torch.Tensor, int, bool]:
-    """(embeddings, total tokens, whether they came from the cache) for a dataset's rows."""
+    """(embeddings, total tokens, whether they came from the cache) for a dataset's rows.
+    Cached per tenant (``owner``): a job's events say whether its embeddings were reused,
+    which would tell one tenant that another had trained on the very same file."""
     tokenized = encoder.tokenize(list(texts))
     tokens = sum(t.tokens for t in tokenized)
-    ref = f"embeddings/{encoder.encoder_id}/{digest}"
+    ref = f"embeddings/{encoder.encoder_id}/{owner}/{digest}"
     cached = store.ref_get(ref)
     if cached is not None:
         vectors = load(store.get(cached))["embeddings"]

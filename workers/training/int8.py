@@ -49,6 +49,7 @@ def numerics_fingerprint(encoder: Encoder) -> str:
 def int8_metrics(
     *,
     store: ArtifactStore,
+    owner: str,
     base_model: str,
     val_texts: Sequence[str],
     val_labels: Sequence[str],
@@ -80,6 +81,7 @@ def int8_metrics(
         x_val, _, _ = head_method.embeddings_get(
             store=store,
             encoder=int8_encoder,
+            owner=owner,
             digest=f"{texts}.{numerics_fingerprint(int8_encoder)}",
             texts=val_texts,
             step=step,

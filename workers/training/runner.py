@@ -122,6 +122,7 @@ def train_run(ctx: JobContext) -> TrainResult:
     all_x, all_tokens, cached = head_method.embeddings_get(
         store=ctx.store,
         encoder=encoder,
+        owner=request["tenant_id"],
         digest=request["training_file"],
         texts=rows.texts,
         step=ctx.step,
@@ -131,6 +132,7 @@ def train_run(ctx: JobContext) -> TrainResult:
         x_val, _, _ = head_method.embeddings_get(
             store=ctx.store,
             encoder=encoder,
+            owner=request["tenant_id"],
             digest=validation_file,
             texts=val_rows.texts,
             step=ctx.step,
@@ -231,6 +233,7 @@ def train_run(ctx: JobContext) -> TrainResult:
     ctx.step()
     int8 = int8_metrics(
         store=ctx.store,
+        owner=request["tenant_id"],
         base_model=train_base,
         val_texts=val_rows.texts,
         val_labels=val_rows.labels,

@@ -73,6 +73,11 @@ def test_head_matches_logistic_regression_and_caches_embeddings(store, context, 
     ctx, again = context(make_request(digest, hyperparameters={"epochs": 2}))
     assert train_run(ctx)["metrics"]["validation_examples"] == metrics["validation_examples"]
     assert again.of("log")[1][2] == {"cached": True}
+    # Another tenant's job on the very same file embeds it anew: a reuse, which its events
+    # say, would tell it that this tenant had trained on that file.
+    ctx, other = context(make_request(digest, hyperparameters={"epochs": 1}, tenant_id="ten_b"))
+    train_run(ctx)
+    assert other.of("log")[1][2] == {"cached": False}
 
 
 def test_lora_beats_head(store, context):
