@@ -12,6 +12,10 @@ COUNT_TOO_LARGE = "must be at most {maximum}"
 TIERS_SHAPE = 'must be an object like {"standard": [...]}'
 TIERS_UNKNOWN = "unknown model tier {name} ({known})"
 TIERS_EMPTY = "{where} must be a non-empty list of tiers"
+TIERS_MISSING = (
+    "prices {given} but not {missing}: past the included inputs that usage would be free; "
+    'price every tier (a zero price, [{{"up_to": null, "unit_amount": "0"}}], if that is meant)'
+)
 TIER_SHAPE = '{at} must be {{"up_to": ..., "unit_amount": ...}}'
 TIER_LAST_BOUNDED = "{at}: the last tier's up_to must be null"
 TIER_CEILING = "{at}.up_to must be a whole number above {floor} and at most {maximum}"

@@ -131,6 +131,12 @@ def overage_tiers_check(tiers: Any, field: str = "overage_tiers") -> None:
                 )
             if not last:
                 floor = ceiling
+    missing = [name for name in MODEL_TIERS if name not in tiers]
+    if tiers and missing:
+        # Usage of a tier left out is priced at nothing past the included inputs: on a plan
+        # without a hard cap, unlimited and free, which no operator means by leaving it out.
+        raise ValidationError({field: messages.TIERS_MISSING.format(
+            given=", ".join(tiers), missing=", ".join(missing))})  # fmt: skip
 
 
 def price_terms_check(terms: dict[str, Any]) -> dict[str, Any]:

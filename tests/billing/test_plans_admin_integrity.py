@@ -25,7 +25,10 @@ from plans.models import Plan
 pytestmark = pytest.mark.django_db
 
 NOW = datetime.now(UTC)
-AUDIT_TIERS = {"standard": [{"up_to": None, "unit_amount": "40"}]}
+AUDIT_TIERS = {
+    "standard": [{"up_to": None, "unit_amount": "40"}],
+    "int8": [{"up_to": None, "unit_amount": "24"}],
+}
 
 
 def _change_url(plan_id: str) -> str:
@@ -256,7 +259,10 @@ def test_the_form_says_which_tier_is_wrong(admin_client):
 
 
 def test_the_largest_terms_money_can_be_are_accepted_and_rated(admin_client, tenant, client_for):
-    tiers = {"standard": [{"up_to": None, "unit_amount": "999999999999.999999"}]}
+    tiers = {
+        "standard": [{"up_to": None, "unit_amount": "999999999999.999999"}],
+        "int8": [{"up_to": None, "unit_amount": "0"}],
+    }
     _plan_edit(admin_client, "pro@1", overage_tiers=tiers, included_inputs=0)
     assert Plan.objects.get(pk="pro@1").overage_tiers == tiers  # nothing refers to it yet
     Subscription.objects.create(
@@ -309,3 +315,13 @@ def test_the_slug_of_an_existing_version_is_read_only(admin_client):
     _plan_edit(admin_client, "scale@1", slug="enterprise", name="Scale")
     assert not Plan.objects.filter(slug="enterprise").exists()
     assert list(Plan.objects.filter(slug="scale").values_list("pk", flat=True)) == ["scale@1"]
+
+
+def test_a_price_table_that_leaves_a_model_tier_out_is_refused(admin_client):
+    """Left out, a tier's usage was priced at nothing past the included inputs: on pro (no
+    hard cap), five million int8 inputs for free."""
+    only_standard = {"standard": [{"up_to": None, "unit_amount": "40"}]}
+    page = _plan_edit(admin_client, "pro@1", overage_tiers=only_standard)
+    errors = page.context["adminform"].form.errors["overage_tiers"]
+    assert "but not int8" in errors[0]
+    assert Plan.objects.get(pk="pro@1").overage_tiers != only_standard
