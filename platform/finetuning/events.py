@@ -159,6 +159,8 @@ def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
         "api_key_id": job.api_key_id,
         "livemode": job.livemode,
         "model": model.id,
+        # Priced on the plan that admitted it: moving to free while it ran made it free.
+        **({"plan_id": job.plan_id} if job.plan_id else {}),
     }
     outcome = usage_record_bulk(events=[{**usage, **identity}] if isinstance(usage, dict) else [])
     if not isinstance(usage, dict) or outcome.rejected:

@@ -51,6 +51,9 @@ class FineTuneJob(models.Model):
     hyperparameters = models.JSONField(default=dict)
     suffix = models.CharField(max_length=40, blank=True, default="")
     seed = models.PositiveIntegerField(default=0)
+    # The plan the job was admitted on (a Plan's id): what it is billed on, though the tenant
+    # move to another plan while it runs ("" for jobs from before: the plan at recording).
+    plan_id = models.CharField(max_length=64, blank=True, default="")
     status = models.CharField(max_length=24, choices=Status.choices)
     attempt = models.PositiveSmallIntegerField(default=1)
     fine_tuned_model = models.CharField(max_length=200, blank=True, default="")

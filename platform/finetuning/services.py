@@ -166,7 +166,7 @@ def fine_tune_create(
         if status == Tenant.Status.SUSPENDED:
             raise PermissionError_(TENANT_SUSPENDED, code="tenant_suspended")
         # After the 400s/404s above: only a valid job is a 402.
-        _check_plan(tenant=tenant, api_key=api_key, method=method)
+        plan_id = _check_plan(tenant=tenant, api_key=api_key, method=method)
         # The files' rows locked, as a delete locks them: a delete that ran first makes this
         # a 404; one that runs after sees this job (409 dataset_in_use). In id order, so that
         # two jobs on the same two datasets the other way round cannot deadlock.
@@ -189,6 +189,7 @@ def fine_tune_create(
             hyperparameters=resolved,
             suffix=suffix,
             seed=seed,
+            plan_id=plan_id,
             status=Status.VALIDATING_FILES,
         )
         job_log(job, messages.EV_CREATED)
@@ -222,10 +223,11 @@ def _validation_warnings(training: Dataset, validation: Dataset | None) -> list[
     return []
 
 
-def _check_plan(*, tenant: Tenant, api_key: ApiKey, method: str = "head") -> None:
+def _check_plan(*, tenant: Tenant, api_key: ApiKey, method: str = "head") -> str:
     """What the plan allows, each refusal a 402: an unpaid subscription, a plan without
     fine-tuning, a plan without LoRA for a ``lora`` job; then ``max_fine_tuned_models``,
-    which counts the tenant's models and the jobs that may still become one.
+    which counts the tenant's models and the jobs that may still become one. Returns the
+    plan's id: the job is billed on it, whatever plan the tenant is on when it ends.
 
     WARNING: call it with the tenant's row locked, in the transaction that creates the job
     (``fine_tune_create``): the count is only true until another job is inserted."""
@@ -267,6 +269,7 @@ def _check_plan(*, tenant: Tenant, api_key: ApiKey, method: str = "head") -> Non
             code="fine_tuned_model_limit",
             status=402,
         )
+    return str(plan.pk)
 
 
 def _usable(tenant: Tenant, dataset_id: str, param: str) -> Dataset:
