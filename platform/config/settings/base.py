@@ -30,6 +30,11 @@ ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "*").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Served over TLS: the admin's session and CSRF cookies never travel in the clear.
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+# Strict-Transport-Security on https responses, once every host under the domain is served
+# over TLS (a browser then refuses plain http for this long): 0 sends none.
+SECURE_HSTS_SECONDS = int(os.environ.get("HSTS_SECONDS", "0") or 0)
 # When set, GET /metrics answers only a scrape that sends ``Authorization: Bearer <token>``:
 # its series name the fleet's hardware price and every route's traffic, which a public
 # host should not show to anyone who asks. Unset, /metrics is open (one machine, a cluster
