@@ -132,6 +132,32 @@ def test_a_failing_forward_pass_fails_its_callers_not_the_batcher() -> None:
         batcher.close()
 
 
+def test_a_call_of_hundreds_of_texts_shares_its_passes_with_the_calls_behind_it() -> None:
+    """Texts are taken a call at a time in turns: a one-text call queued behind a call of
+    300 (a few-shot request's examples) rides the next forward pass, not the 38th."""
+    gate = threading.Event()
+    passes: list[list[int]] = []
+
+    def recorded(batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        gate.wait(5)
+        passes.append([ids[0] for ids in batch])
+        return torch.ones(len(batch), 4)
+
+    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=8, max_wait_ms=0)
+    try:
+        first = batcher.submit([0])  # the model thread takes it and waits at the gate
+        time.sleep(0.1)
+        big = batcher.submit_many([[1]] * 300)
+        small = batcher.submit_many([[2]])
+        gate.set()
+        small[0].result(timeout=5)
+        assert all(f.result(timeout=10).vector.shape == (4,) for f in [first, *big])
+    finally:
+        batcher.close()
+    assert passes[1] == [1, 2, 1, 1, 1, 1, 1, 1]  # the small call's text in the next pass
+    assert sum(len(p) for p in passes) == 302
+
+
 def test_bounded_queue_pushes_back_and_close_drains() -> None:
     release = threading.Event()
 

@@ -132,7 +132,9 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._max_pending = max_pending
-        self._queue: deque[_Item] = deque()
+        # One queue per waiting call (``submit_many``), oldest call first: see ``_collect``.
+        self._calls: deque[deque[_Item]] = deque()
+        self._queued = 0
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -164,9 +166,9 @@ class DynamicBatcher:
     ) -> list[Future[Embedded]]:
         """Queue token id lists; each future resolves to its ``Embedded`` or an exception.
 
-        Texts of one call are queued together so they land in the same batch, each with
-        ``tag`` (passed to the model with its row). Blocks while the queue is full
-        (back-pressure), up to ``timeout`` seconds.
+        Texts of one call are queued together, each with ``tag`` (passed to the model with
+        its row), and share forward passes with the calls waiting beside them (``_collect``).
+        Blocks while the queue is full (back-pressure), up to ``timeout`` seconds.
         """
         now = time.monotonic()
         items = [_Item(ids, now, tag) for ids in batch]
@@ -175,15 +177,16 @@ class DynamicBatcher:
 
         def has_room() -> bool:
             # A call larger than the whole bound may still go alone into an empty queue.
-            pending = len(self._queue)
+            pending = self._queued
             return self._closed or not pending or pending + len(items) <= self._max_pending
 
         with self._cond:
             if not self._cond.wait_for(has_room, timeout=timeout):
-                raise BatcherOverloadedError(f"{len(self._queue)} texts already waiting")
+                raise BatcherOverloadedError(f"{self._queued} texts already waiting")
             if self._closed:
                 raise BatcherClosedError("batcher is closed")
-            self._queue.extend(items)
+            self._calls.append(deque(items))
+            self._queued += len(items)
             self._queued_tokens += sum(len(item.ids) for item in items)
             self._cond.notify_all()
         return [item.future for item in items]
@@ -216,19 +219,21 @@ class DynamicBatcher:
                         item.future.set_exception(exc)
 
     def _full(self) -> bool:
-        return (
-            len(self._queue) >= self.max_batch_size or self._queued_tokens >= self.max_batch_tokens
-        )
+        return self._queued >= self.max_batch_size or self._queued_tokens >= self.max_batch_tokens
 
     def _collect(self) -> list[_Item] | None:
         """Wait for work, then for company: until the first waiting item has waited
         ``max_wait_ms`` (counted from when it was queued, so items that queued up during the
-        previous forward pass go at once) or a full batch is waiting."""
+        previous forward pass go at once) or a full batch is waiting. Then take the waiting
+        calls' texts in turns, one from each call, oldest call first: a call of hundreds of
+        texts (a few-shot request's examples) shares each forward pass with the calls behind
+        it, rather than holding them for all of its passes (one such call held another
+        tenant's one-input request past its 30 s deadline)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._queue or self._closed)
-            if not self._queue:
+            self._cond.wait_for(lambda: self._calls or self._closed)
+            if not self._calls:
                 return None  # closed and drained
-            deadline = self._queue[0].enqueued + self.max_wait_s
+            deadline = self._calls[0][0].enqueued + self.max_wait_s
             while not self._full() and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -236,13 +241,22 @@ class DynamicBatcher:
                 self._cond.wait(left)
             batch: list[_Item] = []
             tokens = 0
-            while self._queue and len(batch) < self.max_batch_size:
-                size = len(self._queue[0].ids)
-                if batch and tokens + size > self.max_batch_tokens:
-                    break
-                item = self._queue.popleft()
-                batch.append(item)
-                tokens += size
+            full = False
+            while self._calls and not full:
+                waiting: deque[deque[_Item]] = deque()
+                for call in self._calls:  # one turn: a text from each call
+                    if not full:
+                        size = len(call[0].ids)
+                        full = len(batch) >= self.max_batch_size or (
+                            bool(batch) and tokens + size > self.max_batch_tokens
+                        )
+                        if not full:
+                            batch.append(call.popleft())
+                            tokens += size
+                    if call:
+                        waiting.append(call)
+                self._calls = waiting
+            self._queued -= len(batch)
             self._queued_tokens -= tokens
             self._cond.notify_all()  # wake submitters waiting for room
         # Skip futures whose caller cancelled them while they waited.
