@@ -176,9 +176,9 @@ def _read_only(operation_id: str, summary: str, responses: dict[str, Any]) -> di
 
 
 def operations_paths(result: dict[str, Any], **_: Any) -> dict[str, Any]:
-    """drf-spectacular postprocessing hook: the routes outside /v1 (plain Django views, which
-    it does not see): probes, metrics and the Stripe webhook, so that the document describes
-    every endpoint the server has."""
+    """drf-spectacular postprocessing hook: the routes it does not see (plain Django views):
+    probes, metrics, the Stripe webhook, and this document and its two pages, so that the
+    document describes every endpoint the server has."""
     checks = {"type": "object", "additionalProperties": {"type": "object"}}
     ready = {"type": "object", "required": ["status", "checks"], "properties": {
         "status": {"type": "string", "enum": ["ok", "unavailable"]}, "checks": checks}}  # fmt: skip
@@ -192,6 +192,13 @@ def operations_paths(result: dict[str, Any], **_: Any) -> dict[str, Any]:
         "/readyz": _read_only("readyz", "Readiness: database, broker and cache reachable.", {
             "200": _answer("Ready.", _json(ready)),
             "503": _answer("A dependency is unreachable (see checks).", _json(ready))}),
+        "/v1/openapi.json": _read_only("openapi", "This OpenAPI 3 document.", {
+            "200": _answer("The document.",
+                           {"application/vnd.oai.openapi+json": {"schema": {"type": "object"}}})}),
+        "/v1/docs": _read_only("docs", "Interactive documentation (Swagger UI) of this API.", {
+            "200": _answer("An HTML page.", {"text/html": {"schema": {"type": "string"}}})}),
+        "/v1/redoc": _read_only("redoc", "Reference documentation (Redoc) of this API.", {
+            "200": _answer("An HTML page.", {"text/html": {"schema": {"type": "string"}}})}),
         "/metrics": _read_only("metrics", "Prometheus metrics, summed over the API processes.", {
             "200": _answer("Prometheus text format.",
                            {"text/plain": {"schema": {"type": "string"}}}),

@@ -83,8 +83,16 @@ def test_openapi_describes_every_public_route():
         "/v1/api-keys/{key_id}",
         "/v1/api-keys/{key_id}/rotate",
         "/v1/usage",
+        "/v1/openapi.json",
+        "/v1/docs",
+        "/v1/redoc",
     ]:
         assert path in paths, path
+    # Each page's answer is of the type its operation says.
+    for path, kind in [("/v1/openapi.json", "application/vnd.oai.openapi+json"),
+                       ("/v1/docs", "text/html"), ("/v1/redoc", "text/html")]:  # fmt: skip
+        assert kind in paths[path]["get"]["responses"]["200"]["content"]
+        assert APIClient().get(path)["Content-Type"].startswith(kind)
     classify = paths["/v1/classify"]["post"]
     assert {"200", "400", "401", "403", "404", "409", "413", "503"} <= set(classify["responses"])
     error = schema["components"]["schemas"]["Error"]
@@ -95,8 +103,8 @@ def test_openapi_describes_every_public_route():
 def test_openapi_documents_the_headers_every_answer_carries():
     schema = APIClient().get("/v1/openapi.json").json()
     for path, operations in schema["paths"].items():
-        if not path.startswith("/v1/"):
-            continue  # probes, metrics and the webhook: no API key, so no rate limit
+        if not path.startswith("/v1/") or path in ("/v1/openapi.json", "/v1/docs", "/v1/redoc"):
+            continue  # probes, metrics, the webhook, the docs: no API key, so no rate limit
         for method, operation in operations.items():
             for status, response in operation["responses"].items():
                 headers = response.get("headers", {})
