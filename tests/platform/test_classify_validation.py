@@ -25,6 +25,8 @@ INVISIBLE_LABEL = {"text": "u", "label": "\u200b"}
         ({"inputs": ["\u200b \u200b", "ok"]}, 400, "inputs[0]"),
         ({"inputs": ["\ufeff"]}, 400, "inputs[0]"),
         ({"inputs": ["\u0300\ufe0f \u3164\ufff9"]}, 400, "inputs[0]"),
+        # Private use and the replacement character: the tokenizer drops them too.
+        ({"inputs": ["ok", "\ue000\uf8ff \ufffd"]}, 400, "inputs[1]"),
         ({"inputs": ["ok", "x" * 10_001]}, 413, "inputs[1]"),
         ({"model": None}, 400, "model"),
         ({"model": 5}, 400, "model"),
