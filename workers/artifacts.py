@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -76,9 +77,24 @@ class ArtifactStore:
         """Store ``data``; returns its hash. Storing the same bytes again is a no-op."""
         digest = sha256(data)
         path = self._blob(digest)
-        if not path.exists():
+        try:
+            os.utime(path)  # stored already: touched, so a release now leaves it (release)
+        except FileNotFoundError:
             self._write_atomic(path, data)
         return digest
+
+    def release(self, digest: str, *, unless_newer_than_s: float) -> bool:
+        """Remove a blob nothing refers to any more, unless it was stored (or stored again)
+        within ``unless_newer_than_s``: an upload of the same bytes may be about to refer
+        to it. True if removed."""
+        path = self._blob(digest)
+        try:
+            if time.time() - path.stat().st_mtime < unless_newer_than_s:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def get(self, digest: str) -> bytes:
         path = self._blob(digest)

@@ -56,3 +56,7 @@ LABEL_CASE_VARIANTS = (
 )
 EXTRA_KEYS = "Keys other than 'text' and 'label' are ignored (first seen on line {line})."
 MORE_WARNINGS = "{count} more warnings like the ones above were left out of this list."
+STORAGE_FULL = (
+    "Your datasets take {used:,} bytes; this upload of {size:,} would pass the {limit:,} "
+    "bytes a tenant may store. Delete datasets you no longer need to make room."
+)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from core.errors import Conflict, TooLarge
+from finetuning.models import FineTuneJob
 from tenants.models import Tenant
 from workers.artifacts import ArtifactStore
 
@@ -15,6 +17,10 @@ from . import messages
 from .models import Dataset
 from .selectors import dataset_get, dataset_jobs_unfinished
 from .validation import dataset_validate, normalised_jsonl
+
+# A file stored (or stored again) this recently is never released: an upload of the same
+# bytes may be about to refer to it.
+BLOB_GRACE_S = 600.0
 
 
 def artifact_store() -> ArtifactStore:
@@ -32,6 +38,7 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
             code="file_too_large",
             param="file",
         )
+    _check_storage(tenant, size)
     data = upload.read()
     filename = (upload.name or "").replace("\x00", "")[:255]
     result = dataset_validate(data, filename=filename)
@@ -57,10 +64,41 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
         )
 
 
+def _check_storage(tenant: Tenant, size: int) -> None:
+    """409 when the upload would take the tenant's datasets (invalid ones too: they are
+    stored) past DATASET_STORAGE_BYTES: the artifact store is every tenant's, and one
+    tenant's uploads must not fill it. Deleting a dataset makes room."""
+    limit = settings.DATASET_STORAGE_BYTES
+    stored = Dataset.objects.for_tenant(tenant).filter(deleted_at__isnull=True)
+    used = int(stored.aggregate(total=Sum("bytes"))["total"] or 0)
+    if used + size > limit:
+        raise Conflict(
+            messages.STORAGE_FULL.format(used=used, size=size, limit=limit),
+            code="storage_limit_reached",
+            param="file",
+        )
+
+
+def _blobs_release(digests: list[str]) -> None:
+    """After a delete: the dataset's files, once no dataset (of any tenant: blobs are
+    content-addressed and shared) and no unfinished job refers to them. A job that has
+    finished does not need its file again."""
+    store = artifact_store()
+    # NOTE: unscoped on purpose: whether anyone at all still refers to these bytes.
+    datasets = Dataset.objects.unscoped().filter(deleted_at__isnull=True)
+    jobs = FineTuneJob.objects.unscoped().exclude(status__in=FineTuneJob.TERMINAL)
+    for digest in dict.fromkeys(d for d in digests if d):
+        if datasets.filter(Q(raw_file=digest) | Q(content_file=digest)).exists():
+            continue
+        if jobs.filter(Q(training_file=digest) | Q(validation_file=digest)).exists():
+            continue
+        store.release(digest, unless_newer_than_s=BLOB_GRACE_S)
+
+
 @transaction.atomic
 def dataset_delete(*, tenant: Tenant, dataset_id: str) -> Dataset:
-    """Soft delete: the row disappears from the API; finished jobs that used the file keep
-    their copy of its hash (blobs are shared and content-addressed, so never removed here).
+    """Soft delete: the row disappears from the API, and its files leave the artifact store
+    once nothing refers to them (``_blobs_release``); finished jobs keep the file's hash.
 
     A dataset that a job still validating, queued or running trains or validates on is not
     deleted (409 ``dataset_in_use``): the job would go on training on "deleted" data.
@@ -76,4 +114,6 @@ def dataset_delete(*, tenant: Tenant, dataset_id: str) -> Dataset:
         )
     dataset.deleted_at = timezone.now()
     dataset.save(update_fields=["deleted_at"])
+    files = [dataset.raw_file, dataset.content_file]
+    transaction.on_commit(lambda: _blobs_release(files))
     return dataset

@@ -178,6 +178,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", str(16 * 1
 # with the workers, who read the same ARTIFACT_DIR (see workers/artifacts.py).
 ARTIFACT_DIR = Path(os.environ.get("ARTIFACT_DIR", DATA_DIR / "artifacts"))
 DATASET_MAX_BYTES = int(os.environ.get("DATASET_MAX_BYTES", str(20 * 1024 * 1024)))
+# What one tenant's datasets (not deleted) may take in the shared artifact store in all.
+DATASET_STORAGE_BYTES = int(os.environ.get("DATASET_STORAGE_BYTES", str(1024 * 1024 * 1024)))
 # A running job with no heartbeat for this long has lost its worker: retried from the start
 # up to FINETUNE_MAX_ATTEMPTS attempts in all, then failed. Checked every sweep interval.
 FINETUNE_HEARTBEAT_TIMEOUT_S = float(os.environ.get("FINETUNE_HEARTBEAT_TIMEOUT_S", "60"))
