@@ -86,6 +86,13 @@ class DatasetListCreateApi(TenantAPIView):
         request={"multipart/form-data": DatasetUploadSerializer},
         responses={
             201: DatasetSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description=(
+                    "The tenant's datasets would pass their storage limit"
+                    " (storage_limit_reached), or Idempotency-Key reused with another body."
+                ),
+            ),
             413: OpenApiResponse(ErrorSerializer, description="The file is over the limit."),
         },
     )
