@@ -283,3 +283,28 @@ def test_the_worker_image_takes_the_pinned_torch_from_a_cpu_index_by_default() -
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
     api_stage = dockerfile.split("FROM source AS api")[1].split("FROM source AS worker")[0]
     assert "[worker]" not in api_stage  # the control plane never installs torch
+
+
+def test_every_pod_runs_unprivileged_and_workers_hold_no_database_or_stripe_secret() -> None:
+    """Workers run tenants' texts through a model and never touch the database or Stripe:
+    of the Secret they get the broker's URL only. No container may gain privileges."""
+    for doc in _k8s_documents():
+        pod = doc.get("spec", {}).get("template", {}).get("spec")
+        if not pod:
+            continue
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for container in pod["containers"]:
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            }, where  # fmt: skip
+            if container["image"] != "margin-worker":
+                continue
+            assert not any("secretRef" in source for source in container.get("envFrom", []))
+            secrets = [
+                (e["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            ]
+            assert secrets == [("REDIS_URL", "REDIS_URL")], where
