@@ -320,6 +320,18 @@ def api_key_rotate(
     announced); one without (0) ends every old secret at once, as after a leak."""
     key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
     now = timezone.now()
+    if (
+        caller is not None
+        and caller.expires_at is not None
+        and caller.pk != key.pk
+        and (key.expires_at is None or key.expires_at > caller.expires_at)
+    ):
+        # A new secret for a key that outlives the caller is a key that outlives it: as
+        # when creating one (api_key_create), refused.
+        at = caller.expires_at.isoformat().replace("+00:00", "Z")
+        raise PermissionError_(
+            messages.OUTLIVES_CREATOR.format(at=at), code="expiry_escalation", param="id"
+        )
     if key.expires_at is not None and key.expires_at <= now:
         at = key.expires_at.isoformat().replace("+00:00", "Z")
         raise Conflict(

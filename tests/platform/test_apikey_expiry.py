@@ -54,3 +54,17 @@ def test_a_key_that_never_expires_mints_any_expiry(tenant):
     forever = _bearer(api_key_create(tenant=tenant, scopes=["admin"]).secret)
     made = forever.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
     assert made.status_code == 201 and made.json()["expires_at"] is None
+
+
+def test_a_key_that_expires_cannot_rotate_one_that_outlives_it(tenant):
+    """A new secret for a key that never expires is a key that never expires."""
+    forever = api_key_create(tenant=tenant, scopes=["admin"]).key
+    ends = (timezone.now() + timedelta(minutes=2)).replace(microsecond=0)
+    short_key = api_key_create(tenant=tenant, scopes=["admin"], expires_at=ends)
+    short = _bearer(short_key.secret)
+    refused = short.post(f"/v1/api-keys/{forever.pk}/rotate", {}, format="json")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "expiry_escalation"
+    assert (
+        short.post(f"/v1/api-keys/{short_key.key.pk}/rotate", {}, format="json").status_code == 200
+    )
