@@ -193,7 +193,9 @@ class TenantAPIView(APIView):
                     tenant=self.tenant, livemode=self.api_key.livemode, key=key
                 )
             ):
-                if post:
+                if post and refused.code != "subscription_unpaid":
+                    # (Not for an unpaid subscription: that is decided before the rate
+                    # limit, and the check would then run unthrottled.)
                     self.check_body(request)
                 raise
             replaying = True

@@ -286,9 +286,10 @@ def test_unpaid_beyond_grace_blocks_billable_calls_only(tenant, settings):
     assert response.json()["error"]["code"] == "subscription_unpaid"
     assert client.get("/v1/models").status_code == 200
     assert client.get("/v1/usage").status_code == 200
-    # A call that could never run says why, unpaid or not (a 402 would hide it).
+    # Unpaid comes first, whatever the body (decided before the rate limit: a check of the
+    # body there would run unthrottled).
     unknown = {**body, "model": "no-such-model"}
-    assert client.post("/v1/classify", unknown, format="json").status_code == 404
+    assert client.post("/v1/classify", unknown, format="json").status_code == 402
     # Test mode is never billed: an unpaid bill does not stop it.
     test = key_of(tenant, make_key(tenant, ["admin"], mode=ApiKey.Mode.TEST))
     limits_settle(limits_admit(api_key=test, request_id="t1", inputs=1, billable=True),
