@@ -14,7 +14,6 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-import billing.invoicing as invoicing
 from billing.invoicing import usage_charges_push
 from billing.models import Reconciliation, Subscription, UsageChargePush
 from billing.periods import billing_period_record
@@ -47,7 +46,9 @@ def _in_stripe(api, customer_id, start):
     return sorted((i["amount"], i.get("subscription")) for i in ours)
 
 
-def test_usage_recorded_after_the_renewal_push_goes_on_the_next_invoice(tenant, stripe_api):
+def test_usage_recorded_after_the_renewal_push_goes_on_the_next_invoice(
+    tenant, stripe_api, client_for
+):
     sub = subscription_change(tenant=tenant, plan_slug="pro")
     now = timezone.now()
     old_start, old_end = now - timedelta(days=31), now - timedelta(days=1)
@@ -73,6 +74,12 @@ def test_usage_recorded_after_the_renewal_push_goes_on_the_next_invoice(tenant, 
     assert usage_charges_push(tenant=tenant, start=old_start, end=old_end) == []
     row = reconciliation_run(tenant=tenant, start=old_start)
     assert (row.ledger_amount, row.stripe_amount, row.difference) == (4000, 4000, 0)
+    # Both of the closed period's items are on the next invoice (pushed after it closed), and
+    # the upcoming invoice shows them (it dropped every usage item of Stripe's preview, to
+    # put the ledger's figures for this period in their place).
+    lines = client_for(tenant, ["billing"]).get("/v1/invoices/upcoming").json()["lines"]
+    late_lines = [line for line in lines if line["description"].endswith(f"{old_end:%Y-%m-%d})")]
+    assert [(line["key"], line["amount"]) for line in late_lines] == [("usage:standard", 2000)] * 2
 
 
 def test_calls_answered_as_the_tenant_moves_to_free_are_billed_on_an_invoice_of_their_own(
@@ -156,18 +163,23 @@ def test_the_hourly_beat_sweeps_periods_closed_this_week(
 
 @pytest.mark.django_db(transaction=True)
 def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch):
-    """One push reads what was pushed; another runs whole before the first writes: the
-    first's item takes the sequence number the second took, and is refused."""
+    """One push reads what was pushed; another runs whole right after that read: the first's
+    item then takes the sequence number the second took, and is refused. (What was pushed
+    and how many pushes there are were two reads: a push landing between them paired the
+    old total with the next number, and billed the growth twice.)"""
+    from django.db.models import QuerySet
+
     sub = subscription_change(tenant=tenant, plan_slug="pro")
     _usage(tenant, 150_000, at=timezone.now(), plan_id=sub.plan_id)
     usage_charges_push(tenant=tenant)  # 2,000
     _usage(tenant, 10_000, at=timezone.now(), plan_id=sub.plan_id)  # grows by 400
-    read = invoicing._pushed
+    aggregate = QuerySet.aggregate
     other_done = threading.Event()
 
-    def read_then_let_the_other_run(*args):
-        seen = read(*args)
-        if threading.current_thread().name == "first":
+    def read_then_let_the_other_run(self, *args, **kwargs):
+        seen = aggregate(self, *args, **kwargs)
+        first = threading.current_thread().name == "first"
+        if self.model is UsageChargePush and first and not other_done.is_set():
             other = threading.Thread(target=push_in_thread, name="second")
             other.start()
             other.join(30)
@@ -180,7 +192,7 @@ def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch
         finally:
             connection.close()
 
-    monkeypatch.setattr(invoicing, "_pushed", read_then_let_the_other_run)
+    monkeypatch.setattr(QuerySet, "aggregate", read_then_let_the_other_run)
     first = threading.Thread(target=push_in_thread, name="first")
     first.start()
     first.join(60)
