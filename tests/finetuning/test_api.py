@@ -298,9 +298,10 @@ def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkey
     check = services._check_plan
 
     def check_then_wait(**kwargs):
-        check(**kwargs)
+        plan_id = check(**kwargs)
         with contextlib.suppress(threading.BrokenBarrierError):
             all_counted.wait()
+        return plan_id
 
     monkeypatch.setattr(services, "_check_plan", check_then_wait)
 
