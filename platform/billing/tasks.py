@@ -98,6 +98,7 @@ def _periods_closed_since(since: datetime) -> list[tuple[str, datetime, datetime
         end__gt=since,
         end__lte=timezone.now(),
         tenant_id__in=customers.values("tenant_id"),
+        plan__base_fee__gt=0,  # a paid plan's: free's periods invoice nothing
     )
     return list(periods.values_list("tenant_id", "start", "end"))
 
