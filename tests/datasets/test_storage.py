@@ -17,7 +17,7 @@ from tests.datasets.test_api import good_file
 from tests.factories import TenantFactory, make_key
 from workers.artifacts import ArtifactStore
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def _upload(client, data: bytes):
@@ -32,7 +32,9 @@ def _age(store: ArtifactStore, digest: str, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
-def test_a_tenants_datasets_stop_at_the_storage_limit_and_a_delete_makes_room(api, settings):
+def test_a_tenants_datasets_stop_at_the_storage_limit_and_a_delete_makes_room(
+    api, settings, django_capture_on_commit_callbacks
+):
     first = _upload(api, good_file())
     assert first.status_code == 201
     settings.DATASET_STORAGE_BYTES = len(good_file(per_label=11)) + 10  # one file, not two
@@ -41,12 +43,13 @@ def test_a_tenants_datasets_stop_at_the_storage_limit_and_a_delete_makes_room(ap
     error = refused.json()["error"]
     assert (error["code"], error["param"]) == ("storage_limit_reached", "file")
     assert "Delete datasets" in error["message"]
-    assert api.delete(f"/v1/datasets/{first.json()['id']}").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/datasets/{first.json()['id']}").status_code == 200
     assert _upload(api, good_file(per_label=11)).status_code == 201
 
 
 def test_a_deleted_datasets_files_leave_the_store_once_nothing_refers_to_them(
-    api, tenant, client_for
+    api, tenant, client_for, django_capture_on_commit_callbacks
 ):
     store = ArtifactStore(settings.ARTIFACT_DIR)
     mine = _upload(api, good_file()).json()
@@ -56,13 +59,15 @@ def test_a_deleted_datasets_files_leave_the_store_once_nothing_refers_to_them(
     theirs = _upload(client_for(other, ["admin"]), good_file()).json()
     for digest in (row.raw_file, row.content_file):
         _age(store, digest, 3600)
-    assert api.delete(f"/v1/datasets/{mine['id']}").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/datasets/{mine['id']}").status_code == 200
     assert store.exists(row.raw_file) and store.exists(row.content_file)  # theirs still
     other_api = client_for(other, ["admin"])
     # Stored again moments ago (an upload of the same bytes may be about to refer to it):
     # kept through the delete.
     store.put(good_file())
-    assert other_api.delete(f"/v1/datasets/{theirs['id']}").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert other_api.delete(f"/v1/datasets/{theirs['id']}").status_code == 200
     assert store.exists(row.raw_file)
     # Past the grace period, with nothing referring to them: gone.
     for digest in (row.raw_file, row.content_file):
