@@ -84,15 +84,17 @@ def _send(api: Any, push: UsageChargePush, sub: Subscription, *, in_doubt: bool)
         item_id = item.id
     push.stripe_invoice_item_id = str(item_id)
     push.pushed_at = timezone.now()
-    push.save(update_fields=["stripe_invoice_item_id", "pushed_at"])
+    push.awaiting_invoice = not sub.stripe_subscription_id
+    push.save(update_fields=["stripe_invoice_item_id", "pushed_at", "awaiting_invoice"])
 
 
 def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageChargePush]) -> None:
     """Usage of a period whose subscription has ended (moved to free, cancelled in Stripe)
     that reached the ledger after its final invoice: no subscription invoice will ever take
     its items, so they go on an invoice of their own, collected now. Keyed by the last push,
-    so a retry never invoices twice. Should Stripe refuse, the items stay pending on the
-    customer (reconciliation counts them as held; the customer's next invoice takes them)."""
+    so a retry never invoices twice; the pushes wait for it (``awaiting_invoice``) until
+    Stripe has made it, and every push of the tenant asks again. Should Stripe refuse, the
+    items stay pending on the customer (the customer's next invoice takes them)."""
     last = max(pushes, key=lambda push: push.pk)
     try:
         invoice = api.Invoice.create(
@@ -111,6 +113,12 @@ def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageC
             "late usage of %s left pending on Stripe customer %s (no invoice: %s)",
             sub.tenant_id, sub.stripe_customer_id, exc,
         )  # fmt: skip
+        return
+    # (Network and rate errors raise before this: the task retries, and asks again.)
+    invoiced = [push.pk for push in pushes]
+    UsageChargePush.objects.for_tenant(sub.tenant_id).filter(pk__in=invoiced).update(
+        awaiting_invoice=False
+    )
 
 
 def usage_charges_push(
@@ -165,7 +173,7 @@ def usage_charges_push(
     # Also retries pushes recorded earlier whose Stripe call never completed.
     pending = list(UsageChargePush.objects.for_tenant(tenant).filter(pushed_at__isnull=True))
     fresh = {push.pk for push in made}
-    sent: list[UsageChargePush] = []
+    sent = 0
     for push in sorted(pending, key=lambda push: push.pk):
         try:
             _send(api, push, sub, in_doubt=push.pk not in fresh)
@@ -175,9 +183,13 @@ def usage_charges_push(
             # pushes behind it. (Network and rate errors raise: the task retries them.)
             logger.error("usage push %s refused by Stripe: %s", push.idempotency_key, exc)
             continue
-        sent.append(push)
-    if sent and not sub.stripe_subscription_id:
-        _invoice_ended_subscription(api, sub, sent)
+        sent += 1
+    waiting = UsageChargePush.objects.for_tenant(tenant).filter(awaiting_invoice=True)
+    if sub.stripe_subscription_id:
+        # Subscribed again: Stripe puts the customer's pending items on its next invoice.
+        waiting.update(awaiting_invoice=False)
+    elif sent or waiting.exists():
+        _invoice_ended_subscription(api, sub, list(waiting))
     return made
 
 

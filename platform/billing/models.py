@@ -114,6 +114,9 @@ class UsageChargePush(models.Model):
     currency = models.CharField(max_length=3)
     stripe_invoice_item_id = models.CharField(max_length=100, blank=True, default="")
     pushed_at = models.DateTimeField(null=True, blank=True)
+    # Pushed to a customer whose subscription had ended, and not on an invoice yet: the
+    # invoice of its own it needs is asked for at every push until Stripe has made it.
+    awaiting_invoice = models.BooleanField(default=False)
 
     objects = TenantScopedManager()
 

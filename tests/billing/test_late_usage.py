@@ -106,6 +106,17 @@ def test_calls_answered_as_the_tenant_moves_to_free_are_billed_on_an_invoice_of_
     assert "left pending on Stripe customer" in caplog.text
     row = reconciliation_run(tenant=tenant, start=pro_start)
     assert (row.ledger_amount, row.stripe_amount, row.difference) == (2800, 2800, 0)
+    # The push waits for its invoice, asked for again at each push of the tenant, until
+    # Stripe makes it or the tenant subscribes again (the new subscription's next invoice
+    # takes the customer's pending items).
+    awaiting = UsageChargePush.objects.for_tenant(tenant).filter(awaiting_invoice=True)
+    assert [push.amount for push in awaiting] == [800]
+    caplog.clear()
+    usage_charges_push(tenant=tenant, start=pro_start, end=free_start)
+    assert "left pending on Stripe customer" in caplog.text
+    subscription_change(tenant=tenant, plan_slug="pro")
+    usage_charges_push(tenant=tenant)
+    assert not awaiting.all().exists()
 
 
 def test_usage_since_the_last_hourly_push_is_billed_when_stripe_cancels(
