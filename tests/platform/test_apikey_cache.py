@@ -1,0 +1,127 @@
+"""API keys served from each process's key cache: confirmed by the request's admission, and
+never past a revocation, rotation or operator change."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from apikeys.models import ApiKey
+from apikeys.services import hash_secret
+from tests.factories import TenantFactory, make_key
+
+pytestmark = pytest.mark.django_db
+
+
+def bearer(secret: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def _key_id(secret: str) -> str:
+    return ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
+
+
+def _in_cache(secret: str, path: str = "/v1/models", status: int = 200) -> APIClient:
+    """A client whose key this process now serves from its key cache: the first call gives
+    the key a generation, the second reads the row under it and keeps it."""
+    from apikeys.services import _key_cache
+
+    client = bearer(secret)
+    for _ in range(2):
+        assert client.get(path).status_code == status
+    assert hash_secret(secret) in _key_cache  # what the test is about, not a user's view
+    return client
+
+
+def test_guessing_secrets_costs_redis_nothing(tenant):
+    from apikeys.generations import generation_key
+    from limits.services import redis_client
+
+    guess = "sk_live_AbCdEf123456_" + "x" * 40
+    for _ in range(3):
+        assert bearer(guess).get("/v1/models").status_code == 401
+    assert redis_client().exists(generation_key("key_AbCdEf123456")) == 0
+
+
+def test_a_key_in_the_cache_is_served_without_reading_the_database(tenant):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = _in_cache(make_key(tenant, ["inference"]))
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/v1/models").status_code == 200
+    assert not [q for q in queries.captured_queries if "secret_hash" in q["sql"]]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/v1/models"),
+        ("get", "/v1/models?bogus=1"),  # would be a 400
+        ("get", "/v1/usage"),  # lacks the billing scope: would be a 403
+        ("post", "/v1/classify"),
+        ("post", "/v1/api-keys"),
+    ],
+)
+def test_revoking_a_cached_key_takes_effect_on_its_next_request(api, tenant, method, path):
+    secret = make_key(tenant, ["inference"])
+    _in_cache(secret)
+    assert api.delete(f"/v1/api-keys/{_key_id(secret)}").status_code == 200
+    # Whatever else is wrong with the request, a revoked key is what it hears about.
+    response = getattr(bearer(secret), method)(path, {}, format="json")
+    assert response.status_code == 401, response.json()
+    assert response.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_rotating_a_cached_key_stops_its_old_secret_at_once(api, tenant):
+    secret = make_key(tenant, ["inference"])
+    _in_cache(secret)
+    new = api.post(f"/v1/api-keys/{_key_id(secret)}/rotate", {}, format="json").json()
+    assert bearer(secret).get("/v1/models").status_code == 401
+    assert bearer(new["secret"]).get("/v1/models").status_code == 200
+
+
+def test_an_operators_changes_to_a_cached_key_apply_on_its_next_request(tenant):
+    from django.contrib.admin.sites import site
+
+    secret = make_key(tenant, ["inference"])
+    client = _in_cache(secret, "/v1/usage", 403)  # cached without the billing scope
+    admin = site._registry[ApiKey]
+    key = ApiKey.objects.unscoped().get(pk=_key_id(secret))
+    key.scopes = ["inference", "billing"]
+    admin.save_model(None, key, None, True)
+    assert client.get("/v1/usage").status_code == 200
+    admin.revoke(None, ApiKey.objects.unscoped().filter(pk=key.pk))
+    response = client.get("/v1/models")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "api_key_revoked"
+
+
+def test_a_lost_generation_sends_a_cached_key_back_to_the_database(tenant):
+    """Redis flushed or restarted: the row is read again rather than trusted."""
+    from apikeys.generations import generation_key
+    from limits.services import redis_client
+
+    secret = make_key(tenant, ["inference"])
+    client = _in_cache(secret)
+    # A revocation that bypassed the services, then the generation lost with Redis's data.
+    ApiKey.objects.unscoped().filter(pk=_key_id(secret)).update(revoked_at=timezone.now())
+    redis_client().delete(generation_key(_key_id(secret)))
+    assert client.get("/v1/models").status_code == 401
+
+
+def test_a_cached_key_deleted_by_an_operator_or_with_its_tenant_stops_at_once():
+    from django.contrib.admin.sites import site
+
+    from tenants.models import Tenant
+
+    tenant = TenantFactory()
+    first, second = make_key(tenant, ["inference"]), make_key(tenant, ["inference"])
+    for secret in (first, second):
+        _in_cache(secret)
+    site._registry[ApiKey].delete_model(None, ApiKey.objects.unscoped().get(pk=_key_id(first)))
+    assert bearer(first).get("/v1/models").status_code == 401
+    site._registry[Tenant].delete_model(None, tenant)
+    assert bearer(second).get("/v1/models").status_code == 401

@@ -1,0 +1,198 @@
+"""The last way in (a tenant has no dashboard, only its live admin keys), and the keys' admin
+pages."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.utils import quote
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from apikeys.models import ApiKey
+from apikeys.services import hash_secret
+from tests.factories import TenantFactory, make_key
+
+pytestmark = pytest.mark.django_db
+
+
+def bearer(secret: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+# -- the last way in: a tenant has no dashboard, only its live admin keys ------------------
+
+
+def _key_id(secret: str) -> str:
+    return ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
+
+
+def _own_key_id(tenant) -> str:
+    return ApiKey.objects.for_tenant(tenant).get().pk
+
+
+def _assert_last_admin_key(response, key_id):
+    assert response.status_code == 409, response.json()
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("conflict", "last_admin_key", "id")
+    assert key_id in error["message"] and "first" in error["message"]
+
+
+def test_the_last_live_admin_key_cannot_be_deleted(api, tenant, client_for):
+    mine = _own_key_id(tenant)  # the fixture's key: the tenant's only one
+    _assert_last_admin_key(api.delete(f"/v1/api-keys/{mine}"), mine)
+    assert api.get("/v1/api-keys").status_code == 200  # still in
+    # Neither a test-mode admin key (it cannot create live keys), an expired or a revoked
+    # live one, nor a live key without the admin scope is a way back in.
+    make_key(tenant, ["admin"], mode="test")
+    expired = api.post("/v1/api-keys", {"scopes": ["admin"]}, format="json").json()
+    ApiKey.objects.for_tenant(tenant).filter(pk=expired["id"]).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    revoked = api.post("/v1/api-keys", {"scopes": ["admin"]}, format="json").json()
+    assert api.delete(f"/v1/api-keys/{revoked['id']}").status_code == 200
+    others = api.post(
+        "/v1/api-keys", {"scopes": ["inference", "training", "billing"]}, format="json"
+    ).json()
+    _assert_last_admin_key(api.delete(f"/v1/api-keys/{mine}"), mine)
+    # Deleting the keys that are no way in works as before, the expired admin key included.
+    for key_id in (others["id"], expired["id"]):
+        assert api.delete(f"/v1/api-keys/{key_id}").status_code == 200, key_id
+    # Nor can a test-mode admin key delete the last live one: it never sees live keys.
+    assert (
+        client_for(tenant, ["admin"], mode="test").delete(f"/v1/api-keys/{mine}").status_code == 404
+    )
+    assert api.get("/v1/api-keys").status_code == 200
+
+
+def test_an_admin_key_can_be_deleted_while_another_live_one_exists(api, tenant):
+    mine = _own_key_id(tenant)
+    spare = api.post("/v1/api-keys", {"scopes": ["admin"]}, format="json").json()
+    # The key making the request may delete itself: the spare is a way in.
+    deleted = api.delete(f"/v1/api-keys/{mine}")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert api.get("/v1/api-keys").json()["error"]["code"] == "api_key_revoked"
+    spare_client = bearer(spare["secret"])
+    assert spare_client.get("/v1/api-keys").status_code == 200
+    # Now the spare is the last one.
+    _assert_last_admin_key(spare_client.delete(f"/v1/api-keys/{spare['id']}"), spare["id"])
+
+
+def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transactional_db, monkeypatch):
+    """Each of the last two live admin keys deletes itself at the same moment: one is
+    revoked, the other refused, whichever goes first."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from apikeys import services
+
+    tenant = TenantFactory()
+    secrets = [make_key(tenant, ["admin"]), make_key(tenant, ["admin"])]
+    ids = [_key_id(secret) for secret in secrets]
+    # Hold each revocation, once it has counted the admin keys, until the other has counted
+    # too (or a second has passed: the other is then waiting for the first's locks).
+    both_counted = threading.Barrier(2, timeout=1)
+    count = services._refuse_last_admin_key
+
+    def count_then_wait(**kwargs):
+        count(**kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_counted.wait()
+
+    monkeypatch.setattr(services, "_refuse_last_admin_key", count_then_wait)
+
+    def delete_itself(n):
+        try:
+            return bearer(secrets[n]).delete(f"/v1/api-keys/{ids[n]}").status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        statuses = sorted(pool.map(delete_itself, range(2)))
+    assert statuses == [200, 409]
+    left = ApiKey.objects.for_tenant(tenant).filter(revoked_at__isnull=True)
+    assert left.count() == 1
+    assert bearer(secrets[ids.index(left.get().pk)]).get("/v1/api-keys").status_code == 200
+
+
+# -- the operator's key form: mode is the secret's, scopes are the four -------------------
+
+
+def _admin_change(admin_client, key_id: str, **fields):
+    data = {"name": "edited", "scopes": ["inference"], "expires_at_0": "", "expires_at_1": ""}
+    data.update(fields)
+    return admin_client.post(f"/admin/apikeys/apikey/{quote(key_id)}/change/", data)
+
+
+@pytest.mark.parametrize("scopes", [["bogus"], [], ["admin", "a"], '"xxadminxx"', '["admin"]'])
+def test_the_key_admin_refuses_scopes_outside_the_four(admin_client, tenant, scopes):
+    key_id = _key_id(make_key(tenant, ["inference"]))
+    response = _admin_change(admin_client, key_id, scopes=scopes)
+    assert response.status_code == 200  # the form again, with its errors
+    assert "scopes" in response.context["adminform"].form.errors
+    assert ApiKey.objects.unscoped().get(pk=key_id).scopes == ["inference"]
+
+
+def test_the_key_admin_stores_chosen_scopes_as_a_list_and_never_changes_the_mode(
+    admin_client, tenant
+):
+    secret = make_key(tenant, ["inference"], mode="test")
+    key_id = _key_id(secret)
+    page = admin_client.get(f"/admin/apikeys/apikey/{quote(key_id)}/change/")
+    assert page.status_code == 200 and "mode" not in page.context["adminform"].form.fields
+    response = _admin_change(admin_client, key_id, scopes=["billing", "inference"], mode="live")
+    assert response.status_code == 302, response.context and response.context["errors"]
+    key = ApiKey.objects.unscoped().get(pk=key_id)
+    assert key.scopes == ["inference", "billing"] and key.mode == "test"
+    assert key.name == "edited"
+    body = bearer(secret).get(f"/v1/api-keys/{key_id}")
+    assert body.status_code == 403  # no admin scope: the key is still what it was, in test mode
+    listed = bearer(make_key(tenant, ["admin"], mode="test")).get(f"/v1/api-keys/{key_id}")
+    assert listed.json()["mode"] == "test" and listed.json()["prefix"].startswith("sk_test_")
+
+
+@pytest.mark.parametrize("stored", ["xxadminxx", "admin", {"admin": True}, ["bogus"], 7])
+def test_scopes_stored_in_another_shape_grant_nothing(api, tenant, stored):
+    own = _own_key_id(tenant)
+    secret = make_key(tenant, ["inference"])
+    key_id = _key_id(secret)
+    ApiKey.objects.unscoped().filter(pk=key_id).update(scopes=stored)  # by hand, in SQL
+    client = bearer(secret)
+    for path in ("/v1/api-keys", "/v1/models", "/v1/usage"):
+        response = client.get(path)
+        assert response.status_code == 403, (path, response.json())
+        assert response.json()["error"]["code"] == "insufficient_scope"
+    # The API describes such a key as having no scopes, never as a string's letters.
+    assert api.get(f"/v1/api-keys/{key_id}").json()["scopes"] == []
+    # Nor does it count as an admin key that keeps the tenant's last way in.
+    assert api.delete(f"/v1/api-keys/{own}").status_code == 409
+
+
+def test_an_expired_key_is_not_rotated_into_a_secret_that_cannot_work(api, tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apikeys.models import ApiKey
+
+    created = api.post("/v1/api-keys", {"name": "short", "scopes": ["inference"]}, format="json")
+    key_id = created.json()["id"]
+    ApiKey.objects.for_tenant(tenant).filter(pk=key_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    refused = api.post(f"/v1/api-keys/{key_id}/rotate", {}, format="json")
+    assert refused.status_code == 409
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == (
+        "key_expired",
+        "id",
+    )
+    live = api.post("/v1/api-keys", {"name": "long", "scopes": ["inference"]}, format="json")
+    assert (
+        api.post(f"/v1/api-keys/{live.json()['id']}/rotate", {}, format="json").status_code == 200
+    )
