@@ -362,23 +362,6 @@ def test_a_partial_cache_hit_computes_only_the_misses_and_meters_the_whole_call(
     assert row.pool != "cache" and row.cost_micros > 0  # the miss's compute, nothing else
 
 
-def test_cache_versions_follow_the_model_weights():
-    from inference.cache import cache_version
-    from inference.models import AIModel
-
-    base = AIModel(id="minilm-l6", kind="base", base_model="minilm-l6")
-    tuned = AIModel(
-        id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="abc"
-    )
-    retrained = AIModel(
-        id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="def"
-    )
-    assert cache_version(base, "t1", True)
-    assert cache_version(tuned, "t1", True) != cache_version(retrained, "t1", True)
-    # One tenant's answers never serve another's.
-    assert cache_version(base, "t1", True) != cache_version(base, "t2", True)
-
-
 def test_the_int8_tier_is_served_and_metered_under_its_own_model(http, secret):
     body = {
         "model": "minilm-l6-int8",

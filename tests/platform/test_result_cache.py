@@ -122,3 +122,18 @@ def test_admission_reads_no_rows_for_inputs_that_are_costly_to_normalise(tenant)
     # The same keys either way: NFKC's output for ASCII is the ASCII itself.
     (ascii_key,) = result_cache_keys("v", None, None, ["Hello  World"])
     assert result_cache_keys("v", None, None, ["\uff28ello World"]) == [ascii_key]
+
+
+def test_cache_versions_follow_the_model_weights():
+    base = AIModel(id="minilm-l6", kind="base", base_model="minilm-l6")
+    tuned = AIModel(
+        id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="abc"
+    )
+    retrained = AIModel(
+        id="ft:minilm-l6:a:1", kind="fine_tuned", base_model="minilm-l6", artifact="def"
+    )
+    assert cache_version(base, "t1", True)
+    assert cache_version(tuned, "t1", True) != cache_version(retrained, "t1", True)
+    # One tenant's answers never serve another's, nor one mode's the other's.
+    assert cache_version(base, "t1", True) != cache_version(base, "t2", True)
+    assert cache_version(base, "t1", True) != cache_version(base, "t1", False)
