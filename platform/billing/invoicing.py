@@ -173,7 +173,6 @@ def usage_charges_push(
     # Also retries pushes recorded earlier whose Stripe call never completed.
     pending = list(UsageChargePush.objects.for_tenant(tenant).filter(pushed_at__isnull=True))
     fresh = {push.pk for push in made}
-    sent = 0
     for push in sorted(pending, key=lambda push: push.pk):
         try:
             _send(api, push, sub, in_doubt=push.pk not in fresh)
@@ -182,14 +181,12 @@ def usage_charges_push(
             # does not take, say): logged and left for a person, not in the way of the
             # pushes behind it. (Network and rate errors raise: the task retries them.)
             logger.error("usage push %s refused by Stripe: %s", push.idempotency_key, exc)
-            continue
-        sent += 1
     waiting = UsageChargePush.objects.for_tenant(tenant).filter(awaiting_invoice=True)
     if sub.stripe_subscription_id:
         # Subscribed again: Stripe puts the customer's pending items on its next invoice.
         waiting.update(awaiting_invoice=False)
-    elif sent or waiting.exists():
-        _invoice_ended_subscription(api, sub, list(waiting))
+    elif awaiting := list(waiting):
+        _invoice_ended_subscription(api, sub, awaiting)
     return made
 
 
