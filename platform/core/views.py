@@ -108,10 +108,10 @@ class TenantAPIView(APIView):
 
     def check_body(self, request: Request) -> None:
         """Raise what is wrong with this POST's body, if anything (its 400, 404 or 413).
-        Called only when admission refuses the request for the quota, an unpaid
-        subscription or the concurrency cap: a body that could never run says what to fix,
-        not a 402 or 429 that paying or waiting would not cure. (The rate limit's 429 stays
-        first: it meters requests, whatever they hold.)"""
+        Called only when admission refuses the request for the quota or the concurrency
+        cap: a body that could never run says what to fix, not a 402 or 429 that paying or
+        waiting would not cure. (The rate limit's 429 and an unpaid subscription's 402 stay
+        first: see ``_initial``.)"""
 
     def admission_prefetch(self, request: Request) -> Sequence[str]:
         """Redis keys this request will read, read with its admission in one round trip
