@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 import factory
+from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
-from apikeys.services import api_key_create
+from apikeys.services import api_key_create, hash_secret
 from tenants.models import Tenant
 
 
@@ -20,6 +21,18 @@ class TenantFactory(factory.django.DjangoModelFactory):
 def make_key(tenant: Tenant, scopes: list[str] | None = None, mode: str = ApiKey.Mode.LIVE) -> str:
     """A fresh key's secret, minted the way customers get them."""
     return api_key_create(tenant=tenant, name="test", scopes=scopes or ["admin"], mode=mode).secret
+
+
+def bearer(secret: str) -> APIClient:
+    """A client that sends ``secret`` as its API key."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def key_id_of(secret: str) -> str:
+    """The id of the key a secret belongs to."""
+    return ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
 
 
 def subscribe(tenant: Tenant, slug: str, **fields: object) -> object:

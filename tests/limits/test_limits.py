@@ -10,13 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from core.errors import APIError
 from limits.services import limits_admit, limits_settle
 from plans.models import Plan
-from tests.factories import make_key, subscribe
+from tests.factories import bearer, make_key, subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -44,12 +43,6 @@ def key_of(tenant, secret):
     from apikeys.services import api_key_authenticate
 
     return api_key_authenticate(secret=secret)
-
-
-def bearer(secret):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 def test_plan_rate_limit_with_headers(tenant):

@@ -16,7 +16,6 @@ from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from apikeys.services import hash_secret
@@ -24,15 +23,9 @@ from core.admin import CappedCountPaginator, ViewOnlyAdmin
 from inference.models import AIModel
 from metering.models import UsageRecord
 from tenants.models import Tenant
-from tests.factories import TenantFactory, make_key, staff_client, subscribe
+from tests.factories import TenantFactory, bearer, make_key, staff_client, subscribe
 
 pytestmark = pytest.mark.django_db
-
-
-def _bearer(secret: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 def _run_action(client: Client, path: str, action: str, pk: str) -> Any:
@@ -54,7 +47,7 @@ def test_view_only_staff_cannot_suspend_a_tenant():
     assert "tenant(s) suspended" not in response.content.decode()
     tenant.refresh_from_db()
     assert tenant.status == Tenant.Status.ACTIVE
-    assert _bearer(secret).get("/v1/models").status_code == 200
+    assert bearer(secret).get("/v1/models").status_code == 200
 
 
 def test_staff_with_the_change_permission_can_suspend_and_reactivate():
@@ -65,12 +58,12 @@ def test_staff_with_the_change_permission_can_suspend_and_reactivate():
 
     response = _run_action(operator, "/admin/tenants/tenant/", "suspend", tenant.pk)
     assert "1 tenant(s) suspended." in response.content.decode()
-    refused = _bearer(secret).get("/v1/models")
+    refused = bearer(secret).get("/v1/models")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "tenant_suspended"
 
     response = _run_action(operator, "/admin/tenants/tenant/", "reactivate", tenant.pk)
     assert "1 tenant(s) reactivated." in response.content.decode()
-    assert _bearer(secret).get("/v1/models").status_code == 200
+    assert bearer(secret).get("/v1/models").status_code == 200
 
 
 def test_view_only_staff_cannot_revoke_a_key_and_staff_who_may_change_keys_can():
@@ -84,12 +77,12 @@ def test_view_only_staff_cannot_revoke_a_key_and_staff_who_may_change_keys_can()
     assert "Revoke selected keys" not in page.content.decode()
     _run_action(viewer, "/admin/apikeys/apikey/", "revoke", key_id)
     assert ApiKey.objects.unscoped().get(pk=key_id).revoked_at is None
-    assert _bearer(secret).get("/v1/models").status_code == 200
+    assert bearer(secret).get("/v1/models").status_code == 200
 
     operator = staff_client("apikeys.view_apikey", "apikeys.change_apikey")
     _run_action(operator, "/admin/apikeys/apikey/", "revoke", key_id)
     assert ApiKey.objects.unscoped().get(pk=key_id).revoked_at is not None
-    refused = _bearer(secret).get("/v1/models")
+    refused = bearer(secret).get("/v1/models")
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "api_key_revoked"
 
 
@@ -123,7 +116,7 @@ def test_a_suspension_while_redis_is_down_is_refused_on_the_page_not_a_500(monke
     assert tenant.status == Tenant.Status.ACTIVE
 
     monkeypatch.undo()
-    assert _bearer(secret).get("/v1/models").status_code == 200
+    assert bearer(secret).get("/v1/models").status_code == 200
     response = _run_action(operator, "/admin/tenants/tenant/", "suspend", tenant.pk)
     assert "1 tenant(s) suspended." in response.content.decode()
 
@@ -165,7 +158,7 @@ def test_a_key_revoked_while_redis_is_down_stays_unrevoked_and_the_page_says_so(
     assert ApiKey.objects.unscoped().get(pk=key_id).revoked_at is None
 
     monkeypatch.undo()
-    assert _bearer(secret).get("/v1/models").status_code == 200
+    assert bearer(secret).get("/v1/models").status_code == 200
 
 
 # -- 2. view-only admins: no add, no change, no delete ------------------------------------

@@ -9,19 +9,9 @@ from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from apikeys.services import hash_secret
-from tests.factories import TenantFactory, make_key
+from tests.factories import TenantFactory, bearer, key_id_of, make_key
 
 pytestmark = pytest.mark.django_db
-
-
-def bearer(secret: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
-
-
-def _key_id(secret: str) -> str:
-    return ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
 
 
 def _in_cache(secret: str, path: str = "/v1/models", status: int = 200) -> APIClient:
@@ -69,7 +59,7 @@ def test_a_key_in_the_cache_is_served_without_reading_the_database(tenant):
 def test_revoking_a_cached_key_takes_effect_on_its_next_request(api, tenant, method, path):
     secret = make_key(tenant, ["inference"])
     _in_cache(secret)
-    assert api.delete(f"/v1/api-keys/{_key_id(secret)}").status_code == 200
+    assert api.delete(f"/v1/api-keys/{key_id_of(secret)}").status_code == 200
     # Whatever else is wrong with the request, a revoked key is what it hears about.
     response = getattr(bearer(secret), method)(path, {}, format="json")
     assert response.status_code == 401, response.json()
@@ -79,7 +69,7 @@ def test_revoking_a_cached_key_takes_effect_on_its_next_request(api, tenant, met
 def test_rotating_a_cached_key_stops_its_old_secret_at_once(api, tenant):
     secret = make_key(tenant, ["inference"])
     _in_cache(secret)
-    new = api.post(f"/v1/api-keys/{_key_id(secret)}/rotate", {}, format="json").json()
+    new = api.post(f"/v1/api-keys/{key_id_of(secret)}/rotate", {}, format="json").json()
     assert bearer(secret).get("/v1/models").status_code == 401
     assert bearer(new["secret"]).get("/v1/models").status_code == 200
 
@@ -90,7 +80,7 @@ def test_an_operators_changes_to_a_cached_key_apply_on_its_next_request(tenant):
     secret = make_key(tenant, ["inference"])
     client = _in_cache(secret, "/v1/usage", 403)  # cached without the billing scope
     admin = site._registry[ApiKey]
-    key = ApiKey.objects.unscoped().get(pk=_key_id(secret))
+    key = ApiKey.objects.unscoped().get(pk=key_id_of(secret))
     key.scopes = ["inference", "billing"]
     admin.save_model(None, key, None, True)
     assert client.get("/v1/usage").status_code == 200
@@ -107,8 +97,8 @@ def test_a_lost_generation_sends_a_cached_key_back_to_the_database(tenant):
     secret = make_key(tenant, ["inference"])
     client = _in_cache(secret)
     # A revocation that bypassed the services, then the generation lost with Redis's data.
-    ApiKey.objects.unscoped().filter(pk=_key_id(secret)).update(revoked_at=timezone.now())
-    redis_client().delete(generation_key(_key_id(secret)))
+    ApiKey.objects.unscoped().filter(pk=key_id_of(secret)).update(revoked_at=timezone.now())
+    redis_client().delete(generation_key(key_id_of(secret)))
     assert client.get("/v1/models").status_code == 401
 
 
@@ -121,7 +111,7 @@ def test_a_cached_key_deleted_by_an_operator_or_with_its_tenant_stops_at_once():
     first, second = make_key(tenant, ["inference"]), make_key(tenant, ["inference"])
     for secret in (first, second):
         _in_cache(secret)
-    site._registry[ApiKey].delete_model(None, ApiKey.objects.unscoped().get(pk=_key_id(first)))
+    site._registry[ApiKey].delete_model(None, ApiKey.objects.unscoped().get(pk=key_id_of(first)))
     assert bearer(first).get("/v1/models").status_code == 401
     site._registry[Tenant].delete_model(None, tenant)
     assert bearer(second).get("/v1/models").status_code == 401

@@ -7,17 +7,11 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from apikeys.services import api_key_create
+from tests.factories import bearer
 
 pytestmark = pytest.mark.django_db
-
-
-def _bearer(secret: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 def _at(moment):
@@ -26,7 +20,7 @@ def _at(moment):
 
 def test_a_key_that_expires_cannot_mint_one_that_outlives_it(tenant):
     ends = (timezone.now() + timedelta(minutes=2)).replace(microsecond=0)
-    short = _bearer(api_key_create(tenant=tenant, scopes=["admin"], expires_at=ends).secret)
+    short = bearer(api_key_create(tenant=tenant, scopes=["admin"], expires_at=ends).secret)
 
     # Unsaid, the new key expires with its creator.
     inherited = short.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
@@ -51,7 +45,7 @@ def test_a_key_that_expires_cannot_mint_one_that_outlives_it(tenant):
 
 
 def test_a_key_that_never_expires_mints_any_expiry(tenant):
-    forever = _bearer(api_key_create(tenant=tenant, scopes=["admin"]).secret)
+    forever = bearer(api_key_create(tenant=tenant, scopes=["admin"]).secret)
     made = forever.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
     assert made.status_code == 201 and made.json()["expires_at"] is None
 
@@ -61,7 +55,7 @@ def test_a_key_that_expires_cannot_rotate_one_that_outlives_it(tenant):
     forever = api_key_create(tenant=tenant, scopes=["admin"]).key
     ends = (timezone.now() + timedelta(minutes=2)).replace(microsecond=0)
     short_key = api_key_create(tenant=tenant, scopes=["admin"], expires_at=ends)
-    short = _bearer(short_key.secret)
+    short = bearer(short_key.secret)
     refused = short.post(f"/v1/api-keys/{forever.pk}/rotate", {}, format="json")
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "expiry_escalation"

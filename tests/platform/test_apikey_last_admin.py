@@ -9,26 +9,14 @@ from datetime import timedelta
 import pytest
 from django.contrib.admin.utils import quote
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
-from apikeys.services import hash_secret
-from tests.factories import TenantFactory, make_key
+from tests.factories import TenantFactory, bearer, key_id_of, make_key
 
 pytestmark = pytest.mark.django_db
 
 
-def bearer(secret: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
-
-
 # -- the last way in: a tenant has no dashboard, only its live admin keys ------------------
-
-
-def _key_id(secret: str) -> str:
-    return ApiKey.objects.unscoped().get(secret_hash=hash_secret(secret)).pk
 
 
 def _own_key_id(tenant) -> str:
@@ -94,7 +82,7 @@ def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transaction
 
     tenant = TenantFactory()
     secrets = [make_key(tenant, ["admin"]), make_key(tenant, ["admin"])]
-    ids = [_key_id(secret) for secret in secrets]
+    ids = [key_id_of(secret) for secret in secrets]
     # Hold each revocation, once it has counted the admin keys, until the other has counted
     # too (or a second has passed: the other is then waiting for the first's locks).
     both_counted = threading.Barrier(2, timeout=1)
@@ -132,7 +120,7 @@ def _admin_change(admin_client, key_id: str, **fields):
 
 @pytest.mark.parametrize("scopes", [["bogus"], [], ["admin", "a"], '"xxadminxx"', '["admin"]'])
 def test_the_key_admin_refuses_scopes_outside_the_four(admin_client, tenant, scopes):
-    key_id = _key_id(make_key(tenant, ["inference"]))
+    key_id = key_id_of(make_key(tenant, ["inference"]))
     response = _admin_change(admin_client, key_id, scopes=scopes)
     assert response.status_code == 200  # the form again, with its errors
     assert "scopes" in response.context["adminform"].form.errors
@@ -143,7 +131,7 @@ def test_the_key_admin_stores_chosen_scopes_as_a_list_and_never_changes_the_mode
     admin_client, tenant
 ):
     secret = make_key(tenant, ["inference"], mode="test")
-    key_id = _key_id(secret)
+    key_id = key_id_of(secret)
     page = admin_client.get(f"/admin/apikeys/apikey/{quote(key_id)}/change/")
     assert page.status_code == 200 and "mode" not in page.context["adminform"].form.fields
     response = _admin_change(admin_client, key_id, scopes=["billing", "inference"], mode="live")
@@ -161,7 +149,7 @@ def test_the_key_admin_stores_chosen_scopes_as_a_list_and_never_changes_the_mode
 def test_scopes_stored_in_another_shape_grant_nothing(api, tenant, stored):
     own = _own_key_id(tenant)
     secret = make_key(tenant, ["inference"])
-    key_id = _key_id(secret)
+    key_id = key_id_of(secret)
     ApiKey.objects.unscoped().filter(pk=key_id).update(scopes=stored)  # by hand, in SQL
     client = bearer(secret)
     for path in ("/v1/api-keys", "/v1/models", "/v1/usage"):

@@ -8,15 +8,9 @@ from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from apikeys.services import api_key_authenticate, hash_secret
-from tests.factories import TenantFactory, make_key
+from tests.factories import TenantFactory, bearer, make_key
 
 pytestmark = pytest.mark.django_db
-
-
-def bearer(secret: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 def test_created_key_shows_its_secret_once_and_stores_only_a_hash(api):

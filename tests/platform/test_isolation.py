@@ -6,22 +6,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
 from config.urls import v1
 from datasets.models import Dataset
 from finetuning.models import FineTuneJob
 from inference.models import AIModel
-from tests.factories import TenantFactory, make_key
+from tests.factories import TenantFactory, bearer, make_key
 
 pytestmark = pytest.mark.django_db
-
-
-def bearer(secret):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 def test_tenant_b_cannot_see_or_touch_tenant_a(tenant):
