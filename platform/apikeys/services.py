@@ -104,6 +104,14 @@ def _check_scopes(scopes: list[str], creator: ApiKey | None) -> list[str]:
     return cleaned
 
 
+def _expiry_escalation(limit: datetime, *, param: str) -> PermissionError_:
+    """403: the calling key expires at ``limit``, and the key asked for would outlive it."""
+    at = limit.isoformat().replace("+00:00", "Z")
+    return PermissionError_(
+        messages.OUTLIVES_CREATOR.format(at=at), code="expiry_escalation", param=param
+    )
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -130,11 +138,7 @@ def api_key_create(
         if expires_at is None:
             expires_at = created_by.expires_at
         elif expires_at > created_by.expires_at:
-            at = created_by.expires_at.isoformat().replace("+00:00", "Z")
-            raise PermissionError_(
-                messages.OUTLIVES_CREATOR.format(at=at), code="expiry_escalation",
-                param="expires_at",
-            )  # fmt: skip
+            raise _expiry_escalation(created_by.expires_at, param="expires_at")
     public_id = random_token(PUBLIC_ID_LENGTH)
     secret = _mint_secret(mode, public_id)
     key = ApiKey.objects.create(
@@ -328,10 +332,7 @@ def api_key_rotate(
     ):
         # A new secret for a key that outlives the caller is a key that outlives it: as
         # when creating one (api_key_create), refused.
-        at = caller.expires_at.isoformat().replace("+00:00", "Z")
-        raise PermissionError_(
-            messages.OUTLIVES_CREATOR.format(at=at), code="expiry_escalation", param="id"
-        )
+        raise _expiry_escalation(caller.expires_at, param="id")
     if key.expires_at is not None and key.expires_at <= now:
         at = key.expires_at.isoformat().replace("+00:00", "Z")
         raise Conflict(

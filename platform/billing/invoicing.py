@@ -22,7 +22,7 @@ from core.pagination import paginate
 from tenants.models import Tenant
 
 from .models import Invoice, Subscription, UsageChargePush
-from .periods import period_plan
+from .periods import period_recorded
 from .rating import RatedPeriod, rate_tenant_period
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
@@ -144,7 +144,7 @@ def usage_charges_push(
     if current and not sub.stripe_subscription_id:
         return []  # on free now: its own period is not invoiced
     cut = min(end, until or timezone.now())
-    plan = period_plan(tenant=tenant, sub=sub, start=start)
+    _, plan = period_recorded(tenant=tenant, sub=sub, start=start)
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
                                include_base_fee=False)  # fmt: skip
     # A closed period's items land on a later invoice: each says which period it bills.

@@ -101,10 +101,17 @@ def _months_between(
             yield first, last
 
 
-def period_plan(*, tenant: Tenant, sub: Subscription, start: datetime) -> Plan:
-    """The plan a period ended on (its currency; the price of rows made before plans were
-    recorded): the current one's, or a past one's as recorded."""
-    if start == sub.current_period_start:
-        return sub.plan
-    recorded = BillingPeriod.objects.for_tenant(tenant).filter(start=start).first()
-    return recorded.plan if recorded else sub.plan
+def period_recorded(*, tenant: Tenant, sub: Subscription, start: datetime) -> tuple[datetime, Plan]:
+    """Where the period that begins at ``start`` ends, and the plan it ended on (its
+    currency; the price of rows made before plans were recorded): the current one's, or a
+    past one's as recorded (else the current one's, as before periods were recorded)."""
+    if start != sub.current_period_start:
+        recorded = (
+            BillingPeriod.objects.for_tenant(tenant)
+            .filter(start=start)
+            .select_related("plan")
+            .first()
+        )
+        if recorded is not None:
+            return recorded.end, recorded.plan
+    return sub.current_period_end, sub.plan

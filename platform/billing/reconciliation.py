@@ -15,8 +15,8 @@ from prometheus_client import Counter
 
 from tenants.models import Tenant
 
-from .models import BillingPeriod, Reconciliation, Subscription
-from .periods import period_plan
+from .models import Reconciliation
+from .periods import period_recorded
 from .rating import rate_tenant_period
 from .stripe_client import as_dict, stripe_api
 from .subscriptions import subscription_get_or_create
@@ -70,20 +70,6 @@ def _invoice_lines(api: Any, invoice: dict[str, Any]) -> Iterator[dict[str, Any]
         yield as_dict(line)
 
 
-def _period_end(*, tenant: Tenant, sub: Subscription, start: datetime) -> datetime:
-    """Where the period that begins at ``start`` ends: the current one's end, or a past
-    one's as recorded (else the current one's end, as before periods were recorded)."""
-    if start == sub.current_period_start:
-        return sub.current_period_end
-    recorded = (
-        BillingPeriod.objects.for_tenant(tenant)
-        .filter(start=start)
-        .values_list("end", flat=True)
-        .first()
-    )
-    return recorded or sub.current_period_end
-
-
 def reconciliation_run(
     *, tenant: Tenant, start: datetime | None = None, until: datetime | None = None
 ) -> Reconciliation | None:
@@ -96,8 +82,8 @@ def reconciliation_run(
     # Never past the period's end, whatever ``until`` says: the push stops there too (it
     # rates up to min(end, until)), so with a renewal whose webhook is late, the new period's
     # usage is in neither and does not read as a difference.
-    cut = min(until or timezone.now(), _period_end(tenant=tenant, sub=sub, start=start))
-    plan = period_plan(tenant=tenant, sub=sub, start=start)
+    end, plan = period_recorded(tenant=tenant, sub=sub, start=start)
+    cut = min(until or timezone.now(), end)
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
                                include_base_fee=False)  # fmt: skip
     in_stripe = stripe_usage_total(tenant=tenant, customer_id=sub.stripe_customer_id, start=start)

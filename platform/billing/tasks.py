@@ -75,9 +75,7 @@ def usage_push_task(tenant_id: str, start: str | None = None, end: str | None = 
 
 def usage_push_period_enqueue(*, tenant_id: str, start: datetime, end: datetime) -> None:
     """Push a closed period's last usage once the current transaction commits."""
-    transaction.on_commit(
-        lambda: usage_push_task.apply_async(args=[tenant_id, start.isoformat(), end.isoformat()])
-    )
+    transaction.on_commit(lambda: _enqueue(usage_push_task, tenant_id, start, end))
 
 
 def _tenants_on_stripe() -> list[str]:
@@ -103,9 +101,12 @@ def _periods_closed_since(since: datetime) -> list[tuple[str, datetime, datetime
     return list(periods.values_list("tenant_id", "start", "end"))
 
 
-def _push(tenant_id: str, start: datetime | None = None, end: datetime | None = None) -> None:
+def _enqueue(
+    task: Any, tenant_id: str, start: datetime | None = None, end: datetime | None = None
+) -> None:
+    """``task`` for the tenant's current period, or for the period [start, end)."""
     args = [tenant_id] + ([start.isoformat(), end.isoformat()] if start and end else [])
-    usage_push_task.apply_async(args=args)
+    task.apply_async(args=args)
 
 
 @app.task(name="billing.usage_push_all", **TASK_OPTIONS)
@@ -114,10 +115,10 @@ def usage_push_all_task() -> int:
     ledger since the last push of a period closed within LATE_USAGE_HORIZON."""
     tenant_ids = _tenants_on_stripe()
     for tenant_id in tenant_ids:
-        _push(tenant_id)
+        _enqueue(usage_push_task, tenant_id)
     closed = _periods_closed_since(timezone.now() - LATE_USAGE_HORIZON)
     for tenant_id, start, end in closed:
-        _push(tenant_id, start, end)
+        _enqueue(usage_push_task, tenant_id, start, end)
     return len(tenant_ids) + len(closed)
 
 
@@ -129,12 +130,10 @@ def reconcile_all_task() -> int:
     ledger after a period's last push cannot go unbilled unseen."""
     tenant_ids = _tenants_on_stripe()
     for tenant_id in tenant_ids:
-        usage_push_and_reconcile_task.apply_async(args=[tenant_id])
+        _enqueue(usage_push_and_reconcile_task, tenant_id)
     closed = _periods_closed_since(timezone.now() - RECONCILE_CLOSED_WITHIN)
     for tenant_id, start, end in closed:
-        usage_push_and_reconcile_task.apply_async(
-            args=[tenant_id, start.isoformat(), end.isoformat()]
-        )
+        _enqueue(usage_push_and_reconcile_task, tenant_id, start, end)
     return len(tenant_ids) + len(closed)
 
 

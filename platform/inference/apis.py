@@ -46,10 +46,13 @@ class ClassifyApi(TenantAPIView):
         # Reserve what a valid request would run; an invalid one is refunded when it ends.
         return len(inputs) if isinstance(inputs, list) and 0 < len(inputs) <= MAX_INPUTS else 0
 
-    def check_body(self, request: Request) -> None:
+    def _valid_body(self, request: Request) -> dict[str, Any]:
+        """The request's body, checked: plainly valid ones without the serializer."""
         data = self._plain_body(request)
-        if data is None:
-            data = validated(ClassifyRequestSerializer, request.data)
+        return data if data is not None else validated(ClassifyRequestSerializer, request.data)
+
+    def check_body(self, request: Request) -> None:
+        data = self._valid_body(request)
         classify_model_check(
             tenant=self.tenant, api_key=self.api_key, model_id=data["model"],
             labels=data.get("labels"), examples=data.get("examples"),
@@ -82,9 +85,7 @@ class ClassifyApi(TenantAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = self._plain_body(request)
-        if data is None:
-            data = validated(ClassifyRequestSerializer, request.data)
+        data = self._valid_body(request)
         body = classify(
             tenant=self.tenant,
             api_key=self.api_key,
