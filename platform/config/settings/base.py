@@ -5,6 +5,7 @@ SQLite next to the code and the embedded Redis that ``make run`` starts."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ INSTALLED_APPS = [
     "billing",
     "limits",
     "economics",
+    # After the project's apps: its admin pages (lockouts, login log) join the dashboard.
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -76,7 +79,30 @@ MIDDLEWARE = [
     "core.middleware.AdminMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.AdminUnavailableMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# The admin's login is throttled (django-axes): after ADMIN_LOGIN_FAILURE_LIMIT failed
+# logins for one username from one client address, that pair is refused (429) for
+# ADMIN_LOGIN_COOLOFF_MINUTES, however good the next password; a success resets the count.
+# Keyed by the pair, so that nobody can lock the operator out from another address by
+# failing on purpose. Lockouts and every login are listed in the admin (Axes); an operator
+# lifts one early with ``manage.py axes_reset_username NAME`` (or ``axes_reset``).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("ADMIN_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("ADMIN_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "core.client_ip.client_ip"
+AXES_VERBOSE = False
+# The number of proxies in front of the API that append the address they were reached from
+# to X-Forwarded-For: a client's address is that many entries from the list's end (0: the
+# socket's peer, REMOTE_ADDR). Anything further left is the client's to forge.
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
