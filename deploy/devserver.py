@@ -29,6 +29,9 @@ from redis.retry import Retry
 from workers.contract import USAGE_GROUP, USAGE_STREAM, Queue
 
 ROOT = Path(__file__).resolve().parents[1]
+# Under var/redis/ while the embedded Redis runs: its URL, which the settings read when
+# REDIS_URL is unset (the same name is in config/settings/base.py, which cannot import this).
+EMBEDDED_URL_FILE = "url"
 # How long children get to stop after SIGTERM before SIGKILL: longer than the API waits for
 # a worker (INFERENCE_TIMEOUT_S), so a request in flight when the inference worker died
 # still gets its 503 rather than a dropped connection (15 s dropped them, at 30 s).
@@ -193,6 +196,8 @@ def main() -> int:
         directory.mkdir(parents=True, exist_ok=True)
         embedded, url = start_embedded_redis(str(directory))
         os.environ["REDIS_URL"] = url
+        # For `manage.py` in another terminal, which has no REDIS_URL (config/settings).
+        (directory / EMBEDDED_URL_FILE).write_text(url + "\n")
         print(f"devserver: embedded Redis at {url}", flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -240,6 +245,7 @@ def main() -> int:
     if embedded is not None:
         from deploy.embedded_redis import stop_embedded_redis
 
+        (ROOT / "var" / "redis" / EMBEDDED_URL_FILE).unlink(missing_ok=True)
         stop_embedded_redis(embedded)
     print("devserver: stopped", flush=True)
     return status

@@ -1,7 +1,7 @@
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -11,6 +11,7 @@ from core.admin import AtomicActionsAdmin
 
 from .generations import api_key_generation_bump
 from .models import ApiKey, Scope
+from .selectors import working_admin_keys
 
 
 class ApiKeyAdminForm(forms.ModelForm[ApiKey]):
@@ -91,12 +92,28 @@ class ApiKeyAdmin(AtomicActionsAdmin):
     # list, view-only staff included.
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        """Revokes whatever is selected, a tenant's last admin key included (an operator may
+        have to: a leaked secret), but says which tenants are left without one and how to
+        give them one again; the API itself refuses that (409 ``last_admin_key``)."""
+        now = timezone.now()
         with transaction.atomic():
             live = queryset.filter(revoked_at__isnull=True)
-            ids = list(live.values_list("pk", flat=True))
-            live.update(revoked_at=timezone.now())
+            rows = list(live.values_list("pk", "tenant__slug", "tenant_id"))
+            live.update(revoked_at=now)
             # Every API process's cached copy stops being used on its next request.
-            api_key_generation_bump(key_ids=ids)
+            api_key_generation_bump(key_ids=[pk for pk, _, _ in rows])
+        tenants = {tenant_id: slug for _, slug, tenant_id in rows}
+        keys = ApiKey.objects.unscoped().filter(tenant_id__in=tenants)
+        served = {key.tenant_id for key in working_admin_keys(keys, now=now)}
+        stranded = sorted(slug for tenant_id, slug in tenants.items() if tenant_id not in served)
+        self.message_user(request, f"{len(rows)} key(s) revoked.", messages.SUCCESS)
+        if stranded:
+            self.message_user(
+                request,
+                f"No live admin key is left to {', '.join(stranded)}: they cannot manage their"
+                " keys until one is minted for them (manage.py create_api_key SLUG).",
+                messages.WARNING,
+            )
 
     # Every change to a key, here as through the API, sets a new generation: API processes
     # stop using their cached copy of it on its next request (apikeys.services).

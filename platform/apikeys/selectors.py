@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import datetime
+
+from django.db.models import Q, QuerySet
 
 from core.errors import NotFound
 from tenants.models import Tenant
 
 from . import messages
-from .models import ApiKey
+from .models import ApiKey, Scope
 
 
 def api_keys_visible(
@@ -30,3 +32,15 @@ def api_key_get(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None) ->
     if key is None:
         raise NotFound(messages.KEY_NOT_FOUND.format(key_id=key_id), param="id")
     return key
+
+
+def working_admin_keys(keys: QuerySet[ApiKey], *, now: datetime) -> list[ApiKey]:
+    """Of ``keys``, the live ones, not revoked, not expired, with the admin scope: what a
+    tenant manages its keys with (a test-mode admin key cannot create live keys)."""
+    working = (
+        keys.filter(mode=ApiKey.Mode.LIVE, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .only("pk", "tenant_id", "scopes")
+    )
+    # NOTE: the admin scope is matched here, not in SQL: SQLite has no JSON containment.
+    return [key for key in working if Scope.ADMIN in key.scope_list]

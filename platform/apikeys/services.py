@@ -34,7 +34,7 @@ from tenants.selectors import tenant_with_plan
 from . import messages
 from .generations import GENERATION_TTL_S, api_key_generation_bump, generation_key
 from .models import ALL_SCOPES, ApiKey, Scope
-from .selectors import api_key_get
+from .selectors import api_key_get, working_admin_keys
 
 logger = logging.getLogger(__name__)
 
@@ -383,16 +383,8 @@ def _refuse_last_admin_key(*, tenant: Tenant, key: ApiKey, now: datetime) -> Non
     cannot deadlock) before they are counted: of two concurrent revocations of its last two
     admin keys, the second counts after the first has committed, and is refused. On SQLite,
     which ignores FOR UPDATE, the IMMEDIATE transaction serialises them the same way."""
-    working = (
-        ApiKey.objects.for_tenant(tenant)
-        .select_for_update()
-        .filter(mode=ApiKey.Mode.LIVE, revoked_at__isnull=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .order_by("pk")
-        .only("pk", "scopes")
-    )
-    # NOTE: the admin scope is matched here, not in SQL: SQLite has no JSON containment.
-    admins = {other.pk for other in working if Scope.ADMIN in other.scope_list}
+    locked = ApiKey.objects.for_tenant(tenant).select_for_update().order_by("pk")
+    admins = {other.pk for other in working_admin_keys(locked, now=now)}
     if admins == {key.pk}:
         raise Conflict(
             messages.LAST_ADMIN_KEY.format(key_id=key.pk), code="last_admin_key", param="id"

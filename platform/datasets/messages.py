@@ -5,7 +5,7 @@ FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
 FILE_TOO_LARGE = "The file is {size} bytes; the limit is {limit} bytes."
 # Refused on the request's length, before the file is read: its own size is not known yet.
 UPLOAD_TOO_LARGE = (
-    "The upload is {size} bytes, more than a file of the limit ({limit} bytes) can make."
+    "The upload is {size} bytes, too large for a dataset file of at most {limit} bytes."
 )
 UNKNOWN_FIELD = "Received unknown form field: {name}."
 # core's wording, for a JSON member or query parameter given twice.

@@ -1,4 +1,5 @@
-"""``make run``'s own files: each install keeps its metrics under its DATA_DIR."""
+"""``make run``'s own files: each install keeps its metrics under its DATA_DIR, and tells
+manage.py where its embedded Redis is."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.devserver import ROOT, _metrics_dir
+from deploy.devserver import EMBEDDED_URL_FILE, ROOT, _metrics_dir
 
 
 def test_two_installs_of_one_checkout_keep_their_metrics_apart(
@@ -30,3 +31,14 @@ def test_without_data_dir_the_metrics_stay_where_the_database_is(
     # A relative DATA_DIR is read from the checkout, where the children run.
     monkeypatch.setenv("DATA_DIR", "install-b")
     assert _metrics_dir() == ROOT / "install-b" / "prometheus"
+
+
+def test_manage_py_in_another_terminal_finds_the_embedded_redis(tmp_path):
+    """`make run` writes the embedded Redis's URL under var/redis/ while it runs; settings
+    without REDIS_URL read it (else the default port)."""
+    from config.settings.base import embedded_redis_url
+
+    assert embedded_redis_url(tmp_path) == ""
+    (tmp_path / "var" / "redis").mkdir(parents=True)
+    (tmp_path / "var" / "redis" / EMBEDDED_URL_FILE).write_text("redis://127.0.0.1:41234/0\n")
+    assert embedded_redis_url(tmp_path) == "redis://127.0.0.1:41234/0"

@@ -8,10 +8,11 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.admin.utils import quote
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from apikeys.models import ApiKey
-from tests.factories import TenantFactory, bearer, key_id_of, make_key
+from tests.factories import TenantFactory, bearer, key_id_of, make_key, staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -184,3 +185,60 @@ def test_an_expired_key_is_not_rotated_into_a_secret_that_cannot_work(api, tenan
     assert (
         api.post(f"/v1/api-keys/{live.json()['id']}/rotate", {}, format="json").status_code == 200
     )
+
+
+# -- the way back: an operator mints a key for a tenant that has none --------------------
+
+
+def test_an_operator_revoking_a_last_admin_key_is_told_and_mints_the_way_back(api, tenant, capsys):
+    mine = _own_key_id(tenant)
+    operator = staff_client("apikeys.view_apikey", "apikeys.change_apikey")
+    page = operator.post(
+        "/admin/apikeys/apikey/",
+        {"action": "revoke", "_selected_action": [mine], "index": 0},
+        follow=True,
+    )
+    shown = [str(m) for m in page.context["messages"]]
+    assert "1 key(s) revoked." in shown
+    assert any(tenant.slug in m and "create_api_key" in m for m in shown), shown
+
+    call_command("create_api_key", tenant.slug)
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert secret.startswith("sk_live_")
+    minted = bearer(secret).post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
+    assert minted.status_code == 201  # an admin key again: it manages keys
+
+
+def test_revoking_one_of_two_admin_keys_in_the_admin_warns_of_nothing(api, tenant):
+    mine = _own_key_id(tenant)
+    make_key(tenant, ["admin"])
+    operator = staff_client("apikeys.view_apikey", "apikeys.change_apikey")
+    page = operator.post(
+        "/admin/apikeys/apikey/",
+        {"action": "revoke", "_selected_action": [mine], "index": 0},
+        follow=True,
+    )
+    assert [str(m) for m in page.context["messages"]] == ["1 key(s) revoked."]
+
+
+@pytest.mark.parametrize(
+    ("argv", "refusal"),
+    [
+        (["no-such-tenant"], "No tenant"),
+        (["{slug}", "--scopes", "admin,root"], "Unknown scopes: root"),
+        (["{slug}", "--scopes", ""], "at least one scope"),
+    ],
+)
+def test_create_api_key_refuses_what_it_cannot_mint(tenant, argv, refusal):
+    before = ApiKey.objects.for_tenant(tenant).count()
+    with pytest.raises(CommandError, match=refusal):
+        call_command("create_api_key", *[a.format(slug=tenant.slug) for a in argv])
+    assert ApiKey.objects.for_tenant(tenant).count() == before
+
+
+def test_create_api_key_mints_the_scopes_and_mode_asked_for(tenant, capsys):
+    call_command("create_api_key", tenant.pk, "--scopes", "inference, billing", "--test")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("sk_test_") and tenant.slug in out[0]
+    key = ApiKey.objects.for_tenant(tenant).get(pk=key_id_of(out[-1]))
+    assert sorted(key.scope_list) == ["billing", "inference"] and not key.livemode

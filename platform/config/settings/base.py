@@ -150,7 +150,18 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sql
 DATABASES = {"default": database_config(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+def embedded_redis_url(base_dir: Path = BASE_DIR) -> str:
+    """The URL of the embedded Redis that ``make run`` started, which it writes under
+    var/redis/ while it runs (deploy/devserver.py): a ``manage.py`` command in another
+    terminal has no REDIS_URL and must reach that server, not one on the default port."""
+    try:
+        return (base_dir / "var" / "redis" / "url").read_text().strip()
+    except OSError:
+        return ""
+
+
+REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or "redis://127.0.0.1:6379/0"
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
