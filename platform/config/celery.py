@@ -30,8 +30,9 @@ app.conf.task_routes = {
     "billing.*": {"queue": PLATFORM_QUEUE},
     "limits.*": {"queue": PLATFORM_QUEUE},
     "core.*": {"queue": PLATFORM_QUEUE},
+    "datasets.*": {"queue": PLATFORM_QUEUE},
 }
-app.autodiscover_tasks(lambda: ["billing", "limits", "core"])
+app.autodiscover_tasks(lambda: ["billing", "limits", "core", "datasets"])
 app.conf.beat_schedule = {
     # Usage charges go to Stripe through the period; the last ones when it closes (the
     # subscription webhook of the renewal enqueues that push).
@@ -46,4 +47,7 @@ app.conf.beat_schedule = {
     "limits-quota-reconcile": {"task": "limits.quota_reconcile_all", "schedule": 600.0},
     # Idempotency records past any replay (they hold response bodies).
     "core-idempotency-purge": {"task": "core.idempotency_purge", "schedule": 3600.0},
+    # Deleted datasets' files that their delete had to leave (a job on them, or stored
+    # again within the grace period).
+    "datasets-files-sweep": {"task": "datasets.files_sweep", "schedule": 900.0},
 }

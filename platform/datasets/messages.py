@@ -34,7 +34,10 @@ LABEL_TOO_LONG = "'label' is {length} characters long; the limit is {limit}."
 DUPLICATE = "Duplicate of line {line}."
 CSV_HEADER = "A CSV file needs a header row with the columns 'text' and 'label'."
 CSV_COLUMNS = "Expected {expected} columns as in the header, found {found}."
-CSV_UNREADABLE = "Unreadable CSV: {error}."
+CSV_UNREADABLE = (
+    "Unreadable CSV: {error} (a field that opens with a quote must close it before the next"
+    ' comma or the end of its row; a quote inside it is written twice: "a ""b"" c").'
+)
 UNKNOWN_FORMAT = (
     'Expected JSONL (one {"text": ..., "label": ...} object per line) or CSV with a '
     "'text,label' header."

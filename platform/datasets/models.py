@@ -40,6 +40,9 @@ class Dataset(models.Model):
     content_file = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # Set once a deleted dataset's files have left the store, or are left to another
+    # dataset that refers to the same bytes (``datasets.services.dataset_files_sweep``).
+    files_released_at = models.DateTimeField(null=True, blank=True)
 
     objects = TenantScopedManager()
 

@@ -79,20 +79,53 @@ def _check_storage(tenant: Tenant, size: int) -> None:
         )
 
 
-def _blobs_release(digests: list[str]) -> None:
-    """After a delete: the dataset's files, once no dataset (of any tenant: blobs are
-    content-addressed and shared) and no unfinished job refers to them. A job that has
-    finished does not need its file again."""
+def _blobs_release(digests: list[str]) -> bool:
+    """A deleted dataset's files, once no dataset (of any tenant: blobs are content-addressed
+    and shared) and no unfinished job refers to them, and none was stored again within
+    ``BLOB_GRACE_S``. A job that has finished does not need its file again. True when none is
+    left to this dataset: removed, gone already, or kept by a dataset that refers to it (its
+    own delete releases it). False while an unfinished job or the grace period keeps one:
+    ``dataset_files_sweep`` tries again."""
     store = artifact_store()
     # NOTE: unscoped on purpose: whether anyone at all still refers to these bytes.
     datasets = Dataset.objects.unscoped().filter(deleted_at__isnull=True)
     jobs = FineTuneJob.objects.unscoped().exclude(status__in=FineTuneJob.TERMINAL)
+    done = True
     for digest in dict.fromkeys(d for d in digests if d):
         if datasets.filter(Q(raw_file=digest) | Q(content_file=digest)).exists():
             continue
         if jobs.filter(Q(training_file=digest) | Q(validation_file=digest)).exists():
+            done = False
             continue
-        store.release(digest, unless_newer_than_s=BLOB_GRACE_S)
+        if not store.release(digest, unless_newer_than_s=BLOB_GRACE_S) and store.exists(digest):
+            done = False  # stored again within the grace period
+    return done
+
+
+def _files_release(dataset_id: str, digests: list[str]) -> None:
+    if _blobs_release(digests):
+        Dataset.objects.unscoped().filter(pk=dataset_id).update(files_released_at=timezone.now())
+
+
+def dataset_files_sweep() -> int:
+    """The files of deleted datasets that their delete could not release (a job still
+    training on them, or stored again within the grace period: a dataset deleted minutes
+    after its upload kept its files for good, and upload-and-delete filled the store past
+    every tenant's limit). Run by the platform worker's beat; returns how many datasets'
+    files were released."""
+    pending = Dataset.objects.unscoped().filter(
+        deleted_at__isnull=False, files_released_at__isnull=True
+    )
+    released = 0
+    for dataset_id, raw_file, content_file in pending.values_list(
+        "pk", "raw_file", "content_file"
+    ).iterator():
+        if _blobs_release([raw_file, content_file]):
+            Dataset.objects.unscoped().filter(pk=dataset_id).update(
+                files_released_at=timezone.now()
+            )
+            released += 1
+    return released
 
 
 @transaction.atomic
@@ -115,5 +148,5 @@ def dataset_delete(*, tenant: Tenant, dataset_id: str) -> Dataset:
     dataset.deleted_at = timezone.now()
     dataset.save(update_fields=["deleted_at"])
     files = [dataset.raw_file, dataset.content_file]
-    transaction.on_commit(lambda: _blobs_release(files))
+    transaction.on_commit(lambda: _files_release(dataset.pk, files))
     return dataset

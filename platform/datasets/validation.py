@@ -207,7 +207,10 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
     # csv needs the text back; undecodable lines were already reported and are left out,
     # which shifts no line numbers because we pass the numbers along with the rows.
     # Lines go back in with their newline so a quoted field may span lines.
-    reader = csv.reader(line + "\n" for _, line in lines)
+    # strict: a quote that opens a field must close it before the next comma or line end.
+    # Lenient, csv merged a row with an unterminated quote and the lines after it into one
+    # text (its label and a good row lost, the file reported valid); and '"x" y' read as 'x y'.
+    reader = csv.reader((line + "\n" for _, line in lines), strict=True)
     try:
         header = [name.strip().lower() for name in next(reader)]
     except StopIteration:

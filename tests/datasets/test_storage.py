@@ -76,3 +76,59 @@ def test_a_deleted_datasets_files_leave_the_store_once_nothing_refers_to_them(
     assert not store.exists(row.raw_file) and not store.exists(row.content_file)
     make_key(tenant, ["admin"])  # the store is usable as before
     assert _upload(api, good_file()).status_code == 201
+
+
+def test_a_dataset_deleted_minutes_after_its_upload_leaves_the_store_at_the_next_sweep(
+    api, tenant, django_capture_on_commit_callbacks
+):
+    """The delete keeps files stored within the grace period; the beat's sweep releases them
+    once it has passed (they stayed for good: upload-and-delete filled the store)."""
+    store = ArtifactStore(settings.ARTIFACT_DIR)
+    made = _upload(api, good_file()).json()
+    row = Dataset.objects.for_tenant(tenant).get(pk=made["id"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/datasets/{made['id']}").status_code == 200
+    assert store.exists(row.raw_file) and store.exists(row.content_file)  # minutes old
+    assert services.dataset_files_sweep() == 0  # still within the grace period
+    for digest in (row.raw_file, row.content_file):
+        _age(store, digest, 3600)
+    assert services.dataset_files_sweep() == 1
+    assert not store.exists(row.raw_file) and not store.exists(row.content_file)
+    row.refresh_from_db()
+    assert row.files_released_at is not None
+    assert services.dataset_files_sweep() == 0  # nothing left to look at
+
+
+def test_files_an_unfinished_job_trains_on_are_released_once_it_has_finished(api, tenant):
+    """The API refuses to delete a dataset under an unfinished job (409); a row deleted
+    beside one anyway (by hand, or a race on a database without row locks) keeps the
+    job's file until the job has finished."""
+    from django.utils import timezone
+
+    from finetuning.models import FineTuneJob
+
+    store = ArtifactStore(settings.ARTIFACT_DIR)
+    made = _upload(api, good_file()).json()
+    row = Dataset.objects.for_tenant(tenant).get(pk=made["id"])
+    job = FineTuneJob.objects.create(
+        tenant=tenant, base_model="minilm-l6", training_dataset=row,
+        training_file=row.content_file, status=FineTuneJob.Status.RUNNING, method="head",
+    )  # fmt: skip
+    Dataset.objects.for_tenant(tenant).filter(pk=row.pk).update(deleted_at=timezone.now())
+    for digest in (row.raw_file, row.content_file):
+        _age(store, digest, 3600)
+    assert services.dataset_files_sweep() == 0
+    assert store.exists(row.content_file)  # the job still reads it
+    job.status = FineTuneJob.Status.SUCCEEDED
+    job.save(update_fields=["status"])
+    assert services.dataset_files_sweep() == 1
+    assert not store.exists(row.content_file)
+
+
+def test_the_sweep_is_on_the_platform_workers_schedule():
+    from config.celery import app
+
+    app.loader.import_default_modules()
+    scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert "datasets.files_sweep" in scheduled and "datasets.files_sweep" in app.tasks
+    assert all(task in app.tasks for task in scheduled)

@@ -232,3 +232,25 @@ def test_a_flood_of_errors_and_warnings_is_counted_not_kept():
     flooded = dataset_validate(jsonl(rows))
     assert len(flooded.warnings) == MAX_REPORTED_WARNINGS + 1
     assert flooded.warnings[-1]["message"].startswith("50 more warnings")
+
+
+def test_a_csv_quote_left_open_is_an_error_on_its_line_not_a_merged_row():
+    """It was read as one row with the next line (a valid file: the broken row's label and
+    a good row lost, a wrong text trained on)."""
+    rows = [f"example text number {i},{'ab'[i % 2]}" for i in range(24)]
+    data = "\n".join(["text,label", *rows[:12], '"unterminated,a', f'"x{rows[12]}', *rows[13:]])
+    result = dataset_validate(data.encode() + b"\n", filename="x.csv")
+    found = messages_by_line(result)
+    assert not result.valid
+    assert [line for line, message in found if "Unreadable CSV" in message] == [14]
+    assert "written twice" in found[0][1]
+    assert not any("unterminated" in text for text, _ in result.examples)
+    # A quote that closes before more text in its field is refused too (it read '"x" y' as
+    # 'x y'); quotes inside an unquoted field, and doubled ones inside a quoted one, are text.
+    odd = dataset_validate(b'text,label\n"x" y,a\n', filename="x.csv")
+    assert any("Unreadable CSV" in message for _, message in messages_by_line(odd))
+    fine = "\n".join(["text,label", 'He said "hi",a', '"a ""b"" c",b', *rows[:20]])
+    assert dataset_validate(fine.encode(), filename="x.csv").examples[:2] == [
+        ('He said "hi"', "a"),
+        ('a "b" c', "b"),
+    ]
