@@ -136,5 +136,7 @@ class DatasetDetailApi(TenantAPIView):
         },
     )
     def delete(self, request: Request, dataset_id: str) -> Response:
-        dataset = dataset_delete(tenant=self.tenant, dataset_id=dataset_id)
+        dataset = dataset_delete(
+            tenant=self.tenant, dataset_id=dataset_id, livemode=self.api_key.livemode
+        )
         return Response({"id": dataset.id, "object": "dataset", "deleted": True})

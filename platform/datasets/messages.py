@@ -10,6 +10,7 @@ UPLOAD_TOO_LARGE = (
 UNKNOWN_FIELD = "Received unknown form field: {name}."
 # core's wording, for a JSON member or query parameter given twice.
 FIELD_GIVEN_TWICE = "{name} is given more than once."
+DATASET_IN_USE_OTHER_MODE = "{count} job(s) of {mode} mode, which that mode's keys see and cancel"
 DATASET_IN_USE = (
     "Dataset '{id}' is in use by fine-tuning jobs that have not finished: {jobs}. Wait for "
     "them to finish, or cancel them (POST /v1/fine-tunes/{{job id}}/cancel), then delete it."

@@ -34,15 +34,16 @@ def dataset_get(
     return dataset
 
 
-def dataset_jobs_unfinished(*, tenant: Tenant, dataset: Dataset) -> list[str]:
-    """Ids of the tenant's fine-tuning jobs, oldest first, that train or validate on
-    ``dataset`` and have not finished (validating_files, queued or running)."""
+def dataset_jobs_unfinished(*, tenant: Tenant, dataset: Dataset) -> list[tuple[str, bool]]:
+    """(id, livemode) of the tenant's fine-tuning jobs of either mode, oldest first, that
+    train or validate on ``dataset`` and have not finished (validating_files, queued or
+    running)."""
     return list(
         FineTuneJob.objects.for_tenant(tenant)
         .filter(Q(training_dataset=dataset) | Q(validation_dataset=dataset))
         .exclude(status__in=FineTuneJob.TERMINAL)
         .order_by("created_at", "pk")
-        .values_list("pk", flat=True)
+        .values_list("pk", "livemode")
     )
 
 

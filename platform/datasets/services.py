@@ -129,7 +129,7 @@ def dataset_files_sweep() -> int:
 
 
 @transaction.atomic
-def dataset_delete(*, tenant: Tenant, dataset_id: str) -> Dataset:
+def dataset_delete(*, tenant: Tenant, dataset_id: str, livemode: bool = True) -> Dataset:
     """Soft delete: the row disappears from the API, and its files leave the artifact store
     once nothing refers to them (``_blobs_release``); finished jobs keep the file's hash.
 
@@ -140,8 +140,17 @@ def dataset_delete(*, tenant: Tenant, dataset_id: str) -> Dataset:
     dataset = dataset_get(tenant=tenant, dataset_id=dataset_id, param="id", for_update=True)
     jobs = dataset_jobs_unfinished(tenant=tenant, dataset=dataset)
     if jobs:
+        # Datasets are both modes'; jobs are one mode's. The caller is told the ids it can
+        # see and cancel, and only how many the other mode has (404s to this key).
+        seen = [job_id for job_id, job_live in jobs if job_live == livemode]
+        other = len(jobs) - len(seen)
+        named = ", ".join(seen) if seen else ""
+        if other:
+            mode = "test" if livemode else "live"
+            more = messages.DATASET_IN_USE_OTHER_MODE.format(count=other, mode=mode)
+            named = f"{named} and {more}" if named else more
         raise Conflict(
-            messages.DATASET_IN_USE.format(id=dataset.pk, jobs=", ".join(jobs)),
+            messages.DATASET_IN_USE.format(id=dataset.pk, jobs=named),
             code="dataset_in_use",
             param="id",
         )

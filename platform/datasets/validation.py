@@ -61,9 +61,12 @@ class Validation:
             self._trim_errors()
 
     def _trim_errors(self) -> None:
-        """The first MAX_REPORTED_ERRORS errors in line order (whole-file ones last)."""
-        ordered = sorted(self.errors, key=lambda e: (e["line"] is None, e["line"] or 0))
-        self.errors = ordered[:MAX_REPORTED_ERRORS]
+        """The first MAX_REPORTED_ERRORS errors in line order, whole-file ones (too few
+        labels, too few examples of one) last but always kept: cut behind 100 bad lines, a
+        file's own problem was found only once every line had been fixed."""
+        whole = [e for e in self.errors if e["line"] is None][:MAX_REPORTED_ERRORS]
+        lines = sorted((e for e in self.errors if e["line"] is not None), key=lambda e: e["line"])
+        self.errors = lines[: MAX_REPORTED_ERRORS - len(whole)] + whole
 
     def finish(self) -> Validation:
         self._trim_errors()

@@ -27,8 +27,13 @@ MODEL_LIMIT = (
     "The {plan} plan allows {limit} fine-tuned models (counting jobs in progress); delete a "
     "model or change plan to train another."
 )
-NOT_CANCELLABLE = "The job has already {status}; only queued or running jobs can be cancelled."
-SUFFIX = "suffix may contain only letters, digits, '-' and '_' (at most 40 characters)."
+NOT_CANCELLABLE = (
+    "The job has already finished ({status}); only jobs not yet finished can be cancelled."
+)
+SUFFIX = (
+    "suffix may contain only letters, digits, '-' and '_', with at least one letter or digit"
+    " (at most 40 characters)."
+)
 
 # Events (what a user watching the job reads).
 EV_CREATED = "Fine-tuning job created; validating files."

@@ -341,4 +341,6 @@ def fine_tunes_stop_for_suspension(*, tenant_ids: list[str]) -> int:
     return len(ids)
 
 
-SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+# At least one letter or digit: "-" alone made ids like ft:minilm-l6:-:<id>. (At most 40
+# characters: the serializer's max_length.)
+SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]*[A-Za-z0-9][A-Za-z0-9_-]*")

@@ -280,6 +280,29 @@ def test_a_dataset_an_unfinished_job_uses_cannot_be_deleted(api, tenant, status)
         assert api.get(f"/v1/datasets/{dataset['id']}").status_code == 200  # still there
 
 
+def test_a_dataset_in_use_names_only_the_jobs_the_deleting_key_can_see(api, tenant, client_for):
+    """Datasets are both modes'; a test-mode job on one was named to a live key, which got a
+    404 for it when it tried to cancel it as told."""
+    subscribe(tenant, "pro")
+    dataset = upload(api, good_file()).json()
+    live_job = _fine_tune(api, dataset)
+    test_api = client_for(tenant, ["admin"], mode="test")
+    test_job = _fine_tune(test_api, dataset)
+
+    refused = api.delete(f"/v1/datasets/{dataset['id']}")
+    assert_error(refused, 409, "dataset_in_use", "id")
+    message = refused.json()["error"]["message"]
+    assert live_job in message and test_job not in message and "1 job(s) of test mode" in message
+    from_test = test_api.delete(f"/v1/datasets/{dataset['id']}").json()["error"]["message"]
+    assert test_job in from_test and live_job not in from_test and "of live mode" in from_test
+
+    assert api.post(f"/v1/fine-tunes/{live_job}/cancel").status_code == 200
+    only_test = api.delete(f"/v1/datasets/{dataset['id']}").json()["error"]["message"]
+    assert test_job not in only_test and "1 job(s) of test mode" in only_test
+    assert test_api.post(f"/v1/fine-tunes/{test_job}/cancel").status_code == 200
+    assert api.delete(f"/v1/datasets/{dataset['id']}").status_code == 200
+
+
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
 def test_a_dataset_can_be_deleted_once_its_jobs_are_finished(api, tenant, status):
     subscribe(tenant, "pro")

@@ -98,6 +98,15 @@ def test_only_the_first_100_errors_are_listed_but_all_are_counted():
     assert [e["line"] for e in result.errors] == list(range(1, 101))
 
 
+def test_a_whole_file_problem_is_listed_behind_any_number_of_bad_lines():
+    """Sorted last, it was cut off behind 100 bad lines: found only once every line was fixed."""
+    data = b"".join(b"nope\n" for _ in range(150))
+    result = dataset_validate(data + jsonl(good_rows(labels=("only",))))
+    assert result.error_count == 151 and len(result.errors) == MAX_REPORTED_ERRORS
+    assert [e["line"] for e in result.errors] == [*range(1, 100), None]
+    assert "distinct labels" in result.errors[-1]["message"]
+
+
 def test_csv_problems():
     no_header = dataset_validate(b"hello,a\nworld,b\n", filename="x.csv")
     assert messages_by_line(no_header)[0][1].startswith("A CSV file needs a header")

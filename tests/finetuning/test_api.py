@@ -90,6 +90,8 @@ def test_lora_defaults(api, tenant, make_dataset):
         ),
         ({"suffix": "has space"}, 400, "invalid_parameter", "suffix"),
         ({"suffix": "ends-in-a-newline\n"}, 400, "invalid_parameter", "suffix"),
+        ({"suffix": "-"}, 400, "invalid_parameter", "suffix"),  # ft:minilm-l6:-:<id>
+        ({"suffix": "__"}, 400, "invalid_parameter", "suffix"),
         ({"suffix": "x" * 41}, 400, "max_length", "suffix"),
         ({"seed": -1}, 400, "min_value", "seed"),
         ({"colour": "red"}, 400, "unknown_parameter", "colour"),

@@ -86,15 +86,29 @@ def succeeded_data(request: TrainRequest, result: TrainResult) -> TrainSucceeded
 def train(request: TrainRequest) -> None:
     job_id = request["job_id"]
     client = _redis()
-    current = client.get(attempt_key(job_id))
-    if current is not None and int(current) != request["attempt"]:
+
+    def superseded(current: bytes | str | None) -> bool:
         # The platform has since scheduled another attempt (this one was presumed dead).
-        logger.info("job %s attempt %s superseded by %s", job_id, request["attempt"], current)
+        if current is not None and int(current) != request["attempt"]:
+            logger.info("job %s attempt %s superseded by %s", job_id, request["attempt"],
+                        int(current))  # fmt: skip
+            return True
+        return False
+
+    if superseded(client.get(attempt_key(job_id))):
         return
     publisher = EventPublisher(app, request)
 
     def cancelled() -> bool:
-        return bool(client.exists(cancel_key(job_id)))
+        """At each step boundary: the platform cancelled the job, or gave this attempt up
+        for another (it went silent past the heartbeat timeout, and came back: it trained to
+        the end for a result that was thrown away, while the new attempt waited behind it on
+        a one-job worker). One round trip."""
+        pipe = client.pipeline(transaction=False)
+        pipe.exists(cancel_key(job_id))
+        pipe.get(attempt_key(job_id))
+        cancel, current = pipe.execute()
+        return bool(cancel) or superseded(current)
 
     if cancelled():
         # The platform asked it to stop: the user cancelled it, or the account was suspended.
@@ -116,7 +130,8 @@ def train(request: TrainRequest) -> None:
             result = train_run(ctx)
             ctx.step()
         except JobCancelledError:
-            publisher.emit("cancelled", "The worker stopped the job; training stopped.")
+            if not superseded(client.get(attempt_key(job_id))):  # else its events are ignored
+                publisher.emit("cancelled", "The worker stopped the job; training stopped.")
             return
         except (TrainingDataError, ArtifactMissingError) as exc:
             publisher.emit("failed", str(exc), level="error", data={"code": "invalid_data"})

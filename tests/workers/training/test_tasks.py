@@ -81,3 +81,27 @@ def test_a_job_cancelled_before_it_starts_sends_no_usage_at_all(client, monkeypa
     tasks.train(make_request("f" * 64))
     assert [e["type"] for e in published_events()] == ["cancelled"]
     assert drain_usage_events() == []
+
+
+def test_an_attempt_given_up_for_another_stops_at_its_next_step_and_says_nothing(
+    client, monkeypatch
+):
+    """It had gone silent (the platform scheduled attempt 2) and came back: it trained to the
+    end, holding the one-job worker, for a result the platform then threw away."""
+    steps = []
+
+    def train_run(ctx: Any) -> TrainResult:
+        for step in range(100):
+            if step == 3:
+                client.set(attempt_key("ftjob_test"), 2)  # the platform's retry
+            ctx.step()
+            steps.append(step)
+        return dict(RESULT)  # type: ignore[return-value]
+
+    monkeypatch.setattr(tasks, "train_run", train_run)
+    client.set(attempt_key("ftjob_test"), 1)
+    tasks.train(make_request("f" * 64))
+    assert steps == [0, 1, 2]
+    # No "cancelled" of its own: the job lives on as attempt 2.
+    assert [e["type"] for e in published_events()] == ["started"]
+    assert drain_usage_events() == []
