@@ -46,6 +46,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
+TERMINAL_KINDS = ("succeeded", "failed", "cancelled")
+
+
 @transaction.atomic
 def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     """Apply one worker event. Idempotent (a redelivered event changes nothing) and safe
@@ -74,14 +77,22 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     # The artifact hash and the usage (its cost to serve) are internal: not in the job's events.
     hidden = ("artifact", "usage") if kind == "succeeded" else ()
     shown = {k: v for k, v in data.items() if k not in hidden}
+    message = str(event.get("message", ""))
+    level = str(event.get("level", "info"))
+    if job.is_terminal and kind in TERMINAL_KINDS and kind != job.status:
+        # The worker's own end, after the platform ended the job otherwise (a success that
+        # lost the race with a cancel, a stop on a job a suspension failed): told as what it
+        # is, not as a second end ("succeeded: model ... is ready" on a cancelled job).
+        message = messages.WORKER_ENDED_LATE.format(status=job.status, kind=kind, message=message)
+        kind, level = "log", "info"
     FineTuneEvent.objects.create(
         tenant_id=job.tenant_id,
         job=job,
         attempt=attempt,
         seq=seq,
         type=kind[:16],
-        level=str(event.get("level", "info"))[:8],
-        message=str(event.get("message", ""))[:1000],
+        level=level[:8],
+        message=message[:1000],
         data=shown,
         created_at=_when(event.get("occurred_at")),
     )

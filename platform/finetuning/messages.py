@@ -69,3 +69,5 @@ REPORT_REFUSED = (
     "The training worker's report on this job could not be stored; the job was not billed."
     " Start a new job; if it fails the same way, contact support with this job's id."
 )
+# A worker's terminal event on a job the platform had ended otherwise (recorded as a log).
+WORKER_ENDED_LATE = "The job was already {status} when its worker reported {kind}: {message}"

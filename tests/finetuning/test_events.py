@@ -189,6 +189,11 @@ def test_a_job_cancelled_before_its_success_is_applied_is_not_billed(job, tenant
     assert not AIModel.objects.for_tenant(tenant).exists()
     assert not ledger(job).exists()
     assert not UsageRecord.objects.for_tenant(tenant).exists()
+    # Its events tell the late success as what it is, not as a second end of the job.
+    late = events_of(cancelled).filter(seq=3).get()
+    assert (late.type, late.level) == ("log", "info")
+    assert late.message.startswith("The job was already cancelled when its worker reported")
+    assert not events_of(cancelled).filter(type="succeeded").exists()
 
 
 def test_the_usage_is_billed_as_the_job_says_whatever_the_message_claims(job, tenant, other_tenant):
