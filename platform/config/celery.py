@@ -31,8 +31,9 @@ app.conf.task_routes = {
     "limits.*": {"queue": PLATFORM_QUEUE},
     "core.*": {"queue": PLATFORM_QUEUE},
     "datasets.*": {"queue": PLATFORM_QUEUE},
+    "inference.*": {"queue": PLATFORM_QUEUE},
 }
-app.autodiscover_tasks(lambda: ["billing", "limits", "core", "datasets"])
+app.autodiscover_tasks(lambda: ["billing", "limits", "core", "datasets", "inference"])
 app.conf.beat_schedule = {
     # Usage charges go to Stripe through the period; the last ones when it closes (the
     # subscription webhook of the renewal enqueues that push).
@@ -50,4 +51,6 @@ app.conf.beat_schedule = {
     # Deleted datasets' files that their delete had to leave (a job on them, or stored
     # again within the grace period).
     "datasets-files-sweep": {"task": "datasets.files_sweep", "schedule": 900.0},
+    # And deleted models' files (stored again within the grace period at the delete).
+    "inference-model-files-sweep": {"task": "inference.model_files_sweep", "schedule": 900.0},
 }

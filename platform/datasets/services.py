@@ -8,23 +8,15 @@ from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from core.artifacts import artifact_store, blob_release
 from core.errors import Conflict, TooLarge
 from finetuning.models import FineTuneJob
 from tenants.models import Tenant
-from workers.artifacts import ArtifactStore
 
 from . import messages
 from .models import Dataset
 from .selectors import dataset_get, dataset_jobs_unfinished
 from .validation import dataset_validate, normalised_jsonl
-
-# A file stored (or stored again) this recently is never released: an upload of the same
-# bytes may be about to refer to it.
-BLOB_GRACE_S = 600.0
-
-
-def artifact_store() -> ArtifactStore:
-    return ArtifactStore(settings.ARTIFACT_DIR)
 
 
 def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
@@ -86,7 +78,6 @@ def _blobs_release(digests: list[str]) -> bool:
     left to this dataset: removed, gone already, or kept by a dataset that refers to it (its
     own delete releases it). False while an unfinished job or the grace period keeps one:
     ``dataset_files_sweep`` tries again."""
-    store = artifact_store()
     # NOTE: unscoped on purpose: whether anyone at all still refers to these bytes.
     datasets = Dataset.objects.unscoped().filter(deleted_at__isnull=True)
     jobs = FineTuneJob.objects.unscoped().exclude(status__in=FineTuneJob.TERMINAL)
@@ -97,7 +88,7 @@ def _blobs_release(digests: list[str]) -> bool:
         if jobs.filter(Q(training_file=digest) | Q(validation_file=digest)).exists():
             done = False
             continue
-        if not store.release(digest, unless_newer_than_s=BLOB_GRACE_S) and store.exists(digest):
+        if not blob_release(digest):
             done = False  # stored again within the grace period
     return done
 

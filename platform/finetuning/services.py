@@ -20,10 +20,10 @@ from django.utils import timezone
 from apikeys.messages import TENANT_SUSPENDED
 from apikeys.models import ApiKey
 from config.celery import app
+from core.artifacts import artifact_store
 from core.errors import APIError, Conflict, InvalidRequest, PermissionError_
 from datasets.models import Dataset
 from datasets.selectors import dataset_get
-from datasets.services import artifact_store
 from inference.models import AIModel
 from inference.selectors import model_get_visible
 from limits.services import enforcement_for

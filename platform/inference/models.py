@@ -59,6 +59,9 @@ class AIModel(models.Model):
     livemode = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # Set once a deleted model's file has left the artifact store, or is left to a model
+    # that serves the same file (``inference.services.model_files_sweep``).
+    files_released_at = models.DateTimeField(null=True, blank=True)
 
     objects = ModelQuerySet.as_manager()
 

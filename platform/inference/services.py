@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apikeys.models import ApiKey
+from core.artifacts import blob_release
 from core.errors import InvalidRequest, Overloaded, PermissionError_
 from limits.services import Admission
 from tenants.models import Tenant
@@ -140,7 +141,30 @@ def model_delete(*, tenant: Tenant, model_id: str, livemode: bool) -> AIModel:
     model.save(update_fields=["deleted_at"])
     # Its int8 variant serves the same model file: it goes with it (deleting only the
     # variant leaves the model).
-    AIModel.objects.for_tenant(tenant).filter(parent=model, deleted_at__isnull=True).update(
-        deleted_at=model.deleted_at
-    )
+    variants = AIModel.objects.for_tenant(tenant).filter(parent=model, deleted_at__isnull=True)
+    gone = [model.pk, *variants.values_list("pk", flat=True)]
+    variants.update(deleted_at=model.deleted_at)
+    transaction.on_commit(lambda: model_files_sweep(model_ids=gone))
     return model
+
+
+def model_files_sweep(model_ids: list[str] | None = None) -> int:
+    """The files of deleted fine-tuned models leave the artifact store once no model that
+    is not deleted (of any tenant: blobs are content-addressed, and a retrain with the same
+    data and seed makes the same file) serves them, and none was stored again within the
+    grace period; a deleted model's weights stayed on disk for good. Run after each delete
+    (for ``model_ids``) and by the platform worker's beat (for every deleted model whose
+    file is still to go); returns how many models' files were released."""
+    pending = AIModel.objects.unscoped().filter(
+        deleted_at__isnull=False, files_released_at__isnull=True
+    )
+    if model_ids is not None:
+        pending = pending.filter(pk__in=model_ids)
+    live = AIModel.objects.unscoped().filter(deleted_at__isnull=True)
+    released = 0
+    for model_id, digest in pending.values_list("pk", "artifact").iterator():
+        if digest and not live.filter(artifact=digest).exists() and not blob_release(digest):
+            continue  # stored again moments ago: the next sweep
+        AIModel.objects.unscoped().filter(pk=model_id).update(files_released_at=timezone.now())
+        released += 1
+    return released

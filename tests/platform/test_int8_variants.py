@@ -99,3 +99,42 @@ def test_a_variant_is_not_another_model_for_the_plans_limit(tenant, pair):
 
     key = ApiKey.objects.for_tenant(tenant).get()
     _check_plan(tenant=tenant, api_key=key)  # 9 models and a variant: a 10th is allowed
+
+
+def test_a_deleted_models_file_leaves_the_store_once_no_model_serves_it(
+    api, tenant, pair, django_capture_on_commit_callbacks
+):
+    """A deleted model's weights stayed on disk for good."""
+    import os
+    import time
+
+    from core.artifacts import artifact_store
+    from inference.services import model_files_sweep
+
+    store = artifact_store()
+    digest = store.put(b"model weights of " + tenant.pk.encode())
+    AIModel.objects.for_tenant(tenant).update(artifact=digest)
+    # Another tenant's model made the very same file (content-addressed: one blob).
+    from tests.factories import TenantFactory
+
+    theirs = AIModel.objects.create(
+        id="ft:minilm-l6:same:zz99", tenant=TenantFactory(), kind="fine_tuned",
+        base_model="minilm-l6", labels=["a", "b"], artifact=digest,
+    )  # fmt: skip
+    then = time.time() - 3600
+    os.utime(store._blob(digest), (then, then))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/models/{VARIANT}").status_code == 200
+    assert store.exists(digest)  # the model still serves it
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/models/{PARENT}").status_code == 200
+    assert store.exists(digest)  # so does the other tenant's
+    theirs.deleted_at = theirs.created_at
+    theirs.save(update_fields=["deleted_at"])
+    store.put(b"model weights of " + tenant.pk.encode())  # stored again moments ago
+    assert model_files_sweep() == 0 and store.exists(digest)
+    os.utime(store._blob(digest), (then, then))
+    assert model_files_sweep() == 1 and not store.exists(digest)
+    assert not AIModel.objects.unscoped().filter(files_released_at__isnull=True,
+                                                 deleted_at__isnull=False).exists()  # fmt: skip
