@@ -25,7 +25,9 @@ class ModelIdTaken(ValueError):
 def model_id_for(job: FineTuneJob, *, base_model: str | None = None) -> str:
     short = job.id.removeprefix("ftjob_")[:MODEL_ID_TOKEN_CHARS]
     base = base_model or job.base_model
-    return ":".join(part for part in ("ft", base, job.suffix, short) if part)
+    # Four parts whether or not there is a suffix (an empty one, as OpenAI's ids have it):
+    # without one the id had three, and a client reading the parts by place misread it.
+    return f"ft:{base}:{job.suffix}:{short}"
 
 
 def int8_model_id_for(job: FineTuneJob) -> str | None:

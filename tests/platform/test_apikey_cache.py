@@ -76,6 +76,8 @@ def test_rotating_a_cached_key_stops_its_old_secret_at_once(api, tenant):
 
 def test_an_operators_changes_to_a_cached_key_apply_on_its_next_request(tenant):
     from django.contrib.admin.sites import site
+    from django.contrib.messages.storage.cookie import CookieStorage
+    from django.test import RequestFactory
 
     secret = make_key(tenant, ["inference"])
     client = _in_cache(secret, "/v1/usage", 403)  # cached without the billing scope
@@ -84,7 +86,9 @@ def test_an_operators_changes_to_a_cached_key_apply_on_its_next_request(tenant):
     key.scopes = ["inference", "billing"]
     admin.save_model(None, key, None, True)
     assert client.get("/v1/usage").status_code == 200
-    admin.revoke(None, ApiKey.objects.unscoped().filter(pk=key.pk))
+    request = RequestFactory().post("/admin/apikeys/apikey/")
+    request._messages = CookieStorage(request)  # the action tells the operator what it did
+    admin.revoke(request, ApiKey.objects.unscoped().filter(pk=key.pk))
     response = client.get("/v1/models")
     assert response.status_code == 401 and response.json()["error"]["code"] == "api_key_revoked"
 
