@@ -13,12 +13,17 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError as DjangoOperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
+DB_UNAVAILABLE = (
+    "The database is busy or cannot be reached; retry in a few seconds (with the same"
+    " Idempotency-Key, a retry is never run or billed twice)."
+)
 
 TYPE_BY_STATUS = {
     400: "invalid_request",
@@ -183,6 +188,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             " escapes takes less room.",
             None,
         )
+    elif isinstance(exc, DjangoOperationalError):
+        # The database is locked past its busy timeout (SQLite, another writer), or cannot be
+        # reached: the client's to retry (a 500 said the request was wrong, or we were).
+        logger.warning("database unavailable for %s: %r", context.get("view"), exc)
+        status, code, message, param = 503, "database_unavailable", DB_UNAVAILABLE, None
+        headers = {"Retry-After": "2"}
     elif isinstance(exc, drf.APIException):
         status, code, message, param = _drf_error(exc)
         wait = getattr(exc, "wait", None)

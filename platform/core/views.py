@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.request import Request
@@ -319,5 +320,13 @@ class TenantAPIView(APIView):
             limits_settle(admission, succeeded=answered)
         if self._idempotency is not None:
             record, self._idempotency = self._idempotency, None
-            idempotency_finish(record=record, status_code=response.status_code, body=response.data)
+            try:
+                idempotency_finish(
+                    record=record, status_code=response.status_code, body=response.data
+                )
+            except DatabaseError:
+                # The answer stands: a classification answered is billed, and must reach its
+                # caller (it was a 500). The key stays locked for its window; a retry after it
+                # runs again under the same request id, which bills it once.
+                logger.exception("could not record the Idempotency-Key's outcome")
         return response

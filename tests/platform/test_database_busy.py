@@ -1,0 +1,77 @@
+"""A database that is locked (SQLite: another writer past the busy timeout) or unreachable,
+as customers meet it: a 503 in the contract's shape that says to retry, never a 500; an
+answer already made (and billed) still reaches its caller; a key's bookkeeping write waits
+a moment, not the whole busy timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import OperationalError, connection, transaction
+
+from apikeys.models import ApiKey
+from tests.factories import TenantFactory, bearer, key_id_of, make_key
+
+
+def _busy(*args: object, **kwargs: object) -> None:
+    raise OperationalError("database is locked")
+
+
+@pytest.mark.django_db
+def test_a_write_the_locked_database_refuses_is_a_503_to_retry(monkeypatch):
+    secret = make_key(TenantFactory(), ["admin"])
+    monkeypatch.setattr("apikeys.apis.api_key_create", _busy)
+    response = bearer(secret).post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
+    assert response.status_code == 503, response.content
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "overloaded", "database_unavailable", None
+    )  # fmt: skip
+    assert "retry" in error["message"] and response["Retry-After"] == "2"
+
+
+@pytest.mark.django_db
+def test_an_answer_made_stands_when_its_idempotency_record_cannot_be_written(monkeypatch):
+    """It was a 500 (a classification the worker had answered, and billed)."""
+    secret = make_key(TenantFactory(), ["admin"])
+    monkeypatch.setattr("core.views.idempotency_finish", _busy)
+    made = bearer(secret).post(
+        "/v1/api-keys", {"scopes": ["inference"]}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    assert made.status_code == 201 and made.json()["secret"].startswith("sk_live_")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_keys_last_used_write_waits_a_moment_for_a_locked_database_not_its_timeout():
+    """A write lock held by another writer held every call whose key was due a last_used_at
+    write for the whole busy timeout (30 s on SQLite; 40 calls and /healthz behind them)."""
+    secret = make_key(TenantFactory(), ["inference"])
+    key_id = key_id_of(secret)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():  # SQLite: BEGIN IMMEDIATE takes the write lock
+                list(ApiKey.objects.unscoped().select_for_update().filter(pk=key_id))
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        began = time.monotonic()
+        response = bearer(secret).get("/v1/models")
+        waited = time.monotonic() - began
+    finally:
+        release.set()
+        holder.join()
+    assert response.status_code == 200
+    assert waited < 10, f"the call waited {waited:.1f} s on the lock"  # it was 30
+    assert ApiKey.objects.unscoped().get(pk=key_id).last_used_at is None  # skipped
+    assert bearer(secret).get("/v1/models").status_code == 200
+    assert ApiKey.objects.unscoped().get(pk=key_id).last_used_at is not None  # written now
