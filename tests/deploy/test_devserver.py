@@ -42,3 +42,34 @@ def test_manage_py_in_another_terminal_finds_the_embedded_redis(tmp_path):
     (tmp_path / "var" / "redis").mkdir(parents=True)
     (tmp_path / "var" / "redis" / EMBEDDED_URL_FILE).write_text("redis://127.0.0.1:41234/0\n")
     assert embedded_redis_url(tmp_path) == "redis://127.0.0.1:41234/0"
+
+
+def test_the_drain_counts_usage_events_left_in_the_stream_and_never_more():
+    """Redis's group lag drifted past the stream after a restart (45 events "not stored
+    yet" of an empty stream), and every stop then waited out the whole drain."""
+    import os
+
+    import redis
+
+    from deploy.devserver import _usage_waiting
+    from workers.contract import USAGE_GROUP, USAGE_STREAM
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.delete(USAGE_STREAM)
+    try:
+        assert _usage_waiting(client) == 0
+        client.xgroup_create(USAGE_STREAM, USAGE_GROUP, id="0", mkstream=True)
+        ids = [client.xadd(USAGE_STREAM, {"e": str(n)}) for n in range(3)]
+        assert _usage_waiting(client) == 3
+        client.xreadgroup(USAGE_GROUP, "c", {USAGE_STREAM: ">"}, count=1)
+        client.xack(USAGE_STREAM, USAGE_GROUP, ids[0])
+        client.xdel(USAGE_STREAM, ids[0])  # as the consumer does once stored
+        assert _usage_waiting(client) == 2
+        groups = client.xinfo_groups(USAGE_STREAM)
+        drifted = [{**g, "lag": 45} for g in groups]
+        real = client.xinfo_groups
+        client.xinfo_groups = lambda name: drifted  # type: ignore[method-assign]
+        assert _usage_waiting(client) == 2  # at most what the stream holds
+        client.xinfo_groups = real  # type: ignore[method-assign]
+    finally:
+        client.delete(USAGE_STREAM)

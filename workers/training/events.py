@@ -18,6 +18,8 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange
 from kombu import Queue as KombuQueue
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 
 from workers.contract import (
     CONTRACT_VERSION,
@@ -35,6 +37,18 @@ PUBLISH_RETRY_POLICY: dict[str, Any] = {
     "interval_start": 0.0,
     "interval_step": 0.5,
     "interval_max": 2.0,
+}
+# What the job is told only as it goes (heartbeats, progress, log lines): one that cannot be
+# sent past the retries above is dropped, and training goes on. A Redis restart aborted a
+# running job at its next progress event, and cost it one of its two attempts.
+BEST_EFFORT = frozenset({"heartbeat", "progress", "log"})
+# The events that move the job (started, and its end): tried for about two minutes, since
+# the job's outcome rides in them (a success carries the model and its usage).
+DECISIVE_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 30,
+    "interval_start": 0.0,
+    "interval_step": 1.0,
+    "interval_max": 5.0,
 }
 
 logger = logging.getLogger(__name__)
@@ -86,16 +100,26 @@ class EventPublisher:
                 "occurred_at": datetime.now(UTC).isoformat(),
                 "worker": _HOSTNAME,
             }
-            with self.app.producer_or_acquire() as producer:
-                producer.publish(
-                    dict(event),
-                    exchange=events_exchange,
-                    routing_key=TRAINING_EVENTS_ROUTING_KEY,
-                    serializer="json",
-                    delivery_mode=2,
-                    declare=[events_queue],
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY,
+            best_effort = type in BEST_EFFORT
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    producer.publish(
+                        dict(event),
+                        exchange=events_exchange,
+                        routing_key=TRAINING_EVENTS_ROUTING_KEY,
+                        serializer="json",
+                        delivery_mode=2,
+                        declare=[events_queue],
+                        retry=True,
+                        retry_policy=(
+                            PUBLISH_RETRY_POLICY if best_effort else DECISIVE_RETRY_POLICY
+                        ),
+                    )
+            except (KombuError, RedisError, OSError):
+                if not best_effort:
+                    raise
+                logger.warning(
+                    "%s event of %s not sent: the broker cannot be reached", type, self.job_id
                 )
 
 

@@ -105,3 +105,28 @@ def test_an_attempt_given_up_for_another_stops_at_its_next_step_and_says_nothing
     # No "cancelled" of its own: the job lives on as attempt 2.
     assert [e["type"] for e in published_events()] == ["started"]
     assert drain_usage_events() == []
+
+
+def test_progress_the_broker_cannot_take_is_dropped_and_training_goes_on(client, monkeypatch):
+    """A Redis restart aborted a running job at its next progress event (the attempt lost,
+    one of two), and its failure could not be reported either."""
+    from kombu.messaging import Producer
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    publish = Producer.publish
+
+    def flaky(self: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(body, dict) and body.get("type") in ("progress", "log"):
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return publish(self, body, *args, **kwargs)
+
+    def train_run(ctx: Any) -> TrainResult:
+        for epoch in range(3):
+            ctx.emit("progress", f"epoch {epoch}", data={"epoch": epoch})
+            ctx.step()
+        return dict(RESULT)  # type: ignore[return-value]
+
+    monkeypatch.setattr(Producer, "publish", flaky)
+    monkeypatch.setattr(tasks, "train_run", train_run)
+    tasks.train(make_request("f" * 64))
+    assert [e["type"] for e in published_events()] == ["started", "succeeded"]
