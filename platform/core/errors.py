@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError as DjangoOperationalError
+from django.db import connection
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
@@ -169,6 +170,20 @@ def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
     return status, "invalid_request", str(exc.detail), None
 
 
+# SQLite's OperationalErrors that pass: a lock held past the busy timeout, a file it could not
+# open or write for the moment. Others ("no such table": a migration not run) are bugs: 500.
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def _transient(exc: DjangoOperationalError) -> bool:
+    """Whether the database's refusal is one a retry may get past: on PostgreSQL every
+    OperationalError (a lost or refused connection, a lock or statement timeout; a missing
+    table is a ProgrammingError there), on SQLite the ones in ``_SQLITE_TRANSIENT``."""
+    if connection.vendor != "sqlite":
+        return True
+    return any(word in str(exc).lower() for word in _SQLITE_TRANSIENT)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error leaves in the contract's shape."""
     headers: dict[str, str] = {}
@@ -188,7 +203,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             " escapes takes less room.",
             None,
         )
-    elif isinstance(exc, DjangoOperationalError):
+    elif isinstance(exc, DjangoOperationalError) and _transient(exc):
         # The database is locked past its busy timeout (SQLite, another writer), or cannot be
         # reached: the client's to retry (a 500 said the request was wrong, or we were).
         logger.warning("database unavailable for %s: %r", context.get("view"), exc)

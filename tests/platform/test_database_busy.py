@@ -75,3 +75,20 @@ def test_a_keys_last_used_write_waits_a_moment_for_a_locked_database_not_its_tim
     assert ApiKey.objects.unscoped().get(pk=key_id).last_used_at is None  # skipped
     assert bearer(secret).get("/v1/models").status_code == 200
     assert ApiKey.objects.unscoped().get(pk=key_id).last_used_at is not None  # written now
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own error wording")
+def test_an_sqlite_error_no_retry_can_pass_stays_a_500(monkeypatch):
+    """A missing table (a migration not run) is a bug to fix, not a 503 to retry."""
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise OperationalError("no such table: apikeys_apikey")
+
+    secret = make_key(TenantFactory(), ["admin"])
+    monkeypatch.setattr("apikeys.apis.api_key_create", missing)
+    client = bearer(secret)
+    client.raise_request_exception = False  # the 500 as a client meets it
+    response = client.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"

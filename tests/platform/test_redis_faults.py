@@ -164,22 +164,30 @@ def _held(tenant: Any, secret: str) -> tuple[int, int]:
     "where",
     ["core.views.idempotency_begin", "inference.services.classify_dispatch"],
 )
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        (RuntimeError("a bug"), 500, "internal_error"),
+        (OperationalError("database is locked"), 503, "database_unavailable"),
+    ],
+    ids=["bug", "database-locked"],
+)
 def test_a_500_after_admission_hands_back_the_slot_the_quota_and_the_key(
-    tenant, monkeypatch, where
+    tenant, monkeypatch, where, fault, status, code
 ):
     _plan_with_caps(tenant)
     client, secret = _client(tenant)
 
     def fail(*args: Any, **kwargs: Any) -> Any:
-        raise OperationalError("the database went away")
+        raise fault
 
     monkeypatch.setattr("inference.services.classify_dispatch", _answer)
-    with monkeypatch.context() as fault:
-        fault.setattr(where, fail)
+    with monkeypatch.context() as faults:
+        faults.setattr(where, fail)
         for _ in range(3):
             response = client.post("/v1/classify", BODY, format="json", HTTP_IDEMPOTENCY_KEY="k")
-            assert response.status_code == 500
-            assert response.json()["error"]["code"] == "internal_error"
+            assert response.status_code == status
+            assert response.json()["error"]["code"] == code
             assert response["X-Request-Id"].startswith("req_")
             assert _held(tenant, secret) == (0, 0)
     # The fault gone, the same key runs again (not a 409 for a key still "in progress", nor

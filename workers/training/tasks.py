@@ -107,8 +107,20 @@ def train(request: TrainRequest) -> None:
         pipe = client.pipeline(transaction=False)
         pipe.exists(cancel_key(job_id))
         pipe.get(attempt_key(job_id))
-        cancel, current = pipe.execute()
+        try:
+            cancel, current = pipe.execute()
+        except redis.RedisError:
+            # Redis restarting: training goes on, and the next step asks again (a cancel set
+            # meanwhile is seen then; the platform's lease covers a longer outage).
+            logger.warning("job %s: cannot ask Redis whether it is cancelled", job_id)
+            return False
         return bool(cancel) or superseded(current)
+
+    def stopped_for_another() -> bool:
+        try:
+            return superseded(client.get(attempt_key(job_id)))
+        except redis.RedisError:
+            return False
 
     if cancelled():
         # The platform asked it to stop: the user cancelled it, or the account was suspended.
@@ -130,7 +142,7 @@ def train(request: TrainRequest) -> None:
             result = train_run(ctx)
             ctx.step()
         except JobCancelledError:
-            if not superseded(client.get(attempt_key(job_id))):  # else its events are ignored
+            if not stopped_for_another():  # else its events are ignored
                 publisher.emit("cancelled", "The worker stopped the job; training stopped.")
             return
         except (TrainingDataError, ArtifactMissingError) as exc:

@@ -130,3 +130,30 @@ def test_progress_the_broker_cannot_take_is_dropped_and_training_goes_on(client,
     monkeypatch.setattr(tasks, "train_run", train_run)
     tasks.train(make_request("f" * 64))
     assert [e["type"] for e in published_events()] == ["started", "succeeded"]
+
+
+def test_a_redis_restart_between_steps_is_not_a_cancel_nor_a_failure(client, monkeypatch):
+    """Asking whether the job was cancelled raised while Redis restarted: the job failed for
+    good (`internal`), its failure sent once Redis was back."""
+    from redis.client import Pipeline
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    execute = Pipeline.execute
+    asked = []
+
+    def restarting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(1)
+        if 2 <= len(asked) <= 4:  # the middle steps: Redis is down
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return execute(self, *args, **kwargs)
+
+    def train_run(ctx: Any) -> TrainResult:
+        for _ in range(6):
+            ctx.step()
+        return dict(RESULT)  # type: ignore[return-value]
+
+    monkeypatch.setattr(Pipeline, "execute", restarting)
+    monkeypatch.setattr(tasks, "train_run", train_run)
+    tasks.train(make_request("f" * 64))
+    assert len(asked) >= 6
+    assert [e["type"] for e in published_events()] == ["started", "succeeded"]
