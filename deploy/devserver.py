@@ -13,6 +13,7 @@ what the others left in Redis (for up to ``DRAIN_S``), and the embedded Redis la
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -199,8 +200,11 @@ def main() -> int:
         directory.mkdir(parents=True, exist_ok=True)
         embedded, url = start_embedded_redis(str(directory))
         os.environ["REDIS_URL"] = url
-        # For `manage.py` in another terminal, which has no REDIS_URL (config/settings).
-        (directory / EMBEDDED_URL_FILE).write_text(url + "\n")
+        # For `manage.py` in another terminal, which has no REDIS_URL (config/settings);
+        # gone when this process ends, a crash included (a kill -9 aside).
+        url_file = directory / EMBEDDED_URL_FILE
+        url_file.write_text(url + "\n")
+        atexit.register(url_file.unlink, missing_ok=True)
         print(f"devserver: embedded Redis at {url}", flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -248,7 +252,6 @@ def main() -> int:
     if embedded is not None:
         from deploy.embedded_redis import stop_embedded_redis
 
-        (ROOT / "var" / "redis" / EMBEDDED_URL_FILE).unlink(missing_ok=True)
         stop_embedded_redis(embedded)
     print("devserver: stopped", flush=True)
     return status

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,12 +89,21 @@ class ArtifactStore:
         within ``unless_newer_than_s``: an upload of the same bytes may be about to refer
         to it. True if removed."""
         path = self._blob(digest)
+        # Moved aside before the last look at its time: a ``put`` from the move on finds no
+        # file and writes one of its own, and one that touched it between the first look
+        # and the move shows in the moved file's time (a stat then an unlink removed a blob
+        # an upload had just been told was stored).
+        aside = path.with_name(f".released-{digest}-{os.getpid()}-{threading.get_ident()}")
         try:
             if time.time() - path.stat().st_mtime < unless_newer_than_s:
                 return False
-            path.unlink()
+            os.rename(path, aside)
         except FileNotFoundError:
             return False
+        if time.time() - aside.stat().st_mtime < unless_newer_than_s:
+            os.rename(aside, path)  # stored again meanwhile (the same bytes if put wrote)
+            return False
+        aside.unlink()
         return True
 
     def get(self, digest: str) -> bytes:

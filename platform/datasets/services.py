@@ -148,5 +148,7 @@ def dataset_delete(*, tenant: Tenant, dataset_id: str, livemode: bool = True) ->
     dataset.deleted_at = timezone.now()
     dataset.save(update_fields=["deleted_at"])
     files = [dataset.raw_file, dataset.content_file]
-    transaction.on_commit(lambda: _files_release(dataset.pk, files))
+    # robust: the delete has committed, and a failure here (a locked database, the store)
+    # must not answer it with an error; the beat's sweep tries again.
+    transaction.on_commit(lambda: _files_release(dataset.pk, files), robust=True)
     return dataset

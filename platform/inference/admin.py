@@ -50,7 +50,7 @@ class AIModelAdmin(admin.ModelAdmin[AIModel]):
     search_fields = ["id", "tenant__slug"]
     # A choice list of models would be every tenant's (and the scoped manager refuses to
     # list them unscoped); which model a variant derives from is set by the fine-tune.
-    readonly_fields = ["parent"]
+    readonly_fields = ["parent", "files_released_at"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AIModel]:
         return AIModel.objects.unscoped().select_related("tenant")
@@ -58,5 +58,11 @@ class AIModelAdmin(admin.ModelAdmin[AIModel]):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         # NOTE: a model's id is its primary key: "renaming" it in the form would save a
         # second row under the new id and leave the old one, its cached answers and its
-        # variants behind.
-        return [*self.readonly_fields, "id"] if obj is not None else list(self.readonly_fields)
+        # variants behind. A deleted model whose file has left the store cannot be brought
+        # back by clearing ``deleted_at`` (it would be listed, and fail every call).
+        fields = list(self.readonly_fields)
+        if obj is not None:
+            fields.append("id")
+            if obj.files_released_at is not None:
+                fields.append("deleted_at")
+        return fields

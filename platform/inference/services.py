@@ -10,6 +10,7 @@ from django.utils import timezone
 from apikeys.models import ApiKey
 from core.artifacts import blob_release
 from core.errors import InvalidRequest, Overloaded, PermissionError_
+from finetuning.models import FineTuneJob
 from limits.services import Admission
 from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
@@ -144,7 +145,8 @@ def model_delete(*, tenant: Tenant, model_id: str, livemode: bool) -> AIModel:
     variants = AIModel.objects.for_tenant(tenant).filter(parent=model, deleted_at__isnull=True)
     gone = [model.pk, *variants.values_list("pk", flat=True)]
     variants.update(deleted_at=model.deleted_at)
-    transaction.on_commit(lambda: model_files_sweep(model_ids=gone))
+    # robust: the delete has committed (see datasets.services.dataset_delete).
+    transaction.on_commit(lambda: model_files_sweep(model_ids=gone), robust=True)
     return model
 
 
@@ -162,9 +164,25 @@ def model_files_sweep(model_ids: list[str] | None = None) -> int:
         pending = pending.filter(pk__in=model_ids)
     live = AIModel.objects.unscoped().filter(deleted_at__isnull=True)
     released = 0
-    for model_id, digest in pending.values_list("pk", "artifact").iterator():
-        if digest and not live.filter(artifact=digest).exists() and not blob_release(digest):
-            continue  # stored again moments ago: the next sweep
+    rows = pending.values_list("pk", "parent_id", "artifact")
+    for model_id, parent_id, digest in rows.iterator():
+        orphan = bool(digest) and not live.filter(artifact=digest).exists()
+        if orphan and (_retrain_unfinished(parent_id or model_id) or not blob_release(digest)):
+            continue  # the file may be wanted again soon: the next sweep
         AIModel.objects.unscoped().filter(pk=model_id).update(files_released_at=timezone.now())
         released += 1
     return released
+
+
+def _retrain_unfinished(model_id: str) -> bool:
+    """Whether a job not yet finished trains on the data that made ``model_id``: the same
+    data, method and seed make the same file, which that job's success (applied whenever the
+    job-events consumer gets to it, maybe past the grace period) will register."""
+    jobs = FineTuneJob.objects.unscoped()
+    made_from = jobs.filter(fine_tuned_model=model_id).values_list("training_file", flat=True)
+    training_file = made_from.first()
+    if not training_file:
+        return False
+    return (
+        jobs.filter(training_file=training_file).exclude(status__in=FineTuneJob.TERMINAL).exists()
+    )

@@ -138,3 +138,54 @@ def test_a_deleted_models_file_leaves_the_store_once_no_model_serves_it(
     assert model_files_sweep() == 1 and not store.exists(digest)
     assert not AIModel.objects.unscoped().filter(files_released_at__isnull=True,
                                                  deleted_at__isnull=False).exists()  # fmt: skip
+
+
+def test_a_deleted_models_file_stays_while_a_retrain_on_its_data_is_unfinished(
+    api, tenant, pair, django_capture_on_commit_callbacks
+):
+    """The same data, method and seed make the same file: a retrain's success, applied past
+    the grace period (its events consumer behind), registered a model on a file the sweep
+    had removed."""
+    import os
+    import time
+
+    from core.artifacts import artifact_store
+    from datasets.models import Dataset
+    from finetuning.models import FineTuneJob
+    from inference.services import model_files_sweep
+
+    store = artifact_store()
+    digest = store.put(b"weights both runs make " + tenant.pk.encode())
+    AIModel.objects.for_tenant(tenant).update(artifact=digest)
+    data = Dataset.objects.create(tenant=tenant, bytes=1, status="valid", raw_file="c" * 64)
+    made = {"tenant": tenant, "base_model": "minilm-l6", "method": "head",
+            "training_dataset": data, "training_file": "c" * 64}  # fmt: skip
+    FineTuneJob.objects.create(**made, status="succeeded", fine_tuned_model=PARENT)
+    retrain = FineTuneJob.objects.create(**made, status="running")
+    then = time.time() - 3600
+    os.utime(store._blob(digest), (then, then))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/models/{PARENT}").status_code == 200
+    assert store.exists(digest) and model_files_sweep() == 0
+    retrain.status = "succeeded"
+    retrain.save(update_fields=["status"])
+    assert model_files_sweep() == 2 and not store.exists(digest)  # the model and its variant
+
+
+def test_a_model_whose_file_has_gone_cannot_be_brought_back_in_the_admin(admin_client, pair):
+    from django.contrib.admin.utils import quote
+    from django.utils import timezone
+
+    parent, _ = pair
+    now = timezone.now()
+    AIModel.objects.unscoped().filter(pk=PARENT).update(deleted_at=now, files_released_at=now)
+    page = f"/admin/inference/aimodel/{quote(PARENT)}/change/"
+    form = admin_client.get(page)
+    assert form.status_code == 200
+    assert 'name="deleted_at' not in form.content.decode()  # shown, not editable
+    admin_client.post(page, {"tenant": parent.tenant_id, "kind": "fine_tuned",
+                             "base_model": "minilm-l6", "status": "ready", "labels": '["a","b"]',
+                             "metrics": "{}", "artifact": parent.artifact,
+                             "livemode": "on", "deleted_at_0": "", "deleted_at_1": ""})  # fmt: skip
+    assert AIModel.objects.unscoped().get(pk=PARENT).deleted_at is not None
