@@ -95,3 +95,17 @@ def test_unknown_usernames_are_throttled_too_and_api_keys_are_not_affected(opera
         assert bearer("sk_live_wrong_wrong").get("/v1/models").status_code == 401
     assert bearer(secret).get("/v1/models").status_code == 200
     assert login(Client(REMOTE_ADDR="203.0.113.11"), PASSWORD).status_code == 302
+
+
+def test_one_address_trying_many_usernames_is_capped(operator, settings):
+    """The pair's lockout left an address free to try five passwords on every username."""
+    settings.ADMIN_LOGIN_ADDRESS_LIMIT = 12
+    sprayer = Client(REMOTE_ADDR="203.0.113.12")
+    for n in range(12):
+        page = login(sprayer, "Summer2026!", username=f"user{n}")  # one try a username
+        assert page.status_code == 200, n
+    refused = login(sprayer, PASSWORD)  # the operator's own credentials, from that address
+    assert refused.status_code == 429 and b"from this address" in refused.content
+    assert not logged_in(sprayer)
+    at_desk = Client(REMOTE_ADDR="198.51.100.4")
+    assert login(at_desk, PASSWORD).status_code == 302 and logged_in(at_desk)

@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "core.middleware.AdminMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.AdminUnavailableMiddleware",
+    "core.admin_login.AdminLoginAddressLimitMiddleware",
     # Last, as django-axes asks: turns a locked-out login into its 429 page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -94,6 +95,9 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("ADMIN_LOGIN_FAILURE_LIMIT", "5"))
+# And from one address, whatever the usernames, within the same cool-off (core/admin_login.py):
+# the pair's lockout alone left an address free to try five passwords on every username.
+ADMIN_LOGIN_ADDRESS_LIMIT = int(os.environ.get("ADMIN_LOGIN_ADDRESS_LIMIT", "30"))
 AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("ADMIN_LOGIN_COOLOFF_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
