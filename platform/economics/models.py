@@ -23,6 +23,10 @@ class UsageRollup(models.Model):
     tokens = models.PositiveBigIntegerField(default=0)
     compute_ms = models.FloatField(default=0)
     cost_micros = models.DecimalField(max_digits=24, decimal_places=4, default=0)
+    # The latest call it sums: which of a day's plans a month ended on ("the plan of the
+    # month's last call") must not depend on the order its rows were created in (a rebuild
+    # creates them in another). Null on rows from before it was kept.
+    last_at = models.DateTimeField(null=True, blank=True)
 
     objects = TenantScopedManager()
 

@@ -29,6 +29,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db.models import F
+
 from billing.models import BillingPeriod
 from billing.periods import months
 from billing.rating import rate
@@ -74,10 +76,10 @@ def _month_rows(
         day__lte=(months_touched[-1][1] - MICROSECOND).date(),
     )
     grouped: dict[tuple[str, date], list[UsageRollup]] = defaultdict(list)
-    # NOTE: a day's rollups keep no time, so their ids break the tie between the plans of
-    # one day (the consumer creates them as it meets them): "the plan of the month's last
-    # call" then does not change with the range asked for.
-    for row in rows.order_by("day", "pk"):
+    # NOTE: a day's rollups are ordered by their latest call: "the plan of the month's last
+    # call" then does not change with the range asked for, nor with a rebuild (which
+    # creates them in another order than the consumer did; ids alone decided before).
+    for row in rows.order_by("day", F("last_at").asc(nulls_first=True), "pk"):
         grouped[(row.tenant_id, row.day.replace(day=1))].append(row)
     return grouped
 

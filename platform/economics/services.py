@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
-from django.db.models import Count, F, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Count, F, Max, Sum, Value
+from django.db.models.functions import Coalesce, Greatest, TruncDate
 
 from billing.models import Subscription
 from limits.services import free_plan_current
@@ -60,6 +60,7 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
         lambda: {"requests": 0, "inputs": 0, "cached": 0, "tokens": 0, "compute_ms": 0.0,
                  "cost_micros": Decimal(0)}
     )  # fmt: skip
+    last: dict[tuple[Any, ...], datetime] = {}
     for row in rows:
         # NOTE: the UTC day, as the ledger's (TruncDate) and /v1/usage's: an event may carry
         # any offset, and its local date can be the day after (or before).
@@ -72,16 +73,22 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
         s["tokens"] += row.tokens
         s["compute_ms"] += row.compute_ms
         s["cost_micros"] += Decimal(row.cost_micros)
+        last[grain] = max(last.get(grain, row.occurred_at), row.occurred_at)
     with transaction.atomic():
         for grain, s in sums.items():
             key: dict[str, Any] = dict(zip(GRAIN, grain, strict=True))
+            latest = last[grain]
             updated = (
                 UsageRollup.objects.for_tenant(key["tenant_id"])
                 .filter(**key)
-                .update(**{name: F(name) + value for name, value in s.items()})
+                .update(
+                    **{name: F(name) + value for name, value in s.items()},
+                    # Coalesce: SQLite's greatest of a null is null.
+                    last_at=Greatest(Coalesce(F("last_at"), Value(latest)), Value(latest)),
+                )
             )
             if not updated:
-                UsageRollup.objects.create(**key, **s)
+                UsageRollup.objects.create(**key, **s, last_at=latest)
 
 
 @transaction.atomic
@@ -97,6 +104,7 @@ def rollups_rebuild() -> int:
         .annotate(
             requests=Count("id"), inputs=Sum("inputs"), cached=Sum("cached"),
             tokens=Sum("tokens"), compute_ms=Sum("compute_ms"), cost_micros=Sum("cost_micros"),
+            last_at=Max("occurred_at"),
         )
     )  # fmt: skip
     groups = list(ledger)
@@ -108,6 +116,7 @@ def rollups_rebuild() -> int:
         if grain in merged:  # stamped and unstamped rows of one plan: one rollup
             for name in ("requests", "inputs", "cached", "tokens", "compute_ms", "cost_micros"):
                 merged[grain][name] += g[name]
+            merged[grain]["last_at"] = max(merged[grain]["last_at"], g["last_at"])
         else:
             merged[grain] = g
     UsageRollup.objects.bulk_create([UsageRollup(**g) for g in merged.values()], batch_size=1000)

@@ -367,3 +367,23 @@ def test_test_mode_cost_is_shown_apart_and_left_out_of_the_margin(admin_client, 
     (usd,) = margin_totals(page.context["rows"])
     assert usd["test_cost_micros"] == 777
     assert b"test-mode cost" in page.content
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "fee"), [("pro@1", "free@1", 0), ("free@1", "pro@1", 4900)]
+)
+def test_the_plan_a_month_ends_on_is_its_last_calls_whatever_the_rollups_order(
+    admin_client, first, last, fee
+):
+    """A month without billing periods pays its last call's plan's fee. A day's rollups were
+    ordered by id, and a rebuild creates them in another order than the consumer did: the
+    same month read $0.00, then $49.00 after `rebuild_rollups`."""
+    tenant = TenantFactory(name="Kappa")
+    day = datetime(2025, 11, 25, tzinfo=UTC)
+    for n, (plan_id, hour) in enumerate(((first, 9), (last, 18))):
+        usage_record_bulk(events=[{**event(tenant, n, 1, 10, at=day + timedelta(hours=hour)),
+                                   "plan_id": plan_id}])  # fmt: skip
+    before = rows_on_page(admin_client, "2025-11-01", "2025-12-01")[tenant.pk]
+    call_command("rebuild_rollups")
+    after = rows_on_page(admin_client, "2025-11-01", "2025-12-01")[tenant.pk]
+    assert before["revenue_micros"] == after["revenue_micros"] == fee * 10_000
