@@ -11,7 +11,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from plans.models import Plan
-from plans.terms import price_terms_check
+from plans.terms import price_terms_check, uncapped_overage_check
 
 from . import messages
 from .selectors import pricing_simulate
@@ -77,15 +77,17 @@ def proposed_validate(proposed: Any) -> dict[str, dict[str, Any]]:
     the plans app's own rules (``plans.terms.price_terms_check``, bounds included)."""
     if not isinstance(proposed, dict):
         raise ValueError(messages.PRICES_NOT_OBJECT)
-    known = set(Plan.objects.filter(is_current=True).values_list("slug", flat=True))
+    caps = dict(Plan.objects.filter(is_current=True).values_list("slug", "monthly_hard_cap"))
     for slug, terms in proposed.items():
-        if slug not in known:
+        if slug not in caps:
             raise ValueError(messages.PRICES_UNKNOWN_PLAN.format(slug=slug))
         if not isinstance(terms, dict) or not set(terms) <= EDITABLE:
             editable = sorted(EDITABLE)
             raise ValueError(messages.PRICES_NOT_EDITABLE.format(slug=slug, editable=editable))
         try:
             proposed[slug] = price_terms_check(terms)
+            if "overage_tiers" in terms:
+                uncapped_overage_check(terms["overage_tiers"], capped=caps[slug] is not None)
         except ValidationError as exc:
             field, problems = next(iter(exc.message_dict.items()))
             raise ValueError(f"{slug}.{field}: {problems[0]}") from None

@@ -16,6 +16,11 @@ TIERS_MISSING = (
     "prices {given} but not {missing}: past the included inputs that usage would be free; "
     'price every tier (a zero price, [{{"up_to": null, "unit_amount": "0"}}], if that is meant)'
 )
+UNCAPPED_UNPRICED = (
+    "a plan without a hard cap needs overage prices for every tier ({tiers}): with none, "
+    "every input past the included ones is free; give zero prices if that is meant, or a "
+    "hard cap"
+)
 TIER_SHAPE = '{at} must be {{"up_to": ..., "unit_amount": ...}}'
 TIER_LAST_BOUNDED = "{at}: the last tier's up_to must be null"
 TIER_CEILING = "{at}.up_to must be a whole number above {floor} and at most {maximum}"

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from .terms import MODEL_TIERS, price_terms_check
+from .terms import MODEL_TIERS, price_terms_check, uncapped_overage_check
 
 __all__ = ["MODEL_TIERS", "Plan"]
 
@@ -88,6 +88,10 @@ class Plan(models.Model):
         }
         try:
             price_terms_check(terms)
+            if "overage_tiers" in terms and not {"monthly_hard_cap"} & (skipped | set(errors)):
+                uncapped_overage_check(
+                    terms["overage_tiers"], capped=self.monthly_hard_cap is not None
+                )
         except ValidationError as exc:
             errors = exc.update_error_dict(errors)
         if errors:

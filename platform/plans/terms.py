@@ -139,6 +139,16 @@ def overage_tiers_check(tiers: Any, field: str = "overage_tiers") -> None:
             given=", ".join(tiers), missing=", ".join(missing))})  # fmt: skip
 
 
+def uncapped_overage_check(overage_tiers: Any, *, capped: bool) -> None:
+    """A plan without a hard cap prices overage (``overage_tiers_check`` has it price every
+    tier once it prices one): ``{}`` on such a plan made everything past the included inputs
+    free, which no operator means by leaving the field empty."""
+    if not capped and isinstance(overage_tiers, dict) and not overage_tiers:
+        raise ValidationError(
+            {"overage_tiers": messages.UNCAPPED_UNPRICED.format(tiers=", ".join(MODEL_TIERS))}
+        )
+
+
 def price_terms_check(terms: dict[str, Any]) -> dict[str, Any]:
     """The price terms present in ``terms`` checked (ValidationError naming the field) and
     normalised: ``finetune_unit_amount`` as a Decimal. The admin (``Plan.clean``) and the

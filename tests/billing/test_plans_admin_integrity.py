@@ -108,7 +108,10 @@ def test_a_version_only_usage_refers_to_is_never_deleted_nor_its_id_reused(
     assert _delete_url("audit@1") not in change_page  # no Delete button offered
 
     # Adding the slug again is a new version with a new id; audit@1's usage keeps its price.
-    assert _plan_add(admin_client, "audit", overage_tiers={}).status_code == 302
+    assert (
+        _plan_add(admin_client, "audit", overage_tiers={}, monthly_hard_cap=10**6).status_code
+        == 302
+    )
     assert Plan.objects.get(slug="audit", is_current=True).pk == "audit@2"
     assert Plan.objects.get(pk="audit@1").overage_tiers == AUDIT_TIERS
     assert _usage(api) == (2_000, 50_000)
@@ -325,3 +328,24 @@ def test_a_price_table_that_leaves_a_model_tier_out_is_refused(admin_client):
     errors = page.context["adminform"].form.errors["overage_tiers"]
     assert "but not int8" in errors[0]
     assert Plan.objects.get(pk="pro@1").overage_tiers != only_standard
+
+
+def test_a_plan_without_a_hard_cap_must_price_its_overage(admin_client):
+    """`{}` on pro (no hard cap) made every input past the included ones free; on a capped
+    plan (free) it stays what it means: no overage, usage past the cap refused."""
+    page = _plan_edit(admin_client, "pro@1", overage_tiers={})
+    errors = page.context["adminform"].form.errors["overage_tiers"]
+    assert "without a hard cap" in errors[0]
+    assert Plan.objects.get(pk="pro@1").overage_tiers != {}
+    capped = _plan_edit(admin_client, "pro@1", overage_tiers={}, monthly_hard_cap=500_000)
+    assert capped.status_code == 302  # saved (as a new version: pro@1's terms are kept)
+    free = _plan_edit(admin_client, "free@1", name="Free (renamed)")
+    assert free.status_code == 302
+
+
+def test_the_simulator_refuses_an_unpriced_overage_on_an_uncapped_plan():
+    from economics.simulation import proposed_validate
+
+    with pytest.raises(ValueError, match=r"pro\.overage_tiers: a plan without a hard cap"):
+        proposed_validate({"pro": {"overage_tiers": {}}})
+    assert proposed_validate({"free": {"overage_tiers": {}}}) == {"free": {"overage_tiers": {}}}
