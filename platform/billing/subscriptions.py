@@ -230,6 +230,17 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
     sub = subscription_get_or_create(tenant=tenant)  # read under the lock
     if sub.plan_id == plan.id:
         return sub
+    current = sub.plan
+    if plan.base_fee and current.base_fee and plan.currency != current.currency:
+        # Within a period, the two plans' charges would be summed under one currency label
+        # (/v1/usage said 2,033 EUR for 2,000 USD cents and 33 EUR cents).
+        raise Conflict(
+            messages.CURRENCY_MISMATCH.format(
+                current=current.currency.upper(), target=plan.currency.upper(), plan=plan.slug
+            ),
+            code="currency_mismatch",
+            param="plan",
+        )
     if plan.base_fee and sub.status == Subscription.Status.PAST_DUE:
         # A new paid plan would raise a new invoice on a card that is failing already.
         raise PaymentRequired(messages.PAST_DUE_CHANGE, code="subscription_unpaid")

@@ -173,6 +173,26 @@ def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, str
     assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
 
 
+def test_a_paid_plan_in_another_currency_is_refused(tenant, client_for, stripe_api):
+    """Its period's charges were summed under one label: /v1/usage said 2,033 EUR for 2,000
+    USD cents and 33 EUR cents (and Stripe bills a customer in one currency)."""
+    pro = Plan.objects.get(pk="pro@1")
+    Plan.objects.create(
+        id="euro@1", slug="euro", name="Euro", currency="eur", base_fee=4500,
+        included_inputs=pro.included_inputs, overage_tiers=pro.overage_tiers,
+    )  # fmt: skip
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    refused = client.post("/v1/subscription", {"plan": "euro"}, format="json")
+    assert refused.status_code == 409, refused.content
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("currency_mismatch", "plan")
+    assert "USD" in error["message"] and "EUR" in error["message"]
+    assert _local(tenant).plan_id == "pro@1"
+    # Another plan in its currency, or free, is a change as before.
+    assert client.post("/v1/subscription", {"plan": "scale"}, format="json").status_code == 200
+
+
 def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_api, monkeypatch):
     keys = []  # Stripe replays a request's result for 24 h to a retry under the same key
     create = stripe_api.Subscription.create
