@@ -4,10 +4,11 @@ never from ambient state, and every POST honours ``Idempotency-Key``."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.request import Request
@@ -320,13 +321,29 @@ class TenantAPIView(APIView):
             limits_settle(admission, succeeded=answered)
         if self._idempotency is not None:
             record, self._idempotency = self._idempotency, None
-            try:
-                idempotency_finish(
-                    record=record, status_code=response.status_code, body=response.data
-                )
-            except DatabaseError:
-                # The answer stands: a classification answered is billed, and must reach its
-                # caller (it was a 500). The key stays locked for its window; a retry after it
-                # runs again under the same request id, which bills it once.
-                logger.exception("could not record the Idempotency-Key's outcome")
+            _finish_recorded(record, response)
         return response
+
+
+# Tries to record an Idempotency-Key's outcome, and the pause before each try after the first.
+FINISH_RETRY_PAUSES_S = (0.0, 0.25, 1.0)
+
+
+def _finish_recorded(record: IdempotencyRecord, response: Any) -> None:
+    """Record the outcome, trying again on a fresh connection (a connection the database
+    dropped is one failure; a replay needs the record, or a retry of a create makes a second
+    key or job). If it still cannot be written the answer stands anyway: a classification
+    answered is billed and must reach its caller (it was a 500); the key stays locked for its
+    window, and a retry after it runs again under the same request id (billed once)."""
+    for attempt, pause in enumerate(FINISH_RETRY_PAUSES_S):
+        if attempt:
+            time.sleep(pause)
+            if not connection.in_atomic_block:
+                connection.close()  # the next query opens a new one
+        try:
+            idempotency_finish(record=record, status_code=response.status_code, body=response.data)
+            return
+        except DatabaseError:
+            logger.warning("Idempotency-Key outcome not recorded (try %d)", attempt + 1,
+                           exc_info=True)  # fmt: skip
+    logger.error("could not record the Idempotency-Key's outcome of %s", record.request_id)

@@ -33,9 +33,35 @@ def test_a_write_the_locked_database_refuses_is_a_503_to_retry(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_dropped_connection_while_recording_an_idempotency_key_is_tried_again(monkeypatch):
+    """Unrecorded, the key's retry made a second API key (or fine-tune job)."""
+    from core import views
+
+    secret = make_key(TenantFactory(), ["admin"])
+    finish, failures = views.idempotency_finish, []
+
+    def dropped_once(**kwargs: object) -> None:
+        if not failures:
+            failures.append(1)
+            raise OperationalError("server closed the connection unexpectedly")
+        finish(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(views, "FINISH_RETRY_PAUSES_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(views, "idempotency_finish", dropped_once)
+    client = bearer(secret)
+    body = {"scopes": ["inference"]}
+    made = client.post("/v1/api-keys", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    again = client.post("/v1/api-keys", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    assert made.status_code == again.status_code == 201 and failures == [1]
+    assert again["Idempotent-Replayed"] == "true" and again.json()["id"] == made.json()["id"]
+    assert ApiKey.objects.unscoped().filter(pk=made.json()["id"]).count() == 1
+
+
+@pytest.mark.django_db
 def test_an_answer_made_stands_when_its_idempotency_record_cannot_be_written(monkeypatch):
     """It was a 500 (a classification the worker had answered, and billed)."""
     secret = make_key(TenantFactory(), ["admin"])
+    monkeypatch.setattr("core.views.FINISH_RETRY_PAUSES_S", (0.0, 0.0, 0.0))
     monkeypatch.setattr("core.views.idempotency_finish", _busy)
     made = bearer(secret).post(
         "/v1/api-keys", {"scopes": ["inference"]}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
