@@ -71,3 +71,7 @@ REPORT_REFUSED = (
 )
 # A worker's terminal event on a job the platform had ended otherwise (recorded as a log).
 WORKER_ENDED_LATE = "The job was already {status} when its worker reported {kind}: {message}"
+QUEUE_UNAVAILABLE = (
+    "The training queue cannot be reached; nothing was created. Retry in a few seconds (with"
+    " the same Idempotency-Key)."
+)

@@ -21,7 +21,7 @@ from apikeys.messages import TENANT_SUSPENDED
 from apikeys.models import ApiKey
 from config.celery import app
 from core.artifacts import artifact_store
-from core.errors import APIError, Conflict, InvalidRequest, PermissionError_
+from core.errors import APIError, Conflict, InvalidRequest, Overloaded, PermissionError_
 from datasets.models import Dataset
 from datasets.selectors import dataset_get
 from inference.models import AIModel
@@ -85,6 +85,16 @@ def _train_request(job: FineTuneJob) -> TrainRequest:
     }
 
 
+def _check_queue() -> None:
+    """503 while the training queue (Redis) cannot be reached: the job was created (201,
+    ``queued``) and failed a moment later with ``queue_unavailable``. A queue lost between
+    this look and the send still fails the job that way (``job_enqueue_on_commit``)."""
+    try:
+        _redis().ping()
+    except redis.RedisError:
+        raise Overloaded(messages.QUEUE_UNAVAILABLE, code="broker_unavailable") from None
+
+
 def job_enqueue_on_commit(job: FineTuneJob) -> None:
     """Send the attempt after the commit (a worker must never see a job the database does
     not have yet). If the broker is down then, the job fails visibly instead of sitting in
@@ -146,6 +156,7 @@ def fine_tune_create(
                 param="validation_dataset",
             )
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
+    _check_queue()
     with transaction.atomic():
         # WARNING: the plan's model count and the insert of the job that it admits must be
         # atomic, or parallel requests all pass the count (finding: 13 models on a 10-model

@@ -178,6 +178,22 @@ def test_scope_and_isolation(tenant, other_tenant, client_for, make_dataset):
     assert mine.get(f"/v1/fine-tunes/{job['id']}").json()["status"] == "queued"
 
 
+def test_a_job_is_not_created_while_the_training_queue_is_unreachable(
+    api, tenant, make_dataset, monkeypatch
+):
+    """It was a 201 `queued`, failed a moment later with `queue_unavailable`."""
+    import redis
+
+    down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    monkeypatch.setattr("finetuning.services._redis", lambda: down)
+    dataset = make_dataset(tenant)
+    refused = create(api, base_model="minilm-l6", training_dataset=dataset.id)
+    assert refused.status_code == 503, refused.content
+    assert refused.json()["error"]["code"] == "broker_unavailable"
+    assert "nothing was created" in refused.json()["error"]["message"]
+    assert not FineTuneJob.objects.for_tenant(tenant).exists()
+
+
 def test_idempotent_create_makes_one_job(api, tenant, make_dataset):
     body = {"base_model": "minilm-l6", "training_dataset": make_dataset(tenant).id}
     first = api.post("/v1/fine-tunes", body, format="json", HTTP_IDEMPOTENCY_KEY="ft-1")
