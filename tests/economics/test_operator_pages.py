@@ -387,3 +387,9 @@ def test_the_plan_a_month_ends_on_is_its_last_calls_whatever_the_rollups_order(
     call_command("rebuild_rollups")
     after = rows_on_page(admin_client, "2025-11-01", "2025-12-01")[tenant.pk]
     assert before["revenue_micros"] == after["revenue_micros"] == fee * 10_000
+
+
+def test_the_margins_page_groups_its_figures_for_reading(admin_client, nov_ledger):
+    """67170000 read as a number to count the digits of."""
+    page = admin_client.get(MARGINS, {"start": "2025-11-01", "end": "2025-12-01", "by": "tenant"})
+    assert "57,000,000" in page.content.decode()
