@@ -334,8 +334,11 @@ def _finish_recorded(record: IdempotencyRecord, response: Any) -> None:
     dropped is one failure; a replay needs the record, or a retry of a create makes a second
     key or job). If it still cannot be written the answer stands anyway: a classification
     answered is billed and must reach its caller (it was a 500); the key stays locked for its
-    window, and a retry after it runs again under the same request id (billed once)."""
-    for attempt, pause in enumerate(FINISH_RETRY_PAUSES_S):
+    window, and a retry after it runs again under the same request id (billed once).
+    On SQLite there is no connection to lose, and a lock already held the try for the whole
+    busy timeout: one try."""
+    pauses = FINISH_RETRY_PAUSES_S if connection.vendor != "sqlite" else (0.0,)
+    for attempt, pause in enumerate(pauses):
         if attempt:
             time.sleep(pause)
             if not connection.in_atomic_block:
