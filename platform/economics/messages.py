@@ -7,7 +7,8 @@ NOT_A_WHOLE_DAY = (
 )
 OUT_OF_CALENDAR = "{value!r} falls outside the years 0001 to 9999 once converted to UTC."
 RANGE_BACKWARDS = "start must be before end."
-RANGE_TOO_LONG = "A range may span at most {years} years ({start:%Y-%m-%d} to {end:%Y-%m-%d})."
+# ISO dates: strftime's %Y writes year 1 as "1".
+RANGE_TOO_LONG = "A range may span at most {years} years ({start} to {end})."
 PRICES_NOT_JSON = "The price table is not JSON: {problem}"
 PRICES_TOO_DEEP = "The price table is nested too deeply to read."
 PRICES_NOT_OBJECT = "the price table must be a JSON object keyed by plan slug"

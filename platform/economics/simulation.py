@@ -56,7 +56,9 @@ def range_check(start: datetime, end: datetime) -> None:
         raise ValueError(messages.RANGE_BACKWARDS)
     if end - start > MAX_RANGE:
         raise ValueError(
-            messages.RANGE_TOO_LONG.format(years=MAX_RANGE_YEARS, start=start, end=end)
+            messages.RANGE_TOO_LONG.format(
+                years=MAX_RANGE_YEARS, start=start.date().isoformat(), end=end.date().isoformat()
+            )
         )
 
 
@@ -126,7 +128,8 @@ def _tenant(line: dict[str, Any]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [
-        f"pricing simulation {report['start']:%Y-%m-%d} .. {report['end']:%Y-%m-%d} "
+        f"pricing simulation {report['start'].date().isoformat()} .."
+        f" {report['end'].date().isoformat()} "
         f"(currency units: revenue in the plan's, cost in {report['cost_currency']})",
         f"{'tenant':44} {'plan':10} {'cur':4} {'revenue':>14} {'simulated':>14} "
         f"{'cost':>14} {'margin':>14} {'sim. margin':>14}",

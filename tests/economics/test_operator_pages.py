@@ -286,6 +286,7 @@ def test_amounts_past_the_checks_that_the_engine_cannot_price_are_a_message(nov_
 def test_a_range_wider_than_ten_years_is_refused(admin_client, tmp_path):
     page = admin_client.get(MARGINS, {"start": "0001-01-01", "end": "9999-12-31"})
     assert page.status_code == 200 and b"at most 10 years" in page.content
+    assert b"(0001-01-01 to 9999-12-31)" in page.content  # year 1 read "1-01-01"
     prices = tmp_path / "prices.json"
     prices.write_text("{}")
     with pytest.raises(CommandError, match="at most 10 years"):
