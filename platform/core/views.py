@@ -3,12 +3,13 @@ never from ambient state, and every POST honours ``Idempotency-Key``."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.request import Request
@@ -342,11 +343,14 @@ def _finish_recorded(record: IdempotencyRecord, response: Any) -> None:
         if attempt:
             time.sleep(pause)
             if not connection.in_atomic_block:
-                connection.close()  # the next query opens a new one
+                with contextlib.suppress(DatabaseError):
+                    connection.close()  # the next query opens a new one
         try:
             idempotency_finish(record=record, status_code=response.status_code, body=response.data)
             return
-        except DatabaseError:
+        except (OperationalError, InterfaceError):  # the connection or the server: again
             logger.warning("Idempotency-Key outcome not recorded (try %d)", attempt + 1,
                            exc_info=True)  # fmt: skip
-    logger.error("could not record the Idempotency-Key's outcome of %s", record.request_id)
+        except DatabaseError:  # the same again (a body the column refuses): no use trying
+            break
+    logger.exception("could not record the Idempotency-Key's outcome of %s", record.request_id)

@@ -133,7 +133,10 @@ class PlanAdmin(admin.ModelAdmin[Plan]):
         # NOTE: a slug edit on a version in use made an identical next version of the old
         # slug (the slug is not the version's to change); an old version's terms would be
         # the next version's, silently undoing the current one's.
-        return [*PRICING_FIELDS, "slug", *([] if obj.is_current else TERMS_FIELDS)]
+        # As stored, not as posted: a form refused after "current" was ticked on an old
+        # version would be drawn with its terms as fields the form lacks (a 500).
+        current = Plan.objects.filter(pk=obj.pk, is_current=True).exists()
+        return [*PRICING_FIELDS, "slug", *([] if current else TERMS_FIELDS)]
 
     def has_delete_permission(self, request: HttpRequest, obj: Plan | None = None) -> bool:
         if obj is not None and _delete_refusal(obj):

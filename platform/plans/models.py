@@ -94,6 +94,13 @@ class Plan(models.Model):
                 )
         except ValidationError as exc:
             errors = exc.update_error_dict(errors)
+        if self.is_current and "overage_tiers" in skipped and "is_current" not in skipped:
+            # An old version's terms are read-only here, but it can be made current again:
+            # not one whose overage is unpriced on no hard cap (new subscribers' usage free).
+            try:
+                uncapped_overage_check(self.overage_tiers, capped=self.monthly_hard_cap is not None)
+            except ValidationError as exc:
+                errors.setdefault("is_current", []).extend(exc.message_dict["overage_tiers"])
         if errors:
             raise ValidationError(errors)
 

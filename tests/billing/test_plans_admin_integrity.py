@@ -349,3 +349,17 @@ def test_the_simulator_refuses_an_unpriced_overage_on_an_uncapped_plan():
     with pytest.raises(ValueError, match=r"pro\.overage_tiers: a plan without a hard cap"):
         proposed_validate({"pro": {"overage_tiers": {}}})
     assert proposed_validate({"free": {"overage_tiers": {}}}) == {"free": {"overage_tiers": {}}}
+
+
+def test_an_old_version_with_unpriced_overage_on_no_cap_cannot_be_made_current(admin_client):
+    """Its terms are read-only (it is not current), so the check on them did not run, and new
+    subscribers would have had every input past the included ones for free."""
+    Plan.objects.create(
+        id="legacy@1", slug="legacy", version=1, name="Legacy", is_current=False,
+        base_fee=1000, included_inputs=1000, overage_tiers={},
+    )  # fmt: skip
+    page = _plan_edit(admin_client, "legacy@1", is_current=True)
+    assert page.status_code == 200
+    errors = page.context["adminform"].form.errors["is_current"]
+    assert "without a hard cap" in errors[0]
+    assert not Plan.objects.get(pk="legacy@1").is_current

@@ -109,3 +109,63 @@ def test_one_address_trying_many_usernames_is_capped(operator, settings):
     assert not logged_in(sprayer)
     at_desk = Client(REMOTE_ADDR="198.51.100.4")
     assert login(at_desk, PASSWORD).status_code == 302 and logged_in(at_desk)
+
+
+def test_the_address_cap_counts_attempts_as_they_arrive_and_gives_successes_back(
+    operator, settings, monkeypatch
+):
+    """Counted at their failure, a burst of attempts all read the old count and all passed:
+    each is counted before its password is checked."""
+    from django.core.cache import cache
+
+    from core import admin_login
+
+    settings.ADMIN_LOGIN_ADDRESS_LIMIT = 3
+    seen = []
+    check = admin_login._count
+
+    def counting(request):  # what the count is while the password is being checked
+        attempts = check(request)
+        seen.append(cache.get(admin_login._key(request)))
+        return attempts
+
+    monkeypatch.setattr(admin_login, "_count", counting)
+    client = Client(REMOTE_ADDR="203.0.113.13")
+    assert login(client, "typo", username="other").status_code == 200
+    for _ in range(4):  # the operator logging in again and again: no count left behind
+        assert login(client, PASSWORD).status_code == 302
+        client.logout()
+    assert seen == [1, 2, 2, 2, 2]
+    assert login(client, "typo 2", username="other").status_code == 200
+    assert login(client, "typo 3", username="other2").status_code == 200
+    assert login(client, PASSWORD).status_code == 429
+
+
+def test_an_ipv6_subscribers_addresses_share_one_count_and_a_limit_of_0_is_off(operator, settings):
+    settings.ADMIN_LOGIN_ADDRESS_LIMIT = 2
+    for n in range(2):
+        login(Client(REMOTE_ADDR=f"2001:db8:1:2::{n + 1}"), "guess", username=f"u{n}")
+    refused = login(Client(REMOTE_ADDR="2001:db8:1:2:ffff::9"), PASSWORD)  # the same /64
+    assert refused.status_code == 429
+    assert login(Client(REMOTE_ADDR="2001:db8:1:3::1"), PASSWORD).status_code == 302
+    settings.ADMIN_LOGIN_ADDRESS_LIMIT = 0
+    assert login(Client(REMOTE_ADDR="2001:db8:1:2::1"), PASSWORD).status_code == 302
+
+
+@override_settings(TRUSTED_PROXY_COUNT=1)
+def test_a_request_that_did_not_come_through_the_proxy_is_keyed_by_its_peer():
+    """Inside the cluster, a request straight to the pod wrote X-Forwarded-For as it liked,
+    and could run another address's count up (the operators' office)."""
+    from django.test import RequestFactory
+
+    from core.client_ip import client_ip
+
+    direct = RequestFactory(REMOTE_ADDR="10.0.0.7").get("/", HTTP_X_FORWARDED_FOR="")
+    assert client_ip(direct) == "10.0.0.7"
+    through = RequestFactory(REMOTE_ADDR="10.0.0.2").get(
+        "/", HTTP_X_FORWARDED_FOR="9.9.9.9, 1.2.3.4"
+    )
+    assert client_ip(through) == "1.2.3.4"
+    with override_settings(TRUSTED_PROXY_COUNT=2):
+        one_hop = RequestFactory(REMOTE_ADDR="10.0.0.7").get("/", HTTP_X_FORWARDED_FOR="1.2.3.4")
+        assert client_ip(one_hop) == "10.0.0.7"  # fewer entries than proxies: not trusted

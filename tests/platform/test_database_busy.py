@@ -5,14 +5,29 @@ a moment, not the whole busy timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import OperationalError, connection, transaction
 
 from apikeys.models import ApiKey
 from tests.factories import TenantFactory, bearer, key_id_of, make_key
+
+
+@contextlib.contextmanager
+def connections_other() -> Any:
+    """A cursor on a connection of its own (psycopg, outside Django's)."""
+    import psycopg
+
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"] or 5432, user=settings["USER"],
+        dbname=settings["NAME"], autocommit=True,
+    ) as conn, conn.cursor() as cursor:  # fmt: skip
+        yield cursor
 
 
 def _busy(*args: object, **kwargs: object) -> None:
@@ -32,10 +47,11 @@ def test_a_write_the_locked_database_refuses_is_a_503_to_retry(monkeypatch):
     assert "retry" in error["message"] and response["Retry-After"] == "2"
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor == "sqlite", reason="no connection to drop: one try")
 def test_a_dropped_connection_while_recording_an_idempotency_key_is_tried_again(monkeypatch):
-    """Unrecorded, the key's retry made a second API key (or fine-tune job)."""
+    """Unrecorded, the key's retry made a second API key (or fine-tune job). The server ends
+    the request's connection under it; the next try opens a new one."""
     from core import views
 
     secret = make_key(TenantFactory(), ["admin"])
@@ -43,8 +59,10 @@ def test_a_dropped_connection_while_recording_an_idempotency_key_is_tried_again(
 
     def dropped_once(**kwargs: object) -> None:
         if not failures:
-            failures.append(1)
-            raise OperationalError("server closed the connection unexpectedly")
+            failures.append(connection.connection.info.backend_pid)
+            with connections_other() as other:  # another session ends this one
+                other.execute("SELECT pg_terminate_backend(%s)", [failures[0]])
+            finish(**kwargs)  # type: ignore[arg-type]  # fails: the connection is gone
         finish(**kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(views, "FINISH_RETRY_PAUSES_S", (0.0, 0.0, 0.0))
@@ -53,7 +71,8 @@ def test_a_dropped_connection_while_recording_an_idempotency_key_is_tried_again(
     body = {"scopes": ["inference"]}
     made = client.post("/v1/api-keys", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
     again = client.post("/v1/api-keys", body, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
-    assert made.status_code == again.status_code == 201 and failures == [1]
+    assert made.status_code == again.status_code == 201 and len(failures) == 1
+    assert connection.connection.info.backend_pid != failures[0]  # a new connection
     assert again["Idempotent-Replayed"] == "true" and again.json()["id"] == made.json()["id"]
     assert ApiKey.objects.unscoped().filter(pk=made.json()["id"]).count() == 1
 
