@@ -93,24 +93,20 @@ def _blobs_release(digests: list[str]) -> bool:
     return done
 
 
-def _files_release(dataset_id: str, digests: list[str]) -> None:
-    if _blobs_release(digests):
-        Dataset.objects.unscoped().filter(pk=dataset_id).update(files_released_at=timezone.now())
-
-
-def dataset_files_sweep() -> int:
+def dataset_files_sweep(dataset_ids: list[str] | None = None) -> int:
     """The files of deleted datasets that their delete could not release (a job still
     training on them, or stored again within the grace period: a dataset deleted minutes
     after its upload kept its files for good, and upload-and-delete filled the store past
-    every tenant's limit). Run by the platform worker's beat; returns how many datasets'
-    files were released."""
+    every tenant's limit). Run after each delete (for ``dataset_ids``) and by the platform
+    worker's beat; returns how many datasets' files were released."""
     pending = Dataset.objects.unscoped().filter(
         deleted_at__isnull=False, files_released_at__isnull=True
     )
+    if dataset_ids is not None:
+        pending = pending.filter(pk__in=dataset_ids)
     released = 0
-    for dataset_id, raw_file, content_file in pending.values_list(
-        "pk", "raw_file", "content_file"
-    ).iterator():
+    rows = pending.values_list("pk", "raw_file", "content_file")
+    for dataset_id, raw_file, content_file in rows.iterator():
         if _blobs_release([raw_file, content_file]):
             Dataset.objects.unscoped().filter(pk=dataset_id).update(
                 files_released_at=timezone.now()
@@ -147,8 +143,7 @@ def dataset_delete(*, tenant: Tenant, dataset_id: str, livemode: bool = True) ->
         )
     dataset.deleted_at = timezone.now()
     dataset.save(update_fields=["deleted_at"])
-    files = [dataset.raw_file, dataset.content_file]
     # robust: the delete has committed, and a failure here (a locked database, the store)
     # must not answer it with an error; the beat's sweep tries again.
-    transaction.on_commit(lambda: _files_release(dataset.pk, files), robust=True)
+    transaction.on_commit(lambda: dataset_files_sweep(dataset_ids=[dataset.pk]), robust=True)
     return dataset

@@ -98,6 +98,7 @@ def train(request: TrainRequest) -> None:
     if superseded(client.get(attempt_key(job_id))):
         return
     publisher = EventPublisher(app, request)
+    given_up = False  # the step that stopped it read another attempt's number
 
     def cancelled() -> bool:
         """At each step boundary: the platform cancelled the job, or gave this attempt up
@@ -114,13 +115,9 @@ def train(request: TrainRequest) -> None:
             # meanwhile is seen then; the platform's lease covers a longer outage).
             logger.warning("job %s: cannot ask Redis whether it is cancelled", job_id)
             return False
-        return bool(cancel) or superseded(current)
-
-    def stopped_for_another() -> bool:
-        try:
-            return superseded(client.get(attempt_key(job_id)))
-        except redis.RedisError:
-            return False
+        nonlocal given_up
+        given_up = superseded(current)
+        return bool(cancel) or given_up
 
     if cancelled():
         # The platform asked it to stop: the user cancelled it, or the account was suspended.
@@ -142,7 +139,7 @@ def train(request: TrainRequest) -> None:
             result = train_run(ctx)
             ctx.step()
         except JobCancelledError:
-            if not stopped_for_another():  # else its events are ignored
+            if not given_up:  # else its events are ignored
                 publisher.emit("cancelled", "The worker stopped the job; training stopped.")
             return
         except (TrainingDataError, ArtifactMissingError) as exc:
