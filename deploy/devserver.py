@@ -59,10 +59,13 @@ def _worker(queue: str, pool: list[str]) -> list[str]:
 
 def _children(port: str) -> dict[str, list[str]]:
     python = sys.executable
-    bin_dir = Path(python).parent
     return {
         "api": [
-            str(bin_dir / "granian"),
+            # (``-m``, as the workers: an install whose scripts are not beside the interpreter
+            # still finds it.)
+            python,
+            "-m",
+            "granian",
             "--interface",
             "wsgi",
             "--working-dir",

@@ -17,6 +17,7 @@ import redis
 from ops.workers import WorkerRow, fleet_cost, workers_seen
 from tests.factories import staff_client
 from workers.presence import SEEN_KEY, Presence, busy_with, describe, report_key
+from workers.runtime.precision import resolve_device
 from workers.settings import settings_from_env
 
 PAGE = "/admin/ops/worker/"
@@ -55,8 +56,9 @@ def test_a_live_worker_is_on_the_page_with_its_price_models_and_work(
     before = _wait_for(_row(inference_worker))
     assert (before.kind, before.pool, before.currency) == ("inference", "cpu", "usd")
     assert str(before.price_per_hour) == settings_from_env().price_per_hour
-    assert any(model.startswith("minilm-l6 on cpu") for model in before.models)
-    assert any(model.startswith("minilm-l6-int8 on cpu") for model in before.models)
+    device = resolve_device(settings_from_env().device).type  # the worker's, on a GPU too
+    assert any(model.startswith(f"minilm-l6 on {device}") for model in before.models)
+    assert any(model.startswith(f"minilm-l6-int8 on {device}") for model in before.models)
     assert not before.contract_differs
 
     body = {"model": "minilm-l6", "inputs": ["a new text for the page", "and another one"],

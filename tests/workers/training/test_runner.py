@@ -4,11 +4,16 @@ step boundaries."""
 
 from __future__ import annotations
 
+import math
+import re
+from typing import Any
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from workers.runtime.encoder import load_encoder
+from workers.training import lora as lora_method
 from workers.training.data import Rows, rows_load, stratified_split
 from workers.training.metrics import classification_metrics
 from workers.training.runner import (
@@ -91,19 +96,53 @@ def test_lora_beats_head(store, context):
     assert lora["trained_tokens"] == 2 * head["trained_tokens"] // 10
 
 
-def test_a_diverging_job_stops_at_the_first_epoch_without_a_number_and_says_what_to_lower(
-    store, context
+def test_a_diverging_job_stops_at_that_epoch_without_a_number_and_says_what_to_lower(
+    store, context, monkeypatch
 ):
-    """The audit's hyperparameters, all within their documented ranges: the loss is NaN
-    from the first epoch on this data. The job stops there, reporting no NaN."""
+    """A LoRA epoch whose loss is not a number ends the job there: the message names the
+    knobs to lower, and no progress event reports NaN. (The loss is made NaN from epoch 2 on:
+    whether real hyperparameters overflow depends on the CPU's rounding, see the next test.)"""
+    real = lora_method.lora_train
+
+    def nan_from_epoch_2(**kwargs: Any) -> Any:
+        hook = kwargs["on_epoch"]
+        kwargs["on_epoch"] = lambda epoch, loss, accuracy: hook(
+            epoch, float("nan") if epoch >= 2 else loss, accuracy
+        )
+        return real(**kwargs)
+
+    monkeypatch.setattr(lora_method, "lora_train", nan_from_epoch_2)
+    digest = store.put(dataset_bytes("product_reviews.jsonl", 20))
+    hyperparameters = {"epochs": 3, "lora_rank": 4, "target_modules": ["query"]}
+    ctx, events = context(make_request(digest, method="lora", hyperparameters=hyperparameters))
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"^Training diverged at epoch 2: the loss is nan\. Lower learning_rate or lora_alpha",
+    ):
+        train_run(ctx)
+    assert [e[2]["epoch"] for e in events.of("progress")] == [1]
+
+
+def test_the_audits_extreme_hyperparameters_never_make_a_model_that_answers_nan(store, context):
+    """The audit's hyperparameters, all within their documented ranges. On this project's
+    CPUs (torch 2.13) the loss is NaN from the first epoch and the job stops there; the CPU of
+    an H200 machine (torch 2.11) rounded its way to finite numbers and trained. Either way no
+    NaN is reported, and a model that is made answers in numbers."""
     digest = store.put(dataset_bytes("product_reviews.jsonl", 20))
     hyperparameters = {"epochs": 8, "learning_rate": 1.0, "lora_alpha": 1024.0, "lora_rank": 64,
                        "lora_dropout": 0.0, "batch_size": 1,
                        "target_modules": ["query", "key", "value"]}  # fmt: skip
     ctx, events = context(make_request(digest, method="lora", hyperparameters=hyperparameters))
-    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1.*lora_alpha"):
-        train_run(ctx)
-    assert events.of("progress") == []
+    try:
+        result = train_run(ctx)
+    except TrainingDivergedError as exc:
+        assert re.match(
+            r"Training diverged at epoch \d+: .* Lower learning_rate or lora_alpha", str(exc)
+        )
+        assert all(math.isfinite(e[2]["loss"]) for e in events.of("progress"))
+    else:
+        assert all(math.isfinite(e[2]["loss"]) for e in events.of("progress"))
+        assert math.isfinite(result["metrics"]["accuracy"])
 
 
 def test_an_explicit_validation_set_and_its_labels(store, context):
