@@ -59,7 +59,9 @@ class WorkerSettings:
     model_threads: int = 1
     embed_cache_size: int = DEFAULT_EMBED_CACHE_SIZE
     device: str = "auto"
-    # auto: bf16 autocast on a GPU (fp16 without bf16), fp32 on a CPU. fp32: always. bf16:
+    # auto: on a GPU, bf16 autocast (fp16 without bf16) for forward passes of 8192 padded
+    # tokens or more and fp32 below (measured faster there: runtime/precision.py), fp32 on
+    # a CPU. fp32: always. bf16:
     # always, on a CPU too: a cost lever for CPUs with bf16 instructions (AVX512-BF16, AMX),
     # at the price of answers that vary in the 4th decimal with the batch a text rides in
     # (see runtime/precision.py: compute_dtype); emulated on other CPUs, ~14x slower. The

@@ -69,11 +69,15 @@ EDGE_TEXTS = [
 
 
 def numerics(encoder: Encoder) -> str:
-    """What the encoder's own ``_autocast()`` turns on."""
+    """What the encoder's own ``_autocast()`` turns on (for the largest pass, and from how
+    many padded tokens)."""
     kind = encoder.device.type
     with encoder._autocast():
         if torch.is_autocast_enabled(kind):
-            return f"{str(torch.get_autocast_dtype(kind)).removeprefix('torch.')} autocast"
+            dtype = str(torch.get_autocast_dtype(kind)).removeprefix("torch.")
+            if encoder.half_from_tokens:
+                return f"{dtype} autocast from {encoder.half_from_tokens} padded tokens, fp32 below"
+            return f"{dtype} autocast"
     return "fp32 (autocast off)"
 
 

@@ -67,7 +67,8 @@ def backlog_rate(
         max_batch_tokens=tokens,
         max_batch_size=max_batch_size or rows,
         max_wait_ms=s.max_wait_ms,
-        model_threads=s.model_threads,
+        # (As the worker's engine: a GPU runs one forward at a time.)
+        model_threads=s.model_threads if encoder.device.type == "cpu" else 1,
     )
     batcher.submit_many(ids[:64])[-1].result()  # warm
     best = 0.0

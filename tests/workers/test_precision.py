@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from workers.runtime.classifier import ClassifierEngine
-from workers.runtime.encoder import load_encoder
-from workers.runtime.precision import compute_dtype
+from workers.runtime.encoder import BASE_MODELS, Encoder, load_encoder
+from workers.runtime.precision import AUTO_GPU_HALF_FROM_TOKENS, compute_dtype, half_from_tokens
 from workers.settings import settings_from_env
 
 from .helpers import make_request
@@ -91,3 +91,30 @@ def test_a_bf16_worker_gives_the_same_answers() -> None:
     for a, b in zip(answers["fp32"], answers["bf16"], strict=True):
         assert b["score"] == pytest.approx(a["score"], abs=0.02)
         assert sum(b["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_auto_on_a_gpu_computes_large_passes_only_in_half_precision() -> None:
+    cuda = torch.device("cuda")  # (a name: no GPU needed)
+    assert half_from_tokens("auto", cuda) == AUTO_GPU_HALF_FROM_TOKENS
+    assert half_from_tokens("bf16", cuda) == 0  # the operator asked for every pass
+    assert half_from_tokens("auto", CPU) == half_from_tokens("bf16", CPU) == 0
+
+
+def test_a_pass_below_the_switch_answers_as_fp32_and_one_above_as_bf16() -> None:
+    """The rule ``auto`` follows on a GPU, run on this CPU: a forward pass smaller than
+    ``half_from_tokens`` padded tokens computes in fp32 (a GPU serves small batches faster
+    so), a larger one in bf16."""
+    texts = [row["text"] for row in _reviews(8)]
+    fp32 = load_encoder("minilm-l6", device="cpu", precision="fp32")
+    bf16 = load_encoder("minilm-l6", device="cpu", precision="bf16")
+    batch = [t.ids for t in fp32.tokenize(texts)]
+    padded = len(batch) * max(len(ids) for ids in batch)
+    switching = Encoder("minilm-l6", BASE_MODELS["minilm-l6"](), CPU, torch.bfloat16, padded)
+    assert switching.numerics == f"bfloat16 from {padded} padded tokens, float32 below"
+
+    alone = switching.embed(texts[:1])
+    assert (alone - fp32.embed(texts[:1])).abs().max().item() < 1e-6
+    assert (alone - bf16.embed(texts[:1])).abs().max().item() > 1e-5
+    together = switching.embed_ids(batch)
+    assert (together - bf16.embed_ids(batch)).abs().max().item() < 1e-6
+    assert (together - fp32.embed_ids(batch)).abs().max().item() > 1e-5

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from .bert import Adapter, AdapterRows, BertConfig, BertModel, _hf_to_ours, mean_pool, pad_ids
-from .precision import compute_dtype, resolve_device
+from .precision import compute_dtype, half_from_tokens, resolve_device
 
 # sentence-transformers' max_seq_length for all-MiniLM-L6-v2, special tokens included.
 MAX_TOKENS = 256
@@ -89,11 +89,14 @@ class Encoder:
         folder: Path,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        half_from_tokens: int = 0,
     ) -> None:
         self.encoder_id = encoder_id
         self.device = device
-        # What forward passes compute in: the weights stay fp32; anything else is autocast.
+        # What forward passes compute in: the weights stay fp32; anything else is autocast,
+        # for passes of at least ``half_from_tokens`` padded tokens (precision.py says why).
         self.dtype = dtype
+        self.half_from_tokens = half_from_tokens
         cfg = BertConfig.from_file(folder / "config.json")
         self.dim = cfg.hidden_size
         self.max_tokens = min(MAX_TOKENS, cfg.max_position_embeddings)
@@ -114,10 +117,14 @@ class Encoder:
 
     @property
     def numerics(self) -> str:
-        """What its forward passes compute in, for logs: "int8", "float32", "bfloat16"."""
+        """What its forward passes compute in, for logs: "int8", "float32", "bfloat16", or
+        "bfloat16 from 8192 padded tokens, float32 below"."""
         if int8_kernels(self.encoder_id, self.device):
             return "int8"
-        return str(self.dtype).removeprefix("torch.")
+        half = str(self.dtype).removeprefix("torch.")
+        if self.dtype == torch.float32 or not self.half_from_tokens:
+            return half
+        return f"{half} from {self.half_from_tokens} padded tokens, float32 below"
 
     @property
     def model(self) -> BertModel:
@@ -147,7 +154,7 @@ class Encoder:
         Returns an (n, dim) float32 CPU tensor of unit vectors."""
         ids, mask = (t.to(self.device) for t in pad_ids(batch))
         lora = self._group(adapters) if adapters is not None else []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(ids.numel()):
             if self.packs(batch):
                 return self._model.embed_packed(ids, mask, lora).cpu()
             return mean_pool(self._model(ids, mask, lora).float(), mask).cpu()
@@ -178,15 +185,17 @@ class Encoder:
         """Tokenize and embed in one unbucketed forward pass (for tools and warm-up)."""
         return self.embed_ids([t.ids for t in self.tokenize(texts)])
 
-    def _autocast(self) -> Any:
-        # bf16 (or fp16) autocast where ``compute_dtype`` chose it. Measured on an H200
+    def _autocast(self, padded_tokens: int | None = None) -> Any:
+        # bf16 (or fp16) autocast where ``compute_dtype`` chose it, for a pass of at least
+        # ``half_from_tokens`` padded tokens (None: the largest). Measured on an H200
         # (bench_gpu.py, one run): cosine to fp32 >= 0.99995, the same head predictions on
         # both labelled sets; texts/s against fp32 at the GPU batch default (32768 tokens)
         # 21,526 vs 16,035, at 65536 25,728 vs 17,278, but 3,620 vs 5,687 at the CPU's
         # 2048-token batches (autocast's per-op cost, on a model this small); a lone text
         # 2.5 ms vs 2.9 ms. On a CPU, bf16 pays only with bf16 instructions (see
         # ``precision.cpu_has_native_bf16``).
-        if self.dtype == torch.float32:
+        small = padded_tokens is not None and padded_tokens < self.half_from_tokens
+        if self.dtype == torch.float32 or small:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
@@ -198,7 +207,7 @@ def int8_kernels(base_model: str, device: torch.device) -> bool:
 
 
 _lock = threading.Lock()
-_loaded: dict[tuple[str, str, torch.dtype, int], Encoder] = {}
+_loaded: dict[tuple[str, str, torch.dtype, int, int], Encoder] = {}
 
 
 def load_encoder(
@@ -219,13 +228,14 @@ def load_encoder(
         raise UnknownModelError(base_model)
     dev = resolve_device(device)
     dtype = torch.float32 if int8_kernels(base_model, dev) else compute_dtype(precision, dev)
-    key = (base_model, str(dev), dtype, os.getpid())
+    half_from = half_from_tokens(precision, dev)
+    key = (base_model, str(dev), dtype, half_from, os.getpid())
     with _lock:
         encoder = _loaded.get(key)
         if encoder is None:
             if threads is not None and dev.type == "cpu":
                 torch.set_num_threads(threads)
-            encoder = Encoder(base_model, BASE_MODELS[base_model](), dev, dtype)
+            encoder = Encoder(base_model, BASE_MODELS[base_model](), dev, dtype, half_from)
             if base_model in INT8_MODELS:
                 encoder._model = int8_body(encoder.model, dev)
             # The first forward pass pays one-off kernel selection/allocation costs; pay
