@@ -25,6 +25,17 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 _REF = re.compile(r"[A-Za-z0-9._:-]+(/[A-Za-z0-9._:-]+)*")
 
 
+# Cached embeddings: refs/embeddings/<encoder>/<owner>/<dataset file hash>[.<more>], each
+# the embeddings one tenant's jobs derived from one dataset file (``embeddings_ref``).
+EMBEDDINGS = "embeddings"
+
+
+def embeddings_ref(encoder_id: str, owner: str, source: str, more: str = "") -> str:
+    """The ref of ``owner``'s embeddings of dataset file ``source`` under ``encoder_id``;
+    ``more`` tells apart several derived from one file (a validation split's texts)."""
+    return f"{EMBEDDINGS}/{encoder_id}/{owner}/{source}" + (f".{more}" if more else "")
+
+
 class ArtifactMissingError(LookupError):
     """No blob with that hash (or no such ref) in the store."""
 
@@ -132,6 +143,35 @@ class ArtifactStore:
 
     def ref_set(self, name: str, digest: str) -> None:
         self._write_atomic(self._ref(name), digest.encode())
+
+    def embeddings_release(self, owner: str, source: str) -> int:
+        """Remove the embeddings ``owner``'s jobs derived from dataset file ``source`` (under
+        every encoder) and their blobs, once the caller found no dataset or unfinished job
+        of ``owner`` refers to it: data derived from a deleted dataset leaves with it. A job
+        that needs them again computes them again, and another tenant's ref to the same
+        bytes, if any, misses and does the same. Returns how many were removed."""
+        if (
+            not _HASH.fullmatch(source)
+            or not _REF.fullmatch(owner)
+            or "/" in owner
+            or ".." in owner
+        ):
+            raise ValueError(f"invalid embeddings owner or source: {owner!r} {source!r}")
+        root = self.root / "refs" / EMBEDDINGS
+        removed = 0
+        for encoder in sorted(root.iterdir()) if root.is_dir() else []:
+            for ref in sorted((encoder / owner).glob(f"{source}*")):
+                if ref.name != source and not ref.name.startswith(f"{source}."):
+                    continue
+                try:
+                    digest = ref.read_text().strip()
+                    ref.unlink()
+                except FileNotFoundError:
+                    continue  # another sweep took it
+                if _HASH.fullmatch(digest):
+                    self.release(digest, unless_newer_than_s=0)
+                removed += 1
+        return removed
 
     def ref_get(self, name: str) -> str | None:
         """The hash a ref points at, or None when the ref (or its blob) is missing."""

@@ -105,14 +105,27 @@ def dataset_files_sweep(dataset_ids: list[str] | None = None) -> int:
     if dataset_ids is not None:
         pending = pending.filter(pk__in=dataset_ids)
     released = 0
-    rows = pending.values_list("pk", "raw_file", "content_file")
-    for dataset_id, raw_file, content_file in rows.iterator():
+    rows = pending.values_list("pk", "tenant_id", "raw_file", "content_file")
+    for dataset_id, tenant_id, raw_file, content_file in rows.iterator():
         if _blobs_release([raw_file, content_file]):
+            _embeddings_release(tenant_id, content_file)
             Dataset.objects.unscoped().filter(pk=dataset_id).update(
                 files_released_at=timezone.now()
             )
             released += 1
     return released
+
+
+def _embeddings_release(tenant_id: str, digest: str) -> None:
+    """The embeddings the tenant's jobs derived from a deleted dataset's file (the cache
+    that lets a second job on the same file skip embedding it), unless another of its
+    datasets holds the same bytes: derived data leaves with the data."""
+    if not digest:
+        return
+    live = Dataset.objects.unscoped().filter(tenant_id=tenant_id, deleted_at__isnull=True)
+    if live.filter(content_file=digest).exists():
+        return  # that dataset's own delete releases them
+    artifact_store().embeddings_release(tenant_id, digest)
 
 
 @transaction.atomic

@@ -99,6 +99,45 @@ def test_a_dataset_deleted_minutes_after_its_upload_leaves_the_store_at_the_next
     assert services.dataset_files_sweep() == 0  # nothing left to look at
 
 
+def test_a_deleted_datasets_cached_embeddings_leave_with_it(api, tenant, client_for):
+    """A job caches the embeddings of its dataset's file (per tenant and encoder) so that
+    the next job on it skips embedding. They are derived from the customer's data: they
+    leave the store when the tenant's last dataset with those bytes is deleted, and no
+    other tenant's cache goes with them. (They stayed for good.)"""
+    from workers.runtime.encoder import load_encoder
+    from workers.training.head import embeddings_get
+
+    store = ArtifactStore(settings.ARTIFACT_DIR)
+    encoder = load_encoder("minilm-l6", device="cpu")
+    first, second = (_upload(api, good_file()).json() for _ in range(2))  # the same bytes
+    digest = Dataset.objects.for_tenant(tenant).get(pk=first["id"]).content_file
+    other = TenantFactory()
+    assert _upload(client_for(other, ["admin"]), good_file()).status_code == 201
+
+    def cache(owner: str, texts: list[str], more: str = "") -> tuple[str, bool]:
+        _, _, cached = embeddings_get(store=store, encoder=encoder, owner=owner, source=digest,
+                                      more=more, texts=texts, step=lambda: None)  # fmt: skip
+        ref = f"embeddings/minilm-l6/{owner}/{digest}" + (f".{more}" if more else "")
+        return store.ref_get(ref) or "", cached
+
+    mine, _ = cache(tenant.pk, ["a late parcel", "a broken lid"])
+    mine_split, _ = cache(tenant.pk, ["a broken lid"], more="validation")
+    theirs, _ = cache(other.pk, ["their own rows"])
+    assert cache(tenant.pk, ["a late parcel", "a broken lid"]) == (mine, True)  # reused
+
+    for made in (first, second):
+        row = Dataset.objects.for_tenant(tenant).get(pk=made["id"])
+        for blob in (row.raw_file, row.content_file):
+            _age(store, blob, 3600)
+        assert api.delete(f"/v1/datasets/{made['id']}").status_code == 200
+        assert services.dataset_files_sweep() == 1
+        if made is first:  # the second dataset holds the same bytes: kept for it
+            assert store.exists(mine) and store.exists(mine_split)
+    assert not store.exists(mine) and not store.exists(mine_split)
+    assert cache(tenant.pk, ["a late parcel", "a broken lid"])[1] is False  # embedded again
+    assert store.exists(theirs) and store.exists(digest)  # the other tenant's, untouched
+
+
 def test_files_an_unfinished_job_trains_on_are_released_once_it_has_finished(api, tenant):
     """The API refuses to delete a dataset under an unfinished job (409); a row deleted
     beside one anyway (by hand, or a race on a database without row locks) keeps the

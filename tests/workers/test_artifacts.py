@@ -49,3 +49,26 @@ def test_a_release_leaves_a_blob_stored_again_while_it_looked(
     os.utime(blob, (old, old))
     assert store.release(digest, unless_newer_than_s=600) and not store.exists(digest)
     assert list(blob.parent.iterdir()) == []
+
+
+def test_embeddings_release_takes_one_owners_refs_of_one_file_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(tmp_path)
+    source, neighbour = "a" * 64, "ab" + "c" * 62
+    refs = {
+        "embeddings/minilm-l6/ten_1/" + source: b"mine",
+        "embeddings/minilm-l6-int8/ten_1/" + source + ".split": b"mine, int8",
+        "embeddings/minilm-l6/ten_1/" + neighbour: b"another file",  # not a prefix match
+        "embeddings/minilm-l6/ten_2/" + source: b"another tenant",
+    }
+    blobs = {name: store.put(data) for name, data in refs.items()}
+    for name, digest in blobs.items():
+        store.ref_set(name, digest)
+    assert store.embeddings_release("ten_1", source) == 2
+    assert [name for name in refs if store.ref_get(name)] == list(refs)[2:]
+    assert not store.exists(blobs["embeddings/minilm-l6/ten_1/" + source])
+    assert store.embeddings_release("ten_1", source) == 0
+    for owner, file in (("../ten_2", source), ("..", source), ("ten_1", "../" + source)):
+        with pytest.raises(ValueError):
+            store.embeddings_release(owner, file)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load, save
 
-from workers.artifacts import ArtifactStore
+from workers.artifacts import ArtifactMissingError, ArtifactStore, embeddings_ref
 from workers.runtime.bert import Adapter
 from workers.runtime.encoder import Encoder
 from workers.runtime.finetuned import HEAD_SCALE
@@ -48,20 +48,26 @@ def embeddings_get(
     store: ArtifactStore,
     encoder: Encoder,
     owner: str,
-    digest: str,
+    source: str,
+    more: str = "",
     texts: Sequence[str],
     step: Step,
 ) -> tuple[torch.Tensor, int, bool]:
-    """(embeddings, total tokens, whether they came from the cache) for a dataset's rows.
-    Cached per tenant (``owner``): a job's events say whether its embeddings were reused,
-    which would tell one tenant that another had trained on the very same file."""
+    """(embeddings, total tokens, whether they came from the cache) for ``texts``, rows of
+    dataset file ``source`` (``more`` tells apart several sets from one file). Cached per
+    tenant (``owner``): a job's events say whether its embeddings were reused, which would
+    tell one tenant that another had trained on the very same file. A dataset's delete
+    releases them (``ArtifactStore.embeddings_release``)."""
     tokenized = encoder.tokenize(list(texts))
     tokens = sum(t.tokens for t in tokenized)
-    ref = f"embeddings/{encoder.encoder_id}/{owner}/{digest}"
+    ref = embeddings_ref(encoder.encoder_id, owner, source, more)
     cached = store.ref_get(ref)
     if cached is not None:
-        vectors = load(store.get(cached))["embeddings"]
-        if vectors.shape[0] == len(texts):
+        try:
+            vectors = load(store.get(cached))["embeddings"]
+        except ArtifactMissingError:  # released since the ref was read: computed again
+            vectors = None
+        if vectors is not None and vectors.shape[0] == len(texts):
             return vectors, tokens, True
     vectors = embed_sorted(encoder, [t.ids for t in tokenized], step)
     store.ref_set(ref, store.put(save({"embeddings": vectors.contiguous()})))

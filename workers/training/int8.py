@@ -51,6 +51,7 @@ def int8_metrics(
     store: ArtifactStore,
     owner: str,
     base_model: str,
+    val_source: str,
     val_texts: Sequence[str],
     val_labels: Sequence[str],
     labels: Sequence[str],
@@ -64,7 +65,9 @@ def int8_metrics(
 ) -> dict[str, Any]:
     """``int8_accuracy``, ``int8_macro_f1``, ``int8_per_label_f1`` and
     ``int8_accuracy_delta`` (percentage points, int8 - fp32); empty when ``base_model`` has
-    no int8 tier (it is one already). ``step()`` runs after every embedding batch."""
+    no int8 tier (it is one already). ``step()`` runs after every embedding batch.
+    ``val_source``: the dataset file the validation texts are rows of (their cached
+    embeddings leave with it)."""
     int8_base = INT8_BASE_MODELS.get(base_model)
     if int8_base is None:
         return {}
@@ -82,7 +85,8 @@ def int8_metrics(
             store=store,
             encoder=int8_encoder,
             owner=owner,
-            digest=f"{texts}.{numerics_fingerprint(int8_encoder)}",
+            source=val_source,
+            more=f"{texts}.{numerics_fingerprint(int8_encoder)}",
             texts=val_texts,
             step=step,
         )

@@ -123,7 +123,7 @@ def train_run(ctx: JobContext) -> TrainResult:
         store=ctx.store,
         encoder=encoder,
         owner=request["tenant_id"],
-        digest=request["training_file"],
+        source=request["training_file"],
         texts=rows.texts,
         step=ctx.step,
     )
@@ -133,7 +133,7 @@ def train_run(ctx: JobContext) -> TrainResult:
             store=ctx.store,
             encoder=encoder,
             owner=request["tenant_id"],
-            digest=validation_file,
+            source=validation_file,
             texts=val_rows.texts,
             step=ctx.step,
         )
@@ -235,6 +235,7 @@ def train_run(ctx: JobContext) -> TrainResult:
         store=ctx.store,
         owner=request["tenant_id"],
         base_model=train_base,
+        val_source=validation_file or request["training_file"],
         val_texts=val_rows.texts,
         val_labels=val_rows.labels,
         labels=labels,
