@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
+from redis.lock import Lock
 
 from core.errors import Conflict, NotFound, Overloaded
 from limits.services import free_plan_current, redis_client
@@ -210,8 +213,12 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
         raise NotFound(
             messages.UNKNOWN_PLAN.format(plan=plan_slug), code="resource_missing", param="plan"
         )
+    # NOTE: not thread-local: the keep-alive thread renews it (``lock_held``).
     lock = redis_client().lock(
-        f"subscription-change:{tenant.pk}", timeout=CHANGE_LOCK_S, blocking_timeout=CHANGE_WAIT_S
+        f"subscription-change:{tenant.pk}",
+        timeout=CHANGE_LOCK_S,
+        blocking_timeout=CHANGE_WAIT_S,
+        thread_local=False,
     )
     try:
         acquired = lock.acquire()
@@ -220,15 +227,45 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
     if not acquired:
         raise Conflict(messages.CHANGE_IN_PROGRESS, code="subscription_change_in_progress")
     try:
-        return _change_locked(tenant, plan)
+        with lock_held(lock):
+            return _change_locked(tenant, plan)
     finally:
         with contextlib.suppress(redis.RedisError, LockError):
             lock.release()
 
 
+@contextlib.contextmanager
+def lock_held(lock: Lock) -> Iterator[None]:
+    """Renew ``lock`` to its full timeout every third of it while the block runs. A change
+    makes up to five Stripe calls, each allowed 80 s and retried: one that outlasted the
+    lock let the next change in, and both created a Stripe subscription (the first,
+    unrecorded, renewed for ever). The timeout is then only how long a process that died
+    holding it keeps others out."""
+    every = float(lock.timeout or CHANGE_LOCK_S) / 3
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(every):
+            try:
+                lock.reacquire()
+            except (redis.RedisError, LockError):
+                logger.warning("lost the lock %s while holding it", lock.name)
+                return
+
+    keeper = threading.Thread(target=renew, name=f"keep-{lock.name}", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+
+
 def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
     sub = subscription_get_or_create(tenant=tenant)  # read under the lock
-    if sub.plan_id == plan.id:
+    if sub.plan.slug == plan.slug:
+        # The plan it is on, whatever version: subscribers keep the version they signed (an
+        # operator's newer, dearer one moved them, with a credit for the old fee).
         return sub
     current = sub.plan
     if plan.base_fee and current.base_fee and plan.currency != current.currency:

@@ -151,6 +151,74 @@ def test_concurrent_plan_changes_leave_one_stripe_subscription(tenant, stripe_ap
     assert [s.id for s in live] == [sub.stripe_subscription_id]
 
 
+def test_a_change_that_outlasts_the_lock_timeout_still_keeps_the_next_one_out(
+    transactional_db, tenant, stripe_api, monkeypatch
+):
+    """A change held up in Stripe longer than the lock's timeout (a slow emulator, 125 s)
+    let the next change in, and both made a live Stripe subscription: the first, unrecorded,
+    renewed for ever. The lock is now renewed while its change runs."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from billing import subscriptions
+    from core.errors import Conflict
+
+    monkeypatch.setattr(subscriptions, "CHANGE_LOCK_S", 1)
+    monkeypatch.setattr(subscriptions, "CHANGE_WAIT_S", 0.3)
+    create = stripe_api.Subscription.create
+
+    def slow(*args, **kwargs):
+        time.sleep(2.5)  # 2.5 lock timeouts
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(stripe_api.Subscription, "create", slow)
+
+    def change(slug):
+        try:
+            return subscriptions.subscription_change(tenant=tenant, plan_slug=slug).plan.slug
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(change, "pro")
+        time.sleep(1.5)
+        with pytest.raises(Conflict) as refused:
+            subscriptions.subscription_change(tenant=tenant, plan_slug="scale")
+        assert refused.value.code == "subscription_change_in_progress"
+        assert first.result() == "pro"
+    live = [
+        s for s in stripe_api.Subscription.list(limit=100).data
+        if s.to_dict().get("metadata", {}).get("tenant_id") == tenant.id
+        and s.status not in ("canceled", "incomplete_expired")
+    ]  # fmt: skip
+    assert [s.id for s in live] == [_local(tenant).stripe_subscription_id]
+    # Released at the end: the next change goes through.
+    assert subscriptions.subscription_change(tenant=tenant, plan_slug="free").plan.slug == "free"
+
+
+def test_asking_again_for_ones_plan_keeps_the_version_one_signed(tenant, client_for, stripe_api):
+    """The operator's newer, dearer version of pro is for new subscribers: a subscriber who
+    asks for pro again stays on the version it signed (it was moved, credited the old fee
+    and charged the new one)."""
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    old = Plan.objects.get(pk="pro@1")
+    Plan.objects.filter(pk=old.pk).update(is_current=False)
+    Plan.objects.create(
+        id="pro@2", slug="pro", version=2, name="Pro", base_fee=5900, is_current=True,
+        included_inputs=old.included_inputs, overage_tiers=old.overage_tiers,
+    )  # fmt: skip
+    again = client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    assert again.status_code == 200, again.content
+    assert _local(tenant).plan_id == "pro@1"
+    remote = stripe_api.Subscription.retrieve(_local(tenant).stripe_subscription_id).to_dict()
+    assert remote["items"]["data"][0]["plan"]["id"] == "margin-pro-v1"
+    upcoming = client.get("/v1/invoices/upcoming").json()
+    assert [(line["key"], line["amount"]) for line in upcoming["lines"]] == [("base_fee", 4900)]
+
+
 def test_a_test_mode_key_cannot_change_the_plan(tenant, client_for, stripe_api):
     """A plan change is billed: live keys only."""
     test = client_for(tenant, ["billing"], mode="test")
