@@ -63,3 +63,12 @@ STRIPE_PLAN_MISMATCH = (
     "charges {expected}: it was not reused. Delete or rename that Stripe plan (after moving "
     "anyone subscribed to it), then sync again."
 )
+UNBILLED_OVERAGE = (
+    "a plan without a base fee is never billed (no Stripe subscription is made for it): its "
+    "overage prices would show as owed and never be charged; give it a base fee, zero "
+    "overage prices, or a hard cap no higher than its included inputs"
+)
+UNBILLED_FINETUNE = (
+    "a plan without a base fee is never billed (no Stripe subscription is made for it): "
+    "give it a base fee, or make its fine-tuning free (0)"
+)

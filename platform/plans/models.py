@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from .terms import MODEL_TIERS, price_terms_check, uncapped_overage_check
+from .terms import MODEL_TIERS, price_terms_check, unbilled_charges_check, uncapped_overage_check
 
 __all__ = ["MODEL_TIERS", "Plan"]
 
@@ -91,6 +91,13 @@ class Plan(models.Model):
             if "overage_tiers" in terms and not {"monthly_hard_cap"} & (skipped | set(errors)):
                 uncapped_overage_check(
                     terms["overage_tiers"], capped=self.monthly_hard_cap is not None
+                )
+            money = {"base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount"}
+            if money <= set(terms) and not {"monthly_hard_cap", "fine_tuning"} & (
+                skipped | set(errors)
+            ):
+                unbilled_charges_check(
+                    terms, hard_cap=self.monthly_hard_cap, fine_tuning=self.fine_tuning
                 )
         except ValidationError as exc:
             errors = exc.update_error_dict(errors)

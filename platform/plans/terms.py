@@ -149,6 +149,27 @@ def uncapped_overage_check(overage_tiers: Any, *, capped: bool) -> None:
         )
 
 
+def unbilled_charges_check(
+    terms: dict[str, Any], *, hard_cap: int | None, fine_tuning: bool
+) -> None:
+    """A plan without a base fee gets no Stripe subscription, so nothing it charges is ever
+    billed: the admin took one with overage prices and no cap, and its usage was shown as
+    owed on /v1/usage and the upcoming invoice but never invoiced. Such a plan must charge
+    nothing: inputs capped at the included ones (or free past them), fine-tuning free.
+    ``terms`` already checked (``price_terms_check``), all four present."""
+    if terms["base_fee"]:
+        return
+    overage_priced = any(
+        Decimal(str(step["unit_amount"])) > 0
+        for steps in terms["overage_tiers"].values()
+        for step in steps
+    )
+    if overage_priced and (hard_cap is None or hard_cap > terms["included_inputs"]):
+        raise ValidationError({"overage_tiers": messages.UNBILLED_OVERAGE})
+    if fine_tuning and Decimal(str(terms["finetune_unit_amount"])) > 0:
+        raise ValidationError({"finetune_unit_amount": messages.UNBILLED_FINETUNE})
+
+
 def price_terms_check(terms: dict[str, Any]) -> dict[str, Any]:
     """The price terms present in ``terms`` checked (ValidationError naming the field) and
     normalised: ``finetune_unit_amount`` as a Decimal. The admin (``Plan.clean``) and the

@@ -106,6 +106,41 @@ def test_the_plan_form_refuses_price_terms_that_cannot_be_priced(admin_user, cha
     assert field in form.errors, form.errors
 
 
+PRICED = {"standard": [{"up_to": None, "unit_amount": "40"}],
+          "int8": [{"up_to": None, "unit_amount": "24"}]}  # fmt: skip
+FREE_PRICES = {"standard": [{"up_to": None, "unit_amount": "0"}],
+               "int8": [{"up_to": None, "unit_amount": "0"}]}  # fmt: skip
+
+
+NO_FEE = {"base_fee": 0, "monthly_hard_cap": ""}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        # pay as you go: shown as owed on /v1/usage and the upcoming invoice, never invoiced
+        ({**NO_FEE, "overage_tiers": PRICED}, "overage_tiers"),
+        ({**NO_FEE, "overage_tiers": PRICED, "monthly_hard_cap": 200_000}, "overage_tiers"),
+        ({**NO_FEE, "overage_tiers": FREE_PRICES}, "finetune_unit_amount"),
+        ({**NO_FEE, "overage_tiers": PRICED, "monthly_hard_cap": 100_000,
+          "finetune_unit_amount": "0"}, None),
+        ({**NO_FEE, "overage_tiers": FREE_PRICES, "finetune_unit_amount": "0"}, None),
+        ({**NO_FEE, "overage_tiers": FREE_PRICES, "fine_tuning": False}, None),
+    ],
+)  # fmt: skip
+def test_a_plan_without_a_base_fee_must_charge_nothing(admin_user, changes, field):
+    """No Stripe subscription is made for a plan without a base fee, so nothing it charges
+    is billed: its overage must be capped at the included inputs or free, and its
+    fine-tuning free."""
+    form = _form(admin_user, Plan.objects.get(pk="pro@1"), **changes)  # 100,000 included
+    if field is None:
+        assert form.is_valid(), form.errors
+    else:
+        assert not form.is_valid()
+        assert field in form.errors, form.errors
+        assert "never billed" in str(form.errors[field])
+
+
 def test_the_free_plan_saves_unchanged(admin_user):
     form = _form(admin_user, Plan.objects.get(pk="free@1"))  # overage_tiers {}: no overage
     assert form.is_valid(), form.errors

@@ -58,7 +58,7 @@ def _form_data(**fields):
 def _plan_add(admin_client, slug: str, **terms):
     spec = {
         "slug": slug, "name": slug.title(), "is_current": True, "public": True,
-        "currency": "usd", "base_fee": 0, "included_inputs": 0, "overage_tiers": AUDIT_TIERS,
+        "currency": "usd", "base_fee": 1_000, "included_inputs": 0, "overage_tiers": AUDIT_TIERS,
         "finetune_unit_amount": "0", "rate_limit_per_minute": 600, "concurrency_cap": 4,
         "max_fine_tuned_models": 0, "cached_results_billed": True, **terms,
     }  # fmt: skip
