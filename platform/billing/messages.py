@@ -14,9 +14,9 @@ PAST_DUE_CHANGE = (
     "(moving to free is allowed)."
 )
 CURRENCY_MISMATCH = (
-    "The subscription is billed in {current}; plan '{plan}' is billed in {target}. Stripe bills "
-    "a customer in one currency, and a billing period's charges are never added across two: "
-    "choose a plan in {current}."
+    "This account is billed in {current}; plan '{plan}' is billed in {target}. Stripe bills "
+    "a customer in one currency for good, and a billing period's charges are never added "
+    "across two: choose a plan in {current}."
 )
 CHANGE_IN_PROGRESS = (
     "Another change of this subscription is still in progress; retry when it has finished."

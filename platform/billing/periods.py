@@ -51,6 +51,19 @@ def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]
 
 
 @transaction.atomic
+def billed_currency(*, tenant: Tenant) -> str | None:
+    """The currency the tenant has been billed in (its periods on plans with a base fee,
+    the latest), or None if never: Stripe bills a customer in one currency for good."""
+    latest = (
+        BillingPeriod.objects.for_tenant(tenant)
+        .filter(plan__base_fee__gt=0)
+        .order_by("-start")
+        .values_list("plan__currency", flat=True)
+        .first()
+    )
+    return str(latest) if latest else None
+
+
 def billing_period_record(*, sub: Subscription) -> None:
     """Record the subscription's current period. One that began earlier and runs past this
     one's start ends there (a plan change or cancellation cut it short); one recorded as

@@ -29,7 +29,7 @@ from tenants.selectors import tenant_context_forget
 
 from . import messages
 from .models import Subscription
-from .periods import billing_period_record, calendar_month, free_period_from
+from .periods import billed_currency, billing_period_record, calendar_month, free_period_from
 from .stripe_client import (
     PaymentRequired,
     as_dict,
@@ -267,13 +267,14 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
         # The plan it is on, whatever version: subscribers keep the version they signed (an
         # operator's newer, dearer one moved them, with a credit for the old fee).
         return sub
-    current = sub.plan
-    if plan.base_fee and current.base_fee and plan.currency != current.currency:
-        # Within a period, the two plans' charges would be summed under one currency label
-        # (/v1/usage said 2,033 EUR for 2,000 USD cents and 33 EUR cents).
+    billed = billed_currency(tenant=tenant) if plan.base_fee else None
+    if billed and plan.currency != billed:
+        # Stripe bills a customer in one currency for good (it refuses the subscription),
+        # and a period's charges were summed under one label (/v1/usage said 2,033 EUR for
+        # 2,000 USD cents and 33 EUR cents), through a move to free as well.
         raise Conflict(
             messages.CURRENCY_MISMATCH.format(
-                current=current.currency.upper(), target=plan.currency.upper(), plan=plan.slug
+                current=billed.upper(), target=plan.currency.upper(), plan=plan.slug
             ),
             code="currency_mismatch",
             param="plan",

@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 
+from billing.periods import billed_currency
 from billing.usage_pricing import range_charges, range_row_charges
 from plans.models import Plan
 from tenants.models import Tenant
@@ -66,7 +67,9 @@ def usage_summary(
             in_time_order=group_by == "day",
         )
         amounts = {str(group): amount for group, amount in by_row.items()}
-    currency = plan.currency
+    # The currency its charges were made in: the plan's own, unless the tenant was billed
+    # in another before (now on free, whose prices are in USD, with EUR periods in range).
+    currency = billed_currency(tenant=tenant) or plan.currency
     rows = grouped.values(group=F(key)).annotate(**sums).order_by("group")
     data = [
         {group_by: str(row["group"]), **_metrics(row, amounts.get(str(row["group"]), 0), currency)}

@@ -259,6 +259,30 @@ def test_a_paid_plan_in_another_currency_is_refused(tenant, client_for, stripe_a
     assert _local(tenant).plan_id == "pro@1"
     # Another plan in its currency, or free, is a change as before.
     assert client.post("/v1/subscription", {"plan": "scale"}, format="json").status_code == 200
+    # Through free as well: the account was billed in USD (Stripe would refuse the EUR
+    # subscription, and /v1/usage summed 11 USD and 20 EUR cents as 31 EUR).
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    refused = client.post("/v1/subscription", {"plan": "euro"}, format="json")
+    assert refused.status_code == 409, refused.content
+    assert refused.json()["error"]["code"] == "currency_mismatch"
+    assert "This account is billed in USD" in refused.json()["error"]["message"]
+    assert _local(tenant).plan.slug == "free"
+
+
+def test_usage_is_labelled_in_the_currency_it_was_billed_in(tenant, client_for, stripe_api):
+    """Back on free (priced in USD) after a EUR plan: the period's EUR charges were labelled
+    USD."""
+    pro = Plan.objects.get(pk="pro@1")
+    Plan.objects.create(
+        id="euro@1", slug="euro", name="Euro", currency="eur", base_fee=4500,
+        included_inputs=pro.included_inputs, overage_tiers=pro.overage_tiers,
+    )  # fmt: skip
+    client = client_for(tenant, ["billing"])
+    assert client.get("/v1/usage").json()["currency"] == "usd"  # never billed: free's
+    assert client.post("/v1/subscription", {"plan": "euro"}, format="json").status_code == 200
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    usage = client.get("/v1/usage").json()
+    assert usage["currency"] == usage["total"]["currency"] == "eur"
 
 
 def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_api, monkeypatch):
