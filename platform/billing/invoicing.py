@@ -8,26 +8,34 @@ retry never bills twice. Lines only grow within a period; growth is pushed as a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import redis
 import stripe
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
+from redis.exceptions import LockError
 
 from core.pagination import paginate
+from limits.services import redis_client
 from tenants.models import Tenant
 
 from .models import Invoice, Subscription, UsageChargePush
 from .periods import period_recorded
 from .rating import RatedPeriod, rate_tenant_period
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
-from .subscriptions import subscription_get_or_create
+from .subscriptions import lock_held, subscription_get_or_create
 
 logger = logging.getLogger(__name__)
+# One usage push per tenant at a time: the lock's timeout (renewed while a push runs) and
+# how long another waits for it.
+PUSH_LOCK_S = 60
+PUSH_WAIT_S = 60
 
 
 def period_key(start: datetime) -> str:
@@ -121,6 +129,10 @@ def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageC
     )
 
 
+class PushInProgress(Exception):
+    """Another push of the tenant's usage ran longer than ``PUSH_WAIT_S``: try later."""
+
+
 def usage_charges_push(
     *,
     tenant: Tenant,
@@ -131,10 +143,35 @@ def usage_charges_push(
     """Push what the ledger says for the period (default: the current one) up to ``until``
     (default: now) and Stripe does not hold yet. Returns the pushes made by this call.
 
+    One push at a time per tenant (a Redis lock, renewed while it runs): two at once each
+    sent the record the other had just made (the loser of the insert found it pending,
+    and looked it up in Stripe before the winner's item existed), and only Stripe's
+    idempotency key stood between them and a double charge: 175 EUR billed for 95 in the
+    ledger against an emulator without one. ``PushInProgress`` after ``PUSH_WAIT_S``.
+
     A closed period is pushed again whenever its rated usage has grown since: an event
     that reached the ledger after the renewal's push (consumer lag, an outage), or calls
     answered after a move to free or a cancellation in Stripe. Its items go on the live
     subscription's next invoice, or, with none, on an invoice of their own."""
+    lock = redis_client().lock(
+        f"usage-push:{tenant.pk}",
+        timeout=PUSH_LOCK_S,
+        blocking_timeout=PUSH_WAIT_S,
+        thread_local=False,  # renewed by lock_held's thread
+    )
+    if not lock.acquire():
+        raise PushInProgress(f"another usage push of {tenant.pk} is still running")
+    try:
+        with lock_held(lock):
+            return _push_locked(tenant, start, end, until)
+    finally:
+        with contextlib.suppress(redis.RedisError, LockError):
+            lock.release()
+
+
+def _push_locked(
+    tenant: Tenant, start: datetime | None, end: datetime | None, until: datetime | None
+) -> list[UsageChargePush]:
     sub = subscription_get_or_create(tenant=tenant)
     if not sub.stripe_customer_id or not stripe_configured():
         return []  # never on a paid plan: nothing to bill in Stripe

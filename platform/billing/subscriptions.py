@@ -139,11 +139,13 @@ def _payment_method_ensure(api: Any, customer_id: str) -> None:
 
 def _move_to_free(sub: Subscription, free: Plan) -> None:
     if sub.stripe_subscription_id:
-        from .invoicing import usage_charges_push  # NOTE: invoicing reads subscriptions
+        from .invoicing import PushInProgress, usage_charges_push  # (invoicing reads us)
 
         try:
-            # The period's usage so far goes on the final invoice that cancelling issues.
-            usage_charges_push(tenant=sub.tenant)
+            # The period's usage so far goes on the final invoice that cancelling issues
+            # (behind a push still running, it is pushed later, on an invoice of its own).
+            with contextlib.suppress(PushInProgress):
+                usage_charges_push(tenant=sub.tenant)
             stripe_api().Subscription.cancel(sub.stripe_subscription_id, invoice_now=True)
         except stripe.StripeError as exc:
             if not is_missing(exc):

@@ -8,6 +8,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 import stripe
 from django.db import transaction
 from django.utils import timezone
@@ -15,7 +16,7 @@ from django.utils import timezone
 from config.celery import app
 from tenants.models import Tenant
 
-from .invoicing import usage_charges_push
+from .invoicing import PushInProgress, usage_charges_push
 from .models import BillingPeriod, StripeEvent, Subscription
 from .reconciliation import reconciliation_run
 from .webhooks import stripe_event_process
@@ -28,7 +29,14 @@ TASK_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "reject_on_worker_lost": True,
     # Stripe or the network hiccups: retry with backoff (up to ~10 minutes).
-    "autoretry_for": (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError),
+    # So do a usage push that another still holds the tenant's lock for, and Redis.
+    "autoretry_for": (
+        stripe.APIConnectionError,
+        stripe.RateLimitError,
+        stripe.APIError,
+        PushInProgress,
+        redis.ConnectionError,
+    ),
     "retry_backoff": 2,
     "retry_backoff_max": 300,
     "max_retries": 8,

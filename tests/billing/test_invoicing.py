@@ -72,6 +72,31 @@ def test_usage_pushed_twice_is_billed_once(pro_tenant, stripe_api, client_for):
     assert upcoming["total"] == 4900 + 2400 + 24
 
 
+def test_pushes_at_once_send_each_item_once(transactional_db, pro_tenant, stripe_api):
+    """Two pushes at once each sent the record the other had just made: 175 EUR in Stripe
+    for 95 in the ledger, with only Stripe's idempotency key (the emulator has none) in
+    the way. One push at a time per tenant now; the others wait, then find nothing left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    sub = Subscription.objects.for_tenant(pro_tenant).get()
+    _usage(pro_tenant, 150_000)
+    _usage(pro_tenant, 1_000, model="minilm-l6-int8")
+
+    def push(_):
+        try:
+            return [(p.line, p.amount) for p in usage_charges_push(tenant=pro_tenant)]
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        made = [pair for pushes in pool.map(push, range(6)) for pair in pushes]
+    assert sorted(made) == [("usage:int8", 24), ("usage:standard", 2000)]
+    items = _stripe_items(stripe_api, sub.stripe_customer_id)
+    assert sorted(i["amount"] for i in items) == [24, 2000]
+
+
 def test_a_plan_change_never_reprices_usage_made_before_it(pro_tenant, stripe_api, client_for):
     """Pro's overage stays priced at pro after an upgrade to scale (whose 2,000,000
     included inputs would otherwise swallow it): what was pushed still matches the ledger,

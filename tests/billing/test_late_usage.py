@@ -174,11 +174,17 @@ def test_the_hourly_beat_sweeps_periods_closed_this_week(
 
 @pytest.mark.django_db(transaction=True)
 def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch):
-    """One push reads what was pushed; another runs whole right after that read: the first's
-    item then takes the sequence number the second took, and is refused. (What was pushed
-    and how many pushes there are were two reads: a push landing between them paired the
-    old total with the next number, and billed the growth twice.)"""
+    """One push reads what was pushed; another starts right after that read. (What was
+    pushed and how many pushes there are were two reads: a push landing between them
+    paired the old total with the next number, and billed the growth twice.) Pushes now
+    take the tenant's lock: the second waits for the first, here past its wait, and says
+    so (``PushInProgress``, which the tasks retry)."""
     from django.db.models import QuerySet
+
+    from billing import invoicing
+
+    monkeypatch.setattr(invoicing, "PUSH_WAIT_S", 0.5)
+    outcomes: dict[str, object] = {}
 
     sub = subscription_change(tenant=tenant, plan_slug="pro")
     _usage(tenant, 150_000, at=timezone.now(), plan_id=sub.plan_id)
@@ -198,8 +204,11 @@ def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch
         return seen
 
     def push_in_thread():
+        name = threading.current_thread().name
         try:
-            usage_charges_push(tenant=tenant)
+            outcomes[name] = [p.amount for p in usage_charges_push(tenant=tenant)]
+        except invoicing.PushInProgress as exc:
+            outcomes[name] = exc
         finally:
             connection.close()
 
@@ -208,6 +217,8 @@ def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch
     first.start()
     first.join(60)
     assert other_done.is_set()
+    assert outcomes["first"] == [400]
+    assert isinstance(outcomes["second"], invoicing.PushInProgress)
     assert _pushed(tenant, sub.current_period_start) == [400, 2000]
     held = _in_stripe(stripe_api, sub.stripe_customer_id, sub.current_period_start)
     assert [amount for amount, _ in held] == [400, 2000]
