@@ -11,7 +11,12 @@ WEBHOOK_BAD_PAYLOAD = "The payload is not a Stripe event."
 WEBHOOK_NOT_CONFIGURED = "No webhook secret is configured."
 PAST_DUE_CHANGE = (
     "The subscription is past due: pay its open invoice before moving to another paid plan "
-    "(moving to free is allowed)."
+    "(moving to free is allowed). GET /v1/invoices gives each invoice's payment page "
+    "(hosted_invoice_url)."
+)
+OPEN_INVOICE_CHANGE = (
+    "Invoice {invoice} is unpaid ({amount} due, in {currency} minor units): pay it before "
+    "subscribing to a paid plan. GET /v1/invoices gives its payment page (hosted_invoice_url)."
 )
 CURRENCY_MISMATCH = (
     "This account is billed in {current}; plan '{plan}' is billed in {target}. Stripe bills "

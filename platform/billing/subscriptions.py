@@ -28,7 +28,7 @@ from tenants.models import Tenant
 from tenants.selectors import tenant_context_forget
 
 from . import messages
-from .models import Subscription
+from .models import Invoice, Subscription
 from .periods import billed_currency, billing_period_record, calendar_month, free_period_from
 from .stripe_client import (
     PaymentRequired,
@@ -192,8 +192,17 @@ def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str
     if not current and result.get("status") == "incomplete":
         # The first payment did not go through (declined, or it needs an action nobody is
         # there to take). Stripe answers 402 itself under error_if_incomplete; an emulator
-        # or a slow charge can still leave this: undo it and say so the same way.
+        # or a slow charge can still leave this: undo it and say so the same way. Its
+        # invoice is voided: left open, it would ask to be paid for nothing (and an open
+        # invoice keeps the tenant off paid plans).
         api.Subscription.cancel(result["id"])
+        latest = result.get("latest_invoice")
+        invoice_id = latest.get("id") if isinstance(latest, dict) else latest
+        if invoice_id:
+            try:
+                api.Invoice.void_invoice(invoice_id)
+            except stripe.StripeError as exc:  # (paid or voided meanwhile)
+                logger.warning("could not void %s after a declined payment: %s", invoice_id, exc)
         raise PaymentRequired(
             messages.PAYMENT_DECLINED.format(reason="the first payment did not complete"),
             code="card_declined",
@@ -284,6 +293,18 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
     if plan.base_fee and sub.status == Subscription.Status.PAST_DUE:
         # A new paid plan would raise a new invoice on a card that is failing already.
         raise PaymentRequired(messages.PAST_DUE_CHANGE, code="subscription_unpaid")
+    unpaid = Invoice.objects.for_tenant(tenant).filter(status="open", amount_due__gt=0)
+    if plan.base_fee and (invoice := unpaid.order_by("created_at").first()) is not None:
+        # Past due, then free, then a paid plan again: the unpaid block was gone with the
+        # subscription, and its open invoice was left behind (cancelling stops collection).
+        raise PaymentRequired(
+            messages.OPEN_INVOICE_CHANGE.format(
+                invoice=invoice.number or invoice.id,
+                amount=f"{invoice.amount_due - invoice.amount_paid:,}",
+                currency=invoice.currency.upper(),
+            ),
+            code="subscription_unpaid",
+        )
     if not plan.base_fee:
         _move_to_free(sub, plan)
         sub.save()

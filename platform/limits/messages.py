@@ -26,7 +26,10 @@ TEST_QUOTA_LEFT = (
     "allowance of {cap} inputs. Test-mode calls are not billed and are counted apart from "
     "live ones; send fewer inputs, use a live key, or wait for the next period."
 )
-PAST_DUE = "Your subscription is past due. Update your payment method to continue."
+PAST_DUE = (
+    "Your subscription is past due. Pay its open invoice to continue: GET /v1/invoices gives "
+    "its payment page (hosted_invoice_url)."
+)
 CANCELED = "Your subscription is canceled. Choose a plan to continue."
 QUOTA_UNREADABLE = (
     "This period's usage could not be checked against your quota just now. Nothing was "

@@ -239,6 +239,22 @@ def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, str
     assert _local(tenant).plan_id == "pro@1"
     # Leaving for free is allowed (it cancels the subscription).
     assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    # Its open invoice stays to be paid: no paid plan through free until it is (the unpaid
+    # block went with the subscription, and a paid plan was 200, the invoice forgotten).
+    from billing.models import Invoice
+
+    unpaid = Invoice.objects.create(
+        id="in_unpaid", tenant=tenant, number="MARGIN-0007", status="open", currency="usd",
+        amount_due=4900, total=4900, created_at=timezone.now(),
+    )  # fmt: skip
+    refused = client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    assert refused.status_code == 402
+    error = refused.json()["error"]
+    assert error["code"] == "subscription_unpaid"
+    assert "MARGIN-0007 is unpaid (4,900 due, in USD minor units)" in error["message"]
+    assert _local(tenant).plan.slug == "free"
+    Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(status="paid", amount_paid=4900)
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
 
 
 def test_a_paid_plan_in_another_currency_is_refused(tenant, client_for, stripe_api):
@@ -307,6 +323,9 @@ def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_a
     assert (error["type"], error["code"]) == ("payment_required", "card_declined")
     assert _local(tenant).plan_id == "free@1" and _local(tenant).stripe_subscription_id == ""
     assert not stripe_api.Subscription.list(customer=customer.id).data
+    # Nothing is left to pay for it: its invoice was voided (it stayed open for 49 USD).
+    invoices = stripe_api.Invoice.list(customer=customer.id).data
+    assert [i.status for i in invoices] == ["void"]
 
     # With a card that works, the next attempt is a new one at Stripe, not a replay of the
     # decline: it subscribes.
