@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 # a concurrent one waits this long for it before answering 409.
 CHANGE_LOCK_S = 120
 CHANGE_WAIT_S = 30
+# An invoice still open this long after it was made has had a payment fail.
+UNPAID_INVOICE_AGE = timedelta(days=1)
 
 FREE_SLUG = "free"
 
@@ -293,10 +295,15 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
     if plan.base_fee and sub.status == Subscription.Status.PAST_DUE:
         # A new paid plan would raise a new invoice on a card that is failing already.
         raise PaymentRequired(messages.PAST_DUE_CHANGE, code="subscription_unpaid")
-    unpaid = Invoice.objects.for_tenant(tenant).filter(status="open", amount_due__gt=0)
+    unpaid = Invoice.objects.for_tenant(tenant).filter(
+        status="open", amount_due__gt=0, created_at__lt=timezone.now() - UNPAID_INVOICE_AGE
+    )
     if plan.base_fee and (invoice := unpaid.order_by("created_at").first()) is not None:
         # Past due, then free, then a paid plan again: the unpaid block was gone with the
         # subscription, and its open invoice was left behind (cancelling stops collection).
+        # NOTE: only one open for a day, so a payment has failed: Stripe first tries an
+        # hour after an invoice is made (a move to free's final one, say), and a return to
+        # a paid plan within it must not be refused.
         raise PaymentRequired(
             messages.OPEN_INVOICE_CHANGE.format(
                 invoice=invoice.number or invoice.id,

@@ -247,6 +247,13 @@ def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, str
         id="in_unpaid", tenant=tenant, number="MARGIN-0007", status="open", currency="usd",
         amount_due=4900, total=4900, created_at=timezone.now(),
     )  # fmt: skip
+    # Made just now (a move to free's final invoice, which Stripe first tries to collect an
+    # hour later): no payment has failed yet, so it is no reason to refuse.
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(
+        created_at=timezone.now() - timedelta(days=2)
+    )
     refused = client.post("/v1/subscription", {"plan": "pro"}, format="json")
     assert refused.status_code == 402
     error = refused.json()["error"]
