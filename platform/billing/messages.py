@@ -5,6 +5,10 @@ PLAN_NOT_SYNCED = "The plan '{plan}' is not available for purchase yet."
 PAYMENT_DECLINED = "The payment method on file was declined ({reason})."
 STRIPE_NOT_CONFIGURED = "Paid plans are not available: billing is not configured."
 STRIPE_UNAVAILABLE = "The payment provider did not answer; try again shortly."
+STRIPE_REFUSED = (
+    "The payment provider refused the request ({code}); billing for this account needs the "
+    "operator's attention. Try again later."
+)
 WEBHOOK_NO_SIGNATURE = "Missing Stripe-Signature header."
 WEBHOOK_BAD_SIGNATURE = "The signature does not match the payload, or it is too old."
 WEBHOOK_BAD_PAYLOAD = "The payload is not a Stripe event."

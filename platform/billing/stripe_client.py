@@ -9,6 +9,7 @@ not dicts) and its errors into the API's error shape.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import stripe
@@ -17,6 +18,8 @@ from django.conf import settings
 from core.errors import APIError
 
 from . import messages
+
+logger = logging.getLogger(__name__)
 
 # NOTE: the library pins its own API version (2026-10-28 for stripe 16); objects are read
 # defensively below because the emulator answers in an older shape.
@@ -64,7 +67,13 @@ def stripe_error_to_api(exc: stripe.StripeError) -> APIError:
             messages.PAYMENT_DECLINED.format(reason=exc.user_message or "declined"),
             code="card_declined",
         )
-    return BillingUnavailable(messages.STRIPE_UNAVAILABLE)
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.APIError):
+        return BillingUnavailable(messages.STRIPE_UNAVAILABLE)
+    # It answered, and refused: a state or set-up of ours it does not accept (a subscription
+    # cancelled there and not here yet, a key without access). Not the caller's to fix by
+    # retrying at once; the log has Stripe's own message.
+    logger.error("Stripe refused a request: %s", exc)
+    return BillingUnavailable(messages.STRIPE_REFUSED.format(code=exc.code or type(exc).__name__))
 
 
 def is_already_exists(exc: stripe.StripeError) -> bool:

@@ -361,3 +361,23 @@ def test_a_retried_change_with_an_idempotency_key_subscribes_once(tenant, client
     assert again.headers["Idempotent-Replayed"] == "true" and again.json() == first.json()
     customer = _local(tenant).stripe_customer_id
     assert len(stripe_api.Subscription.list(customer=customer).data) == 1
+
+
+def test_stripe_refusing_is_not_told_as_stripe_not_answering(tenant, client_for, stripe_api):
+    """The subscription cancelled in Stripe and its webhook lost: the upcoming invoice's
+    preview is refused there. It was a 503 'did not answer', which sent people looking at
+    the network."""
+    import stripe
+
+    from billing.stripe_client import stripe_error_to_api
+
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    stripe_api.Subscription.cancel(_local(tenant).stripe_subscription_id)
+    response = client.get("/v1/invoices/upcoming")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "billing_unavailable"
+    assert "refused the request" in error["message"], error
+    down = stripe_error_to_api(stripe.APIConnectionError("connection refused"))
+    assert "did not answer" in down.message
