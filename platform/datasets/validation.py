@@ -30,6 +30,9 @@ MIN_LABELS = 2
 MIN_EXAMPLES_PER_LABEL = 5
 WARN_EXAMPLES_PER_LABEL = 10
 
+# A member the line lacks (``"label": null`` is there, and not a string).
+MISSING: Any = object()
+
 
 @dataclass
 class Validation:
@@ -89,7 +92,7 @@ class Validation:
         problems = []
         stripped = False  # whether the label had surrounding whitespace removed
         for name, value in (("text", text), ("label", label)):
-            if value is None:
+            if value is MISSING:
                 problems.append(messages.MISSING_FIELD.format(field=name))
             elif not isinstance(value, str):
                 problems.append(messages.NOT_STRING.format(field=name))
@@ -201,7 +204,7 @@ def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
         if not extra_seen and set(row) - {"text", "label"}:
             extra_seen = True
             result.warn(number, messages.EXTRA_KEYS.format(line=number))
-        result.add(number, row.get("text"), row.get("label"))
+        result.add(number, row.get("text", MISSING), row.get("label", MISSING))
 
 
 def _csv(lines: list[tuple[int, str]], result: Validation) -> None:

@@ -55,6 +55,7 @@ def test_each_line_problem_is_reported_with_its_line():
         json.dumps({"text": "fine again", "label": "\u200b"}),
     ]
     data = ("\n".join(lines) + "\n").encode() + b'{"text": "\xff", "label": "a"}\n'
+    data += b'{"text": "a null label", "label": null}\n'  # there, and not a string
     found = messages_by_line(dataset_validate(data))
     by_line = {}
     for line, message in found:
@@ -71,6 +72,7 @@ def test_each_line_problem_is_reported_with_its_line():
     assert by_line[10] == ["'text' is empty (or has nothing visible in it)."]
     assert by_line[11] == ["'label' is empty (or has nothing visible in it)."]
     assert by_line[12] == ["Line is not valid UTF-8."]
+    assert by_line[13] == ["'label' must be a string."]  # was "Missing 'label'."
 
 
 def test_whole_file_rules():
