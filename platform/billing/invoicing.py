@@ -129,6 +129,15 @@ def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageC
     )
 
 
+def _growth(description: str, already: int) -> str:
+    """An item after the first of a line bills what the line grew by: its text says the
+    line's total is to date and what was billed before (a second item read '7 inputs over
+    the included 10' beside the first's '5 inputs', for the 2 inputs it billed)."""
+    if not already:
+        return description
+    return f"{description}, to date; {already:,} of its amount billed in earlier items"
+
+
 class PushInProgress(Exception):
     """Another push of the tenant's usage ran longer than ``PUSH_WAIT_S``: try later."""
 
@@ -201,7 +210,8 @@ def _push_locked(
                         tenant_id=tenant.id, start=start, line=line.key, sequence=count + 1
                     ),
                     tenant=tenant, period_start=start, period_end=end, line=line.key,
-                    description=line.description[: 300 - len(of_period)] + of_period,
+                    description=_growth(line.description, already)[: 300 - len(of_period)]
+                    + of_period,
                     amount=line.amount - already, currency=rated.currency,
                 )  # fmt: skip
         except IntegrityError:

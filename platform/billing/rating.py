@@ -108,8 +108,8 @@ def rate(
             amount = _round(graduated(billable, tiers[tier]))
             lines.append(
                 ChargeLine(f"usage:{tier}", f"Classification, {tier} models, "
-                           f"{billable:,} inputs over the included {plan.included_inputs:,}",
-                           billable, amount)
+                           f"{billable:,} inputs past the {plan.included_inputs:,} included "
+                           "(all models together)", billable, amount)
             )  # fmt: skip
     if trained_tokens and plan.finetune_unit_amount:
         amount = _round(Decimal(trained_tokens) * plan.finetune_unit_amount / PER)

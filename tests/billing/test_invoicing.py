@@ -61,6 +61,10 @@ def test_usage_pushed_twice_is_billed_once(pro_tenant, stripe_api, client_for):
     grown = usage_charges_push(tenant=pro_tenant)
     assert [(p.line, p.amount) for p in grown] == [("usage:standard", 400)]
     assert grown[0].idempotency_key.endswith("usage:standard:2")
+    assert grown[0].description == (
+        "Classification, standard models, 60,000 inputs past the 100,000 included (all models"
+        " together), to date; 2,000 of its amount billed in earlier items"
+    )
     items = _stripe_items(stripe_api, sub.stripe_customer_id)
     assert sorted(i["amount"] for i in items) == [24, 400, 2000]
 
