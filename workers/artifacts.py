@@ -148,8 +148,9 @@ class ArtifactStore:
         """Remove the embeddings ``owner``'s jobs derived from dataset file ``source`` (under
         every encoder) and their blobs, once the caller found no dataset or unfinished job
         of ``owner`` refers to it: data derived from a deleted dataset leaves with it. A job
-        that needs them again computes them again, and another tenant's ref to the same
-        bytes, if any, misses and does the same. Returns how many were removed."""
+        that needs them again computes them again. Each owner's embeddings are bytes of its
+        own (``workers.training.head.embeddings_get``), so no other tenant's ref points at
+        a blob removed here. Returns how many were removed."""
         if (
             not _HASH.fullmatch(source)
             or not _REF.fullmatch(owner)

@@ -148,6 +148,7 @@ def usage_charges_push(
     start: datetime | None = None,
     end: datetime | None = None,
     until: datetime | None = None,
+    wait_s: float | None = None,
 ) -> list[UsageChargePush]:
     """Push what the ledger says for the period (default: the current one) up to ``until``
     (default: now) and Stripe does not hold yet. Returns the pushes made by this call.
@@ -156,7 +157,8 @@ def usage_charges_push(
     sent the record the other had just made (the loser of the insert found it pending,
     and looked it up in Stripe before the winner's item existed), and only Stripe's
     idempotency key stood between them and a double charge: 175 EUR billed for 95 in the
-    ledger against an emulator without one. ``PushInProgress`` after ``PUSH_WAIT_S``.
+    ledger against an emulator without one. ``PushInProgress`` after ``wait_s`` (default
+    ``PUSH_WAIT_S``; 0: not at all).
 
     A closed period is pushed again whenever its rated usage has grown since: an event
     that reached the ledger after the renewal's push (consumer lag, an outage), or calls
@@ -165,7 +167,7 @@ def usage_charges_push(
     lock = redis_client().lock(
         f"usage-push:{tenant.pk}",
         timeout=PUSH_LOCK_S,
-        blocking_timeout=PUSH_WAIT_S,
+        blocking_timeout=PUSH_WAIT_S if wait_s is None else wait_s,
         thread_local=False,  # renewed by lock_held's thread
     )
     if not lock.acquire():

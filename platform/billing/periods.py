@@ -50,7 +50,6 @@ def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]
         cursor = following
 
 
-@transaction.atomic
 def billed_currency(*, tenant: Tenant) -> str | None:
     """The currency the tenant has been billed in (its periods on plans with a base fee,
     the latest), or None if never: Stripe bills a customer in one currency for good."""
@@ -64,6 +63,7 @@ def billed_currency(*, tenant: Tenant) -> str | None:
     return str(latest) if latest else None
 
 
+@transaction.atomic
 def billing_period_record(*, sub: Subscription) -> None:
     """Record the subscription's current period. One that began earlier and runs past this
     one's start ends there (a plan change or cancellation cut it short); one recorded as

@@ -145,9 +145,10 @@ def _move_to_free(sub: Subscription, free: Plan) -> None:
 
         try:
             # The period's usage so far goes on the final invoice that cancelling issues
-            # (behind a push still running, it is pushed later, on an invoice of its own).
-            with contextlib.suppress(PushInProgress):
-                usage_charges_push(tenant=sub.tenant)
+            # (behind a push still running, or with Redis down, it is pushed later, on an
+            # invoice of its own: the request does not wait for it).
+            with contextlib.suppress(PushInProgress, redis.RedisError):
+                usage_charges_push(tenant=sub.tenant, wait_s=0)
             stripe_api().Subscription.cancel(sub.stripe_subscription_id, invoice_now=True)
         except stripe.StripeError as exc:
             if not is_missing(exc):

@@ -35,7 +35,7 @@ TASK_OPTIONS: dict[str, Any] = {
         stripe.RateLimitError,
         stripe.APIError,
         PushInProgress,
-        redis.ConnectionError,
+        redis.RedisError,
     ),
     "retry_backoff": 2,
     "retry_backoff_max": 300,

@@ -184,6 +184,10 @@ HANDLERS: dict[str, Callable[[dict[str, Any], int], None]] = {
     "invoice.paid": handle_invoice,
     "invoice.payment_succeeded": handle_invoice,
     "invoice.payment_failed": handle_invoice,
+    # An invoice voided (a declined first payment's) or written off: the mirror must leave
+    # "open", or an open invoice keeps the tenant off paid plans for good.
+    "invoice.voided": handle_invoice,
+    "invoice.marked_uncollectible": handle_invoice,
 }
 
 

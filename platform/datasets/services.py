@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -17,6 +19,8 @@ from . import messages
 from .models import Dataset
 from .selectors import dataset_get, dataset_jobs_unfinished
 from .validation import dataset_validate, normalised_jsonl
+
+logger = logging.getLogger(__name__)
 
 
 def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
@@ -108,7 +112,10 @@ def dataset_files_sweep(dataset_ids: list[str] | None = None) -> int:
     rows = pending.values_list("pk", "tenant_id", "raw_file", "content_file")
     for dataset_id, tenant_id, raw_file, content_file in rows.iterator():
         if _blobs_release([raw_file, content_file]):
-            _embeddings_release(tenant_id, content_file)
+            try:
+                _embeddings_release(tenant_id, content_file)
+            except (OSError, ValueError):  # one bad cache must not stop the sweep
+                logger.exception("could not release the embeddings of dataset %s", dataset_id)
             Dataset.objects.unscoped().filter(pk=dataset_id).update(
                 files_released_at=timezone.now()
             )

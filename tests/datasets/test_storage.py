@@ -122,7 +122,8 @@ def test_a_deleted_datasets_cached_embeddings_leave_with_it(api, tenant, client_
 
     mine, _ = cache(tenant.pk, ["a late parcel", "a broken lid"])
     mine_split, _ = cache(tenant.pk, ["a broken lid"], more="validation")
-    theirs, _ = cache(other.pk, ["their own rows"])
+    theirs, _ = cache(other.pk, ["a late parcel", "a broken lid"])  # the same rows
+    assert theirs != mine  # bytes of its own: one's release never empties the other's
     assert cache(tenant.pk, ["a late parcel", "a broken lid"]) == (mine, True)  # reused
 
     for made in (first, second):
@@ -136,6 +137,7 @@ def test_a_deleted_datasets_cached_embeddings_leave_with_it(api, tenant, client_
     assert not store.exists(mine) and not store.exists(mine_split)
     assert cache(tenant.pk, ["a late parcel", "a broken lid"])[1] is False  # embedded again
     assert store.exists(theirs) and store.exists(digest)  # the other tenant's, untouched
+    assert cache(other.pk, ["a late parcel", "a broken lid"]) == (theirs, True)  # still reused
 
 
 def test_files_an_unfinished_job_trains_on_are_released_once_it_has_finished(api, tenant):

@@ -70,7 +70,11 @@ def embeddings_get(
         if vectors is not None and vectors.shape[0] == len(texts):
             return vectors, tokens, True
     vectors = embed_sorted(encoder, [t.ids for t in tokenized], step)
-    store.ref_set(ref, store.put(save({"embeddings": vectors.contiguous()})))
+    # The owner in the bytes: each tenant's cache is a blob of its own, so one tenant's
+    # dataset delete releasing its cache never empties another's (whose next job would say
+    # it computed embeddings it had reused: that the other had trained on the same file).
+    data = save({"embeddings": vectors.contiguous()}, metadata={"owner": owner})
+    store.ref_set(ref, store.put(data))
     return vectors, tokens, False
 
 
