@@ -23,9 +23,9 @@ OPEN_INVOICE_CHANGE = (
     "subscribing to a paid plan. GET /v1/invoices gives its payment page (hosted_invoice_url)."
 )
 CURRENCY_MISMATCH = (
-    "This account is billed in {current}; plan '{plan}' is billed in {target}. Stripe bills "
-    "a customer in one currency for good, and a billing period's charges are never added "
-    "across two: choose a plan in {current}."
+    "This account has been billed in {current}, and keeps its charges in one currency (a "
+    "billing period's, and /v1/usage's over any range); plan '{plan}' is billed in {target}: "
+    "choose a plan in {current}."
 )
 CHANGE_IN_PROGRESS = (
     "Another change of this subscription is still in progress; retry when it has finished."

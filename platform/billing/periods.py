@@ -52,7 +52,7 @@ def months(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]
 
 def billed_currency(*, tenant: Tenant) -> str | None:
     """The currency the tenant has been billed in (its periods on plans with a base fee,
-    the latest), or None if never: Stripe bills a customer in one currency for good."""
+    the latest), or None if never: an account keeps its charges in one currency."""
     latest = (
         BillingPeriod.objects.for_tenant(tenant)
         .filter(plan__base_fee__gt=0)

@@ -283,9 +283,10 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
         return sub
     billed = billed_currency(tenant=tenant) if plan.base_fee else None
     if billed and plan.currency != billed:
-        # Stripe bills a customer in one currency for good (it refuses the subscription),
-        # and a period's charges were summed under one label (/v1/usage said 2,033 EUR for
-        # 2,000 USD cents and 33 EUR cents), through a move to free as well.
+        # An account keeps one currency: a period's charges were summed under one label
+        # (/v1/usage said 2,033 EUR for 2,000 USD cents and 33 EUR cents), and a range of
+        # /v1/usage across a move to free and back did the same. (Stripe itself takes a new
+        # currency once the old one's subscription is cancelled; this is our rule.)
         raise Conflict(
             messages.CURRENCY_MISMATCH.format(
                 current=billed.upper(), target=plan.currency.upper(), plan=plan.slug

@@ -288,7 +288,7 @@ def test_a_paid_plan_in_another_currency_is_refused(tenant, client_for, stripe_a
     refused = client.post("/v1/subscription", {"plan": "euro"}, format="json")
     assert refused.status_code == 409, refused.content
     assert refused.json()["error"]["code"] == "currency_mismatch"
-    assert "This account is billed in USD" in refused.json()["error"]["message"]
+    assert "This account has been billed in USD" in refused.json()["error"]["message"]
     assert _local(tenant).plan.slug == "free"
 
 
