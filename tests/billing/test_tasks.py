@@ -95,6 +95,22 @@ def test_beat_pushes_and_reconciles_every_paid_tenant(
     assert not Reconciliation.objects.for_tenant(other_tenant).exists()
 
 
+def test_the_daily_run_finds_a_cancellation_whose_webhook_was_lost(
+    tenant, live_server, platform_worker, stripe_api, client_for
+):
+    """Cancelled in Stripe, its event never delivered: the tenant was still served on the
+    paid plan, and its upcoming invoice was a 503, until Stripe sent the event again. The
+    daily run now reads the subscription from Stripe first."""
+    subscription_change(tenant=tenant, plan_slug="pro")
+    stripe_api.Subscription.cancel(_sub(tenant).stripe_subscription_id)  # no webhook here
+    assert _sub(tenant).plan_id == "pro@1"
+    with platform_worker():
+        reconcile_all_task.apply_async()
+        wait_for(lambda: _sub(tenant).plan.slug == "free" or None, what="the move to free")
+    assert _sub(tenant).stripe_subscription_id == ""
+    assert client_for(tenant, ["billing"]).get("/v1/invoices/upcoming").status_code == 200
+
+
 def test_the_sweep_processes_events_that_were_never_enqueued(
     tenant, live_server, platform_worker, stripe_api
 ):
