@@ -189,8 +189,9 @@ def _push_locked(
     start = start or sub.current_period_start
     end = end or sub.current_period_end
     current = start == sub.current_period_start
-    if current and not sub.stripe_subscription_id:
-        return []  # on free now: its own period is not invoiced
+    # NOTE: a period on free is rated too: its own usage charges nothing, but usage made on
+    # a paid plan can land in it (a fine-tune the paid plan admitted, finished after the
+    # move to free: "billed on the plan that admitted it"), and was never billed.
     cut = min(end, until or timezone.now())
     _, plan = period_recorded(tenant=tenant, sub=sub, start=start)
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,

@@ -87,6 +87,8 @@ def reconciliation_run(
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
                                include_base_fee=False)  # fmt: skip
     in_stripe = stripe_usage_total(tenant=tenant, customer_id=sub.stripe_customer_id, start=start)
+    if not plan.base_fee and not rated.usage_total and not in_stripe:
+        return None  # a period on free with nothing a paid plan admitted: nothing to check
     row = Reconciliation.objects.create(
         tenant=tenant,
         period_start=start,

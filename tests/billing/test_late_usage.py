@@ -119,6 +119,30 @@ def test_calls_answered_as_the_tenant_moves_to_free_are_billed_on_an_invoice_of_
     assert not awaiting.all().exists()
 
 
+def test_a_fine_tune_that_finishes_after_a_move_to_free_is_billed_on_the_plan_that_admitted_it(
+    tenant, stripe_api, caplog
+):
+    """Subscribe, queue a job, move to free: the job finished in free's period, its usage
+    priced on pro (5 cents on /v1/usage), and nothing pushed it (free's period was never
+    invoiced) nor reconciled it: fine-tuning for free."""
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    customer, pro_id = sub.stripe_customer_id, sub.plan_id
+    sub = subscription_change(tenant=tenant, plan_slug="free")
+    free_start = sub.current_period_start
+    UsageRecord.objects.create(
+        event_id="ftjob_late", kind="fine_tune", tenant=tenant, api_key_id="key_x",
+        livemode=True, model="minilm-l6", inputs=256, tokens=10_000, compute_ms=1.0,
+        occurred_at=timezone.now(), plan_id=pro_id,
+    )  # fmt: skip
+    caplog.set_level(logging.ERROR, logger="billing.invoicing")
+    pushed = usage_charges_push(tenant=tenant)  # free's own period, as the beat runs it
+    assert [(push.line, push.amount) for push in pushed] == [("finetune", 5)]
+    assert _in_stripe(stripe_api, customer, free_start) == [(5, None)]
+    row = reconciliation_run(tenant=tenant)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (5, 5, 0)
+    assert usage_charges_push(tenant=tenant) == []  # pushed once
+
+
 def test_usage_since_the_last_hourly_push_is_billed_when_stripe_cancels(
     tenant, stripe_api, django_capture_on_commit_callbacks
 ):
