@@ -72,9 +72,11 @@ def stripe_apply(sub: Subscription, stripe_sub: dict[str, Any], observed_at: int
         if sub.stripe_subscription_id:  # not moved to free already (by _move_to_free)
             sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
         sub.plan = free_plan_current()
-        sub.status = Subscription.Status.ACTIVE
         sub.stripe_subscription_id = ""
-        sub.past_due_since = None
+        if sub.status != Subscription.Status.PAST_DUE:
+            sub.status, sub.past_due_since = Subscription.Status.ACTIVE, None
+        # A debt does not leave with the subscription (dunning cancelled it, or the tenant
+        # moved to free): past due until its invoice is paid (webhooks.handle_invoice).
         return
     plan = _stripe_plan(stripe_sub)
     if plan is None:

@@ -154,9 +154,10 @@ def _move_to_free(sub: Subscription, free: Plan) -> None:
             if not is_missing(exc):
                 raise stripe_error_to_api(exc) from exc
     sub.plan = free
-    sub.status = Subscription.Status.ACTIVE
     sub.stripe_subscription_id = ""
-    sub.past_due_since = None
+    if sub.status != Subscription.Status.PAST_DUE:
+        sub.status, sub.past_due_since = Subscription.Status.ACTIVE, None
+    # (Past due stays past due on free until its invoice is paid: webhooks.handle_invoice.)
     sub.stripe_updated_at = int(time.time())
     sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
 

@@ -229,41 +229,6 @@ def test_a_test_mode_key_cannot_change_the_plan(tenant, client_for, stripe_api):
     assert _local(tenant).plan.slug == "free" and not _local(tenant).stripe_customer_id
 
 
-def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, stripe_api):
-    client = client_for(tenant, ["billing"])
-    client.post("/v1/subscription", {"plan": "pro"}, format="json")
-    Subscription.objects.for_tenant(tenant).update(status="past_due")
-    refused = client.post("/v1/subscription", {"plan": "scale"}, format="json")
-    assert refused.status_code == 402
-    assert refused.json()["error"]["code"] == "subscription_unpaid"
-    assert _local(tenant).plan_id == "pro@1"
-    # Leaving for free is allowed (it cancels the subscription).
-    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
-    # Its open invoice stays to be paid: no paid plan through free until it is (the unpaid
-    # block went with the subscription, and a paid plan was 200, the invoice forgotten).
-    from billing.models import Invoice
-
-    unpaid = Invoice.objects.create(
-        id="in_unpaid", tenant=tenant, number="MARGIN-0007", status="open", currency="usd",
-        amount_due=4900, total=4900, created_at=timezone.now(),
-    )  # fmt: skip
-    # Made just now (a move to free's final invoice, which Stripe first tries to collect an
-    # hour later): no payment has failed yet, so it is no reason to refuse.
-    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
-    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
-    Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(
-        created_at=timezone.now() - timedelta(days=2)
-    )
-    refused = client.post("/v1/subscription", {"plan": "pro"}, format="json")
-    assert refused.status_code == 402
-    error = refused.json()["error"]
-    assert error["code"] == "subscription_unpaid"
-    assert "MARGIN-0007 is unpaid (4,900 due, in USD minor units)" in error["message"]
-    assert _local(tenant).plan.slug == "free"
-    Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(status="paid", amount_paid=4900)
-    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
-
-
 def test_a_paid_plan_in_another_currency_is_refused(tenant, client_for, stripe_api):
     """Its period's charges were summed under one label: /v1/usage said 2,033 EUR for 2,000
     USD cents and 33 EUR cents (and Stripe bills a customer in one currency)."""

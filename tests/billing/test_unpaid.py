@@ -1,0 +1,90 @@
+"""Unpaid accounts: past due keeps a tenant off other paid plans and follows it to free
+until its invoice is paid; an invoice open for a day (a payment failed) keeps any tenant
+off paid plans."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing.models import Subscription
+
+pytestmark = pytest.mark.django_db
+
+
+def _local(tenant):
+    return Subscription.objects.for_tenant(tenant).select_related("plan").get()
+
+
+def test_a_past_due_tenant_pays_before_another_paid_plan(tenant, client_for, stripe_api):
+    """Past due: no other paid plan; free is allowed (it cancels the subscription) but the
+    debt goes along: still past due there, calls refused after the grace period, until the
+    invoice is paid. (Past due, free, then paid again left the invoice uncollected for good:
+    cancelling stops Stripe's collection of it.)"""
+    from billing.models import Invoice
+    from billing.subscriptions import subscription_for_enforcement
+    from billing.webhooks import handle_invoice
+
+    client = client_for(tenant, ["billing"])
+    client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    customer = _local(tenant).stripe_customer_id
+    first_invoice = stripe_api.Invoice.list(customer=customer).data[0].id  # paid at once
+    Subscription.objects.for_tenant(tenant).update(
+        status="past_due", past_due_since=timezone.now() - timedelta(days=10)
+    )
+    unpaid = Invoice.objects.create(
+        id="in_unpaid", tenant=tenant, number="MARGIN-0007", status="open", currency="usd",
+        amount_due=4900, total=4900, created_at=timezone.now() - timedelta(days=10),
+    )  # fmt: skip
+    refused = client.post("/v1/subscription", {"plan": "scale"}, format="json")
+    assert refused.status_code == 402
+    assert refused.json()["error"]["code"] == "subscription_unpaid"
+    assert _local(tenant).plan_id == "pro@1"
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    assert (_local(tenant).plan.slug, _local(tenant).status) == ("free", "past_due")
+    assert subscription_for_enforcement(tenant=tenant).blocked  # calls: 402 on free too
+    refused = client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    assert refused.status_code == 402
+    assert "pay its open invoice" in refused.json()["error"]["message"]
+    # Another invoice's event changes nothing while this one is open ...
+    handle_invoice({"id": first_invoice, "customer": customer}, int(time.time()))
+    assert _local(tenant).status == "past_due"
+    # ... and once it is paid, the next invoice event clears the account.
+    Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(status="paid", amount_paid=4900)
+    handle_invoice({"id": first_invoice, "customer": customer}, int(time.time()))
+    assert (
+        _local(tenant).status == "active"
+        and not subscription_for_enforcement(tenant=tenant).blocked
+    )
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+
+
+def test_an_invoice_open_for_a_day_keeps_a_tenant_off_paid_plans(tenant, client_for, stripe_api):
+    """A move to free's final invoice that then failed (the tenant was not past due): no
+    paid plan until it is paid. One just made is no reason: Stripe first tries an hour
+    later."""
+    from billing.models import Invoice
+
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    unpaid = Invoice.objects.create(
+        id="in_unpaid", tenant=tenant, number="MARGIN-0007", status="open", currency="usd",
+        amount_due=4900, total=4900, created_at=timezone.now(),
+    )  # fmt: skip
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(
+        created_at=timezone.now() - timedelta(days=2)
+    )
+    refused = client.post("/v1/subscription", {"plan": "pro"}, format="json")
+    assert refused.status_code == 402
+    error = refused.json()["error"]
+    assert error["code"] == "subscription_unpaid"
+    assert "MARGIN-0007 is unpaid (4,900 due, in USD minor units)" in error["message"]
+    assert _local(tenant).plan.slug == "free"
+    Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(status="paid", amount_paid=4900)
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
