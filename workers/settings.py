@@ -32,6 +32,9 @@ GPU_MAX_BATCH_SIZE = 1024
 DEFAULT_MAX_WAIT_MS = 2.0
 # What a CPU worker pool's hardware costs per hour unless WORKER_PRICE_PER_HOUR says.
 DEFAULT_PRICE_PER_HOUR = "0.10"
+# The dearest hardware price per hour a worker takes (a GPU node is tens): a price past it
+# is a typo, and its cost per call overflowed the ledger and the operators' pages.
+MAX_PRICE_PER_HOUR = Decimal(100_000)
 DEFAULT_EMBED_CACHE_SIZE = 10_000
 DEVICES = ("auto", "cpu", "cuda")
 # The dtype forward passes compute in (see ``workers/runtime/precision.py: compute_dtype``).
@@ -130,8 +133,8 @@ def _price(env: Mapping[str, str], name: str, default: str) -> str:
         value = Decimal(raw)
     except InvalidOperation:
         raise ValueError(f"{name} must be a decimal amount, got {raw!r}") from None
-    if not value.is_finite() or value < 0:
-        raise ValueError(f"{name} must be >= 0, got {raw!r}")
+    if not value.is_finite() or not 0 <= value <= MAX_PRICE_PER_HOUR:
+        raise ValueError(f"{name} must be between 0 and {MAX_PRICE_PER_HOUR}, got {raw!r}")
     return str(value)
 
 

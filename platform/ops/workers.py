@@ -20,6 +20,7 @@ from limits.services import redis_client
 from metering.consumer import DEAD_LETTER_KEY as USAGE_DEAD_LETTERS
 from workers.contract import CONTRACT_VERSION, USAGE_STREAM, Queue
 from workers.presence import SEEN_KEY, SILENT_AFTER_BEATS, report_key
+from workers.settings import MAX_PRICE_PER_HOUR
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def _price(value: Any) -> Decimal | None:
         price = Decimal(str(value))
     except InvalidOperation:
         return None
-    return price if price.is_finite() and price >= 0 else None
+    # (A report is any worker's word: 1E+999999999 made the page and /metrics a 500.)
+    return price if price.is_finite() and 0 <= price <= MAX_PRICE_PER_HOUR else None
 
 
 def _number(value: Any) -> float | None:

@@ -5,6 +5,7 @@ the page shows it live, with the queues; a worker that stops says so, one that g
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -200,3 +201,29 @@ def test_the_page_says_when_redis_cannot_be_reached(
     page = staff_client(superuser=True).get(PAGE)
     assert page.status_code == 200
     assert "Redis cannot be reached" in page.content.decode()
+
+
+def test_an_absurd_price_in_a_report_is_no_price_not_a_500(
+    transactional_db: Any, client_redis: redis.Redis
+) -> None:
+    """1E+999999999 an hour (a worker's word, checked only as finite there) made the page
+    and /metrics a 500 (decimal overflow adding the fleet's prices). The worker now refuses
+    such a price at start, and the page counts it as none."""
+    from django.test import Client
+
+    with pytest.raises(ValueError, match="WORKER_PRICE_PER_HOUR"):
+        settings_from_env({"WORKER_PRICE_PER_HOUR": "1E+999999999"})
+    report = describe(name="odd@test", queues=["inference"], settings=settings_from_env({}),
+                      started_at=time.time())  # fmt: skip
+    report = {**report, "state": "live", "price_per_hour": "1E+999999999"}
+    client_redis.set(report_key("odd@test"), json.dumps(report), ex=60)
+    client_redis.zadd(SEEN_KEY, {"odd@test": time.time()})
+    try:
+        page = staff_client(superuser=True).get(PAGE)
+        assert page.status_code == 200
+        assert Client().get("/metrics").status_code == 200
+        row = next(row for row in workers_seen() if row.name == "odd@test")
+        assert row.price_per_hour is None
+    finally:
+        client_redis.delete(report_key("odd@test"))
+        client_redis.zrem(SEEN_KEY, "odd@test")
