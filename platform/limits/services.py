@@ -267,10 +267,13 @@ def limits_admit(
         # The same code as a fine-tune refused for it (finetuning.services).
         raise APIError(terms.blocked_reason, status=402, code="subscription_unpaid")
     tenant_id = api_key.tenant_id
+    # Test mode is counted apart, its rate limit and concurrency too (as Stripe's modes):
+    # a customer's CI load on sk_test_ keys throttled its production calls.
+    mode = "" if api_key.livemode else ":test"
     keys = [
-        f"rl:t:{tenant_id}",
+        f"rl:t:{tenant_id}{mode}",
         f"rl:k:{api_key.pk}",
-        f"inflight:{tenant_id}",
+        f"inflight:{tenant_id}{mode}",
         quota_key(tenant_id, terms.period_start, livemode=api_key.livemode),
     ]
     hard_cap = quota_cap(plan, livemode=api_key.livemode)

@@ -149,6 +149,27 @@ def test_test_mode_calls_are_counted_apart_from_live_ones(tenant, settings):
         limits_admit(api_key=live, request_id="l2", inputs=1)
 
 
+def test_test_mode_has_its_own_rate_limit_and_concurrency(tenant):
+    """A customer's CI load on test keys took the live concurrency slots and rate limit:
+    its production calls got 429s. Each mode has the plan's limits, counted apart."""
+    on_plan(tenant, custom_plan(concurrency_cap=1, rate_limit_per_minute=3))
+    live = key_of(tenant, make_key(tenant, ["inference"]))
+    test = key_of(tenant, make_key(tenant, ["inference"], mode=ApiKey.Mode.TEST))
+    held = limits_admit(api_key=test, request_id="t1", inputs=1)  # the test mode's one slot
+    with pytest.raises(APIError) as busy:
+        limits_admit(api_key=test, request_id="t2", inputs=1)
+    assert busy.value.code == "concurrency_limited"
+    limits_settle(limits_admit(api_key=live, request_id="l1", inputs=1), succeeded=True)
+    limits_settle(held, succeeded=True)
+    for n in (3, 4):  # the test mode's 2nd and 3rd requests of the minute
+        limits_settle(limits_admit(api_key=test, request_id=f"t{n}", inputs=1), succeeded=True)
+    with pytest.raises(APIError) as throttled:
+        limits_admit(api_key=test, request_id="t5", inputs=1)
+    assert throttled.value.code == "rate_limited"
+    # Live has used one of its three.
+    limits_settle(limits_admit(api_key=live, request_id="l2", inputs=1), succeeded=True)
+
+
 def test_quota_exceeded_over_http_is_402_and_runs_nothing(tenant):
     on_plan(tenant, custom_plan(monthly_hard_cap=3))
     client = bearer(make_key(tenant, ["inference"]))
