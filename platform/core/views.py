@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponseBase
-from rest_framework.exceptions import NotAcceptable
+from rest_framework.exceptions import NotAcceptable, ParseError, UnsupportedMediaType
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -99,6 +99,9 @@ class TenantAPIView(APIView):
     billable = False
     _admission: Admission | None = None
     _replayed = False
+    # Why the body cannot be read, found while counting its inputs for admission: raised
+    # once admitted, so the rate limit meters every request, whatever its body.
+    _body_error: Exception | None = None
     # The query parameters each method takes, as its OpenAPI operation documents them
     # (tests/platform/test_ops.py holds the two equal); any other is refused by name, like
     # an unknown body parameter.
@@ -177,7 +180,7 @@ class TenantAPIView(APIView):
         # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
         key = request.META.get("HTTP_IDEMPOTENCY_KEY") if post else None
         check = _key_check(request)
-        prefetch = [*(self.admission_prefetch(request) if post else ())]
+        prefetch = [*(self._prefetch(request) if post else ())]
         if check is not None:
             prefetch.append(check.redis_key)  # the cached key's generation, read with it
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.
@@ -199,7 +202,10 @@ class TenantAPIView(APIView):
                 if post and refused.code != "subscription_unpaid":
                     # (Not for an unpaid subscription: that is decided before the rate
                     # limit, and the check would then run unthrottled.)
-                    self.check_body(request)
+                    if self._body_error is not None and refused.code != "rate_limited":
+                        raise self._body_error from None
+                    if self._body_error is None:
+                        self.check_body(request)
                 raise
             replaying = True
             admission = self._admission = self._admit(request, runs=False, prefetch=prefetch)
@@ -209,6 +215,8 @@ class TenantAPIView(APIView):
             raise _StaleKey
         # After admission, as a body's errors are: a throttled key gets its 429 whatever its
         # query says, and a refused query carries the RateLimit headers like any answer.
+        if self._body_error is not None:
+            raise self._body_error
         self._refuse_query(request)
         _refuse_nul(kwargs, request.query_params)
         if key is None:
@@ -231,13 +239,31 @@ class TenantAPIView(APIView):
             limits_settle(admission, succeeded=False)
             self._admission = self._admit(request, runs=True, prefetch=())
 
+    def _prefetch(self, request: Request) -> Sequence[str]:
+        """``admission_prefetch``, or none for a body that cannot be read (kept for after
+        admission, as in ``_admit``)."""
+        try:
+            return self.admission_prefetch(request)
+        except (ParseError, UnsupportedMediaType, APIError) as exc:
+            self._body_error = exc
+            return ()
+
     def _admit(self, request: Request, *, runs: bool, prefetch: Sequence[str]) -> Admission:
         """``limits_admit`` for this request; ``runs``: a POST that will do (and may bill)
         work, which reserves its inputs and is refused for an unpaid subscription."""
+        inputs = 0
+        if runs and self._body_error is None:
+            try:
+                inputs = self.metered_inputs(request)
+            except (ParseError, UnsupportedMediaType, APIError) as exc:
+                # Bad JSON, a member twice: admitted for the rate limit alone, then refused
+                # with this (it was raised first, and a throttled key could send any number
+                # of such bodies, 16 MB each, for the API to parse, never counted).
+                self._body_error = exc
         return limits_admit(
             api_key=self.api_key,
             request_id=request._request.request_id,  # type: ignore[attr-defined]
-            inputs=self.metered_inputs(request) if runs else 0,
+            inputs=inputs,
             billable=self.billable and runs,
             prefetch=prefetch,
         )

@@ -76,6 +76,21 @@ def test_a_throttled_key_is_429_whatever_its_query_and_a_bad_query_is_counted(te
         assert throttled["Retry-After"]
 
 
+def test_a_body_that_cannot_be_read_is_counted_and_a_throttled_key_gets_429_for_it(tenant):
+    """Bad JSON and a member named twice were refused before admission: never counted, and
+    a throttled key could send any number of them (16 MB each) for the API to parse."""
+    on_plan(tenant, custom_plan(rate_limit_per_minute=3))
+    client = bearer(make_key(tenant, ["inference"]))
+    bodies = ['{"model": "minilm-l6", "inputs": ["a"', '{"model": "a", "model": "b"}']
+    for body, code, left in zip(bodies, ("invalid_json", "duplicate_parameter"), "21", strict=True):
+        refused = client.post("/v1/classify", body, content_type="application/json")
+        assert (refused.status_code, refused.json()["error"]["code"]) == (400, code)
+        assert refused["RateLimit-Remaining"] == left
+    assert client.get("/v1/models").status_code == 200
+    for body in bodies:
+        assert client.post("/v1/classify", body, content_type="application/json").status_code == 429
+
+
 def test_per_key_limit_leaves_the_tenants_other_keys_alone(tenant):
     on_plan(tenant, custom_plan(rate_limit_per_minute=100, key_rate_limit_per_minute=3))
     first, second = bearer(make_key(tenant, ["inference"])), bearer(make_key(tenant, ["inference"]))
