@@ -25,11 +25,12 @@ from core.pagination import paginate
 from limits.services import redis_client
 from tenants.models import Tenant
 
+from .locks import lock_held
 from .models import Invoice, Subscription, UsageChargePush
 from .periods import period_recorded
 from .rating import RatedPeriod, rate_tenant_period
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
-from .subscriptions import lock_held, subscription_get_or_create
+from .subscriptions import subscription_get_or_create
 
 logger = logging.getLogger(__name__)
 # One usage push per tenant at a time: the lock's timeout (renewed while a push runs) and

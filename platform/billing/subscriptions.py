@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +17,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
-from redis.lock import Lock
 
 from core.errors import Conflict, NotFound, Overloaded
 from limits.services import free_plan_current, redis_client
@@ -28,6 +25,7 @@ from tenants.models import Tenant
 from tenants.selectors import tenant_context_forget
 
 from . import messages
+from .locks import lock_held
 from .models import Invoice, Subscription
 from .periods import billed_currency, billing_period_record, calendar_month, free_period_from
 from .stripe_client import (
@@ -52,6 +50,10 @@ FREE_SLUG = "free"
 
 
 def plan_current(*, slug: str) -> Plan | None:
+    if slug == FREE_SLUG:
+        # Whatever its listing says: free is where every tenant can always go (unlisted in
+        # the admin, it stopped every customer from cancelling: 404 "No such plan").
+        return free_plan_current()
     return Plan.objects.filter(slug=slug, is_current=True, public=True).first()
 
 
@@ -69,7 +71,20 @@ def subscription_get_or_create(*, tenant: Tenant) -> Subscription:
         )
         if created:
             billing_period_record(sub=sub)
-    elif not sub.stripe_subscription_id and now >= sub.current_period_end:
+    elif not sub.stripe_subscription_id and sub.plan.slug == FREE_SLUG and not sub.plan.is_current:
+        # Nobody signs free: its tenants follow the operator's current version (a row made
+        # on free@6 kept free@6's limits after free@7, while tenants without a row had 7's).
+        free = free_plan_current()
+        # (Only the row as read: a plan change committed since must not be undone.)
+        row = Subscription.objects.for_tenant(tenant).filter(
+            pk=sub.pk, plan_id=sub.plan_id, stripe_subscription_id=""
+        )
+        if free.pk != sub.plan_id and row.update(plan=free):
+            sub.plan = free
+            tenant_context_forget(tenant_id=tenant.pk)
+        elif free.pk != sub.plan_id:  # changed since the read: as it is now
+            sub = Subscription.objects.for_tenant(tenant).select_related("plan").get()
+    if not sub.stripe_subscription_id and now >= sub.current_period_end:
         with transaction.atomic():
             # Read again, locked: a plan change committed since the read above must not be
             # rolled over as a free month (nor its period recorded as one).
@@ -247,33 +262,6 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
     finally:
         with contextlib.suppress(redis.RedisError, LockError):
             lock.release()
-
-
-@contextlib.contextmanager
-def lock_held(lock: Lock) -> Iterator[None]:
-    """Renew ``lock`` to its full timeout every third of it while the block runs. A change
-    makes up to five Stripe calls, each allowed 80 s and retried: one that outlasted the
-    lock let the next change in, and both created a Stripe subscription (the first,
-    unrecorded, renewed for ever). The timeout is then only how long a process that died
-    holding it keeps others out."""
-    every = float(lock.timeout or CHANGE_LOCK_S) / 3
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(every):
-            try:
-                lock.reacquire()
-            except (redis.RedisError, LockError):
-                logger.warning("lost the lock %s while holding it", lock.name)
-                return
-
-    keeper = threading.Thread(target=renew, name=f"keep-{lock.name}", daemon=True)
-    keeper.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        keeper.join()
 
 
 def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:

@@ -346,3 +346,34 @@ def test_stripe_refusing_is_not_told_as_stripe_not_answering(tenant, client_for,
     assert "refused the request" in error["message"], error
     down = stripe_error_to_api(stripe.APIConnectionError("connection refused"))
     assert "did not answer" in down.message
+
+
+def test_free_tenants_follow_the_current_free_version_and_free_is_always_reachable(
+    tenant, client_for, stripe_api, monkeypatch
+):
+    """Nobody signs free: a tenant whose row was made on free@1 kept free@1's limits after
+    the operator made free@2 (those without a row had 2's). And unlisting free in the admin
+    made every customer's cancel a 404."""
+    from limits import services as limits_services
+
+    client = client_for(tenant, ["billing"])
+    assert client.get("/v1/subscription").json()["plan"]["id"] == "free"  # the row: free@1
+    old = Plan.objects.get(pk="free@1")
+    Plan.objects.filter(pk=old.pk).update(is_current=False)
+    Plan.objects.create(
+        id="free@2", slug="free", version=2, name="Free", base_fee=0, is_current=True,
+        included_inputs=old.included_inputs, monthly_hard_cap=old.monthly_hard_cap,
+        overage_tiers={}, rate_limit_per_minute=7_000,
+    )  # fmt: skip
+    # (Re-read every 5 s, not waited for here; put back as it was after the test.)
+    monkeypatch.setitem(limits_services._free, "plan", None)
+    monkeypatch.setitem(limits_services._free, "read_at", 0.0)
+    assert client.get("/v1/subscription").status_code == 200
+    assert _local(tenant).plan_id == "free@2"
+    assert client_for(tenant, ["inference"]).get("/v1/models")["RateLimit-Limit"] == "7000"
+
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    Plan.objects.filter(pk="free@2").update(public=False)
+    left = client.post("/v1/subscription", {"plan": "free"}, format="json")
+    assert left.status_code == 200, left.content
+    assert _local(tenant).plan_id == "free@2" and not _local(tenant).stripe_subscription_id
