@@ -32,9 +32,10 @@ GPU_MAX_BATCH_SIZE = 1024
 DEFAULT_MAX_WAIT_MS = 2.0
 # What a CPU worker pool's hardware costs per hour unless WORKER_PRICE_PER_HOUR says.
 DEFAULT_PRICE_PER_HOUR = "0.10"
-# The dearest hardware price per hour a worker takes (a GPU node is tens): a price past it
-# is a typo, and its cost per call overflowed the ledger and the operators' pages.
-MAX_PRICE_PER_HOUR = Decimal(100_000)
+# The dearest hardware price per hour a worker takes, in any currency (a GPU node is tens
+# of USD, some 450,000 IDR): a price past it is a typo, whose cost per call overflowed the
+# ledger and the operators' pages.
+MAX_PRICE_PER_HOUR = Decimal(10) ** 12
 DEFAULT_EMBED_CACHE_SIZE = 10_000
 DEVICES = ("auto", "cpu", "cuda")
 # The dtype forward passes compute in (see ``workers/runtime/precision.py: compute_dtype``).

@@ -27,7 +27,7 @@ from tenants.models import Tenant
 
 from .locks import lock_held
 from .models import Invoice, Subscription, UsageChargePush
-from .periods import period_recorded
+from .periods import billed_currency, period_recorded
 from .rating import RatedPeriod, rate_tenant_period
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
@@ -197,6 +197,9 @@ def _push_locked(
     _, plan = period_recorded(tenant=tenant, sub=sub, start=start)
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
                                include_base_fee=False)  # fmt: skip
+    # A period on free is priced in free's currency, but what it charges was admitted on
+    # a paid plan: the account's billed currency (EUR cents went to Stripe labelled USD).
+    currency = rated.currency if plan.base_fee else billed_currency(tenant=tenant) or rated.currency
     # A closed period's items land on a later invoice: each says which period it bills.
     of_period = "" if current else f" (usage of {start:%Y-%m-%d} to {end:%Y-%m-%d})"
     api = stripe_api()
@@ -216,7 +219,7 @@ def _push_locked(
                     tenant=tenant, period_start=start, period_end=end, line=line.key,
                     description=_growth(line.description, already)[: 300 - len(of_period)]
                     + of_period,
-                    amount=line.amount - already, currency=rated.currency,
+                    amount=line.amount - already, currency=currency,
                 )  # fmt: skip
         except IntegrityError:
             continue  # a concurrent push took this sequence number; the next run catches up

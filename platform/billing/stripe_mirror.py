@@ -69,7 +69,7 @@ def stripe_apply(sub: Subscription, stripe_sub: dict[str, Any], observed_at: int
     sub.stripe_updated_at = observed_at
     if status == Subscription.Status.CANCELED:
         # Cancelled in Stripe (by us moving to free, or by dunning): the tenant is on free.
-        if sub.stripe_subscription_id:  # not moved to free already (by _move_to_free)
+        if sub.stripe_subscription_id:  # not moved to free already (by a plan change)
             sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
         sub.plan = free_plan_current()
         sub.stripe_subscription_id = ""

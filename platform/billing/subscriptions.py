@@ -37,6 +37,7 @@ from .stripe_client import (
 )
 from .stripe_mirror import STATUS_FROM_STRIPE, first_item, stripe_apply
 from .stripe_sync import plan_sync_to_stripe
+from .unpaid import past_due_clear
 
 logger = logging.getLogger(__name__)
 # A plan change holds its tenant's lock for at most this long (Stripe calls included), and
@@ -154,7 +155,8 @@ def _payment_method_ensure(api: Any, customer_id: str) -> None:
     api.Customer.modify(customer_id, invoice_settings={"default_payment_method": method.id})
 
 
-def _move_to_free(sub: Subscription, free: Plan) -> None:
+def _stripe_leave(sub: Subscription) -> None:
+    """Push the period's usage so far and cancel the Stripe subscription, if any."""
     if sub.stripe_subscription_id:
         from .invoicing import PushInProgress, usage_charges_push  # (invoicing reads us)
 
@@ -168,6 +170,9 @@ def _move_to_free(sub: Subscription, free: Plan) -> None:
         except stripe.StripeError as exc:
             if not is_missing(exc):
                 raise stripe_error_to_api(exc) from exc
+
+
+def _free_apply(sub: Subscription, free: Plan) -> None:
     sub.plan = free
     sub.stripe_subscription_id = ""
     if sub.status != Subscription.Status.PAST_DUE:
@@ -304,11 +309,19 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
             code="subscription_unpaid",
         )
     if not plan.base_fee:
-        _move_to_free(sub, plan)
-        sub.save()
-        billing_period_record(sub=sub)
+        _stripe_leave(sub)
+        with transaction.atomic():
+            # Read again, locked: an invoice event handled during the cancel may have
+            # cleared past due (saving the row read before it wrote the debt back), and the
+            # cancel's own event may have moved it to free already.
+            sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
+            if sub.stripe_subscription_id or sub.plan_id != plan.pk:
+                _free_apply(sub, plan)
+                sub.save()
+                billing_period_record(sub=sub)
+        past_due_clear(tenant_id=tenant.pk)
         tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
-        return sub
+        return Subscription.objects.for_tenant(tenant).select_related("plan").get()
     try:
         stripe_sub = _stripe_subscribe(sub, plan, tenant)
     except (stripe.StripeError, PaymentRequired) as exc:
@@ -382,4 +395,6 @@ def subscription_refresh_from_stripe(
             usage_push_period_enqueue(
                 tenant_id=sub.tenant_id, start=previous_start, end=sub.current_period_start
             )
+    if not sub.stripe_subscription_id:  # (dunning cancelled it: still owed?)
+        past_due_clear(tenant_id=sub.tenant_id)
     return sub

@@ -20,6 +20,7 @@ from .invoicing import PushInProgress, usage_charges_push
 from .models import BillingPeriod, StripeEvent, Subscription
 from .reconciliation import reconciliation_run
 from .subscriptions import subscription_get_or_create, subscription_refresh_from_stripe
+from .unpaid import past_due_clear
 from .webhooks import stripe_event_process
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def usage_push_and_reconcile_task(
     tenant = Tenant.objects.get(pk=tenant_id)
     if start is None:
         _subscription_reread(tenant)
+        past_due_clear(tenant_id=tenant.pk)  # on free with nothing owed any more
     cut = timezone.now()
     began = datetime.fromisoformat(start) if start else None
     ends = datetime.fromisoformat(end) if end else None

@@ -18,15 +18,13 @@ from typing import Any
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
-
-from tenants.selectors import tenant_context_forget
 
 from . import messages
 from .models import Invoice, StripeEvent, Subscription
 from .stripe_client import as_dict, is_missing, stripe_api
 from .subscriptions import subscription_refresh_from_stripe
+from .unpaid import past_due_clear
 
 logger = logging.getLogger(__name__)
 
@@ -177,28 +175,7 @@ def handle_invoice(snapshot: dict[str, Any], created: int) -> None:
             snapshot={"id": subscription_id, "customer": customer_id},
             event_created=0,
         )
-    _past_due_cleared(row.tenant_id)
-
-
-def _past_due_cleared(tenant_id: str) -> None:
-    """A tenant that left a subscription with an invoice unpaid stays past due on free (its
-    calls refused after the grace period, no paid plan): it had escaped its debt by moving
-    to free and back. Clear once no invoice of its is open with an amount due (paid,
-    voided or written off)."""
-    # NOTE: unscoped on purpose: a webhook has no tenant context; the id is its customer's.
-    with transaction.atomic():
-        sub = Subscription.objects.unscoped().select_for_update().filter(tenant_id=tenant_id)
-        row = sub.first()
-        if row is None or row.stripe_subscription_id or row.status != Subscription.Status.PAST_DUE:
-            return
-        owed = Invoice.objects.unscoped().filter(
-            tenant_id=tenant_id, status="open", amount_due__gt=F("amount_paid")
-        )
-        if owed.exists():
-            return
-        row.status, row.past_due_since = Subscription.Status.ACTIVE, None
-        row.save(update_fields=["status", "past_due_since", "updated_at"])
-    tenant_context_forget(tenant_id=tenant_id)
+    past_due_clear(tenant_id=row.tenant_id)
 
 
 HANDLERS: dict[str, Callable[[dict[str, Any], int], None]] = {

@@ -152,7 +152,10 @@ def enforcement_for(api_key: ApiKey) -> Enforcement:
     start, end = subscription.current_period_start, subscription.current_period_end
     if not start <= now < end:  # the period rolled over and no webhook said so yet
         start, end = _month(now)
-    return Enforcement(subscription.plan, start, end, blocked)
+    plan = subscription.plan
+    if plan.slug == "free" and not plan.is_current and not subscription.stripe_subscription_id:
+        plan = free_plan_current()  # nobody signs free: its current version's limits
+    return Enforcement(plan, start, end, blocked)
 
 
 def _headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:

@@ -85,7 +85,10 @@ def _price(value: Any) -> Decimal | None:
     except InvalidOperation:
         return None
     # (A report is any worker's word: 1E+999999999 made the page and /metrics a 500.)
-    return price if price.is_finite() and 0 <= price <= MAX_PRICE_PER_HOUR else None
+    if price.is_finite() and 0 <= price <= MAX_PRICE_PER_HOUR:
+        return price
+    logger.warning("a worker reports a price per hour past any real one: %r", value)
+    return None
 
 
 def _number(value: Any) -> float | None:

@@ -21,6 +21,7 @@ from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change, subscription_refresh_from_stripe
 from billing.tasks import usage_push_all_task
 from metering.models import UsageRecord
+from plans.models import Plan
 from tests.billing.helpers import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -246,3 +247,24 @@ def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch
     assert _pushed(tenant, sub.current_period_start) == [400, 2000]
     held = _in_stripe(stripe_api, sub.stripe_customer_id, sub.current_period_start)
     assert [amount for amount, _ in held] == [400, 2000]
+
+
+def test_usage_billed_in_a_free_period_keeps_the_accounts_currency(tenant, stripe_api):
+    pro = Plan.objects.get(pk="pro@1")
+    Plan.objects.create(
+        id="euro@1", slug="euro", name="Euro", currency="eur", base_fee=4500,
+        included_inputs=pro.included_inputs, overage_tiers=pro.overage_tiers,
+        fine_tuning=True, finetune_unit_amount=pro.finetune_unit_amount,
+    )  # fmt: skip
+    sub = subscription_change(tenant=tenant, plan_slug="euro")
+    customer = sub.stripe_customer_id
+    sub = subscription_change(tenant=tenant, plan_slug="free")
+    UsageRecord.objects.create(
+        event_id="ftjob_late", kind="fine_tune", tenant=tenant, api_key_id="key_x",
+        livemode=True, model="minilm-l6", inputs=256, tokens=1_000_000, compute_ms=1.0,
+        occurred_at=timezone.now(), plan_id="euro@1",
+    )  # fmt: skip
+    pushed = usage_charges_push(tenant=tenant)
+    assert [(p.amount, p.currency) for p in pushed] == [(500, "eur")]  # it said usd
+    items = [i.to_dict() for i in stripe_api.InvoiceItem.list(customer=customer, limit=100).data]
+    assert [(i["amount"], i["currency"]) for i in items if i["amount"] == 500] == [(500, "eur")]

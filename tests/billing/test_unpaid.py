@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from billing.models import Subscription
+from billing.models import Invoice, Subscription
+from billing.subscriptions import subscription_for_enforcement
 
 pytestmark = pytest.mark.django_db
 
@@ -88,3 +89,95 @@ def test_an_invoice_open_for_a_day_keeps_a_tenant_off_paid_plans(tenant, client_
     assert _local(tenant).plan.slug == "free"
     Invoice.objects.for_tenant(tenant).filter(pk=unpaid.pk).update(status="paid", amount_paid=4900)
     assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+
+
+def test_past_due_is_cleared_on_free_when_nothing_is_owed(tenant, client_for, stripe_api):
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    Subscription.objects.for_tenant(tenant).update(
+        status="past_due", past_due_since=timezone.now() - timedelta(days=10)
+    )
+    Invoice.objects.create(
+        id="in_x",
+        tenant=tenant,
+        number="M-1",
+        status="uncollectible",
+        currency="usd",
+        amount_due=4900,
+        total=4900,
+        created_at=timezone.now() - timedelta(days=10),
+    )
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    # Written off while the subscription was there: nothing is owed when it leaves, so it
+    # is not kept past due on free (it stayed blocked for good: no event came after).
+    assert _local(tenant).status == "active"
+    assert not subscription_for_enforcement(tenant=tenant).blocked
+
+
+def test_dunning_cancelling_after_a_write_off_leaves_the_tenant_clear(
+    tenant, client_for, stripe_api
+):
+    from billing.webhooks import handle_subscription
+
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    sub = _local(tenant)
+    Subscription.objects.for_tenant(tenant).update(
+        status="past_due", past_due_since=timezone.now() - timedelta(days=10)
+    )
+    # the invoice event (write-off) is processed while the subscription still exists
+    Invoice.objects.create(
+        id="in_x",
+        tenant=tenant,
+        number="M-1",
+        status="uncollectible",
+        currency="usd",
+        amount_due=4900,
+        total=4900,
+        created_at=timezone.now() - timedelta(days=10),
+    )
+    # then Stripe's dunning cancels it
+    stripe_api.Subscription.cancel(sub.stripe_subscription_id)
+    handle_subscription(
+        {"id": sub.stripe_subscription_id, "customer": sub.stripe_customer_id}, int(time.time())
+    )
+    assert (_local(tenant).plan.slug, _local(tenant).status) == ("free", "active")
+
+
+def test_a_payment_made_during_a_move_to_free_is_not_written_back_as_owed(
+    tenant, client_for, stripe_api, monkeypatch
+):
+    import stripe as stripe_mod
+
+    from billing.webhooks import handle_invoice
+
+    client = client_for(tenant, ["billing"])
+    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
+    sub = _local(tenant)
+    first = stripe_api.Invoice.list(customer=sub.stripe_customer_id).data[0].id
+    Subscription.objects.for_tenant(tenant).update(
+        status="past_due", past_due_since=timezone.now() - timedelta(days=10)
+    )
+    Invoice.objects.create(
+        id="in_x",
+        tenant=tenant,
+        number="M-1",
+        status="open",
+        currency="usd",
+        amount_due=4900,
+        total=4900,
+        created_at=timezone.now() - timedelta(days=10),
+    )
+    original = stripe_mod.Subscription.cancel
+
+    def cancel(*args, **kwargs):
+        result = original(*args, **kwargs)
+        # the customer pays in_x; its invoice.paid webhook is processed by the worker now
+        Invoice.objects.for_tenant(tenant).filter(pk="in_x").update(status="paid", amount_paid=4900)
+        handle_invoice({"id": first, "customer": sub.stripe_customer_id}, int(time.time()))
+        assert _local(tenant).status == "active"  # cleared by the payment
+        return result
+
+    monkeypatch.setattr(stripe_mod.Subscription, "cancel", cancel)
+    assert client.post("/v1/subscription", {"plan": "free"}, format="json").status_code == 200
+    assert (_local(tenant).plan.slug, _local(tenant).status) == ("free", "active")
