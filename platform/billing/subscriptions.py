@@ -35,6 +35,7 @@ from .stripe_client import (
     stripe_api,
     stripe_error_to_api,
 )
+from .stripe_customers import customer_ensure, payment_method_ensure
 from .stripe_mirror import STATUS_FROM_STRIPE, first_item, stripe_apply
 from .stripe_sync import plan_sync_to_stripe
 from .unpaid import past_due_clear
@@ -133,28 +134,6 @@ def subscription_for_enforcement(*, tenant: Tenant) -> Enforcement:
     )
 
 
-def _customer_ensure(api: Any, sub: Subscription, tenant: Tenant) -> str:
-    if sub.stripe_customer_id:
-        return sub.stripe_customer_id
-    customer = api.Customer.create(
-        name=tenant.name,
-        metadata={"tenant_id": tenant.id},
-        idempotency_key=f"customer-{tenant.id}",
-    )
-    # Stored at once, on its own: a failure further on must not orphan the customer.
-    Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
-    sub.stripe_customer_id = customer.id
-    return str(customer.id)
-
-
-def _payment_method_ensure(api: Any, customer_id: str) -> None:
-    customer = as_dict(api.Customer.retrieve(customer_id))
-    if (customer.get("invoice_settings") or {}).get("default_payment_method"):
-        return
-    method = api.PaymentMethod.attach(settings.STRIPE_DEFAULT_PAYMENT_METHOD, customer=customer_id)
-    api.Customer.modify(customer_id, invoice_settings={"default_payment_method": method.id})
-
-
 def _stripe_leave(sub: Subscription) -> None:
     """Push the period's usage so far and cancel the Stripe subscription, if any."""
     if sub.stripe_subscription_id:
@@ -185,8 +164,8 @@ def _free_apply(sub: Subscription, free: Plan) -> None:
 def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str, Any]:
     api = stripe_api()
     plan = plan_sync_to_stripe(plan=plan)
-    customer_id = _customer_ensure(api, sub, tenant)
-    _payment_method_ensure(api, customer_id)
+    customer_id = customer_ensure(api, sub, tenant)
+    payment_method_ensure(api, customer_id)
     current: dict[str, Any] = {}
     if sub.stripe_subscription_id:
         current = as_dict(api.Subscription.retrieve(sub.stripe_subscription_id))
