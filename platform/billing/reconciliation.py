@@ -15,7 +15,7 @@ from prometheus_client import Counter
 
 from tenants.models import Tenant
 
-from .models import Reconciliation
+from .models import Reconciliation, UsageChargePush
 from .periods import period_recorded
 from .rating import rate_tenant_period
 from .stripe_client import as_dict, stripe_api
@@ -70,6 +70,10 @@ def _invoice_lines(api: Any, invoice: dict[str, Any]) -> Iterator[dict[str, Any]
         yield as_dict(line)
 
 
+def _pushed_for(tenant: Tenant, start: datetime) -> bool:
+    return UsageChargePush.objects.for_tenant(tenant).filter(period_start=start).exists()
+
+
 def reconciliation_run(
     *, tenant: Tenant, start: datetime | None = None, until: datetime | None = None
 ) -> Reconciliation | None:
@@ -86,9 +90,11 @@ def reconciliation_run(
     cut = min(until or timezone.now(), end)
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
                                include_base_fee=False)  # fmt: skip
+    if not plan.base_fee and not rated.usage_total and not _pushed_for(tenant, start):
+        # A period on free with nothing a paid plan admitted and nothing pushed: nothing
+        # to check, and no reason to page through an ex-customer's Stripe items every day.
+        return None
     in_stripe = stripe_usage_total(tenant=tenant, customer_id=sub.stripe_customer_id, start=start)
-    if not plan.base_fee and not rated.usage_total and not in_stripe:
-        return None  # a period on free with nothing a paid plan admitted: nothing to check
     row = Reconciliation.objects.create(
         tenant=tenant,
         period_start=start,

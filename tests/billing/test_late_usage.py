@@ -268,3 +268,18 @@ def test_usage_billed_in_a_free_period_keeps_the_accounts_currency(tenant, strip
     assert [(p.amount, p.currency) for p in pushed] == [(500, "eur")]  # it said usd
     items = [i.to_dict() for i in stripe_api.InvoiceItem.list(customer=customer, limit=100).data]
     assert [(i["amount"], i["currency"]) for i in items if i["amount"] == 500] == [(500, "eur")]
+
+
+def test_a_free_period_with_nothing_to_check_never_asks_stripe(tenant, stripe_api, monkeypatch):
+    """The daily run covers every tenant that ever had a Stripe customer: an ex-customer's
+    free period with no paid usage and nothing pushed is skipped before Stripe is read."""
+    from billing import reconciliation
+
+    subscription_change(tenant=tenant, plan_slug="pro")
+    subscription_change(tenant=tenant, plan_slug="free")
+
+    def not_asked(**kwargs):
+        raise AssertionError("Stripe was read for a period with nothing to check")
+
+    monkeypatch.setattr(reconciliation, "stripe_usage_total", not_asked)
+    assert reconciliation_run(tenant=tenant) is None
