@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def base_models(request: pytest.FixtureRequest) -> None:
     """Transactional tests flush every table, data-migration rows included: re-seed the base
     models and the plan catalogue."""
-    if "transactional_db" in request.fixturenames or "live_server" in request.fixturenames:
+    marker = request.node.get_closest_marker("django_db")
+    marked = marker is not None and bool(marker.kwargs.get("transaction"))
+    if marked or {"transactional_db", "live_server"} & set(request.fixturenames):
         from inference.catalog import base_models_seed
         from inference.models import AIModel
         from plans.catalog import plans_seed
