@@ -16,10 +16,17 @@ def past_due_clear(*, tenant_id: str) -> None:
     to free and back. Clear once no invoice of its is open with an amount due (paid,
     voided or written off)."""
     # NOTE: unscoped on purpose: a webhook has no tenant context; the id is its customer's.
+    # (Only a past-due row without a subscription is locked: the daily run asks for every
+    # tenant that ever had a Stripe customer.)
     with transaction.atomic():
-        sub = Subscription.objects.unscoped().select_for_update().filter(tenant_id=tenant_id)
-        row = sub.first()
-        if row is None or row.stripe_subscription_id or row.status != Subscription.Status.PAST_DUE:
+        row = (
+            Subscription.objects.unscoped()
+            .select_for_update()
+            .filter(tenant_id=tenant_id, status=Subscription.Status.PAST_DUE)
+            .filter(stripe_subscription_id="")
+            .first()
+        )
+        if row is None:
             return
         owed = Invoice.objects.unscoped().filter(
             tenant_id=tenant_id, status="open", amount_due__gt=F("amount_paid")

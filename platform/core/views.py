@@ -69,6 +69,9 @@ def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
 
 # Admission's refusals that a replay of an answered call is not subject to.
 REPLAY_ADMITTED = frozenset({"quota_exceeded", "subscription_unpaid", "concurrency_limited"})
+# What reading a request's body can raise (the parsers' 400s and 415): kept while admission
+# counts it, and raised once it is admitted (``_prefetch``, ``_admit``).
+BODY_ERRORS = (ParseError, UnsupportedMediaType, APIError)
 
 
 class _Replay(Exception):
@@ -202,10 +205,9 @@ class TenantAPIView(APIView):
                 if post and refused.code != "subscription_unpaid":
                     # (Not for an unpaid subscription: that is decided before the rate
                     # limit, and the check would then run unthrottled.)
-                    if self._body_error is not None and refused.code != "rate_limited":
+                    if self._body_error is not None:  # (the rate limit's 429 raised above)
                         raise self._body_error from None
-                    if self._body_error is None:
-                        self.check_body(request)
+                    self.check_body(request)
                 raise
             replaying = True
             admission = self._admission = self._admit(request, runs=False, prefetch=prefetch)
@@ -244,7 +246,7 @@ class TenantAPIView(APIView):
         admission, as in ``_admit``)."""
         try:
             return self.admission_prefetch(request)
-        except (ParseError, UnsupportedMediaType, APIError) as exc:
+        except BODY_ERRORS as exc:
             self._body_error = exc
             return ()
 
@@ -255,7 +257,7 @@ class TenantAPIView(APIView):
         if runs and self._body_error is None:
             try:
                 inputs = self.metered_inputs(request)
-            except (ParseError, UnsupportedMediaType, APIError) as exc:
+            except BODY_ERRORS as exc:
                 # Bad JSON, a member twice: admitted for the rate limit alone, then refused
                 # with this (it was raised first, and a throttled key could send any number
                 # of such bodies, 16 MB each, for the API to parse, never counted).

@@ -44,3 +44,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = ""
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def euro_plan(**terms: Any) -> Any:
+    """A paid plan billed in EUR, on pro's terms unless ``terms`` says otherwise."""
+    from plans.models import Plan
+
+    pro = Plan.objects.get(pk="pro@1")
+    return Plan.objects.create(
+        id="euro@1", slug="euro", name="Euro", currency="eur", base_fee=4500,
+        included_inputs=pro.included_inputs, overage_tiers=pro.overage_tiers, **terms,
+    )  # fmt: skip
+
+
+def declining_customer(api: Any, tenant: Any, client: Any) -> Any:
+    """The tenant's Stripe customer, made ahead with a card that is declined."""
+    from billing.models import Subscription
+
+    customer = api.Customer.create(name=tenant.name, metadata={"tenant_id": tenant.id})
+    card = api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer.id)
+    api.Customer.modify(customer.id, invoice_settings={"default_payment_method": card.id})
+    client.get("/v1/subscription")  # the subscription row
+    Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
+    return customer

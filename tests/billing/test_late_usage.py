@@ -22,7 +22,7 @@ from billing.subscriptions import subscription_change, subscription_refresh_from
 from billing.tasks import usage_push_all_task
 from metering.models import UsageRecord
 from plans.models import Plan
-from tests.billing.helpers import wait_for
+from tests.billing.helpers import euro_plan, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -250,12 +250,9 @@ def test_two_pushes_at_once_bill_the_growth_once(tenant, stripe_api, monkeypatch
 
 
 def test_usage_billed_in_a_free_period_keeps_the_accounts_currency(tenant, stripe_api):
-    pro = Plan.objects.get(pk="pro@1")
-    Plan.objects.create(
-        id="euro@1", slug="euro", name="Euro", currency="eur", base_fee=4500,
-        included_inputs=pro.included_inputs, overage_tiers=pro.overage_tiers,
-        fine_tuning=True, finetune_unit_amount=pro.finetune_unit_amount,
-    )  # fmt: skip
+    euro_plan(
+        fine_tuning=True, finetune_unit_amount=Plan.objects.get(pk="pro@1").finetune_unit_amount
+    )
     sub = subscription_change(tenant=tenant, plan_slug="euro")
     customer = sub.stripe_customer_id
     sub = subscription_change(tenant=tenant, plan_slug="free")

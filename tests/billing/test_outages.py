@@ -17,6 +17,7 @@ from billing.models import BillingPeriod, Invoice, StripeEvent, Subscription
 from billing.subscriptions import subscription_get_or_create
 from billing.webhooks import HANDLERS, stripe_event_process
 from limits.services import redis_client
+from tests.billing.helpers import declining_customer
 
 pytestmark = pytest.mark.django_db
 
@@ -47,12 +48,8 @@ def test_a_voided_invoice_no_longer_keeps_the_tenant_off_paid_plans(
     """A declined first payment's invoice, mirrored open by its payment_failed webhook, then
     voided: with no handler for invoice.voided the mirror stayed open, and the tenant was
     refused every paid plan for good, asked to pay an invoice that could not be paid."""
-    customer = stripe_api.Customer.create(name=tenant.name, metadata={"tenant_id": tenant.id})
-    card = stripe_api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer.id)
-    stripe_api.Customer.modify(customer.id, invoice_settings={"default_payment_method": card.id})
     client = client_for(tenant, ["billing"])
-    client.get("/v1/subscription")
-    Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
+    customer = declining_customer(stripe_api, tenant, client)
     void = stripe_api.Invoice.void_invoice
 
     def mirrored_first(invoice_id, *args, **kwargs):

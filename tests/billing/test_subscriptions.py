@@ -13,6 +13,7 @@ from django.utils import timezone
 from billing.models import BillingPeriod, Subscription
 from billing.stripe_sync import plans_sync_to_stripe
 from plans.models import Plan
+from tests.billing.helpers import declining_customer, euro_plan
 
 pytestmark = pytest.mark.django_db
 
@@ -232,11 +233,7 @@ def test_a_test_mode_key_cannot_change_the_plan(tenant, client_for, stripe_api):
 def test_a_paid_plan_in_another_currency_is_refused(tenant, client_for, stripe_api):
     """Its period's charges were summed under one label: /v1/usage said 2,033 EUR for 2,000
     USD cents and 33 EUR cents (and Stripe bills a customer in one currency)."""
-    pro = Plan.objects.get(pk="pro@1")
-    Plan.objects.create(
-        id="euro@1", slug="euro", name="Euro", currency="eur", base_fee=4500,
-        included_inputs=pro.included_inputs, overage_tiers=pro.overage_tiers,
-    )  # fmt: skip
+    euro_plan()
     client = client_for(tenant, ["billing"])
     assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
     refused = client.post("/v1/subscription", {"plan": "euro"}, format="json")
@@ -260,11 +257,7 @@ def test_a_paid_plan_in_another_currency_is_refused(tenant, client_for, stripe_a
 def test_usage_is_labelled_in_the_currency_it_was_billed_in(tenant, client_for, stripe_api):
     """Back on free (priced in USD) after a EUR plan: the period's EUR charges were labelled
     USD."""
-    pro = Plan.objects.get(pk="pro@1")
-    Plan.objects.create(
-        id="euro@1", slug="euro", name="Euro", currency="eur", base_fee=4500,
-        included_inputs=pro.included_inputs, overage_tiers=pro.overage_tiers,
-    )  # fmt: skip
+    euro_plan()
     client = client_for(tenant, ["billing"])
     assert client.get("/v1/usage").json()["currency"] == "usd"  # never billed: free's
     assert client.post("/v1/subscription", {"plan": "euro"}, format="json").status_code == 200
@@ -282,12 +275,8 @@ def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_a
         return create(*args, **kwargs)
 
     monkeypatch.setattr(stripe_api.Subscription, "create", recording)
-    customer = stripe_api.Customer.create(name=tenant.name, metadata={"tenant_id": tenant.id})
-    card = stripe_api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer.id)
-    stripe_api.Customer.modify(customer.id, invoice_settings={"default_payment_method": card.id})
     client = client_for(tenant, ["billing"])
-    client.get("/v1/subscription")
-    Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
+    customer = declining_customer(stripe_api, tenant, client)
 
     response = client.post("/v1/subscription", {"plan": "pro"}, format="json")
     assert response.status_code == 402, response.json()
