@@ -12,7 +12,7 @@ STRIPE_REFUSED = (
 WEBHOOK_NO_SIGNATURE = "Missing Stripe-Signature header."
 WEBHOOK_BAD_SIGNATURE = "The signature does not match the payload, or it is too old."
 WEBHOOK_BAD_PAYLOAD = "The payload is not a Stripe event."
-WEBHOOK_NOT_CONFIGURED = "No webhook secret is configured."
+WEBHOOK_NOT_CONFIGURED = "No webhook secret is configured: no signature can be verified."
 PAST_DUE_CHANGE = (
     "The subscription is past due: pay its open invoice before moving to another paid plan "
     "(moving to free is allowed). GET /v1/invoices gives each invoice's payment page "

@@ -45,7 +45,13 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
         )
     except WebhookRejected as exc:
         logger.warning("Stripe webhook rejected: %s", exc.code)
-        return JsonResponse(error_body(400, exc.code, exc.message), status=400)
+        # NOTE: a 401 names its scheme (RFC 9110): the signature is the credential here.
+        challenge = {"WWW-Authenticate": 'Stripe-Signature realm="webhooks"'}
+        return JsonResponse(
+            error_body(exc.status, exc.code, exc.message),
+            status=exc.status,
+            headers=challenge if exc.status == 401 else None,
+        )
     if not stripe_event_record(event=event):
         return JsonResponse({"received": True, "duplicate": True})
     transaction.on_commit(lambda: _enqueue(event["id"]))

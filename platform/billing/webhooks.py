@@ -30,20 +30,25 @@ logger = logging.getLogger(__name__)
 
 
 class WebhookRejected(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    """``status``: 401 for a request no configured secret signed (the signature is a
+    webhook's only credential; with no secret configured, none is: Stripe retries, and the
+    events land once one is), 400 for a signed body that is no Stripe event."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status
 
 
 def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, Any]:
     """The event, if one of the configured secrets signed exactly these bytes within the
     tolerance. Two secrets are tried while one is being rotated."""
     if not signature:
-        raise WebhookRejected("missing_signature", messages.WEBHOOK_NO_SIGNATURE)
+        raise WebhookRejected("missing_signature", messages.WEBHOOK_NO_SIGNATURE, 401)
     secrets = settings.STRIPE_WEBHOOK_SECRETS
     if not secrets:
-        raise WebhookRejected("webhook_not_configured", messages.WEBHOOK_NOT_CONFIGURED)
+        raise WebhookRejected("webhook_not_configured", messages.WEBHOOK_NOT_CONFIGURED, 401)
     for secret in secrets:
         try:
             stripe.Webhook.construct_event(
@@ -56,7 +61,7 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
             raise WebhookRejected("invalid_payload", messages.WEBHOOK_BAD_PAYLOAD) from None
         break
     else:
-        raise WebhookRejected("invalid_signature", messages.WEBHOOK_BAD_SIGNATURE)
+        raise WebhookRejected("invalid_signature", messages.WEBHOOK_BAD_SIGNATURE, 401)
     event = json.loads(payload)
     try:
         # What the database stores must be JSON it can write: no NaN or Infinity (which

@@ -163,6 +163,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 _REQUEST_ID = {"X-Request-Id": {"required": True, "schema": {"type": "string"}}}
 _ERROR = {"$ref": "#/components/schemas/Error"}
+STRIPE_SIGNATURE = "StripeSignature"
 
 
 def _answer(description: str, content: dict[str, Any]) -> dict[str, Any]:
@@ -205,17 +206,24 @@ def operations_paths(result: dict[str, Any], **_: Any) -> dict[str, Any]:
             "401": _answer("The operator set METRICS_TOKEN and the scrape did not send it as"
                            " a Bearer token.", _json(_ERROR))}),
         "/webhooks/stripe": {"post": {
-            "operationId": "stripe_webhook", "tags": ["operations"], "security": [],
+            "operationId": "stripe_webhook", "tags": ["operations"],
+            # The Stripe-Signature header is the webhook's credential (no API key).
+            "security": [{STRIPE_SIGNATURE: []}],
             "summary": "Stripe events, verified by their Stripe-Signature header.",
-            "parameters": [{"name": "Stripe-Signature", "in": "header", "required": True,
-                            "schema": {"type": "string"}}],
             "requestBody": {"required": True, "content": _json({"type": "object"})},
             "responses": {
                 "200": _answer("Recorded (or recorded before: duplicate).", _json(received)),
-                "400": _answer("Unsigned, badly signed, stale or malformed event.", _json(_ERROR)),
+                "400": _answer("Signed, but not a Stripe event.", _json(_ERROR)),
+                "401": _answer("No Stripe-Signature, or one no configured secret made over"
+                               " these bytes within the tolerance (none, while no secret is"
+                               " configured).", _json(_ERROR)),
                 "405": _answer("Only POST.", _json(_ERROR)),
                 "413": _answer("Request body too large.", _json(_ERROR)),
             },
         }},
     })  # fmt: skip
+    result.setdefault("components", {}).setdefault("securitySchemes", {})[STRIPE_SIGNATURE] = {
+        "type": "apiKey", "in": "header", "name": "Stripe-Signature",
+        "description": "Stripe's signature of the raw body (t=...,v1=HMAC-SHA256).",
+    }  # fmt: skip
     return result

@@ -98,8 +98,9 @@ class UsageApi(TenantAPIView):
             OpenApiParameter(
                 "start",
                 MOMENT_SCHEMA,
-                description="Inclusive, before end; default: the start of the UTC month in which "
-                "the range ends (this month when end is not given). " + MOMENT_FORMATS,
+                description="Inclusive, not after end (equal: an empty range); default: the "
+                "start of the UTC month in which the range ends (this month when end is not "
+                "given). " + MOMENT_FORMATS,
             ),
             OpenApiParameter(
                 "end", MOMENT_SCHEMA, description="Exclusive; default: now. " + MOMENT_FORMATS
@@ -119,9 +120,10 @@ class UsageApi(TenantAPIView):
             utc_end = utc_clamped(end)
             last = utc_end - min(_MICROSECOND, utc_end - FIRST_INSTANT)
             start = last.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        if start >= end:
+        # NOTE: start = end is a valid, empty range (an empty report), as any half-open one.
+        if start > end:
             raise InvalidRequest(
-                "start must be before end.", code="invalid_parameter", param="start"
+                "start must not be after end.", code="invalid_parameter", param="start"
             )
         # Compared as given (exact), then clamped: year 1 at +05:00 is before datetime's
         # range in UTC, and no usage exists out there.

@@ -28,7 +28,7 @@ def _post(url, body, headers):
     return httpx.post(f"{url}/webhooks/stripe", content=body, headers=headers, timeout=10)
 
 
-def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server):
+def test_forged_stale_unsigned_are_401_and_malformed_400_with_no_effect(live_server):
     url = live_server.url
     event = _event("customer.subscription.deleted", {"id": "sub_x", "customer": "cus_x"})
     body = json.dumps(event).encode()
@@ -47,9 +47,11 @@ def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server)
     }
     for name, (headers, code) in cases.items():
         response = _post(url, body, headers)
-        assert response.status_code == 400, name
+        # The signature is the webhook's credential: without a good one, a 401 that says so.
+        assert response.status_code == 401, name
+        assert response.headers["WWW-Authenticate"].startswith("Stripe-Signature"), name
         assert response.json()["error"] == {
-            "type": "invalid_request", "code": code, "message": response.json()["error"]["message"],
+            "type": "authentication", "code": code, "message": response.json()["error"]["message"],
             "param": None,
         }, name  # fmt: skip
     malformed = [
@@ -85,6 +87,18 @@ def test_forged_stale_unsigned_and_malformed_are_400_with_no_effect(live_server)
     assert deliver(url, event, secret=SECRETS[1]).json() == {"received": True}
     assert deliver(url, event).json() == {"received": True, "duplicate": True}
     assert StripeEvent.objects.count() == 1
+
+
+def test_events_wait_for_a_configured_secret(live_server, settings):
+    """Without a webhook secret, no signature can be verified: a 401 that says why (Stripe
+    retries until one is configured), not a 400 that blames the event."""
+    settings.STRIPE_WEBHOOK_SECRETS = []
+    event = _event("customer.subscription.deleted", {"id": "sub_x", "customer": "cus_x"})
+    body = json.dumps(event).encode()
+    response = _post(live_server.url, body, {"Stripe-Signature": sign(body)})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "webhook_not_configured"
+    assert StripeEvent.objects.count() == 0
 
 
 def _state(tenant):
