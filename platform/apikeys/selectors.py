@@ -27,8 +27,12 @@ def api_keys_visible(
     return keys
 
 
-def api_key_get(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None) -> ApiKey:
-    key = api_keys_visible(tenant=tenant, caller=caller).filter(pk=key_id).first()
+def api_key_get(
+    *, tenant: Tenant, key_id: str, caller: ApiKey | None = None, for_update: bool = False
+) -> ApiKey:
+    """``for_update``: the row locked until the transaction ends (a read-modify-write)."""
+    keys = api_keys_visible(tenant=tenant, caller=caller).filter(pk=key_id)
+    key = (keys.select_for_update() if for_update else keys).first()
     if key is None:
         raise NotFound(messages.KEY_NOT_FOUND.format(key_id=key_id), param="id")
     return key

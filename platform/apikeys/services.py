@@ -301,8 +301,12 @@ def api_key_rotate(
 
     A key holds one previous secret: while an earlier rotation's grace period runs, another
     rotation with a grace period is a 409 (it would end that period before the time it
-    announced); one without (0) ends every old secret at once, as after a leak."""
-    key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
+    announced); one without (0) ends every old secret at once, as after a leak.
+
+    The key is read locked: two rotations at once are one after the other (each answered a
+    secret that works, or a 409), never two writes of which the last silently wins (one
+    caller handed a dead secret, or a grace-0 rotation's old secret left alive)."""
+    key = api_key_get(tenant=tenant, key_id=key_id, caller=caller, for_update=True)
     now = timezone.now()
     if (
         caller is not None

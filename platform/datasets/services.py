@@ -44,7 +44,14 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
     raw_file = store.put(data)
     content_file = store.put(normalised_jsonl(result.examples)) if result.valid else ""
     with transaction.atomic():
-        return Dataset.objects.create(
+        # WARNING: the storage check and the insert it admits must be atomic, or parallel
+        # uploads all pass the check (finding: 9 admitted where 1 fit). The tenant's row is
+        # locked as fine_tune_create locks it (FOR NO KEY UPDATE; SQLite's IMMEDIATE
+        # transactions serialise writers anyway), and only around the insert: the upload
+        # was read, validated and stored before, outside any transaction.
+        list(Tenant.objects.select_for_update(no_key=True).filter(pk=tenant.pk).values("pk"))
+        refusal = _storage_refusal(tenant, len(data))
+        dataset = Dataset.objects.create(
             tenant=tenant,
             filename=filename,
             format=result.format,
@@ -57,22 +64,36 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
             warnings=result.warnings,
             raw_file=raw_file,
             content_file=content_file,
+            # Refused: recorded deleted, so that the files it stored leave the store the way
+            # a deleted dataset's do (a blob just stored cannot be removed at once: another
+            # upload of the same bytes may be about to refer to it).
+            deleted_at=timezone.now() if refusal else None,
         )
+    if refusal is not None:
+        dataset_files_sweep(dataset_ids=[dataset.pk])
+        raise refusal
+    return dataset
 
 
 def _check_storage(tenant: Tenant, size: int) -> None:
     """409 when the upload would take the tenant's datasets (invalid ones too: they are
     stored) past DATASET_STORAGE_BYTES: the artifact store is every tenant's, and one
     tenant's uploads must not fill it. Deleting a dataset makes room."""
+    if (refusal := _storage_refusal(tenant, size)) is not None:
+        raise refusal
+
+
+def _storage_refusal(tenant: Tenant, size: int) -> Conflict | None:
     limit = settings.DATASET_STORAGE_BYTES
     stored = Dataset.objects.for_tenant(tenant).filter(deleted_at__isnull=True)
     used = int(stored.aggregate(total=Sum("bytes"))["total"] or 0)
-    if used + size > limit:
-        raise Conflict(
-            messages.STORAGE_FULL.format(used=used, size=size, limit=limit),
-            code="storage_limit_reached",
-            param="file",
-        )
+    if used + size <= limit:
+        return None
+    return Conflict(
+        messages.STORAGE_FULL.format(used=used, size=size, limit=limit),
+        code="storage_limit_reached",
+        param="file",
+    )
 
 
 def _blobs_release(digests: list[str]) -> bool:

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from datasets import services
 from datasets.models import Dataset
 from tests.datasets.test_api import good_file
-from tests.factories import TenantFactory, make_key
+from tests.factories import TenantFactory, bearer, make_key
 from workers.artifacts import ArtifactStore
 
 pytestmark = pytest.mark.django_db
@@ -46,6 +46,43 @@ def test_a_tenants_datasets_stop_at_the_storage_limit_and_a_delete_makes_room(
     with django_capture_on_commit_callbacks(execute=True):
         assert api.delete(f"/v1/datasets/{first.json()['id']}").status_code == 200
     assert _upload(api, good_file(per_label=11)).status_code == 201
+
+
+def test_parallel_uploads_stop_at_the_storage_limit_too(transactional_db, monkeypatch, settings):
+    """Two uploads at once where one fits: one 201, one 409 (both passed the check before,
+    and 4-9 of 16 went in past the limit). The refused one's files go out like a deleted
+    dataset's: it is recorded deleted, never listed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    tenant = TenantFactory()
+    secret = make_key(tenant, ["admin"])
+    settings.DATASET_STORAGE_BYTES = len(good_file()) + 10  # one of the two
+    # Hold each upload, once past the early check, until the other is past it too.
+    both_checked = threading.Barrier(2, timeout=5)
+    validate = services.dataset_validate
+
+    def validate_then_wait(*args, **kwargs):
+        both_checked.wait()
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(services, "dataset_validate", validate_then_wait)
+
+    def upload(n):
+        try:
+            return _upload(bearer(secret), good_file()).status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sorted(pool.map(upload, range(2))) == [201, 409]
+    listed = bearer(secret).get("/v1/datasets").json()["data"]
+    assert len(listed) == 1
+    rows = Dataset.objects.for_tenant(tenant)
+    assert rows.filter(deleted_at__isnull=True).count() == 1
+    assert rows.filter(deleted_at__isnull=False).count() == 1  # the refused one, swept later
 
 
 def test_a_deleted_datasets_files_leave_the_store_once_nothing_refers_to_them(

@@ -110,6 +110,60 @@ def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transaction
     assert bearer(secrets[ids.index(left.get().pk)]).get("/v1/api-keys").status_code == 200
 
 
+@pytest.mark.parametrize("graces", [(3600, 3600), (0, 3600)])
+def test_two_rotations_at_once_never_hand_out_a_dead_secret(transactional_db, monkeypatch, graces):
+    """Two rotations of one key at the same moment: one after the other. With grace periods,
+    the second is a 409 (one grace period at a time); a grace-0 one ends every old secret.
+    Before, both read the key, both answered 200, and the last write won: one caller's new
+    secret never worked, or the old secret a grace-0 rotation had ended kept working."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from apikeys import services
+
+    tenant = TenantFactory()
+    admin, original = make_key(tenant, ["admin"]), make_key(tenant, ["inference"])
+    key_id = key_id_of(original)
+    # Hold each rotation, once it has read and checked the key, until the other has too (or
+    # a second has passed: the other is then waiting for the first's row lock).
+    both_checked = threading.Barrier(2, timeout=1)
+    mint = services._mint_secret
+
+    def mint_then_wait(*args):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait()
+        return mint(*args)
+
+    monkeypatch.setattr(services, "_mint_secret", mint_then_wait)
+
+    def rotate(grace):
+        try:
+            body = {"grace_period_seconds": grace}
+            response = bearer(admin).post(f"/v1/api-keys/{key_id}/rotate", body, format="json")
+            return grace, response.status_code, response.json().get("secret")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(rotate, graces))
+    models = {s: bearer(s).get("/v1/models").status_code for _, _, s in answers if s}
+    if graces == (3600, 3600):
+        assert sorted(status for _, status, _ in answers) == [200, 409]
+        assert list(models.values()) == [200]  # the one secret handed out works
+        assert bearer(original).get("/v1/models").status_code == 200  # its grace period
+    else:
+        assert [status for _, status, _ in answers] == [200, 200]
+        last = ApiKey.objects.for_tenant(tenant).get(pk=key_id)
+        # Whichever went last decides; every secret handed out that it kept works, and
+        # the original works only if the grace-3600 one went last.
+        working = {s for s, status in models.items() if status == 200}
+        assert len(working) == (2 if last.previous_secret_hash else 1)
+        original_works = bearer(original).get("/v1/models").status_code == 200
+        assert original_works is False  # ended by the grace-0 rotation, before or after
+
+
 # -- the operator's key form: mode is the secret's, scopes are the four -------------------
 
 
