@@ -13,6 +13,7 @@ from django.db import transaction
 from core.errors import Overloaded
 from core.ids import random_token
 from limits.services import redis_client
+from tenants.selectors import tenant_context_forget
 
 from . import messages
 from .models import ApiKey
@@ -40,21 +41,25 @@ def api_key_generation_bump(*, key_ids: Iterable[str]) -> None:
     ids = list(key_ids)
     if not ids:
         return
-
-    def bump() -> None:
-        pipe = redis_client().pipeline(transaction=False)
-        for key_id in ids:
-            pipe.set(generation_key(key_id), random_token(16), ex=GENERATION_TTL_S)
-        pipe.execute()
-
     try:
-        bump()
+        _bump(ids)
     except redis.RedisError:
         raise Overloaded(messages.STORE_DOWN, code="broker_unavailable") from None
+    _bump_after_commit(ids)
+
+
+def _bump(ids: list[str]) -> None:
+    pipe = redis_client().pipeline(transaction=False)
+    for key_id in ids:
+        pipe.set(generation_key(key_id), random_token(16), ex=GENERATION_TTL_S)
+    pipe.execute()
+
+
+def _bump_after_commit(ids: list[str]) -> None:
 
     def after_commit() -> None:
         try:
-            bump()
+            _bump(ids)
         except redis.RedisError:
             logger.exception("keys %s changed but their generation was not set anew", ids)
 
@@ -67,3 +72,24 @@ def api_key_generation_bump_for_tenants(*, tenant_ids: Iterable[str]) -> None:
     whose generation moved on is read again from the database, with its tenant."""
     keys = ApiKey.objects.unscoped().filter(tenant_id__in=list(tenant_ids))
     api_key_generation_bump(key_ids=list(keys.values_list("pk", flat=True)))
+
+
+def tenant_context_changed(*, tenant_id: str) -> None:
+    """What a tenant's requests are admitted under changed (its plan, its subscription's
+    state): every API process applies it on the tenant's next request, as a suspension. This
+    process forgets its copy; a new generation on each of the tenant's live keys sends the
+    others back to the database for theirs (before, another process admitted calls and
+    fine-tunes on the old plan for up to ``TENANT_CONTEXT_TTL_S`` after a move to free had
+    been answered). Now, and again once the caller's transaction commits. Best effort: the
+    change has been made (in Stripe too) by then; with Redis down, the others follow within
+    the TTL."""
+    tenant_context_forget(tenant_id=tenant_id)
+    keys = ApiKey.objects.unscoped().filter(tenant_id=tenant_id, revoked_at__isnull=True)
+    ids = list(keys.values_list("pk", flat=True))
+    if not ids:
+        return
+    try:
+        _bump(ids)
+    except redis.RedisError:
+        logger.warning("tenant %s changed; its keys' generations were not set anew", tenant_id)
+    _bump_after_commit(ids)

@@ -18,11 +18,11 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
+from apikeys.generations import tenant_context_changed
 from core.errors import Conflict, NotFound, Overloaded
 from limits.services import free_plan_current, redis_client
 from plans.models import Plan
 from tenants.models import Tenant
-from tenants.selectors import tenant_context_forget
 
 from . import messages
 from .locks import lock_held
@@ -83,7 +83,7 @@ def subscription_get_or_create(*, tenant: Tenant) -> Subscription:
         )
         if free.pk != sub.plan_id and row.update(plan=free):
             sub.plan = free
-            tenant_context_forget(tenant_id=tenant.pk)
+            tenant_context_changed(tenant_id=tenant.pk)
         elif free.pk != sub.plan_id:  # changed since the read: as it is now
             sub = Subscription.objects.for_tenant(tenant).select_related("plan").get()
     if not sub.stripe_subscription_id and now >= sub.current_period_end:
@@ -299,7 +299,7 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
                 sub.save()
                 billing_period_record(sub=sub)
         past_due_clear(tenant_id=tenant.pk)
-        tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
+        tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
         return Subscription.objects.for_tenant(tenant).select_related("plan").get()
     try:
         stripe_sub = _stripe_subscribe(sub, plan, tenant)
@@ -319,7 +319,7 @@ def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
         stripe_apply(sub, stripe_sub, int(time.time()))
         sub.save()
         billing_period_record(sub=sub)
-    tenant_context_forget(tenant_id=tenant.pk)  # new limits apply on the next request
+    tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
     return sub
 
 
@@ -365,7 +365,7 @@ def subscription_refresh_from_stripe(
         stripe_apply(sub, current, observed_at)
         sub.save()
         billing_period_record(sub=sub)
-        tenant_context_forget(tenant_id=sub.tenant_id)
+        tenant_context_changed(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)
         if renewal and sub.stripe_subscription_id and sub.current_period_start > previous_start:
             from .tasks import usage_push_period_enqueue

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.db.models import F
 
-from tenants.selectors import tenant_context_forget
+from apikeys.generations import tenant_context_changed
 
 from .models import Invoice, Subscription
 
@@ -35,4 +35,4 @@ def past_due_clear(*, tenant_id: str) -> None:
             return
         row.status, row.past_due_since = Subscription.Status.ACTIVE, None
         row.save(update_fields=["status", "past_due_since", "updated_at"])
-    tenant_context_forget(tenant_id=tenant_id)
+    tenant_context_changed(tenant_id=tenant_id)

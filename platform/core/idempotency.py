@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from tenants.models import Tenant
@@ -76,17 +77,20 @@ def _valid(key: str) -> bool:
 
 
 def idempotency_replayable(*, tenant: Tenant, livemode: bool, key: str | None) -> bool:
-    """Whether a POST under ``key`` would replay a completed response. Read before
-    admission: a replay runs and bills nothing, so it is held to the rate limit only, not
-    to the quota, the concurrency cap or an unpaid subscription (the call it replays was
-    answered and billed when that was allowed)."""
+    """Whether a POST under ``key`` would be answered from its record: a completed response
+    replayed, or a 409 ``idempotency_key_in_use`` while the first attempt runs. Read on
+    a refusal of admission: such an answer runs and bills nothing, so it is held to the rate
+    limit only, not to the quota, the concurrency cap or an unpaid subscription (the call it
+    replays was answered and billed when that was allowed; a duplicate of one in flight was
+    answered 402 or 429 for the quota or the slot its own first attempt held)."""
     if key is None or not _valid(key):
         return False
-    cutoff = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
-    records = IdempotencyRecord.objects.for_tenant(tenant)
-    return records.filter(
-        livemode=livemode, key=key, state=IdempotencyRecord.State.COMPLETED, created_at__gte=cutoff
-    ).exists()
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
+    records = IdempotencyRecord.objects.for_tenant(tenant).filter(livemode=livemode, key=key)
+    completed = Q(state=IdempotencyRecord.State.COMPLETED, created_at__gte=cutoff)
+    running = Q(state=IdempotencyRecord.State.IN_PROGRESS, locked_until__gt=now)
+    return records.filter(completed | running).exists()
 
 
 def idempotency_begin(

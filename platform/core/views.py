@@ -193,7 +193,9 @@ class TenantAPIView(APIView):
         except APIError as refused:
             # A replay runs and bills nothing: it is not refused for the quota its first
             # attempt used up, a subscription unpaid since, or the concurrency cap, only for
-            # the rate limit. (Looked up only on such a refusal: no query on the common path.)
+            # the rate limit; nor is a duplicate of an attempt still running, which is a 409
+            # (idempotency_begin). (Looked up only on such a refusal: no query on the common
+            # path.)
             if refused.code not in REPLAY_ADMITTED:
                 raise
             if not (

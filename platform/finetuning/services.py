@@ -28,6 +28,7 @@ from inference.models import AIModel
 from inference.selectors import model_get_visible
 from limits.services import enforcement_for
 from tenants.models import Tenant
+from tenants.selectors import tenant_with_plan
 from workers.contract import (
     CONTRACT_VERSION,
     HYPERPARAMETER_DEFAULTS,
@@ -241,8 +242,10 @@ def _check_plan(*, tenant: Tenant, api_key: ApiKey, method: str = "head") -> str
     plan's id: the job is billed on it, whatever plan the tenant is on when it ends.
 
     WARNING: call it with the tenant's row locked, in the transaction that creates the job
-    (``fine_tune_create``): the count is only true until another job is inserted."""
-    enforcement = enforcement_for(api_key)
+    (``fine_tune_create``): the count is only true until another job is inserted. The plan
+    is read afresh too, not this process's copy of it (a move to free answered a moment ago
+    in another process must refuse the job)."""
+    enforcement = enforcement_for(api_key, tenant=tenant_with_plan(tenant_id=tenant.pk, fresh=True))
     if enforcement.blocked_reason:
         raise APIError(enforcement.blocked_reason, code="subscription_unpaid", status=402)
     plan = enforcement.plan

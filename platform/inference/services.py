@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from core.artifacts import blob_release
-from core.errors import InvalidRequest, Overloaded, PermissionError_
+from core.errors import InvalidRequest, NotFound, Overloaded, PermissionError_
 from finetuning.models import FineTuneJob
 from limits.services import Admission
 from tenants.models import Tenant
@@ -139,7 +139,13 @@ def model_delete(*, tenant: Tenant, model_id: str, livemode: bool) -> AIModel:
             code="base_model_not_deletable",
         )
     model.deleted_at = timezone.now()
-    model.save(update_fields=["deleted_at"])
+    # Only if no other delete got there first (they answered 200 each, racing): that one's
+    # 200, this one's 404, as one after the other.
+    alive = AIModel.objects.for_tenant(tenant).filter(pk=model.pk, deleted_at__isnull=True)
+    if not alive.update(deleted_at=model.deleted_at):
+        raise NotFound(
+            messages.MODEL_NOT_FOUND.format(model=model_id), code="model_not_found", param="id"
+        )
     # Its int8 variant serves the same model file: it goes with it (deleting only the
     # variant leaves the model).
     variants = AIModel.objects.for_tenant(tenant).filter(parent=model, deleted_at__isnull=True)

@@ -34,6 +34,7 @@ from django.utils import timezone
 from apikeys.models import ApiKey
 from core.errors import APIError
 from plans.models import Plan
+from tenants.models import Tenant
 
 from . import messages
 from .lua import ADMIT, REFUND
@@ -139,11 +140,12 @@ def _blocked_reason(subscription: Any, now: datetime) -> str:
     return messages.CANCELED if subscription.status == "canceled" else ""
 
 
-def enforcement_for(api_key: ApiKey) -> Enforcement:
+def enforcement_for(api_key: ApiKey, *, tenant: Tenant | None = None) -> Enforcement:
     """The tenant's plan and period, from the subscription loaded with the key (no query in
-    the common case). A tenant without a subscription row is on the free plan."""
+    the common case), or with ``tenant`` (one read afresh). A tenant without a subscription
+    row is on the free plan."""
     now = timezone.now()
-    subscription = getattr(api_key.tenant, "subscription", None)
+    subscription = getattr(tenant or api_key.tenant, "subscription", None)
     if subscription is None:
         start, end = _month(now)
         return Enforcement(free_plan_current(), start, end)

@@ -65,6 +65,25 @@ def test_deleting_the_model_deletes_its_variant(api, pair):
     assert PARENT not in ids and VARIANT not in ids
 
 
+def test_a_delete_that_another_beat_to_it_is_a_404(api, tenant, pair, monkeypatch):
+    """Two deletes at once: one 200, one 404, as one after the other (both read the model
+    before either wrote, and both answered 200)."""
+    from django.utils import timezone
+
+    from inference import services
+
+    read = services.model_get_visible
+
+    def read_then_another_deletes(**kwargs):
+        model = read(**kwargs)
+        AIModel.objects.for_tenant(tenant).filter(pk=PARENT).update(deleted_at=timezone.now())
+        return model
+
+    monkeypatch.setattr(services, "model_get_visible", read_then_another_deletes)
+    late = api.delete(f"/v1/models/{PARENT}")
+    assert late.status_code == 404 and late.json()["error"]["code"] == "model_not_found"
+
+
 def test_deleting_the_variant_leaves_its_model(api, pair):
     assert api.delete(f"/v1/models/{VARIANT}").status_code == 200
     assert api.get(f"/v1/models/{VARIANT}").status_code == 404
