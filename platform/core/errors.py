@@ -110,10 +110,21 @@ def error_body(status: int, code: str, message: str, param: str | None = None) -
         "error": {
             "type": TYPE_BY_STATUS.get(status, "invalid_request"),
             "code": code,
-            "message": message,
-            "param": param,
+            "message": _utf8(message),
+            "param": None if param is None else _utf8(param),
         }
     }
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (``"\ud800"`` in JSON, which
+    Python's json reads) echoed from a request, as an unknown member's name or a value that
+    is not a choice, is written as its escape. It failed the response's encoding: a 500."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, str, str]:

@@ -19,22 +19,8 @@ from workers.contract import (
 )
 
 from . import messages
+from .invisible import INVISIBLE
 
-# What a text to classify may not consist of alone: whitespace, control characters, the
-# invisible format characters (soft hyphen, zero-width spaces and joiners, direction marks,
-# word joiner, byte-order mark, interlinear annotation marks), variation selectors, the
-# Hangul fillers, combining diacritical marks with nothing to combine with, the private use
-# area and the replacement character (U+FFFD, what a decoder leaves of bad bytes). The
-# encoder's tokenizer drops them all (it strips accents too), so such a text reads as an
-# empty one, and would be billed as one. The same class is the schema's pattern, so the
-# schema says what the server enforces. NOTE: characters beyond the Basic Multilingual
-# Plane (tag characters, musical formatting) are left out: a JSON Schema pattern cannot
-# name them without the regex "u" flag.
-INVISIBLE = (
-    r"\s\x00-\x1f\x7f-\x9f\u00ad\u0300-\u036f\u061c\u115f\u1160\u17b4\u17b5\u180e"
-    r"\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f\ufeff"
-    r"\ue000-\uf8ff\uffa0\ufff9-\ufffd"
-)
 _VISIBLE = re.compile(f"[^{INVISIBLE}]")
 
 

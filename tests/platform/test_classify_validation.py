@@ -260,6 +260,7 @@ PARITY_BODIES = [
     {**OK, "inputs": ["ok", " \t\n"]},
     {**OK, "inputs": ["ok", "\u200b\u2060\ufeff\u00ad"]},
     {**OK, "inputs": ["\u200bvisible\u200b"]},
+    {**OK, "inputs": ["ok", "\u05b0\u05b1\u064b"]},  # marks the tokenizer drops, alone
     {**OK, "inputs": ["bad\x00nul"]},
     {**OK, "inputs": ["lone \ud800 surrogate"]},
     {**OK, "inputs": [1]},

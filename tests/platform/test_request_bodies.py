@@ -131,3 +131,29 @@ def test_format_is_an_unknown_parameter_like_any_other(tenant, client_for):
         assert response.status_code == 400, query
         assert response.json()["error"]["code"] == "unknown_parameter"
         assert response.json()["error"]["param"] == "format"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/classify", b'{"model": "minilm-l6", "inputs": ["hi"], "labels": ["a", "b"], '
+                         b'"\\ud800": 1}'),
+        ("/v1/api-keys", b'{"name": "x", "scopes": ["inference"], "\\ud800": 1}'),
+        ("/v1/api-keys", b'{"name": "x", "scopes": ["\\ud800"]}'),
+        ("/v1/api-keys", b'{"name": "x", "scopes": ["inference"], "mode": "\\ud800"}'),
+        ("/v1/api-keys", b'{"\\ud800": 1, "\\ud800": 2}'),
+        ("/v1/fine-tunes", b'{"base_model": "minilm-l6", "training_dataset": "ds_x", '
+                           b'"hyperparameters": {"\\ud800": 1}}'),
+        ("/v1/fine-tunes", b'{"base_model": "minilm-l6", "training_dataset": "ds_x", '
+                           b'"method": "\\ud800"}'),
+        ("/v1/subscription", b'{"\\ud800": 1}'),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_echoed_in_an_error_is_a_400_not_a_500(tenant, client_for, path, body):
+    """An unknown member's name, or a value that is not a choice, is named in the error: a
+    lone surrogate there (which JSON can write and no UTF-8 can carry) made the response
+    fail to encode."""
+    response = client_for(tenant, ["admin"]).post(path, body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert "\\ud800" in (error["param"] or "") + error["message"]
