@@ -10,6 +10,7 @@ from apikeys.apis import ApiKeyDetailApi, ApiKeyListCreateApi, ApiKeyRotateApi
 from billing.apis import InvoiceListApi, PlanListApi, SubscriptionApi, UpcomingInvoiceApi
 from billing.webhook_views import stripe_webhook
 from core.errors import read_only_route
+from core.schema import AnyAcceptNegotiation
 from datasets.apis import DatasetDetailApi, DatasetListCreateApi
 from finetuning.apis import (
     FineTuneCancelApi,
@@ -51,7 +52,11 @@ urlpatterns = [
     path(
         "v1/openapi.json",
         read_only_route(
-            SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[])
+            SpectacularJSONAPIView.as_view(
+                authentication_classes=[],
+                permission_classes=[],
+                content_negotiation_class=AnyAcceptNegotiation,
+            )
         ),
         name="openapi",
     ),

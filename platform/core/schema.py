@@ -13,6 +13,8 @@ from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
 from drf_spectacular.plumbing import force_instance
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer
 from rest_framework import serializers
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
 
 from .serializers import DistinctListField, ErrorSerializer, StrictSerializer, StrictStringField
 
@@ -194,8 +196,10 @@ def operations_paths(result: dict[str, Any], **_: Any) -> dict[str, Any]:
             "200": _answer("Ready.", _json(ready)),
             "503": _answer("A dependency is unreachable (see checks).", _json(ready))}),
         "/v1/openapi.json": _read_only("openapi", "This OpenAPI 3 document.", {
-            "200": _answer("The document.",
-                           {"application/vnd.oai.openapi+json": {"schema": {"type": "object"}}})}),
+            "200": _answer("The document (as application/json when asked for that; whatever"
+                           " else Accept names, as the OpenAPI media type).",
+                           {"application/vnd.oai.openapi+json": {"schema": {"type": "object"}},
+                            "application/json": {"schema": {"type": "object"}}})}),
         "/v1/docs": _read_only("docs", "Interactive documentation (Swagger UI) of this API.", {
             "200": _answer("An HTML page.", {"text/html": {"schema": {"type": "string"}}})}),
         "/v1/redoc": _read_only("redoc", "Reference documentation (Redoc) of this API.", {
@@ -227,3 +231,14 @@ def operations_paths(result: dict[str, Any], **_: Any) -> dict[str, Any]:
         "description": "Stripe's signature of the raw body (t=...,v1=HMAC-SHA256).",
     }  # fmt: skip
     return result
+
+
+class AnyAcceptNegotiation(DefaultContentNegotiation):
+    """The document whatever ``Accept`` says: one it cannot honour (``text/html``) gets the
+    OpenAPI media type, not a 406 the document does not describe (a browser, a tool)."""
+
+    def select_renderer(self, request: Any, renderers: Any, format_suffix: Any = None) -> Any:
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type

@@ -293,3 +293,20 @@ def test_metrics_port_is_left_alone_under_make_run_and_a_bad_one_says_so(monkeyp
     monkeypatch.setenv("METRICS_PORT", "nine-thousand")
     with pytest.raises(ValueError, match="METRICS_PORT must be a port number"):
         metrics_serve_from_env()
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        ("text/html", "application/vnd.oai.openapi+json"),
+        ("application/json", "application/json"),
+        ("*/*", "application/vnd.oai.openapi+json"),
+    ],
+)
+def test_the_document_is_served_whatever_accept_names(accept, content_type):
+    """A browser's Accept got a 406 the document did not describe; application/json got a
+    content type it did not list."""
+    response = APIClient().get("/v1/openapi.json", HTTP_ACCEPT=accept)
+    assert response.status_code == 200 and response["Content-Type"] == content_type
+    documented = response.json()["paths"]["/v1/openapi.json"]["get"]["responses"]["200"]
+    assert content_type in documented["content"]
