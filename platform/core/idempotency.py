@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from rest_framework.utils.encoders import JSONEncoder
 
 from tenants.models import Tenant
 
@@ -163,7 +164,7 @@ def idempotency_finish(*, record: IdempotencyRecord, status_code: int, body: Any
         records.update(
             state=IdempotencyRecord.State.COMPLETED,
             status_code=status_code,
-            response_body=_without_secret(body),
+            response_body=json.dumps(_without_secret(body), cls=JSONEncoder, ensure_ascii=False),
         )
     else:
         records.update(state=IdempotencyRecord.State.RELEASED, locked_until=timezone.now())

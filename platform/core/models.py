@@ -30,7 +30,9 @@ class IdempotencyRecord(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     locked_until = models.DateTimeField()
     status_code = models.PositiveSmallIntegerField(null=True)
-    response_body = models.JSONField(null=True)
+    # The JSON as it was answered, as text: a replay is the same body, members in the same
+    # order (PostgreSQL's jsonb sorts them: a classification's scores came back reordered).
+    response_body = models.TextField(null=True)  # noqa: DJ001  (none kept: NULL, as before)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TenantScopedManager()

@@ -4,6 +4,7 @@ never from ambient state, and every POST honours ``Idempotency-Key``."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -334,8 +335,9 @@ class TenantAPIView(APIView):
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, _Replay):
             self._replayed = True
+            body = exc.record.response_body
             return Response(
-                exc.record.response_body,
+                None if body is None else json.loads(body),
                 status=exc.record.status_code or 200,
                 headers={"Idempotent-Replayed": "true"},
             )
