@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from rest_framework.utils.json import strict_constant
+
 from core.parsers import DuplicateName, unique_names
 from inference.serializers import has_visible_text
 from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS, MAX_LABELS
@@ -191,7 +193,8 @@ def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
         if not line.strip():
             continue
         try:
-            row = json.loads(line, object_pairs_hook=unique_names)
+            # NaN and Infinity are not JSON (RFC 8259), as /v1/classify holds too.
+            row = json.loads(line, object_pairs_hook=unique_names, parse_constant=strict_constant)
         except DuplicateName as exc:  # ``{"text": "a", "text": "b"}``: readers disagree
             result.error(number, messages.DUPLICATE_MEMBER.format(name=exc.name))
             continue

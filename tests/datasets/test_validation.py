@@ -56,6 +56,9 @@ def test_each_line_problem_is_reported_with_its_line():
     ]
     data = ("\n".join(lines) + "\n").encode() + b'{"text": "\xff", "label": "a"}\n'
     data += b'{"text": "a null label", "label": null}\n'  # there, and not a string
+    data += b'{"text": "not a number", "label": "a", "x": NaN}\n'  # not JSON (RFC 8259)
+    data += b'{"text": "\xd7\xa9\xd7\x81", "label": "a"}\n'  # a letter and its point: fine
+    data += b'{"text": "\xd6\xb0\xd6\xb1", "label": "a"}\n'  # Hebrew points alone: empty
     found = messages_by_line(dataset_validate(data))
     by_line = {}
     for line, message in found:
@@ -73,6 +76,9 @@ def test_each_line_problem_is_reported_with_its_line():
     assert by_line[11] == ["'label' is empty (or has nothing visible in it)."]
     assert by_line[12] == ["Line is not valid UTF-8."]
     assert by_line[13] == ["'label' must be a string."]  # was "Missing 'label'."
+    assert "not valid JSON" in by_line[14][0]  # was valid, the NaN ignored with the "x"
+    assert 15 not in by_line
+    assert by_line[16] == ["'text' is empty (or has nothing visible in it)."]
 
 
 def test_whole_file_rules():
