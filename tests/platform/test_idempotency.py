@@ -22,9 +22,7 @@ def test_same_key_same_body_replays_the_first_response(api):
     assert first.json()["secret"].startswith("sk_live_")
     assert second.json() == {**first.json(), "secret": None}
     # Member for member, in the same order (PostgreSQL's jsonb sorted a kept body's members).
-    assert second.content == first.content.replace(
-        f'"{first.json()["secret"]}"'.encode(), b"null"
-    )
+    assert second.content == first.content.replace(f'"{first.json()["secret"]}"'.encode(), b"null")
     stored = IdempotencyRecord.objects.unscoped().get(key="k-1")
     assert first.json()["secret"] not in str(stored.response_body)
     assert second["Idempotent-Replayed"] == "true"
