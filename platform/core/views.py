@@ -178,13 +178,16 @@ class TenantAPIView(APIView):
 
     def _initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        _refuse_content_coding(request)
+        try:
+            _refuse_content_coding(request)
+        except APIError as exc:  # as a body's errors: after admission (a throttled key's 429)
+            self._body_error = exc
         post = request.method == "POST"
         # NOTE: META, not ``request.headers``: that builds a dict of every header on first use
         # (7 µs a request, ~1 % of a cache hit in the API), for the one this view reads.
         key = request.META.get("HTTP_IDEMPOTENCY_KEY") if post else None
         check = _key_check(request)
-        prefetch = [*(self._prefetch(request) if post else ())]
+        prefetch = [*(self._prefetch(request) if post and self._body_error is None else ())]
         if check is not None:
             prefetch.append(check.redis_key)  # the cached key's generation, read with it
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.

@@ -89,6 +89,11 @@ def test_a_body_that_cannot_be_read_is_counted_and_a_throttled_key_gets_429_for_
     assert client.get("/v1/models").status_code == 200
     for body in bodies:
         assert client.post("/v1/classify", body, content_type="application/json").status_code == 429
+    # A compressed body (refused, not inflated) too: it got its 415 past the rate limit.
+    gzipped = client.post(
+        "/v1/classify", b"\x1f\x8b", content_type="application/json", HTTP_CONTENT_ENCODING="gzip"
+    )
+    assert gzipped.status_code == 429 and "Retry-After" in gzipped
 
 
 def test_per_key_limit_leaves_the_tenants_other_keys_alone(tenant):
