@@ -55,6 +55,37 @@ def unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+class _Pairs(list[tuple[str, Any]]):
+    """An object's members as read, repeats kept (``duplicate_path``)."""
+
+
+def duplicate_path(text: str, **options: Any) -> str | None:
+    """Where the first member named twice is, in document order, as errors name a place
+    (``examples[0].text``, ``hyperparameters.epochs``): ``unique_names`` knows only the name.
+    Read again on that error alone, so it costs a valid body nothing."""
+
+    def find(value: Any, path: str) -> str | None:
+        if isinstance(value, _Pairs):
+            seen: set[str] = set()
+            for name, item in value:
+                here = f"{path}.{name}" if path else name
+                if name in seen:
+                    return here
+                seen.add(name)
+                if (found := find(item, here)) is not None:
+                    return found
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if (found := find(item, f"{path}[{index}]")) is not None:
+                    return found
+        return None
+
+    try:
+        return find(json.loads(text, object_pairs_hook=_Pairs, **options), "")
+    except (ValueError, RecursionError):
+        return None
+
+
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, with two refusals of its own:
 
@@ -84,8 +115,9 @@ class JSONParser(parsers.JSONParser):
         try:
             data = json.loads(text, parse_constant=constant, object_pairs_hook=unique_names)
         except DuplicateName as exc:
+            param = duplicate_path(text, parse_constant=constant) or exc.name
             raise InvalidRequest(
-                f"{exc.name} is given more than once.", code="duplicate_parameter", param=exc.name
+                f"{param} is given more than once.", code="duplicate_parameter", param=param
             ) from None
         except RecursionError:
             raise ParseError("JSON parse error - it is nested too deeply.") from None

@@ -100,8 +100,11 @@ def test_a_body_that_is_not_a_json_object_is_a_400(api, raw):
     ("raw", "param"),
     [
         (b'{"model": "minilm-l6", "inputs": ["x"], "labels": ["a", "b"], "model": "m2"}', "model"),
-        (b'{"model": "minilm-l6", "inputs": ["x"], "examples": [{"text": "t", "label": "a",'
-         b' "text": "u"}]}', "text"),
+        # Named where it is, as other errors in examples are (it said "text").
+        (b'{"model": "minilm-l6", "inputs": ["x"], "examples": [{"text": "t", "label": "a"},'
+         b' {"text": "t", "label": "a", "text": "u"}]}', "examples[1].text"),
+        (b'{"model": "minilm-l6", "inputs": ["x"], "labels": ["a", "b"], "z": {"y": [{"x": 1,'
+         b' "x": 2}]}}', "z.y[0].x"),
     ],
 )  # fmt: skip
 def test_a_member_named_twice_is_refused_not_read_as_the_last(api, raw, param):
