@@ -56,7 +56,8 @@ def dataset_to_dict(dataset: Dataset) -> dict[str, Any]:
         "bytes": dataset.bytes,
         "status": dataset.status,
         "rows": dataset.rows,
-        "labels": dataset.labels,
+        # By label, as validation counted them (PostgreSQL's jsonb keeps them by length).
+        "labels": dict(sorted(dataset.labels.items())),
         "errors": dataset.errors,
         "error_count": dataset.error_count,
         "warnings": dataset.warnings,

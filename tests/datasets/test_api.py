@@ -61,6 +61,8 @@ def test_upload_a_valid_file(api, artifact_dir):
     assert body["status"] == "valid" and body["rows"] == 20 and body["format"] == "jsonl"
     assert body["labels"] == {"billing": 10, "bug": 10}
     assert body["errors"] == [] and body["error_count"] == 0
+    # By label, read back too (PostgreSQL's jsonb kept them by length: "bug" first).
+    assert list(api.get(f"/v1/datasets/{body['id']}").json()["labels"]) == ["billing", "bug"]
     dataset = Dataset.objects.unscoped().get(pk=body["id"])
     store = ArtifactStore(artifact_dir)
     assert store.get(dataset.raw_file) == good_file()
