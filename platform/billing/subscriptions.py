@@ -213,10 +213,13 @@ def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str
     return result
 
 
-def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
+def subscription_change(
+    *, tenant: Tenant, plan_slug: str, to_current_version: bool = False
+) -> Subscription:
     """Move the tenant to the current version of a plan: a paid plan creates or changes the
     Stripe subscription (with proration), ``free`` cancels it. Asking for the plan the
-    tenant is already on changes nothing.
+    tenant is already on changes nothing, unless ``to_current_version`` (the operator's move
+    of a plan's subscribers onto its current version: ``billing.versions``).
 
     One change at a time per tenant (a Redis lock around the read and the Stripe calls):
     two concurrent changes from free would otherwise each create a Stripe subscription, and
@@ -242,15 +245,15 @@ def subscription_change(*, tenant: Tenant, plan_slug: str) -> Subscription:
         raise Conflict(messages.CHANGE_IN_PROGRESS, code="subscription_change_in_progress")
     try:
         with lock_held(lock):
-            return _change_locked(tenant, plan)
+            return _change_locked(tenant, plan, to_current_version)
     finally:
         with contextlib.suppress(redis.RedisError, LockError):
             lock.release()
 
 
-def _change_locked(tenant: Tenant, plan: Plan) -> Subscription:
+def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subscription:
     sub = subscription_get_or_create(tenant=tenant)  # read under the lock
-    if sub.plan.slug == plan.slug:
+    if sub.plan.slug == plan.slug and (sub.plan_id == plan.pk or not to_current_version):
         # The plan it is on, whatever version: subscribers keep the version they signed (an
         # operator's newer, dearer one moved them, with a credit for the old fee).
         return sub

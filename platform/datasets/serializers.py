@@ -29,7 +29,9 @@ class DatasetSerializer(serializers.Serializer[Any]):
     bytes = serializers.IntegerField()
     status = serializers.ChoiceField(choices=["valid", "invalid"])
     rows = serializers.IntegerField(help_text="Examples that passed validation.")
-    labels = serializers.DictField(child=serializers.IntegerField(), help_text="label -> rows, by label")
+    labels = serializers.DictField(
+        child=serializers.IntegerField(), help_text="label -> rows, by label"
+    )
     errors = DatasetIssueSerializer(many=True, help_text="The first 100 problems.")  # type: ignore[assignment]  # the stubs reserve this name
     error_count = serializers.IntegerField(help_text="All problems, reported or not.")
     warnings = DatasetIssueSerializer(many=True)

@@ -23,6 +23,7 @@ from billing.models import BillingPeriod, Subscription
 from billing.stripe_client import BillingUnavailable
 from billing.stripe_sync import plans_sync_to_stripe
 from billing.subscriptions import FREE_SLUG
+from billing.versions import subscribers_move_to_current
 from economics.models import UsageRollup
 from metering.models import UsageRecord
 
@@ -125,7 +126,7 @@ class PlanAdmin(admin.ModelAdmin[Plan]):
                     "included_inputs", "stripe_plan_id"]  # fmt: skip
     list_filter = ["slug", "is_current", "public"]
     readonly_fields = PRICING_FIELDS
-    actions = ["sync_to_stripe"]
+    actions = ["sync_to_stripe", "move_subscribers"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Plan | None = None) -> list[str]:
         if obj is None:
@@ -209,6 +210,36 @@ class PlanAdmin(admin.ModelAdmin[Plan]):
         self.message_user(
             request, messages.STRIPE_SYNCED.format(plans=paid or messages.STRIPE_SYNCED_NONE)
         )
+
+    @admin.action(
+        description="Move subscribers of older versions onto the selected current version",
+        permissions=["change"],
+    )
+    def move_subscribers(self, request: HttpRequest, queryset: QuerySet[Plan]) -> None:
+        """A new version's terms (a price cut) for the tenants already on the plan: each
+        moved as by a plan change of its own, prorated in Stripe (``billing.versions``)."""
+        for plan in queryset.order_by("pk"):
+            if not plan.is_current:
+                self.message_user(
+                    request, messages.MOVE_NOT_CURRENT.format(plan=plan.pk), flash.ERROR
+                )
+                continue
+            if plan.slug == FREE_SLUG:
+                self.message_user(request, messages.MOVE_FREE.format(plan=plan.pk))
+                continue
+            result = subscribers_move_to_current(plan=plan)
+            self.message_user(
+                request,
+                messages.MOVED.format(plan=plan.pk, moved=len(result.moved)),
+                flash.SUCCESS if result.moved else flash.INFO,
+            )
+            if result.refused:
+                refused = "; ".join(f"{tenant}: {why}" for tenant, why in result.refused)
+                self.message_user(
+                    request,
+                    messages.MOVE_REFUSED.format(count=len(result.refused), refused=refused),
+                    flash.ERROR,
+                )
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         return {"is_current": True}

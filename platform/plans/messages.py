@@ -72,3 +72,10 @@ UNBILLED_FINETUNE = (
     "a plan without a base fee is never billed (no Stripe subscription is made for it): "
     "give it a base fee, or make its fine-tuning free (0)"
 )
+MOVE_NOT_CURRENT = (
+    "Nobody moved onto {plan}: it is not its plan's current version, and subscribers are moved"
+    " onto a current version only (make it current first, or select the current one)."
+)
+MOVE_FREE = "Nobody to move onto {plan}: free's tenants follow its current version already."
+MOVED = "Moved {moved} subscribers onto {plan} (each prorated in Stripe)."
+MOVE_REFUSED = "Not moved, and left where they were, {count} subscribers: {refused}"
