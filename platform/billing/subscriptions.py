@@ -326,6 +326,12 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
     return sub
 
 
+def _enforced(sub: Subscription) -> tuple[Any, ...]:
+    """What requests are admitted under (``limits.services.enforcement_for``)."""
+    return (sub.plan_id, sub.status, sub.past_due_since, sub.current_period_start,
+            sub.current_period_end, sub.stripe_subscription_id)  # fmt: skip
+
+
 def subscription_refresh_from_stripe(
     *, customer_id: str, stripe_subscription_id: str, snapshot: dict[str, Any], event_created: int
 ) -> Subscription | None:
@@ -365,10 +371,12 @@ def subscription_refresh_from_stripe(
             return sub  # an older snapshot than the one we hold
         previous_start = sub.current_period_start
         renewal = sub.stripe_subscription_id == stripe_subscription_id
+        enforced = _enforced(sub)
         stripe_apply(sub, current, observed_at)
         sub.save()
         billing_period_record(sub=sub)
-        tenant_context_changed(tenant_id=sub.tenant_id)
+        if _enforced(sub) != enforced:  # (most events change nothing requests are held to)
+            tenant_context_changed(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)
         if renewal and sub.stripe_subscription_id and sub.current_period_start > previous_start:
             from .tasks import usage_push_period_enqueue

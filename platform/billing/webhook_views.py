@@ -44,7 +44,9 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
             payload=payload, signature=request.headers.get("Stripe-Signature")
         )
     except WebhookRejected as exc:
-        logger.warning("Stripe webhook rejected: %s", exc.code)
+        # (No secret configured is the operator's to fix: logged as an error, not a refusal.)
+        level = logging.ERROR if exc.code == "webhook_not_configured" else logging.WARNING
+        logger.log(level, "Stripe webhook rejected: %s", exc.code)
         # NOTE: a 401 names its scheme (RFC 9110): the signature is the credential here.
         challenge = {"WWW-Authenticate": 'Stripe-Signature realm="webhooks"'}
         return JsonResponse(

@@ -49,6 +49,12 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
     secrets = settings.STRIPE_WEBHOOK_SECRETS
     if not secrets:
         raise WebhookRejected("webhook_not_configured", messages.WEBHOOK_NOT_CONFIGURED, 401)
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        # Stripe signs UTF-8 JSON: other bytes carry no good signature (the library's decode
+        # failed as a ValueError, answered 400 invalid_payload, before any check).
+        raise WebhookRejected("invalid_signature", messages.WEBHOOK_BAD_SIGNATURE, 401) from None
     for secret in secrets:
         try:
             stripe.Webhook.construct_event(

@@ -242,7 +242,7 @@ class TenantAPIView(APIView):
             raise _Replay(outcome.record)
         self._idempotency = outcome.record
         self.is_retry = outcome.retry
-        if replaying:  # its record expired in between: a new request, admitted as one
+        if replaying:  # its record expired or was released in between: a new request
             self._admission = None
             limits_settle(admission, succeeded=False)
             self._admission = self._admit(request, runs=True, prefetch=())

@@ -70,7 +70,10 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
             deleted_at=timezone.now() if refusal else None,
         )
     if refusal is not None:
-        dataset_files_sweep(dataset_ids=[dataset.pk])
+        try:
+            dataset_files_sweep(dataset_ids=[dataset.pk])
+        except Exception:  # the beat's sweep tries again: the answer is the 409 regardless
+            logger.exception("could not sweep the files of refused upload %s", dataset.pk)
         raise refusal
     return dataset
 

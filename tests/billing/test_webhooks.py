@@ -40,13 +40,19 @@ def test_forged_stale_unsigned_are_401_and_malformed_400_with_no_effect(live_ser
             "invalid_signature",
         ),
         "garbage header": ({"Stripe-Signature": "nonsense"}, "invalid_signature"),
+        # Not UTF-8 (so not signed by Stripe): was a 400 invalid_payload, before any check.
+        "not utf-8": (
+            {"Stripe-Signature": "t=1,v1=deadbeef", "X-Body": "latin-1"},
+            "invalid_signature",
+        ),
         "tampered": (
             {"Stripe-Signature": sign(body.replace(b"deleted", b"created"))},
             "invalid_signature",
         ),
     }
     for name, (headers, code) in cases.items():
-        response = _post(url, body, headers)
+        sent = body.replace(b"sub_x", b"sub_\xff") if headers.pop("X-Body", None) else body
+        response = _post(url, sent, headers)
         # The signature is the webhook's credential: without a good one, a 401 that says so.
         assert response.status_code == 401, name
         assert response.headers["WWW-Authenticate"].startswith("Stripe-Signature"), name
