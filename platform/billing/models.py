@@ -62,6 +62,27 @@ class BillingPeriod(models.Model):
         return f"{self.tenant_id}: {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M}"
 
 
+class PlanSpan(models.Model):
+    """From ``start`` on, the tenant was on ``plan`` (until its next span): what a period's
+    included inputs are shared by when the tenant changed plans within it, each plan's by the
+    time it was on it, as Stripe prorates its fee (``billing.periods.plan_shares``). Written
+    at each plan change (the plan left, from its period's start, the first time)."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    plan = models.ForeignKey("plans.Plan", on_delete=models.PROTECT, related_name="+")
+    start = models.DateTimeField()
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "start"], name="plan_span_start_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}: {self.plan_id} from {self.start:%Y-%m-%d %H:%M}"
+
+
 class StripeEvent(models.Model):
     """Each webhook event once (unique id); processed asynchronously and idempotently."""
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import MAXYEAR, UTC, datetime, timedelta
+from fractions import Fraction
 
 from django.db import transaction
+from django.utils import timezone
 
 from core.moments import LAST_INSTANT, utc_clamped
 from plans.models import Plan
 from tenants.models import Tenant
 
-from .models import BillingPeriod, Subscription
+from .models import BillingPeriod, PlanSpan, Subscription
 
 
 def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
@@ -128,3 +130,46 @@ def period_recorded(*, tenant: Tenant, sub: Subscription, start: datetime) -> tu
         if recorded is not None:
             return recorded.end, recorded.plan
     return sub.current_period_end, sub.plan
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def plan_span_record(*, sub: Subscription, was: str, was_since: datetime) -> None:
+    """After ``sub`` changed plans, from ``was`` (on it at least since ``was_since``, its
+    period's start, at the latest): the time on each plan, which shares that period's
+    included inputs (``plan_shares``). A change that began a new period (a new Stripe
+    subscription, a move to free) counts from that period's start, one within the period
+    from now. Call in the transaction that saves the change."""
+    if sub.plan_id == was:
+        return
+    spans = PlanSpan.objects.for_tenant(sub.tenant_id)
+    if not spans.filter(start__lte=was_since).exists():  # the first change recorded
+        spans.get_or_create(tenant_id=sub.tenant_id, start=was_since, defaults={"plan_id": was})
+    at = sub.current_period_start if sub.current_period_start > was_since else timezone.now()
+    spans.filter(start__gt=at).delete()  # (a clock behind an earlier write's)
+    spans.update_or_create(tenant_id=sub.tenant_id, start=at, defaults={"plan_id": sub.plan_id})
+
+
+def plan_shares(*, tenant: Tenant | str, start: datetime) -> dict[str, Fraction]:
+    """Plan id -> its share of the recorded period that begins at ``start``: the time the
+    tenant was on it there, over the period's length. Empty where the period is not
+    recorded or no plan change within it or before it was (every plan's included inputs
+    whole, as before spans were kept); a plan absent from a non-empty answer had no time
+    in the period (usage made on it that landed there covers none of its inputs)."""
+    periods = BillingPeriod.objects.for_tenant(tenant).filter(start=start)
+    end: datetime | None = periods.values_list("end", flat=True).first()
+    if end is None:
+        return {}
+    spans = PlanSpan.objects.for_tenant(tenant).filter(start__lt=end)
+    before = spans.filter(start__lte=start).order_by("-start").values_list("plan_id").first()
+    if before is None:
+        return {}
+    cuts = [(start, before[0])]
+    cuts += list(spans.filter(start__gt=start).order_by("start").values_list("start", "plan_id"))
+    length = (end - start) // _MICROSECOND
+    shares: dict[str, Fraction] = {}
+    for (since, plan_id), (until, _) in zip(cuts, [*cuts[1:], (end, "")], strict=True):
+        share = Fraction((until - since) // _MICROSECOND, length)
+        shares[plan_id] = shares.get(plan_id, Fraction(0)) + share
+    return shares

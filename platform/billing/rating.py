@@ -12,9 +12,11 @@ pushed to Stripe for it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Any
 
 from django.db.models import Sum
@@ -22,6 +24,8 @@ from django.db.models import Sum
 from metering.models import UsageRecord
 from plans.models import MODEL_TIERS, Plan
 from tenants.models import Tenant
+
+from .periods import plan_shares
 
 PER = Decimal(1000)
 
@@ -88,13 +92,22 @@ def rate(
     period_start: datetime,
     period_end: datetime,
     include_base_fee: bool = True,
+    share: Fraction | None = None,
 ) -> RatedPeriod:
+    """``share``: of the period, the part the tenant spent on ``plan`` (a plan change within
+    it): that part of its included inputs, rounded up (``periods.plan_shares``)."""
     lines: list[ChargeLine] = []
     if include_base_fee and plan.base_fee:
         lines.append(ChargeLine("base_fee", f"{plan.name} plan", 1, plan.base_fee))
     tiers = plan.overage_tiers or {}
     # Included inputs cover the dearest tier first.
-    allowance = plan.included_inputs
+    included = plan.included_inputs if share is None else math.ceil(plan.included_inputs * share)
+    allowance = included
+    of_period = (
+        ""
+        if share is None or share >= 1
+        else (f", its share of the period's {plan.included_inputs:,}")
+    )
     order = sorted(
         MODEL_TIERS,
         key=lambda t: -Decimal(str((tiers.get(t) or [{"unit_amount": 0}])[0]["unit_amount"])),
@@ -108,7 +121,7 @@ def rate(
             amount = _round(graduated(billable, tiers[tier]))
             lines.append(
                 ChargeLine(f"usage:{tier}", f"Classification, {tier} models, "
-                           f"{billable:,} inputs past the {plan.included_inputs:,} included "
+                           f"{billable:,} inputs past the {included:,} included{of_period} "
                            "(all models together)", billable, amount)
             )  # fmt: skip
     if trained_tokens and plan.finetune_unit_amount:
@@ -173,6 +186,7 @@ def rate_tenant_period(
     the period's usage was made on for that usage (one line per key, their sum)."""
     usage = billable_usage(tenant=tenant, plan=plan, start=start, end=end)
     segments = sorted(usage.items(), key=lambda item: item[0] != plan)  # the current first
+    shares = plan_shares(tenant=tenant, start=start)
     lines: dict[str, ChargeLine] = {}
     if include_base_fee and plan.base_fee:
         lines["base_fee"] = ChargeLine("base_fee", f"{plan.name} plan", 1, plan.base_fee)
@@ -184,6 +198,7 @@ def rate_tenant_period(
             period_start=start,
             period_end=end,
             include_base_fee=False,
+            share=shares.get(made_on.pk, Fraction(0)) if shares else None,
         )
         for line in part.lines:
             text = line.description

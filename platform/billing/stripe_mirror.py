@@ -4,6 +4,7 @@ event's snapshot) mapped onto our status, plan, period and past-due date."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,3 +93,14 @@ def stripe_apply(sub: Subscription, stripe_sub: dict[str, Any], observed_at: int
         sub.past_due_since = _past_due_since(stripe_sub) or sub.past_due_since or timezone.now()
     else:
         sub.past_due_since = None
+
+
+def free_apply(sub: Subscription, free: Plan) -> None:
+    """Put the row on ``free`` (a plan change there), its period from now."""
+    sub.plan = free
+    sub.stripe_subscription_id = ""
+    if sub.status != Subscription.Status.PAST_DUE:
+        sub.status, sub.past_due_since = Subscription.Status.ACTIVE, None
+    # (Past due stays past due on free until its invoice is paid: webhooks.handle_invoice.)
+    sub.stripe_updated_at = int(time.time())
+    sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())

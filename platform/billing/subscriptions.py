@@ -27,7 +27,12 @@ from tenants.models import Tenant
 from . import messages
 from .locks import lock_held
 from .models import Invoice, Subscription
-from .periods import billed_currency, billing_period_record, calendar_month, free_period_from
+from .periods import (
+    billed_currency,
+    billing_period_record,
+    calendar_month,
+    plan_span_record,
+)
 from .stripe_client import (
     PaymentRequired,
     as_dict,
@@ -36,7 +41,7 @@ from .stripe_client import (
     stripe_error_to_api,
 )
 from .stripe_customers import customer_ensure, payment_method_ensure
-from .stripe_mirror import STATUS_FROM_STRIPE, first_item, stripe_apply
+from .stripe_mirror import STATUS_FROM_STRIPE, first_item, free_apply, stripe_apply
 from .stripe_sync import plan_sync_to_stripe
 from .unpaid import past_due_clear
 
@@ -149,16 +154,6 @@ def _stripe_leave(sub: Subscription) -> None:
         except stripe.StripeError as exc:
             if not is_missing(exc):
                 raise stripe_error_to_api(exc) from exc
-
-
-def _free_apply(sub: Subscription, free: Plan) -> None:
-    sub.plan = free
-    sub.stripe_subscription_id = ""
-    if sub.status != Subscription.Status.PAST_DUE:
-        sub.status, sub.past_due_since = Subscription.Status.ACTIVE, None
-    # (Past due stays past due on free until its invoice is paid: webhooks.handle_invoice.)
-    sub.stripe_updated_at = int(time.time())
-    sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
 
 
 def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str, Any]:
@@ -298,9 +293,11 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
             # cancel's own event may have moved it to free already.
             sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
             if sub.stripe_subscription_id or sub.plan_id != plan.pk:
-                _free_apply(sub, plan)
+                was = (sub.plan_id, sub.current_period_start)
+                free_apply(sub, plan)
                 sub.save()
                 billing_period_record(sub=sub)
+                plan_span_record(sub=sub, was=was[0], was_since=was[1])
         past_due_clear(tenant_id=tenant.pk)
         tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
         return Subscription.objects.for_tenant(tenant).select_related("plan").get()
@@ -319,9 +316,11 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
         raise stripe_error_to_api(exc) from exc
     with transaction.atomic():
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
+        was = (sub.plan_id, sub.current_period_start)
         stripe_apply(sub, stripe_sub, int(time.time()))
         sub.save()
         billing_period_record(sub=sub)
+        plan_span_record(sub=sub, was=was[0], was_since=was[1])
     tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
     return sub
 
@@ -375,6 +374,7 @@ def subscription_refresh_from_stripe(
         stripe_apply(sub, current, observed_at)
         sub.save()
         billing_period_record(sub=sub)
+        plan_span_record(sub=sub, was=enforced[0], was_since=enforced[3])
         if _enforced(sub) != enforced:  # (most events change nothing requests are held to)
             tenant_context_changed(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)

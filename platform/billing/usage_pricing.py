@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from fractions import Fraction
 from typing import Any, TypeVar
 
 from django.db.models import F, Max, Min, Sum
@@ -26,7 +27,7 @@ from metering.models import UsageRecord
 from plans.models import Plan
 from tenants.models import Tenant
 
-from .periods import billing_periods
+from .periods import billing_periods, plan_shares
 from .rating import PlanUsage, model_tier, rate, rate_tenant_period
 
 
@@ -140,8 +141,11 @@ class _Pricing:
     """Rates usage as ``rating.rate_tenant_period`` does: each key under the plan it was
     made on (``plan``, the tenant's plan now, for rows from before plans were recorded)."""
 
-    def __init__(self, plan: Plan, keys: Iterable[Key], start: datetime, end: datetime) -> None:
+    def __init__(
+        self, plan: Plan, keys: Iterable[Key], start: datetime, end: datetime, tenant: Tenant
+    ) -> None:
         self.plan, self.start, self.end = plan, start, end
+        self.shares = plan_shares(tenant=tenant, start=start)
         plan_ids = {plan_id for plan_id, _, _ in keys if plan_id} - {plan.pk}
         self.plans: dict[str, Plan] = {plan.pk: plan, "": plan, **Plan.objects.in_bulk(plan_ids)}
 
@@ -179,6 +183,7 @@ class _Pricing:
                         period_start=self.start,
                         period_end=self.end,
                         include_base_fee=False,
+                        share=self.shares.get(made_on.pk, Fraction(0)) if self.shares else None,
                     ).lines
                 }
             )
@@ -218,7 +223,7 @@ def range_row_charges(
             for _, key, sums in _ledger_sums(tenant, period_start, lo):
                 before.setdefault(key, _Sums()).add(sums)
         keys = [key for _, key, _ in rows] + list(before)
-        pricing = _Pricing(plan, keys, period_start, period_end)
+        pricing = _Pricing(plan, keys, period_start, period_end, tenant)
         for row_group, amount in share(pricing, before, rows).items():
             amounts[row_group] = amounts.get(row_group, 0) + amount
     return amounts

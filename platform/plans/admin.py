@@ -19,7 +19,7 @@ from django.db.models import Max, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from billing.models import BillingPeriod, Subscription
+from billing.models import BillingPeriod, PlanSpan, Subscription
 from billing.stripe_client import BillingUnavailable
 from billing.stripe_sync import plans_sync_to_stripe
 from billing.subscriptions import FREE_SLUG
@@ -57,6 +57,8 @@ def _referrers(plan: Plan) -> Iterator[str]:
         yield messages.REFERRED_BY_SUBSCRIPTIONS
     if BillingPeriod.objects.unscoped().filter(plan_id=plan.pk).exists():
         yield messages.REFERRED_BY_PERIODS
+    if PlanSpan.objects.unscoped().filter(plan_id=plan.pk).exists():
+        yield messages.REFERRED_BY_SPANS
     if UsageRollup.objects.unscoped().filter(plan_id=plan.pk).exists():
         yield messages.REFERRED_BY_ROLLUPS
     if UsageRecord.objects.unscoped().filter(plan_id=plan.pk).exists():

@@ -46,6 +46,7 @@ DELETE_REFUSED = (
 REFERRED_BY_STRIPE = "Stripe plan {stripe_plan} charges its base fee"
 REFERRED_BY_SUBSCRIPTIONS = "tenants are subscribed to it"
 REFERRED_BY_PERIODS = "billing periods were priced on it"
+REFERRED_BY_SPANS = "tenants were on it for part of a period (its share of the included inputs)"
 REFERRED_BY_ROLLUPS = "usage rollups (margins) refer to it"
 REFERRED_BY_LEDGER = "usage in the ledger was made on it"
 FREE_NEEDS_CURRENT = (

@@ -12,7 +12,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from billing.invoicing import usage_charges_push
-from billing.models import Reconciliation, Subscription, UsageChargePush
+from billing.models import PlanSpan, Reconciliation, Subscription, UsageChargePush
 from billing.periods import billing_period_record
 from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change
@@ -101,9 +101,14 @@ def test_pushes_at_once_send_each_item_once(transactional_db, pro_tenant, stripe
     assert sorted(i["amount"] for i in items) == [24, 2000]
 
 
-def test_a_plan_change_never_reprices_usage_made_before_it(pro_tenant, stripe_api, client_for):
+def test_a_plan_change_prices_usage_made_before_it_on_its_plan_and_share(
+    pro_tenant, stripe_api, client_for
+):
     """Pro's overage stays priced at pro after an upgrade to scale (whose 2,000,000
-    included inputs would otherwise swallow it): what was pushed still matches the ledger,
+    included inputs would otherwise swallow it), and each plan's included inputs are its
+    share of the period, by the time the tenant was on it, as Stripe prorates the fees
+    (pro's whole 100,000 used, then scale for the rest of the period, bought pro's
+    allowance for the fee of the days on it): what was pushed still matches the ledger,
     and what was not pushed yet still goes."""
     on_pro = Subscription.objects.for_tenant(pro_tenant).get().plan_id
     _usage(pro_tenant, 150_000, plan_id=on_pro)  # 50,000 over pro's 100,000: 2,000
@@ -114,16 +119,24 @@ def test_a_plan_change_never_reprices_usage_made_before_it(pro_tenant, stripe_ap
     subscription_change(tenant=pro_tenant, plan_slug="scale")
     sub = Subscription.objects.for_tenant(pro_tenant).get()
     assert sub.plan.slug == "scale"
-    _usage(pro_tenant, 5_000, plan_id=sub.plan_id)  # within scale's included inputs
+    # As if the change had come half way through the period: pro's share is half.
+    half = sub.current_period_start + (sub.current_period_end - sub.current_period_start) / 2
+    PlanSpan.objects.for_tenant(pro_tenant).filter(plan_id=sub.plan_id).update(start=half)
+    _usage(pro_tenant, 5_000, plan_id=sub.plan_id)  # within scale's 1,000,000 of the period
+    # 160,000 on pro past its 50,000: 4,400, of which 2,000 was pushed before.
     assert [(p.line, p.amount) for p in usage_charges_push(tenant=pro_tenant)] == [
-        ("usage:standard", 400)
+        ("usage:standard", 2400)
     ]
     client = client_for(pro_tenant, ["billing"])
     upcoming = client.get("/v1/invoices/upcoming").json()
     usage = {line["key"]: line for line in upcoming["lines"] if line["key"].startswith("usage")}
-    assert usage["usage:standard"]["amount"] == 2400
+    assert usage["usage:standard"]["amount"] == 4400
     assert "Pro" in usage["usage:standard"]["description"]
-    assert client.get("/v1/usage").json()["total"]["amount"] == 2400
+    assert (
+        "50,000 included, its share of the period's 100,000"
+        in (usage["usage:standard"]["description"])
+    )
+    assert client.get("/v1/usage").json()["total"]["amount"] == 4400
     assert reconciliation_run(tenant=pro_tenant).difference == 0
 
 
