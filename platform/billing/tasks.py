@@ -49,8 +49,10 @@ SWEEP_HORIZON = timedelta(days=3)
 # A closed period is pushed again each hour for this long (usage that reached the ledger
 # after its last push: a consumer outage of up to a week still gets billed) ...
 LATE_USAGE_HORIZON = timedelta(days=7)
-# ... and reconciled whole by the daily run after it closed (with a day's overlap).
-RECONCILE_CLOSED_WITHIN = timedelta(days=2)
+# ... and reconciled whole by each daily run for as long, and a day more: a late push on the
+# period's last day of pushes is checked too (the check stopped after 2 days, the pushes ran
+# for 7: what they sent after the second day went unchecked).
+RECONCILE_CLOSED_WITHIN = LATE_USAGE_HORIZON + timedelta(days=1)
 
 
 @app.task(name="billing.stripe_event_process", **TASK_OPTIONS)
