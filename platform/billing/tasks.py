@@ -140,8 +140,8 @@ def usage_push_all_task() -> int:
 def reconcile_all_task() -> int:
     """Beat (daily): push and then reconcile every paid subscription's period at one cut, so
     the check compares like with like (usage recorded after the cut is in neither); and
-    every period that closed since the run before, whole, so that usage which reached the
-    ledger after a period's last push cannot go unbilled unseen."""
+    every period closed within RECONCILE_CLOSED_WITHIN, whole, so that usage which reached
+    the ledger after a period's last push cannot go unbilled unseen."""
     tenant_ids = _tenants_on_stripe()
     for tenant_id in tenant_ids:
         _enqueue(usage_push_and_reconcile_task, tenant_id)
