@@ -28,7 +28,7 @@ from tenants.models import Tenant
 from .locks import lock_held
 from .models import Invoice, Subscription, UsageChargePush
 from .periods import billed_currency, period_recorded
-from .rating import RatedPeriod, rate_tenant_period
+from .rating import ChargeLine, RatedPeriod, rate_tenant_period
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
 
@@ -56,6 +56,12 @@ def _pushed(tenant: Tenant, start: datetime, line: str) -> tuple[int, int]:
     rows = UsageChargePush.objects.for_tenant(tenant).filter(period_start=start, line=line)
     pushed = rows.aggregate(total=Sum("amount"), count=Count("id"))
     return int(pushed["total"] or 0), int(pushed["count"])
+
+
+def _pushed_lines(tenant: Tenant, start: datetime) -> set[str]:
+    """The lines of the period pushed so far."""
+    rows = UsageChargePush.objects.for_tenant(tenant).filter(period_start=start)
+    return set(rows.values_list("line", flat=True).distinct())
 
 
 def _find_in_stripe(api: Any, customer_id: str, key: str) -> str | None:
@@ -130,12 +136,21 @@ def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageC
     )
 
 
-def _growth(description: str, already: int) -> str:
-    """An item after the first of a line bills what the line grew by: its text says the
-    line's total is to date and what was billed before (a second item read '7 inputs over
-    the included 10' beside the first's '5 inputs', for the 2 inputs it billed)."""
+_LINE_GONE = "Usage past the included inputs: none now"
+
+
+def _growth(description: str, already: int, amount: int | None = None) -> str:
+    """An item after the first of a line bills what the line grew by (or credits what it
+    shrank by): its text says the line's total is to date and what was billed before (a
+    second item read '7 inputs over the included 10' beside the first's '5 inputs', for the
+    2 inputs it billed)."""
     if not already:
         return description
+    if amount is not None and amount < already:
+        return (
+            f"Credit: {description}, to date; {already:,} of its amount billed in earlier "
+            "items (a plan change gave its plan more of the period's included inputs)"
+        )
     return f"{description}, to date; {already:,} of its amount billed in earlier items"
 
 
@@ -204,12 +219,17 @@ def _push_locked(
     of_period = "" if current else f" (usage of {start:%Y-%m-%d} to {end:%Y-%m-%d})"
     api = stripe_api()
     made: list[UsageChargePush] = []
-    for line in rated.lines:
+    rated_lines = {line.key: line for line in rated.lines}
+    for key in _pushed_lines(tenant, start) - set(rated_lines):  # shrunk to nothing
+        rated_lines[key] = ChargeLine(key, _LINE_GONE, 0, 0)
+    for line in rated_lines.values():
         already, count = _pushed(tenant, start, line.key)
-        if line.amount < already:
-            logger.warning("usage line %s of %s shrank below what was billed", line.key, tenant.id)
-        if line.amount <= already:
+        if line.amount == already:
             continue
+        # NOTE: a line shrinks where a later plan change gave its plan more of the period
+        # (back on a plan: more time on it, more of its included inputs): the difference
+        # goes back as a credit item, a new line as growth is, so Stripe holds what the
+        # ledger rates (a shrunk line was kept in Stripe at its highest).
         try:
             with transaction.atomic():
                 push = UsageChargePush.objects.create(
@@ -217,7 +237,9 @@ def _push_locked(
                         tenant_id=tenant.id, start=start, line=line.key, sequence=count + 1
                     ),
                     tenant=tenant, period_start=start, period_end=end, line=line.key,
-                    description=_growth(line.description, already)[: 300 - len(of_period)]
+                    description=_growth(line.description, already, line.amount)[
+                        : 300 - len(of_period)
+                    ]
                     + of_period,
                     amount=line.amount - already, currency=currency,
                 )  # fmt: skip

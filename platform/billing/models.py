@@ -47,6 +47,10 @@ class BillingPeriod(models.Model):
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
     start = models.DateTimeField()
     end = models.DateTimeField()
+    # Where the period was to end, when a move to free or a cancellation cut it short: the
+    # length its plans' shares of the included inputs are counted against (the fee of the
+    # rest was not credited, and its time counts as the last plan's).
+    scheduled_end = models.DateTimeField(null=True, blank=True)
     # The plan the period ends on (a change within a period keeps the period): whose base
     # fee it pays.
     plan = models.ForeignKey("plans.Plan", on_delete=models.PROTECT, related_name="+")

@@ -13,9 +13,12 @@ from datetime import MAXYEAR, UTC, datetime, timedelta
 from fractions import Fraction
 
 from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.moments import LAST_INSTANT, utc_clamped
+from metering.models import UsageRecord
 from plans.models import Plan
 from tenants.models import Tenant
 
@@ -72,7 +75,10 @@ def billing_period_record(*, sub: Subscription) -> None:
     beginning inside this one is replaced by it."""
     start, end = sub.current_period_start, sub.current_period_end
     periods = BillingPeriod.objects.for_tenant(sub.tenant_id)
-    periods.filter(start__lt=start, end__gt=start).update(end=start)
+    # (SET reads the row as it was: the end it had becomes its scheduled end, once.)
+    periods.filter(start__lt=start, end__gt=start).update(
+        scheduled_end=Coalesce(F("scheduled_end"), F("end")), end=start
+    )
     periods.filter(start__gt=start, start__lt=end).delete()
     periods.update_or_create(
         tenant_id=sub.tenant_id, start=start, defaults={"end": end, "plan_id": sub.plan_id}
@@ -135,33 +141,46 @@ def period_recorded(*, tenant: Tenant, sub: Subscription, start: datetime) -> tu
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def plan_span_record(*, sub: Subscription, was: str, was_since: datetime) -> None:
+def plan_span_record(*, sub: Subscription, was: str, was_since: datetime, new_period: bool) -> None:
     """After ``sub`` changed plans, from ``was`` (on it at least since ``was_since``, its
-    period's start, at the latest): the time on each plan, which shares that period's
-    included inputs (``plan_shares``). A change that began a new period (a new Stripe
-    subscription, a move to free) counts from that period's start, one within the period
-    from now. Call in the transaction that saves the change."""
+    period's start): the time on each plan, which shares the period's included inputs
+    (``plan_shares``). A change that began a new period (a new Stripe subscription, a move
+    to free: ``new_period``) counts from that period's start, a change of the subscription
+    within its period from now. Call in the transaction that saves the change.
+
+    The first change recorded says the tenant was on ``was`` from its period's start, unless
+    the period's ledger has usage made on another plan: it changed plans in that period
+    before changes were recorded, and the period stays priced as it was (every plan's whole
+    allowance); spans apply from the next one."""
     if sub.plan_id == was:
         return
     spans = PlanSpan.objects.for_tenant(sub.tenant_id)
-    if not spans.filter(start__lte=was_since).exists():  # the first change recorded
-        spans.get_or_create(tenant_id=sub.tenant_id, start=was_since, defaults={"plan_id": was})
-    at = sub.current_period_start if sub.current_period_start > was_since else timezone.now()
-    spans.filter(start__gt=at).delete()  # (a clock behind an earlier write's)
+    at = sub.current_period_start if new_period else timezone.now()
+    if not spans.filter(start__lte=was_since).exists():
+        other_plans = UsageRecord.objects.for_tenant(sub.tenant_id).filter(
+            livemode=True, occurred_at__gte=was_since
+        )
+        if not other_plans.exclude(plan_id__in=[was, ""]).exists():
+            spans.get_or_create(tenant_id=sub.tenant_id, start=was_since, defaults={"plan_id": was})
+    spans.filter(start__gt=at).delete()  # (replaced: a new period that began earlier)
     spans.update_or_create(tenant_id=sub.tenant_id, start=at, defaults={"plan_id": sub.plan_id})
 
 
 def plan_shares(*, tenant: Tenant | str, start: datetime) -> dict[str, Fraction]:
     """Plan id -> its share of the recorded period that begins at ``start``: the time the
-    tenant was on it there, over the period's length. Empty where the period is not
-    recorded or no plan change within it or before it was (every plan's included inputs
-    whole, as before spans were kept); a plan absent from a non-empty answer had no time
-    in the period (usage made on it that landed there covers none of its inputs)."""
+    tenant was on it there, over the period's length (as scheduled: a period cut short by a
+    move to free counts its cut-off rest as the last plan's time). Empty where the period is
+    not recorded or no span begins at or before it (every plan's included inputs whole, as
+    before spans were kept); a plan absent from a non-empty answer had no time in the
+    period (usage made on it that landed there covers none of its inputs)."""
     periods = BillingPeriod.objects.for_tenant(tenant).filter(start=start)
-    end: datetime | None = periods.values_list("end", flat=True).first()
-    if end is None:
+    bounds = periods.values_list("end", "scheduled_end").first()
+    if bounds is None:
         return {}
-    spans = PlanSpan.objects.for_tenant(tenant).filter(start__lt=end)
+    # Spans up to where the period ended (the move that cut it began the next one), its
+    # last plan's time to where it was to end.
+    end: datetime = bounds[1] or bounds[0]
+    spans = PlanSpan.objects.for_tenant(tenant).filter(start__lt=bounds[0])
     before = spans.filter(start__lte=start).order_by("-start").values_list("plan_id").first()
     if before is None:
         return {}

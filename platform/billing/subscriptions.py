@@ -297,7 +297,7 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
                 free_apply(sub, plan)
                 sub.save()
                 billing_period_record(sub=sub)
-                plan_span_record(sub=sub, was=was[0], was_since=was[1])
+                plan_span_record(sub=sub, was=was[0], was_since=was[1], new_period=True)
         past_due_clear(tenant_id=tenant.pk)
         tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
         return Subscription.objects.for_tenant(tenant).select_related("plan").get()
@@ -316,11 +316,12 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
         raise stripe_error_to_api(exc) from exc
     with transaction.atomic():
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
-        was = (sub.plan_id, sub.current_period_start)
+        before = _enforced(sub)
         stripe_apply(sub, stripe_sub, int(time.time()))
         sub.save()
         billing_period_record(sub=sub)
-        plan_span_record(sub=sub, was=was[0], was_since=was[1])
+        new_period = before[5] != sub.stripe_subscription_id  # a new subscription, not a change
+        plan_span_record(sub=sub, was=before[0], was_since=before[3], new_period=new_period)
     tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
     return sub
 
@@ -374,7 +375,8 @@ def subscription_refresh_from_stripe(
         stripe_apply(sub, current, observed_at)
         sub.save()
         billing_period_record(sub=sub)
-        plan_span_record(sub=sub, was=enforced[0], was_since=enforced[3])
+        new_period = enforced[5] != sub.stripe_subscription_id  # adopted, or cancelled
+        plan_span_record(sub=sub, was=enforced[0], was_since=enforced[3], new_period=new_period)
         if _enforced(sub) != enforced:  # (most events change nothing requests are held to)
             tenant_context_changed(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)

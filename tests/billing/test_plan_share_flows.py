@@ -1,0 +1,142 @@
+"""Shares of a period's included inputs through plan changes as they happen, with Stripe
+(the emulator) and the usage pushes: pushed, rated, the upcoming invoice and reconciliation
+agree however the shares move (found by a review of the first version of spans)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing.invoicing import usage_charges_push
+from billing.models import BillingPeriod, PlanSpan, Subscription, UsageChargePush
+from billing.periods import billing_period_record, plan_shares, plan_span_record
+from billing.rating import rate_tenant_period
+from billing.reconciliation import reconciliation_run
+from billing.subscriptions import subscription_change, subscription_get_or_create
+from metering.models import UsageRecord
+from plans.models import Plan
+
+pytestmark = pytest.mark.django_db
+
+_real_now = timezone.now
+
+
+def _at(monkeypatch, offset: timedelta) -> None:
+    monkeypatch.setattr(timezone, "now", lambda: _real_now() + offset)
+
+
+def _usage(tenant, inputs, plan_id, at):
+    UsageRecord.objects.create(
+        event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
+        livemode=True, model="minilm-l6", inputs=inputs, tokens=inputs * 10, compute_ms=1.0,
+        occurred_at=at, plan_id=plan_id,
+    )  # fmt: skip
+
+
+def _pushed(tenant, start):
+    return sum(
+        p.amount for p in UsageChargePush.objects.for_tenant(tenant).filter(period_start=start)
+    )
+
+
+def _rated(tenant, start):
+    period = BillingPeriod.objects.for_tenant(tenant).get(start=start)
+    return rate_tenant_period(
+        tenant=tenant, plan=period.plan, start=start, end=period.end, include_base_fee=False
+    ).usage_total
+
+
+def test_back_and_forth_credits_what_a_plans_grown_share_covers_now(
+    tenant, stripe_api, monkeypatch, client_for
+):
+    subscription_change(tenant=tenant, plan_slug="pro")
+    start = Subscription.objects.for_tenant(tenant).get().current_period_start
+    _usage(tenant, 100_000, "pro@1", start + timedelta(days=1))
+    _at(monkeypatch, timedelta(days=10))
+    subscription_change(tenant=tenant, plan_slug="scale")
+    _at(monkeypatch, timedelta(days=15))
+    usage_charges_push(tenant=tenant)
+    pushed = _pushed(tenant, start)
+    _at(monkeypatch, timedelta(days=20))
+    subscription_change(tenant=tenant, plan_slug="pro")
+    # Pro's share grew from a third to two thirds: less of its usage is past its inputs.
+    assert float(plan_shares(tenant=tenant, start=start)["pro@1"]) == pytest.approx(2 / 3, rel=1e-3)
+    credit = usage_charges_push(tenant=tenant)
+    assert [p.amount < 0 and p.description.startswith("Credit: ") for p in credit] == [True]
+    rated = _rated(tenant, start)
+    assert 0 < rated < pushed and _pushed(tenant, start) == rated  # it kept the highest
+    upcoming = client_for(tenant, ["billing"]).get("/v1/invoices/upcoming").json()
+    usage = sum(line["amount"] for line in upcoming["lines"] if line["key"].startswith("usage"))
+    assert usage == rated
+    assert reconciliation_run(tenant=tenant).difference == 0
+
+
+def test_a_period_cut_short_keeps_the_shares_of_its_scheduled_length(
+    tenant, stripe_api, monkeypatch
+):
+    subscription_change(tenant=tenant, plan_slug="scale")
+    start = Subscription.objects.for_tenant(tenant).get().current_period_start
+    _usage(tenant, 1_000_000, "scale@1", start + timedelta(hours=12))
+    _at(monkeypatch, timedelta(days=1))
+    subscription_change(tenant=tenant, plan_slug="pro")  # scale keeps 1/30 of its fee
+    usage_charges_push(tenant=tenant)
+    pushed = _pushed(tenant, start)
+    _at(monkeypatch, timedelta(days=2))
+    subscription_change(tenant=tenant, plan_slug="free")  # cancel: pro keeps its whole fee
+    # Counted against the period as scheduled, its cut-off rest pro's: a day on scale stays
+    # a thirtieth of its inputs (it was half of them, over the two days the period lasted).
+    assert float(plan_shares(tenant=tenant, start=start)["scale@1"]) == pytest.approx(
+        1 / 30, rel=1e-3
+    )
+    assert pushed > 0 and _rated(tenant, start) == pushed
+
+
+def test_a_period_that_changed_plans_before_spans_were_kept_is_not_repriced(
+    tenant, stripe_api, monkeypatch
+):
+    subscription_change(tenant=tenant, plan_slug="scale")
+    start = Subscription.objects.for_tenant(tenant).get().current_period_start
+    _usage(tenant, 1_500_000, "scale@1", start + timedelta(days=1))
+    _at(monkeypatch, timedelta(days=5))
+    subscription_change(tenant=tenant, plan_slug="pro")
+    PlanSpan.objects.for_tenant(tenant).delete()  # made before spans were kept
+    usage_charges_push(tenant=tenant)
+    assert _pushed(tenant, start) == 0  # scale's whole allowance (legacy)
+    _at(monkeypatch, timedelta(days=10))
+    subscription_change(tenant=tenant, plan_slug="free")  # after the deploy
+    # That period changed plans before spans were kept: it stays priced as it was.
+    assert plan_shares(tenant=tenant, start=start) == {}
+    end = BillingPeriod.objects.for_tenant(tenant).get(start=start).end
+    assert usage_charges_push(tenant=tenant, start=start, end=end) == []
+    assert _rated(tenant, start) == 0
+
+
+def test_a_change_before_the_renewal_is_mirrored_gives_the_old_plan_its_days(tenant, monkeypatch):
+    sub = subscription_get_or_create(tenant=tenant)
+    s0 = sub.current_period_start
+    s1, s2 = s0 + timedelta(days=30), s0 + timedelta(days=60)
+    pro, scale = Plan.objects.get(pk="pro@1"), Plan.objects.get(pk="scale@1")
+    # On pro since s0 (a span from an earlier change), period [s0, s1) recorded.
+    PlanSpan.objects.create(tenant=tenant, start=s0, plan=pro)
+    sub.plan, sub.current_period_end = pro, s1
+    sub.save()
+    billing_period_record(sub=sub)
+    # Stripe renewed at s1; the webhook is late. The tenant uses pro on day 1 of the new
+    # period, and on day 2 changes to scale: Stripe's answer carries the new period.
+    _usage(tenant, 6_000, "pro@1", s1 + timedelta(days=1))
+    _at(monkeypatch, s1 + timedelta(days=2) - _real_now())
+    was = (sub.plan_id, sub.current_period_start)
+    sub.plan, sub.current_period_start, sub.current_period_end = scale, s1, s2
+    sub.save()
+    billing_period_record(sub=sub)
+    plan_span_record(sub=sub, was=was[0], was_since=was[1], new_period=False)  # a modify
+    # Pro's two days of the new period, before the change, are pro's.
+    shares = plan_shares(tenant=tenant, start=s1)
+    assert {plan: float(share) for plan, share in shares.items()} == {
+        "pro@1": pytest.approx(2 / 30, rel=1e-3),
+        "scale@1": pytest.approx(28 / 30, rel=1e-3),
+    }
+    assert _rated(tenant, s1) == 0  # 6,000 within pro's 6,667
