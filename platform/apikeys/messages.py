@@ -31,3 +31,8 @@ LAST_ADMIN_KEY = (
     '(POST /v1/api-keys with "scopes": ["admin"]) first, then delete this one.'
 )
 OUTLIVES_CREATOR = "This key expires at {at}: it cannot create a key that expires later (or never)."
+OUTLIVES_REVOKER = (
+    "This key expires at {at}: it cannot revoke an admin key that expires later (or never),"
+    " which would leave the tenant's keys to one that expires. Use that key, or a key that"
+    " lasts as long, to revoke it."
+)

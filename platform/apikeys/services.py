@@ -351,6 +351,18 @@ def api_key_revoke(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None)
     key = api_key_get(tenant=tenant, key_id=key_id, caller=caller)
     now = timezone.now()
     if key.livemode and Scope.ADMIN in key.scope_list:
+        if (
+            caller is not None
+            and caller.expires_at is not None
+            and caller.pk != key.pk
+            and (key.expires_at is None or key.expires_at > caller.expires_at)
+        ):
+            # As no key creates one that outlives it: an expiring key revoked the tenant's
+            # permanent admin key, and the tenant was locked out once it expired.
+            at = caller.expires_at.isoformat().replace("+00:00", "Z")
+            raise PermissionError_(
+                messages.OUTLIVES_REVOKER.format(at=at), code="expiry_escalation", param="id"
+            )
         _refuse_last_admin_key(tenant=tenant, key=key, now=now)
     key.revoked_at = now
     key.previous_secret_hash = None

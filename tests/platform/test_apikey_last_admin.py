@@ -71,6 +71,26 @@ def test_an_admin_key_can_be_deleted_while_another_live_one_exists(api, tenant):
     _assert_last_admin_key(spare_client.delete(f"/v1/api-keys/{spare['id']}"), spare["id"])
 
 
+def test_an_expiring_admin_key_cannot_revoke_one_that_outlives_it(api, tenant):
+    """It revoked the tenant's permanent admin key (its own expiry then locked the tenant
+    out): refused as creating such a key is; the longer-lived key may revoke it."""
+    permanent = _own_key_id(tenant)
+    soon = (timezone.now() + timedelta(days=30)).isoformat()
+    created = api.post("/v1/api-keys", {"scopes": ["admin"], "expires_at": soon}, format="json")
+    expiring = bearer(created.json()["secret"])
+    refused = expiring.delete(f"/v1/api-keys/{permanent}")
+    assert refused.status_code == 403, refused.json()
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == (
+        "expiry_escalation",
+        "id",
+    )
+    assert api.get("/v1/models").status_code == 200  # the permanent key still works
+    # A key that outlives nothing it revokes is fine; so is the other way round.
+    other = api.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").json()["id"]
+    assert expiring.delete(f"/v1/api-keys/{other}").status_code == 200
+    assert api.delete(f"/v1/api-keys/{created.json()['id']}").status_code == 200
+
+
 def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transactional_db, monkeypatch):
     """Each of the last two live admin keys deletes itself at the same moment: one is
     revoked, the other refused, whichever goes first."""
