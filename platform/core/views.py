@@ -23,6 +23,7 @@ from apikeys.services import KeyCheck, api_key_forget, key_check_confirmed
 from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
+from .body_slots import body_stream_guard, body_stream_release
 from .errors import APIError, InvalidRequest, NotFound
 from .idempotency import (
     idempotency_begin,
@@ -69,6 +70,7 @@ def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
 
 
 # Admission's refusals that a replay of an answered call is not subject to.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 REPLAY_ADMITTED = frozenset({"quota_exceeded", "subscription_unpaid", "concurrency_limited"})
 # What reading a request's body can raise (the parsers' 400s and 415): kept while admission
 # counts it, and raised once it is admitted (``_prefetch``, ``_admit``).
@@ -178,6 +180,8 @@ class TenantAPIView(APIView):
 
     def _initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        if request.method in BODY_METHODS:  # authenticated: its tenant's slots (body_slots)
+            body_stream_guard(request._request, self.tenant.pk)
         try:
             _refuse_content_coding(request)
         except APIError as exc:  # as a body's errors: after admission (a throttled key's 429)
@@ -316,6 +320,8 @@ class TenantAPIView(APIView):
         except Exception:
             self._abandon()
             raise
+        finally:
+            body_stream_release(request)
 
     def _abandon(self) -> None:
         """Settle a failed request's admission as failed and release its Idempotency-Key
