@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -173,3 +174,20 @@ def test_a_request_not_embedded_in_time_gets_a_timeout(engine: ClassifierEngine)
     ((index, result),) = [pair for group in engine.classify_as_done([slow], timeout=0.01)
                           for pair in group]  # fmt: skip
     assert index == 0 and isinstance(result, TimeoutError)
+
+
+def test_a_request_past_its_deadline_is_dropped_not_computed(engine: ClassifierEngine) -> None:
+    """Its caller has given up (a 503, unbilled): the texts still waiting leave the batcher
+    (a tenant's 256-example calls, timed out, went on taking the worker for 30 s each), and
+    its neighbour in the message is answered as before."""
+    sentence = "The parcel arrived two weeks late and the box was crushed on one side. "
+    many = [f"{n}: {sentence * 12}" for n in range(96)]
+    late = make_request(many, labels=["late", "fine"], deadline=time.time() + 0.05)
+    quick = make_request(["I absolutely love this product"], labels=["positive", "negative"])
+    batcher = engine.runtime("minilm-l6").batcher
+    before = batcher.stats().texts
+    results = {i: r for group in engine.classify_as_done([late, quick]) for i, r in group}
+    assert results[0]["error"]["code"] == "expired"  # type: ignore[index]
+    assert results[1]["results"][0]["label"] == "positive"  # type: ignore[index]
+    embedded = batcher.stats().texts - before
+    assert embedded < len(many)  # the rest were never computed

@@ -45,6 +45,7 @@ SCORE_DECIMALS = 6
 FINE_TUNED_CACHE_SIZE = int(os.environ.get("WORKER_FINE_TUNED_CACHE_SIZE", "64"))
 # A waiting request gives up after this long if the model thread is stuck or overloaded.
 EMBED_TIMEOUT_S = 120.0
+OVERDUE = "The request passed its deadline before its texts were embedded."
 
 
 logger = logging.getLogger(__name__)
@@ -159,11 +160,32 @@ class ClassifierEngine:
         give_up = time.monotonic() + timeout
         while pending:
             ready = [index for index, begun in pending.items() if begun.ready()]
+            # Past its deadline, a request's caller has given up (503, unbilled): its texts
+            # still waiting are dropped from the batcher, not computed for nobody (a tenant's
+            # 256-example calls, timed out, went on taking the worker for up to 30 s each).
+            now = time.time()
+            overdue = [i for i in pending if i not in ready and now > requests[i]["deadline"]]
+            if overdue:
+                for index in overdue:
+                    for future in pending.pop(index).futures:
+                        future.cancel()  # (one already in a forward pass finishes)
+                yield [
+                    (i, errors.error_result(requests[i], errors.EXPIRED, OVERDUE)) for i in overdue
+                ]
+                continue
             if not ready:
                 left = give_up - time.monotonic()
+                soonest = min(requests[i]["deadline"] for i in pending) - now
                 waiting = [f for begun in pending.values() for f in begun.futures if not f.done()]
-                if left > 0 and wait(waiting, timeout=left, return_when=FIRST_COMPLETED).done:
+                if (
+                    left > 0
+                    and wait(
+                        waiting, timeout=max(min(left, soonest), 0.001), return_when=FIRST_COMPLETED
+                    ).done
+                ):
                     continue
+                if time.monotonic() < give_up:
+                    continue  # a deadline passed: the loop drops its request
                 stuck = TimeoutError(f"texts not embedded within {timeout:.0f} s")
                 yield [(index, stuck) for index in pending]
                 return
