@@ -332,6 +332,10 @@ HYPERPARAMETER_DEFAULTS: dict[str, Hyperparameters] = {
     },
 }
 LORA_TARGET_MODULES = ("query", "key", "value")
+# A LoRA step keeps every row's activations for its backward pass (~57 MB a row at 256
+# tokens, measured): 256 rows a step, which the API took, was ~14.6 GB, past a training
+# worker's memory; 32 is ~1.8 GB.
+LORA_MAX_BATCH_SIZE = 32
 
 # The int8 tier of each fp32 base model: a fine-tuned model on the key is measured on its
 # validation split with the value's int8 weights, and offered as a variant on it when the

@@ -14,6 +14,10 @@ WARN_VALIDATION_MISSES = (
 )
 NOT_A_BASE_MODEL = "'{model}' is not a base model; fine-tune one of the base models."
 HYPERPARAMETER_FOR_LORA = "'{name}' applies to method 'lora' only."
+LORA_BATCH = (
+    "A LoRA job's batch_size is at most {limit}: each row's activations are kept for the"
+    " backward pass, and a bigger step does not fit a training worker's memory."
+)
 UNKNOWN_TARGET = "Unknown target module '{name}'; choose from {choices}."
 TARGET_TWICE = "target_modules names a projection more than once."
 FINE_TUNING_NOT_IN_PLAN = (

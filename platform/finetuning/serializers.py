@@ -13,7 +13,7 @@ from core.serializers import (
     StrictSerializer,
     StrictStringField,
 )
-from workers.contract import LORA_TARGET_MODULES
+from workers.contract import LORA_MAX_BATCH_SIZE, LORA_TARGET_MODULES
 
 from . import messages
 from .services import SUFFIX_RE
@@ -33,7 +33,8 @@ class HeadHyperparametersSerializer(StrictSerializer):
 
 
 class HyperparametersSerializer(HeadHyperparametersSerializer):
-    """Every method's hyperparameters; the LORA_ONLY ones are refused for a head."""
+    """Every method's hyperparameters; the LORA_ONLY ones are refused for a head, and a LoRA
+    batch past LORA_MAX_BATCH_SIZE (``FineTuneCreateSerializer.validate``)."""
 
     lora_rank = StrictIntegerField(min_value=1, max_value=64, required=False)
     lora_alpha = StrictFloatField(min_value=0.01, max_value=1024.0, required=False)
@@ -85,6 +86,12 @@ class FineTuneCreateSerializer(StrictSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         hyper = attrs.get("hyperparameters") or {}
+        if attrs.get("method") == "lora" and hyper.get("batch_size", 0) > LORA_MAX_BATCH_SIZE:
+            raise InvalidRequest(
+                messages.LORA_BATCH.format(limit=LORA_MAX_BATCH_SIZE),
+                code="invalid_parameter",
+                param="hyperparameters.batch_size",
+            )
         if attrs.get("method", "head") == "head":
             for name in LORA_ONLY:
                 if name in hyper:
@@ -103,9 +110,13 @@ class HeadFineTuneCreateSerializer(FineTuneCreateSerializer):
     hyperparameters = HeadHyperparametersSerializer(required=False)  # type: ignore[assignment]
 
 
+class LoraHyperparametersSerializer(HyperparametersSerializer):
+    batch_size = StrictIntegerField(min_value=1, max_value=LORA_MAX_BATCH_SIZE, required=False)
+
+
 class LoraFineTuneCreateSerializer(FineTuneCreateSerializer):
     method = serializers.ChoiceField(choices=["lora"])
-    hyperparameters = HyperparametersSerializer(required=False)
+    hyperparameters = LoraHyperparametersSerializer(required=False)
 
 
 FINE_TUNE_CREATE_REQUEST = PolymorphicProxySerializer(

@@ -75,6 +75,13 @@ def test_lora_defaults(api, tenant, make_dataset):
         ({"hyperparameters": [1]}, 400, "invalid_parameter", "hyperparameters"),
         ({"method": "lora", "hyperparameters": {"lora_rank": 0}}, 400, "min_value", None),
         ({"method": "lora", "hyperparameters": {"lora_dropout": 1}}, 400, "max_value", None),
+        # A step of 256 rows would not fit a training worker (~57 MB a row); a head's may.
+        (
+            {"method": "lora", "hyperparameters": {"batch_size": 33}},
+            400,
+            "invalid_parameter",
+            "hyperparameters.batch_size",
+        ),
         (
             {"method": "lora", "hyperparameters": {"target_modules": ["mlp"]}},
             400,
