@@ -18,7 +18,6 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core.moments import LAST_INSTANT, utc_clamped
-from metering.models import UsageRecord
 from plans.models import Plan
 from tenants.models import Tenant
 
@@ -83,6 +82,9 @@ def billing_period_record(*, sub: Subscription) -> None:
     periods.update_or_create(
         tenant_id=sub.tenant_id, start=start, defaults={"end": end, "plan_id": sub.plan_id}
     )
+    spans = PlanSpan.objects.for_tenant(sub.tenant_id)
+    if not spans.exists():  # a new tenant's first period: on its plan from its start
+        spans.create(tenant_id=sub.tenant_id, start=start, plan_id=sub.plan_id)
 
 
 def billing_periods(
@@ -141,29 +143,35 @@ def period_recorded(*, tenant: Tenant, sub: Subscription, start: datetime) -> tu
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def plan_span_record(*, sub: Subscription, was: str, was_since: datetime, new_period: bool) -> None:
+def plan_span_record(
+    *,
+    sub: Subscription,
+    was: str,
+    was_since: datetime,
+    new_period: bool,
+    at: datetime | None = None,
+) -> None:
     """After ``sub`` changed plans, from ``was`` (on it at least since ``was_since``, its
     period's start): the time on each plan, which shares the period's included inputs
     (``plan_shares``). A change that began a new period (a new Stripe subscription, a move
     to free: ``new_period``) counts from that period's start, a change of the subscription
-    within its period from now. Call in the transaction that saves the change.
+    within its period from ``at`` (when it happened, where that is known: a change made in
+    Stripe, by its event's time) or now. Call in the transaction that saves the change.
 
-    The first change recorded says the tenant was on ``was`` from its period's start, unless
-    the period's ledger has usage made on another plan: it changed plans in that period
-    before changes were recorded, and the period stays priced as it was (every plan's whole
-    allowance); spans apply from the next one."""
+    Every tenant has a span from its first period (``billing_period_record``), or from the
+    deploy that began keeping them (migration 0007: a period in progress then has no span
+    at or before its start, and stays priced as it was: every plan's allowance whole)."""
     if sub.plan_id == was:
         return
     spans = PlanSpan.objects.for_tenant(sub.tenant_id)
-    at = sub.current_period_start if new_period else timezone.now()
-    if not spans.filter(start__lte=was_since).exists():
-        other_plans = UsageRecord.objects.for_tenant(sub.tenant_id).filter(
-            livemode=True, occurred_at__gte=was_since
-        )
-        if not other_plans.exclude(plan_id__in=[was, ""]).exists():
-            spans.get_or_create(tenant_id=sub.tenant_id, start=was_since, defaults={"plan_id": was})
-    spans.filter(start__gt=at).delete()  # (replaced: a new period that began earlier)
-    spans.update_or_create(tenant_id=sub.tenant_id, start=at, defaults={"plan_id": sub.plan_id})
+    now = timezone.now()
+    since = sub.current_period_start if new_period else min(at or now, now)
+    if not new_period and (latest := spans.order_by("-start").first()) is not None:
+        since = max(since, latest.start)  # (an event's whole seconds: not before what it ends)
+    if not spans.exists():  # (a row 0007 missed: as 0007 would have, from now)
+        spans.create(tenant_id=sub.tenant_id, start=now, plan_id=was)
+    spans.filter(start__gt=since).delete()  # (replaced: a new period that began earlier)
+    spans.update_or_create(tenant_id=sub.tenant_id, start=since, defaults={"plan_id": sub.plan_id})
 
 
 def plan_shares(*, tenant: Tenant | str, start: datetime) -> dict[str, Fraction]:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -376,7 +376,11 @@ def subscription_refresh_from_stripe(
         sub.save()
         billing_period_record(sub=sub)
         new_period = enforced[5] != sub.stripe_subscription_id  # adopted, or cancelled
-        plan_span_record(sub=sub, was=enforced[0], was_since=enforced[3], new_period=new_period)
+        # A change made in Stripe happened by its event (processed later, or re-read daily).
+        at = datetime.fromtimestamp(event_created, UTC) if event_created > 0 else None
+        plan_span_record(
+            sub=sub, was=enforced[0], was_since=enforced[3], new_period=new_period, at=at
+        )
         if _enforced(sub) != enforced:  # (most events change nothing requests are held to)
             tenant_context_changed(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)

@@ -4,6 +4,8 @@ agree however the shares move (found by a review of the first version of spans).
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -15,7 +17,11 @@ from billing.models import BillingPeriod, PlanSpan, Subscription, UsageChargePus
 from billing.periods import billing_period_record, plan_shares, plan_span_record
 from billing.rating import rate_tenant_period
 from billing.reconciliation import reconciliation_run
-from billing.subscriptions import subscription_change, subscription_get_or_create
+from billing.subscriptions import (
+    subscription_change,
+    subscription_get_or_create,
+    subscription_refresh_from_stripe,
+)
 from metering.models import UsageRecord
 from plans.models import Plan
 
@@ -34,6 +40,12 @@ def _usage(tenant, inputs, plan_id, at):
         livemode=True, model="minilm-l6", inputs=inputs, tokens=inputs * 10, compute_ms=1.0,
         occurred_at=at, plan_id=plan_id,
     )  # fmt: skip
+
+
+def _spans(tenant):
+    return list(
+        PlanSpan.objects.for_tenant(tenant).order_by("start").values_list("start", "plan_id")
+    )
 
 
 def _pushed(tenant, start):
@@ -120,7 +132,9 @@ def test_a_change_before_the_renewal_is_mirrored_gives_the_old_plan_its_days(ten
     s1, s2 = s0 + timedelta(days=30), s0 + timedelta(days=60)
     pro, scale = Plan.objects.get(pk="pro@1"), Plan.objects.get(pk="scale@1")
     # On pro since s0 (a span from an earlier change), period [s0, s1) recorded.
-    PlanSpan.objects.create(tenant=tenant, start=s0, plan=pro)
+    PlanSpan.objects.for_tenant(tenant).update_or_create(
+        tenant=tenant, start=s0, defaults={"plan": pro}
+    )
     sub.plan, sub.current_period_end = pro, s1
     sub.save()
     billing_period_record(sub=sub)
@@ -140,3 +154,94 @@ def test_a_change_before_the_renewal_is_mirrored_gives_the_old_plan_its_days(ten
         "scale@1": pytest.approx(28 / 30, rel=1e-3),
     }
     assert _rated(tenant, s1) == 0  # 6,000 within pro's 6,667
+
+
+def test_a_change_made_in_stripe_counts_from_its_event_not_its_processing(
+    tenant, stripe_api, monkeypatch
+):
+    """A downgrade made in Stripe's dashboard (Stripe prorates from that moment); the
+    webhook (or the daily re-read) is processed a day later."""
+    sub = subscription_change(tenant=tenant, plan_slug="scale")
+    start = sub.current_period_start
+    changed_at = int(time.time()) + 3600  # an hour into the period, by its event
+    from billing.stripe_sync import plan_sync_to_stripe
+
+    pro = plan_sync_to_stripe(plan=Plan.objects.get(pk="pro@1"))
+    item = stripe_api.Subscription.retrieve(sub.stripe_subscription_id).to_dict()["items"]
+    stripe_api.Subscription.modify(
+        sub.stripe_subscription_id,
+        items=[{"id": item["data"][0]["id"], "plan": pro.stripe_plan_id}],
+    )
+    _at(monkeypatch, timedelta(days=1))  # worker outage / lost webhook -> daily re-read
+    subscription_refresh_from_stripe(
+        customer_id=sub.stripe_customer_id, stripe_subscription_id=sub.stripe_subscription_id,
+        snapshot={}, event_created=changed_at,
+    )  # fmt: skip
+    assert Subscription.objects.for_tenant(tenant).get().plan_id == "pro@1"
+    # Stripe prorated scale's fee from its change: scale's time ends there, not a day later.
+    (_, was), (since, now_on) = _spans(tenant)[-2:]
+    assert (was, now_on) == ("scale@1", "pro@1")
+    assert abs(since.timestamp() - changed_at) < 5
+    scale = plan_shares(tenant=tenant, start=start)["scale@1"]
+    assert float(scale * (sub.current_period_end - start).total_seconds()) == pytest.approx(
+        3600, abs=5
+    )
+
+
+def test_a_period_in_progress_at_the_deploy_is_priced_as_before(tenant, stripe_api, monkeypatch):
+    """On pro from s0, moved to scale on day 5 BEFORE the deploy (no spans), with no pro
+    usage in those 5 days. After the deploy, back to pro on day 20."""
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    start = sub.current_period_start
+    _at(monkeypatch, timedelta(days=5))
+    subscription_change(tenant=tenant, plan_slug="scale")
+    # Made before spans were kept: the deploy's migration then wrote one, from its moment.
+    PlanSpan.objects.for_tenant(tenant).delete()
+    _at(monkeypatch, timedelta(days=5, hours=1))
+    PlanSpan.objects.create(tenant=tenant, plan_id="scale@1", start=timezone.now())
+    _usage(tenant, 500_000, "scale@1", start + timedelta(days=6))
+    _at(monkeypatch, timedelta(days=20))
+    subscription_change(tenant=tenant, plan_slug="pro")
+    _usage(tenant, 60_000, "pro@1", start + timedelta(days=21))
+    # Nothing says which plan the period began on: every plan's allowance whole, as
+    # before (a guess from the ledger gave scale 2/3 where Stripe prorated half each).
+    assert plan_shares(tenant=tenant, start=start) == {}
+    period = BillingPeriod.objects.for_tenant(tenant).get(start=start)
+    rated = rate_tenant_period(
+        tenant=tenant, plan=period.plan, start=start, end=period.end, include_base_fee=False
+    )
+    assert rated.usage_total == 0  # 500,000 within scale's, 60,000 within pro's
+
+
+def test_a_credit_after_the_subscription_ended_asks_for_no_negative_invoice(
+    tenant, stripe_api, monkeypatch, caplog
+):
+    """The credit for a change back to pro is not pushed before the move to free (a push
+    was holding the tenant's lock): it goes out later as a negative item on an ended
+    subscription, invoiced on its own."""
+    from limits.services import redis_client
+
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    start = sub.current_period_start
+    _usage(tenant, 100_000, "pro@1", start + timedelta(hours=1))
+    _at(monkeypatch, timedelta(days=10))
+    subscription_change(tenant=tenant, plan_slug="scale")
+    _at(monkeypatch, timedelta(days=15))
+    usage_charges_push(tenant=tenant)
+    _at(monkeypatch, timedelta(days=20))
+    subscription_change(tenant=tenant, plan_slug="pro")
+    lock = redis_client().lock(f"usage-push:{tenant.pk}", timeout=60)
+    assert lock.acquire()
+    try:
+        subscription_change(tenant=tenant, plan_slug="free")
+    finally:
+        lock.release()
+    end = BillingPeriod.objects.for_tenant(tenant).get(start=start).end
+    caplog.set_level(logging.WARNING, logger="billing.invoicing")
+    late = usage_charges_push(tenant=tenant, start=start, end=end)
+    assert [push.amount < 0 for push in late] == [True]  # the credit, pushed late
+    # Left on the customer and said, not asked for as an invoice at every push for good.
+    assert "left on Stripe customer" in caplog.text and "left pending" not in caplog.text
+    awaiting = UsageChargePush.objects.for_tenant(tenant).filter(awaiting_invoice=True)
+    assert not awaiting.exists()
+    assert reconciliation_run(tenant=tenant, start=start).difference == 0
