@@ -48,6 +48,10 @@ def _stripe_period(stripe_sub: dict[str, Any]) -> tuple[datetime | None, datetim
     return _at(start), _at(end)
 
 
+def stripe_period_start(stripe_sub: dict[str, Any]) -> datetime | None:
+    return _stripe_period(stripe_sub)[0]
+
+
 def _stripe_plan(stripe_sub: dict[str, Any]) -> Plan | None:
     item = first_item(stripe_sub)
     price = item.get("plan") or item.get("price") or stripe_sub.get("plan") or {}
@@ -104,3 +108,9 @@ def free_apply(sub: Subscription, free: Plan) -> None:
     # (Past due stays past due on free until its invoice is paid: webhooks.handle_invoice.)
     sub.stripe_updated_at = int(time.time())
     sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
+
+
+def enforced_fields(sub: Subscription) -> tuple[Any, ...]:
+    """What requests are admitted under (``limits.services.enforcement_for``)."""
+    return (sub.plan_id, sub.status, sub.past_due_since, sub.current_period_start,
+            sub.current_period_end, sub.stripe_subscription_id)  # fmt: skip

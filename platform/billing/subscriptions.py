@@ -27,21 +27,17 @@ from tenants.models import Tenant
 from . import messages
 from .locks import lock_held
 from .models import Invoice, Subscription
-from .periods import (
-    billed_currency,
-    billing_period_record,
-    calendar_month,
-    plan_span_record,
-)
-from .stripe_client import (
-    PaymentRequired,
-    as_dict,
-    is_missing,
-    stripe_api,
-    stripe_error_to_api,
-)
+from .periods import billed_currency, billing_period_record, calendar_month, plan_span_record
+from .stripe_client import PaymentRequired, as_dict, is_missing, stripe_api, stripe_error_to_api
 from .stripe_customers import customer_ensure, payment_method_ensure
-from .stripe_mirror import STATUS_FROM_STRIPE, first_item, free_apply, stripe_apply
+from .stripe_mirror import (
+    STATUS_FROM_STRIPE,
+    enforced_fields,
+    first_item,
+    free_apply,
+    stripe_apply,
+    stripe_period_start,
+)
 from .stripe_sync import plan_sync_to_stripe
 from .unpaid import past_due_clear
 
@@ -145,6 +141,18 @@ def _stripe_leave(sub: Subscription) -> None:
         from .invoicing import PushInProgress, usage_charges_push  # (invoicing reads us)
 
         try:
+            # A renewal whose webhook was lost left the new period unrecorded, and its usage
+            # was never pushed nor checked: Stripe's period first, where it is a later one.
+            current = as_dict(stripe_api().Subscription.retrieve(sub.stripe_subscription_id))
+            if (stripe_period_start(current) or sub.current_period_start) > (
+                sub.current_period_start
+            ):
+                subscription_refresh_from_stripe(
+                    customer_id=sub.stripe_customer_id,
+                    stripe_subscription_id=sub.stripe_subscription_id,
+                    snapshot=current,
+                    event_created=0,
+                )
             # The period's usage so far goes on the final invoice that cancelling issues
             # (behind a push still running, or with Redis down, it is pushed later, on an
             # invoice of its own: the request does not wait for it).
@@ -316,7 +324,7 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
         raise stripe_error_to_api(exc) from exc
     with transaction.atomic():
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
-        before = _enforced(sub)
+        before = enforced_fields(sub)
         stripe_apply(sub, stripe_sub, int(time.time()))
         sub.save()
         billing_period_record(sub=sub)
@@ -324,12 +332,6 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
         plan_span_record(sub=sub, was=before[0], was_since=before[3], new_period=new_period)
     tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
     return sub
-
-
-def _enforced(sub: Subscription) -> tuple[Any, ...]:
-    """What requests are admitted under (``limits.services.enforcement_for``)."""
-    return (sub.plan_id, sub.status, sub.past_due_since, sub.current_period_start,
-            sub.current_period_end, sub.stripe_subscription_id)  # fmt: skip
 
 
 def subscription_refresh_from_stripe(
@@ -371,7 +373,7 @@ def subscription_refresh_from_stripe(
             return sub  # an older snapshot than the one we hold
         previous_start = sub.current_period_start
         renewal = sub.stripe_subscription_id == stripe_subscription_id
-        enforced = _enforced(sub)
+        enforced = enforced_fields(sub)
         stripe_apply(sub, current, observed_at)
         sub.save()
         billing_period_record(sub=sub)
@@ -381,7 +383,7 @@ def subscription_refresh_from_stripe(
         plan_span_record(
             sub=sub, was=enforced[0], was_since=enforced[3], new_period=new_period, at=at
         )
-        if _enforced(sub) != enforced:  # (most events change nothing requests are held to)
+        if enforced_fields(sub) != enforced:  # (most events change nothing requests are held to)
             tenant_context_changed(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)
         if renewal and sub.stripe_subscription_id and sub.current_period_start > previous_start:

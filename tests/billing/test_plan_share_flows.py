@@ -114,7 +114,9 @@ def test_a_period_that_changed_plans_before_spans_were_kept_is_not_repriced(
     _usage(tenant, 1_500_000, "scale@1", start + timedelta(days=1))
     _at(monkeypatch, timedelta(days=5))
     subscription_change(tenant=tenant, plan_slug="pro")
-    PlanSpan.objects.for_tenant(tenant).delete()  # made before spans were kept
+    # Made before spans were kept: the deploy's migration then wrote one, from its moment.
+    PlanSpan.objects.for_tenant(tenant).delete()
+    PlanSpan.objects.create(tenant=tenant, plan_id="pro@1", start=timezone.now())
     usage_charges_push(tenant=tenant)
     assert _pushed(tenant, start) == 0  # scale's whole allowance (legacy)
     _at(monkeypatch, timedelta(days=10))
@@ -245,3 +247,21 @@ def test_a_credit_after_the_subscription_ended_asks_for_no_negative_invoice(
     awaiting = UsageChargePush.objects.for_tenant(tenant).filter(awaiting_invoice=True)
     assert not awaiting.exists()
     assert reconciliation_run(tenant=tenant, start=start).difference == 0
+
+
+def test_a_move_to_free_records_a_renewal_whose_webhook_was_lost(tenant, stripe_api, client_for):
+    """Stripe renewed, its webhook was lost: the row still had the period before. The move
+    to free read Stripe's period first, so its usage was pushed on the final invoice (it was
+    in no recorded period: never pushed, never checked)."""
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    renewed = sub.current_period_start  # Stripe's period: as if it were a renewal
+    BillingPeriod.objects.for_tenant(tenant).delete()
+    sub.current_period_start, sub.current_period_end = renewed - timedelta(days=30), renewed
+    sub.save()
+    billing_period_record(sub=sub)  # the period before, as the row had it
+    _usage(tenant, 150_000, "pro@1", renewed)  # 50,000 past pro's included
+    subscription_change(tenant=tenant, plan_slug="free")
+    assert BillingPeriod.objects.for_tenant(tenant).filter(start=renewed).exists()
+    assert _pushed(tenant, renewed) == 2000
+    usage = client_for(tenant, ["billing"]).get("/v1/usage", {"start": renewed.isoformat()})
+    assert usage.json()["total"]["amount"] == 2000
