@@ -195,7 +195,7 @@ INFERENCE_MAX_QUEUE_DEPTH = int(os.environ.get("INFERENCE_MAX_QUEUE_DEPTH", "500
 INFERENCE_COALESCE_MS = float(os.environ.get("INFERENCE_COALESCE_MS", "1"))
 # Request bodies one tenant may be receiving at once in an API process (core.body_slots):
 # slow bodies held every request thread. 0: no limit.
-BODY_READS_PER_TENANT = int(os.environ.get("BODY_READS_PER_TENANT", "4"))
+BODY_READS_PER_TENANT = int(os.environ.get("BODY_READS_PER_TENANT", "12"))
 INFERENCE_COALESCE_MAX = int(os.environ.get("INFERENCE_COALESCE_MAX", "32"))
 # Result cache: how long an answered input is kept for identical requests (0: off).
 # Test-mode keys (sk_test_) run real models but are never billed: their inputs are counted
