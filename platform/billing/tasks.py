@@ -86,8 +86,10 @@ def usage_push_task(tenant_id: str, start: str | None = None, end: str | None = 
 
 
 def usage_push_period_enqueue(*, tenant_id: str, start: datetime, end: datetime) -> None:
-    """Push a closed period's last usage once the current transaction commits."""
-    transaction.on_commit(lambda: _enqueue(usage_push_task, tenant_id, start, end))
+    """Push a closed period's last usage once the current transaction commits. robust: with
+    the broker down, the change that closed it is not failed after its commit (a move to
+    free answered 500, its Stripe subscription left); the hourly late push sends it."""
+    transaction.on_commit(lambda: _enqueue(usage_push_task, tenant_id, start, end), robust=True)
 
 
 def _tenants_on_stripe() -> list[str]:

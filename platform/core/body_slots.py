@@ -34,10 +34,14 @@ class TenantBodyStream:
 
     def __init__(self, stream: Any, tenant_id: str) -> None:
         self._stream, self._tenant_id = stream, tenant_id
-        self._held = self._done = False
+        self._held = False
+
+    def _whole(self) -> bool:
+        # NOTE: Django's LimitedStream knows where the declared length ends (_pos, limit).
+        return bool(getattr(self._stream, "_pos", 0) >= getattr(self._stream, "limit", 1 << 62))
 
     def _take(self) -> None:
-        if self._held or self._done:
+        if self._held or self._whole():
             return
         limit = settings.BODY_READS_PER_TENANT
         with _lock:
@@ -52,8 +56,8 @@ class TenantBodyStream:
         self._held = True
 
     def release(self) -> None:
-        """Give the slot back (the body is in, or the request is over); idempotent."""
-        self._done = True
+        """Give the slot back (the body is in, or the request is over); idempotent. A later
+        read (``core.middleware`` draining what the request left) takes one again."""
         if not self._held:
             return
         self._held = False
@@ -65,9 +69,7 @@ class TenantBodyStream:
                 _counts.pop(self._tenant_id, None)
 
     def _after(self, data: bytes, size: int | None) -> bytes:
-        # NOTE: Django's LimitedStream knows where the declared length ends (_pos, limit).
-        whole = getattr(self._stream, "_pos", 0) >= getattr(self._stream, "limit", 1 << 62)
-        if not data or size is None or size < 0 or whole:
+        if self._whole() or (not data and size != 0):
             self.release()
         return data
 
@@ -81,8 +83,7 @@ class TenantBodyStream:
 
     def readline(self, size: int | None = -1) -> bytes:
         self._take()
-        data = self._stream.readline(size)
-        return self._after(data, None if not data else 1)
+        return self._after(self._stream.readline(size), size)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -23,6 +23,7 @@ from django.utils.html import escape
 
 from ops.metrics import request_observe
 
+from .body_slots import TenantBodyStream
 from .errors import APIError
 from .ids import new_id
 
@@ -75,6 +76,17 @@ def _drain(request: HttpRequest) -> None:
     ``ANONYMOUS_DRAINS`` threads of a process drain at once, each at most
     ``ANONYMOUS_DRAIN_MAX_BYTES``; past that the connection is dropped after the answer."""
     stream = getattr(request, "_stream", None)
+    if isinstance(stream, TenantBodyStream):
+        # A key's body: drained under a slot of its tenant's, as it is read (body_slots);
+        # with every slot taken it is left (the connection the server's to close), or a
+        # tenant's slow bodies would hold threads here instead.
+        try:
+            _read_out(stream, DRAIN_MAX_BYTES)
+        except APIError:
+            pass
+        finally:
+            stream.release()
+        return
     if not isinstance(stream, LimitedStream):  # read into memory already, or not over WSGI
         return
     if getattr(getattr(request, "user", None), "is_authenticated", False):
@@ -86,7 +98,7 @@ def _drain(request: HttpRequest) -> None:
             _anonymous_drains.release()
 
 
-def _read_out(stream: LimitedStream, limit: int) -> None:
+def _read_out(stream: LimitedStream | TenantBodyStream, limit: int) -> None:
     left = limit
     try:
         while left > 0 and (chunk := stream.read(min(left, 1 << 16))):

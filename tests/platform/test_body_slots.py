@@ -88,3 +88,26 @@ def test_a_refused_body_gives_its_slot_back(tenant, client_for, settings):
         )
         assert api.post("/v1/api-keys", {"scopes": ["inference"]}, format="json").status_code == 201
     assert body_slots._counts.get(tenant.pk, 0) == 0
+
+
+def test_a_body_left_unread_by_a_refusal_is_still_drained(transactional_db):
+    """Refused before its body was read (an unknown parameter here): the body is drained, as
+    for every other refusal, so the keep-alive connection stays usable. The slots' wrapper
+    had hidden the stream from the drain."""
+    secret = make_key(TenantFactory(), ["admin"])
+    stream = io.BytesIO(BODY)
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/api-keys", "QUERY_STRING": "foo=1",
+        "SERVER_NAME": "testserver", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http", "wsgi.input": stream, "wsgi.errors": sys.stderr,
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(BODY)),
+        "HTTP_AUTHORIZATION": f"Bearer {secret}",
+    }  # fmt: skip
+    status: list[str] = []
+    try:
+        b"".join(application(environ, lambda s, h, *_: status.append(s)))
+    finally:
+        connection.close()
+    assert status[0].startswith("400")
+    assert stream.tell() == len(BODY)  # read out
+    assert not body_slots._counts  # and its slot given back
