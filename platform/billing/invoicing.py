@@ -111,13 +111,13 @@ def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageC
     Stripe has made it, and every push of the tenant asks again. Should Stripe refuse, the
     items stay pending on the customer (the customer's next invoice takes them)."""
     last = max(pushes, key=lambda push: push.pk)
-    if sum(push.amount for push in pushes) <= 0:
+    if (total := sum(push.amount for push in pushes)) <= 0:
         # Credits (a plan change gave a plan more of the period after its usage was billed):
         # an invoice of a negative total would be asked for at every push. They stay on the
         # customer, for its next invoice to take, and a person is told.
         logger.warning(
             "credit of %s %s for %s left on Stripe customer %s (its subscription has ended)",
-            -sum(push.amount for push in pushes), last.currency, sub.tenant_id,
+            -total, last.currency, sub.tenant_id,
             sub.stripe_customer_id,
         )  # fmt: skip
         ids = [push.pk for push in pushes]

@@ -166,10 +166,11 @@ def plan_span_record(
     spans = PlanSpan.objects.for_tenant(sub.tenant_id)
     now = timezone.now()
     since = sub.current_period_start if new_period else min(at or now, now)
-    if not new_period and (latest := spans.order_by("-start").first()) is not None:
-        since = max(since, latest.start)  # (an event's whole seconds: not before what it ends)
-    if not spans.exists():  # (a row 0007 missed: as 0007 would have, from now)
+    latest = spans.order_by("-start").values_list("start", flat=True).first()
+    if latest is None:  # (a row 0007 missed: as 0007 would have, from now)
         spans.create(tenant_id=sub.tenant_id, start=now, plan_id=was)
+    elif not new_period:
+        since = max(since, latest)  # (an event's whole seconds: not before what it ends)
     spans.filter(start__gt=since).delete()  # (replaced: a new period that began earlier)
     spans.update_or_create(tenant_id=sub.tenant_id, start=since, defaults={"plan_id": sub.plan_id})
 

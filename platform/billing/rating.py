@@ -103,11 +103,8 @@ def rate(
     # Included inputs cover the dearest tier first.
     included = plan.included_inputs if share is None else math.ceil(plan.included_inputs * share)
     allowance = included
-    of_period = (
-        ""
-        if share is None or share >= 1
-        else (f", its share of the period's {plan.included_inputs:,}")
-    )
+    whole = share is None or share >= 1
+    of_period = "" if whole else f", its share of the period's {plan.included_inputs:,}"
     order = sorted(
         MODEL_TIERS,
         key=lambda t: -Decimal(str((tiers.get(t) or [{"unit_amount": 0}])[0]["unit_amount"])),
@@ -180,13 +177,20 @@ def billable_usage(
 
 
 def rate_tenant_period(
-    *, tenant: Tenant, plan: Plan, start: datetime, end: datetime, include_base_fee: bool = True
+    *,
+    tenant: Tenant,
+    plan: Plan,
+    start: datetime,
+    end: datetime,
+    include_base_fee: bool = True,
+    shares: dict[str, Fraction] | None = None,
 ) -> RatedPeriod:
     """The period priced: ``plan`` (the tenant's plan now) for the base fee, and each plan
     the period's usage was made on for that usage (one line per key, their sum)."""
     usage = billable_usage(tenant=tenant, plan=plan, start=start, end=end)
     segments = sorted(usage.items(), key=lambda item: item[0] != plan)  # the current first
-    shares = plan_shares(tenant=tenant, start=start)
+    if shares is None:  # (a caller rating one period twice reads them once)
+        shares = plan_shares(tenant=tenant, start=start)
     lines: dict[str, ChargeLine] = {}
     if include_base_fee and plan.base_fee:
         lines["base_fee"] = ChargeLine("base_fee", f"{plan.name} plan", 1, plan.base_fee)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.utils import timezone
 
@@ -110,7 +110,17 @@ def free_apply(sub: Subscription, free: Plan) -> None:
     sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
 
 
-def enforced_fields(sub: Subscription) -> tuple[Any, ...]:
+class Enforced(NamedTuple):
     """What requests are admitted under (``limits.services.enforcement_for``)."""
-    return (sub.plan_id, sub.status, sub.past_due_since, sub.current_period_start,
-            sub.current_period_end, sub.stripe_subscription_id)  # fmt: skip
+
+    plan_id: str
+    status: str
+    past_due_since: datetime | None
+    period_start: datetime
+    period_end: datetime
+    stripe_subscription_id: str
+
+
+def enforced_fields(sub: Subscription) -> Enforced:
+    return Enforced(sub.plan_id, sub.status, sub.past_due_since, sub.current_period_start,
+                    sub.current_period_end, sub.stripe_subscription_id)  # fmt: skip

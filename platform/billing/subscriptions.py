@@ -328,8 +328,9 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
         stripe_apply(sub, stripe_sub, int(time.time()))
         sub.save()
         billing_period_record(sub=sub)
-        new_period = before[5] != sub.stripe_subscription_id  # a new subscription, not a change
-        plan_span_record(sub=sub, was=before[0], was_since=before[3], new_period=new_period)
+        new_period = before.stripe_subscription_id != sub.stripe_subscription_id  # a new one
+        plan_span_record(sub=sub, was=before.plan_id, was_since=before.period_start,
+                         new_period=new_period)  # fmt: skip
     tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
     return sub
 
@@ -377,12 +378,11 @@ def subscription_refresh_from_stripe(
         stripe_apply(sub, current, observed_at)
         sub.save()
         billing_period_record(sub=sub)
-        new_period = enforced[5] != sub.stripe_subscription_id  # adopted, or cancelled
+        new_period = enforced.stripe_subscription_id != sub.stripe_subscription_id  # adopted
         # A change made in Stripe happened by its event (processed later, or re-read daily).
         at = datetime.fromtimestamp(event_created, UTC) if event_created > 0 else None
-        plan_span_record(
-            sub=sub, was=enforced[0], was_since=enforced[3], new_period=new_period, at=at
-        )
+        plan_span_record(sub=sub, was=enforced.plan_id, was_since=enforced.period_start,
+                         new_period=new_period, at=at)  # fmt: skip
         if enforced_fields(sub) != enforced:  # (most events change nothing requests are held to)
             tenant_context_changed(tenant_id=sub.tenant_id)
         # (Not on adoption: a free calendar month before it is not this plan's to bill.)

@@ -35,14 +35,17 @@ def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime)
     """Charge line key → minor units that [start, end) adds (base fee excluded)."""
     charges: Counter[str] = Counter()
     for period_start, _, lo, hi in _periods_with_usage(tenant, start, end):
+        shares = plan_shares(tenant=tenant, start=period_start)
         for line in rate_tenant_period(
-            tenant=tenant, plan=plan, start=period_start, end=hi, include_base_fee=False
-        ).lines:
+            tenant=tenant, plan=plan, start=period_start, end=hi, include_base_fee=False,
+            shares=shares,
+        ).lines:  # fmt: skip
             charges[line.key] += line.amount
         if lo > period_start:
             for line in rate_tenant_period(
-                tenant=tenant, plan=plan, start=period_start, end=lo, include_base_fee=False
-            ).lines:
+                tenant=tenant, plan=plan, start=period_start, end=lo, include_base_fee=False,
+                shares=shares,
+            ).lines:  # fmt: skip
                 charges[line.key] -= line.amount
     return charges
 

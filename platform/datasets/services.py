@@ -34,7 +34,8 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
             code="file_too_large",
             param="file",
         )
-    _check_storage(tenant, size)
+    if (early := _storage_refusal(tenant, size)) is not None:  # before reading it at all
+        raise early
     data = upload.read()
     filename = (upload.name or "").replace("\x00", "")[:255]
     result = dataset_validate(data, filename=filename)
@@ -78,15 +79,10 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
     return dataset
 
 
-def _check_storage(tenant: Tenant, size: int) -> None:
-    """409 when the upload would take the tenant's datasets (invalid ones too: they are
-    stored) past DATASET_STORAGE_BYTES: the artifact store is every tenant's, and one
-    tenant's uploads must not fill it. Deleting a dataset makes room."""
-    if (refusal := _storage_refusal(tenant, size)) is not None:
-        raise refusal
-
-
 def _storage_refusal(tenant: Tenant, size: int) -> Conflict | None:
+    """The 409 for an upload that would take the tenant's datasets (invalid ones too: they
+    are stored) past DATASET_STORAGE_BYTES: the artifact store is every tenant's, and one
+    tenant's uploads must not fill it. Deleting a dataset makes room."""
     limit = settings.DATASET_STORAGE_BYTES
     stored = Dataset.objects.for_tenant(tenant).filter(deleted_at__isnull=True)
     used = int(stored.aggregate(total=Sum("bytes"))["total"] or 0)

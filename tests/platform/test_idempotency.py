@@ -72,19 +72,21 @@ def test_a_failed_attempt_can_be_retried_under_the_same_id(api):
     assert fixed.status_code == 201
 
 
-def test_a_key_in_flight_is_409(api, tenant):
+def _in_flight(tenant, key: str) -> None:
+    """An attempt under ``key`` still running (its record locked for a minute)."""
     from datetime import timedelta
 
     from django.utils import timezone
 
     IdempotencyRecord.objects.create(
-        tenant=tenant,
-        key="busy",
-        fingerprint="x",
-        request_id="req_x",
+        tenant=tenant, key=key, fingerprint="x", request_id="req_x",
         state=IdempotencyRecord.State.IN_PROGRESS,
         locked_until=timezone.now() + timedelta(seconds=60),
-    )
+    )  # fmt: skip
+
+
+def test_a_key_in_flight_is_409(api, tenant):
+    _in_flight(tenant, "busy")
     response = post(api, {"scopes": ["inference"]}, "busy")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "idempotency_key_in_use"
@@ -95,24 +97,13 @@ def test_a_duplicate_of_a_call_in_flight_is_409_even_past_the_quota(tenant):
     """The first attempt holds the quota (or the concurrency slot) its duplicate would need:
     the duplicate is told the key is in use (retry, and get the first one's answer), not a
     402 or 429 that paying or waiting would not cure (5 of 6 parallel duplicates got 402)."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     from tests.factories import bearer, make_key
     from tests.limits.test_limits import custom_plan, on_plan
 
     on_plan(tenant, custom_plan(monthly_hard_cap=3))
     client = bearer(make_key(tenant, ["inference"]))
     body = {"model": "minilm-l6", "inputs": ["a"] * 4, "labels": ["x", "y"]}
-    IdempotencyRecord.objects.create(
-        tenant=tenant,
-        key="busy",
-        fingerprint="x",
-        request_id="req_x",
-        state=IdempotencyRecord.State.IN_PROGRESS,
-        locked_until=timezone.now() + timedelta(seconds=60),
-    )
+    _in_flight(tenant, "busy")
     duplicate = client.post("/v1/classify", body, format="json", HTTP_IDEMPOTENCY_KEY="busy")
     assert duplicate.status_code == 409, duplicate.json()
     assert duplicate.json()["error"]["code"] == "idempotency_key_in_use"
