@@ -158,6 +158,58 @@ def test_a_call_of_hundreds_of_texts_shares_its_passes_with_the_calls_behind_it(
     assert sum(len(p) for p in passes) == 302
 
 
+def test_tenants_take_turns_not_calls() -> None:
+    """One tenant's four 100-text calls and another tenant's one: the turns go round the
+    tenants, so the lone tenant gets every other text of each pass, and the busy tenant's
+    calls share its turns among themselves (per call, it got one text in five)."""
+    gate = threading.Event()
+    passes: list[list[int]] = []
+
+    def recorded(batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        gate.wait(5)
+        passes.append([ids[0] for ids in batch])
+        return torch.ones(len(batch), 4)
+
+    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=8, max_wait_ms=0)
+    try:
+        first = batcher.submit([0])  # the model thread takes it and waits at the gate
+        time.sleep(0.1)
+        busy = [batcher.submit_many([[call]] * 100, owner="busy") for call in (1, 2, 3, 4)]
+        lone = batcher.submit_many([[9]] * 100, owner="lone")
+        gate.set()
+        assert all(f.result(timeout=10).vector.shape == (4,) for f in [first, *lone])
+        assert all(f.result(timeout=10).vector.shape == (4,) for call in busy for f in call)
+    finally:
+        batcher.close()
+    assert passes[1] == [1, 9, 2, 9, 3, 9, 4, 9]
+    # The lone tenant's 100 texts are done once 200 have been computed, not 500.
+    done = [n for n, texts in enumerate(passes) if 9 in texts][-1]
+    assert sum(len(p) for p in passes[1 : done + 1]) == 200
+
+
+def test_the_turns_go_on_across_passes() -> None:
+    """A pass that fills stops at a tenant whose turn then comes first in the next one:
+    three tenants with a pass of four, not the first two tenants' texts first."""
+    gate = threading.Event()
+    passes: list[list[int]] = []
+
+    def recorded(batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        gate.wait(5)
+        passes.append([ids[0] for ids in batch])
+        return torch.ones(len(batch), 4)
+
+    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=4, max_wait_ms=0)
+    try:
+        first = batcher.submit([0])
+        time.sleep(0.1)
+        futures = [f for t in (1, 2, 3) for f in batcher.submit_many([[t]] * 4, owner=t)]
+        gate.set()
+        assert all(f.result(timeout=10).vector.shape == (4,) for f in [first, *futures])
+    finally:
+        batcher.close()
+    assert passes[1:] == [[1, 2, 3, 1], [2, 3, 1, 2], [3, 1, 2, 3]]
+
+
 def test_bounded_queue_pushes_back_and_close_drains() -> None:
     release = threading.Event()
 

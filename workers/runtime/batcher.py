@@ -132,8 +132,9 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._max_pending = max_pending
-        # One queue per waiting call (``submit_many``), oldest call first: see ``_collect``.
-        self._calls: deque[deque[_Item]] = deque()
+        # Per owner (a tenant), its waiting calls (``submit_many``), each a queue of texts;
+        # owners in turn order, the next to be served first: see ``_collect``.
+        self._owners: dict[Any, deque[deque[_Item]]] = {}
         self._queued = 0
         self._queued_tokens = 0
         self._cond = threading.Condition()
@@ -162,12 +163,18 @@ class DynamicBatcher:
             return dataclasses.replace(self._stats)
 
     def submit_many(
-        self, batch: Sequence[Sequence[int]], *, tag: Any = None, timeout: float = 30.0
+        self,
+        batch: Sequence[Sequence[int]],
+        *,
+        tag: Any = None,
+        owner: Any = None,
+        timeout: float = 30.0,
     ) -> list[Future[Embedded]]:
         """Queue token id lists; each future resolves to its ``Embedded`` or an exception.
 
         Texts of one call are queued together, each with ``tag`` (passed to the model with
-        its row), and share forward passes with the calls waiting beside them (``_collect``).
+        its row), and share forward passes with the calls waiting beside them; ``owner``
+        (the tenant) is whose turn they are taken in (``_collect``).
         Blocks while the queue is full (back-pressure), up to ``timeout`` seconds.
         """
         now = time.monotonic()
@@ -185,7 +192,7 @@ class DynamicBatcher:
                 raise BatcherOverloadedError(f"{self._queued} texts already waiting")
             if self._closed:
                 raise BatcherClosedError("batcher is closed")
-            self._calls.append(deque(items))
+            self._owners.setdefault(owner, deque()).append(deque(items))
             self._queued += len(items)
             self._queued_tokens += sum(len(item.ids) for item in items)
             self._cond.notify_all()
@@ -225,15 +232,21 @@ class DynamicBatcher:
         """Wait for work, then for company: until the first waiting item has waited
         ``max_wait_ms`` (counted from when it was queued, so items that queued up during the
         previous forward pass go at once) or a full batch is waiting. Then take the waiting
-        calls' texts in turns, one from each call, oldest call first: a call of hundreds of
-        texts (a few-shot request's examples) shares each forward pass with the calls behind
-        it, rather than holding them for all of its passes (one such call held another
-        tenant's one-input request past its 30 s deadline)."""
+        texts in turns: one text a turn, the turns going round the owners (tenants) with
+        texts waiting, and round each owner's calls on its turns. A call of hundreds of texts
+        (a few-shot request's examples) shares each forward pass with the calls behind it,
+        rather than holding them for all of its passes (one such call held another tenant's
+        one-input request past its 30 s deadline); and a tenant with many such calls at once
+        gets one turn in each round, as every other tenant waiting does, not one per call
+        (eight concurrent few-shot calls of one tenant took ~8/9 of the worker). The round
+        goes on across batches: a batch that fills stops at an owner whose turn comes first
+        in the next one."""
         with self._cond:
-            self._cond.wait_for(lambda: self._calls or self._closed)
-            if not self._calls:
+            self._cond.wait_for(lambda: self._owners or self._closed)
+            if not self._owners:
                 return None  # closed and drained
-            deadline = self._calls[0][0].enqueued + self.max_wait_s
+            oldest = min(call[0].enqueued for calls in self._owners.values() for call in calls)
+            deadline = oldest + self.max_wait_s
             while not self._full() and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -241,21 +254,23 @@ class DynamicBatcher:
                 self._cond.wait(left)
             batch: list[_Item] = []
             tokens = 0
-            full = False
-            while self._calls and not full:
-                waiting: deque[deque[_Item]] = deque()
-                for call in self._calls:  # one turn: a text from each call
-                    if not full:
-                        size = len(call[0].ids)
-                        full = len(batch) >= self.max_batch_size or (
-                            bool(batch) and tokens + size > self.max_batch_tokens
-                        )
-                        if not full:
-                            batch.append(call.popleft())
-                            tokens += size
-                    if call:
-                        waiting.append(call)
-                self._calls = waiting
+            while self._owners:
+                owner = next(iter(self._owners))  # whose turn it is
+                calls = self._owners.pop(owner)
+                call = calls[0]
+                size = len(call[0].ids)
+                if len(batch) >= self.max_batch_size or (
+                    batch and tokens + size > self.max_batch_tokens
+                ):
+                    self._owners = {owner: calls, **self._owners}  # still its turn next
+                    break
+                batch.append(call.popleft())
+                tokens += size
+                calls.popleft()
+                if call:
+                    calls.append(call)  # the owner's next turn goes to its next call
+                if calls:
+                    self._owners[owner] = calls  # its next turn after every other owner's
             self._queued -= len(batch)
             self._queued_tokens -= tokens
             self._cond.notify_all()  # wake submitters waiting for room

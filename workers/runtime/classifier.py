@@ -231,7 +231,7 @@ class ClassifierEngine:
 
         tokenized = encoder.tokenize(list(inputs) + missing)
         # One submission, so inputs and missing class texts share forward passes.
-        futures = runtime.batcher.submit_many([t.ids for t in tokenized])
+        futures = runtime.batcher.submit_many([t.ids for t in tokenized], owner=owner)
 
         def finish() -> ClassifyResult:
             embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
@@ -277,7 +277,10 @@ class ClassifierEngine:
             message = errors.MODEL_UNAVAILABLE_MESSAGE.format(model=request["model"])
             return _done(errors.error_result(request, errors.MODEL_UNAVAILABLE, message))
         tokenized = runtime.encoder.tokenize(list(request["inputs"]))
-        futures = runtime.batcher.submit_many([t.ids for t in tokenized], tag=loaded.adapter)
+        owner = str(request.get("tenant_id") or "")  # whose turn its texts take (batcher)
+        futures = runtime.batcher.submit_many(
+            [t.ids for t in tokenized], tag=loaded.adapter, owner=owner
+        )
 
         def finish() -> ClassifyResult:
             embedded = [future.result(timeout=EMBED_TIMEOUT_S) for future in futures]
