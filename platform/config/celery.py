@@ -46,6 +46,8 @@ app.conf.beat_schedule = {
     "billing-stripe-events-sweep": {"task": "billing.stripe_events_sweep", "schedule": 300.0},
     # Quota counters that lag the ledger (a lost settle, a flushed Redis) are raised.
     "limits-quota-reconcile": {"task": "limits.quota_reconcile_all", "schedule": 600.0},
+    # Reservations of calls that never settled (an API process killed mid-call) released.
+    "limits-quota-holds-release": {"task": "limits.quota_holds_release", "schedule": 300.0},
     # Idempotency records past any replay (they hold response bodies).
     "core-idempotency-purge": {"task": "core.idempotency_purge", "schedule": 3600.0},
     # Deleted datasets' files that their delete had to leave (a job on them, or stored

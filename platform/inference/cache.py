@@ -203,10 +203,15 @@ def cached_answer(
     if admission is not None:
         settle_commands(pipe, admission, succeeded=True)
     try:
-        pipe.execute()
+        results = pipe.execute(raise_on_error=False)
     except (redis.RedisError, ConnectionError):
-        # The admission is not marked settled: the view settles it as failed.
-        raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+        results = [ConnectionError()]
+    if any(isinstance(result, Exception) for result in results):
+        # The admission is not marked settled: the view settles it as failed. Where the
+        # event failed but the settlement ran, its hold is gone: the refund goes without.
+        if admission is not None and results[-1:] and not isinstance(results[-1], Exception):
+            admission.held = ""
+        raise overloaded(messages.BROKER_DOWN, "broker_unavailable")
     if admission is not None:
         admission.settled = True
     return {

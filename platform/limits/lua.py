@@ -11,7 +11,12 @@ its data) is never taken for 0: the script answers "seed" without writing anythi
 caller runs it again with the period's inputs in the ledger (ARGV 11), which it sets only if
 the counter is still missing, so concurrent seeds cannot count anything twice.
 
-KEYS: 1 tenant limiter, 2 key limiter, 3 in-flight set (sorted by expiry), 4 quota counter
+A reservation is also held, until its call is settled, in the set of holds (KEYS 5, sorted by
+when the call must have ended), as "<request id> <inputs> <counter key>": one whose API
+process died before it settled is found there and released (``limits.holds``).
+
+KEYS: 1 tenant limiter, 2 key limiter, 3 in-flight set (sorted by expiry), 4 quota counter,
+      5 the set of holds
 ARGV: 1 now (ms), 2 window (ms), 3 tenant rate, 4 key rate, 5 concurrency cap (-1: none),
       6 inputs to reserve (0: not an inference call), 7 hard cap (-1: none),
       8 request id, 9 in-flight TTL (ms), 10 quota TTL (s),
@@ -70,6 +75,7 @@ if inputs > 0 then
     end
     used = redis.call('INCRBY', KEYS[4], inputs)
     redis.call('EXPIRE', KEYS[4], tonumber(ARGV[10]))
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4])
   end
   if cap >= 0 then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[9]), ARGV[8])
@@ -85,11 +91,24 @@ end
 return {'ok', limit, remaining, reset, 0, used}
 """
 
-# A failed call's reservation given back, to a counter that still exists (KEYS 1: the
-# counter, ARGV 1: the inputs); a missing one is seeded from the ledger on its next use.
+# A reservation given back whose hold is gone already, to a counter that still exists (KEYS
+# 1: the counter, ARGV 1: the inputs; see RELEASE on why not DECRBY alone).
 REFUND = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('DECRBY', KEYS[1], ARGV[1])
+end
+return false
+"""
+
+# A held reservation released (KEYS 1: the set of holds, 2: the counter; ARGV 1: the hold,
+# 2: its inputs, 3: "1" to give them back): given back only by whoever removes the hold, so
+# a failed call's settlement and the sweep of holds never both refund it; and only to a
+# counter that still exists (not DECRBY alone, which would create one that a flush removed,
+# below zero: admission would take it as counted and never seed it from the ledger).
+RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and ARGV[3] == '1'
+   and redis.call('EXISTS', KEYS[2]) == 1 then
+  return redis.call('DECRBY', KEYS[2], ARGV[2])
 end
 return false
 """

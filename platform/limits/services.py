@@ -37,7 +37,7 @@ from plans.models import Plan
 from tenants.models import Tenant
 
 from . import messages
-from .lua import ADMIT, REFUND
+from .lua import ADMIT, REFUND, RELEASE
 from .selectors import quota_ledger_inputs
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ WINDOW_MS = 60_000
 @functools.cache
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+# Every reservation not yet settled, sorted by when its call must have ended (``lua``).
+HOLDS_KEY = "quota:holds"
 
 
 def quota_key(tenant_id: str, period_start: datetime, *, livemode: bool) -> str:
@@ -80,6 +84,9 @@ class Admission:
     inflight_key: str = ""
     quota_key: str = ""
     reserved: int = 0
+    # The reservation's entry in the set of holds ("" for none: nothing reserved, or a
+    # settlement that failed after it had removed it; see ``inference.cache``).
+    held: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     # The values of the keys admission was asked to prefetch (None where a key is unset),
     # or None when they could not be read with it.
@@ -280,6 +287,7 @@ def limits_admit(
         f"rl:k:{api_key.pk}",
         f"inflight:{tenant_id}{mode}",
         quota_key(tenant_id, terms.period_start, livemode=api_key.livemode),
+        HOLDS_KEY,
     ]
     hard_cap = quota_cap(plan, livemode=api_key.livemode)
     quota_ttl = int((terms.period_end - terms.period_start).total_seconds()) + 7 * 86400
@@ -358,6 +366,7 @@ def limits_admit(
         inflight_key=keys[2],
         quota_key=keys[3] if reserved else "",
         reserved=reserved,
+        held=f"{request_id} {reserved} {keys[3]}" if reserved else "",
         headers=headers,
         prefetched=None if values is None else dict(zip(prefetch, values, strict=True)),
         plan_id=plan.pk,
@@ -382,7 +391,9 @@ def settle_commands(pipe: Any, admission: Admission, *, succeeded: bool) -> None
     ``limits_settle`` does not settle it again; if it fails, ``limits_settle`` does."""
     if admission.request_id:
         pipe.zrem(admission.inflight_key, admission.request_id)
-    if admission.reserved and not succeeded:
-        # NOTE: not DECRBY, which would create a counter that a flush removed, below zero:
-        # admission would then take it as counted and never seed it from the ledger.
+    if admission.held:  # the hold goes, and its inputs go back where the call failed
+        refund = "0" if succeeded else "1"
+        pipe.eval(RELEASE, 2, HOLDS_KEY, admission.quota_key, admission.held,
+                  admission.reserved, refund)  # fmt: skip
+    elif admission.reserved and not succeeded:
         pipe.eval(REFUND, 1, admission.quota_key, admission.reserved)

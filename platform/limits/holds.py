@@ -1,0 +1,88 @@
+"""Quota reservations whose call never settled, released.
+
+Admission reserves a call's inputs against the period's hard cap and holds the reservation
+(``lua.ADMIT``) until the call is settled (``services.settle_commands``): kept if the call was
+answered, given back if it failed. An API process that dies in between (a deploy's SIGKILL,
+the out-of-memory killer, a lost settlement round trip) leaves the reservation held. Before
+holds were kept, it stayed counted for the rest of the period: a tenant on a capped plan was
+refused (402) before its cap, by up to 96 inputs a call lost that way, and reconciliation
+never lowers a counter.
+
+This sweep takes the holds whose call must have ended at least ``HOLD_GRACE_S`` ago (the
+usage consumer's time to write an answered call's ledger row) and releases each: its inputs
+stay counted where the ledger has the call (the worker answered, the API never said so), and
+go back where it has not. A ledger row that lands after its call's inputs were given back
+(a usage consumer down for longer than the grace) is counted again by reconciliation, which
+raises a counter to its ledger. Each hold is released by whoever removes it from the set
+(``lua.RELEASE``), so a settlement that runs at the same time never refunds it twice."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from prometheus_client import Counter
+
+from metering.models import UsageRecord
+
+from .lua import RELEASE
+from .services import HOLDS_KEY, redis_client
+
+logger = logging.getLogger(__name__)
+HOLD_GRACE_S = 300
+HOLDS_RELEASED = Counter(
+    "quota_holds_released_total",
+    "Quota reservations of calls that never settled, by whether their inputs went back.",
+    ["refunded"],
+)
+
+
+@dataclass(frozen=True)
+class Released:
+    refunded: int  # holds whose inputs went back (the call has no ledger row)
+    kept: int  # holds whose inputs stay counted (the call is in the ledger)
+    refunded_inputs: int
+
+
+def quota_holds_release(*, now: float | None = None, batch: int = 1000) -> Released:
+    """Release the holds of calls that must have ended ``HOLD_GRACE_S`` before ``now``
+    (unix seconds), ``batch`` at a time until none is left."""
+    cutoff_ms = int(((time.time() if now is None else now) - HOLD_GRACE_S) * 1000)
+    client = redis_client()
+    release: Any = client.register_script(RELEASE)
+    refunded = kept = inputs_back = 0
+    while holds := client.zrangebyscore(HOLDS_KEY, "-inf", cutoff_ms, start=0, num=batch):
+        parsed = [_parse(cast(bytes, hold)) for hold in holds]
+        answered = set(
+            UsageRecord.objects.unscoped()
+            .filter(event_id__in=[request_id for _, request_id, _, _ in parsed])
+            .values_list("event_id", flat=True)
+        )
+        pipe = client.pipeline(transaction=False)
+        for hold, request_id, inputs, counter in parsed:
+            refund = request_id not in answered and inputs > 0
+            release(keys=[HOLDS_KEY, counter], args=[hold, inputs, "1" if refund else "0"],
+                    client=pipe)  # fmt: skip
+        for (_, request_id, inputs, counter), given in zip(parsed, pipe.execute(), strict=True):
+            if request_id in answered:
+                kept += 1
+            else:
+                refunded += 1
+                inputs_back += inputs if given is not None else 0
+                logger.warning("quota hold of %s released: %d inputs back to %s (unsettled)",
+                               request_id, inputs, counter)  # fmt: skip
+    HOLDS_RELEASED.labels(refunded="true").inc(refunded)
+    HOLDS_RELEASED.labels(refunded="false").inc(kept)
+    return Released(refunded=refunded, kept=kept, refunded_inputs=inputs_back)
+
+
+def _parse(hold: bytes | str) -> tuple[str, str, int, str]:
+    """(hold, request id, inputs, counter key) from "<request id> <inputs> <counter key>";
+    one that does not parse (written by no version of this code) is released, refunding
+    nothing."""
+    text = hold.decode() if isinstance(hold, bytes) else hold
+    request_id, _, rest = text.partition(" ")
+    count, _, counter = rest.partition(" ")
+    return text, request_id, int(count) if count.isdigit() else 0, counter or HOLDS_KEY

@@ -1,0 +1,98 @@
+"""A quota reservation whose call never settled (its API process died mid-call) is released
+by the sweep of holds: given back where the ledger lacks the call, kept where it has it, and
+never given back twice. Against the real Redis and database."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+from django.conf import settings
+
+from core.errors import APIError
+from limits.holds import HOLD_GRACE_S, quota_holds_release
+from limits.services import limits_admit, limits_settle
+from metering.services import usage_record_bulk
+from tests.factories import make_key
+from tests.limits.test_limits import custom_plan, key_of, on_plan
+
+pytestmark = pytest.mark.django_db
+
+
+def _past_every_call() -> float:
+    """A moment when every call admitted now has ended and its grace has passed."""
+    return time.time() + settings.INFERENCE_TIMEOUT_S + 30 + HOLD_GRACE_S + 1
+
+
+def _refused(key, inputs: int) -> bool:
+    try:
+        limits_settle(limits_admit(api_key=key, request_id="probe", inputs=inputs),
+                      succeeded=False)  # fmt: skip
+    except APIError as exc:
+        assert exc.status == 402 and exc.code == "quota_exceeded"
+        return True
+    return False
+
+
+@pytest.fixture
+def capped(tenant):
+    on_plan(tenant, custom_plan(monthly_hard_cap=10))
+    return key_of(tenant, make_key(tenant, ["inference"]))
+
+
+def test_a_call_whose_api_died_gets_its_inputs_back_after_its_grace(capped):
+    limits_admit(api_key=capped, request_id="req_killed", inputs=10)  # never settled
+    assert _refused(capped, 1)
+    quota_holds_release()  # the call may still be running: nothing goes back
+    assert _refused(capped, 1)
+    released = quota_holds_release(now=_past_every_call())
+    assert released.refunded >= 1 and released.refunded_inputs >= 10
+    assert not _refused(capped, 10)  # the whole cap is there again
+
+
+def test_a_call_the_worker_answered_stays_counted(capped):
+    """The API died after the worker answered: the usage event is in the ledger, so its
+    inputs stay used (and are billed)."""
+    limits_admit(api_key=capped, request_id="req_answered", inputs=10)
+    usage_record_bulk(
+        events=[
+            {
+                "v": 1,
+                "event_id": "req_answered",
+                "kind": "inference",
+                "tenant_id": capped.tenant_id,
+                "api_key_id": capped.pk,
+                "livemode": True,
+                "model": "minilm-l6",
+                "inputs": 10,
+                "tokens": 40,
+                "compute_ms": 1.0,
+                "cached": 0,
+                "occurred_at": datetime.now(UTC).isoformat(),
+            }
+        ]
+    )
+    released = quota_holds_release(now=_past_every_call())
+    assert released.kept >= 1
+    assert _refused(capped, 1)
+
+
+def test_a_failed_call_is_given_back_once_whichever_comes_first(capped):
+    # The settlement first: the sweep finds no hold of it.
+    failed = limits_admit(api_key=capped, request_id="req_failed", inputs=10)
+    limits_settle(failed, succeeded=False)
+    quota_holds_release(now=_past_every_call())
+    limits_settle(limits_admit(api_key=capped, request_id="req_used", inputs=6), succeeded=True)
+    assert _refused(capped, 5)  # 6 used of 10: given back once, not twice
+    # The sweep first (a settlement late past the call's end): it does not refund again.
+    late = limits_admit(api_key=capped, request_id="req_late", inputs=4)
+    quota_holds_release(now=_past_every_call())
+    limits_settle(late, succeeded=False)
+    assert not _refused(capped, 4) and _refused(capped, 5)
+
+
+def test_an_answered_call_leaves_no_hold(capped):
+    limits_settle(limits_admit(api_key=capped, request_id="req_ok", inputs=3), succeeded=True)
+    quota_holds_release(now=_past_every_call())
+    assert _refused(capped, 8) and not _refused(capped, 7)  # still 3 used
