@@ -96,3 +96,17 @@ def test_an_answered_call_leaves_no_hold(capped):
     limits_settle(limits_admit(api_key=capped, request_id="req_ok", inputs=3), succeeded=True)
     quota_holds_release(now=_past_every_call())
     assert _refused(capped, 8) and not _refused(capped, 7)  # still 3 used
+
+
+def test_the_operators_command_releases_them_too(capped, monkeypatch):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    limits_admit(api_key=capped, request_id="req_killed_too", inputs=10)
+    monkeypatch.setattr(time, "time", lambda real=time.time: real() + 3600)
+    out = StringIO()
+    call_command("reconcile_quotas", stdout=out)
+    monkeypatch.undo()
+    assert "unsettled reservations" in out.getvalue()
+    assert not _refused(capped, 10)
