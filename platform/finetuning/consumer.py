@@ -126,7 +126,10 @@ class JobEventConsumer:
                         and time.monotonic() >= self._deaf_until
                     ):
                         self.sweep()
-                    if idle and until_idle:
+                    # NOTE: idle for one poll is not enough: a poll can time out before it
+                    # has fetched what is waiting (a loaded machine; a test's last word
+                    # was left unread this way). Only an empty queue is idle.
+                    if idle and until_idle and not _waiting(broker):
                         break
 
     def run(
@@ -148,3 +151,11 @@ class JobEventConsumer:
                 timeout = self.heartbeat_timeout_s or settings.FINETUNE_HEARTBEAT_TIMEOUT_S
                 self._deaf_until = time.monotonic() + delay + timeout
                 self._backoff.wait(delay, should_stop)
+
+
+def _waiting(broker: Connection) -> int:
+    """Messages still in the events queue (not yet fetched by this consumer)."""
+    # (declared as the consumer declares it: a passive declare fails where the binding is
+    # gone, a Redis that lost its data)
+    declared: Any = events_queue(broker.default_channel).queue_declare()
+    return int(declared.message_count)
