@@ -210,6 +210,31 @@ def test_the_turns_go_on_across_passes() -> None:
     assert passes[1:] == [[1, 2, 3, 1], [2, 3, 1, 2], [3, 1, 2, 3]]
 
 
+def test_texts_whose_caller_gave_up_take_no_room_in_a_pass() -> None:
+    """A call past its deadline has its waiting texts cancelled (classify_as_done): the next
+    pass is filled with other texts, not cut short by the dropped ones."""
+    gate = threading.Event()
+    passes: list[list[int]] = []
+
+    def recorded(batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        gate.wait(5)
+        passes.append([ids[0] for ids in batch])
+        return torch.ones(len(batch), 4)
+
+    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=8, max_wait_ms=0)
+    try:
+        first = batcher.submit([0])
+        time.sleep(0.1)
+        given_up = batcher.submit_many([[1]] * 8, owner="late")
+        waiting = batcher.submit_many([[2]] * 8, owner="other")
+        assert all(f.cancel() for f in given_up)
+        gate.set()
+        assert all(f.result(timeout=10).vector.shape == (4,) for f in [first, *waiting])
+    finally:
+        batcher.close()
+    assert passes[1:] == [[2] * 8]
+
+
 def test_bounded_queue_pushes_back_and_close_drains() -> None:
     release = threading.Event()
 

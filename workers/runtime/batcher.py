@@ -253,25 +253,30 @@ class DynamicBatcher:
                     break
                 self._cond.wait(left)
             batch: list[_Item] = []
-            tokens = 0
+            tokens = dropped = 0
             while self._owners:
                 owner = next(iter(self._owners))  # whose turn it is
                 calls = self._owners.pop(owner)
                 call = calls[0]
                 size = len(call[0].ids)
-                if len(batch) >= self.max_batch_size or (
+                if call[0].future.cancelled():  # its caller gave up: dropped, taking no room
+                    call.popleft()
+                    dropped += 1
+                    self._queued_tokens -= size
+                elif len(batch) >= self.max_batch_size or (
                     batch and tokens + size > self.max_batch_tokens
                 ):
                     self._owners = {owner: calls, **self._owners}  # still its turn next
                     break
-                batch.append(call.popleft())
-                tokens += size
+                else:
+                    batch.append(call.popleft())
+                    tokens += size
                 calls.popleft()
                 if call:
                     calls.append(call)  # the owner's next turn goes to its next call
                 if calls:
                     self._owners[owner] = calls  # its next turn after every other owner's
-            self._queued -= len(batch)
+            self._queued -= len(batch) + dropped
             self._queued_tokens -= tokens
             self._cond.notify_all()  # wake submitters waiting for room
         # Skip futures whose caller cancelled them while they waited.
