@@ -6,15 +6,26 @@ fine-tuning), of which a range earns its part: the usage lines as the marginal c
 the range's rows (the month's rollups rated up to the range's end minus rated up to its
 start, as ``billing.usage_pricing.range_charges`` prices /v1/usage), so the included inputs
 are granted once a month whatever the range and adjacent ranges add up to the month; the
-base fee prorated by the time of the month the range covers, to the same effect. Each
-charge is shared among the range's rollup rows by quantity: usage lines by billable inputs
-of their tier, fine-tuning by trained tokens, the base fee by inputs. As in billing, usage
-is priced by the plan it was made on (rollups keep it), each plan's included inputs
-covering its own usage. A tenant-month pays a base fee for each run of paid billing
-periods (``billing.BillingPeriod``) overlapping it, a period cut short by a cancellation
-included: Stripe charged for it (``_fee_payers``); a tenant-month without periods recorded
-pays its last call's plan's. A base fee is earned even in a range without a call on its
-plan, reported then under model ``(base fee)`` and spread over the days covered.
+base fee earned by the time the range covers, to the same effect. Each charge is shared
+among the range's rollup rows by quantity: usage lines by billable inputs of their tier,
+fine-tuning by trained tokens, the base fee by inputs. As in billing, usage is priced by
+the plan it was made on (rollups keep it), each plan's included inputs covering its own
+usage.
+
+Which plans a tenant-month pays for, and how much of each plan's included inputs it has,
+follow billing (``plan_months``). Where the tenant's plan spans cover the month's billing
+periods, as billing shares their included inputs between the plans of a plan change: each
+plan's included inputs are its share of the billing period its usage falls in (its time
+there over the period's length, rounded up, as ``billing.rating.rate`` takes a share), and
+its base fee is earned for its time in the month over the month's length (a move to free
+leaves the paid plan the rest of its period, which Stripe did not credit). So a day on
+scale earns a thirtieth of scale's fee and of its 2,000,000 included inputs, as Stripe and
+the invoice charge it, and a range earns the fees of the plans it saw. Elsewhere (periods
+from before spans were kept) a month is priced as before: every plan's included inputs
+whole, and a base fee for each run of paid billing periods (``billing.BillingPeriod``)
+overlapping it, a period cut short by a cancellation included; a tenant-month without
+periods recorded pays its last call's plan's. A base fee is earned even in a range without
+a call on its plan, reported then under model ``(base fee)`` on the days it was earned.
 
 Revenue is in micro-units of each plan's currency, cost (the workers' compute time x their
 hourly price) in micro-units of the cost currency (``cost_currency``): amounts in two
@@ -27,11 +38,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from django.db.models import F
 
-from billing.models import BillingPeriod
 from billing.periods import months
 from billing.rating import rate
 from billing.usage_pricing import allocate, line_key
@@ -50,10 +61,12 @@ from .money import (
     simulated_margin_fill,
     usage_add,
 )
+from .plan_months import Month, Runs, Shared, month_terms
 
 DIMENSIONS = ("tenant", "model", "plan", "day")
 BASE_FEE = "(base fee)"  # the model a base fee without calls on its plan is reported under
 MICROSECOND = timedelta(microseconds=1)
+Money = tuple[UsageRollup, int, Plan]  # a rollup row, its revenue in minor units, its plan
 
 
 def _days(start: datetime, end: datetime) -> tuple[date, date]:
@@ -94,10 +107,11 @@ def _quantity(row: UsageRollup, plan: Plan) -> tuple[str, int]:
 
 
 def _charges(
-    rows: list[UsageRollup], plan: Plan, month: tuple[datetime, datetime]
+    rows: list[UsageRollup], plan: Plan, month: Month, share: Fraction | None
 ) -> dict[str, int]:
-    """Charge line key -> minor units for ``rows`` rated together under ``plan``, base fee
-    excluded (it is prorated by time, not rated by usage)."""
+    """Charge line key -> minor units for ``rows`` rated together under ``plan``, with
+    ``share`` of its included inputs (None: all of them), base fee excluded (it is prorated
+    by time, not rated by usage)."""
     if not rows:
         return {}
     inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
@@ -108,8 +122,8 @@ def _charges(
             inputs[key.removeprefix("usage:")] += quantity
         else:
             tokens += quantity
-    rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
-                 period_start=month[0], period_end=month[1], include_base_fee=False)  # fmt: skip
+    rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens, period_start=month[0],
+                 period_end=month[1], include_base_fee=False, share=share)  # fmt: skip
     return {line.key: line.amount for line in rated.lines}
 
 
@@ -117,17 +131,19 @@ def _revenue(
     rows: list[UsageRollup],
     in_range: list[UsageRollup],
     plan: Plan,
-    month: tuple[datetime, datetime],
+    month: Month,
     days: tuple[date, date],
     base_fee: int,
+    share: Fraction | None,
 ) -> dict[int, int]:
     """Minor units of revenue per row of ``in_range`` (by id): of one tenant-month's rows
     made on ``plan`` (``rows``, the whole month), the marginal charge of those in the range
     (the month rated up to the range's last day minus rated up to its first), each line
     shared by its quantity; and ``base_fee`` (prorated already) shared by inputs."""
     first, last = days
-    charges = _charges([row for row in rows if row.day <= last], plan, month)
-    for key, amount in _charges([row for row in rows if row.day < first], plan, month).items():
+    charges = _charges([row for row in rows if row.day <= last], plan, month, share)
+    before = _charges([row for row in rows if row.day < first], plan, month, share)
+    for key, amount in before.items():
         charges[key] = charges.get(key, 0) - amount  # lines only grow with usage: never < 0
     quantities = {row.pk: _quantity(row, plan) for row in in_range}
     inputs = {row.pk: row.inputs for row in in_range}
@@ -146,23 +162,6 @@ def _revenue(
     return revenue
 
 
-def _prorated(amount: int, month: tuple[datetime, datetime], start: datetime, end: datetime) -> int:
-    """A month's base fee for the part of the month that [start, end) covers: the fee earned
-    by the range's end minus that earned by its start. Adjacent ranges therefore add up to
-    the month's fee exactly (4,900 over three 10-day ranges of a 30-day month: 1,633 + 1,634
-    + 1,633), each within a minor unit of its exact share."""
-    return _earned(amount, month, end) - _earned(amount, month, start)
-
-
-def _earned(amount: int, month: tuple[datetime, datetime], moment: datetime) -> int:
-    """The part of a month's fee earned from the month's start to ``moment``: exact in
-    integer microseconds, rounded half-up to the minor unit once."""
-    moment = min(max(moment, month[0]), month[1])
-    length = (month[1] - month[0]) // MICROSECOND
-    whole, rest = divmod(amount * ((moment - month[0]) // MICROSECOND), length)
-    return whole + int(2 * rest >= length)
-
-
 def _plan_cache() -> Callable[[str], Plan]:
     cache: dict[str, Plan] = {}
 
@@ -176,41 +175,64 @@ def _plan_cache() -> Callable[[str], Plan]:
 
 def _rows_with_money(
     start: datetime, end: datetime, proposed: dict[str, dict[str, Any]] | None = None
-) -> list[tuple[UsageRollup, int, Plan]]:
+) -> list[Money]:
     """(rollup row, revenue in minor units, plan used) for every live row in the range;
     ``proposed`` overrides plan terms by plan slug (the simulator)."""
     start, end = utc_clamped(start), utc_clamped(end)
     months_touched = list(months(start, end))
     if not months_touched:
         return []
-    plan_of = _plan_cache()
-    out: list[tuple[UsageRollup, int, Plan]] = []
-    days = _days(start, end)
     month_bounds = {m[0].date(): m for m in months_touched}
-    payers = _fee_payers(months_touched)
+    terms_of = month_terms(months_touched)
+    plans = _plans(proposed)
+    out: list[Money] = []
     for (tenant_id, month_start), month_rows in _month_rows(months_touched).items():
-        month = month_bounds[month_start]
-        fees = payers.pop((tenant_id, month_start), None)
-        if fees is None:  # no billing period recorded: the plan of the month's last call
-            fees = Counter([month_rows[-1].plan_id])
-        by_plan: dict[str, list[UsageRollup]] = defaultdict(list)
-        for row in month_rows:
-            by_plan[row.plan_id].append(row)
-        for plan_id, rows in by_plan.items():
-            in_range = [row for row in rows if days[0] <= row.day <= days[1]]
-            if not in_range:
-                continue
-            plan = _proposed(plan_of(plan_id), proposed)
-            fee = fees.pop(plan_id, 0) * _prorated(plan.base_fee, month, start, end)
-            revenue = _revenue(rows, in_range, plan, month, days, fee)
-            out += [(row, revenue[row.pk], plan) for row in in_range]
-        for plan_id, runs in fees.items():  # no call on its plan in the range: rows of its own
-            out += _base_fee_rows(tenant_id, _proposed(plan_of(plan_id), proposed), runs,
-                                  month, start, end)  # fmt: skip
-    for (tenant_id, month_start), fees in payers.items():  # months without a call
-        for plan_id, runs in fees.items():
-            out += _base_fee_rows(tenant_id, _proposed(plan_of(plan_id), proposed), runs,
-                                  month_bounds[month_start], start, end)  # fmt: skip
+        # No billing period recorded: the plan of the month's last call pays its fee.
+        fallback = Runs(Counter([month_rows[-1].plan_id]))
+        terms = terms_of.pop((tenant_id, month_start), fallback)
+        out += _month_money(tenant_id, month_bounds[month_start], month_rows, terms,
+                            (start, end), plans)  # fmt: skip
+    for (tenant_id, month_start), terms in terms_of.items():  # months without a call
+        out += _month_money(tenant_id, month_bounds[month_start], [], terms, (start, end), plans)
+    return out
+
+
+def _plans(proposed: dict[str, dict[str, Any]] | None) -> Callable[[str], Plan]:
+    """Plan id -> the plan, with ``proposed`` terms where the simulator proposes some."""
+    plan_of = _plan_cache()
+    return lambda plan_id: _proposed(plan_of(plan_id), proposed)
+
+
+def _month_money(
+    tenant_id: str,
+    month: Month,
+    month_rows: list[UsageRollup],
+    terms: Runs | Shared,
+    bounds: tuple[datetime, datetime],
+    plans: Callable[[str], Plan],
+) -> list[Money]:
+    """One tenant-month's rows in the range with their revenue: each plan's rows rated
+    together under its terms, and its base fee for the range; a plan with a fee and no
+    call in the range gets rows of its own."""
+    start, end = bounds
+    days = _days(start, end)
+    by_plan: dict[str, list[UsageRollup]] = defaultdict(list)
+    for row in month_rows:
+        by_plan[row.plan_id].append(row)
+    out: list[Money] = []
+    for plan_id, rows in by_plan.items():
+        in_range = [row for row in rows if days[0] <= row.day <= days[1]]
+        if not in_range:
+            continue
+        plan = plans(plan_id)
+        fee = terms.fee(plan, month, start, end)
+        revenue = _revenue(rows, in_range, plan, month, days, fee, terms.share(plan_id))
+        out += [(row, revenue[row.pk], plan) for row in in_range]
+    charged = {row.plan_id for row, _, _ in out}
+    for plan_id in terms.plans():  # no call on its plan in the range: rows of its own
+        if plan_id not in charged:
+            plan = plans(plan_id)
+            out += _base_fee_rows(tenant_id, plan, terms.fee_days(plan, month, start, end))
     return out
 
 
@@ -222,56 +244,11 @@ def _proposed(plan: Plan, proposed: dict[str, dict[str, Any]] | None) -> Plan:
     return plan
 
 
-def _fee_payers(
-    months_touched: list[tuple[datetime, datetime]],
-) -> dict[tuple[str, date], Counter[str]]:
-    """(tenant, month) -> plan -> how many base fees the plan pays that month, for each
-    tenant with billing periods recorded in the months touched (one query for them all).
-
-    A plan pays one fee a month for each run of its periods overlapping the month (periods
-    of one plan that follow one another: a subscription renewing). So a period cut short
-    the day it began (pro on the 29th, free again that afternoon: Stripe charged pro) pays
-    its month's fee, and a plan left and subscribed to again within a month pays twice, as
-    Stripe charged it twice. Free periods are counted too: a month with periods recorded
-    and none paid pays nothing, whatever its calls were made on."""
-    lo, hi = months_touched[0][0], months_touched[-1][1]
-    periods = (
-        BillingPeriod.objects.unscoped()
-        .filter(start__lt=hi, end__gt=lo)
-        .order_by("tenant_id", "start")
-        .values_list("tenant_id", "start", "end", "plan_id")
-    )
-    payers: dict[tuple[str, date], Counter[str]] = defaultdict(Counter)
-    previous: dict[tuple[str, date], tuple[datetime, str]] = {}  # the month's last (end, plan)
-    for tenant_id, period_start, period_end, plan_id in periods:
-        if period_start >= period_end:
-            continue
-        for month_start, _ in months(max(period_start, lo), min(period_end, hi)):
-            key = (tenant_id, month_start.date())
-            if previous.get(key) != (period_start, plan_id):  # not a renewal of the last
-                payers[key][plan_id] += 1
-            previous[key] = (period_end, plan_id)
-    return payers
-
-
-def _base_fee_rows(
-    tenant_id: str,
-    plan: Plan,
-    runs: int,
-    month: tuple[datetime, datetime],
-    start: datetime,
-    end: datetime,
-) -> list[tuple[UsageRollup, int, Plan]]:
-    """The ``runs`` base fees of a tenant-month whose plan made no call in the range,
-    prorated as one with calls is: one unsaved rollup row (model ``BASE_FEE``, no usage) per
-    day of the range in the month."""
-    if not plan.base_fee:
-        return []
-    first, last = _days(max(start, month[0]), min(end, month[1]))
-    amount = runs * _prorated(plan.base_fee, month, start, end)
-    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+def _base_fee_rows(tenant_id: str, plan: Plan, fees: list[tuple[date, int]]) -> list[Money]:
+    """A tenant-month's base fee in the range for a plan without a call in it: one unsaved
+    rollup row (model ``BASE_FEE``, no usage) per day it was earned on."""
     rows = []
-    for day, part in allocate(amount, dict.fromkeys(days, 1)).items():
+    for day, part in fees:
         row = UsageRollup(day=day, tenant_id=tenant_id, model=BASE_FEE, kind="base_fee",
                           livemode=True, plan_id=plan.id)  # fmt: skip
         rows.append((row, part, plan))

@@ -34,7 +34,10 @@ def event(tenant, n, inputs, cost, *, at, model="minilm-l6", kind="inference", l
 
 def on_plan(tenant, slug, start, end):
     """The tenant's subscription moved to ``slug`` for [start, end), recorded as billing
-    records it (a later period cuts an earlier one short where it begins)."""
+    records it (a later period cuts an earlier one short where it begins). NOTE: its plan
+    spans are not: a tenant's first period writes one, so a later change leaves spans that
+    disagree with the periods, and its months are priced by runs of periods, as before
+    spans were kept (``economics.plan_months``; test_plan_months has them with spans)."""
     from billing.models import Subscription
     from plans.models import Plan
 
@@ -216,7 +219,8 @@ def test_a_renewing_subscription_pays_once_a_month_and_a_second_signup_twice(adm
     december = rows_on_page(admin_client, "2025-12-01", "2026-01-01")
     assert december[steady.pk]["revenue_micros"] == 49_000_000  # one run, one fee
     november = rows_on_page(admin_client, "2025-11-01", "2025-12-01")
-    assert november[steady.pk]["revenue_micros"] == 49_000_000
+    # Its span says when it began: November earns its 2 days of 30 (4,900 x 2/30 = 327).
+    assert november[steady.pk]["revenue_micros"] == 3_270_000
     assert november[again.pk]["revenue_micros"] == 2 * 49_000_000
 
 

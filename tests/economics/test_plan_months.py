@@ -1,0 +1,215 @@
+"""Margins and the simulator through plan changes, agreeing with billing: a period's included
+inputs shared by the plans the tenant was on in it, by the time on each, and each plan's
+base fee earned for the time on it, as Stripe prorates it. Hand-built periods and spans
+(``billing.PlanSpan``, as plan changes write them) with answers worked by hand; November
+2025 has 30 days, December 31."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+import pytest
+
+from billing.models import BillingPeriod, PlanSpan
+from billing.periods import billing_period_record
+from billing.rating import rate_tenant_period
+from billing.usage_pricing import range_charges
+from economics.plan_months import prorated
+from economics.selectors import BASE_FEE, margins, pricing_simulate
+from metering.services import usage_record_bulk
+from plans.models import Plan
+from tests.factories import TenantFactory, subscribe
+
+pytestmark = pytest.mark.django_db
+NOV = datetime(2025, 11, 1, tzinfo=UTC)
+DEC = datetime(2025, 12, 1, tzinfo=UTC)
+JAN = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def day(n: int, month: datetime = NOV) -> datetime:
+    """The first instant of the month's ``n``th day."""
+    return month + timedelta(days=n - 1)
+
+
+def calls(tenant, *made: tuple[int, str, datetime]) -> None:
+    """Calls of ``inputs`` standard inputs each, made on a plan (id) at a moment."""
+    usage_record_bulk(
+        events=[
+            {"v": 1, "event_id": f"req_m{tenant.pk}-{n}", "kind": "inference",
+             "tenant_id": tenant.pk, "api_key_id": "key_a", "livemode": True,
+             "model": "minilm-l6", "inputs": inputs, "tokens": inputs * 10, "compute_ms": 1.0,
+             "cached": 0, "occurred_at": (at + timedelta(hours=12)).isoformat(),
+             "cost_micros": "7", "pool": "cpu", "plan_id": plan_id}
+            for n, (inputs, plan_id, at) in enumerate(made)
+        ]
+    )  # fmt: skip
+
+
+def recorded(tenant, periods, spans) -> None:
+    """Billing periods (start, end, scheduled end or None, plan id) and plan spans (start,
+    plan id), as billing records a tenant's plan changes."""
+    for start, end, scheduled_end, plan_id in periods:
+        BillingPeriod.objects.create(tenant=tenant, start=start, end=end,
+                                     scheduled_end=scheduled_end, plan_id=plan_id)  # fmt: skip
+    for start, plan_id in spans:
+        PlanSpan.objects.create(tenant=tenant, start=start, plan_id=plan_id)
+
+
+def revenue_of(tenant, start, end, by="tenant"):
+    """Cents the margins page shows for the tenant in [start, end), per ``by`` line."""
+    rows = margins(start=start, end=end, by=by)
+    if by == "tenant":
+        return sum(r["revenue_micros"] for r in rows if r["tenant"] == tenant.pk) // 10_000
+    return {r[by]: r["revenue_micros"] // 10_000 for r in rows}
+
+
+def billed_usage(tenant, start, end) -> int:
+    """What billing charges for the usage of [start, end) (/v1/usage's figure)."""
+    plan = Plan.objects.get(pk="pro@1")
+    return sum(range_charges(tenant=tenant, plan=plan, start=start, end=end).values())
+
+
+@pytest.fixture
+def day_on_scale():
+    """Pro for November (one period, the 1st to the 1st), scale for the 15th alone, then
+    pro again. Pro's share: 29/30 of its fee and of its 100,000 included inputs (96,667);
+    scale's: 1/30 of its 49,900 fee and of its 2,000,000 included inputs (66,667)."""
+    tenant = TenantFactory(name="One Day Scale")
+    subscribe(tenant, "pro")
+    recorded(tenant, [(NOV, DEC, None, "pro@1")],
+             [(NOV, "pro@1"), (day(15), "scale@1"), (day(16), "pro@1")])  # fmt: skip
+    calls(tenant, (90_000, "pro@1", day(5)), (2_000_000, "scale@1", day(15)),
+          (10_000, "pro@1", day(20)))  # fmt: skip
+    return tenant
+
+
+def test_a_day_on_scale_buys_a_days_share_of_its_fee_and_of_its_inputs(day_on_scale):
+    """Fees: pro 4,900 x 29/30 = 4,736.67 -> 4,737; scale 49,900 / 30 = 1,663.33 -> 1,663
+    (6,400 together, what Stripe's prorations leave). Usage: 1,933,333 scale inputs past its
+    66,667 at 20 per 1,000 = 38,667; 3,333 pro inputs past its 96,667 at 40 = 133. Was 4,900:
+    pro's fee alone, and every plan's whole allowance."""
+    tenant = day_on_scale
+    assert revenue_of(tenant, NOV, DEC) == 4_737 + 1_663 + 38_667 + 133 == 45_200
+    by_plan = revenue_of(tenant, NOV, DEC, by="plan")
+    assert by_plan == {"pro@1": 4_737 + 133, "scale@1": 1_663 + 38_667}
+    # The usage part is what billing rates for the period.
+    rated = rate_tenant_period(tenant=tenant, plan=Plan.objects.get(pk="pro@1"), start=NOV,
+                               end=DEC, include_base_fee=False)  # fmt: skip
+    assert rated.usage_total == 38_667 + 133 == billed_usage(tenant, NOV, DEC)
+
+
+def test_a_move_down_after_using_the_allowance_keeps_only_its_share():
+    """Scale for the first ten days (1/3), pro for the rest: 1,900,000 scale inputs on the
+    5th are 1,233,333 past scale's 666,667 (24,667 at 20 per 1,000); fees 49,900 / 3 =
+    16,633 and 4,900 x 2/3 = 3,267. Was 4,900: scale's whole 2,000,000 covered them, and
+    only pro (the plan the period ended on) paid a fee."""
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    recorded(tenant, [(NOV, DEC, None, "pro@1")], [(NOV, "scale@1"), (day(11), "pro@1")])
+    calls(tenant, (1_900_000, "scale@1", day(5)))
+    assert revenue_of(tenant, NOV, DEC) == 24_667 + 16_633 + 3_267 == 44_567
+    assert billed_usage(tenant, NOV, DEC) == 24_667
+
+
+def test_a_range_of_part_of_the_month_earns_the_fees_of_the_time_on_each_plan_in_it(
+    day_on_scale,
+):
+    """The 1st to the 14th: 14 days of pro's fee (2,286.67 -> 2,287), no overage yet. The
+    15th alone: scale's day (1,663) and its overage (38,667), nothing of pro's. The 16th to
+    the end: 15 days of pro (4,737 - 2,287 = 2,450) and its overage (133). They add up to
+    the month, and their usage parts are /v1/usage's."""
+    tenant = day_on_scale
+    cuts = [NOV, day(15), day(16), DEC]
+    parts = [revenue_of(tenant, lo, hi) for lo, hi in pairwise(cuts)]
+    assert parts == [2_287, 1_663 + 38_667, 2_450 + 133]
+    assert sum(parts) == revenue_of(tenant, NOV, DEC) == 45_200
+    fees = [2_287, 1_663, 2_450]
+    for (lo, hi), part, fee in zip(pairwise(cuts), parts, fees, strict=True):
+        assert part - fee == billed_usage(tenant, lo, hi)
+    # By day: the day on scale carries scale's whole share.
+    by_day = revenue_of(tenant, day(15), day(16), by="day")
+    assert by_day == {"2025-11-15": 1_663 + 38_667}
+
+
+def test_the_simulator_replays_a_plan_change_with_the_proposed_terms(day_on_scale):
+    """Scale at 30,000 with 3,000,000 included inputs: a day of it is 1,000 and 100,000
+    inputs, leaving 1,900,000 past them (38,000 at 20 per 1,000); pro unchanged (4,737 +
+    133). Was 4,900 actual and simulated: scale's whole allowance, no fee of its own."""
+    tenant = day_on_scale
+    report = pricing_simulate(
+        start=NOV, end=DEC, proposed={"scale": {"base_fee": 30_000, "included_inputs": 3_000_000}}
+    )
+    mine = report["tenants"][tenant.pk]
+    assert mine["actual_revenue_micros"] == 45_200 * 10_000
+    assert mine["simulated_revenue_micros"] == (4_737 + 1_000 + 38_000 + 133) * 10_000
+    half = pricing_simulate(start=day(16), end=DEC, proposed={"pro": {"base_fee": 6_000}})
+    # 15 days of pro at 6,000: 3,000, and its overage.
+    assert half["tenants"][tenant.pk]["simulated_revenue_micros"] == (3_000 + 133) * 10_000
+
+
+def test_a_new_subscription_in_mid_month_earns_its_days_and_keeps_its_allowance():
+    """Free, then pro from the 16th (a Stripe period to 16 December), free again on 6
+    December. November: 15 days of pro's fee (2,450), and pro's whole 100,000 included
+    inputs for its calls (its period's, as billing gives them): 120,000 inputs are 20,000
+    over (800). December: pro's time to the 6th and the rest of its period, which the move
+    to free did not credit (to the 16th: 15 days of 31, 2,371), and none after it. Was
+    4,900 + 800 and 4,900."""
+    tenant = TenantFactory()
+    subscribe(tenant, "free")
+    cut, renewal = day(6, DEC), day(16, DEC)
+    recorded(tenant,
+             [(NOV, day(16), DEC, "free@1"), (day(16), cut, renewal, "pro@1"),
+              (cut, JAN, None, "free@1")],
+             [(NOV, "free@1"), (day(16), "pro@1"), (cut, "free@1")])  # fmt: skip
+    calls(tenant, (120_000, "pro@1", day(20)))
+    assert revenue_of(tenant, NOV, DEC) == 2_450 + 800
+    assert billed_usage(tenant, NOV, DEC) == 800
+    assert revenue_of(tenant, DEC, JAN) == 2_371
+    by_day = margins(start=DEC, end=JAN, by="day")
+    days = {r["day"] for r in by_day if r["revenue_micros"]}
+    assert days == {f"2025-12-{n:02}" for n in range(1, 16)}
+    assert {r["model"] for r in margins(start=DEC, end=JAN, by="model")} == {BASE_FEE}
+
+
+def test_a_tenant_without_spans_keeps_its_figures():
+    """The same day on scale, made before spans were kept (none at or before the period's
+    start: the deploy's from its own moment): priced as before, every plan's allowance
+    whole and the fee of the plan the period ended on, as billing prices that period."""
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    recorded(tenant, [(NOV, DEC, None, "pro@1")], [(day(20), "pro@1")])
+    calls(tenant, (90_000, "pro@1", day(5)), (2_000_000, "scale@1", day(15)),
+          (10_000, "pro@1", day(20)))  # fmt: skip
+    assert revenue_of(tenant, NOV, DEC) == 4_900
+    assert billed_usage(tenant, NOV, DEC) == 0
+    assert revenue_of(tenant, NOV, day(16)) == 2_450  # half the month, half the fee
+    report = pricing_simulate(start=NOV, end=DEC, proposed={"pro": {"base_fee": 3_900}})
+    assert report["tenants"][tenant.pk]["simulated_revenue_micros"] == 3_900 * 10_000
+
+
+def test_adjacent_ranges_add_up_to_the_months_base_fee():
+    """4,900 over three 10-day ranges of a 30-day month: 1,633 + 1,634 + 1,633, never 4,899;
+    and over ranges cut inside a day, still exactly 4,900."""
+    month = (NOV, DEC)
+    thirds = [NOV, NOV + timedelta(days=10), NOV + timedelta(days=20), DEC]
+    parts = [prorated(4_900, month, lo, hi) for lo, hi in pairwise(thirds)]
+    assert parts == [1_633, 1_634, 1_633] and sum(parts) == 4_900
+    idle = TenantFactory()
+    sub = subscribe(idle, "pro")
+    sub.current_period_start, sub.current_period_end = NOV, DEC
+    billing_period_record(sub=sub)
+    assert [revenue_of(idle, lo, hi) for lo, hi in pairwise(thirds)] == parts
+    cuts = (timedelta(days=7, hours=5, microseconds=3), timedelta(days=19, hours=7, minutes=12))
+    odd = [NOV, *(NOV + cut for cut in cuts), DEC]
+    assert sum(revenue_of(idle, lo, hi) for lo, hi in pairwise(odd)) == 4_900
+
+
+def test_ranges_cut_inside_a_day_add_up_to_the_months_fees_through_a_plan_change(
+    day_on_scale,
+):
+    """Pro's 4,737 and scale's 1,663 over ranges cut at odd moments (inside days without
+    calls: a day's rollups are counted whole by each range that touches it): still 45,200."""
+    cuts = (timedelta(days=7, hours=5, microseconds=3), timedelta(days=15, hours=7, minutes=12))
+    odd = [NOV, *(NOV + cut for cut in cuts), DEC]
+    assert sum(revenue_of(day_on_scale, lo, hi) for lo, hi in pairwise(odd)) == 45_200
