@@ -213,3 +213,41 @@ def test_ranges_cut_inside_a_day_add_up_to_the_months_fees_through_a_plan_change
     cuts = (timedelta(days=7, hours=5, microseconds=3), timedelta(days=15, hours=7, minutes=12))
     odd = [NOV, *(NOV + cut for cut in cuts), DEC]
     assert sum(revenue_of(day_on_scale, lo, hi) for lo, hi in pairwise(odd)) == 45_200
+
+
+def test_plan_changes_as_billing_records_them_give_the_same_figures(monkeypatch):
+    """The day on scale, then a move to free on the 26th, written by billing's own recording
+    (a period and a span at each change, as ``subscription_change`` writes them): pro's
+    time is 14 + 10 days and the 5 days of the rest the move to free left it, 29 in all,
+    so the figures are the day on scale's; billing rates the same usage."""
+    from django.utils import timezone
+
+    from billing.periods import plan_span_record
+    from billing.stripe_mirror import free_apply
+
+    tenant = TenantFactory()
+    sub = subscribe(tenant, "pro")
+    sub.current_period_start, sub.current_period_end = NOV, DEC
+    sub.save()
+    billing_period_record(sub=sub)
+
+    def change(slug: str, at: datetime) -> None:
+        monkeypatch.setattr(timezone, "now", lambda: at)
+        was = (sub.plan_id, sub.current_period_start)
+        plan = Plan.objects.get(slug=slug, is_current=True)
+        if slug == "free":
+            free_apply(sub, plan)
+        sub.plan = plan
+        sub.save()
+        billing_period_record(sub=sub)
+        plan_span_record(sub=sub, was=was[0], was_since=was[1], new_period=slug == "free")
+
+    change("scale", day(15))
+    change("pro", day(16))
+    change("free", day(26))
+    calls(tenant, (90_000, "pro@1", day(5)), (2_000_000, "scale@1", day(15)),
+          (10_000, "pro@1", day(20)))  # fmt: skip
+    assert revenue_of(tenant, NOV, DEC) == 45_200
+    assert billed_usage(tenant, NOV, DEC) == 38_667 + 133
+    # On free from the 26th, the range still earns pro's rest (5 days: 4,737 less 3,920).
+    assert revenue_of(tenant, day(26), DEC) == 817
