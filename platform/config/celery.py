@@ -32,8 +32,9 @@ app.conf.task_routes = {
     "core.*": {"queue": PLATFORM_QUEUE},
     "datasets.*": {"queue": PLATFORM_QUEUE},
     "inference.*": {"queue": PLATFORM_QUEUE},
+    "metering.*": {"queue": PLATFORM_QUEUE},
 }
-app.autodiscover_tasks(lambda: ["billing", "limits", "core", "datasets", "inference"])
+app.autodiscover_tasks(lambda: ["billing", "limits", "core", "datasets", "inference", "metering"])
 app.conf.beat_schedule = {
     # Usage charges go to Stripe through the period; the last ones when it closes (the
     # subscription webhook of the renewal enqueues that push).
@@ -48,6 +49,11 @@ app.conf.beat_schedule = {
     "limits-quota-reconcile": {"task": "limits.quota_reconcile_all", "schedule": 600.0},
     # Reservations of calls that never settled (an API process killed mid-call) released.
     "limits-quota-holds-release": {"task": "limits.quota_holds_release", "schedule": 300.0},
+    # The ledger's month tables, created months ahead (PostgreSQL: metering.partitions).
+    "metering-ledger-partitions": {
+        "task": "metering.ledger_partitions_ensure",
+        "schedule": crontab(minute=15, hour=2),
+    },
     # Idempotency records past any replay (they hold response bodies).
     "core-idempotency-purge": {"task": "core.idempotency_purge", "schedule": 3600.0},
     # Deleted datasets' files that their delete had to leave (a job on them, or stored

@@ -48,7 +48,11 @@ def insert_new(model: type[Model], rows: Sequence[Any], *, unique: str) -> set[A
     since 3.35): a row stored before, or by a concurrent writer first, is skipped by the
     constraint, and RETURNING says which went in, with no read beforehand. Datetimes and
     decimals go through their fields' ``get_db_prep_save``, as the ORM's; strings, numbers
-    and booleans go as they are."""
+    and booleans go as they are.
+
+    A model whose table skips such rows itself on a database (``SKIPS_STORED_ON``: the ledger
+    on PostgreSQL, by a trigger, ``metering.partitions``) is written with no ON CONFLICT
+    clause there (a partitioned table has no unique index to name)."""
     if not rows:
         return set()
     fields, converted = _insert_fields(model)
@@ -66,7 +70,8 @@ def insert_new(model: type[Model], rows: Sequence[Any], *, unique: str) -> set[A
                         f.get_db_prep_save(value, db) if f.attname in converted else value
                     )
             values = ", ".join([one_row] * len(chunk))
-            cursor.execute(_insert(model, unique, db.vendor).format(values=values), params)
+            sql = _insert(model, unique, db.vendor).format(values=values)
+            cursor.execute(sql, params)
             inserted.update(value for (value,) in cursor.fetchall())
     return inserted
 
@@ -104,9 +109,11 @@ def _insert(model: type[Model], unique: str, vendor: str) -> str:
     columns = ", ".join(quote(str(f.column)) for f in _insert_fields(model)[0])
     key = column(model, unique)
     # Names come from the model's own metadata; values are query parameters.
+    skips_itself = vendor in getattr(model, "SKIPS_STORED_ON", ())
+    conflict = "" if skips_itself else f"ON CONFLICT ({key}) DO NOTHING "
     return (
         f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {{values}} "  # noqa: S608
-        f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+        f"{conflict}RETURNING {key}"
     )
 
 

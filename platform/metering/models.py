@@ -11,9 +11,7 @@ class AppendOnlyError(RuntimeError):
     pass
 
 
-class LedgerQuerySet(TenantScopedQuerySet):
-    """The ledger is append-only: corrections are new rows, never edits."""
-
+class _AppendOnly:
     def update(self, **kwargs: Any) -> NoReturn:
         raise AppendOnlyError("usage records are append-only; write a correcting row instead")
 
@@ -21,9 +19,23 @@ class LedgerQuerySet(TenantScopedQuerySet):
         raise AppendOnlyError("usage records are append-only; write a correcting row instead")
 
 
+class LedgerQuerySet(_AppendOnly, TenantScopedQuerySet):
+    """The ledger is append-only: corrections are new rows, never edits."""
+
+
+class EventIdQuerySet(_AppendOnly, models.QuerySet[Any]):
+    pass
+
+
 class UsageRecord(models.Model):
     """One metered event (an answered classification, later a fine-tune). ``event_id`` is the
-    request id: its unique constraint is the last guard against counting a call twice."""
+    request id: its uniqueness is the last guard against counting a call twice.
+
+    On PostgreSQL the table is partitioned by month of ``occurred_at`` (``partitions``), and a
+    partitioned table cannot hold a unique index without its partition key: the uniqueness of
+    ``event_id`` is kept by ``LedgerEventId`` instead, which a trigger writes before each row
+    (a row whose id is there already is skipped, as ON CONFLICT DO NOTHING skipped it). On
+    SQLite the table is one table with its unique constraint, as the model says."""
 
     class Kind(models.TextChoices):
         INFERENCE = "inference", "Inference"
@@ -54,6 +66,8 @@ class UsageRecord(models.Model):
     recorded_at = models.DateTimeField(auto_now_add=True)
 
     objects = LedgerQuerySet.as_manager()
+    # Where the table itself skips a row whose event id is stored (core.rows.insert_new).
+    SKIPS_STORED_ON = frozenset({"postgresql"})
 
     class Meta:
         indexes = [
@@ -62,6 +76,18 @@ class UsageRecord(models.Model):
             # are then kept for good).
             models.Index(fields=["plan_id"], name="usage_plan"),
         ]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+
+class LedgerEventId(models.Model):
+    """Every event id in the ledger, once (PostgreSQL: see ``UsageRecord``; unused on SQLite).
+    Append-only as the ledger is."""
+
+    event_id = models.CharField(max_length=64, primary_key=True)
+
+    objects = EventIdQuerySet.as_manager()
 
     def __str__(self) -> str:
         return self.event_id

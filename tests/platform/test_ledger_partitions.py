@@ -1,0 +1,100 @@
+"""The ledger partitioned by month on PostgreSQL: each month's rows in their own table, months
+created ahead, and an event id still counted once whichever month it claims."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection, connections
+
+from metering.models import UsageRecord
+from metering.partitions import (
+    DEFAULT,
+    LEGACY,
+    PARENT,
+    ledger_partitions_ensure,
+    month_start,
+    next_month,
+    partition_name,
+)
+from metering.services import usage_record_bulk
+from tests.platform.test_ledger import event
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="SQLite keeps the ledger in one table"
+    ),
+]
+
+
+def _table_of(event_id: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT tableoid::regclass::text FROM {PARENT} WHERE event_id = %s",
+            [event_id],
+        )
+        return str(cursor.fetchone()[0])
+
+
+def test_each_month_has_its_table_ahead_and_rows_land_in_theirs(tenant):
+    now = datetime.now(UTC)
+    ahead = next_month(next_month(month_start(now)))
+    usage_record_bulk(
+        events=[
+            event(tenant, 1, occurred_at=now.isoformat()),
+            event(tenant, 2, occurred_at=(ahead + timedelta(days=3)).isoformat()),
+            event(tenant, 3, occurred_at=(now + timedelta(days=3650)).isoformat()),
+            event(tenant, 4, occurred_at="2019-06-01T00:00:00+00:00"),
+        ]
+    )
+    # This month is the migration's: the table as it was takes it, and every month before.
+    assert _table_of("req_test1") == LEGACY
+    assert _table_of("req_test4") == LEGACY
+    assert _table_of("req_test2") == partition_name(ahead)
+    assert _table_of("req_test3") == DEFAULT  # a clock ten years ahead: kept, not refused
+    rows = UsageRecord.objects.for_tenant(tenant)
+    assert rows.count() == 4 and rows.filter(occurred_at__gte=ahead).count() == 2
+
+
+def test_an_event_is_counted_once_whichever_month_it_claims(tenant):
+    """A redelivered event whose time moved (into another month's table) is still a
+    duplicate: the event id is unique across the months."""
+    now = datetime.now(UTC)
+    first = usage_record_bulk(events=[event(tenant, 1, occurred_at=now.isoformat())])
+    later = (next_month(month_start(now)) + timedelta(days=1)).isoformat()
+    again = usage_record_bulk(events=[event(tenant, 1, occurred_at=later)])
+    assert (first.inserted, again.inserted, again.duplicates) == (1, 0, 1)
+    assert UsageRecord.objects.for_tenant(tenant).filter(event_id="req_test1").count() == 1
+
+
+def test_two_writers_of_one_event_store_it_once(tenant):
+    """Two consumers storing the same event at once (one redelivered to another): the
+    second waits for the first's id and skips its row."""
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def store() -> None:
+        try:
+            barrier.wait(5)
+            outcomes.append(usage_record_bulk(events=[event(tenant, 9)]).inserted)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=store) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == [0, 1]
+    assert UsageRecord.objects.for_tenant(tenant).filter(event_id="req_test9").count() == 1
+
+
+def test_months_are_created_ahead_once():
+    first = month_start(datetime.now(UTC) + timedelta(days=200))
+    months = [first, next_month(first), next_month(next_month(first))]
+    created = ledger_partitions_ensure(now=first + timedelta(days=5), months_ahead=2)
+    assert created == [partition_name(month) for month in months]
+    assert ledger_partitions_ensure(now=first, months_ahead=2) == []
