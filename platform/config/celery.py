@@ -33,8 +33,11 @@ app.conf.task_routes = {
     "datasets.*": {"queue": PLATFORM_QUEUE},
     "inference.*": {"queue": PLATFORM_QUEUE},
     "metering.*": {"queue": PLATFORM_QUEUE},
+    "finetuning.*": {"queue": PLATFORM_QUEUE},
 }
-app.autodiscover_tasks(lambda: ["billing", "limits", "core", "datasets", "inference", "metering"])
+app.autodiscover_tasks(
+    lambda: ["billing", "limits", "core", "datasets", "inference", "metering", "finetuning"]
+)
 app.conf.beat_schedule = {
     # Usage charges go to Stripe through the period; the last ones when it closes (the
     # subscription webhook of the renewal enqueues that push).
@@ -61,4 +64,7 @@ app.conf.beat_schedule = {
     "datasets-files-sweep": {"task": "datasets.files_sweep", "schedule": 900.0},
     # And deleted models' files (stored again within the grace period at the delete).
     "inference-model-files-sweep": {"task": "inference.model_files_sweep", "schedule": 900.0},
+    # Fine-tunes waiting for a slot of their tenant's whose dispatch was lost (the job-events
+    # consumer's sweep does the same every few seconds).
+    "finetuning-dispatch-sweep": {"task": "finetuning.dispatch_sweep", "schedule": 60.0},
 }

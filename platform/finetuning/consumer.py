@@ -1,5 +1,6 @@
 """The platform-side job-events consumer: applies workers' training events to job rows, and
-runs the lease sweep that retries (once) or fails jobs whose worker went silent.
+runs the lease sweep that retries (once) or fails jobs whose worker went silent, and the
+dispatch sweep that sends waiting jobs whose tenant has a slot free (``dispatch.py``).
 
 At-least-once: a message is acknowledged only after the transaction that applied it
 commits; a re-delivered event is a no-op (events are unique per job, attempt and seq).
@@ -29,6 +30,7 @@ from kombu.exceptions import OperationalError
 from core.backoff import Backoff
 from workers.contract import TRAINING_EVENTS_EXCHANGE, TRAINING_EVENTS_ROUTING_KEY, Queue
 
+from .dispatch import fine_tunes_dispatch_sweep
 from .events import fine_tune_event_apply, fine_tune_event_refused, fine_tune_sweep
 
 logger = logging.getLogger(__name__)
@@ -94,7 +96,9 @@ class JobEventConsumer:
     def sweep(self) -> int:
         self._last_sweep = time.monotonic()
         try:
-            return fine_tune_sweep(timeout_s=self.heartbeat_timeout_s)
+            handled = fine_tune_sweep(timeout_s=self.heartbeat_timeout_s)
+            # The dispatch's safety net too: waiting jobs whose tenant has a slot free.
+            return handled + fine_tunes_dispatch_sweep()
         except DatabaseError:
             logger.exception("fine-tune sweep failed; will retry")
             return 0

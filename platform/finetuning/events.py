@@ -20,9 +20,9 @@ from metering.services import usage_record_bulk
 from workers.contract import CONTRACT_VERSION
 
 from . import messages
+from .dispatch import fine_tunes_dispatch_on_commit, job_enqueue_on_commit, job_log
 from .models import FineTuneEvent, FineTuneJob
 from .registration import fine_tuned_model_register, int8_variant_offer
-from .services import job_enqueue_on_commit, job_log
 
 logger = logging.getLogger(__name__)
 Status = FineTuneJob.Status
@@ -113,6 +113,8 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     elif kind == "cancelled":
         job.status, job.finished_at = Status.CANCELLED, now
     job.save()
+    if job.is_terminal:
+        fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)  # its slot is free
     return True
 
 
@@ -134,6 +136,7 @@ def fine_tune_event_refused(*, event: Any) -> bool:
         job.error = {"code": "internal", "message": messages.REPORT_REFUSED}
         job.save(update_fields=["status", "finished_at", "error"])
         job_log(job, messages.REPORT_REFUSED, level="error")
+        fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
     return True
 
 
@@ -235,11 +238,12 @@ def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = No
                     ),
                     level="warning",
                 )
-                job_enqueue_on_commit(job)
+                job_enqueue_on_commit(job)  # it keeps its slot: dispatched_at stays
             else:
                 message = messages.WORKER_LOST.format(attempts=job.attempt, seconds=timeout)
                 job.status, job.finished_at = Status.FAILED, timezone.now()
                 job.error = {"code": "worker_lost", "message": message}
                 job.save(update_fields=["status", "finished_at", "error"])
                 job_log(job, message, level="error")
+                fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
     return len(stale)

@@ -43,6 +43,11 @@ SUFFIX = (
 EV_CREATED = "Fine-tuning job created; validating files."
 EV_VALIDATED = "Files validated: {rows} training examples, {labels} labels. Job queued."
 EV_CANCELLED = "Job cancelled."
+EV_WAITING = (
+    "Waiting for one of this account's jobs to finish: at most {limit} run or wait on the"
+    " training queue at a time, so that other accounts' jobs are not held up behind them."
+)
+EV_DISPATCHED = "Sent to the training queue."
 EV_RETRY = (
     "The worker running this job stopped responding (no heartbeat for {seconds:g} s); "
     "retrying from the start (attempt {attempt} of {max}). You are billed once."
@@ -75,6 +80,7 @@ REPORT_REFUSED = (
 )
 # A worker's terminal event on a job the platform had ended otherwise (recorded as a log).
 WORKER_ENDED_LATE = "The job was already {status} when its worker reported {kind}: {message}"
+QUEUE_LOST = "The training queue is unreachable."
 QUEUE_UNAVAILABLE = (
     "The training queue cannot be reached; nothing was created. Retry in a few seconds (with"
     " the same Idempotency-Key)."

@@ -61,6 +61,9 @@ class FineTuneJob(models.Model):
     metrics = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)  # {"code", "message"}
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When it was handed to the training queue (dispatch.py): a queued job without it waits
+    # for one of its tenant's FINETUNE_DISPATCHED_PER_TENANT slots.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

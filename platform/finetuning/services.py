@@ -7,7 +7,6 @@ Only this app's services move a job between states; the worker only reports (job
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from typing import Any
@@ -19,9 +18,8 @@ from django.utils import timezone
 
 from apikeys.messages import TENANT_SUSPENDED
 from apikeys.models import ApiKey
-from config.celery import app
 from core.artifacts import artifact_store
-from core.errors import APIError, Conflict, InvalidRequest, Overloaded, PermissionError_
+from core.errors import APIError, Conflict, InvalidRequest, PermissionError_
 from datasets.models import Dataset
 from datasets.selectors import dataset_get
 from inference.models import AIModel
@@ -29,99 +27,22 @@ from inference.selectors import model_get_visible
 from limits.services import enforcement_for
 from tenants.models import Tenant
 from tenants.selectors import tenant_with_plan
-from workers.contract import (
-    CONTRACT_VERSION,
-    HYPERPARAMETER_DEFAULTS,
-    Queue,
-    TaskName,
-    TrainRequest,
-    attempt_key,
-    cancel_key,
-)
+from workers.contract import HYPERPARAMETER_DEFAULTS, cancel_key
 
 from . import messages
-from .models import FineTuneEvent, FineTuneJob
-from .registration import model_id_for
+from .dispatch import (
+    KEY_TTL_S,
+    _redis,
+    check_queue,
+    fine_tunes_dispatch,
+    fine_tunes_dispatch_on_commit,
+    job_log,
+)
+from .models import FineTuneJob
 from .selectors import fine_tune_get
 
 logger = logging.getLogger(__name__)
-
-# Redis keys outlive any job by far; they expire so that they do not accumulate.
-KEY_TTL_S = 7 * 24 * 3600
 Status = FineTuneJob.Status
-
-
-@functools.cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-
-
-def job_log(job: FineTuneJob, message: str, *, level: str = "info", **data: Any) -> None:
-    FineTuneEvent.objects.create(
-        tenant_id=job.tenant_id,
-        job=job,
-        type="log",
-        level=level,
-        message=message[:1000],
-        data=data,
-        created_at=timezone.now(),
-    )
-
-
-def _train_request(job: FineTuneJob) -> TrainRequest:
-    return {
-        "v": CONTRACT_VERSION,
-        "job_id": job.id,
-        "attempt": job.attempt,
-        "tenant_id": job.tenant_id,
-        "api_key_id": job.api_key_id,
-        "livemode": job.livemode,
-        "base_model": job.base_model,
-        "method": "lora" if job.method == FineTuneJob.Method.LORA else "head",
-        "model_id": model_id_for(job),
-        "training_file": job.training_file,
-        "validation_file": job.validation_file or None,
-        "hyperparameters": job.hyperparameters,
-        "seed": job.seed,
-    }
-
-
-def _check_queue() -> None:
-    """503 while the training queue (Redis) cannot be reached: the job was created (201,
-    ``queued``) and failed a moment later with ``queue_unavailable``. A queue lost between
-    this look and the send still fails the job that way (``job_enqueue_on_commit``)."""
-    try:
-        _redis().ping()
-    except redis.RedisError:
-        raise Overloaded(messages.QUEUE_UNAVAILABLE, code="broker_unavailable") from None
-
-
-def job_enqueue_on_commit(job: FineTuneJob) -> None:
-    """Send the attempt after the commit (a worker must never see a job the database does
-    not have yet). If the broker is down then, the job fails visibly instead of sitting in
-    ``queued`` with no message behind it."""
-    request = _train_request(job)
-
-    def send() -> None:
-        try:
-            _redis().set(attempt_key(job.id), job.attempt, ex=KEY_TTL_S)
-            app.send_task(TaskName.TRAIN.value, args=[request], queue=Queue.TRAINING.value)
-        except Exception:
-            logger.exception("could not enqueue fine-tuning job %s", job.id)
-            _fail(job.id, code="queue_unavailable", message="The training queue is unreachable.")
-
-    transaction.on_commit(send)
-
-
-@transaction.atomic
-def _fail(job_id: str, *, code: str, message: str) -> None:
-    job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
-    if job is None or job.is_terminal:
-        return
-    job.status, job.finished_at = Status.FAILED, timezone.now()
-    job.error = {"code": code, "message": message}
-    job.save(update_fields=["status", "finished_at", "error"])
-    job_log(job, message, level="error")
 
 
 def fine_tune_create(
@@ -157,7 +78,7 @@ def fine_tune_create(
                 param="validation_dataset",
             )
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
-    _check_queue()
+    check_queue()
     with transaction.atomic():
         # WARNING: the plan's model count and the insert of the job that it admits must be
         # atomic, or parallel requests all pass the count (finding: 13 models on a 10-model
@@ -219,7 +140,10 @@ def fine_tune_create(
         job_log(job, messages.EV_VALIDATED.format(rows=training.rows, labels=len(training.labels)))
         for warning in _validation_warnings(training, validation):
             job_log(job, warning, level="warning")
-        job_enqueue_on_commit(job)
+        # The tenant's row is still locked: its slots are counted with this job among them.
+        if job.pk not in fine_tunes_dispatch(tenant_id=tenant.pk, created=job.pk):
+            limit = settings.FINETUNE_DISPATCHED_PER_TENANT
+            job_log(job, messages.EV_WAITING.format(limit=limit))
     return job
 
 
@@ -312,6 +236,7 @@ def fine_tune_cancel(*, tenant: Tenant, job_id: str, livemode: bool) -> FineTune
     job.status, job.finished_at = Status.CANCELLED, timezone.now()
     job.save(update_fields=["status", "finished_at"])
     job_log(job, messages.EV_CANCELLED)
+    fine_tunes_dispatch_on_commit(tenant_id=tenant.pk)
     return job
 
 

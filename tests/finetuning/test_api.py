@@ -192,7 +192,7 @@ def test_a_job_is_not_created_while_the_training_queue_is_unreachable(
     import redis
 
     down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
-    monkeypatch.setattr("finetuning.services._redis", lambda: down)
+    monkeypatch.setattr("finetuning.dispatch._redis", lambda: down)
     dataset = make_dataset(tenant)
     refused = create(api, base_model="minilm-l6", training_dataset=dataset.id)
     assert refused.status_code == 503, refused.content

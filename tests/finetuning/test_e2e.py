@@ -3,9 +3,9 @@ pool, as deployed) and inference worker, the real job-events and usage consumers
 
 Upload good and bad files, train a head and a LoRA model and classify with them and with
 their int8 variants (offered, billed at the int8 tier, deleted with their model; or not
-offered past the threshold), cancel a queued and a running job, cancel a job whose worker
-finished before its success was applied (not billed), kill -9 the training worker mid-job,
-and check that another tenant sees none of it."""
+offered past the threshold), cancel a queued, a waiting (never sent) and a running job,
+cancel a job whose worker finished before its success was applied (not billed), kill -9 the
+training worker mid-job, and check that another tenant sees none of it."""
 
 from __future__ import annotations
 
@@ -316,13 +316,19 @@ def test_an_int8_variant_that_loses_too_much_is_not_offered(http, tenant_secret,
         )
 
 
-def test_cancel_a_running_and_a_queued_job(http, tenant_secret):
-    with http(tenant_secret) as client:
+def test_cancel_a_running_a_waiting_and_a_queued_job(http, tenant_secret):
+    other = TenantFactory()
+    subscribe(other, "pro")
+    with http(tenant_secret) as client, http(make_key(other, ["admin"])) as theirs:
         dataset = upload(client, TICKETS)
         running = start(client, dataset["id"], method="lora", hyperparameters={"epochs": 5})
-        queued = start(client, dataset["id"])  # behind it: the worker runs one job at a time
-        cancelled = client.post(f"/v1/fine-tunes/{queued['id']}/cancel").json()
-        assert cancelled["status"] == "cancelled"
+        # Behind it in the database: its tenant's slot is taken, so it is not sent.
+        waiting = start(client, dataset["id"])
+        # Another tenant's job is sent: on the queue behind it (one job at a time).
+        queued = start(theirs, upload(theirs, TICKETS[:80])["id"])
+        for job, owner in ((waiting, client), (queued, theirs)):
+            cancelled = owner.post(f"/v1/fine-tunes/{job['id']}/cancel").json()
+            assert cancelled["status"] == "cancelled"
 
         wait(running["id"], lambda j: j.status == "running")
         assert client.post(f"/v1/fine-tunes/{running['id']}/cancel").json()["status"] == (
@@ -332,9 +338,13 @@ def test_cancel_a_running_and_a_queued_job(http, tenant_secret):
         wait(running["id"], lambda j: said(j.id, "training stopped"), 30)
         # ...then takes the queued job, sees the cancel and never starts it.
         wait(queued["id"], lambda j: said(j.id, "before it started"), 30)
-        assert not [e for e in events(client, queued["id"]) if e["type"] in ("started", "progress")]
-        for job_id in (running["id"], queued["id"]):
-            body = client.get(f"/v1/fine-tunes/{job_id}").json()
+        assert not [e for e in events(theirs, queued["id"]) if e["type"] in ("started", "progress")]
+        # The waiting job was never sent, though the running one's end freed the slot.
+        assert FineTuneJob.objects.unscoped().get(pk=waiting["id"]).dispatched_at is None
+        assert not [e for e in events(client, waiting["id"]) if e["type"] != "log"]
+        for job_id, owner in ((running["id"], client), (waiting["id"], client),
+                              (queued["id"], theirs)):  # fmt: skip
+            body = owner.get(f"/v1/fine-tunes/{job_id}").json()
             assert body["status"] == "cancelled" and body["fine_tuned_model"] is None
 
 

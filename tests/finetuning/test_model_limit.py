@@ -33,7 +33,7 @@ def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkey
     from django.db import connection
 
     from datasets.services import dataset_create
-    from finetuning import services
+    from finetuning import dispatch, services
     from tests.finetuning.conftest import rows_file
 
     tenant = TenantFactory()
@@ -46,7 +46,7 @@ def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkey
     dataset = dataset_create(tenant=tenant, upload=SimpleUploadedFile("d.jsonl", rows_file(rows)))
     secret = make_key(tenant, ["training"])
     # Nothing goes to the training queue: this is about admission, not training.
-    monkeypatch.setattr(services, "job_enqueue_on_commit", lambda job: None)
+    monkeypatch.setattr(dispatch, "job_enqueue_on_commit", lambda job, **_: None)
     all_counted = threading.Barrier(4, timeout=1)
     check = services._check_plan
 

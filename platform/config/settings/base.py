@@ -229,6 +229,10 @@ DATASET_STORAGE_BYTES = int(os.environ.get("DATASET_STORAGE_BYTES", str(1024 * 1
 FINETUNE_HEARTBEAT_TIMEOUT_S = float(os.environ.get("FINETUNE_HEARTBEAT_TIMEOUT_S", "60"))
 FINETUNE_MAX_ATTEMPTS = int(os.environ.get("FINETUNE_MAX_ATTEMPTS", "2"))
 FINETUNE_SWEEP_INTERVAL_S = float(os.environ.get("FINETUNE_SWEEP_INTERVAL_S", "5"))
+# Fairness on the one training queue: a tenant's jobs on it (sent and not ended) at a time;
+# its others wait in the database and are sent, oldest first, as these end
+# (finetuning/dispatch.py).
+FINETUNE_DISPATCHED_PER_TENANT = max(1, int(os.environ.get("FINETUNE_DISPATCHED_PER_TENANT", "1")))
 # A fine-tuned model's int8 variant is offered (registered as a second model, billed at the
 # int8 tier) only if it loses at most this many points of validation accuracy.
 FINETUNE_INT8_MAX_LOSS_POINTS = float(os.environ.get("FINETUNE_INT8_MAX_LOSS_POINTS", "1.0"))

@@ -1,0 +1,218 @@
+"""Handing fine-tuning jobs to the training queue, fairly between tenants.
+
+One training queue serves every tenant, first in first out. A tenant has at most
+``FINETUNE_DISPATCHED_PER_TENANT`` jobs on it (sent and not yet ended: queued on the broker
+or running); its other jobs read ``queued`` too but wait here, in the database, and are sent
+oldest first as its jobs end. So one tenant's fifty jobs put one job at a time ahead of
+another tenant's, not fifty.
+
+A job is sent when it is created with a slot free; when one of its tenant's jobs ends
+(``fine_tunes_dispatch_on_commit``, after the commit that ended it, wherever that is:
+the worker's end, a cancel, a failed send, the lease giving up); and by
+``fine_tunes_dispatch_sweep``, the safety net (a process that died between the commit and
+the dispatch), run by the job-events consumer's sweep and the platform worker's beat.
+
+``dispatched_at`` marks a job as sent. It is set by a conditional update (``dispatched_at``
+still NULL, the job still ``queued``), under the tenant's row lock: two processes ending
+jobs of one tenant at once count its free slots one after the other, a job is never sent
+twice, and a job cancelled while it waited is never sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from config.celery import app
+from core.errors import Overloaded
+from tenants.models import Tenant
+from workers.contract import CONTRACT_VERSION, Queue, TaskName, TrainRequest, attempt_key
+
+from . import messages
+from .models import FineTuneEvent, FineTuneJob
+from .registration import model_id_for
+
+logger = logging.getLogger(__name__)
+
+# Redis keys outlive any job by far; they expire so that they do not accumulate.
+KEY_TTL_S = 7 * 24 * 3600
+Status = FineTuneJob.Status
+# Sent and not yet ended: what holds one of its tenant's slots.
+IN_FLIGHT = (Status.QUEUED, Status.RUNNING)
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def job_log(job: FineTuneJob, message: str, *, level: str = "info", **data: Any) -> None:
+    FineTuneEvent.objects.create(
+        tenant_id=job.tenant_id,
+        job=job,
+        type="log",
+        level=level,
+        message=message[:1000],
+        data=data,
+        created_at=timezone.now(),
+    )
+
+
+def _train_request(job: FineTuneJob) -> TrainRequest:
+    return {
+        "v": CONTRACT_VERSION,
+        "job_id": job.id,
+        "attempt": job.attempt,
+        "tenant_id": job.tenant_id,
+        "api_key_id": job.api_key_id,
+        "livemode": job.livemode,
+        "base_model": job.base_model,
+        "method": "lora" if job.method == FineTuneJob.Method.LORA else "head",
+        "model_id": model_id_for(job),
+        "training_file": job.training_file,
+        "validation_file": job.validation_file or None,
+        "hyperparameters": job.hyperparameters,
+        "seed": job.seed,
+    }
+
+
+def check_queue() -> None:
+    """503 while the training queue (Redis) cannot be reached: nothing is created then. A
+    queue lost between this look and the send leaves the job waiting (``queued``) for the
+    sweep to send it once the queue is back (``job_enqueue_on_commit``)."""
+    try:
+        _redis().ping()
+    except redis.RedisError:
+        raise Overloaded(messages.QUEUE_UNAVAILABLE, code="broker_unavailable") from None
+
+
+def job_enqueue_on_commit(job: FineTuneJob, *, dispatched_at: datetime | None = None) -> None:
+    """Send the attempt after the commit (a worker must never see a job the database does
+    not have yet). If the broker is down then: a job just dispatched (``dispatched_at``, the
+    mark this dispatch set) goes back to waiting, and the sweep sends it later; a retry of a
+    job that ran (the lease's) fails visibly instead of sitting in ``queued`` with no
+    message behind it."""
+    request = _train_request(job)
+
+    def send() -> None:
+        try:
+            _redis().set(attempt_key(job.id), job.attempt, ex=KEY_TTL_S)
+            app.send_task(TaskName.TRAIN.value, args=[request], queue=Queue.TRAINING.value)
+        except Exception:
+            logger.exception("could not enqueue fine-tuning job %s", job.id)
+            if dispatched_at is None:
+                job_fail(job.id, code="queue_unavailable", message=messages.QUEUE_LOST)
+                return
+            # NOTE: a send that raised after the broker took the message would be sent
+            # again by the sweep: the worker then trains the same attempt twice, and the
+            # second end finds the job ended (ignored, billed once). Failing the job instead
+            # failed every job its tenant had waiting, one after the other.
+            FineTuneJob.objects.for_tenant(job.tenant_id).filter(
+                pk=job.id, status=Status.QUEUED, dispatched_at=dispatched_at
+            ).update(dispatched_at=None)
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def job_fail(job_id: str, *, code: str, message: str) -> None:
+    job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+    if job is None or job.is_terminal:
+        return
+    job.status, job.finished_at = Status.FAILED, timezone.now()
+    job.error = {"code": code, "message": message}
+    job.save(update_fields=["status", "finished_at", "error"])
+    job_log(job, message, level="error")
+    fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
+
+
+def _free_slots(tenant_id: str) -> int:
+    """How many more of the tenant's jobs may be sent now. WARNING: true only while the
+    tenant's row is locked (``fine_tunes_dispatch``)."""
+    in_flight = (
+        FineTuneJob.objects.for_tenant(tenant_id)
+        .filter(status__in=IN_FLIGHT, dispatched_at__isnull=False)
+        .count()
+    )
+    return settings.FINETUNE_DISPATCHED_PER_TENANT - in_flight
+
+
+@transaction.atomic
+def fine_tunes_dispatch(*, tenant_id: str, created: str | None = None) -> list[str]:
+    """Send the tenant's oldest waiting jobs while it has slots free. Returns their ids (each
+    sent after the commit). Each job that waited says so in its events (``created``: the job
+    being created, which did not wait)."""
+    # WARNING: the count of the tenant's jobs in flight and the claims it allows must be one
+    # critical section, or two processes ending jobs at once both see a free slot and send
+    # two jobs for it. The tenant's row is the lock, as for fine_tune_create (which calls
+    # this with it held) and taken first, as everywhere, so that nothing waits in a circle.
+    # SQLite ignores FOR UPDATE; its IMMEDIATE transactions serialise writers the same way.
+    Tenant.objects.select_for_update(no_key=True).filter(pk=tenant_id).values_list("pk").first()
+    free = _free_slots(tenant_id)
+    sent: list[str] = []
+    passed: list[str] = []
+    while free > 0:
+        waiting = FineTuneJob.objects.for_tenant(tenant_id).filter(
+            status=Status.QUEUED, dispatched_at__isnull=True
+        )
+        job_id = (
+            waiting.exclude(pk__in=passed)
+            .order_by("created_at", "pk")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if job_id is None:
+            break
+        now = timezone.now()
+        # NOTE: conditional: a cancel of this job that committed since the look above (it
+        # locks the job row, not the tenant's) leaves it unclaimed, never sent.
+        if not waiting.filter(pk=job_id).update(dispatched_at=now):
+            passed.append(job_id)
+            continue
+        job = FineTuneJob.objects.for_tenant(tenant_id).get(pk=job_id)
+        if job_id != created:
+            job_log(job, messages.EV_DISPATCHED)
+        job_enqueue_on_commit(job, dispatched_at=now)
+        sent.append(job_id)
+        free -= 1
+    return sent
+
+
+def fine_tunes_dispatch_on_commit(*, tenant_id: str) -> None:
+    """Once the transaction that ended one of the tenant's jobs commits, send its next ones,
+    in a transaction of their own (the job's lock is released by then: the tenant's row is
+    always locked first). A failure here is logged and left to the sweep."""
+
+    def dispatch() -> None:
+        try:
+            fine_tunes_dispatch(tenant_id=tenant_id)
+        except Exception:
+            logger.exception("could not dispatch tenant %s's waiting fine-tunes", tenant_id)
+
+    transaction.on_commit(dispatch)
+
+
+def fine_tunes_dispatch_sweep() -> int:
+    """The safety net: send every tenant's waiting jobs that its free slots allow. Nothing
+    while the training queue cannot be reached (they would only go back to waiting).
+    Returns the jobs sent."""
+    try:
+        _redis().ping()
+    except redis.RedisError:
+        logger.warning("fine-tune dispatch sweep: the training queue cannot be reached")
+        return 0
+    # An operator's job across every tenant: deliberately unscoped.
+    tenants = (
+        FineTuneJob.objects.unscoped()
+        .filter(status=Status.QUEUED, dispatched_at__isnull=True)
+        .values_list("tenant_id", flat=True)
+        .distinct()
+    )
+    return sum(len(fine_tunes_dispatch(tenant_id=tenant_id)) for tenant_id in list(tenants))
