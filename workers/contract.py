@@ -276,6 +276,13 @@ class TrainRequest(TypedDict):
     validation_file: str | None  # None: hold out a stratified split of the training set
     hyperparameters: Hyperparameters
     seed: int
+    # The job's budget, set by the platform (absent: none, as from an older platform). A
+    # job whose trained tokens (epochs x its training examples' tokens, what it is billed
+    # on) would pass ``max_trained_tokens`` fails before it trains (``token_budget_exceeded``);
+    # one still running ``time_limit_s`` after its attempt started stops at its next step
+    # boundary and fails (``time_limit_exceeded``). Older workers ignore both.
+    max_trained_tokens: NotRequired[int]
+    time_limit_s: NotRequired[float]
 
 
 class TrainResult(TypedDict):

@@ -36,6 +36,7 @@ from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, Queue, TaskName, TrainRequest, attempt_key
 
 from . import messages
+from .budget import job_token_limit
 from .models import FineTuneEvent, FineTuneJob
 from .registration import model_id_for
 
@@ -80,6 +81,8 @@ def _train_request(job: FineTuneJob) -> TrainRequest:
         "validation_file": job.validation_file or None,
         "hyperparameters": job.hyperparameters,
         "seed": job.seed,
+        "max_trained_tokens": job_token_limit(livemode=job.livemode),
+        "time_limit_s": settings.FINETUNE_TIME_LIMIT_S,
     }
 
 

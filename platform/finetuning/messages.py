@@ -31,6 +31,11 @@ MODEL_LIMIT = (
     "The {plan} plan allows {limit} fine-tuned models (counting jobs in progress); delete a "
     "model or change plan to train another."
 )
+TRAINED_TOKENS_OVER = (
+    "This job would train about {estimate:,} tokens ({examples:,} training examples x {epochs}"
+    " epochs, estimated from the dataset's text); a job may train at most {limit:,}. Lower"
+    " epochs or train on fewer examples."
+)
 NOT_CANCELLABLE = (
     "The job has already finished ({status}); only jobs not yet finished can be cancelled."
 )

@@ -27,7 +27,18 @@ class TargetModuleField(StrictStringField):
 
 
 class HeadHyperparametersSerializer(StrictSerializer):
-    epochs = StrictIntegerField(min_value=1, max_value=100, required=False)
+    epochs = StrictIntegerField(
+        min_value=1,
+        max_value=100,
+        required=False,
+        help_text=(
+            "Passes over the training examples. A job's trained tokens (epochs x its training"
+            " examples' tokens, what it is billed on) are capped per job: a job estimated over"
+            " the cap is refused (400 token_budget_exceeded, param hyperparameters.epochs),"
+            " one the worker counts over it fails before training, unbilled; a job still"
+            " training at its time limit fails with time_limit_exceeded, unbilled."
+        ),
+    )
     learning_rate = StrictFloatField(min_value=1e-6, max_value=1.0, required=False)
     batch_size = StrictIntegerField(min_value=1, max_value=256, required=False)
 

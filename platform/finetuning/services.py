@@ -30,6 +30,7 @@ from tenants.selectors import tenant_with_plan
 from workers.contract import HYPERPARAMETER_DEFAULTS, cancel_key
 
 from . import messages
+from .budget import check_token_budget
 from .dispatch import (
     KEY_TTL_S,
     _redis,
@@ -78,6 +79,12 @@ def fine_tune_create(
                 param="validation_dataset",
             )
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
+    check_token_budget(
+        training=training,
+        held_out=validation is None,
+        epochs=int(resolved["epochs"]),
+        livemode=api_key.livemode,
+    )
     check_queue()
     with transaction.atomic():
         # WARNING: the plan's model count and the insert of the job that it admits must be

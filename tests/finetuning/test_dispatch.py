@@ -41,18 +41,21 @@ def queue() -> redis.Redis:
     return redis.Redis.from_url(os.environ["REDIS_URL"])
 
 
-def sent() -> list[str]:
-    """The job ids on the training queue, in the order they were sent (kombu's Redis
+def sent_requests() -> list[dict[str, Any]]:
+    """The requests on the training queue, in the order they were sent (kombu's Redis
     transport pushes on the left)."""
-    ids = []
+    requests = []
     for raw in reversed(queue().lrange(Queue.TRAINING.value, 0, -1)):
         envelope = json.loads(raw)
         body = envelope["body"]
         if envelope["properties"].get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        ids.append(args[0]["job_id"])
-    return ids
+        requests.append(json.loads(body)[0][0])
+    return requests
+
+
+def sent() -> list[str]:
+    return [request["job_id"] for request in sent_requests()]
 
 
 def create(tenant: Any, dataset: Any, livemode: bool = True) -> FineTuneJob:

@@ -45,6 +45,15 @@ class TrainingDataError(ValueError):
     """The data cannot be trained on (the message is shown to the customer)."""
 
 
+class JobBudgetError(ValueError):
+    """The job is past its budget: ``code`` is the job's error code, the message is shown to
+    the customer."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class TrainingDivergedError(ValueError):
     """The loss stopped being a number: the hyperparameters (a learning rate, LoRA's alpha)
     are too large for this data. The message is shown to the customer."""
@@ -68,10 +77,34 @@ class JobContext:
     device: str = "cpu"
     threads: int | None = None
     precision: str = "fp32"  # what the encoder computes in (``WORKER_PRECISION``)
+    # time.monotonic() past which the attempt stops (``TrainRequest.time_limit_s``).
+    deadline: float | None = None
 
     def step(self) -> None:
         if self.cancelled():
             raise JobCancelledError(self.request["job_id"])
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            limit = float(self.request.get("time_limit_s") or 0)
+            raise JobBudgetError(
+                "time_limit_exceeded",
+                f"The job reached its time limit of {limit:g} s and was stopped; it is not"
+                " billed. Lower epochs or train on fewer examples (a head job costs far less"
+                " than a LoRA one) and start a new job.",
+            )
+
+
+def _check_tokens(request: TrainRequest, epochs: int, train_tokens: int) -> None:
+    """Before any training: the job's trained tokens, counted exactly (the API refused the
+    jobs its estimate put over the budget), against the budget."""
+    limit = request.get("max_trained_tokens")
+    if limit is not None and epochs * train_tokens > int(limit):
+        raise JobBudgetError(
+            "token_budget_exceeded",
+            f"The job would train {epochs * train_tokens:,} tokens ({train_tokens:,} tokens of"
+            f" training examples x {epochs} epochs); a job may train at most {int(limit):,}."
+            " It was stopped before training and is not billed. Lower epochs or train on"
+            " fewer examples.",
+        )
 
 
 def resolved_hyperparameters(request: TrainRequest) -> Hyperparameters:
@@ -117,9 +150,12 @@ def train_run(ctx: JobContext) -> TrainResult:
     encoder = load_encoder(
         train_base, device=ctx.device, threads=ctx.threads, precision=ctx.precision
     )
+    train_tokens = sum(t.tokens for t in encoder.tokenize(train_rows.texts))
+    _check_tokens(request, int(hp["epochs"]), train_tokens)
+    ctx.step()
     # Embeddings are per dataset file; with a held-out split we embed the whole file once
     # (cached by its hash) and slice it, so the next job on this file reuses all of it.
-    all_x, all_tokens, cached = head_method.embeddings_get(
+    all_x, _, cached = head_method.embeddings_get(
         store=ctx.store,
         encoder=encoder,
         owner=request["tenant_id"],
@@ -137,12 +173,10 @@ def train_run(ctx: JobContext) -> TrainResult:
             texts=val_rows.texts,
             step=ctx.step,
         )
-        train_tokens = all_tokens
     else:
         position = {text: i for i, text in enumerate(rows.texts)}
         x_train = all_x[[position[t] for t in train_rows.texts]]
         x_val = all_x[[position[t] for t in val_rows.texts]]
-        train_tokens = sum(t.tokens for t in encoder.tokenize(train_rows.texts))
     ctx.emit(
         "log",
         "Embeddings reused from the cache." if cached else "Embeddings computed and cached.",

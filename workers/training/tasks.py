@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from functools import cache
 
@@ -33,6 +34,7 @@ from workers.usage import cost_micros
 
 from .events import EventPublisher, Heartbeat
 from .runner import (
+    JobBudgetError,
     JobCancelledError,
     JobContext,
     TrainingDataError,
@@ -133,6 +135,9 @@ def train(request: TrainRequest) -> None:
         device=settings.device,
         threads=settings.torch_threads,
         precision=settings.precision,
+        deadline=time.monotonic() + float(limit)
+        if (limit := request.get("time_limit_s"))
+        else None,
     )
     with Heartbeat(publisher, HEARTBEAT_S), busy_with(f"fine-tuning {job_id}"):
         try:
@@ -144,6 +149,10 @@ def train(request: TrainRequest) -> None:
             return
         except (TrainingDataError, ArtifactMissingError) as exc:
             publisher.emit("failed", str(exc), level="error", data={"code": "invalid_data"})
+            return
+        except JobBudgetError as exc:
+            # Unbilled, as every failed job: only a success carries usage.
+            publisher.emit("failed", str(exc), level="error", data={"code": exc.code})
             return
         except TrainingDivergedError as exc:
             publisher.emit("failed", str(exc), level="error", data={"code": "training_diverged"})

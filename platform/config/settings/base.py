@@ -233,6 +233,12 @@ FINETUNE_SWEEP_INTERVAL_S = float(os.environ.get("FINETUNE_SWEEP_INTERVAL_S", "5
 # its others wait in the database and are sent, oldest first, as these end
 # (finetuning/dispatch.py).
 FINETUNE_DISPATCHED_PER_TENANT = max(1, int(os.environ.get("FINETUNE_DISPATCHED_PER_TENANT", "1")))
+# A job's budget: its trained tokens (epochs x its training examples' tokens, what it is
+# billed on) and its time on a worker. Over the tokens: refused at create on an estimate
+# (400 token_budget_exceeded), else failed by the worker before it trains; over the time:
+# stopped and failed (time_limit_exceeded). Failed jobs are not billed.
+FINETUNE_MAX_TRAINED_TOKENS = int(os.environ.get("FINETUNE_MAX_TRAINED_TOKENS", "10000000"))
+FINETUNE_TIME_LIMIT_S = float(os.environ.get("FINETUNE_TIME_LIMIT_S", "1800"))
 # A fine-tuned model's int8 variant is offered (registered as a second model, billed at the
 # int8 tier) only if it loses at most this many points of validation accuracy.
 FINETUNE_INT8_MAX_LOSS_POINTS = float(os.environ.get("FINETUNE_INT8_MAX_LOSS_POINTS", "1.0"))

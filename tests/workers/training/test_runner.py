@@ -1,6 +1,6 @@
 """Training in-process (no Celery): splits, metrics, the head against a logistic regression,
 LoRA against the head, embedding cache, the int8 variant's measurement, cancellation at
-step boundaries."""
+step boundaries, and the job's budget (trained tokens, time)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from workers.training import lora as lora_method
 from workers.training.data import Rows, rows_load, stratified_split
 from workers.training.metrics import classification_metrics
 from workers.training.runner import (
+    JobBudgetError,
     JobCancelledError,
     TrainingDataError,
     TrainingDivergedError,
@@ -256,3 +257,40 @@ def test_a_cancel_during_the_int8_measurement_stops_the_job(store, context):
     with pytest.raises(JobCancelledError):
         train_run(ctx)
     assert not [e for e in events.of("log") if "int8 variant" in e[1]]
+
+
+def test_a_job_over_its_token_budget_fails_before_it_trains(store, context):
+    """Counted exactly (the API's estimate let it through): epochs x the training texts'
+    tokens, the trained_tokens it would be billed on."""
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 120))
+    result = train_run(context(make_request(digest, hyperparameters={"epochs": 2}))[0])
+    exact = result["trained_tokens"]
+    ctx, events = context(
+        make_request(digest, hyperparameters={"epochs": 2}, max_trained_tokens=exact - 1)
+    )
+    with pytest.raises(JobBudgetError) as refused:
+        train_run(ctx)
+    assert refused.value.code == "token_budget_exceeded"
+    assert f"would train {exact:,} tokens" in str(refused.value) and "not billed" in str(
+        refused.value
+    )
+    assert not events.of("progress")
+    ok = train_run(context(make_request(digest, hyperparameters={"epochs": 2},
+                                        max_trained_tokens=exact))[0])  # fmt: skip
+    assert ok["trained_tokens"] == exact
+
+
+def test_a_job_at_its_time_limit_stops_at_its_next_step(store, context):
+    import time
+
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 120))
+    request = make_request(digest, "lora", hyperparameters={"epochs": 100}, time_limit_s=2.0)
+    ctx, events = context(request)
+    ctx.deadline = time.monotonic() + 2.0
+    began = time.monotonic()
+    with pytest.raises(JobBudgetError) as stopped:
+        train_run(ctx)
+    assert stopped.value.code == "time_limit_exceeded"
+    assert "time limit of 2 s" in str(stopped.value)
+    assert time.monotonic() - began < 30  # a LoRA step, not 100 epochs
+    assert len(events.of("progress")) < 100

@@ -157,3 +157,24 @@ def test_a_redis_restart_between_steps_is_not_a_cancel_nor_a_failure(client, mon
     tasks.train(make_request("f" * 64))
     assert len(asked) >= 6
     assert [e["type"] for e in published_events()] == ["started", "succeeded"]
+
+
+def test_a_job_past_its_time_limit_fails_with_its_code_and_no_usage(client, monkeypatch):
+    """The task gives each attempt its request's time limit; a job that reaches it fails
+    (``time_limit_exceeded``) and, as every failed job, carries no usage: it is not billed."""
+    import time
+
+    def train_run(ctx: Any) -> TrainResult:
+        while True:
+            ctx.step()
+            time.sleep(0.05)
+
+    monkeypatch.setattr(tasks, "train_run", train_run)
+    began = time.monotonic()
+    tasks.train(make_request("f" * 64, time_limit_s=0.5))
+    assert 0.5 <= time.monotonic() - began < 5
+    events = published_events()
+    assert [e["type"] for e in events] == ["started", "failed"]
+    assert events[-1]["data"] == {"code": "time_limit_exceeded"}
+    assert "time limit of 0.5 s" in events[-1]["message"]
+    assert drain_usage_events() == []
