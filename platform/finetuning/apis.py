@@ -60,6 +60,23 @@ class FineTuneListCreateApi(TenantAPIView):
         request=FINE_TUNE_CREATE_REQUEST,
         responses={
             201: FineTuneSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description=(
+                    "Invalid request (the error names the parameter); among them a job whose"
+                    " trained tokens (epochs x its training examples' tokens, estimated from"
+                    " the dataset) are over the per-job budget, smaller in test mode:"
+                    " token_budget_exceeded, param hyperparameters.epochs."
+                ),
+            ),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description=(
+                    "Rate limited (see Retry-After); or, for a test-mode key, the tenant's"
+                    " test-mode fine-tuning jobs for the UTC day are used up"
+                    " (test_mode_fine_tune_limit; Retry-After: the seconds to midnight UTC)."
+                ),
+            ),
             402: OpenApiResponse(
                 ErrorSerializer,
                 description=(

@@ -2,20 +2,26 @@
 figure it is billed on (``workers/training/runner.py`` counts them exactly and fails a job
 over its budget before it trains). At create, without the tokenizer (the control plane
 never loads a model), it is estimated from the training file's characters, erring low: a
-job is refused only when it is clearly over, and the worker has the last word."""
+job is refused only when it is clearly over, and the worker has the last word.
+
+Test mode (``sk_test_`` keys) is never billed, so it has budgets of its own, whatever the
+plan: a smaller token budget per job, and a number of jobs per tenant per UTC day."""
 
 from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
 from core.artifacts import artifact_store
-from core.errors import InvalidRequest
+from core.errors import APIError, InvalidRequest
 from datasets.models import Dataset
 
 from . import messages
+from .models import FineTuneJob
 
 # NOTE: all-MiniLM-L6-v2's WordPiece averages ~4 characters a token on English, [CLS] and
 # [SEP] included (3.96-3.97 on tests/data); one in five errs low (a CJK character is a
@@ -28,7 +34,10 @@ VALIDATION_SHARE = 0.2
 
 
 def job_token_limit(*, livemode: bool) -> int:
-    return int(settings.FINETUNE_MAX_TRAINED_TOKENS)
+    limit = int(settings.FINETUNE_MAX_TRAINED_TOKENS)
+    if livemode:
+        return limit
+    return min(limit, int(settings.FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS))
 
 
 def _text_tokens(text: str) -> int:
@@ -65,7 +74,33 @@ def check_token_budget(*, training: Dataset, held_out: bool, epochs: int, livemo
                 examples=_training_rows(training, held_out),
                 epochs=epochs,
                 limit=limit,
+                mode="" if livemode else " in test mode",
             ),
             code="token_budget_exceeded",
             param="hyperparameters.epochs",
+        )
+
+
+def check_test_mode_jobs(*, tenant_id: str, now: datetime | None = None) -> None:
+    """429 ``test_mode_fine_tune_limit`` once the tenant's test-mode jobs created this UTC
+    day reach ``FINETUNE_TEST_MODE_DAILY_JOBS`` (every one counts, whatever its end: a job
+    cancelled at once still took a create), ``Retry-After`` the seconds to midnight UTC.
+
+    WARNING: call it with the tenant's row locked, in the transaction that creates the job
+    (``fine_tune_create``), as ``_check_plan``: parallel creates must not all pass it."""
+    now = now or timezone.now()
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    limit = int(settings.FINETUNE_TEST_MODE_DAILY_JOBS)
+    made = (
+        FineTuneJob.objects.for_tenant(tenant_id)
+        .filter(livemode=False, created_at__gte=day)
+        .count()
+    )
+    if made >= limit:
+        wait = math.ceil((day + timedelta(days=1) - now).total_seconds())
+        raise APIError(
+            messages.TEST_MODE_DAILY.format(limit=limit),
+            code="test_mode_fine_tune_limit",
+            status=429,
+            headers={"Retry-After": str(max(1, wait))},
         )

@@ -33,8 +33,12 @@ MODEL_LIMIT = (
 )
 TRAINED_TOKENS_OVER = (
     "This job would train about {estimate:,} tokens ({examples:,} training examples x {epochs}"
-    " epochs, estimated from the dataset's text); a job may train at most {limit:,}. Lower"
-    " epochs or train on fewer examples."
+    " epochs, estimated from the dataset's text); a job may train at most {limit:,}{mode}."
+    " Lower epochs or train on fewer examples."
+)
+TEST_MODE_DAILY = (
+    "Test-mode keys may create {limit} fine-tuning jobs a day (UTC); test mode is not billed."
+    " Retry after midnight UTC, or use a live key."
 )
 NOT_CANCELLABLE = (
     "The job has already finished ({status}); only jobs not yet finished can be cancelled."

@@ -30,7 +30,7 @@ from tenants.selectors import tenant_with_plan
 from workers.contract import HYPERPARAMETER_DEFAULTS, cancel_key
 
 from . import messages
-from .budget import check_token_budget
+from .budget import check_test_mode_jobs, check_token_budget
 from .dispatch import (
     KEY_TTL_S,
     _redis,
@@ -107,6 +107,8 @@ def fine_tune_create(
             raise PermissionError_(TENANT_SUSPENDED, code="tenant_suspended")
         # After the 400s/404s above: only a valid job is a 402.
         plan_id = _check_plan(tenant=tenant, api_key=api_key, method=method)
+        if not api_key.livemode:
+            check_test_mode_jobs(tenant_id=tenant.pk)
         # The files' rows locked, as a delete locks them: a delete that ran first makes this
         # a 404; one that runs after sees this job (409 dataset_in_use). In id order, so that
         # two jobs on the same two datasets the other way round cannot deadlock.

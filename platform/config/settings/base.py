@@ -239,6 +239,12 @@ FINETUNE_DISPATCHED_PER_TENANT = max(1, int(os.environ.get("FINETUNE_DISPATCHED_
 # stopped and failed (time_limit_exceeded). Failed jobs are not billed.
 FINETUNE_MAX_TRAINED_TOKENS = int(os.environ.get("FINETUNE_MAX_TRAINED_TOKENS", "10000000"))
 FINETUNE_TIME_LIMIT_S = float(os.environ.get("FINETUNE_TIME_LIMIT_S", "1800"))
+# Test mode is never billed: its own, smaller token budget per job, and at most this many
+# test-mode jobs per tenant per UTC day (429 test_mode_fine_tune_limit past it).
+FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS = int(
+    os.environ.get("FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS", "200000")
+)
+FINETUNE_TEST_MODE_DAILY_JOBS = int(os.environ.get("FINETUNE_TEST_MODE_DAILY_JOBS", "5"))
 # A fine-tuned model's int8 variant is offered (registered as a second model, billed at the
 # int8 tier) only if it loses at most this many points of validation accuracy.
 FINETUNE_INT8_MAX_LOSS_POINTS = float(os.environ.get("FINETUNE_INT8_MAX_LOSS_POINTS", "1.0"))
