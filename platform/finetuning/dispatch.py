@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -208,6 +208,7 @@ def fine_tunes_dispatch_sweep() -> int:
     Returns the jobs sent."""
     try:
         _redis().ping()
+        _lost_sends_reset()
     except redis.RedisError:
         logger.warning("fine-tune dispatch sweep: the training queue cannot be reached")
         return 0
@@ -219,3 +220,34 @@ def fine_tunes_dispatch_sweep() -> int:
         .distinct()
     )
     return sum(len(fine_tunes_dispatch(tenant_id=tenant_id)) for tenant_id in list(tenants))
+
+
+# A send runs right after its dispatch commits: one not begun this long after is lost.
+SEND_GRACE_S = 60
+
+
+def _lost_sends_reset() -> int:
+    """Jobs marked sent whose send never began (their process died between the commit and
+    the send: no attempt key of theirs in Redis, which the send writes first) go back to
+    waiting, to be sent again: else the job sat ``queued`` with no message behind it, and
+    held its tenant's slot, every later job of the tenant behind it, for good. A Redis that
+    lost its data lost their messages too: they are sent again. Returns how many."""
+    cutoff = timezone.now() - timedelta(seconds=SEND_GRACE_S)
+    marked = list(
+        FineTuneJob.objects.unscoped()  # an operator's job across every tenant
+        .filter(status=Status.QUEUED, dispatched_at__lt=cutoff)
+        .values_list("pk", "tenant_id", "attempt", "dispatched_at")
+    )
+    if not marked:
+        return 0
+    sent = _redis().mget([attempt_key(job_id) for job_id, _, _, _ in marked])
+    lost = 0
+    for (job_id, tenant_id, attempt, dispatched_at), value in zip(marked, sent, strict=True):
+        if value is not None and int(value) == attempt:
+            continue
+        # Conditional: a dispatch or an end that committed since is left as it is.
+        lost += FineTuneJob.objects.for_tenant(tenant_id).filter(
+            pk=job_id, status=Status.QUEUED, dispatched_at=dispatched_at
+        ).update(dispatched_at=None)
+        logger.warning("fine-tuning job %s was marked sent but never sent: sent again", job_id)
+    return lost

@@ -168,6 +168,28 @@ def test_the_sweep_sends_what_a_lost_dispatch_left_and_only_once(
     assert sent() == [first.id, second.id] and reload(third).dispatched_at is None
 
 
+def test_a_job_marked_sent_whose_send_was_lost_is_sent_by_the_sweep(
+    tenant, make_dataset, django_capture_on_commit_callbacks
+):
+    """The process died between the commit that marked the job sent and the send: the job
+    held its tenant's slot with no message behind it, for good. Past a grace, the sweep
+    sends it; a job whose send happened is left alone, however long it waits."""
+    dataset = make_dataset(tenant)
+    lost = create(tenant, dataset)  # its on-commit send never runs
+    assert reload(lost).dispatched_at is not None and sent() == []
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dispatch.fine_tunes_dispatch_sweep() == 0  # it may still be sending
+    past = timezone.now() - timedelta(seconds=dispatch.SEND_GRACE_S + 1)
+    FineTuneJob.objects.unscoped().filter(pk=lost.pk).update(dispatched_at=past)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dispatch.fine_tunes_dispatch_sweep() == 1
+    assert sent() == [lost.id]
+    FineTuneJob.objects.unscoped().filter(pk=lost.pk).update(dispatched_at=past)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dispatch.fine_tunes_dispatch_sweep() == 0  # sent: waiting on the queue
+    assert sent() == [lost.id]
+
+
 def test_the_lease_giving_up_frees_the_slot_and_a_retry_keeps_it(
     tenant, make_dataset, django_capture_on_commit_callbacks, settings
 ):
