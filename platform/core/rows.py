@@ -50,9 +50,10 @@ def insert_new(model: type[Model], rows: Sequence[Any], *, unique: str) -> set[A
     decimals go through their fields' ``get_db_prep_save``, as the ORM's; strings, numbers
     and booleans go as they are.
 
-    A model whose table skips such rows itself on a database (``SKIPS_STORED_ON``: the ledger
-    on PostgreSQL, by a trigger, ``metering.partitions``) is written with no ON CONFLICT
-    clause there (a partitioned table has no unique index to name)."""
+    The conflict has no target: a partitioned table (the ledger on PostgreSQL) has no unique
+    index on ``unique`` to name, and keeps it unique by a trigger that skips a stored row
+    itself (``metering.partitions``); the same INSERT serves a table that is not (yet)
+    partitioned, whose unique index it then skips on."""
     if not rows:
         return set()
     fields, converted = _insert_fields(model)
@@ -109,11 +110,9 @@ def _insert(model: type[Model], unique: str, vendor: str) -> str:
     columns = ", ".join(quote(str(f.column)) for f in _insert_fields(model)[0])
     key = column(model, unique)
     # Names come from the model's own metadata; values are query parameters.
-    skips_itself = vendor in getattr(model, "SKIPS_STORED_ON", ())
-    conflict = "" if skips_itself else f"ON CONFLICT ({key}) DO NOTHING "
     return (
         f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {{values}} "  # noqa: S608
-        f"{conflict}RETURNING {key}"
+        f"ON CONFLICT DO NOTHING RETURNING {key}"
     )
 
 

@@ -33,9 +33,10 @@ class UsageRecord(models.Model):
 
     On PostgreSQL the table is partitioned by month of ``occurred_at`` (``partitions``), and a
     partitioned table cannot hold a unique index without its partition key: the uniqueness of
-    ``event_id`` is kept by ``LedgerEventId`` instead, which a trigger writes before each row
-    (a row whose id is there already is skipped, as ON CONFLICT DO NOTHING skipped it). On
-    SQLite the table is one table with its unique constraint, as the model says."""
+    ``event_id`` is kept by ``LedgerEventId`` instead, which a trigger writes before each row:
+    a row whose id is there already is an IntegrityError, as the unique index made it, or,
+    for the usage consumer's insert (``metering.services``), skipped. On SQLite the table is
+    one table with its unique constraint, as the model says."""
 
     class Kind(models.TextChoices):
         INFERENCE = "inference", "Inference"
@@ -66,8 +67,6 @@ class UsageRecord(models.Model):
     recorded_at = models.DateTimeField(auto_now_add=True)
 
     objects = LedgerQuerySet.as_manager()
-    # Where the table itself skips a row whose event id is stored (core.rows.insert_new).
-    SKIPS_STORED_ON = frozenset({"postgresql"})
 
     class Meta:
         indexes = [

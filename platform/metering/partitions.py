@@ -14,9 +14,13 @@ Layout (``ledger_partition``, run once by migration metering 0006):
 
 A partitioned table holds no unique index that leaves out its partition key, so the event
 id's uniqueness moves to ``metering_ledgereventid``: a trigger before each row inserts its id
-there first and skips the row when the id was there already (what ``ON CONFLICT DO NOTHING``
-did): a redelivered event is a no-op in whichever month it claims to be from, and a writer
-racing another with the same id waits for it on that table's primary key, then skips.
+there first. A row whose id was there already is refused (an IntegrityError, as the unique
+index refused it: an ORM create, a restore that loaded the ids first, a row moved through the
+parent), except in a transaction that set ``metering.skip_stored`` (``skip_stored``: the
+usage consumer's insert), where it is skipped, as ``ON CONFLICT DO NOTHING`` skipped it: a
+redelivered event is a no-op in whichever month it claims to be from, and a writer racing
+another with the same id waits for it on that table's primary key, then skips. (A data-only
+restore must load the ledger with triggers disabled.)
 
 SQLite (the embedded default) keeps one table with its unique constraint: nothing here runs."""
 
@@ -40,14 +44,27 @@ _ONCE = """
 CREATE FUNCTION metering_usagerecord_once() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO metering_ledgereventid (event_id) VALUES (NEW.event_id) ON CONFLICT DO NOTHING;
-  IF NOT FOUND THEN
-    RETURN NULL;  -- stored before: the row is skipped
+  IF NOT FOUND THEN  -- stored before
+    IF current_setting('metering.skip_stored', true) = 'on' THEN
+      RETURN NULL;  -- the usage consumer's insert: the row is skipped
+    END IF;
+    RAISE unique_violation USING MESSAGE = 'event_id ' || NEW.event_id || ' is in the ledger',
+      CONSTRAINT = 'metering_ledgereventid_pkey';
   END IF;
   RETURN NEW;
 END $$;
 CREATE TRIGGER metering_usagerecord_once BEFORE INSERT ON metering_usagerecord
   FOR EACH ROW EXECUTE FUNCTION metering_usagerecord_once();
 """
+
+
+def skip_stored() -> None:
+    """For the rest of this transaction, the ledger skips a row whose event id is stored
+    rather than refusing it (the usage consumer's insert: a redelivered event is a no-op).
+    Call it inside the transaction (``SET LOCAL``)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL metering.skip_stored = 'on'")
 
 
 def month_start(moment: datetime) -> datetime:
@@ -84,9 +101,11 @@ def ledger_partition(cursor: Any, *, now: datetime) -> None:
         [PARENT],
     )
     constraints = cursor.fetchall()
-    cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {PARENT}")  # noqa: S608
-    (next_id,) = cursor.fetchone()
-    cutover = next_month(month_start(now))
+    cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1, MAX(occurred_at) FROM {PARENT}")  # noqa: S608
+    next_id, latest = cursor.fetchone()
+    # Every row already stored must be in the legacy partition's range: a worker clock ahead
+    # may have dated some next month, or later.
+    cutover = next_month(month_start(max(now, latest or now)))
 
     cursor.execute(f"ALTER TABLE {PARENT} RENAME TO {LEGACY}")
     cursor.execute(f"INSERT INTO {EVENT_IDS} (event_id) SELECT event_id FROM {LEGACY}")  # noqa: S608
@@ -152,17 +171,33 @@ def _ensure(cursor: Any, *, now: datetime, months_ahead: int) -> list[str]:
         if cursor.fetchone()[0] is None and not _covered(cursor, start):
             try:
                 with transaction.atomic():
-                    cursor.execute(
-                        f"CREATE TABLE {name} PARTITION OF {PARENT}"
-                        f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                    )
+                    # Waits this long at most for the ledger's lock (a long report holding
+                    # it): queued behind it, every ledger query would wait too.
+                    cursor.execute("SET LOCAL lock_timeout = '10s'")
+                    _month_create(cursor, name, start, end)
                 created.append(name)
             except DatabaseError:
-                # Rows of that month in the default partition (a clock months ahead): the
-                # month stays there until an operator moves them (logged to be seen).
-                logger.exception("ledger partition %s not created", name)
+                logger.exception("ledger partition %s not created (tried again tomorrow)", name)
         start = end
     return created
+
+
+def _month_create(cursor: Any, name: str, start: datetime, end: datetime) -> None:
+    """A month's table. Rows of the month already in the default partition (a clock that
+    ran ahead) are moved into it first, as a table of its own, then attached: the default
+    partition may not keep rows of a month that has a partition, so creating it in place
+    failed, every day, and the month's rows kept landing in the default one."""
+    bounds = f"FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+    within = f"occurred_at >= '{start.isoformat()}' AND occurred_at < '{end.isoformat()}'"
+    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {DEFAULT} WHERE {within})")  # noqa: S608
+    if not cursor.fetchone()[0]:
+        cursor.execute(f"CREATE TABLE {name} PARTITION OF {PARENT} FOR VALUES {bounds}")
+        return
+    # (A table of its own has no trigger until it is attached: the rows move as they are.)
+    cursor.execute(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+    cursor.execute(f"INSERT INTO {name} SELECT * FROM {DEFAULT} WHERE {within}")  # noqa: S608
+    cursor.execute(f"DELETE FROM {DEFAULT} WHERE {within}")  # noqa: S608
+    cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES {bounds}")
 
 
 def _covered(cursor: Any, moment: datetime) -> bool:

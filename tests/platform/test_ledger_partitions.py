@@ -98,3 +98,31 @@ def test_months_are_created_ahead_once():
     created = ledger_partitions_ensure(now=first + timedelta(days=5), months_ahead=2)
     assert created == [partition_name(month) for month in months]
     assert ledger_partitions_ensure(now=first, months_ahead=2) == []
+
+
+def test_a_stored_event_id_is_refused_outside_the_consumers_insert(tenant):
+    """Only the usage consumer's insert skips a stored id; any other write of one (an ORM
+    create, a restore) is refused as the unique index refused it, not dropped silently."""
+    from django.db import IntegrityError, transaction
+
+    usage_record_bulk(events=[event(tenant, 5)])
+    stored = UsageRecord.objects.for_tenant(tenant).get(event_id="req_test5")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        UsageRecord.objects.create(
+            event_id="req_test5", kind="inference", tenant=tenant, api_key_id="key_x",
+            model="minilm-l6", inputs=1, tokens=1, compute_ms=1.0,
+            occurred_at=stored.occurred_at + timedelta(days=40),
+        )  # fmt: skip
+    assert UsageRecord.objects.for_tenant(tenant).filter(event_id="req_test5").count() == 1
+
+
+def test_a_month_whose_rows_landed_in_the_default_partition_gets_its_table(tenant):
+    """A worker clock months ahead put rows in the default partition before their month had
+    a table: the month's table is still created, with those rows moved into it."""
+    early = month_start(datetime.now(UTC) + timedelta(days=300)) + timedelta(days=2)
+    usage_record_bulk(events=[event(tenant, 7, occurred_at=early.isoformat())])
+    assert _table_of("req_test7") == DEFAULT
+    assert partition_name(month_start(early)) in ledger_partitions_ensure(now=early, months_ahead=0)
+    assert _table_of("req_test7") == partition_name(month_start(early))
+    usage_record_bulk(events=[event(tenant, 7, occurred_at=early.isoformat())])  # again
+    assert UsageRecord.objects.for_tenant(tenant).filter(event_id="req_test7").count() == 1
