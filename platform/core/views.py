@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from apikeys.authentication import KeyPrincipal, principal
 from apikeys.models import ApiKey
 from apikeys.services import KeyCheck, api_key_forget, key_check_confirmed
+from limits.holds import hold_rekey
 from limits.services import Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
@@ -240,8 +241,10 @@ class TenantAPIView(APIView):
             fingerprint=request_fingerprint(method="POST", path=request.path, data=request.data),
             request_id=request._request.request_id,  # type: ignore[attr-defined]
         )
-        # Retries never mint a new id: the response (and any usage) keeps the first one's.
+        # Retries never mint a new id: the response (and any usage) keeps the first one's,
+        # and so does its quota reservation's hold.
         request._request.request_id = outcome.record.request_id  # type: ignore[attr-defined]
+        hold_rekey(admission, request_id=outcome.record.request_id)
         if outcome.replay:
             raise _Replay(outcome.record)
         self._idempotency = outcome.record

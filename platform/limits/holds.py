@@ -18,17 +18,20 @@ raises a counter to its ledger. Each hold is released by whoever removes it from
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+import redis
+from django.db import connection
 from prometheus_client import Counter
 
-from metering.models import UsageRecord
+from metering.models import LedgerEventId, UsageRecord
 
 from .lua import RELEASE
-from .services import HOLDS_KEY, redis_client
+from .services import HOLDS_KEY, Admission, redis_client
 
 logger = logging.getLogger(__name__)
 HOLD_GRACE_S = 300
@@ -55,11 +58,7 @@ def quota_holds_release(*, now: float | None = None, batch: int = 1000) -> Relea
     refunded = kept = inputs_back = 0
     while holds := client.zrangebyscore(HOLDS_KEY, "-inf", cutoff_ms, start=0, num=batch):
         parsed = [_parse(cast(bytes, hold)) for hold in holds]
-        answered = set(
-            UsageRecord.objects.unscoped()
-            .filter(event_id__in=[request_id for _, request_id, _, _ in parsed])
-            .values_list("event_id", flat=True)
-        )
+        answered = _in_ledger([request_id for _, request_id, _, _ in parsed])
         pipe = client.pipeline(transaction=False)
         for hold, request_id, inputs, counter in parsed:
             refund = request_id not in answered and inputs > 0
@@ -68,14 +67,60 @@ def quota_holds_release(*, now: float | None = None, batch: int = 1000) -> Relea
         for (_, request_id, inputs, counter), given in zip(parsed, pipe.execute(), strict=True):
             if request_id in answered:
                 kept += 1
-            else:
+            elif given is not None:  # (None: settled meanwhile, or its counter gone)
                 refunded += 1
-                inputs_back += inputs if given is not None else 0
+                inputs_back += inputs
                 logger.warning("quota hold of %s released: %d inputs back to %s (unsettled)",
                                request_id, inputs, counter)  # fmt: skip
     HOLDS_RELEASED.labels(refunded="true").inc(refunded)
     HOLDS_RELEASED.labels(refunded="false").inc(kept)
     return Released(refunded=refunded, kept=kept, refunded_inputs=inputs_back)
+
+
+# A hold re-keyed to the request id its call takes over (KEYS 1: the set of holds, 2: the
+# counter; ARGV 1: the hold now, 2: the hold under the id taken over, 3: its inputs). An
+# earlier attempt's hold under that id (its API died) is superseded: its inputs go back.
+REKEY = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then
+  return false
+end
+local given = false
+if redis.call('ZREM', KEYS[1], ARGV[2]) == 1 and redis.call('EXISTS', KEYS[2]) == 1 then
+  given = redis.call('DECRBY', KEYS[2], ARGV[3])
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], score, ARGV[2])
+return given
+"""
+
+
+def hold_rekey(admission: Admission, *, request_id: str) -> None:
+    """An Idempotency-Key retry that takes over its first attempt's request id (that
+    attempt's API died mid-call): its hold moves to that id, which its ledger row will carry,
+    and the first attempt's hold, if still there, is released with its inputs given back.
+    Before, the first attempt's hold was kept (the ledger has its id: the retry's row) beside
+    the retry's reservation: the call counted twice against the cap."""
+    if not admission.held:
+        return
+    _, inputs, counter = admission.held.split(" ", 2)
+    taken_over = f"{request_id} {inputs} {counter}"
+    if taken_over == admission.held:
+        return
+    script: Any = redis_client().register_script(REKEY)
+    with contextlib.suppress(redis.RedisError):  # (the sweep settles it then, by its old id)
+        script(keys=[HOLDS_KEY, counter], args=[admission.held, taken_over, inputs])
+        admission.held = taken_over
+
+
+def _in_ledger(event_ids: list[str]) -> set[str]:
+    """The ids the ledger has. On PostgreSQL read from its ids table, by primary key: the
+    ledger itself is partitioned by month, and a lookup by id there reads every month."""
+    if connection.vendor == "postgresql":
+        ids = LedgerEventId.objects.filter(event_id__in=event_ids).values_list("event_id")
+    else:
+        ids = UsageRecord.objects.unscoped().filter(event_id__in=event_ids).values_list("event_id")
+    return {str(event_id) for (event_id,) in ids}
 
 
 def _parse(hold: bytes | str) -> tuple[str, str, int, str]:

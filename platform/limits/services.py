@@ -43,6 +43,8 @@ from .selectors import quota_ledger_inputs
 logger = logging.getLogger(__name__)
 
 WINDOW_MS = 60_000
+# Every reservation not yet settled, sorted by when its call must have ended (``lua``).
+HOLDS_KEY = "quota:holds"
 
 
 @functools.cache
@@ -50,13 +52,8 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
-# Every reservation not yet settled, sorted by when its call must have ended (``lua``).
-HOLDS_KEY = "quota:holds"
-
-
 def quota_key(tenant_id: str, period_start: datetime, *, livemode: bool) -> str:
-    """The Redis counter of a tenant's inputs this period: live and test-mode calls are
-    counted apart, so a customer's tests never use up its production quota."""
+    """A tenant's inputs this period: test mode apart (its tests never use up production's)."""
     return f"quota:{tenant_id}:{int(period_start.timestamp())}" + ("" if livemode else ":test")
 
 
@@ -71,6 +68,11 @@ def quota_cap(plan: Plan, *, livemode: bool) -> int:
 @functools.cache
 def _admit_script() -> Any:
     return redis_client().register_script(ADMIT)
+
+
+@functools.cache
+def _release_script() -> Any:  # (EVALSHA: the script's body is not sent with each call)
+    return redis_client().register_script(RELEASE)
 
 
 @dataclass
@@ -380,7 +382,7 @@ def limits_settle(admission: Admission, *, succeeded: bool) -> None:
         return
     pipe = redis_client().pipeline(transaction=False)
     settle_commands(pipe, admission, succeeded=succeeded)
-    # On failure the slot expires by itself and reconciliation corrects the quota counter.
+    # On failure the slot expires by itself, and the sweep of holds settles the reservation.
     with contextlib.suppress(redis.RedisError):
         pipe.execute()
 
@@ -392,8 +394,7 @@ def settle_commands(pipe: Any, admission: Admission, *, succeeded: bool) -> None
     if admission.request_id:
         pipe.zrem(admission.inflight_key, admission.request_id)
     if admission.held:  # the hold goes, and its inputs go back where the call failed
-        refund = "0" if succeeded else "1"
-        pipe.eval(RELEASE, 2, HOLDS_KEY, admission.quota_key, admission.held,
-                  admission.reserved, refund)  # fmt: skip
+        args = [admission.held, admission.reserved, "0" if succeeded else "1"]
+        _release_script()(keys=[HOLDS_KEY, admission.quota_key], args=args, client=pipe)
     elif admission.reserved and not succeeded:
         pipe.eval(REFUND, 1, admission.quota_key, admission.reserved)

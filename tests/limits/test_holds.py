@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 
 from core.errors import APIError
-from limits.holds import HOLD_GRACE_S, quota_holds_release
+from limits.holds import HOLD_GRACE_S, hold_rekey, quota_holds_release
 from limits.services import limits_admit, limits_settle
 from metering.services import usage_record_bulk
 from tests.factories import make_key
@@ -55,24 +55,7 @@ def test_a_call_the_worker_answered_stays_counted(capped):
     """The API died after the worker answered: the usage event is in the ledger, so its
     inputs stay used (and are billed)."""
     limits_admit(api_key=capped, request_id="req_answered", inputs=10)
-    usage_record_bulk(
-        events=[
-            {
-                "v": 1,
-                "event_id": "req_answered",
-                "kind": "inference",
-                "tenant_id": capped.tenant_id,
-                "api_key_id": capped.pk,
-                "livemode": True,
-                "model": "minilm-l6",
-                "inputs": 10,
-                "tokens": 40,
-                "compute_ms": 1.0,
-                "cached": 0,
-                "occurred_at": datetime.now(UTC).isoformat(),
-            }
-        ]
-    )
+    _answered(capped, "req_answered", 10)
     released = quota_holds_release(now=_past_every_call())
     assert released.kept >= 1
     assert _refused(capped, 1)
@@ -110,3 +93,40 @@ def test_the_operators_command_releases_them_too(capped, monkeypatch):
     monkeypatch.undo()
     assert "unsettled reservations" in out.getvalue()
     assert not _refused(capped, 10)
+
+
+def test_an_idempotent_retry_after_its_api_died_counts_the_call_once(tenant):
+    """The first attempt's API died mid-call (its hold left); the client retries with the
+    same Idempotency-Key, which takes over the first attempt's request id (core.views), and
+    the ledger row carries that id. The call is counted once against the cap, not twice."""
+    on_plan(tenant, custom_plan(monthly_hard_cap=20))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    limits_admit(api_key=key, request_id="req_died", inputs=6)  # its API died here
+    retry = limits_admit(api_key=key, request_id="req_retry", inputs=6)
+    hold_rekey(retry, request_id="req_died")  # what the view does once the key is claimed
+    _answered(key, "req_died", 6)
+    limits_settle(retry, succeeded=True)
+    quota_holds_release(now=_past_every_call())
+    assert not _refused(key, 14) and _refused(key, 15)  # 6 of 20 used, not 12
+
+
+def _answered(key, request_id: str, inputs: int) -> None:
+    """The call's usage event, stored (the worker answered it)."""
+    usage_record_bulk(
+        events=[
+            {
+                "v": 1,
+                "event_id": request_id,
+                "kind": "inference",
+                "tenant_id": key.tenant_id,
+                "api_key_id": key.pk,
+                "livemode": True,
+                "model": "minilm-l6",
+                "inputs": inputs,
+                "tokens": 4 * inputs,
+                "compute_ms": 1.0,
+                "cached": 0,
+                "occurred_at": datetime.now(UTC).isoformat(),
+            }
+        ]
+    )
