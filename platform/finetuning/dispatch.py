@@ -1,10 +1,10 @@
 """Handing fine-tuning jobs to the training queue, fairly between tenants.
 
 One training queue serves every tenant, first in first out. A tenant has at most
-``FINETUNE_DISPATCHED_PER_TENANT`` jobs on it (sent and not yet ended: queued on the broker
-or running); its other jobs read ``queued`` too but wait here, in the database, and are sent
-oldest first as its jobs end. So one tenant's fifty jobs put one job at a time ahead of
-another tenant's, not fifty.
+``FINETUNE_DISPATCHED_PER_TENANT`` jobs of each mode (live, test) on it (sent and not yet
+ended: queued on the broker or running); its other jobs read ``queued`` too but wait here,
+in the database, and are sent oldest first as its jobs of their mode end. So one tenant's
+fifty jobs put one job at a time ahead of another tenant's, not fifty.
 
 A job is sent when it is created with a slot free; when one of its tenant's jobs ends
 (``fine_tunes_dispatch_on_commit``, after the commit that ended it, wherever that is:
@@ -20,8 +20,11 @@ twice, and a job cancelled while it waited is never sent.
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -136,15 +139,19 @@ def job_fail(job_id: str, *, code: str, message: str) -> None:
     fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
 
 
-def _free_slots(tenant_id: str) -> int:
-    """How many more of the tenant's jobs may be sent now. WARNING: true only while the
-    tenant's row is locked (``fine_tunes_dispatch``)."""
-    in_flight = (
+def _free_slots(tenant_id: str) -> dict[bool, int]:
+    """How many more of the tenant's jobs may be sent now, by mode (livemode): live and test
+    jobs have their slots apart, so a tenant's free test-mode jobs never hold its billed
+    live ones back. WARNING: true only while the tenant's row is locked
+    (``fine_tunes_dispatch``)."""
+    in_flight = Counter(
         FineTuneJob.objects.for_tenant(tenant_id)
         .filter(status__in=IN_FLIGHT, dispatched_at__isnull=False)
-        .count()
+        .values_list("livemode", flat=True)
     )
-    return settings.FINETUNE_DISPATCHED_PER_TENANT - in_flight
+    return {
+        mode: settings.FINETUNE_DISPATCHED_PER_TENANT - in_flight[mode] for mode in (True, False)
+    }
 
 
 @transaction.atomic
@@ -161,18 +168,20 @@ def fine_tunes_dispatch(*, tenant_id: str, created: str | None = None) -> list[s
     free = _free_slots(tenant_id)
     sent: list[str] = []
     passed: list[str] = []
-    while free > 0:
+    while any(n > 0 for n in free.values()):
         waiting = FineTuneJob.objects.for_tenant(tenant_id).filter(
             status=Status.QUEUED, dispatched_at__isnull=True
         )
-        job_id = (
+        oldest = (
             waiting.exclude(pk__in=passed)
+            .filter(livemode__in=[mode for mode, n in free.items() if n > 0])
             .order_by("created_at", "pk")
-            .values_list("pk", flat=True)
+            .values_list("pk", "livemode")
             .first()
         )
-        if job_id is None:
+        if oldest is None:
             break
+        job_id, livemode = oldest
         now = timezone.now()
         # NOTE: conditional: a cancel of this job that committed since the look above (it
         # locks the job row, not the tenant's) leaves it unclaimed, never sent.
@@ -184,7 +193,7 @@ def fine_tunes_dispatch(*, tenant_id: str, created: str | None = None) -> list[s
             job_log(job, messages.EV_DISPATCHED)
         job_enqueue_on_commit(job, dispatched_at=now)
         sent.append(job_id)
-        free -= 1
+        free[livemode] -= 1
     return sent
 
 
@@ -202,13 +211,15 @@ def fine_tunes_dispatch_on_commit(*, tenant_id: str) -> None:
     transaction.on_commit(dispatch)
 
 
-def fine_tunes_dispatch_sweep() -> int:
+def fine_tunes_dispatch_sweep(*, now: datetime | None = None, lost_messages: bool = True) -> int:
     """The safety net: send every tenant's waiting jobs that its free slots allow. Nothing
     while the training queue cannot be reached (they would only go back to waiting).
     Returns the jobs sent."""
     try:
         _redis().ping()
         _lost_sends_reset()
+        if lost_messages:  # (judged by whoever hears the jobs' starts: the consumer)
+            _lost_messages_retry(now=now)
     except redis.RedisError:
         logger.warning("fine-tune dispatch sweep: the training queue cannot be reached")
         return 0
@@ -246,8 +257,87 @@ def _lost_sends_reset() -> int:
         if value is not None and int(value) == attempt:
             continue
         # Conditional: a dispatch or an end that committed since is left as it is.
-        lost += FineTuneJob.objects.for_tenant(tenant_id).filter(
-            pk=job_id, status=Status.QUEUED, dispatched_at=dispatched_at
-        ).update(dispatched_at=None)
+        lost += (
+            FineTuneJob.objects.for_tenant(tenant_id)
+            .filter(pk=job_id, status=Status.QUEUED, dispatched_at=dispatched_at)
+            .update(dispatched_at=None)
+        )
         logger.warning("fine-tuning job %s was marked sent but never sent: sent again", job_id)
     return lost
+
+
+def job_retry_or_fail(job: FineTuneJob, *, seconds: float, why: str) -> None:
+    """A job whose attempt was lost (its worker silent, or its message gone with no worker
+    having started it): retried from the start, keeping its slot, up to
+    ``FINETUNE_MAX_ATTEMPTS``; then failed (``worker_lost``), its slot freed. Call it with the
+    job's row locked."""
+    if job.attempt < settings.FINETUNE_MAX_ATTEMPTS:
+        job.attempt += 1
+        job.status, job.heartbeat_at = Status.QUEUED, None
+        job.save(update_fields=["attempt", "status", "heartbeat_at"])
+        job_log(job, why.format(seconds=seconds, attempt=job.attempt,
+                                max=settings.FINETUNE_MAX_ATTEMPTS), level="warning")  # fmt: skip
+        job_enqueue_on_commit(job)  # it keeps its slot: dispatched_at stays
+        return
+    message = messages.WORKER_LOST.format(attempts=job.attempt, seconds=seconds)
+    job.status, job.finished_at = Status.FAILED, timezone.now()
+    job.error = {"code": "worker_lost", "message": message}
+    job.save(update_fields=["status", "finished_at", "error"])
+    job_log(job, message, level="error")
+    fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
+
+
+def _lost_messages_retry(*, now: datetime | None = None) -> int:
+    """Jobs sent whose message is no longer on the training queue and that no worker started
+    (a worker killed between taking the message and starting: messages are acknowledged on
+    receipt; a Redis that lost the queue): the lease covers only running jobs, so such a job
+    sat ``queued`` for good, and held its tenant's slot. A job found so is marked; found so
+    again ``FINETUNE_HEARTBEAT_TIMEOUT_S`` later (its ``started`` event had time to land), it
+    is retried, then failed, as a job whose worker went silent is. Returns jobs handled."""
+    now = now or timezone.now()
+    timeout = float(settings.FINETUNE_HEARTBEAT_TIMEOUT_S)
+    sent = list(
+        FineTuneJob.objects.unscoped()  # an operator's job across every tenant
+        .filter(status=Status.QUEUED, dispatched_at__lt=now - timedelta(seconds=SEND_GRACE_S))
+        .values_list("pk", "attempt")
+    )
+    if not sent:
+        return 0
+    client = _redis()
+    on_queue = _queued_attempts(client)
+    handled = 0
+    for job_id, attempt in sent:
+        mark = f"ft:missing:{job_id}:{attempt}"
+        if (job_id, attempt) in on_queue:
+            client.delete(mark)
+            continue
+        client.set(mark, now.timestamp(), nx=True, ex=KEY_TTL_S)
+        since = float(client.get(mark) or now.timestamp())
+        if now.timestamp() - since < timeout:
+            continue
+        with transaction.atomic():
+            job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+            if job is None or job.status != Status.QUEUED or job.attempt != attempt:
+                continue
+            job_retry_or_fail(job, seconds=timeout, why=messages.EV_MESSAGE_LOST)
+            handled += 1
+    return handled
+
+
+def _queued_attempts(client: redis.Redis) -> set[tuple[str, int]]:
+    """(job id, attempt) of every train request on the training queue (kombu's Redis lists,
+    the priority ones included)."""
+    name = Queue.TRAINING.value
+    found: set[tuple[str, int]] = set()
+    for key in (name, *(f"{name}\x06\x16{p}" for p in range(1, 10))):
+        for raw in client.lrange(key, 0, -1):
+            try:
+                envelope = json.loads(raw)
+                body = envelope["body"]
+                if envelope.get("properties", {}).get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                request = json.loads(body)[0][0]
+                found.add((str(request["job_id"]), int(request["attempt"])))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not a train request (nothing else is sent there)
+    return found

@@ -20,7 +20,11 @@ from metering.services import usage_record_bulk
 from workers.contract import CONTRACT_VERSION
 
 from . import messages
-from .dispatch import fine_tunes_dispatch_on_commit, job_enqueue_on_commit, job_log
+from .dispatch import (
+    fine_tunes_dispatch_on_commit,
+    job_log,
+    job_retry_or_fail,
+)
 from .models import FineTuneEvent, FineTuneJob
 from .registration import fine_tuned_model_register, int8_variant_offer
 
@@ -227,23 +231,5 @@ def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = No
                 or (job.heartbeat_at or cutoff) >= cutoff
             ):
                 continue
-            if job.attempt < settings.FINETUNE_MAX_ATTEMPTS:
-                job.attempt += 1
-                job.status, job.heartbeat_at = Status.QUEUED, None
-                job.save(update_fields=["attempt", "status", "heartbeat_at"])
-                job_log(
-                    job,
-                    messages.EV_RETRY.format(
-                        seconds=timeout, attempt=job.attempt, max=settings.FINETUNE_MAX_ATTEMPTS
-                    ),
-                    level="warning",
-                )
-                job_enqueue_on_commit(job)  # it keeps its slot: dispatched_at stays
-            else:
-                message = messages.WORKER_LOST.format(attempts=job.attempt, seconds=timeout)
-                job.status, job.finished_at = Status.FAILED, timezone.now()
-                job.error = {"code": "worker_lost", "message": message}
-                job.save(update_fields=["status", "finished_at", "error"])
-                job_log(job, message, level="error")
-                fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
+            job_retry_or_fail(job, seconds=timeout, why=messages.EV_RETRY)
     return len(stale)

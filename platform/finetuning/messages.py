@@ -61,6 +61,11 @@ EV_RETRY = (
     "The worker running this job stopped responding (no heartbeat for {seconds:g} s); "
     "retrying from the start (attempt {attempt} of {max}). You are billed once."
 )
+EV_MESSAGE_LOST = (
+    "This job was sent to the training queue, but no worker started it and it is no longer"
+    " on the queue (looked for twice, {seconds:g} s apart); sending it again (attempt"
+    " {attempt} of {max}). You are billed once."
+)
 EV_INT8_OFFERED = (
     "int8 variant {model} offered at the cheaper int8 tier: {delta:+.2f} points of validation "
     "accuracy against fp32 (at most {allowed:g} may be lost)."

@@ -60,3 +60,19 @@ def test_the_estimate_errs_low_but_not_far(tenant, make_dataset, name, held_out)
     exact = 3 * sum(t.tokens for t in encoder.tokenize(train.texts))
     estimate = trained_tokens_estimate(training=dataset, held_out=held_out, epochs=3)
     assert 0.7 * exact <= estimate <= exact, (estimate, exact)
+
+
+def test_words_the_tokenizer_reads_as_one_unknown_token_count_one(tenant, make_dataset):
+    """Hashes and ids longer than WordPiece reads become one [UNK] each: the estimate counts
+    them so, not by their characters (a job 9x under its budget was refused)."""
+    import hashlib
+
+    rows = [
+        {"text": hashlib.sha512(str(n).encode()).hexdigest(), "label": "ab"[n % 2]}
+        for n in range(200)
+    ]
+    dataset = make_dataset(tenant, rows)
+    encoder = load_encoder("minilm-l6", device="cpu", threads=1, precision="fp32")
+    exact = sum(t.tokens for t in encoder.tokenize([row["text"] for row in rows]))
+    estimate = trained_tokens_estimate(training=dataset, held_out=False, epochs=1)
+    assert exact == 600 and 0.7 * exact <= estimate <= exact, (estimate, exact)

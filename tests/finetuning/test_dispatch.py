@@ -127,13 +127,20 @@ def _started(job: FineTuneJob) -> dict[str, Any]:
             "occurred_at": timezone.now().isoformat(), "worker": "test"}  # fmt: skip
 
 
-def test_live_and_test_mode_jobs_share_the_tenants_slot(
+def test_live_and_test_mode_jobs_have_slots_apart(
     tenant, make_dataset, django_capture_on_commit_callbacks
 ):
+    """A tenant's free test-mode jobs (up to five a day, each up to the time limit) never
+    hold its billed live job back: each mode has its own slot."""
     dataset = make_dataset(tenant)
     with django_capture_on_commit_callbacks(execute=True):
-        live, test = create(tenant, dataset), create(tenant, dataset, livemode=False)
-    assert sent() == [live.id] and reload(test).dispatched_at is None
+        t1, t2 = create(tenant, dataset, livemode=False), create(tenant, dataset, False)
+        live, live2 = create(tenant, dataset), create(tenant, dataset)
+    assert sent() == [t1.id, live.id]
+    assert reload(t2).dispatched_at is None and reload(live2).dispatched_at is None
+    with django_capture_on_commit_callbacks(execute=True):
+        end(t1)
+    assert sent() == [t1.id, live.id, t2.id]
 
 
 def test_a_cancelled_waiting_job_is_never_sent_and_a_cancel_frees_the_slot(
@@ -188,6 +195,35 @@ def test_a_job_marked_sent_whose_send_was_lost_is_sent_by_the_sweep(
     with django_capture_on_commit_callbacks(execute=True):
         assert dispatch.fine_tunes_dispatch_sweep() == 0  # sent: waiting on the queue
     assert sent() == [lost.id]
+
+
+def test_a_job_whose_message_was_lost_before_a_worker_started_it_is_sent_again(
+    tenant, make_dataset, django_capture_on_commit_callbacks, settings
+):
+    """A worker killed between taking the message and starting the job (messages are
+    acknowledged on receipt), or a Redis that lost the queue: the job is neither on the
+    queue nor running. Found so twice, a heartbeat timeout apart, it is sent again as a new
+    attempt in its slot (the lease covered only running jobs: it sat queued for good, its
+    tenant's later jobs behind it)."""
+    dataset = make_dataset(tenant)
+    with django_capture_on_commit_callbacks(execute=True):
+        job, later = create(tenant, dataset), create(tenant, dataset)
+    past = timezone.now() - timedelta(seconds=dispatch.SEND_GRACE_S + 1)
+    FineTuneJob.objects.unscoped().filter(pk=job.pk).update(dispatched_at=past)
+    now = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch.fine_tunes_dispatch_sweep(now=now)  # on the queue: waiting its turn
+    assert sent() == [job.id]
+    queue().delete(Queue.TRAINING.value)  # taken by a worker that died at once
+    timeout = settings.FINETUNE_HEARTBEAT_TIMEOUT_S
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch.fine_tunes_dispatch_sweep(now=now)  # not yet: its start may be on its way
+        dispatch.fine_tunes_dispatch_sweep(now=now + timedelta(seconds=timeout / 2))
+    assert sent() == [] and reload(job).attempt == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch.fine_tunes_dispatch_sweep(now=now + timedelta(seconds=timeout + 1))
+    assert [(r["job_id"], r["attempt"]) for r in sent_requests()] == [(job.id, 2)]
+    assert said(reload(job), "no longer on the queue") and reload(later).dispatched_at is None
 
 
 def test_the_lease_giving_up_frees_the_slot_and_a_retry_keeps_it(

@@ -80,10 +80,13 @@ class JobContext:
     # time.monotonic() past which the attempt stops (``TrainRequest.time_limit_s``).
     deadline: float | None = None
 
-    def step(self) -> None:
+    def step(self, *, timed: bool = True) -> None:
+        """A boundary where the job may stop: cancelled, or (``timed``) past its time limit.
+        The boundaries after the work is done are not timed: a job that finished a moment
+        past its limit was failed, its model thrown away, after all of its work."""
         if self.cancelled():
             raise JobCancelledError(self.request["job_id"])
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if timed and self.deadline is not None and time.monotonic() >= self.deadline:
             limit = float(self.request.get("time_limit_s") or 0)
             raise JobBudgetError(
                 "time_limit_exceeded",
@@ -303,7 +306,8 @@ def train_run(ctx: JobContext) -> TrainResult:
             f"({int8['int8_accuracy_delta']:+.2f} points).",
             data={k: v for k, v in int8.items() if k != "int8_per_label_f1"},
         )
-    ctx.step()  # last boundary: a job cancelled now registers nothing and bills nothing
+    # Last boundary: a job cancelled now registers nothing and bills nothing.
+    ctx.step(timed=False)
     artifact = ctx.store.put(
         model_file_write(
             base_model=request["base_model"],

@@ -142,7 +142,7 @@ def train(request: TrainRequest) -> None:
     with Heartbeat(publisher, HEARTBEAT_S), busy_with(f"fine-tuning {job_id}"):
         try:
             result = train_run(ctx)
-            ctx.step()
+            ctx.step(timed=False)  # done: only a cancel can stop it now
         except JobCancelledError:
             if not given_up:  # else its events are ignored
                 publisher.emit("cancelled", "The worker stopped the job; training stopped.")

@@ -294,3 +294,31 @@ def test_a_job_at_its_time_limit_stops_at_its_next_step(store, context):
     assert "time limit of 2 s" in str(stopped.value)
     assert time.monotonic() - began < 30  # a LoRA step, not 100 epochs
     assert len(events.of("progress")) < 100
+
+
+def test_a_job_past_its_time_limit_once_its_work_is_done_succeeds(store, context):
+    """The limit stops training, not a finished job: one whose last boundary (after its
+    model is measured) came a moment past the limit had been failed, its work thrown away."""
+    digest = store.put(dataset_bytes("support_tickets.jsonl", 60))
+    request = make_request(digest, hyperparameters={"epochs": 1}, time_limit_s=600.0)
+    boundaries = 0
+
+    def counted() -> bool:
+        nonlocal boundaries
+        boundaries += 1
+        return False
+
+    train_run(context(request)[0])  # its embeddings cached: the runs below alike
+    train_run(context(request, counted)[0])
+    total, boundaries = boundaries, 0
+    ctx = context(request, counted)[0]
+    ctx.deadline = float("inf")
+
+    def late() -> bool:
+        counted()
+        if boundaries == total:  # the last boundary: the limit passes just before it
+            ctx.deadline = 0.0
+        return False
+
+    ctx.cancelled = late
+    assert train_run(ctx)["trained_tokens"] > 0
