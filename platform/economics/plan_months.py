@@ -1,29 +1,26 @@
 """The plans of each tenant-month, as billing counts them: which plans' base fees a month
-earns, and how much of each plan's included inputs covers the month's usage made on it.
+earns; and the billing periods and plan spans they are read from, which also share each
+period's included inputs between its plans (``Spans.shares``, billing's ``plan_shares``
+read in bulk: ``economics.period_usage`` rates usage per period with them).
 
 A tenant-month is *shared* where billing shares its periods' included inputs
 (``billing.periods.plan_shares``): every billing period overlapping the month (its
 scheduled length included) has a plan span at or before its start, and its spans end it on
-the plan it was recorded on. Then:
-
-- a plan's included inputs for the month's usage on it are its share of the billing period
-  that usage falls in (its time there over the period's scheduled length, rounded up as
-  rating does): where a month overlaps several periods (a Stripe period anchored on the
-  17th, a move to free), the largest of its shares in the periods that run in the month.
-  NOTE: shares over the billing periods, not over the calendar month: a subscription begun
-  on the 29th has its whole allowance for its first days, as billing gives it (a month's
-  share, 2/30, would charge overage that Stripe never sees); a plan on for days in two
-  periods of one month gets the larger share, not their sum.
-- a plan's base fee is earned for its time in the month, over the month's length (as a
-  range's share of a month's fee was before: a whole month on a plan earns its fee, the
-  17th-anchored renewals included): from each of its spans to the next, and, where a move
-  to free cut its period short (``BillingPeriod.scheduled_end``), to where the period was
-  to end, the fee of the rest not being credited. That rest may overlap free's time, as
-  Stripe charged both.
+the plan it was recorded on. Then a plan's base fee is earned for its time in the month,
+over the month's length (as a range's share of a month's fee was before: a whole month on a
+plan earns its fee, the 17th-anchored renewals included): from each of its spans to the
+next, and, where a move to free cut its period short (``BillingPeriod.scheduled_end``), to
+where the period was to end, the fee of the rest not being credited. That rest may overlap
+free's time, as Stripe charged both.
+NOTE: the fee is earned by calendar month, not billing period, on purpose: it is revenue
+earned by time on the plan (a day of pro earns the same in October and November), which
+over whole periods adds up to what Stripe charged; only its daily rate differs from
+Stripe's proration (a month's length, not the period's). Usage is another matter: included
+inputs are granted per period, so it is rated per period.
 
 Elsewhere (periods from before spans were kept, spans that disagree with the periods) a
-month is priced by *runs*, as before spans: every plan's included inputs whole, and a base
-fee for each run of a plan's paid periods overlapping the month (``Runs``)."""
+month's fees are counted by *runs*, as before spans: a base fee for each run of a plan's
+paid periods overlapping the month (``Runs``)."""
 
 from __future__ import annotations
 
@@ -83,12 +80,9 @@ def prorated(amount: int, month: Month, start: datetime, end: datetime) -> int:
 @dataclass(frozen=True)
 class Runs:
     """A month priced as before spans were kept: ``fees`` says how many base fees each plan
-    pays (``fee_payers``); every plan's included inputs whole."""
+    pays (``fee_payers``)."""
 
     fees: Counter[str]
-
-    def share(self, plan_id: str) -> Fraction | None:
-        return None
 
     def plans(self) -> list[str]:
         return list(self.fees)
@@ -108,14 +102,10 @@ class Runs:
 
 @dataclass
 class Shared:
-    """A month whose plans billing knows from spans: each plan's share of its included
-    inputs, and its time in the month (intervals within it; a plan's may overlap)."""
+    """A month whose plans billing knows from spans: each plan's time in the month
+    (intervals within it; a plan's may overlap)."""
 
-    shares: dict[str, Fraction] = field(default_factory=dict)
     time: dict[str, list[Interval]] = field(default_factory=lambda: defaultdict(list))
-
-    def share(self, plan_id: str) -> Fraction | None:
-        return self.shares.get(plan_id, Fraction(0))  # (no time in the month: none of them)
 
     def plans(self) -> list[str]:
         return list(self.time)
@@ -145,21 +135,23 @@ class Shared:
 
 
 @dataclass(frozen=True)
-class _Period:
+class Period:
+    """A recorded billing period (``billing.BillingPeriod``)."""
+
     start: datetime
     end: datetime
     scheduled_end: datetime  # its end, unless a move to free cut it short
     plan_id: str
 
 
-class _Spans:
+class Spans:
     """One tenant's plan spans, in order."""
 
     def __init__(self, rows: list[tuple[datetime, str]]) -> None:
         self.starts = [start for start, _ in rows]
         self.plans = [plan_id for _, plan_id in rows]
 
-    def cuts(self, period: _Period) -> list[tuple[datetime, str]] | None:
+    def cuts(self, period: Period) -> list[tuple[datetime, str]] | None:
         """(since, plan) through the period, as ``plan_shares`` cuts it: the plan it began
         on, then each span inside it. None where no span begins at or before it."""
         first = bisect_right(self.starts, period.start)
@@ -168,6 +160,20 @@ class _Spans:
         last = bisect_left(self.starts, period.end)
         inside = zip(self.starts[first:last], self.plans[first:last], strict=True)
         return [(period.start, self.plans[first - 1]), *inside]
+
+    def shares(self, period: Period) -> dict[str, Fraction] | None:
+        """Plan id -> its share of the period's included inputs, as ``plan_shares`` has it
+        (a plan absent had no time there: none of them); None where billing gives every
+        plan its whole allowance (no span at or before the period's start)."""
+        cuts = self.cuts(period)
+        length = (period.scheduled_end - period.start) // MICROSECOND
+        if cuts is None or not length:  # (an empty period holds no usage)
+            return None
+        bounds = [since for since, _ in cuts[1:]] + [period.scheduled_end]
+        shares: dict[str, Fraction] = defaultdict(Fraction)
+        for (since, plan_id), until in zip(cuts, bounds, strict=True):
+            shares[plan_id] += Fraction((until - since) // MICROSECOND, length)
+        return dict(shares)
 
     def time(self, month: Month) -> list[tuple[str, Interval]]:
         """(plan, interval) for each span's time within the month."""
@@ -181,8 +187,8 @@ class _Spans:
         return out
 
 
-def _shared(periods: list[_Period], spans: _Spans, month: Month) -> Shared | None:
-    """The month's shares and time from its periods and spans; None where billing does not
+def _shared(periods: list[Period], spans: Spans, month: Month) -> Shared | None:
+    """The month's time on each plan from its periods and spans; None where billing does not
     share the periods' included inputs (or the spans disagree with them)."""
     cut = {period: spans.cuts(period) for period in periods}
     if any(c is None or c[-1][1] != period.plan_id for period, c in cut.items()):
@@ -192,26 +198,24 @@ def _shared(periods: list[_Period], spans: _Spans, month: Month) -> Shared | Non
         shared.time[plan_id].append(interval)
     for period, cuts in cut.items():
         assert cuts is not None  # (checked above)
-        last = cuts[-1][1]
         rest = (max(period.end, month[0]), min(period.scheduled_end, month[1]))
         if rest[0] < rest[1]:  # cut short by a move to free: the rest is the last plan's
-            shared.time[last].append(rest)
-        length = (period.scheduled_end - period.start) // MICROSECOND
-        if not (period.start < min(period.end, month[1]) and period.end > month[0] and length):
-            continue  # no usage of the month is in it
-        bounds = [since for since, _ in cuts[1:]] + [period.scheduled_end]
-        shares: dict[str, Fraction] = defaultdict(Fraction)
-        for (since, plan_id), until in zip(cuts, bounds, strict=True):
-            shares[plan_id] += Fraction((until - since) // MICROSECOND, length)
-        for plan_id, share in shares.items():
-            shared.shares[plan_id] = max(shared.shares.get(plan_id, Fraction(0)), share)
+            shared.time[cuts[-1][1]].append(rest)
     return shared
 
 
-def month_terms(months_touched: list[Month]) -> dict[MonthKey, Runs | Shared]:
-    """(tenant, month) -> how the month's base fees and included inputs are counted, for
-    each tenant with billing periods recorded in the months touched (two queries: the
-    periods, and the plan spans of their tenants)."""
+@dataclass(frozen=True)
+class Recorded:
+    """The billing periods (in order) and plan spans of each tenant with periods in the
+    months read: what billing knows of its plans."""
+
+    periods: dict[str, list[Period]]
+    spans: dict[str, Spans]
+
+
+def recorded(months_touched: list[Month]) -> Recorded:
+    """The periods reaching into the months touched (ended, or scheduled to end, after
+    their start), and every plan span of their tenants before their end: two queries."""
     lo, hi = months_touched[0][0], months_touched[-1][1]
     periods = BillingPeriod.objects.unscoped().filter(
         Q(end__gt=lo) | Q(scheduled_end__gt=lo), start__lt=hi
@@ -219,9 +223,9 @@ def month_terms(months_touched: list[Month]) -> dict[MonthKey, Runs | Shared]:
     rows = periods.order_by("tenant_id", "start").values_list(
         "tenant_id", "start", "end", "scheduled_end", "plan_id"
     )
-    by_tenant: dict[str, list[_Period]] = defaultdict(list)
+    by_tenant: dict[str, list[Period]] = defaultdict(list)
     for tenant_id, start, end, scheduled_end, plan_id in rows:
-        by_tenant[tenant_id].append(_Period(start, end, scheduled_end or end, plan_id))
+        by_tenant[tenant_id].append(Period(start, end, scheduled_end or end, plan_id))
     span_rows: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
     spans = PlanSpan.objects.unscoped().filter(
         start__lt=hi, tenant_id__in=periods.values("tenant_id")
@@ -230,18 +234,24 @@ def month_terms(months_touched: list[Month]) -> dict[MonthKey, Runs | Shared]:
         "tenant_id", "start", "plan_id"
     ):
         span_rows[tenant_id].append((start, plan_id))
-    payers = fee_payers(by_tenant, lo, hi)
+    return Recorded(dict(by_tenant), {t: Spans(span_rows.get(t, [])) for t in by_tenant})
+
+
+def month_terms(months_touched: list[Month], book: Recorded) -> dict[MonthKey, Runs | Shared]:
+    """(tenant, month) -> how the month's base fees are counted, for each tenant with
+    billing periods recorded in the months touched."""
+    lo, hi = months_touched[0][0], months_touched[-1][1]
+    payers = fee_payers(book.periods, lo, hi)
     bounds = {month[0].date(): month for month in months_touched}
     terms: dict[MonthKey, Runs | Shared] = {}
-    for tenant_id, tenant_periods in by_tenant.items():
-        by_month: dict[date, list[_Period]] = defaultdict(list)
+    for tenant_id, tenant_periods in book.periods.items():
+        by_month: dict[date, list[Period]] = defaultdict(list)
         for period in tenant_periods:
             reach = max(period.end, period.scheduled_end)
             for first, _ in months(max(period.start, lo), min(reach, hi)):
                 by_month[first.date()].append(period)
-        tenant_spans = _Spans(span_rows.get(tenant_id, []))
         for month_start, overlapping in by_month.items():
-            shared = _shared(overlapping, tenant_spans, bounds[month_start])
+            shared = _shared(overlapping, book.spans[tenant_id], bounds[month_start])
             key = (tenant_id, month_start)
             if shared is not None:
                 terms[key] = shared
@@ -251,7 +261,7 @@ def month_terms(months_touched: list[Month]) -> dict[MonthKey, Runs | Shared]:
 
 
 def fee_payers(
-    by_tenant: dict[str, list[_Period]], lo: datetime, hi: datetime
+    by_tenant: dict[str, list[Period]], lo: datetime, hi: datetime
 ) -> dict[MonthKey, Counter[str]]:
     """(tenant, month) -> plan -> how many base fees the plan pays that month, before spans.
 

@@ -1,31 +1,29 @@
 """Revenue, cost and margin by tenant, model, plan or day, and the pricing simulator.
 
 Everything reads the daily rollups, never the raw ledger. Revenue is what the rating engine
-charges for each tenant-month (base fee, included inputs, graduated overage per tier,
-fine-tuning), of which a range earns its part: the usage lines as the marginal charge of
-the range's rows (the month's rollups rated up to the range's end minus rated up to its
+charges (base fee, included inputs, graduated overage per tier, fine-tuning), of which a
+range earns its part. Usage is rated per billing period, as billing rates it
+(``period_usage``): each period's rows on a plan together, with the plan's share of the
+period's included inputs (``billing.periods.plan_shares``), a range earning the marginal
+charge of its rows in their period (rated up to the range's end minus rated up to its
 start, as ``billing.usage_pricing.range_charges`` prices /v1/usage), so the included inputs
-are granted once a month whatever the range and adjacent ranges add up to the month; the
-base fee earned by the time the range covers, to the same effect. Each charge is shared
-among the range's rollup rows by quantity: usage lines by billable inputs of their tier,
-fine-tuning by trained tokens, the base fee by inputs. As in billing, usage is priced by
-the plan it was made on (rollups keep it), each plan's included inputs covering its own
-usage.
+are granted once a period whatever the range, a period anchored on the 17th or the 29th is
+rated as one across its two calendar months, and adjacent ranges add up to the whole. A
+tenant without billing periods recorded is rated in calendar months, every plan's included
+inputs whole, as before. As in billing, usage is priced by the plan it was made on (rollups
+keep it), each plan's included inputs covering its own usage.
 
-Which plans a tenant-month pays for, and how much of each plan's included inputs it has,
-follow billing (``plan_months``). Where the tenant's plan spans cover the month's billing
-periods, as billing shares their included inputs between the plans of a plan change: each
-plan's included inputs are its share of the billing period its usage falls in (its time
-there over the period's length, rounded up, as ``billing.rating.rate`` takes a share), and
-its base fee is earned for its time in the month over the month's length (a move to free
-leaves the paid plan the rest of its period, which Stripe did not credit). So a day on
-scale earns a thirtieth of scale's fee and of its 2,000,000 included inputs, as Stripe and
-the invoice charge it, and a range earns the fees of the plans it saw. Elsewhere (periods
-from before spans were kept) a month is priced as before: every plan's included inputs
-whole, and a base fee for each run of paid billing periods (``billing.BillingPeriod``)
-overlapping it, a period cut short by a cancellation included; a tenant-month without
-periods recorded pays its last call's plan's. A base fee is earned even in a range without
-a call on its plan, reported then under model ``(base fee)`` on the days it was earned.
+The base fee is earned by the time the range covers in each calendar month, to the same
+effect (``plan_months``): where the tenant's plan spans cover the month's billing periods,
+each plan's fee for its time in the month over the month's length (a move to free leaves
+the paid plan the rest of its period, which Stripe did not credit), so a day on scale earns
+a thirtieth of scale's fee; elsewhere (periods from before spans were kept) a base fee for
+each run of paid billing periods (``billing.BillingPeriod``) overlapping the month, a period
+cut short by a cancellation included; a tenant-month without periods recorded pays its last
+call's plan's. A base fee is earned even in a range without a call on its plan, reported
+then under model ``(base fee)`` on the days it was earned. Each charge is shared among the
+range's rollup rows by quantity: usage lines by billable inputs of their tier, fine-tuning
+by trained tokens, the base fee by inputs.
 
 Revenue is in micro-units of each plan's currency, cost (the workers' compute time x their
 hourly price) in micro-units of the cost currency (``cost_currency``): amounts in two
@@ -38,16 +36,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 from django.db.models import F
 
 from billing.periods import months
-from billing.rating import rate
-from billing.usage_pricing import allocate, line_key
+from billing.usage_pricing import allocate
 from core.moments import utc_clamped
-from plans.models import MODEL_TIERS, Plan
+from plans.models import Plan
 from plans.terms import micros_per_minor
 from tenants.models import Tenant
 
@@ -61,7 +57,8 @@ from .money import (
     simulated_margin_fill,
     usage_add,
 )
-from .plan_months import Month, Runs, Shared, month_terms
+from .period_usage import read_from, usage_revenue
+from .plan_months import Month, Runs, Shared, month_terms, recorded
 
 DIMENSIONS = ("tenant", "model", "plan", "day")
 BASE_FEE = "(base fee)"  # the model a base fee without calls on its plan is reported under
@@ -76,90 +73,18 @@ def _days(start: datetime, end: datetime) -> tuple[date, date]:
     return start.date(), (end - MICROSECOND).date()
 
 
-def _month_rows(
-    months_touched: list[tuple[datetime, datetime]],
-) -> dict[tuple[str, date], list[UsageRollup]]:
-    """Every live rollup row of the months a range touches, whole, by tenant-month in day
-    order: what a range's rows are charged depends on the usage before them in their month
-    (it may have used up the included inputs), and the plan a month ends on on the usage
-    after them."""
+def _live_rows(since: date, months_touched: list[Month]) -> list[UsageRollup]:
+    """Every live rollup row from ``since`` to the end of the months a range touches, in
+    day order: what a range's rows are charged depends on the usage before them in their
+    billing period (it may have used up the included inputs), and the plan a month ends on
+    on the usage after them."""
     rows = UsageRollup.objects.unscoped().filter(
-        livemode=True,
-        day__gte=months_touched[0][0].date(),
-        day__lte=(months_touched[-1][1] - MICROSECOND).date(),
+        livemode=True, day__gte=since, day__lte=(months_touched[-1][1] - MICROSECOND).date()
     )
-    grouped: dict[tuple[str, date], list[UsageRollup]] = defaultdict(list)
     # NOTE: a day's rollups are ordered by their latest call: "the plan of the month's last
     # call" then does not change with the range asked for, nor with a rebuild (which
     # creates them in another order than the consumer did; ids alone decided before).
-    for row in rows.order_by("day", F("last_at").asc(nulls_first=True), "pk"):
-        grouped[(row.tenant_id, row.day.replace(day=1))].append(row)
-    return grouped
-
-
-def _quantity(row: UsageRollup, plan: Plan) -> tuple[str, int]:
-    """The charge line a rollup row counts towards under ``plan``, and by how much:
-    billable inputs (cached ones only where the plan bills them), or trained tokens."""
-    if row.kind != "inference":
-        return line_key(row.kind, row.model), row.tokens
-    billable = row.inputs - (0 if plan.cached_results_billed else row.cached)
-    return line_key(row.kind, row.model), max(billable, 0)
-
-
-def _charges(
-    rows: list[UsageRollup], plan: Plan, month: Month, share: Fraction | None
-) -> dict[str, int]:
-    """Charge line key -> minor units for ``rows`` rated together under ``plan``, with
-    ``share`` of its included inputs (None: all of them), base fee excluded (it is prorated
-    by time, not rated by usage)."""
-    if not rows:
-        return {}
-    inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
-    tokens = 0
-    for row in rows:
-        key, quantity = _quantity(row, plan)
-        if key.startswith("usage:"):
-            inputs[key.removeprefix("usage:")] += quantity
-        else:
-            tokens += quantity
-    rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens, period_start=month[0],
-                 period_end=month[1], include_base_fee=False, share=share)  # fmt: skip
-    return {line.key: line.amount for line in rated.lines}
-
-
-def _revenue(
-    rows: list[UsageRollup],
-    in_range: list[UsageRollup],
-    plan: Plan,
-    month: Month,
-    days: tuple[date, date],
-    base_fee: int,
-    share: Fraction | None,
-) -> dict[int, int]:
-    """Minor units of revenue per row of ``in_range`` (by id): of one tenant-month's rows
-    made on ``plan`` (``rows``, the whole month), the marginal charge of those in the range
-    (the month rated up to the range's last day minus rated up to its first), each line
-    shared by its quantity; and ``base_fee`` (prorated already) shared by inputs."""
-    first, last = days
-    charges = _charges([row for row in rows if row.day <= last], plan, month, share)
-    before = _charges([row for row in rows if row.day < first], plan, month, share)
-    for key, amount in before.items():
-        charges[key] = charges.get(key, 0) - amount  # lines only grow with usage: never < 0
-    quantities = {row.pk: _quantity(row, plan) for row in in_range}
-    inputs = {row.pk: row.inputs for row in in_range}
-    revenue: dict[int, int] = defaultdict(int)
-    for key, amount in [*charges.items(), ("base_fee", base_fee)]:
-        weights = {pk: q for pk, (k, q) in quantities.items() if k == key}
-        if not any(weights.values()):
-            # NOTE: a line can grow without a row of its own in the range: dearer inputs in
-            # the range take the included inputs that cheaper ones before it had, so the
-            # cheaper tier's line grows. The range's inputs made it grow.
-            weights = inputs
-        if not any(weights.values()):
-            weights = dict.fromkeys(inputs, 1)
-        for pk, part in allocate(amount, weights).items():
-            revenue[pk] += part
-    return revenue
+    return list(rows.order_by("day", F("last_at").asc(nulls_first=True), "pk"))
 
 
 def _plan_cache() -> Callable[[str], Plan]:
@@ -182,18 +107,27 @@ def _rows_with_money(
     months_touched = list(months(start, end))
     if not months_touched:
         return []
-    month_bounds = {m[0].date(): m for m in months_touched}
-    terms_of = month_terms(months_touched)
+    lo = months_touched[0][0]
+    book = recorded(months_touched)
+    terms_of = month_terms(months_touched, book)
+    rows = _live_rows(read_from(book, lo), months_touched)
     plans = _plans(proposed)
+    usage = usage_revenue(rows, book, lo, _days(start, end), plans)
+    by_month: dict[tuple[str, date], list[UsageRollup]] = defaultdict(list)
+    for row in rows:
+        if row.day >= lo.date():
+            by_month[(row.tenant_id, row.day.replace(day=1))].append(row)
+    month_bounds = {m[0].date(): m for m in months_touched}
     out: list[Money] = []
-    for (tenant_id, month_start), month_rows in _month_rows(months_touched).items():
+    for (tenant_id, month_start), month_rows in by_month.items():
         # No billing period recorded: the plan of the month's last call pays its fee.
         fallback = Runs(Counter([month_rows[-1].plan_id]))
         terms = terms_of.pop((tenant_id, month_start), fallback)
         out += _month_money(tenant_id, month_bounds[month_start], month_rows, terms,
-                            (start, end), plans)  # fmt: skip
+                            (start, end), plans, usage)  # fmt: skip
     for (tenant_id, month_start), terms in terms_of.items():  # months without a call
-        out += _month_money(tenant_id, month_bounds[month_start], [], terms, (start, end), plans)
+        out += _month_money(tenant_id, month_bounds[month_start], [], terms, (start, end),
+                            plans, usage)  # fmt: skip
     return out
 
 
@@ -210,27 +144,27 @@ def _month_money(
     terms: Runs | Shared,
     bounds: tuple[datetime, datetime],
     plans: Callable[[str], Plan],
+    usage: dict[int, int],
 ) -> list[Money]:
-    """One tenant-month's rows in the range with their revenue: each plan's rows rated
-    together under its terms, and its base fee for the range; a plan with a fee and no
-    call in the range gets rows of its own."""
+    """One tenant-month's rows in the range with their revenue: their usage revenue (rated
+    per billing period: ``usage``), and each plan's base fee for the range shared among its
+    rows by inputs; a plan with a fee and no call in the range gets rows of its own."""
     start, end = bounds
-    days = _days(start, end)
+    first, last = _days(start, end)
     by_plan: dict[str, list[UsageRollup]] = defaultdict(list)
     for row in month_rows:
-        by_plan[row.plan_id].append(row)
+        if first <= row.day <= last:
+            by_plan[row.plan_id].append(row)
     out: list[Money] = []
-    for plan_id, rows in by_plan.items():
-        in_range = [row for row in rows if days[0] <= row.day <= days[1]]
-        if not in_range:
-            continue
+    for plan_id, in_range in by_plan.items():
         plan = plans(plan_id)
-        fee = terms.fee(plan, month, start, end)
-        revenue = _revenue(rows, in_range, plan, month, days, fee, terms.share(plan_id))
-        out += [(row, revenue[row.pk], plan) for row in in_range]
-    charged = {row.plan_id for row, _, _ in out}
+        weights = {row.pk: row.inputs for row in in_range}
+        if not any(weights.values()):
+            weights = dict.fromkeys(weights, 1)
+        fees = allocate(terms.fee(plan, month, start, end), weights)
+        out += [(row, usage.get(row.pk, 0) + fees[row.pk], plan) for row in in_range]
     for plan_id in terms.plans():  # no call on its plan in the range: rows of its own
-        if plan_id not in charged:
+        if plan_id not in by_plan:
             plan = plans(plan_id)
             out += _base_fee_rows(tenant_id, plan, terms.fee_days(plan, month, start, end))
     return out

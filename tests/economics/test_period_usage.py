@@ -1,0 +1,95 @@
+"""Margins and the simulator rate usage per billing period, as billing does, where Stripe's
+periods do not begin on the 1st: a period running over two calendar months is rated as
+one, and each plan's included inputs are its share of that period. The reviewer's method:
+the simulator with every base fee at 0 gives the usage charges alone, compared with
+``rate_tenant_period(...).usage_total`` for the same tenant and period. October 2025 has
+31 days, November 30."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+import pytest
+
+from billing.rating import rate_tenant_period
+from economics.models import UsageRollup
+from economics.selectors import pricing_simulate
+from plans.models import Plan
+from tests.economics.test_plan_months import DEC, NOV, calls, day, recorded
+from tests.factories import TenantFactory, subscribe
+
+pytestmark = pytest.mark.django_db
+OCT = datetime(2025, 10, 1, tzinfo=UTC)
+NO_FEES = {"free": {"base_fee": 0}, "pro": {"base_fee": 0}, "scale": {"base_fee": 0}}
+
+
+def usage_of(tenant, start, end) -> int:
+    """Cents of usage the simulator charges the tenant in [start, end), base fees at 0."""
+    report = pricing_simulate(start=start, end=end, proposed=NO_FEES)
+    mine = report["tenants"].get(tenant.pk)
+    return mine["simulated_revenue_micros"] // 10_000 if mine else 0
+
+
+def billed(tenant, start, end) -> int:
+    """What billing rates for the usage of the period [start, end)."""
+    rated = rate_tenant_period(tenant=tenant, plan=Plan.objects.get(pk="pro@1"), start=start,
+                               end=end, include_base_fee=False)  # fmt: skip
+    return rated.usage_total
+
+
+def test_an_upgrade_inside_a_period_anchored_on_the_17th_has_its_share_of_that_period():
+    """Pro from 17 October, scale from 10 November: scale has 7 of the period's 31 days,
+    7/31 of its 2,000,000 included inputs (451,613), so 500,000 scale inputs on the 12th are
+    48,387 over (967.74 at 20 per 1,000: 968). Was 0: November gave scale the largest of
+    its shares in the periods overlapping it, the whole of the next period's."""
+    tenant = TenantFactory()
+    subscribe(tenant, "scale")
+    recorded(tenant,
+             [(day(17, OCT), day(17), None, "scale@1"), (day(17), day(17, DEC), None, "scale@1")],
+             [(day(17, OCT), "pro@1"), (day(10), "scale@1")])  # fmt: skip
+    calls(tenant, (500_000, "scale@1", day(12)))
+    assert billed(tenant, day(17, OCT), day(17)) == 968
+    assert usage_of(tenant, day(17, OCT), day(17)) == 968
+    assert usage_of(tenant, NOV, DEC) == 968
+    # Ranges cut anywhere add up to the period's charge.
+    cuts = [OCT, NOV, day(12), day(13), DEC]
+    assert [usage_of(tenant, lo, hi) for lo, hi in pairwise(cuts)] == [0, 0, 968, 0]
+
+
+def test_a_subscription_begun_on_the_29th_rates_its_period_as_one():
+    """Pro from 29 October (a period to 29 November): 80,000 inputs on 30 October and
+    80,000 on 5 November are 160,000 in one period, 60,000 past pro's 100,000 (2,400 at 40
+    per 1,000), all of it November's: its inputs pushed the period past the allowance. Was
+    0: each calendar month had a whole allowance."""
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    recorded(tenant, [(OCT, day(29, OCT), None, "free@1"), (day(29, OCT), day(29), None, "pro@1")],
+             [(OCT, "free@1"), (day(29, OCT), "pro@1")])  # fmt: skip
+    calls(tenant, (80_000, "pro@1", day(30, OCT)), (80_000, "pro@1", day(5)))
+    assert billed(tenant, day(29, OCT), day(29)) == 2_400
+    assert usage_of(tenant, day(29, OCT), day(29)) == 2_400
+    assert [usage_of(tenant, OCT, NOV), usage_of(tenant, NOV, DEC)] == [0, 2_400]
+    assert usage_of(tenant, OCT, DEC) == 2_400
+
+
+def test_a_day_split_by_a_period_boundary_goes_by_the_time_of_its_last_call():
+    """Free, then pro from 14:32 on 29 October. Free's calls at noon that day and pro's at
+    15:00 fall on the same UTC day, either side of the boundary; each rollup row is rated in
+    the period its last call was made in, as billing rates each call in its own: pro's
+    80,000 there and 90,000 on 5 November are 70,000 past its 100,000 (2,800). A row without
+    its last call's time (from before it was kept) goes to the period its day ends in."""
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    boundary = day(29, OCT) + timedelta(hours=14, minutes=32)
+    renewal = boundary + timedelta(days=31)
+    recorded(tenant, [(OCT, boundary, None, "free@1"), (boundary, renewal, None, "pro@1")],
+             [(OCT, "free@1"), (boundary, "pro@1")])  # fmt: skip
+    afternoon = day(29, OCT) + timedelta(hours=3)  # (calls are made at noon, plus this)
+    calls(tenant, (500, "free@1", day(29, OCT)), (80_000, "pro@1", afternoon),
+          (90_000, "pro@1", day(5)))  # fmt: skip
+    assert billed(tenant, boundary, renewal) == 2_800
+    assert usage_of(tenant, OCT, DEC) == 2_800
+    assert usage_of(tenant, OCT, NOV) + usage_of(tenant, NOV, DEC) == 2_800
+    UsageRollup.objects.unscoped().filter(tenant_id=tenant.pk).update(last_at=None)
+    assert usage_of(tenant, OCT, DEC) == 2_800
