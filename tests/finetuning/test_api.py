@@ -18,6 +18,25 @@ def create(client, **body):
     return client.post("/v1/fine-tunes", body, format="json")
 
 
+def create_at_once(secret: str, dataset_id: str, count: int = 4) -> list:
+    """``count`` creates of a job on ``dataset_id`` sent at once, each on its own connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+    from rest_framework.test import APIClient
+
+    def create_one(_):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+        try:
+            return create(client, base_model="minilm-l6", training_dataset=dataset_id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(create_one, range(count)))
+
+
 def assert_error(response, status, code, param=None):
     assert response.status_code == status, response.content
     error = response.json()["error"]

@@ -5,19 +5,14 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from rest_framework.test import APIClient
 
 from finetuning.models import FineTuneJob
 from inference.models import AIModel
 from tests.factories import TenantFactory, make_key, subscribe
 from tests.finetuning.conftest import read_rows
-from tests.finetuning.test_api import assert_error
+from tests.finetuning.test_api import assert_error, create_at_once
 
 pytestmark = pytest.mark.django_db
-
-
-def create(client, **body):
-    return client.post("/v1/fine-tunes", body, format="json")
 
 
 def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkeypatch):
@@ -27,10 +22,8 @@ def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkey
     count and the insert were made atomic. NOTE: it guards the tenant lock on PostgreSQL
     (CI); on SQLite, IMMEDIATE transactions serialise the creates with or without it."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     from django.core.files.uploadedfile import SimpleUploadedFile
-    from django.db import connection
 
     from datasets.services import dataset_create
     from finetuning import dispatch, services
@@ -58,16 +51,7 @@ def test_the_model_limit_holds_under_concurrent_creates(transactional_db, monkey
 
     monkeypatch.setattr(services, "_check_plan", check_then_wait)
 
-    def create_one(_):
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-        try:
-            return create(client, base_model="minilm-l6", training_dataset=dataset.id)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(create_one, range(4)))
+    responses = create_at_once(secret, dataset.id)
     assert sorted(r.status_code for r in responses) == [201, 201, 402, 402], [
         r.content for r in responses
     ]

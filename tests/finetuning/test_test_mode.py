@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from finetuning.models import FineTuneJob
 from tests.factories import TenantFactory, make_key, subscribe
-from tests.finetuning.test_api import assert_error, create
+from tests.finetuning.test_api import assert_error, create, create_at_once
 from tests.finetuning.test_dispatch import sent_requests
 
 pytestmark = pytest.mark.django_db
@@ -73,11 +73,8 @@ def test_the_daily_limit_holds_under_concurrent_creates(transactional_db, monkey
     waits, once it has counted, for the others to count too (or a second: they are then
     waiting for its lock on the tenant's row)."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     from django.core.files.uploadedfile import SimpleUploadedFile
-    from django.db import connection
-    from rest_framework.test import APIClient
 
     from datasets.services import dataset_create
     from finetuning import budget, services
@@ -101,16 +98,7 @@ def test_the_daily_limit_holds_under_concurrent_creates(transactional_db, monkey
 
     monkeypatch.setattr(services, "check_test_mode_jobs", check_then_wait)
 
-    def create_one(_):
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-        try:
-            return create(client, base_model="minilm-l6", training_dataset=dataset.id)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(create_one, range(4)))
+    responses = create_at_once(secret, dataset.id)
     assert sorted(r.status_code for r in responses) == [201, 201, 429, 429], [
         r.content for r in responses
     ]

@@ -132,9 +132,8 @@ def test_a_failing_forward_pass_fails_its_callers_not_the_batcher() -> None:
         batcher.close()
 
 
-def test_a_call_of_hundreds_of_texts_shares_its_passes_with_the_calls_behind_it() -> None:
-    """Texts are taken a call at a time in turns: a one-text call queued behind a call of
-    300 (a few-shot request's examples) rides the next forward pass, not the 38th."""
+def _gated(*, max_batch_size: int) -> tuple[DynamicBatcher, threading.Event, list[list[int]]]:
+    """A batcher whose forward passes wait at a gate and record each pass's first ids."""
     gate = threading.Event()
     passes: list[list[int]] = []
 
@@ -143,7 +142,16 @@ def test_a_call_of_hundreds_of_texts_shares_its_passes_with_the_calls_behind_it(
         passes.append([ids[0] for ids in batch])
         return torch.ones(len(batch), 4)
 
-    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=8, max_wait_ms=0)
+    batcher = DynamicBatcher(
+        recorded, max_batch_tokens=10_000, max_batch_size=max_batch_size, max_wait_ms=0
+    )
+    return batcher, gate, passes
+
+
+def test_a_call_of_hundreds_of_texts_shares_its_passes_with_the_calls_behind_it() -> None:
+    """Texts are taken a call at a time in turns: a one-text call queued behind a call of
+    300 (a few-shot request's examples) rides the next forward pass, not the 38th."""
+    batcher, gate, passes = _gated(max_batch_size=8)
     try:
         first = batcher.submit([0])  # the model thread takes it and waits at the gate
         time.sleep(0.1)
@@ -162,15 +170,7 @@ def test_tenants_take_turns_not_calls() -> None:
     """One tenant's four 100-text calls and another tenant's one: the turns go round the
     tenants, so the lone tenant gets every other text of each pass, and the busy tenant's
     calls share its turns among themselves (per call, it got one text in five)."""
-    gate = threading.Event()
-    passes: list[list[int]] = []
-
-    def recorded(batch: Sequence[Sequence[int]]) -> torch.Tensor:
-        gate.wait(5)
-        passes.append([ids[0] for ids in batch])
-        return torch.ones(len(batch), 4)
-
-    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=8, max_wait_ms=0)
+    batcher, gate, passes = _gated(max_batch_size=8)
     try:
         first = batcher.submit([0])  # the model thread takes it and waits at the gate
         time.sleep(0.1)
@@ -190,17 +190,9 @@ def test_tenants_take_turns_not_calls() -> None:
 def test_the_turns_go_on_across_passes() -> None:
     """A pass that fills stops at a tenant whose turn then comes first in the next one:
     three tenants with a pass of four, not the first two tenants' texts first."""
-    gate = threading.Event()
-    passes: list[list[int]] = []
-
-    def recorded(batch: Sequence[Sequence[int]]) -> torch.Tensor:
-        gate.wait(5)
-        passes.append([ids[0] for ids in batch])
-        return torch.ones(len(batch), 4)
-
-    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=4, max_wait_ms=0)
+    batcher, gate, passes = _gated(max_batch_size=4)
     try:
-        first = batcher.submit([0])
+        first = batcher.submit([0])  # the model thread takes it and waits at the gate
         time.sleep(0.1)
         futures = [f for t in (1, 2, 3) for f in batcher.submit_many([[t]] * 4, owner=t)]
         gate.set()
@@ -213,17 +205,9 @@ def test_the_turns_go_on_across_passes() -> None:
 def test_texts_whose_caller_gave_up_take_no_room_in_a_pass() -> None:
     """A call past its deadline has its waiting texts cancelled (classify_as_done): the next
     pass is filled with other texts, not cut short by the dropped ones."""
-    gate = threading.Event()
-    passes: list[list[int]] = []
-
-    def recorded(batch: Sequence[Sequence[int]]) -> torch.Tensor:
-        gate.wait(5)
-        passes.append([ids[0] for ids in batch])
-        return torch.ones(len(batch), 4)
-
-    batcher = DynamicBatcher(recorded, max_batch_tokens=10_000, max_batch_size=8, max_wait_ms=0)
+    batcher, gate, passes = _gated(max_batch_size=8)
     try:
-        first = batcher.submit([0])
+        first = batcher.submit([0])  # the model thread takes it and waits at the gate
         time.sleep(0.1)
         given_up = batcher.submit_many([[1]] * 8, owner="late")
         waiting = batcher.submit_many([[2]] * 8, owner="other")
