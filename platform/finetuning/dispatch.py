@@ -235,6 +235,7 @@ def fine_tunes_dispatch_sweep(*, now: datetime | None = None, lost_messages: boo
 
 # A send runs right after its dispatch commits: one not begun this long after is lost.
 SEND_GRACE_S = 60
+_lost_checked_at = 0.0  # (unix seconds) when lost messages were last looked for
 
 
 def _lost_sends_reset() -> int:
@@ -294,8 +295,14 @@ def _lost_messages_retry(*, now: datetime | None = None) -> int:
     sat ``queued`` for good, and held its tenant's slot. A job found so is marked; found so
     again ``FINETUNE_HEARTBEAT_TIMEOUT_S`` later (its ``started`` event had time to land), it
     is retried, then failed, as a job whose worker went silent is. Returns jobs handled."""
+    global _lost_checked_at
     now = now or timezone.now()
     timeout = float(settings.FINETUNE_HEARTBEAT_TIMEOUT_S)
+    # At most every quarter of the timeout (the sweep runs every few seconds, and this reads
+    # the whole training queue), whatever the clock did.
+    if 0 <= now.timestamp() - _lost_checked_at < timeout / 4:
+        return 0
+    _lost_checked_at = now.timestamp()
     sent = list(
         FineTuneJob.objects.unscoped()  # an operator's job across every tenant
         .filter(status=Status.QUEUED, dispatched_at__lt=now - timedelta(seconds=SEND_GRACE_S))
@@ -305,23 +312,27 @@ def _lost_messages_retry(*, now: datetime | None = None) -> int:
         return 0
     client = _redis()
     on_queue = _queued_attempts(client)
-    handled = 0
-    for job_id, attempt in sent:
-        mark = f"ft:missing:{job_id}:{attempt}"
-        if (job_id, attempt) in on_queue:
-            client.delete(mark)
-            continue
-        client.set(mark, now.timestamp(), nx=True, ex=KEY_TTL_S)
-        since = float(client.get(mark) or now.timestamp())
-        if now.timestamp() - since < timeout:
-            continue
+    marks = {(job_id, attempt): f"ft:missing:{job_id}:{attempt}" for job_id, attempt in sent}
+    pipe = client.pipeline(transaction=False)
+    for key, mark in marks.items():
+        if key in on_queue:
+            pipe.delete(mark)
+        else:
+            pipe.set(mark, now.timestamp(), nx=True, ex=KEY_TTL_S)
+            pipe.get(mark)
+    replies = iter(pipe.execute())
+    lost = []
+    for key in marks:
+        next(replies)
+        if key not in on_queue and now.timestamp() - float(next(replies)) >= timeout:
+            lost.append(key)
+    for job_id, attempt in lost:
         with transaction.atomic():
-            job = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
-            if job is None or job.status != Status.QUEUED or job.attempt != attempt:
+            found = FineTuneJob.objects.unscoped().select_for_update().filter(pk=job_id).first()
+            if found is None or found.status != Status.QUEUED or found.attempt != attempt:
                 continue
-            job_retry_or_fail(job, seconds=timeout, why=messages.EV_MESSAGE_LOST)
-            handled += 1
-    return handled
+            job_retry_or_fail(found, seconds=timeout, why=messages.EV_MESSAGE_LOST)
+    return len(lost)
 
 
 def _queued_attempts(client: redis.Redis) -> set[tuple[str, int]]:

@@ -78,16 +78,21 @@ def quota_holds_release(*, now: float | None = None, batch: int = 1000) -> Relea
 
 
 # A hold re-keyed to the request id its call takes over (KEYS 1: the set of holds, 2: the
-# counter; ARGV 1: the hold now, 2: the hold under the id taken over, 3: its inputs). An
-# earlier attempt's hold under that id (its API died) is superseded: its inputs go back.
+# counter; ARGV 1: the hold now, 2: its hold under the id taken over, 3: the first attempt's
+# hold, 4: its inputs, 5: now in ms). The first attempt's hold, if still there and past its
+# call's end (its API is gone: a live one settles its own), is superseded: inputs back.
 REKEY = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then
   return false
 end
 local given = false
-if redis.call('ZREM', KEYS[1], ARGV[2]) == 1 and redis.call('EXISTS', KEYS[2]) == 1 then
-  given = redis.call('DECRBY', KEYS[2], ARGV[3])
+local first = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if first and tonumber(first) <= tonumber(ARGV[5]) then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    given = redis.call('DECRBY', KEYS[2], ARGV[4])
+  end
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], score, ARGV[2])
@@ -98,18 +103,22 @@ return given
 def hold_rekey(admission: Admission, *, request_id: str) -> None:
     """An Idempotency-Key retry that takes over its first attempt's request id (that
     attempt's API died mid-call): its hold moves to that id, which its ledger row will carry,
-    and the first attempt's hold, if still there, is released with its inputs given back.
-    Before, the first attempt's hold was kept (the ledger has its id: the retry's row) beside
-    the retry's reservation: the call counted twice against the cap."""
+    and the first attempt's hold, if still there and past its call's end, is released with
+    its inputs given back. Before, the first attempt's hold was kept (the ledger has its id:
+    the retry's row) beside the retry's reservation: the call counted twice against the cap.
+    Each hold names the attempt that made it, so a first attempt still running (slow, not
+    dead) settles its own hold, never the retry's."""
     if not admission.held:
         return
-    _, inputs, counter = admission.held.split(" ", 2)
-    taken_over = f"{request_id} {inputs} {counter}"
-    if taken_over == admission.held:
+    _, inputs, counter, own = admission.held.split(" ", 3)
+    if own == request_id:
         return
+    taken_over = f"{request_id} {inputs} {counter} {own}"
+    first = f"{request_id} {inputs} {counter} {request_id}"
     script: Any = redis_client().register_script(REKEY)
+    now_ms = int(time.time() * 1000)
     with contextlib.suppress(redis.RedisError):  # (the sweep settles it then, by its old id)
-        script(keys=[HOLDS_KEY, counter], args=[admission.held, taken_over, inputs])
+        script(keys=[HOLDS_KEY, counter], args=[admission.held, taken_over, first, inputs, now_ms])
         admission.held = taken_over
 
 
@@ -124,10 +133,9 @@ def _in_ledger(event_ids: list[str]) -> set[str]:
 
 
 def _parse(hold: bytes | str) -> tuple[str, str, int, str]:
-    """(hold, request id, inputs, counter key) from "<request id> <inputs> <counter key>";
-    one that does not parse (written by no version of this code) is released, refunding
-    nothing."""
+    """(hold, request id, inputs, counter key) from "<request id> <inputs> <counter key>
+    <attempt's id>"; one that does not parse (written by no version of this code) is
+    released, refunding nothing."""
     text = hold.decode() if isinstance(hold, bytes) else hold
-    request_id, _, rest = text.partition(" ")
-    count, _, counter = rest.partition(" ")
+    request_id, count, counter, *_ = [*text.split(" ", 3), "", "", ""]
     return text, request_id, int(count) if count.isdigit() else 0, counter or HOLDS_KEY

@@ -12,7 +12,9 @@ caller runs it again with the period's inputs in the ledger (ARGV 11), which it 
 the counter is still missing, so concurrent seeds cannot count anything twice.
 
 A reservation is also held, until its call is settled, in the set of holds (KEYS 5, sorted by
-when the call must have ended), as "<request id> <inputs> <counter key>": one whose API
+when the call must have ended), as "<request id> <inputs> <counter key> <attempt's own id>"
+(the first two ids differ once an Idempotency-Key retry takes over its first attempt's:
+``holds.hold_rekey``): one whose API
 process died before it settled is found there and released (``limits.holds``).
 
 KEYS: 1 tenant limiter, 2 key limiter, 3 in-flight set (sorted by expiry), 4 quota counter,
@@ -75,7 +77,8 @@ if inputs > 0 then
     end
     used = redis.call('INCRBY', KEYS[4], inputs)
     redis.call('EXPIRE', KEYS[4], tonumber(ARGV[10]))
-    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4])
+    local hold = ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4] .. ' ' .. ARGV[8]
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), hold)
   end
   if cap >= 0 then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[9]), ARGV[8])

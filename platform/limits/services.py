@@ -368,7 +368,7 @@ def limits_admit(
         inflight_key=keys[2],
         quota_key=keys[3] if reserved else "",
         reserved=reserved,
-        held=f"{request_id} {reserved} {keys[3]}" if reserved else "",
+        held=f"{request_id} {reserved} {keys[3]} {request_id}" if reserved else "",
         headers=headers,
         prefetched=None if values is None else dict(zip(prefetch, values, strict=True)),
         plan_id=plan.pk,

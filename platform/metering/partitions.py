@@ -26,7 +26,9 @@ SQLite (the embedded default) keeps one table with its unique constraint: nothin
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,13 +60,21 @@ CREATE TRIGGER metering_usagerecord_once BEFORE INSERT ON metering_usagerecord
 """
 
 
-def skip_stored() -> None:
-    """For the rest of this transaction, the ledger skips a row whose event id is stored
-    rather than refusing it (the usage consumer's insert: a redelivered event is a no-op).
-    Call it inside the transaction (``SET LOCAL``)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL metering.skip_stored = 'on'")
+@contextlib.contextmanager
+def skip_stored() -> Iterator[None]:
+    """Within the block, the ledger skips a row whose event id is stored rather than refusing
+    it (the usage consumer's insert: a redelivered event is a no-op). Use it inside a
+    transaction; it is switched off again after (``SET LOCAL`` lasts to the end of the
+    outermost transaction, and would have let a later insert of a stored id be dropped)."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL metering.skip_stored = 'on'")
+        try:
+            yield
+        finally:
+            cursor.execute("SET LOCAL metering.skip_stored = 'off'")
 
 
 def month_start(moment: datetime) -> datetime:
@@ -101,11 +111,9 @@ def ledger_partition(cursor: Any, *, now: datetime) -> None:
         [PARENT],
     )
     constraints = cursor.fetchall()
-    cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1, MAX(occurred_at) FROM {PARENT}")  # noqa: S608
-    next_id, latest = cursor.fetchone()
-    # Every row already stored must be in the legacy partition's range: a worker clock ahead
-    # may have dated some next month, or later.
-    cutover = next_month(month_start(max(now, latest or now)))
+    cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {PARENT}")  # noqa: S608
+    (next_id,) = cursor.fetchone()
+    cutover = next_month(month_start(now))
 
     cursor.execute(f"ALTER TABLE {PARENT} RENAME TO {LEGACY}")
     cursor.execute(f"INSERT INTO {EVENT_IDS} (event_id) SELECT event_id FROM {LEGACY}")  # noqa: S608
@@ -139,11 +147,19 @@ def ledger_partition(cursor: Any, *, now: datetime) -> None:
             cursor.execute(definition)
     # Lookups by event id (the sweep of quota holds, the admin) keep an index.
     cursor.execute(f'CREATE INDEX "{PARENT}_event_id" ON {PARENT} (event_id)')
+    cursor.execute(f"CREATE TABLE {DEFAULT} PARTITION OF {PARENT} DEFAULT")
+    # Rows a worker clock ahead dated next month or later go to the default partition (before
+    # the trigger: their ids are stored), whence their months' tables take them
+    # (``_month_create``): the legacy partition ends at the migration's month, however far
+    # ahead a clock ran (one row ten years ahead would have stretched it over ten years).
+    cursor.execute(
+        f"WITH ahead AS (DELETE FROM {LEGACY} WHERE occurred_at >= '{cutover.isoformat()}'"  # noqa: S608
+        f" RETURNING *) INSERT INTO {DEFAULT} SELECT * FROM ahead"
+    )
     cursor.execute(
         f"ALTER TABLE {PARENT} ATTACH PARTITION {LEGACY}"
         f" FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat()}')"
     )
-    cursor.execute(f"CREATE TABLE {DEFAULT} PARTITION OF {PARENT} DEFAULT")
     cursor.execute(_ONCE)
     _ensure(cursor, now=now, months_ahead=MONTHS_AHEAD)
 
@@ -193,10 +209,17 @@ def _month_create(cursor: Any, name: str, start: datetime, end: datetime) -> Non
     if not cursor.fetchone()[0]:
         cursor.execute(f"CREATE TABLE {name} PARTITION OF {PARENT} FOR VALUES {bounds}")
         return
+    # WARNING: no row may land in the default partition between the move and the attach (it
+    # would be deleted uncopied, its id kept: lost for good). Its lock first, as the attach
+    # takes it anyway: writers of the ledger wait for this transaction (lock_timeout bounds
+    # the wait for it).
+    cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
     # (A table of its own has no trigger until it is attached: the rows move as they are.)
     cursor.execute(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
-    cursor.execute(f"INSERT INTO {name} SELECT * FROM {DEFAULT} WHERE {within}")  # noqa: S608
-    cursor.execute(f"DELETE FROM {DEFAULT} WHERE {within}")  # noqa: S608
+    cursor.execute(
+        f"WITH moved AS (DELETE FROM {DEFAULT} WHERE {within} RETURNING *)"  # noqa: S608
+        f" INSERT INTO {name} SELECT * FROM moved"
+    )
     cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES {bounds}")
 
 

@@ -134,8 +134,8 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
             # carried it, a fine-tune, a plan this database lacks) the tenant's plan now.
             if row.plan_id not in stamped:
                 row.plan_id = plans[row.tenant_id]
-        skip_stored()  # (PostgreSQL's ledger: stored ids skipped by its trigger, not refused)
-        inserted = insert_new(UsageRecord, list(rows.values()), unique="event_id")
+        with skip_stored():  # (PostgreSQL's ledger: stored ids skipped by its trigger)
+            inserted = insert_new(UsageRecord, list(rows.values()), unique="event_id")
         fresh = [row for event_id, row in rows.items() if event_id in inserted]
         # Margin reports read daily rollups, kept in the same transaction as the ledger.
         rollup_apply(rows=fresh)

@@ -221,7 +221,7 @@ def test_a_job_whose_message_was_lost_before_a_worker_started_it_is_sent_again(
         dispatch.fine_tunes_dispatch_sweep(now=now + timedelta(seconds=timeout / 2))
     assert sent() == [] and reload(job).attempt == 1
     with django_capture_on_commit_callbacks(execute=True):
-        dispatch.fine_tunes_dispatch_sweep(now=now + timedelta(seconds=timeout + 1))
+        dispatch.fine_tunes_dispatch_sweep(now=now + timedelta(seconds=timeout * 1.5))
     assert [(r["job_id"], r["attempt"]) for r in sent_requests()] == [(job.id, 2)]
     assert said(reload(job), "no longer on the queue") and reload(later).dispatched_at is None
 

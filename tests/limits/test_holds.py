@@ -95,19 +95,39 @@ def test_the_operators_command_releases_them_too(capped, monkeypatch):
     assert not _refused(capped, 10)
 
 
-def test_an_idempotent_retry_after_its_api_died_counts_the_call_once(tenant):
+def test_an_idempotent_retry_after_its_api_died_counts_the_call_once(tenant, monkeypatch):
     """The first attempt's API died mid-call (its hold left); the client retries with the
-    same Idempotency-Key, which takes over the first attempt's request id (core.views), and
-    the ledger row carries that id. The call is counted once against the cap, not twice."""
+    same Idempotency-Key, which takes over the first attempt's request id (core.views) once
+    the first attempt's lock ran out (its call's end passed), and the ledger row carries that
+    id. The call is counted once against the cap, not twice."""
     on_plan(tenant, custom_plan(monthly_hard_cap=20))
     key = key_of(tenant, make_key(tenant, ["inference"]))
     limits_admit(api_key=key, request_id="req_died", inputs=6)  # its API died here
     retry = limits_admit(api_key=key, request_id="req_retry", inputs=6)
+    later = time.time() + settings.INFERENCE_TIMEOUT_S + 31  # the first attempt's lock ran out
+    monkeypatch.setattr(time, "time", lambda: later)
     hold_rekey(retry, request_id="req_died")  # what the view does once the key is claimed
+    monkeypatch.undo()
     _answered(key, "req_died", 6)
     limits_settle(retry, succeeded=True)
     quota_holds_release(now=_past_every_call())
     assert not _refused(key, 14) and _refused(key, 15)  # 6 of 20 used, not 12
+
+
+def test_a_first_attempt_still_running_at_the_takeover_settles_its_own_hold(tenant):
+    """A slow first attempt, not a dead one: it fails after the retry took its request id
+    over. It gives back its own reservation only; the retry's stays, for the call the ledger
+    bills (the first attempt's settlement had released the retry's hold: 0 counted)."""
+    on_plan(tenant, custom_plan(monthly_hard_cap=20))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    first = limits_admit(api_key=key, request_id="req_slow", inputs=6)
+    retry = limits_admit(api_key=key, request_id="req_retry", inputs=6)
+    hold_rekey(retry, request_id="req_slow")
+    limits_settle(first, succeeded=False)
+    _answered(key, "req_slow", 6)
+    limits_settle(retry, succeeded=True)
+    quota_holds_release(now=_past_every_call())
+    assert not _refused(key, 14) and _refused(key, 15)  # 6 of 20 used
 
 
 def _answered(key, request_id: str, inputs: int) -> None:

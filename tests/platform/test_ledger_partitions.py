@@ -126,3 +126,59 @@ def test_a_month_whose_rows_landed_in_the_default_partition_gets_its_table(tenan
     assert _table_of("req_test7") == partition_name(month_start(early))
     usage_record_bulk(events=[event(tenant, 7, occurred_at=early.isoformat())])  # again
     assert UsageRecord.objects.for_tenant(tenant).filter(event_id="req_test7").count() == 1
+
+
+def test_the_consumers_skip_ends_with_its_insert(tenant):
+    """Skipping stored ids is the consumer's insert's alone: a later write of a stored id in
+    the same transaction is still refused."""
+    from django.db import IntegrityError, transaction
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        usage_record_bulk(events=[event(tenant, 6)])
+        UsageRecord.objects.create(
+            event_id="req_test6", kind="inference", tenant=tenant, api_key_id="key_x",
+            model="minilm-l6", inputs=1, tokens=1, compute_ms=1.0, occurred_at=datetime.now(UTC),
+        )  # fmt: skip
+
+
+def test_a_row_arriving_while_its_month_moves_out_of_the_default_partition_is_kept(
+    tenant, monkeypatch
+):
+    """Another consumer stores a row of the month while its rows move out of the default
+    partition: it waits for the move, then lands in the month's table (it had been deleted
+    uncopied, its id kept: lost for good)."""
+    from metering import partitions
+
+    early = month_start(datetime.now(UTC) + timedelta(days=330)) + timedelta(days=2)
+    usage_record_bulk(events=[event(tenant, 7, occurred_at=early.isoformat())])
+    real, writers = partitions._month_create, []
+
+    def store_later() -> None:
+        try:
+            usage_record_bulk(events=[event(tenant, 8, occurred_at=early.isoformat())])
+        except Exception:  # a refusal the consumer would retry: stored again below
+            usage_record_bulk(events=[event(tenant, 8, occurred_at=early.isoformat())])
+        finally:
+            connections.close_all()
+
+    def moving(cursor, name, start, end) -> None:
+        execute = cursor.execute
+
+        def spy(sql, *args, **kwargs):
+            done = execute(sql, *args, **kwargs)
+            if sql.startswith(f"LOCK TABLE {DEFAULT}"):
+                writers.append(threading.Thread(target=store_later))
+                writers[-1].start()
+                writers[-1].join(1)  # it waits for the move's lock
+            return done
+
+        cursor.execute = spy
+        try:
+            real(cursor, name, start, end)
+        finally:
+            cursor.execute = execute
+
+    monkeypatch.setattr(partitions, "_month_create", moving)
+    assert ledger_partitions_ensure(now=early, months_ahead=0) == [partition_name(early)]
+    writers[0].join(30)
+    assert _table_of("req_test7") == _table_of("req_test8") == partition_name(early)

@@ -59,7 +59,6 @@ def test_the_ledger_insert_stores_rows_as_the_orm_does_and_skips_stored_ones(ten
     from metering.partitions import skip_stored
     from metering.services import LedgerRow
 
-    skip_stored()  # what the usage consumer's transaction says (PostgreSQL's ledger trigger)
     occurred = timezone.now() - timedelta(hours=3)
 
     def row(n: int) -> LedgerRow:
@@ -70,12 +69,13 @@ def test_the_ledger_insert_stores_rows_as_the_orm_does_and_skips_stored_ones(ten
             inputs=n, tokens=10 * n, cached=n % 2, recorded_at=timezone.now(),
         )  # fmt: skip
 
-    assert insert_new(UsageRecord, [row(1), row(2)], unique="event_id") == {
-        "req_rows1",
-        "req_rows2",
-    }
-    # A redelivery beside a new row: only the new one goes in, and nothing is changed.
-    assert insert_new(UsageRecord, [row(2), row(3)], unique="event_id") == {"req_rows3"}
+    with skip_stored():  # as the usage consumer inserts (PostgreSQL's ledger trigger)
+        assert insert_new(UsageRecord, [row(1), row(2)], unique="event_id") == {
+            "req_rows1",
+            "req_rows2",
+        }
+        # A redelivery beside a new row: only the new one goes in, and nothing is changed.
+        assert insert_new(UsageRecord, [row(2), row(3)], unique="event_id") == {"req_rows3"}
     stored = {r.event_id: r for r in UsageRecord.objects.for_tenant(tenant)}
     assert sorted(stored) == ["req_rows1", "req_rows2", "req_rows3"]
     for n in (1, 2, 3):
