@@ -86,11 +86,17 @@ class TenantPeriods:
         return UsagePeriod(first, following, None) if following > self.lo else None
 
 
-def read_from(book: Recorded, lo: datetime) -> date:
-    """The first day whose rows a page reads: the months' first, or the start of a recorded
-    period running into them (its rows before them count against its included inputs)."""
-    starts = [p.start for ps in book.periods.values() for p in ps if p.end > lo]
-    return min([lo, *starts]).date()
+def read_from(book: Recorded, lo: datetime) -> dict[str, date]:
+    """Per tenant whose rows a page reads from before the months' first day, that day: the
+    start of its recorded period running into them (its rows before them count against its
+    included inputs). Per tenant: one tenant's annual period made every tenant's rows of
+    eleven months read."""
+    early: dict[str, date] = {}
+    for tenant_id, periods in book.periods.items():
+        starts = [p.start for p in periods if p.end > lo and p.start < lo]
+        if starts:
+            early[tenant_id] = min(starts).date()
+    return early
 
 
 def quantity(row: UsageRollup, plan: Plan) -> tuple[str, int]:
@@ -157,8 +163,8 @@ def usage_revenue(
     plans: Callable[[str], Plan],
 ) -> dict[int, int]:
     """Minor units of usage revenue of each row in the range of days (by id), ``rows``
-    being every live row of the months read, from ``lo`` (and of the recorded periods
-    running into them, from ``read_from``)."""
+    being every live row of the months read, from ``lo`` (and, for a tenant with a recorded
+    period running into them, from its start: ``read_from``)."""
     tenants: dict[str, TenantPeriods] = {}
     groups: dict[tuple[str, datetime, str], list[UsageRollup]] = defaultdict(list)
     period_of: dict[tuple[str, datetime], UsagePeriod] = {}

@@ -38,7 +38,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import F
+from django.db.models import F, Q
 
 from billing.periods import months
 from billing.usage_pricing import allocate
@@ -73,13 +73,19 @@ def _days(start: datetime, end: datetime) -> tuple[date, date]:
     return start.date(), (end - MICROSECOND).date()
 
 
-def _live_rows(since: date, months_touched: list[Month]) -> list[UsageRollup]:
-    """Every live rollup row from ``since`` to the end of the months a range touches, in
-    day order: what a range's rows are charged depends on the usage before them in their
-    billing period (it may have used up the included inputs), and the plan a month ends on
-    on the usage after them."""
+def _live_rows(early: dict[str, date], months_touched: list[Month]) -> list[UsageRollup]:
+    """Every live rollup row of the months a range touches, and of a tenant in ``early``
+    from that day (its billing period's start), in day order: what a range's rows are
+    charged depends on the usage before them in their billing period (it may have used up
+    the included inputs), and the plan a month ends on on the usage after them."""
+    since = Q(day__gte=months_touched[0][0].date())
+    by_day: dict[date, list[str]] = defaultdict(list)
+    for tenant_id, day in early.items():
+        by_day[day].append(tenant_id)
+    for day, tenant_ids in by_day.items():
+        since |= Q(day__gte=day, tenant_id__in=tenant_ids)
     rows = UsageRollup.objects.unscoped().filter(
-        livemode=True, day__gte=since, day__lte=(months_touched[-1][1] - MICROSECOND).date()
+        since, livemode=True, day__lte=(months_touched[-1][1] - MICROSECOND).date()
     )
     # NOTE: a day's rollups are ordered by their latest call: "the plan of the month's last
     # call" then does not change with the range asked for, nor with a rebuild (which
