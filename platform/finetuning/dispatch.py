@@ -324,7 +324,11 @@ def _lost_messages_retry(*, now: datetime | None = None) -> int:
     lost = []
     for key in marks:
         next(replies)
-        if key not in on_queue and now.timestamp() - float(next(replies)) >= timeout:
+        # (A mark gone between its SET and GET: another process's sweep saw it on the queue.)
+        if (
+            key not in on_queue
+            and now.timestamp() - float(next(replies) or now.timestamp()) >= timeout
+        ):
             lost.append(key)
     for job_id, attempt in lost:
         with transaction.atomic():

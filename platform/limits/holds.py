@@ -78,22 +78,30 @@ def quota_holds_release(*, now: float | None = None, batch: int = 1000) -> Relea
 
 
 # A hold re-keyed to the request id its call takes over (KEYS 1: the set of holds, 2: the
-# counter; ARGV 1: the hold now, 2: its hold under the id taken over, 3: the first attempt's
-# hold, 4: its inputs, 5: now in ms). The first attempt's hold, if still there and past its
-# call's end (its API is gone: a live one settles its own), is superseded: inputs back.
+# counter; ARGV 1: the hold now, 2: its hold under the id taken over, 3: a pattern matching
+# every hold of earlier attempts under that id, 4: their inputs, 5: now in ms). Each such
+# hold past its call's end (its API is gone: a live one settles its own) is superseded:
+# its inputs go back.
 REKEY = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then
   return false
 end
-local given = false
-local first = redis.call('ZSCORE', KEYS[1], ARGV[3])
-if first and tonumber(first) <= tonumber(ARGV[5]) then
-  redis.call('ZREM', KEYS[1], ARGV[3])
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    given = redis.call('DECRBY', KEYS[2], ARGV[4])
+local given = 0
+local cursor = '0'
+repeat
+  local page = redis.call('ZSCAN', KEYS[1], cursor, 'MATCH', ARGV[3], 'COUNT', 200)
+  cursor = page[1]
+  for i = 1, #page[2], 2 do
+    local hold, ends = page[2][i], tonumber(page[2][i + 1])
+    if hold ~= ARGV[1] and ends <= tonumber(ARGV[5])
+       and redis.call('ZREM', KEYS[1], hold) == 1
+       and redis.call('EXISTS', KEYS[2]) == 1 then
+      redis.call('DECRBY', KEYS[2], ARGV[4])
+      given = given + tonumber(ARGV[4])
+    end
   end
-end
+until cursor == '0'
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], score, ARGV[2])
 return given
@@ -103,23 +111,30 @@ return given
 def hold_rekey(admission: Admission, *, request_id: str) -> None:
     """An Idempotency-Key retry that takes over its first attempt's request id (that
     attempt's API died mid-call): its hold moves to that id, which its ledger row will carry,
-    and the first attempt's hold, if still there and past its call's end, is released with
-    its inputs given back. Before, the first attempt's hold was kept (the ledger has its id:
-    the retry's row) beside the retry's reservation: the call counted twice against the cap.
-    Each hold names the attempt that made it, so a first attempt still running (slow, not
-    dead) settles its own hold, never the retry's."""
+    and the holds of earlier attempts under that id (the first's, and a second's that died
+    too), if still there and past their call's end, are released with their inputs given
+    back. Before, they were kept (the ledger has the id: the retry's row) beside the retry's
+    reservation: the call counted twice, or more, against the cap. Each hold names the
+    attempt that made it, so an earlier attempt still running (slow, not dead) settles its
+    own hold, never the retry's."""
     if not admission.held:
         return
     _, inputs, counter, own = admission.held.split(" ", 3)
     if own == request_id:
         return
     taken_over = f"{request_id} {inputs} {counter} {own}"
-    first = f"{request_id} {inputs} {counter} {request_id}"
+    earlier = f"{_glob_escaped(request_id)} {inputs} {_glob_escaped(counter)} *"
     script: Any = redis_client().register_script(REKEY)
     now_ms = int(time.time() * 1000)
     with contextlib.suppress(redis.RedisError):  # (the sweep settles it then, by its old id)
-        script(keys=[HOLDS_KEY, counter], args=[admission.held, taken_over, first, inputs, now_ms])
+        script(
+            keys=[HOLDS_KEY, counter], args=[admission.held, taken_over, earlier, inputs, now_ms]
+        )
         admission.held = taken_over
+
+
+def _glob_escaped(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _in_ledger(event_ids: list[str]) -> set[str]:

@@ -71,10 +71,10 @@ def skip_stored() -> Iterator[None]:
         return
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL metering.skip_stored = 'on'")
-        try:
-            yield
-        finally:
-            cursor.execute("SET LOCAL metering.skip_stored = 'off'")
+        # Off again only after a success: a failed insert fails its transaction, and the
+        # setting goes with it (a statement there would hide the error with its own).
+        yield
+        cursor.execute("SET LOCAL metering.skip_stored = 'off'")
 
 
 def month_start(moment: datetime) -> datetime:
@@ -190,12 +190,31 @@ def _ensure(cursor: Any, *, now: datetime, months_ahead: int) -> list[str]:
                     # Waits this long at most for the ledger's lock (a long report holding
                     # it): queued behind it, every ledger query would wait too.
                     cursor.execute("SET LOCAL lock_timeout = '10s'")
+                    _locks_in_order(cursor)
                     _month_create(cursor, name, start, end)
                 created.append(name)
             except DatabaseError:
                 logger.exception("ledger partition %s not created (tried again tomorrow)", name)
         start = end
     return created
+
+
+def _locks_in_order(cursor: Any) -> None:
+    """The locks a month's creation needs that the product's own transactions take too, in
+    their order: one creation at a time (two would each read the default partition, then
+    each wait for the other to give it up), then the tables the ledger's foreign keys name
+    (attaching the month clones those keys, which locks them: a transaction that wrote a
+    tenant and then read the ledger, waiting for the default partition's lock, deadlocked
+    with a creation that held it and waited for the tenants' table), then the default
+    partition (``_month_create``)."""
+    cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [PARENT])
+    cursor.execute(
+        "SELECT confrelid::regclass::text FROM pg_constraint"
+        " WHERE conrelid = %s::regclass AND contype = 'f'",
+        [PARENT],
+    )
+    for (referenced,) in cursor.fetchall():
+        cursor.execute(f"LOCK TABLE {referenced} IN SHARE ROW EXCLUSIVE MODE")
 
 
 def _month_create(cursor: Any, name: str, start: datetime, end: datetime) -> None:

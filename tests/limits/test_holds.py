@@ -114,6 +114,27 @@ def test_an_idempotent_retry_after_its_api_died_counts_the_call_once(tenant, mon
     assert not _refused(key, 14) and _refused(key, 15)  # 6 of 20 used, not 12
 
 
+def test_a_second_takeover_counts_the_call_once_too(tenant, monkeypatch):
+    """Attempts A and B both die; C takes the request id over from B (which had taken it
+    from A). Every earlier attempt's hold past its call's end goes, not only the first's."""
+    on_plan(tenant, custom_plan(monthly_hard_cap=30))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    window = settings.INFERENCE_TIMEOUT_S + 31
+    real = time.time
+    limits_admit(api_key=key, request_id="req_a", inputs=6)  # died
+    monkeypatch.setattr(time, "time", lambda: real() + window)
+    second = limits_admit(api_key=key, request_id="req_b", inputs=6)
+    hold_rekey(second, request_id="req_a")  # and died too
+    monkeypatch.setattr(time, "time", lambda: real() + 2 * window)
+    third = limits_admit(api_key=key, request_id="req_c", inputs=6)
+    hold_rekey(third, request_id="req_a")
+    _answered(key, "req_a", 6)
+    limits_settle(third, succeeded=True)
+    quota_holds_release(now=real() + 3 * window + HOLD_GRACE_S)
+    assert not _refused(key, 24) and _refused(key, 25)  # 6 of 30 used, not 12 or 18
+    # (the clock stays moved on: the rate limiter's state is ahead of the real one)
+
+
 def test_a_first_attempt_still_running_at_the_takeover_settles_its_own_hold(tenant):
     """A slow first attempt, not a dead one: it fails after the retry took its request id
     over. It gives back its own reservation only; the retry's stays, for the call the ledger

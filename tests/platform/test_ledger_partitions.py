@@ -4,6 +4,7 @@ created ahead, and an event id still counted once whichever month it claims."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -182,3 +183,59 @@ def test_a_row_arriving_while_its_month_moves_out_of_the_default_partition_is_ke
     assert ledger_partitions_ensure(now=early, months_ahead=0) == [partition_name(early)]
     writers[0].join(30)
     assert _table_of("req_test7") == _table_of("req_test8") == partition_name(early)
+
+
+def test_a_month_created_beside_a_tenant_write_that_reads_the_ledger_deadlocks_neither(tenant):
+    """A transaction that wrote a tenant and then reads the ledger, while a month's rows move
+    out of the default partition: the move waits for it (locks in the same order), and both
+    finish (they deadlocked: the move held the default partition and waited for the
+    tenants' table, which attaching the month's foreign key locks)."""
+    from django.db import transaction
+
+    from tenants.models import Tenant
+
+    early = month_start(datetime.now(UTC) + timedelta(days=360)) + timedelta(days=2)
+    usage_record_bulk(events=[event(tenant, 7, occurred_at=early.isoformat())])
+    wrote, failures = threading.Event(), []
+
+    def tenant_write_then_ledger_read() -> None:
+        try:
+            with transaction.atomic():
+                Tenant.objects.filter(pk=tenant.pk).update(name="Renamed")
+                wrote.set()
+                time.sleep(1.5)  # the month's creation starts meanwhile
+                UsageRecord.objects.unscoped().filter(event_id="req_test7").count()
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=tenant_write_then_ledger_read)
+    writer.start()
+    assert wrote.wait(10)
+    created = ledger_partitions_ensure(now=early, months_ahead=0)
+    writer.join(30)
+    assert failures == [] and created == [partition_name(early)]
+    assert _table_of("req_test7") == partition_name(early)
+
+
+def test_an_insert_that_fails_under_the_skip_shows_its_own_error(tenant):
+    """The skip is switched off after a success only: after a failed insert the transaction
+    is aborted, and switching it off there raised "current transaction is aborted" in place
+    of the insert's own error."""
+    from decimal import Decimal
+
+    from django.db import IntegrityError, transaction
+
+    from core.rows import insert_new
+    from metering.partitions import skip_stored
+    from metering.services import LedgerRow
+
+    bad = LedgerRow(
+        event_id="req_bad", kind="inference", tenant_id=tenant.pk, api_key_id="key_x",
+        livemode=True, model="minilm-l6", compute_ms=1.0, worker="w", cost_micros=Decimal(0),
+        pool="cpu", occurred_at=datetime.now(UTC), inputs=-1, tokens=1, cached=0,
+        recorded_at=datetime.now(UTC),
+    )  # fmt: skip
+    with pytest.raises(IntegrityError, match="inputs"), transaction.atomic(), skip_stored():
+        insert_new(UsageRecord, [bad], unique="event_id")
