@@ -322,10 +322,8 @@ def test_cancel_a_running_a_waiting_and_a_queued_job(http, tenant_secret):
     with http(tenant_secret) as client, http(make_key(other, ["admin"])) as theirs:
         dataset = upload(client, TICKETS)
         running = start(client, dataset["id"], method="lora", hyperparameters={"epochs": 5})
-        # Behind it in the database: its tenant's slot is taken, so it is not sent.
-        waiting = start(client, dataset["id"])
-        # Another tenant's job is sent: on the queue behind it (one job at a time).
-        queued = start(theirs, upload(theirs, TICKETS[:80])["id"])
+        waiting = start(client, dataset["id"])  # its tenant's slot is taken: not sent
+        queued = start(theirs, upload(theirs, TICKETS[:80])["id"])  # sent, behind it
         for job, owner in ((waiting, client), (queued, theirs)):
             cancelled = owner.post(f"/v1/fine-tunes/{job['id']}/cancel").json()
             assert cancelled["status"] == "cancelled"
@@ -342,9 +340,8 @@ def test_cancel_a_running_a_waiting_and_a_queued_job(http, tenant_secret):
         # The waiting job was never sent, though the running one's end freed the slot.
         assert FineTuneJob.objects.unscoped().get(pk=waiting["id"]).dispatched_at is None
         assert not [e for e in events(client, waiting["id"]) if e["type"] != "log"]
-        for job_id, owner in ((running["id"], client), (waiting["id"], client),
-                              (queued["id"], theirs)):  # fmt: skip
-            body = owner.get(f"/v1/fine-tunes/{job_id}").json()
+        for job, owner in ((running, client), (waiting, client), (queued, theirs)):
+            body = owner.get(f"/v1/fine-tunes/{job['id']}").json()
             assert body["status"] == "cancelled" and body["fine_tuned_model"] is None
 
 
