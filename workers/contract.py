@@ -84,6 +84,18 @@ MAX_EXAMPLES = 256
 # each, so this bounds a request's example work near that of 96 full inputs (256 examples
 # of 10,000 characters took ~7 s of a worker, billed as one input, starving other calls).
 MAX_EXAMPLES_CHARS = 100_000
+# The encoder reads at most this many tokens of a text, special tokens included
+# (sentence-transformers' max_seq_length for all-MiniLM-L6-v2).
+MAX_TEXT_TOKENS = 256
+# Share of each label a fine-tune holds out for validation when the job names no validation
+# set (the worker's split; the API's token budget estimate counts the rows it leaves).
+VALIDATION_SHARE = 0.2
+
+
+def held_out_rows(label_rows: int, share: float = VALIDATION_SHARE) -> int:
+    """Rows of one label held out: ``share`` of them, at least one, and at least one left
+    to train on."""
+    return min(max(1, round(label_rows * share)), label_rows - 1)
 
 
 class Example(TypedDict):

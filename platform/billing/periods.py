@@ -195,7 +195,14 @@ def plan_shares(*, tenant: Tenant | str, start: datetime) -> dict[str, Fraction]
         return {}
     cuts = [(start, before[0])]
     cuts += list(spans.filter(start__gt=start).order_by("start").values_list("start", "plan_id"))
-    length = (end - start) // _MICROSECOND
+    return cut_shares(cuts, end)
+
+
+def cut_shares(cuts: list[tuple[datetime, str]], end: datetime) -> dict[str, Fraction]:
+    """Plan id -> its share of a period cut into ``cuts`` ((since, plan) from the period's
+    start, in order) that ends at ``end``: each plan's time over the period's length (also
+    the margins pages', ``economics.plan_months``, from spans they read in bulk)."""
+    length = (end - cuts[0][0]) // _MICROSECOND
     shares: dict[str, Fraction] = {}
     for (since, plan_id), (until, _) in zip(cuts, [*cuts[1:], (end, "")], strict=True):
         share = Fraction((until - since) // _MICROSECOND, length)

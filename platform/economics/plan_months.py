@@ -33,7 +33,7 @@ from fractions import Fraction
 from django.db.models import Q
 
 from billing.models import BillingPeriod, PlanSpan
-from billing.periods import months
+from billing.periods import cut_shares, months
 from billing.usage_pricing import allocate
 from core.moments import LAST_INSTANT
 from plans.models import Plan
@@ -166,14 +166,9 @@ class Spans:
         (a plan absent had no time there: none of them); None where billing gives every
         plan its whole allowance (no span at or before the period's start)."""
         cuts = self.cuts(period)
-        length = (period.scheduled_end - period.start) // MICROSECOND
-        if cuts is None or not length:  # (an empty period holds no usage)
+        if cuts is None or period.scheduled_end <= period.start:  # (empty: holds no usage)
             return None
-        bounds = [since for since, _ in cuts[1:]] + [period.scheduled_end]
-        shares: dict[str, Fraction] = defaultdict(Fraction)
-        for (since, plan_id), until in zip(cuts, bounds, strict=True):
-            shares[plan_id] += Fraction((until - since) // MICROSECOND, length)
-        return dict(shares)
+        return cut_shares(cuts, period.scheduled_end)
 
     def time(self, month: Month) -> list[tuple[str, Interval]]:
         """(plan, interval) for each span's time within the month."""

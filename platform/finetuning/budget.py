@@ -19,6 +19,7 @@ from django.utils import timezone
 from core.artifacts import artifact_store
 from core.errors import APIError, InvalidRequest
 from datasets.models import Dataset
+from workers.contract import MAX_TEXT_TOKENS, held_out_rows
 
 from . import messages
 from .models import FineTuneJob
@@ -28,9 +29,6 @@ from .models import FineTuneJob
 # token, and the worker's exact count covers it).
 CHARS_PER_TOKEN = 5
 SPECIAL_TOKENS = 2
-ENCODER_WINDOW = 256  # the encoder reads at most this many tokens of a text (MAX_TOKENS)
-# Share of each label held out when the job names no validation set (workers VALIDATION_SHARE).
-VALIDATION_SHARE = 0.2
 
 
 def job_token_limit(*, livemode: bool) -> int:
@@ -56,14 +54,14 @@ def _text_tokens(text: str) -> int:
             unknown += 1
         else:
             chars += len(word) + 1
-    return min(ENCODER_WINDOW, math.ceil(chars / CHARS_PER_TOKEN) + unknown + SPECIAL_TOKENS)
+    return min(MAX_TEXT_TOKENS, math.ceil(chars / CHARS_PER_TOKEN) + unknown + SPECIAL_TOKENS)
 
 
 def _training_rows(training: Dataset, held_out: bool) -> int:
     """The examples the worker trains on: every row, or those its stratified split keeps."""
     if not held_out:
         return training.rows
-    held = sum(min(max(1, round(n * VALIDATION_SHARE)), n - 1) for n in training.labels.values())
+    held = sum(held_out_rows(n) for n in training.labels.values())
     return training.rows - held
 
 
@@ -79,7 +77,7 @@ def check_token_budget(*, training: Dataset, held_out: bool, epochs: int, livemo
     estimated trained tokens are over the budget of its mode."""
     limit = job_token_limit(livemode=livemode)
     # Cheap first: within the budget even were every text as long as the encoder reads.
-    if epochs * training.rows <= limit // ENCODER_WINDOW:
+    if epochs * training.rows <= limit // MAX_TEXT_TOKENS:
         return
     estimate = trained_tokens_estimate(training=training, held_out=held_out, epochs=epochs)
     if estimate > limit:

@@ -22,11 +22,12 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from workers.contract import MAX_TEXT_TOKENS
+
 from .bert import Adapter, AdapterRows, BertConfig, BertModel, _hf_to_ours, mean_pool, pad_ids
 from .precision import compute_dtype, half_from_tokens, resolve_device
 
-# sentence-transformers' max_seq_length for all-MiniLM-L6-v2, special tokens included.
-MAX_TOKENS = 256
+MAX_TOKENS = MAX_TEXT_TOKENS  # (workers.contract: the API's token estimates read it too)
 # On a CPU, batches whose padding adds at least this share to their real tokens run packed
 # (``Encoder.packs``).
 PACK_MIN_PADDING = 0.06

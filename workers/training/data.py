@@ -9,9 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from workers.artifacts import ArtifactStore
-
-# Share of each label held out for validation when the job names no validation set.
-VALIDATION_SHARE = 0.2
+from workers.contract import VALIDATION_SHARE, held_out_rows
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def stratified_split(
     for label in sorted(by_label):
         indices = by_label[label]
         rng.shuffle(indices)
-        n_held = min(max(1, round(len(indices) * share)), len(indices) - 1)
+        n_held = held_out_rows(len(indices), share)
         held += indices[:n_held]
         train += indices[n_held:]
     return rows.subset(sorted(train)), rows.subset(sorted(held))
