@@ -46,9 +46,11 @@ def subscribe(tenant: Tenant, slug: str, **fields: object) -> object:
     return Subscription.objects.create(
         tenant=tenant,
         plan=Plan.objects.get(slug=slug, is_current=True),
-        current_period_start=now - timedelta(days=1),
-        current_period_end=now + timedelta(days=29),
-        **fields,
+        **{
+            "current_period_start": now - timedelta(days=1),
+            "current_period_end": now + timedelta(days=29),
+            **fields,
+        },
     )
 
 

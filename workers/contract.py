@@ -12,6 +12,7 @@ import enum
 import hashlib
 import json
 import unicodedata
+from datetime import UTC, datetime
 from typing import Literal, NotRequired, TypedDict, cast
 
 CONTRACT_VERSION = 1
@@ -137,6 +138,16 @@ class ClassifyRequest(TypedDict):
     # call is priced by it, however late the event is recorded. Absent: the tenant's plan
     # when the event is recorded.
     plan_id: NotRequired[str]
+    # When the API admitted the call (unix seconds), which dates its usage event: a call
+    # answered after its billing period ended is counted (its quota reservation) and billed in
+    # the period it was admitted in. Absent: dated when answered.
+    admitted_at: NotRequired[float]
+
+
+def request_dated(request: ClassifyRequest) -> datetime:
+    """When a call's usage happened: when the API admitted it (``admitted_at``), else now."""
+    admitted = request.get("admitted_at")
+    return datetime.fromtimestamp(admitted, UTC) if admitted else datetime.now(UTC)
 
 
 class CachedRow(TypedDict):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from workers.contract import (
     ClassifyRequest,
     ClassifyResult,
     UsageEvent,
+    request_dated,
 )
 from workers.replies import redis_client
 from workers.settings import get_settings
@@ -54,7 +55,7 @@ def usage_event_build(
         "tokens": usage["tokens"],
         "compute_ms": usage["compute_ms"],
         "cached": usage["cached"],
-        "occurred_at": (occurred_at or datetime.now(UTC)).isoformat(),
+        "occurred_at": (occurred_at or request_dated(request)).isoformat(),
         "worker": _HOSTNAME,
         "cost_micros": cost_micros(usage["compute_ms"]),
         "pool": get_settings().pool,

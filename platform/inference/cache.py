@@ -22,7 +22,6 @@ import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -39,6 +38,7 @@ from workers.contract import (
     ClassifyResult,
     UsageEvent,
     cached_row_split,
+    request_dated,
     result_cache_keys,
 )
 
@@ -193,7 +193,7 @@ def cached_answer(
         "tenant_id": request["tenant_id"], "api_key_id": request["api_key_id"],
         "livemode": request["livemode"], "model": request["model"], "inputs": n,
         "tokens": tokens, "compute_ms": 0.0, "cached": n,
-        "occurred_at": datetime.now(UTC).isoformat(), "worker": _HOST,
+        "occurred_at": request_dated(request).isoformat(), "worker": _HOST,
         "cost_micros": "0", "pool": "cache",
     }  # fmt: skip
     if "plan_id" in request:

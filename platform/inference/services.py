@@ -94,6 +94,8 @@ def classify(
     }
     if admission is not None and admission.plan_id:
         payload["plan_id"] = admission.plan_id
+    if admission is not None and admission.admitted_at:
+        payload["admitted_at"] = admission.admitted_at
     # A retry may have been answered (and metered) by a worker already: dispatch knows.
     result = None
     prefetched = admission.prefetched if admission is not None else None

@@ -17,14 +17,15 @@ QUOTA_LEFT = (
     "period."
 )
 TEST_QUOTA = (
-    "This period's test-mode allowance of {cap} inputs is used up. Test-mode calls are not "
-    "billed and are counted apart from live ones; use a live key, or wait for the next "
-    "period."
+    "This month's test-mode allowance of {cap} inputs is used up. Test-mode calls are not "
+    "billed and are counted apart from live ones, by calendar month (UTC); use a live key, "
+    "or wait for the next month."
 )
 TEST_QUOTA_LEFT = (
-    "This request's {inputs} inputs exceed the {left} left of this period's test-mode "
+    "This request's {inputs} inputs exceed the {left} left of this month's test-mode "
     "allowance of {cap} inputs. Test-mode calls are not billed and are counted apart from "
-    "live ones; send fewer inputs, use a live key, or wait for the next period."
+    "live ones, by calendar month (UTC); send fewer inputs, use a live key, or wait for "
+    "the next month."
 )
 PAST_DUE = (
     "Your subscription is past due. Pay its open invoice to continue: GET /v1/invoices gives "

@@ -19,7 +19,6 @@ import contextlib
 import functools
 import logging
 import math
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from typing import Any, cast
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError
 from django.utils import timezone
 
 from apikeys.models import ApiKey
@@ -38,7 +36,8 @@ from tenants.models import Tenant
 
 from . import messages
 from .lua import ADMIT, REFUND, RELEASE
-from .selectors import quota_ledger_inputs
+from .quota import quota_cap, quota_key, quota_seed, quota_unreadable
+from .quota import redis_client as redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +46,11 @@ WINDOW_MS = 60_000
 HOLDS_KEY = "quota:holds"
 
 
-@functools.cache
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-
-
-def quota_key(tenant_id: str, period_start: datetime, *, livemode: bool) -> str:
-    """A tenant's inputs this period: test mode apart (its tests never use up production's)."""
-    return f"quota:{tenant_id}:{int(period_start.timestamp())}" + ("" if livemode else ":test")
-
-
-def quota_cap(plan: Plan, *, livemode: bool) -> int:
-    """Inputs a period allows (-1: no cap): the plan's hard cap for live calls, and the
-    test-mode allowance for test calls, which are never billed."""
-    if not livemode:
-        return int(settings.TEST_MODE_MONTHLY_INPUTS)
-    return plan.monthly_hard_cap if plan.monthly_hard_cap is not None else -1
+def quota_period(terms: Enforcement, *, livemode: bool, now: datetime) -> tuple[datetime, datetime]:
+    """The span a quota counter counts: the billing period for live calls; the calendar
+    month (UTC) for test-mode calls, whose allowance is monthly whatever the billing does (a
+    plan change that begins a new billing period must not hand out a fresh allowance)."""
+    return (terms.period_start, terms.period_end) if livemode else _month(now)
 
 
 @functools.cache
@@ -92,6 +80,9 @@ class Admission:
     settled: bool = False
     # The plan version the request was admitted under (what its usage is priced by).
     plan_id: str = ""
+    # When it was admitted (unix seconds; 0: unknown): its usage is dated then, so a call
+    # answered after its period ended is counted and billed in the period that reserved it.
+    admitted_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,11 +135,13 @@ def _blocked_reason(subscription: Any, now: datetime) -> str:
     return messages.CANCELED if subscription.status == "canceled" else ""
 
 
-def enforcement_for(api_key: ApiKey, *, tenant: Tenant | None = None) -> Enforcement:
-    """The tenant's plan and period, from the subscription loaded with the key (no query in
-    the common case), or with ``tenant`` (one read afresh). A tenant without a subscription
-    row is on the free plan."""
-    now = timezone.now()
+def enforcement_for(
+    api_key: ApiKey, *, tenant: Tenant | None = None, now: datetime | None = None
+) -> Enforcement:
+    """The tenant's plan and period at ``now`` (default: now), from the subscription loaded
+    with the key (no query in the common case), or with ``tenant`` (one read afresh). A
+    tenant without a subscription row is on the free plan."""
+    now = now or timezone.now()
     subscription = getattr(tenant or api_key.tenant, "subscription", None)
     if subscription is None:
         start, end = _month(now)
@@ -170,64 +163,6 @@ def _headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:
         "RateLimit-Remaining": str(max(remaining, 0)),
         "RateLimit-Reset": str(max(math.ceil(reset_ms / 1000), 0)),
     }
-
-
-# When this process last seeded each quota counter (time.monotonic()): the requests that
-# found a counter missing together (after a flush, every one in flight) wait for one of them
-# to read the ledger, rather than each reading it. Notes older than a request are no use to
-# it, so they are dropped once there are many.
-SEED_NOTES_MAX = 1024
-SEED_NOTE_S = 10.0
-_seeding = threading.Lock()  # guards the two dicts below
-_seed_locks: dict[str, threading.Lock] = {}
-_seeded_at: dict[str, float] = {}
-
-
-def _quota_seed(
-    *, api_key: ApiKey, terms: Enforcement, key: str, ttl: int, found_missing_at: float
-) -> int:
-    """Seed the missing quota counter ``key`` with the period's inputs in the ledger, live or
-    test mode as the key is (0 in a new period), unless it is there again, and return them
-    for the admission script, which sets them only if the counter is still missing; -1
-    (nothing read) where another request of this process seeded it after
-    ``found_missing_at``: run the script again as it was.
-
-    Answered calls still on their way to the ledger are not in it: a flush loses those, as
-    it did, but no longer the period's whole count."""
-    with _seeding:
-        lock = _seed_locks.setdefault(key, threading.Lock())
-    with lock:
-        if _seeded_at.get(key, -math.inf) >= found_missing_at:
-            return -1
-        try:
-            seed = quota_ledger_inputs(
-                tenant_id=api_key.tenant_id,
-                period_start=terms.period_start,
-                period_end=terms.period_end,
-                livemode=api_key.livemode,
-            )
-        except DatabaseError:
-            # NOTE: never on money: without the ledger the counter would start from 0 and
-            # admit the whole cap again. Nothing is reserved yet; the client may retry.
-            logger.exception("quota counter %s is missing and the ledger cannot be read", key)
-            raise _quota_unreadable() from None
-        # Seeded now, whatever this request's verdict, for the requests waiting on the lock.
-        redis_client().set(key, seed, ex=ttl, nx=True)
-        now = time.monotonic()
-        with _seeding:
-            _seeded_at[key] = now
-            if len(_seeded_at) > SEED_NOTES_MAX:
-                for old in [k for k, at in _seeded_at.items() if now - at > SEED_NOTE_S]:
-                    del _seeded_at[old]
-                    _seed_locks.pop(old, None)
-        return seed
-
-
-def _quota_unreadable() -> APIError:
-    """The 503 for a call whose quota cannot be checked (nothing reserved: it may retry)."""
-    return APIError(
-        messages.QUOTA_UNREADABLE, status=503, code="overloaded", headers={"Retry-After": "1"}
-    )
 
 
 def _counter_missing(reply: Any) -> bool:
@@ -270,7 +205,8 @@ def limits_admit(
     ``inputs`` > 0 marks an inference call: it takes a concurrency slot and reserves its
     inputs against the hard cap until ``limits_settle``. The values of the ``prefetch``
     keys come back on the admission (``prefetched``), read in the same round trip."""
-    terms = enforcement_for(api_key)
+    at = timezone.now()
+    terms = enforcement_for(api_key, now=at)
     plan = terms.plan
     if billable and terms.blocked_reason:
         # The same code as a fine-tune refused for it (finetuning.services).
@@ -279,15 +215,16 @@ def limits_admit(
     # Test mode is counted apart, its rate limit and concurrency too (as Stripe's modes):
     # a customer's CI load on sk_test_ keys throttled its production calls.
     mode = "" if api_key.livemode else ":test"
+    counted = quota_period(terms, livemode=api_key.livemode, now=at)
     keys = [
         f"rl:t:{tenant_id}{mode}",
         f"rl:k:{api_key.pk}",
         f"inflight:{tenant_id}{mode}",
-        quota_key(tenant_id, terms.period_start, livemode=api_key.livemode),
+        quota_key(tenant_id, counted[0], livemode=api_key.livemode),
         HOLDS_KEY,
     ]
     hard_cap = quota_cap(plan, livemode=api_key.livemode)
-    quota_ttl = int((terms.period_end - terms.period_start).total_seconds()) + 7 * 86400
+    quota_ttl = int((counted[1] - counted[0]).total_seconds()) + 7 * 86400
     inflight_ttl_ms = int((settings.INFERENCE_TIMEOUT_S + 30) * 1000)
     args = [
         int(time.time() * 1000),
@@ -306,7 +243,7 @@ def limits_admit(
         reply, values = _admit_once(keys, args, prefetch)
         if _counter_missing(reply):  # the quota counter: the ledger is read only then
             seeding = functools.partial(
-                _quota_seed, api_key=api_key, terms=terms, key=keys[3], ttl=quota_ttl
+                quota_seed, api_key=api_key, period=counted, key=keys[3], ttl=quota_ttl
             )
             args[-1] = seeding(found_missing_at=time.monotonic())
             reply, values = _admit_once(keys, args, prefetch)
@@ -322,8 +259,14 @@ def limits_admit(
         # served without rate limiting or the concurrency cap; a broker that is really
         # down fails them anyway (503 from dispatch).
         if inputs > 0 and hard_cap >= 0:
-            raise _quota_unreadable() from None
-        return Admission(plan.rate_limit_per_minute, plan.rate_limit_per_minute, 0, plan_id=plan.pk)
+            raise quota_unreadable() from None
+        return Admission(
+            plan.rate_limit_per_minute,
+            plan.rate_limit_per_minute,
+            0,
+            plan_id=plan.pk,
+            admitted_at=at.timestamp(),
+        )
     headers = _headers(int(limit), int(remaining), int(reset_ms))
     verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
     if verdict == "rate":
@@ -367,6 +310,7 @@ def limits_admit(
         headers=headers,
         prefetched=None if values is None else dict(zip(prefetch, values, strict=True)),
         plan_id=plan.pk,
+        admitted_at=at.timestamp(),
     )
 
 

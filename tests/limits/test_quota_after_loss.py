@@ -15,7 +15,7 @@ from django.db import connection
 
 from apikeys.models import ApiKey
 from core.errors import APIError
-from limits import services
+from limits import quota, services
 from limits.services import limits_admit, limits_settle, quota_key
 from plans.models import Plan
 from tests.factories import TenantFactory, make_key
@@ -157,6 +157,35 @@ def test_test_mode_counters_are_seeded_from_test_mode_rows_only(tenant, settings
     refused(live, 1)
 
 
+def test_a_new_billing_period_does_not_refill_the_test_mode_allowance(tenant, settings):
+    """Test mode's allowance is a calendar month's (UTC): a plan change that begins a new
+    billing period (a move to free, a new Stripe subscription) gave it afresh, so a tenant
+    could flip plans for unlimited free calls. Live calls count by billing period still."""
+    from billing.models import Subscription
+    from tenants.selectors import tenant_context_forget
+
+    settings.TEST_MODE_MONTHLY_INPUTS = 6
+    on_plan(tenant, custom_plan(monthly_hard_cap=10))
+    live_secret = make_key(tenant, ["inference"])
+    test_secret = make_key(tenant, ["inference"], mode=ApiKey.Mode.TEST)
+    answered(key_of(tenant, test_secret), 6)
+    answered(key_of(tenant, live_secret), 10)
+    now = datetime.now(UTC)
+    Subscription.objects.unscoped().filter(tenant=tenant).update(
+        plan=custom_plan(monthly_hard_cap=10),
+        current_period_start=now,
+        current_period_end=now + timedelta(days=30),
+    )
+    tenant_context_forget(tenant_id=tenant.pk)
+    test, live = key_of(tenant, test_secret), key_of(tenant, live_secret)
+    assert "This month's test-mode allowance of 6 inputs is used up" in str(refused(test, 1))
+    answered(live, 10)  # the new period's live quota is whole
+    refused(live, 1)
+    lose_redis_data(tenant)  # seeded again from the ledger: the month's test rows, all of them
+    refused(test, 1)
+    refused(live, 1)
+
+
 def test_a_refund_after_a_flush_does_not_reopen_the_quota(tenant):
     """A call admitted before the flush fails after it: its refund must not leave behind a
     counter below zero that admission would take as counted."""
@@ -181,15 +210,16 @@ def test_a_redis_failure_while_seeding_refuses_a_capped_call_as_any_redis_failur
     key = key_of(tenant, make_key(tenant, ["inference"]))
     answered(key, 100)
     lose_redis_data(tenant)
-    read = services.quota_ledger_inputs
+    read = quota.quota_ledger_inputs
     gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)  # nothing listens
 
     def read_then_lose_redis(**kwargs):
         value = read(**kwargs)
         monkeypatch.setattr(services, "redis_client", lambda: gone)
+        monkeypatch.setattr(quota, "redis_client", lambda: gone)
         return value
 
-    monkeypatch.setattr(services, "quota_ledger_inputs", read_then_lose_redis)
+    monkeypatch.setattr(quota, "quota_ledger_inputs", read_then_lose_redis)
     with pytest.raises(APIError) as unchecked:
         limits_admit(api_key=key, request_id="during-outage", inputs=1)
     assert (unchecked.value.status, unchecked.value.code) == (503, "overloaded")
@@ -222,13 +252,13 @@ def test_racing_requests_after_a_flush_admit_no_more_than_remains(transactional_
     ledger(key, 1_000)
     lose_redis_data(tenant)
     reads = []
-    read = services.quota_ledger_inputs
+    read = quota.quota_ledger_inputs
 
     def counted(**kwargs):
         reads.append(kwargs)
         return read(**kwargs)
 
-    monkeypatch.setattr(services, "quota_ledger_inputs", counted)
+    monkeypatch.setattr(quota, "quota_ledger_inputs", counted)
 
     def attempt(n: int) -> bool:
         try:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import socket
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from tests.workers.helpers import make_request
 from tests.workers.usage_queue import drain_usage_events
@@ -59,3 +59,13 @@ def test_events_carry_their_cost_to_serve() -> None:
     usage_publish(event=usage_event_build(request=request, result=_result(request["request_id"])))
     (event,) = drain_usage_events()
     assert event["cost_micros"] == cost_micros(event["compute_ms"]) and event["pool"] == "cpu"
+
+
+def test_an_event_is_dated_when_the_api_admitted_its_call() -> None:
+    """A call admitted before its billing period ended and answered after it is billed in
+    the period that reserved its inputs: the event carries the admission's time."""
+    request = make_request(["a"], labels=["x", "y"], livemode=True)
+    admitted = datetime(2026, 11, 30, 23, 59, 59, 900_000, tzinfo=UTC)
+    request["admitted_at"] = admitted.timestamp()
+    event = usage_event_build(request=request, result=_result(request["request_id"]))
+    assert datetime.fromisoformat(event["occurred_at"]) == admitted

@@ -1,0 +1,105 @@
+"""The quota counters: one per tenant and period (live) or calendar month (test mode) in
+Redis, and their seeding from the ledger where Redis does not have one (``services``)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from datetime import datetime
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError
+
+from apikeys.models import ApiKey
+from core.errors import APIError
+from plans.models import Plan
+
+from . import messages
+from .selectors import quota_ledger_inputs
+
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def quota_key(tenant_id: str, period_start: datetime, *, livemode: bool) -> str:
+    """A tenant's inputs this period: test mode apart (its tests never use up production's)."""
+    return f"quota:{tenant_id}:{int(period_start.timestamp())}" + ("" if livemode else ":test")
+
+
+def quota_cap(plan: Plan, *, livemode: bool) -> int:
+    """Inputs a period allows (-1: no cap): the plan's hard cap for live calls, and the
+    test-mode allowance for test calls, which are never billed."""
+    if not livemode:
+        return int(settings.TEST_MODE_MONTHLY_INPUTS)
+    return plan.monthly_hard_cap if plan.monthly_hard_cap is not None else -1
+
+
+# When this process last seeded each quota counter (time.monotonic()): the requests that
+# found a counter missing together (after a flush, every one in flight) wait for one of them
+# to read the ledger, rather than each reading it. Notes older than a request are no use to
+# it, so they are dropped once there are many.
+SEED_NOTES_MAX = 1024
+SEED_NOTE_S = 10.0
+_seeding = threading.Lock()  # guards the two dicts below
+_seed_locks: dict[str, threading.Lock] = {}
+_seeded_at: dict[str, float] = {}
+
+
+def quota_seed(
+    *,
+    api_key: ApiKey,
+    period: tuple[datetime, datetime],
+    key: str,
+    ttl: int,
+    found_missing_at: float,
+) -> int:
+    """Seed the missing quota counter ``key`` with the period's inputs in the ledger, live or
+    test mode as the key is (0 in a new period), unless it is there again, and return them
+    for the admission script, which sets them only if the counter is still missing; -1
+    (nothing read) where another request of this process seeded it after
+    ``found_missing_at``: run the script again as it was.
+
+    Answered calls still on their way to the ledger are not in it: a flush loses those, as
+    it did, but no longer the period's whole count."""
+    with _seeding:
+        lock = _seed_locks.setdefault(key, threading.Lock())
+    with lock:
+        if _seeded_at.get(key, -math.inf) >= found_missing_at:
+            return -1
+        try:
+            seed = quota_ledger_inputs(
+                tenant_id=api_key.tenant_id,
+                period_start=period[0],
+                period_end=period[1],
+                livemode=api_key.livemode,
+            )
+        except DatabaseError:
+            # NOTE: never on money: without the ledger the counter would start from 0 and
+            # admit the whole cap again. Nothing is reserved yet; the client may retry.
+            logger.exception("quota counter %s is missing and the ledger cannot be read", key)
+            raise quota_unreadable() from None
+        # Seeded now, whatever this request's verdict, for the requests waiting on the lock.
+        redis_client().set(key, seed, ex=ttl, nx=True)
+        now = time.monotonic()
+        with _seeding:
+            _seeded_at[key] = now
+            if len(_seeded_at) > SEED_NOTES_MAX:
+                for old in [k for k, at in _seeded_at.items() if now - at > SEED_NOTE_S]:
+                    del _seeded_at[old]
+                    _seed_locks.pop(old, None)
+        return seed
+
+
+def quota_unreadable() -> APIError:
+    """The 503 for a call whose quota cannot be checked (nothing reserved: it may retry)."""
+    return APIError(
+        messages.QUOTA_UNREADABLE, status=503, code="overloaded", headers={"Retry-After": "1"}
+    )
