@@ -31,6 +31,13 @@ class UsageRecord(models.Model):
     """One metered event (an answered classification, later a fine-tune). ``event_id`` is the
     request id: its uniqueness is the last guard against counting a call twice.
 
+    A correcting row (``corrects``: the event id it voids; ``metering.corrections``) negates
+    an event's billable quantities, in its tenant, mode, model, kind, key, plan and moment,
+    so that every sum of the ledger nets it out; its compute and cost are 0 (the compute was
+    spent: the cost stays with the event). Its own event id is ``void_<event id>``, which the
+    uniqueness below makes once per event. Only correcting rows hold negative quantities,
+    and they hold no positive one (the two check constraints).
+
     On PostgreSQL the table is partitioned by month of ``occurred_at`` (``partitions``), and a
     partitioned table cannot hold a unique index without its partition key: the uniqueness of
     ``event_id`` is kept by ``LedgerEventId`` instead, which a trigger writes before each row:
@@ -49,10 +56,11 @@ class UsageRecord(models.Model):
     api_key_id = models.CharField(max_length=32, db_index=True)
     livemode = models.BooleanField(default=True)
     model = models.CharField(max_length=200)
-    inputs = models.PositiveIntegerField()
-    tokens = models.PositiveBigIntegerField()
+    # Signed: negative on a correcting row only (Meta.constraints).
+    inputs = models.IntegerField()
+    tokens = models.BigIntegerField()
     compute_ms = models.FloatField()
-    cached = models.PositiveIntegerField(default=0)
+    cached = models.IntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True, default="")
     # Cost to serve, in micro-units of the worker pool's currency (compute time x the pool's
     # hardware price per hour); margin = price - cost is a query, not a guess.
@@ -65,10 +73,30 @@ class UsageRecord(models.Model):
     plan_id = models.CharField(max_length=64, blank=True, default="")
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # A correcting row's: the event id it voids, why, and who voided it (an operator's user
+    # name, where known). Blank on every other row.
+    corrects = models.CharField(max_length=64, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    corrected_by = models.CharField(max_length=150, blank=True, default="")
 
     objects = LedgerQuerySet.as_manager()
 
     class Meta:
+        permissions = [("void_usagerecord", "Can void a usage record (append a correcting row)")]
+        constraints = [
+            # The usage consumer and every other writer of ordinary rows: never negative.
+            models.CheckConstraint(
+                condition=models.Q(inputs__gte=0, tokens__gte=0, cached__gte=0)
+                | ~models.Q(corrects=""),
+                name="usage_counts_not_negative",
+            ),
+            # A correcting row takes away, never adds.
+            models.CheckConstraint(
+                condition=models.Q(corrects="")
+                | models.Q(inputs__lte=0, tokens__lte=0, cached__lte=0),
+                name="usage_corrections_not_positive",
+            ),
+        ]
         indexes = [
             models.Index(fields=["tenant", "livemode", "occurred_at"], name="usage_tenant_time"),
             # Whether any usage was made on a plan version (plans.admin: its terms and its id

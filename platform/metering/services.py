@@ -54,6 +54,10 @@ class LedgerRow:
     cached: int
     recorded_at: datetime | None = None
     plan_id: str = ""  # the event's (the plan the call was admitted under), else set on write
+    # A correcting row's (``metering.corrections``); never set from a usage event.
+    corrects: str = ""
+    reason: str = ""
+    corrected_by: str = ""
 
 
 def _parse(event: Any) -> tuple[LedgerRow | None, str]:
