@@ -3,8 +3,10 @@
 The rating engine prices the ledger; each usage line of a period goes to Stripe as an
 invoice item on the subscription's upcoming invoice. A push is recorded here first (the
 idempotency key tenant + period + line is unique) and the same key is sent to Stripe, so a
-retry never bills twice. Lines only grow within a period; growth is pushed as a new item
-(``…:usage:standard:2``), never by editing one Stripe already holds."""
+retry never bills twice. Growth is pushed as a new item (``…:usage:standard:2``), never by
+editing one Stripe already holds; so is a line that shrank (a ledger correction voided some
+of its usage, a plan change gave its plan more included inputs): the difference as a
+negative item, a credit, under the line's next key."""
 
 from __future__ import annotations
 
@@ -163,7 +165,8 @@ def _growth(description: str, already: int, amount: int | None = None) -> str:
     if amount is not None and amount < already:
         return (
             f"Credit: {description}, to date; {already:,} of its amount billed in earlier "
-            "items (a plan change gave its plan more of the period's included inputs)"
+            "items (usage corrected, or a plan change gave its plan more of the period's "
+            "included inputs)"
         )
     return f"{description}, to date; {already:,} of its amount billed in earlier items"
 
@@ -241,9 +244,10 @@ def _push_locked(
         if line.amount == already:
             continue
         # NOTE: a line shrinks where a later plan change gave its plan more of the period
-        # (back on a plan: more time on it, more of its included inputs): the difference
-        # goes back as a credit item, a new line as growth is, so Stripe holds what the
-        # ledger rates (a shrunk line was kept in Stripe at its highest).
+        # (back on a plan: more time on it, more of its included inputs), or where a ledger
+        # correction voided some of its usage (metering.corrections): the difference goes
+        # back as a credit item, a new line as growth is, so Stripe holds what the ledger
+        # rates (a shrunk line was kept in Stripe at its highest).
         try:
             with transaction.atomic():
                 push = UsageChargePush.objects.create(

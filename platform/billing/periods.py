@@ -21,7 +21,11 @@ from core.moments import LAST_INSTANT, utc_clamped
 from plans.models import Plan
 from tenants.models import Tenant
 
-from .models import BillingPeriod, PlanSpan, Subscription
+from .models import BillingPeriod, Invoice, PlanSpan, Subscription
+
+# How long after its end a period is still pushed to Stripe, each hour (``billing.tasks``):
+# usage that reached the ledger late, or a correction of it, still goes.
+LATE_USAGE_HORIZON = timedelta(days=7)
 
 
 def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
@@ -122,6 +126,28 @@ def _months_between(
         last = min(month_end, before) if before else month_end
         if first < last:
             yield first, last
+
+
+def period_of(*, tenant: Tenant, moment: datetime) -> tuple[datetime, datetime]:
+    """The billing period ``moment`` falls in (recorded, else a calendar month cut where it
+    meets a recorded one), as ``billing_periods`` gives it."""
+    return next(billing_periods(tenant=tenant, start=moment, end=moment + _MICROSECOND))
+
+
+def period_open(*, tenant: Tenant, moment: datetime, now: datetime | None = None) -> bool:
+    """Whether the usage of the billing period ``moment`` falls in may still change what the
+    tenant is billed (a ledger correction): the period is in progress, or it ended less than
+    ``LATE_USAGE_HORIZON`` ago (its pushes still run, so a change reaches Stripe) and no
+    finalised invoice of the tenant covers its end (mirrored from Stripe's webhooks: a
+    renewal's invoice covers the period it closes). Once it is invoiced, a change is a
+    credit note in Stripe, not a ledger row."""
+    now = now or timezone.now()
+    _, end = period_of(tenant=tenant, moment=moment)
+    if end > now:
+        return True
+    if now - end >= LATE_USAGE_HORIZON:
+        return False
+    return not Invoice.objects.for_tenant(tenant).filter(period_end__gte=end).exists()
 
 
 def period_recorded(*, tenant: Tenant, sub: Subscription, start: datetime) -> tuple[datetime, Plan]:

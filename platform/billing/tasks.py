@@ -18,6 +18,7 @@ from tenants.models import Tenant
 
 from .invoicing import PushInProgress, usage_charges_push
 from .models import BillingPeriod, StripeEvent, Subscription
+from .periods import LATE_USAGE_HORIZON
 from .reconciliation import reconciliation_run
 from .subscriptions import subscription_get_or_create, subscription_refresh_from_stripe
 from .unpaid import past_due_clear
@@ -46,9 +47,8 @@ TASK_OPTIONS: dict[str, Any] = {
 SWEEP_AGE = timedelta(minutes=1)
 # Stripe itself stops redelivering after three days; so do we.
 SWEEP_HORIZON = timedelta(days=3)
-# A closed period is pushed again each hour for this long (usage that reached the ledger
-# after its last push: a consumer outage of up to a week still gets billed) ...
-LATE_USAGE_HORIZON = timedelta(days=7)
+# A closed period is pushed again each hour for LATE_USAGE_HORIZON (usage that reached the
+# ledger after its last push: a consumer outage of up to a week still gets billed) ...
 # ... and reconciled whole by each daily run for as long, and a day more: a late push on the
 # period's last day of pushes is checked too (the check stopped after 2 days, the pushes ran
 # for 7: what they sent after the second day went unchecked).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -9,7 +10,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
-from django.db.models import Count, F, Max, Sum, Value
+from django.db.models import Count, F, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, Greatest, TruncDate
 
 from billing.models import Subscription
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 from .models import UsageRollup
 
+logger = logging.getLogger(__name__)
 GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id")
 
 
@@ -67,7 +69,9 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
         grain = (row.occurred_at.astimezone(UTC).date(), row.tenant_id, row.model, row.kind,
                  row.livemode, row.plan_id)  # fmt: skip
         s = sums[grain]
-        s["requests"] += 1
+        # A correcting row (metering.corrections) nets its event's quantities out of the
+        # same grain; it is not a call: the event stays counted as the call it was made.
+        s["requests"] += 0 if row.corrects else 1
         s["inputs"] += row.inputs
         s["cached"] += row.cached
         s["tokens"] += row.tokens
@@ -87,8 +91,15 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
                     last_at=Greatest(Coalesce(F("last_at"), Value(latest)), Value(latest)),
                 )
             )
-            if not updated:
-                UsageRollup.objects.create(**key, **s, last_at=latest)
+            if updated:
+                continue
+            if min(s["inputs"], s["cached"], s["tokens"]) < 0:
+                # A correction of rows the rollups never had (a ledger restored without a
+                # rebuild): nothing to net it from; a rebuild counts both.
+                logger.warning("rollups lack the rows a correction nets (%s): run "
+                               "rebuild_rollups", grain)  # fmt: skip
+                continue
+            UsageRollup.objects.create(**key, **s, last_at=latest)
 
 
 @transaction.atomic
@@ -102,7 +113,7 @@ def rollups_rebuild() -> int:
         .annotate(day=TruncDate("occurred_at"))
         .values("day", "tenant_id", "model", "kind", "livemode", "plan_id")
         .annotate(
-            requests=Count("id"), inputs=Sum("inputs"), cached=Sum("cached"),
+            requests=Count("id", filter=Q(corrects="")), inputs=Sum("inputs"), cached=Sum("cached"),
             tokens=Sum("tokens"), compute_ms=Sum("compute_ms"), cost_micros=Sum("cost_micros"),
             last_at=Max("occurred_at"),
         )

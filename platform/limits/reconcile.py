@@ -10,12 +10,18 @@ otherwise be handed out twice. Every difference is logged and counted.
 
 Live counters only: a test-mode counter (``quota_key(livemode=False)``) bounds calls that are
 never billed (admission seeds a missing one from the test-mode rows), and one that lags
-costs no revenue."""
+costs no revenue.
+
+A ledger correction (``metering.corrections``) lowers the ledger, which reconciliation never
+follows down: ``quota_give_back`` takes the voided inputs off the counter of the period they
+were counted in, exactly, so the allowance comes back and reconciliation (and a seed after a
+flush, from the net ledger) keeps it."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -23,6 +29,7 @@ from prometheus_client import Counter
 
 from apikeys.models import ApiKey
 from billing.models import Subscription
+from billing.periods import calendar_month
 
 from .selectors import quota_ledger_inputs
 from .services import enforcement_for, quota_key, redis_client
@@ -92,3 +99,30 @@ def quota_reconcile_all() -> list[QuotaCheck]:
             if check is not None:
                 checks.append(check)
     return checks
+
+
+# The counter less the inputs given back, never below 0; a missing counter is left missing
+# (admission seeds it from the ledger, corrections netted). Returns the new value, or -1.
+_GIVE_BACK = (
+    "local c = redis.call('GET', KEYS[1]) if not c then return -1 end "
+    "local n = math.max(tonumber(c) - tonumber(ARGV[1]), 0) "
+    "redis.call('SET', KEYS[1], n, 'KEEPTTL') return n"
+)
+
+
+def quota_give_back(*, tenant_id: str, occurred_at: datetime, inputs: int, livemode: bool) -> int:
+    """Take ``inputs`` voided from a classification made at ``occurred_at`` off the quota
+    counter that counted them, if that is the period admission counts now (the subscription's
+    current period, else the calendar month, as ``services.enforcement_for``): a past
+    period's counter admits nothing any more. Returns the counter's new value, or -1 where
+    there is none to lower."""
+    now = timezone.now()
+    sub = Subscription.objects.for_tenant(tenant_id).first()
+    if sub is not None and sub.current_period_start <= now < sub.current_period_end:
+        start, end = sub.current_period_start, sub.current_period_end
+    else:
+        start, end = calendar_month(now)
+    if inputs <= 0 or not start <= occurred_at < end:
+        return -1
+    key = quota_key(tenant_id, start, livemode=livemode)
+    return int(redis_client().eval(_GIVE_BACK, 1, key, inputs))

@@ -1,21 +1,50 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from core.admin import CappedCountPaginator, ReadOnlyAdmin
 
+from .corrections import VoidRefused, usage_record_void
 from .models import UsageRecord
+
+# Records one void action takes at most (each is a transaction of its own).
+VOID_AT_ONCE = 100
+
+
+class VoidForm(forms.Form):
+    reason = forms.CharField(max_length=1000, widget=forms.Textarea(attrs={"rows": 3, "cols": 80}))
+
+
+class CorrectionFilter(admin.SimpleListFilter):
+    """Fixed choices: no query for them."""
+
+    title = "correction"
+    parameter_name = "correction"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Correcting rows"), ("no", "Metered events")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.exclude(corrects="")
+        if self.value() == "no":
+            return queryset.filter(corrects="")
+        return queryset
 
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    """Read-only: the ledger is append-only. Its list page reads one page of rows and a
-    count that stops at a cap, whatever the ledger's size: no date hierarchy (it reads every
-    row's month), no filter whose choices come from the rows (DISTINCT over the ledger), no
-    full count, no facets."""
+    """Read-only: the ledger is append-only; its one action appends correcting rows
+    (``metering.corrections``), for operators with the ``void_usagerecord`` right. Its list
+    page reads one page of rows and a count that stops at a cap, whatever the ledger's size:
+    no date hierarchy (it reads every row's month), no filter whose choices come from the
+    rows (DISTINCT over the ledger), no full count, no facets."""
 
     list_display = [
         "event_id",
@@ -27,10 +56,14 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "cached",
         "livemode",
         "occurred_at",
+        "corrects",
     ]
     # Fixed choices only; one model's rows are ?model=<id> or a search for its exact id.
-    list_filter = ["kind", "livemode", ("occurred_at", admin.DateFieldListFilter)]
-    search_fields = ["event_id", "tenant__slug", "api_key_id", "=model"]
+    list_filter = [
+        "kind", "livemode", CorrectionFilter, ("occurred_at", admin.DateFieldListFilter)
+    ]  # fmt: skip
+    search_fields = ["event_id", "tenant__slug", "api_key_id", "=model", "=corrects"]
+    actions = ["void_selected"]
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
@@ -48,3 +81,45 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                 "stop there. Narrow them with the filters or the search.",
             )
         return changelist
+
+    def has_void_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("metering.void_usagerecord"))
+
+    @admin.action(description="Void selected usage records (a correcting row each)",
+                  permissions=["void"])  # fmt: skip
+    def void_selected(
+        self, request: HttpRequest, queryset: QuerySet[UsageRecord]
+    ) -> TemplateResponse | None:
+        """A confirmation page that asks for the reason, then a void of each record."""
+        records = list(queryset.order_by("pk")[: VOID_AT_ONCE + 1])
+        if len(records) > VOID_AT_ONCE:
+            self.message_user(
+                request, f"Void at most {VOID_AT_ONCE} records at a time: nothing was changed.",
+                messages.ERROR,
+            )  # fmt: skip
+            return None
+        form = VoidForm(request.POST if "confirm" in request.POST else None)
+        if form.is_valid():
+            actor = request.user.get_username()
+            for record in records:
+                try:
+                    correction = usage_record_void(
+                        event_id=record.event_id, reason=form.cleaned_data["reason"], actor=actor
+                    )
+                except VoidRefused as exc:
+                    self.message_user(request, str(exc), messages.ERROR)
+                else:
+                    self.message_user(
+                        request, f"Voided {record.event_id}: correcting row {correction.pk} "
+                        f"({correction.event_id}).", messages.SUCCESS,
+                    )  # fmt: skip
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Void usage records",
+            "opts": self.model._meta,
+            "records": records,
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/metering/usagerecord_void.html", context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncDate
 
 from billing.periods import billed_currency
@@ -39,12 +39,14 @@ def usage_summary(
     group_by: str,
 ) -> dict[str, Any]:
     """Usage of [start, end), grouped, with money at the plan's prices (test-mode usage is
-    free)."""
+    free). Net of ledger corrections (``metering.corrections``): a voided call's inputs,
+    tokens and amount are gone; it still counts as a request, and its compute was spent."""
     records = UsageRecord.objects.for_tenant(tenant).filter(
         livemode=livemode, occurred_at__gte=start, occurred_at__lt=end
     )
     sums = {
-        "requests": Count("id"),
+        # Calls made: a voided call was made all the same; its correcting row is not a call.
+        "requests": Count("id", filter=Q(corrects="")),
         "inputs": Sum("inputs"),
         "tokens": Sum("tokens"),
         "compute_ms": Sum("compute_ms"),

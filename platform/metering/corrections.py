@@ -1,0 +1,119 @@
+"""Ledger corrections: an operator voids a metered event (an answered classification, a
+fine-tune) by its event id, with a reason (``manage.py ledger_void``, the ledger's admin).
+
+The ledger is append-only (DESIGN: "Corrections are new rows, never edits"): a void appends
+one correcting row that negates the event's billable quantities (inputs, cached, tokens) in
+its tenant, mode, model, kind, API key, plan and moment, so every sum of the ledger (usage
+reports, the upcoming invoice, rating, the Stripe push and reconciliation, the rollups, the
+quota's ledger sum) nets it out, in the period the event was billed in. Its compute and cost
+are 0: the compute was spent, so the margin goes down by the revenue lost.
+
+Its event id is ``void_<event id>``: the ledger's uniqueness (``LedgerEventId`` and its
+trigger on PostgreSQL, the unique constraint on SQLite) makes a second void of an event
+fail, never count twice. A period already invoiced is not corrected here: the customer is
+credited in Stripe instead (``billing.periods.period_open``)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import fields
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+
+from billing.periods import LATE_USAGE_HORIZON, period_of, period_open
+from economics.services import rollup_apply, tenant_plans_now
+from limits.reconcile import quota_give_back
+
+from . import messages
+from .models import UsageRecord
+from .services import LedgerRow
+
+logger = logging.getLogger(__name__)
+
+VOID_PREFIX = "void_"
+_ID_LENGTH = 64  # UsageRecord.event_id's
+
+
+class VoidRefused(Exception):
+    """A void that was not applied; its message says why, for an operator."""
+
+
+def void_event_id(event_id: str) -> str:
+    """The correcting row's event id: ``void_<event id>``, or, for an id too long to take
+    the prefix within the column, ``void_`` and a digest of it (a cut id could be two
+    events')."""
+    whole = VOID_PREFIX + event_id
+    if len(whole) <= _ID_LENGTH:
+        return whole
+    return VOID_PREFIX + hashlib.sha256(event_id.encode()).hexdigest()[: _ID_LENGTH - 5]
+
+
+def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRecord:
+    """Append the correcting row that voids ``event_id`` and return it; ``VoidRefused``
+    (nothing changed) for an unknown id, a correcting row, an event voided already, a
+    period closed for corrections, or no reason. ``actor``: who voids it, where known."""
+    reason = reason.strip()
+    if not reason:
+        raise VoidRefused(messages.NO_REASON)
+    # NOTE: unscoped on purpose: an operator's correction, of any tenant's event.
+    original = UsageRecord.objects.unscoped().filter(event_id=event_id).first()
+    if original is None:
+        raise VoidRefused(messages.UNKNOWN_EVENT.format(event_id=event_id))
+    if original.corrects:
+        raise VoidRefused(
+            messages.IS_CORRECTION.format(event_id=event_id, corrects=original.corrects)
+        )
+    void_id = void_event_id(event_id)
+    refused = VoidRefused(messages.ALREADY_VOIDED.format(event_id=event_id, void_id=void_id))
+    if UsageRecord.objects.unscoped().filter(event_id=void_id).exists():
+        raise refused
+    tenant = original.tenant
+    if not period_open(tenant=tenant, moment=original.occurred_at):
+        start, end = period_of(tenant=tenant, moment=original.occurred_at)
+        raise VoidRefused(
+            messages.PERIOD_CLOSED.format(
+                event_id=event_id, start=start, end=end, days=LATE_USAGE_HORIZON.days
+            )
+        )
+    row = LedgerRow(
+        event_id=void_id, kind=original.kind, tenant_id=original.tenant_id,
+        api_key_id=original.api_key_id, livemode=original.livemode, model=original.model,
+        compute_ms=0.0, worker="", cost_micros=Decimal(0), pool="",
+        occurred_at=original.occurred_at, inputs=-original.inputs, tokens=-original.tokens,
+        cached=-original.cached, plan_id=original.plan_id, corrects=event_id,
+        reason=reason, corrected_by=actor[:150],
+    )  # fmt: skip
+    with transaction.atomic():
+        try:
+            with transaction.atomic():  # (a savepoint: the refusal leaves nothing behind)
+                # The ledger's uniqueness refuses a void that a concurrent one stored first.
+                correction = UsageRecord.objects.create(
+                    **{f.name: getattr(row, f.name) for f in fields(row) if f.name != "recorded_at"}
+                )
+        except IntegrityError:
+            raise refused from None
+        # The rollups' grain is the original's: its plan as the rollups have it (a row from
+        # before plans were recorded: the tenant's plan now, as a rebuild says).
+        row.plan_id = row.plan_id or tenant_plans_now({row.tenant_id})[row.tenant_id]
+        rollup_apply(rows=[row])
+    logger.info(
+        "ledger correction %s voids %s (tenant %s, %s inputs, %s tokens) by %s: %s",
+        void_id, event_id, original.tenant_id, original.inputs, original.tokens,
+        actor or "an operator", reason,
+    )  # fmt: skip
+    if original.kind == UsageRecord.Kind.INFERENCE:
+        # After the commit: the counter gives back only what the ledger no longer holds.
+        transaction.on_commit(lambda: _give_back(original), robust=True)
+    return correction
+
+
+def _give_back(original: UsageRecord) -> None:
+    left = quota_give_back(
+        tenant_id=original.tenant_id, occurred_at=original.occurred_at,
+        inputs=original.inputs, livemode=original.livemode,
+    )  # fmt: skip
+    if left >= 0:
+        logger.info("quota of %s: %s inputs given back (%s counted)", original.tenant_id,
+                    original.inputs, left)  # fmt: skip

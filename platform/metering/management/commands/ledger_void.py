@@ -1,0 +1,33 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from metering.corrections import VoidRefused, usage_record_void
+
+
+class Command(BaseCommand):
+    help = (
+        "Void a metered event (an answered classification, a fine-tune) by its event id: append"
+        " one correcting row to the ledger that negates its billable usage in its own billing"
+        " period (refused once the period is invoiced: credit the customer in Stripe then)."
+        " Prints the correcting row's id."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("event_id", help="the event's id: a request id (req_…) or a job id")
+        parser.add_argument("--reason", required=True, help="why: kept on the correcting row")
+        parser.add_argument("--by", default="", help="who voids it (kept on the row)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            correction = usage_record_void(
+                event_id=options["event_id"], reason=options["reason"], actor=options["by"]
+            )
+        except VoidRefused as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(str(correction.pk))
+        self.stderr.write(
+            f"{options['event_id']} voided by correcting row {correction.pk}"
+            f" ({correction.event_id}): {-correction.inputs} inputs, {-correction.tokens} tokens"
+            " taken off its period; Stripe gets the difference with the next usage push."
+        )

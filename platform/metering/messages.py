@@ -1,0 +1,14 @@
+"""Messages operators see when a ledger correction is refused (``metering.corrections``)."""
+
+NO_REASON = "Say why the event is voided (--reason): the correcting row keeps it."
+UNKNOWN_EVENT = "No usage record has event id {event_id!r}."
+IS_CORRECTION = (
+    "{event_id!r} is a correcting row (it voids {corrects!r}): a correction is never voided."
+)
+ALREADY_VOIDED = "{event_id!r} is voided already (correcting row {void_id!r}): nothing was changed."
+PERIOD_CLOSED = (
+    "{event_id!r} is in a billing period that is closed ({start:%Y-%m-%d %H:%M} to "
+    "{end:%Y-%m-%d %H:%M} UTC: invoiced, or ended more than {days} days ago). Its usage is "
+    "billed as it stands: credit the customer in Stripe instead (a credit note on the "
+    "period's invoice)."
+)
