@@ -1,0 +1,67 @@
+"""A ledger correction reaches Stripe (the emulator): the line it shrank goes as a credit
+item under the line's next key, once however often the push runs, and reconciliation then
+finds Stripe and the ledger in agreement."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from billing.invoicing import usage_charges_push
+from billing.models import Subscription
+from billing.reconciliation import reconciliation_run
+from billing.subscriptions import subscription_change
+from metering.corrections import usage_record_void
+from tests.metering.test_corrections import call
+
+pytestmark = pytest.mark.django_db
+# (Calls are dated now: the subscription's period begins as it is made.)
+
+
+def _stripe_amounts(api, customer_id):
+    items = [i.to_dict() for i in api.InvoiceItem.list(customer=customer_id, limit=100).data]
+    return sorted(i["amount"] for i in items if (i.get("metadata") or {}).get("line"))
+
+
+def test_a_void_after_a_push_sends_a_credit_item_and_reconciles(tenant, stripe_api, client_for):
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    first = call(tenant, 150_000, at=timezone.now())  # 50,000 past the 100,000 included: 2,000
+    wrong = call(tenant, 20_000, at=timezone.now())  # 20,000 more over: 800
+    assert [(p.line, p.amount) for p in usage_charges_push(tenant=tenant)] == [
+        ("usage:standard", 2800)
+    ]
+
+    usage_record_void(event_id=wrong, reason="billed twice by a client retry bug")
+    credit = usage_charges_push(tenant=tenant)
+    assert [(p.line, p.amount) for p in credit] == [("usage:standard", -800)]
+    assert credit[0].idempotency_key.endswith("usage:standard:2")
+    assert credit[0].description.startswith("Credit: ")
+    assert usage_charges_push(tenant=tenant) == []  # once
+    customer = Subscription.objects.for_tenant(tenant).get().stripe_customer_id
+    assert _stripe_amounts(stripe_api, customer) == [-800, 2800]
+    row = reconciliation_run(tenant=tenant)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (2000, 2000, 0)
+    upcoming = client_for(tenant, ["billing"]).get("/v1/invoices/upcoming").json()
+    usage = [(line["key"], line["amount"]) for line in upcoming["lines"] if "usage" in line["key"]]
+    assert usage == [("usage:standard", 2000)]
+
+    # Voiding the rest takes the line to nothing: the rest of it goes back too.
+    usage_record_void(event_id=first, reason="the whole batch was a load test")
+    assert [(p.line, p.amount) for p in usage_charges_push(tenant=tenant)] == [
+        ("usage:standard", -2000)
+    ]
+    assert sum(_stripe_amounts(stripe_api, sub.stripe_customer_id)) == 0
+    row = reconciliation_run(tenant=tenant)
+    assert (row.ledger_amount, row.stripe_amount, row.difference) == (0, 0, 0)
+
+
+def test_a_void_before_any_push_is_never_billed(tenant, stripe_api):
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    call(tenant, 110_000, at=timezone.now())  # 10,000 over: 400
+    wrong = call(tenant, 5_000, at=timezone.now())
+    usage_record_void(event_id=wrong, reason="duplicate")
+    assert [(p.line, p.amount) for p in usage_charges_push(tenant=tenant)] == [
+        ("usage:standard", 400)
+    ]
+    assert _stripe_amounts(stripe_api, sub.stripe_customer_id) == [400]
+    assert reconciliation_run(tenant=tenant).difference == 0

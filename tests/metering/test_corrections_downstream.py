@@ -1,0 +1,134 @@
+"""What a ledger correction changes beyond /v1/usage: the margins (revenue down, cost
+kept), the rollups (as a rebuild from the ledger says), the quota (the allowance back, and
+reconciliation keeps it back), and the migration that made quantities signed (existing rows
+kept as they were)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from economics.models import UsageRollup
+from economics.selectors import margins
+from economics.services import rollups_rebuild
+from limits.reconcile import quota_reconcile_tenant
+from limits.services import limits_admit, limits_settle
+from metering.corrections import usage_record_void
+from metering.models import UsageRecord
+from tests.factories import TenantFactory, make_key, subscribe
+from tests.limits.test_limits import custom_plan, key_of, on_plan
+from tests.limits.test_quota_after_loss import counter, ledger, refused
+from tests.metering.test_corrections import call
+
+pytestmark = pytest.mark.django_db
+NOW = datetime.now(UTC)
+MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+NEXT = (MONTH + timedelta(days=32)).replace(day=1)
+
+
+def _rollups(tenant):
+    rows = UsageRollup.objects.for_tenant(tenant).order_by("day", "model")
+    return list(rows.values("day", "model", "plan_id", "requests", "inputs", "tokens",
+                            "compute_ms", "cost_micros"))  # fmt: skip
+
+
+def test_a_void_lowers_revenue_and_keeps_the_cost_in_the_margins(tenant):
+    subscribe(tenant, "pro")
+    call(tenant, 100_000, at=NOW)  # all included
+    wrong = call(tenant, 20_000, at=NOW)  # 20,000 over, at 40 per 1,000: 800 cents
+    before = {r["tenant"]: r for r in margins(start=MONTH, end=NEXT, by="tenant")}[tenant.pk]
+
+    usage_record_void(event_id=wrong, reason="duplicate")
+
+    after = {r["tenant"]: r for r in margins(start=MONTH, end=NEXT, by="tenant")}[tenant.pk]
+    assert before["revenue_micros"] - after["revenue_micros"] == 800 * 10_000
+    assert after["cost_micros"] == before["cost_micros"] == Decimal(1_000)  # compute was spent
+    assert after["margin_micros"] == before["margin_micros"] - 800 * 10_000
+    assert (after["requests"], after["inputs"]) == (2, 100_000)  # the call was made
+    # The rollups the pages read are what a rebuild from the ledger makes of it.
+    incremental = _rollups(tenant)
+    assert [(r["requests"], r["inputs"]) for r in incremental] == [(2, 100_000)]
+    rollups_rebuild()
+    assert _rollups(tenant) == incremental
+
+
+def test_a_void_gives_the_inputs_back_to_the_quota_and_reconciliation_keeps_them(
+    tenant, django_capture_on_commit_callbacks
+):
+    sub = on_plan(tenant, custom_plan(monthly_hard_cap=100))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    request_id = f"req_{uuid.uuid4().hex[:24]}"
+    limits_settle(limits_admit(api_key=key, request_id=request_id, inputs=60), succeeded=True)
+    ledger(key, 60, request_id=request_id)
+    refused(key, 50)  # 60 + 50 > 100
+    assert counter(key, sub.current_period_start) == 60
+
+    with django_capture_on_commit_callbacks(execute=True):
+        usage_record_void(event_id=request_id, reason="answered wrongly, refunded")
+
+    assert counter(key, sub.current_period_start) == 0
+    check = quota_reconcile_tenant(api_key=key)
+    assert (check.ledger_inputs, check.counter, check.raised_by) == (0, 0, 0)
+    limits_admit(api_key=key, request_id="req_after", inputs=100)  # the whole cap again
+
+
+def test_a_void_in_a_past_quota_period_leaves_the_counter_alone(
+    tenant, django_capture_on_commit_callbacks
+):
+    sub = on_plan(tenant, custom_plan(monthly_hard_cap=100))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    limits_settle(limits_admit(api_key=key, request_id="req_now", inputs=30), succeeded=True)
+    old = call(tenant, 40, at=sub.current_period_start - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        usage_record_void(event_id=old, reason="test")
+    assert counter(key, sub.current_period_start) == 30  # this period's calls, untouched
+
+
+OLD_CHECKS = {f"CHECK (({name} >= 0))" for name in ("inputs", "tokens", "cached")}
+
+
+def _old_checks_left() -> set[str]:
+    """The PositiveIntegerField checks still on the ledger or any of its partitions."""
+    if connection.vendor != "postgresql":
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.conrelid::regclass::text || ' ' || pg_get_constraintdef(c.oid)"
+            " FROM pg_constraint c WHERE c.contype = 'c' AND c.conrelid IN"
+            " (SELECT relid FROM pg_partition_tree('metering_usagerecord'::regclass))"
+        )
+        return {row for (row,) in cursor.fetchall() if row.split(" ", 1)[1] in OLD_CHECKS}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_keeps_existing_rows_and_lets_corrections_be_negative():
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("metering", "0006_ledger_partitioned")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old_model = executor.loader.project_state(before).apps.get_model("metering", "UsageRecord")
+        tenant = TenantFactory()
+        at = datetime.now(UTC) - timedelta(minutes=1)
+        old_model.objects.create(
+            event_id="req_before_migration", kind="inference", tenant_id=tenant.pk,
+            api_key_id="key_a", livemode=True, model="minilm-l6", inputs=3, tokens=30,
+            compute_ms=1.5, cached=1, cost_micros=Decimal("12.5"), plan_id="free@1",
+            occurred_at=at,
+        )  # fmt: skip
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+    row = UsageRecord.objects.for_tenant(tenant).get(event_id="req_before_migration")
+    assert (row.inputs, row.tokens, row.cached, row.compute_ms) == (3, 30, 1, 1.5)
+    assert (row.cost_micros, row.plan_id, row.occurred_at) == (Decimal("12.5"), "free@1", at)
+    assert (row.corrects, row.reason, row.corrected_by) == ("", "", "")
+    assert _old_checks_left() == set()
+    correction = usage_record_void(event_id=row.event_id, reason="after the migration")
+    assert UsageRecord.objects.for_tenant(tenant).get(pk=correction.pk).inputs == -3
