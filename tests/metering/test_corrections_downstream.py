@@ -104,6 +104,16 @@ def _old_checks_left() -> set[str]:
         return {row for (row,) in cursor.fetchall() if row.split(" ", 1)[1] in OLD_CHECKS}
 
 
+def _new_checks() -> list[tuple[str, bool]]:
+    """The ledger parent's checks of migration 0008, and whether each is validated."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname, convalidated FROM pg_constraint WHERE conrelid ="
+            " 'metering_usagerecord'::regclass AND contype = 'c' ORDER BY conname"
+        )
+        return list(cursor.fetchall())
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_migration_keeps_existing_rows_and_lets_corrections_be_negative():
     from django.db.migrations.executor import MigrationExecutor
@@ -130,5 +140,9 @@ def test_the_migration_keeps_existing_rows_and_lets_corrections_be_negative():
     assert (row.cost_micros, row.plan_id, row.occurred_at) == (Decimal("12.5"), "free@1", at)
     assert (row.corrects, row.reason, row.corrected_by) == ("", "", "")
     assert _old_checks_left() == set()
+    if connection.vendor == "postgresql":  # added NOT VALID, then validated
+        assert _new_checks() == [
+            ("usage_corrections_not_positive", True), ("usage_counts_not_negative", True)
+        ]  # fmt: skip
     correction = usage_record_void(event_id=row.event_id, reason="after the migration")
     assert UsageRecord.objects.for_tenant(tenant).get(pk=correction.pk).inputs == -3

@@ -1,14 +1,14 @@
 """Ledger corrections (``metering.corrections``): a correcting row names the event it voids
 (``corrects``), why (``reason``) and who (``corrected_by``), and holds its negated
 quantities, so the quantity columns become signed. Ordinary rows keep their guard as a check
-constraint (never negative unless a correction; a correction never positive).
+constraint (never negative unless a correction; a correction never positive), added by 0008.
 
 On PostgreSQL the ledger is partitioned (migration 0006): columns added to and constraints
 dropped from or added to the parent reach every partition. The PositiveIntegerField checks
 go with the parent's (``AlterField``); a partition that still held one as its own (a month
 table made outside the parent and attached: ``partitions._month_create``) has it dropped by
 ``leftover_checks_drop``. Existing rows stay where they are, unchanged: the new columns are
-blank on them. Adding the two checks reads the ledger once (every row passes)."""
+blank on them. Every step here changes the catalog only (no row is read or rewritten)."""
 
 from typing import Any
 
@@ -78,26 +78,4 @@ class Migration(migrations.Migration):
             field=models.BigIntegerField(),
         ),
         migrations.RunPython(leftover_checks_drop, migrations.RunPython.noop, elidable=False),
-        migrations.AddConstraint(
-            model_name="usagerecord",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    models.Q(("cached__gte", 0), ("inputs__gte", 0), ("tokens__gte", 0)),
-                    models.Q(("corrects", ""), _negated=True),
-                    _connector="OR",
-                ),
-                name="usage_counts_not_negative",
-            ),
-        ),
-        migrations.AddConstraint(
-            model_name="usagerecord",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    ("corrects", ""),
-                    models.Q(("cached__lte", 0), ("inputs__lte", 0), ("tokens__lte", 0)),
-                    _connector="OR",
-                ),
-                name="usage_corrections_not_positive",
-            ),
-        ),
     ]
