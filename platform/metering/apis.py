@@ -20,9 +20,11 @@ from .selectors import GROUP_FIELDS, usage_summary
 
 
 class UsageMetricsSerializer(serializers.Serializer[Any]):
-    requests = serializers.IntegerField()
-    inputs = serializers.IntegerField()
-    tokens = serializers.IntegerField()
+    requests = serializers.IntegerField(
+        help_text="Calls made, a call voided by a usage correction included."
+    )
+    inputs = serializers.IntegerField(help_text="Net of usage corrections.")
+    tokens = serializers.IntegerField(help_text="Net of usage corrections.")
     compute_ms = serializers.FloatField()
     amount = serializers.IntegerField(help_text="Minor currency units (cents).")
     currency = serializers.CharField()
