@@ -112,12 +112,13 @@ _GIVE_BACK = (
 
 def quota_give_back(*, tenant_id: str, occurred_at: datetime, inputs: int, livemode: bool) -> int:
     """Take ``inputs`` voided from a classification made at ``occurred_at`` off the quota
-    counter that counted them, if that is the period admission counts now (the subscription's
-    current period, else the calendar month, as ``services.enforcement_for``): a past
-    period's counter admits nothing any more. Returns the counter's new value, or -1 where
-    there is none to lower."""
+    counter that counted them, if that is the period admission counts now (live: the
+    subscription's current period, else the calendar month, as ``services.enforcement_for``;
+    test mode: the calendar month, as ``services.quota_period``): a past period's counter
+    admits nothing any more. Returns the counter's new value, or -1 where there is none to
+    lower."""
     now = timezone.now()
-    sub = Subscription.objects.for_tenant(tenant_id).first()
+    sub = Subscription.objects.for_tenant(tenant_id).first() if livemode else None
     if sub is not None and sub.current_period_start <= now < sub.current_period_end:
         start, end = sub.current_period_start, sub.current_period_end
     else:

@@ -52,8 +52,9 @@ def void_event_id(event_id: str) -> str:
 
 def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRecord:
     """Append the correcting row that voids ``event_id`` and return it; ``VoidRefused``
-    (nothing changed) for an unknown id, a correcting row, an event voided already, a
-    period closed for corrections, or no reason. ``actor``: who voids it, where known."""
+    (nothing changed) for an unknown id, a correcting row, a test-mode event (never
+    billed), an event voided already, a period closed for corrections, or no reason.
+    ``actor``: who voids it, where known."""
     reason = reason.strip()
     if not reason:
         raise VoidRefused(messages.NO_REASON)
@@ -65,6 +66,8 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
         raise VoidRefused(
             messages.IS_CORRECTION.format(event_id=event_id, corrects=original.corrects)
         )
+    if not original.livemode:
+        raise VoidRefused(messages.TEST_MODE.format(event_id=event_id))
     void_id = void_event_id(event_id)
     refused = VoidRefused(messages.ALREADY_VOIDED.format(event_id=event_id, void_id=void_id))
     if UsageRecord.objects.unscoped().filter(event_id=void_id).exists():

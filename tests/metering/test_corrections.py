@@ -23,7 +23,9 @@ from tests.factories import TenantFactory, staff_client, subscribe
 pytestmark = pytest.mark.django_db
 
 
-def call(tenant, inputs, *, at=None, kind="inference", model="minilm-l6", tokens=None):
+def call(
+    tenant, inputs, *, at=None, kind="inference", model="minilm-l6", tokens=None, livemode=True
+):
     """An answered call (or a fine-tune) stored as the usage consumer stores it; its id."""
     event_id = (
         f"req_{uuid.uuid4().hex[:24]}" if kind == "inference" else f"ftjob_{uuid.uuid4().hex}"
@@ -31,7 +33,7 @@ def call(tenant, inputs, *, at=None, kind="inference", model="minilm-l6", tokens
     outcome = usage_record_bulk(
         events=[{
             "v": 1, "event_id": event_id, "kind": kind, "tenant_id": tenant.pk,
-            "api_key_id": "key_a", "livemode": True, "model": model, "inputs": inputs,
+            "api_key_id": "key_a", "livemode": livemode, "model": model, "inputs": inputs,
             "tokens": inputs * 10 if tokens is None else tokens, "compute_ms": 2.0,
             "cached": 0, "cost_micros": "500",
             "occurred_at": (at or timezone.now() - timedelta(seconds=5)).isoformat(),
@@ -106,6 +108,8 @@ def test_what_cannot_be_voided_is_refused_clearly(tenant):
         usage_record_void(event_id="req_nope", reason="typo")
     with pytest.raises(VoidRefused, match="Say why"):
         usage_record_void(event_id=call(tenant, 5), reason="  ")
+    with pytest.raises(VoidRefused, match="test-mode usage, which is never billed"):
+        usage_record_void(event_id=call(tenant, 5, livemode=False), reason="not billed")
     assert UsageRecord.objects.for_tenant(tenant).exclude(corrects="").count() == 1
 
 
