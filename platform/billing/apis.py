@@ -9,7 +9,7 @@ from rest_framework.response import Response
 
 from apikeys.models import Scope
 from core.errors import NotFound, PermissionError_
-from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, parse_limit
+from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, parse_cursor, parse_limit
 from core.serializers import ErrorSerializer, validated
 from core.views import TenantAPIView
 from plans.models import Plan
@@ -59,8 +59,8 @@ class PlanListApi(TenantAPIView):
         # cursor is applied here, with its limit parsing, errors and body.
         limit = parse_limit(request.query_params.get("limit"))
         plans = Plan.objects.filter(is_current=True, public=True).order_by("base_fee", "slug")
-        cursor_id = request.query_params.get("starting_after")
-        if cursor_id:
+        cursor_id = parse_cursor(request.query_params)
+        if cursor_id is not None:
             cursor = plans.filter(slug=cursor_id).values("base_fee", "slug").first()
             if cursor is None:
                 raise NotFound(

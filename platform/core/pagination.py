@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import Q, QuerySet
 from drf_spectacular.utils import OpenApiParameter
@@ -23,7 +23,11 @@ LIST_PARAMETERS = [
         {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
         description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}.",
     ),
-    OpenApiParameter("starting_after", str, description="An object id: the page after it."),
+    OpenApiParameter(
+        "starting_after",
+        {"type": "string", "minLength": 1},
+        description="An object id: the page after it.",
+    ),
 ]
 # Their names: what a list view declares it takes (``TenantAPIView.query_parameters``).
 LIST_QUERY = frozenset(p.name for p in LIST_PARAMETERS)
@@ -44,6 +48,20 @@ def parse_limit(raw: str | None) -> int:
     return limit
 
 
+def parse_cursor(query_params: Any) -> str | None:
+    """The ``starting_after`` id, or None for the first page; an empty one is a 400, as an
+    empty ``limit`` is (it was read as no cursor: a client that lost its cursor got the first
+    page again, silently)."""
+    cursor_id = query_params.get("starting_after")
+    if cursor_id == "":
+        raise InvalidRequest(
+            "starting_after must be an object id; leave it out for the first page.",
+            code="invalid_parameter",
+            param="starting_after",
+        )
+    return cast(str | None, cursor_id)
+
+
 def paginate(
     queryset: QuerySet[Any],
     *,
@@ -57,8 +75,8 @@ def paginate(
     deletes each page it reads can go on to the next."""
     limit = parse_limit(query_params.get("limit"))
     queryset = queryset.order_by(f"-{time_field}", "-pk")
-    cursor_id = query_params.get("starting_after")
-    if cursor_id:
+    cursor_id = parse_cursor(query_params)
+    if cursor_id is not None:
         found_in = queryset if cursors is None else cursors
         cursor = found_in.filter(pk=cursor_id).values(time_field, "pk").first()
         if cursor is None:

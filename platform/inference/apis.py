@@ -47,9 +47,20 @@ class ClassifyApi(TenantAPIView):
         return len(inputs) if isinstance(inputs, list) and 0 < len(inputs) <= MAX_INPUTS else 0
 
     def _valid_body(self, request: Request) -> dict[str, Any]:
-        """The request's body, checked: plainly valid ones without the serializer."""
+        """The request's body, checked: plainly valid ones without the serializer. A model
+        the key cannot see is the first thing said of any other body (404), before what else
+        is wrong with it: no fix to the rest would make that call run."""
         data = self._plain_body(request)
-        return data if data is not None else validated(ClassifyRequestSerializer, request.data)
+        if data is not None:
+            return data
+        raw = request.data
+        model_id = raw.get("model") if isinstance(raw, dict) else None
+        if isinstance(model_id, str) and 0 < len(model_id) <= 200 and "\x00" not in model_id:
+            model_get_visible(
+                tenant=self.tenant, model_id=model_id, livemode=self.api_key.livemode,
+                param="model",
+            )  # fmt: skip
+        return validated(ClassifyRequestSerializer, raw)
 
     def check_body(self, request: Request) -> None:
         data = self._valid_body(request)

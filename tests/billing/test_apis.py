@@ -71,6 +71,7 @@ def test_plans_are_a_cursor_list_in_catalogue_order(tenant, client_for):
         ("limit=", 400, "invalid_parameter", "limit"),
         ("limit=%2B5", 400, "invalid_parameter", "limit"),
         ("limit=1&limit=2", 400, "duplicate_parameter", "limit"),
+        ("starting_after=", 400, "invalid_parameter", "starting_after"),
         ("starting_after=gold", 404, "resource_missing", "starting_after"),
         ("starting_after=hidden", 404, "resource_missing", "starting_after"),
         ("starting_after=pro%401", 404, "resource_missing", "starting_after"),

@@ -295,6 +295,9 @@ def test_list_paginates_with_a_cursor(api, tenant):
         assert response.status_code == 400, raw
         assert response.json()["error"]["param"] == "limit"
     assert api.get("/v1/api-keys?starting_after=key_nope").status_code == 404
+    # An empty cursor is no cursor at all: a 400, as an empty limit (it read as the first page).
+    empty = api.get("/v1/api-keys?starting_after=")
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "starting_after"
     # A revoked key still marks its place: the page after it is the page after it.
     revoked = second["data"][-1]["id"]
     assert api.delete(f"/v1/api-keys/{revoked}").status_code == 200

@@ -31,6 +31,11 @@ INVISIBLE_LABEL = {"text": "u", "label": "\u200b"}
         ({"model": None}, 400, "model"),
         ({"model": 5}, 400, "model"),
         ({"model": "no-such-model"}, 404, "model"),
+        # An unknown model is said first, whatever else is wrong with the body: no fix to
+        # the rest would make the call run (and a schema fuzzer's models are unknown ones).
+        ({"model": "no-such-model", "examples": [{"text": "t", "label": "c"}]}, 404, "model"),
+        ({"model": "no-such-model", "inputs": []}, 404, "model"),
+        ({"model": "no\u0000model", "inputs": []}, 400, "model"),  # no lookup of a NUL
         ({"labels": ["only-one"]}, 400, "labels"),
         ({"labels": ["a", "a"]}, 400, "labels"),
         # One class to the uncased encoder: its score was split between them, 50/50.

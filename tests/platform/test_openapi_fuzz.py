@@ -26,11 +26,12 @@ from tests.factories import make_key
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # "Valid data is accepted" holds everywhere but where a rule no schema can say is enforced
-# with a 4xx that names it: an API key's ``expires_at`` must be in the future, an example's
-# label must be among ``labels``, a usage range's start must not be after its end. On
-# those operations alone that check is off (tests of their own hold the rules).
-UNSAYABLE_RULES = {"api_keys_create": "expires_at", "classify": "examples[].label",
-                   "usage": "start <= end"}  # fmt: skip
+# with a 4xx that names it: an API key's ``expires_at`` must be in the future, a usage
+# range's start must not be after its end. On those operations alone that check is off
+# (tests of their own hold the rules). (A classification's examples' labels must be among
+# its ``labels`` too, but a model the key cannot see is said first, with a 404, which the
+# check takes as an answer: the fuzzer's models are unknown ones.)
+UNSAYABLE_RULES = {"api_keys_create": "expires_at", "usage": "start <= end"}
 
 
 # The document as the server publishes it (read in-process: collection has no server yet;
