@@ -34,6 +34,29 @@ def quota_key(tenant_id: str, period_start: datetime, *, livemode: bool) -> str:
     return f"quota:{tenant_id}:{int(period_start.timestamp())}" + ("" if livemode else ":test")
 
 
+def quota_gen_key(key: str) -> str:
+    """How many ledger corrections have given inputs back to the counter ``key``: a reading
+    of the ledger taken before one is stale, and is not written over the counter (the
+    correction's give-back would be undone for the rest of the period)."""
+    return f"{key}:gen"
+
+
+def quota_gen(key: str) -> str:
+    """The counter's correction generation now ("" for none yet)."""
+    value = redis_client().get(quota_gen_key(key))
+    return "" if value is None else value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Set the missing counter KEYS[1] to ARGV[1] (EX ARGV[2]) unless a correction gave inputs
+# back since the ledger was read (its generation, KEYS[2], is no longer ARGV[3]): 1 where
+# the reading stood (set, or the counter is there already), -1 where it is stale.
+SEED_IF_CURRENT = (
+    "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return -1 end "
+    "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') return 1"
+)
+SEED_READS = 3  # ledger readings before a seed is taken as it is, corrections or not
+
+
 def quota_cap(plan: Plan, *, livemode: bool) -> int:
     """Inputs a period allows (-1: no cap): the plan's hard cap for live calls, and the
     test-mode allowance for test calls, which are never billed."""
@@ -74,20 +97,25 @@ def quota_seed(
     with lock:
         if _seeded_at.get(key, -math.inf) >= found_missing_at:
             return -1
-        try:
-            seed = quota_ledger_inputs(
-                tenant_id=api_key.tenant_id,
-                period_start=period[0],
-                period_end=period[1],
-                livemode=api_key.livemode,
-            )
-        except DatabaseError:
-            # NOTE: never on money: without the ledger the counter would start from 0 and
-            # admit the whole cap again. Nothing is reserved yet; the client may retry.
-            logger.exception("quota counter %s is missing and the ledger cannot be read", key)
-            raise quota_unreadable() from None
-        # Seeded now, whatever this request's verdict, for the requests waiting on the lock.
-        redis_client().set(key, seed, ex=ttl, nx=True)
+        for _ in range(SEED_READS):
+            gen = quota_gen(key)
+            try:
+                seed = quota_ledger_inputs(
+                    tenant_id=api_key.tenant_id,
+                    period_start=period[0],
+                    period_end=period[1],
+                    livemode=api_key.livemode,
+                )
+            except DatabaseError:
+                # NOTE: never on money: without the ledger the counter would start from 0
+                # and admit the whole cap again. Nothing is reserved yet; it may retry.
+                logger.exception("quota counter %s is missing and the ledger cannot be read", key)
+                raise quota_unreadable() from None
+            # Seeded now, whatever this request's verdict, for the requests waiting on the
+            # lock; read again where a correction gave inputs back meanwhile.
+            stood = redis_client().eval(SEED_IF_CURRENT, 2, key, quota_gen_key(key), seed, ttl, gen)
+            if stood == 1:
+                break
         now = time.monotonic()
         with _seeding:
             _seeded_at[key] = now

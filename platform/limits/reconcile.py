@@ -31,6 +31,7 @@ from apikeys.models import ApiKey
 from billing.models import Subscription
 from billing.periods import calendar_month
 
+from .quota import quota_gen, quota_gen_key
 from .selectors import quota_ledger_inputs
 from .services import enforcement_for, quota_key, redis_client
 
@@ -53,21 +54,24 @@ def quota_reconcile_tenant(*, api_key: ApiKey) -> QuotaCheck | None:
     if terms.plan.monthly_hard_cap is None:
         return None
     tenant = api_key.tenant
+    key = quota_key(tenant.pk, terms.period_start, livemode=True)
+    gen = quota_gen(key)  # (read before the ledger: see quota_gen_key)
     ledger = quota_ledger_inputs(
         tenant_id=tenant.pk,
         period_start=terms.period_start,
         period_end=terms.period_end,
         livemode=True,
     )
-    key = quota_key(tenant.pk, terms.period_start, livemode=True)
     ttl = int((terms.period_end - timezone.now()).total_seconds()) + 7 * 86400
-    # Raise to the ledger atomically, never lower (see the module's docstring).
+    # Raise to the ledger atomically, never lower (see the module's docstring), unless a
+    # correction gave inputs back since the ledger was read (the next run looks again).
     script: Any = redis_client().register_script(
         "local c = tonumber(redis.call('GET', KEYS[1]) or '0') "
+        "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return {c, 0} end "
         "if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
         "return {c, tonumber(ARGV[1]) - c} end return {c, 0}"
     )
-    counter, raised = script(keys=[key], args=[int(ledger), max(ttl, 60)])
+    counter, raised = script(keys=[key, quota_gen_key(key)], args=[int(ledger), max(ttl, 60), gen])
     if raised:
         QUOTA_DRIFT.inc(int(raised))
         logger.warning(
@@ -103,7 +107,10 @@ def quota_reconcile_all() -> list[QuotaCheck]:
 
 # The counter less the inputs given back, never below 0; a missing counter is left missing
 # (admission seeds it from the ledger, corrections netted). Returns the new value, or -1.
+# Either way the counter's correction generation moves on (``quota.quota_gen_key``): a
+# reading of the ledger taken before this is not written over the counter.
 _GIVE_BACK = (
+    "redis.call('INCR', KEYS[2]) redis.call('EXPIRE', KEYS[2], ARGV[2]) "
     "local c = redis.call('GET', KEYS[1]) if not c then return -1 end "
     "local n = math.max(tonumber(c) - tonumber(ARGV[1]), 0) "
     "redis.call('SET', KEYS[1], n, 'KEEPTTL') return n"
@@ -126,4 +133,5 @@ def quota_give_back(*, tenant_id: str, occurred_at: datetime, inputs: int, livem
     if inputs <= 0 or not start <= occurred_at < end:
         return -1
     key = quota_key(tenant_id, start, livemode=livemode)
-    return int(redis_client().eval(_GIVE_BACK, 1, key, inputs))
+    ttl = int((end - start).total_seconds()) + 7 * 86400
+    return int(redis_client().eval(_GIVE_BACK, 2, key, quota_gen_key(key), inputs, ttl))

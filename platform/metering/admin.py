@@ -109,6 +109,9 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                 except VoidRefused as exc:
                     self.message_user(request, str(exc), messages.ERROR)
                 else:
+                    # The admin's own history too: who appended which correcting row, and why.
+                    self.log_addition(request, correction, f"Voids {record.event_id}: "
+                                      f"{form.cleaned_data['reason']}")  # fmt: skip
                     self.message_user(
                         request, f"Voided {record.event_id}: correcting row {correction.pk} "
                         f"({correction.event_id}).", messages.SUCCESS,

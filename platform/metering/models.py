@@ -74,10 +74,12 @@ class UsageRecord(models.Model):
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
     # A correcting row's: the event id it voids, why, and who voided it (an operator's user
-    # name, where known). Blank on every other row.
-    corrects = models.CharField(max_length=64, blank=True, default="")
-    reason = models.TextField(blank=True, default="")
-    corrected_by = models.CharField(max_length=150, blank=True, default="")
+    # name, where known). Blank on every other row. Defaults in the database too: the code
+    # of the release before, still running while a rolling deploy replaces it, inserts rows
+    # without these columns (``core.rows.insert_new`` lists its model's).
+    corrects = models.CharField(max_length=64, blank=True, default="", db_default="")
+    reason = models.TextField(blank=True, default="", db_default="")
+    corrected_by = models.CharField(max_length=150, blank=True, default="", db_default="")
 
     objects = LedgerQuerySet.as_manager()
 

@@ -230,6 +230,12 @@ def test_the_admin_action_asks_for_a_reason_then_voids(tenant):
     assert sorted(voids.values_list("corrects", "corrected_by", "reason")) == sorted(
         [(wrong, "staff-0", "load test"), (right, "staff-0", "load test")]
     )
+    from django.contrib.admin.models import ADDITION, LogEntry
+
+    history = LogEntry.objects.filter(action_flag=ADDITION, user__username="staff-0")
+    assert sorted(history.values_list("change_message", flat=True)) == sorted(
+        [f"Voids {wrong}: load test", f"Voids {right}: load test"]
+    )  # the admin's history says who appended each correcting row, and why
     again = operator.post(url, {**action, "confirm": "yes", "reason": "twice"}, follow=True)
     assert "voided already" in again.content.decode() and voids.count() == 2
 

@@ -146,3 +146,12 @@ def test_the_migration_keeps_existing_rows_and_lets_corrections_be_negative():
         ]  # fmt: skip
     correction = usage_record_void(event_id=row.event_id, reason="after the migration")
     assert UsageRecord.objects.for_tenant(tenant).get(pk=correction.pk).inputs == -3
+    # The release before, still running during a rolling deploy, writes rows without the new
+    # columns: the database fills them in (its usage consumer stalled on NOT NULL before).
+    old_model.objects.create(
+        event_id="req_old_release", kind="inference", tenant_id=tenant.pk, api_key_id="key_a",
+        livemode=True, model="minilm-l6", inputs=1, tokens=10, compute_ms=1.0, cached=0,
+        cost_micros=Decimal(0), plan_id="free@1", occurred_at=datetime.now(UTC),
+    )  # fmt: skip
+    late = UsageRecord.objects.for_tenant(tenant).get(event_id="req_old_release")
+    assert (late.corrects, late.reason, late.corrected_by) == ("", "", "")

@@ -8,7 +8,8 @@ dropped from or added to the parent reach every partition. The PositiveIntegerFi
 go with the parent's (``AlterField``); a partition that still held one as its own (a month
 table made outside the parent and attached: ``partitions._month_create``) has it dropped by
 ``leftover_checks_drop``. Existing rows stay where they are, unchanged: the new columns are
-blank on them. Every step here changes the catalog only (no row is read or rewritten)."""
+blank on them, by a default kept in the database, so that the release before (still
+inserting rows without them during a rolling deploy) goes on writing the ledger. Every step here changes the catalog only (no row is read or rewritten)."""
 
 from typing import Any
 
@@ -50,17 +51,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="usagerecord",
             name="corrected_by",
-            field=models.CharField(blank=True, default="", max_length=150),
+            field=models.CharField(blank=True, db_default="", default="", max_length=150),
         ),
         migrations.AddField(
             model_name="usagerecord",
             name="corrects",
-            field=models.CharField(blank=True, default="", max_length=64),
+            field=models.CharField(blank=True, db_default="", default="", max_length=64),
         ),
         migrations.AddField(
             model_name="usagerecord",
             name="reason",
-            field=models.TextField(blank=True, default=""),
+            field=models.TextField(blank=True, db_default="", default=""),
         ),
         migrations.AlterField(
             model_name="usagerecord",

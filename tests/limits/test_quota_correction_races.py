@@ -1,0 +1,83 @@
+"""A ledger correction's give-back against the two readers of the ledger that write the
+quota counter: reconciliation (raise-only) and admission seeding a missing counter. A reading
+taken before the correction must not be written over its give-back: the tenant then lost the
+voided inputs' allowance for the rest of the period (a 402 with nothing in the ledger)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from limits import quota, reconcile
+from limits.reconcile import quota_reconcile_tenant
+from limits.services import limits_admit, limits_settle
+from metering.corrections import usage_record_void
+from tests.factories import make_key
+from tests.limits.test_limits import custom_plan, key_of, on_plan
+from tests.limits.test_quota_after_loss import counter, ledger, lose_redis_data
+
+pytestmark = pytest.mark.django_db
+
+
+def _answered_60_of_100(tenant):
+    sub = on_plan(tenant, custom_plan(monthly_hard_cap=100))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    request_id = f"req_{uuid.uuid4().hex[:24]}"
+    limits_settle(limits_admit(api_key=key, request_id=request_id, inputs=60), succeeded=True)
+    ledger(key, 60, request_id=request_id)
+    return sub, key, request_id
+
+
+def _voiding_after(read, request_id, capture):
+    """``read``, then the void of ``request_id`` and its give-back, before the reading is
+    used: the race each reader must survive."""
+
+    voided = []
+
+    def read_then_void(**kwargs):
+        value = read(**kwargs)
+        if not voided:  # once: a reading after it is taken as it comes
+            with capture(execute=True):
+                voided.append(usage_record_void(event_id=request_id, reason="refunded"))
+        return value
+
+    return read_then_void
+
+
+def test_a_void_during_reconciliation_keeps_its_inputs_given_back(
+    tenant, monkeypatch, django_capture_on_commit_callbacks
+):
+    sub, key, request_id = _answered_60_of_100(tenant)
+    read = reconcile.quota_ledger_inputs
+    monkeypatch.setattr(
+        reconcile,
+        "quota_ledger_inputs",
+        _voiding_after(read, request_id, django_capture_on_commit_callbacks),
+    )
+    stale = quota_reconcile_tenant(api_key=key)
+    monkeypatch.undo()
+    assert (stale.ledger_inputs, stale.raised_by) == (60, 0)  # read before; not written
+    assert counter(key, sub.current_period_start) == 0
+    assert quota_reconcile_tenant(api_key=key).raised_by == 0  # the next run agrees
+    limits_admit(api_key=key, request_id="req_whole_cap", inputs=100)
+
+
+def test_a_void_while_admission_seeds_a_missing_counter_is_read_again(
+    tenant, monkeypatch, django_capture_on_commit_callbacks
+):
+    sub, key, request_id = _answered_60_of_100(tenant)
+    lose_redis_data(tenant)
+    read = quota.quota_ledger_inputs
+    reads = []
+
+    def counted(**kwargs):
+        reads.append(kwargs)
+        return read(**kwargs)
+
+    voiding = _voiding_after(counted, request_id, django_capture_on_commit_callbacks)
+    monkeypatch.setattr(quota, "quota_ledger_inputs", voiding)
+    limits_settle(limits_admit(api_key=key, request_id="req_seeding", inputs=1), succeeded=True)
+    monkeypatch.undo()
+    assert len(reads) == 2  # the stale reading (60) thrown away, the ledger read again
+    assert counter(key, sub.current_period_start) == 1  # 0 in the ledger, and this call
