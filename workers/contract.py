@@ -275,6 +275,17 @@ def attempt_key(job_id: str) -> str:
     return f"finetune:attempt:{job_id}"
 
 
+def attempt_taken_key(job_id: str, attempt: int) -> str:
+    """Redis key a worker sets (NX) when it starts an attempt: a second message of the same
+    attempt (a send that raised after the broker had taken the message, sent again by the
+    platform's sweep) finds it set and is dropped, rather than trained a second time."""
+    return f"finetune:taken:{job_id}:{attempt}"
+
+
+# How long an attempt's mark outlives its start: longer than any message waits on the queue.
+ATTEMPT_TAKEN_TTL_S = 7 * 86400
+
+
 class Hyperparameters(TypedDict, total=False):
     epochs: int
     learning_rate: float

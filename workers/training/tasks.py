@@ -19,6 +19,7 @@ import redis
 from workers.artifacts import ArtifactMissingError, ArtifactStore
 from workers.celery_app import TRAINING_TASK_POLICY, app
 from workers.contract import (
+    ATTEMPT_TAKEN_TTL_S,
     CONTRACT_VERSION,
     TaskName,
     TrainRequest,
@@ -26,6 +27,7 @@ from workers.contract import (
     TrainSucceeded,
     UsageEvent,
     attempt_key,
+    attempt_taken_key,
     cancel_key,
 )
 from workers.presence import busy_with
@@ -98,6 +100,13 @@ def train(request: TrainRequest) -> None:
         return False
 
     if superseded(client.get(attempt_key(job_id))):
+        return
+    taken = attempt_taken_key(job_id, request["attempt"])
+    if not client.set(taken, os.uname().nodename, nx=True, ex=ATTEMPT_TAKEN_TTL_S):
+        # NOTE: acks_late is off, so no message of an attempt is ever redelivered: this is
+        # a second send of it (the platform's send raised after the broker took the first).
+        logger.warning("job %s attempt %s taken already: a second message of it dropped",
+                       job_id, request["attempt"])  # fmt: skip
         return
     publisher = EventPublisher(app, request)
     given_up = False  # the step that stopped it read another attempt's number

@@ -14,7 +14,7 @@ from kombu import Connection
 
 from tests.workers.training.conftest import make_request
 from tests.workers.usage_queue import drain_usage_events
-from workers.contract import TrainResult, attempt_key, cancel_key
+from workers.contract import TrainResult, attempt_key, attempt_taken_key, cancel_key
 from workers.training import tasks
 from workers.training.events import events_queue
 
@@ -30,7 +30,12 @@ RESULT: TrainResult = {
 @pytest.fixture
 def client() -> Any:
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    keys = (events_queue.name, attempt_key("ftjob_test"), cancel_key("ftjob_test"))
+    keys = (
+        events_queue.name,
+        attempt_key("ftjob_test"),
+        cancel_key("ftjob_test"),
+        *(attempt_taken_key("ftjob_test", attempt) for attempt in range(1, 4)),
+    )
     client.delete(*keys)
     drain_usage_events()
     yield client
@@ -73,6 +78,20 @@ def test_a_finished_job_carries_its_usage_in_its_success_and_publishes_none(clie
     # The worker no longer meters the job itself: a job cancelled before the platform applies
     # this success is never billed.
     assert drain_usage_events() == []
+
+
+def test_a_second_message_of_one_attempt_is_dropped_not_trained_again(client, monkeypatch):
+    """The platform's send raised after the broker had taken the message, and its sweep sent
+    the attempt again: the worker trained it twice (billed once, the compute spent twice)."""
+    runs = []
+    monkeypatch.setattr(tasks, "train_run", lambda ctx: runs.append(1) or dict(RESULT))
+    request = make_request("f" * 64)
+    tasks.train(request)
+    tasks.train(request)  # the same attempt's second message
+    assert len(runs) == 1
+    assert [e["type"] for e in published_events()] == ["started", "succeeded"]
+    tasks.train({**request, "attempt": request["attempt"] + 1})  # the platform's retry runs
+    assert len(runs) == 2
 
 
 def test_a_job_cancelled_before_it_starts_sends_no_usage_at_all(client, monkeypatch):
