@@ -294,8 +294,11 @@ def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
         result.error(1, messages.UNKNOWN_FORMAT)
         return result.finish()
     result.label_warning()
-    if not result.examples and result.error_count == 0:
-        result.error(None, messages.EMPTY_FILE)
+    if not result.examples:
+        # Every line bad (or none there): the lines' errors say what is wrong, not a count of
+        # labels that no good line has yet (it took the place of the 100th bad line).
+        if result.error_count == 0:
+            result.error(None, messages.EMPTY_FILE)
         return result.finish()
     counts = result.labels
     _warn_case_variants(result, counts)

@@ -106,6 +106,13 @@ def test_only_the_first_100_errors_are_listed_but_all_are_counted():
     assert [e["line"] for e in result.errors] == list(range(1, 101))
 
 
+def test_a_file_of_bad_lines_only_lists_its_first_100_lines_and_no_label_count():
+    """Every line bad: no count of labels (0) took the place of the 100th bad line."""
+    result = dataset_validate(b'{"text": 1, "label": "a"}\n' * 250)
+    assert result.error_count == 250
+    assert [e["line"] for e in result.errors] == list(range(1, 101))
+
+
 def test_a_whole_file_problem_is_listed_behind_any_number_of_bad_lines():
     """Sorted last, it was cut off behind 100 bad lines: found only once every line was fixed."""
     data = b"".join(b"nope\n" for _ in range(150))
@@ -242,9 +249,8 @@ def test_a_flood_of_errors_and_warnings_is_counted_not_kept():
     from datasets.validation import MAX_REPORTED_WARNINGS
 
     result = dataset_validate(b'{"text": 1, "label": "a"}\n' * 200_000)
-    assert result.error_count > 200_000 and len(result.errors) == MAX_REPORTED_ERRORS
-    # The lines' first 99, and the file's own problem (no examples), kept behind them.
-    assert [e["line"] for e in result.errors] == [*range(1, 100), None]
+    assert result.error_count == 200_000 and len(result.errors) == MAX_REPORTED_ERRORS
+    assert [e["line"] for e in result.errors] == list(range(1, 101))  # the lines' first 100
     rows = [{"text": f"text {n}", "label": f"l{n % 150}"} for n in range(1500)]
     rows += [{"text": f"other {n}", "label": f"L{n % 150}"} for n in range(1500)]
     flooded = dataset_validate(jsonl(rows))
