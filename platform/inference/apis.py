@@ -5,10 +5,12 @@ from typing import Any, cast
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apikeys.models import Scope
+from core.errors import APIError
 from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
@@ -22,6 +24,7 @@ from .serializers import (
     ModelListSerializer,
     ModelSerializer,
     classify_request_fast,
+    plain_text,
 )
 from .services import classify, classify_model_check, model_delete
 
@@ -54,13 +57,19 @@ class ClassifyApi(TenantAPIView):
         if data is not None:
             return data
         raw = request.data
-        model_id = raw.get("model") if isinstance(raw, dict) else None
-        if isinstance(model_id, str) and 0 < len(model_id) <= 200 and "\x00" not in model_id:
-            model_get_visible(
-                tenant=self.tenant, model_id=model_id, livemode=self.api_key.livemode,
-                param="model",
-            )  # fmt: skip
-        return validated(ClassifyRequestSerializer, raw)
+        try:
+            return validated(ClassifyRequestSerializer, raw)
+        except (APIError, ValidationError):
+            # Looked up only for a body refused anyway: a valid one meets its model once, in
+            # classify_model_check. A text the database cannot take (NUL, half a surrogate
+            # pair) is no model's id, and keeps the serializer's 400.
+            model_id = raw.get("model") if isinstance(raw, dict) else None
+            if plain_text(model_id, 200):
+                model_get_visible(
+                    tenant=self.tenant, model_id=cast(str, model_id),
+                    livemode=self.api_key.livemode, param="model",
+                )  # fmt: skip
+            raise
 
     def check_body(self, request: Request) -> None:
         data = self._valid_body(request)

@@ -230,7 +230,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _FAST_FIELDS = frozenset({"model", "inputs", "labels"})
 
 
-def _plain_text(value: object, limit: int) -> bool:
+def plain_text(value: object, limit: int) -> bool:
     return (
         type(value) is str
         and 0 < len(value) <= limit
@@ -251,12 +251,12 @@ def classify_request_fast(data: object) -> dict[str, Any] | None:
     if type(data) is not dict or not data.keys() <= _FAST_FIELDS:
         return None
     model, inputs = data.get("model"), data.get("inputs")
-    if not _plain_text(model, 200):
+    if not plain_text(model, 200):
         return None
     if type(inputs) is not list or not 0 < len(inputs) <= MAX_INPUTS:
         return None
     for text in inputs:
-        if not _plain_text(text, MAX_INPUT_CHARS) or not has_visible_text(text):
+        if not plain_text(text, MAX_INPUT_CHARS) or not has_visible_text(text):
             return None
     validated: dict[str, Any] = {"model": model, "inputs": inputs}
     if "labels" in data:
@@ -265,7 +265,7 @@ def classify_request_fast(data: object) -> dict[str, Any] | None:
             if type(labels) is not list or not 2 <= len(labels) <= MAX_LABELS:
                 return None
             for label in labels:
-                if not _plain_text(label, MAX_LABEL_CHARS) or not has_visible_text(label):
+                if not plain_text(label, MAX_LABEL_CHARS) or not has_visible_text(label):
                     return None
             if len(set(labels)) != len(labels) or _labels_alike(labels) is not None:
                 return None

@@ -47,14 +47,25 @@ def quota_gen(key: str) -> str:
     return "" if value is None else value.decode() if isinstance(value, bytes) else str(value)
 
 
+def quota_pending_key(key: str) -> str:
+    """How many corrections of the counter ``key`` are committing and have not given their
+    inputs back yet: a reading of the ledger taken then may net one already, and its
+    give-back would then take the inputs off twice; it is not written over the counter."""
+    return f"{key}:pending"
+
+
+PENDING_TTL_S = 60  # a correction that died between its mark and its give-back: forgotten
 # Set the missing counter KEYS[1] to ARGV[1] (EX ARGV[2]) unless a correction gave inputs
-# back since the ledger was read (its generation, KEYS[2], is no longer ARGV[3]): 1 where
-# the reading stood (set, or the counter is there already), -1 where it is stale.
+# back since the ledger was read (its generation, KEYS[2], is no longer ARGV[3]) or is
+# giving some back (KEYS[3] > 0): 1 where the reading stood (set, or the counter is there
+# already), -1 where it is stale.
 SEED_IF_CURRENT = (
-    "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return -1 end "
+    "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] "
+    "or tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return -1 end "
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') return 1"
 )
-SEED_READS = 3  # ledger readings before a seed is taken as it is, corrections or not
+SEED_READS = 3  # ledger readings a seed tries, a short pause apart, before it answers 503
+SEED_PAUSE_S = 0.05
 
 
 def quota_cap(plan: Plan, *, livemode: bool) -> int:
@@ -113,9 +124,15 @@ def quota_seed(
                 raise quota_unreadable() from None
             # Seeded now, whatever this request's verdict, for the requests waiting on the
             # lock; read again where a correction gave inputs back meanwhile.
-            stood = redis_client().eval(SEED_IF_CURRENT, 2, key, quota_gen_key(key), seed, ttl, gen)
-            if stood == 1:
+            keys = (key, quota_gen_key(key), quota_pending_key(key))
+            if redis_client().eval(SEED_IF_CURRENT, 3, *keys, seed, ttl, gen) == 1:
                 break
+            time.sleep(SEED_PAUSE_S)
+        else:
+            # NOTE: never on money: a stale reading would undo a correction's give-back or
+            # take it twice. Nothing is reserved yet; the client may retry.
+            logger.warning("quota counter %s: corrections kept its seed stale; 503", key)
+            raise quota_unreadable()
         now = time.monotonic()
         with _seeding:
             _seeded_at[key] = now

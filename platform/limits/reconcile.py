@@ -31,7 +31,7 @@ from apikeys.models import ApiKey
 from billing.models import Subscription
 from billing.periods import calendar_month
 
-from .quota import quota_gen, quota_gen_key
+from .quota import PENDING_TTL_S, quota_gen, quota_gen_key, quota_pending_key
 from .selectors import quota_ledger_inputs
 from .services import enforcement_for, quota_key, redis_client
 
@@ -64,14 +64,19 @@ def quota_reconcile_tenant(*, api_key: ApiKey) -> QuotaCheck | None:
     )
     ttl = int((terms.period_end - timezone.now()).total_seconds()) + 7 * 86400
     # Raise to the ledger atomically, never lower (see the module's docstring), unless a
-    # correction gave inputs back since the ledger was read (the next run looks again).
+    # correction gave inputs back since the ledger was read, or is about to (the next run
+    # looks again).
     script: Any = redis_client().register_script(
         "local c = tonumber(redis.call('GET', KEYS[1]) or '0') "
-        "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return {c, 0} end "
+        "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] "
+        "or tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return {c, 0} end "
         "if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
         "return {c, tonumber(ARGV[1]) - c} end return {c, 0}"
     )
-    counter, raised = script(keys=[key, quota_gen_key(key)], args=[int(ledger), max(ttl, 60), gen])
+    counter, raised = script(
+        keys=[key, quota_gen_key(key), quota_pending_key(key)],
+        args=[int(ledger), max(ttl, 60), gen],
+    )
     if raised:
         QUOTA_DRIFT.inc(int(raised))
         logger.warning(
@@ -107,23 +112,40 @@ def quota_reconcile_all() -> list[QuotaCheck]:
 
 # The counter less the inputs given back, never below 0; a missing counter is left missing
 # (admission seeds it from the ledger, corrections netted). Returns the new value, or -1.
-# Either way the counter's correction generation moves on (``quota.quota_gen_key``): a
-# reading of the ledger taken before this is not written over the counter.
+# Either way the counter's correction generation moves on and the give-back is no longer
+# pending (``quota.quota_gen_key``, ``quota.quota_pending_key``): a reading of the ledger
+# taken before this is not written over the counter.
 _GIVE_BACK = (
     "redis.call('INCR', KEYS[2]) redis.call('EXPIRE', KEYS[2], ARGV[2]) "
+    "if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end "
     "local c = redis.call('GET', KEYS[1]) if not c then return -1 end "
     "local n = math.max(tonumber(c) - tonumber(ARGV[1]), 0) "
     "redis.call('SET', KEYS[1], n, 'KEEPTTL') return n"
 )
+_ABANDON = "if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end"
 
 
-def quota_give_back(*, tenant_id: str, occurred_at: datetime, inputs: int, livemode: bool) -> int:
-    """Take ``inputs`` voided from a classification made at ``occurred_at`` off the quota
-    counter that counted them, if that is the period admission counts now (live: the
-    subscription's current period, else the calendar month, as ``services.enforcement_for``;
-    test mode: the calendar month, as ``services.quota_period``): a past period's counter
-    admits nothing any more. Returns the counter's new value, or -1 where there is none to
-    lower."""
+@dataclass(frozen=True)
+class GiveBack:
+    """Inputs a correction gives back to the quota counter ``key``, pending until its
+    correcting row is committed (``quota_give_back``) or abandoned."""
+
+    key: str
+    inputs: int
+    ttl: int
+
+
+def quota_give_back_begin(
+    *, tenant_id: str, occurred_at: datetime, inputs: int, livemode: bool
+) -> GiveBack | None:
+    """Before a correction of ``inputs`` of a classification made at ``occurred_at`` is
+    committed: the counter that counted them, if that is the period admission counts now
+    (live: the subscription's current period, else the calendar month, as
+    ``services.enforcement_for``; test mode: the calendar month, as
+    ``services.quota_period``), marked as awaiting a give-back, so that no reading of the
+    ledger taken meanwhile (it may net the correction already, or not yet) is written over
+    the counter until the give-back is done. None where there is nothing to give back (a
+    past period's counter admits nothing any more)."""
     now = timezone.now()
     sub = Subscription.objects.for_tenant(tenant_id).first() if livemode else None
     if sub is not None and sub.current_period_start <= now < sub.current_period_end:
@@ -131,7 +153,22 @@ def quota_give_back(*, tenant_id: str, occurred_at: datetime, inputs: int, livem
     else:
         start, end = calendar_month(now)
     if inputs <= 0 or not start <= occurred_at < end:
-        return -1
+        return None
     key = quota_key(tenant_id, start, livemode=livemode)
-    ttl = int((end - start).total_seconds()) + 7 * 86400
-    return int(redis_client().eval(_GIVE_BACK, 2, key, quota_gen_key(key), inputs, ttl))
+    pipe = redis_client().pipeline(transaction=True)
+    pipe.incr(quota_pending_key(key))
+    pipe.expire(quota_pending_key(key), PENDING_TTL_S)
+    pipe.execute()
+    return GiveBack(key, inputs, int((end - start).total_seconds()) + 7 * 86400)
+
+
+def quota_give_back(give: GiveBack) -> int:
+    """Take the correction's inputs off its counter, now that the ledger no longer holds
+    them. Returns the counter's new value, or -1 where there is none to lower."""
+    keys = (give.key, quota_gen_key(give.key), quota_pending_key(give.key))
+    return int(redis_client().eval(_GIVE_BACK, 3, *keys, give.inputs, give.ttl))
+
+
+def quota_give_back_abandon(give: GiveBack) -> None:
+    """The correction was not committed: nothing to give back, no longer pending."""
+    redis_client().eval(_ABANDON, 1, quota_pending_key(give.key))

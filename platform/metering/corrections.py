@@ -15,6 +15,7 @@ credited in Stripe instead (``billing.periods.period_open``)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import fields
@@ -24,7 +25,12 @@ from django.db import IntegrityError, transaction
 
 from billing.periods import LATE_USAGE_HORIZON, period_of, period_open
 from economics.services import rollup_apply, tenant_plans_now
-from limits.reconcile import quota_give_back
+from limits.reconcile import (
+    GiveBack,
+    quota_give_back,
+    quota_give_back_abandon,
+    quota_give_back_begin,
+)
 
 from . import messages
 from .models import UsageRecord
@@ -88,10 +94,36 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
         cached=-original.cached, plan_id=original.plan_id, corrects=event_id,
         reason=reason, corrected_by=actor[:150],
     )  # fmt: skip
+    give = None
+    if original.kind == UsageRecord.Kind.INFERENCE:
+        # Marked before the commit, given back after it (the counter gives back only what
+        # the ledger no longer holds); a ledger reading meanwhile is not written over it.
+        give = quota_give_back_begin(
+            tenant_id=original.tenant_id, occurred_at=original.occurred_at,
+            inputs=original.inputs, livemode=original.livemode,
+        )  # fmt: skip
+    try:
+        correction = _append(row, refused)
+    except BaseException:
+        if give is not None:
+            quota_give_back_abandon(give)
+        raise
+    logger.info(
+        "ledger correction %s voids %s (tenant %s, %s inputs, %s tokens) by %s: %s",
+        void_id, event_id, original.tenant_id, original.inputs, original.tokens,
+        actor or "an operator", reason,
+    )  # fmt: skip
+    if give is not None:
+        transaction.on_commit(functools.partial(_give_back, give), robust=True)
+    return correction
+
+
+def _append(row: LedgerRow, refused: VoidRefused) -> UsageRecord:
+    """The correcting row and its rollup, in one transaction; ``refused`` where the
+    ledger's uniqueness finds the void stored already (a concurrent one was first)."""
     with transaction.atomic():
         try:
             with transaction.atomic():  # (a savepoint: the refusal leaves nothing behind)
-                # The ledger's uniqueness refuses a void that a concurrent one stored first.
                 correction = UsageRecord.objects.create(
                     **{f.name: getattr(row, f.name) for f in fields(row) if f.name != "recorded_at"}
                 )
@@ -101,22 +133,11 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
         # before plans were recorded: the tenant's plan now, as a rebuild says).
         row.plan_id = row.plan_id or tenant_plans_now({row.tenant_id})[row.tenant_id]
         rollup_apply(rows=[row])
-    logger.info(
-        "ledger correction %s voids %s (tenant %s, %s inputs, %s tokens) by %s: %s",
-        void_id, event_id, original.tenant_id, original.inputs, original.tokens,
-        actor or "an operator", reason,
-    )  # fmt: skip
-    if original.kind == UsageRecord.Kind.INFERENCE:
-        # After the commit: the counter gives back only what the ledger no longer holds.
-        transaction.on_commit(lambda: _give_back(original), robust=True)
     return correction
 
 
-def _give_back(original: UsageRecord) -> None:
-    left = quota_give_back(
-        tenant_id=original.tenant_id, occurred_at=original.occurred_at,
-        inputs=original.inputs, livemode=original.livemode,
-    )  # fmt: skip
+def _give_back(give: GiveBack) -> None:
+    left = quota_give_back(give)
     if left >= 0:
-        logger.info("quota of %s: %s inputs given back (%s counted)", original.tenant_id,
-                    original.inputs, left)  # fmt: skip
+        logger.info("quota counter %s: %s inputs given back (%s counted)", give.key,
+                    give.inputs, left)  # fmt: skip

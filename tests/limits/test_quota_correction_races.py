@@ -81,3 +81,31 @@ def test_a_void_while_admission_seeds_a_missing_counter_is_read_again(
     monkeypatch.undo()
     assert len(reads) == 2  # the stale reading (60) thrown away, the ledger read again
     assert counter(key, sub.current_period_start) == 1  # 0 in the ledger, and this call
+
+
+def test_a_seed_while_a_committed_void_has_not_given_back_yet_waits_for_it(
+    tenant, django_capture_on_commit_callbacks
+):
+    """The void's row is committed (the ledger nets it) but its give-back has not run: a
+    seed of the net figure was then taken off a second time by the give-back, and the
+    tenant admitted past its cap. The seed answers 503 until the give-back is done."""
+    from core.errors import APIError
+    from tests.limits.test_quota_after_loss import ledger as answered_in_ledger
+
+    sub, key, request_id = _answered_60_of_100(tenant)
+    answered_in_ledger(key, 30)  # 90 used, 60 of them about to be voided
+    lose_redis_data(tenant)
+    with django_capture_on_commit_callbacks(execute=False) as give_backs:
+        usage_record_void(event_id=request_id, reason="refunded")
+    with pytest.raises(APIError) as waiting:
+        limits_admit(api_key=key, request_id="req_during", inputs=1)
+    assert (waiting.value.status, waiting.value.code) == (503, "overloaded")
+    for give_back in give_backs:
+        give_back()
+    from limits.quota import quota_key, quota_pending_key
+    from limits.services import redis_client
+
+    counted = quota_key(tenant.pk, sub.current_period_start, livemode=True)
+    assert int(redis_client().get(quota_pending_key(counted)) or 0) == 0  # given back
+    limits_settle(limits_admit(api_key=key, request_id="req_after", inputs=10), succeeded=True)
+    assert counter(key, sub.current_period_start) == 40  # 30 left in the ledger, and these 10

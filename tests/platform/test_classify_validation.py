@@ -208,6 +208,16 @@ def test_get_on_classify_is_405_in_the_error_shape(api):
     assert response.json()["error"]["code"] == "method_not_allowed"
 
 
+@pytest.mark.parametrize("model", ["\\ud800", "ft:\\ud800x", "mini\\udfffx"])
+def test_a_model_id_with_half_a_surrogate_pair_is_a_400_not_looked_up(api, model):
+    """JSON can carry one (escaped); the database cannot take it, so it is never looked up:
+    the unknown-model check that comes first was a 500 for it."""
+    body = '{"model": "' + model + '", "inputs": []}'
+    response = api.post("/v1/classify", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == "model"
+
+
 def test_unknown_route_is_a_json_404(api):
     response = api.get("/v1/nope")
     assert response.status_code == 404
