@@ -152,7 +152,9 @@ def _invoice_ended_subscription(api: Any, sub: Subscription, pushes: list[UsageC
     )
 
 
+# The text of a line that shrank to nothing (its credit item's), by line.
 _LINE_GONE = "Usage past the included inputs: none now"
+_FINETUNE_GONE = "Fine-tuning: none now"
 
 
 def _growth(description: str, already: int, amount: int | None = None) -> str:
@@ -238,7 +240,9 @@ def _push_locked(
     made: list[UsageChargePush] = []
     rated_lines = {line.key: line for line in rated.lines}
     for key in _pushed_lines(tenant, start) - set(rated_lines):  # shrunk to nothing
-        rated_lines[key] = ChargeLine(key, _LINE_GONE, 0, 0)
+        rated_lines[key] = ChargeLine(
+            key, _FINETUNE_GONE if key == "finetune" else _LINE_GONE, 0, 0
+        )
     for line in rated_lines.values():
         already, count = _pushed(tenant, start, line.key)
         if line.amount == already:

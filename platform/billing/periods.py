@@ -147,7 +147,11 @@ def period_open(*, tenant: Tenant, moment: datetime, now: datetime | None = None
         return True
     if now - end >= LATE_USAGE_HORIZON:
         return False
-    return not Invoice.objects.for_tenant(tenant).filter(period_end__gte=end).exists()
+    # NOTE: in whole seconds, as Stripe dates an invoice: a period cut short here (a move to
+    # free) ends at a moment with microseconds that its final invoice's period_end, taken
+    # at or just before it, never reached, and the invoiced period read as open.
+    covered = end.replace(microsecond=0)
+    return not Invoice.objects.for_tenant(tenant).filter(period_end__gte=covered).exists()
 
 
 def period_recorded(*, tenant: Tenant, sub: Subscription, start: datetime) -> tuple[datetime, Plan]:

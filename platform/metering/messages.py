@@ -8,8 +8,8 @@ IS_CORRECTION = (
 TEST_MODE = "{event_id!r} is test-mode usage, which is never billed: there is nothing to correct."
 ALREADY_VOIDED = "{event_id!r} is voided already (correcting row {void_id!r}): nothing was changed."
 PERIOD_CLOSED = (
-    "{event_id!r} is in a billing period that is closed ({start:%Y-%m-%d %H:%M} to "
-    "{end:%Y-%m-%d %H:%M} UTC: invoiced, or ended more than {days} days ago). Its usage is "
+    "{event_id!r} is in a billing period that is closed ({start:%Y-%m-%d %H:%M:%S} to "
+    "{end:%Y-%m-%d %H:%M:%S} UTC: invoiced, or ended more than {days} days ago). Its usage is "
     "billed as it stands: credit the customer in Stripe instead (a credit note on the "
     "period's invoice)."
 )

@@ -65,3 +65,18 @@ def test_a_void_before_any_push_is_never_billed(tenant, stripe_api):
     ]
     assert _stripe_amounts(stripe_api, sub.stripe_customer_id) == [400]
     assert reconciliation_run(tenant=tenant).difference == 0
+
+
+def test_a_voided_fine_tune_is_credited_as_fine_tuning(tenant, stripe_api):
+    """Its credit item said "Usage past the included inputs: none now" (an operator audit)."""
+    subscription_change(tenant=tenant, plan_slug="pro")
+    job = call(
+        tenant, 0, kind="fine_tune", model="ft:minilm-l6:x:1", tokens=200_000, at=timezone.now()
+    )
+    [billed] = usage_charges_push(tenant=tenant)
+    assert billed.line == "finetune" and billed.amount > 0
+    usage_record_void(event_id=job, reason="the job failed its user")
+    [credit] = usage_charges_push(tenant=tenant)
+    assert (credit.line, credit.amount) == ("finetune", -billed.amount)
+    assert credit.description.startswith("Credit: Fine-tuning: none now")
+    assert reconciliation_run(tenant=tenant).difference == 0

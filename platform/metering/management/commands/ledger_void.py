@@ -1,7 +1,10 @@
+import getpass
 from typing import Any
 
+import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from billing.models import Subscription
 from metering.corrections import VoidRefused, usage_record_void
 
 
@@ -16,18 +19,33 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("event_id", help="the event's id: a request id (req_…) or a job id")
         parser.add_argument("--reason", required=True, help="why: kept on the correcting row")
-        parser.add_argument("--by", default="", help="who voids it (kept on the row)")
+        parser.add_argument(
+            "--by", default="", help="who voids it (kept on the row; default: this OS user)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        actor = options["by"] or f"{getpass.getuser()} (manage.py)"
         try:
             correction = usage_record_void(
-                event_id=options["event_id"], reason=options["reason"], actor=options["by"]
+                event_id=options["event_id"], reason=options["reason"], actor=actor
             )
         except VoidRefused as exc:
             raise CommandError(str(exc)) from exc
+        except redis.RedisError as exc:
+            # (checked before the row is written: nothing was changed)
+            raise CommandError(
+                f"Nothing was changed: Redis cannot be reached ({exc}). Try again once it is."
+            ) from exc
         self.stdout.write(str(correction.pk))
+        billed = (
+            correction.livemode
+            and Subscription.objects.for_tenant(correction.tenant_id)
+            .exclude(stripe_customer_id="")
+            .exists()
+        )
         self.stderr.write(
             f"{options['event_id']} voided by correcting row {correction.pk}"
             f" ({correction.event_id}): {-correction.inputs} inputs, {-correction.tokens} tokens"
-            " taken off its period; Stripe gets the difference with the next usage push."
+            " taken off its period"
+            + ("; Stripe gets the difference with the next usage push." if billed else ".")
         )
