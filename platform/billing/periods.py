@@ -142,16 +142,19 @@ def period_open(*, tenant: Tenant, moment: datetime, now: datetime | None = None
     renewal's invoice covers the period it closes). Once it is invoiced, a change is a
     credit note in Stripe, not a ledger row."""
     now = now or timezone.now()
-    _, end = period_of(tenant=tenant, moment=moment)
+    start, end = period_of(tenant=tenant, moment=moment)
     if end > now:
         return True
     if now - end >= LATE_USAGE_HORIZON:
         return False
-    # NOTE: in whole seconds, as Stripe dates an invoice: a period cut short here (a move to
-    # free) ends at a moment with microseconds that its final invoice's period_end, taken
-    # at or just before it, never reached, and the invoiced period read as open.
-    covered = end.replace(microsecond=0)
-    return not Invoice.objects.for_tenant(tenant).filter(period_end__gte=covered).exists()
+    # NOTE: an invoice that closes the period ends in its second half, not exactly at its
+    # end: a period cut short here (a move to free) ends when this side heard of the cancel
+    # (after Stripe's call returned, or its webhook came), and its final invoice's
+    # period_end is Stripe's moment of the cancel, before that; the invoiced period read as
+    # open. A renewal's invoice ends at the end; the invoice that opened the period (its
+    # first) and the one before end at its start.
+    middle = start + (end - start) / 2
+    return not Invoice.objects.for_tenant(tenant).filter(period_end__gt=middle).exists()
 
 
 def period_recorded(*, tenant: Tenant, sub: Subscription, start: datetime) -> tuple[datetime, Plan]:

@@ -43,8 +43,7 @@ def quota_gen_key(key: str) -> str:
 
 def quota_gen(key: str) -> str:
     """The counter's correction generation now ("" for none yet)."""
-    value = redis_client().get(quota_gen_key(key))
-    return "" if value is None else value.decode() if isinstance(value, bytes) else str(value)
+    return _text(redis_client().get(quota_gen_key(key)))
 
 
 def quota_pending_key(key: str) -> str:
@@ -54,18 +53,31 @@ def quota_pending_key(key: str) -> str:
     return f"{key}:pending"
 
 
-PENDING_TTL_S = 60  # a correction that died between its mark and its give-back: forgotten
+PENDING_TTL_S = 15  # a correction that died between its mark and its give-back: forgotten
 # Set the missing counter KEYS[1] to ARGV[1] (EX ARGV[2]) unless a correction gave inputs
 # back since the ledger was read (its generation, KEYS[2], is no longer ARGV[3]) or is
 # giving some back (KEYS[3] > 0): 1 where the reading stood (set, or the counter is there
 # already), -1 where it is stale.
 SEED_IF_CURRENT = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end "
     "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] "
     "or tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return -1 end "
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') return 1"
 )
-SEED_READS = 3  # ledger readings a seed tries, a short pause apart, before it answers 503
-SEED_PAUSE_S = 0.05
+SEED_READS = 3  # ledger readings a seed tries before it answers 503
+SEED_PAUSE_S = 0.05  # how long a seed waits, at most SEED_READS times, for a pending give-back
+STALE_S = 1.0  # after a seed gave up: this process's requests for the counter 503 at once
+_stale_until: dict[str, float] = {}
+
+
+def _gen_and_pending(key: str) -> tuple[str, int]:
+    """The counter's correction generation ("" for none) and its pending give-backs."""
+    gen, pending = redis_client().mget([quota_gen_key(key), quota_pending_key(key)])
+    return _text(gen), int(pending or 0)
+
+
+def _text(value: bytes | str | None) -> str:
+    return "" if value is None else value.decode() if isinstance(value, bytes) else value
 
 
 def quota_cap(plan: Plan, *, livemode: bool) -> int:
@@ -103,13 +115,18 @@ def quota_seed(
 
     Answered calls still on their way to the ledger are not in it: a flush loses those, as
     it did, but no longer the period's whole count."""
+    if _stale_until.get(key, -math.inf) > time.monotonic():
+        raise quota_unreadable()  # (a seed just gave up on it: no queue of ledger reads)
     with _seeding:
         lock = _seed_locks.setdefault(key, threading.Lock())
     with lock:
         if _seeded_at.get(key, -math.inf) >= found_missing_at:
             return -1
         for _ in range(SEED_READS):
-            gen = quota_gen(key)
+            gen, pending = _gen_and_pending(key)
+            if pending:  # a correction is giving inputs back: a reading now may be stale
+                time.sleep(SEED_PAUSE_S)
+                continue
             try:
                 seed = quota_ledger_inputs(
                     tenant_id=api_key.tenant_id,
@@ -127,11 +144,14 @@ def quota_seed(
             keys = (key, quota_gen_key(key), quota_pending_key(key))
             if redis_client().eval(SEED_IF_CURRENT, 3, *keys, seed, ttl, gen) == 1:
                 break
-            time.sleep(SEED_PAUSE_S)
         else:
             # NOTE: never on money: a stale reading would undo a correction's give-back or
             # take it twice. Nothing is reserved yet; the client may retry.
             logger.warning("quota counter %s: corrections kept its seed stale; 503", key)
+            with _seeding:
+                _stale_until[key] = time.monotonic() + STALE_S
+                if len(_stale_until) > SEED_NOTES_MAX:
+                    _stale_until.clear()
             raise quota_unreadable()
         now = time.monotonic()
         with _seeding:

@@ -1,5 +1,6 @@
 from typing import Any
 
+import redis
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -108,6 +109,12 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                     )
                 except VoidRefused as exc:
                     self.message_user(request, str(exc), messages.ERROR)
+                except redis.RedisError:
+                    # (checked before its row is written: this record is unchanged)
+                    self.message_user(
+                        request, f"Nothing was changed for {record.event_id}: Redis cannot "
+                        "be reached.", messages.ERROR,
+                    )  # fmt: skip
                 else:
                     # The admin's own history too: who appended which correcting row, and why.
                     self.log_addition(request, correction, f"Voids {record.event_id}: "

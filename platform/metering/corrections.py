@@ -15,12 +15,12 @@ credited in Stripe instead (``billing.periods.period_open``)."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from dataclasses import fields
 from decimal import Decimal
 
+import redis
 from django.db import IntegrityError, transaction
 
 from billing.periods import LATE_USAGE_HORIZON, period_of, period_open
@@ -114,7 +114,8 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
         actor or "an operator", reason,
     )  # fmt: skip
     if give is not None:
-        transaction.on_commit(functools.partial(_give_back, give), robust=True)
+        # (a closure, not a partial: a robust hook that fails is logged by its __qualname__)
+        transaction.on_commit(lambda: _give_back(give), robust=True)
     return correction
 
 
@@ -137,7 +138,15 @@ def _append(row: LedgerRow, refused: VoidRefused) -> UsageRecord:
 
 
 def _give_back(give: GiveBack) -> None:
-    left = quota_give_back(give)
+    try:
+        left = quota_give_back(give)
+    except redis.RedisError:
+        # The row is committed: reconciliation will not give the inputs back (it never
+        # lowers a counter), but a counter seeded afresh from the ledger will; the pending
+        # mark lapses by itself (quota.PENDING_TTL_S).
+        logger.exception("quota counter %s: %s voided inputs not given back (Redis)",
+                         give.key, give.inputs)  # fmt: skip
+        return
     if left >= 0:
         logger.info("quota counter %s: %s inputs given back (%s counted)", give.key,
                     give.inputs, left)  # fmt: skip

@@ -84,7 +84,7 @@ def test_a_void_while_admission_seeds_a_missing_counter_is_read_again(
 
 
 def test_a_seed_while_a_committed_void_has_not_given_back_yet_waits_for_it(
-    tenant, django_capture_on_commit_callbacks
+    tenant, django_capture_on_commit_callbacks, monkeypatch
 ):
     """The void's row is committed (the ledger nets it) but its give-back has not run: a
     seed of the net figure was then taken off a second time by the give-back, and the
@@ -92,6 +92,7 @@ def test_a_seed_while_a_committed_void_has_not_given_back_yet_waits_for_it(
     from core.errors import APIError
     from tests.limits.test_quota_after_loss import ledger as answered_in_ledger
 
+    monkeypatch.setattr(quota, "STALE_S", 0.1)
     sub, key, request_id = _answered_60_of_100(tenant)
     answered_in_ledger(key, 30)  # 90 used, 60 of them about to be voided
     lose_redis_data(tenant)
@@ -102,6 +103,9 @@ def test_a_seed_while_a_committed_void_has_not_given_back_yet_waits_for_it(
     assert (waiting.value.status, waiting.value.code) == (503, "overloaded")
     for give_back in give_backs:
         give_back()
+    import time
+
+    time.sleep(quota.STALE_S)  # (this process's 503s for it once a seed gave up)
     from limits.quota import quota_key, quota_pending_key
     from limits.services import redis_client
 
@@ -109,3 +113,36 @@ def test_a_seed_while_a_committed_void_has_not_given_back_yet_waits_for_it(
     assert int(redis_client().get(quota_pending_key(counted)) or 0) == 0  # given back
     limits_settle(limits_admit(api_key=key, request_id="req_after", inputs=10), succeeded=True)
     assert counter(key, sub.current_period_start) == 40  # 30 left in the ledger, and these 10
+
+
+def test_a_give_back_left_pending_answers_503_at_once_not_after_a_queue_of_reads(
+    tenant, monkeypatch
+):
+    """A correction that died between its mark and its give-back: a missing counter is not
+    seeded until the mark lapses, and the requests meanwhile are 503s without each reading
+    the ledger and waiting in turn (16 took 0.16 to 2.62 s, and every API thread)."""
+    import time
+
+    from core.errors import APIError
+    from limits.quota import quota_key, quota_pending_key
+    from limits.services import redis_client
+
+    monkeypatch.setattr(quota, "STALE_S", 0.3)
+    sub, key, _ = _answered_60_of_100(tenant)
+    lose_redis_data(tenant)
+    counted = quota_key(tenant.pk, sub.current_period_start, livemode=True)
+    redis_client().set(quota_pending_key(counted), 1, ex=15)  # left by a dead correction
+    reads = []
+    read = quota.quota_ledger_inputs
+    monkeypatch.setattr(quota, "quota_ledger_inputs", lambda **kw: reads.append(kw) or read(**kw))
+    for attempt in ("first", "second"):
+        began = time.monotonic()
+        with pytest.raises(APIError) as refused:
+            limits_admit(api_key=key, request_id=f"req_{attempt}", inputs=1)
+        assert (refused.value.status, refused.value.code) == (503, "overloaded")
+        waited = time.monotonic() - began
+    assert reads == [] and waited < 0.05  # the second: at once, no ledger read
+    redis_client().delete(quota_pending_key(counted))  # the mark lapses
+    time.sleep(0.3)
+    limits_settle(limits_admit(api_key=key, request_id="req_later", inputs=1), succeeded=True)
+    assert counter(key, sub.current_period_start) == 61

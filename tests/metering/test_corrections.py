@@ -151,12 +151,20 @@ def test_a_void_in_an_invoiced_period_is_refused_and_says_to_credit_in_stripe(te
     # Ended, its invoice not finalised yet: still open (its late pushes still run).
     assert usage_record_void(event_id=first, reason="duplicate").inputs == -1_000
 
-    # Dated in whole seconds, as Stripe dates it: the period's end has microseconds here
-    # (a period cut short by a move to free read as open after its final invoice).
+    # The invoice that opened the period (its first) ends at its start: not this one's.
     Invoice.objects.create(
-        id="in_renewal", tenant=tenant, status="open", currency="usd", total=0,
-        period_start=old_start.replace(microsecond=0), period_end=old_end.replace(microsecond=0),
-        created_at=old_end,
+        id="in_first", tenant=tenant, status="paid", currency="usd", total=0,
+        period_start=old_start, period_end=old_start, created_at=old_start,
+    )  # fmt: skip
+    assert usage_record_void(event_id=call(tenant, 5, at=old_start + timedelta(days=5)),
+                             reason="still open").inputs == -5  # fmt: skip
+    # A final invoice is dated at Stripe's moment of the cancel, before this side recorded
+    # the period's end (after the call returned, or its webhook came): it closes it all the
+    # same (in whole seconds, seconds early, the period read as open).
+    Invoice.objects.create(
+        id="in_final", tenant=tenant, status="open", currency="usd", total=0,
+        period_start=old_start.replace(microsecond=0),
+        period_end=(old_end - timedelta(seconds=3)).replace(microsecond=0), created_at=old_end,
     )  # fmt: skip
     with pytest.raises(VoidRefused) as refusal:
         usage_record_void(event_id=second, reason="duplicate")

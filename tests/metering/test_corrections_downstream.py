@@ -155,3 +155,46 @@ def test_the_migration_keeps_existing_rows_and_lets_corrections_be_negative():
     )  # fmt: skip
     late = UsageRecord.objects.for_tenant(tenant).get(event_id="req_old_release")
     assert (late.corrects, late.reason, late.corrected_by) == ("", "", "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_give_back_that_fails_after_the_commit_still_returns_the_void(monkeypatch, caplog):
+    """The row is committed: the void stands and says so (a failing robust hook, a partial
+    without __qualname__, raised AttributeError through the command and the admin)."""
+    import redis
+
+    from metering import corrections
+
+    tenant = TenantFactory()
+    wrong = call(tenant, 5)
+
+    def redis_gone(give):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr(corrections, "quota_give_back", redis_gone)
+    correction = usage_record_void(event_id=wrong, reason="after the commit")
+    assert UsageRecord.objects.for_tenant(tenant).get(pk=correction.pk).inputs == -5
+    assert "voided inputs not given back (Redis)" in caplog.text
+
+
+def test_the_admin_says_nothing_changed_where_redis_cannot_be_reached(tenant, monkeypatch):
+    import redis
+
+    from metering import corrections
+    from tests.factories import staff_client
+
+    wrong = call(tenant, 5)
+    pk = UsageRecord.objects.for_tenant(tenant).get(event_id=wrong).pk
+
+    def redis_gone(**kwargs):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr(corrections, "quota_give_back_begin", redis_gone)
+    page = staff_client(superuser=True).post(
+        "/admin/metering/usagerecord/",
+        {"action": "void_selected", "_selected_action": [pk], "confirm": "yes", "reason": "x"},
+        follow=True,
+    )
+    assert page.status_code == 200
+    assert f"Nothing was changed for {wrong}: Redis cannot be reached." in page.content.decode()
+    assert not UsageRecord.objects.for_tenant(tenant).exclude(corrects="").exists()

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        actor = options["by"] or f"{getpass.getuser()} (manage.py)"
+        actor = options["by"] or _os_user()
         try:
             correction = usage_record_void(
                 event_id=options["event_id"], reason=options["reason"], actor=actor
@@ -49,3 +49,11 @@ class Command(BaseCommand):
             " taken off its period"
             + ("; Stripe gets the difference with the next usage push." if billed else ".")
         )
+
+
+def _os_user() -> str:
+    """Who ran the command, as the OS says (an image's one user names nobody: say --by)."""
+    try:
+        return f"{getpass.getuser()} (manage.py)"
+    except (KeyError, OSError):  # a uid without a passwd entry
+        return "manage.py"
