@@ -23,6 +23,7 @@ from decimal import Decimal
 import redis
 from django.db import IntegrityError, transaction
 
+from billing.models import Invoice, Subscription
 from billing.periods import LATE_USAGE_HORIZON, period_of, period_open
 from economics.services import rollup_apply, tenant_plans_now
 from limits.reconcile import (
@@ -31,6 +32,7 @@ from limits.reconcile import (
     quota_give_back_abandon,
     quota_give_back_begin,
 )
+from tenants.models import Tenant
 
 from . import messages
 from .models import UsageRecord
@@ -81,9 +83,10 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
     tenant = original.tenant
     if not period_open(tenant=tenant, moment=original.occurred_at):
         start, end = period_of(tenant=tenant, moment=original.occurred_at)
+        advice = messages.CREDIT_IN_STRIPE if _in_stripe(tenant) else messages.NOTHING_IN_STRIPE
         raise VoidRefused(
             messages.PERIOD_CLOSED.format(
-                event_id=event_id, start=start, end=end, days=LATE_USAGE_HORIZON.days
+                event_id=event_id, start=start, end=end, days=LATE_USAGE_HORIZON.days, advice=advice
             )
         )
     row = LedgerRow(
@@ -117,6 +120,12 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
         # (a closure, not a partial: a robust hook that fails is logged by its __qualname__)
         transaction.on_commit(lambda: _give_back(give), robust=True)
     return correction
+
+
+def _in_stripe(tenant: Tenant) -> bool:
+    """Whether the tenant was ever billed through Stripe (a customer, or an invoice)."""
+    customer = Subscription.objects.for_tenant(tenant).exclude(stripe_customer_id="")
+    return customer.exists() or Invoice.objects.for_tenant(tenant).exists()
 
 
 def _append(row: LedgerRow, refused: VoidRefused) -> UsageRecord:

@@ -10,6 +10,9 @@ ALREADY_VOIDED = "{event_id!r} is voided already (correcting row {void_id!r}): n
 PERIOD_CLOSED = (
     "{event_id!r} is in a billing period that is closed ({start:%Y-%m-%d %H:%M:%S} to "
     "{end:%Y-%m-%d %H:%M:%S} UTC: invoiced, or ended more than {days} days ago). Its usage is "
-    "billed as it stands: credit the customer in Stripe instead (a credit note on the "
-    "period's invoice)."
+    "billed as it stands{advice}"
 )
+CREDIT_IN_STRIPE = (
+    ": credit the customer in Stripe instead (a credit note on the period's invoice)."
+)
+NOTHING_IN_STRIPE = " (the tenant has nothing in Stripe: none of it was charged)."

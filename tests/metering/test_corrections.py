@@ -181,8 +181,11 @@ def test_a_void_in_a_period_that_ended_over_a_week_ago_is_refused(tenant):
         tenant=tenant, start=long_ago, end=long_ago + timedelta(days=30), plan_id="free@1"
     )
     old = call(tenant, 10, at=long_ago + timedelta(days=1))
-    with pytest.raises(VoidRefused, match="closed"):
+    with pytest.raises(VoidRefused, match="closed") as refusal:
         usage_record_void(event_id=old, reason="late")
+    # A free tenant was never charged: no credit note to write in Stripe.
+    assert "nothing in Stripe: none of it was charged" in str(refusal.value)
+    assert "credit the customer" not in str(refusal.value)
 
 
 def test_the_consumer_and_ordinary_writers_never_write_a_negative_row(tenant):
