@@ -15,6 +15,7 @@ credited in Stripe instead (``billing.periods.period_open``)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import fields
@@ -109,7 +110,8 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
         correction = _append(row, refused)
     except BaseException:
         if give is not None:
-            quota_give_back_abandon(give)
+            with contextlib.suppress(redis.RedisError):  # (the mark lapses by itself)
+                quota_give_back_abandon(give)
         raise
     logger.info(
         "ledger correction %s voids %s (tenant %s, %s inputs, %s tokens) by %s: %s",
