@@ -54,14 +54,18 @@ def quota_pending_key(key: str) -> str:
 
 
 PENDING_TTL_S = 15  # a correction that died between its mark and its give-back: forgotten
-# Set the missing counter KEYS[1] to ARGV[1] (EX ARGV[2]) unless a correction gave inputs
-# back since the ledger was read (its generation, KEYS[2], is no longer ARGV[3]) or is
-# giving some back (KEYS[3] > 0): 1 where the reading stood (set, or the counter is there
-# already), -1 where it is stale.
+# Lua: whether a ledger reading taken at generation ARGV[3] is stale for the counter
+# KEYS[1]: a correction gave inputs back since (its generation, KEYS[2], moved on) or is
+# giving some back (KEYS[3] > 0). The scripts that write a reading over a counter share it.
+STALE_READING = (
+    "(redis.call('GET', KEYS[2]) or '') ~= ARGV[3] "
+    "or tonumber(redis.call('GET', KEYS[3]) or '0') > 0"
+)
+# Set the missing counter KEYS[1] to ARGV[1] (EX ARGV[2]) unless the reading is stale: 1
+# where it stood (set, or the counter is there already), -1 where it is stale.
 SEED_IF_CURRENT = (
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end "
-    "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] "
-    "or tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return -1 end "
+    f"if {STALE_READING} then return -1 end "
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') return 1"
 )
 SEED_READS = 3  # ledger readings a seed tries before it answers 503

@@ -29,11 +29,10 @@ from prometheus_client import Counter
 
 from apikeys.models import ApiKey
 from billing.models import Subscription
-from billing.periods import calendar_month
 
-from .quota import PENDING_TTL_S, quota_gen, quota_gen_key, quota_pending_key
+from .quota import PENDING_TTL_S, STALE_READING, quota_gen, quota_gen_key, quota_pending_key
 from .selectors import quota_ledger_inputs
-from .services import enforcement_for, quota_key, redis_client
+from .services import enforcement_for, period_now, quota_key, redis_client
 
 logger = logging.getLogger(__name__)
 QUOTA_DRIFT = Counter(
@@ -68,8 +67,7 @@ def quota_reconcile_tenant(*, api_key: ApiKey) -> QuotaCheck | None:
     # looks again).
     script: Any = redis_client().register_script(
         "local c = tonumber(redis.call('GET', KEYS[1]) or '0') "
-        "if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] "
-        "or tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return {c, 0} end "
+        f"if {STALE_READING} then return {{c, 0}} end "
         "if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
         "return {c, tonumber(ARGV[1]) - c} end return {c, 0}"
     )
@@ -135,26 +133,18 @@ class GiveBack:
     ttl: int
 
 
-def quota_give_back_begin(
-    *, tenant_id: str, occurred_at: datetime, inputs: int, livemode: bool
-) -> GiveBack | None:
-    """Before a correction of ``inputs`` of a classification made at ``occurred_at`` is
+def quota_give_back_begin(*, tenant_id: str, occurred_at: datetime, inputs: int) -> GiveBack | None:
+    """Before a correction of ``inputs`` of a live classification made at ``occurred_at`` is
     committed: the counter that counted them, if that is the period admission counts now
-    (live: the subscription's current period, else the calendar month, as
-    ``services.enforcement_for``; test mode: the calendar month, as
-    ``services.quota_period``), marked as awaiting a give-back, so that no reading of the
+    (``services.period_now``), marked as awaiting a give-back, so that no reading of the
     ledger taken meanwhile (it may net the correction already, or not yet) is written over
     the counter until the give-back is done. None where there is nothing to give back (a
-    past period's counter admits nothing any more)."""
-    now = timezone.now()
-    sub = Subscription.objects.for_tenant(tenant_id).first() if livemode else None
-    if sub is not None and sub.current_period_start <= now < sub.current_period_end:
-        start, end = sub.current_period_start, sub.current_period_end
-    else:
-        start, end = calendar_month(now)
+    past period's counter admits nothing any more). Test-mode usage is never corrected."""
+    sub = Subscription.objects.for_tenant(tenant_id).first()
+    start, end = period_now(sub, timezone.now())
     if inputs <= 0 or not start <= occurred_at < end:
         return None
-    key = quota_key(tenant_id, start, livemode=livemode)
+    key = quota_key(tenant_id, start, livemode=True)
     pipe = redis_client().pipeline(transaction=True)
     pipe.incr(quota_pending_key(key))
     pipe.expire(quota_pending_key(key), PENDING_TTL_S)

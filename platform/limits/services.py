@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import redis
@@ -30,6 +30,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apikeys.models import ApiKey
+from billing.periods import calendar_month
 from core.errors import APIError
 from plans.models import Plan
 from tenants.models import Tenant
@@ -50,7 +51,7 @@ def quota_period(terms: Enforcement, *, livemode: bool, now: datetime) -> tuple[
     """The span a quota counter counts: the billing period for live calls; the calendar
     month (UTC) for test-mode calls, whose allowance is monthly whatever the billing does (a
     plan change that begins a new billing period must not hand out a fresh allowance)."""
-    return (terms.period_start, terms.period_end) if livemode else _month(now)
+    return (terms.period_start, terms.period_end) if livemode else calendar_month(now)
 
 
 @functools.cache
@@ -95,10 +96,15 @@ class Enforcement:
     blocked_reason: str = ""  # non-empty: billable calls are refused (402)
 
 
-def _month(now: datetime) -> tuple[datetime, datetime]:
-    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
+def period_now(subscription: Any, now: datetime) -> tuple[datetime, datetime]:
+    """The period a tenant's live calls count in at ``now``: its subscription's current
+    period, else (no subscription, or a period that rolled over with no webhook yet) the
+    calendar month."""
+    if subscription is not None:
+        start, end = subscription.current_period_start, subscription.current_period_end
+        if start <= now < end:
+            return start, end
+    return calendar_month(now)
 
 
 FREE_PLAN_TTL_S = 5.0
@@ -143,14 +149,11 @@ def enforcement_for(
     tenant without a subscription row is on the free plan."""
     now = now or timezone.now()
     subscription = getattr(tenant or api_key.tenant, "subscription", None)
+    start, end = period_now(subscription, now)
     if subscription is None:
-        start, end = _month(now)
         return Enforcement(free_plan_current(), start, end)
     # Test mode is never billed: an unpaid bill does not stop it.
     blocked = _blocked_reason(subscription, now) if api_key.livemode else ""
-    start, end = subscription.current_period_start, subscription.current_period_end
-    if not start <= now < end:  # the period rolled over and no webhook said so yet
-        start, end = _month(now)
     plan = subscription.plan
     if plan.slug == "free" and not plan.is_current and not subscription.stripe_subscription_id:
         plan = free_plan_current()  # nobody signs free: its current version's limits

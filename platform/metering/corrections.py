@@ -84,7 +84,9 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
     tenant = original.tenant
     if not period_open(tenant=tenant, moment=original.occurred_at):
         start, end = period_of(tenant=tenant, moment=original.occurred_at)
-        advice = messages.CREDIT_IN_STRIPE if _in_stripe(tenant) else messages.NOTHING_IN_STRIPE
+        advice = (
+            messages.CREDIT_IN_STRIPE if tenant_in_stripe(tenant) else messages.NOTHING_IN_STRIPE
+        )
         raise VoidRefused(
             messages.PERIOD_CLOSED.format(
                 event_id=event_id, start=start, end=end, days=LATE_USAGE_HORIZON.days, advice=advice
@@ -103,9 +105,8 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
         # Marked before the commit, given back after it (the counter gives back only what
         # the ledger no longer holds); a ledger reading meanwhile is not written over it.
         give = quota_give_back_begin(
-            tenant_id=original.tenant_id, occurred_at=original.occurred_at,
-            inputs=original.inputs, livemode=original.livemode,
-        )  # fmt: skip
+            tenant_id=original.tenant_id, occurred_at=original.occurred_at, inputs=original.inputs
+        )
     try:
         correction = _append(row, refused)
     except BaseException:
@@ -124,7 +125,7 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
     return correction
 
 
-def _in_stripe(tenant: Tenant) -> bool:
+def tenant_in_stripe(tenant: Tenant) -> bool:
     """Whether the tenant was ever billed through Stripe (a customer, or an invoice)."""
     customer = Subscription.objects.for_tenant(tenant).exclude(stripe_customer_id="")
     return customer.exists() or Invoice.objects.for_tenant(tenant).exists()

@@ -4,8 +4,7 @@ from typing import Any
 import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing.models import Subscription
-from metering.corrections import VoidRefused, usage_record_void
+from metering.corrections import VoidRefused, tenant_in_stripe, usage_record_void
 
 
 class Command(BaseCommand):
@@ -37,12 +36,7 @@ class Command(BaseCommand):
                 f"Nothing was changed: Redis cannot be reached ({exc}). Try again once it is."
             ) from exc
         self.stdout.write(str(correction.pk))
-        billed = (
-            correction.livemode
-            and Subscription.objects.for_tenant(correction.tenant_id)
-            .exclude(stripe_customer_id="")
-            .exists()
-        )
+        billed = tenant_in_stripe(correction.tenant)
         self.stderr.write(
             f"{options['event_id']} voided by correcting row {correction.pk}"
             f" ({correction.event_id}): {-correction.inputs} inputs, {-correction.tokens} tokens"
