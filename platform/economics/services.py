@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, Greatest, TruncDate
 
@@ -106,7 +106,18 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
 def rollups_rebuild() -> int:
     """Recompute every rollup from the ledger (after a restore, or to correct drift), under
     the plan each row was recorded on (rows from before plans were recorded: the tenant's
-    plan now)."""
+    plan now).
+
+    On PostgreSQL the rollups table is locked against writes first: a ledger row whose
+    transaction was still open when the ledger was read (the consumer's, a void's) adds
+    itself to the rebuilt rollups once this commits, instead of to a deleted row (a void's
+    netting was then lost until the next rebuild, and the consumer's batch failed on the
+    rebuilt row's uniqueness). Writers wait for the rebuild meanwhile."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # (SHARE ROW EXCLUSIVE: taken after the writers already in the table commit,
+            # and holding off the others' ROW EXCLUSIVE; reads go on)
+            cursor.execute(f"LOCK TABLE {UsageRollup._meta.db_table} IN SHARE ROW EXCLUSIVE MODE")
     UsageRollup.objects.unscoped().delete()
     ledger = (
         UsageRecord.objects.unscoped()
