@@ -85,10 +85,13 @@ def usage_push_task(tenant_id: str, start: str | None = None, end: str | None = 
     return len(pushes)
 
 
-def usage_push_period_enqueue(*, tenant_id: str, start: datetime, end: datetime) -> None:
-    """Push a closed period's last usage once the current transaction commits. robust: with
-    the broker down, the change that closed it is not failed after its commit (a move to
-    free answered 500, its Stripe subscription left); the hourly late push sends it."""
+def usage_push_period_enqueue(
+    *, tenant_id: str, start: datetime | None = None, end: datetime | None = None
+) -> None:
+    """Push the period [start, end) (default: the tenant's current one) once the current
+    transaction commits: a closed period's last usage, a ledger correction's credit. robust:
+    with the broker down, the change is not failed after its commit (a move to free answered
+    500, its Stripe subscription left); the hourly push sends it."""
     transaction.on_commit(lambda: _enqueue(usage_push_task, tenant_id, start, end), robust=True)
 
 

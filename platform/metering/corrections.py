@@ -19,10 +19,12 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import fields
+from datetime import datetime
 from decimal import Decimal
 
 import redis
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from billing.models import Invoice, Subscription
 from billing.periods import LATE_USAGE_HORIZON, period_of, period_open
@@ -122,7 +124,22 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
     if give is not None:
         # (a closure, not a partial: a robust hook that fails is logged by its __qualname__)
         transaction.on_commit(lambda: _give_back(give), robust=True)
+    if tenant_in_stripe(tenant):
+        _push_soon(tenant, original.occurred_at)
     return correction
+
+
+def _push_soon(tenant: Tenant, moment: datetime) -> None:
+    """The corrected period's credit goes to Stripe once the void commits, not at the next
+    hourly push: a void made just before a renewal is on the invoice it corrects, not the
+    one after."""
+    from billing.tasks import usage_push_period_enqueue  # (billing's tasks import Celery's app)
+
+    start, end = period_of(tenant=tenant, moment=moment)
+    if end > timezone.now():
+        usage_push_period_enqueue(tenant_id=tenant.pk)  # the current period, as the beat's
+    else:
+        usage_push_period_enqueue(tenant_id=tenant.pk, start=start, end=end)
 
 
 def tenant_in_stripe(tenant: Tenant) -> bool:

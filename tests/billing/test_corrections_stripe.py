@@ -4,14 +4,18 @@ finds Stripe and the ledger in agreement."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 
 from billing.invoicing import usage_charges_push
-from billing.models import Subscription
+from billing.models import Subscription, UsageChargePush
+from billing.periods import billing_period_record
 from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change
 from metering.corrections import usage_record_void
+from tests.billing.helpers import wait_for
 from tests.metering.test_corrections import call
 
 pytestmark = pytest.mark.django_db
@@ -80,3 +84,54 @@ def test_a_voided_fine_tune_is_credited_as_fine_tuning(tenant, stripe_api):
     assert (credit.line, credit.amount) == ("finetune", -billed.amount)
     assert credit.description.startswith("Credit: Fine-tuning: none now")
     assert reconciliation_run(tenant=tenant).difference == 0
+
+
+def _pushed_amounts(tenant, start):
+    pushes = UsageChargePush.objects.for_tenant(tenant).filter(
+        period_start=start, pushed_at__isnull=False
+    )
+    return sorted(pushes.values_list("amount", flat=True))
+
+
+def test_a_void_reaches_stripe_without_waiting_for_the_hourly_push(
+    tenant, live_server, platform_worker, stripe_api
+):
+    """The credit goes as the void commits (the platform worker's push), so a void made in
+    the hour before a renewal is on the invoice it corrects, not the next one."""
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    call(tenant, 150_000, at=timezone.now())
+    wrong = call(tenant, 20_000, at=timezone.now())
+    usage_charges_push(tenant=tenant)
+    usage_record_void(event_id=wrong, reason="billed twice by a client retry bug")
+    start = Subscription.objects.for_tenant(tenant).get().current_period_start
+    with platform_worker():
+        wait_for(lambda: _pushed_amounts(tenant, start) == [-800, 2800], what="the credit")
+    assert _stripe_amounts(stripe_api, sub.stripe_customer_id) == [-800, 2800]
+    assert reconciliation_run(tenant=tenant).difference == 0
+
+
+def test_a_void_in_a_period_closed_this_week_pushes_that_period(
+    tenant, live_server, platform_worker, stripe_api
+):
+    """Ended a day ago, not invoiced yet (no invoice mirrored): still open to corrections,
+    and its credit goes to Stripe at once, for that period rather than the current one."""
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    now = timezone.now()
+    old_start, old_end = now - timedelta(days=31), now - timedelta(days=1)
+    Subscription.objects.for_tenant(tenant).update(
+        current_period_start=old_start, current_period_end=old_end
+    )
+    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
+    call(tenant, 110_000, at=old_end - timedelta(days=2))  # 10,000 over: 400
+    wrong = call(tenant, 5_000, at=old_end - timedelta(days=1))  # 200 more
+    assert [p.amount for p in usage_charges_push(tenant=tenant)] == [600]
+    Subscription.objects.for_tenant(tenant).update(
+        current_period_start=old_end, current_period_end=old_end + timedelta(days=30)
+    )
+    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
+
+    usage_record_void(event_id=wrong, reason="a duplicate")
+    with platform_worker():
+        wait_for(lambda: _pushed_amounts(tenant, old_start) == [-200, 600], what="the credit")
+    assert _stripe_amounts(stripe_api, sub.stripe_customer_id) == [-200, 600]
+    assert reconciliation_run(tenant=tenant, start=old_start, until=now).difference == 0
