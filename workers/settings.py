@@ -156,10 +156,22 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def required_env_check(env: Mapping[str, str], error: type[Exception]) -> None:
+    """``error`` naming the variables ``REQUIRED_ENV`` lists (space-separated; each image
+    names its own, deploy/Dockerfile) that are unset or empty. A deployment whose Secret
+    lacked one ran on ``make run``'s defaults rather than stop and say so."""
+    required = env.get("REQUIRED_ENV", "").split()
+    missing = [name for name in required if not env.get(name, "").strip()]
+    if missing:
+        raise error(f"{', '.join(missing)} must be set (this image requires {' '.join(required)})")
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
     """Build settings from ``env`` (default: ``os.environ``). Invalid values raise at start-up
     rather than silently falling back, so a mistyped deployment fails loudly."""
     env = os.environ if env is None else env
+    # (a worker without REDIS_URL waited on a broker of its own, serving nobody)
+    required_env_check(env, ValueError)
     device = _choice(env, "WORKER_DEVICE", DEVICES)
     return WorkerSettings(
         redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,

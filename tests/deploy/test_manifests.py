@@ -197,6 +197,10 @@ def test_keda_scales_inference_on_the_queue_the_api_fills_in_the_redis_it_uses()
     redis_url = urlsplit(secret["stringData"]["REDIS_URL"])
     assert trigger["metadata"]["address"] == f"{redis_url.hostname}:{redis_url.port}"
     assert trigger["metadata"]["databaseIndex"] == redis_url.path.strip("/")
+    # A worker holds up to 128 messages the list no longer shows: its CPU tells it is full.
+    cpu = scaled[0]["spec"]["triggers"][1]
+    assert (cpu["type"], cpu["metricType"]) == ("cpu", "Utilization")
+    assert 0 < int(cpu["metadata"]["value"]) <= 90
 
 
 def test_one_beat_deployments_select_their_pods_and_mount_what_they_declare() -> None:
@@ -308,3 +312,111 @@ def test_every_pod_runs_unprivileged_and_workers_hold_no_database_or_stripe_secr
                 if "secretKeyRef" in e.get("valueFrom", {})
             ]
             assert secrets == [("REDIS_URL", "REDIS_URL")], where
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return next(
+        d for d in _k8s_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == name
+    )
+
+
+def test_every_process_that_reaches_the_artifact_store_mounts_it() -> None:
+    """The API (uploads, deletes), the platform worker (its beat's sweeps remove deleted
+    datasets' and models' files) and both workers (models read, trained, written) see the one
+    store at ARTIFACT_DIR. The platform worker's was the image's empty folder: its sweeps
+    found no file, took them for removed already, and the files stayed for good."""
+    config = next(d for d in _k8s_documents() if d["kind"] == "ConfigMap")["data"]
+    for name in ("margin-api", "margin-platform-worker", "margin-inference-worker",
+                 "margin-training-worker"):  # fmt: skip
+        pod = _deployment(name)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        mount = mounts[config["ARTIFACT_DIR"]]
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claim == "margin-artifacts", name
+        if name != "margin-inference-worker":  # (the only one that never writes there)
+            assert not mount.get("readOnly") and pod["securityContext"]["fsGroup"] == 10001
+
+
+def test_the_api_is_given_the_time_its_requests_in_flight_take_to_end() -> None:
+    """As long as make run waits for it (a call's timeout, and with Redis out of reach its
+    give-up grace and skew), plus the preStop's pause."""
+    from deploy.devserver import GRACE_S
+
+    pod = _deployment("margin-api")["spec"]["template"]["spec"]
+    pause = int(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] >= GRACE_S + pause
+    assert int(_compose()["services"]["api"]["stop_grace_period"].rstrip("s")) >= GRACE_S
+
+
+def test_workers_log_what_they_serve() -> None:
+    """Celery's default level is WARNING: the start-up line naming the models a worker
+    loaded, on which device and precision, was never seen outside make run."""
+    argvs = [(where, _argv(c.get("command"))) for where, c in _containers()]
+    argvs += [(f"Dockerfile/{stage}", argv) for stage, argv in _dockerfile_cmds().items()]
+    workers = [(where, argv) for where, argv in argvs if argv[:1] == ["celery"]]
+    assert len(workers) >= 5
+    for where, argv in workers:
+        assert argv[argv.index("--loglevel") + 1] == "INFO", where
+
+
+def _image_required_env() -> dict[str, list[str]]:
+    """REQUIRED_ENV of each image, by its stage's name (api, worker)."""
+    required, stage = {}, ""
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            stage = line.split(" AS ")[-1].strip()
+        elif line.startswith("ENV REQUIRED_ENV="):
+            required[stage] = yaml.safe_load(line.removeprefix("ENV REQUIRED_ENV=")).split()
+    return required
+
+
+def test_every_container_is_given_what_its_image_requires() -> None:
+    """Each image names what it cannot run without; every container of the manifests and
+    the compose file of that image is given each of them (the Secret's keys, its env)."""
+    required = _image_required_env()
+    assert required == {"api": ["SECRET_KEY", "DATABASE_URL", "REDIS_URL"], "worker": ["REDIS_URL"]}
+    docs = _k8s_documents()
+    secret = next(d for d in docs if d["kind"] == "Secret")["stringData"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    for doc in docs:
+        pod = doc.get("spec", {}).get("template", {}).get("spec")
+        for container in (pod or {}).get("containers", []):
+            given = {item["name"] for item in container.get("env", [])}
+            for source in container.get("envFrom", []):
+                given |= set(secret if "secretRef" in source else config)
+            image = container["image"].removeprefix("margin-")
+            missing = set(required[image]) - given
+            assert not missing, (doc["metadata"]["name"], missing)
+    compose = _compose()["services"]
+    for name, service in compose.items():
+        image = service.get("image", "").removeprefix("margin-")
+        if image in required:
+            assert set(required[image]) <= set(service["environment"]), name
+
+
+def test_the_control_plane_stops_at_start_naming_what_its_image_requires(tmp_path) -> None:
+    """Without it, a pod whose Secret lacked DATABASE_URL ran on a SQLite file of its own
+    (every route failed while /readyz passed), one without SECRET_KEY on the public
+    development key."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL")}
+    env |= {"REQUIRED_ENV": "SECRET_KEY DATABASE_URL REDIS_URL", "DATA_DIR": str(tmp_path),
+            "REDIS_URL": "redis://127.0.0.1:9/0"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert (
+        "ImproperlyConfigured: SECRET_KEY, DATABASE_URL must be set (this image requires"
+        " SECRET_KEY DATABASE_URL REDIS_URL)" in run.stderr
+    )
+    env |= {"SECRET_KEY": "x" * 50, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr

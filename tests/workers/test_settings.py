@@ -74,3 +74,15 @@ def test_a_gpu_at_the_cpu_default_price_is_warned_about() -> None:
     warning = default_price_warning("cuda", {})
     assert warning is not None and "WORKER_PRICE_PER_HOUR" in warning
     assert default_price_warning("cuda", {"WORKER_PRICE_PER_HOUR": "  "}) == warning
+
+
+def test_a_variable_the_image_requires_stops_the_worker_at_start_naming_it():
+    """The worker image requires REDIS_URL (deploy/Dockerfile): without it a worker waited
+    on a broker of its own, serving nobody, and looked healthy."""
+    with pytest.raises(ValueError, match=r"^REDIS_URL must be set \(this image requires "):
+        settings_from_env({"REQUIRED_ENV": "REDIS_URL"})
+    with pytest.raises(ValueError, match=r"^REDIS_URL must be set"):
+        settings_from_env({"REQUIRED_ENV": "REDIS_URL", "REDIS_URL": "  "})
+    given = settings_from_env({"REQUIRED_ENV": "REDIS_URL", "REDIS_URL": "redis://r:6379/2"})
+    assert given.redis_url == "redis://r:6379/2"
+    assert settings_from_env({}).redis_url  # make run requires nothing: its defaults serve

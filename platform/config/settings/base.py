@@ -11,6 +11,9 @@ from typing import Any
 
 import dj_database_url
 import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+from workers.settings import required_env_check
 
 # Lets annotations like ModelAdmin[Tenant] and QuerySet[Any] run (django-stubs generics).
 django_stubs_ext.monkeypatch()
@@ -21,6 +24,12 @@ DATA_DIR = Path(os.environ.get("DATA_DIR", BASE_DIR / "var"))
 
 def env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+# What the image requires (deploy/Dockerfile): a Secret that lacked one ran the pod on
+# make run's defaults, the public development key and any host, or a SQLite file of its own,
+# on which every route failed while /readyz passed.
+required_env_check(os.environ, ImproperlyConfigured)
 
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-change-me")
