@@ -74,3 +74,25 @@ def staff_client(*permissions: str, superuser: bool = False) -> Any:
     client = Client()
     client.force_login(user)
     return client
+
+
+def ledger_row(**fields: Any) -> Any:
+    """A ledger row stored as the usage consumer stores one: stamped with the tenant's plan
+    now unless it names one, and its day's rollup updated in the same transaction (reports
+    and rating read whole days from the rollups: ``metering.sums``)."""
+    from dataclasses import fields as dataclass_fields
+
+    from django.db import transaction
+
+    from economics.services import rollup_apply, tenant_plans_now
+    from metering.models import UsageRecord
+    from metering.services import LedgerRow
+
+    with transaction.atomic():
+        record = UsageRecord.objects.create(**fields)
+        if not record.plan_id:
+            record.plan_id = tenant_plans_now({record.tenant_id})[record.tenant_id]
+            record.save(update_fields=["plan_id"])
+        names = [f.name for f in dataclass_fields(LedgerRow)]
+        rollup_apply(rows=[LedgerRow(**{name: getattr(record, name) for name in names})])
+    return record

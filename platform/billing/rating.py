@@ -19,9 +19,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 
-from django.db.models import Sum
-
 from metering.models import UsageRecord
+from metering.sums import usage_sums
 from plans.models import MODEL_TIERS, Plan
 from tenants.models import Tenant
 
@@ -147,19 +146,16 @@ class PlanUsage:
 
 
 def billable_usage(
-    *, tenant: Tenant, plan: Plan, start: datetime, end: datetime
+    *, tenant: Tenant, plan: Plan, start: datetime, end: datetime, from_ledger: bool = False
 ) -> dict[Plan, PlanUsage]:
     """A tenant's live usage in [start, end) by the plan each row was made on: (inputs by
     model tier, trained tokens). Rows from before plans were recorded count under ``plan``
-    (the tenant's plan now)."""
-    records = UsageRecord.objects.for_tenant(tenant).filter(
-        livemode=True, occurred_at__gte=start, occurred_at__lt=end
-    )
-    rows = list(
-        records.values("plan_id", "kind", "model").annotate(
-            inputs=Sum("inputs"), cached=Sum("cached"), tokens=Sum("tokens")
-        )
-    )
+    (the tenant's plan now). Whole days from the rollups unless ``from_ledger``
+    (``metering.sums``)."""
+    rows = usage_sums(
+        tenant=tenant, livemode=True, start=start, end=end, by=("plan_id", "kind", "model"),
+        from_ledger=from_ledger,
+    )  # fmt: skip
     plan_ids = {row["plan_id"] for row in rows if row["plan_id"]} - {plan.pk}
     plans = {plan.pk: plan, "": plan, **Plan.objects.in_bulk(plan_ids)}
     usage: dict[Plan, PlanUsage] = {}
@@ -184,10 +180,12 @@ def rate_tenant_period(
     end: datetime,
     include_base_fee: bool = True,
     shares: dict[str, Fraction] | None = None,
+    from_ledger: bool = False,
 ) -> RatedPeriod:
     """The period priced: ``plan`` (the tenant's plan now) for the base fee, and each plan
-    the period's usage was made on for that usage (one line per key, their sum)."""
-    usage = billable_usage(tenant=tenant, plan=plan, start=start, end=end)
+    the period's usage was made on for that usage (one line per key, their sum).
+    ``from_ledger``: summed from the ledger alone (reconciliation), not its rollups."""
+    usage = billable_usage(tenant=tenant, plan=plan, start=start, end=end, from_ledger=from_ledger)
     segments = sorted(usage.items(), key=lambda item: item[0] != plan)  # the current first
     if shares is None:  # (a caller rating one period twice reads them once)
         shares = plan_shares(tenant=tenant, start=start)

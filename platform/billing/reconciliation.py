@@ -88,8 +88,10 @@ def reconciliation_run(
     # usage is in neither and does not read as a difference.
     end, plan = period_recorded(tenant=tenant, sub=sub, start=start)
     cut = min(until or timezone.now(), end)
+    # From the ledger itself (DESIGN: reported to Stripe = the sum of the ledger), not the
+    # rollups the pushes read: rollups that drifted from it show here as a difference.
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
-                               include_base_fee=False)  # fmt: skip
+                               include_base_fee=False, from_ledger=True)  # fmt: skip
     if not plan.base_fee and not rated.usage_total and not _pushed_for(tenant, start):
         # A period on free with nothing a paid plan admitted and nothing pushed: nothing
         # to check, and no reason to page through an ex-customer's Stripe items every day.

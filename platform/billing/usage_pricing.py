@@ -21,9 +21,10 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from django.db.models import F, Max, Min, Sum
+from django.db.models import Max, Min
 
 from metering.models import UsageRecord
+from metering.sums import usage_sums
 from plans.models import Plan
 from tenants.models import Tenant
 
@@ -118,23 +119,18 @@ class _Sums:
 Rows = list[tuple[Any, Key, _Sums]]  # (report row, key, usage)
 
 
-def _ledger_sums(tenant: Tenant, lo: datetime, hi: datetime, group: Any | None = None) -> Rows:
-    """Live usage in [lo, hi) summed by (``group`` if any, plan id, kind, model)."""
-    records = UsageRecord.objects.for_tenant(tenant).filter(
-        livemode=True, occurred_at__gte=lo, occurred_at__lt=hi
-    )
-    names = ["plan_id", "kind", "model"]
-    if group is not None:
-        records = records.annotate(row_group=F(group) if isinstance(group, str) else group)
-        names.insert(0, "row_group")
-    rows = records.values(*names).annotate(
-        n_inputs=Sum("inputs"), n_cached=Sum("cached"), n_tokens=Sum("tokens")
+def _ledger_sums(tenant: Tenant, lo: datetime, hi: datetime, group: str | None = None) -> Rows:
+    """Live usage in [lo, hi) summed by (``group`` if any: a name of ``metering.sums.GROUPS``,
+    plan id, kind, model)."""
+    by = ("plan_id", "kind", "model")
+    rows = usage_sums(
+        tenant=tenant, livemode=True, start=lo, end=hi, by=(group, *by) if group else by
     )
     return [
         (
-            row.get("row_group"),
+            row[group] if group else None,
             (row["plan_id"] or "", row["kind"], row["model"]),
-            _Sums(int(row["n_inputs"] or 0), int(row["n_cached"] or 0), int(row["n_tokens"] or 0)),
+            _Sums(row["inputs"], row["cached"], row["tokens"]),
         )
         for row in rows
     ]
@@ -206,14 +202,14 @@ def range_row_charges(
     plan: Plan,
     start: datetime,
     end: datetime,
-    group: Any,
+    group: str,
     in_time_order: bool,
 ) -> dict[Any, int]:
     """Minor units each report row of [start, end) adds to its billing periods (base fee
-    excluded), the rows being the values of ``group`` (a field name or an expression on
-    the ledger). Rows ``in_time_order`` (consecutive stretches of time, such as days) each
-    get their marginal charge in each period: rated up to the row's end minus rated up to
-    its start. Other rows (models, API keys) share each (period, plan segment, charge line)
+    excluded), the rows being the values of ``group`` (a name of ``metering.sums.GROUPS``).
+    Rows ``in_time_order`` (consecutive stretches of time, such as days) each get their
+    marginal charge in each period: rated up to the row's end minus rated up to its start.
+    Other rows (models, API keys) share each (period, plan segment, charge line)
     charge by their billable quantity in it. The rows add up to ``range_charges``."""
     amounts: dict[Any, int] = {}
     share = _marginal if in_time_order else _proportional

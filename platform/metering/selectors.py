@@ -5,25 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import TruncDate
-
 from billing.periods import billed_currency
 from billing.usage_pricing import range_charges, range_row_charges
 from plans.models import Plan
 from tenants.models import Tenant
 
-from .models import UsageRecord
+from .sums import SUMS, usage_sums
 
 GROUP_FIELDS = {"day": "day", "model": "model", "api_key": "api_key_id"}
 
 
 def _metrics(row: dict[str, Any], amount: int, currency: str) -> dict[str, Any]:
     return {
-        "requests": row["requests"] or 0,
-        "inputs": row["inputs"] or 0,
-        "tokens": row["tokens"] or 0,
-        "compute_ms": round(row["compute_ms"] or 0.0, 3),
+        "requests": row["requests"],
+        "inputs": row["inputs"],
+        "tokens": row["tokens"],
+        "compute_ms": round(row["compute_ms"], 3),
         "amount": amount,
         "currency": currency,
     }
@@ -40,19 +37,9 @@ def usage_summary(
 ) -> dict[str, Any]:
     """Usage of [start, end), grouped, with money at the plan's prices (test-mode usage is
     free). Net of ledger corrections (``metering.corrections``): a voided call's inputs,
-    tokens and amount are gone; it still counts as a request, and its compute was spent."""
-    records = UsageRecord.objects.for_tenant(tenant).filter(
-        livemode=livemode, occurred_at__gte=start, occurred_at__lt=end
-    )
-    sums = {
-        # Calls made: a voided call was made all the same; its correcting row is not a call.
-        "requests": Count("id", filter=Q(corrects="")),
-        "inputs": Sum("inputs"),
-        "tokens": Sum("tokens"),
-        "compute_ms": Sum("compute_ms"),
-    }
+    tokens and amount are gone; it still counts as a request, and its compute was spent.
+    Whole days from the rollups where the grouping allows (``sums``)."""
     key = GROUP_FIELDS[group_by]
-    grouped = records.annotate(day=TruncDate("occurred_at")) if group_by == "day" else records
     charges: dict[str, int] = {}
     amounts: dict[str, int] = {}
     if livemode:
@@ -61,22 +48,21 @@ def usage_summary(
         # marginal charge; a model's or key's share of each period's charge), never a share
         # of a period it has no usage in.
         by_row = range_row_charges(
-            tenant=tenant,
-            plan=plan,
-            start=start,
-            end=end,
-            group=TruncDate("occurred_at") if group_by == "day" else key,
+            tenant=tenant, plan=plan, start=start, end=end, group=key,
             in_time_order=group_by == "day",
-        )
+        )  # fmt: skip
         amounts = {str(group): amount for group, amount in by_row.items()}
     # The currency its charges were made in: the plan's own, unless the tenant was billed
     # in another before (now on free, whose prices are in USD, with EUR periods in range).
     currency = billed_currency(tenant=tenant) or plan.currency
-    rows = grouped.values(group=F(key)).annotate(**sums).order_by("group")
+    rows = usage_sums(tenant=tenant, livemode=livemode, start=start, end=end, by=(key,))
+    rows.sort(key=lambda row: row[key])
     data = [
-        {group_by: str(row["group"]), **_metrics(row, amounts.get(str(row["group"]), 0), currency)}
+        {group_by: str(row[key]), **_metrics(row, amounts.get(str(row[key]), 0), currency)}
         for row in rows
     ]
+    # (the rows' sums: the total of the same usage, read once)
+    total = {name: sum(row[name] for row in rows) for name in SUMS}
     return {
         "object": "usage",
         "start": start,
@@ -84,5 +70,5 @@ def usage_summary(
         "group_by": group_by,
         "currency": currency,
         "data": data,
-        "total": _metrics(records.aggregate(**sums), sum(charges.values()), currency),
+        "total": _metrics(total, sum(charges.values()), currency),
     }

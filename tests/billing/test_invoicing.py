@@ -16,13 +16,13 @@ from billing.models import PlanSpan, Reconciliation, Subscription, UsageChargePu
 from billing.periods import billing_period_record
 from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change
-from metering.models import UsageRecord
+from tests.factories import ledger_row
 
 pytestmark = pytest.mark.django_db
 
 
 def _usage(tenant, inputs, model="minilm-l6", plan_id="", at=None):
-    UsageRecord.objects.create(
+    ledger_row(
         event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
         livemode=True, model=model, inputs=inputs, tokens=inputs * 10, compute_ms=1.0,
         occurred_at=at or timezone.now(), plan_id=plan_id,

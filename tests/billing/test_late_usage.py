@@ -20,15 +20,15 @@ from billing.periods import billing_period_record
 from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change, subscription_refresh_from_stripe
 from billing.tasks import usage_push_all_task
-from metering.models import UsageRecord
 from plans.models import Plan
 from tests.billing.helpers import euro_plan, wait_for
+from tests.factories import ledger_row
 
 pytestmark = pytest.mark.django_db
 
 
 def _usage(tenant, inputs, *, at, plan_id):
-    UsageRecord.objects.create(
+    ledger_row(
         event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
         livemode=True, model="minilm-l6", inputs=inputs, tokens=inputs, compute_ms=1.0,
         occurred_at=at, plan_id=plan_id,
@@ -130,7 +130,7 @@ def test_a_fine_tune_that_finishes_after_a_move_to_free_is_billed_on_the_plan_th
     customer, pro_id = sub.stripe_customer_id, sub.plan_id
     sub = subscription_change(tenant=tenant, plan_slug="free")
     free_start = sub.current_period_start
-    UsageRecord.objects.create(
+    ledger_row(
         event_id="ftjob_late", kind="fine_tune", tenant=tenant, api_key_id="key_x",
         livemode=True, model="minilm-l6", inputs=256, tokens=10_000, compute_ms=1.0,
         occurred_at=timezone.now(), plan_id=pro_id,
@@ -256,7 +256,7 @@ def test_usage_billed_in_a_free_period_keeps_the_accounts_currency(tenant, strip
     sub = subscription_change(tenant=tenant, plan_slug="euro")
     customer = sub.stripe_customer_id
     sub = subscription_change(tenant=tenant, plan_slug="free")
-    UsageRecord.objects.create(
+    ledger_row(
         event_id="ftjob_late", kind="fine_tune", tenant=tenant, api_key_id="key_x",
         livemode=True, model="minilm-l6", inputs=256, tokens=1_000_000, compute_ms=1.0,
         occurred_at=timezone.now(), plan_id="euro@1",

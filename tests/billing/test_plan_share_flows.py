@@ -22,8 +22,8 @@ from billing.subscriptions import (
     subscription_get_or_create,
     subscription_refresh_from_stripe,
 )
-from metering.models import UsageRecord
 from plans.models import Plan
+from tests.factories import ledger_row
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,7 @@ def _at(monkeypatch, offset: timedelta) -> None:
 
 
 def _usage(tenant, inputs, plan_id, at):
-    UsageRecord.objects.create(
+    ledger_row(
         event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
         livemode=True, model="minilm-l6", inputs=inputs, tokens=inputs * 10, compute_ms=1.0,
         occurred_at=at, plan_id=plan_id,

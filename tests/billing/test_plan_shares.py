@@ -15,8 +15,8 @@ import pytest
 from billing.models import BillingPeriod, PlanSpan
 from billing.periods import plan_shares
 from billing.rating import rate_tenant_period
-from metering.models import UsageRecord
 from plans.models import Plan
+from tests.factories import ledger_row
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def _period(tenant, plan_id: str, *spans: tuple[int, str]) -> None:
 
 
 def _usage(tenant, inputs: int, plan_id: str, day: float) -> None:
-    UsageRecord.objects.create(
+    ledger_row(
         event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
         livemode=True, model="minilm-l6", inputs=inputs, tokens=inputs * 10, compute_ms=1.0,
         occurred_at=START + timedelta(days=day), plan_id=plan_id,

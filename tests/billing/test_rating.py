@@ -12,7 +12,7 @@ from billing.rating import graduated, model_tier, rate, rate_tenant_period
 from billing.usage_pricing import allocate
 from metering.services import usage_record_bulk
 from plans.models import Plan
-from tests.factories import subscribe
+from tests.factories import ledger_row, subscribe
 
 NOW = datetime.now(UTC)
 pytestmark = pytest.mark.django_db
@@ -341,9 +341,8 @@ def test_free_usage_carries_no_money_in_any_row(tenant, client_for):
         ]
     )  # fmt: skip
     # Made on free (a row stamped before the upgrade), same period: free has no overage.
-    from metering.models import UsageRecord
 
-    UsageRecord.objects.create(
+    ledger_row(
         event_id="req_on_free", kind="inference", tenant=tenant, api_key_id="key_free",
         livemode=True, model="minilm-l6", inputs=300_000, tokens=10, compute_ms=1.0,
         occurred_at=datetime(2026, 9, 17, 12, tzinfo=UTC), plan_id=free_plan.pk,

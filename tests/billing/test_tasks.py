@@ -14,12 +14,12 @@ from django.utils import timezone
 from billing.models import Reconciliation, StripeEvent, Subscription, UsageChargePush
 from billing.subscriptions import subscription_change
 from billing.tasks import reconcile_all_task, stripe_events_sweep_task
-from metering.models import UsageRecord
 from tests.billing.helpers import deliver, wait_for
+from tests.factories import ledger_row
 
 
 def _usage(tenant, inputs, at=None):
-    UsageRecord.objects.create(
+    ledger_row(
         event_id=f"req_{uuid.uuid4().hex}", kind="inference", tenant=tenant, api_key_id="key_x",
         livemode=True, model="minilm-l6", inputs=inputs, tokens=inputs, compute_ms=1.0,
         occurred_at=at or timezone.now(),
