@@ -11,21 +11,39 @@ class AddIndexOnline(migrations.AddIndex):
     """``AddIndex``, built ``CONCURRENTLY`` on PostgreSQL: a plain ``CREATE INDEX`` locks the
     table against writes while it builds, and the ledger takes a write per answered call.
     The migration holding it must say ``atomic = False`` (PostgreSQL builds a concurrent
-    index outside a transaction). Other databases build it as ``AddIndex`` does."""
+    index outside a transaction). Other databases build it as ``AddIndex`` does.
+
+    A partitioned table (the ledger on PostgreSQL) cannot be indexed ``CONCURRENTLY`` as a
+    whole: its index is made on the parent alone (``ON ONLY``: invalid, empty, no lock held
+    while building), each partition's built concurrently and attached to it; the parent's
+    is valid once every partition's is attached, and from then on a partition created or
+    attached later gets one of its own (``metering.partitions``). Run again after a failure,
+    it builds only the partitions' indexes that are missing (a failed concurrent build leaves
+    an invalid index behind: dropped first)."""
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if _partitions(schema_editor, model._meta.db_table) is None:
             schema_editor.add_index(model, self.index, **_online(schema_editor))
+        else:
+            _partitioned_index_add(schema_editor, model, self.index)
 
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         model = from_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        if _partitions(schema_editor, model._meta.db_table) is None:
             schema_editor.remove_index(model, self.index, **_online(schema_editor))
+        else:  # (a partitioned index cannot be dropped CONCURRENTLY: its partitions' go too)
+            schema_editor.execute(
+                f"DROP INDEX IF EXISTS {schema_editor.quote_name(self.index.name)}"
+            )
 
 
 class AddCheckOnline(migrations.AddConstraint):
@@ -51,6 +69,54 @@ class AddCheckOnline(migrations.AddConstraint):
         schema_editor.execute(f"ALTER TABLE {table} ADD {check} NOT VALID")
         name = schema_editor.quote_name(self.constraint.name)
         schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
+
+
+def _partitions(schema_editor: Any, table: str) -> list[str] | None:
+    """The partitions of ``table`` where it is a partitioned table on PostgreSQL, else None."""
+    if schema_editor.connection.vendor != "postgresql":
+        return None
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_partitioned_table WHERE partrelid = %s::regclass", [table])
+        if cursor.fetchone() is None:
+            return None
+        cursor.execute(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = %s::regclass"
+            " ORDER BY 1",
+            [table],
+        )
+        return [name for (name,) in cursor.fetchall()]
+
+
+def _partitioned_index_add(schema_editor: Any, model: Any, index: Any) -> None:
+    table, name = model._meta.db_table, index.name
+    quote = schema_editor.quote_name
+    parent = index.create_sql(model, schema_editor)
+    parent.parts["name"] = f"IF NOT EXISTS {quote(name)}"
+    parent.parts["table"] = f"ONLY {quote(table)}"
+    schema_editor.execute(parent)
+    with schema_editor.connection.cursor() as cursor:
+        # The partitions whose index is attached already (a run before this one, or a month
+        # created meanwhile: it got its own index on attaching).
+        cursor.execute(
+            "SELECT i.indrelid::regclass::text FROM pg_inherits h"
+            " JOIN pg_index i ON i.indexrelid = h.inhrelid WHERE h.inhparent = %s::regclass",
+            [name],
+        )
+        done = {partition for (partition,) in cursor.fetchall()}
+    for partition in _partitions(schema_editor, table) or []:
+        if partition in done:
+            continue
+        own = f"{partition}_{name}"[:63]
+        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(own)}")
+        statement = index.create_sql(model, schema_editor, concurrently=True)
+        statement.parts["name"] = quote(own)
+        statement.parts["table"] = quote(partition)
+        schema_editor.execute(statement)
+        schema_editor.execute(f"ALTER INDEX {quote(name)} ATTACH PARTITION {quote(own)}")
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass", [name])
+        if not cursor.fetchone()[0]:  # a partition attached meanwhile without it: run again
+            raise RuntimeError(f"index {name} is not valid on every partition yet: migrate again")
 
 
 def _online(schema_editor: Any) -> dict[str, bool]:
