@@ -5,11 +5,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.text import smart_split, unescape_string_literal
 
 from core.admin import CappedCountPaginator, ReadOnlyAdmin
+from inference.models import AIModel
+from tenants.models import Tenant
 
 from .corrections import VoidRefused, usage_record_void
 from .models import UsageRecord
@@ -63,7 +66,14 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_filter = [
         "kind", "livemode", CorrectionFilter, ("occurred_at", admin.DateFieldListFilter)
     ]  # fmt: skip
-    search_fields = ["event_id", "tenant__slug", "api_key_id", "=model", "=corrects"]
+    # Exact matches only, each on an index (get_search_results adds tenants and models): a
+    # contains-search read every row of every month, twice (the page and its count).
+    search_fields = ["=event_id", "=api_key_id", "=corrects"]
+    search_help_text = (
+        "Exact match, whole ids only: an event id (finds its correcting row too), an API key "
+        "id, a tenant's slug or id, or a registered model's id; several words must all match. "
+        "Any model, registered or not: add ?model=<id> to the address."
+    )
     actions = ["void_selected"]
     paginator = CappedCountPaginator
     show_full_result_count = False
@@ -71,6 +81,28 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRecord]:
         return UsageRecord.objects.unscoped().select_related("tenant")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageRecord], search_term: str
+    ) -> tuple[QuerySet[UsageRecord], bool]:
+        """Django's exact search over ``search_fields``, each word also naming a tenant (its
+        slug or id, looked up in the tenants' table: the ledger is then filtered on its
+        tenant index, not joined and read whole) or a registered model. Unregistered words
+        are not tried as models: the ledger has no index on its model, and an event id that
+        matched nothing would have read every row looking for a model of that name."""
+        for word in smart_split(search_term):
+            if word.startswith(('"', "'")) and word[0] == word[-1]:
+                word = unescape_string_literal(word)
+            match = Q(event_id=word) | Q(api_key_id=word) | Q(corrects=word)
+            tenants = list(
+                Tenant.objects.filter(Q(slug=word) | Q(pk=word)).values_list("pk", flat=True)
+            )
+            if tenants:
+                match |= Q(tenant_id__in=tenants)
+            if AIModel.objects.unscoped().filter(pk=word).exists():
+                match |= Q(model=word)
+            queryset = queryset.filter(match)
+        return queryset, False
 
     def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
         changelist = super().get_changelist_instance(request)
