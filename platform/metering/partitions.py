@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +42,12 @@ LEGACY = f"{PARENT}_legacy"
 DEFAULT = f"{PARENT}_default"
 EVENT_IDS = "metering_ledgereventid"
 MONTHS_AHEAD = 3
+# A month's creation waits this long at most for each lock it needs, and is tried this many
+# times, LOCK_RETRY_S x the try's number apart.
+LOCK_TIMEOUT_MS = 1000
+LOCK_TRIES = 3
+LOCK_RETRY_S = 0.5
+LOCK_NOT_AVAILABLE = "55P03"  # (SQLSTATE of a lock_timeout or a NOWAIT lock refused)
 
 _ONCE = """
 CREATE FUNCTION metering_usagerecord_once() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -184,19 +191,37 @@ def _ensure(cursor: Any, *, now: datetime, months_ahead: int) -> list[str]:
         end = next_month(start)
         name = partition_name(start)
         cursor.execute("SELECT to_regclass(%s)", [name])
-        if cursor.fetchone()[0] is None and not _covered(cursor, start):
-            try:
-                with transaction.atomic():
-                    # Waits this long at most for the ledger's lock (a long report holding
-                    # it): queued behind it, every ledger query would wait too.
-                    cursor.execute("SET LOCAL lock_timeout = '10s'")
-                    _locks_in_order(cursor)
-                    _month_create(cursor, name, start, end)
-                created.append(name)
-            except DatabaseError:
-                logger.exception("ledger partition %s not created (tried again tomorrow)", name)
+        missing = cursor.fetchone()[0] is None and not _covered(cursor, start)
+        if missing and _month_add(cursor, name, start, end):
+            created.append(name)
         start = end
     return created
+
+
+def _month_add(cursor: Any, name: str, start: datetime, end: datetime) -> bool:
+    """A month's table, in a transaction of its own, tried ``LOCK_TRIES`` times when a lock
+    it needs is held (a long report, a dump); after that, tried again at the next run (the
+    beat's, daily: months are made ``MONTHS_AHEAD`` ahead, so a day lost costs nothing)."""
+    for attempt in range(1, LOCK_TRIES + 1):
+        try:
+            with transaction.atomic():
+                # Waits this long at most for a lock (the default partition's is not waited
+                # for at all: ``_month_create``): queued behind a long report, every query
+                # of the ledger waited for the creation too (up to 10 s, a one-row read 5.4 s).
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+                _locks_in_order(cursor)
+                cursor.execute("SELECT to_regclass(%s)", [name])
+                if cursor.fetchone()[0] is None:  # (another process's run made it meanwhile)
+                    _month_create(cursor, name, start, end)
+            return True
+        except DatabaseError as exc:
+            busy = getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE
+            if busy and attempt < LOCK_TRIES:
+                time.sleep(LOCK_RETRY_S * attempt)
+                continue
+            logger.exception("ledger partition %s not created (tried again tomorrow)", name)
+            return False
+    return False
 
 
 def _locks_in_order(cursor: Any) -> None:
@@ -205,8 +230,8 @@ def _locks_in_order(cursor: Any) -> None:
     each wait for the other to give it up), then the tables the ledger's foreign keys name
     (attaching the month clones those keys, which locks them: a transaction that wrote a
     tenant and then read the ledger, waiting for the default partition's lock, deadlocked
-    with a creation that held it and waited for the tenants' table), then the default
-    partition (``_month_create``)."""
+    with a creation that held it and waited for the tenants' table), then the ledger itself,
+    then the default partition (``_month_create``)."""
     cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [PARENT])
     cursor.execute(
         "SELECT confrelid::regclass::text FROM pg_constraint"
@@ -215,31 +240,40 @@ def _locks_in_order(cursor: Any) -> None:
     )
     for (referenced,) in cursor.fetchall():
         cursor.execute(f"LOCK TABLE {referenced} IN SHARE ROW EXCLUSIVE MODE")
+    # The attach's lock on the parent: it lets reads and writes of the ledger go on (CREATE
+    # TABLE ... PARTITION OF took ACCESS EXCLUSIVE, which queued every one of them behind
+    # any long reader). ONLY: its partitions are not locked.
+    cursor.execute(f"LOCK TABLE ONLY {PARENT} IN SHARE UPDATE EXCLUSIVE MODE")
 
 
 def _month_create(cursor: Any, name: str, start: datetime, end: datetime) -> None:
-    """A month's table. Rows of the month already in the default partition (a clock that
-    ran ahead) are moved into it first, as a table of its own, then attached: the default
-    partition may not keep rows of a month that has a partition, so creating it in place
-    failed, every day, and the month's rows kept landing in the default one."""
+    """A month's table, made as a table of its own and then attached, as ``CREATE TABLE ...
+    PARTITION OF`` makes it (the same columns, defaults, checks, indexes, foreign key and
+    event-id trigger: the attach adds the parent's indexes, key and trigger), without that
+    statement's ACCESS EXCLUSIVE lock on the ledger. Rows of the month already in the default
+    partition (a clock that ran ahead) are moved into it before the attach: the default
+    partition may not keep rows of a month that has a partition. (Attached, its columns
+    and checks are the ledger's alone, not its own, as a partition's always are: a check or
+    column dropped from the ledger goes from it too.)"""
     bounds = f"FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
     within = f"occurred_at >= '{start.isoformat()}' AND occurred_at < '{end.isoformat()}'"
-    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {DEFAULT} WHERE {within})")  # noqa: S608
-    if not cursor.fetchone()[0]:
-        cursor.execute(f"CREATE TABLE {name} PARTITION OF {PARENT} FOR VALUES {bounds}")
-        return
     # WARNING: no row may land in the default partition between the move and the attach (it
-    # would be deleted uncopied, its id kept: lost for good). Its lock first, as the attach
-    # takes it anyway: writers of the ledger wait for this transaction (lock_timeout bounds
-    # the wait for it).
-    cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
+    # would be deleted uncopied, its id kept: lost for good): its lock first, which the attach
+    # takes anyway. NOWAIT: every query of the ledger that does not name its months reads the
+    # default partition, and would have queued behind this request while a long reader held
+    # it; busy, the creation is tried again (``_month_add``).
+    cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE NOWAIT")
     # (A table of its own has no trigger until it is attached: the rows move as they are.)
     cursor.execute(f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     cursor.execute(
         f"WITH moved AS (DELETE FROM {DEFAULT} WHERE {within} RETURNING *)"  # noqa: S608
         f" INSERT INTO {name} SELECT * FROM moved"
     )
+    # The bounds as a check: the attach then knows every row is within them, without reading
+    # them (dropped after: the partition's bounds say so from then on).
+    cursor.execute(f'ALTER TABLE {name} ADD CONSTRAINT "{name}_bounds" CHECK ({within})')
     cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES {bounds}")
+    cursor.execute(f'ALTER TABLE {name} DROP CONSTRAINT "{name}_bounds"')
 
 
 def _covered(cursor: Any, moment: datetime) -> bool:
