@@ -108,9 +108,7 @@ def usage_sums(
         ]
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for rows in parts:
-        for row in rows:
-            if row["requests"] is None:  # (an aggregate of nothing)
-                continue
+        for row in rows:  # (an aggregate of nothing has None sums: they add nothing)
             group = tuple(row[name] for name in by)
             into = merged.setdefault(
                 group, {**dict(zip(by, group, strict=True)), **dict.fromkeys(SUMS, 0)}
