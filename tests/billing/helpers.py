@@ -67,3 +67,15 @@ def declining_customer(api: Any, tenant: Any, client: Any) -> Any:
     client.get("/v1/subscription")  # the subscription row
     Subscription.objects.for_tenant(tenant).update(stripe_customer_id=customer.id)
     return customer
+
+
+def period_set(tenant: Any, start: Any, end: Any) -> None:
+    """The tenant's subscription as if its current period were [start, end), recorded as
+    the webhook of a renewal records it."""
+    from billing.models import Subscription
+    from billing.periods import billing_period_record
+
+    Subscription.objects.for_tenant(tenant).update(
+        current_period_start=start, current_period_end=end
+    )
+    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())

@@ -11,11 +11,10 @@ from django.utils import timezone
 
 from billing.invoicing import usage_charges_push
 from billing.models import Subscription, UsageChargePush
-from billing.periods import billing_period_record
 from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change
 from metering.corrections import usage_record_void
-from tests.billing.helpers import wait_for
+from tests.billing.helpers import period_set, wait_for
 from tests.metering.test_corrections import call
 
 pytestmark = pytest.mark.django_db
@@ -118,17 +117,11 @@ def test_a_void_in_a_period_closed_this_week_pushes_that_period(
     sub = subscription_change(tenant=tenant, plan_slug="pro")
     now = timezone.now()
     old_start, old_end = now - timedelta(days=31), now - timedelta(days=1)
-    Subscription.objects.for_tenant(tenant).update(
-        current_period_start=old_start, current_period_end=old_end
-    )
-    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
+    period_set(tenant, old_start, old_end)
     call(tenant, 110_000, at=old_end - timedelta(days=2))  # 10,000 over: 400
     wrong = call(tenant, 5_000, at=old_end - timedelta(days=1))  # 200 more
     assert [p.amount for p in usage_charges_push(tenant=tenant)] == [600]
-    Subscription.objects.for_tenant(tenant).update(
-        current_period_start=old_end, current_period_end=old_end + timedelta(days=30)
-    )
-    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
+    period_set(tenant, old_end, old_end + timedelta(days=30))
 
     usage_record_void(event_id=wrong, reason="a duplicate")
     with platform_worker():

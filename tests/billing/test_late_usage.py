@@ -21,7 +21,7 @@ from billing.reconciliation import reconciliation_run
 from billing.subscriptions import subscription_change, subscription_refresh_from_stripe
 from billing.tasks import usage_push_all_task
 from plans.models import Plan
-from tests.billing.helpers import euro_plan, wait_for
+from tests.billing.helpers import euro_plan, period_set, wait_for
 from tests.factories import ledger_row
 
 pytestmark = pytest.mark.django_db
@@ -172,14 +172,8 @@ def test_the_hourly_beat_sweeps_periods_closed_this_week(
     sub = subscription_change(tenant=tenant, plan_slug="pro")
     now = timezone.now()
     old_start, old_end = now - timedelta(days=31), now - timedelta(days=1)
-    Subscription.objects.for_tenant(tenant).update(
-        current_period_start=old_start, current_period_end=old_end
-    )
-    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
-    Subscription.objects.for_tenant(tenant).update(
-        current_period_start=old_end, current_period_end=old_end + timedelta(days=30)
-    )
-    billing_period_record(sub=Subscription.objects.for_tenant(tenant).get())
+    period_set(tenant, old_start, old_end)
+    period_set(tenant, old_end, old_end + timedelta(days=30))
     _usage(tenant, 101_000, at=old_end - timedelta(seconds=1), plan_id=sub.plan_id)
     _usage(other_tenant, 500, at=now, plan_id="")  # free, never on Stripe: not swept
     with platform_worker():
