@@ -229,8 +229,11 @@ def _push_locked(
     # move to free: "billed on the plan that admitted it"), and was never billed.
     cut = min(end, until or timezone.now())
     _, plan = period_recorded(tenant=tenant, sub=sub, start=start)
+    # From the ledger itself (DESIGN: reported to Stripe = the sum of the ledger), not its
+    # rollups as the reports read it: rollups that drifted (a restore without a rebuild, a
+    # release whose rollups predate a fix) never reach an invoice. A background job's read.
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
-                               include_base_fee=False)  # fmt: skip
+                               include_base_fee=False, from_ledger=True)  # fmt: skip
     # A period on free is priced in free's currency, but what it charges was admitted on
     # a paid plan: the account's billed currency (EUR cents went to Stripe labelled USD).
     currency = rated.currency if plan.base_fee else billed_currency(tenant=tenant) or rated.currency

@@ -27,6 +27,11 @@ RECONCILIATION_MISMATCHES = Counter(
     "billing_reconciliation_mismatches_total",
     "Tenant periods whose rated ledger usage differs from what Stripe holds.",
 )
+ROLLUP_DRIFT = Counter(
+    "usage_rollup_drift_total",
+    "Tenant periods whose daily rollups (what /v1/usage and the upcoming invoice read) rate"
+    " to another amount than the ledger: run manage.py rebuild_rollups.",
+)
 
 
 def _ours_for_period(item: dict[str, Any], tenant: Tenant, start: datetime) -> bool:
@@ -74,6 +79,20 @@ def _pushed_for(tenant: Tenant, start: datetime) -> bool:
     return UsageChargePush.objects.for_tenant(tenant).filter(period_start=start).exists()
 
 
+def _rollups_check(tenant: Tenant, plan: Any, start: datetime, cut: datetime, ledger: int) -> None:
+    """Say so when the rollups the reports read (whole days: ``metering.sums``) rate the
+    period to another amount than the ledger: customers' usage reports and upcoming invoice
+    then show what Stripe is not sent."""
+    read = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
+                              include_base_fee=False).usage_total  # fmt: skip
+    if read != ledger:
+        ROLLUP_DRIFT.inc()
+        logger.warning(
+            "usage rollups of tenant %s rate period %s to %s, the ledger to %s: run"
+            " manage.py rebuild_rollups", tenant.id, start.isoformat(), read, ledger,
+        )  # fmt: skip
+
+
 def reconciliation_run(
     *, tenant: Tenant, start: datetime | None = None, until: datetime | None = None
 ) -> Reconciliation | None:
@@ -88,10 +107,11 @@ def reconciliation_run(
     # usage is in neither and does not read as a difference.
     end, plan = period_recorded(tenant=tenant, sub=sub, start=start)
     cut = min(until or timezone.now(), end)
-    # From the ledger itself (DESIGN: reported to Stripe = the sum of the ledger), not the
-    # rollups the pushes read: rollups that drifted from it show here as a difference.
+    # From the ledger itself (DESIGN: reported to Stripe = the sum of the ledger), as the
+    # pushes rate it.
     rated = rate_tenant_period(tenant=tenant, plan=plan, start=start, end=cut,
                                include_base_fee=False, from_ledger=True)  # fmt: skip
+    _rollups_check(tenant, plan, start, cut, rated.usage_total)
     if not plan.base_fee and not rated.usage_total and not _pushed_for(tenant, start):
         # A period on free with nothing a paid plan admitted and nothing pushed: nothing
         # to check, and no reason to page through an ex-customer's Stripe items every day.

@@ -14,7 +14,7 @@ from core.admin import CappedCountPaginator, ReadOnlyAdmin
 from inference.models import AIModel
 from tenants.models import Tenant
 
-from .corrections import VoidRefused, usage_record_void
+from .corrections import VoidRefused, credit_push_soon, usage_record_void
 from .models import UsageRecord
 
 # Records one void action takes at most (each is a transaction of its own).
@@ -134,11 +134,13 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         form = VoidForm(request.POST if "confirm" in request.POST else None)
         if form.is_valid():
             actor = request.user.get_username()
+            voided: list[UsageRecord] = []
             for record in records:
                 try:
                     correction = usage_record_void(
-                        event_id=record.event_id, reason=form.cleaned_data["reason"], actor=actor
-                    )
+                        event_id=record.event_id, reason=form.cleaned_data["reason"],
+                        actor=actor, push=False,
+                    )  # fmt: skip
                 except VoidRefused as exc:
                     self.message_user(request, str(exc), messages.ERROR)
                 except redis.RedisError:
@@ -155,6 +157,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                         request, f"Voided {record.event_id}: correcting row {correction.pk} "
                         f"({correction.event_id}).", messages.SUCCESS,
                     )  # fmt: skip
+                    voided.append(correction)
+            credit_push_soon(voided)  # one usage push a tenant's period
             return None
         context = {
             **self.admin_site.each_context(request),

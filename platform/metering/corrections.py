@@ -61,11 +61,14 @@ def void_event_id(event_id: str) -> str:
     return VOID_PREFIX + hashlib.sha256(event_id.encode()).hexdigest()[: _ID_LENGTH - 5]
 
 
-def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRecord:
+def usage_record_void(
+    *, event_id: str, reason: str, actor: str = "", push: bool = True
+) -> UsageRecord:
     """Append the correcting row that voids ``event_id`` and return it; ``VoidRefused``
     (nothing changed) for an unknown id, a correcting row, a test-mode event (never
     billed), an event voided already, a period closed for corrections, or no reason.
-    ``actor``: who voids it, where known."""
+    ``actor``: who voids it, where known. ``push``: queue the credit's usage push as the void
+    commits (``credit_push_soon``; a caller voiding many rows queues one a period itself)."""
     reason = reason.strip()
     if not reason:
         raise VoidRefused(messages.NO_REASON)
@@ -124,22 +127,34 @@ def usage_record_void(*, event_id: str, reason: str, actor: str = "") -> UsageRe
     if give is not None:
         # (a closure, not a partial: a robust hook that fails is logged by its __qualname__)
         transaction.on_commit(lambda: _give_back(give), robust=True)
-    if tenant_in_stripe(tenant):
-        _push_soon(tenant, original.occurred_at)
+    if push:
+        credit_push_soon([correction])
     return correction
 
 
-def _push_soon(tenant: Tenant, moment: datetime) -> None:
-    """The corrected period's credit goes to Stripe once the void commits, not at the next
+def credit_push_soon(corrections: list[UsageRecord]) -> None:
+    """The corrected periods' credits go to Stripe once the voids commit, not at the next
     hourly push: a void made just before a renewal is on the invoice it corrects, not the
-    one after."""
+    one after. One push a tenant's period, however many rows of it were voided (a hundred
+    voids queued a hundred pushes, each waiting on the tenant's push lock). Never raises:
+    the voids are made, and the hourly push sends what this could not queue."""
     from billing.tasks import usage_push_period_enqueue  # (billing's tasks import Celery's app)
 
-    start, end = period_of(tenant=tenant, moment=moment)
-    if end > timezone.now():
-        usage_push_period_enqueue(tenant_id=tenant.pk)  # the current period, as the beat's
-    else:
-        usage_push_period_enqueue(tenant_id=tenant.pk, start=start, end=end)
+    try:
+        queued: set[tuple[str, datetime]] = set()
+        for correction in corrections:
+            tenant = correction.tenant
+            start, end = period_of(tenant=tenant, moment=correction.occurred_at)
+            if (tenant.pk, start) in queued or not tenant_in_stripe(tenant):
+                continue
+            queued.add((tenant.pk, start))
+            if end > timezone.now():
+                usage_push_period_enqueue(tenant_id=tenant.pk)  # the current period
+            else:
+                usage_push_period_enqueue(tenant_id=tenant.pk, start=start, end=end)
+    except Exception:  # (the hourly push sends it: a void made is not reported as failed)
+        logger.exception("credit push of %d voids not queued (the hourly push sends it)",
+                         len(corrections))  # fmt: skip
 
 
 def tenant_in_stripe(tenant: Tenant) -> bool:

@@ -8,9 +8,10 @@ a few dozen rollup rows and at most two days of its calls, where it was every ca
 month: a scale audit measured 4-11 s for one ``/v1/usage`` call of a tenant with 2.4
 million calls in three months, its ledger partitions read whole, ~14 times a call.
 
-``from_ledger`` reads the whole range from the ledger: what reconciliation checks Stripe
-against (DESIGN: reported to Stripe = the sum of the ledger), so rollups that drifted from
-the ledger (a restore without ``rebuild_rollups``) show as a difference there.
+``from_ledger`` reads the whole range from the ledger: what the usage pushes send to Stripe
+and reconciliation checks it against (DESIGN: reported to Stripe = the sum of the ledger),
+so rollups that drifted from the ledger (a restore without ``rebuild_rollups``) never reach
+an invoice; reconciliation says when they have (``billing.reconciliation``).
 
 Grouping is by any of ``GROUPS``. The rollups have no API key: a report by key reads the
 ledger (``ROLLUP_GROUPS`` says what they can serve)."""
@@ -72,6 +73,19 @@ def _grouped(rows: Any, by: Sequence[str], sums: dict[str, Any]) -> list[dict[st
     return list(rows.values(*by).annotate(**sums))
 
 
+def _unstamped(tenant: Tenant | str, livemode: bool, start: datetime, end: datetime) -> bool:
+    """Whether the range holds ledger rows from before rows recorded their plan (an empty
+    ``plan_id``, which rating prices under the plan it is given). Their rollups carry the
+    plan stamped when they were summed, which may be another: such a range is read from the
+    ledger alone, so that a row is priced the same whichever way it is read. (An index
+    probe: ``usage_plan``.)"""
+    return (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(plan_id="", livemode=livemode, occurred_at__gte=start, occurred_at__lt=end)
+        .exists()
+    )
+
+
 def _from_rollups(
     tenant: Tenant | str, livemode: bool, first: date, last: date, by: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -97,6 +111,8 @@ def usage_sums(
     if unknown:
         raise ValueError(f"cannot group usage by {sorted(unknown)}")
     days = None if from_ledger or not set(by) <= ROLLUP_GROUPS else _whole_days(start, end)
+    if days is not None and "plan_id" in by and _unstamped(tenant, livemode, start, end):
+        days = None
     if days is None:
         parts = [_from_ledger(tenant, livemode, start, end, by)]
     else:

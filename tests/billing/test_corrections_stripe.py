@@ -128,3 +128,36 @@ def test_a_void_in_a_period_closed_this_week_pushes_that_period(
         wait_for(lambda: _pushed_amounts(tenant, old_start) == [-200, 600], what="the credit")
     assert _stripe_amounts(stripe_api, sub.stripe_customer_id) == [-200, 600]
     assert reconciliation_run(tenant=tenant, start=old_start, until=now).difference == 0
+
+
+def test_voiding_many_calls_in_the_admin_queues_one_push_for_their_period(
+    tenant, live_server, platform_worker, stripe_api, settings
+):
+    """Five voids of one period, one action: one usage push queued (five queued five, each
+    waiting on the tenant's push lock in turn), and Stripe gets the whole credit."""
+    import redis
+
+    from config.celery import PLATFORM_QUEUE
+    from metering.models import UsageRecord
+    from tests.factories import staff_client
+
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    call(tenant, 150_000, at=timezone.now())  # 50,000 over: 2,000
+    wrong = [call(tenant, 1_000, at=timezone.now()) for _ in range(5)]  # 5,000 more: 200
+    usage_charges_push(tenant=tenant)
+    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue.delete(PLATFORM_QUEUE)
+    pks = list(UsageRecord.objects.for_tenant(tenant).filter(event_id__in=wrong)
+               .values_list("pk", flat=True))  # fmt: skip
+    done = staff_client(superuser=True).post(
+        "/admin/metering/usagerecord/",
+        {"action": "void_selected", "_selected_action": pks, "confirm": "yes",
+         "reason": "a client retried without its idempotency key"},
+        follow=True,
+    )  # fmt: skip
+    assert done.status_code == 200 and done.content.decode().count("Voided req_") == 5
+    assert queue.llen(PLATFORM_QUEUE) == 1
+    start = Subscription.objects.for_tenant(tenant).get().current_period_start
+    with platform_worker():
+        wait_for(lambda: _pushed_amounts(tenant, start) == [-200, 2200], what="the credit")
+    assert _stripe_amounts(stripe_api, sub.stripe_customer_id) == [-200, 2200]

@@ -12,10 +12,14 @@ from datetime import UTC, timedelta
 import pytest
 from django.utils import timezone
 
+from billing.rating import rate_tenant_period
+from economics.services import rollups_rebuild
 from metering.corrections import usage_record_void
 from metering.models import UsageRecord
 from metering.services import usage_record_bulk
 from metering.sums import usage_sums
+from plans.models import Plan
+from tests.factories import subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -92,3 +96,23 @@ def test_any_range_and_grouping_comes_to_what_the_ledger_says(tenant):
         tenant=tenant, livemode=True, start=now + timedelta(days=2), end=now + timedelta(days=5)
     )
     assert empty == [{"requests": 0, "inputs": 0, "cached": 0, "tokens": 0, "compute_ms": 0.0}]
+
+
+def test_a_row_from_before_plans_were_recorded_is_priced_the_same_either_way(tenant):
+    """A row with no plan (before rows recorded theirs) is priced under the plan rating is
+    given; its rollup carries the plan it was summed under (free here, then the tenant moved
+    to pro): such a range is read from the ledger alone, so both ways agree."""
+    now = timezone.now()
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    UsageRecord.objects.create(
+        event_id="req_legacy", kind="inference", tenant=tenant, api_key_id="key_x",
+        livemode=True, model="minilm-l6", inputs=250_000, tokens=10, compute_ms=1.0,
+        occurred_at=midnight - timedelta(days=2) + timedelta(hours=12), plan_id="",
+    )  # fmt: skip
+    rollups_rebuild()  # (on free now: its rollup says free)
+    subscribe(tenant, "pro")
+    pro = Plan.objects.get(slug="pro", is_current=True)
+    week = {"tenant": tenant, "plan": pro, "start": midnight - timedelta(days=5), "end": now}
+    read = rate_tenant_period(**week, include_base_fee=False)
+    ledger = rate_tenant_period(**week, include_base_fee=False, from_ledger=True)
+    assert read.usage_total == ledger.usage_total == 6000  # 150,000 past pro's 100,000

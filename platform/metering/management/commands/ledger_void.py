@@ -41,7 +41,12 @@ class Command(BaseCommand):
             f"{options['event_id']} voided by correcting row {correction.pk}"
             f" ({correction.event_id}): {-correction.inputs} inputs, {-correction.tokens} tokens"
             " taken off its period"
-            + ("; Stripe gets the difference with the next usage push." if billed else ".")
+            + (
+                "; a usage push of its period is queued: Stripe gets the difference as a credit"
+                " item."
+                if billed
+                else "."
+            )
         )
 
 
