@@ -40,10 +40,8 @@ class AddIndexOnline(migrations.AddIndex):
             return
         if _partitions(schema_editor, model._meta.db_table) is None:
             schema_editor.remove_index(model, self.index, **_online(schema_editor))
-        else:  # (a partitioned index cannot be dropped CONCURRENTLY: its partitions' go too)
-            schema_editor.execute(
-                f"DROP INDEX IF EXISTS {schema_editor.quote_name(self.index.name)}"
-            )
+        else:
+            _partitioned_index_drop(schema_editor, model, self.index)
 
 
 class AddCheckOnline(migrations.AddConstraint):
@@ -94,6 +92,11 @@ def _partitioned_index_add(schema_editor: Any, model: Any, index: Any) -> None:
     parent.parts["name"] = f"IF NOT EXISTS {quote(name)}"
     parent.parts["table"] = f"ONLY {quote(table)}"
     schema_editor.execute(parent)
+    # NOTE: the partitions before those with the index: a month attached between the two
+    # reads (the beat's) gets the index on attaching, and is then in neither list; read the
+    # other way round, it was in the first alone, and a second index built for it could not
+    # be attached (it has one), left behind on it, written on every insert.
+    partitions = _partitions(schema_editor, table) or []
     with schema_editor.connection.cursor() as cursor:
         # The partitions whose index is attached already (a run before this one, or a month
         # created meanwhile: it got its own index on attaching).
@@ -103,7 +106,7 @@ def _partitioned_index_add(schema_editor: Any, model: Any, index: Any) -> None:
             [name],
         )
         done = {partition for (partition,) in cursor.fetchall()}
-    for partition in _partitions(schema_editor, table) or []:
+    for partition in partitions:
         if partition in done:
             continue
         own = f"{partition}_{name}"[:63]
@@ -117,6 +120,30 @@ def _partitioned_index_add(schema_editor: Any, model: Any, index: Any) -> None:
         cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass", [name])
         if not cursor.fetchone()[0]:  # a partition attached meanwhile without it: run again
             raise RuntimeError(f"index {name} is not valid on every partition yet: migrate again")
+
+
+def _partitioned_index_drop(schema_editor: Any, model: Any, index: Any) -> None:
+    """The parent's index, its partitions' with it (a partitioned index cannot be dropped
+    CONCURRENTLY), and any partition's index a failed forward run built but never attached
+    (``_partitioned_index_add``'s names), concurrently. The drop locks every partition: it
+    waits 10 s at most for a long reader rather than queue the ledger's queries behind it."""
+    quote, name = schema_editor.quote_name, index.name
+    for partition in _partitions(schema_editor, model._meta.db_table) or []:
+        own = f"{partition}_{name}"[:63]
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_inherits"
+                " WHERE inhrelid = to_regclass(%s))",
+                [own, own],
+            )
+            stray = cursor.fetchone()[0]
+        if stray:
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(own)}")
+    schema_editor.execute("SET lock_timeout = '10s'")
+    try:
+        schema_editor.execute(f"DROP INDEX IF EXISTS {quote(name)}")
+    finally:
+        schema_editor.execute("RESET lock_timeout")
 
 
 def _online(schema_editor: Any) -> dict[str, bool]:
