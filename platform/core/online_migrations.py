@@ -24,8 +24,8 @@ class AddIndexOnline(migrations.AddIndex):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+        model = _migrated(self, app_label, schema_editor, to_state)
+        if model is None:
             return
         if _partitions(schema_editor, model._meta.db_table) is None:
             schema_editor.add_index(model, self.index, **_online(schema_editor))
@@ -35,8 +35,8 @@ class AddIndexOnline(migrations.AddIndex):
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        model = from_state.apps.get_model(app_label, self.model_name)
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+        model = _migrated(self, app_label, schema_editor, from_state)
+        if model is None:
             return
         if _partitions(schema_editor, model._meta.db_table) is None:
             schema_editor.remove_index(model, self.index, **_online(schema_editor))
@@ -56,8 +56,8 @@ class AddCheckOnline(migrations.AddConstraint):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+        model = _migrated(self, app_label, schema_editor, to_state)
+        if model is None:
             return
         if schema_editor.connection.vendor != "postgresql":
             schema_editor.add_constraint(model, self.constraint)
@@ -67,6 +67,12 @@ class AddCheckOnline(migrations.AddConstraint):
         schema_editor.execute(f"ALTER TABLE {table} ADD {check} NOT VALID")
         name = schema_editor.quote_name(self.constraint.name)
         schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
+
+
+def _migrated(operation: Any, app_label: str, schema_editor: Any, state: Any) -> Any:
+    """The operation's model in ``state``, or None where this database does not migrate it."""
+    model = state.apps.get_model(app_label, operation.model_name)
+    return model if operation.allow_migrate_model(schema_editor.connection.alias, model) else None
 
 
 def _partitions(schema_editor: Any, table: str) -> list[str] | None:

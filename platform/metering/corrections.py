@@ -142,10 +142,13 @@ def credit_push_soon(corrections: list[UsageRecord]) -> None:
 
     try:
         queued: set[tuple[str, datetime]] = set()
+        in_stripe: dict[str, bool] = {}
         for correction in corrections:
             tenant = correction.tenant
+            if tenant.pk not in in_stripe:
+                in_stripe[tenant.pk] = tenant_in_stripe(tenant)
             start, end = period_of(tenant=tenant, moment=correction.occurred_at)
-            if (tenant.pk, start) in queued or not tenant_in_stripe(tenant):
+            if (tenant.pk, start) in queued or not in_stripe[tenant.pk]:
                 continue
             queued.add((tenant.pk, start))
             if end > timezone.now():
