@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test bench lint typecheck check migrate
+.PHONY: install run test bench lint typecheck check migrate lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[worker,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[worker,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,3 +43,15 @@ typecheck: install
 	$(BIN)/mypy platform workers deploy
 
 check: lint typecheck test
+
+# constraints.txt again from pyproject.toml's pins alone, in a throwaway venv (the one above
+# keeps what it has): every extra, then the versions pip chose for what they pull in.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet '.[worker,dev]'
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
+	  | grep -v '^margin-api' | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
