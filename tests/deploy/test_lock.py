@@ -80,3 +80,18 @@ def test_this_environment_holds_what_the_lock_says() -> None:
         if installed.split("+")[0] != version:  # (torch's CPU wheel is 2.13.0+cpu)
             drift[name] = (version, installed)
     assert not drift, f"constraints.txt -> installed: {drift}"
+
+
+def test_every_release_runs_one_version_of_its_images_never_latest() -> None:
+    """The migrations Job, the base and the GPU overlay name the project's version: with
+    ``latest`` a rollout could run the code of one build and the migrations of another, and
+    a restarted pod whatever was pushed last."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    k8s = ROOT / "deploy" / "k8s"
+    tags = []
+    for path in sorted(k8s.glob("*/kustomization.yaml")):
+        text = path.read_text()
+        tags += [(path.parent.name, tag) for tag in re.findall(r"newTag: \"?([^\s\"]+)", text)]
+        tags += [(path.parent.name, tag) for tag in re.findall(r"margin-[\w-]+:([\w.-]+)", text)]
+    assert {"base", "migrate", "gpu"} <= {where for where, _ in tags}, tags
+    assert all(tag == version for _, tag in tags), f"pyproject.toml is {version}: {tags}"

@@ -127,7 +127,7 @@ def test_kustomize_renders_the_base_and_the_gpu_overlay(overlay: str) -> None:
     if overlay == "migrate":  # the release's settings with it, read by the Job
         assert [d["kind"] for d in docs] == ["ConfigMap", "Job"]
         assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
-            "margin-api:latest"
+            "margin-api:0.1.0"
         )
         return
     # Applying the base never overwrites the real Secret, nor meets a finished Job's
@@ -139,9 +139,9 @@ def test_kustomize_renders_the_base_and_the_gpu_overlay(overlay: str) -> None:
     if overlay == "gpu":
         assert inference["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert env["WORKER_POOL"] == "gpu-h100" and env["WORKER_MODEL_THREADS"] == "1"
-        assert inference["image"].endswith("margin-worker-cuda:latest")
+        assert inference["image"].endswith("margin-worker-cuda:0.1.0")
         training = workers["margin-training-worker"]["spec"]["template"]["spec"]["containers"]
-        assert not training[0]["image"].endswith("-cuda:latest")
+        assert "-cuda:" not in training[0]["image"]
     else:
         assert "WORKER_POOL" not in env  # the pool's price comes from margin-config
 
