@@ -56,7 +56,8 @@ class ApiKeyListCreateApi(TenantAPIView):
             name=data["name"],
             scopes=data["scopes"],
             mode=data.get("mode") or self.api_key.mode,
-            expires_at=data["expires_at"],
+            expires_at=data.get("expires_at"),
+            never_expires="expires_at" in data and data["expires_at"] is None,
             created_by=self.api_key,
         )
         return Response(_with_secret(created), status=201)

@@ -29,8 +29,13 @@ class ApiKeyCreateSerializer(StrictSerializer):
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=Scope.choices), min_length=1, max_length=4
     )
+    # No default: left out, a key made by an expiring key expires with it; null says "never",
+    # which such a key cannot grant (403 expiry_escalation).
     expires_at = Rfc3339DateTimeField(
-        required=False, allow_null=True, default=None, help_text="Must be in the future."
+        required=False,
+        allow_null=True,
+        help_text="Must be in the future. Null: never expires. Left out: never, or, made by a "
+        "key that expires, when that key does.",
     )
     mode = serializers.ChoiceField(choices=ApiKey.Mode.choices, required=False)
 

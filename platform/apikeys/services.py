@@ -119,8 +119,12 @@ def api_key_create(
     scopes: list[str],
     mode: str = ApiKey.Mode.LIVE,
     expires_at: datetime | None = None,
+    never_expires: bool = False,
     created_by: ApiKey | None = None,
 ) -> CreatedKey:
+    """``expires_at`` None: never expires, or, made by a key that expires (``created_by``),
+    when that key does, unless ``never_expires`` says "never" outright (the API's explicit
+    null), which such a key cannot grant."""
     scopes = _check_scopes(scopes, created_by)
     if created_by is not None and not created_by.livemode and mode != ApiKey.Mode.TEST:
         # As in Stripe, test mode never reaches live objects: a live key would.
@@ -134,9 +138,9 @@ def api_key_create(
     if created_by is not None and created_by.expires_at is not None:
         # As with scopes, a key mints no more than it has: a key that expires cannot make
         # one that outlives it (by default, the new key expires with it).
-        if expires_at is None:
+        if expires_at is None and not never_expires:
             expires_at = created_by.expires_at
-        elif expires_at > created_by.expires_at:
+        elif expires_at is None or expires_at > created_by.expires_at:
             raise _expiry_escalation(created_by.expires_at, param="expires_at")
     public_id = random_token(PUBLIC_ID_LENGTH)
     secret = _mint_secret(mode, public_id)

@@ -43,11 +43,22 @@ def test_a_key_that_expires_cannot_mint_one_that_outlives_it(tenant):
     )  # fmt: skip
     assert _at(ends) in error["message"]
 
+    # Null says "never expires" outright: refused as any later expiry, not made to expire
+    # with its creator behind the caller's back (it was a 201 expiring in two minutes).
+    never = short.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": None},
+                       format="json")  # fmt: skip
+    assert never.status_code == 403, never.content
+    assert never.json()["error"]["code"] == "expiry_escalation"
+    assert never.json()["error"]["param"] == "expires_at"
+
 
 def test_a_key_that_never_expires_mints_any_expiry(tenant):
     forever = bearer(api_key_create(tenant=tenant, scopes=["admin"]).secret)
     made = forever.post("/v1/api-keys", {"scopes": ["inference"]}, format="json")
     assert made.status_code == 201 and made.json()["expires_at"] is None
+    never = forever.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": None},
+                         format="json")  # fmt: skip
+    assert never.status_code == 201 and never.json()["expires_at"] is None
 
 
 def test_a_key_that_expires_cannot_rotate_one_that_outlives_it(tenant):
