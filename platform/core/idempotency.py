@@ -1,5 +1,6 @@
 """``Idempotency-Key`` on POST: same key + same body replays the first response (and bills
-once); same key + another body is 409; a key still being worked on is 409 too."""
+once), or, after a failure, runs again under the first attempt's request id; same key +
+another body is 409 whatever became of the first; a key still being worked on is 409 too."""
 
 from __future__ import annotations
 
@@ -122,17 +123,22 @@ def idempotency_begin(
     records = IdempotencyRecord.objects.for_tenant(tenant)
     record = records.get(livemode=livemode, key=key)
     expired = record.created_at < now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
-    if record.state == IdempotencyRecord.State.COMPLETED and not expired:
-        if record.fingerprint != fingerprint:
-            raise Conflict(KEY_REUSED.format(key=key), code="idempotency_key_reused")
-        return Outcome(record=record, replay=True)
     if record.state == IdempotencyRecord.State.IN_PROGRESS and record.locked_until > now:
         raise Conflict(
             KEY_IN_USE.format(key=key), code="idempotency_key_in_use", headers=RETRY_SOON
         )
+    if not expired and record.fingerprint != fingerprint:
+        # Whatever became of the first attempt (API.md: another body is 409): one that
+        # failed may have run all the same (a 503 worker_timeout whose worker answered late
+        # is billed under its request id), and another body under its key would be a second
+        # call that the client takes for a retry of the first.
+        raise Conflict(KEY_REUSED.format(key=key), code="idempotency_key_reused")
+    if record.state == IdempotencyRecord.State.COMPLETED and not expired:
+        return Outcome(record=record, replay=True)
 
-    # Released, stale or expired: claim it, atomically against a concurrent retry.
-    same_request = record.fingerprint == fingerprint and not expired
+    # Released or stale with this very body, or expired: claim it, atomically against a
+    # concurrent retry.
+    same_request = not expired
     claimed_id = record.request_id if same_request else new_id("req")
     claimed = records.filter(pk=record.pk, state=record.state, locked_until=record.locked_until)
     if not claimed.update(

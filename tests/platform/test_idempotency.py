@@ -68,8 +68,31 @@ def test_a_failed_attempt_can_be_retried_under_the_same_id(api):
     good = post(api, {"scopes": ["nope"]}, "k-3")  # still bad: not a replay, re-validated
     assert good.status_code == 400 and "Idempotent-Replayed" not in good
     assert good["X-Request-Id"] == bad["X-Request-Id"]  # retries never mint a new id
+    # Another body under the key is 409 even after a failure (API.md): the same body retried
+    # is the key's use.
     fixed = post(api, {"scopes": ["inference"]}, "k-3")
-    assert fixed.status_code == 201
+    assert fixed.status_code == 409, fixed.content
+    assert fixed.json()["error"]["code"] == "idempotency_key_reused"
+    assert post(api, {"scopes": ["inference"]}, "k-4").status_code == 201
+
+
+def test_another_body_after_a_failure_that_may_have_run_is_409(api, tenant):
+    """A 500 or a 503 (the worker's answer late) may have run: another body under its key
+    would be billed as a second call the client takes for a retry of the first."""
+    from django.utils import timezone
+
+    from core.idempotency import request_fingerprint
+
+    body = {"name": "a", "scopes": ["inference"]}
+    IdempotencyRecord.objects.create(
+        tenant=tenant, key="k-5", request_id="req_first", locked_until=timezone.now(),
+        fingerprint=request_fingerprint(method="POST", path="/v1/api-keys", data=body),
+        state=IdempotencyRecord.State.RELEASED,
+    )  # fmt: skip
+    other = post(api, {**body, "name": "b"}, "k-5")
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    retried = post(api, body, "k-5")
+    assert retried.status_code == 201 and retried["X-Request-Id"] == "req_first"
 
 
 def _in_flight(tenant, key: str) -> None:
