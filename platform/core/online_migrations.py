@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import migrations
+from django.db import migrations, transaction
+from django.db.migrations.operations.base import Operation
 
 
 class AddIndexOnline(migrations.AddIndex):
@@ -67,6 +68,80 @@ class AddCheckOnline(migrations.AddConstraint):
         schema_editor.execute(f"ALTER TABLE {table} ADD {check} NOT VALID")
         name = schema_editor.quote_name(self.constraint.name)
         schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
+
+
+class ReplaceUniqueOnline(Operation):
+    """Replace the unique constraint ``old`` of a model with ``new`` (which may bear its
+    name). On PostgreSQL a ``DROP CONSTRAINT`` and ``ADD CONSTRAINT ... UNIQUE`` builds the
+    new index under the table's ACCESS EXCLUSIVE lock (no write and no read meanwhile):
+    here it is built ``CONCURRENTLY`` under a name of its own while writes go on, and then,
+    in one short transaction, the old constraint is dropped and the new one made from the
+    built index (``USING INDEX``: renamed to the constraint's name, nothing read), waiting
+    10 s at most for the table's lock rather than queue every query behind a long reader.
+    Run again after a failure, it reuses a valid index built before and drops an invalid
+    one. The migration holding it must say ``atomic = False``. Other databases replace the
+    constraint as ``RemoveConstraint`` and ``AddConstraint`` do."""
+
+    def __init__(self, model_name: str, old: Any, new: Any) -> None:
+        self.model_name, self.old, self.new = model_name, old, new
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs = {"model_name": self.model_name, "old": self.old, "new": self.new}
+        return self.__class__.__name__, [], kwargs
+
+    def describe(self) -> str:
+        return f"Replace unique constraint {self.old.name} on {self.model_name} online"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"{self.model_name.lower()}_{self.new.name.lower()}"
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        state.remove_constraint(app_label, self.model_name.lower(), self.old.name)
+        state.add_constraint(app_label, self.model_name.lower(), self.new)
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        self._replace(app_label, schema_editor, from_state, to_state, self.old, self.new)
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        self._replace(app_label, schema_editor, from_state, to_state, self.new, self.old)
+
+    def _replace(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any, old: Any,
+        new: Any,
+    ) -> None:  # fmt: skip
+        model = _migrated(self, app_label, schema_editor, to_state)
+        if model is None:
+            return
+        if schema_editor.connection.vendor != "postgresql":
+            schema_editor.remove_constraint(
+                from_state.apps.get_model(app_label, self.model_name), old
+            )
+            schema_editor.add_constraint(model, new)
+            return
+        quote, table = schema_editor.quote_name, schema_editor.quote_name(model._meta.db_table)
+        built = f"{new.name}_online"[:63]
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                           [built])  # fmt: skip
+            found = cursor.fetchone()
+        if found is None or not found[0]:
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(built)}")
+            columns = ", ".join(quote(model._meta.get_field(name).column) for name in new.fields)
+            schema_editor.execute(
+                f"CREATE UNIQUE INDEX CONCURRENTLY {quote(built)} ON {table} ({columns})"
+            )
+        with transaction.atomic(using=schema_editor.connection.alias):
+            schema_editor.execute("SET LOCAL lock_timeout = '10s'")
+            schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote(old.name)}")
+            schema_editor.execute(
+                f"ALTER TABLE {table} ADD CONSTRAINT {quote(new.name)} UNIQUE USING INDEX "
+                f"{quote(built)}"
+            )
 
 
 def _migrated(operation: Any, app_label: str, schema_editor: Any, state: Any) -> Any:
