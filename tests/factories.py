@@ -96,3 +96,37 @@ def ledger_row(**fields: Any) -> Any:
         names = [f.name for f in dataclass_fields(LedgerRow)]
         rollup_apply(rows=[LedgerRow(**{name: getattr(record, name) for name in names})])
     return record
+
+
+def rollups_unkeyed(*, tenant: Tenant, before: Any) -> None:
+    """The tenant's rollups of the days before ``before`` (a date) as they were before the
+    API key joined the rollups' grain (economics 0004): one row per day, model, kind, mode
+    and plan, holding every key's usage, its key unknown (""). This process then no longer
+    takes the tenant for one without such rows (``metering.sums``), as a process started
+    after the upgrade would not."""
+    from django.db import transaction
+    from django.db.models import Max, Sum
+
+    from economics.models import UsageRollup
+    from economics.selectors import UNKEYED_GRAIN
+    from metering import sums
+
+    summed = ("requests", "inputs", "cached", "tokens", "compute_ms", "cost_micros")
+    with transaction.atomic():
+        rows = UsageRollup.objects.for_tenant(tenant).filter(day__lt=before)
+        merged = list(
+            rows.values(*UNKEYED_GRAIN).annotate(
+                **{f"sum_{name}": Sum(name) for name in summed}, latest=Max("last_at")
+            )
+        )
+        rows.delete()
+        UsageRollup.objects.bulk_create(
+            UsageRollup(
+                api_key_id="",
+                last_at=group["latest"],
+                **{name: group[name] for name in UNKEYED_GRAIN},
+                **{name: group[f"sum_{name}"] for name in summed},
+            )
+            for group in merged
+        )
+    sums._KEYED.discard(str(tenant.pk))

@@ -37,7 +37,8 @@ def _range(form: RangeForm) -> tuple[datetime, datetime] | None:
 
 @admin.register(UsageRollup)
 class UsageRollupAdmin(ViewOnlyAdmin):
-    list_display = ["day", "tenant", "model", "plan_id", "requests", "inputs", "cost_micros"]
+    list_display = ["day", "tenant", "model", "plan_id", "api_key_id", "requests", "inputs",
+                    "cost_micros"]  # fmt: skip
     list_filter = ["kind", "livemode", "plan_id"]
     date_hierarchy = "day"
     change_list_template = "admin/economics/rollup_changelist.html"

@@ -6,10 +6,11 @@ from core.scoping import TenantScopedManager
 
 
 class UsageRollup(models.Model):
-    """The ledger summed per day, tenant, model, kind, mode and plan: what margin reports
-    and the pricing simulator read, so no page view ever scans the raw ledger. Kept up to
-    date by the usage consumer in the same transaction as the ledger rows; rebuilt from the
-    ledger by ``manage.py rebuild_rollups`` (idempotent)."""
+    """The ledger summed per day, tenant, model, kind, mode, plan and API key: what margin
+    reports, the pricing simulator and ``/v1/usage`` (``metering.sums``) read, so no page
+    view scans the raw ledger. Kept up to date by the usage consumer in the same transaction
+    as the ledger rows; rebuilt from the ledger by ``manage.py rebuild_rollups``
+    (idempotent)."""
 
     day = models.DateField()
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
@@ -17,6 +18,12 @@ class UsageRollup(models.Model):
     kind = models.CharField(max_length=16)
     livemode = models.BooleanField()
     plan_id = models.CharField(max_length=64)
+    # The ledger row's (``UsageRecord.api_key_id``). Empty on rows summed before the key was
+    # part of the grain: those hold every key's usage of their grain, unknown which, until
+    # ``rebuild_rollups`` keys them (``metering.sums`` reads a range holding one by key from
+    # the ledger). In the database's default too: the release before, still running while
+    # a rolling deploy replaces it, inserts rows without the column.
+    api_key_id = models.CharField(max_length=32, blank=True, default="", db_default="")
     requests = models.PositiveBigIntegerField(default=0)
     inputs = models.PositiveBigIntegerField(default=0)
     cached = models.PositiveBigIntegerField(default=0)
@@ -33,13 +40,20 @@ class UsageRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["day", "tenant", "model", "kind", "livemode", "plan_id"],
+                fields=["day", "tenant", "model", "kind", "livemode", "plan_id", "api_key_id"],
                 name="rollup_grain",
             )
         ]
         indexes = [
             models.Index(fields=["day"], name="rollup_day"),
             models.Index(fields=["plan_id"], name="rollup_plan"),  # as usage_plan in metering
+            # Whether a tenant's range holds rows without a key (``metering.sums``): a probe
+            # of this index, empty once ``rebuild_rollups`` has keyed every row.
+            models.Index(
+                fields=["tenant", "livemode", "day"],
+                condition=models.Q(api_key_id=""),
+                name="rollup_unkeyed",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -38,7 +38,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import F, Q
+from django.db.models import F, Max, Min, Q, QuerySet, Sum
 
 from billing.periods import months
 from billing.usage_pricing import allocate
@@ -87,10 +87,39 @@ def _live_rows(early: dict[str, date], months_touched: list[Month]) -> list[Usag
     rows = UsageRollup.objects.unscoped().filter(
         since, livemode=True, day__lte=(months_touched[-1][1] - MICROSECOND).date()
     )
-    # NOTE: a day's rollups are ordered by their latest call: "the plan of the month's last
-    # call" then does not change with the range asked for, nor with a rebuild (which
-    # creates them in another order than the consumer did; ids alone decided before).
-    return list(rows.order_by("day", F("last_at").asc(nulls_first=True), "pk"))
+    return _keys_summed(rows)
+
+
+# A rollup's grain without its API key: what the pages rate and report by.
+UNKEYED_GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id")
+_SUMMED = ("requests", "inputs", "cached", "tokens", "compute_ms", "cost_micros")
+
+
+def _keys_summed(rows: QuerySet[UsageRollup]) -> list[UsageRollup]:
+    """``rows`` summed over their API keys: one unsaved row per (day, tenant, model, kind,
+    mode, plan), its id its first row's and its ``last_at`` their latest. NOTE: no page
+    reports by key, and one row per grain is what their figures were taken from: a charge
+    is shared among rows (largest remainder, ``allocate``), a row goes to the billing
+    period of its latest call, and a month's plan is its last row's; rows split by key
+    would move a minor unit between lines, or part of a day across a period boundary."""
+    summed = (
+        rows.values(*UNKEYED_GRAIN)
+        .annotate(**{f"sum_{name}": Sum(name) for name in _SUMMED},
+                  latest=Max("last_at"), first_id=Min("id"))
+        # NOTE: a day's rollups are ordered by their latest call: "the plan of the month's
+        # last call" then does not change with the range asked for, nor with a rebuild
+        # (which creates them in another order than the consumer did).
+        .order_by("day", F("latest").asc(nulls_first=True), "first_id")
+    )  # fmt: skip
+    return [
+        UsageRollup(
+            pk=group["first_id"],
+            last_at=group["latest"],
+            **{name: group[name] for name in UNKEYED_GRAIN},
+            **{name: group[f"sum_{name}"] for name in _SUMMED},
+        )
+        for group in summed
+    ]
 
 
 def _plan_cache() -> Callable[[str], Plan]:
@@ -198,10 +227,8 @@ def _base_fee_rows(tenant_id: str, plan: Plan, fees: list[tuple[date, int]]) -> 
 def _test_mode_rows(start: datetime, end: datetime) -> list[UsageRollup]:
     """The test-mode (livemode=False) rollups of the range: compute paid for, never billed."""
     first, last = _days(utc_clamped(start), utc_clamped(end))
-    return list(
-        UsageRollup.objects.unscoped()
-        .filter(livemode=False, day__gte=first, day__lte=last)
-        .order_by("day", "pk")
+    return _keys_summed(
+        UsageRollup.objects.unscoped().filter(livemode=False, day__gte=first, day__lte=last)
     )
 
 

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 from .models import UsageRollup
 
 logger = logging.getLogger(__name__)
-GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id")
+GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id", "api_key_id")
+UNKEYED = ""  # the api_key_id of rows summed before the key was part of the grain
 
 
 def tenant_plans_now(tenant_ids: set[str]) -> dict[str, str]:
@@ -67,7 +68,7 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
         # NOTE: the UTC day, as the ledger's (TruncDate) and /v1/usage's: an event may carry
         # any offset, and its local date can be the day after (or before).
         grain = (row.occurred_at.astimezone(UTC).date(), row.tenant_id, row.model, row.kind,
-                 row.livemode, row.plan_id)  # fmt: skip
+                 row.livemode, row.plan_id, row.api_key_id)  # fmt: skip
         s = sums[grain]
         # A correcting row (metering.corrections) nets its event's quantities out of the
         # same grain; it is not a call: the event stays counted as the call it was made.
@@ -81,32 +82,43 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
     with transaction.atomic():
         for grain, s in sums.items():
             key: dict[str, Any] = dict(zip(GRAIN, grain, strict=True))
-            latest = last[grain]
-            updated = (
-                UsageRollup.objects.for_tenant(key["tenant_id"])
-                .filter(**key)
-                .update(
-                    **{name: F(name) + value for name, value in s.items()},
-                    # Coalesce: SQLite's greatest of a null is null.
-                    last_at=Greatest(Coalesce(F("last_at"), Value(latest)), Value(latest)),
-                )
-            )
-            if updated:
+            netting = min(s["inputs"], s["cached"], s["tokens"]) < 0
+            if _added(key, s, last[grain], netting):
                 continue
-            if min(s["inputs"], s["cached"], s["tokens"]) < 0:
+            if netting:
                 # A correction of rows the rollups never had (a ledger restored without a
                 # rebuild): nothing to net it from; a rebuild counts both.
                 logger.warning("rollups lack the rows a correction nets (%s): run "
                                "rebuild_rollups", grain)  # fmt: skip
                 continue
-            UsageRollup.objects.create(**key, **s, last_at=latest)
+            UsageRollup.objects.create(**key, **s, last_at=last[grain])
+
+
+def _added(key: dict[str, Any], sums: dict[str, Any], latest: datetime, netting: bool) -> bool:
+    """Whether ``sums`` went into the existing rollup of ``key``. A correction (``netting``)
+    goes into a row that holds at least what it takes away: its own key's, or, for an event
+    summed before the key was in the grain, its grain's unkeyed row (which holds it)."""
+    rows = UsageRollup.objects.for_tenant(key["tenant_id"])
+    if netting:
+        rows = rows.filter(inputs__gte=-sums["inputs"], cached__gte=-sums["cached"],
+                           tokens__gte=-sums["tokens"])  # fmt: skip
+    keys = [key["api_key_id"], UNKEYED] if netting and key["api_key_id"] != UNKEYED else []
+    for api_key_id in keys or [key["api_key_id"]]:
+        updated = rows.filter(**{**key, "api_key_id": api_key_id}).update(
+            **{name: F(name) + value for name, value in sums.items()},
+            # Coalesce: SQLite's greatest of a null is null.
+            last_at=Greatest(Coalesce(F("last_at"), Value(latest)), Value(latest)),
+        )
+        if updated:
+            return True
+    return False
 
 
 @transaction.atomic
 def rollups_rebuild() -> int:
     """Recompute every rollup from the ledger (after a restore, or to correct drift), under
     the plan each row was recorded on (rows from before plans were recorded: the tenant's
-    plan now).
+    plan now), and the API key: rows summed before the key was in the grain come out keyed.
 
     On PostgreSQL the rollups table is locked against writes first: a ledger row whose
     transaction was still open when the ledger was read (the consumer's, a void's) adds
@@ -122,7 +134,7 @@ def rollups_rebuild() -> int:
     ledger = (
         UsageRecord.objects.unscoped()
         .annotate(day=TruncDate("occurred_at"))
-        .values("day", "tenant_id", "model", "kind", "livemode", "plan_id")
+        .values("day", "tenant_id", "model", "kind", "livemode", "plan_id", "api_key_id")
         .annotate(
             requests=Count("id", filter=Q(corrects="")), inputs=Sum("inputs"), cached=Sum("cached"),
             tokens=Sum("tokens"), compute_ms=Sum("compute_ms"), cost_micros=Sum("cost_micros"),

@@ -13,8 +13,10 @@ and reconciliation checks it against (DESIGN: reported to Stripe = the sum of th
 so rollups that drifted from the ledger (a restore without ``rebuild_rollups``) never reach
 an invoice; reconciliation says when they have (``billing.reconciliation``).
 
-Grouping is by any of ``GROUPS``. The rollups have no API key: a report by key reads the
-ledger (``ROLLUP_GROUPS`` says what they can serve)."""
+Grouping is by any of ``GROUPS``, all of which the rollups hold. Rollups summed before the
+API key was part of their grain have none (``""``, any key's usage): a report by key reads
+the whole days up to the last of those from the ledger (``_keyed_from``) until
+``rebuild_rollups`` has keyed them."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from tenants.models import Tenant
 from .models import UsageRecord
 
 GROUPS = ("day", "model", "kind", "plan_id", "api_key_id")
-ROLLUP_GROUPS = frozenset(("day", "model", "kind", "plan_id"))
+ROLLUP_GROUPS = frozenset(GROUPS)
 SUMS = ("requests", "inputs", "cached", "tokens", "compute_ms")
 
 
@@ -96,6 +98,28 @@ def _unstamped(tenant: Tenant | str, livemode: bool, start: datetime, end: datet
     return unstamped.filter(livemode=livemode, occurred_at__gte=start, occurred_at__lt=end).exists()
 
 
+# Tenants without rollups from before the key was in their grain. None is written any more
+# (the consumer and a void key theirs, a rebuild keys them all): asked once a process, as
+# ``_STAMPED``.
+_KEYED: set[str] = set()
+
+
+def _keyed_from(tenant: Tenant | str, livemode: bool, first: date, last: date) -> date:
+    """The first of the whole days [first, last) from which the tenant's rollups all know
+    their key: the day after the last one that holds an unkeyed rollup (it holds any key's
+    usage), else ``first``. (Index probes: ``rollup_unkeyed``.)"""
+    tenant_id = tenant if isinstance(tenant, str) else str(tenant.pk)
+    if tenant_id in _KEYED:
+        return first
+    unkeyed = UsageRollup.objects.for_tenant(tenant).filter(api_key_id="")
+    if not unkeyed.exists():
+        _KEYED.add(tenant_id)
+        return first
+    in_range = unkeyed.filter(livemode=livemode, day__gte=first, day__lt=last)
+    latest = in_range.order_by("-day").values_list("day", flat=True).first()
+    return first if latest is None else latest + timedelta(1)
+
+
 def _from_rollups(
     tenant: Tenant | str, livemode: bool, first: date, last: date, by: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -123,6 +147,10 @@ def usage_sums(
     days = None if from_ledger or not set(by) <= ROLLUP_GROUPS else _whole_days(start, end)
     if days is not None and "plan_id" in by and _unstamped(tenant, livemode, start, end):
         days = None
+    if days is not None and "api_key_id" in by:
+        first, last = days
+        keyed = _keyed_from(tenant, livemode, first, last)
+        days = (keyed, last) if keyed < last else None
     if days is None:
         parts = [_from_ledger(tenant, livemode, start, end, by)]
     else:

@@ -17,7 +17,7 @@ from economics.models import UsageRollup
 from economics.selectors import pricing_simulate
 from plans.models import Plan
 from tests.economics.test_plan_months import DEC, NOV, calls, day, recorded
-from tests.factories import TenantFactory, subscribe
+from tests.factories import TenantFactory, rollups_unkeyed, subscribe
 
 pytestmark = pytest.mark.django_db
 OCT = datetime(2025, 10, 1, tzinfo=UTC)
@@ -93,3 +93,28 @@ def test_a_day_split_by_a_period_boundary_goes_by_the_time_of_its_last_call():
     assert usage_of(tenant, OCT, NOV) + usage_of(tenant, NOV, DEC) == 2_800
     UsageRollup.objects.unscoped().filter(tenant_id=tenant.pk).update(last_at=None)
     assert usage_of(tenant, OCT, DEC) == 2_800
+
+
+def test_a_day_of_several_keys_is_rated_as_its_one_row_was_before_the_key_was_kept():
+    """Rollups hold a row per API key; the pages sum a day's keys first, so their figures
+    are those of one row per day, model and plan, as before the key joined the grain (and
+    do not change when rebuild_rollups keys older days). Here pro renews at 14:32 on 29
+    October: key_a's 80,000 inputs at noon and key_b's 30,000 at 15:00 are one row, whose
+    last call is in the new period (the module's NOTE): 10,000 past 100,000, 400. Rated
+    apart, key_a's row went to the period before, and the day was rated 0."""
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    boundary = day(29, OCT) + timedelta(hours=14, minutes=32)
+    recorded(tenant, [(OCT, boundary, None, "pro@1"), (boundary, boundary + timedelta(days=31),
+                                                         None, "pro@1")],
+             [(OCT, "pro@1")])  # fmt: skip
+    afternoon = day(29, OCT) + timedelta(hours=3)  # (calls are made at noon, plus this)
+    calls(tenant, (80_000, "pro@1", day(29, OCT)), (30_000, "pro@1", afternoon),
+          keys=("key_a", "key_b"))  # fmt: skip
+    assert UsageRollup.objects.for_tenant(tenant).count() == 2
+    cuts = [OCT, day(29, OCT), day(30, OCT), NOV, DEC]
+    keyed = [usage_of(tenant, lo, hi) for lo, hi in pairwise(cuts)]
+    assert keyed == [0, 400, 0, 0]
+    rollups_unkeyed(tenant=tenant, before=DEC.date())  # one row, as before the upgrade
+    assert UsageRollup.objects.for_tenant(tenant).count() == 1
+    assert [usage_of(tenant, lo, hi) for lo, hi in pairwise(cuts)] == keyed

@@ -32,12 +32,13 @@ def day(n: int, month: datetime = NOV) -> datetime:
     return month + timedelta(days=n - 1)
 
 
-def calls(tenant, *made: tuple[int, str, datetime]) -> None:
-    """Calls of ``inputs`` standard inputs each, made on a plan (id) at a moment."""
+def calls(tenant, *made: tuple[int, str, datetime], keys: tuple[str, ...] = ("key_a",)) -> None:
+    """Calls of ``inputs`` standard inputs each, made on a plan (id) at a moment, with
+    ``keys`` in turn."""
     usage_record_bulk(
         events=[
             {"v": 1, "event_id": f"req_m{tenant.pk}-{n}", "kind": "inference",
-             "tenant_id": tenant.pk, "api_key_id": "key_a", "livemode": True,
+             "tenant_id": tenant.pk, "api_key_id": keys[n % len(keys)], "livemode": True,
              "model": "minilm-l6", "inputs": inputs, "tokens": inputs * 10, "compute_ms": 1.0,
              "cached": 0, "occurred_at": (at + timedelta(hours=12)).isoformat(),
              "cost_micros": "7", "pool": "cpu", "plan_id": plan_id}

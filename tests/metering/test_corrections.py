@@ -24,7 +24,15 @@ pytestmark = pytest.mark.django_db
 
 
 def call(
-    tenant, inputs, *, at=None, kind="inference", model="minilm-l6", tokens=None, livemode=True
+    tenant,
+    inputs,
+    *,
+    at=None,
+    kind="inference",
+    model="minilm-l6",
+    tokens=None,
+    livemode=True,
+    key="key_a",
 ):
     """An answered call (or a fine-tune) stored as the usage consumer stores it; its id."""
     event_id = (
@@ -33,7 +41,7 @@ def call(
     outcome = usage_record_bulk(
         events=[{
             "v": 1, "event_id": event_id, "kind": kind, "tenant_id": tenant.pk,
-            "api_key_id": "key_a", "livemode": livemode, "model": model, "inputs": inputs,
+            "api_key_id": key, "livemode": livemode, "model": model, "inputs": inputs,
             "tokens": inputs * 10 if tokens is None else tokens, "compute_ms": 2.0,
             "cached": 0, "cost_micros": "500",
             "occurred_at": (at or timezone.now() - timedelta(seconds=5)).isoformat(),

@@ -19,7 +19,8 @@ from limits.reconcile import quota_reconcile_tenant
 from limits.services import limits_admit, limits_settle
 from metering.corrections import usage_record_void
 from metering.models import UsageRecord
-from tests.factories import TenantFactory, make_key, subscribe
+from metering.sums import usage_sums
+from tests.factories import TenantFactory, make_key, rollups_unkeyed, subscribe
 from tests.limits.test_limits import custom_plan, key_of, on_plan
 from tests.limits.test_quota_after_loss import counter, ledger, refused
 from tests.metering.test_corrections import call
@@ -254,3 +255,55 @@ def test_a_void_committing_during_a_rollup_rebuild_is_netted(monkeypatch):
     monkeypatch.undo()
     rollups_rebuild()
     assert [(r["requests"], r["inputs"]) for r in _rollups(tenant)] == [(1, 0)]
+
+
+def _by_key(tenant):
+    rows = UsageRollup.objects.for_tenant(tenant)
+    return {r.api_key_id: (r.requests, r.inputs, r.tokens) for r in rows}
+
+
+def test_a_void_of_a_call_summed_before_the_upgrade_is_netted_from_its_unkeyed_rollup(
+    tenant, caplog
+):
+    """A call summed before the API key joined the rollups' grain is in its day's unkeyed
+    row: its void nets it out of that row, whether its key has a row of that day since the
+    upgrade (which does not hold it) or not, and the day's usage by key is the ledger's."""
+    at = NOW - timedelta(minutes=5)
+    of_a = call(tenant, 700, at=at, key="key_a")
+    of_b = call(tenant, 300, at=at, key="key_b")
+    call(tenant, 200, at=at, key="key_b")
+    rollups_unkeyed(tenant=tenant, before=NEXT.date())
+    assert _by_key(tenant) == {"": (3, 1200, 12_000)}
+    call(tenant, 50, at=at, key="key_a")  # after the upgrade: a row of its key
+    assert _by_key(tenant) == {"": (3, 1200, 12_000), "key_a": (1, 50, 500)}
+
+    usage_record_void(event_id=of_b, reason="duplicate")  # no row of key_b
+    usage_record_void(event_id=of_a, reason="duplicate")  # key_a's row holds 50, not 700
+
+    assert _by_key(tenant) == {"": (3, 200, 2000), "key_a": (1, 50, 500)}  # netted, not lost
+    assert "rollups lack the rows" not in caplog.text
+    day = datetime.combine(at.date(), datetime.min.time(), tzinfo=UTC)
+    by_key = usage_sums(tenant=tenant, livemode=True, start=day, end=day + timedelta(days=1),
+                        by=("api_key_id",))  # fmt: skip
+    assert {r["api_key_id"]: (r["requests"], r["inputs"]) for r in by_key} == {
+        "key_a": (2, 50), "key_b": (2, 200)
+    }  # fmt: skip
+    # A rebuild keys the day's rows from the ledger, to the same usage.
+    rollups_rebuild()
+    assert _by_key(tenant) == {"key_a": (2, 50, 500), "key_b": (2, 200, 2000)}
+
+
+def test_a_void_the_rollups_cannot_net_is_logged_not_lost_silently(tenant, caplog):
+    """The bad case: a ledger restored without its rollups (none for the call's day, keyed or
+    not): the void is made, nothing goes negative, and the log names the rebuild."""
+    wrong = call(tenant, 700, at=NOW - timedelta(minutes=5), key="key_a")
+    UsageRollup.objects.for_tenant(tenant).delete()
+
+    usage_record_void(event_id=wrong, reason="duplicate")
+
+    assert UsageRecord.objects.for_tenant(tenant).filter(corrects=wrong).exists()
+    assert _by_key(tenant) == {}
+    assert "rollups lack the rows a correction nets" in caplog.text
+    assert "run rebuild_rollups" in caplog.text
+    rollups_rebuild()
+    assert _by_key(tenant) == {"key_a": (1, 0, 0)}

@@ -13,18 +13,20 @@ import pytest
 from django.utils import timezone
 
 from billing.rating import rate_tenant_period
+from economics.models import UsageRollup
 from economics.services import rollups_rebuild
 from metering.corrections import usage_record_void
 from metering.models import UsageRecord
 from metering.services import usage_record_bulk
 from metering.sums import usage_sums
 from plans.models import Plan
-from tests.factories import subscribe
+from tests.factories import rollups_unkeyed, subscribe
 
 pytestmark = pytest.mark.django_db
 
 GROUPINGS = [(), ("day",), ("model",), ("api_key_id",), ("plan_id", "kind", "model"),
-             ("day", "plan_id", "kind", "model")]  # fmt: skip
+             ("day", "plan_id", "kind", "model"), ("day", "api_key_id"),
+             ("api_key_id", "plan_id", "kind", "model")]  # fmt: skip
 
 
 def _events(tenant, rng, now, n):
@@ -58,18 +60,37 @@ def _same(rows, ledger, by):
         assert math.isclose(row["compute_ms"], want[group]["compute_ms"], abs_tol=1e-6)
 
 
+def _all_agree(tenant, ranges):
+    for start, end in ranges:
+        for by in GROUPINGS:
+            for livemode in (True, False):
+                rows = usage_sums(tenant=tenant, livemode=livemode, start=start, end=end, by=by)
+                ledger = usage_sums(
+                    tenant=tenant, livemode=livemode, start=start, end=end, by=by,
+                    from_ledger=True,
+                )  # fmt: skip
+                _same(rows, ledger, by)
+
+
+def _void_some(tenant, rng, n, before=None):
+    live = UsageRecord.objects.for_tenant(tenant).filter(livemode=True, corrects="")
+    if before is not None:
+        live = live.filter(occurred_at__lt=before)
+    voided = UsageRecord.objects.for_tenant(tenant).exclude(corrects="").values("corrects")
+    candidates = list(live.exclude(event_id__in=voided).values_list("event_id", flat=True))
+    for event_id in rng.sample(candidates, n):
+        usage_record_void(event_id=event_id, reason="a test of the sums")
+
+
 def test_any_range_and_grouping_comes_to_what_the_ledger_says(tenant):
+    """Rollups keyed (as the consumer writes them), partly unkeyed (days summed before the
+    key joined their grain, voided since), then rebuilt: every range and grouping, by key
+    included, comes to what the ledger says."""
     rng = random.Random(20261130)
     now = timezone.now()
     outcome = usage_record_bulk(events=_events(tenant, rng, now, 400))
     assert outcome.inserted == 400
-    live = list(
-        UsageRecord.objects.for_tenant(tenant)
-        .filter(livemode=True, corrects="")
-        .values_list("event_id", flat=True)
-    )
-    for event_id in rng.sample(live, 12):
-        usage_record_void(event_id=event_id, reason="a test of the sums")
+    _void_some(tenant, rng, 12)
     midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     ranges = [
         (midnight - timedelta(days=3), midnight),
@@ -80,18 +101,23 @@ def test_any_range_and_grouping_comes_to_what_the_ledger_says(tenant):
     for _ in range(30):
         a = now - timedelta(seconds=rng.uniform(0, 6 * 86_400))
         ranges.append((a, a + timedelta(seconds=rng.uniform(0, 4 * 86_400))))
-    for start, end in ranges:
-        for by in GROUPINGS:
-            for livemode in (True, False):
-                rows = usage_sums(tenant=tenant, livemode=livemode, start=start, end=end, by=by)
-                ledger = usage_sums(
-                    tenant=tenant, livemode=livemode, start=start, end=end, by=by,
-                    from_ledger=True,
-                )  # fmt: skip
-                _same(rows, ledger, by)
+    _all_agree(tenant, ranges)
+    # The upgrade: the days before the last two were summed without their key.
+    upgraded = midnight - timedelta(days=2)
+    rollups_unkeyed(tenant=tenant, before=upgraded.date())
+    assert UsageRollup.objects.for_tenant(tenant).filter(api_key_id="").count() > 10
+    _void_some(tenant, rng, 6, before=upgraded)  # events of the unkeyed days
+    _void_some(tenant, rng, 3)
+    _all_agree(tenant, ranges)
+    # rebuild_rollups keys every row, and the sums stay the ledger's.
+    rollups_rebuild()
+    assert not UsageRollup.objects.for_tenant(tenant).filter(api_key_id="").exists()
+    assert UsageRollup.objects.for_tenant(tenant).filter(api_key_id="key_b").exists()
+    _all_agree(tenant, ranges)
     # The whole of it, and a range with nothing in it (one row of zeros without grouping).
     week = usage_sums(tenant=tenant, livemode=True, start=now - timedelta(days=7), end=now)
-    assert week[0]["requests"] == len(live) and week[0]["inputs"] > 0
+    calls = UsageRecord.objects.for_tenant(tenant).filter(livemode=True, corrects="").count()
+    assert week[0]["requests"] == calls and week[0]["inputs"] > 0
     empty = usage_sums(
         tenant=tenant, livemode=True, start=now + timedelta(days=2), end=now + timedelta(days=5)
     )
@@ -116,3 +142,37 @@ def test_a_row_from_before_plans_were_recorded_is_priced_the_same_either_way(ten
     read = rate_tenant_period(**week, include_base_fee=False)
     ledger = rate_tenant_period(**week, include_base_fee=False, from_ledger=True)
     assert read.usage_total == ledger.usage_total == 6000  # 150,000 past pro's 100,000
+
+
+def test_usage_by_api_key_reads_the_same_from_rollups_as_from_the_ledger(tenant, client_for):
+    """/v1/usage?group_by=api_key: with every rollup from before the upgrade (unkeyed: the
+    report reads the ledger), then keyed by rebuild_rollups (it reads the rollups), the
+    bodies are the same, amounts included, over ranges with part days at their ends."""
+    subscribe(tenant, "pro")
+    rng = random.Random(7)
+    now = timezone.now()
+    events = _events(tenant, rng, now, 300)
+    for e in events:
+        e["inputs"] *= 40  # past pro's included inputs
+        e["api_key_id"] = rng.choice(["key_a", "key_b", "key_c"])
+    assert usage_record_bulk(events=events).inserted == 300
+    _void_some(tenant, rng, 5)
+    api = client_for(tenant, ["billing"])
+    ranges = [
+        {"start": (now - timedelta(days=6)).isoformat(), "end": now.isoformat()},
+        {"start": (now - timedelta(days=4, hours=7)).isoformat(),
+         "end": (now - timedelta(hours=30)).isoformat()},
+    ]  # fmt: skip
+
+    def bodies():
+        return [api.get("/v1/usage", {**r, "group_by": "api_key"}).json() for r in ranges]
+
+    rollups_unkeyed(tenant=tenant, before=(now + timedelta(days=1)).date())
+    from_ledger = bodies()
+    rollups_rebuild()
+    assert not UsageRollup.objects.for_tenant(tenant).filter(api_key_id="").exists()
+    assert bodies() == from_ledger
+    week = from_ledger[0]
+    assert {row["api_key"] for row in week["data"]} == {"key_a", "key_b", "key_c"}
+    assert week["total"]["amount"] > 0
+    assert sum(row["amount"] for row in week["data"]) == week["total"]["amount"]
