@@ -52,7 +52,7 @@ class ApiKeyRotateSerializer(StrictSerializer):
 
 class ApiKeySerializer(serializers.Serializer[Any]):
     id = serializers.CharField()
-    object = serializers.CharField(default="api_key")
+    object = serializers.SerializerMethodField()  # (always sent: required in the schema)
     name = serializers.CharField()
     mode = serializers.ChoiceField(choices=ApiKey.Mode.choices)
     prefix = serializers.CharField(help_text="The start of the secret, for recognising it.")
@@ -64,10 +64,8 @@ class ApiKeySerializer(serializers.Serializer[Any]):
     last_used_at = serializers.DateTimeField(allow_null=True)
     previous_secret_expires_at = serializers.DateTimeField(allow_null=True)
 
-    def to_representation(self, instance: Any) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        data["object"] = "api_key"
-        return data
+    def get_object(self, instance: Any) -> str:
+        return "api_key"
 
 
 class ApiKeyWithSecretSerializer(ApiKeySerializer):
@@ -80,6 +78,6 @@ class ApiKeyWithSecretSerializer(ApiKeySerializer):
 
 
 class ApiKeyListSerializer(serializers.Serializer[Any]):
-    object = serializers.CharField(default="list")
+    object = serializers.CharField()
     data = ApiKeySerializer(many=True)  # type: ignore[assignment]  # the stubs reserve this name
     has_more = serializers.BooleanField()
