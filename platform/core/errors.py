@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Any
 
 from django.conf import settings
@@ -152,13 +153,42 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
     return (path or None, str(code), str(detail))
 
 
+# DRF's messages speak of "this field"; a client reading one error of many needs its name.
+_THIS_FIELD = (
+    (re.compile(r"^This field is required\.$"), "Missing required parameter: {param}."),
+    (re.compile(r"^Ensure this field has at least (\d+) elements?\.$"),
+     "{param} must hold at least {0} item(s)."),
+    (re.compile(r"^Ensure this field has no more than (\d+) elements?\.$"),
+     "{param} must hold at most {0} item(s)."),
+    (re.compile(r"^Ensure this field has at least (\d+) characters?\.$"),
+     "{param} must be at least {0} character(s) long."),
+    (re.compile(r"^Ensure this field has no more than (\d+) characters?\.$"),
+     "{param} must be at most {0} character(s) long."),
+    (re.compile(r"^Ensure this value is (.+)\.$"), "{param} must be {0}."),
+    (re.compile(r"^This field (.+)$"), "{param} {0}"),
+)  # fmt: skip
+
+
+def _named(message: str, param: str | None) -> str:
+    """DRF's message about "this field" said of ``param``; any other message that does not
+    name it, prefixed with it (``inputs[0]: Must be a string.``)."""
+    if not param:
+        return message
+    for pattern, template in _THIS_FIELD:
+        match = pattern.match(message)
+        if match:
+            named = template.format(*match.groups(), param=param)
+            return re.sub(r"\b1 (\w+)\(s\)", r"1 \1", named).replace("(s)", "s")
+    return message if param in message else f"{param}: {message}"
+
+
 def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
     status = exc.status_code
     if isinstance(exc, drf.ValidationError):
         param, code, message = _first_validation_error(exc.detail)
         if code in ("invalid", "required", "null", "blank", "not_a_list", "empty"):
             code = {"required": "missing_parameter"}.get(code, "invalid_parameter")
-        return 400, code, message, param
+        return 400, code, _named(message, param), param
     if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
         return 401, "missing_api_key", str(exc.detail), None
     if isinstance(exc, drf.PermissionDenied):

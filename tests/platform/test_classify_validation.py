@@ -352,3 +352,21 @@ def test_a_null_value_is_an_invalid_parameter_not_a_missing_one(api):
     assert response.json()["error"]["param"] == "model"
     missing = api.post("/v1/classify", {"inputs": ["x"], "labels": ["a", "b"]}, format="json")
     assert missing.json()["error"]["code"] == "missing_parameter"
+
+
+def test_a_field_error_names_its_parameter_in_the_message(api):
+    """One error among several fields: the message says which (DRF's said "this field")."""
+    empty = api.post("/v1/classify", {"model": "minilm-l6", "inputs": []}, format="json")
+    assert empty.json()["error"]["message"] == "inputs must hold at least 1 item."
+    many = api.post(
+        "/v1/classify", {"model": "minilm-l6", "inputs": ["a"] * 97, "labels": ["a", "b"]},
+        format="json",
+    )  # fmt: skip
+    assert many.json()["error"]["message"] == "inputs must hold at most 96 items."
+    missing = api.post("/v1/classify", {"model": "minilm-l6"}, format="json")
+    assert missing.json()["error"]["message"] == "Missing required parameter: inputs."
+    typed = api.post(
+        "/v1/classify", {"model": "minilm-l6", "inputs": [1], "labels": ["a", "b"]}, format="json"
+    )
+    error = typed.json()["error"]
+    assert (error["param"], error["message"]) == ("inputs[0]", "inputs[0]: Must be a string.")
