@@ -247,6 +247,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoOperationalError) and _transient(exc):
         # The database is locked past its busy timeout (SQLite, another writer), or cannot be
         # reached: the client's to retry (a 500 said the request was wrong, or we were).
+        # (A statement past the API's statement timeout is one: core.statement_timeout.)
         logger.warning("database unavailable for %s: %r", context.get("view"), exc)
         status, code, message, param = 503, "database_unavailable", DB_UNAVAILABLE, None
         headers = {"Retry-After": "2"}

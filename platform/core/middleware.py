@@ -13,11 +13,13 @@ from typing import Any, cast
 
 import redis
 import stripe
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.handlers.wsgi import LimitedStream
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import escape
 
@@ -26,6 +28,7 @@ from ops.metrics import request_observe
 from .body_slots import TenantBodyStream
 from .errors import APIError
 from .ids import new_id
+from .statement_timeout import statement_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +170,14 @@ def _unavailable_reason(exception: Exception) -> str | None:
         return "Redis cannot be reached. Retry once it is back."
     if isinstance(exception, redis.RedisError):
         return f"Redis refused the command ({exception}). Retry once that is fixed."
+    if isinstance(exception, DatabaseError) and statement_cancelled(exception):
+        # The admin runs in the API's processes, under their statement timeout
+        # (core.statement_timeout); a write's transaction was rolled back with it.
+        limit = settings.DATABASE_STATEMENT_TIMEOUT_MS / 1000
+        return (
+            f"A query ran past the statement timeout ({limit:g} s, DATABASE_STATEMENT_TIMEOUT_MS)"
+            " and the database stopped it. Retry, or narrow the page (a filter, a search)."
+        )
     if isinstance(exception, stripe.StripeError):
         detail = exception.user_message or type(exception).__name__
         return f"Stripe did not accept the call ({detail}). Retry once it is back."

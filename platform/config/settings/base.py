@@ -161,6 +161,11 @@ def database_config(url: str) -> dict[str, Any]:
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}"
 DATABASES = {"default": database_config(DATABASE_URL)}
+# The longest one SQL statement of an API request may run on PostgreSQL before the server
+# cancels it (the request is a 503 to retry); the admin, served by the same processes, too.
+# Applied by the API server's entry point only (config.wsgi, core.statement_timeout), never
+# to migrations, management commands, the consumers or the platform worker. 0: no limit.
+DATABASE_STATEMENT_TIMEOUT_MS = int(os.environ.get("DATABASE_STATEMENT_TIMEOUT_MS", "30000"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
