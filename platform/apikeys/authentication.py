@@ -29,9 +29,16 @@ class KeyPrincipal:
 
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[KeyPrincipal, ApiKey] | None:
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        if not header:
-            return None
+        header = request.META.get("HTTP_AUTHORIZATION")
+        if header is None:
+            return None  # no key: DRF's 401 missing_api_key
+        if not header.strip():
+            # NOTE: sent, but empty as the app sees it. granian hands a header value that is
+            # not visible ASCII (a key with an "é" in it) to the app as an empty string: it
+            # read as no key at all (missing_api_key, "No API key provided"), where a
+            # server that passes it on as latin-1 gets the wrong key's 401 below. The same
+            # 401 either way: a key was sent and it is not one.
+            raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise AuthenticationError(messages.MALFORMED_KEY, code="invalid_api_key")

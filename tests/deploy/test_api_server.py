@@ -143,6 +143,28 @@ def test_errors_keep_their_shape_through_the_server(server: Server):
         assert response.headers["X-Request-Id"].startswith("req_")
 
 
+def test_a_key_that_is_not_ascii_is_a_wrong_key_through_the_server(server: Server):
+    """granian hands a header value that is not visible ASCII to the app as an empty string:
+    such a key read as no key at all ("No API key provided"). It is a wrong key's 401, as
+    UTF-8 or as latin-1 bytes on the wire, never a 500."""
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        wrong = anonymous.get("/v1/models", headers={"Authorization": "Bearer sk_test_nope"})
+        sent = [
+            anonymous.get("/v1/models", headers={b"Authorization": value})
+            for value in (
+                "Bearer sk_test_\u00e9t\u00e9".encode(),
+                "Bearer sk_test_\u00e9t\u00e9".encode("latin-1"),
+                f"Bearer {server.secret}\u20ac".encode(),  # a real key, one character more
+            )
+        ]
+    assert wrong.status_code == 401
+    for response in sent:
+        assert response.status_code == 401, response.text
+        assert response.json() == wrong.json()  # the wrong key's type, code and message
+        assert response.json()["error"]["code"] == "invalid_api_key"
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
 def test_a_post_refused_before_its_body_is_read_keeps_the_connection_usable(server: Server):
     """A 401 or 403 answers a POST before its body is read; left unread in a keep-alive
     connection, the body made the server drop the connection, at times with no response to

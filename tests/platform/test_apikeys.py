@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from apikeys import messages
 from apikeys.models import ApiKey
 from apikeys.services import api_key_authenticate, hash_secret
 from tests.factories import TenantFactory, bearer, make_key
@@ -48,16 +49,23 @@ def test_new_key_authenticates_with_its_scopes(api):
         ("Basic abc", "invalid_api_key"),
         ("Bearer sk_live_nope", "invalid_api_key"),
         ("Bearer pk_live_123", "invalid_api_key"),
+        # Not ASCII: as a server that decodes headers as latin-1 hands them on, and empty, as
+        # granian hands them (tests/deploy/test_api_server.py sends them over HTTP).
+        ("Bearer sk_test_\u00e9t\u00e9", "invalid_api_key"),
+        ("Bearer sk_live_\u00c3\u00a9\u20ac", "invalid_api_key"),
+        ("", "invalid_api_key"),
     ],
 )
 def test_bad_credentials_are_401_in_the_error_shape(header, code):
     client = APIClient()
-    if header:
+    if header is not None:
         client.credentials(HTTP_AUTHORIZATION=header)
     response = client.get("/v1/models")
     assert response.status_code == 401
     error = response.json()["error"]
     assert error["type"] == "authentication" and error["code"] == code
+    if header is not None and (header == "" or not header.isascii()):
+        assert error["message"] == messages.INVALID_KEY  # a wrong key's, never "no key"
     assert set(error) == {"type", "code", "message", "param"}
     assert response["X-Request-Id"].startswith("req_")
     assert response["WWW-Authenticate"] == 'Bearer realm="api"'
