@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from core.backoff import Backoff
+from workers import liveness
 from workers.contract import USAGE_GROUP, USAGE_STREAM
 
 from .metrics import USAGE_EVENTS
@@ -164,6 +165,7 @@ class UsageConsumer:
             time.sleep(1.0)
             return 0
         self.inserted += outcome.inserted
+        liveness.beat()  # (a start that stores a long backlog, batch after batch, is live)
         USAGE_EVENTS.labels("recorded").inc(outcome.inserted)
         USAGE_EVENTS.labels("duplicate").inc(outcome.duplicates)
         USAGE_EVENTS.labels("rejected").inc(len(outcome.rejected))
@@ -210,6 +212,10 @@ class UsageConsumer:
         joined = False
         failing_since: float | None = None
         while not should_stop():
+            # Each turn reads for at most a flush interval, so an idle consumer beats too; a
+            # turn stuck (a store waiting on a lock, a dead connection) stops the beats and
+            # its liveness probe restarts it (workers/liveness.py, deploy/).
+            liveness.beat()
             try:
                 if not joined:
                     self._start()

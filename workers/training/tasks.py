@@ -16,6 +16,7 @@ from functools import cache
 
 import redis
 
+from workers import liveness
 from workers.artifacts import ArtifactMissingError, ArtifactStore
 from workers.celery_app import TRAINING_TASK_POLICY, app
 from workers.contract import (
@@ -115,7 +116,9 @@ def train(request: TrainRequest) -> None:
         """At each step boundary: the platform cancelled the job, or gave this attempt up
         for another (it went silent past the heartbeat timeout, and came back: it trained to
         the end for a result that was thrown away, while the new attempt waited behind it on
-        a one-job worker). One round trip."""
+        a one-job worker). One round trip. And the worker's liveness beat: the job holds the
+        solo pool's event loop, whose timer beats while it is idle (workers/liveness.py)."""
+        liveness.beat()
         pipe = client.pipeline(transaction=False)
         pipe.exists(cancel_key(job_id))
         pipe.get(attempt_key(job_id))
