@@ -1,9 +1,12 @@
-"""constraints.txt, the lock of every package an install takes: in step with pyproject.toml's
-pins, used by every install the project documents, and what this very environment holds."""
+"""What the images hold and run: constraints.txt, the lock of every package an install takes
+(in step with pyproject.toml's pins, used by every install the project documents, and what
+this very environment holds), the release's version as every image's tag, torch kept out of
+the control plane, and what an image stops without."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -95,3 +98,39 @@ def test_every_release_runs_one_version_of_its_images_never_latest() -> None:
         tags += [(path.parent.name, tag) for tag in re.findall(r"margin-[\w-]+:([\w.-]+)", text)]
     assert {"base", "migrate", "gpu"} <= {where for where, _ in tags}, tags
     assert all(tag == version for _, tag in tags), f"pyproject.toml is {version}: {tags}"
+
+
+def test_the_worker_image_takes_the_pinned_torch_from_a_cpu_index_by_default() -> None:
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile
+    assert '".[worker]"' in dockerfile
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+    api_stage = dockerfile.split("FROM source AS api")[1].split("FROM source AS worker")[0]
+    assert "[worker]" not in api_stage  # the control plane never installs torch
+
+
+def test_the_control_plane_stops_at_start_naming_what_its_image_requires(tmp_path) -> None:
+    """Without it, a pod whose Secret lacked DATABASE_URL ran on a SQLite file of its own
+    (every route failed while /readyz passed), one without SECRET_KEY on the public
+    development key."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL")}
+    env |= {"REQUIRED_ENV": "SECRET_KEY DATABASE_URL REDIS_URL", "DATA_DIR": str(tmp_path),
+            "REDIS_URL": "redis://127.0.0.1:9/0"}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert (
+        "ImproperlyConfigured: SECRET_KEY, DATABASE_URL must be set (this image requires"
+        " SECRET_KEY DATABASE_URL REDIS_URL)" in run.stderr
+    )
+    env |= {"SECRET_KEY": "x" * 50, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
