@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
-from django.db import migrations, transaction
+from django.db import DatabaseError, migrations, transaction
 from django.db.migrations.operations.base import Operation
+
+# ``locked_briefly``: each lock is waited for this long at most, in each of this many tries,
+# LOCK_RETRY_S x the try's number apart.
+LOCK_TIMEOUT_MS = 1000
+LOCK_TRIES = 5
+LOCK_RETRY_S = 1.0
+LOCK_NOT_AVAILABLE = "55P03"  # (SQLSTATE of a lock_timeout)
 
 
 class AddIndexOnline(migrations.AddIndex):
@@ -28,10 +37,7 @@ class AddIndexOnline(migrations.AddIndex):
         model = _migrated(self, app_label, schema_editor, to_state)
         if model is None:
             return
-        if _partitions(schema_editor, model._meta.db_table) is None:
-            schema_editor.add_index(model, self.index, **_online(schema_editor))
-        else:
-            _partitioned_index_add(schema_editor, model, self.index)
+        index_add_online(schema_editor, model, self.index)
 
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -144,6 +150,45 @@ class ReplaceUniqueOnline(Operation):
             )
 
 
+def index_add_online(schema_editor: Any, model: Any, index: Any) -> None:
+    """``index`` built on ``model``'s table as ``AddIndexOnline`` builds it."""
+    if _partitions(schema_editor, model._meta.db_table) is None:
+        schema_editor.add_index(model, index, **_online(schema_editor))
+    else:
+        _partitioned_index_add(schema_editor, model, index)
+
+
+def locked_briefly(schema_editor: Any, statements: list[str]) -> None:
+    """``statements`` in one transaction of their own (the migration must say ``atomic =
+    False``) that waits ``LOCK_TIMEOUT_MS`` at most for each lock, tried ``LOCK_TRIES`` times:
+    for statements that take a table's ACCESS EXCLUSIVE lock only for an instant, such as
+    dropping an index of the partitioned ledger (which cannot be dropped CONCURRENTLY). The
+    lock waits behind a long reader, and every query of the table queues behind the wait:
+    for a second, not for as long as the reader reads. PostgreSQL only."""
+    for attempt in range(1, LOCK_TRIES + 1):
+        try:
+            with transaction.atomic(using=schema_editor.connection.alias):
+                schema_editor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+                for statement in statements:
+                    schema_editor.execute(statement)
+            return
+        except DatabaseError as exc:
+            busy = getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE
+            if not busy or attempt == LOCK_TRIES:
+                raise
+            time.sleep(LOCK_RETRY_S * attempt)
+
+
+def _own_name(partition: str, name: str) -> str:
+    """The name of ``partition``'s index attached to the parent's index ``name``: the two
+    joined, or, past PostgreSQL's 63 characters, cut and told apart by a hash (cut alone,
+    ``..._tenant_id_c08f87b4`` and ``..._tenant_id_c08f87b4_like`` were one name)."""
+    own = f"{partition}_{name}"
+    if len(own) <= 63:
+        return own
+    return f"{own[:54]}_{hashlib.sha256(own.encode()).hexdigest()[:8]}"
+
+
 def _migrated(operation: Any, app_label: str, schema_editor: Any, state: Any) -> Any:
     """The operation's model in ``state``, or None where this database does not migrate it."""
     model = state.apps.get_model(app_label, operation.model_name)
@@ -190,7 +235,7 @@ def _partitioned_index_add(schema_editor: Any, model: Any, index: Any) -> None:
     for partition in partitions:
         if partition in done:
             continue
-        own = f"{partition}_{name}"[:63]
+        own = _own_name(partition, name)
         schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {quote(own)}")
         statement = index.create_sql(model, schema_editor, concurrently=True)
         statement.parts["name"] = quote(own)
@@ -210,7 +255,7 @@ def _partitioned_index_drop(schema_editor: Any, model: Any, index: Any) -> None:
     waits 10 s at most for a long reader rather than queue the ledger's queries behind it."""
     quote, name = schema_editor.quote_name, index.name
     for partition in _partitions(schema_editor, model._meta.db_table) or []:
-        own = f"{partition}_{name}"[:63]
+        own = _own_name(partition, name)
         with schema_editor.connection.cursor() as cursor:
             cursor.execute(
                 "SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_inherits"
