@@ -117,7 +117,7 @@ def test_a_training_job_that_holds_the_workers_loop_beats_from_its_steps(tmp_pat
         digest = ArtifactStore().put(dataset_bytes("support_tickets.jsonl", 160))
         job = f"ftjob_live{uuid.uuid4().hex[:8]}"
         request = make_request(digest, method="lora", job_id=job,
-                               hyperparameters={"epochs": 4})  # fmt: skip
+                               hyperparameters={"epochs": 10})  # fmt: skip
         app.send_task(TaskName.TRAIN.value, args=[request], queue=queue)
 
         def activity() -> str | None:
