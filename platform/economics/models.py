@@ -58,3 +58,19 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.tenant_id} {self.model}"
+
+
+class RollupsUnkeyed(models.Model):
+    """Present (one row): the rollups are written with the API key unknown (``""``), as
+    they were before the key joined their grain. Economics 0004 makes it on a database
+    that already holds rollups: the release before, still running through the rollout,
+    adds a call to every row of its six-column grain, so a grain must keep one row until
+    no process of it is left; ``manage.py rebuild_rollups`` (run after that) keys every row
+    and removes it. Absent, as on a new install, rows are keyed. Reports by key read the
+    days that hold unkeyed rows from the ledger (``metering.sums``)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    since = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"rollups unkeyed since {self.since}"

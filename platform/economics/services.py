@@ -21,7 +21,7 @@ from plans.models import Plan
 if TYPE_CHECKING:
     from metering.services import LedgerRow
 
-from .models import UsageRollup
+from .models import RollupsUnkeyed, UsageRollup
 
 logger = logging.getLogger(__name__)
 GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id", "api_key_id")
@@ -59,6 +59,7 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
     rows = list(rows)
     if not rows:
         return
+    keyed = _keyed()
     sums: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(
         lambda: {"requests": 0, "inputs": 0, "cached": 0, "tokens": 0, "compute_ms": 0.0,
                  "cost_micros": Decimal(0)}
@@ -68,7 +69,7 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
         # NOTE: the UTC day, as the ledger's (TruncDate) and /v1/usage's: an event may carry
         # any offset, and its local date can be the day after (or before).
         grain = (row.occurred_at.astimezone(UTC).date(), row.tenant_id, row.model, row.kind,
-                 row.livemode, row.plan_id, row.api_key_id)  # fmt: skip
+                 row.livemode, row.plan_id, row.api_key_id if keyed else UNKEYED)  # fmt: skip
         s = sums[grain]
         # A correcting row (metering.corrections) nets its event's quantities out of the
         # same grain; it is not a call: the event stays counted as the call it was made.
@@ -92,6 +93,20 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
                                "rebuild_rollups", grain)  # fmt: skip
                 continue
             UsageRollup.objects.create(**key, **s, last_at=last[grain])
+
+
+def _keyed() -> bool:
+    """Whether rows are written keyed (``RollupsUnkeyed`` absent): after an upgrade, until
+    ``rebuild_rollups``, the release before may still write its six-column grain. On
+    PostgreSQL the flag is read under a KEY SHARE lock (one probe of a one-row table; none
+    once it is gone): a rebuild deletes it first, so it waits for the writers that read it
+    here, and the writers after wait for the rebuild and find it gone (a writer that read
+    it before a rebuild wrote an unkeyed row after it)."""
+    if connection.vendor != "postgresql":
+        return not RollupsUnkeyed.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {RollupsUnkeyed._meta.db_table} FOR KEY SHARE")  # noqa: S608 - a model's table
+        return cursor.fetchone() is None
 
 
 def _added(key: dict[str, Any], sums: dict[str, Any], latest: datetime, netting: bool) -> bool:
@@ -124,7 +139,10 @@ def rollups_rebuild() -> int:
     transaction was still open when the ledger was read (the consumer's, a void's) adds
     itself to the rebuilt rollups once this commits, instead of to a deleted row (a void's
     netting was then lost until the next rebuild, and the consumer's batch failed on the
-    rebuilt row's uniqueness). Writers wait for the rebuild meanwhile."""
+    rebuilt row's uniqueness). Writers wait for the rebuild meanwhile. Every row comes out
+    keyed, and rows are written keyed from then on: the flag that says otherwise
+    (``RollupsUnkeyed``, economics 0004) is deleted first, before the lock (``_keyed``)."""
+    RollupsUnkeyed.objects.all().delete()
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             # (SHARE ROW EXCLUSIVE: taken after the writers already in the table commit,

@@ -27,7 +27,7 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 
-from economics.models import UsageRollup
+from economics.models import RollupsUnkeyed, UsageRollup
 from tenants.models import Tenant
 
 from .models import UsageRecord
@@ -98,9 +98,11 @@ def _unstamped(tenant: Tenant | str, livemode: bool, start: datetime, end: datet
     return unstamped.filter(livemode=livemode, occurred_at__gte=start, occurred_at__lt=end).exists()
 
 
-# Tenants without rollups from before the key was in their grain. None is written any more
-# (the consumer and a void key theirs, a rebuild keys them all): asked once a process, as
-# ``_STAMPED``.
+# Tenants without unkeyed rollups, once rows are written keyed (``RollupsUnkeyed`` absent:
+# a new install, or after ``rebuild_rollups``, which keys them all): none is written then,
+# so it is asked once a process, as ``_STAMPED``. While rows are written unkeyed (after an
+# upgrade, until the rebuild), a tenant without any may have some a moment later: asked
+# each time.
 _KEYED: set[str] = set()
 
 
@@ -113,7 +115,8 @@ def _keyed_from(tenant: Tenant | str, livemode: bool, first: date, last: date) -
         return first
     unkeyed = UsageRollup.objects.for_tenant(tenant).filter(api_key_id="")
     if not unkeyed.exists():
-        _KEYED.add(tenant_id)
+        if not RollupsUnkeyed.objects.exists():
+            _KEYED.add(tenant_id)
         return first
     in_range = unkeyed.filter(livemode=livemode, day__gte=first, day__lt=last)
     latest = in_range.order_by("-day").values_list("day", flat=True).first()

@@ -1,62 +1,48 @@
 """The API key joins the rollups' grain, so that ``/v1/usage?group_by=api_key`` reads whole
-days from them (``metering.sums``). Cheap on a big table, on PostgreSQL:
+days from them (``metering.sums``); this migration adds the column, 0005 widens the unique
+grain and 0006 indexes the unkeyed rows, each on its own so that a failure leaves a state
+the next run of ``migrate`` starts from (0005 and 0006 build online, outside a transaction).
 
-- the column, with a constant default, is catalogue only (PostgreSQL 11+): existing rows
-  read ``""``, "key unknown", until ``manage.py rebuild_rollups`` keys them;
-- the wider unique index is built CONCURRENTLY, then swapped for the old constraint in one
-  short transaction (``core.online_migrations.ReplaceUniqueOnline``);
-- the index that finds unkeyed rows is built CONCURRENTLY too.
+The column, with a constant default, is catalogue only on PostgreSQL 11+: existing rows
+read ``""``, "key unknown". Its ACCESS EXCLUSIVE lock is held for an instant, but a wait for
+it behind a long reader would queue every query of the table: it waits 5 s at most (the
+migration fails, rolled back whole, and can be run again).
 
-Reversed, a grain's rows of several keys are merged into one first (the narrower
-constraint could not be made over them)."""
+On a database that holds rollups, rows are written unkeyed from here on
+(``RollupsUnkeyed``), until ``manage.py rebuild_rollups``, run once the release before has
+stopped, keys them all: that release's usage consumer, still running through the rollout,
+adds a call to every row of its six-column grain, so a grain keeps one row until then."""
 
 from django.db import migrations, models
-from django.db.models import Count, Max, Min, Sum
-
-from core.online_migrations import AddIndexOnline, ReplaceUniqueOnline
-
-OLD_GRAIN = ("day", "tenant", "model", "kind", "livemode", "plan_id")
-SUMMED = ("requests", "inputs", "cached", "tokens", "compute_ms", "cost_micros")
 
 
-def _keys_merged(apps, schema_editor):
-    """Each (day, tenant, model, kind, mode, plan)'s rows summed into its oldest, unkeyed."""
-    rollup = apps.get_model("economics", "UsageRollup")
-    grain = [name if name != "tenant" else "tenant_id" for name in OLD_GRAIN]
-    split = rollup.objects.values(*grain).annotate(rows=Count("id")).filter(rows__gt=1)
-    for group in split.iterator():
-        rows = rollup.objects.filter(**{name: group[name] for name in grain})
-        sums = rows.aggregate(**{name: Sum(name) for name in SUMMED}, last=Max("last_at"),
-                              keep=Min("id"))  # fmt: skip
-        rows.exclude(pk=sums["keep"]).delete()
-        rows.filter(pk=sums["keep"]).update(
-            api_key_id="", last_at=sums["last"], **{name: sums[name] for name in SUMMED}
-        )
+def _lock_wait_bounded(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET LOCAL lock_timeout = '5s'")
+
+
+def _unkeyed_while_the_release_before_runs(apps, schema_editor):
+    if apps.get_model("economics", "UsageRollup").objects.exists():
+        apps.get_model("economics", "RollupsUnkeyed").objects.get_or_create(id=1)
 
 
 class Migration(migrations.Migration):
-    atomic = False
-
     dependencies = [("economics", "0003_rollup_last_at")]
 
     operations = [
+        migrations.RunPython(_lock_wait_bounded, migrations.RunPython.noop),
         migrations.AddField(
             model_name="usagerollup",
             name="api_key_id",
             field=models.CharField(blank=True, db_default="", default="", max_length=32),
         ),
-        ReplaceUniqueOnline(
-            model_name="usagerollup",
-            old=models.UniqueConstraint(fields=OLD_GRAIN, name="rollup_grain"),
-            new=models.UniqueConstraint(fields=(*OLD_GRAIN, "api_key_id"), name="rollup_grain"),
+        migrations.CreateModel(
+            name="RollupsUnkeyed",
+            fields=[
+                ("id", models.PositiveSmallIntegerField(default=1, primary_key=True,
+                                                        serialize=False)),  # fmt: skip
+                ("since", models.DateTimeField(auto_now_add=True)),
+            ],
         ),
-        migrations.RunPython(migrations.RunPython.noop, _keys_merged, atomic=True),
-        AddIndexOnline(
-            model_name="usagerollup",
-            index=models.Index(
-                condition=models.Q(api_key_id=""),
-                fields=["tenant", "livemode", "day"],
-                name="rollup_unkeyed",
-            ),
-        ),
+        migrations.RunPython(_unkeyed_while_the_release_before_runs, migrations.RunPython.noop),
     ]
