@@ -21,11 +21,21 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from .statement_timeout import statement_cancelled
+
 logger = logging.getLogger(__name__)
 DB_UNAVAILABLE = (
     "The database is busy or cannot be reached; retry in a few seconds (with the same"
     " Idempotency-Key, a retry is never run or billed twice)."
 )
+DB_TIMEOUT = (
+    "The request ran longer in the database than the API allows, and was stopped: it waited"
+    " on other work (retry in a while; with the same Idempotency-Key a retry is never run or"
+    " billed twice), or asks for too much at once (a report over a shorter range)."
+)
+# A statement past the API's statement timeout is asked again later, not at once: the same
+# request may well take as long again (DATABASE_STATEMENT_TIMEOUT_MS each time).
+DB_TIMEOUT_RETRY_S = 30
 
 TYPE_BY_STATUS = {
     400: "invalid_request",
@@ -171,7 +181,7 @@ _THIS_FIELD = (
 
 def _named(message: str, param: str | None) -> str:
     """DRF's message about "this field" said of ``param``; any other message that does not
-    name it, prefixed with it (``inputs[0]: Must be a string.``)."""
+    begin with it, prefixed with it (``inputs[0]: Must be a string.``)."""
     if not param:
         return message
     for pattern, template in _THIS_FIELD:
@@ -179,7 +189,7 @@ def _named(message: str, param: str | None) -> str:
         if match:
             named = template.format(*match.groups(), param=param)
             return re.sub(r"\b1 (\w+)\(s\)", r"1 \1", named).replace("(s)", "s")
-    return message if param in message else f"{param}: {message}"
+    return message if message.startswith(param) else f"{param}: {message}"
 
 
 def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
@@ -251,6 +261,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         logger.warning("database unavailable for %s: %r", context.get("view"), exc)
         status, code, message, param = 503, "database_unavailable", DB_UNAVAILABLE, None
         headers = {"Retry-After": "2"}
+        if statement_cancelled(exc):
+            code, message = "database_timeout", DB_TIMEOUT
+            headers = {"Retry-After": str(DB_TIMEOUT_RETRY_S)}
     elif isinstance(exc, drf.APIException):
         status, code, message, param = _drf_error(exc)
         wait = getattr(exc, "wait", None)

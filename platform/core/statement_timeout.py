@@ -11,8 +11,9 @@ It travels as a libpq startup option (``-c statement_timeout=N``): the server ap
 when the connection opens, so it costs no round trip, per request or per connection (a
 ``SET`` from a ``connection_created`` receiver would cost one each time a connection opens).
 A statement cancelled by it (SQLSTATE 57014, ``query_canceled``) is an ``OperationalError``,
-which the API answers as its 503 ``database_unavailable`` with ``Retry-After``
-(``core.errors``), and the admin as its "Not done" page (``core.middleware``).
+which the API answers as its 503 ``database_timeout`` with ``Retry-After: 30``
+(``core.errors``: retried at once, the same request may take as long again), and the admin
+as its "Not done" page (``core.middleware``).
 
 NOTE: PgBouncer refuses an unknown startup parameter unless ``ignore_startup_parameters``
 names ``options``: behind one, set the limit on the API's database role instead
