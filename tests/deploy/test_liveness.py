@@ -23,7 +23,7 @@ from tests.workers.test_liveness import age, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBED = {"margin-inference-worker": "120", "margin-training-worker": "120",
-          "margin-usage-consumer": "300"}  # fmt: skip
+          "margin-usage-consumer": "900"}  # fmt: skip
 
 
 def _probe_argv(file: str, max_age: str) -> list[str]:
