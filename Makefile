@@ -45,13 +45,20 @@ typecheck: install
 check: lint typecheck test
 
 # constraints.txt again from pyproject.toml's pins alone, in a throwaway venv (the one above
-# keeps what it has): every extra, then the versions pip chose for what they pull in.
+# keeps what it has): every extra, then the versions pip chose for what they pull in. torch
+# from PyTorch's CPU index, as the worker image takes it (PyPI's Linux torch is a CUDA build
+# that pulls nvidia-* packages); `make lock TORCH_INDEX=` where that index is out of reach
+# and the CPU wheel is at hand otherwise. The freeze is checked before it replaces the lock.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet '.[worker,dev]'
-	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
-	  | grep -v '^margin-api' | sed 's/+cpu$$//'; } > constraints.txt.new
+	.lock-venv/bin/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) '.[worker,dev]'
+	.lock-venv/bin/python -m pip freeze --exclude-editable > .lock-venv/freeze.txt
+	grep -q '^torch==' .lock-venv/freeze.txt
+	! grep -q -e '^nvidia-' -e '^triton==' .lock-venv/freeze.txt
+	{ sed -n '/^#/p' constraints.txt; grep -v '^margin-api' .lock-venv/freeze.txt \
+	  | sed 's/+cpu$$//'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf .lock-venv
