@@ -40,17 +40,25 @@ def _grain_columns():
         return columns, cursor.fetchone()[0]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_key_migration_keeps_rollups_and_widens_the_grain_both_ways():
+def _upgraded_from_a_rollup(**sums):
+    """A tenant's rollup written before 0004, then the migrations to the last: the rollup
+    model of the release before, the tenant, and the rollup's grain."""
     executor = _migrate(BEFORE)
     try:
         old = executor.loader.project_state(BEFORE).apps.get_model("economics", "UsageRollup")
         tenant = TenantFactory()
         grain = dict(day=DAY, tenant_id=tenant.pk, model="minilm-l6", kind="inference",
                      livemode=True, plan_id="free@1")  # fmt: skip
-        old.objects.create(**grain, requests=3, inputs=30, tokens=300, cost_micros=Decimal(5))
+        old.objects.create(**grain, **sums)
     finally:
         _migrate()
+    return old, tenant, grain
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_key_migration_keeps_rollups_and_widens_the_grain_both_ways():
+    old, tenant, grain = _upgraded_from_a_rollup(requests=3, inputs=30, tokens=300,
+                                                 cost_micros=Decimal(5))  # fmt: skip
 
     row = UsageRollup.objects.for_tenant(tenant).get()
     assert (row.api_key_id, row.requests, row.inputs) == ("", 3, 30)  # unkeyed, kept
@@ -91,15 +99,7 @@ def test_through_the_rollout_a_grain_keeps_one_row_until_the_rebuild_keys_them()
     its six-column grain: with rows of two keys it counted the call twice, and its void took
     the call's inputs from both rows. So an upgraded database writes unkeyed until the
     rebuild (run once that release has stopped) keys every row; a new one, keyed at once."""
-    executor = _migrate(BEFORE)
-    try:
-        old = executor.loader.project_state(BEFORE).apps.get_model("economics", "UsageRollup")
-        tenant = TenantFactory()
-        grain = dict(day=DAY, tenant_id=tenant.pk, model="minilm-l6", kind="inference",
-                     livemode=True, plan_id="free@1")  # fmt: skip
-        old.objects.create(**grain, requests=1, inputs=100, tokens=100)
-    finally:
-        _migrate()
+    old, tenant, grain = _upgraded_from_a_rollup(requests=1, inputs=100, tokens=100)
     assert RollupsUnkeyed.objects.exists()  # an upgrade of a database with rollups
 
     at = datetime.combine(DAY, time(12), tzinfo=UTC)
