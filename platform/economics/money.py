@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 
 from . import messages
-from .models import UsageRollup
+from .period_usage import Row
 
 INFERENCE, FINE_TUNE = "inference", "fine_tune"  # UsageRollup.kind, as the ledger's
 # What a margins line adds up: classifications and fine-tuning apart (a fine-tune job is
@@ -37,7 +37,7 @@ def margin_sums() -> dict[str, Any]:
             **{name: Decimal(0) for name in MONEY[1:]}}  # fmt: skip
 
 
-def usage_add(sums: dict[str, Any], row: UsageRollup, revenue_micros: int) -> None:
+def usage_add(sums: dict[str, Any], row: Row, revenue_micros: int) -> None:
     """A live rollup row (or a base fee's) and its revenue, into a margins line."""
     cost = Decimal(row.cost_micros)
     if row.kind == INFERENCE:

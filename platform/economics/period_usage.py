@@ -28,15 +28,36 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from fractions import Fraction
+from typing import NamedTuple
 
 from billing.periods import months
 from billing.rating import rate
 from billing.usage_pricing import allocate, line_key
 from plans.models import MODEL_TIERS, Plan
 
-from .models import UsageRollup
 from .plan_months import Recorded
+
+
+class Row(NamedTuple):
+    """A rollup row as the pages read it: a day's rows of one grain summed over their API
+    keys (``selectors._keys_summed``; ``pk`` its first row's id), or a base fee's (no usage,
+    ``pk`` 0). A tuple, not a model instance: the pages read hundreds of thousands."""
+
+    pk: int
+    day: date
+    tenant_id: str
+    model: str
+    kind: str
+    livemode: bool
+    plan_id: str
+    last_at: datetime | None = None
+    requests: int = 0
+    inputs: int = 0
+    cached: int = 0
+    tokens: int = 0
+    cost_micros: Decimal | int = 0
 
 
 @dataclass(frozen=True)
@@ -65,15 +86,22 @@ class TenantPeriods:
             if period.end > lo  # (not one read for its fee alone: it holds no usage read)
         ]
         self.starts = [period.start for period in self.recorded]
+        # Without a recorded period a row's period is its day's calendar month: once a month.
+        self._months: dict[tuple[int, int], UsagePeriod | None] = {}
 
-    def of(self, row: UsageRollup) -> UsagePeriod | None:
-        """The period a row is rated in (module NOTE); None where it ends before the months
-        read (a row read only for a recorded period that began before them)."""
+    def of(self, day: date, last_at: datetime | None) -> UsagePeriod | None:
+        """The period a row of ``day`` whose latest call was at ``last_at`` is rated in
+        (module NOTE); None where it ends before the months read (a row read only for a
+        recorded period that began before them)."""
         if not self.recorded:  # calendar months, as before periods were recorded
-            at = datetime.combine(row.day, time(), tzinfo=UTC)
-        else:
-            day_end = datetime.combine(row.day, time.max, tzinfo=UTC)
-            at = day_end if row.last_at is None else min(row.last_at, day_end)
+            month = (day.year, day.month)
+            if month not in self._months:
+                self._months[month] = self._of(datetime.combine(day, time(), tzinfo=UTC))
+            return self._months[month]
+        day_end = datetime.combine(day, time.max, tzinfo=UTC)
+        return self._of(day_end if last_at is None else min(last_at, day_end))
+
+    def _of(self, at: datetime) -> UsagePeriod | None:
         i = bisect_right(self.starts, at) - 1
         if i >= 0 and at < self.recorded[i].end:
             return self.recorded[i]
@@ -99,49 +127,75 @@ def read_from(book: Recorded, lo: datetime) -> dict[str, date]:
     return early
 
 
-def quantity(row: UsageRollup, plan: Plan) -> tuple[str, int]:
+_LINE_KEYS: dict[tuple[str, str], str] = {}
+
+
+def quantity(row: Row, plan: Plan) -> tuple[str, int]:
     """The charge line a rollup row counts towards under ``plan``, and by how much:
     billable inputs (cached ones only where the plan bills them), or trained tokens."""
+    key = _LINE_KEYS.get((row.kind, row.model))
+    if key is None:  # (memoised: a model's tier is parsed from its id)
+        key = _LINE_KEYS[(row.kind, row.model)] = line_key(row.kind, row.model)
     if row.kind != "inference":
-        return line_key(row.kind, row.model), row.tokens
+        return key, row.tokens
     billable = row.inputs - (0 if plan.cached_results_billed else row.cached)
-    return line_key(row.kind, row.model), max(billable, 0)
+    return key, max(billable, 0)
 
 
-def _charges(rows: list[UsageRollup], plan: Plan, period: UsagePeriod) -> dict[str, int]:
-    """Charge line key -> minor units for ``rows`` rated together under ``plan``, with its
-    share of the period's included inputs, base fee excluded (it is earned by time)."""
-    if not rows:
-        return {}
-    inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
-    tokens = 0
-    for row in rows:
-        key, count = quantity(row, plan)
+class _Usage:
+    """Billable inputs by tier and trained tokens of some rows (``quantity``), and whether
+    there were any."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
+        self.tokens = 0
+        self.rows = 0
+
+    def add(self, key: str, count: int) -> None:
+        self.rows += 1
         if key.startswith("usage:"):
-            inputs[key.removeprefix("usage:")] += count
+            self.inputs[key.removeprefix("usage:")] += count
         else:
-            tokens += count
-    rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
+            self.tokens += count
+
+
+def _charges(usage: _Usage, plan: Plan, period: UsagePeriod) -> dict[str, int]:
+    """Charge line key -> minor units for rows rated together under ``plan`` (``usage``
+    their quantities), with its share of the period's included inputs, base fee excluded
+    (it is earned by time)."""
+    if not usage.rows:
+        return {}
+    rated = rate(plan=plan, inputs_by_tier=usage.inputs, trained_tokens=usage.tokens,
                  period_start=period.start, period_end=period.end, include_base_fee=False,
                  share=period.share(plan.id))  # fmt: skip
     return {line.key: line.amount for line in rated.lines}
 
 
 def _marginal(
-    rows: list[UsageRollup], plan: Plan, period: UsagePeriod, days: tuple[date, date]
+    rows: list[Row], plan: Plan, period: UsagePeriod, days: tuple[date, date]
 ) -> dict[int, int]:
     """Minor units per row in the range (by id): of one period's rows made on ``plan``, the
     marginal charge of those in the range (the period rated up to the range's last day minus
     rated up to its first), each line shared by its quantity."""
     first, last = days
-    in_range = [row for row in rows if first <= row.day <= last]
-    charges = _charges([row for row in rows if row.day <= last], plan, period)
-    before = _charges([row for row in rows if row.day < first], plan, period)
-    quantities = {row.pk: quantity(row, plan) for row in in_range}
-    inputs = {row.pk: row.inputs for row in in_range}
+    through, before = _Usage(), _Usage()
+    quantities: dict[int, tuple[str, int]] = {}
+    inputs: dict[int, int] = {}
+    for row in rows:  # (one pass: each row's quantity once)
+        if row.day > last:
+            continue
+        key, count = quantity(row, plan)
+        through.add(key, count)
+        if row.day < first:
+            before.add(key, count)
+        else:
+            quantities[row.pk] = (key, count)
+            inputs[row.pk] = row.inputs
+    charges = _charges(through, plan, period)
+    earlier = _charges(before, plan, period)
     revenue: dict[int, int] = dict.fromkeys(inputs, 0)
     for key, amount in charges.items():
-        amount -= before.get(key, 0)  # lines only grow with usage: never < 0
+        amount -= earlier.get(key, 0)  # lines only grow with usage: never < 0
         weights = {pk: q for pk, (k, q) in quantities.items() if k == key}
         if not any(weights.values()):
             # NOTE: a line can grow without a row of its own in the range: dearer inputs in
@@ -156,7 +210,7 @@ def _marginal(
 
 
 def usage_revenue(
-    rows: list[UsageRollup],
+    rows: list[Row],
     book: Recorded,
     lo: datetime,
     days: tuple[date, date],
@@ -166,12 +220,13 @@ def usage_revenue(
     being every live row of the months read, from ``lo`` (and, for a tenant with a recorded
     period running into them, from its start: ``read_from``)."""
     tenants: dict[str, TenantPeriods] = {}
-    groups: dict[tuple[str, datetime, str], list[UsageRollup]] = defaultdict(list)
+    groups: dict[tuple[str, datetime, str], list[Row]] = defaultdict(list)
     period_of: dict[tuple[str, datetime], UsagePeriod] = {}
     for row in rows:
-        if row.tenant_id not in tenants:
-            tenants[row.tenant_id] = TenantPeriods(book, row.tenant_id, lo)
-        period = tenants[row.tenant_id].of(row)
+        periods = tenants.get(row.tenant_id)
+        if periods is None:
+            periods = tenants[row.tenant_id] = TenantPeriods(book, row.tenant_id, lo)
+        period = periods.of(row.day, row.last_at)
         if period is not None:
             period_of[(row.tenant_id, period.start)] = period
             groups[(row.tenant_id, period.start, row.plan_id)].append(row)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -57,13 +58,13 @@ from .money import (
     simulated_margin_fill,
     usage_add,
 )
-from .period_usage import read_from, usage_revenue
-from .plan_months import Month, Runs, Shared, month_terms, recorded
+from .period_usage import Row, read_from, usage_revenue
+from .plan_months import Month, Recorded, Runs, Shared, month_terms, recorded
 
 DIMENSIONS = ("tenant", "model", "plan", "day")
 BASE_FEE = "(base fee)"  # the model a base fee without calls on its plan is reported under
 MICROSECOND = timedelta(microseconds=1)
-Money = tuple[UsageRollup, int, Plan]  # a rollup row, its revenue in minor units, its plan
+Money = tuple[Row, int, Plan]  # a rollup row, its revenue in minor units, its plan
 
 
 def _days(start: datetime, end: datetime) -> tuple[date, date]:
@@ -73,7 +74,7 @@ def _days(start: datetime, end: datetime) -> tuple[date, date]:
     return start.date(), (end - MICROSECOND).date()
 
 
-def _live_rows(early: dict[str, date], months_touched: list[Month]) -> list[UsageRollup]:
+def _live_rows(early: dict[str, date], months_touched: list[Month]) -> list[Row]:
     """Every live rollup row of the months a range touches, and of a tenant in ``early``
     from that day (its billing period's start), in day order: what a range's rows are
     charged depends on the usage before them in their billing period (it may have used up
@@ -92,11 +93,11 @@ def _live_rows(early: dict[str, date], months_touched: list[Month]) -> list[Usag
 
 # A rollup's grain without its API key: what the pages rate and report by.
 UNKEYED_GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id")
-_SUMMED = ("requests", "inputs", "cached", "tokens", "compute_ms", "cost_micros")
+_SUMMED = ("requests", "inputs", "cached", "tokens", "cost_micros")  # (Row's; not compute)
 
 
-def _keys_summed(rows: QuerySet[UsageRollup]) -> list[UsageRollup]:
-    """``rows`` summed over their API keys: one unsaved row per (day, tenant, model, kind,
+def _keys_summed(rows: QuerySet[UsageRollup]) -> list[Row]:
+    """``rows`` summed over their API keys: one ``Row`` per (day, tenant, model, kind,
     mode, plan), its id its first row's and its ``last_at`` their latest. NOTE: no page
     reports by key, and one row per grain is what their figures were taken from: a charge
     is shared among rows (largest remainder, ``allocate``), a row goes to the billing
@@ -110,16 +111,9 @@ def _keys_summed(rows: QuerySet[UsageRollup]) -> list[UsageRollup]:
         # last call" then does not change with the range asked for, nor with a rebuild
         # (which creates them in another order than the consumer did).
         .order_by("day", F("latest").asc(nulls_first=True), "first_id")
+        .values_list("first_id", *UNKEYED_GRAIN, "latest", *(f"sum_{n}" for n in _SUMMED))
     )  # fmt: skip
-    return [
-        UsageRollup(
-            pk=group["first_id"],
-            last_at=group["latest"],
-            **{name: group[name] for name in UNKEYED_GRAIN},
-            **{name: group[f"sum_{name}"] for name in _SUMMED},
-        )
-        for group in summed
-    ]
+    return list(map(Row._make, summed))  # (Row's fields, in its order)
 
 
 def _plan_cache() -> Callable[[str], Plan]:
@@ -133,25 +127,54 @@ def _plan_cache() -> Callable[[str], Plan]:
     return get
 
 
-def _rows_with_money(
-    start: datetime, end: datetime, proposed: dict[str, dict[str, Any]] | None = None
-) -> list[Money]:
-    """(rollup row, revenue in minor units, plan used) for every live row in the range;
-    ``proposed`` overrides plan terms by plan slug (the simulator)."""
+@dataclass(frozen=True)
+class _Read:
+    """What a range's revenue is rated from: the months it touches, their billing periods
+    and spans (``book``), how each tenant-month's base fees are counted, and the live rows
+    (``_live_rows``). Read once, rated under the actual terms and the proposed ones."""
+
+    start: datetime
+    end: datetime
+    months_touched: list[Month]
+    book: Recorded
+    terms_of: dict[tuple[str, date], Runs | Shared]
+    rows: list[Row]
+
+
+def _read(start: datetime, end: datetime) -> _Read | None:
     start, end = utc_clamped(start), utc_clamped(end)
     months_touched = list(months(start, end))
     if not months_touched:
-        return []
-    lo = months_touched[0][0]
+        return None
     book = recorded(months_touched)
     terms_of = month_terms(months_touched, book)
-    rows = _live_rows(read_from(book, lo), months_touched)
+    rows = _live_rows(read_from(book, months_touched[0][0]), months_touched)
+    return _Read(start, end, months_touched, book, terms_of, rows)
+
+
+def _rows_with_money(
+    start: datetime,
+    end: datetime,
+    proposed: dict[str, dict[str, Any]] | None = None,
+    read: _Read | None = None,
+) -> list[Money]:
+    """(rollup row, revenue in minor units, plan used) for every live row in the range;
+    ``proposed`` overrides plan terms by plan slug (the simulator); ``read``: the range
+    read already (``_read``)."""
+    read = read or _read(start, end)
+    if read is None:
+        return []
+    start, end, months_touched, rows = read.start, read.end, read.months_touched, read.rows
+    lo = months_touched[0][0]
+    terms_of = dict(read.terms_of)  # (popped below: a read is rated more than once)
     plans = _plans(proposed)
-    usage = usage_revenue(rows, book, lo, _days(start, end), plans)
-    by_month: dict[tuple[str, date], list[UsageRollup]] = defaultdict(list)
+    usage = usage_revenue(rows, read.book, lo, _days(start, end), plans)
+    by_month: dict[tuple[str, date], list[Row]] = defaultdict(list)
+    firsts: dict[date, date] = {}  # a day -> its month's first day, once per day
     for row in rows:
         if row.day >= lo.date():
-            by_month[(row.tenant_id, row.day.replace(day=1))].append(row)
+            first = firsts.get(row.day) or firsts.setdefault(row.day, row.day.replace(day=1))
+            by_month[(row.tenant_id, first)].append(row)
     month_bounds = {m[0].date(): m for m in months_touched}
     out: list[Money] = []
     for (tenant_id, month_start), month_rows in by_month.items():
@@ -167,15 +190,23 @@ def _rows_with_money(
 
 
 def _plans(proposed: dict[str, dict[str, Any]] | None) -> Callable[[str], Plan]:
-    """Plan id -> the plan, with ``proposed`` terms where the simulator proposes some."""
+    """Plan id -> the plan, with ``proposed`` terms where the simulator proposes some (one
+    copy per plan, not one per call)."""
     plan_of = _plan_cache()
-    return lambda plan_id: _proposed(plan_of(plan_id), proposed)
+    cache: dict[str, Plan] = {}
+
+    def get(plan_id: str) -> Plan:
+        if plan_id not in cache:
+            cache[plan_id] = _proposed(plan_of(plan_id), proposed)
+        return cache[plan_id]
+
+    return get
 
 
 def _month_money(
     tenant_id: str,
     month: Month,
-    month_rows: list[UsageRollup],
+    month_rows: list[Row],
     terms: Runs | Shared,
     bounds: tuple[datetime, datetime],
     plans: Callable[[str], Plan],
@@ -186,7 +217,7 @@ def _month_money(
     rows by inputs; a plan with a fee and no call in the range gets rows of its own."""
     start, end = bounds
     first, last = _days(start, end)
-    by_plan: dict[str, list[UsageRollup]] = defaultdict(list)
+    by_plan: dict[str, list[Row]] = defaultdict(list)
     for row in month_rows:
         if first <= row.day <= last:
             by_plan[row.plan_id].append(row)
@@ -214,17 +245,17 @@ def _proposed(plan: Plan, proposed: dict[str, dict[str, Any]] | None) -> Plan:
 
 
 def _base_fee_rows(tenant_id: str, plan: Plan, fees: list[tuple[date, int]]) -> list[Money]:
-    """A tenant-month's base fee in the range for a plan without a call in it: one unsaved
-    rollup row (model ``BASE_FEE``, no usage) per day it was earned on."""
-    rows = []
+    """A tenant-month's base fee in the range for a plan without a call in it: one ``Row``
+    (model ``BASE_FEE``, no usage) per day it was earned on."""
+    rows: list[Money] = []
     for day, part in fees:
-        row = UsageRollup(day=day, tenant_id=tenant_id, model=BASE_FEE, kind="base_fee",
-                          livemode=True, plan_id=plan.id)  # fmt: skip
+        row = Row(pk=0, day=day, tenant_id=tenant_id, model=BASE_FEE, kind="base_fee",
+                  livemode=True, plan_id=plan.id)  # fmt: skip
         rows.append((row, part, plan))
     return rows
 
 
-def _test_mode_rows(start: datetime, end: datetime) -> list[UsageRollup]:
+def _test_mode_rows(start: datetime, end: datetime) -> list[Row]:
     """The test-mode (livemode=False) rollups of the range: compute paid for, never billed."""
     first, last = _days(utc_clamped(start), utc_clamped(end))
     return _keys_summed(
@@ -237,9 +268,10 @@ def tenant_names(tenant_ids: Iterable[str]) -> dict[str, str]:
     return dict(Tenant.objects.filter(pk__in=set(tenant_ids)).values_list("pk", "name"))
 
 
-def _key(row: UsageRollup, plan: Plan, by: str) -> str:
-    return {"tenant": row.tenant_id, "model": row.model, "plan": plan.id,
-            "day": row.day.isoformat()}[by]  # fmt: skip
+_KEYS: dict[str, Callable[[Row, Plan], str]] = {
+    "tenant": lambda row, plan: row.tenant_id, "model": lambda row, plan: row.model,
+    "plan": lambda row, plan: plan.id, "day": lambda row, plan: row.day.isoformat(),
+}  # fmt: skip
 
 
 def margins(*, start: datetime, end: datetime, by: str) -> list[dict[str, Any]]:
@@ -251,13 +283,14 @@ def margins(*, start: datetime, end: datetime, by: str) -> list[dict[str, Any]]:
     if by not in DIMENSIONS:
         raise ValueError(f"by must be one of {DIMENSIONS}")
     lines: dict[tuple[str, str], dict[str, Any]] = defaultdict(margin_sums)
+    key_of = _KEYS[by]
     for row, revenue, plan in _rows_with_money(start, end):
-        usage_add(lines[(_key(row, plan, by), plan.currency)], row,
+        usage_add(lines[(key_of(row, plan), plan.currency)], row,
                   revenue * micros_per_minor(plan.currency))  # fmt: skip
     plan_of = _plan_cache()
     for row in _test_mode_rows(start, end):
         plan = plan_of(row.plan_id)
-        lines[(_key(row, plan, by), plan.currency)]["test_cost_micros"] += row.cost_micros
+        lines[(key_of(row, plan), plan.currency)]["test_cost_micros"] += row.cost_micros
     names = tenant_names(key for key, _ in lines) if by == "tenant" else {}
     report = []
     for (key, currency), sums in lines.items():
@@ -293,13 +326,14 @@ def pricing_simulate(
         lambda: {"plan": "", "actual_revenue_micros": 0, "simulated_revenue_micros": 0,
                  "cost_micros": Decimal(0)}
     )  # fmt: skip
-    for row, revenue, plan in _rows_with_money(start, end):
+    read = _read(start, end)  # (once: rated under the actual terms, then the proposed)
+    for row, revenue, plan in _rows_with_money(start, end, read=read):
         t = lines[(row.tenant_id, plan.currency)]
         t["plan"] = plan.id
         t["actual_revenue_micros"] += revenue * micros_per_minor(plan.currency)
         t["cost_micros"] += Decimal(row.cost_micros)
     # (Not joined row by row: a proposed base fee can add months without calls, or drop them.)
-    for row, revenue, plan in _rows_with_money(start, end, proposed):
+    for row, revenue, plan in _rows_with_money(start, end, proposed, read):
         t = lines[(row.tenant_id, plan.currency)]
         t["plan"] = t["plan"] or plan.id
         t["simulated_revenue_micros"] += revenue * micros_per_minor(plan.currency)

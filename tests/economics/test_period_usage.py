@@ -7,15 +7,19 @@ the simulator with every base fee at 0 gives the usage charges alone, compared w
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from itertools import pairwise
 
 import pytest
 
-from billing.rating import rate_tenant_period
+from billing.rating import rate, rate_tenant_period
+from billing.usage_pricing import allocate
 from economics.models import UsageRollup
+from economics.period_usage import Row, UsagePeriod, _marginal, quantity
 from economics.selectors import pricing_simulate
-from plans.models import Plan
+from plans.models import MODEL_TIERS, Plan
 from tests.economics.test_plan_months import DEC, NOV, calls, day, recorded
 from tests.factories import TenantFactory, rollups_unkeyed, subscribe
 
@@ -118,3 +122,77 @@ def test_a_day_of_several_keys_is_rated_as_its_one_row_was_before_the_key_was_ke
     rollups_unkeyed(tenant=tenant, before=DEC.date())  # one row, as before the upgrade
     assert UsageRollup.objects.for_tenant(tenant).count() == 1
     assert [usage_of(tenant, lo, hi) for lo, hi in pairwise(cuts)] == keyed
+
+
+def _charges_per_row(rows, plan, period) -> dict[str, int]:
+    """The per-row reference ``_marginal`` was written from: each row's quantity added up
+    in a loop, then rated."""
+    if not rows:
+        return {}
+    inputs, tokens = dict.fromkeys(MODEL_TIERS, 0), 0
+    for row in rows:
+        key, count = quantity(row, plan)
+        if key.startswith("usage:"):
+            inputs[key.removeprefix("usage:")] += count
+        else:
+            tokens += count
+    rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
+                 period_start=period.start, period_end=period.end, include_base_fee=False,
+                 share=period.share(plan.id))  # fmt: skip
+    return {line.key: line.amount for line in rated.lines}
+
+
+def _marginal_per_row(rows, plan, period, days) -> dict[int, int]:
+    first, last = days
+    in_range = [row for row in rows if first <= row.day <= last]
+    charges = _charges_per_row([row for row in rows if row.day <= last], plan, period)
+    before = _charges_per_row([row for row in rows if row.day < first], plan, period)
+    quantities = {row.pk: quantity(row, plan) for row in in_range}
+    inputs = {row.pk: row.inputs for row in in_range}
+    revenue = dict.fromkeys(inputs, 0)
+    for key, amount in charges.items():
+        amount -= before.get(key, 0)
+        weights = {pk: q for pk, (k, q) in quantities.items() if k == key}
+        if not any(weights.values()):
+            weights = inputs
+        if not any(weights.values()):
+            weights = dict.fromkeys(inputs, 1)
+        for pk, part in allocate(amount, weights).items():
+            revenue[pk] += part
+    return revenue
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_periods_rows_are_charged_as_summed_row_by_row(seed):
+    """``_marginal`` adds the rows' quantities up in one pass; each row's charge is the one
+    the per-row reference gives, on random rows: all tiers, fine-tunes, cached inputs past
+    the inputs, voids netted to negative quantities, rows without ``last_at``, rows before,
+    in and after the range, a plan's share of the period or its whole allowance."""
+    rng = random.Random(seed)
+    plan = Plan.objects.get(pk=rng.choice(["free@1", "pro@1", "scale@1"]))
+    plan.cached_results_billed = rng.random() < 0.5
+    share = rng.choice([None, Fraction(7, 31), Fraction(1)])
+    period = UsagePeriod(OCT, NOV, None if share is None else {plan.id: share})
+    models = ["minilm-l6", "minilm-l6-int8", "ft:minilm-l6-int8:x:1", "ft:minilm-l6:x:2"]
+    rows = []
+    for pk in range(rng.randint(1, 40)):
+        inputs = rng.choice([0, rng.randint(-5_000, 0), rng.randint(1, 3_000_000)])
+        kind = "fine_tune" if rng.random() < 0.15 else "inference"
+        rows.append(
+            Row(
+                pk=pk + 1,
+                day=(OCT + timedelta(days=rng.randrange(31))).date(),
+                tenant_id="ten_x",
+                model=rng.choice(models),
+                kind=kind,
+                livemode=True,
+                plan_id=plan.id,
+                inputs=inputs,
+                cached=rng.randint(-10, 400_000),
+                tokens=rng.randint(-100_000, 900_000),
+                last_at=rng.choice([None, OCT + timedelta(hours=rng.randrange(744))]),
+            )
+        )
+    first = (OCT + timedelta(days=rng.randrange(31))).date()
+    days = (first, first + timedelta(days=rng.randrange(20)))
+    assert _marginal(rows, plan, period, days) == _marginal_per_row(rows, plan, period, days)
