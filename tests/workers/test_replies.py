@@ -15,13 +15,7 @@ import redis
 
 from tests.workers.helpers import make_request
 from tests.workers.usage_queue import drain_usage_events
-from workers.contract import (
-    ClassifyRequest,
-    ClassifyResult,
-    abandoned_key,
-    reply_key,
-    result_key,
-)
+from workers.contract import ClassifyRequest, ClassifyResult, abandoned_key, reply_key, result_key
 from workers.replies import replies_send
 from workers.usage import usage_event_build
 
