@@ -59,6 +59,7 @@ LABEL_CASE_VARIANTS = (
     " alike if they are one."
 )
 EXTRA_KEYS = "Keys other than 'text' and 'label' are ignored (first seen on line {line})."
+EXTRA_COLUMNS = "Columns other than 'text' and 'label' are ignored: {names}."
 MORE_WARNINGS = "{count} more warnings like the ones above were left out of this list."
 STORAGE_FULL = (
     "Your datasets take {used:,} bytes; this upload of {size:,} would pass the {limit:,} "

@@ -211,7 +211,8 @@ def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
 
 
 def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
-    """Rows of a CSV file with a ``text,label`` header (any order, other columns ignored),
+    """Rows of a CSV file with a ``text,label`` header (any order, other columns ignored
+    with a warning),
     every problem reported with its line, as for JSONL."""
     # csv needs the text back; undecodable lines were already reported and are left out,
     # which shifts no line numbers because we pass the numbers along with the rows.
@@ -239,6 +240,9 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
         result.error(header_line, messages.CSV_HEADER)
         return
     text_at, label_at = header.index("text"), header.index("label")
+    others = [name for name in header if name and name not in ("text", "label")]
+    if others:  # (as a JSONL line's other keys: read past, and said so)
+        result.warn(header_line, messages.EXTRA_COLUMNS.format(names=", ".join(others)))
     # NOTE: csv.reader's line_num counts physical lines consumed, so a quoted field with
     # newlines still reports the line its row starts on (offset by any skipped lines).
     number_of = [number for number, _ in lines]

@@ -162,6 +162,20 @@ def test_extra_keys_warn_once():
     assert result.valid and len(result.warnings) == 1 and result.warnings[0]["line"] == 1
 
 
+def test_extra_csv_columns_warn_and_are_read_past():
+    """As a JSONL line's other keys (a file of a spreadsheet's several columns was valid
+    without a word that only two were read)."""
+    rows = [f"{i},text number {i},{'pos' if i % 2 else 'neg'},,web" for i in range(12)]
+    data = ("id,text,label,,source\n" + "\n".join(rows) + "\n").encode()
+    result = dataset_validate(data, filename="reviews.csv")
+    columns = [w for w in result.warnings if w["message"].startswith("Columns other")]
+    assert result.valid and [w["line"] for w in columns] == [1]
+    assert columns[0]["message"].endswith("ignored: id, source.")
+    plain = "text,label\n" + "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(12))
+    warnings = dataset_validate(plain.encode(), filename="reviews.csv").warnings
+    assert not [w for w in warnings if w["message"].startswith("Columns other")]
+
+
 def test_normalised_jsonl_round_trips_unicode():
     data = normalised_jsonl([("café ☕", "a"), ('quote " and \\', "b")])
     rows = [json.loads(line) for line in data.decode().splitlines()]
