@@ -28,6 +28,7 @@ from kombu.exceptions import ConnectionError as BrokerConnectionError
 from kombu.exceptions import OperationalError
 
 from core.backoff import Backoff
+from workers import liveness
 from workers.contract import TRAINING_EVENTS_EXCHANGE, TRAINING_EVENTS_ROUTING_KEY, Queue
 
 from .dispatch import fine_tunes_dispatch_sweep
@@ -116,6 +117,10 @@ class JobEventConsumer:
                     self._failing_since = None
                     self._backoff.reset()
                 while not should_stop():
+                    # Each turn waits 0.2 s at most for events, so an idle consumer beats
+                    # too; a turn stuck (applying an event behind a lock, a dead connection)
+                    # stops the beats, and its liveness probe restarts it (workers/liveness.py).
+                    liveness.beat()
                     idle = False
                     try:
                         broker.drain_events(timeout=0.2)
@@ -142,6 +147,7 @@ class JobEventConsumer:
         """Consume until ``should_stop()`` (or, with ``until_idle``, until no event arrives
         for one poll), sweeping every ``sweep_interval_s``."""
         while not should_stop():
+            liveness.beat()  # (waiting out a Redis outage is being alive, as the usage consumer)
             try:
                 self._consume(should_stop, until_idle=until_idle)
                 return

@@ -23,7 +23,7 @@ from tests.workers.test_liveness import age, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBED = {"margin-inference-worker": "120", "margin-training-worker": "120",
-          "margin-usage-consumer": "900"}  # fmt: skip
+          "margin-usage-consumer": "900", "margin-training-events": "900"}  # fmt: skip
 
 
 def _probe_argv(file: str, max_age: str) -> list[str]:
@@ -64,12 +64,13 @@ def _database_url() -> str:
     return f"postgres://{s['USER']}{password}@{host}/{s['NAME']}"
 
 
-@pytest.fixture
+@pytest.fixture(params=[["consume_usage", "--name", "liveness"], ["consume_training_events"]],
+                ids=["usage", "training-events"])  # fmt: skip
 def consumer(
-    tmp_path: Path, transactional_db: Any
+    request: Any, tmp_path: Path, transactional_db: Any
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """``manage.py consume_usage`` as deployed, on a Redis of its own (idle for sure) and the
-    test database, beating every 0.3 s."""
+    """Each consumer as deployed, on a Redis of its own (idle for sure) and the test
+    database, beating every 0.3 s."""
     (tmp_path / "redis").mkdir()
     server, url = start_embedded_redis(str(tmp_path / "redis"))
     path = tmp_path / "alive"
@@ -77,7 +78,7 @@ def consumer(
            "DJANGO_SETTINGS_MODULE": "config.settings.base", "LIVENESS_FILE": str(path),
            "LIVENESS_INTERVAL_S": "0.3"}  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "consume_usage", "--name", "liveness"],
+        [sys.executable, str(ROOT / "manage.py"), *request.param],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -94,7 +95,7 @@ def consumer(
         stop_embedded_redis(server)
 
 
-def test_an_idle_usage_consumer_beats_and_a_stopped_one_goes_stale(consumer):
+def test_an_idle_consumer_beats_and_a_stopped_one_goes_stale(consumer):
     process, path = consumer
     oldest, end = 0.0, time.monotonic() + 3
     while time.monotonic() < end:
