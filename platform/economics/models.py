@@ -4,6 +4,8 @@ from django.db import models
 
 from core.scoping import TenantScopedManager
 
+UNKEYED = ""  # a rollup's api_key_id where its key is unknown (``RollupsUnkeyed``)
+
 
 class UsageRollup(models.Model):
     """The ledger summed per day, tenant, model, kind, mode, plan and API key: what margin

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from functools import cache
 from typing import NamedTuple
 
 from billing.periods import months
@@ -127,15 +128,13 @@ def read_from(book: Recorded, lo: datetime) -> dict[str, date]:
     return early
 
 
-_LINE_KEYS: dict[tuple[str, str], str] = {}
+_line_key = cache(line_key)  # (a model's tier is parsed from its id: once a model)
 
 
 def quantity(row: Row, plan: Plan) -> tuple[str, int]:
     """The charge line a rollup row counts towards under ``plan``, and by how much:
     billable inputs (cached ones only where the plan bills them), or trained tokens."""
-    key = _LINE_KEYS.get((row.kind, row.model))
-    if key is None:  # (memoised: a model's tier is parsed from its id)
-        key = _LINE_KEYS[(row.kind, row.model)] = line_key(row.kind, row.model)
+    key = _line_key(row.kind, row.model)
     if row.kind != "inference":
         return key, row.tokens
     billable = row.inputs - (0 if plan.cached_results_billed else row.cached)

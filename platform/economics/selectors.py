@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from django.db.models import F, Max, Min, Q, QuerySet, Sum
@@ -117,14 +118,8 @@ def _keys_summed(rows: QuerySet[UsageRollup]) -> list[Row]:
 
 
 def _plan_cache() -> Callable[[str], Plan]:
-    cache: dict[str, Plan] = {}
-
-    def get(plan_id: str) -> Plan:
-        if plan_id not in cache:
-            cache[plan_id] = Plan.objects.get(pk=plan_id)
-        return cache[plan_id]
-
-    return get
+    """Plan id -> the plan, each read once."""
+    return cache(lambda plan_id: Plan.objects.get(pk=plan_id))
 
 
 @dataclass(frozen=True)
@@ -193,14 +188,7 @@ def _plans(proposed: dict[str, dict[str, Any]] | None) -> Callable[[str], Plan]:
     """Plan id -> the plan, with ``proposed`` terms where the simulator proposes some (one
     copy per plan, not one per call)."""
     plan_of = _plan_cache()
-    cache: dict[str, Plan] = {}
-
-    def get(plan_id: str) -> Plan:
-        if plan_id not in cache:
-            cache[plan_id] = _proposed(plan_of(plan_id), proposed)
-        return cache[plan_id]
-
-    return get
+    return cache(lambda plan_id: _proposed(plan_of(plan_id), proposed))
 
 
 def _month_money(

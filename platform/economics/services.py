@@ -21,11 +21,10 @@ from plans.models import Plan
 if TYPE_CHECKING:
     from metering.services import LedgerRow
 
-from .models import RollupsUnkeyed, UsageRollup
+from .models import UNKEYED, RollupsUnkeyed, UsageRollup
 
 logger = logging.getLogger(__name__)
 GRAIN = ("day", "tenant_id", "model", "kind", "livemode", "plan_id", "api_key_id")
-UNKEYED = ""  # the api_key_id of rows summed before the key was part of the grain
 
 
 def tenant_plans_now(tenant_ids: set[str]) -> dict[str, str]:

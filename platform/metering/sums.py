@@ -27,13 +27,12 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 
-from economics.models import RollupsUnkeyed, UsageRollup
+from economics.models import UNKEYED, RollupsUnkeyed, UsageRollup
 from tenants.models import Tenant
 
 from .models import UsageRecord
 
-GROUPS = ("day", "model", "kind", "plan_id", "api_key_id")
-ROLLUP_GROUPS = frozenset(GROUPS)
+GROUPS = ("day", "model", "kind", "plan_id", "api_key_id")  # (the rollups hold them all)
 SUMS = ("requests", "inputs", "cached", "tokens", "compute_ms")
 
 
@@ -113,7 +112,7 @@ def _keyed_from(tenant: Tenant | str, livemode: bool, first: date, last: date) -
     tenant_id = tenant if isinstance(tenant, str) else str(tenant.pk)
     if tenant_id in _KEYED:
         return first
-    unkeyed = UsageRollup.objects.for_tenant(tenant).filter(api_key_id="")
+    unkeyed = UsageRollup.objects.for_tenant(tenant).filter(api_key_id=UNKEYED)
     if not unkeyed.exists():
         if not RollupsUnkeyed.objects.exists():
             _KEYED.add(tenant_id)
@@ -147,7 +146,7 @@ def usage_sums(
     unknown = set(by) - set(GROUPS)
     if unknown:
         raise ValueError(f"cannot group usage by {sorted(unknown)}")
-    days = None if from_ledger or not set(by) <= ROLLUP_GROUPS else _whole_days(start, end)
+    days = None if from_ledger else _whole_days(start, end)
     if days is not None and "plan_id" in by and _unstamped(tenant, livemode, start, end):
         days = None
     if days is not None and "api_key_id" in by:

@@ -97,10 +97,10 @@ def embed_with(
     model: BertModel, ids: Sequence[Sequence[int]], batch: int = 32, step: Step | None = None
 ) -> torch.Tensor:
     """Embeddings (on the CPU) of tokenized texts through ``model``, length-bucketed;
-    ``step()`` after each batch when given (a cancellation boundary), and the worker's
-    liveness beat after each batch in any case: an epoch's validation pass and the final
-    one take no step, and a large validation file (its tokens are not in the job's budget)
-    held the solo pool's loop past the probe's threshold without a beat."""
+    ``step()`` after each batch when given (a cancellation boundary, which beats), else the
+    worker's liveness beat: an epoch's validation pass and the final one take no step, and
+    a large validation file (its tokens are not in the job's budget) held the solo pool's
+    loop past the probe's threshold without a beat."""
     model.eval()
     device = _device(model)
     out = []
@@ -110,9 +110,10 @@ def embed_with(
             chunk = [ids[i] for i in order[start : start + batch]]
             tokens, mask = (t.to(device) for t in pad_ids(chunk))
             out.append(mean_pool(model(tokens, mask), mask).cpu())
-            liveness.beat()
             if step is not None:
-                step()
+                step()  # (which beats: workers.training.tasks)
+            else:
+                liveness.beat()
     vectors = torch.cat(out)
     result = torch.empty_like(vectors)
     result[order] = vectors
