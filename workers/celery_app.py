@@ -14,11 +14,11 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery, bootsteps, signals
+from celery import Celery, signals
 from celery.concurrency import get_implementation
 
-from workers import liveness
 from workers.contract import Queue, TaskName
+from workers.liveness_step import LivenessBeat
 from workers.presence import Presence, describe
 from workers.settings import default_price_warning, get_settings
 
@@ -87,32 +87,6 @@ TRAINING_TASK_POLICY: dict[str, Any] = {
     "max_retries": 0,
     "ignore_result": True,
 }
-
-
-class LivenessBeat(bootsteps.StartStopStep):
-    """Touches ``LIVENESS_FILE`` (``workers/liveness.py``) from a timer of the consumer's
-    event loop, the loop that takes messages off the queue: it beats while the worker is
-    idle, and stops when that loop is stuck. (Started again with the consumer after a lost
-    broker connection; a training job on the solo pool holds the loop, and beats from its
-    steps instead: ``workers.training.tasks``.)"""
-
-    def __init__(self, c: Any, **kwargs: Any) -> None:
-        super().__init__(c, **kwargs)
-        self.enabled = liveness.process().path is not None
-        self._entry: Any = None
-
-    def start(self, c: Any) -> None:
-        liveness.beat()
-        # The file limits itself to a beat an interval: tick twice as often, so that a late
-        # tick never leaves it a whole interval older.
-        self._entry = c.timer.call_repeatedly(liveness.process().interval_s / 2, liveness.beat)
-
-    def stop(self, c: Any) -> None:
-        if self._entry is not None:
-            c.timer.cancel(self._entry)
-            self._entry = None
-
-    shutdown = stop
 
 
 app.steps["consumer"].add(LivenessBeat)

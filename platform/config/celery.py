@@ -14,6 +14,8 @@ from celery import Celery
 from celery.schedules import crontab
 from django.conf import settings
 
+from workers.liveness_step import LivenessBeat
+
 app = Celery("platform")
 app.conf.update(
     broker_url=settings.CELERY_BROKER_URL,
@@ -23,6 +25,12 @@ app.conf.update(
     # A dead broker must fail a request in seconds (503), not hang it.
     broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
 )
+
+# The platform worker's heartbeat (``LIVENESS_FILE``, workers/liveness.py), from its consumer's
+# event loop: its tasks run on their own threads, so a long reconciliation does not delay it,
+# while a loop wedged on a dead connection stops it. (The API processes only send: no
+# consumer runs there, nor does this step.)
+app.steps["consumer"].add(LivenessBeat)
 
 # The platform worker's queue (inference tasks name their own queue when sent).
 PLATFORM_QUEUE = "platform"

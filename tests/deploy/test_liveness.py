@@ -1,7 +1,8 @@
 """Liveness of the processes that serve no HTTP (``workers/liveness.py``): the manifests and
-the compose file probe the heartbeat file each one writes, and a real usage consumer
-(``manage.py consume_usage``) keeps its file fresh while idle, and lets it go stale when
-wedged. (The workers' own: tests/workers/test_liveness.py.)"""
+the compose file probe the heartbeat file each one writes, and the real consumers and
+platform worker (``manage.py consume_usage``, ``consume_training_events``,
+``platform_worker``) keep their files fresh while idle, and let them go stale when wedged.
+(The workers' own: tests/workers/test_liveness.py.)"""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from tests.workers.test_liveness import age, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBED = {"margin-inference-worker": "120", "margin-training-worker": "120",
-          "margin-usage-consumer": "900", "margin-training-events": "900"}  # fmt: skip
+          "margin-usage-consumer": "900", "margin-training-events": "900",
+          "margin-platform-worker": "120"}  # fmt: skip
 
 
 def _probe_argv(file: str, max_age: str) -> list[str]:
@@ -64,13 +66,16 @@ def _database_url() -> str:
     return f"postgres://{s['USER']}{password}@{host}/{s['NAME']}"
 
 
-@pytest.fixture(params=[["consume_usage", "--name", "liveness"], ["consume_training_events"]],
-                ids=["usage", "training-events"])  # fmt: skip
+@pytest.fixture(
+    params=[["consume_usage", "--name", "liveness"], ["consume_training_events"],
+            ["platform_worker", "--no-beat"]],
+    ids=["usage", "training-events", "platform-worker"],
+)  # fmt: skip
 def consumer(
     request: Any, tmp_path: Path, transactional_db: Any
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """Each consumer as deployed, on a Redis of its own (idle for sure) and the test
-    database, beating every 0.3 s."""
+    """Each consumer as deployed (and the platform worker, billing's Celery worker), on a
+    Redis of its own (idle for sure) and the test database, beating every 0.3 s."""
     (tmp_path / "redis").mkdir()
     server, url = start_embedded_redis(str(tmp_path / "redis"))
     path = tmp_path / "alive"
