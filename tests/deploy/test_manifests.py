@@ -30,9 +30,9 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 # Set in the manifests for something other than this code: the model hub's offline switch
 # (read by the tokenizer's libraries), the pod's own name (for --name and -n), PostgreSQL's
-# image.
+# image, KEDA's Redis password (its TriggerAuthentication).
 READ_ELSEWHERE = {"HF_HUB_OFFLINE", "POD_NAME", "POD_IP", "PUBLIC_HOST", "POSTGRES_USER",
-                  "POSTGRES_PASSWORD", "POSTGRES_DB"}  # fmt: skip
+                  "POSTGRES_PASSWORD", "POSTGRES_DB", "REDIS_PASSWORD"}  # fmt: skip
 
 
 def _k8s_documents() -> list[dict[str, Any]]:
