@@ -25,9 +25,9 @@ class Subscription(models.Model):
     current_period_start = models.DateTimeField()
     current_period_end = models.DateTimeField()
     past_due_since = models.DateTimeField(null=True, blank=True)
-    # The Stripe object's own timestamp of the state we hold: an older event never
-    # overwrites a newer one (webhooks arrive out of order). Unix seconds: a 64-bit column,
-    # since a 32-bit one (PostgreSQL's integer) runs out in January 2038.
+    # When the state we hold was read from (or made in) Stripe: an older read never
+    # overwrites a newer one (webhooks arrive out of order; handlers run side by side).
+    # Unix microseconds (``billing.stripe_client.stripe_moment``), a 64-bit column.
     stripe_updated_at = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -116,7 +116,7 @@ class Invoice(models.Model):
     period_end = models.DateTimeField(null=True)
     hosted_invoice_url = models.URLField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField()
-    stripe_updated_at = models.BigIntegerField(default=0)  # unix seconds (beyond 2038)
+    stripe_updated_at = models.BigIntegerField(default=0)  # unix microseconds, as above
 
     objects = TenantScopedManager()
 

@@ -10,6 +10,7 @@ not dicts) and its errors into the API's error shape.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import stripe
@@ -84,3 +85,13 @@ def is_already_exists(exc: stripe.StripeError) -> bool:
 
 def is_missing(exc: stripe.StripeError) -> bool:
     return exc.code == "resource_missing" or getattr(exc, "http_status", None) == 404
+
+
+def stripe_moment() -> int:
+    """Now, in unix microseconds: what a mirrored Stripe object's ``stripe_updated_at`` is
+    stamped in. A re-read is stamped with the moment before its call (no earlier than the
+    state it returns), a change of ours with the moment after Stripe answered (no earlier
+    than the state it made): a read is newer than what the row holds only when it began
+    after that. (Whole seconds let a read begun before a change, in the same second,
+    overwrite it: a plan change undone, a paid invoice shown open again.)"""
+    return time.time_ns() // 1000

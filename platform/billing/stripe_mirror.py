@@ -4,7 +4,6 @@ event's snapshot) mapped onto our status, plan, period and past-due date."""
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -15,6 +14,7 @@ from plans.models import Plan
 
 from .models import Subscription
 from .periods import free_period_from
+from .stripe_client import stripe_moment
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def free_apply(sub: Subscription, free: Plan) -> None:
     if sub.status != Subscription.Status.PAST_DUE:
         sub.status, sub.past_due_since = Subscription.Status.ACTIVE, None
     # (Past due stays past due on free until its invoice is paid: webhooks.handle_invoice.)
-    sub.stripe_updated_at = int(time.time())
+    sub.stripe_updated_at = stripe_moment()  # (after the cancel: see stripe_moment)
     sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
 
 

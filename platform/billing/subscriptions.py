@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +27,14 @@ from . import messages
 from .locks import lock_held
 from .models import Invoice, Subscription
 from .periods import billed_currency, billing_period_record, calendar_month, plan_span_record
-from .stripe_client import PaymentRequired, as_dict, is_missing, stripe_api, stripe_error_to_api
+from .stripe_client import (
+    PaymentRequired,
+    as_dict,
+    is_missing,
+    stripe_api,
+    stripe_error_to_api,
+    stripe_moment,
+)
 from .stripe_customers import customer_ensure, payment_method_ensure
 from .stripe_mirror import (
     STATUS_FROM_STRIPE,
@@ -325,7 +331,7 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
     with transaction.atomic():
         sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
         before = enforced_fields(sub)
-        stripe_apply(sub, stripe_sub, int(time.time()))
+        stripe_apply(sub, stripe_sub, stripe_moment())
         sub.save()
         billing_period_record(sub=sub)
         new_period = before.stripe_subscription_id != sub.stripe_subscription_id  # a new one
@@ -350,15 +356,16 @@ def subscription_refresh_from_stripe(
         logger.info("Stripe event for customer %s, who is not one of ours", customer_id)
         return None
     reread = True
+    observed_at = stripe_moment()  # (before the read: see stripe_moment)
     try:
         current = as_dict(
             stripe_api().Subscription.retrieve(stripe_subscription_id, expand=["latest_invoice"])
         )
-        observed_at = int(time.time())
     except stripe.StripeError as exc:
         if not is_missing(exc):
             raise  # Stripe unreachable: the task retries
-        current, observed_at, reread = snapshot, event_created, False
+        # (An event's snapshot is of its second: it wins a tie within it, as before.)
+        current, observed_at, reread = snapshot, event_created * 1_000_000 + 999_999, False
     if reread and current.get("customer") not in (None, customer_id):
         logger.warning("Stripe subscription %s is not customer %s's", stripe_subscription_id,
                        customer_id)  # fmt: skip
@@ -370,8 +377,10 @@ def subscription_refresh_from_stripe(
         live = STATUS_FROM_STRIPE.get(str(current.get("status"))) != Subscription.Status.CANCELED
         if not sub.stripe_subscription_id and not (reread and live):
             return sub  # already back on free; a late event must not resurrect a dead one
-        if observed_at < sub.stripe_updated_at:
-            return sub  # an older snapshot than the one we hold
+        if observed_at <= sub.stripe_updated_at:
+            # Read before (or while) the state we hold was: not newer than it. (A read begun
+            # after a change of ours, or after another read, is.)
+            return sub
         previous_start = sub.current_period_start
         renewal = sub.stripe_subscription_id == stripe_subscription_id
         enforced = enforced_fields(sub)

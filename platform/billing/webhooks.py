@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,7 @@ from django.utils import timezone
 
 from . import messages
 from .models import Invoice, StripeEvent, Subscription
-from .stripe_client import as_dict, is_missing, stripe_api
+from .stripe_client import as_dict, is_missing, stripe_api, stripe_moment
 from .subscriptions import subscription_refresh_from_stripe
 from .unpaid import past_due_clear
 
@@ -112,13 +111,38 @@ def stripe_event_record(*, event: dict[str, Any]) -> bool:
 FINALISED = frozenset({"open", "paid", "void", "uncollectible"})
 
 
+# An invoice's statuses that Stripe never moves it out of.
+SETTLED = frozenset({"paid", "void"})
+
+
 def _mirror_invoice(invoice: dict[str, Any], tenant_id: str, observed_at: int) -> None:
+    """Mirror a re-read of a finalised invoice, read from ``observed_at`` on (unix
+    microseconds, ``stripe_moment``), unless the mirror holds a read begun later, or the
+    invoice settled already (paid or void: a read from before then is stale, whatever its
+    stamp). Checked and written under the row's lock: two handlers of one invoice (its
+    payment failed, then it was paid) ran side by side, and the older read, written last,
+    showed a paid invoice open again, keeping its tenant off paid plans."""
     if invoice.get("status") not in FINALISED or not invoice.get("id"):
         return  # only finalised invoices are mirrored
-    existing = Invoice.objects.for_tenant(tenant_id).filter(pk=invoice["id"]).first()
-    if existing is not None and existing.stripe_updated_at > observed_at:
-        return
+    with transaction.atomic():
+        existing = (
+            Invoice.objects.for_tenant(tenant_id).select_for_update().filter(pk=invoice["id"])
+        ).first()
+        if existing is not None and (
+            existing.stripe_updated_at >= observed_at
+            or (existing.status in SETTLED and invoice.get("status") != existing.status)
+        ):
+            return
+        try:
+            with transaction.atomic():  # (a savepoint: a concurrent first mirror wins)
+                _invoice_write(invoice, tenant_id, observed_at)
+        except IntegrityError:
+            if existing is not None:
+                raise
+            return _mirror_invoice(invoice, tenant_id, observed_at)  # now it exists: locked
 
+
+def _invoice_write(invoice: dict[str, Any], tenant_id: str, observed_at: int) -> None:
     def at(seconds: Any) -> datetime | None:
         return datetime.fromtimestamp(int(seconds), tz=UTC) if seconds else None
 
@@ -167,8 +191,9 @@ def handle_invoice(snapshot: dict[str, Any], created: int) -> None:
     row = Subscription.objects.unscoped().filter(stripe_customer_id=customer_id).first()
     if row is None:
         return
+    observed_at = stripe_moment()  # (before the read: see stripe_moment)
     try:
-        current, observed_at = as_dict(stripe_api().Invoice.retrieve(snapshot["id"])), time.time()
+        current = as_dict(stripe_api().Invoice.retrieve(snapshot["id"]))
     except stripe.StripeError as exc:
         if not is_missing(exc):
             raise
@@ -176,7 +201,7 @@ def handle_invoice(snapshot: dict[str, Any], created: int) -> None:
         # draft, or never was. Nothing to list.
         logger.info("invoice %s of an event is not at Stripe: ignored", snapshot["id"])
         return
-    _mirror_invoice(current, row.tenant_id, int(observed_at))
+    _mirror_invoice(current, row.tenant_id, observed_at)
     subscription_id = _invoice_subscription(current)
     if subscription_id:
         # Paid or failed, the subscription's status in Stripe is what changed.
