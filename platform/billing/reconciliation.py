@@ -18,7 +18,7 @@ from tenants.models import Tenant
 from .models import Reconciliation, UsageChargePush
 from .periods import period_recorded
 from .rating import rate_tenant_period
-from .stripe_client import as_dict, stripe_api
+from .stripe_client import as_dict, stripe_api, subscription_of
 from .subscriptions import subscription_get_or_create
 
 logger = logging.getLogger(__name__)
@@ -41,15 +41,33 @@ def _ours_for_period(item: dict[str, Any], tenant: Tenant, start: datetime) -> b
     )
 
 
-def stripe_usage_total(*, tenant: Tenant, customer_id: str, start: datetime) -> int:
+def stripe_usage_total(
+    *, tenant: Tenant, customer_id: str, start: datetime, subscription_id: str = ""
+) -> int:
     """Usage items of the period in Stripe: still pending, plus lines of its invoices, drafts
     included (at a renewal Stripe attaches the pending items to a draft it finalises about an
-    hour later: in that hour they are on neither list otherwise)."""
+    hour later: in that hour they are on neither list otherwise).
+
+    A pending item counts where an invoice will take it: one on a subscription (its next
+    invoice, or the final one its cancel made), one on the customer alone while the
+    customer has a live subscription (``subscription_id``), whose next invoice takes it,
+    and late usage of an ended subscription whose invoice of its own is still being asked
+    for (``awaiting_invoice``). A credit left on a customer whose subscription has ended
+    waits for an invoice that comes only if the tenant subscribes again: it is not counted,
+    and reads as the difference it is (counted, a customer charged for voided usage
+    reconciled as agreed)."""
     api = stripe_api()
+    awaiting = set(
+        UsageChargePush.objects.for_tenant(tenant)
+        .filter(period_start=start, awaiting_invoice=True)
+        .values_list("stripe_invoice_item_id", flat=True)
+    )
     total = 0
     for item in api.InvoiceItem.list(customer=customer_id, limit=100).auto_paging_iter():
         data = as_dict(item)
-        if not data.get("invoice") and _ours_for_period(data, tenant, start):
+        if data.get("invoice") or not _ours_for_period(data, tenant, start):
+            continue
+        if subscription_of(data) or subscription_id or data.get("id") in awaiting:
             total += int(data.get("amount") or 0)
     for invoice in api.Invoice.list(customer=customer_id, limit=100).auto_paging_iter():
         data = as_dict(invoice)
@@ -116,7 +134,10 @@ def reconciliation_run(
         # A period on free with nothing a paid plan admitted and nothing pushed: nothing
         # to check, and no reason to page through an ex-customer's Stripe items every day.
         return None
-    in_stripe = stripe_usage_total(tenant=tenant, customer_id=sub.stripe_customer_id, start=start)
+    in_stripe = stripe_usage_total(
+        tenant=tenant, customer_id=sub.stripe_customer_id, start=start,
+        subscription_id=sub.stripe_subscription_id,
+    )  # fmt: skip
     row = Reconciliation.objects.create(
         tenant=tenant,
         period_start=start,

@@ -95,3 +95,13 @@ def stripe_moment() -> int:
     after that. (Whole seconds let a read begun before a change, in the same second,
     overwrite it: a plan change undone, a paid invoice shown open again.)"""
     return time.time_ns() // 1000
+
+
+def subscription_of(obj: dict[str, Any]) -> str | None:
+    """The subscription an invoice or an invoice item is on, if any: newer API versions name
+    it under parent.subscription_details, older ones at the top."""
+    parent = (obj.get("parent") or {}).get("subscription_details") or {}
+    found = parent.get("subscription") or obj.get("subscription")
+    if isinstance(found, dict):
+        found = found.get("id")
+    return str(found) if found else None

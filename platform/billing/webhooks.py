@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import messages
 from .models import Invoice, StripeEvent, Subscription
-from .stripe_client import as_dict, is_missing, stripe_api, stripe_moment
+from .stripe_client import as_dict, is_missing, stripe_api, stripe_moment, subscription_of
 from .subscriptions import subscription_refresh_from_stripe
 from .unpaid import past_due_clear
 
@@ -165,15 +165,6 @@ def _invoice_write(invoice: dict[str, Any], tenant_id: str, observed_at: int) ->
     )
 
 
-def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
-    # Newer API versions name it under parent.subscription_details; older ones at the top.
-    parent = (invoice.get("parent") or {}).get("subscription_details") or {}
-    found = parent.get("subscription") or invoice.get("subscription")
-    if isinstance(found, dict):
-        found = found.get("id")
-    return str(found) if found else None
-
-
 def handle_subscription(snapshot: dict[str, Any], created: int) -> None:
     subscription_refresh_from_stripe(
         customer_id=str(snapshot.get("customer") or ""),
@@ -202,7 +193,7 @@ def handle_invoice(snapshot: dict[str, Any], created: int) -> None:
         logger.info("invoice %s of an event is not at Stripe: ignored", snapshot["id"])
         return
     _mirror_invoice(current, row.tenant_id, observed_at)
-    subscription_id = _invoice_subscription(current)
+    subscription_id = subscription_of(current)
     if subscription_id:
         # Paid or failed, the subscription's status in Stripe is what changed.
         subscription_refresh_from_stripe(
