@@ -11,7 +11,14 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
+from limits.services import redis_client
+
 logger = logging.getLogger(__name__)
+
+# A plan change holds its tenant's lock for at most this long (Stripe calls included), and
+# a concurrent one (or a ledger correction) waits this long for it before giving up.
+CHANGE_LOCK_S = 120
+CHANGE_WAIT_S = 30
 
 
 @contextlib.contextmanager
@@ -39,3 +46,16 @@ def lock_held(lock: Lock) -> Iterator[None]:
     finally:
         stop.set()
         keeper.join()
+
+
+def tenant_change_lock(*, tenant_id: str) -> Lock:
+    """The tenant's plan-change lock (held with ``lock_held``): also what a ledger correction
+    holds while it checks that its period is open and appends (``metering.corrections``), so
+    that a move to free, whose cancel invoices the period at once, never falls in between."""
+    # NOTE: not thread-local: the keep-alive thread renews it (``lock_held``).
+    return redis_client().lock(
+        f"subscription-change:{tenant_id}",
+        timeout=CHANGE_LOCK_S,
+        blocking_timeout=CHANGE_WAIT_S,
+        thread_local=False,
+    )

@@ -140,12 +140,19 @@ def period_open(*, tenant: Tenant, moment: datetime, now: datetime | None = None
     ``LATE_USAGE_HORIZON`` ago (its pushes still run, so a change reaches Stripe) and no
     finalised invoice of the tenant covers its end (mirrored from Stripe's webhooks: a
     renewal's invoice covers the period it closes). Once it is invoiced, a change is a
-    credit note in Stripe, not a ledger row."""
+    credit note in Stripe, not a ledger row. A paid period cut short (a move to free, a
+    cancellation) is closed from the cut: cancelling invoiced it then, before any webhook
+    says so, and a credit pushed after it waits on a customer with no subscription."""
     now = now or timezone.now()
     start, end = period_of(tenant=tenant, moment=moment)
     if end > now:
         return True
     if now - end >= LATE_USAGE_HORIZON:
+        return False
+    cut = BillingPeriod.objects.for_tenant(tenant).filter(
+        start=start, scheduled_end__isnull=False, plan__base_fee__gt=0
+    )
+    if cut.exists():
         return False
     # NOTE: an invoice that closes the period ends in its second half, not exactly at its
     # end: a period cut short here (a move to free) ends when this side heard of the cancel

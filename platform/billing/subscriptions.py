@@ -19,12 +19,12 @@ from redis.exceptions import LockError
 
 from apikeys.generations import tenant_context_changed
 from core.errors import Conflict, NotFound, Overloaded
-from limits.services import free_plan_current, redis_client
+from limits.services import free_plan_current
 from plans.models import Plan
 from tenants.models import Tenant
 
 from . import messages
-from .locks import lock_held
+from .locks import lock_held, tenant_change_lock
 from .models import Invoice, Subscription
 from .periods import billed_currency, billing_period_record, calendar_month, plan_span_record
 from .stripe_client import (
@@ -48,10 +48,6 @@ from .stripe_sync import plan_sync_to_stripe
 from .unpaid import past_due_clear
 
 logger = logging.getLogger(__name__)
-# A plan change holds its tenant's lock for at most this long (Stripe calls included), and
-# a concurrent one waits this long for it before answering 409.
-CHANGE_LOCK_S = 120
-CHANGE_WAIT_S = 30
 # An invoice still open this long after it was made has had a payment fail.
 UNPAID_INVOICE_AGE = timedelta(days=1)
 
@@ -239,13 +235,7 @@ def subscription_change(
         raise NotFound(
             messages.UNKNOWN_PLAN.format(plan=plan_slug), code="resource_missing", param="plan"
         )
-    # NOTE: not thread-local: the keep-alive thread renews it (``lock_held``).
-    lock = redis_client().lock(
-        f"subscription-change:{tenant.pk}",
-        timeout=CHANGE_LOCK_S,
-        blocking_timeout=CHANGE_WAIT_S,
-        thread_local=False,
-    )
+    lock = tenant_change_lock(tenant_id=tenant.pk)
     try:
         acquired = lock.acquire()
     except redis.RedisError:

@@ -25,7 +25,9 @@ from decimal import Decimal
 import redis
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from redis.exceptions import LockError
 
+from billing.locks import lock_held, tenant_change_lock
 from billing.models import Invoice, Subscription
 from billing.periods import LATE_USAGE_HORIZON, period_of, period_open
 from economics.services import rollup_apply, tenant_plans_now
@@ -86,7 +88,28 @@ def usage_record_void(
     refused = VoidRefused(messages.ALREADY_VOIDED.format(event_id=event_id, void_id=void_id))
     if UsageRecord.objects.unscoped().filter(event_id=void_id).exists():
         raise refused
-    tenant = original.tenant
+    # NOTE: under the tenant's plan-change lock, from the period's check to the commit: a
+    # move to free pushes the period's usage and cancels with a final invoice; one that fell
+    # between them invoiced the voided usage, and the credit, pushed after, was left on a
+    # customer with no subscription (charged 2,800 for a ledger of 2,000).
+    lock = tenant_change_lock(tenant_id=original.tenant_id)
+    if not lock.acquire():  # (a Redis error: the callers' "nothing was changed")
+        raise VoidRefused(messages.CHANGE_IN_PROGRESS.format(event_id=event_id))
+    try:
+        with lock_held(lock):
+            correction = _void_locked(original, void_id, reason, actor, refused)
+    finally:
+        with contextlib.suppress(redis.RedisError, LockError):
+            lock.release()
+    if push:
+        credit_push_soon([correction])
+    return correction
+
+
+def _void_locked(
+    original: UsageRecord, void_id: str, reason: str, actor: str, refused: VoidRefused
+) -> UsageRecord:
+    event_id, tenant = original.event_id, original.tenant
     if not period_open(tenant=tenant, moment=original.occurred_at):
         start, end = period_of(tenant=tenant, moment=original.occurred_at)
         advice = (
@@ -127,8 +150,6 @@ def usage_record_void(
     if give is not None:
         # (a closure, not a partial: a robust hook that fails is logged by its __qualname__)
         transaction.on_commit(lambda: _give_back(give), robust=True)
-    if push:
-        credit_push_soon([correction])
     return correction
 
 

@@ -16,3 +16,7 @@ CREDIT_IN_STRIPE = (
     ": credit the customer in Stripe instead (a credit note on the period's invoice)."
 )
 NOTHING_IN_STRIPE = " (the tenant has nothing in Stripe: none of it was charged)."
+CHANGE_IN_PROGRESS = (
+    "{event_id!r} was not voided: a plan change of its tenant has been running for 30 s (a "
+    "move to free invoices the period it voids in). Nothing was changed: try again."
+)

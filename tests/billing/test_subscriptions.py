@@ -164,11 +164,11 @@ def test_a_change_that_outlasts_the_lock_timeout_still_keeps_the_next_one_out(
 
     from django.db import connection
 
-    from billing import subscriptions
+    from billing import locks, subscriptions
     from core.errors import Conflict
 
-    monkeypatch.setattr(subscriptions, "CHANGE_LOCK_S", 1)
-    monkeypatch.setattr(subscriptions, "CHANGE_WAIT_S", 0.3)
+    monkeypatch.setattr(locks, "CHANGE_LOCK_S", 1)
+    monkeypatch.setattr(locks, "CHANGE_WAIT_S", 0.3)
     create = stripe_api.Subscription.create
 
     def slow(*args, **kwargs):
