@@ -44,6 +44,14 @@ UNKNOWN_FORMAT = (
     "'text,label' header."
 )
 EMPTY_FILE = "The file contains no examples."
+TOO_MANY_LINES = (
+    "The file has {count:,} lines; a dataset has at most {limit:,} (more than a fine-tune can"
+    " train on). Nothing of it was read."
+)
+TOO_MANY_ERRORS = (
+    "Validation stopped at line {line:,} after {count:,} errors: the lines after it were not"
+    " read. Fix the errors listed and upload the file again."
+)
 
 # Validation, whole file.
 TOO_FEW_LABELS = "At least 2 distinct labels are needed; found {count}."

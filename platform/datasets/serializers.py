@@ -33,7 +33,9 @@ class DatasetSerializer(serializers.Serializer[Any]):
         child=serializers.IntegerField(), help_text="label -> rows, by label"
     )
     errors = DatasetIssueSerializer(many=True, help_text="The first 100 problems.")  # type: ignore[assignment]  # the stubs reserve this name
-    error_count = serializers.IntegerField(help_text="All problems, reported or not.")
+    error_count = serializers.IntegerField(
+        help_text="All problems found, reported or not (reading stops at the 10,000th)."
+    )
     warnings = DatasetIssueSerializer(many=True)
     sha256 = serializers.CharField(help_text="Content hash of the uploaded file.")
     created_at = serializers.DateTimeField()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from datasets.validation import MAX_REPORTED_ERRORS, dataset_validate, normalised_jsonl
+from datasets.validation import (
+    MAX_COUNTED_ERRORS,
+    MAX_LINES,
+    MAX_REPORTED_ERRORS,
+    dataset_validate,
+    normalised_jsonl,
+)
 
 
 def jsonl(rows):
@@ -111,6 +117,32 @@ def test_a_file_of_bad_lines_only_lists_its_first_100_lines_and_no_label_count()
     result = dataset_validate(b'{"text": 1, "label": "a"}\n' * 250)
     assert result.error_count == 250
     assert [e["line"] for e in result.errors] == list(range(1, 101))
+
+
+def test_reading_stops_after_ten_thousand_errors_and_says_where():
+    """19 MB of bad two-byte lines held an API thread for 99 s and 1.2 GB: the reading now
+    stops at the 10,000th error, listing the first 100 and where it stopped."""
+    bad = MAX_COUNTED_ERRORS + 5_000
+    result = dataset_validate(b"x\n" * bad + jsonl(good_rows()), filename="big.jsonl")
+    assert not result.valid and result.error_count == MAX_COUNTED_ERRORS + 1
+    assert [e["line"] for e in result.errors] == [*range(1, 100), None]
+    assert result.errors[-1]["message"] == (
+        "Validation stopped at line 10,000 after 10,000 errors: the lines after it were not"
+        " read. Fix the errors listed and upload the file again."
+    )
+
+
+def test_a_file_of_more_lines_than_a_dataset_may_hold_is_refused_unread():
+    for data in (b"x\n" * (MAX_LINES + 1), b"\n" * MAX_LINES + b"x"):
+        result = dataset_validate(data, filename="huge.jsonl")
+        assert result.error_count == 1 and not result.examples
+        assert result.errors == [{"line": None, "message": (
+            "The file has 1,000,001 lines; a dataset has at most 1,000,000 (more than a"
+            " fine-tune can train on). Nothing of it was read."
+        )}]  # fmt: skip
+    # Exactly the limit is read (a last line without its newline counts once).
+    last = dataset_validate(b"\n" * (MAX_LINES - 1) + b"x", filename="a.jsonl")
+    assert [e["line"] for e in last.errors] == [MAX_LINES]
 
 
 def test_a_whole_file_problem_is_listed_behind_any_number_of_bad_lines():
@@ -262,9 +294,10 @@ def test_a_flood_of_errors_and_warnings_is_counted_not_kept():
     labels differing only in case stored a warning each."""
     from datasets.validation import MAX_REPORTED_WARNINGS
 
-    result = dataset_validate(b'{"text": 1, "label": "a"}\n' * 200_000)
-    assert result.error_count == 200_000 and len(result.errors) == MAX_REPORTED_ERRORS
-    assert [e["line"] for e in result.errors] == list(range(1, 101))  # the lines' first 100
+    result = dataset_validate(b'{"text": 1, "label": "a"}\n' * 200_000)  # stops at 10,000
+    assert result.error_count == MAX_COUNTED_ERRORS + 1
+    assert len(result.errors) == MAX_REPORTED_ERRORS
+    assert [e["line"] for e in result.errors] == [*range(1, 100), None]  # where it stopped
     rows = [{"text": f"text {n}", "label": f"l{n % 150}"} for n in range(1500)]
     rows += [{"text": f"other {n}", "label": f"L{n % 150}"} for n in range(1500)]
     flooded = dataset_validate(jsonl(rows))
