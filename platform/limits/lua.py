@@ -55,8 +55,16 @@ end
 
 local used = 0
 if inputs > 0 then
+  local hold = ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4] .. ' ' .. ARGV[8]
   if cap >= 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  end
+  -- The same request admitted again (its first admission timed out in a Redis stall, and
+  -- ran all the same once Redis resumed): its slot and its reservation are there already,
+  -- and are not taken twice (the counter kept the second reservation for good).
+  local again = (cap >= 0 and redis.call('ZSCORE', KEYS[3], ARGV[8]))
+    or (hard_cap >= 0 and redis.call('ZSCORE', KEYS[5], hold))
+  if cap >= 0 and not again then
     if redis.call('ZCARD', KEYS[3]) >= cap then
       return {'concurrency', limit, remaining, reset, 1000, 0}
     end
@@ -72,13 +80,14 @@ if inputs > 0 then
       counted = seed
     end
     used = tonumber(counted)
-    if used + inputs > hard_cap then
-      return {'quota', limit, remaining, reset, 0, used}
+    if not redis.call('ZSCORE', KEYS[5], hold) then
+      if used + inputs > hard_cap then
+        return {'quota', limit, remaining, reset, 0, used}
+      end
+      used = redis.call('INCRBY', KEYS[4], inputs)
+      redis.call('EXPIRE', KEYS[4], tonumber(ARGV[10]))
+      redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), hold)
     end
-    used = redis.call('INCRBY', KEYS[4], inputs)
-    redis.call('EXPIRE', KEYS[4], tonumber(ARGV[10]))
-    local hold = ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4] .. ' ' .. ARGV[8]
-    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), hold)
   end
   if cap >= 0 then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[9]), ARGV[8])

@@ -171,3 +171,19 @@ def _answered(key, request_id: str, inputs: int) -> None:
             }
         ]
     )
+
+
+def test_the_same_calls_admission_run_twice_reserves_its_inputs_once(tenant):
+    """A Redis stall: the first admission timed out in the API, which admitted the request
+    again under the same id, and Redis ran both scripts once it resumed. The second counted
+    the inputs again under the same hold, so settling the call left 4 inputs counted for
+    good (reconciliation never lowers a counter): the tenant was refused before its cap."""
+    on_plan(tenant, custom_plan(monthly_hard_cap=10, concurrency_cap=1))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    first = limits_admit(api_key=key, request_id="req_stalled", inputs=4)
+    again = limits_admit(api_key=key, request_id="req_stalled", inputs=4)  # not a 429 either
+    assert first.reserved == again.reserved == 4
+    limits_settle(again, succeeded=True)
+    _answered(key, "req_stalled", 4)
+    assert not _refused(key, 6)  # 4 used of 10: 6 more fit
+    assert _refused(key, 7)
