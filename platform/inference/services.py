@@ -14,7 +14,7 @@ from finetuning.models import FineTuneJob
 from limits.services import Admission
 from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
-from workers.errors import DUPLICATE_LABEL
+from workers.errors import DUPLICATE_LABEL, EXPIRED, MODEL_UNAVAILABLE
 
 from . import messages
 from .cache import cache_lookup, cache_version, cached_answer, with_cached_rows
@@ -114,13 +114,28 @@ def classify(
     return _response(result, request_id=request_id, model=model)
 
 
+def _deleted(model: AIModel) -> bool:
+    return not AIModel.objects.unscoped().filter(pk=model.pk, deleted_at__isnull=True).exists()
+
+
 def _response(result: ClassifyResult, *, request_id: str, model: AIModel) -> dict[str, Any]:
     error = result.get("error")
     if error is not None and error.get("code") == DUPLICATE_LABEL:
         # Labels the tokenizer reads as one (the serializer refuses those it can tell).
         raise InvalidRequest(error["message"], code=DUPLICATE_LABEL, param="labels")
+    if error is not None and error.get("code") == EXPIRED:
+        # Taken by a worker past its deadline: the caller's worker timeout, as when no worker
+        # answers at all (it read "The inference worker failed", code "expired").
+        timeout = settings.INFERENCE_TIMEOUT_S
+        raise Overloaded(messages.WORKER_TIMEOUT.format(timeout=timeout), code="worker_timeout",
+                         headers={"Retry-After": "1"})  # fmt: skip
+    if error is not None and error.get("code") == MODEL_UNAVAILABLE and _deleted(model):
+        # Deleted while the call was on its way: what any call to it says from now on, not
+        # a worker failure to retry.
+        raise NotFound(messages.MODEL_NOT_FOUND.format(model=model.id), code="model_not_found",
+                       param="model")  # fmt: skip
     if error is not None:
-        # An answer that arrived after its deadline, or a worker that cannot serve the model.
+        # A worker that cannot serve the model, or that failed on the request.
         raise Overloaded(messages.WORKER_FAILED, code=error["code"], headers={"Retry-After": "1"})
     return {
         "id": request_id,
