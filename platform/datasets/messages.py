@@ -54,6 +54,11 @@ TOO_MANY_ERRORS = (
 )
 
 # Validation, whole file.
+LABEL_LOOKALIKES = (
+    "Labels {labels} are one text written with different characters (a composed and a"
+    " decomposed accent, or invisible characters such as a zero-width space): each would be"
+    " a class of its own, named alike in every answer. Write them the same way."
+)
 TOO_FEW_LABELS = "At least 2 distinct labels are needed; found {count}."
 TOO_MANY_LABELS = "At most {limit} distinct labels are allowed; found {count}."
 TOO_FEW_EXAMPLES = "Label '{label}' has {count} {examples}; at least {minimum} are needed."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,14 +163,35 @@ class Validation:
         )
 
 
+def _refuse_lookalike_labels(result: Validation, counts: dict[str, int]) -> None:
+    """An error per set of labels that are one text written with different characters: a
+    composed and a decomposed accent ('café' and 'cafe' + U+0301), or invisible format
+    characters (a zero-width space, a direction mark). They were trained as separate
+    classes whose names look the same in every answer's scores."""
+    lookalikes: dict[str, list[str]] = {}
+    for label in counts:
+        lookalikes.setdefault(_seen_as(label), []).append(label)
+    for group in lookalikes.values():
+        if len(group) > 1:
+            names = ", ".join(f"{label!a} ({counts[label]})" for label in group)
+            result.error(None, messages.LABEL_LOOKALIKES.format(labels=names))
+
+
+def _seen_as(label: str) -> str:
+    """A label as a reader sees it: composed (NFC), without format characters (Cf)."""
+    return "".join(
+        c for c in unicodedata.normalize("NFC", label) if unicodedata.category(c) != "Cf"
+    )
+
+
 def _warn_case_variants(result: Validation, counts: dict[str, int]) -> None:
     """One warning per set of labels that differ only in case ("Pos", "pos"): trained as
     the classes they are, but rarely meant as two (/v1/classify refuses such labels)."""
     variants: dict[str, list[str]] = {}
     for label in counts:
-        variants.setdefault(label.casefold(), []).append(label)
+        variants.setdefault(_seen_as(label).casefold(), []).append(label)
     for group in variants.values():
-        if len(group) > 1:
+        if len({_seen_as(label) for label in group}) > 1:  # (lookalikes alone: an error)
             names = ", ".join(f"'{label}' ({counts[label]})" for label in group)
             result.warn(None, messages.LABEL_CASE_VARIANTS.format(labels=names))
 
@@ -337,6 +359,7 @@ def _validate(data: bytes, filename: str, result: Validation) -> Validation:
             result.error(None, messages.EMPTY_FILE)
         return result.finish()
     counts = result.labels
+    _refuse_lookalike_labels(result, counts)
     _warn_case_variants(result, counts)
     if len(counts) < MIN_LABELS:
         result.error(None, messages.TOO_FEW_LABELS.format(count=len(counts)))

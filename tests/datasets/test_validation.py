@@ -325,3 +325,20 @@ def test_a_csv_quote_left_open_is_an_error_on_its_line_not_a_merged_row():
         ('He said "hi"', "a"),
         ('a "b" c', "b"),
     ]
+
+
+def test_labels_that_are_one_text_in_different_characters_are_an_error():
+    """café composed and decomposed, pos and pos with a zero-width space: trained as four
+    classes whose names look like two in every answer's scores (an outside audit)."""
+    rows = good_rows(labels=("café", "pos")) + good_rows(labels=("cafe\u0301", "pos\u200b"))
+    result = dataset_validate(jsonl(rows))
+    assert not result.valid
+    lookalikes = [e["message"] for e in result.errors if "different characters" in e["message"]]
+    assert len(lookalikes) == 2
+    assert "'caf\\xe9' (" in lookalikes[0] and "'cafe\\u0301' (" in lookalikes[0]
+    assert "'pos' (" in lookalikes[1] and "'pos\\u200b' (" in lookalikes[1]
+    # Case alone is still a warning (two classes, maybe meant), and a direction mark inside
+    # a label that has no lookalike is left alone.
+    cased = dataset_validate(jsonl(good_rows(labels=("Café", "café", "\u202eRTL"))))
+    assert cased.valid
+    assert [w for w in cased.warnings if "differ only in case" in w["message"]]
