@@ -20,6 +20,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, cast
@@ -44,7 +45,7 @@ from workers.contract import (
 
 from . import messages
 from .catalog import BASE_MODEL_VERSIONS
-from .dispatch import overloaded, redis_client
+from .dispatch import RETRY_PAUSE_S, give_up_client, hard_stop_of, overloaded, redis_client
 from .models import AIModel
 from .selectors import base_model_cached
 
@@ -175,6 +176,33 @@ def with_cached_rows(request: ClassifyRequest, found: list[CachedRow | None]) ->
     }
 
 
+def _metered(
+    client: redis.Redis, fields: dict[str, str], admission: Admission | None, deadline: float
+) -> list[Any]:
+    """The usage event and the settlement, in one round trip: their results, or a single
+    exception where Redis could not be reached until the request's hard stop.
+
+    NOTE: a round trip that failed whole (a timeout: Redis stalled) may have been sent, and
+    Redis runs it once it resumes: the call is then billed, and answering 503 at once billed
+    a 503. It is tried again, on a fresh connection, until it goes through or the hard stop
+    the worker path keeps too (``dispatch.hard_stop_of``); a second event under the same id
+    is one ledger row (the consumer's unique event id), a second settlement nothing."""
+    while True:
+        pipe = client.pipeline(transaction=False)
+        pipe.xadd(USAGE_STREAM, fields)  # type: ignore[arg-type]
+        if admission is not None:
+            settle_commands(pipe, admission, succeeded=True)
+        try:
+            results: list[Any] = pipe.execute(raise_on_error=False)
+            return results
+        except (redis.RedisError, ConnectionError):
+            if time.time() + RETRY_PAUSE_S > hard_stop_of(deadline):
+                return [ConnectionError()]
+            logger.warning("usage of a cached answer not confirmed by Redis: trying again")
+            time.sleep(RETRY_PAUSE_S)
+            client = give_up_client()  # (a short socket timeout: each try ends soon)
+
+
 def cached_answer(
     request: ClassifyRequest, found: list[CachedRow], admission: Admission | None = None
 ) -> ClassifyResult:
@@ -198,14 +226,8 @@ def cached_answer(
     }  # fmt: skip
     if "plan_id" in request:
         event["plan_id"] = request["plan_id"]
-    pipe = redis_client().pipeline(transaction=False)
-    pipe.xadd(USAGE_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
-    if admission is not None:
-        settle_commands(pipe, admission, succeeded=True)
-    try:
-        results = pipe.execute(raise_on_error=False)
-    except (redis.RedisError, ConnectionError):
-        results = [ConnectionError()]
+    fields = {"event": json.dumps(event, separators=(",", ":"))}
+    results = _metered(redis_client(), fields, admission, request["deadline"])
     if any(isinstance(result, Exception) for result in results):
         # The admission is not marked settled: the view settles it as failed. Where the
         # event failed but the settlement ran, its hold is gone: the refund goes without.

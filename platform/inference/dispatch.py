@@ -45,7 +45,7 @@ PUBLISH_TIMEOUT_S = 10.0
 # Between two tries at Redis while it is unreachable, waiting for an answer or giving up.
 RETRY_PAUSE_S = 0.25
 # An API that cannot reach Redis to give up answers 503 this long after Redis stops taking
-# answers for the request (``_hard_stop``): for clock skew between its machine and Redis's.
+# answers for the request (``hard_stop_of``): for clock skew between its machine and Redis's.
 GIVE_UP_SKEW_S = 5.0
 # A give-up's socket timeout: short, so that tries during a stall end near the hard stop.
 GIVE_UP_SOCKET_TIMEOUT_S = 2.0
@@ -303,11 +303,11 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
         # NOTE: the call ends in an error for its caller, so nothing may be billed for it
         # from now on (another attempt's answer still on its way, under the same request
         # id): given up on, unless a success was delivered meanwhile, the caller's then.
-        other = _give_up_retrying(request_id, _hard_stop(request["deadline"]))
+        other = _give_up_retrying(request_id, hard_stop_of(request["deadline"]))
         return result if other is None else cast(ClassifyResult, json.loads(other))
 
 
-def _hard_stop(deadline: float) -> float:
+def hard_stop_of(deadline: float) -> float:
     """When an API that cannot reach Redis answers 503 all the same: after Redis itself stops
     taking answers for the request (deadline + GIVE_UP_GRACE_S, by its clock), with a margin
     for the two machines' clocks."""
@@ -320,7 +320,7 @@ def _answer_await(client: redis.Redis, request_id: str, deadline: float) -> byte
     must be one nobody is billed for, so the 503 waits for the abandoned mark to be set.
     Past the hard stop, the 503 ``broker_unavailable``: a worker's answer reaching Redis by
     then is dropped unbilled all the same (``workers.replies``)."""
-    hard_stop = _hard_stop(deadline)
+    hard_stop = hard_stop_of(deadline)
     while True:
         try:
             left = deadline - time.time()
@@ -340,7 +340,7 @@ def _give_up_retrying(request_id: str, hard_stop: float) -> bytes | None:
     socket timeout keeps each try (and so the 503) within that bound during a stall."""
     while True:
         try:
-            return give_up(_give_up_client(), request_id)
+            return give_up(give_up_client(), request_id)
         except (redis.RedisError, ConnectionError):
             _pause_or_stop(hard_stop)
 
@@ -352,7 +352,7 @@ def _pause_or_stop(hard_stop: float) -> None:
 
 
 @functools.cache
-def _give_up_client() -> redis.Redis:
+def give_up_client() -> redis.Redis:
     return redis.Redis.from_url(
         settings.REDIS_URL, socket_timeout=GIVE_UP_SOCKET_TIMEOUT_S, socket_connect_timeout=2
     )

@@ -70,7 +70,7 @@ def redis_down() -> Iterator[None]:
     are rebuilt for the outage and again after it, so nothing keeps the dead one."""
     cached = (
         dispatch.redis_client,
-        dispatch._give_up_client,
+        dispatch.give_up_client,
         limits.redis_client,
         limits._admit_script,
     )

@@ -241,7 +241,7 @@ def stallable_redis(tmp_path, monkeypatch):
     monkeypatch.setattr(replies, "redis_client", lambda: worker)
     monkeypatch.setattr(replies, "_deliver", lambda: worker.register_script(replies.DELIVER))
     monkeypatch.setattr(dispatch, "redis_client", lambda: api)
-    monkeypatch.setattr(dispatch, "_give_up_client", lambda: api)
+    monkeypatch.setattr(dispatch, "give_up_client", lambda: api)
 
     class Stall:
         client = redis.Redis.from_url(url)
