@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -267,6 +268,8 @@ def train_run(ctx: JobContext) -> TrainResult:
     metrics = classification_metrics(val_rows.labels, [labels[i] for i in predicted], labels)
     metrics["validation_examples"] = len(val_rows)
     metrics["train_examples"] = len(train_rows)
+    accuracy = float(metrics["accuracy"])  # type: ignore[arg-type]
+    _warn_if_nothing_learned(ctx, accuracy, val_rows.labels, request["method"])
     ctx.step()
     int8 = int8_metrics(
         store=ctx.store,
@@ -327,3 +330,31 @@ def train_run(ctx: JobContext) -> TrainResult:
         "trained_tokens": int(hp["epochs"]) * train_tokens,
         "compute_ms": round((time.perf_counter() - began) * 1000, 3),
     }
+
+
+# Validation accuracy within this of always answering the commonest label: learned nothing.
+NOTHING_LEARNED_MARGIN = 0.02
+
+
+def _warn_if_nothing_learned(
+    ctx: JobContext, accuracy: float, labels: list[str], method: str
+) -> None:
+    """A warning event when the model does no better on its validation split than always
+    answering its commonest label: the job succeeds (it ran, and is billed, as a fine-tune
+    is), but its caller should not take the model for a working one (a LoRA job at a
+    learning rate of 1.0 ended at 0.25 of 4 labels, "succeeded" without a word)."""
+    if not labels:
+        return
+    label, count = Counter(labels).most_common(1)[0]
+    baseline = count / len(labels)
+    if accuracy > baseline + NOTHING_LEARNED_MARGIN:
+        return
+    advice = "a lower learning_rate" + (" or lora_alpha" if method == "lora" else "")
+    ctx.emit(
+        "log",
+        f"Validation accuracy {accuracy:.4f} is no better than always answering {label!r} "
+        f"({baseline:.4f}): the model learned little from this data. Try {advice}, more "
+        "epochs, or more (and consistently labelled) examples.",
+        level="warning",
+        data={"validation_accuracy": round(accuracy, 4), "baseline_accuracy": round(baseline, 4)},
+    )

@@ -50,9 +50,12 @@ def make_request(training_file: str, method: str = "head", **overrides: Any) -> 
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.warnings: list[str] = []
 
     def __call__(self, type: str, message: str, *, level: str = "info", data: Any = None) -> None:
         self.events.append((type, message, dict(data or {})))
+        if level == "warning":
+            self.warnings.append(message)
 
     def of(self, type: str) -> list[tuple[str, str, dict[str, Any]]]:
         return [e for e in self.events if e[0] == type]

@@ -4,6 +4,7 @@ step boundaries, and the job's budget (trained tokens, time)."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -322,3 +323,21 @@ def test_a_job_past_its_time_limit_once_its_work_is_done_succeeds(store, context
 
     ctx.cancelled = late
     assert train_run(ctx)["trained_tokens"] > 0
+
+
+def test_a_model_no_better_than_its_commonest_label_succeeds_with_a_warning(store, context):
+    """Texts that say nothing of their labels: the job succeeds (it ran, and is billed), and
+    a warning event says the model learned nothing; a job that learned says nothing of it."""
+    rows = [{"text": "the very same words", "label": "ab"[i % 2]} for i in range(60)]
+    blank = store.put("".join(json.dumps(row) + "\n" for row in rows).encode())
+    job, recorder = context(make_request(blank))
+    result = train_run(job)
+    assert result["metrics"]["accuracy"] <= 0.52
+    [warning] = recorder.warnings
+    assert warning.startswith("Validation accuracy 0.5000 is no better than always answering")
+    assert "a lower learning_rate" in warning
+    learned, recorder = context(
+        make_request(store.put(dataset_bytes("support_tickets.jsonl", 120)))
+    )
+    train_run(learned)
+    assert recorder.warnings == []
