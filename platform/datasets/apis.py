@@ -110,6 +110,10 @@ class DatasetListCreateApi(TenantAPIView):
                     messages.UNKNOWN_FIELD.format(name=name), code="unknown_parameter", param=name
                 )
         upload = request.FILES.get("file")
+        if upload is None and "file" in request.POST:
+            # ``-F file=<x.jsonl`` (curl's text field) or a part without a filename: the
+            # field was sent, so "send the field 'file'" sent its caller looking elsewhere.
+            raise InvalidRequest(messages.FILE_NOT_A_FILE, code="invalid_parameter", param="file")
         if upload is None:
             raise InvalidRequest(messages.FILE_MISSING, code="missing_parameter", param="file")
         dataset = dataset_create(tenant=self.tenant, upload=upload)

@@ -2,6 +2,10 @@
 
 DATASET_NOT_FOUND = "No such dataset: '{id}'."
 FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
+FILE_NOT_A_FILE = (
+    "The multipart field 'file' was sent as text, not as a file: send it with a filename"
+    " (curl: -F file=@data.jsonl, with @, not <)."
+)
 FILE_TOO_LARGE = "The file is {size} bytes; the limit is {limit} bytes."
 # Refused on the request's length, before the file is read: its own size is not known yet.
 UPLOAD_TOO_LARGE = (

@@ -87,6 +87,11 @@ def test_csv_upload(api):
 
 def test_bad_uploads_are_4xx_in_the_error_shape(api, settings):
     assert_error(api.post("/v1/datasets", {}, format="multipart"), 400, "missing_parameter", "file")
+    # curl -F file=<x.jsonl: the field sent as text (no filename); "send the field 'file'" was
+    # what it heard (an outside audit).
+    as_text = api.post("/v1/datasets", {"file": good_file().decode()}, format="multipart")
+    assert_error(as_text, 400, "invalid_parameter", "file")
+    assert "sent as text, not as a file" in as_text.json()["error"]["message"]
     assert_error(
         api.post("/v1/datasets", {"text": "x"}, format="json"), 415, "unsupported_media_type"
     )
