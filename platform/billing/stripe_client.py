@@ -97,6 +97,17 @@ def stripe_moment() -> int:
     return time.time_ns() // 1000
 
 
+# A stamp below this is whole seconds (year 5138 in seconds): written by a process of the
+# release before billing 0008 while it still ran beside this one (a rolling deploy).
+MICROSECONDS_FROM = 10**14
+
+
+def as_microseconds(stamp: int) -> int:
+    """A stored ``stripe_updated_at`` in microseconds, whichever unit wrote it (a second is
+    taken as its last microsecond, as billing 0008 converts it)."""
+    return stamp if stamp >= MICROSECONDS_FROM or stamp <= 0 else stamp * 1_000_000 + 999_999
+
+
 def subscription_of(obj: dict[str, Any]) -> str | None:
     """The subscription an invoice or an invoice item is on, if any: newer API versions name
     it under parent.subscription_details, older ones at the top."""

@@ -30,6 +30,7 @@ from .periods import billed_currency, billing_period_record, calendar_month, pla
 from .stripe_client import (
     PaymentRequired,
     as_dict,
+    as_microseconds,
     is_missing,
     stripe_api,
     stripe_error_to_api,
@@ -367,7 +368,7 @@ def subscription_refresh_from_stripe(
         live = STATUS_FROM_STRIPE.get(str(current.get("status"))) != Subscription.Status.CANCELED
         if not sub.stripe_subscription_id and not (reread and live):
             return sub  # already back on free; a late event must not resurrect a dead one
-        if observed_at <= sub.stripe_updated_at:
+        if observed_at <= as_microseconds(sub.stripe_updated_at):
             # Read before (or while) the state we hold was: not newer than it. (A read begun
             # after a change of ours, or after another read, is.)
             return sub

@@ -21,7 +21,14 @@ from django.utils import timezone
 
 from . import messages
 from .models import Invoice, StripeEvent, Subscription
-from .stripe_client import as_dict, is_missing, stripe_api, stripe_moment, subscription_of
+from .stripe_client import (
+    as_dict,
+    as_microseconds,
+    is_missing,
+    stripe_api,
+    stripe_moment,
+    subscription_of,
+)
 from .subscriptions import subscription_refresh_from_stripe
 from .unpaid import past_due_clear
 
@@ -115,54 +122,60 @@ FINALISED = frozenset({"open", "paid", "void", "uncollectible"})
 SETTLED = frozenset({"paid", "void"})
 
 
-def _mirror_invoice(invoice: dict[str, Any], tenant_id: str, observed_at: int) -> None:
+def _mirror_invoice(
+    invoice: dict[str, Any], tenant_id: str, observed_at: int, *, again: bool = False
+) -> None:
     """Mirror a re-read of a finalised invoice, read from ``observed_at`` on (unix
     microseconds, ``stripe_moment``), unless the mirror holds a read begun later, or the
     invoice settled already (paid or void: a read from before then is stale, whatever its
     stamp). Checked and written under the row's lock: two handlers of one invoice (its
     payment failed, then it was paid) ran side by side, and the older read, written last,
-    showed a paid invoice open again, keeping its tenant off paid plans."""
+    showed a paid invoice open again, keeping its tenant off paid plans. A first mirror is
+    a plain insert: one that a concurrent first mirror beat goes back through the locked
+    check (``update_or_create`` took the unique key's error for "it exists" and wrote over
+    the row unchecked)."""
     if invoice.get("status") not in FINALISED or not invoice.get("id"):
         return  # only finalised invoices are mirrored
+    fields = _invoice_fields(invoice, observed_at)
     with transaction.atomic():
         existing = (
             Invoice.objects.for_tenant(tenant_id).select_for_update().filter(pk=invoice["id"])
         ).first()
-        if existing is not None and (
-            existing.stripe_updated_at >= observed_at
-            or (existing.status in SETTLED and invoice.get("status") != existing.status)
-        ):
+        if existing is not None:
+            stamp = as_microseconds(existing.stripe_updated_at)
+            if stamp >= observed_at or (
+                existing.status in SETTLED and invoice.get("status") != existing.status
+            ):
+                return
+            Invoice.objects.for_tenant(tenant_id).filter(pk=existing.pk).update(**fields)
             return
         try:
-            with transaction.atomic():  # (a savepoint: a concurrent first mirror wins)
-                _invoice_write(invoice, tenant_id, observed_at)
+            with transaction.atomic():  # (a savepoint: a concurrent first mirror may win)
+                Invoice.objects.create(id=invoice["id"], tenant_id=tenant_id, **fields)
+            return
         except IntegrityError:
-            if existing is not None:
-                raise
-            return _mirror_invoice(invoice, tenant_id, observed_at)  # now it exists: locked
+            if again:
+                raise  # (not that race: an id stored under another tenant)
+    _mirror_invoice(invoice, tenant_id, observed_at, again=True)  # it exists now: locked
 
 
-def _invoice_write(invoice: dict[str, Any], tenant_id: str, observed_at: int) -> None:
+def _invoice_fields(invoice: dict[str, Any], observed_at: int) -> dict[str, Any]:
     def at(seconds: Any) -> datetime | None:
         return datetime.fromtimestamp(int(seconds), tz=UTC) if seconds else None
 
-    Invoice.objects.update_or_create(
-        id=invoice["id"],
-        tenant_id=tenant_id,
-        defaults={
-            "number": invoice.get("number") or "",
-            "status": invoice.get("status") or "",
-            "currency": invoice.get("currency") or "",
-            "amount_due": int(invoice.get("amount_due") or 0),
-            "amount_paid": int(invoice.get("amount_paid") or 0),
-            "total": int(invoice.get("total") or 0),
-            "period_start": at(invoice.get("period_start")),
-            "period_end": at(invoice.get("period_end")),
-            "hosted_invoice_url": invoice.get("hosted_invoice_url") or "",
-            "created_at": at(invoice.get("created")) or timezone.now(),
-            "stripe_updated_at": observed_at,
-        },
-    )
+    return {
+        "number": invoice.get("number") or "",
+        "status": invoice.get("status") or "",
+        "currency": invoice.get("currency") or "",
+        "amount_due": int(invoice.get("amount_due") or 0),
+        "amount_paid": int(invoice.get("amount_paid") or 0),
+        "total": int(invoice.get("total") or 0),
+        "period_start": at(invoice.get("period_start")),
+        "period_end": at(invoice.get("period_end")),
+        "hosted_invoice_url": invoice.get("hosted_invoice_url") or "",
+        "created_at": at(invoice.get("created")) or timezone.now(),
+        "stripe_updated_at": observed_at,
+    }
 
 
 def handle_subscription(snapshot: dict[str, Any], created: int) -> None:

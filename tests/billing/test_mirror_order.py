@@ -8,6 +8,7 @@ Stripe billed the new plan. And billing 0008 turns stored seconds into microseco
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -150,3 +151,53 @@ def test_0008_turns_stored_seconds_into_the_last_microsecond_of_each_and_back():
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(after or executor.loader.graph.leaf_nodes())
+
+
+def test_a_first_mirror_that_a_newer_first_mirror_beat_goes_through_the_check(tenant, monkeypatch):
+    """Two handlers of an invoice not mirrored yet both found no row: the newer read
+    inserted, and the older one's update_or_create took the unique key's error for "it
+    exists" and wrote over it unchecked (a review). Now it is checked, under the lock."""
+    import billing.webhooks as webhooks
+
+    began = stripe_moment()
+    _mirror_invoice(_invoice("paid", 4900), tenant.pk, began + 500_000)  # the newer, first
+    real, looks = webhooks.Invoice.objects.for_tenant, []
+
+    class Blind:  # the older handler's look, taken before the newer one's insert committed
+        def select_for_update(self):
+            return self
+
+        def filter(self, **kwargs):
+            return self
+
+        def first(self):
+            return None
+
+    def for_tenant(tenant_id):
+        looks.append(tenant_id)
+        return Blind() if len(looks) == 1 else real(tenant_id)
+
+    monkeypatch.setattr(webhooks.Invoice.objects, "for_tenant", for_tenant)
+    _mirror_invoice(_invoice("open", 0), tenant.pk, began)
+    monkeypatch.undo()
+    mirrored = Invoice.objects.for_tenant(tenant).get(pk="in_order")
+    assert (mirrored.status, mirrored.stripe_updated_at) == ("paid", began + 500_000)
+
+
+def test_an_invoice_id_stored_under_another_tenant_is_an_error_not_a_loop(tenant, other_tenant):
+    from django.db import IntegrityError
+
+    _mirror_invoice(_invoice("open", 0), other_tenant.pk, stripe_moment())
+    with pytest.raises(IntegrityError):
+        _mirror_invoice(_invoice("open", 0), tenant.pk, stripe_moment())
+
+
+def test_a_stamp_in_seconds_from_the_release_before_still_orders_reads(tenant):
+    """During a rolling deploy the old release's processes write whole seconds: read as the
+    last microsecond of that second, not as a moment in 1970."""
+    _past_due(tenant)
+    now_s = int(time.time())
+    _mirror_invoice(_invoice("paid", 4900), tenant.pk, stripe_moment())
+    Invoice.objects.for_tenant(tenant).update(status="open", stripe_updated_at=now_s + 60)
+    _mirror_invoice(_invoice("paid", 4900), tenant.pk, stripe_moment())  # older than that
+    assert Invoice.objects.for_tenant(tenant).get().status == "open"

@@ -2,9 +2,9 @@
 money review): the cancel invoices the period at once, so a void that checked the period
 open before it and committed after it left the customer charged for the voided usage, its
 credit on a customer with no subscription, and reconciliation read no difference. A void
-now holds the tenant's plan-change lock from its check to its commit; a paid period cut
-short is closed from the cut, before any webhook says so; and reconciliation counts no
-credit stranded on an ended customer as billed."""
+now holds the tenant's plan-change lock from its check to its commit, and a paid period cut
+short is closed from the cut, before any webhook says so. (That reconciliation counts no
+credit stranded on an ended customer as billed: tests/billing/test_plan_share_flows.py.)"""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ nothing."""
 from django.db import migrations
 from django.db.models import F
 
-MICROSECONDS_FROM = 10**14
+MICROSECONDS_FROM = 10**14  # (as billing.stripe_client has it: a migration keeps its own)
 
 
 def to_microseconds(apps, schema_editor):
