@@ -35,6 +35,20 @@ local cap = tonumber(ARGV[5])
 local inputs = tonumber(ARGV[6])
 local hard_cap = tonumber(ARGV[7])
 
+-- The same request admitted again (its first admission timed out in a Redis stall, and ran
+-- all the same once Redis resumed): its rate limit token, its slot and its reservation are
+-- taken already, and are not taken twice (the counter kept the second reservation for good,
+-- and at a limit the second was refused while the first's slot and hold stayed taken).
+local hold = ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4] .. ' ' .. ARGV[8]
+local again = false
+if inputs > 0 then
+  if cap >= 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  end
+  again = (cap >= 0 and redis.call('ZSCORE', KEYS[3], ARGV[8]))
+    or (hard_cap >= 0 and redis.call('ZSCORE', KEYS[5], hold))
+end
+
 local tats = {}
 local limit, remaining, reset = rates[1], rates[1], 0
 for i = 1, 2 do
@@ -42,8 +56,9 @@ for i = 1, 2 do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   local new_tat = tat + interval
+  if again then new_tat = tat end  -- (its token is taken: the headers say what is left)
   local allow_at = new_tat - window
-  if allow_at > now then
+  if allow_at > now and not again then
     return {'rate', rates[i], 0, math.ceil(tat - now), math.ceil(allow_at - now), 0}
   end
   tats[i] = new_tat
@@ -55,15 +70,6 @@ end
 
 local used = 0
 if inputs > 0 then
-  local hold = ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4] .. ' ' .. ARGV[8]
-  if cap >= 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  end
-  -- The same request admitted again (its first admission timed out in a Redis stall, and
-  -- ran all the same once Redis resumed): its slot and its reservation are there already,
-  -- and are not taken twice (the counter kept the second reservation for good).
-  local again = (cap >= 0 and redis.call('ZSCORE', KEYS[3], ARGV[8]))
-    or (hard_cap >= 0 and redis.call('ZSCORE', KEYS[5], hold))
   if cap >= 0 and not again then
     if redis.call('ZCARD', KEYS[3]) >= cap then
       return {'concurrency', limit, remaining, reset, 1000, 0}
@@ -98,7 +104,9 @@ end
 for i = 1, 2 do
   -- NOTE: formatted by hand: Lua's default number-to-string keeps 14 digits, too few for
   -- a millisecond timestamp with a fractional interval added.
-  redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', window)
+  if not again then
+    redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', window)
+  end
 end
 return {'ok', limit, remaining, reset, 0, used}
 """

@@ -187,3 +187,17 @@ def test_the_same_calls_admission_run_twice_reserves_its_inputs_once(tenant):
     _answered(key, "req_stalled", 4)
     assert not _refused(key, 6)  # 4 used of 10: 6 more fit
     assert _refused(key, 7)
+
+
+def test_the_same_calls_admission_run_twice_takes_one_rate_limit_token(tenant):
+    """At a rate of 1 a minute the second run was a 429, leaving the first's slot and hold
+    taken (a review); below it, it took a second token."""
+    on_plan(tenant, custom_plan(rate_limit_per_minute=1, concurrency_cap=1))
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    first = limits_admit(api_key=key, request_id="req_stalled", inputs=2)
+    again = limits_admit(api_key=key, request_id="req_stalled", inputs=2)
+    assert first.remaining == again.remaining == 0
+    limits_settle(again, succeeded=True)
+    with pytest.raises(APIError) as refused:  # another request: the one token is taken
+        limits_admit(api_key=key, request_id="req_next", inputs=1)
+    assert refused.value.code == "rate_limited"
