@@ -341,3 +341,17 @@ def test_a_model_no_better_than_its_commonest_label_succeeds_with_a_warning(stor
     )
     train_run(learned)
     assert recorder.warnings == []
+
+
+def test_a_perfect_model_on_a_split_of_one_commoner_label_is_not_warned(store, context):
+    """98 % of one label: a perfect model's accuracy is within 2 points of always answering
+    it, its macro F1 far above (a review: it was warned)."""
+    from workers.training.runner import _warn_if_nothing_learned
+
+    job, recorder = context(make_request(store.put(dataset_bytes("support_tickets.jsonl", 40))))
+    split = ["ok"] * 98 + ["bad"] * 2
+    _warn_if_nothing_learned(job, {"accuracy": 1.0, "macro_f1": 1.0}, split, 2, "head")
+    assert recorder.warnings == []
+    _warn_if_nothing_learned(job, {"accuracy": 0.98, "macro_f1": 0.495}, split, 2, "lora")
+    [warning] = recorder.warnings
+    assert "always answering 'ok' (0.9800)" in warning and "or lora_alpha" in warning
