@@ -49,8 +49,12 @@ UNKNOWN_FORMAT = (
 )
 EMPTY_FILE = "The file contains no examples."
 TOO_MANY_LINES = (
-    "The file has {count:,} lines; a dataset has at most {limit:,} (more than a fine-tune can"
-    " train on). Nothing of it was read."
+    "The file has {count:,} lines; a dataset has at most {limit:,} (more rows than a"
+    " fine-tune's token budget can train on). Nothing of it was read."
+)
+NOT_UTF8_STOP = (
+    "Reading stopped at line {line:,}: {count:,} lines are not UTF-8 text, and no row was"
+    " read. Save the file as UTF-8 and upload it again."
 )
 TOO_MANY_ERRORS = (
     "Validation stopped at line {line:,} after {count:,} errors: the lines after it were not"

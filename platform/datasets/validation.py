@@ -30,12 +30,22 @@ csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 MAX_REPORTED_ERRORS = 100
 MAX_REPORTED_WARNINGS = 100
 # A file is read at most this far: past this many errors it stops (as a compiler does), and a
-# file of more lines is refused before any is read. The upload is validated in its request:
-# 19 MB of bad two-byte lines held an API thread for 99 s and 1.2 GB, and was stored after
-# its caller had given up. A million lines is past what a fine-tune may train on (its token
-# budget, FINETUNE_MAX_TRAINED_TOKENS: 10 million tokens, and every row is 3 or more).
+# file of more lines than a fine-tune could train on is invalid before any is read (every
+# row is 3 tokens or more: [CLS], a word, [SEP]; ``max_lines``). The upload is validated in
+# its request: 19 MB of bad two-byte lines held an API thread for 99 s and 1.2 GB, and was
+# stored after its caller had given up.
 MAX_COUNTED_ERRORS = 10_000
-MAX_LINES = 1_000_000
+MIN_ROW_TOKENS = 3
+
+
+def max_lines() -> int:
+    """The most lines a dataset may have: the rows one epoch of the token budget
+    (FINETUNE_MAX_TRAINED_TOKENS, 10 million: 3,333,333 lines) could train on."""
+    from django.conf import settings
+
+    return max(int(settings.FINETUNE_MAX_TRAINED_TOKENS) // MIN_ROW_TOKENS, 1)
+
+
 MIN_LABELS = 2
 MIN_EXAMPLES_PER_LABEL = 5
 WARN_EXAMPLES_PER_LABEL = 10
@@ -56,6 +66,9 @@ class Validation:
     _stripped_labels: int = 0
     _first_stripped: tuple[int, str] | None = None
     _warnings_left_out: int = 0
+    # Reading rows (not decoding lines, which is done for the whole file first): where an
+    # error may stop the reading, "the lines after it were not read" being true.
+    reading: bool = False
 
     @property
     def valid(self) -> bool:
@@ -73,7 +86,7 @@ class Validation:
         self.errors.append({"line": line, "message": message})
         if len(self.errors) >= 2 * MAX_REPORTED_ERRORS:
             self._trim_errors()
-        if line is not None and self.error_count >= MAX_COUNTED_ERRORS:
+        if line is not None and self.reading and self.error_count >= MAX_COUNTED_ERRORS:
             raise _Stop(line)
 
     def _trim_errors(self) -> None:
@@ -197,11 +210,12 @@ def _warn_case_variants(result: Validation, counts: dict[str, int]) -> None:
 
 
 class _Stop(Exception):
-    """Too many errors: the file is read no further than ``line``."""
+    """Too many errors: the file is read no further than ``line`` (``decoding``: while its
+    lines were decoded, before any row was read)."""
 
-    def __init__(self, line: int) -> None:
+    def __init__(self, line: int, *, decoding: bool = False) -> None:
         super().__init__(line)
-        self.line = line
+        self.line, self.decoding = line, decoding
 
 
 def _encodable(value: str) -> bool:
@@ -224,6 +238,8 @@ def _decode_lines(data: bytes, result: Validation) -> list[tuple[int, str]]:
             lines.append((number, raw.decode("utf-8").rstrip("\r")))
         except UnicodeDecodeError:
             result.error(number, messages.NOT_UTF8)
+            if result.error_count >= MAX_COUNTED_ERRORS:  # (no row read yet: say so)
+                raise _Stop(number, decoding=True) from None
     return lines
 
 
@@ -326,20 +342,20 @@ def _detect(filename: str, lines: list[tuple[int, str]]) -> str:
 def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
     result = Validation()
     # (A count in C, before a line is split out: its lines would take a gigabyte.)
-    if (count := data.count(b"\n") + (not data.endswith(b"\n"))) > MAX_LINES:
-        result.error(None, messages.TOO_MANY_LINES.format(count=count, limit=MAX_LINES))
+    if (count := data.count(b"\n") + (not data.endswith(b"\n"))) > (limit := max_lines()):
+        result.error(None, messages.TOO_MANY_LINES.format(count=count, limit=limit))
         return result.finish()
     try:
         return _validate(data, filename, result)
     except _Stop as stop:
-        result.error(
-            None, messages.TOO_MANY_ERRORS.format(count=result.error_count, line=stop.line)
-        )
+        message = messages.NOT_UTF8_STOP if stop.decoding else messages.TOO_MANY_ERRORS
+        result.error(None, message.format(count=result.error_count, line=stop.line))
         return result.finish()
 
 
 def _validate(data: bytes, filename: str, result: Validation) -> Validation:
     lines = _decode_lines(data, result)
+    result.reading = True
     if not any(line.strip() for _, line in lines) and result.error_count == 0:
         result.error(None, messages.EMPTY_FILE)
         return result.finish()

@@ -6,7 +6,6 @@ import json
 
 from datasets.validation import (
     MAX_COUNTED_ERRORS,
-    MAX_LINES,
     MAX_REPORTED_ERRORS,
     dataset_validate,
     normalised_jsonl,
@@ -132,17 +131,34 @@ def test_reading_stops_after_ten_thousand_errors_and_says_where():
     )
 
 
-def test_a_file_of_more_lines_than_a_dataset_may_hold_is_refused_unread():
-    for data in (b"x\n" * (MAX_LINES + 1), b"\n" * MAX_LINES + b"x"):
+def test_a_file_of_more_rows_than_the_token_budget_can_train_is_invalid_unread(settings):
+    """Every row is 3 tokens or more: past budget / 3 lines, no fine-tune could train on it
+    (10 million tokens: 3,333,333 lines). Checked by a count, before a line is split out."""
+    from datasets.validation import max_lines
+
+    assert max_lines() == 3_333_333
+    settings.FINETUNE_MAX_TRAINED_TOKENS = 3_000  # (1,000 lines: a small file to test)
+    for data in (b"x\n" * 1_001, b"\n" * 1_000 + b"x"):
         result = dataset_validate(data, filename="huge.jsonl")
         assert result.error_count == 1 and not result.examples
         assert result.errors == [{"line": None, "message": (
-            "The file has 1,000,001 lines; a dataset has at most 1,000,000 (more than a"
-            " fine-tune can train on). Nothing of it was read."
+            "The file has 1,001 lines; a dataset has at most 1,000 (more rows than a"
+            " fine-tune's token budget can train on). Nothing of it was read."
         )}]  # fmt: skip
     # Exactly the limit is read (a last line without its newline counts once).
-    last = dataset_validate(b"\n" * (MAX_LINES - 1) + b"x", filename="a.jsonl")
-    assert [e["line"] for e in last.errors] == [MAX_LINES]
+    last = dataset_validate(b"\n" * 999 + b"x", filename="a.jsonl")
+    assert [e["line"] for e in last.errors] == [1_000]
+
+
+def test_undecodable_lines_stop_the_reading_saying_no_row_was_read():
+    """Lines that are not UTF-8 are found for the whole file first: 10,000 of them late in
+    the file stopped at one of them saying "the lines after it were not read", while rows
+    before it had not been read either (a review); and 3.3 million took 7.7 s uncapped."""
+    data = jsonl(good_rows()) + b"\xff\n" * (MAX_COUNTED_ERRORS + 10)
+    result = dataset_validate(data, filename="a.jsonl")
+    assert result.error_count == MAX_COUNTED_ERRORS + 1 and not result.examples
+    assert result.errors[-1]["message"].startswith("Reading stopped at line ")
+    assert "10,000 lines are not UTF-8 text, and no row was read" in result.errors[-1]["message"]
 
 
 def test_a_whole_file_problem_is_listed_behind_any_number_of_bad_lines():
