@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from rest_framework.utils.json import strict_constant
 
 from core.parsers import DuplicateName, unique_names
@@ -29,20 +30,15 @@ csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 
 MAX_REPORTED_ERRORS = 100
 MAX_REPORTED_WARNINGS = 100
-# A file is read at most this far: past this many errors it stops (as a compiler does), and a
-# file of more lines than a fine-tune could train on is invalid before any is read (every
-# row is 3 tokens or more: [CLS], a word, [SEP]; ``max_lines``). The upload is validated in
-# its request: 19 MB of bad two-byte lines held an API thread for 99 s and 1.2 GB, and was
-# stored after its caller had given up.
+# Validated in its request, a file stops at this many errors (19 MB of bad two-byte lines
+# held an API thread for 99 s and 1.2 GB), and one of more lines than a fine-tune could train
+# on (``max_lines``: a row is 3 tokens or more, [CLS], a word, [SEP]) is read not at all.
 MAX_COUNTED_ERRORS = 10_000
 MIN_ROW_TOKENS = 3
 
 
 def max_lines() -> int:
-    """The most lines a dataset may have: the rows one epoch of the token budget
-    (FINETUNE_MAX_TRAINED_TOKENS, 10 million: 3,333,333 lines) could train on."""
-    from django.conf import settings
-
+    """The rows one epoch of FINETUNE_MAX_TRAINED_TOKENS could train on (10 M: 3,333,333)."""
     return max(int(settings.FINETUNE_MAX_TRAINED_TOKENS) // MIN_ROW_TOKENS, 1)
 
 
@@ -66,8 +62,7 @@ class Validation:
     _stripped_labels: int = 0
     _first_stripped: tuple[int, str] | None = None
     _warnings_left_out: int = 0
-    # Reading rows (not decoding lines, which is done for the whole file first): where an
-    # error may stop the reading, "the lines after it were not read" being true.
+    # Reading rows, past decoding every line: where "the lines after it were not read" holds.
     reading: bool = False
 
     @property
@@ -210,8 +205,7 @@ def _warn_case_variants(result: Validation, counts: dict[str, int]) -> None:
 
 
 class _Stop(Exception):
-    """Too many errors: the file is read no further than ``line`` (``decoding``: while its
-    lines were decoded, before any row was read)."""
+    """Too many errors at ``line`` (``decoding``: before any row was read)."""
 
     def __init__(self, line: int, *, decoding: bool = False) -> None:
         super().__init__(line)
