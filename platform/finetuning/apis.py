@@ -139,7 +139,17 @@ class FineTuneCancelApi(TenantAPIView):
     required_scopes = {"POST": Scope.TRAINING}
 
     @extend_schema(
-        operation_id="fine_tunes_cancel", request=None, responses={200: FineTuneSerializer}
+        operation_id="fine_tunes_cancel",
+        request=None,
+        responses={
+            200: FineTuneSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="The job has ended (`job_not_cancellable`: succeeded, failed or "
+                "cancelled), or the Idempotency-Key was reused with another body or is still "
+                "in progress.",
+            ),
+        },
     )
     def post(self, request: Request, job_id: str) -> Response:
         # It takes no parameters: any sent is refused by name, as everywhere (an empty body

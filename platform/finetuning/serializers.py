@@ -187,7 +187,11 @@ class FineTuneEventSerializer(serializers.Serializer[Any]):
     object = serializers.CharField()
     created_at = serializers.DateTimeField()
     level = serializers.ChoiceField(choices=["info", "warning", "error"])
-    type = serializers.CharField()
+    type = serializers.CharField(
+        help_text="`started`, `succeeded`, `failed`, `cancelled` (the job's status changes), "
+        "`progress` (an epoch's loss and validation accuracy in `data`) or `log` (a message; "
+        "`level` says whether it warns)."
+    )
     message = serializers.CharField()
     data = serializers.DictField()  # type: ignore[assignment]  # the stubs reserve this name
 
