@@ -17,6 +17,7 @@ from economics.services import plans_known, rollup_apply, tenant_plans_now
 from tenants.models import Tenant
 from workers.contract import UsageEvent
 
+from .metrics import USAGE_PAST_BILLING
 from .models import UsageRecord
 from .partitions import skip_stored
 
@@ -143,6 +144,30 @@ def usage_record_bulk(*, events: list[UsageEvent] | list[Any]) -> BulkOutcome:
         fresh = [row for event_id, row in rows.items() if event_id in inserted]
         # Margin reports read daily rollups, kept in the same transaction as the ledger.
         rollup_apply(rows=fresh)
+    _past_billing_report(fresh, now)
     outcome.inserted = len(fresh)
     outcome.duplicates += len(rows) - len(fresh)
     return outcome
+
+
+def _past_billing_report(rows: list[LedgerRow], now: datetime) -> None:
+    """Say so of live usage stored after its period's late pushes ended (a consumer down
+    for a week, a dead letter replayed late): it is in the ledger and the usage reports,
+    and no push or reconciliation will ever look at it. Only events older than the horizon
+    are looked into (rare): their period is read for each."""
+    from billing.periods import LATE_USAGE_HORIZON, period_of  # (billing reads metering)
+
+    old = [r for r in rows if r.livemode and now - r.occurred_at > LATE_USAGE_HORIZON]
+    if not old:
+        return
+    tenants = Tenant.objects.in_bulk({row.tenant_id for row in old})
+    for row in old:
+        start, end = period_of(tenant=tenants[row.tenant_id], moment=row.occurred_at)
+        if now - end >= LATE_USAGE_HORIZON:
+            USAGE_PAST_BILLING.inc()
+            logger.warning(
+                "usage event %s of tenant %s (%s inputs, %s) stored %s after its billing period"
+                " %s to %s stopped being pushed: never billed; bill or credit it by hand",
+                row.event_id, row.tenant_id, row.inputs, row.kind, now - end,
+                start.isoformat(), end.isoformat(),
+            )  # fmt: skip
