@@ -171,14 +171,13 @@ class Validation:
         )
 
 
-def _refuse_lookalike_labels(result: Validation, counts: dict[str, int]) -> None:
-    """An error per set of labels that are one text written with different characters: a
-    composed and a decomposed accent ('café' and 'cafe' + U+0301), or invisible format
-    characters (a zero-width space, a direction mark). They were trained as separate
-    classes whose names look the same in every answer's scores."""
+def _refuse_lookalikes(result: Validation, counts: dict[str, int], seen: dict[str, str]) -> None:
+    """An error per set of labels that ``seen`` (``_seen_as``) reads as one text: a composed
+    and a decomposed accent, invisible format characters (a zero-width space, a direction
+    mark). They were trained as classes named alike in every answer's scores."""
     lookalikes: dict[str, list[str]] = {}
     for label in counts:
-        lookalikes.setdefault(_seen_as(label), []).append(label)
+        lookalikes.setdefault(seen[label], []).append(label)
     for group in lookalikes.values():
         if len(group) > 1:
             names = ", ".join(f"{label!a} ({counts[label]})" for label in group)
@@ -192,14 +191,14 @@ def _seen_as(label: str) -> str:
     )
 
 
-def _warn_case_variants(result: Validation, counts: dict[str, int]) -> None:
+def _warn_case_variants(result: Validation, counts: dict[str, int], seen: dict[str, str]) -> None:
     """One warning per set of labels that differ only in case ("Pos", "pos"): trained as
     the classes they are, but rarely meant as two (/v1/classify refuses such labels)."""
     variants: dict[str, list[str]] = {}
     for label in counts:
-        variants.setdefault(_seen_as(label).casefold(), []).append(label)
+        variants.setdefault(seen[label].casefold(), []).append(label)
     for group in variants.values():
-        if len({_seen_as(label) for label in group}) > 1:  # (lookalikes alone: an error)
+        if len({seen[label] for label in group}) > 1:  # (lookalikes alone: an error)
             names = ", ".join(f"'{label}' ({counts[label]})" for label in group)
             result.warn(None, messages.LABEL_CASE_VARIANTS.format(labels=names))
 
@@ -369,8 +368,9 @@ def _validate(data: bytes, filename: str, result: Validation) -> Validation:
             result.error(None, messages.EMPTY_FILE)
         return result.finish()
     counts = result.labels
-    _refuse_lookalike_labels(result, counts)
-    _warn_case_variants(result, counts)
+    seen = {label: _seen_as(label) for label in counts}
+    _refuse_lookalikes(result, counts, seen)
+    _warn_case_variants(result, counts, seen)
     if len(counts) < MIN_LABELS:
         result.error(None, messages.TOO_FEW_LABELS.format(count=len(counts)))
     if len(counts) > MAX_LABELS:

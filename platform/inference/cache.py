@@ -20,7 +20,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, cast
@@ -45,7 +44,7 @@ from workers.contract import (
 
 from . import messages
 from .catalog import BASE_MODEL_VERSIONS
-from .dispatch import RETRY_PAUSE_S, give_up_client, hard_stop_of, overloaded, redis_client
+from .dispatch import give_up_client, hard_stop_of, overloaded, pause_or_stop, redis_client
 from .models import AIModel
 from .selectors import base_model_cached
 
@@ -179,8 +178,8 @@ def with_cached_rows(request: ClassifyRequest, found: list[CachedRow | None]) ->
 def _metered(
     client: redis.Redis, fields: dict[str, str], admission: Admission | None, deadline: float
 ) -> list[Any]:
-    """The usage event and the settlement, in one round trip: their results, or a single
-    exception where Redis could not be reached until the request's hard stop.
+    """The usage event and the settlement, in one round trip: their results; the 503
+    ``broker_unavailable`` where Redis could not be reached until the request's hard stop.
 
     NOTE: a round trip that failed whole (a timeout: Redis stalled) may have been sent, and
     Redis runs it once it resumes: the call is then billed, and answering 503 at once billed
@@ -196,10 +195,9 @@ def _metered(
             results: list[Any] = pipe.execute(raise_on_error=False)
             return results
         except (redis.RedisError, ConnectionError):
-            if time.time() + RETRY_PAUSE_S > hard_stop_of(deadline):
-                return [ConnectionError()]
+            # (The admission is not marked settled: the view settles it as failed.)
+            pause_or_stop(hard_stop_of(deadline))
             logger.warning("usage of a cached answer not confirmed by Redis: trying again")
-            time.sleep(RETRY_PAUSE_S)
             client = give_up_client()  # (a short socket timeout: each try ends soon)
 
 

@@ -332,7 +332,7 @@ def _answer_await(client: redis.Redis, request_id: str, deadline: float) -> byte
             if popped is not None:
                 return cast(bytes, cast(Any, popped)[1])
         except (redis.RedisError, ConnectionError):
-            _pause_or_stop(hard_stop)
+            pause_or_stop(hard_stop)
 
 
 def _give_up_retrying(request_id: str, hard_stop: float) -> bytes | None:
@@ -342,10 +342,11 @@ def _give_up_retrying(request_id: str, hard_stop: float) -> bytes | None:
         try:
             return give_up(give_up_client(), request_id)
         except (redis.RedisError, ConnectionError):
-            _pause_or_stop(hard_stop)
+            pause_or_stop(hard_stop)
 
 
-def _pause_or_stop(hard_stop: float) -> None:
+def pause_or_stop(hard_stop: float) -> None:
+    """Wait a moment before the next try at Redis; past ``hard_stop``, the 503."""
     if time.time() + RETRY_PAUSE_S > hard_stop:
         raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
     time.sleep(RETRY_PAUSE_S)

@@ -40,13 +40,13 @@ local hard_cap = tonumber(ARGV[7])
 -- taken already, and are not taken twice (the counter kept the second reservation for good,
 -- and at a limit the second was refused while the first's slot and hold stayed taken).
 local hold = ARGV[8] .. ' ' .. inputs .. ' ' .. KEYS[4] .. ' ' .. ARGV[8]
-local again = false
+local held, again = false, false
 if inputs > 0 then
   if cap >= 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   end
-  again = (cap >= 0 and redis.call('ZSCORE', KEYS[3], ARGV[8]))
-    or (hard_cap >= 0 and redis.call('ZSCORE', KEYS[5], hold))
+  held = hard_cap >= 0 and redis.call('ZSCORE', KEYS[5], hold)
+  again = held or (cap >= 0 and redis.call('ZSCORE', KEYS[3], ARGV[8]))
 end
 
 local tats = {}
@@ -86,7 +86,7 @@ if inputs > 0 then
       counted = seed
     end
     used = tonumber(counted)
-    if not redis.call('ZSCORE', KEYS[5], hold) then
+    if not held then
       if used + inputs > hard_cap then
         return {'quota', limit, remaining, reset, 0, used}
       end

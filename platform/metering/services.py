@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from billing.periods import LATE_USAGE_HORIZON, period_of
 from core.rows import insert_new
 from economics.services import plans_known, rollup_apply, tenant_plans_now
 from tenants.models import Tenant
@@ -155,9 +156,8 @@ def _past_billing_report(rows: list[LedgerRow], now: datetime) -> None:
     for a week, a dead letter replayed late): it is in the ledger and the usage reports,
     and no push or reconciliation will ever look at it. Only events older than the horizon
     are looked into (rare): their period is read for each."""
-    from billing.periods import LATE_USAGE_HORIZON, period_of  # (billing reads metering)
-
-    old = [r for r in rows if r.livemode and now - r.occurred_at > LATE_USAGE_HORIZON]
+    cutoff = now - LATE_USAGE_HORIZON
+    old = [row for row in rows if row.occurred_at < cutoff and row.livemode]
     if not old:
         return
     tenants = Tenant.objects.in_bulk({row.tenant_id for row in old})
