@@ -94,6 +94,26 @@ def test_labels_the_tokenizer_reads_as_one_are_refused_not_split(engine: Classif
     _check_distribution(mixed, ["Coffee", "coffee"])
 
 
+@pytest.mark.parametrize("base", ["minilm-l6", "minilm-l6-int8"])
+def test_labels_read_as_one_are_refused_when_one_prompt_is_cached(
+    engine: ClassifierEngine, base: str
+) -> None:
+    """A label whose prompt embedding comes from the cache (another request's, another
+    batch) is compared with the others by what the tokenizer reads, not by embeddings:
+    int8's vectors of one prompt differ from batch to batch (a review: 0.995 apart), and
+    the thumbs-down request was answered 50/50 and billed once thumbs up was cached."""
+    model = {"model": base, "base_model": base}
+    labels = ["\U0001f44d", "\U0001f44e"]
+    # Thumbs up's prompt cached from a request whose long input makes a batch of its own.
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 12)
+    warm = make_request([long_text, "x"], labels=["\U0001f44d", "bad"], tenant_id="t2", **model)
+    assert "error" not in engine.classify(warm)
+    again = make_request(["great stuff"], labels=labels, tenant_id="t2", **model)
+    result = engine.classify(again)
+    assert result.get("error", {}).get("code") == "duplicate_label", result
+    assert result["usage"]["inputs"] == 0
+
+
 def test_label_embeddings_are_cached(engine: ClassifierEngine) -> None:
     labels = ["sports", "politics", "technology", "cooking"]
     inputs = ["The striker scored twice to win the match", "Bake the bread for thirty minutes"]

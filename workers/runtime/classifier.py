@@ -215,6 +215,13 @@ class ClassifierEngine:
 
         encoder, inputs = runtime.encoder, request["inputs"]
         with_examples = {label for _, label in examples}
+        alike = _prompts_alike(encoder, label_set, with_examples)
+        if alike is not None:  # their scores would split one class's 50/50
+            index, first = alike
+            message = errors.DUPLICATE_LABEL_MESSAGE.format(
+                index=index, label=label_set[index], first=first, other=label_set[first]
+            )
+            return _done(errors.error_result(request, errors.DUPLICATE_LABEL, message))
         # Texts whose embeddings are cacheable: the label prompts of labels that have no
         # examples, and the example texts. Looked up first; only misses are computed.
         class_texts = [LABEL_TEMPLATE.format(label=x) for x in label_set if x not in with_examples]
@@ -243,13 +250,6 @@ class ClassifierEngine:
                 self.cache.put((encoder.encoder_id, owner, text), known[text])
 
             classes = torch.stack([self._class_vector(x, examples, known) for x in label_set])
-            alike = _prompts_alike(label_set, with_examples, classes)
-            if alike is not None:  # their scores would split one class's 50/50
-                index, first = alike
-                message = errors.DUPLICATE_LABEL_MESSAGE.format(
-                    index=index, label=label_set[index], first=first, other=label_set[first]
-                )
-                return errors.error_result(request, errors.DUPLICATE_LABEL, message)
             vectors = torch.stack([e.vector for e in embedded[: len(inputs)]])
             probs = torch.softmax((vectors @ classes.T).double() / TEMPERATURE, dim=1).tolist()
             return self._result(request, probs, label_set, tokenized[: len(inputs)], compute_ms)
@@ -337,25 +337,27 @@ class ClassifierEngine:
         return F.normalize(torch.stack(own).mean(dim=0), dim=0)
 
 
-# Two prompts the encoder reads as the same tokens embed alike to within float noise
-# (another batch, other padding); different tokens are far further apart (cosine < 0.999).
-SAME_PROMPT_COSINE = 1 - 1e-5
-
-
 def _prompts_alike(
-    labels: Sequence[str], with_examples: set[str], classes: torch.Tensor
+    encoder: Encoder, labels: Sequence[str], with_examples: set[str]
 ) -> tuple[int, int] | None:
-    """(index, earlier index) of the first label embedded from its prompt whose vector is an
-    earlier one's: the tokenizer read the two prompts as one. None if there is none."""
+    """(index, earlier index) of the first label embedded from its prompt whose prompt the
+    tokenizer reads as an earlier one's (the same token ids: ``Coffee`` and ``coffee``, two
+    emoji outside the vocabulary). None if there is none.
+
+    NOTE: decided on the token ids, exactly, not on the embeddings: those move with the
+    batch a prompt rides in and with the numerics (int8 quantises activations per forward
+    pass: a prompt's cached vector and a fresh one of the same ids were 0.995 apart), so
+    a label whose prompt came from the cache passed as a second class."""
     prompted = [i for i, label in enumerate(labels) if label not in with_examples]
     if len(prompted) < 2:
         return None
-    vectors = classes[prompted]
-    alike = torch.triu(vectors @ vectors.T > SAME_PROMPT_COSINE, diagonal=1).nonzero().tolist()
-    if not alike:
-        return None
-    later, earlier = min((b, a) for a, b in alike)
-    return prompted[later], prompted[earlier]
+    prompts = [LABEL_TEMPLATE.format(label=labels[i]) for i in prompted]
+    first_of: dict[tuple[int, ...], int] = {}
+    for index, tokens in zip(prompted, encoder.tokenize(prompts), strict=True):
+        first = first_of.setdefault(tuple(tokens.ids), index)
+        if first != index:
+            return index, first
+    return None
 
 
 _engine: ClassifierEngine | None = None
