@@ -86,8 +86,8 @@ def cache_version(model: AIModel, tenant_id: str, livemode: bool) -> str | None:
 _SEEN_VERSIONS: OrderedDict[str, str] = OrderedDict()
 SEEN_VERSIONS_MAX = 4096
 # Past this many characters of non-ASCII input, admission reads no cache rows (see
-# prefetch_keys): at the ~2 us a character the security audit measured for the costliest
-# characters (2.0-2.3 s for 96 x 10,000 of U+FDFA), 8,192 of them cost ~17 ms at most.
+# prefetch_keys): the tokenizer's normaliser takes ~0.4-1.2 us a character of it (CJK, which
+# it spaces out, the costliest: 11.7 ms for 10,000), so 8,192 of them cost ~10 ms at most.
 PREFETCH_MAX_CHARS = 8192
 _seen_lock = threading.Lock()
 
@@ -126,8 +126,8 @@ def prefetch_keys(
     if not version:
         return []
     if sum(map(len, inputs)) > PREFETCH_MAX_CHARS and not all(map(str.isascii, inputs)):
-        # Normalising them costs up to ~2 µs a character (NFKC expands some 18-fold): not
-        # before admission, which may refuse the request; cache_lookup reads them after.
+        # Normalising them costs up to ~1.2 µs a character (text_as_read): not before
+        # admission, which may refuse the request; cache_lookup reads them after.
         return []
     return result_cache_keys(version, labels or None, None, inputs)
 

@@ -113,15 +113,70 @@ def test_live_and_test_mode_keep_apart_caches(tenant):
 
 
 def test_admission_reads_no_rows_for_inputs_that_are_costly_to_normalise(tenant):
-    """Some characters grow 18-fold under NFKC: admission, which may refuse the request,
-    does not pay for that; the lookup after it does."""
+    """Normalising non-ASCII text costs up to ~1 us a character: admission, which may
+    refuse the request, does not pay for a lot of it; the lookup after it does."""
     common = dict(tenant_id=tenant.pk, livemode=True, model_id="minilm-l6", labels=["a", "b"])
     assert len(prefetch_keys(inputs=["plain text " * 900], **common)) == 1  # ASCII: cheap
     assert len(prefetch_keys(inputs=["\ufdfa" * 100] * 2, **common)) == 2
-    assert prefetch_keys(inputs=["\ufdfa" * 10_000], **common) == []
-    # The same keys either way: NFKC's output for ASCII is the ASCII itself.
-    (ascii_key,) = result_cache_keys("v", None, None, ["Hello  World"])
-    assert result_cache_keys("v", None, None, ["\uff28ello World"]) == [ascii_key]
+    assert prefetch_keys(inputs=["\u4e2d" * 10_000], **common) == []
+
+
+def test_texts_share_a_cache_row_only_if_the_model_reads_them_alike():
+    """A review found NFKC in the key: the ligature fi, full-width letters and control
+    characters the tokenizer drops read as the plain text, and its cached answer (and
+    token count) was served for a text the model reads otherwise. Keys now follow the
+    tokenizer: the same key, the same token ids."""
+    from workers.runtime.encoder import load_encoder
+
+    encoder = load_encoder("minilm-l6", device="cpu", threads=1)
+    texts = [
+        "fine work", "\ufb01ne work", "bad", "BAD", "\uff22\uff21\uff24", "ab cd", "ab\x1ccd",
+        "abcd", "  Fine\t work\n", "caf\u00e9", "cafe\u0301", "cafe", "\u4e2d\u6587",
+        "\u4e2d \u6587",
+        "a\u2028b", "a b", "a\u00a0b", "x\x00y", "xy", "x\ufffdy", "\u0130stanbul", "istanbul",
+        "ok\x85go", "okgo", "ok go", "tab\x0bbed", "tabbed", "\U0001f44d", "\U0001f44e",
+    ]  # fmt: skip
+    keys = result_cache_keys("v", ["a", "b"], None, texts)
+    ids = {text: tuple(t.ids) for text, t in zip(texts, encoder.tokenize(texts), strict=True)}
+    by_key: dict[str, set[tuple[int, ...]]] = {}
+    for text, key in zip(texts, keys, strict=True):
+        by_key.setdefault(key, set()).add(ids[text])
+    assert all(len(read) == 1 for read in by_key.values())
+    key = dict(zip(texts, keys, strict=True))
+    for plain, lookalike in [("fine work", "\ufb01ne work"), ("bad", "\uff22\uff21\uff24"),
+                             ("ab cd", "ab\x1ccd")]:  # fmt: skip
+        assert key[plain] != key[lookalike]
+    # What the tokenizer does read alike still shares a row.
+    assert key["bad"] == key["BAD"] and key["fine work"] == key["  Fine\t work\n"]
+    assert key["caf\u00e9"] == key["cafe\u0301"] == key["cafe"]
+    assert key["ab\x1ccd"] == key["abcd"]
+
+
+def test_the_ascii_shortcut_reads_text_as_the_tokenizers_normaliser_does():
+    import random
+
+    from workers.contract import _bert_normalizer, text_as_read
+
+    def by_normaliser(text: str) -> str:
+        return " ".join(p for p in _bert_normalizer().normalize_str(text).split(" ") if p)
+
+    rng = random.Random(5)
+    samples = [chr(c) for c in range(128)]
+    samples += ["".join(rng.choice(samples) for _ in range(40)) for _ in range(500)]
+    for text in samples:
+        assert text_as_read(text) == by_normaliser(text), repr(text)
+
+
+def test_the_cache_keys_normalise_as_every_base_models_tokenizer_does():
+    import json
+
+    from workers.runtime.encoder import BASE_MODELS
+
+    for name, path in BASE_MODELS.items():
+        config = json.loads((path() / "tokenizer.json").read_text())["normalizer"]
+        assert config == {"type": "BertNormalizer", "clean_text": True,
+                          "handle_chinese_chars": True, "strip_accents": None,
+                          "lowercase": True}, name  # fmt: skip
 
 
 def test_cache_versions_follow_the_model_weights():
