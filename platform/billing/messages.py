@@ -7,7 +7,7 @@ STRIPE_NOT_CONFIGURED = "Paid plans are not available: billing is not configured
 STRIPE_UNAVAILABLE = "The payment provider did not answer; try again shortly."
 STRIPE_REFUSED = (
     "The payment provider refused the request ({code}); billing for this account needs the "
-    "operator's attention. Try again later."
+    "operator's attention, and retrying will meet the same answer until then."
 )
 WEBHOOK_NO_SIGNATURE = "Missing Stripe-Signature header."
 WEBHOOK_BAD_SIGNATURE = "The signature does not match the payload, or it is too old."

@@ -25,11 +25,20 @@ logger = logging.getLogger(__name__)
 # NOTE: the library pins its own API version (2026-10-28 for stripe 16); objects are read
 # defensively below because the emulator answers in an older shape.
 NETWORK_RETRIES = 2
+# Retry-After of a 503 that waits on the operator (billing not configured, Stripe refusing
+# this account's requests): a retry within seconds would only meet the same answer.
+OPERATOR_RETRY_S = 60
 
 
 class BillingUnavailable(APIError):
+    """503: Stripe did not answer (``Retry-After`` a few seconds), or cannot be used until
+    the operator acts (not configured, or refusing: a minute)."""
+
     status = 503
     default_code = "billing_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class PaymentRequired(APIError):
@@ -45,7 +54,7 @@ def stripe_api() -> Any:
     """The configured ``stripe`` module. Raises 503 when no key is set: free plans work
     without Stripe, paid ones cannot."""
     if not stripe_configured():
-        raise BillingUnavailable(messages.STRIPE_NOT_CONFIGURED)
+        raise BillingUnavailable(messages.STRIPE_NOT_CONFIGURED, retry_after_s=OPERATOR_RETRY_S)
     stripe.api_key = settings.STRIPE_API_KEY
     stripe.api_base = settings.STRIPE_API_BASE.rstrip("/")
     stripe.max_network_retries = NETWORK_RETRIES
@@ -74,7 +83,10 @@ def stripe_error_to_api(exc: stripe.StripeError) -> APIError:
     # cancelled there and not here yet, a key without access). Not the caller's to fix by
     # retrying at once; the log has Stripe's own message.
     logger.error("Stripe refused a request: %s", exc)
-    return BillingUnavailable(messages.STRIPE_REFUSED.format(code=exc.code or type(exc).__name__))
+    return BillingUnavailable(
+        messages.STRIPE_REFUSED.format(code=exc.code or type(exc).__name__),
+        retry_after_s=OPERATOR_RETRY_S,
+    )
 
 
 def is_already_exists(exc: stripe.StripeError) -> bool:

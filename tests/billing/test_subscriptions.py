@@ -305,6 +305,7 @@ def test_billing_unconfigured_is_503_for_paid_plans(tenant, client_for, settings
     )
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "billing_unavailable"
+    assert response["Retry-After"] == "60"  # (until the operator configures it)
 
 
 def test_a_retried_change_with_an_idempotency_key_subscribes_once(tenant, client_for, stripe_api):
@@ -334,8 +335,10 @@ def test_stripe_refusing_is_not_told_as_stripe_not_answering(tenant, client_for,
     error = response.json()["error"]
     assert error["code"] == "billing_unavailable"
     assert "refused the request" in error["message"], error
+    assert response["Retry-After"] == "60"  # not a blip: it waits on the operator
     down = stripe_error_to_api(stripe.APIConnectionError("connection refused"))
     assert "did not answer" in down.message
+    assert down.status == 503 and down.headers == {"Retry-After": "5"}
 
 
 def test_free_tenants_follow_the_current_free_version_and_free_is_always_reachable(
