@@ -2,7 +2,8 @@
 version for the base fee. Usage is not a Stripe price (the platform rates it and pushes
 invoice items), so a version's Stripe plan only ever carries its base fee.
 
-Idempotent three ways: stored ids are reused; the Stripe ids are derived from ours
+Idempotent three ways: stored ids are reused (and made again in an account that lacks them);
+the Stripe ids are derived from ours
 (``margin-pro``, ``margin-pro-v1``), so a lost id is found again rather than duplicated;
 and every create carries an idempotency key. A version is never edited in place, so a
 Stripe plan (whose amount Stripe never lets change) maps 1:1 to a version; one found under
@@ -89,31 +90,30 @@ def plan_sync_to_stripe(*, plan: Plan) -> Plan:
     if not plan.base_fee:
         return plan
     api = stripe_api()
-    product_id = plan.stripe_product_id or str(
+    # NOTE: stored ids are looked up too, and made again where Stripe lacks them: a sync
+    # against another account (a test key's, then the live one's; an emulator restarted)
+    # said it synced and made nothing, and every upgrade was then refused (an outside audit).
+    product_id = str(
         _retrieve_or_create(
             api.Product,
-            stripe_product_id(plan),
+            plan.stripe_product_id or stripe_product_id(plan),
             {"name": plan.name, "metadata": {"plan_slug": plan.slug}},
         ).id
     )
-    plan_id = plan.stripe_plan_id
-    if not plan_id:
-        # NOTE: a stored id was checked when it was stored, and the version's terms never
-        # change once it is (plans/admin.py): only a plan found or made here is checked.
-        found = _retrieve_or_create(
-            api.Plan,
-            stripe_plan_id(plan),
-            {
-                "product": product_id,
-                "amount": plan.base_fee,
-                "currency": plan.currency,
-                "interval": "month",
-                "nickname": f"{plan.name} v{plan.version}",
-                "metadata": {"plan_id": plan.id},
-            },
-        )
-        _stripe_plan_check(plan, found)
-        plan_id = str(found.id)
+    found = _retrieve_or_create(
+        api.Plan,
+        plan.stripe_plan_id or stripe_plan_id(plan),
+        {
+            "product": product_id,
+            "amount": plan.base_fee,
+            "currency": plan.currency,
+            "interval": "month",
+            "nickname": f"{plan.name} v{plan.version}",
+            "metadata": {"plan_id": plan.id},
+        },
+    )
+    _stripe_plan_check(plan, found)
+    plan_id = str(found.id)
     if (plan.stripe_product_id, plan.stripe_plan_id) != (product_id, plan_id):
         with transaction.atomic():
             Plan.objects.filter(pk=plan.pk).update(

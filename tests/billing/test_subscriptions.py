@@ -35,6 +35,22 @@ def test_plans_sync_is_idempotent(stripe_api, capsys):
     assert [(p.id, p.amount, p.interval) for p in ours] == [("margin-pro-v1", 4900, "month")]
 
 
+def test_plans_sync_makes_again_what_the_stripe_account_lacks(stripe_api, capsys):
+    """Stored ids from another Stripe account (a test key's before the live one's, an
+    emulator restarted): the sync said it synced them and made nothing, and every upgrade
+    was refused (an outside audit). Now what is missing is made, under the stored ids."""
+    import uuid
+
+    plans_sync_to_stripe()
+    gone = f"margin-gone-{uuid.uuid4().hex[:8]}"
+    Plan.objects.filter(pk="pro@1").update(stripe_product_id=gone, stripe_plan_id=f"{gone}-v1")
+    call_command("sync_plans_to_stripe")
+    assert f"pro@1: {gone} / {gone}-v1" in capsys.readouterr().out
+    made = stripe_api.Plan.retrieve(f"{gone}-v1")
+    assert (made.amount, made.interval, made.product) == (4900, "month", gone)
+    assert stripe_api.Product.retrieve(gone).metadata["plan_slug"] == "pro"
+
+
 def test_upgrade_creates_customer_and_subscription(tenant, client_for, stripe_api):
     client = client_for(tenant, ["billing"])
     response = client.post("/v1/subscription", {"plan": "pro"}, format="json")
