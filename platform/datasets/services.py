@@ -18,7 +18,7 @@ from tenants.models import Tenant
 from . import messages
 from .models import Dataset
 from .selectors import dataset_get, dataset_jobs_unfinished
-from .validation import dataset_validate, normalised_jsonl
+from .validation import dataset_validate
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
     # Blobs are written before the row: a crash between the two leaves an unreferenced blob
     # (harmless, content-addressed), never a row pointing at nothing.
     raw_file = store.put(data)
-    content_file = store.put(normalised_jsonl(result.examples)) if result.valid else ""
+    content_file = store.put(result.content()) if result.valid else ""
     with transaction.atomic():
         # WARNING: the storage check and the insert it admits must be atomic, or parallel
         # uploads all pass the check (finding: 9 admitted where 1 fit). The tenant's row is
@@ -58,7 +58,7 @@ def dataset_create(*, tenant: Tenant, upload: UploadedFile) -> Dataset:
             format=result.format,
             bytes=len(data),
             status=Dataset.Status.VALID if result.valid else Dataset.Status.INVALID,
-            rows=len(result.examples),
+            rows=result.rows,
             labels=result.labels,
             errors=result.errors,
             error_count=result.error_count,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,14 +19,19 @@ from rest_framework.utils.json import strict_constant
 
 from core.parsers import DuplicateName, unique_names
 from inference.serializers import has_visible_text
-from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS, MAX_LABELS
+from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS
 
 from . import messages
+from .label_checks import label_set_check
+from .lines import FileLines
 
 # NOTE: csv's limit on one field (128 KiB unless raised; process-wide) made a text of 200,000
 # characters "unreadable CSV" rather than a text too long, as JSONL reports it. Uploads are
 # capped far below this (DATASET_MAX_BYTES); raising it once, here, never lowers it.
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+
+# A str as a JSON string, non-ASCII kept (json's own, in C).
+_json_string = json.encoder.encode_basestring
 
 MAX_REPORTED_ERRORS = 100
 MAX_REPORTED_WARNINGS = 100
@@ -42,10 +47,6 @@ def max_lines() -> int:
     return max(int(settings.FINETUNE_MAX_TRAINED_TOKENS) // MIN_ROW_TOKENS, 1)
 
 
-MIN_LABELS = 2
-MIN_EXAMPLES_PER_LABEL = 5
-WARN_EXAMPLES_PER_LABEL = 10
-
 # A member the line lacks (``"label": null`` is there, and not a string).
 MISSING: Any = object()
 
@@ -53,7 +54,11 @@ MISSING: Any = object()
 @dataclass
 class Validation:
     format: str = ""
-    examples: list[tuple[str, str]] = field(default_factory=list)
+    # The good rows: how many, per label, and as the JSONL training reads
+    # (``normalised_line``), written as they are read rather than kept as pairs.
+    rows: int = 0
+    _label_counts: Counter[str] = field(default_factory=Counter)
+    _content: io.BytesIO = field(default_factory=io.BytesIO)
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
     warnings: list[dict[str, Any]] = field(default_factory=list)
@@ -71,7 +76,17 @@ class Validation:
 
     @property
     def labels(self) -> dict[str, int]:
-        return dict(sorted(Counter(label for _, label in self.examples).items()))
+        return dict(sorted(self._label_counts.items()))
+
+    def content(self) -> bytes:
+        """The good rows as normalised JSONL, the one format training reads."""
+        return self._content.getvalue()
+
+    @property
+    def examples(self) -> list[tuple[str, str]]:
+        """The good rows as (text, label), read back from ``content`` (for tests)."""
+        rows = (json.loads(line) for line in self.content().splitlines())
+        return [(row["text"], row["label"]) for row in rows]
 
     def error(self, line: int | None, message: str) -> None:
         """Count every error; keep only the ones ``finish`` can report (a file of a million
@@ -157,7 +172,9 @@ class Validation:
                 self._stripped_labels += 1
                 if self._first_stripped is None:
                     self._first_stripped = (line, label)
-            self.examples.append((text, label))
+            self.rows += 1
+            self._label_counts[label] += 1
+            self._content.write(normalised_line(text, label))
 
     def label_warning(self) -> None:
         """One warning for all the labels that had surrounding whitespace removed."""
@@ -169,38 +186,6 @@ class Validation:
         self.warn(
             line, messages.LABEL_WHITESPACE.format(count=count, rows=rows, line=line, label=label)
         )
-
-
-def _refuse_lookalikes(result: Validation, counts: dict[str, int], seen: dict[str, str]) -> None:
-    """An error per set of labels that ``seen`` (``_seen_as``) reads as one text: a composed
-    and a decomposed accent, invisible format characters (a zero-width space, a direction
-    mark). They were trained as classes named alike in every answer's scores."""
-    lookalikes: dict[str, list[str]] = {}
-    for label in counts:
-        lookalikes.setdefault(seen[label], []).append(label)
-    for group in lookalikes.values():
-        if len(group) > 1:
-            names = ", ".join(f"{label!a} ({counts[label]})" for label in group)
-            result.error(None, messages.LABEL_LOOKALIKES.format(labels=names))
-
-
-def _seen_as(label: str) -> str:
-    """A label as a reader sees it: composed (NFC), without format characters (Cf)."""
-    return "".join(
-        c for c in unicodedata.normalize("NFC", label) if unicodedata.category(c) != "Cf"
-    )
-
-
-def _warn_case_variants(result: Validation, counts: dict[str, int], seen: dict[str, str]) -> None:
-    """One warning per set of labels that differ only in case ("Pos", "pos"): trained as
-    the classes they are, but rarely meant as two (/v1/classify refuses such labels)."""
-    variants: dict[str, list[str]] = {}
-    for label in counts:
-        variants.setdefault(seen[label].casefold(), []).append(label)
-    for group in variants.values():
-        if len({seen[label] for label in group}) > 1:  # (lookalikes alone: an error)
-            names = ", ".join(f"'{label}' ({counts[label]})" for label in group)
-            result.warn(None, messages.LABEL_CASE_VARIANTS.format(labels=names))
 
 
 class _Stop(Exception):
@@ -219,24 +204,7 @@ def _encodable(value: str) -> bool:
     return True
 
 
-def _decode_lines(data: bytes, result: Validation) -> list[tuple[int, str]]:
-    """(line number, text) per line; a line that is not UTF-8 is an error of its own, so one
-    bad byte does not hide the rest of the file's problems."""
-    lines = []
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[0].startswith(b"\xef\xbb\xbf"):
-        raw_lines[0] = raw_lines[0][3:]  # a UTF-8 BOM, as Excel writes CSV
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            lines.append((number, raw.decode("utf-8").rstrip("\r")))
-        except UnicodeDecodeError:
-            result.error(number, messages.NOT_UTF8)
-            if result.error_count >= MAX_COUNTED_ERRORS:  # (no row read yet: say so)
-                raise _Stop(number, decoding=True) from None
-    return lines
-
-
-def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
+def _jsonl(lines: FileLines, result: Validation) -> None:
     extra_seen = False
     for number, line in lines:
         if not line.strip():
@@ -259,7 +227,7 @@ def _jsonl(lines: list[tuple[int, str]], result: Validation) -> None:
         result.add(number, row.get("text", MISSING), row.get("label", MISSING))
 
 
-def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
+def _csv(lines: FileLines, result: Validation) -> None:
     """Rows of a CSV file with a ``text,label`` header (any order, other columns ignored
     with a warning),
     every problem reported with its line, as for JSONL."""
@@ -269,7 +237,22 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
     # strict: a quote that opens a field must close it before the next comma or line end.
     # Lenient, csv merged a row with an unterminated quote and the lines after it into one
     # text (its label and a good row lost, the file reported valid); and '"x" y' read as 'x y'.
-    reader = csv.reader((line + "\n" for _, line in lines), strict=True)
+    # Line numbers of the lines read so far, kept only where some line was not UTF-8 (the
+    # n-th line read is otherwise line n).
+    numbers: list[int] = []
+
+    def feed() -> Iterator[str]:
+        for number, line in lines:
+            if not lines.all_utf8:
+                numbers.append(number)
+            yield line + "\n"
+
+    def number_of(read: int) -> int:  # (the line a row that starts at line ``read`` is on)
+        if lines.all_utf8:
+            return min(read, lines.count - 1) + 1
+        return numbers[min(read, len(numbers) - 1)]
+
+    reader = csv.reader(feed(), strict=True)
     try:
         header = [name.strip().lower() for name in next(reader)]
     except StopIteration:
@@ -277,7 +260,7 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
     except csv.Error as exc:
         result.error(1, messages.CSV_UNREADABLE.format(error=exc))
         return
-    header_line = lines[0][0] if lines else 1
+    header_line = number_of(0)
     # A repeated column leaves it to chance which of the two is the text (or the label).
     # Empty names are left alone: "text,label,," is how spreadsheets export empty columns.
     repeated = [name for name, n in Counter(header).items() if name and n > 1]
@@ -294,7 +277,6 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
         result.warn(header_line, messages.EXTRA_COLUMNS.format(names=", ".join(others)))
     # NOTE: csv.reader's line_num counts physical lines consumed, so a quoted field with
     # newlines still reports the line its row starts on (offset by any skipped lines).
-    number_of = [number for number, _ in lines]
     while True:
         start = reader.line_num
         try:
@@ -302,12 +284,11 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
         except StopIteration:
             break
         except csv.Error as exc:
-            number = number_of[min(start, len(number_of) - 1)]
-            result.error(number, messages.CSV_UNREADABLE.format(error=exc))
+            result.error(number_of(start), messages.CSV_UNREADABLE.format(error=exc))
             if reader.line_num <= start:  # nothing consumed: it would fail the same again
                 break
             continue  # the reader starts afresh on the next line: report the rest too
-        number = number_of[min(start, len(number_of) - 1)]
+        number = number_of(start)
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) != len(header):
@@ -317,7 +298,7 @@ def _csv(lines: list[tuple[int, str]], result: Validation) -> None:
         result.add(number, row[text_at], row[label_at])
 
 
-def _detect(filename: str, lines: list[tuple[int, str]]) -> str:
+def _detect(filename: str, lines: FileLines) -> str:
     """csv: a .csv name or a text/label header line; jsonl: a .jsonl name or any line that
     starts an object (so a file whose first lines are broken still gets per-line errors)."""
     name = filename.lower()
@@ -347,7 +328,13 @@ def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
 
 
 def _validate(data: bytes, filename: str, result: Validation) -> Validation:
-    lines = _decode_lines(data, result)
+    lines = FileLines(data)
+    # A line that is not UTF-8 is an error of its own, so one bad byte does not hide the
+    # rest of the file's problems; the reading passes over it.
+    for number in lines.undecodable():
+        result.error(number, messages.NOT_UTF8)
+        if result.error_count >= MAX_COUNTED_ERRORS:  # (no row read yet: say so)
+            raise _Stop(number, decoding=True)
     result.reading = True
     if not any(line.strip() for _, line in lines) and result.error_count == 0:
         result.error(None, messages.EMPTY_FILE)
@@ -361,40 +348,22 @@ def _validate(data: bytes, filename: str, result: Validation) -> Validation:
         result.error(1, messages.UNKNOWN_FORMAT)
         return result.finish()
     result.label_warning()
-    if not result.examples:
+    if not result.rows:
         # Every line bad (or none there): the lines' errors say what is wrong, not a count of
         # labels that no good line has yet (it took the place of the 100th bad line).
         if result.error_count == 0:
             result.error(None, messages.EMPTY_FILE)
         return result.finish()
-    counts = result.labels
-    seen = {label: _seen_as(label) for label in counts}
-    _refuse_lookalikes(result, counts, seen)
-    _warn_case_variants(result, counts, seen)
-    if len(counts) < MIN_LABELS:
-        result.error(None, messages.TOO_FEW_LABELS.format(count=len(counts)))
-    if len(counts) > MAX_LABELS:
-        result.error(None, messages.TOO_MANY_LABELS.format(limit=MAX_LABELS, count=len(counts)))
-    for label, count in counts.items():
-        if count < MIN_EXAMPLES_PER_LABEL:
-            result.error(
-                None,
-                messages.TOO_FEW_EXAMPLES.format(
-                    label=label,
-                    count=count,
-                    examples="example" if count == 1 else "examples",
-                    minimum=MIN_EXAMPLES_PER_LABEL,
-                ),
-            )
-        elif count < WARN_EXAMPLES_PER_LABEL:
-            result.warn(None, messages.FEW_EXAMPLES.format(label=label, count=count))
+    label_set_check(result)
     return result.finish()
 
 
+def normalised_line(text: str, label: str) -> bytes:
+    """A row as training reads it, whatever the upload's format: what
+    ``json.dumps({"text": text, "label": label}, ensure_ascii=False)`` writes, and a newline
+    (its strings encoded directly: dumps built an encoder for each row)."""
+    return f'{{"text": {_json_string(text)}, "label": {_json_string(label)}}}\n'.encode()
+
+
 def normalised_jsonl(examples: list[tuple[str, str]]) -> bytes:
-    """The one format training reads, whatever was uploaded."""
-    out = io.StringIO()
-    for text, label in examples:
-        out.write(json.dumps({"text": text, "label": label}, ensure_ascii=False))
-        out.write("\n")
-    return out.getvalue().encode("utf-8")
+    return b"".join(normalised_line(text, label) for text, label in examples)

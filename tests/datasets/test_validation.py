@@ -358,3 +358,27 @@ def test_labels_that_are_one_text_in_different_characters_are_an_error():
     cased = dataset_validate(jsonl(good_rows(labels=("Café", "café", "\u202eRTL"))))
     assert cased.valid
     assert [w for w in cased.warnings if "differ only in case" in w["message"]]
+
+
+def test_csv_rows_after_lines_that_are_not_utf8_keep_their_line_numbers():
+    """Lines are read afresh on each pass (not kept: memory); a line that is not UTF-8 is
+    passed over, and the rows after it still say which line they are on."""
+    rows = "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(12))
+    data = (
+        b"\xef\xbb\xbftext,label\n" + rows.encode() + b"bad \xff,a\n"
+        + b'"two\nlines",b\n' + b"x,y,z\n" + b'"open,a\n'
+    )  # fmt: skip
+    result = dataset_validate(data, filename="x.csv")
+    found = messages_by_line(result)
+    assert [line for line, _ in found if line is not None] == [14, 17, 18]
+    assert "not valid UTF-8" in found[0][1] and "columns" in found[1][1]
+    assert ("two\nlines", "b") in result.examples and result.rows == 13
+    assert result.labels == {"a": 6, "b": 7}
+
+
+def test_the_normalised_rows_are_what_the_file_held():
+    data = jsonl([{"text": "caf\u00e9 \u2615", "label": "a"}, {"text": 'q " \\', "label": "b"}])
+    result = dataset_validate(data + jsonl(good_rows()))
+    assert result.content().startswith(normalised_jsonl([("caf\u00e9 \u2615", "a")]))
+    assert result.content() == normalised_jsonl(result.examples)
+    assert result.rows == len(result.examples) == 22
