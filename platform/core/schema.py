@@ -120,8 +120,12 @@ class AutoSchema(BaseAutoSchema):
             "description": "This request's id (req_...): in logs, usage and the ledger.",
         }}  # fmt: skip
         if status.startswith("2") or status == "429":
+            # Every answer a key's request is admitted or refused by its rate limit carries
+            # them (API.md): its successes and its 429s.
+            admitted = getattr(self.view, "required_scopes", None) is not None
             for name, description in RATE_LIMIT_HEADERS.items():
-                headers[name] = {"schema": {"type": "integer"}, "description": description}
+                headers[name] = {"required": admitted, "schema": {"type": "integer"},
+                                 "description": description}  # fmt: skip
         if status in ("429", "409", "503"):
             headers["Retry-After"] = {
                 "required": status == "429", "schema": {"type": "integer"},
