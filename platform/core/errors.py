@@ -116,13 +116,24 @@ class Overloaded(APIError):
     default_code = "overloaded"
 
 
+# An error message is a sentence or two, and a param a name: one that echoes a value from the
+# request (an id in the path, an unknown member's name) echoes at most this much of it.
+MAX_MESSAGE_CHARS = 1000
+
+
+def _capped(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "\u2026"
+
+
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
     return {
         "error": {
             "type": TYPE_BY_STATUS.get(status, "invalid_request"),
             "code": code,
-            "message": _utf8(message),
-            "param": None if param is None else _utf8(param),
+            "message": _utf8(_capped(message)),
+            "param": None if param is None else _utf8(_capped(param)),
         }
     }
 
