@@ -149,6 +149,15 @@ def main() -> None:
     print(f"encoder fp32, dynamic batcher:      {fp32_rate:8.1f} texts/s")
     print(f"encoder int8, dynamic batcher:      {int8_rate:8.1f} texts/s")
     print(f"ratio int8 / fp32 throughput:       {int8_rate / fp32_rate:8.2f}x (target >= 2.0)")
+    if s.device == "cpu":
+        import torch
+
+        from workers.runtime.int8 import _has_vnni
+
+        # int8 pays where the CPU multiplies int8 natively (VNNI, AMX); AVX2's int8 products
+        # are at best ~2x its fp32 FMAs, and measured far less on some (README).
+        print(f"  this CPU: {torch.backends.cpu.get_cpu_capability()}, "
+              f"{'with' if _has_vnni() else 'without'} VNNI int8 dot products")  # fmt: skip
     for name in sorted(p.name for p in DATA.glob("*.jsonl")):
         a32, a8 = accuracy(fp32, name), accuracy(int8, name)
         print(f"accuracy on {name:24s} fp32 {a32:6.1%}  int8 {a8:6.1%}  "
