@@ -186,8 +186,8 @@ class UsageConsumer:
         return outcome.inserted
 
     def _consume_once(self, should_stop: Callable[[], bool], *, until_idle: bool) -> bool:
-        """Read one batch (up to ``batch_size``, or what came in one flush interval after the
-        first event) and store it. False when ``until_idle`` and there was nothing to read."""
+        """Read one batch (up to ``batch_size``, or what came within one flush interval, once
+        something came) and store it. False when ``until_idle`` and nothing came."""
         buffer: list[Entry] = []
         if time.monotonic() - self._claimed_at > CLAIM_EVERY_S:
             buffer += self._claim_stale()
