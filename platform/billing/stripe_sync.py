@@ -22,7 +22,14 @@ from plans import messages as plan_messages
 from plans.models import Plan
 
 from . import messages
-from .stripe_client import BillingUnavailable, as_dict, is_already_exists, is_missing, stripe_api
+from .stripe_client import (
+    OPERATOR_RETRY_S,
+    BillingUnavailable,
+    as_dict,
+    is_already_exists,
+    is_missing,
+    stripe_api,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +48,9 @@ class StripePlanMismatch(BillingUnavailable):
     what the admin and the command show) says which terms differ."""
 
     def __init__(self, plan: Plan, stripe_plan: str, found: str, expected: str) -> None:
-        super().__init__(messages.PLAN_NOT_SYNCED.format(plan=plan.slug))
+        super().__init__(
+            messages.PLAN_NOT_SYNCED.format(plan=plan.slug), retry_after_s=OPERATOR_RETRY_S
+        )
         self.detail = plan_messages.STRIPE_PLAN_MISMATCH.format(
             stripe_plan=stripe_plan, plan=plan.id, found=found, expected=expected
         )
@@ -84,10 +93,11 @@ def _stripe_plan_check(plan: Plan, found: Any) -> None:
         raise mismatch
 
 
-def plan_sync_to_stripe(*, plan: Plan) -> Plan:
+def plan_sync_to_stripe(*, plan: Plan, verify: bool = False) -> Plan:
     """Make sure the plan version exists in Stripe; store its ids. Free plans (no base fee)
-    are never subscribed in Stripe and are skipped."""
-    if not plan.base_fee:
+    are never subscribed in Stripe and are skipped. Stored ids are taken as they are unless
+    ``verify`` (the operator's sync, not each upgrade: two Stripe reads more a change)."""
+    if not plan.base_fee or (plan.stripe_product_id and plan.stripe_plan_id and not verify):
         return plan
     api = stripe_api()
     # NOTE: stored ids are looked up too, and made again where Stripe lacks them: a sync
@@ -125,6 +135,6 @@ def plan_sync_to_stripe(*, plan: Plan) -> Plan:
 
 
 def plans_sync_to_stripe(*, plans: list[Plan] | None = None) -> list[Plan]:
-    """Every paid plan version (or the given ones)."""
+    """Every paid plan version (or the given ones), their stored ids checked in Stripe."""
     chosen = plans if plans is not None else list(Plan.objects.filter(base_fee__gt=0))
-    return [plan_sync_to_stripe(plan=plan) for plan in chosen]
+    return [plan_sync_to_stripe(plan=plan, verify=True) for plan in chosen]

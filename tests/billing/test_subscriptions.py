@@ -51,6 +51,22 @@ def test_plans_sync_makes_again_what_the_stripe_account_lacks(stripe_api, capsys
     assert stripe_api.Product.retrieve(gone).metadata["plan_slug"] == "pro"
 
 
+def test_a_plan_stripe_charges_otherwise_waits_on_the_operator(stripe_api):
+    """Found under the version's id with other terms: not for sale until the operator acts,
+    so its 503 says to come back in a minute, not in seconds (a review)."""
+    import uuid
+
+    from billing.stripe_sync import StripePlanMismatch
+
+    odd = f"margin-odd-{uuid.uuid4().hex[:8]}"
+    stripe_api.Product.create(id=odd, name="odd")
+    stripe_api.Plan.create(id=f"{odd}-v1", product=odd, amount=1, currency="usd", interval="month")
+    Plan.objects.filter(pk="pro@1").update(stripe_product_id=odd, stripe_plan_id=f"{odd}-v1")
+    with pytest.raises(StripePlanMismatch) as refused:
+        plans_sync_to_stripe(plans=[Plan.objects.get(pk="pro@1")])
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "60"}
+
+
 def test_upgrade_creates_customer_and_subscription(tenant, client_for, stripe_api):
     client = client_for(tenant, ["billing"])
     response = client.post("/v1/subscription", {"plan": "pro"}, format="json")
