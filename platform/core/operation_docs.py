@@ -30,7 +30,8 @@ DOCS: dict[str, tuple[str, str]] = {
         "`Idempotency-Key`, a retry after a timeout is answered from the first attempt and "
         "billed once. 402 when the plan's monthly inputs are used up or the subscription is "
         "unpaid; 429 over the request rate or the concurrent-call cap; 503 when the workers "
-        "are overloaded or did not answer in time (never billed; retry after `Retry-After`).",
+        "are overloaded or did not answer in time, or a fine-tuned model is not ready yet "
+        "(never billed; retry after a wait, `Retry-After` where given).",
     ),
     "models_list": (
         "List models",
@@ -59,8 +60,8 @@ DOCS: dict[str, tuple[str, str]] = {
         "Mints a key with the given `scopes` (`inference`, `training`, `billing`, `admin`; "
         "admin implies the others) and optional `expires_at`. The answer holds `secret` once: "
         'only its SHA-256 is stored, and a replayed creation answers `"secret": null`. A key '
-        "cannot mint a scope it lacks (403 `insufficient_scope`), nor, if it expires, a key "
-        "that outlives it (403 `expiry_escalation`). A test-mode key mints test-mode keys.",
+        "that expires cannot mint one that outlives it (403 `expiry_escalation`; unsaid, the "
+        "new key expires with it). A test-mode key mints test-mode keys.",
     ),
     "api_keys_retrieve": ("Retrieve an API key", "One of this tenant's keys, without its secret."),
     "api_keys_revoke": (
@@ -73,7 +74,8 @@ DOCS: dict[str, tuple[str, str]] = {
         "Rotate an API key",
         "Issues a new secret for the key (shown once in the answer) and ends the old one, "
         "at once or after `grace_period_seconds`, during which both work. One grace period "
-        "at a time: another rotation while one runs is 409 `rotation_in_progress`.",
+        "at a time: another rotation asking for one while one runs is 409 "
+        "`rotation_in_progress`; one without ends every old secret at once.",
     ),
     "datasets_list": (
         "List datasets",

@@ -212,7 +212,7 @@ def _refuse_labels_alike(labels: list[str], with_examples: set[str]) -> None:
     """Labels embedded from their names (those without examples) that the encoder cannot
     tell apart split one class's score between them (50/50), and which one is reported is
     arbitrary: a 400. NOTE: an approximation of the tokenizer (case, accents, whitespace);
-    the worker refuses the rest by their embeddings (workers/runtime/classifier.py)."""
+    the worker refuses the rest by their prompts' token ids (workers/runtime/classifier.py)."""
     alike = _labels_alike(labels, with_examples)
     if alike is not None:
         index, first = alike
