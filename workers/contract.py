@@ -13,6 +13,7 @@ import enum
 import functools
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
@@ -191,22 +192,45 @@ def _bert_normalizer() -> Any:
     )
 
 
+# The tokenizer's special tokens, which it finds in the text as written, before normalising
+# it (``"normalized": false`` in tokenizer.json): "[MASK]" is one token, "[mask]" four.
+_SPECIAL_TOKENS = re.compile(r"(\[CLS\]|\[SEP\]|\[MASK\]|\[UNK\]|\[PAD\])")
+# Between the pieces of a text cut at its special tokens: a character no piece keeps (the
+# normaliser drops NUL).
+_CUT = "\x00"
+
+
 def text_as_read(text: str) -> str:
-    """``text`` as the encoders' tokenizer reads it: its normaliser's output with runs of
-    spaces made one and the ends stripped (its pre-tokenizer splits on them). Two texts
-    with the same form have the same token ids; the converse need not hold (other spaces
-    than U+0020 stay apart), which costs a cache miss at most.
+    """``text`` as the encoders' tokenizer reads it: cut at its special tokens, which are
+    kept as written, and each piece as its normaliser leaves it, with runs of spaces made one
+    and the ends stripped (its pre-tokenizer splits on them). Two texts with the same form
+    have the same token ids; the converse need not hold (other spaces than U+0020 stay
+    apart), which costs a cache miss at most.
 
     NOTE: the tokenizer's own normaliser, not an approximation: NFKC and str.split() (the
     key before) made the ligature fi, full-width letters and characters the tokenizer drops
     read as the plain text, and a cached answer (and token count) was served for a text the
     model reads otherwise (a review: a full-width BAD answered bad 0.98, where the model
-    said good 0.73)."""
+    said good 0.73); and "[MASK]" and "[mask]", lower-cased alike, were one key (a
+    review)."""
+    if "[" in text and len(pieces := _SPECIAL_TOKENS.split(text)) > 1:
+        # (odd places: the special tokens themselves)
+        return _CUT.join(p if i % 2 else _normalised(p) for i, p in enumerate(pieces))
+    return _normalised(text)
+
+
+def _normalised(text: str) -> str:
     if text.isascii():  # the normaliser's work on ASCII, without a call into it (~20 us)
         if not text.isprintable():
             text = text.translate(_ASCII_CLEAN)
         return " ".join(text.lower().split())  # (only U+0020 is left to split on)
     return " ".join(part for part in _bert_normalizer().normalize_str(text).split(" ") if part)
+
+
+# The result cache's keys' prefix, changed with the way inputs are read into them: rows keyed
+# the way before (NFKC, "rc:") are never looked up again (a full-width BAD's row was plain
+# BAD's key under the new reading), and lapse with their TTL.
+CACHE_KEY_SCHEME = "rc2"
 
 
 def result_cache_keys(
@@ -222,7 +246,7 @@ def result_cache_keys(
     for text in texts:
         digest = prefix.copy()
         digest.update(text_as_read(text).encode())
-        keys.append(f"rc:{version}:{digest.hexdigest()}")
+        keys.append(f"{CACHE_KEY_SCHEME}:{version}:{digest.hexdigest()}")
     return keys
 
 

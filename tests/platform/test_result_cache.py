@@ -135,6 +135,8 @@ def test_texts_share_a_cache_row_only_if_the_model_reads_them_alike():
         "\u4e2d \u6587",
         "a\u2028b", "a b", "a\u00a0b", "x\x00y", "xy", "x\ufffdy", "\u0130stanbul", "istanbul",
         "ok\x85go", "okgo", "ok go", "tab\x0bbed", "tabbed", "\U0001f44d", "\U0001f44e",
+        "great [MASK] product", "great [mask] product", "great[MASK]product", "good [SEP] bad",
+        "good [sep] bad", "[UNK]", "[unk]", "[MASK][MASK]", "[MASK] [MASK]", "x [PAD]", "[cls]",
     ]  # fmt: skip
     keys = result_cache_keys("v", ["a", "b"], None, texts)
     ids = {text: tuple(t.ids) for text, t in zip(texts, encoder.tokenize(texts), strict=True)}
@@ -150,12 +152,18 @@ def test_texts_share_a_cache_row_only_if_the_model_reads_them_alike():
     assert key["bad"] == key["BAD"] and key["fine work"] == key["  Fine\t work\n"]
     assert key["caf\u00e9"] == key["cafe\u0301"] == key["cafe"]
     assert key["ab\x1ccd"] == key["abcd"]
+    # Special tokens are found as written, before lower-casing (a review: one key for both).
+    assert key["great [MASK] product"] != key["great [mask] product"]
+    assert key["great [MASK] product"] == key["great[MASK]product"]
+    assert key["[UNK]"] != key["[unk]"] and key["[MASK][MASK]"] == key["[MASK] [MASK]"]
+    # Rows keyed the way before (NFKC: full-width BAD under plain BAD's key) are not read.
+    assert all(k.startswith("rc2:") for k in keys)
 
 
 def test_the_ascii_shortcut_reads_text_as_the_tokenizers_normaliser_does():
     import random
 
-    from workers.contract import _bert_normalizer, text_as_read
+    from workers.contract import _bert_normalizer, _normalised
 
     def by_normaliser(text: str) -> str:
         return " ".join(p for p in _bert_normalizer().normalize_str(text).split(" ") if p)
@@ -164,19 +172,26 @@ def test_the_ascii_shortcut_reads_text_as_the_tokenizers_normaliser_does():
     samples = [chr(c) for c in range(128)]
     samples += ["".join(rng.choice(samples) for _ in range(40)) for _ in range(500)]
     for text in samples:
-        assert text_as_read(text) == by_normaliser(text), repr(text)
+        assert _normalised(text) == by_normaliser(text), repr(text)
 
 
 def test_the_cache_keys_normalise_as_every_base_models_tokenizer_does():
     import json
 
+    from workers.contract import _SPECIAL_TOKENS
     from workers.runtime.encoder import BASE_MODELS
 
     for name, path in BASE_MODELS.items():
-        config = json.loads((path() / "tokenizer.json").read_text())["normalizer"]
-        assert config == {"type": "BertNormalizer", "clean_text": True,
-                          "handle_chinese_chars": True, "strip_accents": None,
-                          "lowercase": True}, name  # fmt: skip
+        tokenizer = json.loads((path() / "tokenizer.json").read_text())
+        assert tokenizer["normalizer"] == {"type": "BertNormalizer", "clean_text": True,
+                                           "handle_chinese_chars": True, "strip_accents": None,
+                                           "lowercase": True}, name  # fmt: skip
+        # Its special tokens are found as written, anywhere in a text: the keys' cut points.
+        added = tokenizer["added_tokens"]
+        assert {t["content"] for t in added} == set(_SPECIAL_TOKENS.pattern[1:-1].replace(
+            "\\", "").split("|")), name  # fmt: skip
+        assert not any(t["normalized"] or t["single_word"] or t["lstrip"] or t["rstrip"]
+                       for t in added), name  # fmt: skip
 
 
 def test_cache_versions_follow_the_model_weights():
