@@ -30,8 +30,8 @@ DOCS: dict[str, tuple[str, str]] = {
         "`Idempotency-Key`, a retry after a timeout is answered from the first attempt and "
         "billed once. 402 when the plan's monthly inputs are used up or the subscription is "
         "unpaid; 429 over the request rate or the concurrent-call cap; 503 when the workers "
-        "are overloaded or did not answer in time, or a fine-tuned model is not ready yet "
-        "(never billed; retry after a wait, `Retry-After` where given).",
+        "are overloaded or did not answer in time (`Retry-After`), or the operator has "
+        "taken the model out of service (`model_not_ready`); never billed.",
     ),
     "models_list": (
         "List models",
