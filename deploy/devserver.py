@@ -57,6 +57,11 @@ def _worker(queue: str, pool: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
+def api_host() -> str:
+    """The address ``make run``'s API listens on: ``HOST``, else this machine only."""
+    return os.environ.get("HOST", "").strip() or "127.0.0.1"
+
+
 def _children(port: str) -> dict[str, list[str]]:
     python = sys.executable
     return {
@@ -71,7 +76,10 @@ def _children(port: str) -> dict[str, list[str]]:
             "--working-dir",
             str(ROOT / "platform"),
             "--host",
-            "0.0.0.0",  # noqa: S104 - the API serves other hosts, as before (gunicorn --bind)
+            # NOTE: this machine only unless HOST says otherwise: make run's defaults (the
+            # development SECRET_KEY, ALLOWED_HOSTS *) are not for a network (a newcomer's
+            # audit found it serving the API and /admin/ on every interface).
+            api_host(),
             "--port",
             port,
             # NOTE: granian, not gunicorn: HTTP parsing and connections in Rust, the WSGI app
@@ -235,7 +243,10 @@ def main() -> int:
         # killed with every process it started (the API server's worker processes).
         processes[name] = subprocess.Popen(command, cwd=ROOT, start_new_session=True)  # noqa: S603 - our own argv
         print(f"devserver: started {name} (pid {processes[name].pid})", flush=True)
-    print(f"devserver: API on http://127.0.0.1:{port}  (docs: /v1/docs)", flush=True)
+    host = api_host()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - compared only
+    where = " (every interface: HOST)" if shown != host else ""
+    print(f"devserver: API on http://{shown}:{port}{where}  (docs: /v1/docs)", flush=True)
 
     status = 0
     while not stopping:

@@ -73,3 +73,16 @@ def test_the_drain_counts_usage_events_left_in_the_stream_and_never_more():
         client.xinfo_groups = real  # type: ignore[method-assign]
     finally:
         client.delete(USAGE_STREAM)
+
+
+def test_make_run_serves_this_machine_only_unless_host_says_otherwise(monkeypatch):
+    """Its defaults (the development SECRET_KEY, ALLOWED_HOSTS *) are not for a network: it
+    listened on every interface (a newcomer's audit)."""
+    from deploy.devserver import _children
+
+    monkeypatch.delenv("HOST", raising=False)
+    api = _children("8000")["api"]
+    assert api[api.index("--host") + 1] == "127.0.0.1"
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    api = _children("8000")["api"]
+    assert api[api.index("--host") + 1] == "0.0.0.0"
