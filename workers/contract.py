@@ -1,21 +1,21 @@
 """The typed contract between the control plane (platform/) and the data plane (workers/).
 
 Both sides import this module and nothing else of each other. It is standard library, and
-for the result cache's keys the ``tokenizers`` package (Rust, no torch), so that the API can
-import it without torch and a worker without Django. Changing a name or a
-field here is an API change between the two sides: bump ``CONTRACT_VERSION`` and keep readers
-tolerant of the previous version while both are deployed.
+for the result cache's keys ``workers.text_form`` (the ``tokenizers`` package: Rust, no
+torch), so that the API can import it without torch and a worker without Django. Changing
+a name or a field here is an API change between the two sides: bump ``CONTRACT_VERSION`` and
+keep readers tolerant of the previous version while both are deployed.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 import json
-import re
 from datetime import UTC, datetime
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import Literal, NotRequired, TypedDict, cast
+
+from workers.text_form import text_as_read
 
 CONTRACT_VERSION = 1
 
@@ -175,56 +175,6 @@ def input_indices(request: ClassifyRequest) -> list[int]:
     taken = {row["index"] for row in request.get("cached_rows") or []}
     total = len(request["inputs"]) + len(taken)
     return [index for index in range(total) if index not in taken]
-
-
-# What the encoders' tokenizer (BertNormalizer in every base model's tokenizer.json: clean
-# text, Chinese characters spaced, lower case with accents stripped) does to ASCII: control
-# characters dropped, tab, newline and carriage return made spaces. (Lower case is str.lower.)
-_ASCII_CLEAN = {c: None for c in (*range(0x20), 0x7F)} | {ord(c): " " for c in "\t\n\r"}
-
-
-@functools.cache
-def _bert_normalizer() -> Any:
-    from tokenizers.normalizers import BertNormalizer
-
-    return BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
-    )
-
-
-# The tokenizer's special tokens, which it finds in the text as written, before normalising
-# it (``"normalized": false`` in tokenizer.json): "[MASK]" is one token, "[mask]" four.
-_SPECIAL_TOKENS = re.compile(r"(\[CLS\]|\[SEP\]|\[MASK\]|\[UNK\]|\[PAD\])")
-# Between the pieces of a text cut at its special tokens: a character no piece keeps (the
-# normaliser drops NUL).
-_CUT = "\x00"
-
-
-def text_as_read(text: str) -> str:
-    """``text`` as the encoders' tokenizer reads it: cut at its special tokens, which are
-    kept as written, and each piece as its normaliser leaves it, with runs of spaces made one
-    and the ends stripped (its pre-tokenizer splits on them). Two texts with the same form
-    have the same token ids; the converse need not hold (other spaces than U+0020 stay
-    apart), which costs a cache miss at most.
-
-    NOTE: the tokenizer's own normaliser, not an approximation: NFKC and str.split() (the
-    key before) made the ligature fi, full-width letters and characters the tokenizer drops
-    read as the plain text, and a cached answer (and token count) was served for a text the
-    model reads otherwise (a review: a full-width BAD answered bad 0.98, where the model
-    said good 0.73); and "[MASK]" and "[mask]", lower-cased alike, were one key (a
-    review)."""
-    if "[" in text and len(pieces := _SPECIAL_TOKENS.split(text)) > 1:
-        # (odd places: the special tokens themselves)
-        return _CUT.join(p if i % 2 else _normalised(p) for i, p in enumerate(pieces))
-    return _normalised(text)
-
-
-def _normalised(text: str) -> str:
-    if text.isascii():  # the normaliser's work on ASCII, without a call into it (~20 us)
-        if not text.isprintable():
-            text = text.translate(_ASCII_CLEAN)
-        return " ".join(text.lower().split())  # (only U+0020 is left to split on)
-    return " ".join(part for part in _bert_normalizer().normalize_str(text).split(" ") if part)
 
 
 # The result cache's keys' prefix, changed with the way inputs are read into them: rows keyed

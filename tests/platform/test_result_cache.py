@@ -163,7 +163,7 @@ def test_texts_share_a_cache_row_only_if_the_model_reads_them_alike():
 def test_the_ascii_shortcut_reads_text_as_the_tokenizers_normaliser_does():
     import random
 
-    from workers.contract import _bert_normalizer, _normalised
+    from workers.text_form import _bert_normalizer, _normalised
 
     def by_normaliser(text: str) -> str:
         return " ".join(p for p in _bert_normalizer().normalize_str(text).split(" ") if p)
@@ -178,8 +178,8 @@ def test_the_ascii_shortcut_reads_text_as_the_tokenizers_normaliser_does():
 def test_the_cache_keys_normalise_as_every_base_models_tokenizer_does():
     import json
 
-    from workers.contract import _SPECIAL_TOKENS
     from workers.runtime.encoder import BASE_MODELS
+    from workers.text_form import _SPECIAL_TOKENS
 
     for name, path in BASE_MODELS.items():
         tokenizer = json.loads((path() / "tokenizer.json").read_text())
