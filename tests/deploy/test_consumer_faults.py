@@ -206,12 +206,10 @@ class FlakyConsumer(UsageConsumer):
             redis.TimeoutError("Timeout reading from socket"),
         ]
 
-    def _read(
-        self, stream_id: str | bytes, block_ms: int | None, count: int | None = None
-    ) -> list[Any]:
+    def _read(self, stream_id: str | bytes, *args: Any, **kwargs: Any) -> list[Any]:
         if stream_id == ">" and self.failures:
             raise self.failures.pop(0)
-        return super()._read(stream_id, block_ms, count)
+        return super()._read(stream_id, *args, **kwargs)
 
 
 def test_a_redis_error_from_the_read_does_not_end_run(

@@ -395,15 +395,3 @@ def test_a_test_mode_key_never_reaches_live_keys(tenant, client_for):
     assert bearer(live_key["secret"]).get("/v1/models").status_code == 200  # untouched
     # A live key still sees and manages both.
     assert minted.json()["id"] in {k["id"] for k in live.get("/v1/api-keys").json()["data"]}
-
-
-def test_an_error_echoes_at_most_a_thousand_characters_of_what_was_sent(api):
-    """A 5,000-character id in the path came back whole in the 404's message (an audit);
-    an unknown member's name of a megabyte would have too."""
-    response = api.get(f"/v1/api-keys/key_{'x' * 5000}")
-    message = response.json()["error"]["message"]
-    assert response.status_code == 404 and len(message) == 1000
-    assert "key_xxx" in message and message.endswith("\u2026")
-    response = api.post("/v1/api-keys", {"name": "n", "scopes": ["admin"], "y" * 10**6: 1},
-                        format="json")  # fmt: skip
-    assert response.status_code == 400 and len(response.content) < 2200

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -95,29 +93,6 @@ def test_usage_is_stamped_with_the_plan_its_call_was_admitted_under(tenant):
     assert rows == {"req_test1": "pro@1", "req_test2": "scale@1", "req_test3": "scale@1"}
     rollups = UsageRollup.objects.for_tenant(tenant)
     assert {(r.plan_id, r.inputs) for r in rollups} == {("pro@1", 2), ("scale@1", 4)}
-
-
-def test_a_trickle_of_events_is_stored_together_within_the_flush_interval(tenant):
-    """Events arriving one by one are gathered for the flush interval after the first and
-    stored in one transaction (a flush costs about the same whatever it stores), none lost."""
-    stored: list[int] = []
-
-    class Counting(UsageConsumer):
-        def flush(self, entries):
-            stored.append(len(entries)) if entries else None
-            return super().flush(entries)
-
-    def trickle() -> None:
-        for n in range(10):
-            publish(event(tenant, n))
-            time.sleep(0.01)
-
-    sender = threading.Thread(target=trickle)
-    sender.start()
-    assert Counting(flush_interval=1.0).run(until_idle=True) == 10
-    sender.join()
-    assert stored == [10]
-    assert UsageRecord.objects.for_tenant(tenant).count() == 10
 
 
 def test_a_redelivered_event_is_not_counted_twice(tenant):

@@ -157,3 +157,15 @@ def test_a_lone_surrogate_echoed_in_an_error_is_a_400_not_a_500(tenant, client_f
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert "\\ud800" in (error["param"] or "") + error["message"]
+
+
+def test_an_error_echoes_at_most_a_thousand_characters_of_what_was_sent(api):
+    """A 5,000-character id in the path came back whole in the 404's message (an audit);
+    an unknown member's name of a megabyte would have too."""
+    response = api.get(f"/v1/api-keys/key_{'x' * 5000}")
+    message = response.json()["error"]["message"]
+    assert response.status_code == 404 and len(message) == 1000
+    assert "key_xxx" in message and message.endswith("\u2026")
+    response = api.post("/v1/api-keys", {"name": "n", "scopes": ["admin"], "y" * 10**6: 1},
+                        format="json")  # fmt: skip
+    assert response.status_code == 400 and len(response.content) < 2200
