@@ -1,7 +1,7 @@
 """What each public operation does, for the OpenAPI document's ``summary`` and
 ``description`` (the docs pages show them beside every operation). Kept here, one place to
 read and keep true, and added to the document by ``operation_docs`` (a drf-spectacular
-postprocessing hook); tests/platform/test_openapi_docs.py holds every /v1 operation to
+postprocessing hook); tests/platform/test_ops.py holds every /v1 operation to
 having both, and this table to naming only operations that exist.
 
 Conventions every operation shares (authentication, errors, idempotency, rate-limit
