@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-_LIST = (
-    " A cursor list, newest first: `limit` (1-100, default 20) and `starting_after` (the"
-    " last id of the page before)."
-)
+
+def _list(order: str = "newest first") -> str:
+    return (
+        f" A cursor list, {order}: `limit` (1-100, default 20) and `starting_after` (the last"
+        " id of the page before)."
+    )
+
 
 DOCS: dict[str, tuple[str, str]] = {
     "classify": (
@@ -37,7 +40,7 @@ DOCS: dict[str, tuple[str, str]] = {
         "List models",
         "The base models every tenant can use and this tenant's own fine-tuned models (with "
         "their int8 variants), in the key's mode: a test-mode key sees the models its "
-        "test-mode jobs made, a live key the live ones." + _LIST,
+        "test-mode jobs made, a live key the live ones." + _list(),
     ),
     "models_retrieve": (
         "Retrieve a model",
@@ -53,7 +56,7 @@ DOCS: dict[str, tuple[str, str]] = {
     "api_keys_list": (
         "List API keys",
         "This tenant's keys that are not revoked, in the calling key's mode (a test-mode key "
-        "lists test-mode keys), never their secrets." + _LIST,
+        "lists test-mode keys), never their secrets." + _list(),
     ),
     "api_keys_create": (
         "Create an API key",
@@ -79,7 +82,7 @@ DOCS: dict[str, tuple[str, str]] = {
     ),
     "datasets_list": (
         "List datasets",
-        "This tenant's uploaded datasets, with their validation status." + _LIST,
+        "This tenant's uploaded datasets, with their validation status." + _list(),
     ),
     "datasets_create": (
         "Upload a dataset",
@@ -99,7 +102,7 @@ DOCS: dict[str, tuple[str, str]] = {
     ),
     "fine_tunes_list": (
         "List fine-tuning jobs",
-        "This tenant's fine-tuning jobs in the key's mode." + _LIST,
+        "This tenant's fine-tuning jobs in the key's mode." + _list(),
     ),
     "fine_tunes_create": (
         "Create a fine-tuning job",
@@ -118,7 +121,7 @@ DOCS: dict[str, tuple[str, str]] = {
         "What happened to the job: its status changes (`started`, `succeeded`, `failed`, "
         "`cancelled`), each epoch's loss and validation accuracy (`progress`), and messages "
         "(`log`; `level` `warning` for one such as a model no better than always answering "
-        "its commonest label)." + _LIST,
+        "its commonest label)." + _list(),
     ),
     "fine_tunes_cancel": (
         "Cancel a fine-tuning job",
@@ -139,7 +142,7 @@ DOCS: dict[str, tuple[str, str]] = {
         "List plans",
         "The public plan catalogue: each plan's base fee (`amount` a "
         "month), included inputs, overage prices, fine-tuning price, limits and "
-        "features." + _LIST.replace("newest first", "cheapest first"),
+        "features." + _list("cheapest first"),
     ),
     "subscription_retrieve": (
         "Retrieve the subscription",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import AnyStr
 
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, as Excel writes CSV
 
@@ -39,30 +40,28 @@ class FileLines:
         """The numbers of the lines that are not UTF-8, in order."""
         if self._text is not None:
             return
-        for number, raw in self._raw():
+        for number, raw in _numbered(self._data, b"\n"):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
                 yield number
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
-        text = self._text
-        if text is None:
-            for number, raw in self._raw():
-                try:
-                    yield number, raw.decode("utf-8").rstrip("\r")
-                except UnicodeDecodeError:
-                    continue
+        if self._text is not None:
+            for number, line in _numbered(self._text, "\n"):
+                yield number, line.rstrip("\r")
             return
-        start, number = 0, 1
-        while (end := text.find("\n", start)) >= 0:
-            yield number, text[start:end].rstrip("\r")
-            start, number = end + 1, number + 1
-        yield number, text[start:].rstrip("\r")
+        for number, raw in _numbered(self._data, b"\n"):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r")
+            except UnicodeDecodeError:
+                continue
 
-    def _raw(self) -> Iterator[tuple[int, bytes]]:
-        data, start, number = self._data, 0, 1
-        while (end := data.find(b"\n", start)) >= 0:
-            yield number, data[start:end]
-            start, number = end + 1, number + 1
-        yield number, data[start:]
+
+def _numbered(data: AnyStr, newline: AnyStr) -> Iterator[tuple[int, AnyStr]]:
+    """``data.split(newline)``, numbered from 1, one piece at a time."""
+    start, number = 0, 1
+    while (end := data.find(newline, start)) >= 0:
+        yield number, data[start:end]
+        start, number = end + 1, number + 1
+    yield number, data[start:]
