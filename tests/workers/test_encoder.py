@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from workers.runtime import encoder as encoder_module
 from workers.runtime.encoder import (
     BASE_MODELS,
     MAX_TOKENS,
@@ -69,6 +70,27 @@ def test_long_input_is_cut_to_the_window_and_flagged(encoder: Encoder) -> None:
     assert tokenized[2].tokens == 3
     # No padding to the shipped tokenizer.json's 128: every text keeps its own length.
     assert len({t.tokens for t in tokenized}) > 5
+
+
+def test_tokenize_reads_each_text_as_the_tokenizer_does(encoder: Encoder) -> None:
+    # One by one (no rayon pool): the same ids, in order, as the tokenizer's batch call.
+    batch = encoder._tokenizer.encode_batch(TEXTS)
+    assert [t.ids for t in encoder.tokenize(TEXTS)] == [list(e.ids) for e in batch]
+
+
+def test_prompt_ids_are_the_tokenizers_and_stay_bounded(
+    encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encoder_module, "PROMPT_IDS_KEPT", 8)
+    monkeypatch.setattr(encoder, "_prompt_ids", {})
+    prompts = [f"This text is about {word}." for word in ("refunds", "Refunds", "🚀", "🔥")]
+    for prompt in prompts * 2:  # the second time from memory: the same ids
+        assert encoder.prompt_ids(prompt) == tuple(encoder.tokenize([prompt])[0].ids)
+    assert encoder.prompt_ids(prompts[0]) == encoder.prompt_ids(prompts[1])  # lower-cased
+    assert encoder.prompt_ids(prompts[2]) == encoder.prompt_ids(prompts[3])  # both [UNK]
+    for n in range(50):
+        encoder.prompt_ids(f"This text is about label {n}.")
+    assert len(encoder._prompt_ids) <= 8
 
 
 def test_loads_once_per_process_and_fast() -> None:

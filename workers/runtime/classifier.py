@@ -351,10 +351,10 @@ def _prompts_alike(
     prompted = [i for i, label in enumerate(labels) if label not in with_examples]
     if len(prompted) < 2:
         return None
-    prompts = [LABEL_TEMPLATE.format(label=labels[i]) for i in prompted]
     first_of: dict[tuple[int, ...], int] = {}
-    for index, tokens in zip(prompted, encoder.tokenize(prompts), strict=True):
-        first = first_of.setdefault(tuple(tokens.ids), index)
+    for index in prompted:
+        ids = encoder.prompt_ids(LABEL_TEMPLATE.format(label=labels[index]))
+        first = first_of.setdefault(ids, index)
         if first != index:
             return index, first
     return None
