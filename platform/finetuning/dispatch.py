@@ -57,16 +57,26 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
-def job_log(job: FineTuneJob, message: str, *, level: str = "info", **data: Any) -> None:
+def job_log(
+    job: FineTuneJob, message: str, *, level: str = "info", kind: str = "log", **data: Any
+) -> None:
     FineTuneEvent.objects.create(
         tenant_id=job.tenant_id,
         job=job,
-        type="log",
+        type=kind,
         level=level,
         message=message[:1000],
         data=data,
         created_at=timezone.now(),
     )
+
+
+def job_ended(job: FineTuneJob, message: str, *, level: str = "error") -> None:
+    """The event of an end the platform gave the job itself (a cancel, a failure it found),
+    typed as the job's new status: a client reading the events until ``succeeded``,
+    ``failed`` or ``cancelled`` sees this job end (a cancelled job that was still waiting
+    ended in a ``log`` and was never seen to end)."""
+    job_log(job, message, level=level, kind=job.status)
 
 
 def _train_request(job: FineTuneJob) -> TrainRequest:
@@ -135,7 +145,7 @@ def job_fail(job_id: str, *, code: str, message: str) -> None:
     job.status, job.finished_at = Status.FAILED, timezone.now()
     job.error = {"code": code, "message": message}
     job.save(update_fields=["status", "finished_at", "error"])
-    job_log(job, message, level="error")
+    job_ended(job, message)
     fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
 
 
@@ -284,7 +294,7 @@ def job_retry_or_fail(job: FineTuneJob, *, seconds: float, why: str) -> None:
     job.status, job.finished_at = Status.FAILED, timezone.now()
     job.error = {"code": "worker_lost", "message": message}
     job.save(update_fields=["status", "finished_at", "error"])
-    job_log(job, message, level="error")
+    job_ended(job, message)
     fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
 
 

@@ -22,6 +22,7 @@ from workers.contract import CONTRACT_VERSION
 from . import messages
 from .dispatch import (
     fine_tunes_dispatch_on_commit,
+    job_ended,
     job_log,
     job_retry_or_fail,
 )
@@ -83,11 +84,15 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     shown = {k: v for k, v in data.items() if k not in hidden}
     message = str(event.get("message", ""))
     level = str(event.get("level", "info"))
-    if job.is_terminal and kind in TERMINAL_KINDS and kind != job.status:
-        # The worker's own end, after the platform ended the job otherwise (a success that
-        # lost the race with a cancel, a stop on a job a suspension failed): told as what it
-        # is, not as a second end ("succeeded: model ... is ready" on a cancelled job).
-        message = messages.WORKER_ENDED_LATE.format(status=job.status, kind=kind, message=message)
+    if job.is_terminal and kind in TERMINAL_KINDS:
+        # The worker's own end, after the platform ended the job and said so in an event of
+        # that type (a cancel the worker confirms; a success that lost the race with a
+        # cancel, a stop on a job a suspension failed): told as what it is, never as a
+        # second end ("succeeded: model ... is ready" on a cancelled job).
+        if kind != job.status:
+            message = messages.WORKER_ENDED_LATE.format(
+                status=job.status, kind=kind, message=message
+            )
         kind, level = "log", "info"
     FineTuneEvent.objects.create(
         tenant_id=job.tenant_id,
@@ -139,7 +144,7 @@ def fine_tune_event_refused(*, event: Any) -> bool:
         job.status, job.finished_at = Status.FAILED, timezone.now()
         job.error = {"code": "internal", "message": messages.REPORT_REFUSED}
         job.save(update_fields=["status", "finished_at", "error"])
-        job_log(job, messages.REPORT_REFUSED, level="error")
+        job_ended(job, messages.REPORT_REFUSED)
         fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
     return True
 

@@ -37,6 +37,7 @@ from .dispatch import (
     check_queue,
     fine_tunes_dispatch,
     fine_tunes_dispatch_on_commit,
+    job_ended,
     job_log,
 )
 from .models import FineTuneJob
@@ -142,7 +143,7 @@ def fine_tune_create(
             job.status, job.finished_at = Status.FAILED, timezone.now()
             job.error = {"code": "file_missing", "message": "A dataset file is missing."}
             job.save(update_fields=["status", "finished_at", "error"])
-            job_log(job, job.error["message"], level="error")
+            job_ended(job, job.error["message"])
             return job
         job.status = Status.QUEUED
         job.save(update_fields=["status"])
@@ -244,7 +245,7 @@ def fine_tune_cancel(*, tenant: Tenant, job_id: str, livemode: bool) -> FineTune
     _redis().set(cancel_key(job.id), 1, ex=KEY_TTL_S)
     job.status, job.finished_at = Status.CANCELLED, timezone.now()
     job.save(update_fields=["status", "finished_at"])
-    job_log(job, messages.EV_CANCELLED)
+    job_ended(job, messages.EV_CANCELLED, level="info")
     fine_tunes_dispatch_on_commit(tenant_id=tenant.pk)
     return job
 
@@ -269,7 +270,7 @@ def fine_tunes_stop_for_suspension(*, tenant_ids: list[str]) -> int:
         job.status, job.finished_at = Status.FAILED, now
         job.error = {"code": "tenant_suspended", "message": message}
         job.save(update_fields=["status", "finished_at", "error"])
-        job_log(job, message, level="error")
+        job_ended(job, message)
     ids = [job.id for job in jobs]
 
     def tell_workers() -> None:

@@ -327,7 +327,8 @@ def test_suspending_the_tenant_stops_its_unfinished_jobs_unbilled(
         assert stopped.status == Status.FAILED and stopped.finished_at is not None
         assert stopped.error["code"] == "tenant_suspended"
         assert f"suspended while this job was {was}" in stopped.error["message"]
-        assert events_of(stopped).latest("created_at").level == "error"
+        ended = events_of(stopped).latest("created_at")
+        assert (ended.type, ended.level) == ("failed", "error")  # its end, as its status
         assert _redis().exists(cancel_key(stopped.id))
     # The running job's worker had finished: its success registers and bills nothing.
     assert fine_tune_event_apply(event=succeeded(job))
