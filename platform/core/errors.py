@@ -33,6 +33,11 @@ DB_TIMEOUT = (
     " on other work (retry in a while; with the same Idempotency-Key a retry is never run or"
     " billed twice), or asks for too much at once (a report over a shorter range)."
 )
+NO_BOUNDARY = (
+    "The request body is not valid multipart/form-data: its Content-Type names no boundary"
+    " (or an invalid one). Let the HTTP client build the body and its header (curl -F"
+    " file=@data.jsonl; Python requests files=...)."
+)
 # A statement past the API's statement timeout is asked again later, not at once: the same
 # request may well take as long again (DATABASE_STATEMENT_TIMEOUT_MS each time).
 DB_TIMEOUT_RETRY_S = 30
@@ -219,6 +224,8 @@ def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
     if isinstance(exc, drf.ParseError):
         if str(exc.detail).startswith("Multipart form parse error"):  # DRF's MultiPartParser
             message = f"The request body is not valid multipart/form-data: {exc.detail}"
+            if "Invalid boundary" in str(exc.detail):  # (Django's words, naming None)
+                message = NO_BOUNDARY
             return 400, "invalid_multipart", message, None
         return 400, "invalid_json", f"The request body is not valid JSON: {exc.detail}", None
     if isinstance(exc, drf.UnsupportedMediaType):

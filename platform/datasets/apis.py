@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import IO, Any, cast
 
 from django.conf import settings
+from django.utils.http import parse_header_parameters
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.parsers import DataAndFiles, MultiPartParser
 from rest_framework.request import Request
@@ -39,7 +40,13 @@ class UniqueFieldsMultiPartParser(MultiPartParser):
     def parse(
         self, stream: Any, media_type: str | None = None, parser_context: Any = None
     ) -> DataAndFiles[Any, Any]:
-        parsed = super().parse(stream, media_type, parser_context)
+        boundary = parse_header_parameters(media_type or "")[1].get("boundary", "")
+        watched = _ClosingWatch(stream, boundary.encode("latin-1", "replace"))
+        parsed = super().parse(cast(IO[Any], watched), media_type, parser_context)
+        if boundary and not watched.seen:
+            # NOTE: Django's parser drops a part the body ends inside of, without a word: a
+            # file cut off in transit was answered "send the field 'file'", which was sent.
+            raise InvalidRequest(messages.MULTIPART_CUT_OFF, code="invalid_multipart")
         # A name may repeat within the fields, within the files, or across the two
         # (``-F file=@a.jsonl -F file=text``).
         counts = Counter({name: len(parsed.data.getlist(name)) for name in parsed.data})
@@ -55,6 +62,23 @@ class UniqueFieldsMultiPartParser(MultiPartParser):
                 param=twice,
             )
         return parsed
+
+
+class _ClosingWatch:
+    """A request body as the multipart parser reads it, noting whether its closing
+    delimiter (``--boundary--``) went by."""
+
+    def __init__(self, stream: Any, boundary: bytes) -> None:
+        self._stream, self._closing = stream, b"--" + boundary + b"--"
+        self._tail, self.seen = b"", False
+
+    def read(self, *args: Any) -> bytes:
+        chunk: bytes = self._stream.read(*args)
+        if chunk and not self.seen:
+            window = self._tail + chunk
+            self.seen = self._closing in window
+            self._tail = window[-len(self._closing) :]
+        return chunk
 
 
 def _dataset(dataset: Dataset) -> Any:

@@ -12,15 +12,21 @@ from collections.abc import Iterator
 from typing import AnyStr
 
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, as Excel writes CSV
+TEXT_BOM = "\ufeff"
 
 
 class FileLines:
-    """``for number, text in lines``: each line that is UTF-8, without its newline and any
-    carriage returns ending it. Lines are split at b"\\n" only, as ``bytes.split`` would:
-    a file that ends with a newline has an empty last line."""
+    """``for number, text in lines``: each line that is UTF-8, without its newline, any
+    carriage returns ending it and a byte order mark starting it (two exported files joined
+    with ``cat``). Lines are split at b"\\n", as ``bytes.split`` would (a file that ends
+    with a newline has an empty last line), or at b"\\r" in a file that has no b"\\n" at all
+    (classic Mac line endings, Excel's "CSV (Macintosh)")."""
 
     def __init__(self, data: bytes) -> None:
-        self._data = data[len(BOM) :] if data.startswith(BOM) else data
+        data = data[len(BOM) :] if data.startswith(BOM) else data
+        if b"\n" not in data and b"\r" in data:
+            data = data.replace(b"\r", b"\n")
+        self._data = data
         try:
             # (UTF-8 as a whole is UTF-8 line by line: no character's bytes hold b"\n")
             self._text: str | None = self._data.decode("utf-8")
@@ -49,11 +55,11 @@ class FileLines:
     def __iter__(self) -> Iterator[tuple[int, str]]:
         if self._text is not None:
             for number, line in _numbered(self._text, "\n"):
-                yield number, line.rstrip("\r")
+                yield number, line.rstrip("\r").removeprefix(TEXT_BOM)
             return
         for number, raw in _numbered(self._data, b"\n"):
             try:
-                yield number, raw.decode("utf-8").rstrip("\r")
+                yield number, raw.decode("utf-8").rstrip("\r").removeprefix(TEXT_BOM)
             except UnicodeDecodeError:
                 continue
 

@@ -2,6 +2,10 @@
 
 DATASET_NOT_FOUND = "No such dataset: '{id}'."
 FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
+MULTIPART_CUT_OFF = (
+    "The multipart body ends before its closing boundary ('--' + boundary + '--'): it was"
+    " cut off on its way, or built by hand without it. Send the whole body."
+)
 FILE_NOT_A_FILE = (
     "The multipart field 'file' was sent as text, not as a file: send it with a filename"
     " (curl: -F file=@data.jsonl, with @, not <)."
@@ -42,6 +46,10 @@ CSV_COLUMNS = "Expected {expected} columns as in the header, found {found}."
 CSV_UNREADABLE = (
     "Unreadable CSV: {error} (a field that opens with a quote must close it before the next"
     ' comma or the end of its row; a quote inside it is written twice: "a ""b"" c").'
+)
+CSV_LONE_CR = (
+    "Unreadable CSV: a carriage return (CR) inside the line, outside quotes. Save the file"
+    " with LF or CRLF line endings, or quote the field that holds it."
 )
 UNKNOWN_FORMAT = (
     'Expected JSONL (one {"text": ..., "label": ...} object per line) or CSV with a '

@@ -227,6 +227,14 @@ def _jsonl(lines: FileLines, result: Validation) -> None:
         result.add(number, row.get("text", MISSING), row.get("label", MISSING))
 
 
+def _csv_unreadable(exc: csv.Error) -> str:
+    # NOTE: csv's own words for a lone carriage return inside a line point at Python's
+    # open(); the file's author needs to know which character and what to do.
+    if "new-line character seen in unquoted field" in str(exc):
+        return messages.CSV_LONE_CR
+    return messages.CSV_UNREADABLE.format(error=exc)
+
+
 def _csv(lines: FileLines, result: Validation) -> None:
     """Rows of a CSV file with a ``text,label`` header (any order, other columns ignored
     with a warning),
@@ -258,7 +266,7 @@ def _csv(lines: FileLines, result: Validation) -> None:
     except StopIteration:
         return
     except csv.Error as exc:
-        result.error(1, messages.CSV_UNREADABLE.format(error=exc))
+        result.error(1, _csv_unreadable(exc))
         return
     header_line = number_of(0)
     # A repeated column leaves it to chance which of the two is the text (or the label).
@@ -284,7 +292,7 @@ def _csv(lines: FileLines, result: Validation) -> None:
         except StopIteration:
             break
         except csv.Error as exc:
-            result.error(number_of(start), messages.CSV_UNREADABLE.format(error=exc))
+            result.error(number_of(start), _csv_unreadable(exc))
             if reader.line_num <= start:  # nothing consumed: it would fail the same again
                 break
             continue  # the reader starts afresh on the next line: report the rest too

@@ -33,6 +33,20 @@ def test_a_multipart_body_that_does_not_parse_says_so(api):
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "invalid_multipart" and "JSON" not in error["message"]
+    assert "names no boundary" in error["message"] and "None" not in error["message"]
+
+
+def test_a_multipart_body_cut_off_before_its_closing_boundary_says_so(api):
+    head = b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+    body = head + b'{"text": "a", "label": "b"}\n'
+    for cut in (body, body + b"\r\n--xx\r\n"):  # (no closing '--xx--' either way)
+        response = api.post("/v1/datasets", cut, content_type="multipart/form-data; boundary=xx")
+        assert_error(response, 400, "invalid_multipart")
+        assert "closing boundary" in response.json()["error"]["message"]
+    whole = api.post(
+        "/v1/datasets", body + b"\r\n--xx--\r\n", content_type="multipart/form-data; boundary=xx"
+    )
+    assert whole.status_code == 201, whole.content  # (one row: a dataset, invalid)
 
 
 def good_file(per_label=10):
