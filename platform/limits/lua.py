@@ -3,8 +3,12 @@ atomically inside Redis in one round trip.
 
 Rate limits are GCRA (the generic cell rate algorithm, a token bucket that stores one
 timestamp per limiter): ``rate`` requests per ``window``, with a burst of up to ``rate``.
-Nothing is written unless the request is admitted, so a refused request costs the client
-nothing (a quota counter's seed aside, which is the ledger's figure, not the request's).
+A request the rate limit refuses writes nothing (its 429 costs the client nothing). One it
+lets through takes its token whatever follows: admitted, or refused for the concurrency cap
+or the quota. NOTE: those refusals took none, so a client hammering a used-up quota got 402s
+at ~600 a second on a 20-a-minute plan, each a round trip and a database read for the API,
+and never met the limit that meters requests (an audit). Only an admitted request takes a
+slot or a reservation (a quota counter's seed aside, which is the ledger's figure).
 
 A quota counter that is missing (the first reservation of a period, or a Redis that lost
 its data) is never taken for 0: the script answers "seed" without writing anything, and the
@@ -68,10 +72,21 @@ for i = 1, 2 do
   end
 end
 
+local function take_tokens()
+  -- NOTE: formatted by hand: Lua's default number-to-string keeps 14 digits, too few for
+  -- a millisecond timestamp with a fractional interval added.
+  if not again then
+    for i = 1, 2 do
+      redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', window)
+    end
+  end
+end
+
 local used = 0
 if inputs > 0 then
   if cap >= 0 and not again then
     if redis.call('ZCARD', KEYS[3]) >= cap then
+      take_tokens()
       return {'concurrency', limit, remaining, reset, 1000, 0}
     end
   end
@@ -88,6 +103,7 @@ if inputs > 0 then
     used = tonumber(counted)
     if not held then
       if used + inputs > hard_cap then
+        take_tokens()
         return {'quota', limit, remaining, reset, 0, used}
       end
       used = redis.call('INCRBY', KEYS[4], inputs)
@@ -101,13 +117,7 @@ if inputs > 0 then
   end
 end
 
-for i = 1, 2 do
-  -- NOTE: formatted by hand: Lua's default number-to-string keeps 14 digits, too few for
-  -- a millisecond timestamp with a fractional interval added.
-  if not again then
-    redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', window)
-  end
-end
+take_tokens()
 return {'ok', limit, remaining, reset, 0, used}
 """
 
