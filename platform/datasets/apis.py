@@ -25,6 +25,9 @@ from .services import dataset_create, dataset_delete
 # Multipart framing around the file: a body this much over the file limit is refused
 # before it is read.
 _MULTIPART_SLACK = 64 * 1024
+# How a part named ``file`` starts its Content-Disposition (as curl, requests and browsers
+# write it).
+FILE_PART = b'name="file"'
 
 
 class UniqueFieldsMultiPartParser(MultiPartParser):
@@ -41,12 +44,18 @@ class UniqueFieldsMultiPartParser(MultiPartParser):
         self, stream: Any, media_type: str | None = None, parser_context: Any = None
     ) -> DataAndFiles[Any, Any]:
         boundary = parse_header_parameters(media_type or "")[1].get("boundary", "")
-        watched = _ClosingWatch(stream, boundary.encode("latin-1", "replace"))
+        closing = b"--" + boundary.encode("latin-1", "replace") + b"--"
+        watched = _BodyWatch(stream, [closing, FILE_PART])
         parsed = super().parse(cast(IO[Any], watched), media_type, parser_context)
-        if boundary and not watched.seen:
-            # NOTE: Django's parser drops a part the body ends inside of, without a word: a
-            # file cut off in transit was answered "send the field 'file'", which was sent.
+        # NOTE: Django's parser drops, without a word, a part the body ends inside of and
+        # one whose headers are not UTF-8 (a filename in another encoding): such a file was
+        # answered "send the field 'file'", which was sent.
+        if boundary and closing not in watched.seen:
             raise InvalidRequest(messages.MULTIPART_CUT_OFF, code="invalid_multipart")
+        if FILE_PART in watched.seen and "file" not in parsed.files and "file" not in parsed.data:
+            raise InvalidRequest(
+                messages.FILE_PART_UNREADABLE, code="invalid_parameter", param="file"
+            )
         # A name may repeat within the fields, within the files, or across the two
         # (``-F file=@a.jsonl -F file=text``).
         counts = Counter({name: len(parsed.data.getlist(name)) for name in parsed.data})
@@ -64,20 +73,23 @@ class UniqueFieldsMultiPartParser(MultiPartParser):
         return parsed
 
 
-class _ClosingWatch:
-    """A request body as the multipart parser reads it, noting whether its closing
-    delimiter (``--boundary--``) went by."""
+class _BodyWatch:
+    """A request body as the multipart parser reads it, noting which of ``needles`` went by
+    (a needle split across two reads included)."""
 
-    def __init__(self, stream: Any, boundary: bytes) -> None:
-        self._stream, self._closing = stream, b"--" + boundary + b"--"
-        self._tail, self.seen = b"", False
+    def __init__(self, stream: Any, needles: list[bytes]) -> None:
+        self._stream, self._left = stream, set(needles)
+        self._keep = max(len(needle) for needle in needles)
+        self._tail, self.seen = b"", set[bytes]()
 
     def read(self, *args: Any) -> bytes:
         chunk: bytes = self._stream.read(*args)
-        if chunk and not self.seen:
+        if chunk and self._left:
             window = self._tail + chunk
-            self.seen = self._closing in window
-            self._tail = window[-len(self._closing) :]
+            found = {needle for needle in self._left if needle in window}
+            self.seen |= found
+            self._left -= found
+            self._tail = window[-self._keep :]
         return chunk
 
 

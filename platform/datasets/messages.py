@@ -6,6 +6,10 @@ MULTIPART_CUT_OFF = (
     "The multipart body ends before its closing boundary ('--' + boundary + '--'): it was"
     " cut off on its way, or built by hand without it. Send the whole body."
 )
+FILE_PART_UNREADABLE = (
+    "The multipart part 'file' was sent but could not be read: its headers (its filename)"
+    " are not UTF-8. Send the file with a UTF-8 filename (curl -F file=@data.jsonl)."
+)
 FILE_NOT_A_FILE = (
     "The multipart field 'file' was sent as text, not as a file: send it with a filename"
     " (curl: -F file=@data.jsonl, with @, not <)."

@@ -49,6 +49,16 @@ def test_a_multipart_body_cut_off_before_its_closing_boundary_says_so(api):
     assert whole.status_code == 201, whole.content  # (one row: a dataset, invalid)
 
 
+def test_a_file_part_whose_filename_is_not_utf8_says_so(api):
+    body = (
+        b'--xx\r\nContent-Disposition: form-data; name="file"; filename="\xff\xfe.jsonl"'
+        b'\r\n\r\n{"text": "a", "label": "b"}\n\r\n--xx--\r\n'
+    )
+    response = api.post("/v1/datasets", body, content_type="multipart/form-data; boundary=xx")
+    assert_error(response, 400, "invalid_parameter", param="file")
+    assert "could not be read" in response.json()["error"]["message"]
+
+
 def good_file(per_label=10):
     rows = [
         {"text": f"ticket {label} number {i}", "label": label}
