@@ -21,7 +21,7 @@ from apikeys.authentication import KeyPrincipal, principal
 from apikeys.models import ApiKey
 from apikeys.services import KeyCheck, api_key_forget, key_check_confirmed
 from limits.holds import hold_rekey
-from limits.services import Admission, limits_admit, limits_settle
+from limits.services import TOKEN_TAKEN_BY, Admission, limits_admit, limits_settle
 from tenants.models import Tenant
 
 from .body_slots import body_stream_guard, body_stream_release
@@ -105,6 +105,7 @@ class TenantAPIView(APIView):
     # is unpaid beyond its grace period.
     billable = False
     _admission: Admission | None = None
+    _token_taken = False  # its rate-limit token: an admission run again takes none
     _replayed = False
     # Why the body cannot be read, found while counting its inputs for admission: raised
     # once admitted, so the rate limit meters every request, whatever its body.
@@ -200,19 +201,15 @@ class TenantAPIView(APIView):
         try:
             admission = self._admission = self._admit(request, runs=post, prefetch=prefetch)
         except APIError as refused:
-            # A replay runs and bills nothing: it is not refused for the quota its first
-            # attempt used up, a subscription unpaid since, or the concurrency cap, only for
-            # the rate limit; nor is a duplicate of an attempt still running, which is a 409
-            # (idempotency_begin). (Looked up only on such a refusal: no query on the common
-            # path.)
+            # A replay runs and bills nothing: refused only for the rate limit, not for the
+            # quota, an unpaid subscription or the concurrency cap; nor is a duplicate of an
+            # attempt still running (a 409). Looked up only on such a refusal.
             if refused.code not in REPLAY_ADMITTED:
                 raise
-            if not (
-                key is not None
-                and idempotency_replayable(
-                    tenant=self.tenant, livemode=self.api_key.livemode, key=key
-                )
-            ):
+            replayable = key is not None and idempotency_replayable(
+                tenant=self.tenant, livemode=self.api_key.livemode, key=key
+            )
+            if not replayable:
                 if post and refused.code != "subscription_unpaid":
                     # (Not for an unpaid subscription: that is decided before the rate
                     # limit, and the check would then run unthrottled.)
@@ -272,16 +269,22 @@ class TenantAPIView(APIView):
                 inputs = self.metered_inputs(request)
             except BODY_ERRORS as exc:
                 # Bad JSON, a member twice: admitted for the rate limit alone, then refused
-                # with this (it was raised first, and a throttled key could send any number
-                # of such bodies, 16 MB each, for the API to parse, never counted).
+                # with this (a throttled key could send any number of 16 MB such bodies).
                 self._body_error = exc
-        return limits_admit(
-            api_key=self.api_key,
-            request_id=request._request.request_id,  # type: ignore[attr-defined]
-            inputs=inputs,
-            billable=self.billable and runs,
-            prefetch=prefetch,
-        )
+        try:
+            admission = limits_admit(
+                api_key=self.api_key,
+                request_id=request._request.request_id,  # type: ignore[attr-defined]
+                inputs=inputs,
+                billable=self.billable and runs,
+                prefetch=prefetch,
+                token_taken=self._token_taken,
+            )
+        except APIError as refused:
+            self._token_taken |= refused.code in TOKEN_TAKEN_BY
+            raise
+        self._token_taken = True
+        return admission
 
     def _refuse_query(self, request: Request) -> None:
         """A query parameter the method does not take, or one given twice, is a 400."""

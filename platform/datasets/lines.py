@@ -19,14 +19,12 @@ class FileLines:
     """``for number, text in lines``: each line that is UTF-8, without its newline, any
     carriage returns ending it and a byte order mark starting it (two exported files joined
     with ``cat``). Lines are split at b"\\n", as ``bytes.split`` would (a file that ends
-    with a newline has an empty last line), or at b"\\r" in a file that has no b"\\n" at all
-    (classic Mac line endings, Excel's "CSV (Macintosh)")."""
+    with a newline has an empty last line), or at b"\\r" too in a file whose lines end in a
+    lone CR (``cr_line_breaks``)."""
 
     def __init__(self, data: bytes) -> None:
         data = data[len(BOM) :] if data.startswith(BOM) else data
-        if b"\n" not in data and b"\r" in data:
-            data = data.replace(b"\r", b"\n")
-        self._data = data
+        self._data = data.replace(b"\r", b"\n") if cr_line_breaks(data) else data
         try:
             # (UTF-8 as a whole is UTF-8 line by line: no character's bytes hold b"\n")
             self._text: str | None = self._data.decode("utf-8")
@@ -62,6 +60,21 @@ class FileLines:
                 yield number, raw.decode("utf-8").rstrip("\r").removeprefix(TEXT_BOM)
             except UnicodeDecodeError:
                 continue
+
+
+def cr_line_breaks(data: bytes) -> bool:
+    """Whether ``data``'s lines end in a lone CR (classic Mac line endings, Excel's "CSV
+    (Macintosh)"): no CRLF in it, and more CRs than LFs (a tool may have added one LF at the
+    end)."""
+    return b"\r\n" not in data and data.count(b"\r") > data.count(b"\n")
+
+
+def line_count(data: bytes) -> int:
+    """How many lines ``FileLines(data)`` reads, counted in C before any is split out."""
+    breaks = data.count(b"\n")
+    if cr_line_breaks(data):
+        return breaks + data.count(b"\r") + (not data.endswith((b"\n", b"\r")))
+    return breaks + (not data.endswith(b"\n"))
 
 
 def _numbered(data: AnyStr, newline: AnyStr) -> Iterator[tuple[int, AnyStr]]:

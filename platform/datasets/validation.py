@@ -23,7 +23,7 @@ from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS
 
 from . import messages
 from .label_checks import label_set_check
-from .lines import FileLines
+from .lines import FileLines, line_count
 
 # NOTE: csv's limit on one field (128 KiB unless raised; process-wide) made a text of 200,000
 # characters "unreadable CSV" rather than a text too long, as JSONL reports it. Uploads are
@@ -324,7 +324,7 @@ def _detect(filename: str, lines: FileLines) -> str:
 def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
     result = Validation()
     # (A count in C, before a line is split out: its lines would take a gigabyte.)
-    if (count := data.count(b"\n") + (not data.endswith(b"\n"))) > (limit := max_lines()):
+    if (count := line_count(data)) > (limit := max_lines()):
         result.error(None, messages.TOO_MANY_LINES.format(count=count, limit=limit))
         return result.finish()
     try:

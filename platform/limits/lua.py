@@ -26,7 +26,9 @@ KEYS: 1 tenant limiter, 2 key limiter, 3 in-flight set (sorted by expiry), 4 quo
 ARGV: 1 now (ms), 2 window (ms), 3 tenant rate, 4 key rate, 5 concurrency cap (-1: none),
       6 inputs to reserve (0: not an inference call), 7 hard cap (-1: none),
       8 request id, 9 in-flight TTL (ms), 10 quota TTL (s),
-      11 the quota counter's seed, the ledger's inputs this period (-1: not read)
+      11 the quota counter's seed, the ledger's inputs this period (-1: not read),
+      12 "1" when this request took its rate-limit token already (an admission run again
+      for it after a refusal that took one: an Idempotency-Key replay, a key checked again)
 Returns {verdict, limit, remaining, reset_ms, retry_ms, used}; verdict is one of
 "ok", "rate", "concurrency", "quota", "seed".
 """
@@ -53,6 +55,8 @@ if inputs > 0 then
   again = held or (cap >= 0 and redis.call('ZSCORE', KEYS[3], ARGV[8]))
 end
 
+-- (Its token is taken: the limiters are read, not moved, and never refuse it.)
+local taken = again or ARGV[12] == '1'
 local tats = {}
 local limit, remaining, reset = rates[1], rates[1], 0
 for i = 1, 2 do
@@ -60,9 +64,9 @@ for i = 1, 2 do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   local new_tat = tat + interval
-  if again then new_tat = tat end  -- (its token is taken: the headers say what is left)
+  if taken then new_tat = tat end  -- (the headers say what is left)
   local allow_at = new_tat - window
-  if allow_at > now and not again then
+  if allow_at > now and not taken then
     return {'rate', rates[i], 0, math.ceil(tat - now), math.ceil(allow_at - now), 0}
   end
   tats[i] = new_tat
@@ -75,7 +79,7 @@ end
 local function take_tokens()
   -- NOTE: formatted by hand: Lua's default number-to-string keeps 14 digits, too few for
   -- a millisecond timestamp with a fractional interval added.
-  if not again then
+  if not taken then
     for i = 1, 2 do
       redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', window)
     end

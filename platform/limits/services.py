@@ -195,6 +195,13 @@ def _admit_and_read(keys: list[str], args: list[Any], prefetch: Sequence[str]) -
     return verdict, None if isinstance(values, Exception) else values
 
 
+# The admission script's ARGV index of the quota counter's seed (0-based).
+SEED = 10
+# The refusals that take the request's rate-limit token (lua.ADMIT): an admission run again
+# for the request passes ``token_taken``.
+TOKEN_TAKEN_BY = frozenset({"concurrency_limited", "quota_exceeded"})
+
+
 def limits_admit(
     *,
     api_key: ApiKey,
@@ -202,12 +209,16 @@ def limits_admit(
     inputs: int = 0,
     billable: bool = False,
     prefetch: Sequence[str] = (),
+    token_taken: bool = False,
 ) -> Admission:
     """Admit a request or raise: 429 (rate limit, concurrency cap), 402 (quota, unpaid).
 
     ``inputs`` > 0 marks an inference call: it takes a concurrency slot and reserves its
     inputs against the hard cap until ``limits_settle``. The values of the ``prefetch``
-    keys come back on the admission (``prefetched``), read in the same round trip."""
+    keys come back on the admission (``prefetched``), read in the same round trip.
+    ``token_taken``: an admission run again for a request that took its rate-limit token
+    already (``TOKEN_TAKEN_BY``: admitted, or refused for the cap or the quota), which
+    takes none again."""
     at = timezone.now()
     terms = enforcement_for(api_key, now=at)
     plan = terms.plan
@@ -241,6 +252,7 @@ def limits_admit(
         inflight_ttl_ms,
         quota_ttl,
         -1,  # the quota counter's seed: read from the ledger only if the script asks
+        "1" if token_taken else "0",
     ]
     try:
         reply, values = _admit_once(keys, args, prefetch)
@@ -248,10 +260,10 @@ def limits_admit(
             seeding = functools.partial(
                 quota_seed, api_key=api_key, period=counted, key=keys[3], ttl=quota_ttl
             )
-            args[-1] = seeding(found_missing_at=time.monotonic())
+            args[SEED] = seeding(found_missing_at=time.monotonic())
             reply, values = _admit_once(keys, args, prefetch)
             if _counter_missing(reply):  # lost again since another request seeded it
-                args[-1] = seeding(found_missing_at=math.inf)
+                args[SEED] = seeding(found_missing_at=math.inf)
                 reply, values = _admit_once(keys, args, prefetch)
         verdict, limit, remaining, reset_ms, retry_ms, used = reply
     except redis.RedisError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from datasets.validation import dataset_validate
+from datasets.validation import dataset_validate, max_lines
 
 ROWS = [{"text": f"example {label} {i}", "label": label} for label in "ab" for i in range(10)]
 
@@ -51,3 +51,20 @@ def test_a_lone_cr_inside_a_csv_line_says_what_to_do():
     assert error["line"] == 22
     assert "carriage return (CR)" in error["message"] and "LF or CRLF" in error["message"]
     assert "universal-newline" not in error["message"]
+
+
+def test_a_file_with_cr_line_endings_meets_the_line_limit(settings):
+    settings.FINETUNE_MAX_TRAINED_TOKENS = 3 * 1000  # max_lines() == 1000
+    assert max_lines() == 1000
+    rows = [b"t%d,%s" % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(1500)]
+    for newline in (b"\n", b"\r"):  # (a CR-only file was read whole, past the limit)
+        result = dataset_validate(newline.join([b"text,label", *rows]), filename="a.csv")
+        assert "a dataset has at most" in result.errors[0]["message"], newline
+
+
+def test_a_mac_csv_file_a_tool_ended_with_one_lf_is_still_read():
+    data = "text,label\r" + "".join(f"{r['text']},{r['label']}\r" for r in ROWS[:-1])
+    data += f"{ROWS[-1]['text']},{ROWS[-1]['label']}\n"
+    result = dataset_validate(data.encode(), filename="mac.csv")
+    assert result.valid, result.errors
+    assert sum(result.labels.values()) == len(ROWS)

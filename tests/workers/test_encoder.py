@@ -76,6 +76,10 @@ def test_tokenize_reads_each_text_as_the_tokenizer_does(encoder: Encoder) -> Non
     # One by one (no rayon pool): the same ids, in order, as the tokenizer's batch call.
     batch = encoder._tokenizer.encode_batch(TEXTS)
     assert [t.ids for t in encoder.tokenize(TEXTS)] == [list(e.ids) for e in batch]
+    many = TEXTS * (encoder_module.PARALLEL_FROM // len(TEXTS) + 1)  # (a training set's path)
+    assert [t.ids for t in encoder.tokenize(many)] == [t.ids for t in encoder.tokenize(TEXTS)] * (
+        len(many) // len(TEXTS)
+    )
 
 
 def test_prompt_ids_are_the_tokenizers_and_stay_bounded(
