@@ -61,8 +61,6 @@ class ApiKeyAdmin(AtomicActionsAdmin):
         "created_at",
         "last_used_at",
         "revoked_at",
-        "secret_hash",
-        "previous_secret_hash",
         "previous_secret_expires_at",
     ]
     list_filter = ["mode", "revoked_at"]
@@ -73,8 +71,6 @@ class ApiKeyAdmin(AtomicActionsAdmin):
         "id",
         "tenant",
         "mode",
-        "secret_hash",
-        "previous_secret_hash",
         "created_at",
         "last_used_at",
         "revoked_at",

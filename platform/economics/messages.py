@@ -22,3 +22,4 @@ NO_MARGIN_OTHER_CURRENCY = (
     "no margin: revenue is in {currency}, cost in {cost_currency} (amounts in different "
     "currencies are never added or subtracted)"
 )
+PRICES_DUPLICATE = "The price table names {name!r} twice in one object: say it once."

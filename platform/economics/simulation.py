@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from core.parsers import DuplicateName, unique_names
 from plans.models import Plan
 from plans.terms import price_terms_check, uncapped_overage_check
 
@@ -66,7 +67,9 @@ def prices_parse(text: str) -> dict[str, dict[str, Any]]:
     """A price table as JSON text, validated (``proposed_validate``); ValueError naming
     what is wrong."""
     try:
-        proposed = json.loads(text)
+        proposed = json.loads(text, object_pairs_hook=unique_names)
+    except DuplicateName as exc:  # json keeps the last, silently: which one was meant?
+        raise ValueError(messages.PRICES_DUPLICATE.format(name=exc.name)) from None
     except RecursionError:  # e.g. 50,000 nested arrays: json's parser recurses
         raise ValueError(messages.PRICES_TOO_DEEP) from None
     except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits

@@ -111,6 +111,9 @@ def _current_replace(plan: Plan) -> list[str]:
 class PlanForm(ModelForm[Plan]):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        for field in ("rate_limit_per_minute", "key_rate_limit_per_minute", "concurrency_cap"):
+            if cleaned.get(field) == 0:  # (an operator's audit: it saved, and a new version)
+                self.add_error(field, messages.LIMIT_ZERO)
         plan = self.instance
         # Every tenant without a subscription is on free's current version (limits, usage).
         slug = cleaned.get("slug", plan.slug)

@@ -80,3 +80,7 @@ MOVE_NOT_CURRENT = (
 MOVE_FREE = "Nobody to move onto {plan}: free's tenants follow its current version already."
 MOVED = "Moved {moved} subscribers onto {plan} (each prorated in Stripe)."
 MOVE_REFUSED = "Not moved, and left where they were, {count} subscribers: {refused}"
+LIMIT_ZERO = (
+    "At least 1: 0 refuses every request of every tenant on the plan (429). Leave the key"
+    " limit empty for none."
+)

@@ -339,9 +339,8 @@ def test_cancel_a_running_a_waiting_and_a_queued_job(http, tenant_secret):
         assert not [e for e in events(theirs, queued["id"]) if e["type"] in ("started", "progress")]
         # The waiting job was never sent, though the running one's end freed the slot.
         assert FineTuneJob.objects.unscoped().get(pk=waiting["id"]).dispatched_at is None
-        assert [e["type"] for e in events(client, waiting["id"]) if e["type"] != "log"] == [
-            "cancelled"
-        ]
+        ends = [e["type"] for e in events(client, waiting["id"]) if e["type"] != "log"]
+        assert ends == ["cancelled"]  # its end, as an event of that type
         for job, owner in ((running, client), (waiting, client), (queued, theirs)):
             body = owner.get(f"/v1/fine-tunes/{job['id']}").json()
             assert body["status"] == "cancelled" and body["fine_tuned_model"] is None

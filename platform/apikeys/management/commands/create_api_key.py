@@ -39,6 +39,9 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Unknown scopes: {', '.join(unknown)} (choose from {', '.join(Scope.values)})."
             )
+        limit = ApiKey._meta.get_field("name").max_length or 0
+        if len(options["name"]) > limit:
+            raise CommandError(f"A key's name is at most {limit} characters.")
         try:
             created = api_key_create(
                 tenant=tenant,
