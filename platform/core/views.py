@@ -25,7 +25,7 @@ from limits.services import TOKEN_TAKEN_BY, Admission, limits_admit, limits_sett
 from tenants.models import Tenant
 
 from .body_slots import body_stream_guard, body_stream_release
-from .errors import APIError, InvalidRequest, NotFound
+from .errors import APIError
 from .idempotency import (
     idempotency_begin,
     idempotency_finish,
@@ -34,41 +34,9 @@ from .idempotency import (
 )
 from .models import IdempotencyRecord
 from .negotiation import JSONFirstNegotiation
+from .refusals import refuse_content_coding, refuse_nul, refuse_query
 
 logger = logging.getLogger(__name__)
-
-# Query parameters whose value is an object id, like the path's.
-ID_PARAMETERS = frozenset({"starting_after"})
-
-
-def _refuse_content_coding(request: Request) -> None:
-    """A compressed body is refused rather than read as if it were JSON (``core.wsgi``)."""
-    coding = request.META.get("HTTP_CONTENT_ENCODING", "").strip()
-    if not coding or coding.lower() == "identity" or request.method not in ("POST", "PUT"):
-        return
-    raise APIError(
-        f"Content-Encoding {coding} is not supported: send the body uncompressed.",
-        code="unsupported_content_encoding",
-        status=415,
-    )
-
-
-def _refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
-    """Ids and query parameters reach SQL: PostgreSQL cannot compare text with NUL in it.
-    No object has such an id (404, as for any unknown id); other parameters are a 400."""
-    for name, value in [*kwargs.items(), *query.items()]:
-        if "\x00" not in str(value):
-            continue
-        if name in kwargs:  # the object's id in the path: ``id``, as for any unknown id
-            raise NotFound("No such object.", param="id")
-        if name in ID_PARAMETERS:
-            raise NotFound("No such object.", param=name)
-        raise InvalidRequest(
-            f"{name} must not contain NUL (\\u0000) characters.",
-            code="invalid_parameter",
-            param=name,
-        )
-
 
 # Admission's refusals that a replay of an answered call is not subject to.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -185,7 +153,7 @@ class TenantAPIView(APIView):
         if request.method in BODY_METHODS:  # authenticated: its tenant's slots (body_slots)
             body_stream_guard(request._request, self.tenant.pk)
         try:
-            _refuse_content_coding(request)
+            refuse_content_coding(request)
         except APIError as exc:  # as a body's errors: after admission (a throttled key's 429)
             self._body_error = exc
         post = request.method == "POST"
@@ -227,8 +195,8 @@ class TenantAPIView(APIView):
         # query says, and a refused query carries the RateLimit headers like any answer.
         if self._body_error is not None:
             raise self._body_error
-        self._refuse_query(request)
-        _refuse_nul(kwargs, request.query_params)
+        refuse_query(self, request)
+        refuse_nul(kwargs, request.query_params)
         if key is None:
             return
         outcome = idempotency_begin(
@@ -285,27 +253,6 @@ class TenantAPIView(APIView):
             raise
         self._token_taken = True
         return admission
-
-    def _refuse_query(self, request: Request) -> None:
-        """A query parameter the method does not take, or one given twice, is a 400."""
-        method = "GET" if request.method == "HEAD" else (request.method or "")
-        # A method the view lacks is a 405, whatever its query says (DRF decides after this);
-        # OPTIONS describes the resource, whichever of its methods' queries it carries.
-        if method == "OPTIONS" or not hasattr(self, method.lower()):
-            return
-        allowed = self.query_parameters.get(method, frozenset())
-        unknown = next((name for name in request.query_params if name not in allowed), None)
-        if unknown is not None:
-            raise InvalidRequest(
-                f"Received unknown parameter: {unknown}.", code="unknown_parameter", param=unknown
-            )
-        # ?a=1&a=2: Django keeps the last, another reader the first; neither is asked for.
-        params = request.query_params
-        twice = next((n for n in params if len(params.getlist(n)) > 1), None)
-        if twice is not None:
-            raise InvalidRequest(
-                f"{twice} is given more than once.", code="duplicate_parameter", param=twice
-            )
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         try:
