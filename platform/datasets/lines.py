@@ -25,11 +25,14 @@ class FileLines:
     def __init__(self, data: bytes) -> None:
         data = data[len(BOM) :] if data.startswith(BOM) else data
         self._data = data.replace(b"\r", b"\n") if cr_line_breaks(data) else data
+
+    @functools.cached_property
+    def _text(self) -> str | None:
         try:
             # (UTF-8 as a whole is UTF-8 line by line: no character's bytes hold b"\n")
-            self._text: str | None = self._data.decode("utf-8")
+            return self._data.decode("utf-8")
         except UnicodeDecodeError:
-            self._text = None
+            return None
 
     @property
     def all_utf8(self) -> bool:
@@ -39,6 +42,12 @@ class FileLines:
     @functools.cached_property
     def count(self) -> int:
         return self._data.count(b"\n") + 1
+
+    @property
+    def counted(self) -> int:
+        """The lines, an empty one after a final line break left out: counted in C, before
+        any is decoded or split out (a file of millions of lines is refused so)."""
+        return self.count - self._data.endswith(b"\n")
 
     def undecodable(self) -> Iterator[int]:
         """The numbers of the lines that are not UTF-8, in order."""
@@ -67,14 +76,6 @@ def cr_line_breaks(data: bytes) -> bool:
     (Macintosh)"): no CRLF in it, and more CRs than LFs (a tool may have added one LF at the
     end)."""
     return b"\r\n" not in data and data.count(b"\r") > data.count(b"\n")
-
-
-def line_count(data: bytes) -> int:
-    """How many lines ``FileLines(data)`` reads, counted in C before any is split out."""
-    breaks = data.count(b"\n")
-    if cr_line_breaks(data):
-        return breaks + data.count(b"\r") + (not data.endswith((b"\n", b"\r")))
-    return breaks + (not data.endswith(b"\n"))
 
 
 def _numbered(data: AnyStr, newline: AnyStr) -> Iterator[tuple[int, AnyStr]]:

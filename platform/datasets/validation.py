@@ -23,7 +23,7 @@ from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS
 
 from . import messages
 from .label_checks import label_set_check
-from .lines import FileLines, line_count
+from .lines import FileLines
 
 # NOTE: csv's limit on one field (128 KiB unless raised; process-wide) made a text of 200,000
 # characters "unreadable CSV" rather than a text too long, as JSONL reports it. Uploads are
@@ -323,20 +323,20 @@ def _detect(filename: str, lines: FileLines) -> str:
 
 def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
     result = Validation()
-    # (A count in C, before a line is split out: its lines would take a gigabyte.)
-    if (count := line_count(data)) > (limit := max_lines()):
+    lines = FileLines(data)
+    # (Counted before a line is split out: its lines would take a gigabyte.)
+    if (count := lines.counted) > (limit := max_lines()):
         result.error(None, messages.TOO_MANY_LINES.format(count=count, limit=limit))
         return result.finish()
     try:
-        return _validate(data, filename, result)
+        return _validate(lines, filename, result)
     except _Stop as stop:
         message = messages.NOT_UTF8_STOP if stop.decoding else messages.TOO_MANY_ERRORS
         result.error(None, message.format(count=result.error_count, line=stop.line))
         return result.finish()
 
 
-def _validate(data: bytes, filename: str, result: Validation) -> Validation:
-    lines = FileLines(data)
+def _validate(lines: FileLines, filename: str, result: Validation) -> Validation:
     # A line that is not UTF-8 is an error of its own, so one bad byte does not hide the
     # rest of the file's problems; the reading passes over it.
     for number in lines.undecodable():
