@@ -139,7 +139,8 @@ class AdminUnavailableMiddleware:
     never a 500. The admin writes that reach Redis run in one transaction (Django's change
     and delete views; list actions through ``core.admin.AtomicActionsAdmin``), so by the
     time this runs they have been rolled back: nothing was changed. (The plans' *Sync to
-    Stripe* action commits plan by plan and reports its own failures.)"""
+    Stripe* action commits plan by plan and reports its own failures.) It also refuses an
+    admin address holding a NUL (a 400) before any query reads it."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
