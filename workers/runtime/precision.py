@@ -50,7 +50,11 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
 # and faster from it (18,614 against 16,163 at 8192 tokens, 27,548 against 19,507 at 32768);
 # 32 one-input clients, whose batches are small, got 180.6 inputs/s from a worker under
 # autocast and 500.9 in fp32 (autocast's casts and dispatch cost the worker 6.95 against 2.94
-# ms of CPU an input). Between 2048 and 8192 nothing was measured.
+# ms of CPU an input). Between 2048 and 8192 nothing was measured. The switched worker in
+# that stack (2026-12-01, two alternating rounds, 6 s windows; fp32 in brackets): 32 one-input
+# clients 588.0 and 590.3 inputs/s (553.1, 598.2), 4 clients x 96 inputs 5,748 and 6,024
+# (4,923, 5,532), 16 x 96 5,631 and 6,167 (5,287, 5,663); switching at 32768 tokens instead
+# gave 579.1 / 544.2, 5,759 / 5,337 and 5,663 / 5,343: no better.
 AUTO_GPU_HALF_FROM_TOKENS = 8192
 
 
