@@ -218,6 +218,8 @@ class Usage(TypedDict):
 class WorkerError(TypedDict):
     code: str
     message: str
+    # The request's parameter at fault (``labels[2]``), where one is; older workers send none.
+    param: NotRequired[str]
 
 
 class ClassifyResult(TypedDict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult
+from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, WorkerError
 
 EXPIRED = "expired"
 MODEL_UNAVAILABLE = "model_unavailable"
@@ -30,15 +30,20 @@ BAD_EXAMPLES_MESSAGE = "'examples' must hold at most {limit} items with a text a
 EXAMPLE_LABEL_MESSAGE = "Example {index} has label {label!r}, which is not in 'labels'."
 
 
-def error_result(request: ClassifyRequest, code: str, message: str) -> ClassifyResult:
+def error_result(
+    request: ClassifyRequest, code: str, message: str, param: str | None = None
+) -> ClassifyResult:
     """A result that carries an error instead of classifications; nothing was computed."""
+    error: WorkerError = {"code": code, "message": message}
+    if param is not None:
+        error["param"] = param
     result: ClassifyResult = {
         "v": CONTRACT_VERSION,
         "request_id": request.get("request_id", ""),
         "model": request.get("model", ""),
         "results": [],
         "usage": {"inputs": 0, "tokens": 0, "compute_ms": 0.0, "cached": 0},
-        "error": {"code": code, "message": message},
+        "error": error,
     }
     if "deadline" in request:
         result["deadline"] = request["deadline"]

@@ -6,7 +6,12 @@ from typing import Any
 from rest_framework import serializers
 
 from core.moments import rfc3339_parse, utc_clamped
-from core.serializers import StrictIntegerField, StrictSerializer, StrictStringField
+from core.serializers import (
+    BoundedListField,
+    StrictIntegerField,
+    StrictSerializer,
+    StrictStringField,
+)
 
 from .models import ApiKey, Scope
 
@@ -26,7 +31,7 @@ class Rfc3339DateTimeField(serializers.DateTimeField):
 
 class ApiKeyCreateSerializer(StrictSerializer):
     name = StrictStringField(max_length=200, required=False, allow_blank=True, default="")
-    scopes = serializers.ListField(
+    scopes = BoundedListField(
         child=serializers.ChoiceField(choices=Scope.choices), min_length=1, max_length=4
     )
     # No default: left out, a key made by an expiring key expires with it; null says "never",

@@ -48,7 +48,19 @@ class StrictFloatField(serializers.FloatField):
         return float(super().to_internal_value(data))
 
 
-class DistinctListField(serializers.ListField):
+class BoundedListField(serializers.ListField):
+    """A list refused for its length before its items are checked: DRF checks every item,
+    building an error for each bad one, and the length only after. 500,000 numbers as a
+    classification's ``inputs`` (1 MB) took 9.4 s to refuse, 5,000,000 (10 MB) over a minute
+    and gigabytes of the API process's memory (an audit)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, list) and self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+        return super().to_internal_value(data)
+
+
+class DistinctListField(BoundedListField):
     """A list whose items must differ (its serializer refuses a repeat with its own message); the
     OpenAPI document says so (``uniqueItems``, core.schema)."""
 

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.errors import InvalidRequest, TooLarge
-from core.serializers import StrictSerializer, StrictStringField
+from core.serializers import BoundedListField, StrictSerializer, StrictStringField
 from workers.contract import (
     MAX_EXAMPLES,
     MAX_EXAMPLES_CHARS,
@@ -57,7 +57,7 @@ class InputTextField(StrictStringField):
         "nullable": True,
     }
 )
-class LabelsField(serializers.ListField):
+class LabelsField(BoundedListField):
     """Zero-shot classes: distinct, non-empty."""
 
 
@@ -78,7 +78,7 @@ class ExampleSerializer(StrictSerializer):
 
 class ClassifyRequestSerializer(StrictSerializer):
     model = StrictStringField(max_length=200)
-    inputs = serializers.ListField(
+    inputs = BoundedListField(
         child=InputTextField(allow_blank=True),
         min_length=1,
         max_length=MAX_INPUTS,
@@ -137,7 +137,7 @@ class ClassifyRequestSerializer(StrictSerializer):
                     raise InvalidRequest(
                         messages.DUPLICATE_LABEL.format(label=label),
                         code="duplicate_label",
-                        param="labels",
+                        param=f"labels[{index}]",  # as the other duplicates are named
                     )
                 seen.add(label)
         return labels

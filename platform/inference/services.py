@@ -122,7 +122,9 @@ def _response(result: ClassifyResult, *, request_id: str, model: AIModel) -> dic
     error = result.get("error")
     if error is not None and error.get("code") == DUPLICATE_LABEL:
         # Labels the tokenizer reads as one (the serializer refuses those it can tell).
-        raise InvalidRequest(error["message"], code=DUPLICATE_LABEL, param="labels")
+        raise InvalidRequest(
+            error["message"], code=DUPLICATE_LABEL, param=error.get("param") or "labels"
+        )
     if error is not None and error.get("code") == EXPIRED:
         # Taken by a worker past its deadline: the caller's worker timeout, as when no worker
         # answers at all (it read "The inference worker failed", code "expired").

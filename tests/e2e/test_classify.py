@@ -327,7 +327,7 @@ def test_labels_the_tokenizer_reads_as_one_are_a_400_and_unbilled(http, secret):
         refused = classify(client, body)
     assert refused.status_code == 400, refused.text
     error = refused.json()["error"]
-    assert (error["code"], error["param"]) == ("duplicate_label", "labels")
+    assert (error["code"], error["param"]) == ("duplicate_label", "labels[1]")
     drain_usage()
     assert not UsageRecord.objects.unscoped().filter(event_id=refused.headers["X-Request-Id"])
 

@@ -111,6 +111,7 @@ def test_labels_read_as_one_are_refused_when_one_prompt_is_cached(
     again = make_request(["great stuff"], labels=labels, tenant_id="t2", **model)
     result = engine.classify(again)
     assert result.get("error", {}).get("code") == "duplicate_label", result
+    assert result["error"].get("param") == "labels[1]"
     assert result["usage"]["inputs"] == 0
 
 

@@ -221,7 +221,9 @@ class ClassifierEngine:
             message = errors.DUPLICATE_LABEL_MESSAGE.format(
                 index=index, label=label_set[index], first=first, other=label_set[first]
             )
-            return _done(errors.error_result(request, errors.DUPLICATE_LABEL, message))
+            return _done(
+                errors.error_result(request, errors.DUPLICATE_LABEL, message, f"labels[{index}]")
+            )
         # Texts whose embeddings are cacheable: the label prompts of labels that have no
         # examples, and the example texts. Looked up first; only misses are computed.
         class_texts = [LABEL_TEMPLATE.format(label=x) for x in label_set if x not in with_examples]
