@@ -31,6 +31,7 @@ from .locks import lock_held
 from .models import Invoice, Subscription, UsageChargePush
 from .periods import billed_currency, period_recorded
 from .rating import ChargeLine, RatedPeriod, rate_tenant_period
+from .reread import subscription_reread
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
 
@@ -347,7 +348,9 @@ def _stripe_preview_lines(sub: Subscription) -> list[dict[str, Any]]:
     return lines
 
 
-def upcoming_invoice(*, tenant: Tenant, livemode: bool = True) -> UpcomingInvoice:
+def upcoming_invoice(
+    *, tenant: Tenant, livemode: bool = True, reread: bool = True
+) -> UpcomingInvoice:
     """Base fee + usage lines from the ledger so far; with a Stripe subscription the fixed
     part (base fee, prorations) is Stripe's own preview. In test mode, which is never billed,
     the current period's invoice with no lines."""
@@ -373,6 +376,13 @@ def upcoming_invoice(*, tenant: Tenant, livemode: bool = True) -> UpcomingInvoic
     if with_stripe:
         try:
             upcoming.lines.extend(_stripe_preview_lines(sub))
+        except stripe.InvalidRequestError as exc:
+            # No next invoice for a subscription Stripe ended (its webhook lost): re-read it,
+            # as the daily re-read would a day later, and answer for what Stripe holds now.
+            # (A 503 "retrying will meet the same answer" until then, an audit found.)
+            if reread and subscription_reread(tenant):
+                return upcoming_invoice(tenant=tenant, livemode=livemode, reread=False)
+            raise stripe_error_to_api(exc) from exc
         except stripe.StripeError as exc:
             raise stripe_error_to_api(exc) from exc
     for line in rated.lines:

@@ -20,7 +20,7 @@ from .invoicing import PushInProgress, usage_charges_push
 from .models import BillingPeriod, StripeEvent, Subscription
 from .periods import LATE_USAGE_HORIZON
 from .reconciliation import reconciliation_run
-from .subscriptions import subscription_get_or_create, subscription_refresh_from_stripe
+from .reread import subscription_reread
 from .unpaid import past_due_clear
 from .webhooks import stripe_event_process
 
@@ -156,30 +156,14 @@ def reconcile_all_task() -> int:
     return len(tenant_ids) + len(closed)
 
 
-def _subscription_reread(tenant: Tenant) -> None:
-    """The subscription as Stripe has it, once a day: with its webhook lost, a cancellation
-    made in Stripe left the tenant served on the paid plan (and its upcoming invoice a
-    503) until Stripe happened to send the event again."""
-    sub = subscription_get_or_create(tenant=tenant)
-    if sub.stripe_customer_id and sub.stripe_subscription_id:
-        try:
-            subscription_refresh_from_stripe(
-                customer_id=sub.stripe_customer_id,
-                stripe_subscription_id=sub.stripe_subscription_id,
-                snapshot={},
-                event_created=0,
-            )
-        except stripe.InvalidRequestError as exc:  # refused: the push and check still run
-            logger.error("could not re-read %s from Stripe: %s", sub.stripe_subscription_id, exc)
-
-
 @app.task(name="billing.usage_push_and_reconcile", **TASK_OPTIONS)
 def usage_push_and_reconcile_task(
     tenant_id: str, start: str | None = None, end: str | None = None
 ) -> int | None:
     tenant = Tenant.objects.get(pk=tenant_id)
     if start is None:
-        _subscription_reread(tenant)
+        # (Refused by Stripe: logged, and the push and check still run.)
+        subscription_reread(tenant)
         past_due_clear(tenant_id=tenant.pk)  # on free with nothing owed any more
     cut = timezone.now()
     began = datetime.fromisoformat(start) if start else None

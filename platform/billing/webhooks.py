@@ -33,6 +33,8 @@ from .subscriptions import subscription_refresh_from_stripe
 from .unpaid import past_due_clear
 
 logger = logging.getLogger(__name__)
+# 9999-12-31T23:59:59Z: the last second a datetime can hold.
+MAX_CREATED = 253402300799
 
 
 class WebhookRejected(Exception):
@@ -95,6 +97,9 @@ def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, A
         and isinstance(data["object"].get("id"), str)
         and 0 < len(data["object"]["id"]) <= 255
         and type(event.get("created")) is int
+        # A time the handlers can turn into a datetime: one past year 9999 (a signed
+        # ``created`` of 10**12) was stored and failed its handler on every retry.
+        and 0 <= event["created"] <= MAX_CREATED
         # NOTE: PostgreSQL's jsonb cannot store NUL; Stripe never sends one.
         and b"\\u0000" not in payload
     ):

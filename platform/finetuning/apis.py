@@ -38,6 +38,9 @@ def _job(job: FineTuneJob) -> Any:
 
 class FineTuneListCreateApi(TenantAPIView):
     required_scopes = {"GET": Scope.TRAINING, "POST": Scope.TRAINING}
+    # An unpaid subscription's 402 is decided at admission, whatever the body, as for a
+    # classification (a job's body errors came first: a 404 for a dataset, then the 402).
+    billable = True
     query_parameters = {"GET": LIST_QUERY}
 
     @extend_schema(

@@ -54,6 +54,13 @@ def _pushed(tenant, start):
     )
 
 
+def _period_days(tenant) -> float:
+    """The current period's scheduled length in days: a calendar month, 28 to 31 (these
+    tests assumed 30, and failed on the first of December)."""
+    sub = Subscription.objects.for_tenant(tenant).get()
+    return (sub.current_period_end - sub.current_period_start) / timedelta(days=1)
+
+
 def _rated(tenant, start):
     period = BillingPeriod.objects.for_tenant(tenant).get(start=start)
     return rate_tenant_period(
@@ -66,6 +73,7 @@ def test_back_and_forth_credits_what_a_plans_grown_share_covers_now(
 ):
     subscription_change(tenant=tenant, plan_slug="pro")
     start = Subscription.objects.for_tenant(tenant).get().current_period_start
+    days = _period_days(tenant)
     _usage(tenant, 100_000, "pro@1", start + timedelta(days=1))
     _at(monkeypatch, timedelta(days=10))
     subscription_change(tenant=tenant, plan_slug="scale")
@@ -74,8 +82,10 @@ def test_back_and_forth_credits_what_a_plans_grown_share_covers_now(
     pushed = _pushed(tenant, start)
     _at(monkeypatch, timedelta(days=20))
     subscription_change(tenant=tenant, plan_slug="pro")
-    # Pro's share grew from a third to two thirds: less of its usage is past its inputs.
-    assert float(plan_shares(tenant=tenant, start=start)["pro@1"]) == pytest.approx(2 / 3, rel=1e-3)
+    # Pro's share grew from a third to two thirds (of a 30-day month; 21/31 of a 31-day
+    # one): less of its usage is past its inputs.
+    share = plan_shares(tenant=tenant, start=start)["pro@1"]
+    assert float(share) == pytest.approx((days - 10) / days, rel=1e-3)
     credit = usage_charges_push(tenant=tenant)
     assert [p.amount < 0 and p.description.startswith("Credit: ") for p in credit] == [True]
     rated = _rated(tenant, start)
@@ -91,17 +101,18 @@ def test_a_period_cut_short_keeps_the_shares_of_its_scheduled_length(
 ):
     subscription_change(tenant=tenant, plan_slug="scale")
     start = Subscription.objects.for_tenant(tenant).get().current_period_start
+    days = _period_days(tenant)
     _usage(tenant, 1_000_000, "scale@1", start + timedelta(hours=12))
     _at(monkeypatch, timedelta(days=1))
-    subscription_change(tenant=tenant, plan_slug="pro")  # scale keeps 1/30 of its fee
+    subscription_change(tenant=tenant, plan_slug="pro")  # scale keeps a day's share of its fee
     usage_charges_push(tenant=tenant)
     pushed = _pushed(tenant, start)
     _at(monkeypatch, timedelta(days=2))
     subscription_change(tenant=tenant, plan_slug="free")  # cancel: pro keeps its whole fee
     # Counted against the period as scheduled, its cut-off rest pro's: a day on scale stays
-    # a thirtieth of its inputs (it was half of them, over the two days the period lasted).
+    # a day's share of its inputs (it was half of them, over the two days the period lasted).
     assert float(plan_shares(tenant=tenant, start=start)["scale@1"]) == pytest.approx(
-        1 / 30, rel=1e-3
+        1 / days, rel=1e-3
     )
     assert pushed > 0 and _rated(tenant, start) == pushed
 

@@ -71,6 +71,8 @@ def test_forged_stale_unsigned_are_401_and_malformed_400_with_no_effect(live_ser
         # Signed, but what every handler reads is missing: it failed on every retry.
         json.dumps({**event, "data": {"object": {"customer": "cus_x"}}}).encode(),
         json.dumps({**event, "created": "abc"}).encode(),
+        json.dumps({**event, "created": 10**12}).encode(),  # year 33658: failed every retry
+        json.dumps({**event, "created": -5}).encode(),
         json.dumps({k: v for k, v in event.items() if k != "created"}).encode(),
         # What no database can store: answered 500 (a lone surrogate), or 200 "duplicate"
         # and dropped (NaN), before.

@@ -274,6 +274,9 @@ def test_an_unpaid_subscription_stops_live_jobs_only(tenant, client_for, make_da
     tenant_context_forget(tenant_id=tenant.pk)
     body = {"base_model": "minilm-l6", "training_dataset": make_dataset(tenant).id}
     assert_error(create(client_for(tenant, ["training"]), **body), 402, "subscription_unpaid")
+    # Whatever the body, as a classification's: no fix to it would let the job run.
+    for bad in ({**body, "training_dataset": "ds_nope"}, {**body, "method": "bogus"}, {}):
+        assert_error(create(client_for(tenant, ["training"]), **bad), 402, "subscription_unpaid")
     assert create(client_for(tenant, ["training"], mode="test"), **body).status_code == 201
 
 
