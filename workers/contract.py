@@ -4,7 +4,9 @@ Both sides import this module and nothing else of each other. It is standard lib
 for the result cache's keys ``workers.text_form`` (the ``tokenizers`` package: Rust, no
 torch), so that the API can import it without torch and a worker without Django. Changing
 a name or a field here is an API change between the two sides: bump ``CONTRACT_VERSION`` and
-keep readers tolerant of the previous version while both are deployed.
+keep readers tolerant of the previous version while both are deployed. (An optional field
+that readers of both versions do without, such as ``WorkerError.param``, needs no bump: the
+version names what a side must understand, and a bump flags every older worker.)
 """
 
 from __future__ import annotations

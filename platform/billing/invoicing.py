@@ -31,7 +31,7 @@ from .locks import lock_held
 from .models import Invoice, Subscription, UsageChargePush
 from .periods import billed_currency, period_recorded
 from .rating import ChargeLine, RatedPeriod, rate_tenant_period
-from .reread import subscription_reread
+from .reread import subscription_reread_changed
 from .stripe_client import as_dict, stripe_api, stripe_configured, stripe_error_to_api
 from .subscriptions import subscription_get_or_create
 
@@ -380,7 +380,7 @@ def upcoming_invoice(
             # No next invoice for a subscription Stripe ended (its webhook lost): re-read it,
             # as the daily re-read would a day later, and answer for what Stripe holds now.
             # (A 503 "retrying will meet the same answer" until then, an audit found.)
-            if reread and subscription_reread(tenant):
+            if reread and subscription_reread_changed(tenant):
                 return upcoming_invoice(tenant=tenant, livemode=livemode, reread=False)
             raise stripe_error_to_api(exc) from exc
         except stripe.StripeError as exc:

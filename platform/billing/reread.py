@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import logging
 
+import redis
 import stripe
 
+from limits.services import redis_client
 from tenants.models import Tenant
 
+from .models import Subscription
+from .stripe_client import stripe_error_to_api
 from .subscriptions import subscription_get_or_create, subscription_refresh_from_stripe
 
 logger = logging.getLogger(__name__)
+# An upcoming invoice's refusal re-reads its subscription at most this often: a refusal that
+# lasts (one a re-read does not explain) cost two more Stripe calls on every GET.
+INVOICE_REREAD_EVERY_S = 300
 
 
 def subscription_reread(tenant: Tenant) -> bool:
@@ -33,3 +40,30 @@ def subscription_reread(tenant: Tenant) -> bool:
         logger.error("could not re-read %s from Stripe: %s", sub.stripe_subscription_id, exc)
         return False
     return True
+
+
+def subscription_reread_changed(tenant: Tenant) -> bool:
+    """For an upcoming invoice Stripe refused to preview: re-read the subscription (at most
+    once every ``INVOICE_REREAD_EVERY_S``), True when that changed it (another Stripe
+    subscription, status, plan or period), so the invoice is worth asking for again. A
+    Stripe that cannot be reached is the contract's 503, as the preview's own errors."""
+    before = subscription_get_or_create(tenant=tenant)
+    try:
+        first = redis_client().set(
+            f"billing:invoice_reread:{before.pk}", 1, nx=True, ex=INVOICE_REREAD_EVERY_S
+        )
+    except redis.RedisError:
+        first = True  # (unthrottled while Redis is away: still one re-read a GET at most)
+    if not first:
+        return False
+    seen = _state(before)
+    try:
+        if not subscription_reread(tenant):
+            return False
+    except stripe.StripeError as exc:
+        raise stripe_error_to_api(exc) from exc
+    return seen != _state(subscription_get_or_create(tenant=tenant))
+
+
+def _state(sub: Subscription) -> tuple[object, ...]:
+    return (sub.stripe_subscription_id, sub.status, sub.plan_id, sub.current_period_start)

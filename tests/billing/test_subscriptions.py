@@ -304,35 +304,6 @@ def test_a_retried_change_with_an_idempotency_key_subscribes_once(tenant, client
     assert len(stripe_api.Subscription.list(customer=customer).data) == 1
 
 
-def test_a_subscription_ended_in_stripe_with_its_webhook_lost_is_read_again_for_its_invoice(
-    tenant, client_for, stripe_api
-):
-    """The subscription cancelled in Stripe and its webhook lost: Stripe refuses to preview
-    its next invoice. That was a 503 saying a retry would meet the same answer, for up to a
-    day (until the daily re-read), while the tenant was served on the paid plan; the refusal
-    now re-reads the subscription, and the invoice is the one of what Stripe holds."""
-    import stripe
-
-    from billing.stripe_client import stripe_error_to_api
-
-    client = client_for(tenant, ["billing"])
-    assert client.post("/v1/subscription", {"plan": "pro"}, format="json").status_code == 200
-    stripe_api.Subscription.cancel(_local(tenant).stripe_subscription_id)
-    assert client.get("/v1/subscription").json()["plan"]["id"] == "pro"  # no webhook here
-    response = client.get("/v1/invoices/upcoming")
-    assert response.status_code == 200, response.json()
-    assert response.json()["plan"] == "free"
-    assert client.get("/v1/subscription").json()["plan"]["id"] == "free"
-    # A refusal that a re-read does not explain stays a 503 that says Stripe refused (not
-    # 'did not answer', which sent people looking at the network), and waits on the operator.
-    refused = stripe_error_to_api(stripe.InvalidRequestError("No such customer", "customer"))
-    assert refused.code == "billing_unavailable" and "refused the request" in refused.message
-    assert refused.status == 503 and refused.headers == {"Retry-After": "60"}
-    down = stripe_error_to_api(stripe.APIConnectionError("connection refused"))
-    assert "did not answer" in down.message
-    assert down.status == 503 and down.headers == {"Retry-After": "5"}
-
-
 def test_free_tenants_follow_the_current_free_version_and_free_is_always_reachable(
     tenant, client_for, stripe_api, monkeypatch
 ):
