@@ -120,10 +120,11 @@ def test_a_pass_below_the_switch_answers_as_fp32_and_one_above_as_bf16() -> None
     assert (together - fp32.embed_ids(batch)).abs().max().item() > 1e-5
 
 
-def test_a_switching_encoder_warms_its_half_precision_passes_too() -> None:
+def test_a_switching_encoder_warms_its_half_precision_passes_too(monkeypatch) -> None:
     """The warm-up's two short texts run in fp32 under ``auto`` on a GPU: a fresh worker's
     first bf16 passes would be its customers' (on an H200 they served 4 x 96-input clients at
     2,168 inputs/s against 5,749-6,024 once warm). Here on the CPU with a low switch."""
+    monkeypatch.setattr("workers.runtime.encoder.GPU_MAX_BATCH_TOKENS", 1024)  # (a CPU's time)
     switching = Encoder("minilm-l6", BASE_MODELS["minilm-l6"](), CPU, torch.bfloat16, 256)
     passes: list[tuple[int, bool]] = []
     embed_ids = switching.embed_ids
@@ -136,6 +137,7 @@ def test_a_switching_encoder_warms_its_half_precision_passes_too() -> None:
 
     switching.embed_ids = recorded  # type: ignore[method-assign]
     _warm_half(switching)
+    # At the switch and at the GPU's batch default (workers.settings).
     assert [p for p, _ in passes] == [256, 1024] and all(half for _, half in passes)
 
     passes.clear()

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from workers.contract import MAX_TEXT_TOKENS
+from workers.settings import GPU_MAX_BATCH_TOKENS
 
 from .bert import Adapter, AdapterRows, BertConfig, BertModel, _hf_to_ours, mean_pool, pad_ids
 from .precision import compute_dtype, half_from_tokens, resolve_device
@@ -290,5 +291,5 @@ def _warm_half(encoder: Encoder) -> None:
     if encoder.dtype == torch.float32 or not encoder.half_from_tokens:
         return
     row = encoder.tokenize(["warm up " * 31])[0].ids  # 64 tokens
-    for tokens in (encoder.half_from_tokens, 4 * encoder.half_from_tokens):
+    for tokens in sorted({encoder.half_from_tokens, GPU_MAX_BATCH_TOKENS}):
         encoder.embed_ids([row] * math.ceil(tokens / len(row)))
