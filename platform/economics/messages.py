@@ -11,7 +11,9 @@ RANGE_BACKWARDS = "start must be before end."
 RANGE_TOO_LONG = "A range may span at most {years} years ({start} to {end})."
 PRICES_NOT_JSON = "The price table is not JSON: {problem}"
 PRICES_TOO_DEEP = "The price table is nested too deeply to read."
-PRICES_NOT_OBJECT = "the price table must be a JSON object keyed by plan slug"
+PRICES_NOT_OBJECT = (
+    "the price table must be a JSON object keyed by plan slug (every version) or version (pro@1)"
+)
 PRICES_UNKNOWN_PLAN = "unknown plan {slug!r}"
 PRICES_NOT_EDITABLE = "{slug}: only {editable} can be proposed"
 PRICES_UNPRICEABLE = (

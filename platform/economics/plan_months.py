@@ -222,8 +222,13 @@ def recorded(months_touched: list[Month]) -> Recorded:
     for tenant_id, start, end, scheduled_end, plan_id in rows:
         by_tenant[tenant_id].append(Period(start, end, scheduled_end or end, plan_id))
     span_rows: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+    # NOTE: to the end of the last period read, not of the range: a period reaching past the
+    # range shares its included inputs by every change in it, as billing does (read only to
+    # the range's end, a change after it left the old plan its whole allowance and its
+    # month's fee was the new plan's whole one, an audit found).
+    reach = max([hi, *(max(p.end, p.scheduled_end) for ps in by_tenant.values() for p in ps)])
     spans = PlanSpan.objects.unscoped().filter(
-        start__lt=hi, tenant_id__in=periods.values("tenant_id")
+        start__lt=reach, tenant_id__in=periods.values("tenant_id")
     )
     for tenant_id, start, plan_id in spans.order_by("tenant_id", "start").values_list(
         "tenant_id", "start", "plan_id"

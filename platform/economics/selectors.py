@@ -154,8 +154,8 @@ def _rows_with_money(
     read: _Read | None = None,
 ) -> list[Money]:
     """(rollup row, revenue in minor units, plan used) for every live row in the range;
-    ``proposed`` overrides plan terms by plan slug (the simulator); ``read``: the range
-    read already (``_read``)."""
+    ``proposed`` overrides plan terms by plan slug or version (the simulator); ``read``: the
+    range read already (``_read``)."""
     read = read or _read(start, end)
     if read is None:
         return []
@@ -225,9 +225,12 @@ def _month_money(
 
 
 def _proposed(plan: Plan, proposed: dict[str, dict[str, Any]] | None) -> Plan:
-    if proposed and plan.slug in proposed:
+    """``plan`` with the terms proposed for its slug (every version), then for its own
+    version (``pro@1``), which win."""
+    terms = {**proposed.get(plan.slug, {}), **proposed.get(plan.id, {})} if proposed else {}
+    if terms:
         plan = copy.copy(plan)
-        for name, value in proposed[plan.slug].items():
+        for name, value in terms.items():
             setattr(plan, name, value)
     return plan
 
@@ -305,8 +308,9 @@ def margin_totals(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def pricing_simulate(
     *, start: datetime, end: datetime, proposed: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Replay [start, end) of the ledger under proposed plan terms (by plan slug: any Plan
-    field, e.g. base_fee, included_inputs, overage_tiers) against what was actually rated.
+    """Replay [start, end) of the ledger under proposed plan terms (by plan slug or version:
+    any Plan field, e.g. base_fee, included_inputs, overage_tiers) against what was actually
+    rated.
     Per tenant and revenue currency (``tenants``: keyed by tenant id, or "<id> (<currency>)"
     for a tenant billed in two currencies in the range) and per currency (``totals``;
     ``total`` when there is one currency): revenue, cost and margin, actual and simulated."""

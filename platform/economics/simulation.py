@@ -78,11 +78,16 @@ def prices_parse(text: str) -> dict[str, dict[str, Any]]:
 
 
 def proposed_validate(proposed: Any) -> dict[str, dict[str, Any]]:
-    """Raise ValueError naming what is wrong; return the overrides by plan slug, checked by
-    the plans app's own rules (``plans.terms.price_terms_check``, bounds included)."""
+    """Raise ValueError naming what is wrong; return the overrides by plan slug (every version
+    of the plan) or plan version (``pro@1``: its tenants alone), checked by the plans app's
+    own rules (``plans.terms.price_terms_check``, bounds included)."""
     if not isinstance(proposed, dict):
         raise ValueError(messages.PRICES_NOT_OBJECT)
     caps = dict(Plan.objects.filter(is_current=True).values_list("slug", "monthly_hard_cap"))
+    # NOTE: a slug reprices every version of its plan: a table of the current terms then
+    # moved tenants still on an older version (an audit). A version names its tenants alone.
+    versions = [key for key in proposed if isinstance(key, str) and "@" in key]
+    caps.update(Plan.objects.filter(pk__in=versions).values_list("pk", "monthly_hard_cap"))
     for slug, terms in proposed.items():
         if slug not in caps:
             raise ValueError(messages.PRICES_UNKNOWN_PLAN.format(slug=slug))

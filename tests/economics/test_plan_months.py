@@ -113,6 +113,25 @@ def test_a_move_down_after_using_the_allowance_keeps_only_its_share():
     assert billed_usage(tenant, NOV, DEC) == 24_667
 
 
+def test_a_plan_change_after_the_range_still_shares_the_period_reaching_past_it():
+    """A period from 12 November to 12 December, on pro until a move to scale on 2 December:
+    pro had 20 of its 30 days, 66,667 of its 100,000 included inputs, so a call of 100,000
+    on the 20th is 33,333 past them (1,333 at 40 per 1,000), and November's fee is pro's for
+    its 19 days there (4,900 x 19/30 = 3,103). Asked for November alone, the change after it
+    was not read: no overage, and scale's whole fee (49,900)."""
+    tenant = TenantFactory()
+    subscribe(tenant, "scale")
+    recorded(tenant, [(day(12), day(12, DEC), None, "scale@1")],
+             [(day(12), "pro@1"), (day(2, DEC), "scale@1")])  # fmt: skip
+    calls(tenant, (100_000, "pro@1", day(20)))
+    assert billed_usage(tenant, NOV, DEC) == 1_333
+    assert revenue_of(tenant, NOV, DEC) == 1_333 + 3_103
+    assert revenue_of(tenant, day(20), day(21)) - revenue_of(tenant, day(21), day(22)) == 1_333
+    simulated = pricing_simulate(start=NOV, end=DEC, proposed={})["tenants"][tenant.pk]
+    assert simulated["simulated_revenue_micros"] == simulated["actual_revenue_micros"]
+    assert simulated["actual_revenue_micros"] // 10_000 == 1_333 + 3_103
+
+
 def test_a_range_of_part_of_the_month_earns_the_fees_of_the_time_on_each_plan_in_it(
     day_on_scale,
 ):
@@ -252,3 +271,32 @@ def test_plan_changes_as_billing_records_them_give_the_same_figures(monkeypatch)
     assert billed_usage(tenant, NOV, DEC) == 38_667 + 133
     # On free from the 26th, the range still earns pro's rest (5 days: 4,737 less 3,920).
     assert revenue_of(tenant, day(26), DEC) == 817
+
+
+def test_a_price_table_names_a_plan_version_for_its_tenants_alone():
+    """After pro@2 (3,900) the tenant stays on pro@1 (4,900): its November is 4,900 and
+    50,000 inputs past the 100,000 (2,000). A table of the current terms by slug reprices it
+    (5,900, it is pro too); named pro@2 it leaves it as it is; a version wins over its slug."""
+    from economics.simulation import prices_parse
+
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    recorded(tenant, [(NOV, DEC, None, "pro@1")], [(NOV, "pro@1")])
+    calls(tenant, (150_000, "pro@1", day(5)))
+    old = Plan.objects.get(pk="pro@1")
+    Plan.objects.filter(pk=old.pk).update(is_current=False)
+    Plan.objects.create(id="pro@2", slug="pro", version=2, name="Pro", base_fee=3_900,
+                        is_current=True, included_inputs=old.included_inputs,
+                        overage_tiers=old.overage_tiers, currency=old.currency)  # fmt: skip
+
+    def simulated(table: str) -> tuple[int, int]:
+        line = pricing_simulate(start=NOV, end=DEC, proposed=prices_parse(table))
+        mine = line["tenants"][tenant.pk]
+        return mine["actual_revenue_micros"] // 10_000, mine["simulated_revenue_micros"] // 10_000
+
+    assert simulated('{"pro": {"base_fee": 3900}}') == (6_900, 5_900)
+    assert simulated('{"pro@2": {"base_fee": 3900}}') == (6_900, 6_900)
+    assert simulated('{"pro": {"base_fee": 3900}, "pro@1": {"base_fee": 4900}}') == (6_900, 6_900)
+    assert simulated('{"pro@1": {"included_inputs": 150000}}') == (6_900, 4_900)
+    with pytest.raises(ValueError, match="unknown plan 'pro@9'"):
+        prices_parse('{"pro@9": {"base_fee": 1}}')
