@@ -300,3 +300,16 @@ def test_a_price_table_names_a_plan_version_for_its_tenants_alone():
     assert simulated('{"pro@1": {"included_inputs": 150000}}') == (6_900, 4_900)
     with pytest.raises(ValueError, match="unknown plan 'pro@9'"):
         prices_parse('{"pro@9": {"base_fee": 1}}')
+
+
+def test_the_margins_page_by_day_says_how_a_range_is_shared_among_its_days(
+    day_on_scale, admin_client
+):
+    """A day's line over a range is its share of the range's fees and usage, not that day's
+    own charge: the page says so where it shows days, and a day asked alone is its own."""
+    url = "/admin/economics/usagerollup/margins/?start={}&end={}&by={}"
+    month = admin_client.get(url.format("2025-11-01", "2025-12-01", "day")).content.decode()
+    assert "a day's line depends on the range asked" in month
+    by_tenant = admin_client.get(url.format("2025-11-01", "2025-12-01", "tenant"))
+    assert "depends on the range asked" not in by_tenant.content.decode()
+    assert revenue_of(day_on_scale, day(15), day(16), by="day") == {"2025-11-15": 1_663 + 38_667}
