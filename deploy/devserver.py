@@ -17,6 +17,7 @@ import atexit
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,7 +203,30 @@ def _drain(processes: dict[str, subprocess.Popen[bytes]]) -> None:
         print(f"devserver: {waiting} events not stored yet; they stay in Redis", flush=True)
 
 
+def port_refusal(host: str, port: str) -> str | None:
+    """Why the API could not listen on ``host``:``port``, or None. Said before anything
+    starts: a port in use (8000 often is) was ~100 lines of granian's traceback after a line
+    announcing the API on it."""
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"PORT={port!r} is not a port number (1-65535)"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as granian binds)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            return (
+                f"the API cannot listen on {host}:{port} ({exc.strerror}): another server may"
+                f" hold it; stop that one, or run on another port: PORT=8001 make run"
+            )
+    return None
+
+
 def main() -> int:
+    refused = port_refusal(api_host(), os.environ.get("PORT", "8000"))
+    if refused is not None:
+        print(f"devserver: {refused}", file=sys.stderr, flush=True)
+        return 2
     embedded = None
     if not os.environ.get("REDIS_URL"):
         from deploy.embedded_redis import start_embedded_redis

@@ -86,3 +86,29 @@ def test_make_run_serves_this_machine_only_unless_host_says_otherwise(monkeypatc
     monkeypatch.setenv("HOST", "0.0.0.0")
     api = _children("8000")["api"]
     assert api[api.index("--host") + 1] == "0.0.0.0"
+
+
+def test_a_port_in_use_is_said_before_anything_starts():
+    """A taken port was ~100 lines of granian's traceback, after a line announcing the API
+    on it; now one line naming the port and PORT=, and nothing is started."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {**os.environ, "PORT": port, "HOST": "127.0.0.1"}
+        env.pop("REDIS_URL", None)  # (nor is an embedded Redis started)
+        done = subprocess.run([sys.executable, "-m", "deploy.devserver"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2, done
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "PORT=" in done.stderr
+    assert "started" not in done.stdout and "API on" not in done.stdout
+    assert not done.stderr.count("\n") > 1  # one line, no traceback
+    from deploy.devserver import port_refusal
+
+    assert port_refusal("127.0.0.1", "eighty") == "PORT='eighty' is not a port number (1-65535)"
+    assert port_refusal("127.0.0.1", "70000") is not None
