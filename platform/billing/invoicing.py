@@ -380,7 +380,7 @@ def upcoming_invoice(
             # No next invoice for a subscription Stripe ended (its webhook lost): re-read it,
             # as the daily re-read would a day later, and answer for what Stripe holds now.
             # (A 503 "retrying will meet the same answer" until then, an audit found.)
-            if reread and subscription_reread_changed(tenant):
+            if reread and subscription_reread_changed(sub):
                 return upcoming_invoice(tenant=tenant, livemode=livemode, reread=False)
             raise stripe_error_to_api(exc) from exc
         except stripe.StripeError as exc:

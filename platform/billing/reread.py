@@ -9,11 +9,10 @@ import redis
 import stripe
 
 from limits.services import redis_client
-from tenants.models import Tenant
 
 from .models import Subscription
 from .stripe_client import stripe_error_to_api
-from .subscriptions import subscription_get_or_create, subscription_refresh_from_stripe
+from .subscriptions import subscription_refresh_from_stripe
 
 logger = logging.getLogger(__name__)
 # An upcoming invoice's refusal re-reads its subscription at most this often: a refusal that
@@ -21,12 +20,11 @@ logger = logging.getLogger(__name__)
 INVOICE_REREAD_EVERY_S = 300
 
 
-def subscription_reread(tenant: Tenant) -> bool:
-    """The tenant's subscription as Stripe has it now: with its webhook lost, a cancellation
-    made in Stripe left the tenant served on the paid plan (and its upcoming invoice a 503)
-    until Stripe happened to send the event again. False where there was nothing to read or
+def subscription_reread(sub: Subscription) -> bool:
+    """The subscription as Stripe has it now: with its webhook lost, a cancellation made in
+    Stripe left the tenant served on the paid plan (and its upcoming invoice a 503) until
+    Stripe happened to send the event again. False where there was nothing to read or
     Stripe refused the read (logged); a Stripe that cannot be reached raises."""
-    sub = subscription_get_or_create(tenant=tenant)
     if not (sub.stripe_customer_id and sub.stripe_subscription_id):
         return False
     try:
@@ -42,27 +40,27 @@ def subscription_reread(tenant: Tenant) -> bool:
     return True
 
 
-def subscription_reread_changed(tenant: Tenant) -> bool:
-    """For an upcoming invoice Stripe refused to preview: re-read the subscription (at most
-    once every ``INVOICE_REREAD_EVERY_S``), True when that changed it (another Stripe
+def subscription_reread_changed(sub: Subscription) -> bool:
+    """For an upcoming invoice Stripe refused to preview: re-read ``sub`` (at most once
+    every ``INVOICE_REREAD_EVERY_S``), True when that changed it (another Stripe
     subscription, status, plan or period), so the invoice is worth asking for again. A
     Stripe that cannot be reached is the contract's 503, as the preview's own errors."""
-    before = subscription_get_or_create(tenant=tenant)
     try:
         first = redis_client().set(
-            f"billing:invoice_reread:{before.pk}", 1, nx=True, ex=INVOICE_REREAD_EVERY_S
+            f"billing:invoice_reread:{sub.pk}", 1, nx=True, ex=INVOICE_REREAD_EVERY_S
         )
     except redis.RedisError:
         first = True  # (unthrottled while Redis is away: still one re-read a GET at most)
     if not first:
         return False
-    seen = _state(before)
+    seen = _state(sub)
     try:
-        if not subscription_reread(tenant):
+        if not subscription_reread(sub):
             return False
     except stripe.StripeError as exc:
         raise stripe_error_to_api(exc) from exc
-    return seen != _state(subscription_get_or_create(tenant=tenant))
+    sub.refresh_from_db()
+    return seen != _state(sub)
 
 
 def _state(sub: Subscription) -> tuple[object, ...]:

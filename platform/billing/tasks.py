@@ -21,6 +21,7 @@ from .models import BillingPeriod, StripeEvent, Subscription
 from .periods import LATE_USAGE_HORIZON
 from .reconciliation import reconciliation_run
 from .reread import subscription_reread
+from .subscriptions import subscription_get_or_create
 from .unpaid import past_due_clear
 from .webhooks import stripe_event_process
 
@@ -163,7 +164,7 @@ def usage_push_and_reconcile_task(
     tenant = Tenant.objects.get(pk=tenant_id)
     if start is None:
         # (Refused by Stripe: logged, and the push and check still run.)
-        subscription_reread(tenant)
+        subscription_reread(subscription_get_or_create(tenant=tenant))
         past_due_clear(tenant_id=tenant.pk)  # on free with nothing owed any more
     cut = timezone.now()
     began = datetime.fromisoformat(start) if start else None
