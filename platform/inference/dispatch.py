@@ -257,18 +257,30 @@ def overloaded(message: str, code: str) -> Overloaded:
     return Overloaded(message, code=code, headers={"Retry-After": "1"})
 
 
-def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> ClassifyResult:
-    """The worker's answer. Raises Overloaded (503) when none can be had in time."""
+def earlier_answer(request_id: str) -> ClassifyResult | None:
+    """For a retry under the same Idempotency-Key: the answer a worker gave an earlier
+    attempt after all (before the API gave up on it), already metered; serve it, never run
+    (and bill) the call twice. A 503 when Redis cannot say."""
+    try:
+        earlier = redis_client().get(result_key(request_id))
+    except (redis.RedisError, ConnectionError):
+        raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
+    return None if earlier is None else cast(ClassifyResult, json.loads(cast(bytes, earlier)))
+
+
+def classify_dispatch(
+    request: ClassifyRequest, *, reuse_result: bool, retry: bool | None = None
+) -> ClassifyResult:
+    """The worker's answer. Raises Overloaded (503) when none can be had in time.
+    ``reuse_result``: an earlier attempt's answer is served if there is one
+    (``earlier_answer``); ``retry`` (default: ``reuse_result``): the call retries an
+    earlier attempt under its request id, whose abandoned mark its message clears."""
     request_id = request["request_id"]
+    retry = reuse_result if retry is None else retry
+    if reuse_result and (earlier := earlier_answer(request_id)) is not None:
+        return earlier
     client = redis_client()
     try:
-        if reuse_result:
-            # A retry under the same Idempotency-Key: a worker may have answered the first
-            # attempt after all (before the API gave up on it). Serve that answer; never run
-            # (and bill) it twice.
-            earlier = client.get(result_key(request_id))
-            if earlier is not None:
-                return cast(ClassifyResult, json.loads(cast(bytes, earlier)))
         publisher = _publisher()
         # The queue holds messages of one or more requests: shed load by requests waiting.
         if queue_depth(fresh=False) * publisher.requests_per_message >= (
@@ -282,7 +294,7 @@ def classify_dispatch(request: ClassifyRequest, *, reuse_result: bool) -> Classi
         # transaction: whichever answer comes first is then delivered (and billed, once: the
         # ledger keys usage by the request id they share), this attempt's own included,
         # however fast. A retry refused before it is sent leaves the earlier one abandoned.
-        publisher.publish(request, retry=reuse_result)
+        publisher.publish(request, retry=retry)
     except NotSentError:
         raise overloaded(messages.BROKER_DOWN, "broker_unavailable") from None
     except (redis.RedisError, ConnectionError):

@@ -18,7 +18,7 @@ from workers.errors import DUPLICATE_LABEL, EXPIRED, MODEL_UNAVAILABLE
 
 from . import messages
 from .cache import cache_lookup, cache_version, cached_answer, with_cached_rows
-from .dispatch import classify_dispatch
+from .dispatch import classify_dispatch, earlier_answer
 from .models import AIModel
 from .selectors import model_get_visible
 
@@ -96,10 +96,14 @@ def classify(
         payload["plan_id"] = admission.plan_id
     if admission is not None and admission.admitted_at:
         payload["admitted_at"] = admission.admitted_at
-    # A retry may have been answered (and metered) by a worker already: dispatch knows.
-    result = None
+    # A retry may have been answered (and metered) by a worker already: that answer, else
+    # the cache as for any call. NOTE: once the earlier attempt was given up on, no worker
+    # can deliver (or bill) its answer (``dispatch.give_up``); before (its API died), a
+    # late answer and this one share the request id, one ledger row. A retry skipped the
+    # cache: inputs answered before were run and billed again (an audit).
+    result = earlier_answer(request_id) if is_retry else None
     prefetched = admission.prefetched if admission is not None else None
-    found = None if is_retry else cache_lookup(payload, prefetched)
+    found = None if result is not None else cache_lookup(payload, prefetched)
     if found is not None:
         hits = [row for row in found if row is not None]
         if len(hits) == len(found):
@@ -108,7 +112,7 @@ def classify(
             payload = with_cached_rows(payload, found)
     if result is None:
         started = time.perf_counter()
-        result = classify_dispatch(payload, reuse_result=is_retry)
+        result = classify_dispatch(payload, reuse_result=False, retry=is_retry)
         if timings is not None:
             timings["worker"] = (time.perf_counter() - started) * 1000
     return _response(result, request_id=request_id, model=model)

@@ -1,0 +1,54 @@
+"""A retry under an Idempotency-Key is answered like any call: from an earlier attempt's
+answer where a worker gave one, else with the result cache's rows (a retry skipped the
+cache, and inputs answered before were run and billed again: an audit)."""
+
+from __future__ import annotations
+
+import pytest
+
+from metering.models import UsageRecord
+from tests.e2e.conftest import drain_usage
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+LABELS = ["refund", "delivery"]
+
+
+def test_a_retry_after_a_503_takes_the_cached_inputs_from_the_cache(http, secret, settings):
+    seen = ["where is my parcel", "I want my money back"]
+    body = {"model": "minilm-l6", "inputs": [*seen, "the box came open"], "labels": LABELS}
+    with http(secret) as client:
+        warm = client.post("/v1/classify", json={**body, "inputs": seen})
+        assert warm.status_code == 200 and warm.json()["usage"]["cached"] == 0
+        settings.INFERENCE_TIMEOUT_S = 0.001  # the new input's worker call expires
+        failed = client.post("/v1/classify", json=body, headers={"Idempotency-Key": "r-1"})
+        assert failed.status_code == 503, failed.text
+        settings.INFERENCE_TIMEOUT_S = 30
+        retried = client.post("/v1/classify", json=body, headers={"Idempotency-Key": "r-1"})
+        fresh = client.post("/v1/classify", json=body)
+    assert retried.status_code == 200, retried.text
+    request_id = failed.headers["X-Request-Id"]
+    assert retried.json()["id"] == request_id  # the first attempt's id, as any retry
+    assert retried.json()["usage"] == {**retried.json()["usage"], "inputs": 3, "cached": 2}
+    assert [r["label"] for r in retried.json()["results"]] == [
+        r["label"] for r in fresh.json()["results"]
+    ]
+    drain_usage()
+    row = UsageRecord.objects.unscoped().get(event_id=request_id)
+    assert (row.inputs, row.cached) == (3, 2)
+
+
+def test_a_retry_whose_every_input_is_cached_needs_no_worker(http, secret, settings):
+    body = {"model": "minilm-l6", "inputs": ["a parcel went missing"], "labels": LABELS}
+    with http(secret) as client:
+        settings.INFERENCE_TIMEOUT_S = 0.001
+        failed = client.post("/v1/classify", json=body, headers={"Idempotency-Key": "r-2"})
+        assert failed.status_code == 503, failed.text
+        settings.INFERENCE_TIMEOUT_S = 30
+        assert client.post("/v1/classify", json=body).status_code == 200  # now cached
+        retried = client.post("/v1/classify", json=body, headers={"Idempotency-Key": "r-2"})
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["id"] == failed.headers["X-Request-Id"]
+    assert retried.json()["usage"]["cached"] == 1
+    drain_usage()
+    assert UsageRecord.objects.unscoped().get(event_id=retried.json()["id"]).cached == 1
