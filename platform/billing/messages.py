@@ -34,3 +34,5 @@ LOCK_STORE_DOWN = "The subscription could not be changed (Redis unreachable); re
 TEST_CHANGES_PLAN = (
     "A test-mode key cannot change the subscription: plan changes are billed. Use a live key."
 )
+# (Logged: the client reads STRIPE_UNAVAILABLE.)
+STRIPE_BUSY = "Too many of this process's requests are waiting on the payment provider."

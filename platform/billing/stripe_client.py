@@ -9,7 +9,9 @@ not dicts) and its errors into the API's error shape.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from typing import Any
 
@@ -25,6 +27,10 @@ logger = logging.getLogger(__name__)
 # NOTE: the library pins its own API version (2026-10-28 for stripe 16); objects are read
 # defensively below because the emulator answers in an older shape.
 NETWORK_RETRIES = 2
+# Connecting to Stripe takes at most this long (each try; answering, STRIPE_TIMEOUT_S).
+CONNECT_TIMEOUT_S = 5.0
+# A request waits this long for one of the STRIPE_CONCURRENCY places before it gives up.
+QUEUE_TIMEOUT_S = 1.0
 # Retry-After of a 503 that waits on the operator (billing not configured, Stripe refusing
 # this account's requests): a retry within seconds would only meet the same answer.
 OPERATOR_RETRY_S = 60
@@ -58,7 +64,33 @@ def stripe_api() -> Any:
     stripe.api_key = settings.STRIPE_API_KEY
     stripe.api_base = settings.STRIPE_API_BASE.rstrip("/")
     stripe.max_network_retries = NETWORK_RETRIES
+    stripe.default_http_client = _http_client(
+        settings.STRIPE_TIMEOUT_S, settings.STRIPE_CONCURRENCY
+    )
     return stripe
+
+
+class _BoundedClient(stripe.RequestsClient):
+    """The library's ``requests`` client, each try bounded in time, and in how many of this
+    process's threads make one at once: a try that finds no place within ``QUEUE_TIMEOUT_S``
+    fails as a connection error would (tried again, then a 503 ``billing_unavailable``)."""
+
+    def __init__(self, *, timeout: float, concurrency: int) -> None:
+        super().__init__(timeout=(CONNECT_TIMEOUT_S, timeout))
+        self._places = threading.BoundedSemaphore(max(1, concurrency))
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._places.acquire(timeout=QUEUE_TIMEOUT_S):
+            raise stripe.APIConnectionError(messages.STRIPE_BUSY, should_retry=True)
+        try:
+            return super().request(*args, **kwargs)
+        finally:
+            self._places.release()
+
+
+@functools.cache
+def _http_client(timeout: float, concurrency: int) -> _BoundedClient:
+    return _BoundedClient(timeout=timeout, concurrency=concurrency)
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
