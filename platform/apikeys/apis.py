@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -47,6 +47,13 @@ class ApiKeyListCreateApi(TenantAPIView):
     @extend_schema(
         operation_id="api_keys_create",
         request=ApiKeyCreateSerializer,
+        examples=[
+            OpenApiExample(
+                "An inference key",
+                request_only=True,
+                value={"name": "production", "scopes": ["inference"]},
+            ),
+        ],
         responses={201: ApiKeyWithSecretSerializer},
     )
     def post(self, request: Request) -> Response:

@@ -13,14 +13,22 @@ from .authentication import KeyPrincipal
 
 class HasScope(BasePermission):
     """A view names the scope each method needs in ``required_scopes``
-    (``{"GET": "inference", "DELETE": "training"}``); ``admin`` implies every scope."""
+    (``{"GET": "inference", "DELETE": "training"}``, ``"*"`` for every method it serves);
+    ``admin`` implies every scope. HEAD needs GET's scope; OPTIONS (``Allow`` only) and a
+    method the view does not serve need none: the latter's 405 says the same to every key
+    (a ``"*"`` view answered an under-scoped key's PUT with a 403 where other routes said
+    405: an audit)."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
         user = request.user
         if not isinstance(user, KeyPrincipal):
             raise AuthenticationError(messages.MISSING_KEY, code="missing_api_key")
         scopes: dict[str, str] = getattr(view, "required_scopes", {})
-        scope = scopes.get(request.method or "GET") or scopes.get("*")
+        method = request.method or "GET"
+        method = "GET" if method == "HEAD" else method
+        scope = scopes.get(method)
+        if scope is None and method != "OPTIONS" and method in view.allowed_methods:
+            scope = scopes.get("*")
         if scope and not user.api_key.has_scope(scope):
             raise PermissionError_(
                 messages.INSUFFICIENT_SCOPE.format(scope=scope), code="insufficient_scope"

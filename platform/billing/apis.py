@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Q
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -104,6 +104,7 @@ class SubscriptionApi(TenantAPIView):
     @extend_schema(
         operation_id="subscription_update",
         request=SubscriptionChangeSerializer,
+        examples=[OpenApiExample("Move to free", request_only=True, value={"plan": "free"})],
         responses={200: SubscriptionSerializer, **STRIPE_ERRORS},
     )
     def post(self, request: Request) -> Response:

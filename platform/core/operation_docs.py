@@ -166,7 +166,8 @@ DOCS: dict[str, tuple[str, str]] = {
 
 def operation_docs(result: dict[str, Any], **_: Any) -> dict[str, Any]:
     """drf-spectacular postprocessing hook: each operation's summary and description from
-    ``DOCS``, where the view's own ``extend_schema`` gave none."""
+    ``DOCS``, where the view's own ``extend_schema`` gave none, and the scope a key needs
+    for it (``x-required-scope``, from ``core.schema``) said in its description."""
     for operations in result.get("paths", {}).values():
         for operation in operations.values():
             if not isinstance(operation, dict):
@@ -176,4 +177,9 @@ def operation_docs(result: dict[str, Any], **_: Any) -> dict[str, Any]:
                 operation["summary"] = summary
             if description and not operation.get("description"):
                 operation["description"] = description
+            if scope := operation.get("x-required-scope"):
+                needs = f"Needs a key with the `{scope}` scope"
+                needs += "." if scope == "admin" else " (an `admin` key has every scope)."
+                described = operation.get("description")
+                operation["description"] = f"{described}\n\n{needs}" if described else needs
     return result

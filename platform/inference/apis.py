@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -94,6 +94,31 @@ class ClassifyApi(TenantAPIView):
     @extend_schema(
         operation_id="classify",
         request=ClassifyRequestSerializer,
+        # (A fuzzer's examples phase sends these: without them no generated call named a
+        # model that exists, and none was answered 200.)
+        examples=[
+            OpenApiExample(
+                "Zero-shot",
+                request_only=True,
+                value={
+                    "model": "minilm-l6",
+                    "inputs": ["The parcel never arrived"],
+                    "labels": ["billing", "delivery", "technical"],
+                },
+            ),
+            OpenApiExample(
+                "Few-shot",
+                request_only=True,
+                value={
+                    "model": "minilm-l6",
+                    "inputs": ["I was charged twice"],
+                    "examples": [
+                        {"text": "Refund my order", "label": "billing"},
+                        {"text": "The app crashes", "label": "technical"},
+                    ],
+                },
+            ),
+        ],
         responses={
             200: ClassificationSerializer,
             413: OpenApiResponse(

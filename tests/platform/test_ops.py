@@ -333,3 +333,37 @@ def test_openapi_says_what_every_operation_does():
     assert set(DOCS) <= set(operations)
     assert operations["classify"]["summary"] == "Classify texts"
     assert "idempotency-key" in operations["classify"]["description"].lower()
+
+
+@pytest.mark.django_db
+def test_a_method_a_route_does_not_serve_is_405_to_any_key_and_head_needs_gets_scope(tenant):
+    """A route whose every method needs one scope answered an under-scoped key's PUT with
+    403 where the other routes said 405 (an audit); HEAD is GET without the body."""
+    from tests.factories import make_key
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['inference'])}")
+    for path in ("/v1/api-keys", "/v1/subscription", "/v1/fine-tunes", "/v1/plans"):
+        assert client.put(path, {}, format="json").status_code == 405, path
+        assert client.options(path).status_code == 200, path
+    assert client.generic("HEAD", "/v1/api-keys").status_code == 403
+    assert client.generic("HEAD", "/v1/plans").status_code == 403  # billing, as its GET
+    assert client.get("/v1/plans").status_code == 403
+    assert client.generic("HEAD", "/v1/models").status_code == 200
+
+
+def test_openapi_names_the_scope_each_operation_needs():
+    """An outside checker met 403s that only DELETE /v1/models/{id} explained."""
+    schema = APIClient().get("/v1/openapi.json").json()
+    classify = schema["paths"]["/v1/classify"]["post"]
+    assert classify["x-required-scope"] == "inference"
+    assert classify["description"].endswith("Needs a key with the `inference` scope (an `admin`"
+                                            " key has every scope).")  # fmt: skip
+    assert "`inference` scope" in classify["responses"]["403"]["description"]
+    keys = schema["paths"]["/v1/api-keys"]["post"]
+    assert keys["description"].endswith("Needs a key with the `admin` scope.")
+    usage = schema["paths"]["/v1/usage"]["get"]
+    assert usage["x-required-scope"] == "billing"
+    # A fuzzer's examples phase has a call that runs (no model it could guess exists).
+    examples = classify["requestBody"]["content"]["application/json"]["examples"]
+    assert {e["value"]["model"] for e in examples.values()} == {"minilm-l6"}
