@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -334,7 +334,7 @@ def _stripe_preview_lines(sub: Subscription) -> list[dict[str, Any]]:
             lines.append({
                 "key": str(metadata["line"]), "description": line.get("description") or "",
                 "quantity": int(line.get("quantity") or 1), "amount": int(line.get("amount") or 0),
-                "proration": False,
+                "proration": False, **_line_period(line),
             })  # fmt: skip
             continue
         proration = bool(line.get("proration"))
@@ -344,8 +344,23 @@ def _stripe_preview_lines(sub: Subscription) -> list[dict[str, Any]]:
             "quantity": int(line.get("quantity") or 1),
             "amount": int(line.get("amount") or 0),
             "proration": proration,
+            **_line_period(line),
         })  # fmt: skip
     return lines
+
+
+def _line_period(line: dict[str, Any]) -> dict[str, datetime | None]:
+    """What a Stripe line is for (its ``period``): a base fee is billed ahead, for the
+    period after the one the invoice closes, which read as that period's fee charged twice
+    beside the paid invoice without it (an audit)."""
+    period = line.get("period") or {}
+    moments = {}
+    for name in ("start", "end"):
+        value = period.get(name)
+        moments[f"period_{name}"] = (
+            datetime.fromtimestamp(int(value), tz=UTC) if isinstance(value, int) else None
+        )
+    return moments
 
 
 def upcoming_invoice(
@@ -389,5 +404,6 @@ def upcoming_invoice(
         upcoming.lines.append({
             "key": line.key, "description": line.description, "quantity": line.quantity,
             "amount": line.amount, "proration": False,
+            "period_start": sub.current_period_start, "period_end": sub.current_period_end,
         })  # fmt: skip
     return upcoming

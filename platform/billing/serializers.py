@@ -51,6 +51,10 @@ class PlanSerializer(serializers.Serializer[Any]):
     amount = serializers.IntegerField(help_text="Monthly base fee, minor units.")
     interval = serializers.CharField()
     included_inputs = serializers.IntegerField()
+    cached_inputs_billed = serializers.BooleanField(
+        help_text="Whether inputs answered from the result cache (usage `cached`) count as"
+        " billed inputs (the included ones, then overage); false: they are free."
+    )
     overage = serializers.DictField(child=OverageSerializer(), help_text="By model tier.")
     finetune_unit_amount_decimal = serializers.CharField(
         help_text="Minor units per 1,000 trained tokens."
@@ -104,6 +108,12 @@ class UpcomingLineSerializer(serializers.Serializer[Any]):
     quantity = serializers.IntegerField()
     amount = serializers.IntegerField()
     proration = serializers.BooleanField()
+    period_start = serializers.DateTimeField(
+        allow_null=True,
+        help_text="What the line is for: the current period for usage; the next one for a"
+        " base fee, which is billed ahead.",
+    )
+    period_end = serializers.DateTimeField(allow_null=True)
 
 
 class UpcomingInvoiceSerializer(serializers.Serializer[Any]):
@@ -146,6 +156,7 @@ def plan_render(plan: Plan) -> dict[str, Any]:
         "amount": plan.base_fee,
         "interval": "month",
         "included_inputs": plan.included_inputs,
+        "cached_inputs_billed": plan.cached_results_billed,
         "overage": overage,
         "finetune_unit_amount_decimal": _decimal(plan.finetune_unit_amount),
         "limits": {

@@ -24,6 +24,10 @@ class UsageMetricsSerializer(serializers.Serializer[Any]):
         help_text="Calls made, a call voided by a usage correction included."
     )
     inputs = serializers.IntegerField(help_text="Net of usage corrections.")
+    cached = serializers.IntegerField(
+        help_text="Of the inputs, those answered from the result cache (billed as inputs"
+        " where the plan's cached_inputs_billed is true). Net of usage corrections."
+    )
     tokens = serializers.IntegerField(help_text="Net of usage corrections.")
     compute_ms = serializers.FloatField()
     amount = serializers.IntegerField(help_text="Minor currency units (cents).")

@@ -19,6 +19,7 @@ def _metrics(row: dict[str, Any], amount: int, currency: str) -> dict[str, Any]:
     return {
         "requests": row["requests"],
         "inputs": row["inputs"],
+        "cached": row["cached"],
         "tokens": row["tokens"],
         "compute_ms": round(row["compute_ms"], 3),
         "amount": amount,

@@ -26,6 +26,8 @@ def test_plans_are_the_public_catalogue(tenant, client_for):
     }
     assert pro["overage"]["int8"]["tiers"][-1]["up_to"] is None
     assert pro["finetune_unit_amount_decimal"] == "0.5"
+    # Whether the result cache's answers are billed, which GET /v1/usage's `cached` counts.
+    assert pro["cached_inputs_billed"] is True
     from billing.serializers import _decimal
 
     assert [_decimal(x) for x in (Decimal("1E+1"), "10.000", 7, "0.50")] == ["10", "10", "7", "0.5"]

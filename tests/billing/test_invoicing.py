@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -74,6 +74,23 @@ def test_usage_pushed_twice_is_billed_once(pro_tenant, stripe_api, client_for):
         ("base_fee", 4900), ("usage:standard", 2400), ("usage:int8", 24),
     }  # fmt: skip
     assert upcoming["total"] == 4900 + 2400 + 24
+    # What each line is for: the usage, this period; the base fee, Stripe's own period for
+    # it (Stripe bills it ahead, for the next period: beside the paid invoice of this
+    # period's fee, a line without one read as that fee charged twice; the emulator gives
+    # the current period).
+    periods = {
+        line["key"]: (line["period_start"], line["period_end"]) for line in upcoming["lines"]
+    }
+    this_period = (upcoming["period_start"], upcoming["period_end"])
+    assert periods["usage:standard"] == periods["usage:int8"] == this_period
+    preview = stripe_api.Invoice.create_preview(
+        customer=sub.stripe_customer_id, subscription=sub.stripe_subscription_id
+    ).to_dict()
+    fee = next(line for line in preview["lines"]["data"] if not line.get("metadata"))
+    assert periods["base_fee"] == tuple(
+        datetime.fromtimestamp(fee["period"][end], tz=UTC).isoformat().replace("+00:00", "Z")
+        for end in ("start", "end")
+    )
 
 
 def test_pushes_at_once_send_each_item_once(transactional_db, pro_tenant, stripe_api):

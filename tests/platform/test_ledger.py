@@ -151,7 +151,7 @@ def test_usage_api_groups_and_totals(tenant, client_for):
     usage_record_bulk(
         events=[
             event(tenant, 1, model="minilm-l6", api_key_id="key_a"),
-            event(tenant, 2, model="minilm-l6", api_key_id="key_b"),
+            event(tenant, 2, model="minilm-l6", api_key_id="key_b", cached=1),
             event(
                 tenant,
                 3,
@@ -166,6 +166,12 @@ def test_usage_api_groups_and_totals(tenant, client_for):
     start = (now - timedelta(days=3)).isoformat()
     body = api.get("/v1/usage", {"group_by": "model", "start": start}).json()
     assert body["total"]["requests"] == 3 and body["total"]["inputs"] == 6
+    # Of them answered from the result cache: billed or not as the plan says.
+    assert body["total"]["cached"] == 1
+    assert {row["model"]: row["cached"] for row in body["data"]} == {
+        "minilm-l6": 1,
+        "ft:minilm-l6:x:1": 0,
+    }
     assert {row["model"]: row["requests"] for row in body["data"]} == {
         "minilm-l6": 2,
         "ft:minilm-l6:x:1": 1,
