@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.moments import rfc3339_parse, utc_clamped
+from core.moments import from_unix_seconds, rfc3339_parse, utc_clamped
 from core.serializers import (
     BoundedListField,
     StrictIntegerField,
@@ -16,14 +17,29 @@ from core.serializers import (
 from .models import ApiKey, Scope
 
 
-class Rfc3339DateTimeField(serializers.DateTimeField):
-    """A date-time as RFC 3339 writes it (core.moments): DRF's own refused a lower-case "t"
-    or "z" and a leap second, which its published format (date-time) allows."""
+@extend_schema_field(
+    {
+        "anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "string", "format": "date"},
+            {"type": "integer"},
+        ]
+    }
+)
+class MomentField(serializers.DateTimeField):
+    """A moment as /v1/usage takes one: an RFC 3339 date-time (core.moments: DRF's own
+    refused a lower-case "t" or "z" and a leap second, which its published format allows),
+    a date (midnight UTC) or unix seconds, as Stripe writes them (an audit: a key's
+    ``expires_at`` refused the two forms ``start`` and ``end`` take)."""
 
     def to_internal_value(self, value: Any) -> datetime:
-        moment = rfc3339_parse(value, full_date=False) if isinstance(value, str) else None
+        moment = None
+        if isinstance(value, str):
+            moment = rfc3339_parse(value, full_date=True)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            moment = from_unix_seconds(value)
         if moment is None:
-            self.fail("invalid", format="RFC 3339 (2030-01-31T12:00:00Z)")
+            self.fail("invalid", format="RFC 3339 (2030-01-31T12:00:00Z), a date or unix seconds")
         # In UTC, as stored: 9999-12-31T23:59:59-01:00 is past year 9999 there (its last
         # instant), and a database write of it was a 500.
         return utc_clamped(moment)
@@ -36,7 +52,7 @@ class ApiKeyCreateSerializer(StrictSerializer):
     )
     # No default: left out, a key made by an expiring key expires with it; null says "never",
     # which such a key cannot grant (403 expiry_escalation).
-    expires_at = Rfc3339DateTimeField(
+    expires_at = MomentField(
         required=False,
         allow_null=True,
         help_text="Must be in the future. Null: never expires. Left out: never, or, made by a "

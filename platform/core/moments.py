@@ -57,3 +57,16 @@ def utc_clamped(moment: datetime) -> datetime:
         return moment.astimezone(UTC)
     except OverflowError:
         return FIRST_INSTANT if moment.year == MINYEAR else LAST_INSTANT
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def from_unix_seconds(seconds: int) -> datetime:
+    """The moment of unix ``seconds``; beyond what a datetime holds, its first or last
+    instant."""
+    if seconds <= (FIRST_INSTANT - _EPOCH) // _SECOND:
+        return FIRST_INSTANT
+    if seconds > (LAST_INSTANT - _EPOCH) // _SECOND:
+        return LAST_INSTANT
+    return _EPOCH + seconds * _SECOND

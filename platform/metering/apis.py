@@ -12,7 +12,13 @@ from rest_framework.response import Response
 
 from apikeys.models import Scope
 from core.errors import InvalidRequest
-from core.moments import FIRST_INSTANT, LAST_INSTANT, rfc3339_parse, utc_clamped
+from core.moments import (
+    FIRST_INSTANT,
+    LAST_INSTANT,
+    from_unix_seconds,
+    rfc3339_parse,
+    utc_clamped,
+)
 from core.views import TenantAPIView
 from limits.services import enforcement_for
 
@@ -75,11 +81,7 @@ def _from_unix_seconds(raw: str) -> datetime:
         seconds = int(raw)
     except ValueError:  # more digits than Python converts: far outside datetime's range
         return FIRST_INSTANT if raw.startswith("-") else LAST_INSTANT
-    if seconds <= (FIRST_INSTANT - _EPOCH) // _SECOND:
-        return FIRST_INSTANT
-    if seconds > (LAST_INSTANT - _EPOCH) // _SECOND:
-        return LAST_INSTANT
-    return _EPOCH + seconds * _SECOND
+    return from_unix_seconds(seconds)
 
 
 def _parse_moment(raw: str, param: str) -> datetime:

@@ -3,7 +3,7 @@ outlives it (a two-minute key minted a key that never expired)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -73,3 +73,20 @@ def test_a_key_that_expires_cannot_rotate_one_that_outlives_it(tenant):
     assert (
         short.post(f"/v1/api-keys/{short_key.key.pk}/rotate", {}, format="json").status_code == 200
     )
+
+
+def test_expires_at_takes_the_forms_usage_ranges_take(tenant):
+    """Unix seconds, as Stripe writes moments, and a date (midnight UTC), beside an RFC 3339
+    date-time: a key's expiry refused the two forms /v1/usage's start and end take."""
+    admin = bearer(api_key_create(tenant=tenant, scopes=["admin"]).secret)
+    year = timezone.now().year + 2
+    midnight = datetime(year, 1, 1, tzinfo=UTC)
+    for given in (int(midnight.timestamp()), f"{year}-01-01", f"{year}-01-01t00:00:00z"):
+        made = admin.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": given},
+                          format="json")  # fmt: skip
+        assert made.status_code == 201, (given, made.content)
+        assert made.json()["expires_at"] == _at(midnight)
+    for bad in (True, 1.5, "soon", f"{year}-01", [1]):
+        refused = admin.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": bad},
+                             format="json")  # fmt: skip
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "expires_at"
