@@ -307,18 +307,34 @@ def _csv(lines: FileLines, result: Validation) -> None:
 
 
 def _detect(filename: str, lines: FileLines) -> str:
-    """csv: a .csv name or a text/label header line; jsonl: a .jsonl name or any line that
-    starts an object (so a file whose first lines are broken still gets per-line errors)."""
-    name = filename.lower()
+    """What the file holds, from its content first: jsonl when its first line starts an
+    object, csv when that line is a header naming both ``text`` and ``label`` (in any order,
+    among other columns); only then from the name (.csv, .jsonl or .json); else jsonl when
+    any line starts an object (so a file whose first lines are broken still gets per-line
+    errors). NOTE: the name decided first: an ``id,text,label`` CSV sent without a .csv name
+    (``curl -F file=@-``) was refused as neither, and a JSONL file named .csv read as a CSV
+    without a header (an audit)."""
     first = next((line.strip() for _, line in lines if line.strip()), "")
-    header = first.lower().replace(" ", "").replace('"', "")
-    if name.endswith(".csv") or header.startswith(("text,", "label,")):
+    if first.startswith("{"):
+        return "jsonl"
+    if {"text", "label"} <= _header_names(first):
+        return "csv"
+    name = filename.lower()
+    if name.endswith(".csv"):
         return "csv"
     if name.endswith((".jsonl", ".json")) or any(
         line.lstrip().startswith("{") for _, line in lines
     ):
         return "jsonl"
     return ""
+
+
+def _header_names(line: str) -> set[str]:
+    """The column names ``line`` has read as a CSV header (none when it is not one)."""
+    try:
+        return {name.strip().lower() for name in next(csv.reader([line], strict=True), [])}
+    except csv.Error:
+        return set()
 
 
 def dataset_validate(data: bytes, *, filename: str = "") -> Validation:

@@ -224,7 +224,20 @@ def test_extra_csv_columns_warn_and_are_read_past():
     assert not [w for w in warnings if w["message"].startswith("Columns other")]
 
 
+def test_the_content_says_what_a_file_is_before_its_name():
+    """An ``id,text,label`` CSV sent without a .csv name (``curl -F file=@-``) was refused
+    as neither format, and a JSONL file named .csv was read as a CSV without a header."""
+    rows = [f"{i},text number {i},{'pos' if i % 2 else 'neg'}" for i in range(12)]
+    data = ("ID,Text,Label\n" + "\n".join(rows) + "\n").encode()
+    for name in ("", "upload", "reviews.txt", "reviews.jsonl"):
+        result = dataset_validate(data, filename=name)
+        assert (result.valid, result.format) == (True, "csv"), (name, result.errors)
+    result = dataset_validate(jsonl(good_rows()), filename="train.csv")
+    assert (result.valid, result.format) == (True, "jsonl"), result.errors
+
+
 def test_normalised_jsonl_round_trips_unicode():
+
     data = normalised_jsonl([("café ☕", "a"), ('quote " and \\', "b")])
     rows = [json.loads(line) for line in data.decode().splitlines()]
     assert rows == [{"text": "café ☕", "label": "a"}, {"text": 'quote " and \\', "label": "b"}]
