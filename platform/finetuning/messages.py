@@ -2,7 +2,7 @@
 
 JOB_NOT_FOUND = "No such fine-tuning job: '{id}'."
 DATASET_INVALID = (
-    "Dataset '{id}' failed validation ({count} problems); fix the file and upload it again."
+    "Dataset '{id}' failed validation ({count} {problems}); fix the file and upload it again."
 )
 VALIDATION_LABELS = "The validation dataset has labels the training dataset does not: {labels}."
 WARN_VALIDATION_IS_TRAINING = (

@@ -87,13 +87,16 @@ class FineTuneCreateSerializer(StrictSerializer):
     validation_dataset = StrictStringField(max_length=64, required=False, allow_null=True)
     method = serializers.ChoiceField(choices=["head", "lora"], required=False, default="head")
     hyperparameters = HyperparametersSerializer(required=False)
-    suffix = SuffixField(max_length=40, required=False, allow_blank=True, default="")
+    # (null as a job shows one without: a job's fields copied into a new request)
+    suffix = SuffixField(
+        max_length=40, required=False, allow_blank=True, allow_null=True, default=""
+    )
     seed = StrictIntegerField(min_value=0, max_value=2**31 - 1, required=False, default=0)
 
-    def validate_suffix(self, value: str) -> str:
+    def validate_suffix(self, value: str | None) -> str:
         if value and not SUFFIX_RE.fullmatch(value):
             raise InvalidRequest(messages.SUFFIX, code="invalid_parameter", param="suffix")
-        return value
+        return value or ""
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         hyper = attrs.get("hyperparameters") or {}

@@ -62,7 +62,10 @@ def test_create_a_job(api, tenant, make_dataset):
     assert job["fine_tuned_model"] is None and job["trained_tokens"] is None
     assert job["validation_dataset"] is None and job["error"] is None
     assert api.get(f"/v1/fine-tunes/{job['id']}").json() == job
-    assert [j["id"] for j in api.get("/v1/fine-tunes").json()["data"]] == [job["id"]]
+    # A job's null suffix sent back (its fields copied into a new request) is no suffix.
+    again = create(api, base_model="minilm-l6", training_dataset=dataset.id, suffix=None)
+    assert again.status_code == 201 and again.json()["suffix"] is None, again.content
+    assert [j["id"] for j in api.get("/v1/fine-tunes").json()["data"]][-1] == job["id"]
     events = api.get(f"/v1/fine-tunes/{job['id']}/events").json()["data"]
     assert [e["message"].split(";")[0] for e in events][-1] == "Fine-tuning job created"
     assert all(set(e) >= {"id", "created_at", "level", "message", "data"} for e in events)
@@ -134,12 +137,9 @@ def test_bad_input_is_a_clear_4xx(api, tenant, make_dataset, body, status, code,
 
 def test_invalid_dataset_and_label_mismatch(api, tenant, make_dataset):
     bad = make_dataset(tenant, data=b"not json\n")
-    assert_error(
-        create(api, base_model="minilm-l6", training_dataset=bad.id),
-        400,
-        "dataset_invalid",
-        "training_dataset",
-    )
+    refused = create(api, base_model="minilm-l6", training_dataset=bad.id)
+    assert_error(refused, 400, "dataset_invalid", "training_dataset")
+    assert "(1 problem);" in refused.json()["error"]["message"]
     rows = read_rows("support_tickets.jsonl")
     training = make_dataset(tenant, [r for r in rows if r["label"] != "delivery"][:60])
     validation = make_dataset(tenant, rows[200:260])
