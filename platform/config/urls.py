@@ -64,7 +64,11 @@ urlpatterns = [
         "v1/docs",
         read_only_route(
             SpectacularSwaggerView.as_view(
-                url_name="openapi", authentication_classes=[], permission_classes=[]
+                url_name="openapi",
+                authentication_classes=[],
+                permission_classes=[],
+                # (the page whatever Accept says: Accept: application/json was a 406 in HTML)
+                content_negotiation_class=AnyAcceptNegotiation,
             )
         ),
     ),
@@ -72,7 +76,11 @@ urlpatterns = [
         "v1/redoc",
         read_only_route(
             SpectacularRedocView.as_view(
-                url_name="openapi", authentication_classes=[], permission_classes=[]
+                url_name="openapi",
+                authentication_classes=[],
+                permission_classes=[],
+                # (the page whatever Accept says: Accept: application/json was a 406 in HTML)
+                content_negotiation_class=AnyAcceptNegotiation,
             )
         ),
     ),

@@ -227,6 +227,11 @@ def test_docs_page_renders():
     response = APIClient().get("/v1/docs")
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
+    # The pages whatever Accept says, as the document: a tool's Accept: application/json
+    # was a 406 in HTML, which the document does not describe.
+    for path in ("/v1/docs", "/v1/redoc"):
+        page = APIClient().get(path, HTTP_ACCEPT="application/json")
+        assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
 
 
 @pytest.mark.django_db
