@@ -72,8 +72,10 @@ def stripe_api() -> Any:
 
 class _BoundedClient(stripe.RequestsClient):
     """The library's ``requests`` client, each try bounded in time, and in how many of this
-    process's threads make one at once: a try that finds no place within ``QUEUE_TIMEOUT_S``
-    fails as a connection error would (tried again, then a 503 ``billing_unavailable``)."""
+    process's threads make one at once: a request that finds no place within
+    ``QUEUE_TIMEOUT_S`` fails as a connection error would (a 503 ``billing_unavailable``),
+    not tried again: nothing was sent, and the library's tries would hold the thread ~4 s
+    more, queueing again (a review)."""
 
     def __init__(self, *, timeout: float, concurrency: int) -> None:
         super().__init__(timeout=(CONNECT_TIMEOUT_S, timeout))
@@ -81,7 +83,7 @@ class _BoundedClient(stripe.RequestsClient):
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         if not self._places.acquire(timeout=QUEUE_TIMEOUT_S):
-            raise stripe.APIConnectionError(messages.STRIPE_BUSY, should_retry=True)
+            raise stripe.APIConnectionError(messages.STRIPE_BUSY, should_retry=False)
         try:
             return super().request(*args, **kwargs)
         finally:

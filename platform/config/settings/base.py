@@ -277,9 +277,9 @@ STRIPE_WEBHOOK_SECRETS = [
 STRIPE_WEBHOOK_TOLERANCE_S = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE_S", "300"))
 # Each try of a Stripe request waits this long for an answer (the library's own default is
 # 80 s, three tries in all: a stalled Stripe held a request four minutes), and at most
-# STRIPE_CONCURRENCY of a process's threads wait on Stripe at once: the others answer a 503
-# at once rather than queue behind them (thirty held billing reads starved classifications,
-# health checks and webhooks of the API's threads).
+# STRIPE_CONCURRENCY of a process's threads wait on Stripe at once: another waits a second
+# for a place, then answers a 503, rather than queue behind them (thirty held billing reads
+# starved classifications, health checks and webhooks of the API's threads).
 STRIPE_TIMEOUT_S = float(os.environ.get("STRIPE_TIMEOUT_S", "10"))
 STRIPE_CONCURRENCY = int(os.environ.get("STRIPE_CONCURRENCY", "4"))
 # Until a checkout flow collects a card, a paid plan starts on Stripe's test card.
