@@ -94,6 +94,7 @@ def _send(api: Any, push: UsageChargePush, sub: Subscription, *, in_doubt: bool)
             metadata={
                 "tenant_id": push.tenant_id,
                 "period_start": str(int(push.period_start.timestamp())),
+                "period_end": str(int(push.period_end.timestamp())),
                 "line": push.line,
                 "idempotency_key": push.idempotency_key,
             },
@@ -334,7 +335,10 @@ def _stripe_preview_lines(sub: Subscription) -> list[dict[str, Any]]:
             lines.append({
                 "key": str(metadata["line"]), "description": line.get("description") or "",
                 "quantity": int(line.get("quantity") or 1), "amount": int(line.get("amount") or 0),
-                "proration": False, **_line_period(line),
+                "proration": False, **_line_period({"period": {
+                    "start": _int_or_none(metadata.get("period_start")),
+                    "end": _int_or_none(metadata.get("period_end")),  # (pushed since 2026-12)
+                }}),
             })  # fmt: skip
             continue
         proration = bool(line.get("proration"))
@@ -349,10 +353,19 @@ def _stripe_preview_lines(sub: Subscription) -> list[dict[str, Any]]:
     return lines
 
 
+def _int_or_none(text: Any) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def _line_period(line: dict[str, Any]) -> dict[str, datetime | None]:
     """What a Stripe line is for (its ``period``): a base fee is billed ahead, for the
     period after the one the invoice closes, which read as that period's fee charged twice
-    beside the paid invoice without it (an audit)."""
+    beside the paid invoice without it (an audit). A closed period's usage pushed late is
+    for that period, which its item's metadata names (Stripe dates such an item when it
+    was made)."""
     period = line.get("period") or {}
     moments = {}
     for name in ("start", "end"):

@@ -110,8 +110,9 @@ class UpcomingLineSerializer(serializers.Serializer[Any]):
     proration = serializers.BooleanField()
     period_start = serializers.DateTimeField(
         allow_null=True,
-        help_text="What the line is for: the current period for usage; the next one for a"
-        " base fee, which is billed ahead.",
+        help_text="What the line is for: its period for usage (the current one, or a closed"
+        " one whose usage was pushed late); for Stripe's base fee and prorations, Stripe's own"
+        " period (a base fee is billed ahead, for the next period). Null: unknown.",
     )
     period_end = serializers.DateTimeField(allow_null=True)
 

@@ -4,8 +4,10 @@ new item, reconciliation that reports and never fixes."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.utils import timezone
@@ -270,3 +272,27 @@ def test_reconciliation_counts_the_items_a_renewal_put_on_a_draft_invoice(pro_te
     assert _stripe_items(stripe_api, sub.stripe_customer_id) == []  # none pending now
     row = reconciliation_run(tenant=pro_tenant)
     assert (row.ledger_amount, row.stripe_amount, row.difference) == (400, 400, 0)
+
+
+def test_a_closed_periods_late_usage_line_says_that_period(pro_tenant, monkeypatch):
+    """Usage of a closed period, pushed after its invoice, rides on the next one: its line
+    names the period it is for (Stripe dates an invoice item when it was made), where its
+    item says it; an item pushed before that was said is a line of unknown period."""
+    from billing import invoicing
+
+    closed = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
+    start, end = (str(int(moment.timestamp())) for moment in closed)
+    made = {"start": int(time.time()), "end": int(time.time())}
+    lines = [
+        {"amount": 40, "quantity": 1, "description": "late", "period": made,
+         "metadata": {"line": "usage:standard", "period_start": start, "period_end": end}},
+        {"amount": 20, "quantity": 1, "description": "older", "period": made,
+         "metadata": {"line": "usage:int8", "period_start": start}},
+    ]  # fmt: skip
+    preview = {"lines": {"data": lines}}
+    stripe = SimpleNamespace(Invoice=SimpleNamespace(create_preview=lambda **_: preview))
+    monkeypatch.setattr(invoicing, "stripe_api", lambda: stripe)
+    sub = Subscription.objects.for_tenant(pro_tenant).get()
+    late, older = invoicing._stripe_preview_lines(sub)
+    assert (late["key"], late["period_start"], late["period_end"]) == ("usage:standard", *closed)
+    assert (older["period_start"], older["period_end"]) == (closed[0], None)
