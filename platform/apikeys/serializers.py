@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
-from core.moments import from_unix_seconds, rfc3339_parse, utc_clamped
+from core.moments import from_unix_seconds, moment_schema, rfc3339_parse, utc_clamped
 from core.serializers import (
     BoundedListField,
     StrictIntegerField,
@@ -17,15 +17,6 @@ from core.serializers import (
 from .models import ApiKey, Scope
 
 
-@extend_schema_field(
-    {
-        "anyOf": [
-            {"type": "string", "format": "date-time"},
-            {"type": "string", "format": "date"},
-            {"type": "integer"},
-        ]
-    }
-)
 class MomentField(serializers.DateTimeField):
     """A moment as /v1/usage takes one: an RFC 3339 date-time (core.moments: DRF's own
     refused a lower-case "t" or "z" and a leap second, which its published format allows),
@@ -43,6 +34,15 @@ class MomentField(serializers.DateTimeField):
         # In UTC, as stored: 9999-12-31T23:59:59-01:00 is past year 9999 there (its last
         # instant), and a database write of it was a 500.
         return utc_clamped(moment)
+
+
+class MomentFieldSchema(OpenApiSerializerFieldExtension):
+    """The forms a ``MomentField`` takes, null among them where it allows null."""
+
+    target_class = MomentField
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> Any:
+        return moment_schema(nullable=self.target.allow_null)
 
 
 class ApiKeyCreateSerializer(StrictSerializer):

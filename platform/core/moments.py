@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import MINYEAR, UTC, datetime, timedelta
+from typing import Any
 
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -70,3 +71,14 @@ def from_unix_seconds(seconds: int) -> datetime:
     if seconds > (LAST_INSTANT - _EPOCH) // _SECOND:
         return LAST_INSTANT
     return _EPOCH + seconds * _SECOND
+
+
+# The forms a moment is taken in, as published (OpenAPI 3.0: ``nullable`` counts only
+# beside a ``type``, so a null-able moment says it in each form).
+def moment_schema(*, nullable: bool = False) -> dict[str, Any]:
+    forms: list[dict[str, Any]] = [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "integer"},
+    ]
+    return {"anyOf": [{**form, "nullable": True} if nullable else form for form in forms]}

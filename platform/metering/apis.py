@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -16,6 +16,7 @@ from core.moments import (
     FIRST_INSTANT,
     LAST_INSTANT,
     from_unix_seconds,
+    moment_schema,
     rfc3339_parse,
     utc_clamped,
 )
@@ -57,17 +58,9 @@ class UsageReportSerializer(serializers.Serializer[Any]):
 
 
 _UNIX_SECONDS = re.compile(r"-?[0-9]+")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SECOND = timedelta(seconds=1)
 _MICROSECOND = timedelta(microseconds=1)
 # Accepted and published (OpenAPI) forms of start and end.
-MOMENT_SCHEMA = {
-    "anyOf": [
-        {"type": "string", "format": "date-time"},
-        {"type": "string", "format": "date"},
-        {"type": "integer"},
-    ]
-}
+MOMENT_SCHEMA = moment_schema()
 MOMENT_FORMATS = (
     "An RFC 3339 date-time (2026-11-28T10:00:00Z, 2026-11-28T10:00:00.5+05:30; UTC without "
     "an offset), a date (2026-11-28, midnight UTC) or unix seconds. Years 0001-9999; a moment "

@@ -90,3 +90,15 @@ def test_expires_at_takes_the_forms_usage_ranges_take(tenant):
         refused = admin.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": bad},
                              format="json")  # fmt: skip
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "expires_at"
+
+
+def test_the_document_says_each_form_of_expires_at_and_null():
+    """OpenAPI 3.0 counts ``nullable`` only beside a ``type``: each form says it."""
+    from rest_framework.test import APIClient
+
+    schema = APIClient().get("/v1/openapi.json").json()
+    field = schema["components"]["schemas"]["ApiKeyCreateRequest"]["properties"]["expires_at"]
+    forms = {(f["type"], f.get("format"), f.get("nullable")) for f in field["anyOf"]}
+    assert forms == {
+        ("string", "date-time", True), ("string", "date", True), ("integer", None, True)
+    }  # fmt: skip
