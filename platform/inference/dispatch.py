@@ -268,17 +268,12 @@ def earlier_answer(request_id: str) -> ClassifyResult | None:
     return None if earlier is None else cast(ClassifyResult, json.loads(cast(bytes, earlier)))
 
 
-def classify_dispatch(
-    request: ClassifyRequest, *, reuse_result: bool, retry: bool | None = None
-) -> ClassifyResult:
+def classify_dispatch(request: ClassifyRequest, *, retry: bool) -> ClassifyResult:
     """The worker's answer. Raises Overloaded (503) when none can be had in time.
-    ``reuse_result``: an earlier attempt's answer is served if there is one
-    (``earlier_answer``); ``retry`` (default: ``reuse_result``): the call retries an
-    earlier attempt under its request id, whose abandoned mark its message clears."""
+    ``retry``: the call retries an earlier attempt under its request id (whose answer, if a
+    worker gave one, the caller serves instead: ``earlier_answer``); its message clears that
+    attempt's abandoned mark."""
     request_id = request["request_id"]
-    retry = reuse_result if retry is None else retry
-    if reuse_result and (earlier := earlier_answer(request_id)) is not None:
-        return earlier
     client = redis_client()
     try:
         publisher = _publisher()

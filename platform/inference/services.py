@@ -112,7 +112,7 @@ def classify(
             payload = with_cached_rows(payload, found)
     if result is None:
         started = time.perf_counter()
-        result = classify_dispatch(payload, reuse_result=False, retry=is_retry)
+        result = classify_dispatch(payload, retry=is_retry)
         if timings is not None:
             timings["worker"] = (time.perf_counter() - started) * 1000
     return _response(result, request_id=request_id, model=model)

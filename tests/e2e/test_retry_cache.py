@@ -52,3 +52,39 @@ def test_a_retry_whose_every_input_is_cached_needs_no_worker(http, secret, setti
     assert retried.json()["usage"]["cached"] == 1
     drain_usage()
     assert UsageRecord.objects.unscoped().get(event_id=retried.json()["id"]).cached == 1
+
+
+def test_a_retry_serves_an_earlier_attempts_answer_before_the_cache(http, transactional_db):
+    """A worker answered (and billed) the earlier attempt after all (its API died before it
+    could give the answer): the retry is that answer, even with every input cached since."""
+    import json
+    import os
+
+    import redis
+    from django.utils import timezone
+
+    from core.idempotency import request_fingerprint
+    from core.models import IdempotencyRecord
+    from tests.factories import TenantFactory, make_key, subscribe
+    from workers.contract import result_key
+
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    secret = make_key(tenant, ["admin"])
+
+    body = {"model": "minilm-l6", "inputs": ["my refund never came"], "labels": LABELS}
+    with http(secret) as client:
+        cached = client.post("/v1/classify", json=body).json()  # the input is cached now
+        IdempotencyRecord.objects.create(
+            tenant=tenant, key="r-3", request_id="req_earlier",
+            fingerprint=request_fingerprint(method="POST", path="/v1/classify", data=body),
+            state=IdempotencyRecord.State.RELEASED, locked_until=timezone.now(),
+        )  # fmt: skip
+        earlier = {**cached, "request_id": "req_earlier", "v": 1}
+        earlier["usage"] = {**cached["usage"], "compute_ms": 7.5}
+        store = redis.Redis.from_url(os.environ["REDIS_URL"])
+        store.set(result_key("req_earlier"), json.dumps(earlier), ex=60)
+        retried = client.post("/v1/classify", json=body, headers={"Idempotency-Key": "r-3"})
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["id"] == "req_earlier"
+    assert retried.json()["usage"] == {**cached["usage"], "compute_ms": 7.5, "cached": 0}

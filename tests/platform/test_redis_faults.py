@@ -40,7 +40,7 @@ def _lookups(outcome: str) -> float:
     return value or 0.0
 
 
-def _answer(request: ClassifyRequest, *, reuse_result: bool, retry: bool) -> ClassifyResult:
+def _answer(request: ClassifyRequest, *, retry: bool) -> ClassifyResult:
     """What a worker would answer: every input the first label."""
     rows = [
         {"index": i, "label": "x", "score": 0.9, "scores": {"x": 0.9, "y": 0.1}, "truncated": False}

@@ -119,7 +119,7 @@ def test_a_retry_refused_before_it_is_sent_leaves_the_first_attempt_abandoned(se
     give_up(_redis(), first["request_id"])
     settings.INFERENCE_MAX_QUEUE_DEPTH = 0  # every request is shed
     with pytest.raises(Overloaded):
-        classify_dispatch({**first, "deadline": time.time() + 5}, reuse_result=True)
+        classify_dispatch({**first, "deadline": time.time() + 5}, retry=True)
     replies_send([_reply(first)])
     assert _billed({first["request_id"]}) == set()
     assert _redis().get(result_key(first["request_id"])) is None
@@ -133,7 +133,7 @@ def test_a_retry_that_is_sent_takes_the_first_attempts_late_answer_billed_once()
     give_up(_redis(), first["request_id"])
     late = threading.Timer(0.3, replies_send, args=([_reply(first)],))  # its worker, late
     late.start()
-    answer = classify_dispatch({**first, "deadline": time.time() + 10}, reuse_result=True)
+    answer = classify_dispatch({**first, "deadline": time.time() + 10}, retry=True)
     late.join()
     assert answer["request_id"] == first["request_id"] and "error" not in answer
     assert _billed({first["request_id"]}) == {first["request_id"]}
@@ -219,7 +219,7 @@ def test_a_retry_that_gets_an_error_gives_the_call_up_so_no_other_attempt_bills_
     retry = {**first, "deadline": time.time() + 10}
     error = {"request_id": first["request_id"], "error": {"code": "worker_error"}}
     threading.Timer(0.3, replies_send, args=([(error, None, retry)],)).start()
-    answer = classify_dispatch(retry, reuse_result=True)  # type: ignore[arg-type]
+    answer = classify_dispatch(retry, retry=True)  # type: ignore[arg-type]
     assert answer.get("error", {}).get("code") == "worker_error"
     replies_send([_reply(first)])  # attempt 1's worker, within its own deadline
     assert _billed({first["request_id"]}) == set()
@@ -339,7 +339,7 @@ def test_a_message_that_may_have_been_sent_is_waited_for_not_answered_503(monkey
     monkeypatch.setattr(dispatch, "_publisher", lambda: Failing(redis.TimeoutError("slow")))
     worker = threading.Timer(0.3, replies_send, args=([_reply(request)],))
     worker.start()
-    answer = dispatch.classify_dispatch(request, reuse_result=False)
+    answer = dispatch.classify_dispatch(request, retry=False)
     worker.join()
     assert answer["request_id"] == request["request_id"] and "error" not in answer
     assert _billed({request["request_id"]}) == {request["request_id"]}
@@ -348,7 +348,7 @@ def test_a_message_that_may_have_been_sent_is_waited_for_not_answered_503(monkey
     monkeypatch.setattr(dispatch, "_publisher", lambda: Failing(dispatch.NotSentError("no")))
     began = time.monotonic()
     with pytest.raises(Overloaded) as refused:
-        dispatch.classify_dispatch(never, reuse_result=False)
+        dispatch.classify_dispatch(never, retry=False)
     assert refused.value.code == "broker_unavailable" and time.monotonic() - began < 1
 
 
@@ -371,7 +371,7 @@ def test_a_retry_waits_past_an_earlier_attempts_error_for_its_own_answer(monkeyp
     stale = errors.error_result(first, errors.WORKER_ERROR, errors.WORKER_ERROR_MESSAGE)
     replies_send([(stale, None, first)])  # attempt 1's error, in time: delivered
     threading.Timer(0.3, replies_send, args=([_reply(retry)],)).start()  # type: ignore[arg-type]
-    answer = dispatch.classify_dispatch(retry, reuse_result=True)  # type: ignore[arg-type]
+    answer = dispatch.classify_dispatch(retry, retry=True)  # type: ignore[arg-type]
     assert "error" not in answer and answer["request_id"] == first["request_id"]
     assert _billed({first["request_id"]}) == {first["request_id"]}
 
