@@ -177,7 +177,8 @@ def operation_docs(result: dict[str, Any], **_: Any) -> dict[str, Any]:
                 operation["summary"] = summary
             if description and not operation.get("description"):
                 operation["description"] = description
-            if scope := operation.get("x-required-scope"):
+            scope = operation.get("x-required-scope")
+            if scope and f"`{scope}` scope" not in (operation.get("description") or ""):
                 needs = f"Needs a key with the `{scope}` scope"
                 needs += "." if scope == "admin" else " (an `admin` key has every scope)."
                 described = operation.get("description")

@@ -114,7 +114,10 @@ class AutoSchema(BaseAutoSchema):
         responses = super()._get_response_bodies(direction)
         extra = dict(COMMON_ERRORS)
         if scope := self._scope():
-            extra[403] = f"The key lacks the `{scope}` scope, or the account is suspended."
+            extra[403] = (
+                f"The key lacks the `{scope}` scope, the account is suspended, or a rule the"
+                " error's code names refuses the call."
+            )
         if self.method == "POST":
             extra[409] = "Idempotency-Key reused with another body, or still in progress."
             extra[402] = "Quota used up, or the subscription is unpaid (billable calls)."

@@ -308,18 +308,19 @@ def _csv(lines: FileLines, result: Validation) -> None:
 
 def _detect(filename: str, lines: FileLines) -> str:
     """What the file holds, from its content first: jsonl when its first line starts an
-    object, csv when that line is a header naming both ``text`` and ``label`` (in any order,
-    among other columns); only then from the name (.csv, .jsonl or .json); else jsonl when
-    any line starts an object (so a file whose first lines are broken still gets per-line
-    errors). NOTE: the name decided first: an ``id,text,label`` CSV sent without a .csv name
-    (``curl -F file=@-``) was refused as neither, and a JSONL file named .csv read as a CSV
-    without a header (an audit)."""
+    object (under a .csv name, only when that line is one), csv when that line is a header
+    naming ``text`` or ``label`` (in any order, among other columns: a header that lacks
+    one is told so); only then from the name (.csv, .jsonl or .json); else jsonl when any
+    line starts an object (so a file whose first lines are broken still gets per-line
+    errors). NOTE: the name decided first: an ``id,text,label`` CSV sent without a .csv
+    name (``curl -F file=@-``) was refused as neither, and a JSONL file named .csv read as
+    a CSV without a header (an audit)."""
     first = next((line.strip() for _, line in lines if line.strip()), "")
-    if first.startswith("{"):
-        return "jsonl"
-    if {"text", "label"} <= _header_names(first):
-        return "csv"
     name = filename.lower()
+    if first.startswith("{") and (not name.endswith(".csv") or _json_object(first)):
+        return "jsonl"
+    if {"text", "label"} & _header_names(first):
+        return "csv"
     if name.endswith(".csv"):
         return "csv"
     if name.endswith((".jsonl", ".json")) or any(
@@ -327,6 +328,13 @@ def _detect(filename: str, lines: FileLines) -> str:
     ):
         return "jsonl"
     return ""
+
+
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _header_names(line: str) -> set[str]:

@@ -234,10 +234,17 @@ def test_the_content_says_what_a_file_is_before_its_name():
         assert (result.valid, result.format) == (True, "csv"), (name, result.errors)
     result = dataset_validate(jsonl(good_rows()), filename="train.csv")
     assert (result.valid, result.format) == (True, "jsonl"), result.errors
+    # A header that lacks a column is told so, named or not; a .csv whose first cell opens
+    # a brace is still a CSV.
+    lacking = dataset_validate(b"text,category\nhello,a\n", filename="")
+    assert lacking.format == "csv" and "'label'" in lacking.errors[0]["message"]
+    braced = "text,label\n" + "".join(f"{{x}} {i},{'ab'[i % 2]}\n" for i in range(12))
+    result = dataset_validate(braced.replace("text,label\n", "{text},label\n").encode(),
+                              filename="odd.csv")  # fmt: skip
+    assert result.format == "csv", result.errors
 
 
 def test_normalised_jsonl_round_trips_unicode():
-
     data = normalised_jsonl([("café ☕", "a"), ('quote " and \\', "b")])
     rows = [json.loads(line) for line in data.decode().splitlines()]
     assert rows == [{"text": "café ☕", "label": "a"}, {"text": 'quote " and \\', "label": "b"}]
