@@ -76,11 +76,15 @@ def _done(result: ClassifyResult) -> Begun:
 
 def _distribution(probs: Sequence[float], labels: Sequence[str]) -> tuple[int, dict[str, float]]:
     """Round to SCORE_DECIMALS and put the rounding residue on the top label, so the
-    rounded scores still sum to 1 (within 1e-6) whatever the number of labels."""
+    rounded scores still sum to 1 (within 1e-6) whatever the number of labels; the label
+    is the largest score as shown (the top one on a tie). NOTE: a residue taken from the top
+    label could leave it below a near-tied one, still named the label (an audit: 'billing'
+    0.499882 beside 'payments' 0.499883)."""
     top = max(range(len(probs)), key=probs.__getitem__)
     rounded = [round(p, SCORE_DECIMALS) for p in probs]
     rounded[top] = round(1.0 - (sum(rounded) - rounded[top]), SCORE_DECIMALS)
-    return top, dict(zip(labels, rounded, strict=True))
+    shown = max(range(len(rounded)), key=lambda i: (rounded[i], i == top))
+    return shown, dict(zip(labels, rounded, strict=True))
 
 
 class ClassifierEngine:
