@@ -24,6 +24,9 @@ EXAMPLES_TOO_LARGE = (
 )
 EXAMPLE_LABEL_UNKNOWN = "examples[{index}].label '{label}' is not one of the request's labels."
 EXAMPLES_NEED_TWO_LABELS = "examples must cover at least two distinct labels."
+EXAMPLES_TOO_MANY_LABELS = (
+    "examples name {count} distinct labels; at most {limit}, as 'labels' may hold."
+)
 BASE_MODEL_NOT_DELETABLE = "'{model}' is a base model; only fine-tuned models can be deleted."
 OVERLOADED = "The inference service is overloaded. Retry after a short wait."
 WORKER_TIMEOUT = (

@@ -167,9 +167,16 @@ class ClassifyRequestSerializer(StrictSerializer):
                             code="unknown_label",
                             param=f"examples[{index}].label",
                         )
-            elif len({example["label"] for example in examples}) < 2:
+            elif (count := len({example["label"] for example in examples})) < 2:
                 raise InvalidRequest(
                     messages.EXAMPLES_NEED_TWO_LABELS, code="invalid_parameter", param="examples"
+                )
+            elif count > MAX_LABELS:
+                # (The worker's own check of it was a 503 "retry" that failed every retry.)
+                raise InvalidRequest(
+                    messages.EXAMPLES_TOO_MANY_LABELS.format(count=count, limit=MAX_LABELS),
+                    code="invalid_parameter",
+                    param="examples",
                 )
         return attrs
 

@@ -14,7 +14,7 @@ from finetuning.models import FineTuneJob
 from limits.services import Admission
 from tenants.models import Tenant
 from workers.contract import CONTRACT_VERSION, ClassifyRequest, ClassifyResult, Example
-from workers.errors import DUPLICATE_LABEL, EXPIRED, MODEL_UNAVAILABLE
+from workers.errors import DUPLICATE_LABEL, EXPIRED, INVALID_REQUEST, MODEL_UNAVAILABLE
 
 from . import messages
 from .cache import cache_lookup, cache_version, cached_answer, with_cached_rows
@@ -129,6 +129,10 @@ def _response(result: ClassifyResult, *, request_id: str, model: AIModel) -> dic
         raise InvalidRequest(
             error["message"], code=DUPLICATE_LABEL, param=error.get("param") or "labels"
         )
+    if error is not None and error.get("code") == INVALID_REQUEST:
+        # A rule the worker holds that the API let through: the caller's to fix, not to
+        # retry (it read as a 503 "retry after a short wait" that failed every retry).
+        raise InvalidRequest(error["message"], code="invalid_parameter", param=error.get("param"))
     if error is not None and error.get("code") == EXPIRED:
         # Taken by a worker past its deadline: the caller's worker timeout, as when no worker
         # answers at all (it read "The inference worker failed", code "expired").

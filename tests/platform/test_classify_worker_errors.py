@@ -45,3 +45,26 @@ def test_a_model_deleted_on_the_way_is_a_404_and_one_a_worker_cannot_load_a_503(
     with pytest.raises(NotFound) as gone:
         _response(_answer(MODEL_UNAVAILABLE), request_id="req_x", model=model)
     assert (gone.value.code, gone.value.param) == ("model_not_found", "model")
+
+
+def test_a_rule_only_the_worker_held_is_a_400_not_a_503_to_retry(model, tenant):
+    """More than 100 distinct labels in examples, checked only by the worker: a 503 "retry
+    after a short wait" that failed every retry (an audit). The API refuses it first now;
+    any other rule the worker holds reaches the caller as the 400 it is."""
+    from rest_framework.test import APIClient
+
+    from core.errors import InvalidRequest
+    from tests.factories import make_key
+    from workers.errors import INVALID_REQUEST
+
+    with pytest.raises(InvalidRequest) as raised:
+        _response(_answer(INVALID_REQUEST), request_id="req_x", model=model)
+    assert (raised.value.status, raised.value.message) == (400, "from the worker")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['inference'])}")
+    examples = [{"text": f"text {i}", "label": f"label {i}"} for i in range(101)]
+    body = {"model": "minilm-l6", "inputs": ["x"], "examples": examples}
+    response = client.post("/v1/classify", body, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == "examples"
+    assert "101 distinct labels" in response.json()["error"]["message"]
