@@ -37,7 +37,13 @@ def classify_model_check(
         tenant=tenant, model_id=model_id, livemode=api_key.livemode, param="model"
     )
     if model.status != AIModel.Status.READY:
-        raise Overloaded(messages.MODEL_NOT_READY.format(model=model.id), code="model_not_ready")
+        # Switched off by the operator (maintenance): a retry after a minute, as the other
+        # 503s that wait on the operator (it had no Retry-After: an audit).
+        raise Overloaded(
+            messages.MODEL_NOT_READY.format(model=model.id),
+            code="model_not_ready",
+            headers={"Retry-After": "60"},
+        )
     if model.needs_labels and not labels and not examples:
         raise InvalidRequest(
             messages.NEEDS_LABELS.format(model=model.id), code="missing_labels", param="labels"

@@ -68,3 +68,22 @@ def test_a_rule_only_the_worker_held_is_a_400_not_a_503_to_retry(model, tenant):
     assert response.status_code == 400, response.content
     assert response.json()["error"]["param"] == "examples"
     assert "101 distinct labels" in response.json()["error"]["message"]
+
+
+def test_a_model_the_operator_disabled_is_a_503_with_a_retry_after(tenant):
+    from rest_framework.test import APIClient
+
+    from inference import selectors
+    from tests.factories import make_key
+
+    AIModel.objects.unscoped().filter(pk="minilm-l6").update(status=AIModel.Status.DISABLED)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_key(tenant, ['inference'])}")
+    body = {"model": "minilm-l6", "inputs": ["x"], "labels": ["a", "b"]}
+    selectors._base_models.clear()  # (this process's copy, re-read every few seconds)
+    try:
+        response = client.post("/v1/classify", body, format="json")
+    finally:
+        selectors._base_models.clear()  # (ready again for the next test: a rollback)
+    assert response.status_code == 503 and response["Retry-After"] == "60"
+    assert response.json()["error"]["code"] == "model_not_ready"
