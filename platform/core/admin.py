@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django import forms
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.paginator import Paginator
+from django.core.validators import MaxLengthValidator
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import cached_property
+
+
+class BoundedLoginForm(AdminAuthenticationForm):
+    """The admin's login form, refusing a username longer than a username can be before
+    anything is looked up or recorded: a 256-character one was a 500 to anyone (django-axes
+    writing the failed login to its 255-character column; an audit). Django's form sets the
+    length on the field without checking it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = cast(forms.CharField, self.fields["username"])
+        field.validators.append(MaxLengthValidator(field.max_length or 150))
+
+
+admin.site.login_form = BoundedLoginForm
 
 
 class ViewOnlyAdmin(admin.ModelAdmin):

@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -35,6 +37,18 @@ def _range(form: RangeForm) -> tuple[datetime, datetime] | None:
     return form.cleaned_data["start"], form.cleaned_data["end"]
 
 
+class _BoundedDatesChangeList(ChangeList):
+    """A date drill-down past the years a date holds (``?day__year=9999`` reaches into year
+    10,000; ``2147483648`` overflows) is a wrong lookup (the admin's "?e=1" page), not the
+    500 it was: Django catches errors only where it builds the first day (an audit)."""
+
+    def get_filters(self, request: HttpRequest) -> Any:
+        try:
+            return super().get_filters(request)
+        except (ValueError, OverflowError) as exc:  # (the year after 9999; past a C int)
+            raise IncorrectLookupParameters(exc) from exc
+
+
 @admin.register(UsageRollup)
 class UsageRollupAdmin(ViewOnlyAdmin):
     list_display = ["day", "tenant", "model", "plan_id", "api_key_id", "requests", "inputs",
@@ -45,6 +59,9 @@ class UsageRollupAdmin(ViewOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRollup]:
         return UsageRollup.objects.unscoped().select_related("tenant")
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _BoundedDatesChangeList
 
     def get_urls(self) -> list[URLPattern]:
         own = [

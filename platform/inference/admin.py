@@ -55,6 +55,13 @@ class AIModelAdmin(admin.ModelAdmin[AIModel]):
     def get_queryset(self, request: HttpRequest) -> QuerySet[AIModel]:
         return AIModel.objects.unscoped().select_related("tenant")
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # NOTE: a model is switched off (status: disabled) or, a fine-tuned one, deleted as
+        # the API deletes it (``deleted_at``), never removed: one click removed minilm-l6,
+        # every tenant's classifications on it a 404 until ``manage.py seed`` (an audit),
+        # and a removed fine-tuned model would leave its file and variants behind.
+        return False
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         # NOTE: a model's id is its primary key: "renaming" it in the form would save a
         # second row under the new id and leave the old one, its cached answers and its

@@ -169,3 +169,16 @@ def test_a_request_that_did_not_come_through_the_proxy_is_keyed_by_its_peer():
     with override_settings(TRUSTED_PROXY_COUNT=2):
         one_hop = RequestFactory(REMOTE_ADDR="10.0.0.7").get("/", HTTP_X_FORWARDED_FOR="1.2.3.4")
         assert client_ip(one_hop) == "10.0.0.7"  # fewer entries than proxies: not trusted
+
+
+def test_a_username_longer_than_any_is_refused_by_the_form_not_a_500(operator):
+    """A 256-character username was a 500 to anyone on PostgreSQL: django-axes wrote the
+    failed login to its 255-character column (an audit)."""
+    from axes.models import AccessAttempt
+
+    for length in (151, 256, 10_000):
+        response = login(Client(), "wrong", username="x" * length)
+        assert response.status_code == 200, length  # the login page, with the form's error
+        assert b"at most 150 characters" in response.content
+    assert not AccessAttempt.objects.filter(username__startswith="xxx").exists()
+    assert login(Client(), PASSWORD).status_code == 302  # a real one still logs in

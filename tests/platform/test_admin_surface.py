@@ -366,3 +366,22 @@ def test_a_base_model_the_workers_do_not_serve_is_a_form_error(admin_client):
         response.content.decode()
     )
     assert not AIModel.objects.unscoped().filter(pk="support-base").exists()
+
+
+def test_a_date_drill_down_past_year_9999_is_the_wrong_lookup_page_not_a_500(admin_client):
+    """Django's date hierarchy catches ValueError alone: 9999 reaches into year 10,000 and
+    2147483648 overflows a date (an audit found the 500s)."""
+    for year in ("9999", "2147483648", "9" * 20):
+        response = admin_client.get(f"/admin/economics/usagerollup/?day__year={year}")
+        assert response.status_code == 302 and response["Location"].endswith("?e=1"), year
+    assert admin_client.get("/admin/economics/usagerollup/?day__year=2026").status_code == 200
+
+
+def test_models_are_switched_off_or_marked_deleted_never_removed(admin_client):
+    """One click removed minilm-l6: every tenant's classifications on it were a 404 until
+    manage.py seed (an audit)."""
+    page = admin_client.get(f"/admin/inference/aimodel/{quote('minilm-l6')}/delete/")
+    assert page.status_code == 403
+    listing = admin_client.get("/admin/inference/aimodel/")
+    assert b'value="delete_selected"' not in listing.content
+    assert AIModel.objects.unscoped().filter(pk="minilm-l6").exists()
