@@ -182,6 +182,11 @@ class Spans:
         return out
 
 
+def _free(plan_id: str) -> bool:
+    """Whether a plan version's id (``free@2``) is one of the free plan's."""
+    return plan_id.partition("@")[0] == "free"
+
+
 def _shared(periods: list[Period], spans: Spans, month: Month) -> Shared | None:
     """The month's time on each plan from its periods and spans; None where billing does not
     share the periods' included inputs (or the spans disagree with them)."""
@@ -194,7 +199,11 @@ def _shared(periods: list[Period], spans: Spans, month: Month) -> Shared | None:
     for period, cuts in cut.items():
         assert cuts is not None  # (checked above)
         rest = (max(period.end, month[0]), min(period.scheduled_end, month[1]))
-        if rest[0] < rest[1]:  # cut short by a move to free: the rest is the last plan's
+        # Cut short by a move to free: the rest is the last plan's (its fee was paid ahead).
+        # NOTE: not a free period's, cut short by a move to a paid plan: its rest is that
+        # plan's own period (a proposed fee for free was charged for the whole month, and
+        # the time counted twice: an audit).
+        if rest[0] < rest[1] and not _free(cuts[-1][1]):
             shared.time[cuts[-1][1]].append(rest)
     return shared
 

@@ -313,3 +313,18 @@ def test_the_margins_page_by_day_says_how_a_range_is_shared_among_its_days(
     by_tenant = admin_client.get(url.format("2025-11-01", "2025-12-01", "tenant"))
     assert "depends on the range asked" not in by_tenant.content.decode()
     assert revenue_of(day_on_scale, day(15), day(16), by="day") == {"2025-11-15": 1_663 + 38_667}
+
+
+def test_a_proposed_free_fee_is_charged_for_the_time_on_free_alone():
+    """Free to the 16th (its calendar period cut short by the move to pro), pro after: a
+    fee proposed for free is charged for 15 days of 30 (1,500 of 3,000), not the month, and
+    the time is not counted twice. The rest of a period is its plan's only when a move to
+    free cut a paid period short (an audit)."""
+    tenant = TenantFactory()
+    subscribe(tenant, "free")
+    recorded(tenant, [(NOV, day(16), DEC, "free@1"), (day(16), DEC, None, "pro@1")],
+             [(NOV, "free@1"), (day(16), "pro@1")])  # fmt: skip
+    report = pricing_simulate(start=NOV, end=DEC, proposed={"free": {"base_fee": 3_000}})
+    mine = report["tenants"][tenant.pk]
+    assert mine["actual_revenue_micros"] == 2_450 * 10_000  # pro's 15 days
+    assert mine["simulated_revenue_micros"] == (2_450 + 1_500) * 10_000
