@@ -15,7 +15,7 @@ from core.views import TenantAPIView
 from plans.models import Plan
 
 from . import messages
-from .invoicing import invoices_list, upcoming_invoice
+from .invoices import invoices_list, upcoming_invoice
 from .models import Subscription
 from .serializers import (
     InvoiceListSerializer,

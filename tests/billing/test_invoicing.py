@@ -278,7 +278,7 @@ def test_a_closed_periods_late_usage_line_says_that_period(pro_tenant, monkeypat
     """Usage of a closed period, pushed after its invoice, rides on the next one: its line
     names the period it is for (Stripe dates an invoice item when it was made), where its
     item says it; an item pushed before that was said is a line of unknown period."""
-    from billing import invoicing
+    from billing import invoices as invoicing
 
     closed = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
     start, end = (str(int(moment.timestamp())) for moment in closed)
