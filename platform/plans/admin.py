@@ -13,11 +13,13 @@ from typing import Any
 import stripe
 from django.contrib import admin
 from django.contrib import messages as flash
+from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Max, QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
 from billing.models import BillingPeriod, PlanSpan, Subscription
 from billing.stripe_client import BillingUnavailable
@@ -198,6 +200,15 @@ class PlanAdmin(admin.ModelAdmin[Plan]):
             _current_replace(obj)
             obj.save(force_insert=True)
         flash.info(request, messages.NEW_VERSION_SAVED.format(old=original.pk, new=obj.pk))
+        request._plan_saved_as = obj.pk  # type: ignore[attr-defined]  # (response_change)
+
+    def response_change(self, request: HttpRequest, obj: Plan) -> HttpResponse:
+        new = getattr(request, "_plan_saved_as", None)
+        if new is None:
+            return super().response_change(request, obj)
+        # The new version's own page: Django's "changed successfully" linked the page of
+        # the version edited, which kept its terms (an audit).
+        return HttpResponseRedirect(reverse("admin:plans_plan_change", args=[quote(new)]))
 
     @admin.action(
         description="Sync the selected plans to Stripe (product + monthly plan)",

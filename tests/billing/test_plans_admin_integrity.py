@@ -363,3 +363,17 @@ def test_an_old_version_with_unpriced_overage_on_no_cap_cannot_be_made_current(a
     errors = page.context["adminform"].form.errors["is_current"]
     assert "without a hard cap" in errors[0]
     assert not Plan.objects.get(pk="legacy@1").is_current
+
+
+def test_terms_saved_as_a_new_version_lead_to_the_new_versions_page(admin_client, tenant):
+    """Django's "changed successfully" linked the page of the version edited, which kept
+    its terms (an audit)."""
+    from tests.factories import subscribe
+
+    subscribe(tenant, "pro")  # pro@1 in use: new terms are a new version
+    saved = _plan_edit(admin_client, "pro@1", included_inputs=123_000)
+    new = Plan.objects.get(slug="pro", is_current=True)
+    assert new.pk != "pro@1" and new.included_inputs == 123_000
+    assert saved.status_code == 302
+    assert saved["Location"] == f"/admin/plans/plan/{new.pk.replace('@', '_40')}/change/"
+    assert Plan.objects.get(pk="pro@1").included_inputs != 123_000
