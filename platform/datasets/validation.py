@@ -307,14 +307,12 @@ def _csv(lines: FileLines, result: Validation) -> None:
 
 
 def _detect(filename: str, lines: FileLines) -> str:
-    """What the file holds, from its content first: jsonl when its first line starts an
-    object (under a .csv name, only when that line is one), csv when that line is a header
-    naming ``text`` or ``label`` (in any order, among other columns: a header that lacks
-    one is told so); only then from the name (.csv, .jsonl or .json); else jsonl when any
-    line starts an object (so a file whose first lines are broken still gets per-line
-    errors). NOTE: the name decided first: an ``id,text,label`` CSV sent without a .csv
-    name (``curl -F file=@-``) was refused as neither, and a JSONL file named .csv read as
-    a CSV without a header (an audit)."""
+    """What the file holds, its content first: jsonl when its first line starts an object
+    (under a .csv name, only when that line is one), csv when that line is a header naming
+    ``text`` or ``label`` (one lacking the other is told so); then by name (.csv, .jsonl,
+    .json); else jsonl when any line starts an object (per-line errors for a file whose
+    first lines are broken). NOTE: the name came first: a CSV sent as ``curl -F file=@-``
+    was refused as neither, and JSONL named .csv read as a header-less CSV (an audit)."""
     first = next((line.strip() for _, line in lines if line.strip()), "")
     name = filename.lower()
     if first.startswith("{") and (not name.endswith(".csv") or _json_object(first)):
