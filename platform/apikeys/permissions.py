@@ -6,6 +6,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from core.errors import AuthenticationError, PermissionError_
+from core.refusals import served_method
 
 from . import messages
 from .authentication import KeyPrincipal
@@ -24,11 +25,8 @@ class HasScope(BasePermission):
         if not isinstance(user, KeyPrincipal):
             raise AuthenticationError(messages.MISSING_KEY, code="missing_api_key")
         scopes: dict[str, str] = getattr(view, "required_scopes", {})
-        method = request.method or "GET"
-        method = "GET" if method == "HEAD" else method
-        scope = scopes.get(method)
-        if scope is None and method != "OPTIONS" and method in view.allowed_methods:
-            scope = scopes.get("*")
+        method = served_method(view, request)
+        scope = None if method is None else scopes.get(method) or scopes.get("*")
         if scope and not user.api_key.has_scope(scope):
             raise PermissionError_(
                 messages.INSUFFICIENT_SCOPE.format(scope=scope), code="insufficient_scope"

@@ -42,13 +42,21 @@ def refuse_nul(kwargs: dict[str, Any], query: Any) -> None:
         )
 
 
+def served_method(view: Any, request: Request) -> str | None:
+    """The method a request asks its view to serve, HEAD read as GET; None for OPTIONS
+    (``Allow`` only, whichever method's query or scope) and for a method the view lacks
+    (a 405 to every key and any query: DRF says so after the checks)."""
+    method = "GET" if request.method == "HEAD" else (request.method or "GET")
+    if method == "OPTIONS" or not hasattr(view, method.lower()):
+        return None
+    return method
+
+
 def refuse_query(view: Any, request: Request) -> None:
     """A query parameter the method does not take (``view.query_parameters``), or one
     given twice, is a 400."""
-    method = "GET" if request.method == "HEAD" else (request.method or "")
-    # A method the view lacks is a 405, whatever its query says (DRF decides after this);
-    # OPTIONS describes the resource, whichever of its methods' queries it carries.
-    if method == "OPTIONS" or not hasattr(view, method.lower()):
+    method = served_method(view, request)
+    if method is None:
         return
     allowed = view.query_parameters.get(method, frozenset())
     unknown = next((name for name in request.query_params if name not in allowed), None)
