@@ -80,7 +80,9 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
         s["cost_micros"] += Decimal(row.cost_micros)
         last[grain] = max(last.get(grain, row.occurred_at), row.occurred_at)
     with transaction.atomic():
-        for grain, s in sums.items():
+        # In one order for every writer (the grain's): two consumers' batches that share
+        # rows lock them in the same order, where each batch's own order deadlocked them.
+        for grain, s in sorted(sums.items()):
             key: dict[str, Any] = dict(zip(GRAIN, grain, strict=True))
             netting = min(s["inputs"], s["cached"], s["tokens"]) < 0
             if _added(key, s, last[grain], netting):
@@ -91,7 +93,12 @@ def rollup_apply(*, rows: Iterable[LedgerRow]) -> None:
                 logger.warning("rollups lack the rows a correction nets (%s): run "
                                "rebuild_rollups", grain)  # fmt: skip
                 continue
-            UsageRollup.objects.create(**key, **s, last_at=last[grain])
+            # The grain's row made empty unless a writer made it first (ON CONFLICT DO
+            # NOTHING waits for that writer's transaction), then added to: two consumers'
+            # first calls of a day each made it, and the second's batch failed whole.
+            UsageRollup.objects.bulk_create([UsageRollup(**key)], ignore_conflicts=True)
+            if not _added(key, s, last[grain], netting):
+                raise RuntimeError(f"rollup row {grain} neither made nor found")
 
 
 def _keyed() -> bool:
