@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -24,7 +25,11 @@ from .partitions import skip_stored
 
 logger = logging.getLogger(__name__)
 
-_INT_FIELDS = ("inputs", "tokens", "cached")
+# The largest each ledger column holds (inputs and cached are 32-bit, tokens 64-bit;
+# cost_micros has 16 digits before its 4 decimals): a larger value failed its whole batch's
+# insert, every time the batch was claimed again, with the events beside it.
+_INT_FIELDS = {"inputs": 2**31 - 1, "tokens": 2**63 - 1, "cached": 2**31 - 1}
+_COST_MAX = Decimal(10) ** 16
 _KINDS = frozenset(UsageRecord.Kind.values)
 
 
@@ -73,14 +78,17 @@ def _parse(event: Any) -> tuple[LedgerRow | None, str]:
         if event["kind"] not in _KINDS:
             return None, f"unknown kind {event['kind']!r}"
         ints = {name: event[name] for name in _INT_FIELDS}
-        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in ints.values()):
-            return None, "inputs, tokens and cached must be non-negative integers"
+        if any(
+            not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _INT_FIELDS[name]
+            for name, v in ints.items()
+        ):
+            return None, "inputs, tokens and cached must be non-negative integers in range"
         compute_ms = float(event["compute_ms"])
-        if compute_ms < 0:
-            return None, "compute_ms is negative"
+        if not math.isfinite(compute_ms) or compute_ms < 0:
+            return None, "compute_ms is not a finite non-negative number"
         cost = Decimal(str(event.get("cost_micros", "0")))
-        if not cost.is_finite() or cost < 0:
-            return None, "cost_micros is not a non-negative decimal"
+        if not cost.is_finite() or not 0 <= cost < _COST_MAX:
+            return None, "cost_micros is not a non-negative decimal in range"
         return LedgerRow(
             event_id=str(event["event_id"])[:64],
             kind=event["kind"],

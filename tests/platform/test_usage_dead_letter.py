@@ -76,5 +76,22 @@ def test_an_event_rejected_before_parsing_is_dead_lettered_as_it_came(tenant, cl
     client.xadd(USAGE_STREAM, {"event": json.dumps(bad)})
     assert _drain() == 0
     assert _dead(client) == [
-        {"event": bad, "why": "inputs, tokens and cached must be non-negative integers"}
+        {"event": bad, "why": "inputs, tokens and cached must be non-negative integers in range"}
     ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("inputs", 2**31), ("cached", 2**31), ("tokens", 2**63), ("cost_micros", "1e17")],
+)
+def test_an_event_past_a_ledger_column_is_dead_lettered_and_its_batch_stored(
+    tenant, client, field, value
+):
+    # One value the ledger's column cannot hold failed the whole batch's insert, every time
+    # it was claimed again, and the good events beside it with it.
+    good, bad = _event(tenant.pk, "req_good"), {**_event(tenant.pk, "req_big"), field: value}
+    for body in (bad, good):
+        client.xadd(USAGE_STREAM, {"event": json.dumps(body)})
+    assert _drain() == 1
+    assert UsageRecord.objects.for_tenant(tenant).get(event_id="req_good").inputs == 7
+    assert [entry["event"]["event_id"] for entry in _dead(client)] == ["req_big"]
