@@ -83,7 +83,10 @@ def proposed_validate(proposed: Any) -> dict[str, dict[str, Any]]:
     own rules (``plans.terms.price_terms_check``, bounds included)."""
     if not isinstance(proposed, dict):
         raise ValueError(messages.PRICES_NOT_OBJECT)
-    caps = dict(Plan.objects.filter(is_current=True).values_list("slug", "monthly_hard_cap"))
+    # A slug's cap is its current version's, or its latest's for a plan retired since (its
+    # tenants of a past period are repriced by its slug too): the current one comes last.
+    plans = Plan.objects.order_by("is_current", "version")
+    caps = dict(plans.values_list("slug", "monthly_hard_cap"))
     # NOTE: a slug reprices every version of its plan: a table of the current terms then
     # moved tenants still on an older version (an audit). A version names its tenants alone.
     versions = [key for key in proposed if isinstance(key, str) and "@" in key]

@@ -89,6 +89,21 @@ def test_pricing_simulator_against_actual(ledger):
     assert report["total"]["cost_micros"] == Decimal(51_010)
 
 
+def test_a_retired_plans_slug_still_reprices_its_tenants(ledger):
+    """A plan no longer sold (no current version) had tenants in the period replayed: its
+    slug proposes terms for them, as a plan on sale's does (it was an "unknown plan")."""
+    from economics.simulation import proposed_validate
+    from plans.models import Plan
+
+    pro, _ = ledger
+    Plan.objects.filter(slug="pro").update(is_current=False)
+    proposed = proposed_validate({"pro": {"base_fee": 3_900, "included_inputs": 50_000}})
+    report = pricing_simulate(start=MONTH, end=NEXT, proposed=proposed)
+    assert report["tenants"][pro.pk]["simulated_revenue_micros"] == 59_200_000
+    with pytest.raises(ValueError, match="unknown plan 'gone'"):
+        proposed_validate({"gone": {"base_fee": 1}})
+
+
 def test_rollups_follow_the_ledger_and_rebuild_identically(ledger):
     def snapshot():
         return sorted(
