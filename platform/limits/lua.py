@@ -59,6 +59,9 @@ end
 local taken = again or ARGV[12] == '1'
 local tats = {}
 local limit, remaining, reset = rates[1], rates[1], 0
+-- Refused by both limiters, the request is told the longer wait: the tenant's shorter one
+-- alone sent a client that waited it into the key's refusal.
+local refused = false
 for i = 1, 2 do
   local interval = window / rates[i]
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -67,13 +70,19 @@ for i = 1, 2 do
   if taken then new_tat = tat end  -- (the headers say what is left)
   local allow_at = new_tat - window
   if allow_at > now and not taken then
-    return {'rate', rates[i], 0, math.ceil(tat - now), math.ceil(allow_at - now), 0}
+    local retry = math.ceil(allow_at - now)
+    if not refused or retry > refused[5] then
+      refused = {'rate', rates[i], 0, math.ceil(tat - now), retry, 0}
+    end
   end
   tats[i] = new_tat
   local left = math.floor((window - (new_tat - now)) / interval)
   if left < remaining or i == 1 then
     limit, remaining, reset = rates[i], left, math.ceil(new_tat - now)
   end
+end
+if refused then
+  return refused
 end
 
 local function take_tokens()

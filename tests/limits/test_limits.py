@@ -30,13 +30,11 @@ def on_plan(tenant, plan: Plan, **fields):
     now = datetime.now(UTC)
     from billing.models import Subscription
 
-    return Subscription.objects.create(
-        tenant=tenant,
-        plan=plan,
-        current_period_start=now - timedelta(days=1),
-        current_period_end=now + timedelta(days=29),
-        **fields,
-    )
+    period = {
+        "current_period_start": now - timedelta(days=1),
+        "current_period_end": now + timedelta(days=29),
+    }
+    return Subscription.objects.create(tenant=tenant, plan=plan, **{**period, **fields})
 
 
 def key_of(tenant, secret):
@@ -102,6 +100,19 @@ def test_per_key_limit_leaves_the_tenants_other_keys_alone(tenant):
     assert [first.get("/v1/models").status_code for _ in range(4)] == [200, 200, 200, 429]
     assert second.get("/v1/models").status_code == 200
     assert second.get("/v1/models")["RateLimit-Limit"] == "3"
+
+
+def test_a_key_refused_by_both_limits_is_told_the_longer_wait(tenant):
+    """The tenant's limit (checked first) answered with its own, shorter wait: a client
+    that waited it was refused again by its key's."""
+    on_plan(tenant, custom_plan(rate_limit_per_minute=8, key_rate_limit_per_minute=5))
+    first, second = bearer(make_key(tenant, ["inference"])), bearer(make_key(tenant, ["inference"]))
+    assert {first.get("/v1/models").status_code for _ in range(5)} == {200}
+    assert {second.get("/v1/models").status_code for _ in range(3)} == {200}
+    refused = first.get("/v1/models")
+    # The key's next token comes in ~12 s (5 a minute), the tenant's in ~7.5 s (8 a minute).
+    assert refused.status_code == 429
+    assert (refused["RateLimit-Limit"], int(refused["Retry-After"]) >= 11) == ("5", True)
 
 
 def test_quota_race_admits_exactly_the_remainder(tenant):
