@@ -34,6 +34,26 @@ def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+def monthly_periods_after(
+    start: datetime, end: datetime, moment: datetime
+) -> tuple[datetime, datetime]:
+    """The period ``moment`` falls in, of the monthly periods a Stripe subscription's
+    [start, end) renews into: each ends on the anchor's day of the month (clamped to the
+    month's last day, as Stripe does: the 31st, then the 28th of February, then the 31st),
+    at the same time of day. The anchor's day is the larger of the two ends' days (a period
+    that ended on the 28th of February began on the 31st or the 29th, say)."""
+    anchor = max(start.day, end.day)
+    while moment >= end:
+        start, end = end, _month_after(end, anchor)
+    return start, end
+
+
+def _month_after(moment: datetime, anchor: int) -> datetime:
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    last = (datetime(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
+    return moment.replace(year=year, month=month, day=min(anchor, last))
+
+
 def free_period_from(moment: datetime) -> tuple[datetime, datetime]:
     """The period of a tenant that leaves a paid plan for free at ``moment``: from then to
     the end of its calendar month (then calendar months). Usage before it was billed with

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apikeys.models import ApiKey
-from billing.periods import calendar_month
+from billing.periods import calendar_month, monthly_periods_after
 from core.errors import APIError
 from plans.models import Plan
 from tenants.models import Tenant
@@ -98,12 +98,19 @@ class Enforcement:
 
 def period_now(subscription: Any, now: datetime) -> tuple[datetime, datetime]:
     """The period a tenant's live calls count in at ``now``: its subscription's current
-    period, else (no subscription, or a period that rolled over with no webhook yet) the
-    calendar month."""
+    period; a Stripe subscription's period that Stripe renewed with no webhook here yet,
+    the next of its monthly periods (the webhook then records it: the same start, so the
+    same quota counter); else (no subscription, free) the calendar month.
+
+    NOTE: the calendar month stood in for a renewed period too: its counter, seeded from
+    the ledger since the 1st, held the period before's usage, and a capped paid plan was
+    refused (402) at its new period's start until the webhook came (an audit)."""
     if subscription is not None:
         start, end = subscription.current_period_start, subscription.current_period_end
         if start <= now < end:
             return start, end
+        if now >= end and subscription.stripe_subscription_id and subscription.status != "canceled":
+            return monthly_periods_after(start, end, now)
     return calendar_month(now)
 
 

@@ -277,3 +277,25 @@ def test_racing_requests_after_a_flush_admit_no_more_than_remains(transactional_
     assert sum(results) == 100
     assert 1 <= len(reads) <= 8
     assert counter(key, services.enforcement_for(key).period_start) == 1_100
+
+
+def test_a_renewed_stripe_period_counts_from_its_start_before_its_webhook_comes(tenant):
+    """Stripe renewed the period (monthly, on its anchor) and its webhook is not here yet:
+    the quota counts from the old period's end. The calendar month stood in: its counter,
+    seeded from the ledger since the 1st, held the period before's usage, and a capped plan
+    was refused at its new period's start."""
+    now = datetime.now(UTC)
+    ended = now - timedelta(seconds=5)
+    on_plan(
+        tenant, custom_plan(monthly_hard_cap=200), stripe_subscription_id="sub_renewed",
+        current_period_start=ended - timedelta(days=30), current_period_end=ended,
+    )  # fmt: skip
+    key = key_of(tenant, make_key(tenant, ["inference"]))
+    ledger(key, 200, occurred_at=ended - timedelta(seconds=5))  # the period before, used up
+    ledger(key, 50, occurred_at=now - timedelta(seconds=1))  # this one's
+    admitted = limits_admit(api_key=key, request_id="req_renewed", inputs=150)
+    limits_settle(admitted, succeeded=True)
+    assert int(store().get(quota_key(tenant.pk, ended, livemode=True))) == 200
+    with pytest.raises(APIError) as refused:
+        limits_admit(api_key=key, request_id="req_over", inputs=1)
+    assert refused.value.code == "quota_exceeded"
