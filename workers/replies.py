@@ -123,30 +123,53 @@ def replies_send(replies: list[Reply]) -> None:
             keep,
         ]
     keys.append(USAGE_STREAM)
-    # NOTE: the result cache's rows go in the same round trip, whatever the script decides:
-    # an answer nobody took still saves the next identical request a forward pass. EVALSHA
-    # by hand: a pipeline running a registered script first asks Redis whether it has it, a
-    # round trip per batch; a Redis that lost it (restarted) says so, and the batch, its
-    # writes all idempotent or not done, is sent again once the script is loaded.
+    # Past this (the worker's clock), Redis would drop every one of them: nobody waits.
+    give_up_at = max(float(deadline) for deadline in args[5::4]) + GIVE_UP_GRACE_S + 1
+    dropped = _delivered(keys, args, replies, give_up_at)
+    for index in dropped:
+        logger.info(
+            "%s: answered after its caller gave up: not delivered, not billed",
+            replies[int(index)][0]["request_id"],
+        )
+
+
+def _delivered(keys: list[str], args: list[Any], replies: list[Reply], give_up_at: float) -> Any:
+    """Run ``DELIVER`` (with the result cache's rows) until Redis takes it; the indices of
+    the answers it dropped.
+
+    NOTE: the result cache's rows go in the same round trip, whatever the script decides:
+    an answer nobody took still saves the next identical request a forward pass. EVALSHA by
+    hand: a pipeline running a registered script first asks Redis whether it has it, a
+    round trip per batch; a Redis that lost it (restarted) says so, and the batch is sent
+    again once the script is loaded. A Redis that cannot be reached (restarting, failing
+    over, loading its data) is tried again, with a backoff, until the answers' deadlines
+    and grace have passed (the API waits that long for them, and Redis decides by its own
+    clock whether they still count): redis-py's own retry gave up in milliseconds, and the
+    batch's answers, computed, were lost behind a 503 each (an audit restarted Redis under
+    load). A try that failed after Redis ran it is harmless again: the usage event's id is
+    stored once in the ledger, a second reply expires unread, the rest is overwritten."""
     script = _deliver()
-    for attempt in range(2):
+    pause = 0.05
+    while True:
         pipe = redis_client().pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys), *keys, *args)
         for result, _, request in replies:
             if "error" not in result and request is not None and request.get("cache_version"):
                 _cache_rows(pipe, request, result)
         try:
-            dropped = pipe.execute()[0]
-            break
-        except redis.exceptions.NoScriptError:
-            if attempt:
+            try:
+                return pipe.execute()[0]
+            except redis.exceptions.NoScriptError:
+                redis_client().script_load(DELIVER)
+                continue
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if time.time() > give_up_at:
                 raise
-            redis_client().script_load(DELIVER)
-    for index in dropped:
-        logger.info(
-            "%s: answered after its caller gave up: not delivered, not billed",
-            replies[int(index)][0]["request_id"],
-        )
+            logger.warning(
+                "Redis unreachable answering %d call(s), trying again: %r", len(replies), exc
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 def _cache_rows(pipe: Any, request: ClassifyRequest, result: ClassifyResult) -> None:
