@@ -7,6 +7,7 @@ that reading the settings is cheap and side-effect free.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class WorkerSettings:
         return max(1, self.torch_threads // self.model_threads)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def int_setting(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -112,10 +113,10 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
 
 
 def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
-    return _int(env, name, 0, minimum) if env.get(name, "").strip() else None
+    return int_setting(env, name, 0, minimum) if env.get(name, "").strip() else None
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def float_setting(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -123,6 +124,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -177,17 +180,17 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> WorkerSettings:
         redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
         max_batch_tokens=_optional_int(env, "WORKER_MAX_BATCH_TOKENS", 256),
         max_batch_size=_optional_int(env, "WORKER_MAX_BATCH_SIZE", 1),
-        max_wait_ms=_float(env, "WORKER_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS, 0.0),
-        torch_threads=_int(env, "WORKER_TORCH_THREADS", os.cpu_count() or 1, 1),
-        model_threads=_int(env, "WORKER_MODEL_THREADS", os.cpu_count() or 1, 1),
-        embed_cache_size=_int(env, "WORKER_EMBED_CACHE_SIZE", DEFAULT_EMBED_CACHE_SIZE, 0),
+        max_wait_ms=float_setting(env, "WORKER_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS, 0.0),
+        torch_threads=int_setting(env, "WORKER_TORCH_THREADS", os.cpu_count() or 1, 1),
+        model_threads=int_setting(env, "WORKER_MODEL_THREADS", os.cpu_count() or 1, 1),
+        embed_cache_size=int_setting(env, "WORKER_EMBED_CACHE_SIZE", DEFAULT_EMBED_CACHE_SIZE, 0),
         device=device,
         precision=_choice(env, "WORKER_PRECISION", PRECISIONS),
         pool=env.get("WORKER_POOL", "").strip() or "cpu",
         price_per_hour=_price(env, "WORKER_PRICE_PER_HOUR", DEFAULT_PRICE_PER_HOUR),
         currency=(env.get("WORKER_CURRENCY", "").strip() or "usd").lower(),
         log_tasks=_bool(env, "WORKER_LOG_TASKS"),
-        presence_interval_s=_float(env, "WORKER_PRESENCE_INTERVAL_S", 5.0, 0.1),
+        presence_interval_s=float_setting(env, "WORKER_PRESENCE_INTERVAL_S", 5.0, 0.1),
     )
 
 

@@ -32,7 +32,7 @@ from workers.runtime.cache import EmbeddingCache
 from workers.runtime.checks import InvalidRequestError, check_inputs, check_request
 from workers.runtime.encoder import Encoder, Tokenized, UnknownModelError, load_encoder
 from workers.runtime.finetuned import FineTunedCache, ModelFileError
-from workers.settings import WorkerSettings, get_settings
+from workers.settings import WorkerSettings, get_settings, int_setting
 
 # Measured on hand-labelled sentiment, topic and support-ticket texts: this template got
 # 29/32 right against 27/32 for the bare label and 28/32 for "This is {label}.".
@@ -42,7 +42,7 @@ SCORE_DECIMALS = 6
 # Fine-tuned models kept loaded per worker (LRU). A head is ~6 KB; a LoRA adapter laid out
 # for serving is ~37 KB x rank x targets (query, key, value): 0.6-0.9 MB at rank 8, at most
 # 7 MB (rank 64, three targets). 64 of them: ~60 MB typically, 450 MB at the very worst.
-FINE_TUNED_CACHE_SIZE = int(os.environ.get("WORKER_FINE_TUNED_CACHE_SIZE", "64"))
+FINE_TUNED_CACHE_SIZE = int_setting(os.environ, "WORKER_FINE_TUNED_CACHE_SIZE", 64, 1)
 # A waiting request gives up after this long if the model thread is stuck or overloaded.
 EMBED_TIMEOUT_S = 120.0
 OVERDUE = "The request passed its deadline before its texts were embedded."

@@ -4,6 +4,7 @@ SQLite next to the code and the embedded Redis that ``make run`` starts."""
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
-from workers.settings import required_env_check
+from workers.settings import float_setting, int_setting, required_env_check
 
 # Lets annotations like ModelAdmin[Tenant] and QuerySet[Any] run (django-stubs generics).
 django_stubs_ext.monkeypatch()
@@ -24,6 +25,25 @@ DATA_DIR = Path(os.environ.get("DATA_DIR", BASE_DIR / "var"))
 
 def env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int, minimum: int) -> int:
+    """An integer setting; ``ImproperlyConfigured`` naming the variable for one that is not
+    an integer or is below ``minimum`` (a negative timeout or a zero batch started a stack
+    that looked healthy and answered every call 503, or stored no usage)."""
+    try:
+        return int_setting(os.environ, name, default, minimum)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+def env_float(name: str, default: float, minimum: float) -> float:
+    """A finite number setting, as ``env_int`` (NaN passed every comparison: each request
+    was a 500)."""
+    try:
+        return float_setting(os.environ, name, default, minimum)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
 
 
 # What the image requires (deploy/Dockerfile): a Secret that lacked one ran the pod on
@@ -44,7 +64,7 @@ if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 # Strict-Transport-Security on https responses, once every host under the domain is served
 # over TLS (a browser then refuses plain http for this long): 0 sends none.
-SECURE_HSTS_SECONDS = int(os.environ.get("HSTS_SECONDS", "0") or 0)
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 0, 0)
 # When set, GET /metrics answers only a scrape that sends ``Authorization: Bearer <token>``:
 # its series name the fleet's hardware price and every route's traffic, which a public
 # host should not show to anyone who asks. Unset, /metrics is open (one machine, a cluster
@@ -103,11 +123,11 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-AXES_FAILURE_LIMIT = int(os.environ.get("ADMIN_LOGIN_FAILURE_LIMIT", "5"))
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, 1)
 # And from one address, whatever the usernames, within the same cool-off (core/admin_login.py):
 # the pair's lockout alone left an address free to try five passwords on every username.
-ADMIN_LOGIN_ADDRESS_LIMIT = int(os.environ.get("ADMIN_LOGIN_ADDRESS_LIMIT", "30"))
-AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("ADMIN_LOGIN_COOLOFF_MINUTES", "15")))
+ADMIN_LOGIN_ADDRESS_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_LIMIT", 30, 1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_COOLOFF_MINUTES", 15.0, 0.0))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "core.client_ip.client_ip"
@@ -115,7 +135,7 @@ AXES_VERBOSE = False
 # The number of proxies in front of the API that append the address they were reached from
 # to X-Forwarded-For: a client's address is that many entries from the list's end (0: the
 # socket's peer, REMOTE_ADDR). Anything further left is the client's to forge.
-TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, 0)
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -165,7 +185,7 @@ DATABASES = {"default": database_config(DATABASE_URL)}
 # cancels it (the request is a 503 to retry); the admin, served by the same processes, too.
 # Applied by the API server's entry point only (config.wsgi, core.statement_timeout), never
 # to migrations, management commands, the consumers or the platform worker. 0: no limit.
-DATABASE_STATEMENT_TIMEOUT_MS = int(os.environ.get("DATABASE_STATEMENT_TIMEOUT_MS", "30000"))
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30000, 0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
@@ -201,70 +221,68 @@ CELERY_BROKER_URL = REDIS_URL
 
 # Inference: how long the API waits for a worker, and how deep the queue may grow before new
 # requests are turned away with 503 instead of waiting in a queue they cannot leave in time.
-INFERENCE_TIMEOUT_S = float(os.environ.get("INFERENCE_TIMEOUT_S", "30"))
-INFERENCE_MAX_QUEUE_DEPTH = int(os.environ.get("INFERENCE_MAX_QUEUE_DEPTH", "5000"))
+INFERENCE_TIMEOUT_S = env_float("INFERENCE_TIMEOUT_S", 30.0, 0.001)
+INFERENCE_MAX_QUEUE_DEPTH = env_int("INFERENCE_MAX_QUEUE_DEPTH", 5000, 1)
 # Classifications in flight in one API process at the same moment travel to the workers as
 # one message (inference/dispatch.py): the publisher lingers this long for company, and puts
 # at most this many requests in a message.
-INFERENCE_COALESCE_MS = float(os.environ.get("INFERENCE_COALESCE_MS", "1"))
+INFERENCE_COALESCE_MS = env_float("INFERENCE_COALESCE_MS", 1.0, 0.0)
 # Request bodies one tenant may be receiving at once in an API process (core.body_slots):
 # slow bodies held every request thread. 0: no limit.
-BODY_READS_PER_TENANT = int(os.environ.get("BODY_READS_PER_TENANT", "12"))
-INFERENCE_COALESCE_MAX = int(os.environ.get("INFERENCE_COALESCE_MAX", "32"))
+BODY_READS_PER_TENANT = env_int("BODY_READS_PER_TENANT", 12, 0)
+INFERENCE_COALESCE_MAX = env_int("INFERENCE_COALESCE_MAX", 32, 1)
 # Result cache: how long an answered input is kept for identical requests (0: off).
 # Test-mode keys (sk_test_) run real models but are never billed: their inputs are counted
 # apart from live ones, against this allowance per billing period, whatever the plan.
-TEST_MODE_MONTHLY_INPUTS = int(os.environ.get("TEST_MODE_MONTHLY_INPUTS", "10000"))
+TEST_MODE_MONTHLY_INPUTS = env_int("TEST_MODE_MONTHLY_INPUTS", 10000, 0)
 # The currency of the workers' cost to serve (their WORKER_CURRENCY): usage events carry
 # cost_micros but not its currency. Margins are taken only against revenue in it.
 COST_CURRENCY = os.environ.get("COST_CURRENCY", "usd").strip().lower() or "usd"
-RESULT_CACHE_TTL_S = int(os.environ.get("RESULT_CACHE_TTL_S", str(24 * 3600)))
+RESULT_CACHE_TTL_S = env_int("RESULT_CACHE_TTL_S", 24 * 3600, 0)
 
 # Usage consumer: rows per bulk insert and the longest an event waits in its buffer.
-USAGE_BATCH_SIZE = int(os.environ.get("USAGE_BATCH_SIZE", "500"))
+USAGE_BATCH_SIZE = env_int("USAGE_BATCH_SIZE", 500, 1)
 # NOTE: a flush (a transaction, the plans read, the ledger insert, the rollups' updates)
 # costs ~8 ms of CPU however few events it stores: at 0.2 s, 0.77 ms a call under 32
 # clients on the model path, 0.28 ms at 1 s (bench_cpu.py). Usage shows up a second later.
-USAGE_FLUSH_INTERVAL_S = float(os.environ.get("USAGE_FLUSH_INTERVAL_S", "1.0"))
+USAGE_FLUSH_INTERVAL_S = env_float("USAGE_FLUSH_INTERVAL_S", 1.0, 0.01)
 
 # Idempotency keys are remembered this long (Stripe keeps them 24 hours).
-IDEMPOTENCY_TTL_S = int(os.environ.get("IDEMPOTENCY_TTL_S", str(24 * 3600)))
+IDEMPOTENCY_TTL_S = env_int("IDEMPOTENCY_TTL_S", 24 * 3600, 1)
 
 # 96 inputs of 10,000 characters at their longest in JSON: an emoji written as the \u
 # escapes Python's json.dumps writes by default is 12 bytes (11.5 MB in all), plus labels
 # and examples sent as UTF-8.
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", str(16 * 1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 16 * 1024 * 1024, 1024)
 
 # Fine-tuning. The artifact store (datasets, embeddings, model files) is a directory shared
 # with the workers, who read the same ARTIFACT_DIR (see workers/artifacts.py).
 ARTIFACT_DIR = Path(os.environ.get("ARTIFACT_DIR", DATA_DIR / "artifacts"))
-DATASET_MAX_BYTES = int(os.environ.get("DATASET_MAX_BYTES", str(20 * 1024 * 1024)))
+DATASET_MAX_BYTES = env_int("DATASET_MAX_BYTES", 20 * 1024 * 1024, 1)
 # What one tenant's datasets (not deleted) may take in the shared artifact store in all.
-DATASET_STORAGE_BYTES = int(os.environ.get("DATASET_STORAGE_BYTES", str(1024 * 1024 * 1024)))
+DATASET_STORAGE_BYTES = env_int("DATASET_STORAGE_BYTES", 1024 * 1024 * 1024, 1)
 # A running job with no heartbeat for this long has lost its worker: retried from the start
 # up to FINETUNE_MAX_ATTEMPTS attempts in all, then failed. Checked every sweep interval.
-FINETUNE_HEARTBEAT_TIMEOUT_S = float(os.environ.get("FINETUNE_HEARTBEAT_TIMEOUT_S", "60"))
-FINETUNE_MAX_ATTEMPTS = int(os.environ.get("FINETUNE_MAX_ATTEMPTS", "2"))
-FINETUNE_SWEEP_INTERVAL_S = float(os.environ.get("FINETUNE_SWEEP_INTERVAL_S", "5"))
+FINETUNE_HEARTBEAT_TIMEOUT_S = env_float("FINETUNE_HEARTBEAT_TIMEOUT_S", 60.0, 1.0)
+FINETUNE_MAX_ATTEMPTS = env_int("FINETUNE_MAX_ATTEMPTS", 2, 1)
+FINETUNE_SWEEP_INTERVAL_S = env_float("FINETUNE_SWEEP_INTERVAL_S", 5.0, 0.1)
 # Fairness on the one training queue: a tenant's jobs on it (sent and not ended) at a time;
 # its others wait in the database and are sent, oldest first, as these end
 # (finetuning/dispatch.py).
-FINETUNE_DISPATCHED_PER_TENANT = max(1, int(os.environ.get("FINETUNE_DISPATCHED_PER_TENANT", "1")))
+FINETUNE_DISPATCHED_PER_TENANT = env_int("FINETUNE_DISPATCHED_PER_TENANT", 1, 1)
 # A job's budget: its trained tokens (epochs x its training examples' tokens, what it is
 # billed on) and its time on a worker. Over the tokens: refused at create on an estimate
 # (400 token_budget_exceeded), else failed by the worker before it trains; over the time:
 # stopped and failed (time_limit_exceeded). Failed jobs are not billed.
-FINETUNE_MAX_TRAINED_TOKENS = int(os.environ.get("FINETUNE_MAX_TRAINED_TOKENS", "10000000"))
-FINETUNE_TIME_LIMIT_S = float(os.environ.get("FINETUNE_TIME_LIMIT_S", "1800"))
+FINETUNE_MAX_TRAINED_TOKENS = env_int("FINETUNE_MAX_TRAINED_TOKENS", 10000000, 1)
+FINETUNE_TIME_LIMIT_S = env_float("FINETUNE_TIME_LIMIT_S", 1800.0, 1.0)
 # Test mode is never billed: its own, smaller token budget per job, and at most this many
 # test-mode jobs per tenant per UTC day (429 test_mode_fine_tune_limit past it).
-FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS = int(
-    os.environ.get("FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS", "200000")
-)
-FINETUNE_TEST_MODE_DAILY_JOBS = int(os.environ.get("FINETUNE_TEST_MODE_DAILY_JOBS", "5"))
+FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS = env_int("FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS", 200000, 0)
+FINETUNE_TEST_MODE_DAILY_JOBS = env_int("FINETUNE_TEST_MODE_DAILY_JOBS", 5, 0)
 # A fine-tuned model's int8 variant is offered (registered as a second model, billed at the
 # int8 tier) only if it loses at most this many points of validation accuracy.
-FINETUNE_INT8_MAX_LOSS_POINTS = float(os.environ.get("FINETUNE_INT8_MAX_LOSS_POINTS", "1.0"))
+FINETUNE_INT8_MAX_LOSS_POINTS = env_float("FINETUNE_INT8_MAX_LOSS_POINTS", 1.0, 0.0)
 
 # Billing. Stripe is the customer record, subscription, invoice and payment; the platform
 # rates usage itself. STRIPE_API_BASE points the official client at an emulator (localstripe)
@@ -274,18 +292,18 @@ STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")
 STRIPE_WEBHOOK_SECRETS = [
     s.strip() for s in os.environ.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
 ]
-STRIPE_WEBHOOK_TOLERANCE_S = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE_S", "300"))
+STRIPE_WEBHOOK_TOLERANCE_S = env_int("STRIPE_WEBHOOK_TOLERANCE_S", 300, 1)
 # Each try of a Stripe request waits this long for an answer (the library's own default is
 # 80 s, three tries in all: a stalled Stripe held a request four minutes), and at most
 # STRIPE_CONCURRENCY of a process's threads wait on Stripe at once: another waits a second
 # for a place, then answers a 503, rather than queue behind them (thirty held billing reads
 # starved classifications, health checks and webhooks of the API's threads).
-STRIPE_TIMEOUT_S = float(os.environ.get("STRIPE_TIMEOUT_S", "10"))
-STRIPE_CONCURRENCY = int(os.environ.get("STRIPE_CONCURRENCY", "4"))
+STRIPE_TIMEOUT_S = env_float("STRIPE_TIMEOUT_S", 10.0, 0.1)
+STRIPE_CONCURRENCY = env_int("STRIPE_CONCURRENCY", 4, 1)
 # Until a checkout flow collects a card, a paid plan starts on Stripe's test card.
 STRIPE_DEFAULT_PAYMENT_METHOD = os.environ.get("STRIPE_DEFAULT_PAYMENT_METHOD", "pm_card_visa")
 # How long a past_due subscription keeps making billable calls before they answer 402.
-PAST_DUE_GRACE_DAYS = int(os.environ.get("PAST_DUE_GRACE_DAYS", "7"))
+PAST_DUE_GRACE_DAYS = env_int("PAST_DUE_GRACE_DAYS", 7, 0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],
@@ -335,12 +353,18 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
+if not isinstance(logging.getLevelName(LOG_LEVEL), int):
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {LOG_LEVEL!r}"
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.request": {"level": "ERROR"},
         # The Stripe library logs every request at INFO; its errors reach us as exceptions.

@@ -1,0 +1,49 @@
+"""A setting the control plane cannot use stops it at start, naming the variable: a negative
+timeout started a stack that looked healthy (``/readyz`` 200) and answered every call 503,
+NaN made every request a 500, and a zero usage batch stored no usage at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("INFERENCE_TIMEOUT_S=-1", "INFERENCE_TIMEOUT_S must be >= 0.001, got -1.0"),
+        ("INFERENCE_TIMEOUT_S=nan", "INFERENCE_TIMEOUT_S must be a finite number, got 'nan'"),
+        ("USAGE_BATCH_SIZE=0", "USAGE_BATCH_SIZE must be >= 1, got 0"),
+        ("HSTS_SECONDS=abc", "HSTS_SECONDS must be an integer, got 'abc'"),
+        ("LOG_LEVEL=loud", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ],
+)
+def test_a_setting_out_of_range_stops_the_control_plane_naming_it(tmp_path, setting, says):
+    name, value = setting.split("=", 1)
+    env = {**os.environ, name: value, "DATA_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert f"ImproperlyConfigured: {says}" in run.stderr
+
+
+def test_settings_in_range_start_it(tmp_path):
+    env = {
+        **os.environ,
+        "INFERENCE_TIMEOUT_S": "0.5",
+        "LOG_LEVEL": "debug",
+        "DATA_DIR": str(tmp_path),
+    }
+    env.pop("DATABASE_URL", None)
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
