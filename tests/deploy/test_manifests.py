@@ -240,6 +240,9 @@ def test_the_kubelet_prometheus_and_the_service_pass_the_host_check(
     env = {item["name"]: item.get("value") for item in container["env"]}
     public = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["PUBLIC_HOST"]
     paths = [container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")]
+    # Readiness is the pod's own: /readyz (the database, Redis) failing in every pod at once
+    # emptied the Service in a Redis outage, and clients lost the product's JSON 503s.
+    assert paths == ["/healthz", "/healthz"]
     annotations = api["spec"]["template"]["metadata"]["annotations"]
     paths.append(annotations["prometheus.io/path"])
     for pod_ip, pod_host in (("10.0.0.7", "10.0.0.7:8000"), ("fd00::7", "[fd00::7]:8000")):
