@@ -56,3 +56,14 @@ def test_a_plan_stripe_charges_otherwise_waits_on_the_operator(stripe_api):
     with pytest.raises(StripePlanMismatch) as refused:
         plans_sync_to_stripe(plans=[Plan.objects.get(pk="pro@1")])
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "60"}
+
+
+def test_the_sync_says_when_stripe_cannot_be_reached_not_a_traceback(stripe_api, settings):
+    from django.core.management.base import CommandError
+
+    from deploy.embedded_redis import free_port
+
+    settings.STRIPE_API_BASE = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    Plan.objects.update(stripe_product_id="", stripe_plan_id="")  # so Stripe is asked
+    with pytest.raises(CommandError, match=r"^Stripe: "):
+        call_command("sync_plans_to_stripe")

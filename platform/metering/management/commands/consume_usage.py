@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.signals import stop_flag
 from metering.consumer import UsageConsumer, default_name
@@ -24,6 +24,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["name"] is not None and not options["name"].strip():
+            # (An empty name was the host's: the very member another consumer on it reads as.)
+            raise CommandError("--name must not be empty: give this consumer a name of its own.")
         metrics_serve_from_env()
         should_stop = stop_flag()
         consumer = UsageConsumer(name=options["name"])
