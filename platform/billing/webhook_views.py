@@ -11,9 +11,15 @@ from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from core.errors import error_body
+from core.body_slots import body_stream_guard, body_stream_release
+from core.errors import APIError, error_body
 
-from .webhooks import WebhookRejected, stripe_event_record, stripe_event_verify
+from .webhooks import (
+    WebhookRejected,
+    stripe_credentials_check,
+    stripe_event_record,
+    stripe_event_verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,21 +34,51 @@ def _enqueue(event_id: str) -> None:
         logger.exception("could not enqueue Stripe event %s; the sweep will pick it up", event_id)
 
 
+# Webhook bodies one API process may be receiving at once, and the largest it takes. NOTE:
+# anyone can POST here (the signature is checked once the body is in): 40 connections that
+# sent headers and a byte of body held every request thread of `make run`'s two processes,
+# and no call, probe or tenant was answered while they stayed open (a security audit). Past
+# the slots a delivery is a 429 (Stripe retries it) and the other threads stay free.
+WEBHOOK_BODY_READS = 4
+WEBHOOK_MAX_BYTES = 1024 * 1024  # Stripe's events are a few kB
+_READER = "(stripe webhooks)"  # the slots' owner: no tenant's id has parentheses
+_BUSY = "{limit} Stripe events are arriving at this server already; send this one again."
+
+
+def _payload(request: HttpRequest) -> bytes | JsonResponse:
+    """The request's body, read under one of the webhooks' slots; or the refusal."""
+    too_large = error_body(413, "request_too_large", "The event is larger than this server takes.")
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > WEBHOOK_MAX_BYTES:
+        return JsonResponse(too_large, status=413)
+    body_stream_guard(request, _READER, WEBHOOK_BODY_READS, _BUSY)
+    try:
+        return request.body
+    except RequestDataTooBig:
+        return JsonResponse(too_large, status=413)
+    except APIError as exc:  # the slots are taken
+        return JsonResponse(
+            error_body(exc.status, exc.code, exc.message), status=exc.status, headers=exc.headers
+        )
+    finally:
+        body_stream_release(request)
+
+
 @csrf_exempt
 def stripe_webhook(request: HttpRequest) -> JsonResponse:
     if request.method != "POST":
         body = error_body(405, "method_not_allowed", "Stripe events are POSTed.")
         return JsonResponse(body, status=405, headers={"Allow": "POST"})
+    signature = request.headers.get("Stripe-Signature")
     try:
-        payload = request.body
-    except RequestDataTooBig:
-        # Stripe's events are a few kB; the request limit is far above any.
-        body = error_body(413, "request_too_large", "The event is larger than this server takes.")
-        return JsonResponse(body, status=413)
-    try:
-        event = stripe_event_verify(
-            payload=payload, signature=request.headers.get("Stripe-Signature")
-        )
+        stripe_credentials_check(signature)  # before the body: it needs no key to send one
+        payload = _payload(request)
+        if isinstance(payload, JsonResponse):
+            return payload
+        event = stripe_event_verify(payload=payload, signature=signature)
     except WebhookRejected as exc:
         # (No secret configured is the operator's to fix: logged as an error, not a refusal.)
         level = logging.ERROR if exc.code == "webhook_not_configured" else logging.WARNING

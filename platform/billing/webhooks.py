@@ -49,14 +49,20 @@ class WebhookRejected(Exception):
         self.status = status
 
 
+def stripe_credentials_check(signature: str | None) -> None:
+    """What refuses a delivery before its body is read: no signature, or no secret to check
+    one with."""
+    if not signature:
+        raise WebhookRejected("missing_signature", messages.WEBHOOK_NO_SIGNATURE, 401)
+    if not settings.STRIPE_WEBHOOK_SECRETS:
+        raise WebhookRejected("webhook_not_configured", messages.WEBHOOK_NOT_CONFIGURED, 401)
+
+
 def stripe_event_verify(*, payload: bytes, signature: str | None) -> dict[str, Any]:
     """The event, if one of the configured secrets signed exactly these bytes within the
     tolerance. Two secrets are tried while one is being rotated."""
-    if not signature:
-        raise WebhookRejected("missing_signature", messages.WEBHOOK_NO_SIGNATURE, 401)
+    stripe_credentials_check(signature)
     secrets = settings.STRIPE_WEBHOOK_SECRETS
-    if not secrets:
-        raise WebhookRejected("webhook_not_configured", messages.WEBHOOK_NOT_CONFIGURED, 401)
     try:
         payload.decode()
     except UnicodeDecodeError:
