@@ -295,3 +295,11 @@ def test_a_subscription_made_in_stripe_is_adopted_without_billing_the_free_month
         remote["id"],
     )
     assert callbacks == []  # no usage push for the calendar month spent on free
+
+
+def test_an_event_larger_than_any_stripe_sends_is_413_before_its_body_is_read(live_server):
+    body = b'{"id": "evt_big", "pad": "' + b"x" * (1024 * 1024) + b'"}'
+    response = _post(live_server.url, body, {"Stripe-Signature": sign(body)})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert not StripeEvent.objects.filter(id="evt_big").exists()
