@@ -4,6 +4,7 @@ from collections import Counter
 from typing import IO, Any, cast
 
 from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.utils.http import parse_header_parameters
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.parsers import DataAndFiles, MultiPartParser
@@ -46,7 +47,18 @@ class UniqueFieldsMultiPartParser(MultiPartParser):
         boundary = parse_header_parameters(media_type or "")[1].get("boundary", "")
         closing = b"--" + boundary.encode("latin-1", "replace") + b"--"
         watched = _BodyWatch(stream, [closing, FILE_PART])
-        parsed = super().parse(cast(IO[Any], watched), media_type, parser_context)
+        try:
+            parsed = super().parse(cast(IO[Any], watched), media_type, parser_context)
+        except (TooManyFieldsSent, TooManyFilesSent):
+            # (Django's own refusal reached the log as an ERROR traceback per request, and
+            # the caller a 400 "could not be understood".)
+            raise InvalidRequest(
+                messages.TOO_MANY_PARTS.format(
+                    fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
+                    files=settings.DATA_UPLOAD_MAX_NUMBER_FILES,
+                ),
+                code="invalid_multipart",
+            ) from None
         # NOTE: Django's parser drops, without a word, a part the body ends inside of and
         # one whose headers are not UTF-8 (a filename in another encoding): such a file was
         # answered "send the field 'file'", which was sent.

@@ -2,6 +2,10 @@
 
 DATASET_NOT_FOUND = "No such dataset: '{id}'."
 FILE_MISSING = "Upload the dataset as the multipart form field 'file'."
+TOO_MANY_PARTS = (
+    "The multipart body has more parts than an upload takes (at most {fields} fields and"
+    " {files} files): send the field 'file' and nothing else."
+)
 MULTIPART_CUT_OFF = (
     "The multipart body ends before its closing boundary ('--' + boundary + '--'): it was"
     " cut off on its way, or built by hand without it. Send the whole body."

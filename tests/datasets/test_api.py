@@ -49,6 +49,21 @@ def test_a_multipart_body_cut_off_before_its_closing_boundary_says_so(api):
     assert whole.status_code == 201, whole.content  # (one row: a dataset, invalid)
 
 
+@pytest.mark.parametrize("part", ["field", "file"])
+def test_a_multipart_body_with_more_parts_than_an_upload_takes_says_so(api, part, caplog):
+    """Django's refusal (TooManyFieldsSent / TooManyFilesSent) was a bare "could not be
+    understood", and an ERROR traceback in the log for every such request."""
+    head = b'--xx\r\nContent-Disposition: form-data; name="f%d"'
+    extra = b'; filename="f.txt"' if part == "file" else b""
+    parts = b"".join(head % n + extra + b"\r\n\r\nx\r\n" for n in range(1_100))
+    response = api.post(
+        "/v1/datasets", parts + b"--xx--\r\n", content_type="multipart/form-data; boundary=xx"
+    )
+    assert_error(response, 400, "invalid_multipart")
+    assert "more parts than an upload takes" in response.json()["error"]["message"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_a_file_part_whose_filename_is_not_utf8_says_so(api):
     body = (
         b'--xx\r\nContent-Disposition: form-data; name="file"; filename="\xff\xfe.jsonl"'
