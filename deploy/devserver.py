@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -222,6 +223,12 @@ def port_refusal(host: str, port: str) -> str | None:
     return None
 
 
+def _embedded_alive(server: Any) -> bool:
+    from deploy.embedded_redis import embedded_redis_alive
+
+    return embedded_redis_alive(server)
+
+
 def main() -> int:
     refused = port_refusal(api_host(), os.environ.get("PORT", "8000"))
     if refused is not None:
@@ -280,6 +287,10 @@ def main() -> int:
                 status = 1
                 stopping = True
                 break
+        if not stopping and embedded is not None and not _embedded_alive(embedded):
+            # (Detached from this process: it ran on unseen, the stack answering 503s.)
+            print("devserver: the embedded Redis exited; stopping", flush=True)
+            status, stopping = 1, True
         time.sleep(0.5)
 
     for names in STOP_ORDER:

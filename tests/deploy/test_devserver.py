@@ -112,3 +112,47 @@ def test_a_port_in_use_is_said_before_anything_starts():
 
     assert port_refusal("127.0.0.1", "eighty") == "PORT='eighty' is not a port number (1-65535)"
     assert port_refusal("127.0.0.1", "70000") is not None
+
+
+def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
+    """The embedded Redis runs detached: killed, the stack ran on unseen, every call a 503,
+    until someone stopped it by hand. Now it stops like a child that dies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    launcher = (
+        "import pathlib, sys; import deploy.devserver as d; d.ROOT = pathlib.Path(sys.argv[1]);"
+        " d._children = lambda port: {'api': ['sleep', '60']}; sys.exit(d.main())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(DATA_DIR=str(tmp_path), PORT=str(_free_port()))
+    run = subprocess.Popen(
+        [sys.executable, "-c", launcher, str(tmp_path)], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = run.stdout.readline()
+        assert "embedded Redis at" in line, line
+        port = line.rsplit(":", 1)[1].split("/")[0]
+        server = next(
+            p for p in psutil.process_iter(["name", "cmdline"])
+            if "redis-server" in (p.info["name"] or "") and port in " ".join(p.info["cmdline"])
+        )  # fmt: skip
+        time.sleep(1)
+        server.send_signal(signal.SIGKILL)
+        assert run.wait(timeout=30) == 1
+        assert "the embedded Redis exited; stopping" in run.stdout.read()
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
+def _free_port() -> int:
+    from deploy.embedded_redis import free_port
+
+    return free_port()
