@@ -296,3 +296,38 @@ def test_a_closed_periods_late_usage_line_says_that_period(pro_tenant, monkeypat
     late, older = invoicing._stripe_preview_lines(sub)
     assert (late["key"], late["period_start"], late["period_end"]) == ("usage:standard", *closed)
     assert (older["period_start"], older["period_end"]) == (closed[0], None)
+
+
+def test_a_plan_changes_lines_are_prorations_in_the_api_version_the_library_pins(
+    pro_tenant, monkeypatch
+):
+    """Stripe's API version pinned by the library moved a line's ``proration`` under its
+    ``parent``; read only at the top, the credit and the charge of an upgrade were listed as
+    base fees (the emulator answers in the old shape). Both shapes are read."""
+    from billing import invoices as invoicing
+
+    def line(amount, description, parent=None, **top):
+        period = {"start": 1, "end": 2}
+        return {"amount": amount, "quantity": 1, "description": description,
+                "period": period, "metadata": {}, "parent": parent, **top}  # fmt: skip
+
+    lines = [
+        line(-3319, "Unused time on Pro",
+             {"type": "invoice_item_details", "invoice_item_details": {"proration": True}}),
+        line(33803, "Remaining time on Scale", {
+            "type": "subscription_item_details",
+            "subscription_item_details": {"proration": True, "subscription_item": "si_1"},
+        }),
+        line(49900, "1 x Scale", {
+            "type": "subscription_item_details",
+            "subscription_item_details": {"proration": False, "subscription_item": "si_1"},
+        }),
+        line(-100, "Unused time (older API)", proration=True),
+    ]  # fmt: skip
+    preview = {"lines": {"data": lines}}
+    stripe = SimpleNamespace(Invoice=SimpleNamespace(create_preview=lambda **_: preview))
+    monkeypatch.setattr(invoicing, "stripe_api", lambda: stripe)
+    sub = Subscription.objects.for_tenant(pro_tenant).get()
+    read = [(row["key"], row["proration"]) for row in invoicing._stripe_preview_lines(sub)]
+    assert read == [("proration", True), ("proration", True), ("base_fee", False),
+                    ("proration", True)]  # fmt: skip
