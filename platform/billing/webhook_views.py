@@ -11,8 +11,8 @@ from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from core.body_slots import body_stream_guard, body_stream_release
-from core.errors import APIError, error_body
+from core.errors import error_body
+from core.middleware import anonymous_body_read
 
 from .webhooks import (
     WebhookRejected,
@@ -34,19 +34,18 @@ def _enqueue(event_id: str) -> None:
         logger.exception("could not enqueue Stripe event %s; the sweep will pick it up", event_id)
 
 
-# Webhook bodies one API process may be receiving at once, and the largest it takes. NOTE:
-# anyone can POST here (the signature is checked once the body is in): 40 connections that
-# sent headers and a byte of body held every request thread of `make run`'s two processes,
-# and no call, probe or tenant was answered while they stayed open (a security audit). Past
-# the slots a delivery is a 429 (Stripe retries it) and the other threads stay free.
-WEBHOOK_BODY_READS = 4
-WEBHOOK_MAX_BYTES = 1024 * 1024  # Stripe's events are a few kB
-_READER = "(stripe webhooks)"  # the slots' owner: no tenant's id has parentheses
-_BUSY = "{limit} Stripe events are arriving at this server already; send this one again."
+# The largest event taken: Stripe's are a few kB. NOTE: anyone can POST here (the signature
+# is checked once the body is in): 40 connections that sent headers and a byte of body held
+# every request thread of `make run`'s two processes, and no call, probe or tenant was
+# answered while they stayed open (a security audit). The body is now read in one of the
+# few places a process gives keyless bodies (``core.middleware``); with none free, the
+# delivery is a 429 (Stripe retries it) and the other threads stay free.
+WEBHOOK_MAX_BYTES = 1024 * 1024
+BUSY = "Too many requests without a key are sending their bodies to this server; retry."
 
 
 def _payload(request: HttpRequest) -> bytes | JsonResponse:
-    """The request's body, read under one of the webhooks' slots; or the refusal."""
+    """The request's body, read in a keyless reader's place; or the refusal."""
     too_large = error_body(413, "request_too_large", "The event is larger than this server takes.")
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -54,17 +53,14 @@ def _payload(request: HttpRequest) -> bytes | JsonResponse:
         declared = 0
     if declared > WEBHOOK_MAX_BYTES:
         return JsonResponse(too_large, status=413)
-    body_stream_guard(request, _READER, WEBHOOK_BODY_READS, _BUSY)
-    try:
-        return request.body
-    except RequestDataTooBig:
-        return JsonResponse(too_large, status=413)
-    except APIError as exc:  # the slots are taken
-        return JsonResponse(
-            error_body(exc.status, exc.code, exc.message), status=exc.status, headers=exc.headers
-        )
-    finally:
-        body_stream_release(request)
+    with anonymous_body_read() as placed:
+        if not placed:
+            body = error_body(429, "concurrency_limited", BUSY)
+            return JsonResponse(body, status=429, headers={"Retry-After": "1"})
+        try:
+            return request.body
+        except RequestDataTooBig:
+            return JsonResponse(too_large, status=413)
 
 
 @csrf_exempt

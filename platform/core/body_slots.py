@@ -32,11 +32,8 @@ class TenantBodyStream:
     """A request's body stream (Django's ``HttpRequest._stream``), read under one of its
     tenant's slots."""
 
-    def __init__(
-        self, stream: Any, tenant_id: str, limit: int | None = None, message: str = MESSAGE
-    ) -> None:
+    def __init__(self, stream: Any, tenant_id: str) -> None:
         self._stream, self._tenant_id = stream, tenant_id
-        self._limit, self._message = limit, message
         self._held = False
 
     def _whole(self) -> bool:
@@ -46,11 +43,11 @@ class TenantBodyStream:
     def _take(self) -> None:
         if self._held or self._whole():
             return
-        limit = settings.BODY_READS_PER_TENANT if self._limit is None else self._limit
+        limit = settings.BODY_READS_PER_TENANT
         with _lock:
             if limit and _counts.get(self._tenant_id, 0) >= limit:
                 raise APIError(
-                    self._message.format(limit=limit),
+                    MESSAGE.format(limit=limit),
                     code="concurrency_limited",
                     status=429,
                     headers={"Retry-After": "1"},
@@ -92,19 +89,15 @@ class TenantBodyStream:
         return getattr(self._stream, name)
 
 
-def body_stream_guard(
-    django_request: Any, tenant_id: str, limit: int | None = None, message: str = MESSAGE
-) -> None:
+def body_stream_guard(django_request: Any, tenant_id: str) -> None:
     """Read the request's body, from now on, under a slot of the tenant's (a no-op once
-    done, or once the body was read): at most ``limit`` at once (default
-    ``BODY_READS_PER_TENANT``), past which the read is the 429 ``message`` says. A reader
-    that is no tenant (Stripe's webhooks) passes a name of its own."""
+    done, or once the body was read)."""
     stream = getattr(django_request, "_stream", None)
     if stream is None or isinstance(stream, TenantBodyStream):
         return
     if getattr(django_request, "_read_started", False) or hasattr(django_request, "_body"):
         return
-    django_request._stream = TenantBodyStream(stream, tenant_id, limit, message)
+    django_request._stream = TenantBodyStream(stream, tenant_id)
 
 
 def body_stream_release(django_request: Any) -> None:

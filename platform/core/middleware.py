@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
@@ -98,6 +99,20 @@ def _drain(request: HttpRequest) -> None:
         try:
             _read_out(stream, ANONYMOUS_DRAIN_MAX_BYTES)
         finally:
+            _anonymous_drains.release()
+
+
+@contextmanager
+def anonymous_body_read() -> Iterator[bool]:
+    """A place among this process's readers of bodies sent without a key (the same
+    ``ANONYMOUS_DRAINS`` as ``_drain``'s), if one is free: whether it was. For a view that
+    must read a keyless body (Stripe's webhooks, checked once their body is in): all such
+    readers together hold at most these threads, whatever the bodies hold back."""
+    taken = _anonymous_drains.acquire(blocking=False)
+    try:
+        yield taken
+    finally:
+        if taken:
             _anonymous_drains.release()
 
 
