@@ -126,7 +126,7 @@ AUTHENTICATION_BACKENDS = [
 AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, 1)
 # And from one address, whatever the usernames, within the same cool-off (core/admin_login.py):
 # the pair's lockout alone left an address free to try five passwords on every username.
-ADMIN_LOGIN_ADDRESS_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_LIMIT", 30, 1)
+ADMIN_LOGIN_ADDRESS_LIMIT = env_int("ADMIN_LOGIN_ADDRESS_LIMIT", 30, 0)
 AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_COOLOFF_MINUTES", 15.0, 0.0))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
@@ -234,7 +234,7 @@ INFERENCE_COALESCE_MAX = env_int("INFERENCE_COALESCE_MAX", 32, 1)
 # Result cache: how long an answered input is kept for identical requests (0: off).
 # Test-mode keys (sk_test_) run real models but are never billed: their inputs are counted
 # apart from live ones, against this allowance per billing period, whatever the plan.
-TEST_MODE_MONTHLY_INPUTS = env_int("TEST_MODE_MONTHLY_INPUTS", 10000, 0)
+TEST_MODE_MONTHLY_INPUTS = env_int("TEST_MODE_MONTHLY_INPUTS", 10000, -1)
 # The currency of the workers' cost to serve (their WORKER_CURRENCY): usage events carry
 # cost_micros but not its currency. Margins are taken only against revenue in it.
 COST_CURRENCY = os.environ.get("COST_CURRENCY", "usd").strip().lower() or "usd"
@@ -269,13 +269,13 @@ FINETUNE_SWEEP_INTERVAL_S = env_float("FINETUNE_SWEEP_INTERVAL_S", 5.0, 0.1)
 # Fairness on the one training queue: a tenant's jobs on it (sent and not ended) at a time;
 # its others wait in the database and are sent, oldest first, as these end
 # (finetuning/dispatch.py).
-FINETUNE_DISPATCHED_PER_TENANT = env_int("FINETUNE_DISPATCHED_PER_TENANT", 1, 1)
+FINETUNE_DISPATCHED_PER_TENANT = max(1, env_int("FINETUNE_DISPATCHED_PER_TENANT", 1, 0))
 # A job's budget: its trained tokens (epochs x its training examples' tokens, what it is
 # billed on) and its time on a worker. Over the tokens: refused at create on an estimate
 # (400 token_budget_exceeded), else failed by the worker before it trains; over the time:
 # stopped and failed (time_limit_exceeded). Failed jobs are not billed.
 FINETUNE_MAX_TRAINED_TOKENS = env_int("FINETUNE_MAX_TRAINED_TOKENS", 10000000, 1)
-FINETUNE_TIME_LIMIT_S = env_float("FINETUNE_TIME_LIMIT_S", 1800.0, 1.0)
+FINETUNE_TIME_LIMIT_S = env_float("FINETUNE_TIME_LIMIT_S", 1800.0, 0.0)
 # Test mode is never billed: its own, smaller token budget per job, and at most this many
 # test-mode jobs per tenant per UTC day (429 test_mode_fine_tune_limit past it).
 FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS = env_int("FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS", 200000, 0)
