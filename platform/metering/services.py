@@ -25,11 +25,14 @@ from .partitions import skip_stored
 
 logger = logging.getLogger(__name__)
 
-# The largest each ledger column holds (inputs and cached are 32-bit, tokens 64-bit;
-# cost_micros has 16 digits before its 4 decimals): a larger value failed its whole batch's
-# insert, every time the batch was claimed again, with the events beside it.
-_INT_FIELDS = {"inputs": 2**31 - 1, "tokens": 2**63 - 1, "cached": 2**31 - 1}
+# The largest an event may carry: what the ledger's columns hold (inputs and cached are
+# 32-bit; cost_micros has 16 digits before its 4 decimals), and for tokens (64-bit) and
+# compute_ms, values the rollups can go on summing per day. A larger one failed its whole
+# batch's insert (or its rollup's sum), every time the batch was claimed again, with the
+# events beside it. (96 inputs of 10,000 characters are ~2.4 million tokens.)
+_INT_FIELDS = {"inputs": 2**31 - 1, "tokens": 2**31 - 1, "cached": 2**31 - 1}
 _COST_MAX = Decimal(10) ** 16
+_COMPUTE_MS_MAX = 1e12
 _KINDS = frozenset(UsageRecord.Kind.values)
 
 
@@ -84,8 +87,8 @@ def _parse(event: Any) -> tuple[LedgerRow | None, str]:
         ):
             return None, "inputs, tokens and cached must be non-negative integers in range"
         compute_ms = float(event["compute_ms"])
-        if not math.isfinite(compute_ms) or compute_ms < 0:
-            return None, "compute_ms is not a finite non-negative number"
+        if not math.isfinite(compute_ms) or not 0 <= compute_ms <= _COMPUTE_MS_MAX:
+            return None, "compute_ms is not a non-negative number in range"
         cost = Decimal(str(event.get("cost_micros", "0")))
         if not cost.is_finite() or not 0 <= cost < _COST_MAX:
             return None, "cost_micros is not a non-negative decimal in range"

@@ -82,7 +82,13 @@ def test_an_event_rejected_before_parsing_is_dead_lettered_as_it_came(tenant, cl
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("inputs", 2**31), ("cached", 2**31), ("tokens", 2**63), ("cost_micros", "1e17")],
+    [
+        ("inputs", 2**31),
+        ("cached", 2**31),
+        ("tokens", 2**31),
+        ("cost_micros", "1e17"),
+        ("compute_ms", 1e13),
+    ],
 )
 def test_an_event_past_a_ledger_column_is_dead_lettered_and_its_batch_stored(
     tenant, client, field, value
