@@ -149,7 +149,7 @@ def _delivered(keys: list[str], args: list[Any], replies: list[Reply], give_up_a
     load). A try that failed after Redis ran it is harmless again: the usage event's id is
     stored once in the ledger, a second reply expires unread, the rest is overwritten."""
     script = _deliver()
-    pause = 0.05
+    pause, reloads = 0.05, 0
     while True:
         pipe = redis_client().pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -160,6 +160,9 @@ def _delivered(keys: list[str], args: list[Any], replies: list[Reply], give_up_a
             try:
                 return pipe.execute()[0]
             except redis.exceptions.NoScriptError:
+                reloads += 1
+                if reloads > 3:  # (loaded, and still unknown: not a restart; say so)
+                    raise
                 redis_client().script_load(DELIVER)
                 continue
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
