@@ -40,18 +40,25 @@ def monthly_periods_after(
     """The period ``moment`` falls in, of the monthly periods a Stripe subscription's
     [start, end) renews into: each ends on the anchor's day of the month (clamped to the
     month's last day, as Stripe does: the 31st, then the 28th of February, then the 31st),
-    at the same time of day. The anchor's day is the larger of the two ends' days (a period
-    that ended on the 28th of February began on the 31st or the 29th, say)."""
-    anchor = max(start.day, end.day)
+    at the same time of day. The anchor's day is the end's, or the start's where the end
+    fell on its month's last day short of it (a period that ended on the 28th of February
+    began on the 31st or the 29th, say); a first period of another length (a trial) ends on
+    the anchor itself."""
+    anchor = end.day
+    if start.day > end.day and end.day == _last_day(end.year, end.month):
+        anchor = start.day
     while moment >= end:
         start, end = end, _month_after(end, anchor)
     return start, end
 
 
+def _last_day(year: int, month: int) -> int:
+    return (datetime(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
+
+
 def _month_after(moment: datetime, anchor: int) -> datetime:
     year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
-    last = (datetime(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)).day
-    return moment.replace(year=year, month=month, day=min(anchor, last))
+    return moment.replace(year=year, month=month, day=min(anchor, _last_day(year, month)))
 
 
 def free_period_from(moment: datetime) -> tuple[datetime, datetime]:
