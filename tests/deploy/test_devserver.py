@@ -125,12 +125,14 @@ def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
 
     import psutil
 
+    from deploy.embedded_redis import free_port
+
     launcher = (
         "import pathlib, sys; import deploy.devserver as d; d.ROOT = pathlib.Path(sys.argv[1]);"
         " d._children = lambda port: {'api': ['sleep', '60']}; sys.exit(d.main())"
     )
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(DATA_DIR=str(tmp_path), PORT=str(_free_port()))
+    env.update(DATA_DIR=str(tmp_path), PORT=str(free_port()))
     run = subprocess.Popen(
         [sys.executable, "-c", launcher, str(tmp_path)], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, text=True,
@@ -150,9 +152,3 @@ def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
-
-
-def _free_port() -> int:
-    from deploy.embedded_redis import free_port
-
-    return free_port()
