@@ -143,7 +143,8 @@ def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
         port = line.rsplit(":", 1)[1].split("/")[0]
         server = next(
             p for p in psutil.process_iter(["name", "cmdline"])
-            if "redis-server" in (p.info["name"] or "") and port in " ".join(p.info["cmdline"])
+            if "redis-server" in (p.info["name"] or "")
+            and port in " ".join(p.info["cmdline"] or ())
         )  # fmt: skip
         time.sleep(1)
         server.send_signal(signal.SIGKILL)
