@@ -23,12 +23,16 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from deploy.embedded_redis import (
+    embedded_redis_alive,
+    start_embedded_redis,
+    stop_embedded_redis,
+)
 from workers.contract import USAGE_GROUP, USAGE_STREAM, Queue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,12 +227,6 @@ def port_refusal(host: str, port: str) -> str | None:
     return None
 
 
-def _embedded_alive(server: Any) -> bool:
-    from deploy.embedded_redis import embedded_redis_alive
-
-    return embedded_redis_alive(server)
-
-
 def main() -> int:
     refused = port_refusal(api_host(), os.environ.get("PORT", "8000"))
     if refused is not None:
@@ -236,8 +234,6 @@ def main() -> int:
         return 2
     embedded = None
     if not os.environ.get("REDIS_URL"):
-        from deploy.embedded_redis import start_embedded_redis
-
         directory = ROOT / "var" / "redis"
         directory.mkdir(parents=True, exist_ok=True)
         embedded, url = start_embedded_redis(str(directory))
@@ -287,7 +283,7 @@ def main() -> int:
                 status = 1
                 stopping = True
                 break
-        if not stopping and embedded is not None and not _embedded_alive(embedded):
+        if not stopping and embedded is not None and not embedded_redis_alive(embedded):
             # (Detached from this process: it ran on unseen, the stack answering 503s.)
             print("devserver: the embedded Redis exited; stopping", flush=True)
             status, stopping = 1, True
@@ -299,8 +295,6 @@ def main() -> int:
     _stop(processes, CONSUMERS)
     _stop(processes, tuple(name for name in processes if processes[name].poll() is None))
     if embedded is not None:
-        from deploy.embedded_redis import stop_embedded_redis
-
         stop_embedded_redis(embedded)
     print("devserver: stopped", flush=True)
     return status

@@ -147,7 +147,8 @@ def _delivered(keys: list[str], args: list[Any], replies: list[Reply], give_up_a
     clock whether they still count): redis-py's own retry gave up in milliseconds, and the
     batch's answers, computed, were lost behind a 503 each (an audit restarted Redis under
     load). A try that failed after Redis ran it is harmless again: the usage event's id is
-    stored once in the ledger, a second reply expires unread, the rest is overwritten."""
+    stored once in the ledger, a second reply expires unread, the result key is written
+    again and the result cache keeps its first rows (SET NX)."""
     script = _deliver()
     pause, reloads = 0.05, 0
     while True:
