@@ -26,24 +26,20 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_a_setting_out_of_range_stops_the_control_plane_naming_it(tmp_path, setting, says):
     name, value = setting.split("=", 1)
-    env = {**os.environ, name: value, "DATA_DIR": str(tmp_path)}
-    env.pop("DATABASE_URL", None)
-    run = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    run = _check(tmp_path, **{name: value})
     assert run.returncode != 0
     assert f"ImproperlyConfigured: {says}" in run.stderr
 
 
 def test_settings_in_range_start_it(tmp_path):
-    env = {
-        **os.environ,
-        "INFERENCE_TIMEOUT_S": "0.5",
-        "LOG_LEVEL": "debug",
-        "DATA_DIR": str(tmp_path),
-    }
+    run = _check(tmp_path, INFERENCE_TIMEOUT_S="0.5", LOG_LEVEL="debug")
+    assert run.returncode == 0, run.stderr
+
+
+def _check(tmp_path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` with ``settings`` in the environment, on a SQLite file of its own."""
+    env = {**os.environ, **settings, "DATA_DIR": str(tmp_path)}
     env.pop("DATABASE_URL", None)
-    run = subprocess.run(
+    return subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    assert run.returncode == 0, run.stderr
