@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from apikeys.authentication import KeyPrincipal, principal
 from apikeys.models import ApiKey
 from apikeys.services import KeyCheck, api_key_forget, key_check_confirmed
+from limits.hits import HitMeter
 from limits.holds import hold_rekey
 from limits.services import TOKEN_TAKEN_BY, Admission, limits_admit, limits_settle
 from tenants.models import Tenant
@@ -100,6 +101,15 @@ class TenantAPIView(APIView):
         (``Admission.prefetched``); the classify view names its result-cache rows."""
         return ()
 
+    def admission_meter(
+        self, request: Request, rows: int, confirm: bytes | None
+    ) -> HitMeter | None:
+        """What admission may meter for this request if the first ``rows`` prefetched keys
+        all hold values (``limits.hits``): the classify view's usage event for a call answered
+        from the cache. Asked only of a POST that nothing can refuse after admission but its
+        own body's checks (no Idempotency-Key, query or body error)."""
+        return None
+
     @property
     def tenant(self) -> Tenant:
         return principal(self.request).tenant
@@ -162,12 +172,18 @@ class TenantAPIView(APIView):
         key = request.META.get("HTTP_IDEMPOTENCY_KEY") if post else None
         check = _key_check(request)
         prefetch = [*(self._prefetch(request) if post and self._body_error is None else ())]
+        meter = None
+        if prefetch and key is None and not request.META.get("QUERY_STRING") and not kwargs:
+            confirm = check.generation if check is not None else None
+            meter = self.admission_meter(request, len(prefetch), confirm)
         if check is not None:
             prefetch.append(check.redis_key)  # the cached key's generation, read with it
         # Rate limits, concurrency cap and quota: one Redis round trip, before any work.
         replaying = False
         try:
-            admission = self._admission = self._admit(request, runs=post, prefetch=prefetch)
+            admission = self._admission = self._admit(
+                request, runs=post, prefetch=prefetch, meter=meter
+            )
         except APIError as refused:
             # A replay runs and bills nothing: refused only for the rate limit, not for the
             # quota, an unpaid subscription or the concurrency cap; nor is a duplicate of an
@@ -228,9 +244,17 @@ class TenantAPIView(APIView):
             self._body_error = exc
             return ()
 
-    def _admit(self, request: Request, *, runs: bool, prefetch: Sequence[str]) -> Admission:
+    def _admit(
+        self,
+        request: Request,
+        *,
+        runs: bool,
+        prefetch: Sequence[str],
+        meter: HitMeter | None = None,
+    ) -> Admission:
         """``limits_admit`` for this request; ``runs``: a POST that will do (and may bill)
-        work, which reserves its inputs and is refused for an unpaid subscription."""
+        work, which reserves its inputs and is refused for an unpaid subscription.
+        ``meter``: what to meter in the same round trip (``admission_meter``)."""
         inputs = 0
         if runs and self._body_error is None:
             try:
@@ -247,6 +271,7 @@ class TenantAPIView(APIView):
                 billable=self.billable and runs,
                 prefetch=prefetch,
                 token_taken=self._token_taken,
+                hit_meter=meter if self._body_error is None else None,
             )
         except APIError as refused:
             self._token_taken |= refused.code in TOKEN_TAKEN_BY

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -14,9 +15,10 @@ from core.errors import APIError
 from core.pagination import LIST_PARAMETERS, LIST_QUERY, list_body, paginate
 from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
-from workers.contract import MAX_INPUTS
+from limits.hits import HitMeter
+from workers.contract import MAX_INPUTS, USAGE_STREAM
 
-from .cache import prefetch_keys
+from .cache import hit_event_parts, prefetch_keys
 from .selectors import model_get_visible, model_list_visible, model_to_dict
 from .serializers import (
     ClassificationSerializer,
@@ -90,6 +92,27 @@ class ClassifyApi(TenantAPIView):
             inputs=data["inputs"],
             labels=data.get("labels"),
         )
+
+    def admission_meter(
+        self, request: Request, rows: int, confirm: bytes | None
+    ) -> HitMeter | None:
+        # A base model's call with labels (what its cache rows are keyed by, and the only
+        # request of the kind its rules let through); a fine-tuned model's cache version
+        # before admission is a guess (``prefetch_keys``), which a retrain may have made stale.
+        data = self._plain_body(request)
+        if data is None or data["model"].startswith("ft:") or data.get("examples"):
+            return None
+        if not data.get("labels") or rows != len(data["inputs"]):
+            return None
+        call = {
+            "request_id": request._request.request_id,  # type: ignore[attr-defined]
+            "tenant_id": self.api_key.tenant_id,
+            "api_key_id": self.api_key.pk,
+            "livemode": self.api_key.livemode,
+            "model": data["model"],
+        }
+        event = functools.partial(hit_event_parts, call, rows)
+        return HitMeter(rows=rows, stream=USAGE_STREAM, event=event, confirm=confirm)
 
     @extend_schema(
         operation_id="classify",

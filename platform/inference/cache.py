@@ -6,13 +6,14 @@ rows up in one MGET, which rides in the request's admission round trip (``prefet
 for a base model, and for a fine-tuned one this process has classified with before. A full
 hit is metered like the call it replaces (its inputs and tokens, ``cached`` = inputs; the
 plan decides whether cached inputs are billed) at the cost of a lookup, which is no
-compute: cost 0 on pool ``cache``; its usage event leaves in one round trip with the
-request's settlement. A partial hit sends only the missed inputs to a worker, with the
-found rows (``cached_rows``): the worker answers and meters the whole call, the found rows
-as cached at no compute. Keys include the model version (a fine-tuned model's artifact
-hash), so a changed model never serves stale answers, and the tenant: one tenant's answers
-never serve another's, so neither ``cached`` nor a hit's speed tells a tenant what others
-have sent."""
+compute: cost 0 on pool ``cache``; its usage event is added by the admission script where
+the view can rule out every refusal after admission (``limits.hits``), else it leaves in
+one round trip with the request's settlement. A partial hit sends only the missed inputs
+to a worker, with the found rows (``cached_rows``): the worker answers and meters the whole
+call, the found rows as cached at no compute. Keys include the model version (a fine-tuned
+model's artifact hash), so a changed model never serves stale answers, and the tenant: one
+tenant's answers never serve another's, so neither ``cached`` nor a hit's speed tells a
+tenant what others have sent."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -201,12 +203,54 @@ def _metered(
             client = give_up_client()  # (a short socket timeout: each try ends soon)
 
 
+def hit_event(
+    request: Mapping[str, Any], *, inputs: int, tokens: int, occurred_at: datetime
+) -> UsageEvent:
+    """The usage event of a call answered from the cache alone: metered like the call it
+    replaces (``cached`` = inputs), at the cost of a lookup (none, on pool ``cache``).
+    ``request``: the call's ids, mode, model and plan, as a worker's request names them."""
+    event: UsageEvent = {
+        "v": CONTRACT_VERSION, "event_id": request["request_id"], "kind": "inference",
+        "tenant_id": request["tenant_id"], "api_key_id": request["api_key_id"],
+        "livemode": request["livemode"], "model": request["model"], "inputs": inputs,
+        "tokens": tokens, "compute_ms": 0.0, "cached": inputs,
+        "occurred_at": occurred_at.isoformat(), "worker": _HOST,
+        "cost_micros": "0", "pool": "cache",
+    }  # fmt: skip
+    if "plan_id" in request:
+        event["plan_id"] = request["plan_id"]
+    return event
+
+
+def hit_event_parts(
+    request: Mapping[str, Any], inputs: int, plan_id: str, admitted_at: float
+) -> tuple[str, str]:
+    """``hit_event`` for a call that admission meters (``limits.hits``), as the JSON before
+    and after its tokens, which the admission script sums from the cached rows."""
+    at = datetime.fromtimestamp(admitted_at, UTC)
+    event = hit_event({**request, "plan_id": plan_id}, inputs=inputs, tokens=0, occurred_at=at)
+    text = _event_json(event)
+    head, tail = text.split(_TOKENS_AT, 1)  # (no string in it holds an unescaped quote)
+    return head + '"tokens":', tail
+
+
+_TOKENS_AT = '"tokens":0'
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _event_json(event: UsageEvent) -> str:
+    return _COMPACT.encode(event)
+
+
 def cached_answer(
     request: ClassifyRequest, found: list[CachedRow], admission: Admission | None = None
 ) -> ClassifyResult:
     """The whole answer from the cache (every input hit), metered: its usage event, and the
-    request's ``admission`` settled as answered, in one round trip. A 503 if Redis cannot
-    take the event (an answer is never given unmetered)."""
+    request's ``admission`` settled as answered, in one round trip (none where admission
+    metered it already: ``Admission.metered``). A 503 if Redis cannot take the event (an
+    answer is never given unmetered)."""
     rows: list[ClassificationRow] = []
     tokens = 0
     for entry in found:
@@ -214,26 +258,18 @@ def cached_answer(
         rows.append(row)
         tokens += row_tokens
     n = len(rows)
-    event: UsageEvent = {
-        "v": CONTRACT_VERSION, "event_id": request["request_id"], "kind": "inference",
-        "tenant_id": request["tenant_id"], "api_key_id": request["api_key_id"],
-        "livemode": request["livemode"], "model": request["model"], "inputs": n,
-        "tokens": tokens, "compute_ms": 0.0, "cached": n,
-        "occurred_at": request_dated(request).isoformat(), "worker": _HOST,
-        "cost_micros": "0", "pool": "cache",
-    }  # fmt: skip
-    if "plan_id" in request:
-        event["plan_id"] = request["plan_id"]
-    fields = {"event": json.dumps(event, separators=(",", ":"))}
-    results = _metered(redis_client(), fields, admission, request["deadline"])
-    if any(isinstance(result, Exception) for result in results):
-        # The admission is not marked settled: the view settles it as failed. Where the
-        # event failed but the settlement ran, its hold is gone: the refund goes without.
-        if admission is not None and results[-1:] and not isinstance(results[-1], Exception):
-            admission.held = ""
-        raise overloaded(messages.BROKER_DOWN, "broker_unavailable")
-    if admission is not None:
-        admission.settled = True
+    if admission is None or not admission.metered:
+        event = hit_event(request, inputs=n, tokens=tokens, occurred_at=request_dated(request))
+        fields = {"event": _event_json(event)}
+        results = _metered(redis_client(), fields, admission, request["deadline"])
+        if any(isinstance(result, Exception) for result in results):
+            # The admission is not marked settled: the view settles it as failed. Where the
+            # event failed but the settlement ran, its hold is gone: the refund goes without.
+            if admission is not None and results[-1:] and not isinstance(results[-1], Exception):
+                admission.held = ""
+            raise overloaded(messages.BROKER_DOWN, "broker_unavailable")
+        if admission is not None:
+            admission.settled = True
     return {
         "v": CONTRACT_VERSION, "request_id": request["request_id"], "model": request["model"],
         "results": rows, "usage": {"inputs": n, "tokens": tokens, "compute_ms": 0.0, "cached": n},

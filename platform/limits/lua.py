@@ -21,16 +21,29 @@ when the call must have ended), as "<request id> <inputs> <counter key> <attempt
 ``holds.hold_rekey``): one whose API
 process died before it settled is found there and released (``limits.holds``).
 
+A request whose answer is in the result cache can be metered here too, so that it needs no
+second round trip (``limits.hits``): where ARGV 13 asks for it and every row key (the first
+ARGV 14 of KEYS 6...) holds a row, and the key generation named by ARGV 17 (the key after the
+rows) still holds that value, an admitted request's usage event (ARGV 15, its tokens summed
+from the rows, ARGV 16) is added to the usage stream (ARGV 18) and the request is settled as
+answered at once: its inputs stay counted, and it takes no concurrency slot or hold. A mark
+(``hitmeter:<request id>``) lets the same admission run again after a lost reply find it
+metered, not meter it (or count its inputs) twice.
+
 KEYS: 1 tenant limiter, 2 key limiter, 3 in-flight set (sorted by expiry), 4 quota counter,
-      5 the set of holds
+      5 the set of holds, 6... keys whose values are read and returned (the prefetch)
 ARGV: 1 now (ms), 2 window (ms), 3 tenant rate, 4 key rate, 5 concurrency cap (-1: none),
       6 inputs to reserve (0: not an inference call), 7 hard cap (-1: none),
       8 request id, 9 in-flight TTL (ms), 10 quota TTL (s),
       11 the quota counter's seed, the ledger's inputs this period (-1: not read),
       12 "1" when this request took its rate-limit token already (an admission run again
-      for it after a refusal that took one: an Idempotency-Key replay, a key checked again)
+      for it after a refusal that took one: an Idempotency-Key replay, a key checked again),
+      13 "1" to meter a full cache hit, 14 how many of KEYS 6... are its rows, 15 and 16 its
+      usage event before and after its tokens, 17 the value the key after the rows must hold
+      ("": none), 18 the usage stream
 Returns {verdict, limit, remaining, reset_ms, retry_ms, used}; verdict is one of
-"ok", "rate", "concurrency", "quota", "seed".
+"ok", "rate", "concurrency", "quota", "seed"; "ok" adds the values of KEYS 6... and 1 where
+the request was metered (else 0).
 """
 
 ADMIT = """
@@ -54,9 +67,17 @@ if inputs > 0 then
   held = hard_cap >= 0 and redis.call('ZSCORE', KEYS[5], hold)
   again = held or (cap >= 0 and redis.call('ZSCORE', KEYS[3], ARGV[8]))
 end
+local values = {}
+if #KEYS > 5 then
+  values = redis.call('MGET', unpack(KEYS, 6))
+end
+-- A full cache hit metered by an earlier run of this admission (its reply was lost).
+local meter = ARGV[13] == '1' and inputs > 0
+local marker = 'hitmeter:' .. ARGV[8]
+local metered_before = meter and redis.call('EXISTS', marker) == 1
 
 -- (Its token is taken: the limiters are read, not moved, and never refuse it.)
-local taken = again or ARGV[12] == '1'
+local taken = again or metered_before or ARGV[12] == '1'
 local tats = {}
 local limit, remaining, reset = rates[1], rates[1], 0
 -- Refused by both limiters, the request is told the longer wait: the tenant's shorter one
@@ -95,8 +116,26 @@ local function take_tokens()
   end
 end
 
+-- The tokens of a full cache hit to meter now (false: not one).
+local hit_tokens = false
+if meter and not again and not metered_before then
+  local rows = tonumber(ARGV[14])
+  hit_tokens = 0
+  for i = 1, rows do
+    local ok, row = pcall(cjson.decode, values[i] or '')
+    if not ok or type(row) ~= 'table' then
+      hit_tokens = false
+      break
+    end
+    hit_tokens = hit_tokens + (tonumber(row['tokens']) or 0)
+  end
+  if hit_tokens and ARGV[17] ~= '' and values[rows + 1] ~= ARGV[17] then
+    hit_tokens = false  -- the API key changed: the request is authenticated again
+  end
+end
+
 local used = 0
-if inputs > 0 then
+if inputs > 0 and not metered_before then
   if cap >= 0 and not again then
     if redis.call('ZCARD', KEYS[3]) >= cap then
       take_tokens()
@@ -114,24 +153,39 @@ if inputs > 0 then
       counted = seed
     end
     used = tonumber(counted)
-    if not held then
-      if used + inputs > hard_cap then
-        take_tokens()
-        return {'quota', limit, remaining, reset, 0, used}
-      end
-      used = redis.call('INCRBY', KEYS[4], inputs)
-      redis.call('EXPIRE', KEYS[4], tonumber(ARGV[10]))
+    if not held and used + inputs > hard_cap then
+      take_tokens()
+      return {'quota', limit, remaining, reset, 0, used}
+    end
+  end
+  -- Admitted. A full cache hit is metered now; where its event cannot be added (pcall: an
+  -- error in a script keeps the writes before it), it is held as any call, and the caller
+  -- meters it itself or fails it, which gives its inputs back.
+  if hit_tokens then
+    local event = ARGV[15] .. string.format('%d', hit_tokens) .. ARGV[16]
+    local added = redis.pcall('XADD', ARGV[18], '*', 'event', event)
+    if type(added) == 'table' and added.err then
+      hit_tokens = false
+    else
+      redis.call('SET', marker, '1', 'PX', tonumber(ARGV[9]))
+    end
+  end
+  if hard_cap >= 0 and not held then
+    used = redis.call('INCRBY', KEYS[4], inputs)
+    redis.call('EXPIRE', KEYS[4], tonumber(ARGV[10]))
+    if not hit_tokens then  -- (a metered hit is settled as answered: its inputs stay)
       redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), hold)
     end
   end
-  if cap >= 0 then
+  if cap >= 0 and not hit_tokens then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[9]), ARGV[8])
     redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[9]))
   end
 end
 
 take_tokens()
-return {'ok', limit, remaining, reset, 0, used}
+local metered = (hit_tokens or metered_before) and 1 or 0
+return {'ok', limit, remaining, reset, 0, used, values, metered}
 """
 
 # A reservation given back whose hold is gone already, to a counter that still exists (KEYS

@@ -4,7 +4,8 @@ admitted (``limits_admit``) and one after it is answered (``limits_settle``).
 
 Both round trips can carry another module's commands, so that a request pays for as few as
 it can: admission reads the keys a view asks to ``prefetch`` (the result cache's rows for a
-classification) in the same round trip, and ``settle_commands`` adds the settlement to a
+classification) in the same round trip, and may meter and settle a call those rows answer
+whole (``hits``: then there is no second); ``settle_commands`` adds the settlement to a
 pipeline the caller executes anyway (the usage event of a classification answered from the
 cache).
 
@@ -36,6 +37,7 @@ from plans.models import Plan
 from tenants.models import Tenant
 
 from . import messages
+from .hits import HitMeter, meter_args, run_until_answered
 from .lua import ADMIT, REFUND, RELEASE
 from .quota import quota_cap, quota_key, quota_seed, quota_unreadable
 from .quota import redis_client as redis_client
@@ -79,6 +81,8 @@ class Admission:
     prefetched: dict[str, bytes | None] | None = None
     # Settled already, in a pipeline the request ran anyway (see ``settle_commands``).
     settled: bool = False
+    # Answered from the result cache and metered by admission itself (``hits``).
+    metered: bool = False
     # The plan version the request was admitted under (what its usage is priced by).
     plan_id: str = ""
     # When it was admitted (unix seconds; 0: unknown): its usage is dated then, so a call
@@ -180,26 +184,9 @@ def _counter_missing(reply: Any) -> bool:
 
 
 def _admit_once(keys: list[str], args: list[Any], prefetch: Sequence[str]) -> Any:
-    """The admission script's reply and ``prefetch``'s values (None without a prefetch)."""
-    if prefetch:
-        return _admit_and_read(keys, args, prefetch)
-    return _admit_script()(keys=keys, args=args), None
-
-
-def _admit_and_read(keys: list[str], args: list[Any], prefetch: Sequence[str]) -> Any:
-    """The admission script's verdict, with ``prefetch``'s values read in the same round trip
-    (a pipeline of EVALSHA and MGET) where the script is loaded: (verdict, values or None)."""
-    script = _admit_script()
-    pipe = redis_client().pipeline(transaction=False)
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
-    pipe.mget(list(prefetch))
-    verdict, values = pipe.execute(raise_on_error=False)
-    if isinstance(verdict, redis.exceptions.NoScriptError):
-        # A Redis that restarted or was flushed: the script call loads it; nothing prefetched.
-        return script(keys=keys, args=args), None
-    if isinstance(verdict, Exception):
-        raise verdict
-    return verdict, None if isinstance(values, Exception) else values
+    """The admission script's reply; an "ok" carries the values of ``prefetch``, read in
+    the same round trip, and whether the request was metered (``hits``)."""
+    return _admit_script()(keys=[*keys, *prefetch], args=args)
 
 
 # The admission script's ARGV index of the quota counter's seed (0-based).
@@ -217,6 +204,7 @@ def limits_admit(
     billable: bool = False,
     prefetch: Sequence[str] = (),
     token_taken: bool = False,
+    hit_meter: HitMeter | None = None,
 ) -> Admission:
     """Admit a request or raise: 429 (rate limit, concurrency cap), 402 (quota, unpaid).
 
@@ -225,7 +213,8 @@ def limits_admit(
     keys come back on the admission (``prefetched``), read in the same round trip.
     ``token_taken``: an admission run again for a request that took its rate-limit token
     already (``TOKEN_TAKEN_BY``: admitted, or refused for the cap or the quota), which
-    takes none again."""
+    takes none again. ``hit_meter``: meter the request now if every row it names is
+    cached (``hits``); the admission then comes back ``metered`` and settled."""
     at = timezone.now()
     terms = enforcement_for(api_key, now=at)
     plan = terms.plan
@@ -260,19 +249,24 @@ def limits_admit(
         quota_ttl,
         -1,  # the quota counter's seed: read from the ledger only if the script asks
         "1" if token_taken else "0",
+        *meter_args(hit_meter, plan_id=plan.pk, admitted_at=at.timestamp()),
     ]
+    admit = functools.partial(_admit_once, keys, args, prefetch)
+    if hit_meter is not None and inputs > 0:
+        give_up_at = time.time() + settings.INFERENCE_TIMEOUT_S
+        admit = functools.partial(run_until_answered, admit, give_up_at=give_up_at)
     try:
-        reply, values = _admit_once(keys, args, prefetch)
+        reply = admit()
         if _counter_missing(reply):  # the quota counter: the ledger is read only then
             seeding = functools.partial(
                 quota_seed, api_key=api_key, period=counted, key=keys[3], ttl=quota_ttl
             )
             args[SEED] = seeding(found_missing_at=time.monotonic())
-            reply, values = _admit_once(keys, args, prefetch)
+            reply = admit()
             if _counter_missing(reply):  # lost again since another request seeded it
                 args[SEED] = seeding(found_missing_at=math.inf)
-                reply, values = _admit_once(keys, args, prefetch)
-        verdict, limit, remaining, reset_ms, retry_ms, used = reply
+                reply = admit()
+        verdict, limit, remaining, reset_ms, retry_ms, used = reply[:6]
     except redis.RedisError:
         # NOTE: fail open on limits but never on money. A call that reserves inputs against
         # a hard cap is refused (503): a Redis that stalled rather than went away takes the
@@ -319,6 +313,13 @@ def limits_admit(
             code="quota_exceeded",
             headers=headers,
         )
+    values: list[Any] | None = reply[6] if len(reply) > 6 else None
+    if values is not None and reply[7]:  # answered from the cache: metered, settled, nothing held
+        return Admission(
+            int(limit), int(remaining), math.ceil(int(reset_ms) / 1000),
+            headers=headers, prefetched=dict(zip(prefetch, values, strict=True)),
+            settled=True, metered=True, plan_id=plan.pk, admitted_at=at.timestamp(),
+        )  # fmt: skip
     reserved = inputs if inputs and hard_cap >= 0 else 0
     return Admission(
         int(limit),
@@ -330,7 +331,7 @@ def limits_admit(
         reserved=reserved,
         held=f"{request_id} {reserved} {keys[3]} {request_id}" if reserved else "",
         headers=headers,
-        prefetched=None if values is None else dict(zip(prefetch, values, strict=True)),
+        prefetched=dict(zip(prefetch, values, strict=True)) if prefetch and values else None,
         plan_id=plan.pk,
         admitted_at=at.timestamp(),
     )
