@@ -45,16 +45,27 @@ def meter_args(meter: HitMeter | None, *, plan_id: str, admitted_at: float) -> l
     return ["1", meter.rows, head, tail, meter.confirm or b"", meter.stream]
 
 
+class Unconfirmed(redis.RedisError):
+    """An admission that may have metered its call was never answered, however often tried."""
+
+
 def run_until_answered(run: Callable[[], Any], *, give_up_at: float) -> Any:
-    """``run()`` (an admission that meters a hit), tried again while Redis cannot be reached
-    until ``give_up_at`` (unix seconds), then its error. NOTE: a try whose reply was lost
-    may have metered the request: a 503 then would bill a call never answered, so it is
-    tried again, and the script's mark makes a try that finds it metered answer so."""
+    """``run()`` (an admission that meters a hit), tried again while Redis does not answer
+    it until ``give_up_at`` (unix seconds), then ``Unconfirmed``. NOTE: a try whose reply
+    was lost (a stall, a connection dropped) may have metered the call: a 503 then would
+    bill a call never answered, so it is tried again, and the script's mark makes a try
+    that finds it metered answer so. Tries that could not connect sent nothing: while no
+    other was sent, their error is raised at once (a Redis that is down)."""
+    sent = False
     while True:
         try:
             return run()
-        except redis.RedisError:
-            if time.time() + RETRY_PAUSE_S > give_up_at:
+        except redis.RedisError as exc:
+            # (redis-py's words for a connection it could not make.)
+            sent = sent or "connecting to" not in str(exc)
+            if not sent:
                 raise
+            if time.time() + RETRY_PAUSE_S > give_up_at:
+                raise Unconfirmed(str(exc)) from exc
             logger.warning("admission of a cached answer not confirmed by Redis: trying again")
             time.sleep(RETRY_PAUSE_S)

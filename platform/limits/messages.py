@@ -32,6 +32,10 @@ PAST_DUE = (
     "its payment page (hosted_invoice_url)."
 )
 CANCELED = "Your subscription is canceled. Choose a plan to continue."
+HIT_UNCONFIRMED = (
+    "The service could not confirm this call in time: it may have been answered from the "
+    "cache and billed, once. Retry in a moment."
+)
 QUOTA_UNREADABLE = (
     "This period's usage could not be checked against your quota just now. Nothing was "
     "run or billed; retry in a moment."

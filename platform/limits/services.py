@@ -37,7 +37,7 @@ from plans.models import Plan
 from tenants.models import Tenant
 
 from . import messages
-from .hits import HitMeter, meter_args, run_until_answered
+from .hits import HitMeter, Unconfirmed, meter_args, run_until_answered
 from .lua import ADMIT, REFUND, RELEASE
 from .quota import quota_cap, quota_key, quota_seed, quota_unreadable
 from .quota import redis_client as redis_client
@@ -267,13 +267,19 @@ def limits_admit(
                 args[SEED] = seeding(found_missing_at=math.inf)
                 reply = admit()
         verdict, limit, remaining, reset_ms, retry_ms, used = reply[:6]
-    except redis.RedisError:
+    except redis.RedisError as exc:
         # NOTE: fail open on limits but never on money. A call that reserves inputs against
         # a hard cap is refused (503): a Redis that stalled rather than went away takes the
         # message once it resumes, and the call would run past the cap, billed (an audit:
         # 8 calls of 96 inputs past a free plan's 10,000 in an 8 s stall). Other calls are
         # served without rate limiting or the concurrency cap; a broker that is really
-        # down fails them anyway (503 from dispatch).
+        # down fails them anyway (503 from dispatch). A call whose admission may have
+        # metered it (``hits``) is a 503 that says it may have been billed.
+        if isinstance(exc, Unconfirmed):
+            raise APIError(
+                messages.HIT_UNCONFIRMED, status=503, code="broker_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
         if inputs > 0 and hard_cap >= 0:
             raise quota_unreadable() from None
         return Admission(

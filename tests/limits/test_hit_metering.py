@@ -166,3 +166,72 @@ def test_a_hit_for_a_key_changed_since_is_not_metered_by_admission(tenant):
     admitted = limits_admit(api_key=key, request_id="req_gen", inputs=2,
                             prefetch=[*rows, "keygen:test"], hit_meter=meter)  # fmt: skip
     assert not admitted.metered and events(tenant) == []
+
+
+class _Flaky:
+    """The admission script, whose reply is lost (``ran``: after it ran in Redis) or which
+    cannot connect, for its first ``times`` calls (every call: -1)."""
+
+    def __init__(self, real: Any, error: Exception, *, ran: bool, times: int) -> None:
+        self.real, self.error, self.ran, self.times, self.calls = real, error, ran, times, 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.times == 0:
+            return self.real(**kwargs)
+        self.times -= 1
+        if self.ran:
+            self.real(**kwargs)
+        raise self.error
+
+
+@pytest.fixture
+def flaky_admission(monkeypatch):
+    from limits import services
+
+    def install(error: Exception, *, ran: bool, times: int) -> _Flaky:
+        flaky = _Flaky(services._admit_script(), error, ran=ran, times=times)
+        monkeypatch.setattr(services, "_admit_script", lambda: flaky)
+        return flaky
+
+    return install
+
+
+def test_a_hit_whose_admission_reply_was_lost_is_answered_and_billed_once(tenant, flaky_admission):
+    on_plan(tenant, custom_plan(monthly_hard_cap=100))
+    cached(tenant)
+    client = bearer(make_key(tenant, ["inference"]))
+    first = client.post("/v1/classify", BODY, format="json")  # (the quota counter is seeded)
+    flaky = flaky_admission(redis.TimeoutError("Timeout reading from socket"), ran=True, times=1)
+    response = client.post("/v1/classify", BODY, format="json")
+    assert response.status_code == 200, response.json()
+    assert flaky.calls == 2
+    answered = [first.json()["id"], response.json()["id"]]
+    assert [e["event_id"] for e in events(tenant)] == answered
+    assert quota_counter(tenant) == 4
+
+
+def test_a_hit_never_confirmed_is_a_503_that_says_it_may_be_billed(
+    tenant, flaky_admission, settings
+):
+    settings.INFERENCE_TIMEOUT_S = 0.5
+    cached(tenant)
+    client = bearer(make_key(tenant, ["inference"]))
+    assert client.post("/v1/classify", BODY, format="json").status_code == 200
+    flaky_admission(redis.TimeoutError("Timeout reading from socket"), ran=True, times=-1)
+    response = client.post("/v1/classify", BODY, format="json")
+    assert response.status_code == 503, response.json()
+    error = response.json()["error"]
+    assert error["code"] == "broker_unavailable" and "may have been" in error["message"]
+    assert len(events(tenant)) == 2  # (the residual: Redis ran it, and never said so)
+
+
+def test_a_redis_that_cannot_be_reached_is_not_waited_for(tenant, flaky_admission):
+    on_plan(tenant, custom_plan(monthly_hard_cap=100))
+    cached(tenant)
+    refused = redis.ConnectionError("Error 111 connecting to localhost:1. Connection refused.")
+    flaky = flaky_admission(refused, ran=False, times=-1)
+    response = bearer(make_key(tenant, ["inference"])).post("/v1/classify", BODY, format="json")
+    assert response.status_code == 503 and flaky.calls == 1  # nothing was sent: not retried
+    assert "Nothing was run or billed" in response.json()["error"]["message"]
+    assert events(tenant) == []
