@@ -31,6 +31,12 @@ LAST_ADMIN_KEY = (
     '(POST /v1/api-keys with "scopes": ["admin"]) first, then delete this one.'
 )
 OUTLIVES_CREATOR = "This key expires at {at}: it cannot create a key that expires later (or never)."
+LAST_LASTING_ADMIN_KEY = (
+    "'{key_id}' is this account's live admin key that lasts longest: every other one expires"
+    " by {at}, and from then on no key could create or manage API keys. Create a live key "
+    'with the admin scope that lasts as long first (POST /v1/api-keys with "scopes": '
+    '["admin"] and an expires_at no earlier than this key\'s, or none), then delete this one.'
+)
 OUTLIVES_REVOKER = (
     "This key expires at {at}: it cannot revoke an admin key that expires later (or never),"
     " which would leave the tenant's keys to one that expires. Use that key, or a key that"

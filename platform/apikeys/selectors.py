@@ -44,7 +44,7 @@ def working_admin_keys(keys: QuerySet[ApiKey], *, now: datetime) -> list[ApiKey]
     working = (
         keys.filter(mode=ApiKey.Mode.LIVE, revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .only("pk", "tenant_id", "scopes")
+        .only("pk", "tenant_id", "scopes", "expires_at")
     )
     # NOTE: the admin scope is matched here, not in SQL: SQLite has no JSON containment.
     return [key for key in working if Scope.ADMIN in key.scope_list]

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
@@ -377,15 +377,30 @@ def api_key_revoke(*, tenant: Tenant, key_id: str, caller: ApiKey | None = None)
 
 def _refuse_last_admin_key(*, tenant: Tenant, key: ApiKey, now: datetime) -> None:
     """409 when revoking ``key`` would leave the tenant no live, unrevoked, unexpired key with
-    the admin scope. A test-mode admin key is no way back: it cannot create live keys.
+    the admin scope, or only ones that expire before it would have. A test-mode admin key is
+    no way back: it cannot create live keys.
 
     WARNING: the tenant's working live keys are locked (in one order, so two revocations
     cannot deadlock) before they are counted: of two concurrent revocations of its last two
     admin keys, the second counts after the first has committed, and is refused. On SQLite,
     which ignores FOR UPDATE, the IMMEDIATE transaction serialises them the same way."""
     locked = ApiKey.objects.for_tenant(tenant).select_for_update().order_by("pk")
-    admins = {other.pk for other in working_admin_keys(locked, now=now)}
-    if admins == {key.pk}:
+    others = [other for other in working_admin_keys(locked, now=now) if other.pk != key.pk]
+    if not others:
         raise Conflict(
             messages.LAST_ADMIN_KEY.format(key_id=key.pk), code="last_admin_key", param="id"
         )
+    # Nor the one that lasts longest: the others expiring, the tenant was locked out then
+    # (an audit: a permanent admin key revoked itself beside one that expired in 8 s).
+    lasting = max(others, key=_lasts)
+    if _lasts(lasting) < _lasts(key):
+        at = _lasts(lasting).isoformat().replace("+00:00", "Z")
+        raise Conflict(
+            messages.LAST_LASTING_ADMIN_KEY.format(key_id=key.pk, at=at),
+            code="last_admin_key",
+            param="id",
+        )
+
+
+def _lasts(key: ApiKey) -> datetime:
+    return key.expires_at or datetime.max.replace(tzinfo=UTC)

@@ -91,6 +91,21 @@ def test_an_expiring_admin_key_cannot_revoke_one_that_outlives_it(api, tenant):
     assert api.delete(f"/v1/api-keys/{created.json()['id']}").status_code == 200
 
 
+def test_the_admin_key_that_lasts_longest_cannot_revoke_itself_beside_expiring_ones(api, tenant):
+    """A permanent admin key revoked itself beside one that expired in seconds: once that one
+    had expired, no key could manage keys again (an audit)."""
+    permanent = _own_key_id(tenant)
+    soon = (timezone.now() + timedelta(days=30)).isoformat()
+    api.post("/v1/api-keys", {"scopes": ["admin"], "expires_at": soon}, format="json")
+    refused = api.delete(f"/v1/api-keys/{permanent}")
+    _assert_last_admin_key(refused, permanent)
+    assert "expires by" in refused.json()["error"]["message"]
+    assert api.get("/v1/models").status_code == 200  # still in
+    # With another that lasts as long, it goes.
+    api.post("/v1/api-keys", {"scopes": ["admin"]}, format="json")
+    assert api.delete(f"/v1/api-keys/{permanent}").status_code == 200
+
+
 def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transactional_db, monkeypatch):
     """Each of the last two live admin keys deletes itself at the same moment: one is
     revoked, the other refused, whichever goes first."""
