@@ -28,16 +28,30 @@ from .selectors import GROUP_FIELDS, usage_summary
 
 class UsageMetricsSerializer(serializers.Serializer[Any]):
     requests = serializers.IntegerField(
-        help_text="Calls made, a call voided by a usage correction included."
+        help_text="Classification calls made, a call voided by a usage correction included."
     )
-    inputs = serializers.IntegerField(help_text="Net of usage corrections.")
+    inputs = serializers.IntegerField(
+        help_text="Classification inputs (what a plan's included inputs and cap count). Net of"
+        " usage corrections."
+    )
     cached = serializers.IntegerField(
         help_text="Of the inputs, those answered from the result cache (billed as inputs"
         " where the plan's cached_inputs_billed is true). Net of usage corrections."
     )
-    tokens = serializers.IntegerField(help_text="Net of usage corrections.")
-    compute_ms = serializers.FloatField()
-    amount = serializers.IntegerField(help_text="Minor currency units (cents).")
+    tokens = serializers.IntegerField(
+        help_text="The classification inputs' tokens. Net of usage corrections."
+    )
+    compute_ms = serializers.FloatField(help_text="Compute time of the classifications.")
+    fine_tunes = serializers.IntegerField(
+        help_text="Fine-tune jobs metered (a job that succeeded), one voided included."
+    )
+    trained_tokens = serializers.IntegerField(
+        help_text="The fine-tune jobs' trained tokens (examples x epochs), what they are billed"
+        " by. Net of usage corrections."
+    )
+    amount = serializers.IntegerField(
+        help_text="Minor currency units (cents): classifications and fine-tunes together."
+    )
     currency = serializers.CharField()
 
 

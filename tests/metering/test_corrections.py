@@ -125,10 +125,33 @@ def test_a_fine_tune_is_voided_by_its_job_id(tenant, client_for):
     subscribe(tenant, "pro")
     job = call(tenant, 0, kind="fine_tune", model="ft:minilm-l6:x:1", tokens=200_000)
     client = client_for(tenant, ["billing"])
-    assert usage_total(client)["amount"] > 0  # trained tokens are billed
+    total = client.get("/v1/usage").json()["total"]
+    assert total["amount"] > 0  # trained tokens are billed
+    # ...reported apart from classifications, which the job is not.
+    assert (total["fine_tunes"], total["trained_tokens"]) == (1, 200_000)
+    assert (total["requests"], total["tokens"]) == (0, 0)
     correction = usage_record_void(event_id=job, reason="failed job billed")
     assert correction.kind == "fine_tune" and correction.event_id == f"void_{job}"
-    assert usage_total(client) == {"requests": 1, "inputs": 0, "tokens": 0, "amount": 0}
+    total = client.get("/v1/usage").json()["total"]
+    assert (total["fine_tunes"], total["trained_tokens"], total["amount"]) == (1, 0, 0)
+
+
+def test_a_fine_tune_is_reported_apart_from_classification_inputs(tenant, client_for):
+    """A job's training examples read as classification inputs (and the job as a call) for
+    a model never called: more inputs than the plan's allowance counts (an audit)."""
+    subscribe(tenant, "pro")
+    call(tenant, 3, model="minilm-l6")
+    call(tenant, 20, kind="fine_tune", model="ft:minilm-l6:x:1", tokens=170)
+    report = client_for(tenant, ["billing"]).get("/v1/usage?group_by=model").json()
+    rows = {row["model"]: row for row in report["data"]}
+    tuned = rows["ft:minilm-l6:x:1"]
+    assert (tuned["requests"], tuned["inputs"], tuned["tokens"]) == (0, 0, 0)
+    assert (tuned["fine_tunes"], tuned["trained_tokens"]) == (1, 170)
+    base = rows["minilm-l6"]
+    assert (base["requests"], base["inputs"], base["fine_tunes"]) == (1, 3, 0)
+    total = report["total"]
+    assert (total["requests"], total["inputs"], total["fine_tunes"]) == (1, 3, 1)
+    assert total["amount"] == sum(row["amount"] for row in report["data"])
 
 
 def test_a_long_event_id_gets_a_correcting_id_of_its_own():
