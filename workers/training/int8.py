@@ -30,7 +30,7 @@ from workers.runtime.finetuned import lora_adapter
 
 from . import head as head_method
 from .head import Step
-from .metrics import classification_metrics
+from .metrics import accuracy_delta_points, classification_metrics
 
 FINGERPRINT_PROBE = "The quick brown fox jumps over the lazy dog while the parcel is late."
 _fingerprints: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
@@ -56,7 +56,7 @@ def int8_metrics(
     val_labels: Sequence[str],
     labels: Sequence[str],
     head: tuple[torch.Tensor, torch.Tensor],
-    fp32_accuracy: float,
+    fp32_predicted: Sequence[str],
     lora: dict[str, torch.Tensor],
     lora_rank: int,
     lora_alpha: float,
@@ -64,7 +64,8 @@ def int8_metrics(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """``int8_accuracy``, ``int8_macro_f1``, ``int8_per_label_f1`` and
-    ``int8_accuracy_delta`` (percentage points, int8 - fp32); empty when ``base_model`` has
+    ``int8_accuracy_delta`` (percentage points, int8 - fp32, from the rows each got right and
+    rounded toward the loss); empty when ``base_model`` has
     no int8 tier (it is one already). ``step()`` runs after every embedding batch.
     ``val_source``: the dataset file the validation texts are rows of (their cached
     embeddings leave with it)."""
@@ -90,12 +91,11 @@ def int8_metrics(
             texts=val_texts,
             step=step,
         )
-    predicted = head_method.head_predict(x_val, *head).tolist()
-    measured = classification_metrics(val_labels, [labels[i] for i in predicted], labels)
-    accuracy = float(measured["accuracy"])  # type: ignore[arg-type]
+    predicted = [labels[i] for i in head_method.head_predict(x_val, *head).tolist()]
+    measured = classification_metrics(val_labels, predicted, labels)
     return {
-        "int8_accuracy": accuracy,
+        "int8_accuracy": measured["accuracy"],
         "int8_macro_f1": measured["macro_f1"],
         "int8_per_label_f1": measured["per_label_f1"],
-        "int8_accuracy_delta": round(100 * (accuracy - fp32_accuracy), 2),
+        "int8_accuracy_delta": accuracy_delta_points(val_labels, predicted, fp32_predicted),
     }

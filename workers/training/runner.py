@@ -264,8 +264,8 @@ def train_run(ctx: JobContext) -> TrainResult:
     tensors = [weight, bias, *lora.values(), x_val]
     if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors):
         _check_loss(int(hp["epochs"]), float("nan"), request["method"])
-    predicted = head_method.head_predict(x_val, weight, bias).tolist()
-    metrics = classification_metrics(val_rows.labels, [labels[i] for i in predicted], labels)
+    predicted = [labels[i] for i in head_method.head_predict(x_val, weight, bias).tolist()]
+    metrics = classification_metrics(val_rows.labels, predicted, labels)
     metrics["validation_examples"] = len(val_rows)
     metrics["train_examples"] = len(train_rows)
     _warn_if_nothing_learned(ctx, metrics, val_rows.labels, len(labels), request["method"])
@@ -279,7 +279,7 @@ def train_run(ctx: JobContext) -> TrainResult:
         val_labels=val_rows.labels,
         labels=labels,
         head=(weight, bias),
-        fp32_accuracy=float(metrics["accuracy"]),  # type: ignore[arg-type]
+        fp32_predicted=predicted,
         lora=lora,
         lora_rank=int(hp.get("lora_rank", 0)),
         lora_alpha=float(hp.get("lora_alpha", 0.0)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from workers.runtime.encoder import load_encoder
 from workers.training import lora as lora_method
 from workers.training.data import Rows, rows_load, stratified_split
-from workers.training.metrics import classification_metrics
+from workers.training.metrics import accuracy_delta_points, classification_metrics
 from workers.training.runner import (
     JobBudgetError,
     JobCancelledError,
@@ -52,6 +53,18 @@ def test_metrics():
     assert m["accuracy"] == 0.75
     assert m["per_label_f1"] == {"a": 0.6667, "b": 0.8, "c": 0.0}
     assert m["macro_f1"] == round((0.6667 + 0.8 + 0.0) / 3, 4)
+
+
+def test_an_accuracy_delta_never_reads_as_a_smaller_loss_than_it_is():
+    """3 rows lost in 299 is a loss of 1.0033 points: rounded to nearest it read -1.0 and the
+    int8 variant was offered under a 1-point limit it breaks."""
+    truth = ["a"] * 150 + ["b"] * 149
+    int8 = ["b"] * 3 + truth[3:]
+    assert accuracy_delta_points(truth, int8, truth) == -1.01
+    assert accuracy_delta_points(truth, truth, int8) == 1.0
+    assert accuracy_delta_points(["a"] * 100, ["b"] + ["a"] * 99, ["a"] * 100) == -1.0
+    assert accuracy_delta_points(truth, truth, truth) == 0.0
+    assert accuracy_delta_points([], [], []) == 0.0
 
 
 def test_head_matches_logistic_regression_and_caches_embeddings(store, context, encoder):
@@ -182,6 +195,12 @@ def test_cancellation_stops_at_a_step_boundary(store, context):
 INT8_FIELDS = {"int8_accuracy", "int8_macro_f1", "int8_per_label_f1", "int8_accuracy_delta"}
 
 
+def assert_delta_is_the_rows_lost(metrics):
+    n = metrics["validation_examples"]
+    lost = round(metrics["accuracy"] * n) - round(metrics["int8_accuracy"] * n)
+    assert metrics["int8_accuracy_delta"] == math.floor(Fraction(-100 * 100 * lost, n)) / 100
+
+
 def test_the_int8_variant_is_measured_on_the_same_validation_split(store, context):
     digest = store.put(dataset_bytes("support_tickets.jsonl", 160))
     ctx, events = context(make_request(digest))
@@ -189,9 +208,7 @@ def test_the_int8_variant_is_measured_on_the_same_validation_split(store, contex
     assert set(metrics) >= INT8_FIELDS
     assert 0.0 <= metrics["int8_accuracy"] <= 1.0
     assert set(metrics["int8_per_label_f1"]) == set(metrics["per_label_f1"])
-    assert metrics["int8_accuracy_delta"] == round(
-        100 * (metrics["int8_accuracy"] - metrics["accuracy"]), 2
-    )
+    assert_delta_is_the_rows_lost(metrics)
     # Per-channel int8 keeps this head within a point (the threshold the platform applies).
     assert metrics["int8_accuracy_delta"] >= -1.0, metrics
     said = [e for e in events.of("log") if e[1].startswith("int8 variant measured")]
@@ -222,9 +239,7 @@ def test_a_lora_models_int8_variant_is_measured_with_its_adapter_on_int8_weights
     ctx, _ = context(make_request(digest, method="lora", hyperparameters={"epochs": 1}))
     metrics = train_run(ctx)["metrics"]
     assert set(metrics) >= INT8_FIELDS
-    assert metrics["int8_accuracy_delta"] == round(
-        100 * (metrics["int8_accuracy"] - metrics["accuracy"]), 2
-    )
+    assert_delta_is_the_rows_lost(metrics)
 
 
 def test_a_model_on_the_int8_base_has_no_variant_to_measure(store, context):
