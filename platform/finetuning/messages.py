@@ -5,6 +5,10 @@ DATASET_INVALID = (
     "Dataset '{id}' failed validation ({count} {problems}); fix the file and upload it again."
 )
 VALIDATION_LABELS = "The validation dataset has labels the training dataset does not: {labels}."
+VALIDATION_LABEL_LOOKALIKE = (
+    " {validation} looks like the training dataset's {training} but is other Unicode code "
+    "points (shown escaped): write both files in one normal form (NFC)."
+)
 WARN_VALIDATION_IS_TRAINING = (
     "The validation dataset holds the same file as the training dataset: its accuracy and F1 "
     "measure how well the model remembers its examples, not how it does on new text."

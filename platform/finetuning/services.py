@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from typing import Any
 
 import redis
@@ -72,13 +73,7 @@ def fine_tune_create(
     validation = None
     if validation_dataset_id:
         validation = _usable(tenant, validation_dataset_id, "validation_dataset")
-        extra = sorted(set(validation.labels) - set(training.labels))
-        if extra:
-            raise InvalidRequest(
-                messages.VALIDATION_LABELS.format(labels=", ".join(map(repr, extra))),
-                code="validation_labels_mismatch",
-                param="validation_dataset",
-            )
+        _check_validation_labels(training.labels, validation.labels)
     resolved = {**HYPERPARAMETER_DEFAULTS[method], **hyperparameters}
     check_token_budget(
         training=training,
@@ -218,6 +213,23 @@ def _check_plan(*, tenant: Tenant, api_key: ApiKey, method: str = "head") -> str
             status=402,
         )
     return str(plan.pk)
+
+
+def _check_validation_labels(training: list[str], validation: list[str]) -> None:
+    extra = sorted(set(validation) - set(training))
+    if not extra:
+        return
+    message = messages.VALIDATION_LABELS.format(labels=", ".join(map(repr, extra)))
+    # NOTE: "é" as one code point and as "e" + a combining accent print the same, so the
+    # message would name a label the reader sees in both files: say which it resembles.
+    seen = {unicodedata.normalize("NFKC", label).casefold(): label for label in training}
+    for label in extra:
+        twin = seen.get(unicodedata.normalize("NFKC", label).casefold())
+        if twin is not None:
+            message += messages.VALIDATION_LABEL_LOOKALIKE.format(
+                validation=ascii(label), training=ascii(twin)
+            )
+    raise InvalidRequest(message, code="validation_labels_mismatch", param="validation_dataset")
 
 
 def _usable(tenant: Tenant, dataset_id: str, param: str) -> Dataset:

@@ -156,6 +156,22 @@ def test_invalid_dataset_and_label_mismatch(api, tenant, make_dataset):
     )
 
 
+def test_a_label_spelled_with_other_code_points_is_named_escaped(api, tenant, make_dataset):
+    """ "café" composed in one file and decomposed in the other printed alike: the refusal
+    named a label the reader saw in both files."""
+    rows = [{"text": f"text {i}", "label": ("caf\u00e9", "tea")[i % 2]} for i in range(40)]
+    training = make_dataset(tenant, rows)
+    validation = make_dataset(
+        tenant, [{**r, "label": r["label"].replace("\u00e9", "e\u0301")} for r in rows]
+    )
+    refused = create(
+        api, base_model="minilm-l6", training_dataset=training.id, validation_dataset=validation.id
+    )
+    assert_error(refused, 400, "validation_labels_mismatch", "validation_dataset")
+    message = refused.json()["error"]["message"]
+    assert "'cafe\\u0301' looks like the training dataset's 'caf\\xe9'" in message, message
+
+
 def test_a_fine_tuned_model_cannot_be_the_base(api, tenant, make_dataset):
     AIModel.objects.create(
         id="ft:minilm-l6:x:1", tenant=tenant, kind="fine_tuned", base_model="minilm-l6"
