@@ -64,6 +64,15 @@ UNKNOWN_FORMAT = (
     "'text,label' header."
 )
 EMPTY_FILE = "The file contains no examples."
+UTF16 = (
+    "The file is UTF-16 text, not UTF-8: save it as UTF-8 (a spreadsheet's 'CSV UTF-8', or"
+    " iconv -f UTF-16 -t UTF-8) and upload it again. Nothing of it was read."
+)
+JSON_ARRAY = (
+    'The file is one JSON array; a dataset is JSONL: one {"text": ..., "label": ...} object'
+    " per line, with no enclosing [ ] (jq -c '.[]' data.json > data.jsonl). Nothing of"
+    " it was read."
+)
 TOO_MANY_LINES = (
     "The file has {count:,} lines; a dataset has at most {limit:,} (more rows than a"
     " fine-tune's token budget can train on). Nothing of it was read."

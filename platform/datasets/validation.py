@@ -328,6 +328,16 @@ def _detect(filename: str, lines: FileLines) -> str:
     return ""
 
 
+def _utf16(head: bytes) -> bool:
+    """UTF-16 (what Excel's "Unicode text" and PowerShell write): a byte order mark, or a
+    NUL in every other byte (ASCII text's high bytes). Read as UTF-8 it was a file of NUL
+    characters and one undecodable line, every line an error that did not say why."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    half = len(head) // 2
+    return half >= 8 and max(head[0::2].count(0), head[1::2].count(0)) > 0.8 * half
+
+
 def _json_object(line: str) -> bool:
     try:
         return isinstance(json.loads(line), dict)
@@ -345,6 +355,9 @@ def _header_names(line: str) -> set[str]:
 
 def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
     result = Validation()
+    if _utf16(data[:4096]):
+        result.error(None, messages.UTF16)
+        return result.finish()
     lines = FileLines(data)
     # (Counted before a line is split out: its lines would take a gigabyte.)
     if (count := lines.counted) > (limit := max_lines()):
@@ -368,6 +381,12 @@ def _validate(lines: FileLines, filename: str, result: Validation) -> Validation
     result.reading = True
     if not any(line.strip() for _, line in lines) and result.error_count == 0:
         result.error(None, messages.EMPTY_FILE)
+        return result.finish()
+    number, first = next(((n, line.strip()) for n, line in lines if line.strip()), (1, ""))
+    if first.startswith("[") and not {"text", "label"} & _header_names(first):
+        # (Read as JSONL, a pretty-printed array was an error on every line, none of them
+        # saying what the file is.)
+        result.error(number, messages.JSON_ARRAY)
         return result.finish()
     result.format = _detect(filename, lines)
     if result.format == "csv":

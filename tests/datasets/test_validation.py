@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from datasets import messages
 from datasets.validation import (
     MAX_COUNTED_ERRORS,
     MAX_REPORTED_ERRORS,
@@ -202,6 +203,35 @@ def test_labels_that_differ_only_in_case_are_two_classes_and_a_warning_says_so()
 def test_unknown_format():
     result = dataset_validate(b"just some prose\nwithout structure\n")
     assert not result.valid and "Expected JSONL" in result.errors[0]["message"]
+
+
+def test_a_utf16_file_is_told_to_be_saved_as_utf8():
+    """Excel's "Unicode text" and PowerShell write UTF-16: read as UTF-8, every line was an
+    error (not UTF-8, NUL characters, no header) and none said what the file is."""
+    csv_text = "text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(20))
+    jsonl_text = jsonl(good_rows()).decode()
+    for data in (
+        csv_text.encode("utf-16"),
+        csv_text.encode("utf-16-le"),
+        jsonl_text.encode("utf-16-be"),
+    ):
+        result = dataset_validate(data, filename="data.csv")
+        assert messages_by_line(result) == [(None, messages.UTF16)], messages_by_line(result)
+    # A UTF-8 file with one stray NUL is not taken for UTF-16.
+    stray = jsonl(good_rows()) + b'{"text": "a\x00b", "label": "a"}\n'
+    assert [line for line, _ in messages_by_line(dataset_validate(stray))] == [21]
+
+
+def test_a_json_array_is_told_to_be_jsonl():
+    """A pretty-printed array was an error on each of its lines, none naming the format."""
+    rows = good_rows()
+    for data in (json.dumps(rows, indent=2), "\n\n" + json.dumps(rows)):
+        result = dataset_validate(data.encode(), filename="data.json")
+        first = 3 if data.startswith("\n") else 1
+        assert messages_by_line(result) == [(first, messages.JSON_ARRAY)]
+    # A CSV whose header's first column is bracketed is still a CSV.
+    data = "[id],text,label\n" + "".join(f"{i},text {i},{'ab'[i % 2]}\n" for i in range(20))
+    assert dataset_validate(data.encode()).valid
 
 
 def test_extra_keys_warn_once():
