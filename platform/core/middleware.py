@@ -26,7 +26,7 @@ from django.utils.html import escape
 
 from ops.metrics import request_observe
 
-from .body_slots import TenantBodyStream
+from .body_slots import TenantBodyStream, body_stream_guard
 from .errors import APIError
 from .ids import new_id
 from .statement_timeout import statement_cancelled
@@ -79,6 +79,12 @@ def _drain(request: HttpRequest) -> None:
     caller who did not authenticate (no key, a wrong one, a probe, an unknown route) at most
     ``ANONYMOUS_DRAINS`` threads of a process drain at once, each at most
     ``ANONYMOUS_DRAIN_MAX_BYTES``; past that the connection is dropped after the answer."""
+    tenant = getattr(getattr(request, "user", None), "tenant", None)  # a key's caller
+    if tenant is not None and isinstance(getattr(request, "_stream", None), LimitedStream):
+        # A body that no view read (a GET's, or a POST's refused before its view, for its
+        # key's scope): under the tenant's slots as well. Read here with no slot and no time
+        # limit, 40 connections that announced one and never sent it held every thread.
+        body_stream_guard(request, tenant.pk)
     stream = getattr(request, "_stream", None)
     if isinstance(stream, TenantBodyStream):
         # A key's body: drained under a slot of its tenant's, as it is read (body_slots);

@@ -40,9 +40,11 @@ class Trickle(io.RawIOBase):
         return data
 
 
-def call(secret: str, stream: Any, query: str = "") -> tuple[int, dict[str, Any]]:
+def call(
+    secret: str, stream: Any, query: str = "", method: str = "POST"
+) -> tuple[int, dict[str, Any]]:
     environ = {
-        "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/api-keys", "QUERY_STRING": query,
+        "REQUEST_METHOD": method, "PATH_INFO": "/v1/api-keys", "QUERY_STRING": query,
         "SERVER_NAME": "testserver", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.url_scheme": "http", "wsgi.input": stream, "wsgi.errors": sys.stderr,
         "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(BODY)),
@@ -99,3 +101,31 @@ def test_a_body_left_unread_by_a_refusal_is_still_drained(transactional_db):
     assert call(secret, stream, query="foo=1")[0] == 400
     assert stream.tell() == len(BODY)  # read out
     assert not body_slots._counts  # and its slot given back
+
+
+@pytest.mark.parametrize(
+    ("method", "scopes", "status"), [("GET", ["admin"], 200), ("POST", ["inference"], 403)]
+)
+def test_a_body_no_view_reads_is_drained_under_the_tenants_slots_too(
+    transactional_db, settings, method, scopes, status
+):
+    """A GET that announces a body and never sends it, or a POST refused for its key's scope
+    before the view: the drain after the answer read it with no slot and no time limit, and
+    40 such connections of one key held every thread of the server, health probes included."""
+    settings.BODY_READS_PER_TENANT = 2
+    slow, other = TenantFactory(), TenantFactory()
+    slow_key, other_key = make_key(slow, scopes), make_key(other, ["admin"])
+    gate = threading.Event()
+    with ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(call, slow_key, Trickle(gate), "", method) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while body_slots._counts.get(slow.pk, 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert body_slots._counts.get(slow.pk, 0) == 2
+        # A third is answered at once, its body left to the server (no slot to read it in)...
+        third = pool.submit(call, slow_key, Trickle(gate), "", method)
+        assert third.result(timeout=10)[0] == status
+        assert call(other_key, io.BytesIO(BODY), "", "GET")[0] == 200  # ... and others' too
+        gate.set()
+        assert [future.result(timeout=20)[0] for future in held] == [status, status]
+    assert not body_slots._counts.get(slow.pk)
