@@ -25,7 +25,7 @@ from tenants.models import Tenant
 
 from . import messages
 from .locks import lock_held, tenant_change_lock
-from .models import Invoice, Subscription
+from .models import Invoice, Subscription, UsageChargePush
 from .periods import billed_currency, billing_period_record, calendar_month, plan_span_record
 from .stripe_client import (
     PaymentRequired,
@@ -212,11 +212,38 @@ def _stripe_subscribe(sub: Subscription, plan: Plan, tenant: Tenant) -> dict[str
                 api.Invoice.void_invoice(invoice_id)
             except stripe.StripeError as exc:  # (paid or voided meanwhile)
                 logger.warning("could not void %s after a declined payment: %s", invoice_id, exc)
+            else:
+                _requeue_swept_items(api, tenant, customer_id, invoice_id)
         raise PaymentRequired(
             messages.PAYMENT_DECLINED.format(reason="the first payment did not complete"),
             code="card_declined",
         )
     return result
+
+
+def _requeue_swept_items(api: Any, tenant: Tenant, customer_id: str, invoice_id: str) -> None:
+    """Put back, pending on the customer, the invoice items a voided first invoice took: a
+    new subscription's first invoice sweeps up the customer's pending items (usage that
+    reached the ledger after an earlier subscription's final invoice, credits), and voiding
+    it after a declined payment voided them too: served, pushed, never billed (an audit).
+    Each comes back as a new item, and the push that sent it is pointed at it."""
+    for line in api.Invoice.list_lines(invoice_id, limit=100).auto_paging_iter():
+        line = as_dict(line)
+        if line.get("type") != "invoiceitem" or not (old := line.get("invoice_item")):
+            continue
+        metadata = dict(line.get("metadata") or {})
+        item = api.InvoiceItem.create(
+            customer=customer_id,
+            amount=line["amount"],
+            currency=line["currency"],
+            description=line.get("description") or "",
+            metadata=metadata,
+            idempotency_key=f"requeue-{old}-{invoice_id}",
+        )
+        UsageChargePush.objects.for_tenant(tenant).filter(stripe_invoice_item_id=old).update(
+            stripe_invoice_item_id=item.id, awaiting_invoice=True
+        )
+        logger.info("item %s of voided invoice %s pending again as %s", old, invoice_id, item.id)
 
 
 def subscription_change(

@@ -120,6 +120,41 @@ def test_calls_answered_as_the_tenant_moves_to_free_are_billed_on_an_invoice_of_
     assert not awaiting.all().exists()
 
 
+def test_a_declined_return_to_a_paid_plan_leaves_late_usage_pending_for_the_next_invoice(
+    tenant, stripe_api, client_for
+):
+    """The declined first invoice of a new subscription had swept up the customer's pending
+    late usage, and voiding it voided that usage: served, pushed, never billed."""
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    pro_id, pro_start, customer = sub.plan_id, sub.current_period_start, sub.stripe_customer_id
+    sub = subscription_change(tenant=tenant, plan_slug="free")
+    _usage(tenant, 120_000, at=sub.current_period_start - timedelta(milliseconds=5), plan_id=pro_id)
+    [late] = usage_charges_push(tenant=tenant, start=pro_start, end=sub.current_period_start)
+    assert late.amount == 800 and _in_stripe(stripe_api, customer, pro_start) == [(800, None)]
+
+    card = stripe_api.PaymentMethod.attach("pm_card_chargeCustomerFail", customer=customer)
+    stripe_api.Customer.modify(customer, invoice_settings={"default_payment_method": card.id})
+    refused = client_for(tenant, ["billing"]).post(
+        "/v1/subscription", {"plan": "pro"}, format="json"
+    )
+    assert refused.status_code == 402, refused.json()
+    invoices = stripe_api.Invoice.list(customer=customer).data
+    [voided] = [invoice for invoice in invoices if invoice.status == "void"]
+    assert 800 in [line.amount for line in voided.lines.data]  # it had taken the usage...
+    items = [
+        i for i in stripe_api.InvoiceItem.list(customer=customer, limit=100).data if not i.invoice
+    ]
+    assert [(i.amount, i.metadata["line"]) for i in items] == [(800, late.line)]  # ...now back
+    late.refresh_from_db()
+    assert late.stripe_invoice_item_id == items[0].id and late.awaiting_invoice
+
+    good = stripe_api.PaymentMethod.attach("pm_card_visa", customer=customer)
+    stripe_api.Customer.modify(customer, invoice_settings={"default_payment_method": good.id})
+    sub = subscription_change(tenant=tenant, plan_slug="pro")
+    first = stripe_api.Invoice.list(subscription=sub.stripe_subscription_id).data[-1]
+    assert 800 in [line.amount for line in first.lines.data] and first.status == "paid"
+
+
 def test_a_fine_tune_that_finishes_after_a_move_to_free_is_billed_on_the_plan_that_admitted_it(
     tenant, stripe_api, caplog
 ):
