@@ -99,15 +99,17 @@ def stripe_apply(sub: Subscription, stripe_sub: dict[str, Any], observed_at: int
         sub.past_due_since = None
 
 
-def free_apply(sub: Subscription, free: Plan) -> None:
-    """Put the row on ``free`` (a plan change there), its period from now."""
+def free_apply(sub: Subscription, free: Plan, *, keep_period: bool = False) -> None:
+    """Put the row on ``free`` (a plan change there), its period from now (or, from a plan
+    without a fee, the period it is in: ``keep_period``)."""
     sub.plan = free
     sub.stripe_subscription_id = ""
     if sub.status != Subscription.Status.PAST_DUE:
         sub.status, sub.past_due_since = Subscription.Status.ACTIVE, None
     # (Past due stays past due on free until its invoice is paid: webhooks.handle_invoice.)
     sub.stripe_updated_at = stripe_moment()  # (after the cancel: see stripe_moment)
-    sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
+    if not keep_period:
+        sub.current_period_start, sub.current_period_end = free_period_from(timezone.now())
 
 
 class Enforced(NamedTuple):

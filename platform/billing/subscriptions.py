@@ -325,11 +325,20 @@ def _change_locked(tenant: Tenant, plan: Plan, to_current_version: bool) -> Subs
             # cancel's own event may have moved it to free already.
             sub = Subscription.objects.for_tenant(tenant).select_for_update().get()
             if sub.stripe_subscription_id or sub.plan_id != plan.pk:
+                # From one plan without a fee to another, the period goes on: a new one from
+                # now began a new quota (it counts by the period's start), and moves between
+                # free and another such plan, three times over, served 39,936 inputs in a
+                # month of free's 10,000 (an audit).
+                keep = (
+                    not sub.stripe_subscription_id
+                    and not sub.plan.base_fee
+                    and sub.current_period_end > timezone.now()
+                )
                 was = (sub.plan_id, sub.current_period_start)
-                free_apply(sub, plan)
+                free_apply(sub, plan, keep_period=keep)
                 sub.save()
                 billing_period_record(sub=sub)
-                plan_span_record(sub=sub, was=was[0], was_since=was[1], new_period=True)
+                plan_span_record(sub=sub, was=was[0], was_since=was[1], new_period=not keep)
         past_due_clear(tenant_id=tenant.pk)
         tenant_context_changed(tenant_id=tenant.pk)  # new limits on its next request
         return Subscription.objects.for_tenant(tenant).select_related("plan").get()

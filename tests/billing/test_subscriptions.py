@@ -252,6 +252,32 @@ def test_usage_is_labelled_in_the_currency_it_was_billed_in(tenant, client_for, 
     assert usage["currency"] == usage["total"]["currency"] == "eur"
 
 
+def test_moves_between_plans_without_a_fee_keep_the_period_and_its_quota(tenant, client_for):
+    """Each move between free and another plan without a fee began a new period from now,
+    and the quota, which counts by the period's start, began again with it: three round
+    trips served 39,936 inputs in a month of free's 10,000."""
+    from apikeys.services import api_key_authenticate
+    from core.errors import APIError
+    from limits.services import limits_admit, limits_settle
+    from tests.factories import make_key
+
+    Plan.objects.create(
+        id="hobby@1", slug="hobby", name="Hobby", monthly_hard_cap=500,
+        rate_limit_per_minute=10_000, concurrency_cap=10_000,
+    )  # fmt: skip
+    client = client_for(tenant, ["billing"])
+    start = client.get("/v1/subscription").json()["current_period_start"]
+    key = api_key_authenticate(secret=make_key(tenant, ["inference"]))
+    limits_settle(limits_admit(api_key=key, request_id="r1", inputs=9_000), succeeded=True)
+    for plan in ("hobby", "free"):
+        moved = client.post("/v1/subscription", {"plan": plan}, format="json")
+        assert moved.status_code == 200 and moved.json()["current_period_start"] == start
+    with pytest.raises(APIError) as refused:
+        limits_admit(api_key=key, request_id="r2", inputs=2_000)
+    assert refused.value.code == "quota_exceeded"
+    assert [p.plan_id for p in BillingPeriod.objects.for_tenant(tenant)] == ["free@1"]
+
+
 def test_a_declined_card_is_402_and_changes_nothing(tenant, client_for, stripe_api, monkeypatch):
     keys = []  # Stripe replays a request's result for 24 h to a retry under the same key
     create = stripe_api.Subscription.create
