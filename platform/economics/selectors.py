@@ -212,7 +212,8 @@ def _month_money(
     out: list[Money] = []
     for plan_id, in_range in by_plan.items():
         plan = plans(plan_id)
-        weights = {row.pk: row.inputs for row in in_range}
+        # (A fine-tune's inputs are its training examples: not what the fee is shared by.)
+        weights = {row.pk: 0 if row.kind == "fine_tune" else row.inputs for row in in_range}
         if not any(weights.values()):
             weights = dict.fromkeys(weights, 1)
         fees = allocate(terms.fee(plan, month, start, end), weights)

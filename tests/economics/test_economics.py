@@ -74,6 +74,24 @@ def test_margin_by_model_and_plan_add_up(ledger):
     assert {r["model"] for r in by_model} == {"minilm-l6", "ft:minilm-l6:x:1"}
 
 
+def test_a_fine_tunes_training_examples_take_no_share_of_the_base_fee():
+    """By model, the fee was shared by inputs with a fine-tune's training examples counted
+    as inputs: 3 classifications' model took most of a day's fee beside 28 of another."""
+    from tests.factories import ledger_row
+
+    tenant = TenantFactory()
+    subscribe(tenant, "pro")
+    common = {"tenant": tenant, "api_key_id": "key_a", "livemode": True, "occurred_at": NOW}
+    ledger_row(event_id="req_f1", kind="inference", model="minilm-l6", inputs=100, tokens=1_000,
+               compute_ms=1.0, **common)  # fmt: skip
+    ledger_row(event_id="ftjob_f1", kind="fine_tune", model="ft:minilm-l6:x:2", inputs=300,
+               tokens=3_000, compute_ms=10.0, **common)  # fmt: skip
+    by_model = {r["model"]: r for r in margins(start=MONTH, end=NEXT, by="model")}
+    fee = 49_000_000  # pro's whole month, all of it the classifications' model's
+    assert by_model["minilm-l6"]["revenue_micros"] == fee
+    assert 0 < by_model["ft:minilm-l6:x:2"]["revenue_micros"] < 1_000_000  # its training
+
+
 def test_pricing_simulator_against_actual(ledger):
     pro, free = ledger
     report = pricing_simulate(
