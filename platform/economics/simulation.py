@@ -9,10 +9,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 
 from core.parsers import DuplicateName, unique_names
 from plans.models import Plan
-from plans.terms import price_terms_check, uncapped_overage_check
+from plans.terms import price_terms_check, unbilled_charges_check, uncapped_overage_check
 
 from . import messages
 from .selectors import pricing_simulate
@@ -21,6 +22,7 @@ EDITABLE = {
     "base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount",
     "cached_results_billed",
 }  # fmt: skip
+MONEY_TERMS = ("base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount")
 MAX_RANGE_YEARS = 10
 # NOTE: every range is read month by month from the rollups; ten years (leap days
 # included) is more than an operator compares and keeps a page view to a few seconds.
@@ -104,7 +106,26 @@ def proposed_validate(proposed: Any) -> dict[str, dict[str, Any]]:
         except ValidationError as exc:
             field, problems = next(iter(exc.message_dict.items()))
             raise ValueError(f"{slug}.{field}: {problems[0]}") from None
+    _billable_check(proposed)
     return proposed
+
+
+def _billable_check(proposed: dict[str, dict[str, Any]]) -> None:
+    """As the admin refuses them (``unbilled_charges_check``): terms that charge on a plan
+    without a base fee, which is never billed. The simulator counted such charges (13.60 USD
+    from a free tenant) as revenue that Stripe could never collect (an audit)."""
+    named = Plan.objects.filter(Q(slug__in=proposed) | Q(pk__in=proposed))
+    for plan in named:
+        terms = {name: getattr(plan, name) for name in MONEY_TERMS}
+        for key in (plan.slug, plan.pk):
+            terms.update(proposed.get(key, {}))
+        try:
+            unbilled_charges_check(
+                terms, hard_cap=plan.monthly_hard_cap, fine_tuning=plan.fine_tuning
+            )
+        except ValidationError as exc:
+            field, problems = next(iter(exc.message_dict.items()))
+            raise ValueError(f"{plan.pk}.{field}: {problems[0]}") from None
 
 
 def simulation_report(

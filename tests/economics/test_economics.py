@@ -229,6 +229,28 @@ def test_a_price_table_the_rating_engine_cannot_price_is_refused(
     assert page.status_code == 200 and named.encode() in page.content
 
 
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"free": {"included_inputs": 0, "overage_tiers": {
+            "standard": [{"up_to": None, "unit_amount": "40000"}],
+            "int8": [{"up_to": None, "unit_amount": "24000"}]}}},
+        {"pro": {"base_fee": 0}},
+        {"pro@1": {"base_fee": 0}},
+    ],
+)  # fmt: skip
+def test_terms_that_charge_on_a_plan_without_a_fee_are_refused_as_the_admin_refuses_them(
+    ledger, table
+):
+    """A plan without a base fee is never billed: the simulator counted its overage as
+    revenue (13.60 USD from a free tenant) where the plans admin refuses the same terms."""
+    from economics.simulation import proposed_validate
+
+    with pytest.raises(ValueError, match="never billed"):
+        proposed_validate(table)
+    assert proposed_validate({"free": {"included_inputs": 0}})  # charges nothing: fine
+
+
 def test_margins_price_usage_by_the_plan_it_was_made_on():
     """Pro's overage keeps its revenue after the tenant moved to scale in mid-month (whose
     included inputs would otherwise swallow it), as on the invoice."""
