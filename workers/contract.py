@@ -255,6 +255,9 @@ class UsageEvent(TypedDict):
     # Cost to serve: compute_ms x the pool's hardware price, in micro-units of the pool's
     # currency, as a decimal string (money is never a float). Absent from v1 producers.
     cost_micros: NotRequired[str]
+    # The currency of cost_micros (the pool's WORKER_CURRENCY, lower case). Absent from
+    # older producers: the platform then takes its own COST_CURRENCY.
+    cost_currency: NotRequired[str]
     pool: NotRequired[str]
     plan_id: NotRequired[str]  # as on the ClassifyRequest
 

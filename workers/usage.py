@@ -58,6 +58,7 @@ def usage_event_build(
         "occurred_at": (occurred_at or request_dated(request)).isoformat(),
         "worker": _HOSTNAME,
         "cost_micros": cost_micros(usage["compute_ms"]),
+        "cost_currency": get_settings().currency,
         "pool": get_settings().pool,
     }
     if "plan_id" in request:
@@ -88,7 +89,7 @@ def usage_event_json(event: UsageEvent) -> str:
     """The event as the usage stream holds it, costed if the producer did not cost it."""
     if "cost_micros" not in event:
         event = {**event, "cost_micros": cost_micros(event["compute_ms"]),
-                 "pool": get_settings().pool}  # fmt: skip
+                 "cost_currency": get_settings().currency, "pool": get_settings().pool}  # fmt: skip
     return json.dumps(event, separators=(",", ":"))
 
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -70,6 +71,28 @@ class LedgerRow:
     corrected_by: str = ""
 
 
+_foreign_pools: set[tuple[str, str]] = set()
+
+
+def _in_cost_currency(cost: Decimal, event: dict[str, Any]) -> Decimal:
+    """``cost`` where the event prices it in ``COST_CURRENCY`` (or does not say: an older
+    worker), else nothing and an error, once a process for each pool and currency. Margins
+    and the simulator add every row's cost as that one currency: a pool priced in yen had
+    its micro-yen added in as dollars (an audit). The Workers page shows such a pool."""
+    currency = str(event.get("cost_currency") or "").strip().lower()
+    if not currency or currency == settings.COST_CURRENCY:
+        return cost
+    pool = str(event.get("pool", ""))[:64]
+    if (pool, currency) not in _foreign_pools:
+        _foreign_pools.add((pool, currency))
+        logger.error(
+            "worker pool %r prices its hardware in %s, but COST_CURRENCY is %s: its calls' "
+            "cost is recorded as 0 (set WORKER_CURRENCY=%s there, with its price in it)",
+            pool, currency, settings.COST_CURRENCY, settings.COST_CURRENCY,
+        )  # fmt: skip
+    return Decimal(0)
+
+
 def _parse(event: Any) -> tuple[LedgerRow | None, str]:
     """A ledger row from a usage event, or None and why it is unusable."""
     if not isinstance(event, dict):
@@ -92,6 +115,7 @@ def _parse(event: Any) -> tuple[LedgerRow | None, str]:
         cost = Decimal(str(event.get("cost_micros", "0")))
         if not cost.is_finite() or not 0 <= cost < _COST_MAX:
             return None, "cost_micros is not a non-negative decimal in range"
+        cost = _in_cost_currency(cost, event)
         return LedgerRow(
             event_id=str(event["event_id"])[:64],
             kind=event["kind"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -46,6 +47,7 @@ class WorkerAdmin(admin.ModelAdmin[Worker]):
         context: dict[str, Any] = {
             **self.admin_site.each_context(request), "title": "Workers",
             "opts": self.model._meta, "silent_after_beats": SILENT_AFTER_BEATS,
+            "cost_currency": settings.COST_CURRENCY,
         }  # fmt: skip
         try:
             rows = workers_seen()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.test import override_settings
 
 from ops.workers import WorkerRow, fleet_cost, workers_seen
 from tests.factories import staff_client
@@ -79,6 +80,10 @@ def test_a_live_worker_is_on_the_page_with_its_price_models_and_work(
         "cpu",
         f"{before.price_per_hour} usd",
     ]
+    # A pool priced in another currency than the margins count cost in is flagged there.
+    with override_settings(COST_CURRENCY="eur"):
+        flagged = staff_client(superuser=True).get(PAGE).content.decode()
+    assert "not in margins" in _cells(flagged, inference_worker)[5]
 
     metrics = http(secret).get("/metrics").text
     live = [line for line in metrics.splitlines() if line.startswith("workers_live{")]

@@ -92,6 +92,21 @@ def test_a_fine_tunes_training_examples_take_no_share_of_the_base_fee():
     assert 0 < by_model["ft:minilm-l6:x:2"]["revenue_micros"] < 1_000_000  # its training
 
 
+def test_a_pool_priced_in_another_currency_adds_no_cost_and_says_so(caplog):
+    """A worker pool priced in yen had its micro-yen added to the margins as dollars."""
+    tenant = TenantFactory()
+    usage_record_bulk(
+        events=[
+            {**event(tenant, 1, 10, 1_000), "cost_currency": "usd"},
+            {**event(tenant, 2, 10, 13_853), "cost_currency": "jpy", "pool": "jpypool"},
+            event(tenant, 3, 10, 7),  # an older worker's: no currency, COST_CURRENCY's
+        ]
+    )
+    row = {r["tenant"]: r for r in margins(start=MONTH, end=NEXT, by="tenant")}[tenant.pk]
+    assert row["cost_micros"] == Decimal(1_007) and row["requests"] == 3
+    assert "'jpypool' prices its hardware in jpy, but COST_CURRENCY is usd" in caplog.text
+
+
 def test_pricing_simulator_against_actual(ledger):
     pro, free = ledger
     report = pricing_simulate(

@@ -59,6 +59,7 @@ def test_events_carry_their_cost_to_serve() -> None:
     usage_publish(event=usage_event_build(request=request, result=_result(request["request_id"])))
     (event,) = drain_usage_events()
     assert event["cost_micros"] == cost_micros(event["compute_ms"]) and event["pool"] == "cpu"
+    assert event["cost_currency"] == "usd"  # (the pool's WORKER_CURRENCY)
 
 
 def test_an_event_is_dated_when_the_api_admitted_its_call() -> None:

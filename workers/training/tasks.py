@@ -78,6 +78,7 @@ def usage_event_for(request: TrainRequest, result: TrainResult) -> UsageEvent:
         "occurred_at": datetime.now(UTC).isoformat(),
         "worker": os.uname().nodename,
         "cost_micros": cost_micros(result["compute_ms"]),
+        "cost_currency": get_settings().currency,
         "pool": get_settings().pool,
     }
 
