@@ -21,7 +21,8 @@ INFERENCE, FINE_TUNE = "inference", "fine_tune"  # UsageRollup.kind, as the ledg
 # not a call, nor its training examples inputs), live cost (of which fine-tuning), and the
 # test-mode cost that operators pay for and nobody is billed for.
 USAGE = ("requests", "inputs", "finetunes", "trained_tokens")
-MONEY = ("revenue_micros", "cost_micros", "finetune_cost_micros", "test_cost_micros")
+MONEY = ("revenue_micros", "finetune_revenue_micros", "cost_micros", "finetune_cost_micros",
+         "test_cost_micros")  # fmt: skip
 SIMULATED = ("actual_revenue_micros", "simulated_revenue_micros", "cost_micros")
 
 
@@ -33,8 +34,8 @@ def cost_currency() -> str:
 
 
 def margin_sums() -> dict[str, Any]:
-    return {**dict.fromkeys(USAGE, 0), "revenue_micros": 0,
-            **{name: Decimal(0) for name in MONEY[1:]}}  # fmt: skip
+    return {**dict.fromkeys(USAGE, 0), "revenue_micros": 0, "finetune_revenue_micros": 0,
+            **{name: Decimal(0) for name in MONEY[2:]}}  # fmt: skip
 
 
 def usage_add(sums: dict[str, Any], row: Row, revenue_micros: int) -> None:
@@ -47,6 +48,7 @@ def usage_add(sums: dict[str, Any], row: Row, revenue_micros: int) -> None:
         sums["finetunes"] += row.requests
         sums["trained_tokens"] += row.tokens
         sums["finetune_cost_micros"] += cost
+        sums["finetune_revenue_micros"] += revenue_micros
     sums["revenue_micros"] += revenue_micros
     sums["cost_micros"] += cost
 
@@ -58,7 +60,7 @@ def margin_fill(sums: dict[str, Any]) -> dict[str, Any]:
     classifying = sums["cost_micros"] - sums["finetune_cost_micros"]
     sums["cost_currency"] = costs_in
     sums["cost_per_call_micros"] = classifying / sums["requests"] if sums["requests"] else None
-    sums["margin_micros"] = sums["margin_pct"] = None
+    sums["margin_micros"] = sums["margin_pct"] = sums["margin_per_call_micros"] = None
     sums["no_margin"] = ""
     if sums["currency"] != costs_in:
         sums["no_margin"] = messages.NO_MARGIN_OTHER_CURRENCY.format(
@@ -67,6 +69,11 @@ def margin_fill(sums: dict[str, Any]) -> dict[str, Any]:
         return sums
     margin = Decimal(sums["revenue_micros"]) - sums["cost_micros"]
     sums["margin_micros"] = margin
+    if sums["requests"]:
+        # A classification's: the revenue and cost of fine-tuning left out (a plan's base
+        # fee is shared among classifications alone).
+        finetuning = sums["finetune_revenue_micros"] - sums["finetune_cost_micros"]
+        sums["margin_per_call_micros"] = (margin - finetuning) / sums["requests"]
     if sums["revenue_micros"]:
         sums["margin_pct"] = margin / sums["revenue_micros"] * 100
     return sums

@@ -302,7 +302,8 @@ def margin_totals(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The lines of one ``margins`` report summed per revenue currency (never across
     currencies), each with its margin where revenue and cost are in one currency."""
     names = ("requests", "inputs", "finetunes", "trained_tokens", "revenue_micros",
-             "cost_micros", "finetune_cost_micros", "test_cost_micros")  # fmt: skip
+             "finetune_revenue_micros", "cost_micros", "finetune_cost_micros",
+             "test_cost_micros")  # fmt: skip
     return [margin_fill(total) for total in by_currency(lines, names).values()]
 
 

@@ -61,6 +61,7 @@ def test_margin_by_tenant(ledger):
     assert rows[pro.pk]["cost_micros"] == Decimal(51_000)
     assert rows[pro.pk]["margin_micros"] == Decimal(49_149_000)
     assert rows[pro.pk]["cost_per_call_micros"] == Decimal(25_500)
+    assert rows[pro.pk]["margin_per_call_micros"] == Decimal(24_574_500)  # of 2 calls
     assert rows[free.pk]["revenue_micros"] == 0 and rows[free.pk]["margin_micros"] == -10
     assert rows[free.pk]["margin_pct"] is None
 
@@ -90,6 +91,8 @@ def test_a_fine_tunes_training_examples_take_no_share_of_the_base_fee():
     fee = 49_000_000  # pro's whole month, all of it the classifications' model's
     assert by_model["minilm-l6"]["revenue_micros"] == fee
     assert 0 < by_model["ft:minilm-l6:x:2"]["revenue_micros"] < 1_000_000  # its training
+    [row] = margins(start=MONTH, end=NEXT, by="tenant")  # a call's margin: training apart
+    assert row["margin_per_call_micros"] == fee and row["revenue_micros"] > fee
 
 
 def test_a_pool_priced_in_another_currency_adds_no_cost_and_says_so(caplog):
