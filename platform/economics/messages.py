@@ -25,3 +25,4 @@ NO_MARGIN_OTHER_CURRENCY = (
     "currencies are never added or subtracted)"
 )
 PRICES_DUPLICATE = "The price table names {name!r} twice in one object: say it once."
+NO_USAGE = "No usage in this range: nothing to reprice."

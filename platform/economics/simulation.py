@@ -168,6 +168,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     rows = [(f"TOTAL {currency}", "", t) for currency, t in report["totals"].items()]
     rows += [(_tenant(t), t["plan"], t) for t in report["tenants"].values()]
+    if not rows:  # (the header alone read as a report cut short)
+        lines.append(messages.NO_USAGE)
     notes = []
     for label, plan, t in rows:
         lines.append(

@@ -211,6 +211,11 @@ def test_simulate_command_and_admin_pages(ledger, tmp_path, admin_client, capsys
     assert sim.status_code == 200 and b"TOTAL" in sim.content
     bad = admin_client.post("/admin/economics/usagerollup/simulate/", {"prices": '{"gold": {}}'})
     assert b"unknown plan" in bad.content
+    # A range without usage says so (it printed the header alone).
+    before = (MONTH - timedelta(days=40)).date().isoformat()
+    call_command("simulate_pricing", "--start", before, "--end", MONTH.date().isoformat(),
+                 "--prices", str(prices))  # fmt: skip
+    assert "No usage in this range" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
