@@ -21,6 +21,7 @@ from apikeys.generations import tenant_context_changed
 from core.errors import Conflict, NotFound, Overloaded
 from limits.services import free_plan_current
 from plans.models import Plan
+from plans.terms import FREE_SLUG
 from tenants.models import Tenant
 
 from . import messages
@@ -51,8 +52,6 @@ from .unpaid import past_due_clear
 logger = logging.getLogger(__name__)
 # An invoice still open this long after it was made has had a payment fail.
 UNPAID_INVOICE_AGE = timedelta(days=1)
-
-FREE_SLUG = "free"
 
 
 def plan_current(*, slug: str) -> Plan | None:

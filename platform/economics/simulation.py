@@ -13,7 +13,12 @@ from django.db.models import Q
 
 from core.parsers import DuplicateName, unique_names
 from plans.models import Plan
-from plans.terms import price_terms_check, unbilled_charges_check, uncapped_overage_check
+from plans.terms import (
+    FREE_SLUG,
+    price_terms_check,
+    unbilled_charges_check,
+    uncapped_overage_check,
+)
 
 from . import messages
 from .selectors import pricing_simulate
@@ -121,7 +126,10 @@ def _billable_check(proposed: dict[str, dict[str, Any]]) -> None:
             terms.update(proposed.get(key, {}))
         try:
             unbilled_charges_check(
-                terms, hard_cap=plan.monthly_hard_cap, fine_tuning=plan.fine_tuning
+                terms,
+                hard_cap=plan.monthly_hard_cap,
+                fine_tuning=plan.fine_tuning,
+                free=plan.slug == FREE_SLUG,
             )
         except ValidationError as exc:
             field, problems = next(iter(exc.message_dict.items()))

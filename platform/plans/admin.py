@@ -24,10 +24,10 @@ from django.urls import reverse
 from billing.models import BillingPeriod, PlanSpan, Subscription
 from billing.stripe_client import BillingUnavailable
 from billing.stripe_sync import plans_sync_to_stripe
-from billing.subscriptions import FREE_SLUG
 from billing.versions import subscribers_move_to_current
 from economics.models import UsageRollup
 from metering.models import UsageRecord
+from plans.terms import FREE_SLUG
 
 from . import messages
 from .models import Plan

@@ -69,6 +69,10 @@ UNBILLED_OVERAGE = (
     "overage prices would show as owed and never be charged; give it a base fee, zero "
     "overage prices, or a hard cap no higher than its included inputs"
 )
+FREE_BASE_FEE = (
+    "the free plan is never billed (its tenants have no Stripe subscription, whatever its "
+    "terms): its base fee must be 0; make a paid plan of another slug instead"
+)
 UNBILLED_FINETUNE = (
     "a plan without a base fee is never billed (no Stripe subscription is made for it): "
     "give it a base fee, or make its fine-tuning free (0)"

@@ -10,7 +10,13 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from .terms import MODEL_TIERS, price_terms_check, unbilled_charges_check, uncapped_overage_check
+from .terms import (
+    FREE_SLUG,
+    MODEL_TIERS,
+    price_terms_check,
+    unbilled_charges_check,
+    uncapped_overage_check,
+)
 
 __all__ = ["MODEL_TIERS", "Plan"]
 
@@ -97,7 +103,10 @@ class Plan(models.Model):
                 skipped | set(errors)
             ):
                 unbilled_charges_check(
-                    terms, hard_cap=self.monthly_hard_cap, fine_tuning=self.fine_tuning
+                    terms,
+                    hard_cap=self.monthly_hard_cap,
+                    fine_tuning=self.fine_tuning,
+                    free=self.slug == FREE_SLUG,
                 )
         except ValidationError as exc:
             errors = exc.update_error_dict(errors)

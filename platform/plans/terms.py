@@ -11,6 +11,9 @@ from django.core.exceptions import ValidationError
 
 from . import messages
 
+# The plan every tenant without a paid one is on: never billed (no Stripe subscription).
+FREE_SLUG = "free"
+
 # Model tiers a plan prices separately. `int8` is the cheaper quantised tier.
 MODEL_TIERS = ("standard", "int8")
 # The currencies Stripe charges in (ISO 4217, lower case, as Stripe writes them).
@@ -150,13 +153,17 @@ def uncapped_overage_check(overage_tiers: Any, *, capped: bool) -> None:
 
 
 def unbilled_charges_check(
-    terms: dict[str, Any], *, hard_cap: int | None, fine_tuning: bool
+    terms: dict[str, Any], *, hard_cap: int | None, fine_tuning: bool, free: bool = False
 ) -> None:
     """A plan without a base fee gets no Stripe subscription, so nothing it charges is ever
     billed: the admin took one with overage prices and no cap, and its usage was shown as
     owed on /v1/usage and the upcoming invoice but never invoiced. Such a plan must charge
     nothing: inputs capped at the included ones (or free past them), fine-tuning free.
-    ``terms`` already checked (``price_terms_check``), all four present."""
+    ``terms`` already checked (``price_terms_check``), all four present. ``free``: a version
+    of the free plan, never billed whatever its fee (a fee of 19 USD was accepted, shown due
+    on its tenants' upcoming invoices and counted as revenue, never charged: an audit)."""
+    if free and terms["base_fee"]:
+        raise ValidationError({"base_fee": messages.FREE_BASE_FEE})
     if terms["base_fee"]:
         return
     overage_priced = any(

@@ -146,6 +146,17 @@ def test_the_free_plan_saves_unchanged(admin_user):
     assert form.is_valid(), form.errors
 
 
+def test_the_free_plan_takes_no_base_fee(admin_user):
+    """Its tenants have no Stripe subscription: a fee of 19 USD was saved, shown due on their
+    upcoming invoices and counted as revenue on the margins page, never charged."""
+    form = _form(admin_user, Plan.objects.get(pk="free@1"), base_fee=1900)
+    assert not form.is_valid() and "never billed" in str(form.errors["base_fee"])
+    from economics.simulation import proposed_validate
+
+    with pytest.raises(ValueError, match="free plan is never billed"):
+        proposed_validate({"free": {"base_fee": 1900}})
+
+
 def test_sync_action_creates_stripe_plans(admin_client, stripe_api):
     response = admin_client.post(
         "/admin/plans/plan/",
