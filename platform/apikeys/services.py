@@ -220,10 +220,19 @@ def _authenticate(
             raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key")
     else:  # pragma: no cover - the database matched on this digest
         raise AuthenticationError(messages.INVALID_KEY, code="invalid_api_key")
+    refusal = None
     if key.revoked_at is not None:
-        raise AuthenticationError(messages.REVOKED_KEY, code="api_key_revoked")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise AuthenticationError(messages.EXPIRED_KEY, code="api_key_expired")
+        refusal = AuthenticationError(messages.REVOKED_KEY, code="api_key_revoked")
+    elif key.expires_at is not None and key.expires_at <= now:
+        refusal = AuthenticationError(messages.EXPIRED_KEY, code="api_key_expired")
+    if refusal is not None:
+        if check is not None and not again and not key_check_confirmed(check):
+            # As for a suspension below: a row cached before the key was changed (an
+            # operator extended its expiry) is read again before it is refused; it kept
+            # answering 401 until the cache entry aged out, up to a minute (an audit).
+            api_key_forget(digest=digest)
+            return _authenticate(secret, cached=cached, again=True)
+        raise refusal
     # The tenant, its subscription and plan (limits need them on every request).
     # NOTE: a cached row is shared by the process's threads; what is set on it here (the
     # tenant, last_used_at) is the same for all of them.

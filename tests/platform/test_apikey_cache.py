@@ -93,6 +93,26 @@ def test_an_operators_changes_to_a_cached_key_apply_on_its_next_request(tenant):
     assert response.status_code == 401 and response.json()["error"]["code"] == "api_key_revoked"
 
 
+def test_an_expired_key_that_an_operator_extends_works_on_its_next_request(tenant):
+    """A cached row refused as expired was refused before its generation was read: a key
+    whose expiry support had cleared kept answering 401 for up to a minute."""
+    from datetime import timedelta
+
+    from django.contrib.admin.sites import site
+
+    secret = make_key(tenant, ["inference"])
+    client = _in_cache(secret)
+    admin = site._registry[ApiKey]
+    key = ApiKey.objects.unscoped().get(pk=key_id_of(secret))
+    key.expires_at = timezone.now() - timedelta(days=1)
+    admin.save_model(None, key, None, True)
+    for _ in range(2):  # (the second from the cache again)
+        assert client.get("/v1/models").json()["error"]["code"] == "api_key_expired"
+    key.expires_at = None
+    admin.save_model(None, key, None, True)
+    assert client.get("/v1/models").status_code == 200
+
+
 def test_a_lost_generation_sends_a_cached_key_back_to_the_database(tenant):
     """Redis flushed or restarted: the row is read again rather than trusted."""
     from apikeys.generations import generation_key
