@@ -1,19 +1,43 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.text import slugify
 
 from apikeys.generations import api_key_generation_bump_for_tenants
 from core.admin import AtomicActionsAdmin
 
+from . import messages as tenant_messages
 from .models import Tenant
 from .services import tenant_set_status, tenant_status_changed
 
 
+class TenantForm(forms.ModelForm):
+    """As ``create_tenant`` takes a slug: lowercase (the admin took ``DELTA``, which
+    ``create_api_key delta`` and the ledger's search then did not find, and ``ACME`` beside
+    ``acme``: an audit)."""
+
+    class Meta:
+        model = Tenant
+        fields = ["name", "slug", "status"]
+
+    def clean_slug(self) -> str:
+        slug = str(self.cleaned_data["slug"])
+        if slug != slugify(slug):
+            max_length = Tenant._meta.get_field("slug").max_length
+            hint = f" (for example '{slugify(slug)}')" if slugify(slug) else ""
+            raise forms.ValidationError(
+                tenant_messages.SLUG_INVALID.format(slug=slug, max_length=max_length, hint=hint)
+            )
+        return slug
+
+
 @admin.register(Tenant)
 class TenantAdmin(AtomicActionsAdmin):
+    form = TenantForm
     list_display = ["name", "slug", "status", "created_at"]
     list_filter = ["status"]
     search_fields = ["name", "slug", "id"]

@@ -194,6 +194,18 @@ def test_the_suspend_action_says_what_it_did(admin_client):
     assert "1 tenant(s) suspended." in response.content.decode()
 
 
+def test_the_tenant_form_refuses_a_slug_create_tenant_refuses(admin_client):
+    """``DELTA`` was saved: ``create_api_key delta`` and the ledger's search then missed it."""
+    tenant = TenantFactory()
+    page = f"/admin/tenants/tenant/{tenant.pk}/change/"
+    form = {"name": tenant.name, "status": tenant.status}
+    refused = admin_client.post(page, {**form, "slug": "DELTA"})
+    assert refused.status_code == 200 and "is not a valid slug" in refused.content.decode()
+    assert Tenant.objects.get(pk=tenant.pk).slug == tenant.slug
+    assert admin_client.post(page, {**form, "slug": "delta"}).status_code == 302
+    assert Tenant.objects.get(pk=tenant.pk).slug == "delta"
+
+
 def test_tenant_set_status_service_applies_at_once(monkeypatch):
     from tenants import selectors
     from tenants.services import tenant_set_status
