@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from typing import Any
 
 from django import forms
@@ -43,6 +44,19 @@ class TenantAdmin(AtomicActionsAdmin):
     search_fields = ["name", "slug", "id"]
     readonly_fields = ["id", "created_at"]
     actions = ["suspend", "reactivate"]
+
+    def get_deleted_objects(
+        self, objs: Sequence[Tenant] | QuerySet[Tenant], request: HttpRequest
+    ) -> tuple[list[Any], dict[Any, Any], set[Any], list[Any]]:
+        """A tenant with a ledger, invoices or jobs is listed as protected, saying why (the
+        page then deletes nothing), not as "your account doesn't have permission to delete"
+        them, which no account has (an audit)."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if perms_needed:
+            kept = ", ".join(str(name) for name in sorted(perms_needed, key=str))
+            protected = [*protected, tenant_messages.DELETE_KEPT.format(kept=kept)]
+            perms_needed = set()
+        return deleted, counts, perms_needed, protected
 
     # A suspension or reactivation applies on the next request in every API process, as a
     # change to a key does (tenants.services.tenant_status_changed).

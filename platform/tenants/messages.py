@@ -7,3 +7,7 @@ SLUG_INVALID = (
     "at most {max_length} characters{hint}."
 )
 SLUG_TAKEN = "The slug '{slug}' is taken by tenant {tenant_id}; choose another."
+DELETE_KEPT = (
+    "its {kept}: kept for billing and the ledger, so the tenant cannot be deleted. Suspend it "
+    "instead (its keys then stop at once, its fine-tunes with them)"
+)

@@ -11,6 +11,7 @@ from io import StringIO
 import pytest
 from django.contrib.admin.utils import quote
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apikeys.models import ApiKey
@@ -204,6 +205,20 @@ def test_the_tenant_form_refuses_a_slug_create_tenant_refuses(admin_client):
     assert Tenant.objects.get(pk=tenant.pk).slug == tenant.slug
     assert admin_client.post(page, {**form, "slug": "delta"}).status_code == 302
     assert Tenant.objects.get(pk=tenant.pk).slug == "delta"
+
+
+def test_deleting_a_tenant_with_a_ledger_says_why_it_cannot_be(admin_client):
+    """The page said the superuser lacked a permission that no account has."""
+    from tests.factories import ledger_row
+
+    tenant = TenantFactory()
+    ledger_row(event_id="req_del1", kind="inference", tenant=tenant, api_key_id="key_x",
+               livemode=True, model="minilm-l6", inputs=1, tokens=5, compute_ms=1.0,
+               occurred_at=timezone.now())  # fmt: skip
+    page = admin_client.get(f"/admin/tenants/tenant/{tenant.pk}/delete/").content.decode()
+    assert "Suspend it instead" in page and "have permission" not in page
+    admin_client.post(f"/admin/tenants/tenant/{tenant.pk}/delete/", {"post": "yes"})
+    assert Tenant.objects.filter(pk=tenant.pk).exists()
 
 
 def test_tenant_set_status_service_applies_at_once(monkeypatch):
