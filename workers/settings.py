@@ -99,7 +99,9 @@ class WorkerSettings:
         return max(1, self.torch_threads // self.model_threads)
 
 
-def int_setting(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def int_setting(
+    env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -109,6 +111,8 @@ def int_setting(env: Mapping[str, str], name: str, default: int, minimum: int) -
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -116,7 +120,13 @@ def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None
     return int_setting(env, name, 0, minimum) if env.get(name, "").strip() else None
 
 
-def float_setting(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def float_setting(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float,
+    maximum: float | None = None,
+) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -128,6 +138,8 @@ def float_setting(env: Mapping[str, str], name: str, default: float, minimum: fl
         raise ValueError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {value:g}")
     return value
 
 

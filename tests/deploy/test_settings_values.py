@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
         ("USAGE_BATCH_SIZE=0", "USAGE_BATCH_SIZE must be >= 1, got 0"),
         ("HSTS_SECONDS=abc", "HSTS_SECONDS must be an integer, got 'abc'"),
         ("LOG_LEVEL=loud", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        # Taken at start, then every classification was a 500 (a date past year 9999)...
+        ("INFERENCE_TIMEOUT_S=1e308", "INFERENCE_TIMEOUT_S must be <= 1e+07, got 1e+308"),
+        # ... every call of a tenant past due, and the usage consumer crashed.
+        ("PAST_DUE_GRACE_DAYS=99999999999", "PAST_DUE_GRACE_DAYS must be <= 3650, got 99999999999"),
+        ("USAGE_FLUSH_INTERVAL_S=1e308", "USAGE_FLUSH_INTERVAL_S must be <= 1e+07"),
     ],
 )
 def test_a_setting_out_of_range_stops_the_control_plane_naming_it(tmp_path, setting, says):

@@ -27,21 +27,31 @@ def env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_int(name: str, default: int, minimum: int) -> int:
+# Above these, a setting was taken at start and then broke what used it: a date beyond year
+# 9999 (INFERENCE_TIMEOUT_S=1e308: every classification a 500; PAST_DUE_GRACE_DAYS of 10^11
+# days: every call of a tenant past due), or a consumer that crashed (an audit). Sizes and
+# counts stay far below 10^12; durations, in whatever unit, below 10^7 (115 days in seconds).
+INT_MAX = 10**12
+FLOAT_MAX = 1e7
+TEN_YEARS_S = 10 * 365 * 24 * 3600
+
+
+def env_int(name: str, default: int, minimum: int, maximum: int = INT_MAX) -> int:
     """An integer setting; ``ImproperlyConfigured`` naming the variable for one that is not
     an integer or is below ``minimum`` (a negative timeout or a zero batch started a stack
-    that looked healthy and answered every call 503, or stored no usage)."""
+    that looked healthy and answered every call 503, or stored no usage) or above
+    ``maximum``."""
     try:
-        return int_setting(os.environ, name, default, minimum)
+        return int_setting(os.environ, name, default, minimum, maximum)
     except ValueError as exc:
         raise ImproperlyConfigured(str(exc)) from None
 
 
-def env_float(name: str, default: float, minimum: float) -> float:
+def env_float(name: str, default: float, minimum: float, maximum: float = FLOAT_MAX) -> float:
     """A finite number setting, as ``env_int`` (NaN passed every comparison: each request
     was a 500)."""
     try:
-        return float_setting(os.environ, name, default, minimum)
+        return float_setting(os.environ, name, default, minimum, maximum)
     except ValueError as exc:
         raise ImproperlyConfigured(str(exc)) from None
 
@@ -64,7 +74,7 @@ if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 # Strict-Transport-Security on https responses, once every host under the domain is served
 # over TLS (a browser then refuses plain http for this long): 0 sends none.
-SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 0, 0)
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 0, 0, TEN_YEARS_S)
 # When set, GET /metrics answers only a scrape that sends ``Authorization: Bearer <token>``:
 # its series name the fleet's hardware price and every route's traffic, which a public
 # host should not show to anyone who asks. Unset, /metrics is open (one machine, a cluster
@@ -185,7 +195,7 @@ DATABASES = {"default": database_config(DATABASE_URL)}
 # cancels it (the request is a 503 to retry); the admin, served by the same processes, too.
 # Applied by the API server's entry point only (config.wsgi, core.statement_timeout), never
 # to migrations, management commands, the consumers or the platform worker. 0: no limit.
-DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30000, 0)
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30000, 0, 2**31 - 1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
@@ -238,7 +248,7 @@ TEST_MODE_MONTHLY_INPUTS = env_int("TEST_MODE_MONTHLY_INPUTS", 10000, -1)
 # The currency of the workers' cost to serve (their WORKER_CURRENCY): usage events carry
 # cost_micros but not its currency. Margins are taken only against revenue in it.
 COST_CURRENCY = os.environ.get("COST_CURRENCY", "usd").strip().lower() or "usd"
-RESULT_CACHE_TTL_S = env_int("RESULT_CACHE_TTL_S", 24 * 3600, 0)
+RESULT_CACHE_TTL_S = env_int("RESULT_CACHE_TTL_S", 24 * 3600, 0, TEN_YEARS_S)
 
 # Usage consumer: rows per bulk insert and the longest an event waits in its buffer.
 USAGE_BATCH_SIZE = env_int("USAGE_BATCH_SIZE", 500, 1)
@@ -248,7 +258,7 @@ USAGE_BATCH_SIZE = env_int("USAGE_BATCH_SIZE", 500, 1)
 USAGE_FLUSH_INTERVAL_S = env_float("USAGE_FLUSH_INTERVAL_S", 1.0, 0.01)
 
 # Idempotency keys are remembered this long (Stripe keeps them 24 hours).
-IDEMPOTENCY_TTL_S = env_int("IDEMPOTENCY_TTL_S", 24 * 3600, 1)
+IDEMPOTENCY_TTL_S = env_int("IDEMPOTENCY_TTL_S", 24 * 3600, 1, TEN_YEARS_S)
 
 # 96 inputs of 10,000 characters at their longest in JSON: an emoji written as the \u
 # escapes Python's json.dumps writes by default is 12 bytes (11.5 MB in all), plus labels
@@ -292,7 +302,7 @@ STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")
 STRIPE_WEBHOOK_SECRETS = [
     s.strip() for s in os.environ.get("STRIPE_WEBHOOK_SECRETS", "").split(",") if s.strip()
 ]
-STRIPE_WEBHOOK_TOLERANCE_S = env_int("STRIPE_WEBHOOK_TOLERANCE_S", 300, 1)
+STRIPE_WEBHOOK_TOLERANCE_S = env_int("STRIPE_WEBHOOK_TOLERANCE_S", 300, 1, TEN_YEARS_S)
 # Each try of a Stripe request waits this long for an answer (the library's own default is
 # 80 s, three tries in all: a stalled Stripe held a request four minutes), and at most
 # STRIPE_CONCURRENCY of a process's threads wait on Stripe at once: another waits a second
@@ -303,7 +313,7 @@ STRIPE_CONCURRENCY = env_int("STRIPE_CONCURRENCY", 4, 1)
 # Until a checkout flow collects a card, a paid plan starts on Stripe's test card.
 STRIPE_DEFAULT_PAYMENT_METHOD = os.environ.get("STRIPE_DEFAULT_PAYMENT_METHOD", "pm_card_visa")
 # How long a past_due subscription keeps making billable calls before they answer 402.
-PAST_DUE_GRACE_DAYS = env_int("PAST_DUE_GRACE_DAYS", 7, 0)
+PAST_DUE_GRACE_DAYS = env_int("PAST_DUE_GRACE_DAYS", 7, 0, 3650)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.authentication.ApiKeyAuthentication"],
