@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
         # ... every call of a tenant past due, and the usage consumer crashed.
         ("PAST_DUE_GRACE_DAYS=99999999999", "PAST_DUE_GRACE_DAYS must be <= 3650, got 99999999999"),
         ("USAGE_FLUSH_INTERVAL_S=1e308", "USAGE_FLUSH_INTERVAL_S must be <= 1e+07"),
+        ("REDIS_URL=garbage", "REDIS_URL must be a redis://, rediss:// or unix:// URL"),
     ],
 )
 def test_a_setting_out_of_range_stops_the_control_plane_naming_it(tmp_path, setting, says):

@@ -210,6 +210,12 @@ def embedded_redis_url(base_dir: Path = BASE_DIR) -> str:
 
 
 REDIS_URL = os.environ.get("REDIS_URL") or embedded_redis_url() or "redis://127.0.0.1:6379/0"
+if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    # (REDIS_URL=garbage started the stack: Celery took it for an AMQP broker's name, every
+    # classification was a 500, and no line of its 354 named the variable: an audit.)
+    raise ImproperlyConfigured(
+        f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {REDIS_URL!r}"
+    )
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
