@@ -34,6 +34,7 @@ from deploy.embedded_redis import (
     stop_embedded_redis,
 )
 from workers.contract import USAGE_GROUP, USAGE_STREAM, Queue
+from workers.settings import int_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 # Under var/redis/ while the embedded Redis runs: its URL, which the settings read when
@@ -227,8 +228,23 @@ def port_refusal(host: str, port: str) -> str | None:
     return None
 
 
+# make run's own sizes, handed to granian and Celery: checked first, naming the variable
+# (API_PROCESSES=0 was granian's "--workers" error once half the stack had started, and
+# WORKER_CONCURRENCY=0 silently Celery's default of one thread a core: an audit).
+SIZES = {"API_PROCESSES": 256, "API_THREADS": 1024, "WORKER_CONCURRENCY": 4096}
+
+
+def size_refusal() -> str | None:
+    for name, maximum in SIZES.items():
+        try:
+            int_setting(os.environ, name, 1, 1, maximum)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def main() -> int:
-    refused = port_refusal(api_host(), os.environ.get("PORT", "8000"))
+    refused = port_refusal(api_host(), os.environ.get("PORT", "8000")) or size_refusal()
     if refused is not None:
         print(f"devserver: {refused}", file=sys.stderr, flush=True)
         return 2

@@ -114,6 +114,32 @@ def test_a_port_in_use_is_said_before_anything_starts():
     assert port_refusal("127.0.0.1", "70000") is not None
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("API_PROCESSES=0", "API_PROCESSES must be >= 1, got 0"),
+        ("API_THREADS=abc", "API_THREADS must be an integer, got 'abc'"),
+        ("WORKER_CONCURRENCY=0", "WORKER_CONCURRENCY must be >= 1, got 0"),
+    ],
+)
+def test_make_run_refuses_a_size_it_cannot_start_with_naming_it(setting, says):
+    """API_PROCESSES=0 was granian's "--workers" error after half the stack had started;
+    WORKER_CONCURRENCY=0 silently became Celery's default of one thread a core."""
+    import os
+    import subprocess
+    import sys
+
+    from deploy.embedded_redis import free_port
+
+    name, value = setting.split("=", 1)
+    env = {**os.environ, "PORT": str(free_port()), "HOST": "127.0.0.1", name: value}
+    env.pop("REDIS_URL", None)
+    done = subprocess.run([sys.executable, "-m", "deploy.devserver"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip() == f"devserver: {says}", done
+    assert "API on" not in done.stdout
+
+
 def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
     """The embedded Redis runs detached: killed, the stack ran on unseen, every call a 503,
     until someone stopped it by hand. Now it stops like a child that dies."""
