@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
         ("PAST_DUE_GRACE_DAYS=99999999999", "PAST_DUE_GRACE_DAYS must be <= 3650, got 99999999999"),
         ("USAGE_FLUSH_INTERVAL_S=1e308", "USAGE_FLUSH_INTERVAL_S must be <= 1e+07"),
         ("REDIS_URL=garbage", "REDIS_URL must be a redis://, rediss:// or unix:// URL"),
+        # (0 meant no time limit at all, and 0 jobs one, neither said.)
+        ("FINETUNE_TIME_LIMIT_S=0", "FINETUNE_TIME_LIMIT_S must be >= 1.0, got 0.0"),
+        ("FINETUNE_DISPATCHED_PER_TENANT=0", "FINETUNE_DISPATCHED_PER_TENANT must be >= 1, got 0"),
     ],
 )
 def test_a_setting_out_of_range_stops_the_control_plane_naming_it(tmp_path, setting, says):

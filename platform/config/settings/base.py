@@ -285,13 +285,14 @@ FINETUNE_SWEEP_INTERVAL_S = env_float("FINETUNE_SWEEP_INTERVAL_S", 5.0, 0.1)
 # Fairness on the one training queue: a tenant's jobs on it (sent and not ended) at a time;
 # its others wait in the database and are sent, oldest first, as these end
 # (finetuning/dispatch.py).
-FINETUNE_DISPATCHED_PER_TENANT = max(1, env_int("FINETUNE_DISPATCHED_PER_TENANT", 1, 0))
+FINETUNE_DISPATCHED_PER_TENANT = env_int("FINETUNE_DISPATCHED_PER_TENANT", 1, 1)
 # A job's budget: its trained tokens (epochs x its training examples' tokens, what it is
 # billed on) and its time on a worker. Over the tokens: refused at create on an estimate
 # (400 token_budget_exceeded), else failed by the worker before it trains; over the time:
 # stopped and failed (time_limit_exceeded). Failed jobs are not billed.
 FINETUNE_MAX_TRAINED_TOKENS = env_int("FINETUNE_MAX_TRAINED_TOKENS", 10000000, 1)
-FINETUNE_TIME_LIMIT_S = env_float("FINETUNE_TIME_LIMIT_S", 1800.0, 0.0)
+# (0 was taken, and meant no limit at all: an audit.)
+FINETUNE_TIME_LIMIT_S = env_float("FINETUNE_TIME_LIMIT_S", 1800.0, 1.0)
 # Test mode is never billed: its own, smaller token budget per job, and at most this many
 # test-mode jobs per tenant per UTC day (429 test_mode_fine_tune_limit past it).
 FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS = env_int("FINETUNE_TEST_MODE_MAX_TRAINED_TOKENS", 200000, 0)
