@@ -22,6 +22,7 @@ from inference.serializers import has_visible_text
 from workers.contract import MAX_INPUT_CHARS, MAX_LABEL_CHARS
 
 from . import messages
+from .formats import format_detect, is_json_array, is_utf16
 from .label_checks import label_set_check
 from .lines import FileLines
 
@@ -306,56 +307,9 @@ def _csv(lines: FileLines, result: Validation) -> None:
         result.add(number, row[text_at], row[label_at])
 
 
-def _detect(filename: str, lines: FileLines) -> str:
-    """What the file holds, its content first: jsonl when its first line starts an object
-    (under a .csv name, only when that line is one), csv when that line is a header naming
-    ``text`` or ``label`` (one lacking the other is told so); then by name (.csv, .jsonl,
-    .json); else jsonl when any line starts an object (per-line errors for a file whose
-    first lines are broken). NOTE: the name came first: a CSV sent as ``curl -F file=@-``
-    was refused as neither, and JSONL named .csv read as a header-less CSV (an audit)."""
-    first = next((line.strip() for _, line in lines if line.strip()), "")
-    name = filename.lower()
-    if first.startswith("{") and (not name.endswith(".csv") or _json_object(first)):
-        return "jsonl"
-    if {"text", "label"} & _header_names(first):
-        return "csv"
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith((".jsonl", ".json")) or any(
-        line.lstrip().startswith("{") for _, line in lines
-    ):
-        return "jsonl"
-    return ""
-
-
-def _utf16(head: bytes) -> bool:
-    """UTF-16 (what Excel's "Unicode text" and PowerShell write): a byte order mark, or a
-    NUL in every other byte (ASCII text's high bytes). Read as UTF-8 it was a file of NUL
-    characters and one undecodable line, every line an error that did not say why."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return True
-    half = len(head) // 2
-    return half >= 8 and max(head[0::2].count(0), head[1::2].count(0)) > 0.8 * half
-
-
-def _json_object(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
-def _header_names(line: str) -> set[str]:
-    """The column names ``line`` has read as a CSV header (none when it is not one)."""
-    try:
-        return {name.strip().lower() for name in next(csv.reader([line], strict=True), [])}
-    except csv.Error:
-        return set()
-
-
 def dataset_validate(data: bytes, *, filename: str = "") -> Validation:
     result = Validation()
-    if _utf16(data[:4096]):
+    if is_utf16(data[:4096]):
         result.error(None, messages.UTF16)
         return result.finish()
     lines = FileLines(data)
@@ -383,12 +337,12 @@ def _validate(lines: FileLines, filename: str, result: Validation) -> Validation
         result.error(None, messages.EMPTY_FILE)
         return result.finish()
     number, first = next(((n, line.strip()) for n, line in lines if line.strip()), (1, ""))
-    if first.startswith("[") and not {"text", "label"} & _header_names(first):
+    if is_json_array(first):
         # (Read as JSONL, a pretty-printed array was an error on every line, none of them
         # saying what the file is.)
         result.error(number, messages.JSON_ARRAY)
         return result.finish()
-    result.format = _detect(filename, lines)
+    result.format = format_detect(filename, lines)
     if result.format == "csv":
         _csv(lines, result)
     elif result.format == "jsonl":
