@@ -11,6 +11,7 @@ from core.serializers import DeletedSerializer, ErrorSerializer, validated
 from core.views import TenantAPIView
 
 from .models import Scope
+from .revocation import api_key_revoke
 from .selectors import api_key_get, api_keys_visible
 from .serializers import (
     ApiKeyCreateSerializer,
@@ -19,7 +20,7 @@ from .serializers import (
     ApiKeySerializer,
     ApiKeyWithSecretSerializer,
 )
-from .services import CreatedKey, api_key_create, api_key_revoke, api_key_rotate
+from .services import CreatedKey, api_key_create, api_key_rotate
 
 
 def _with_secret(created: CreatedKey) -> dict[str, Any]:

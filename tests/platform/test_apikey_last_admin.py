@@ -114,7 +114,7 @@ def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transaction
 
     from django.db import connection
 
-    from apikeys import services
+    from apikeys import revocation
 
     tenant = TenantFactory()
     secrets = [make_key(tenant, ["admin"]), make_key(tenant, ["admin"])]
@@ -122,14 +122,14 @@ def test_two_concurrent_deletes_of_the_last_two_admin_keys_leave_one(transaction
     # Hold each revocation, once it has counted the admin keys, until the other has counted
     # too (or a second has passed: the other is then waiting for the first's locks).
     both_counted = threading.Barrier(2, timeout=1)
-    count = services._refuse_last_admin_key
+    count = revocation._refuse_last_admin_key
 
     def count_then_wait(**kwargs):
         count(**kwargs)
         with contextlib.suppress(threading.BrokenBarrierError):
             both_counted.wait()
 
-    monkeypatch.setattr(services, "_refuse_last_admin_key", count_then_wait)
+    monkeypatch.setattr(revocation, "_refuse_last_admin_key", count_then_wait)
 
     def delete_itself(n):
         try:
