@@ -14,6 +14,7 @@ what the others left in Redis (for up to ``DRAIN_S``), and the embedded Redis la
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import shutil
 import signal
@@ -243,6 +244,19 @@ def size_refusal() -> str | None:
     return None
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# (Looked up here, in the parent: a child between fork and exec only calls it.)
+_prctl = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In a child, before it runs: a SIGTERM when this process dies, a kill -9 or the OOM
+    killer's included (Linux; elsewhere nothing). Killed so, make run left its six children
+    serving, and the next make run was refused: the port was in use (an audit)."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def main() -> int:
     refused = port_refusal(api_host(), os.environ.get("PORT", "8000")) or size_refusal()
     if refused is not None:
@@ -284,7 +298,9 @@ def main() -> int:
     for name, command in _children(port).items():
         # Each child leads its own process group, so that a child that will not stop is
         # killed with every process it started (the API server's worker processes).
-        processes[name] = subprocess.Popen(command, cwd=ROOT, start_new_session=True)  # noqa: S603 - our own argv
+        processes[name] = subprocess.Popen(  # noqa: S603 - our own argv
+            command, cwd=ROOT, start_new_session=True, preexec_fn=_die_with_parent
+        )
         print(f"devserver: started {name} (pid {processes[name].pid})", flush=True)
     host = api_host()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - compared only

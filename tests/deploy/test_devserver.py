@@ -140,6 +140,43 @@ def test_make_run_refuses_a_size_it_cannot_start_with_naming_it(setting, says):
     assert "API on" not in done.stdout
 
 
+def test_a_make_run_killed_outright_takes_its_children_with_it(tmp_path):
+    """kill -9 (or the OOM killer) on make run left its six children serving, and the next
+    make run was refused: the port was in use."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from deploy.embedded_redis import free_port
+
+    launcher = (
+        "import pathlib, sys; import deploy.devserver as d; d.ROOT = pathlib.Path(sys.argv[1]);"
+        " d._children = lambda port: {'api': ['sleep', '60']}; sys.exit(d.main())"
+    )
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "PORT": str(free_port())}
+    run = subprocess.Popen(
+        [sys.executable, "-c", launcher, str(tmp_path)], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = run.stdout.readline()
+        assert "started api (pid" in line, line
+        child = psutil.Process(int(line.split("(pid ")[1].split(")")[0]))
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child outlived make run"
+            time.sleep(0.1)
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
 def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
     """The embedded Redis runs detached: killed, the stack ran on unseen, every call a 503,
     until someone stopped it by hand. Now it stops like a child that dies."""
