@@ -83,7 +83,7 @@ def _requeue_swept_items(api: Any, tenant: Tenant, customer_id: str, invoice_id:
     Each comes back as a new item, and the push that sent it is pointed at it."""
     for line in api.Invoice.list_lines(invoice_id, limit=100).auto_paging_iter():
         line = as_dict(line)
-        if line.get("type") != "invoiceitem" or not (old := line.get("invoice_item")):
+        if not (old := _swept_item(line)):
             continue
         metadata = dict(line.get("metadata") or {})
         item = api.InvoiceItem.create(
@@ -98,3 +98,13 @@ def _requeue_swept_items(api: Any, tenant: Tenant, customer_id: str, invoice_id:
             stripe_invoice_item_id=item.id, awaiting_invoice=True
         )
         logger.info("item %s of voided invoice %s pending again as %s", old, invoice_id, item.id)
+
+
+def _swept_item(line: dict[str, Any]) -> str | None:
+    """The invoice item a line was made from, if it was made from one: the line's own
+    ``invoice_item`` in the API versions before 2025-03 (and the emulator's), its parent's
+    ``invoice_item_details`` in the version the stripe library pins now."""
+    parent = line.get("parent") or {}
+    if parent.get("type") == "invoice_item_details":
+        return (parent.get("invoice_item_details") or {}).get("invoice_item") or None
+    return line.get("invoice_item") or None if line.get("type") == "invoiceitem" else None

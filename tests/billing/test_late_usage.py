@@ -155,6 +155,30 @@ def test_a_declined_return_to_a_paid_plan_leaves_late_usage_pending_for_the_next
     assert 800 in [line.amount for line in first.lines.data] and first.status == "paid"
 
 
+def test_an_invoice_items_line_is_known_in_both_shapes_stripe_answers_in():
+    """The emulator answers in the shape of API versions before 2025-03 (``type``,
+    ``invoice_item``); the version the stripe library pins now names the item in the line's
+    ``parent``, and a subscription's own line is not one to put back."""
+    from billing.stripe_subscribe import _swept_item
+
+    old = {"type": "invoiceitem", "invoice_item": "ii_old"}
+    new = {
+        "parent": {
+            "type": "invoice_item_details",
+            "invoice_item_details": {"invoice_item": "ii_new", "proration": False},
+        }
+    }
+    plan = {
+        "parent": {
+            "type": "subscription_item_details",
+            "subscription_item_details": {"subscription_item": "si_1"},
+        }
+    }
+    assert [_swept_item(line) for line in (old, new, plan, {"type": "subscription"})] == [
+        "ii_old", "ii_new", None, None,
+    ]  # fmt: skip
+
+
 def test_a_fine_tune_that_finishes_after_a_move_to_free_is_billed_on_the_plan_that_admitted_it(
     tenant, stripe_api, caplog
 ):
