@@ -140,16 +140,10 @@ def test_make_run_refuses_a_size_it_cannot_start_with_naming_it(setting, says):
     assert "API on" not in done.stdout
 
 
-def test_a_make_run_killed_outright_takes_its_children_with_it(tmp_path):
-    """kill -9 (or the OOM killer) on make run left its six children serving, and the next
-    make run was refused: the port was in use."""
-    import os
-    import signal
+def _devserver_sleeping(tmp_path, env):
+    """make run's supervisor on ``env``, with one child that sleeps for a minute."""
     import subprocess
     import sys
-    import time
-
-    import psutil
 
     from deploy.embedded_redis import free_port
 
@@ -157,11 +151,23 @@ def test_a_make_run_killed_outright_takes_its_children_with_it(tmp_path):
         "import pathlib, sys; import deploy.devserver as d; d.ROOT = pathlib.Path(sys.argv[1]);"
         " d._children = lambda port: {'api': ['sleep', '60']}; sys.exit(d.main())"
     )
-    env = {**os.environ, "DATA_DIR": str(tmp_path), "PORT": str(free_port())}
-    run = subprocess.Popen(
+    env = {**env, "DATA_DIR": str(tmp_path), "PORT": str(free_port())}
+    return subprocess.Popen(
         [sys.executable, "-c", launcher, str(tmp_path)], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def test_a_make_run_killed_outright_takes_its_children_with_it(tmp_path):
+    """kill -9 (or the OOM killer) on make run left its six children serving, and the next
+    make run was refused: the port was in use."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    run = _devserver_sleeping(tmp_path, os.environ)
     try:
         line = run.stdout.readline()
         assert "started api (pid" in line, line
@@ -182,24 +188,11 @@ def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
     until someone stopped it by hand. Now it stops like a child that dies."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     import psutil
 
-    from deploy.embedded_redis import free_port
-
-    launcher = (
-        "import pathlib, sys; import deploy.devserver as d; d.ROOT = pathlib.Path(sys.argv[1]);"
-        " d._children = lambda port: {'api': ['sleep', '60']}; sys.exit(d.main())"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(DATA_DIR=str(tmp_path), PORT=str(free_port()))
-    run = subprocess.Popen(
-        [sys.executable, "-c", launcher, str(tmp_path)], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run = _devserver_sleeping(tmp_path, {k: v for k, v in os.environ.items() if k != "REDIS_URL"})
     try:
         line = run.stdout.readline()
         assert "embedded Redis at" in line, line
