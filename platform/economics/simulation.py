@@ -14,7 +14,7 @@ from django.db.models import Q
 from core.parsers import DuplicateName, unique_names
 from plans.models import Plan
 from plans.terms import (
-    FREE_SLUG,
+    MONEY_TERMS,
     price_terms_check,
     unbilled_charges_check,
     uncapped_overage_check,
@@ -27,7 +27,6 @@ EDITABLE = {
     "base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount",
     "cached_results_billed",
 }  # fmt: skip
-MONEY_TERMS = ("base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount")
 MAX_RANGE_YEARS = 10
 # NOTE: every range is read month by month from the rollups; ten years (leap days
 # included) is more than an operator compares and keeps a page view to a few seconds.
@@ -125,12 +124,7 @@ def _billable_check(proposed: dict[str, dict[str, Any]]) -> None:
         for key in (plan.slug, plan.pk):
             terms.update(proposed.get(key, {}))
         try:
-            unbilled_charges_check(
-                terms,
-                hard_cap=plan.monthly_hard_cap,
-                fine_tuning=plan.fine_tuning,
-                free=plan.slug == FREE_SLUG,
-            )
+            unbilled_charges_check(terms, plan)
         except ValidationError as exc:
             field, problems = next(iter(exc.message_dict.items()))
             raise ValueError(f"{plan.pk}.{field}: {problems[0]}") from None

@@ -11,8 +11,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from .terms import (
-    FREE_SLUG,
     MODEL_TIERS,
+    MONEY_TERMS,
     price_terms_check,
     unbilled_charges_check,
     uncapped_overage_check,
@@ -98,16 +98,10 @@ class Plan(models.Model):
                 uncapped_overage_check(
                     terms["overage_tiers"], capped=self.monthly_hard_cap is not None
                 )
-            money = {"base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount"}
-            if money <= set(terms) and not {"monthly_hard_cap", "fine_tuning"} & (
+            if set(MONEY_TERMS) <= set(terms) and not {"monthly_hard_cap", "fine_tuning"} & (
                 skipped | set(errors)
             ):
-                unbilled_charges_check(
-                    terms,
-                    hard_cap=self.monthly_hard_cap,
-                    fine_tuning=self.fine_tuning,
-                    free=self.slug == FREE_SLUG,
-                )
+                unbilled_charges_check(terms, self)
         except ValidationError as exc:
             errors = exc.update_error_dict(errors)
         if self.is_current and "overage_tiers" in skipped and "is_current" not in skipped:

@@ -152,17 +152,21 @@ def uncapped_overage_check(overage_tiers: Any, *, capped: bool) -> None:
         )
 
 
-def unbilled_charges_check(
-    terms: dict[str, Any], *, hard_cap: int | None, fine_tuning: bool, free: bool = False
-) -> None:
+# The terms that decide what a plan charges (``unbilled_charges_check`` needs all four).
+MONEY_TERMS = ("base_fee", "included_inputs", "overage_tiers", "finetune_unit_amount")
+
+
+def unbilled_charges_check(terms: dict[str, Any], plan: Any) -> None:
     """A plan without a base fee gets no Stripe subscription, so nothing it charges is ever
     billed: the admin took one with overage prices and no cap, and its usage was shown as
     owed on /v1/usage and the upcoming invoice but never invoiced. Such a plan must charge
     nothing: inputs capped at the included ones (or free past them), fine-tuning free.
-    ``terms`` already checked (``price_terms_check``), all four present. ``free``: a version
-    of the free plan, never billed whatever its fee (a fee of 19 USD was accepted, shown due
-    on its tenants' upcoming invoices and counted as revenue, never charged: an audit)."""
-    if free and terms["base_fee"]:
+    ``terms`` already checked (``price_terms_check``), all four present; ``plan``'s slug,
+    ``monthly_hard_cap`` and ``fine_tuning`` go with them. A version of the free plan is
+    never billed whatever its fee (a fee of 19 USD was accepted, shown due on its tenants'
+    upcoming invoices and counted as revenue, never charged: an audit)."""
+    hard_cap, fine_tuning = plan.monthly_hard_cap, plan.fine_tuning
+    if plan.slug == FREE_SLUG and terms["base_fee"]:
         raise ValidationError({"base_fee": messages.FREE_BASE_FEE})
     if terms["base_fee"]:
         return
