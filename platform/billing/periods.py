@@ -248,7 +248,8 @@ def plan_shares(*, tenant: Tenant | str, start: datetime) -> dict[str, Fraction]
     move to free counts its cut-off rest as the last plan's time). Empty where the period is
     not recorded or no span begins at or before it (every plan's included inputs whole, as
     before spans were kept); a plan absent from a non-empty answer had no time in the
-    period (usage made on it that landed there covers none of its inputs)."""
+    period (usage made on it that landed there brings none of its inputs to the period's:
+    ``rating.pooled``)."""
     periods = BillingPeriod.objects.for_tenant(tenant).filter(start=start)
     bounds = periods.values_list("end", "scheduled_end").first()
     if bounds is None:

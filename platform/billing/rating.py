@@ -5,14 +5,18 @@ the dearest tier first, in the customer's favour), then graduated overage per mo
 then fine-tuning per 1,000 trained tokens. Amounts are rounded half-up to whole minor units
 once per line, so the lines always add up to the total that is invoiced.
 
-A period in which the tenant changed plans is priced plan by plan: each ledger row by the
-plan it was made on (``UsageRecord.plan_id``), each plan's included inputs covering the
-usage made on it. So a change never re-prices usage already made, nor what was already
-pushed to Stripe for it."""
+A period in which the tenant changed plans prices each ledger row by the plan it was made on
+(``UsageRecord.plan_id``), past one pool of included inputs: each plan's share by time of
+its own (``periods.plan_shares``), together, covering the period's usage on every plan,
+dearest first (``pooled``). So a move up or a price cut never raises the charge for usage
+already made (with each plan's share covering only the usage made on it, a move up 26
+seconds into the period left the inputs made before it past 26 seconds' worth of pro's
+allowance), and a move down shrinks the pool only as far as the fee given back."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -83,6 +87,116 @@ def graduated(quantity: int, tiers: list[dict[str, Any]]) -> Decimal:
     return total
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """A period's included inputs, and where they come from as the invoice says it (empty:
+    one plan's whole allowance)."""
+
+    inputs: int
+    source: str = ""
+
+
+def pooled(
+    shares: Mapping[str, Fraction] | None, plan_of: Callable[[str], Plan]
+) -> Allowance | None:
+    """The period's included inputs: of each plan the tenant was on in it, its share by time
+    of the plan's included inputs, rounded up, together. None where no share is recorded
+    (``shares`` None or empty): each plan's whole allowance then covers the usage made on
+    it, as before spans were kept."""
+    if not shares:
+        return None
+    parts = [(plan_of(plan_id), share) for plan_id, share in sorted(shares.items())]
+    counts = [math.ceil(plan.included_inputs * share) for plan, share in parts]
+    if len(parts) == 1:
+        plan = parts[0][0]
+        whole = counts[0] == plan.included_inputs
+        source = "" if whole else f", its share of the period's {plan.included_inputs:,}"
+    else:
+        each = " and ".join(
+            f"{count:,} of {plan.name} (v{plan.version})'s {plan.included_inputs:,}"
+            for (plan, _), count in zip(parts, counts, strict=True)
+        )
+        source = f", {each} for the time on each"
+    return Allowance(sum(counts), source)
+
+
+def _price(plan: Plan, tier: str) -> Decimal:
+    """A model tier's first overage price under ``plan`` (0: none)."""
+    tiers = (plan.overage_tiers or {}).get(tier) or [{"unit_amount": 0}]
+    return Decimal(str(tiers[0]["unit_amount"]))
+
+
+def _dearest_first(plan: Plan) -> list[str]:
+    return sorted(MODEL_TIERS, key=lambda tier: -_price(plan, tier))
+
+
+@dataclass
+class PlanUsage:
+    """Billable usage made on one plan: inputs by model tier, trained tokens."""
+
+    inputs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODEL_TIERS, 0))
+    tokens: int = 0
+
+
+def _covered(
+    segments: Mapping[Plan, PlanUsage], allowance: Allowance | None
+) -> dict[tuple[Plan, str], int]:
+    """(plan, model tier) -> its inputs the included inputs cover: the dearest first, in the
+    customer's favour; ``allowance`` None: each plan's whole own, on its own usage."""
+    covered: dict[tuple[Plan, str], int] = {}
+    if allowance is None:
+        for plan, usage in segments.items():
+            left = plan.included_inputs
+            for tier in _dearest_first(plan):
+                covered[(plan, tier)] = count = min(usage.inputs.get(tier, 0), left)
+                left -= count
+        return covered
+    order = sorted(
+        ((plan, tier) for plan in segments for tier in MODEL_TIERS),
+        key=lambda pair: (-_price(*pair), pair[0].pk, MODEL_TIERS.index(pair[1])),
+    )
+    left = allowance.inputs
+    for plan, tier in order:
+        covered[(plan, tier)] = count = min(segments[plan].inputs.get(tier, 0), left)
+        left -= count
+    return covered
+
+
+def rate_usage(
+    segments: Mapping[Plan, PlanUsage], allowance: Allowance | None
+) -> dict[Plan, list[ChargeLine]]:
+    """Each plan's charge lines (base fee excluded) for the usage made on it, past the
+    period's included inputs (``pooled``) covering the dearest inputs first; what is past
+    them is priced graduated by the tiers of the plan it was made on. Lines of no amount
+    are left out."""
+    covered = _covered(segments, allowance)
+    rated: dict[Plan, list[ChargeLine]] = {}
+    for plan, usage in segments.items():
+        lines = rated[plan] = []
+        tiers = plan.overage_tiers or {}
+        included, source = (
+            (plan.included_inputs, "") if allowance is None
+            else (allowance.inputs, allowance.source)
+        )  # fmt: skip
+        for tier in _dearest_first(plan):
+            billable = usage.inputs.get(tier, 0) - covered[(plan, tier)]
+            amount = _round(graduated(billable, tiers[tier])) if tiers.get(tier) else 0
+            if amount:
+                lines.append(
+                    ChargeLine(f"usage:{tier}", f"Classification, {tier} models, "
+                               f"{billable:,} inputs past the {included:,} included{source} "
+                               "(all models together)", billable, amount)
+                )  # fmt: skip
+        if usage.tokens and plan.finetune_unit_amount:
+            amount = _round(Decimal(usage.tokens) * plan.finetune_unit_amount / PER)
+            if amount:
+                lines.append(
+                    ChargeLine("finetune", f"Fine-tuning, {usage.tokens:,} trained tokens",
+                               usage.tokens, amount)
+                )  # fmt: skip
+    return rated
+
+
 def rate(
     *,
     plan: Plan,
@@ -93,56 +207,24 @@ def rate(
     include_base_fee: bool = True,
     share: Fraction | None = None,
 ) -> RatedPeriod:
-    """``share``: of the period, the part the tenant spent on ``plan`` (a plan change within
-    it): that part of its included inputs, rounded up (``periods.plan_shares``)."""
+    """A period's usage all made on ``plan``, priced. ``share``: of the period, the part
+    the tenant spent on it (a plan change within it): that part of its included inputs,
+    rounded up (None: all of them)."""
     lines: list[ChargeLine] = []
     if include_base_fee and plan.base_fee:
         lines.append(ChargeLine("base_fee", f"{plan.name} plan", 1, plan.base_fee))
-    tiers = plan.overage_tiers or {}
-    # Included inputs cover the dearest tier first.
-    included = plan.included_inputs if share is None else math.ceil(plan.included_inputs * share)
-    allowance = included
-    whole = share is None or share >= 1
-    of_period = "" if whole else f", its share of the period's {plan.included_inputs:,}"
-    order = sorted(
-        MODEL_TIERS,
-        key=lambda t: -Decimal(str((tiers.get(t) or [{"unit_amount": 0}])[0]["unit_amount"])),
-    )
-    for tier in order:
-        used = inputs_by_tier.get(tier, 0)
-        covered = min(used, allowance)
-        allowance -= covered
-        billable = used - covered
-        if billable and tiers.get(tier):
-            amount = _round(graduated(billable, tiers[tier]))
-            lines.append(
-                ChargeLine(f"usage:{tier}", f"Classification, {tier} models, "
-                           f"{billable:,} inputs past the {included:,} included{of_period} "
-                           "(all models together)", billable, amount)
-            )  # fmt: skip
-    if trained_tokens and plan.finetune_unit_amount:
-        amount = _round(Decimal(trained_tokens) * plan.finetune_unit_amount / PER)
-        lines.append(
-            ChargeLine("finetune", f"Fine-tuning, {trained_tokens:,} trained tokens",
-                       trained_tokens, amount)
-        )  # fmt: skip
+    usage = PlanUsage({t: inputs_by_tier.get(t, 0) for t in MODEL_TIERS}, trained_tokens)
+    allowance = None if share is None else pooled({plan.pk: share}, lambda _: plan)
+    lines += rate_usage({plan: usage}, allowance)[plan]
     return RatedPeriod(
         plan_id=plan.id,
         currency=plan.currency,
         period_start=period_start,
         period_end=period_end,
-        inputs_by_tier={t: inputs_by_tier.get(t, 0) for t in MODEL_TIERS},
+        inputs_by_tier=usage.inputs,
         trained_tokens=trained_tokens,
-        lines=[line for line in lines if line.amount or line.key == "base_fee"],
+        lines=lines,
     )
-
-
-@dataclass
-class PlanUsage:
-    """Billable usage made on one plan: inputs by model tier, trained tokens."""
-
-    inputs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODEL_TIERS, 0))
-    tokens: int = 0
 
 
 def billable_usage(
@@ -186,23 +268,16 @@ def rate_tenant_period(
     the period's usage was made on for that usage (one line per key, their sum).
     ``from_ledger``: summed from the ledger alone (reconciliation), not its rollups."""
     usage = billable_usage(tenant=tenant, plan=plan, start=start, end=end, from_ledger=from_ledger)
-    segments = sorted(usage.items(), key=lambda item: item[0] != plan)  # the current first
+    segments = dict(sorted(usage.items(), key=lambda item: item[0] != plan))  # the current first
     if shares is None:  # (a caller rating one period twice reads them once)
         shares = plan_shares(tenant=tenant, start=start)
+    plans = {made_on.pk: made_on for made_on in segments} | {plan.pk: plan}
+    plans |= Plan.objects.in_bulk(set(shares) - set(plans))  # (time, no usage, in the period)
     lines: dict[str, ChargeLine] = {}
     if include_base_fee and plan.base_fee:
         lines["base_fee"] = ChargeLine("base_fee", f"{plan.name} plan", 1, plan.base_fee)
-    for made_on, segment in segments:
-        part = rate(
-            plan=made_on,
-            inputs_by_tier=segment.inputs,
-            trained_tokens=segment.tokens,
-            period_start=start,
-            period_end=end,
-            include_base_fee=False,
-            share=shares.get(made_on.pk, Fraction(0)) if shares else None,
-        )
-        for line in part.lines:
+    for made_on, part in rate_usage(segments, pooled(shares, plans.__getitem__)).items():
+        for line in part:
             text = line.description
             if len(segments) > 1:  # say which plan each part of a line was priced on
                 text = f"{made_on.name} (v{made_on.version}): {text}"

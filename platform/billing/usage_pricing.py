@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from fractions import Fraction
 from typing import Any, TypeVar
 
 from django.db.models import Max, Min
@@ -29,7 +28,7 @@ from plans.models import Plan
 from tenants.models import Tenant
 
 from .periods import billing_periods, plan_shares
-from .rating import PlanUsage, model_tier, rate, rate_tenant_period
+from .rating import PlanUsage, model_tier, pooled, rate_tenant_period, rate_usage
 
 
 def range_charges(*, tenant: Tenant, plan: Plan, start: datetime, end: datetime) -> Counter[str]:
@@ -140,13 +139,13 @@ class _Pricing:
     """Rates usage as ``rating.rate_tenant_period`` does: each key under the plan it was
     made on (``plan``, the tenant's plan now, for rows from before plans were recorded)."""
 
-    def __init__(
-        self, plan: Plan, keys: Iterable[Key], start: datetime, end: datetime, tenant: Tenant
-    ) -> None:
-        self.plan, self.start, self.end = plan, start, end
+    def __init__(self, plan: Plan, keys: Iterable[Key], start: datetime, tenant: Tenant) -> None:
+        self.plan = plan
         self.shares = plan_shares(tenant=tenant, start=start)
         plan_ids = {plan_id for plan_id, _, _ in keys if plan_id} - {plan.pk}
+        plan_ids |= set(self.shares) - {plan.pk}  # (time in the period, maybe no usage)
         self.plans: dict[str, Plan] = {plan.pk: plan, "": plan, **Plan.objects.in_bulk(plan_ids)}
+        self.allowance = pooled(self.shares, self.plans.__getitem__)
 
     def made_on(self, key: Key) -> Plan:
         return self.plans.get(key[0], self.plan)  # a plan row is never deleted
@@ -172,21 +171,8 @@ class _Pricing:
             else:
                 segment.inputs[line.removeprefix("usage:")] += quantity
         return {
-            made_on: Counter(
-                {
-                    line.key: line.amount
-                    for line in rate(
-                        plan=made_on,
-                        inputs_by_tier=segment.inputs,
-                        trained_tokens=segment.tokens,
-                        period_start=self.start,
-                        period_end=self.end,
-                        include_base_fee=False,
-                        share=self.shares.get(made_on.pk, Fraction(0)) if self.shares else None,
-                    ).lines
-                }
-            )
-            for made_on, segment in segments.items()
+            made_on: Counter({line.key: line.amount for line in lines})
+            for made_on, lines in rate_usage(segments, self.allowance).items()
         }
 
 
@@ -213,7 +199,7 @@ def range_row_charges(
     charge by their billable quantity in it. The rows add up to ``range_charges``."""
     amounts: dict[Any, int] = {}
     share = _marginal if in_time_order else _proportional
-    for period_start, period_end, lo, hi in _periods_with_usage(tenant, start, end):
+    for period_start, _, lo, hi in _periods_with_usage(tenant, start, end):
         rows = _ledger_sums(tenant, lo, hi, group)
         if not rows:
             continue
@@ -222,7 +208,7 @@ def range_row_charges(
             for _, key, sums in _ledger_sums(tenant, period_start, lo):
                 before.setdefault(key, _Sums()).add(sums)
         keys = [key for _, key, _ in rows] + list(before)
-        pricing = _Pricing(plan, keys, period_start, period_end, tenant)
+        pricing = _Pricing(plan, keys, period_start, tenant)
         for row_group, amount in share(pricing, before, rows).items():
             amounts[row_group] = amounts.get(row_group, 0) + amount
     return amounts
@@ -249,7 +235,8 @@ def _proportional(pricing: _Pricing, before: dict[Key, _Sums], rows: Rows) -> di
     """The rows' charge in the period, each (plan segment, line) part shared among the
     rows by their billable quantity in that segment and line. A line can grow with no
     quantity of its own in the range (standard inputs taking over included inputs that
-    covered int8 ones): that part goes by the rows' billable inputs in the segment."""
+    covered int8 ones, or another plan's): that part goes by the rows' billable inputs in
+    the segment, or, with none there, in the period."""
     usage = {key: _Sums(s.inputs, s.cached, s.tokens) for key, s in before.items()}
     weights: dict[Plan, dict[str, dict[Any, int]]] = {}
     for row_group, key, sums in rows:
@@ -260,21 +247,27 @@ def _proportional(pricing: _Pricing, before: dict[Key, _Sums], rows: Rows) -> di
         by_line[line][row_group] = by_line[line].get(row_group, 0) + quantity
     charged, now = pricing.charges(before), pricing.charges(usage)
     amounts: dict[Any, int] = dict.fromkeys((row_group for row_group, _, _ in rows), 0)
-    for made_on, lines in now.items():
-        by_line = weights.get(made_on, {})
-        inputs: dict[Any, int] = {}  # billable inputs in the segment, any model tier
+    every: dict[Any, int] = {}  # billable inputs in the period's usage, any plan or tier
+    inputs: dict[Plan, dict[Any, int]] = {}  # the same in each segment
+    for made_on, by_line in weights.items():
         for line, quantities in by_line.items():
             for row_group, quantity in quantities.items():
                 if line != "finetune":
-                    inputs[row_group] = inputs.get(row_group, 0) + quantity
+                    segment = inputs.setdefault(made_on, {})
+                    segment[row_group] = segment.get(row_group, 0) + quantity
+                    every[row_group] = every.get(row_group, 0) + quantity
+    for made_on, lines in now.items():
         for line, amount in lines.items():
             added = amount - charged.get(made_on, Counter())[line]
             if not added:
                 continue
-            shares = by_line.get(line, {})
-            if not sum(shares.values()):
-                shares = inputs
-            if not sum(shares.values()):  # NOTE: cannot happen (no quantity, no charge)
+            # Else by the rows' billable inputs in the segment, then in any segment (the
+            # period's included inputs cover every plan's: rows on one plan taking them
+            # grow another's line).
+            for shares in (weights.get(made_on, {}).get(line, {}), inputs.get(made_on, {}), every):
+                if sum(shares.values()):
+                    break
+            else:  # NOTE: cannot happen (no quantity, no charge)
                 shares = dict.fromkeys(amounts, 1)
             for row_group, part in allocate(added, shares).items():
                 amounts[row_group] += part

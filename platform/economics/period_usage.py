@@ -5,9 +5,10 @@ Each tenant's rollup rows are grouped by the billing period they fall in: its re
 periods (``billing.BillingPeriod``; Stripe's may begin on any day: the 17th, the 29th at
 14:32), and, between and around them, calendar months cut where they meet a recorded one,
 as ``billing.periods.billing_periods`` fills them. A tenant with no period recorded in the
-months read keeps calendar months. Each period's rows on one plan are rated together with
-that plan's share of the period's included inputs (``plan_months.Spans.shares``, billing's
-``plan_shares``; none recorded: the whole allowance), and a range is charged the marginal
+months read keeps calendar months. Each period's rows are rated together, each by the plan
+it was made on, past the period's included inputs: every plan's share of its own by the
+time on it, pooled (``plan_months.Spans.shares``, ``billing.rating.pooled``; none recorded:
+each plan's whole allowance on its own usage), and a range is charged the marginal
 charge of its rows in their period: the period rated up to the range's last day minus rated
 up to its first, the period rated as one though it runs over two calendar months. So
 adjacent ranges add up to the whole exactly, and a range's usage charge is what /v1/usage
@@ -34,9 +35,9 @@ from functools import cache
 from typing import NamedTuple
 
 from billing.periods import months
-from billing.rating import rate
+from billing.rating import PlanUsage, pooled, rate_usage
 from billing.usage_pricing import allocate, line_key
-from plans.models import MODEL_TIERS, Plan
+from plans.models import Plan
 
 from .plan_months import Recorded
 
@@ -69,9 +70,6 @@ class UsagePeriod:
     start: datetime
     end: datetime
     shares: dict[str, Fraction] | None
-
-    def share(self, plan_id: str) -> Fraction | None:
-        return None if self.shares is None else self.shares.get(plan_id, Fraction(0))
 
 
 class TenantPeriods:
@@ -141,65 +139,59 @@ def quantity(row: Row, plan: Plan) -> tuple[str, int]:
     return key, max(billable, 0)
 
 
-class _Usage:
-    """Billable inputs by tier and trained tokens of some rows (``quantity``), and whether
-    there were any."""
-
-    def __init__(self) -> None:
-        self.inputs: dict[str, int] = dict.fromkeys(MODEL_TIERS, 0)
-        self.tokens = 0
-        self.rows = 0
-
-    def add(self, key: str, count: int) -> None:
-        self.rows += 1
-        if key.startswith("usage:"):
-            self.inputs[key.removeprefix("usage:")] += count
-        else:
-            self.tokens += count
-
-
-def _charges(usage: _Usage, plan: Plan, period: UsagePeriod) -> dict[str, int]:
-    """Charge line key -> minor units for rows rated together under ``plan`` (``usage``
-    their quantities), with its share of the period's included inputs, base fee excluded
-    (it is earned by time)."""
-    if not usage.rows:
+def _charges(
+    usage: dict[str, PlanUsage], period: UsagePeriod, plans: Callable[[str], Plan]
+) -> dict[tuple[str, str], int]:
+    """(plan id, charge line key) -> minor units for rows rated together (``usage``: their
+    quantities by the plan they were made on), past the period's included inputs pooled
+    (``rating.pooled``), base fee excluded (it is earned by time)."""
+    if not usage:
         return {}
-    rated = rate(plan=plan, inputs_by_tier=usage.inputs, trained_tokens=usage.tokens,
-                 period_start=period.start, period_end=period.end, include_base_fee=False,
-                 share=period.share(plan.id))  # fmt: skip
-    return {line.key: line.amount for line in rated.lines}
+    segments = {plans(plan_id): made_on for plan_id, made_on in usage.items()}
+    rated = rate_usage(segments, pooled(period.shares, plans))
+    return {(plan.id, line.key): line.amount for plan, lines in rated.items() for line in lines}
+
+
+def _add(usage: dict[str, PlanUsage], plan_id: str, key: str, count: int) -> None:
+    made_on = usage.get(plan_id) or usage.setdefault(plan_id, PlanUsage())
+    if key.startswith("usage:"):
+        made_on.inputs[key.removeprefix("usage:")] += count
+    else:
+        made_on.tokens += count
 
 
 def _marginal(
-    rows: list[Row], plan: Plan, period: UsagePeriod, days: tuple[date, date]
+    rows: list[Row], plans: Callable[[str], Plan], period: UsagePeriod, days: tuple[date, date]
 ) -> dict[int, int]:
-    """Minor units per row in the range (by id): of one period's rows made on ``plan``, the
+    """Minor units per row in the range (by id): of one tenant's rows in one period, the
     marginal charge of those in the range (the period rated up to the range's last day minus
-    rated up to its first), each line shared by its quantity."""
+    rated up to its first), each (plan, line) shared by its rows' quantities."""
     first, last = days
-    through, before = _Usage(), _Usage()
-    quantities: dict[int, tuple[str, int]] = {}
+    through: dict[str, PlanUsage] = {}
+    before: dict[str, PlanUsage] = {}
+    quantities: dict[int, tuple[tuple[str, str], int]] = {}
     inputs: dict[int, int] = {}
     for row in rows:  # (one pass: each row's quantity once)
         if row.day > last:
             continue
-        key, count = quantity(row, plan)
-        through.add(key, count)
+        key, count = quantity(row, plans(row.plan_id))
+        _add(through, row.plan_id, key, count)
         if row.day < first:
-            before.add(key, count)
+            _add(before, row.plan_id, key, count)
         else:
-            quantities[row.pk] = (key, count)
+            quantities[row.pk] = ((row.plan_id, key), count)
             inputs[row.pk] = row.inputs
-    charges = _charges(through, plan, period)
-    earlier = _charges(before, plan, period)
+    charges = _charges(through, period, plans)
+    earlier = _charges(before, period, plans)
     revenue: dict[int, int] = dict.fromkeys(inputs, 0)
-    for key, amount in charges.items():
-        amount -= earlier.get(key, 0)  # lines only grow with usage: never < 0
-        weights = {pk: q for pk, (k, q) in quantities.items() if k == key}
+    for line, amount in charges.items():
+        amount -= earlier.get(line, 0)  # lines only grow with usage: never < 0
+        weights = {pk: q for pk, (k, q) in quantities.items() if k == line}
         if not any(weights.values()):
             # NOTE: a line can grow without a row of its own in the range: dearer inputs in
-            # the range take the included inputs that cheaper ones before it had, so the
-            # cheaper tier's line grows. The range's inputs made it grow.
+            # the range take the included inputs that cheaper ones before it had (of the
+            # same plan or another's), so the cheaper line grows. The range's inputs made
+            # it grow.
             weights = inputs
         if not any(weights.values()):
             weights = dict.fromkeys(inputs, 1)
@@ -219,7 +211,7 @@ def usage_revenue(
     being every live row of the months read, from ``lo`` (and, for a tenant with a recorded
     period running into them, from its start: ``read_from``)."""
     tenants: dict[str, TenantPeriods] = {}
-    groups: dict[tuple[str, datetime, str], list[Row]] = defaultdict(list)
+    groups: dict[tuple[str, datetime], list[Row]] = defaultdict(list)
     period_of: dict[tuple[str, datetime], UsagePeriod] = {}
     for row in rows:
         periods = tenants.get(row.tenant_id)
@@ -228,10 +220,9 @@ def usage_revenue(
         period = periods.of(row.day, row.last_at)
         if period is not None:
             period_of[(row.tenant_id, period.start)] = period
-            groups[(row.tenant_id, period.start, row.plan_id)].append(row)
+            groups[(row.tenant_id, period.start)].append(row)
     revenue: dict[int, int] = {}
-    for (tenant_id, start, plan_id), group in groups.items():
+    for tenant_period, group in groups.items():
         if any(days[0] <= row.day <= days[1] for row in group):
-            period = period_of[(tenant_id, start)]
-            revenue.update(_marginal(group, plans(plan_id), period, days))
+            revenue.update(_marginal(group, plans, period_of[tenant_period], days))
     return revenue

@@ -3,15 +3,15 @@
 Everything reads the daily rollups, never the raw ledger. Revenue is what the rating engine
 charges (base fee, included inputs, graduated overage per tier, fine-tuning), of which a
 range earns its part. Usage is rated per billing period, as billing rates it
-(``period_usage``): each period's rows on a plan together, with the plan's share of the
-period's included inputs (``billing.periods.plan_shares``), a range earning the marginal
+(``period_usage``): each period's rows together, past the period's included inputs (each
+plan's share of its own, pooled: ``billing.rating.pooled``), a range earning the marginal
 charge of its rows in their period (rated up to the range's end minus rated up to its
 start, as ``billing.usage_pricing.range_charges`` prices /v1/usage), so the included inputs
 are granted once a period whatever the range, a period anchored on the 17th or the 29th is
 rated as one across its two calendar months, and adjacent ranges add up to the whole. A
 tenant without billing periods recorded is rated in calendar months, every plan's included
-inputs whole, as before. As in billing, usage is priced by the plan it was made on (rollups
-keep it), each plan's included inputs covering its own usage.
+inputs whole and covering its own usage, as before. As in billing, usage is priced by the
+plan it was made on (rollups keep it).
 
 The base fee is earned by the time the range covers in each calendar month, to the same
 effect (``plan_months``): where the tenant's plan spans cover the month's billing periods,

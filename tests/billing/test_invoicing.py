@@ -123,12 +123,11 @@ def test_pushes_at_once_send_each_item_once(transactional_db, pro_tenant, stripe
 def test_a_plan_change_prices_usage_made_before_it_on_its_plan_and_share(
     pro_tenant, stripe_api, client_for
 ):
-    """Pro's overage stays priced at pro after an upgrade to scale (whose 2,000,000
-    included inputs would otherwise swallow it), and each plan's included inputs are its
-    share of the period, by the time the tenant was on it, as Stripe prorates the fees
-    (pro's whole 100,000 used, then scale for the rest of the period, bought pro's
-    allowance for the fee of the days on it): what was pushed still matches the ledger,
-    and what was not pushed yet still goes."""
+    """Usage made on pro stays priced at pro after an upgrade to scale, and the period's
+    included inputs are each plan's share by the time the tenant was on it, as Stripe
+    prorates the fees, together: pro's half of its 100,000 and scale's half of its
+    2,000,000 cover the period's inputs on both plans, pro's (the dearer) first. What was
+    pushed still matches the ledger, and what was not pushed yet still goes."""
     on_pro = Subscription.objects.for_tenant(pro_tenant).get().plan_id
     _usage(pro_tenant, 150_000, plan_id=on_pro)  # 50,000 over pro's 100,000: 2,000
     assert [(p.line, p.amount) for p in usage_charges_push(tenant=pro_tenant)] == [
@@ -141,21 +140,21 @@ def test_a_plan_change_prices_usage_made_before_it_on_its_plan_and_share(
     # As if the change had come half way through the period: pro's share is half.
     half = sub.current_period_start + (sub.current_period_end - sub.current_period_start) / 2
     PlanSpan.objects.for_tenant(pro_tenant).filter(plan_id=sub.plan_id).update(start=half)
-    _usage(pro_tenant, 5_000, plan_id=sub.plan_id)  # within scale's 1,000,000 of the period
-    # 160,000 on pro past its 50,000: 4,400, of which 2,000 was pushed before.
+    _usage(pro_tenant, 1_000_000, plan_id=sub.plan_id)
+    # The 1,050,000 included cover pro's 160,000 and 890,000 of scale's: 110,000 past them
+    # at scale's 20 per 1,000, 2,200, of which 2,000 was pushed before.
     assert [(p.line, p.amount) for p in usage_charges_push(tenant=pro_tenant)] == [
-        ("usage:standard", 2400)
+        ("usage:standard", 200)
     ]
     client = client_for(pro_tenant, ["billing"])
     upcoming = client.get("/v1/invoices/upcoming").json()
     usage = {line["key"]: line for line in upcoming["lines"] if line["key"].startswith("usage")}
-    assert usage["usage:standard"]["amount"] == 4400
-    assert "Pro" in usage["usage:standard"]["description"]
-    assert (
-        "50,000 included, its share of the period's 100,000"
-        in (usage["usage:standard"]["description"])
-    )
-    assert client.get("/v1/usage").json()["total"]["amount"] == 4400
+    assert usage["usage:standard"]["amount"] == 2200
+    description = usage["usage:standard"]["description"]
+    assert description.startswith("Scale (v1): ")
+    assert "110,000 inputs past the 1,050,000 included" in description
+    assert "50,000 of Pro (v1)'s 100,000 and 1,000,000 of Scale (v1)'s 2,000,000" in description
+    assert client.get("/v1/usage").json()["total"]["amount"] == 2200
     assert reconciliation_run(tenant=pro_tenant).difference == 0
 
 

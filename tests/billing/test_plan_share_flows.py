@@ -68,31 +68,37 @@ def _rated(tenant, start):
     ).usage_total
 
 
-def test_back_and_forth_credits_what_a_plans_grown_share_covers_now(
+def test_a_move_up_credits_what_the_grown_allowance_covers_now(
     tenant, stripe_api, monkeypatch, client_for
 ):
+    """3,000,000 inputs on pro, 2,900,000 past its 100,000 (87,500 pushed); a move to scale
+    on the 10th adds scale's share of its 2,000,000 to the period's included inputs, which
+    cover pro's inputs too: a credit of what they cover now. A move back to pro takes some
+    of them away again: charged again, never past what pro alone charged."""
     subscription_change(tenant=tenant, plan_slug="pro")
     start = Subscription.objects.for_tenant(tenant).get().current_period_start
     days = _period_days(tenant)
-    _usage(tenant, 100_000, "pro@1", start + timedelta(days=1))
-    _at(monkeypatch, timedelta(days=10))
-    subscription_change(tenant=tenant, plan_slug="scale")
-    _at(monkeypatch, timedelta(days=15))
+    _usage(tenant, 3_000_000, "pro@1", start + timedelta(days=1))
+    _at(monkeypatch, timedelta(days=5))
     usage_charges_push(tenant=tenant)
     pushed = _pushed(tenant, start)
-    _at(monkeypatch, timedelta(days=20))
-    subscription_change(tenant=tenant, plan_slug="pro")
-    # Pro's share grew from a third to two thirds (of a 30-day month; 21/31 of a 31-day
-    # one): less of its usage is past its inputs.
-    share = plan_shares(tenant=tenant, start=start)["pro@1"]
+    assert pushed == 87_500  # 1,000,000 at 40 per 1,000 and 1,900,000 at 25
+    _at(monkeypatch, timedelta(days=10))
+    subscription_change(tenant=tenant, plan_slug="scale")
+    share = plan_shares(tenant=tenant, start=start)["scale@1"]
     assert float(share) == pytest.approx((days - 10) / days, rel=1e-3)
     credit = usage_charges_push(tenant=tenant)
     assert [p.amount < 0 and p.description.startswith("Credit: ") for p in credit] == [True]
     rated = _rated(tenant, start)
-    assert 0 < rated < pushed and _pushed(tenant, start) == rated  # it kept the highest
+    assert 0 < rated < pushed and _pushed(tenant, start) == rated
     upcoming = client_for(tenant, ["billing"]).get("/v1/invoices/upcoming").json()
     usage = sum(line["amount"] for line in upcoming["lines"] if line["key"].startswith("usage"))
     assert usage == rated
+    assert reconciliation_run(tenant=tenant).difference == 0
+    _at(monkeypatch, timedelta(days=20))
+    subscription_change(tenant=tenant, plan_slug="pro")
+    usage_charges_push(tenant=tenant)
+    assert rated < _rated(tenant, start) == _pushed(tenant, start) < pushed
     assert reconciliation_run(tenant=tenant).difference == 0
 
 
@@ -229,20 +235,18 @@ def test_a_period_in_progress_at_the_deploy_is_priced_as_before(tenant, stripe_a
 def test_a_credit_after_the_subscription_ended_asks_for_no_negative_invoice(
     tenant, stripe_api, monkeypatch, caplog
 ):
-    """The credit for a change back to pro is not pushed before the move to free (a push
-    was holding the tenant's lock): it goes out later as a negative item on an ended
+    """The credit for a move up to scale is not pushed before the move to free (a push was
+    holding the tenant's lock): it goes out later as a negative item on an ended
     subscription, invoiced on its own."""
     from limits.services import redis_client
 
     sub = subscription_change(tenant=tenant, plan_slug="pro")
     start = sub.current_period_start
-    _usage(tenant, 100_000, "pro@1", start + timedelta(hours=1))
+    _usage(tenant, 3_000_000, "pro@1", start + timedelta(hours=1))
+    _at(monkeypatch, timedelta(days=5))
+    usage_charges_push(tenant=tenant)
     _at(monkeypatch, timedelta(days=10))
     subscription_change(tenant=tenant, plan_slug="scale")
-    _at(monkeypatch, timedelta(days=15))
-    usage_charges_push(tenant=tenant)
-    _at(monkeypatch, timedelta(days=20))
-    subscription_change(tenant=tenant, plan_slug="pro")
     lock = redis_client().lock(f"usage-push:{tenant.pk}", timeout=60)
     assert lock.acquire()
     try:

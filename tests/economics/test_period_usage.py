@@ -1,6 +1,7 @@
 """Margins and the simulator rate usage per billing period, as billing does, where Stripe's
 periods do not begin on the 1st: a period running over two calendar months is rated as
-one, and each plan's included inputs are its share of that period. The reviewer's method:
+one, and each plan's share of that period's included inputs goes into one pool for the
+usage on every plan in it. The reviewer's method:
 the simulator with every base fee at 0 gives the usage charges alone, compared with
 ``rate_tenant_period(...).usage_total`` for the same tenant and period. October 2025 has
 31 days, November 30."""
@@ -14,12 +15,12 @@ from itertools import pairwise
 
 import pytest
 
-from billing.rating import rate, rate_tenant_period
+from billing.rating import PlanUsage, pooled, rate_tenant_period, rate_usage
 from billing.usage_pricing import allocate
 from economics.models import UsageRollup
 from economics.period_usage import Row, UsagePeriod, _marginal, quantity
 from economics.selectors import pricing_simulate
-from plans.models import MODEL_TIERS, Plan
+from plans.models import Plan
 from tests.economics.test_plan_months import DEC, NOV, calls, day, recorded
 from tests.factories import TenantFactory, rollups_unkeyed, subscribe
 
@@ -44,21 +45,24 @@ def billed(tenant, start, end) -> int:
 
 def test_an_upgrade_inside_a_period_anchored_on_the_17th_has_its_share_of_that_period():
     """Pro from 17 October, scale from 10 November: scale has 7 of the period's 31 days,
-    7/31 of its 2,000,000 included inputs (451,613), so 500,000 scale inputs on the 12th are
-    48,387 over (967.74 at 20 per 1,000: 968). Was 0: November gave scale the largest of
-    its shares in the periods overlapping it, the whole of the next period's."""
+    7/31 of its 2,000,000 included inputs (451,613), pro 24/31 of its 100,000 (77,420).
+    60,000 pro inputs on 20 October take the first 60,000 of the 529,033 (pro's are the
+    dearer); 500,000 scale inputs on 12 November are 30,967 past the rest (619.34 at 20 per
+    1,000: 619). Was 0: November gave scale the largest of its shares in the periods
+    overlapping it, the whole of the next period's; then 968, each plan's share covering
+    only its own usage (pro's 17,420 unused)."""
     tenant = TenantFactory()
     subscribe(tenant, "scale")
     recorded(tenant,
              [(day(17, OCT), day(17), None, "scale@1"), (day(17), day(17, DEC), None, "scale@1")],
              [(day(17, OCT), "pro@1"), (day(10), "scale@1")])  # fmt: skip
-    calls(tenant, (500_000, "scale@1", day(12)))
-    assert billed(tenant, day(17, OCT), day(17)) == 968
-    assert usage_of(tenant, day(17, OCT), day(17)) == 968
-    assert usage_of(tenant, NOV, DEC) == 968
+    calls(tenant, (60_000, "pro@1", day(20, OCT)), (500_000, "scale@1", day(12)))
+    assert billed(tenant, day(17, OCT), day(17)) == 619
+    assert usage_of(tenant, day(17, OCT), day(17)) == 619
+    assert usage_of(tenant, NOV, DEC) == 619
     # Ranges cut anywhere add up to the period's charge.
     cuts = [OCT, NOV, day(12), day(13), DEC]
-    assert [usage_of(tenant, lo, hi) for lo, hi in pairwise(cuts)] == [0, 0, 968, 0]
+    assert [usage_of(tenant, lo, hi) for lo, hi in pairwise(cuts)] == [0, 0, 619, 0]
 
 
 def test_a_subscription_begun_on_the_29th_rates_its_period_as_one():
@@ -124,30 +128,33 @@ def test_a_day_of_several_keys_is_rated_as_its_one_row_was_before_the_key_was_ke
     assert [usage_of(tenant, lo, hi) for lo, hi in pairwise(cuts)] == keyed
 
 
-def _charges_per_row(rows, plan, period) -> dict[str, int]:
+def _charges_per_row(rows, plans, period) -> dict[tuple[str, str], int]:
     """The per-row reference ``_marginal`` was written from: each row's quantity added up
     in a loop, then rated."""
     if not rows:
         return {}
-    inputs, tokens = dict.fromkeys(MODEL_TIERS, 0), 0
+    segments: dict[Plan, PlanUsage] = {}
     for row in rows:
-        key, count = quantity(row, plan)
+        made_on = plans(row.plan_id)
+        key, count = quantity(row, made_on)
+        segment = segments.setdefault(made_on, PlanUsage())
         if key.startswith("usage:"):
-            inputs[key.removeprefix("usage:")] += count
+            segment.inputs[key.removeprefix("usage:")] += count
         else:
-            tokens += count
-    rated = rate(plan=plan, inputs_by_tier=inputs, trained_tokens=tokens,
-                 period_start=period.start, period_end=period.end, include_base_fee=False,
-                 share=period.share(plan.id))  # fmt: skip
-    return {line.key: line.amount for line in rated.lines}
+            segment.tokens += count
+    rated = rate_usage(segments, pooled(period.shares, plans))
+    return {(plan.id, line.key): line.amount for plan, lines in rated.items() for line in lines}
 
 
-def _marginal_per_row(rows, plan, period, days) -> dict[int, int]:
+def _marginal_per_row(rows, plans, period, days) -> dict[int, int]:
     first, last = days
     in_range = [row for row in rows if first <= row.day <= last]
-    charges = _charges_per_row([row for row in rows if row.day <= last], plan, period)
-    before = _charges_per_row([row for row in rows if row.day < first], plan, period)
-    quantities = {row.pk: quantity(row, plan) for row in in_range}
+    charges = _charges_per_row([row for row in rows if row.day <= last], plans, period)
+    before = _charges_per_row([row for row in rows if row.day < first], plans, period)
+    quantities = {}
+    for row in in_range:
+        key, count = quantity(row, plans(row.plan_id))
+        quantities[row.pk] = ((row.plan_id, key), count)
     inputs = {row.pk: row.inputs for row in in_range}
     revenue = dict.fromkeys(inputs, 0)
     for key, amount in charges.items():
@@ -167,12 +174,18 @@ def test_a_periods_rows_are_charged_as_summed_row_by_row(seed):
     """``_marginal`` adds the rows' quantities up in one pass; each row's charge is the one
     the per-row reference gives, on random rows: all tiers, fine-tunes, cached inputs past
     the inputs, voids netted to negative quantities, rows without ``last_at``, rows before,
-    in and after the range, a plan's share of the period or its whole allowance."""
+    in and after the range, on one plan or two, the plans' shares of the period pooled or
+    each plan's whole allowance."""
     rng = random.Random(seed)
-    plan = Plan.objects.get(pk=rng.choice(["free@1", "pro@1", "scale@1"]))
-    plan.cached_results_billed = rng.random() < 0.5
+    on = rng.sample(["free@1", "pro@1", "scale@1"], rng.choice([1, 2]))
+    by_id = {plan_id: Plan.objects.get(pk=plan_id) for plan_id in on}
+    for plan in by_id.values():
+        plan.cached_results_billed = rng.random() < 0.5
     share = rng.choice([None, Fraction(7, 31), Fraction(1)])
-    period = UsagePeriod(OCT, NOV, None if share is None else {plan.id: share})
+    shares = None if share is None else {on[0]: share}
+    if shares and len(on) == 2:
+        shares[on[1]] = 1 - share
+    period = UsagePeriod(OCT, NOV, shares)
     models = ["minilm-l6", "minilm-l6-int8", "ft:minilm-l6-int8:x:1", "ft:minilm-l6:x:2"]
     rows = []
     for pk in range(rng.randint(1, 40)):
@@ -186,7 +199,7 @@ def test_a_periods_rows_are_charged_as_summed_row_by_row(seed):
                 model=rng.choice(models),
                 kind=kind,
                 livemode=True,
-                plan_id=plan.id,
+                plan_id=rng.choice(on),
                 inputs=inputs,
                 cached=rng.randint(-10, 400_000),
                 tokens=rng.randint(-100_000, 900_000),
@@ -195,4 +208,5 @@ def test_a_periods_rows_are_charged_as_summed_row_by_row(seed):
         )
     first = (OCT + timedelta(days=rng.randrange(31))).date()
     days = (first, first + timedelta(days=rng.randrange(20)))
-    assert _marginal(rows, plan, period, days) == _marginal_per_row(rows, plan, period, days)
+    plans = by_id.__getitem__
+    assert _marginal(rows, plans, period, days) == _marginal_per_row(rows, plans, period, days)

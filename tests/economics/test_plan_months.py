@@ -87,85 +87,90 @@ def day_on_scale():
 
 def test_a_day_on_scale_buys_a_days_share_of_its_fee_and_of_its_inputs(day_on_scale):
     """Fees: pro 4,900 x 29/30 = 4,736.67 -> 4,737; scale 49,900 / 30 = 1,663.33 -> 1,663
-    (6,400 together, what Stripe's prorations leave). Usage: 1,933,333 scale inputs past its
-    66,667 at 20 per 1,000 = 38,667; 3,333 pro inputs past its 96,667 at 40 = 133. Was 4,900:
-    pro's fee alone, and every plan's whole allowance."""
+    (6,400 together, what Stripe's prorations leave). Usage: the 163,334 included cover pro's
+    100,000 inputs first (the dearer), then 63,334 of scale's: 1,936,666 past them at 20 per
+    1,000 = 38,733. Was 4,900: pro's fee alone, and every plan's whole allowance; then
+    38,667 + 133, each plan's share covering only its own usage."""
     tenant = day_on_scale
-    assert revenue_of(tenant, NOV, DEC) == 4_737 + 1_663 + 38_667 + 133 == 45_200
+    assert revenue_of(tenant, NOV, DEC) == 4_737 + 1_663 + 38_733 == 45_133
     by_plan = revenue_of(tenant, NOV, DEC, by="plan")
-    assert by_plan == {"pro@1": 4_737 + 133, "scale@1": 1_663 + 38_667}
+    assert by_plan == {"pro@1": 4_737, "scale@1": 1_663 + 38_733}
     # The usage part is what billing rates for the period.
     rated = rate_tenant_period(tenant=tenant, plan=Plan.objects.get(pk="pro@1"), start=NOV,
                                end=DEC, include_base_fee=False)  # fmt: skip
-    assert rated.usage_total == 38_667 + 133 == billed_usage(tenant, NOV, DEC)
+    assert rated.usage_total == 38_733 == billed_usage(tenant, NOV, DEC)
 
 
 def test_a_move_down_after_using_the_allowance_keeps_only_its_share():
     """Scale for the first ten days (1/3), pro for the rest: 1,900,000 scale inputs on the
-    5th are 1,233,333 past scale's 666,667 (24,667 at 20 per 1,000); fees 49,900 / 3 =
-    16,633 and 4,900 x 2/3 = 3,267. Was 4,900: scale's whole 2,000,000 covered them, and
-    only pro (the plan the period ended on) paid a fee."""
+    5th are 1,166,666 past scale's 666,667 and pro's 66,667 (23,333 at 20 per 1,000); fees
+    49,900 / 3 = 16,633 and 4,900 x 2/3 = 3,267. Was 4,900: scale's whole 2,000,000 covered
+    them, and only pro (the plan the period ended on) paid a fee."""
     tenant = TenantFactory()
     subscribe(tenant, "pro")
     recorded(tenant, [(NOV, DEC, None, "pro@1")], [(NOV, "scale@1"), (day(11), "pro@1")])
     calls(tenant, (1_900_000, "scale@1", day(5)))
-    assert revenue_of(tenant, NOV, DEC) == 24_667 + 16_633 + 3_267 == 44_567
-    assert billed_usage(tenant, NOV, DEC) == 24_667
+    assert revenue_of(tenant, NOV, DEC) == 23_333 + 16_633 + 3_267 == 43_233
+    assert billed_usage(tenant, NOV, DEC) == 23_333
 
 
 def test_a_plan_change_after_the_range_still_shares_the_period_reaching_past_it():
     """A period from 12 November to 12 December, on pro until a move to scale on 2 December:
-    pro had 20 of its 30 days, 66,667 of its 100,000 included inputs, so a call of 100,000
-    on the 20th is 33,333 past them (1,333 at 40 per 1,000), and November's fee is pro's for
-    its 19 days there (4,900 x 19/30 = 3,103). Asked for November alone, the change after it
-    was not read: no overage, and scale's whole fee (49,900)."""
+    pro had 20 of its 30 days, 66,667 of its 100,000 included inputs, scale 10, 666,667 of
+    its 2,000,000, so a call of 1,000,000 on the 20th is 266,666 past them (10,667 at 40 per
+    1,000), and November's fee is pro's for its 19 days there (4,900 x 19/30 = 3,103).
+    Asked for November alone, the change after it was not read: pro's whole allowance
+    (36,000), and scale's whole fee (49,900)."""
     tenant = TenantFactory()
     subscribe(tenant, "scale")
     recorded(tenant, [(day(12), day(12, DEC), None, "scale@1")],
              [(day(12), "pro@1"), (day(2, DEC), "scale@1")])  # fmt: skip
-    calls(tenant, (100_000, "pro@1", day(20)))
-    assert billed_usage(tenant, NOV, DEC) == 1_333
-    assert revenue_of(tenant, NOV, DEC) == 1_333 + 3_103
-    assert revenue_of(tenant, day(20), day(21)) - revenue_of(tenant, day(21), day(22)) == 1_333
+    calls(tenant, (1_000_000, "pro@1", day(20)))
+    assert billed_usage(tenant, NOV, DEC) == 10_667
+    assert revenue_of(tenant, NOV, DEC) == 10_667 + 3_103
+    assert revenue_of(tenant, day(20), day(21)) - revenue_of(tenant, day(21), day(22)) == 10_667
     simulated = pricing_simulate(start=NOV, end=DEC, proposed={})["tenants"][tenant.pk]
     assert simulated["simulated_revenue_micros"] == simulated["actual_revenue_micros"]
-    assert simulated["actual_revenue_micros"] // 10_000 == 1_333 + 3_103
+    assert simulated["actual_revenue_micros"] // 10_000 == 10_667 + 3_103
 
 
 def test_a_range_of_part_of_the_month_earns_the_fees_of_the_time_on_each_plan_in_it(
     day_on_scale,
 ):
     """The 1st to the 14th: 14 days of pro's fee (2,286.67 -> 2,287), no overage yet. The
-    15th alone: scale's day (1,663) and its overage (38,667), nothing of pro's. The 16th to
-    the end: 15 days of pro (4,737 - 2,287 = 2,450) and its overage (133). They add up to
-    the month, and their usage parts are /v1/usage's."""
+    15th alone: scale's day (1,663) and its overage past what pro's 90,000 left of the
+    included inputs (1,926,666 at 20 per 1,000: 38,533), nothing of pro's. The 16th to the
+    end: 15 days of pro (4,737 - 2,287 = 2,450), and pro's 10,000 inputs, taking 10,000 of
+    the included inputs scale's had (200 at scale's 20). They add up to the month, and
+    their usage parts are /v1/usage's."""
     tenant = day_on_scale
     cuts = [NOV, day(15), day(16), DEC]
     parts = [revenue_of(tenant, lo, hi) for lo, hi in pairwise(cuts)]
-    assert parts == [2_287, 1_663 + 38_667, 2_450 + 133]
-    assert sum(parts) == revenue_of(tenant, NOV, DEC) == 45_200
+    assert parts == [2_287, 1_663 + 38_533, 2_450 + 200]
+    assert sum(parts) == revenue_of(tenant, NOV, DEC) == 45_133
     fees = [2_287, 1_663, 2_450]
     for (lo, hi), part, fee in zip(pairwise(cuts), parts, fees, strict=True):
         assert part - fee == billed_usage(tenant, lo, hi)
     # By day: the day on scale carries scale's whole share.
     by_day = revenue_of(tenant, day(15), day(16), by="day")
-    assert by_day == {"2025-11-15": 1_663 + 38_667}
+    assert by_day == {"2025-11-15": 1_663 + 38_533}
 
 
 def test_the_simulator_replays_a_plan_change_with_the_proposed_terms(day_on_scale):
     """Scale at 30,000 with 3,000,000 included inputs: a day of it is 1,000 and 100,000
-    inputs, leaving 1,900,000 past them (38,000 at 20 per 1,000); pro unchanged (4,737 +
-    133). Was 4,900 actual and simulated: scale's whole allowance, no fee of its own."""
+    inputs, with pro's 96,667 covering pro's 100,000 and 96,667 of scale's: 1,903,333 past
+    them (38,066.66 at 20 per 1,000: 38,067); pro's fee unchanged (4,737). Was 4,900 actual
+    and simulated: scale's whole allowance, no fee of its own."""
     tenant = day_on_scale
     report = pricing_simulate(
         start=NOV, end=DEC, proposed={"scale": {"base_fee": 30_000, "included_inputs": 3_000_000}}
     )
     mine = report["tenants"][tenant.pk]
-    assert mine["actual_revenue_micros"] == 45_200 * 10_000
-    assert mine["simulated_revenue_micros"] == (4_737 + 1_000 + 38_000 + 133) * 10_000
+    assert mine["actual_revenue_micros"] == 45_133 * 10_000
+    assert mine["simulated_revenue_micros"] == (4_737 + 1_000 + 38_067) * 10_000
     half = pricing_simulate(start=day(16), end=DEC, proposed={"pro": {"base_fee": 6_000}})
-    # 15 days of pro at 6,000: 3,000, and its overage.
-    assert half["tenants"][tenant.pk]["simulated_revenue_micros"] == (3_000 + 133) * 10_000
+    # 15 days of pro at 6,000: 3,000, and the overage its inputs cause.
+    assert half["tenants"][tenant.pk]["simulated_revenue_micros"] == (3_000 + 200) * 10_000
 
 
 def test_a_new_subscription_in_mid_month_earns_its_days_and_keeps_its_allowance():
@@ -229,10 +234,10 @@ def test_ranges_cut_inside_a_day_add_up_to_the_months_fees_through_a_plan_change
     day_on_scale,
 ):
     """Pro's 4,737 and scale's 1,663 over ranges cut at odd moments (inside days without
-    calls: a day's rollups are counted whole by each range that touches it): still 45,200."""
+    calls: a day's rollups are counted whole by each range that touches it): still 45,133."""
     cuts = (timedelta(days=7, hours=5, microseconds=3), timedelta(days=15, hours=7, minutes=12))
     odd = [NOV, *(NOV + cut for cut in cuts), DEC]
-    assert sum(revenue_of(day_on_scale, lo, hi) for lo, hi in pairwise(odd)) == 45_200
+    assert sum(revenue_of(day_on_scale, lo, hi) for lo, hi in pairwise(odd)) == 45_133
 
 
 def test_plan_changes_as_billing_records_them_give_the_same_figures(monkeypatch):
@@ -267,8 +272,8 @@ def test_plan_changes_as_billing_records_them_give_the_same_figures(monkeypatch)
     change("free", day(26))
     calls(tenant, (90_000, "pro@1", day(5)), (2_000_000, "scale@1", day(15)),
           (10_000, "pro@1", day(20)))  # fmt: skip
-    assert revenue_of(tenant, NOV, DEC) == 45_200
-    assert billed_usage(tenant, NOV, DEC) == 38_667 + 133
+    assert revenue_of(tenant, NOV, DEC) == 45_133
+    assert billed_usage(tenant, NOV, DEC) == 38_733
     # On free from the 26th, the range still earns pro's rest (5 days: 4,737 less 3,920).
     assert revenue_of(tenant, day(26), DEC) == 817
 
@@ -312,7 +317,7 @@ def test_the_margins_page_by_day_says_how_a_range_is_shared_among_its_days(
     assert "a day's line depends on the range asked" in month
     by_tenant = admin_client.get(url.format("2025-11-01", "2025-12-01", "tenant"))
     assert "depends on the range asked" not in by_tenant.content.decode()
-    assert revenue_of(day_on_scale, day(15), day(16), by="day") == {"2025-11-15": 1_663 + 38_667}
+    assert revenue_of(day_on_scale, day(15), day(16), by="day") == {"2025-11-15": 1_663 + 38_533}
 
 
 def test_a_proposed_free_fee_is_charged_for_the_time_on_free_alone():
