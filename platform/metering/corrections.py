@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 VOID_PREFIX = "void_"
 _ID_LENGTH = 64  # UsageRecord.event_id's
+_ACTOR_LENGTH = 150  # UsageRecord.corrected_by's
 
 
 class VoidRefused(Exception):
@@ -74,6 +75,8 @@ def usage_record_void(
     reason = reason.strip()
     if not reason:
         raise VoidRefused(messages.NO_REASON)
+    if len(actor) > _ACTOR_LENGTH:  # (it was cut to fit, unsaid)
+        raise VoidRefused(messages.ACTOR_TOO_LONG.format(limit=_ACTOR_LENGTH, length=len(actor)))
     # NOTE: unscoped on purpose: an operator's correction, of any tenant's event.
     original = UsageRecord.objects.unscoped().filter(event_id=event_id).first()
     if original is None:
@@ -126,7 +129,7 @@ def _void_locked(
         compute_ms=0.0, worker="", cost_micros=Decimal(0), pool="",
         occurred_at=original.occurred_at, inputs=-original.inputs, tokens=-original.tokens,
         cached=-original.cached, plan_id=original.plan_id, corrects=event_id,
-        reason=reason, corrected_by=actor[:150],
+        reason=reason, corrected_by=actor,
     )  # fmt: skip
     give = None
     if original.kind == UsageRecord.Kind.INFERENCE:

@@ -1,6 +1,10 @@
 """Messages operators see when a ledger correction is refused (``metering.corrections``)."""
 
 NO_REASON = "Say why the event is voided (--reason): the correcting row keeps it."
+ACTOR_TOO_LONG = (
+    "Who voids it (--by) is at most {limit} characters, got {length}: the correcting row "
+    "keeps it whole or not at all."
+)
 UNKNOWN_EVENT = "No usage record has event id {event_id!r}."
 IS_CORRECTION = (
     "{event_id!r} is a correcting row (it voids {corrects!r}): a correction is never voided."

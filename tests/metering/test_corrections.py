@@ -250,6 +250,11 @@ def test_the_command_prints_the_correcting_row_and_fails_clearly_on_refusal(tena
         call_command("ledger_void", wrong, "--reason", "again", stdout=StringIO())
     with pytest.raises(CommandError, match="No usage record"):
         call_command("ledger_void", "req_unknown", "--reason", "x", stdout=StringIO())
+    # Who voids it is kept whole or refused (it was cut to 150 characters, unsaid).
+    other = call(tenant, 2)
+    with pytest.raises(CommandError, match="at most 150 characters, got 151"):
+        call_command("ledger_void", other, "--reason", "x", "--by", "b" * 151, stdout=StringIO())
+    assert not UsageRecord.objects.for_tenant(tenant).filter(corrects=other).exists()
     # Unsaid, who voided it is this OS user, through the command; a tenant with nothing in
     # Stripe is not told that Stripe gets the difference.
     import getpass
