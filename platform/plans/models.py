@@ -8,6 +8,7 @@ from collections.abc import Collection
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from .terms import (
@@ -52,8 +53,12 @@ class Plan(models.Model):
         null=True, blank=True, help_text="Per API key; empty = the plan's limit."
     )
     concurrency_cap = models.PositiveIntegerField(default=4)
+    # (0 was taken, and refused every call of the plan's tenants as past the cap.)
     monthly_hard_cap = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Inputs per period; empty = no cap."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1, "At least 1 input: leave it empty for no cap.")],
+        help_text="Inputs per period; empty = no cap.",
     )
     fine_tuning = models.BooleanField(default=False)
     max_fine_tuned_models = models.PositiveIntegerField(default=0)

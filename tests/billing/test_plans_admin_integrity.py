@@ -377,3 +377,12 @@ def test_terms_saved_as_a_new_version_lead_to_the_new_versions_page(admin_client
     assert saved.status_code == 302
     assert saved["Location"] == f"/admin/plans/plan/{new.pk.replace('@', '_40')}/change/"
     assert Plan.objects.get(pk="pro@1").included_inputs != 123_000
+
+
+def test_a_hard_cap_of_no_inputs_is_refused(admin_client):
+    """0 was taken as a cap, and every call of the plan's tenants was refused past it."""
+    page = _plan_edit(admin_client, "free@1", monthly_hard_cap=0)
+    assert page.status_code == 200  # the form again
+    assert "leave it empty for no cap" in str(page.context["adminform"].form.errors)
+    assert Plan.objects.get(slug="free", is_current=True).monthly_hard_cap == 10_000
+    assert _plan_edit(admin_client, "free@1", monthly_hard_cap=1).status_code == 302
