@@ -398,3 +398,27 @@ def test_the_drain_waits_for_the_usage_consumer_to_store_what_is_left(
         devserver._stop({"usage-consumer": consumer}, devserver.CONSUMERS)
     assert consumer.returncode == 0
     assert UsageRecord.objects.for_tenant(tenant).count() == 50
+
+
+def test_a_usage_consumer_started_without_its_database_says_so(
+    private_redis: PrivateRedis,
+) -> None:
+    """It said "waiting for events" and nothing more until the first batch failed: an
+    operator saw a healthy consumer. It says at start that the database cannot be reached,
+    and keeps running (the events wait in Redis)."""
+    env = {**os.environ, "REDIS_URL": private_redis.url, "PYTHONUNBUFFERED": "1",
+           "DATABASE_URL": "postgres://postgres@127.0.0.1:1/unreachable",
+           "DJANGO_SETTINGS_MODULE": "config.settings.test"}  # fmt: skip
+    consumer = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "consume_usage", "--name", "no-db"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert consumer.stdout is not None
+        assert "waiting for events" in consumer.stdout.readline()
+        assert consumer.poll() is None  # running
+    finally:
+        consumer.terminate()
+        _, said = consumer.communicate(timeout=30)
+    assert said.startswith("usage consumer: the database cannot be reached (OperationalError")
+    assert "events wait in Redis and are stored once it can be" in said

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connection
 
 from core.signals import stop_flag
 from metering.consumer import UsageConsumer, default_name
@@ -30,6 +31,15 @@ class Command(BaseCommand):
         metrics_serve_from_env()
         should_stop = stop_flag()
         consumer = UsageConsumer(name=options["name"])
+        try:
+            connection.ensure_connection()
+        except DatabaseError as exc:
+            # (It said "waiting for events" and nothing more until the first batch failed.)
+            detail = (str(exc).strip().splitlines() or ["no detail"])[0]
+            self.stderr.write(
+                f"usage consumer: the database cannot be reached ({type(exc).__name__}: "
+                f"{detail}); events wait in Redis and are stored once it can be"
+            )
         self.stdout.write(f"usage consumer {consumer.name!r}: waiting for events")
         consumer.run(should_stop=should_stop)
         self.stdout.write("usage consumer: stopped")
