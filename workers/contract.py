@@ -241,7 +241,9 @@ class ClassifyResult(TypedDict):
 class UsageEvent(TypedDict):
     v: int
     event_id: str  # the request id: one billable call, one id, one ledger row
-    kind: Literal["inference", "fine_tune"]  # fine_tune: event_id is the job id
+    # fine_tune: event_id is the job id; compute: the same, for a job that did not succeed
+    # (its cost, never billed: it rides in the job's "failed" or "cancelled" event)
+    kind: Literal["inference", "fine_tune", "compute"]
     tenant_id: str
     api_key_id: str
     livemode: bool

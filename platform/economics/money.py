@@ -16,10 +16,12 @@ from django.conf import settings
 from . import messages
 from .period_usage import Row
 
-INFERENCE, FINE_TUNE = "inference", "fine_tune"  # UsageRollup.kind, as the ledger's
+# UsageRollup.kind, as the ledger's (``COMPUTE``: a fine-tune that did not succeed)
+INFERENCE, FINE_TUNE, COMPUTE = "inference", "fine_tune", "compute"
 # What a margins line adds up: classifications and fine-tuning apart (a fine-tune job is
-# not a call, nor its training examples inputs), live cost (of which fine-tuning), and the
-# test-mode cost that operators pay for and nobody is billed for.
+# not a call, nor its training examples inputs), live cost (of which fine-tuning, failed and
+# cancelled jobs' included), and the test-mode cost that operators pay for and nobody is
+# billed for.
 USAGE = ("requests", "inputs", "finetunes", "trained_tokens")
 MONEY = ("revenue_micros", "finetune_revenue_micros", "cost_micros", "finetune_cost_micros",
          "test_cost_micros")  # fmt: skip
@@ -49,6 +51,8 @@ def usage_add(sums: dict[str, Any], row: Row, revenue_micros: int) -> None:
         sums["trained_tokens"] += row.tokens
         sums["finetune_cost_micros"] += cost
         sums["finetune_revenue_micros"] += revenue_micros
+    elif row.kind == COMPUTE:  # (its revenue is 0: never billed)
+        sums["finetune_cost_micros"] += cost
     sums["revenue_micros"] += revenue_micros
     sums["cost_micros"] += cost
 

@@ -214,6 +214,8 @@ def usage_revenue(
     groups: dict[tuple[str, datetime], list[Row]] = defaultdict(list)
     period_of: dict[tuple[str, datetime], UsagePeriod] = {}
     for row in rows:
+        if row.kind == "compute":  # a cost, never billed (metering.models)
+            continue
         periods = tenants.get(row.tenant_id)
         if periods is None:
             periods = tenants[row.tenant_id] = TenantPeriods(book, row.tenant_id, lo)

@@ -16,6 +16,7 @@ from django.utils.dateparse import parse_datetime
 
 from inference.models import AIModel
 from metering.metrics import USAGE_EVENTS
+from metering.models import UsageRecord
 from metering.services import usage_record_bulk
 from workers.contract import CONTRACT_VERSION
 
@@ -27,7 +28,7 @@ from .dispatch import (
     job_retry_or_fail,
 )
 from .models import FineTuneEvent, FineTuneJob
-from .registration import fine_tuned_model_register, int8_variant_offer
+from .registration import fine_tuned_model_register, int8_variant_offer, model_id_for
 
 logger = logging.getLogger(__name__)
 Status = FineTuneJob.Status
@@ -80,8 +81,8 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     data = event.get("data") or {}
     data = _finite(data) if isinstance(data, dict) else {}
     # The artifact hash and the usage (its cost to serve) are internal: not in the job's events.
-    hidden = ("artifact", "usage") if kind == "succeeded" else ()
-    shown = {k: v for k, v in data.items() if k not in hidden}
+    shown = {k: v for k, v in data.items() if k not in ("artifact", "usage")}
+    sent = kind
     message = str(event.get("message", ""))
     level = str(event.get("level", "info"))
     if job.is_terminal and kind in TERMINAL_KINDS:
@@ -107,7 +108,10 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     )
     if job.is_terminal:
         # e.g. the worker confirming a cancel the user already made; or a success that lost
-        # the race with a cancel: the job stays cancelled and nothing is billed.
+        # the race with a cancel: the job stays cancelled and nothing is billed, but what
+        # its training used is a cost all the same.
+        if sent in TERMINAL_KINDS and job.status != Status.SUCCEEDED:
+            _compute_record(job, data.get("usage"))
         return True
     if kind == "started" and job.status == Status.QUEUED:
         job.status, job.started_at = Status.RUNNING, job.started_at or now
@@ -119,8 +123,10 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     elif kind == "failed":
         job.status, job.finished_at = Status.FAILED, now
         job.error = {"code": str(data.get("code", "training_failed")), "message": event["message"]}
+        _compute_record(job, data.get("usage"))
     elif kind == "cancelled":
         job.status, job.finished_at = Status.CANCELLED, now
+        _compute_record(job, data.get("usage"))
     job.save()
     if job.is_terminal:
         fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)  # its slot is free
@@ -214,6 +220,32 @@ def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
         USAGE_EVENTS.labels("duplicate").inc(outcome.duplicates)
 
     transaction.on_commit(count)
+
+
+def _compute_record(job: FineTuneJob, usage: Any) -> None:
+    """The compute of a job that did not succeed (it failed, or was cancelled), as the
+    worker reports it with its end: a ledger row of kind ``compute``, a cost to serve on the
+    margins pages, never billed nor in the tenant's usage. Once a job (its id is the row's:
+    a redelivered end is a duplicate); none where the worker reports none (it had not
+    started, or predates this)."""
+    if not isinstance(usage, dict):
+        return
+    identity = {
+        "event_id": job.id,
+        "kind": UsageRecord.Kind.COMPUTE.value,
+        "tenant_id": job.tenant_id,
+        "api_key_id": job.api_key_id,
+        "livemode": job.livemode,
+        "model": model_id_for(job),
+        "inputs": 0,
+        "tokens": 0,
+        "cached": 0,
+        **({"plan_id": job.plan_id} if job.plan_id else {}),
+    }
+    outcome = usage_record_bulk(events=[{**usage, **identity}])
+    if outcome.rejected:
+        logger.error("job %s: its end's compute is unusable (%s): not recorded", job.id,
+                     outcome.rejected[0][1])  # fmt: skip
 
 
 def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = None) -> int:

@@ -87,6 +87,8 @@ def usage_record_void(
         )
     if not original.livemode:
         raise VoidRefused(messages.TEST_MODE.format(event_id=event_id))
+    if original.kind == UsageRecord.Kind.COMPUTE:
+        raise VoidRefused(messages.UNBILLED.format(event_id=event_id))
     void_id = void_event_id(event_id)
     refused = VoidRefused(messages.ALREADY_VOIDED.format(event_id=event_id, void_id=void_id))
     if UsageRecord.objects.unscoped().filter(event_id=void_id).exists():

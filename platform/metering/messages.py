@@ -10,6 +10,10 @@ IS_CORRECTION = (
     "{event_id!r} is a correcting row (it voids {corrects!r}): a correction is never voided."
 )
 TEST_MODE = "{event_id!r} is test-mode usage, which is never billed: there is nothing to correct."
+UNBILLED = (
+    "{event_id!r} is the compute of a fine-tune that did not succeed, a cost that is never "
+    "billed: there is nothing to correct."
+)
 ALREADY_VOIDED = "{event_id!r} is voided already (correcting row {void_id!r}): nothing was changed."
 PERIOD_CLOSED = (
     "{event_id!r} is in a billing period that is closed ({start:%Y-%m-%d %H:%M:%S} to "

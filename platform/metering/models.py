@@ -48,6 +48,9 @@ class UsageRecord(models.Model):
     class Kind(models.TextChoices):
         INFERENCE = "inference", "Inference"
         FINE_TUNE = "fine_tune", "Fine-tune"  # event_id is the job id: billed once
+        # The compute of a fine-tune that did not succeed (failed, cancelled): a cost to
+        # serve, never billed nor reported to the tenant (``metering.sums`` leaves it out).
+        COMPUTE = "compute", "Unbilled compute"  # event_id is the job id: recorded once
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.CharField(max_length=64, unique=True)

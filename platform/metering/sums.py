@@ -55,9 +55,11 @@ def _whole_days(start: datetime, end: datetime) -> tuple[date, date] | None:
 def _from_ledger(
     tenant: Tenant | str, livemode: bool, start: datetime, end: datetime, by: Sequence[str]
 ) -> list[dict[str, Any]]:
-    records = UsageRecord.objects.for_tenant(tenant).filter(
-        livemode=livemode, occurred_at__gte=start, occurred_at__lt=end
-    )
+    records = (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(livemode=livemode, occurred_at__gte=start, occurred_at__lt=end)
+        .exclude(kind=UsageRecord.Kind.COMPUTE)
+    )  # (a cost, never usage: the model's docs)
     if "day" in by:
         records = records.annotate(day=TruncDate("occurred_at"))
     sums = {
@@ -125,8 +127,10 @@ def _keyed_from(tenant: Tenant | str, livemode: bool, first: date, last: date) -
 def _from_rollups(
     tenant: Tenant | str, livemode: bool, first: date, last: date, by: Sequence[str]
 ) -> list[dict[str, Any]]:
-    rollups = UsageRollup.objects.for_tenant(tenant).filter(
-        livemode=livemode, day__gte=first, day__lt=last
+    rollups = (
+        UsageRollup.objects.for_tenant(tenant)
+        .filter(livemode=livemode, day__gte=first, day__lt=last)
+        .exclude(kind=UsageRecord.Kind.COMPUTE)
     )
     return _grouped(rollups, by, {name: Sum(name) for name in SUMS})
 

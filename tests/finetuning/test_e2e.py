@@ -208,7 +208,9 @@ def test_a_diverging_job_fails_with_what_to_change_unbilled_and_holds_up_no_one(
         assert body["status"] == "failed", body
         assert body["error"]["code"] == "training_diverged"
         assert "Lower learning_rate or lora_alpha" in body["error"]["message"]
-        assert not UsageRecord.objects.unscoped().filter(event_id=job["id"]).exists()
+        # Not billed; what its training used is a cost all the same (kind compute).
+        (row,) = UsageRecord.objects.unscoped().filter(event_id=job["id"])
+        assert (row.kind, row.inputs, row.tokens) == ("compute", 0, 0) and row.compute_ms > 0
         assert client.get(f"/v1/fine-tunes/{job['id']}/events").status_code == 200
 
         after = start(client, dataset["id"], hyperparameters={"epochs": 1})
@@ -344,6 +346,12 @@ def test_cancel_a_running_a_waiting_and_a_queued_job(http, tenant_secret):
         for job, owner in ((running, client), (waiting, client), (queued, theirs)):
             body = owner.get(f"/v1/fine-tunes/{job['id']}").json()
             assert body["status"] == "cancelled" and body["fine_tuned_model"] is None
+    # The running job trained for a while: that is a cost, never billed; the others used
+    # nothing.
+    ends = UsageRecord.objects.unscoped().filter(event_id__in=[running["id"], waiting["id"],
+                                                               queued["id"]])  # fmt: skip
+    assert [(row.event_id, row.kind, row.tokens) for row in ends] == [(running["id"], "compute", 0)]
+    assert ends[0].compute_ms > 0 and ends[0].cost_micros >= 0
 
 
 def published(job_id: str, type: str, timeout: float = 90) -> dict[str, Any]:
@@ -367,7 +375,8 @@ def published(job_id: str, type: str, timeout: float = 90) -> dict[str, Any]:
 def test_a_job_cancelled_after_its_worker_finished_is_not_billed(http, tenant_secret):
     """The audit's case: the worker has finished and sent its success, the platform has not
     applied it yet (the job still reads queued), the user cancels. The cancel wins: no
-    model, and nothing in the ledger (before, the worker's own usage event billed it)."""
+    model, and nothing billed (before, the worker's own usage event billed it); what the
+    training used is in the ledger as a cost, never billed (kind compute)."""
     with http(tenant_secret) as client:
         dataset = upload(client, TICKETS[:80])
         job = start(client, dataset["id"], hyperparameters={"epochs": 1})
@@ -381,7 +390,9 @@ def test_a_job_cancelled_after_its_worker_finished_is_not_billed(http, tenant_se
         assert body["status"] == "cancelled" and body["fine_tuned_model"] is None
         assert all(m["type"] == "base" for m in client.get("/v1/models").json()["data"])
     UsageConsumer(flush_interval=0.1).run(until_idle=True)
-    assert not UsageRecord.objects.unscoped().filter(event_id=job["id"]).exists()
+    (row,) = UsageRecord.objects.unscoped().filter(event_id=job["id"])
+    assert (row.kind, row.inputs, row.tokens) == ("compute", 0, 0)
+    assert row.compute_ms == sent["data"]["usage"]["compute_ms"]
 
 
 def test_a_killed_worker_is_retried_once_then_the_job_finishes(

@@ -123,11 +123,12 @@ def test_failed_and_cancelled_events(job, make_dataset, tenant):
     failed = reload(job)
     assert failed.status == Status.FAILED
     assert failed.error == {"code": "invalid_data", "message": "bad data"}
-    # A terminal job stays terminal, whatever arrives late, and a failed job is not billed.
+    # A terminal job stays terminal, whatever arrives late, and a failed job is not billed:
+    # what the late success used is a cost, never billed (test_unbilled_compute).
     fine_tune_event_apply(event=succeeded(job))
     assert reload(job).status == Status.FAILED
     assert not AIModel.objects.for_tenant(tenant).exists()
-    assert not ledger(job).exists()
+    assert [row.kind for row in ledger(job)] == ["compute"]
 
 
 def test_heartbeats_extend_the_lease_and_a_silent_job_is_retried_once_then_failed(
@@ -182,15 +183,17 @@ def test_a_success_bills_the_job_once_in_the_transaction_that_marks_it_succeeded
 def test_a_job_cancelled_before_its_success_is_applied_is_not_billed(job, tenant):
     """The worker finished, but the platform had not applied its success when the user
     cancelled (the cancel is accepted: the job still read running): the job stays
-    cancelled, registers no model and bills nothing."""
+    cancelled, registers no model and bills nothing (what it used is a cost all the same:
+    a row of kind compute, no inputs, no tokens)."""
     fine_tune_event_apply(event=event(job, 1, "started"))
     fine_tune_cancel(tenant=tenant, job_id=job.id, livemode=job.livemode)
     assert fine_tune_event_apply(event=succeeded(job))  # stored as an event, nothing else
     cancelled = reload(job)
     assert cancelled.status == Status.CANCELLED and not cancelled.fine_tuned_model
     assert not AIModel.objects.for_tenant(tenant).exists()
-    assert not ledger(job).exists()
-    assert not UsageRecord.objects.for_tenant(tenant).exists()
+    unbilled = UsageRecord.objects.for_tenant(tenant).get()
+    assert (unbilled.kind, unbilled.inputs, unbilled.tokens) == ("compute", 0, 0)
+    assert unbilled.compute_ms == 55.0  # the success's
     # Its events tell the late success as what it is, not as a second end of the job.
     late = events_of(cancelled).filter(seq=3).get()
     assert (late.type, late.level) == ("log", "info")
@@ -306,7 +309,8 @@ def test_suspending_the_tenant_stops_its_unfinished_jobs_unbilled(
     job, tenant, make_dataset, django_capture_on_commit_callbacks
 ):
     """A suspended account's jobs read failed (tenant_suspended) at once; their workers are
-    told to stop once the suspension commits, and a success one sends anyway bills nothing."""
+    told to stop once the suspension commits, and a success one sends anyway bills nothing
+    (what it used is a cost: kind compute)."""
     from apikeys.models import ApiKey
     from finetuning.services import _redis, fine_tune_create
     from tenants.models import Tenant
@@ -333,7 +337,8 @@ def test_suspending_the_tenant_stops_its_unfinished_jobs_unbilled(
     # The running job's worker had finished: its success registers and bills nothing.
     assert fine_tune_event_apply(event=succeeded(job))
     assert reload(job).status == Status.FAILED and not reload(job).fine_tuned_model
-    assert not AIModel.objects.for_tenant(tenant).exists() and not ledger(job).exists()
+    assert not AIModel.objects.for_tenant(tenant).exists()
+    assert [row.kind for row in ledger(job)] == ["compute"]
     # Reactivating does not restart them; finished jobs are left as they are.
     tenant_set_status(tenant=tenant, status=Tenant.Status.ACTIVE)
     assert reload(queued).status == Status.FAILED

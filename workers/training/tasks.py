@@ -64,20 +64,32 @@ def usage_event_for(request: TrainRequest, result: TrainResult) -> UsageEvent:
     id). It travels inside the ``succeeded`` event (``succeeded_data``), not on the usage
     stream: the platform records it only if it marks the job succeeded."""
     return {
+        **compute_event_for(request, result["compute_ms"]),
+        "kind": "fine_tune",
+        "inputs": int(result["metrics"].get("train_examples", 0)),  # type: ignore[call-overload]
+        "tokens": result["trained_tokens"],
+    }
+
+
+def compute_event_for(request: TrainRequest, compute_ms: float) -> UsageEvent:
+    """What an attempt that did not succeed used, costed at this pool's price: it rides in
+    the job's ``failed`` or ``cancelled`` event, and the platform records it as a cost that
+    is never billed (a failed or cancelled job's training was paid for all the same)."""
+    return {
         "v": CONTRACT_VERSION,
         "event_id": request["job_id"],
-        "kind": "fine_tune",
+        "kind": "compute",
         "tenant_id": request["tenant_id"],
         "api_key_id": request["api_key_id"],
         "livemode": request["livemode"],
         "model": request["model_id"],
-        "inputs": int(result["metrics"].get("train_examples", 0)),  # type: ignore[call-overload]
-        "tokens": result["trained_tokens"],
-        "compute_ms": result["compute_ms"],
+        "inputs": 0,
+        "tokens": 0,
+        "compute_ms": compute_ms,
         "cached": 0,
         "occurred_at": datetime.now(UTC).isoformat(),
         "worker": os.uname().nodename,
-        "cost_micros": cost_micros(result["compute_ms"]),
+        "cost_micros": cost_micros(compute_ms),
         "cost_currency": get_settings().currency,
         "pool": get_settings().pool,
     }
@@ -152,27 +164,38 @@ def train(request: TrainRequest) -> None:
         if (limit := request.get("time_limit_s"))
         else None,
     )
+    began = time.perf_counter()
+
+    def used() -> dict[str, object]:
+        """What the attempt used so far, for its end's event: billed never, a cost always."""
+        return {"usage": compute_event_for(request, (time.perf_counter() - began) * 1000)}
+
     with Heartbeat(publisher, HEARTBEAT_S), busy_with(f"fine-tuning {job_id}"):
         try:
             result = train_run(ctx)
             ctx.step(timed=False)  # done: only a cancel can stop it now
         except JobCancelledError:
             if not given_up:  # else its events are ignored
-                publisher.emit("cancelled", "The worker stopped the job; training stopped.")
+                publisher.emit(
+                    "cancelled", "The worker stopped the job; training stopped.", data=used()
+                )
             return
         except (TrainingDataError, ArtifactMissingError) as exc:
-            publisher.emit("failed", str(exc), level="error", data={"code": "invalid_data"})
+            publisher.emit("failed", str(exc), level="error",
+                           data={"code": "invalid_data", **used()})  # fmt: skip
             return
         except JobBudgetError as exc:
-            # Unbilled, as every failed job: only a success carries usage.
-            publisher.emit("failed", str(exc), level="error", data={"code": exc.code})
+            # Unbilled, as every failed job: only a success carries billable usage.
+            publisher.emit("failed", str(exc), level="error", data={"code": exc.code, **used()})
             return
         except TrainingDivergedError as exc:
-            publisher.emit("failed", str(exc), level="error", data={"code": "training_diverged"})
+            publisher.emit("failed", str(exc), level="error",
+                           data={"code": "training_diverged", **used()})  # fmt: skip
             return
         except Exception:
             logger.exception("fine-tuning job %s failed", job_id)
-            publisher.emit("failed", INTERNAL_ERROR, level="error", data={"code": "internal"})
+            publisher.emit("failed", INTERNAL_ERROR, level="error",
+                           data={"code": "internal", **used()})  # fmt: skip
             return
         # NOTE: no usage event of our own. The usage rides in the success, and the platform
         # writes it to the ledger in the transaction that marks the job succeeded: a job it

@@ -180,7 +180,9 @@ def test_a_redis_restart_between_steps_is_not_a_cancel_nor_a_failure(client, mon
 
 def test_a_job_past_its_time_limit_fails_with_its_code_and_no_usage(client, monkeypatch):
     """The task gives each attempt its request's time limit; a job that reaches it fails
-    (``time_limit_exceeded``) and, as every failed job, carries no usage: it is not billed."""
+    (``time_limit_exceeded``) and, as every failed job, carries no billable usage: its end
+    carries what the attempt used (kind ``compute``: a cost, never billed), and nothing goes
+    to the usage stream."""
     import time
 
     def train_run(ctx: Any) -> TrainResult:
@@ -194,6 +196,12 @@ def test_a_job_past_its_time_limit_fails_with_its_code_and_no_usage(client, monk
     assert 0.5 <= time.monotonic() - began < 5
     events = published_events()
     assert [e["type"] for e in events] == ["started", "failed"]
-    assert events[-1]["data"] == {"code": "time_limit_exceeded"}
+    data = events[-1]["data"]
+    assert data["code"] == "time_limit_exceeded"
+    used = data["usage"]
+    assert (used["event_id"], used["kind"], used["inputs"], used["tokens"]) == (
+        "ftjob_test", "compute", 0, 0,
+    )  # fmt: skip
+    assert 500 <= used["compute_ms"] < 5_000 and Decimal(used["cost_micros"]) > 0
     assert "time limit of 0.5 s" in events[-1]["message"]
     assert drain_usage_events() == []
