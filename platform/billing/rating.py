@@ -137,6 +137,13 @@ class PlanUsage:
     inputs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODEL_TIERS, 0))
     tokens: int = 0
 
+    def add(self, line: str, quantity: int) -> None:
+        """``quantity`` of a charge line's (``usage:<tier>`` inputs, or ``finetune`` tokens)."""
+        if line.startswith("usage:"):
+            self.inputs[line.removeprefix("usage:")] += quantity
+        else:
+            self.tokens += quantity
+
 
 def _covered(
     segments: Mapping[Plan, PlanUsage], allowance: Allowance | None

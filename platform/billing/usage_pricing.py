@@ -164,12 +164,7 @@ class _Pricing:
         """Plan segment → charge line → minor units for this much usage in one period."""
         segments: dict[Plan, PlanUsage] = {}
         for key, sums in usage.items():
-            segment = segments.setdefault(self.made_on(key), PlanUsage())
-            line, quantity = self.billable(key, sums)
-            if line == "finetune":
-                segment.tokens += quantity
-            else:
-                segment.inputs[line.removeprefix("usage:")] += quantity
+            segments.setdefault(self.made_on(key), PlanUsage()).add(*self.billable(key, sums))
         return {
             made_on: Counter({line.key: line.amount for line in lines})
             for made_on, lines in rate_usage(segments, self.allowance).items()

@@ -35,7 +35,7 @@ from functools import cache
 from typing import NamedTuple
 
 from billing.periods import months
-from billing.rating import PlanUsage, pooled, rate_usage
+from billing.rating import Allowance, PlanUsage, pooled, rate_usage
 from billing.usage_pricing import allocate, line_key
 from plans.models import Plan
 
@@ -140,24 +140,23 @@ def quantity(row: Row, plan: Plan) -> tuple[str, int]:
 
 
 def _charges(
-    usage: dict[str, PlanUsage], period: UsagePeriod, plans: Callable[[str], Plan]
+    usage: dict[str, PlanUsage], allowance: Allowance | None, plans: Callable[[str], Plan]
 ) -> dict[tuple[str, str], int]:
     """(plan id, charge line key) -> minor units for rows rated together (``usage``: their
-    quantities by the plan they were made on), past the period's included inputs pooled
-    (``rating.pooled``), base fee excluded (it is earned by time)."""
+    quantities by the plan they were made on), past the period's included inputs
+    (``allowance``: ``rating.pooled``), base fee excluded (it is earned by time)."""
     if not usage:
         return {}
     segments = {plans(plan_id): made_on for plan_id, made_on in usage.items()}
-    rated = rate_usage(segments, pooled(period.shares, plans))
+    rated = rate_usage(segments, allowance)
     return {(plan.id, line.key): line.amount for plan, lines in rated.items() for line in lines}
 
 
 def _add(usage: dict[str, PlanUsage], plan_id: str, key: str, count: int) -> None:
-    made_on = usage.get(plan_id) or usage.setdefault(plan_id, PlanUsage())
-    if key.startswith("usage:"):
-        made_on.inputs[key.removeprefix("usage:")] += count
-    else:
-        made_on.tokens += count
+    made_on = usage.get(plan_id)
+    if made_on is None:  # (not setdefault: a PlanUsage built for every row)
+        made_on = usage[plan_id] = PlanUsage()
+    made_on.add(key, count)
 
 
 def _marginal(
@@ -181,8 +180,9 @@ def _marginal(
         else:
             quantities[row.pk] = ((row.plan_id, key), count)
             inputs[row.pk] = row.inputs
-    charges = _charges(through, period, plans)
-    earlier = _charges(before, period, plans)
+    allowance = pooled(period.shares, plans)
+    charges = _charges(through, allowance, plans)
+    earlier = _charges(before, allowance, plans)
     revenue: dict[int, int] = dict.fromkeys(inputs, 0)
     for line, amount in charges.items():
         amount -= earlier.get(line, 0)  # lines only grow with usage: never < 0

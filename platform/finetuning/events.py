@@ -179,18 +179,7 @@ def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
         # usage stream itself, before this event: nothing to record here. Should the usage
         # ever arrive both ways, the ledger's unique event id (the job id) keeps one row.
         return
-    # The worker reports what the job used and cost; whose it is and what it is billed as
-    # are the job's, not the message's.
-    identity = {
-        "event_id": job.id,
-        "kind": "fine_tune",
-        "tenant_id": job.tenant_id,
-        "api_key_id": job.api_key_id,
-        "livemode": job.livemode,
-        "model": model.id,
-        # Priced on the plan that admitted it: moving to free while it ran made it free.
-        **({"plan_id": job.plan_id} if job.plan_id else {}),
-    }
+    identity = _identity(job, UsageRecord.Kind.FINE_TUNE, model.id)
     outcome = usage_record_bulk(events=[{**usage, **identity}] if isinstance(usage, dict) else [])
     if not isinstance(usage, dict) or outcome.rejected:
         # NOTE: a worker's bug, not the customer's: the job trained and succeeds, billed on
@@ -222,6 +211,21 @@ def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:
     transaction.on_commit(count)
 
 
+def _identity(job: FineTuneJob, kind: UsageRecord.Kind, model_id: str) -> dict[str, Any]:
+    """A job's usage row as the job says it is: the worker reports what the job used and
+    cost; whose it is and what it is billed as are the job's, not the message's."""
+    return {
+        "event_id": job.id,
+        "kind": kind.value,
+        "tenant_id": job.tenant_id,
+        "api_key_id": job.api_key_id,
+        "livemode": job.livemode,
+        "model": model_id,
+        # Priced on the plan that admitted it: moving to free while it ran made it free.
+        **({"plan_id": job.plan_id} if job.plan_id else {}),
+    }
+
+
 def _compute_record(job: FineTuneJob, usage: Any) -> None:
     """The compute of a job that did not succeed (it failed, or was cancelled), as the
     worker reports it with its end: a ledger row of kind ``compute``, a cost to serve on the
@@ -230,19 +234,9 @@ def _compute_record(job: FineTuneJob, usage: Any) -> None:
     started, or predates this)."""
     if not isinstance(usage, dict):
         return
-    identity = {
-        "event_id": job.id,
-        "kind": UsageRecord.Kind.COMPUTE.value,
-        "tenant_id": job.tenant_id,
-        "api_key_id": job.api_key_id,
-        "livemode": job.livemode,
-        "model": model_id_for(job),
-        "inputs": 0,
-        "tokens": 0,
-        "cached": 0,
-        **({"plan_id": job.plan_id} if job.plan_id else {}),
-    }
-    outcome = usage_record_bulk(events=[{**usage, **identity}])
+    unbilled = {"inputs": 0, "tokens": 0, "cached": 0}
+    identity = _identity(job, UsageRecord.Kind.COMPUTE, model_id_for(job))
+    outcome = usage_record_bulk(events=[{**usage, **identity, **unbilled}])
     if outcome.rejected:
         logger.error("job %s: its end's compute is unusable (%s): not recorded", job.id,
                      outcome.rejected[0][1])  # fmt: skip
