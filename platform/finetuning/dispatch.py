@@ -284,8 +284,8 @@ def job_retry_or_fail(job: FineTuneJob, *, seconds: float, why: str) -> None:
     job's row locked."""
     if job.attempt < settings.FINETUNE_MAX_ATTEMPTS:
         job.attempt += 1
-        job.status, job.heartbeat_at = Status.QUEUED, None
-        job.save(update_fields=["attempt", "status", "heartbeat_at"])
+        job.status, job.heartbeat_at, job.attempt_usage = Status.QUEUED, None, None
+        job.save(update_fields=["attempt", "status", "heartbeat_at", "attempt_usage"])
         job_log(job, why.format(seconds=seconds, attempt=job.attempt,
                                 max=settings.FINETUNE_MAX_ATTEMPTS), level="warning")  # fmt: skip
         job_enqueue_on_commit(job)  # it keeps its slot: dispatched_at stays
@@ -293,7 +293,8 @@ def job_retry_or_fail(job: FineTuneJob, *, seconds: float, why: str) -> None:
     message = messages.WORKER_LOST.format(attempts=job.attempt, seconds=seconds)
     job.status, job.finished_at = Status.FAILED, timezone.now()
     job.error = {"code": "worker_lost", "message": message}
-    job.save(update_fields=["status", "finished_at", "error"])
+    job.attempt_usage = None
+    job.save(update_fields=["status", "finished_at", "error", "attempt_usage"])
     job_ended(job, message)
     fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)
 

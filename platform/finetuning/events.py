@@ -69,7 +69,13 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
         if job.status != Status.RUNNING:
             return False
         job.heartbeat_at = now
-        job.save(update_fields=["heartbeat_at"])
+        fields = ["heartbeat_at"]
+        data = event.get("data")
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):  # the attempt's compute so far (none from older workers)
+            job.attempt_usage = _finite(usage)
+            fields.append("attempt_usage")
+        job.save(update_fields=fields)
         return True
     seq = int(event["seq"])
     if (
@@ -127,6 +133,8 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     elif kind == "cancelled":
         job.status, job.finished_at = Status.CANCELLED, now
         _compute_record(job, data.get("usage"))
+    if job.is_terminal:
+        job.attempt_usage = None  # the end said what the attempt used
     job.save()
     if job.is_terminal:
         fine_tunes_dispatch_on_commit(tenant_id=job.tenant_id)  # its slot is free
@@ -226,19 +234,23 @@ def _identity(job: FineTuneJob, kind: UsageRecord.Kind, model_id: str) -> dict[s
     }
 
 
-def _compute_record(job: FineTuneJob, usage: Any) -> None:
+def _compute_record(job: FineTuneJob, usage: Any, *, lost: bool = False) -> None:
     """The compute of a job that did not succeed (it failed, or was cancelled), as the
     worker reports it with its end: a ledger row of kind ``compute``, a cost to serve on the
     margins pages, never billed nor in the tenant's usage. Once a job (its id is the row's:
     a redelivered end is a duplicate); none where the worker reports none (it had not
-    started, or predates this)."""
+    started, or predates this). ``lost``: an attempt the lease gave up on, as far as its last
+    heartbeat said, once an attempt (``<job id>:<attempt>``: the job may yet end, and
+    record its own)."""
     if not isinstance(usage, dict):
         return
     unbilled = {"inputs": 0, "tokens": 0, "cached": 0}
     identity = _identity(job, UsageRecord.Kind.COMPUTE, model_id_for(job))
+    if lost:
+        identity["event_id"] = f"{job.id}:{job.attempt}"
     outcome = usage_record_bulk(events=[{**usage, **identity, **unbilled}])
     if outcome.rejected:
-        logger.error("job %s: its end's compute is unusable (%s): not recorded", job.id,
+        logger.error("job %s: its compute is unusable (%s): not recorded", job.id,
                      outcome.rejected[0][1])  # fmt: skip
 
 
@@ -262,5 +274,8 @@ def fine_tune_sweep(*, timeout_s: float | None = None, now: datetime | None = No
                 or (job.heartbeat_at or cutoff) >= cutoff
             ):
                 continue
+            # Its worker is gone (or cut off): what it had used by its last heartbeat is all
+            # that will ever be known of the attempt's compute.
+            _compute_record(job, job.attempt_usage, lost=True)
             job_retry_or_fail(job, seconds=timeout, why=messages.EV_RETRY)
     return len(stale)

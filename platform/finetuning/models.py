@@ -61,6 +61,10 @@ class FineTuneJob(models.Model):
     metrics = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)  # {"code", "message"}
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # What the running attempt had used at its last heartbeat, as its worker costed it (a
+    # usage event of kind ``compute``): recorded as unbilled compute when the lease gives
+    # the attempt up, whose worker will never report its end.
+    attempt_usage = models.JSONField(null=True, blank=True)
     # When it was handed to the training queue (dispatch.py): a queued job without it waits
     # for one of its tenant's FINETUNE_DISPATCHED_PER_TENANT slots.
     dispatched_at = models.DateTimeField(null=True, blank=True)

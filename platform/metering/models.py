@@ -50,7 +50,8 @@ class UsageRecord(models.Model):
         FINE_TUNE = "fine_tune", "Fine-tune"  # event_id is the job id: billed once
         # The compute of a fine-tune that did not succeed (failed, cancelled): a cost to
         # serve, never billed nor reported to the tenant (``metering.sums`` leaves it out).
-        COMPUTE = "compute", "Unbilled compute"  # event_id is the job id: recorded once
+        # event_id is the job id (its end), or "<job id>:<attempt>" (an attempt lost)
+        COMPUTE = "compute", "Unbilled compute"
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.CharField(max_length=64, unique=True)

@@ -401,10 +401,15 @@ def test_a_killed_worker_is_retried_once_then_the_job_finishes(
     with http(tenant_secret) as client:
         dataset = upload(client, TICKETS[:240])
         job = start(client, dataset["id"], method="lora", hyperparameters={"epochs": 2})
-        wait(job["id"], lambda j: j.status == "running")
+        # Running, and a heartbeat has said what the attempt used so far.
+        beaten = wait(job["id"], lambda j: j.status == "running" and j.attempt_usage)
         training_worker.kill()  # kill -9, mid-job
         retried = wait(job["id"], lambda j: j.attempt == 2, 30)
         assert retried.status == "queued"
+        # What the lost attempt used by its last heartbeat is a cost, never billed.
+        (lost,) = UsageRecord.objects.unscoped().filter(event_id=f"{job['id']}:1")
+        assert (lost.kind, lost.inputs, lost.tokens) == ("compute", 0, 0)
+        assert lost.compute_ms >= beaten.attempt_usage["compute_ms"] > 0
         training_worker.start()  # a fresh worker takes the second attempt
         done = wait(job["id"], lambda j: j.status in TERMINAL, 120)
         assert done.status == "succeeded" and done.attempt == 2, done.error

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from billing.rating import rate_tenant_period
 from economics.selectors import margins
-from finetuning.events import fine_tune_event_apply
+from finetuning.events import fine_tune_event_apply, fine_tune_sweep
 from finetuning.models import FineTuneJob
 from finetuning.services import fine_tune_cancel
 from metering.corrections import VoidRefused, usage_record_void
@@ -31,8 +31,8 @@ Status = FineTuneJob.Status
 def compute_of(job, **fields):
     """What a training worker puts in its ``failed`` or ``cancelled`` event (the attempt's
     compute so far: workers/training/tasks.py ``compute_event_for``)."""
-    return usage_of(job, kind="compute", inputs=0, tokens=0, compute_ms=4_000.0,
-                    cost_micros="111.1111", **fields)  # fmt: skip
+    spent = {"compute_ms": 4_000.0, "cost_micros": "111.1111", **fields}
+    return usage_of(job, kind="compute", inputs=0, tokens=0, **spent)
 
 
 def _around():  # type: ignore[no-untyped-def]
@@ -96,3 +96,51 @@ def test_an_end_without_compute_records_nothing(job, tenant):
     fine_tune_event_apply(event=event(job, 1, "started"))
     fine_tune_event_apply(event=event(job, 2, "failed", message="bad", code="invalid_data"))
     assert not UsageRecord.objects.for_tenant(tenant).exists()
+
+
+def test_a_lost_attempts_compute_is_recorded_as_its_last_heartbeat_said(job, tenant):
+    """A training worker killed mid-job never reports its end: what its heartbeats said the
+    attempt had used is recorded when the lease gives it up, once an attempt, beside what
+    the next attempt reports with its own end (and a success is billed as ever)."""
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    for ms in (2_000.0, 5_000.0):  # the compute so far, with each heartbeat
+        beat = event(job, 0, "heartbeat", usage=compute_of(job, compute_ms=ms))
+        assert fine_tune_event_apply(event=beat)
+    assert reload(job).attempt_usage["compute_ms"] == 5_000.0
+    later = timezone.now() + timedelta(seconds=30)
+    assert fine_tune_sweep(timeout_s=10, now=later) == 1
+    retried = reload(job)
+    assert retried.attempt == 2 and retried.attempt_usage is None
+    (lost,) = UsageRecord.objects.for_tenant(tenant)
+    assert (lost.event_id, lost.kind, lost.compute_ms) == (f"{job.id}:1", "compute", 5_000.0)
+    assert lost.tenant_id == tenant.pk and lost.cost_micros == Decimal("111.1111")
+    # The second attempt succeeds: billed, the lost attempt's compute kept beside it.
+    fine_tune_event_apply(event=event(job, 1, "started", attempt=2))
+    assert fine_tune_event_apply(event=succeeded(job, attempt=2))
+    rows = UsageRecord.objects.for_tenant(tenant).order_by("kind")
+    assert [(r.event_id, r.kind) for r in rows] == [
+        (f"{job.id}:1", "compute"), (job.id, "fine_tune")
+    ]  # fmt: skip
+    start, end = _around()
+    (line,) = [m for m in margins(start=start, end=end, by="tenant") if m["tenant"] == tenant.pk]
+    assert line["finetunes"] == 1
+    assert line["finetune_cost_micros"] == Decimal("111.1111") + rows[1].cost_micros
+
+
+def test_a_lost_attempt_without_heartbeat_usage_records_nothing(job, tenant):
+    """Heartbeats from a worker that predates this carry no usage: nothing to record, and the
+    job is retried as before; the second attempt lost for good fails the job, its last
+    heartbeat's compute recorded under its own attempt."""
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_event_apply(event=event(job, 0, "heartbeat"))
+    fine_tune_sweep(timeout_s=10, now=timezone.now() + timedelta(seconds=30))
+    assert reload(job).attempt == 2
+    assert not UsageRecord.objects.for_tenant(tenant).exists()
+    fine_tune_event_apply(event=event(job, 1, "started", attempt=2))
+    beat = event(job, 0, "heartbeat", attempt=2, usage=compute_of(job, compute_ms=700.0))
+    fine_tune_event_apply(event=beat)
+    fine_tune_sweep(timeout_s=10, now=timezone.now() + timedelta(seconds=30))
+    failed = reload(job)
+    assert failed.status == Status.FAILED and failed.error["code"] == "worker_lost"
+    (row,) = UsageRecord.objects.for_tenant(tenant)
+    assert (row.event_id, row.compute_ms) == (f"{job.id}:2", 700.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,11 +125,18 @@ class EventPublisher:
 
 
 class Heartbeat:
-    """Sends a heartbeat every ``interval`` seconds until stopped."""
+    """Sends a heartbeat every ``interval`` seconds until stopped, with what ``data`` says
+    then (the attempt's compute so far: the platform records it if the attempt is lost)."""
 
-    def __init__(self, publisher: EventPublisher, interval: float) -> None:
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        interval: float,
+        data: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.publisher = publisher
         self.interval = interval
+        self.data = data
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -143,6 +151,6 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.publisher.emit("heartbeat", "")
+                self.publisher.emit("heartbeat", "", data=self.data() if self.data else None)
             except Exception:  # a missed beat is survivable; a dead thread is not
                 logger.exception("heartbeat for %s not sent", self.publisher.job_id)

@@ -167,10 +167,11 @@ def train(request: TrainRequest) -> None:
     began = time.perf_counter()
 
     def used() -> dict[str, object]:
-        """What the attempt used so far, for its end's event: billed never, a cost always."""
+        """What the attempt used so far, for its end's event and each heartbeat: billed
+        never, a cost always."""
         return {"usage": compute_event_for(request, (time.perf_counter() - began) * 1000)}
 
-    with Heartbeat(publisher, HEARTBEAT_S), busy_with(f"fine-tuning {job_id}"):
+    with Heartbeat(publisher, HEARTBEAT_S, used), busy_with(f"fine-tuning {job_id}"):
         try:
             result = train_run(ctx)
             ctx.step(timed=False)  # done: only a cancel can stop it now
