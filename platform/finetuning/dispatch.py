@@ -58,7 +58,13 @@ def _redis() -> redis.Redis:
 
 
 def job_log(
-    job: FineTuneJob, message: str, *, level: str = "info", kind: str = "log", **data: Any
+    job: FineTuneJob,
+    message: str,
+    *,
+    level: str = "info",
+    kind: str = "log",
+    at: datetime | None = None,
+    **data: Any,
 ) -> None:
     FineTuneEvent.objects.create(
         tenant_id=job.tenant_id,
@@ -67,7 +73,7 @@ def job_log(
         level=level,
         message=message[:1000],
         data=data,
-        created_at=timezone.now(),
+        created_at=at or timezone.now(),
     )
 
 

@@ -101,7 +101,7 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
                 status=job.status, kind=kind, message=message
             )
         kind, level = "log", "info"
-    FineTuneEvent.objects.create(
+    stored = FineTuneEvent.objects.create(
         tenant_id=job.tenant_id,
         job=job,
         attempt=attempt,
@@ -125,7 +125,7 @@ def fine_tune_event_apply(*, event: dict[str, Any]) -> bool:
     elif kind in ("progress", "log") and job.status == Status.RUNNING:
         job.heartbeat_at = now
     elif kind == "succeeded":
-        _succeed(job, data)
+        _succeed(job, data, ended_at=stored.created_at)
     elif kind == "failed":
         job.status, job.finished_at = Status.FAILED, now
         job.error = {"code": str(data.get("code", "training_failed")), "message": event["message"]}
@@ -163,7 +163,7 @@ def fine_tune_event_refused(*, event: Any) -> bool:
     return True
 
 
-def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
+def _succeed(job: FineTuneJob, result: dict[str, Any], *, ended_at: datetime) -> None:
     model = fine_tuned_model_register(job, result)
     job.status, job.finished_at = Status.SUCCEEDED, timezone.now()
     job.fine_tuned_model = model.id
@@ -174,8 +174,10 @@ def _succeed(job: FineTuneJob, result: dict[str, Any]) -> None:
     # that the model is ready.
     offer = int8_variant_offer(job, model)
     if offer is not None:
+        # Told just before the success (the events list is newest first): the job's end
+        # stays its last event, for a client that reads the newest one to see it end.
         message, data = offer
-        job_log(job, message, **data)
+        job_log(job, message, at=ended_at - timedelta(microseconds=1), **data)
 
 
 def _meter(job: FineTuneJob, model: AIModel, usage: Any) -> None:

@@ -269,6 +269,19 @@ def test_an_int8_variant_within_the_threshold_is_registered(job, tenant, delta):
     assert f"{variant_id} offered" in said.message and said.data["int8_model"] == variant_id
 
 
+@pytest.mark.parametrize("delta", [0.0, -3.12])
+def test_the_jobs_end_stays_its_newest_event_after_the_int8_verdict(job, tenant, delta, client_for):
+    """The events list is newest first: a client that reads the newest event to see the job
+    end saw the int8 verdict there instead (it was told after the success)."""
+    fine_tune_event_apply(event=event(job, 1, "started"))
+    fine_tune_event_apply(event=succeeded_with_int8(job, delta))
+    body = client_for(tenant, ["training"]).get(f"/v1/fine-tunes/{job.id}/events").json()
+    newest, verdict = body["data"][:2]
+    assert newest["type"] == "succeeded"
+    assert verdict["type"] == "log" and verdict["message"].startswith("int8 variant")
+    assert verdict["created_at"] <= newest["created_at"]
+
+
 @pytest.mark.parametrize("delta", [-1.01, -3.12])
 def test_an_int8_variant_that_loses_more_is_not_offered_and_the_job_says_why(job, tenant, delta):
     fine_tune_event_apply(event=event(job, 1, "started"))
