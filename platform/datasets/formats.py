@@ -57,7 +57,15 @@ def header_names(line: str) -> set[str]:
         return set()
 
 
-def is_json_array(first_line: str) -> bool:
+def is_json_array(first_line: str, *, only_line: bool) -> bool:
     """A file whose first line opens a JSON array (not a CSV header that happens to start
-    with "[", such as "[id],text,label")."""
-    return first_line.startswith("[") and not {"text", "label"} & header_names(first_line)
+    with "[", such as "[id],text,label"): a pretty-printed one (its first line is not JSON
+    on its own), or one on a single line that is the whole file. A first line that is a
+    whole array with lines after it is one bad JSONL line, told as such with the others."""
+    if not first_line.startswith("[") or {"text", "label"} & header_names(first_line):
+        return False
+    try:
+        json.loads(first_line)
+    except ValueError:
+        return True
+    return only_line

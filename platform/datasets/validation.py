@@ -337,7 +337,8 @@ def _validate(lines: FileLines, filename: str, result: Validation) -> Validation
         result.error(None, messages.EMPTY_FILE)
         return result.finish()
     number, first = next(((n, line.strip()) for n, line in lines if line.strip()), (1, ""))
-    if is_json_array(first):
+    only = not any(text.strip() for n, text in lines if n > number)
+    if is_json_array(first, only_line=only):
         # (Read as JSONL, a pretty-printed array was an error on every line, none of them
         # saying what the file is.)
         result.error(number, messages.JSON_ARRAY)

@@ -229,6 +229,14 @@ def test_a_json_array_is_told_to_be_jsonl():
         result = dataset_validate(data.encode(), filename="data.json")
         first = 3 if data.startswith("\n") else 1
         assert messages_by_line(result) == [(first, messages.JSON_ARRAY)]
+    # A JSONL file whose first line is an array (a bad line, with good ones after it) is
+    # read as JSONL: that line's error, the good rows counted (it was "one JSON array",
+    # nothing read).
+    for bad in ("[1, 2]", '["text", "label"]'):
+        result = dataset_validate(f"{bad}\n".encode() + jsonl(rows), filename="data.jsonl")
+        assert [line for line, _ in messages_by_line(result)] == [1]
+        assert messages.JSON_ARRAY not in messages_by_line(result)[0][1]
+        assert result.rows == len(rows) and not result.valid
     # A CSV whose header's first column is bracketed is still a CSV.
     data = "[id],text,label\n" + "".join(f"{i},text {i},{'ab'[i % 2]}\n" for i in range(20))
     assert dataset_validate(data.encode()).valid
