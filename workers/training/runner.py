@@ -31,7 +31,7 @@ from workers.runtime.finetuned import model_file_write
 
 from . import head as head_method
 from . import lora as lora_method
-from .data import rows_load, stratified_split
+from .data import Rows, rows_load, stratified_split
 from .int8 import int8_metrics
 from .metrics import classification_metrics
 
@@ -149,6 +149,8 @@ def train_run(ctx: JobContext) -> TrainResult:
         f"{'' if validation_file else ' (stratified hold-out)'}; {len(labels)} labels.",
         data={"train_examples": len(train_rows), "validation_examples": len(val_rows)},
     )
+    if validation_file and validation_file != request["training_file"]:
+        _warn_validation_seen(ctx, train_rows, val_rows)
     ctx.step()
 
     encoder = load_encoder(
@@ -362,4 +364,21 @@ def _warn_if_nothing_learned(
         "epochs, or more (and consistently labelled) examples.",
         level="warning",
         data={"validation_accuracy": round(accuracy, 4), "baseline_accuracy": round(baseline, 4)},
+    )
+
+
+def _warn_validation_seen(ctx: JobContext, train_rows: Rows, val_rows: Rows) -> None:
+    """Validation texts that are training texts too measure memory, not how the model does
+    on new text: said, with how many (the platform warns of the very same file; another
+    file, an export of the same rows, was not said at all)."""
+    seen = set(train_rows.texts)
+    shared = sum(text in seen for text in val_rows.texts)
+    if not shared:
+        return
+    ctx.emit(
+        "log",
+        f"{shared} of the {len(val_rows)} validation examples are training examples too: "
+        "the validation metrics count them as the model remembers them, not as new text.",
+        level="warning",
+        data={"validation_examples_in_training": shared},
     )

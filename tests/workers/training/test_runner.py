@@ -178,6 +178,24 @@ def test_an_explicit_validation_set_and_its_labels(store, context):
         train_run(context(make_request(narrow, validation_file=val))[0])
 
 
+def test_validation_examples_that_are_training_examples_are_warned_of(store, context):
+    """Another file of the same rows (an export with one more column) measured memory as
+    validation accuracy without a word; a validation set apart from training says
+    nothing."""
+    lines = dataset_bytes("support_tickets.jsonl", 120).splitlines()
+    train = store.put(b"\n".join(lines) + b"\n")
+    again = [json.dumps({**json.loads(line), "source": "export"}).encode() for line in lines]
+    copy = store.put(b"\n".join(again[:40]) + b"\n")
+    job, recorder = context(make_request(train, validation_file=copy))
+    train_run(job)
+    [warning] = recorder.warnings
+    assert warning.startswith("40 of the 40 validation examples are training examples too")
+    apart = store.put(dataset_bytes("support_tickets.jsonl")[-4000:].split(b"\n", 1)[1])
+    job, recorder = context(make_request(train, validation_file=apart))
+    train_run(job)
+    assert recorder.warnings == []
+
+
 def test_cancellation_stops_at_a_step_boundary(store, context):
     digest = store.put(dataset_bytes("support_tickets.jsonl", 120))
     calls = []
