@@ -6,7 +6,14 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
-from core.moments import from_unix_seconds, moment_schema, rfc3339_parse, utc_clamped
+from core.moments import (
+    FIRST_INSTANT,
+    LAST_INSTANT,
+    from_unix_seconds,
+    moment_schema,
+    rfc3339_parse,
+    utc_clamped,
+)
 from core.serializers import (
     BoundedListField,
     StrictIntegerField,
@@ -23,12 +30,20 @@ class MomentField(serializers.DateTimeField):
     a date (midnight UTC) or unix seconds, as Stripe writes them (an audit: a key's
     ``expires_at`` refused the two forms ``start`` and ``end`` take)."""
 
+    default_error_messages = {
+        "beyond": "Unix seconds past the year 9999 (milliseconds, perhaps?): give seconds.",
+    }
+
     def to_internal_value(self, value: Any) -> datetime:
         moment = None
         if isinstance(value, str):
             moment = rfc3339_parse(value, full_date=True)
         elif isinstance(value, int) and not isinstance(value, bool):
             moment = from_unix_seconds(value)
+            if moment in (FIRST_INSTANT, LAST_INSTANT):
+                # Not a moment a datetime holds: stored as year 9999's last instant, a key's
+                # expiry was another than the one sent (a milliseconds timestamp, often).
+                self.fail("beyond")
         if moment is None:
             self.fail("invalid", format="RFC 3339 (2030-01-31T12:00:00Z), a date or unix seconds")
         # In UTC, as stored: 9999-12-31T23:59:59-01:00 is past year 9999 there (its last

@@ -397,3 +397,18 @@ def test_a_test_mode_key_never_reaches_live_keys(tenant, client_for):
     assert bearer(live_key["secret"]).get("/v1/models").status_code == 200  # untouched
     # A live key still sees and manages both.
     assert minted.json()["id"] in {k["id"] for k in live.get("/v1/api-keys").json()["data"]}
+
+
+@pytest.mark.parametrize("given", [253_402_300_800, 1_924_905_600_000, 10**20])
+def test_expires_at_in_unix_seconds_past_year_9999_is_refused_not_stored_as_another(api, given):
+    """Unix seconds past what a moment holds (a milliseconds timestamp, most often) were
+    stored as year 9999's last instant, a 201 with an expiry other than the one sent."""
+    response = api.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": given},
+                        format="json")  # fmt: skip
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["param"] == "expires_at" and "milliseconds" in error["message"]
+    # The last second a moment holds is taken as it is.
+    last = api.post("/v1/api-keys", {"scopes": ["inference"], "expires_at": 253_402_300_799},
+                    format="json")  # fmt: skip
+    assert last.status_code == 201 and last.json()["expires_at"] == "9999-12-31T23:59:59Z"
