@@ -123,16 +123,17 @@ def idempotency_begin(
     records = IdempotencyRecord.objects.for_tenant(tenant)
     record = records.get(livemode=livemode, key=key)
     expired = record.created_at < now - timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
-    if record.state == IdempotencyRecord.State.IN_PROGRESS and record.locked_until > now:
-        raise Conflict(
-            KEY_IN_USE.format(key=key), code="idempotency_key_in_use", headers=RETRY_SOON
-        )
     if not expired and record.fingerprint != fingerprint:
         # Whatever became of the first attempt (API.md: another body is 409): one that
         # failed may have run all the same (a 503 worker_timeout whose worker answered late
         # is billed under its request id), and another body under its key would be a second
-        # call that the client takes for a retry of the first.
+        # call that the client takes for a retry of the first. Said while the first runs
+        # too: "in use" with a Retry-After invited a retry that could only be refused.
         raise Conflict(KEY_REUSED.format(key=key), code="idempotency_key_reused")
+    if record.state == IdempotencyRecord.State.IN_PROGRESS and record.locked_until > now:
+        raise Conflict(
+            KEY_IN_USE.format(key=key), code="idempotency_key_in_use", headers=RETRY_SOON
+        )
     if record.state == IdempotencyRecord.State.COMPLETED and not expired:
         return Outcome(record=record, replay=True)
 

@@ -45,14 +45,17 @@ def test_concurrency_refusals_count_against_the_rate_limit(tenant):
 
 
 def test_a_duplicate_refused_then_admitted_again_takes_one_token(tenant):
+    from core.idempotency import request_fingerprint
+
     on_plan(tenant, custom_plan(monthly_hard_cap=3, rate_limit_per_minute=4))
+    body = {"model": "minilm-l6", "inputs": ["a"] * 4, "labels": ["x", "y"]}
     IdempotencyRecord.objects.create(
-        tenant=tenant, key="busy", fingerprint="x", request_id="req_x",
+        tenant=tenant, key="busy", request_id="req_x",
+        fingerprint=request_fingerprint(method="POST", path="/v1/classify", data=body),
         state=IdempotencyRecord.State.IN_PROGRESS,
         locked_until=timezone.now() + timedelta(seconds=60),
     )  # fmt: skip
     client = bearer(make_key(tenant, ["inference"]))
-    body = {"model": "minilm-l6", "inputs": ["a"] * 4, "labels": ["x", "y"]}
     answers = [
         client.post("/v1/classify", body, format="json", HTTP_IDEMPOTENCY_KEY="busy")
         for _ in range(5)

@@ -95,14 +95,19 @@ def test_another_body_after_a_failure_that_may_have_run_is_409(api, tenant):
     assert retried.status_code == 201 and retried["X-Request-Id"] == "req_first"
 
 
-def _in_flight(tenant, key: str) -> None:
-    """An attempt under ``key`` still running (its record locked for a minute)."""
+def _in_flight(tenant, key: str, path: str = "/v1/api-keys", body=None) -> None:
+    """An attempt under ``key`` with ``body`` still running (its record locked for a
+    minute)."""
     from datetime import timedelta
 
     from django.utils import timezone
 
+    from core.idempotency import request_fingerprint
+
+    body = {"scopes": ["inference"]} if body is None else body
     IdempotencyRecord.objects.create(
-        tenant=tenant, key=key, fingerprint="x", request_id="req_x",
+        tenant=tenant, key=key, request_id="req_x",
+        fingerprint=request_fingerprint(method="POST", path=path, data=body),
         state=IdempotencyRecord.State.IN_PROGRESS,
         locked_until=timezone.now() + timedelta(seconds=60),
     )  # fmt: skip
@@ -116,6 +121,16 @@ def test_a_key_in_flight_is_409(api, tenant):
     assert response["Retry-After"] == "1"
 
 
+def test_another_body_under_a_key_in_flight_is_409_reused_not_retry_soon(api, tenant):
+    """It was "in use, retry in 1 s": a retry that could only be refused as reused once the
+    first attempt ended."""
+    _in_flight(tenant, "busy")
+    response = post(api, {"scopes": ["billing"]}, "busy")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "idempotency_key_reused"
+    assert "Retry-After" not in response
+
+
 def test_a_duplicate_of_a_call_in_flight_is_409_even_past_the_quota(tenant):
     """The first attempt holds the quota (or the concurrency slot) its duplicate would need:
     the duplicate is told the key is in use (retry, and get the first one's answer), not a
@@ -126,7 +141,7 @@ def test_a_duplicate_of_a_call_in_flight_is_409_even_past_the_quota(tenant):
     on_plan(tenant, custom_plan(monthly_hard_cap=3))
     client = bearer(make_key(tenant, ["inference"]))
     body = {"model": "minilm-l6", "inputs": ["a"] * 4, "labels": ["x", "y"]}
-    _in_flight(tenant, "busy")
+    _in_flight(tenant, "busy", "/v1/classify", body)
     duplicate = client.post("/v1/classify", body, format="json", HTTP_IDEMPOTENCY_KEY="busy")
     assert duplicate.status_code == 409, duplicate.json()
     assert duplicate.json()["error"]["code"] == "idempotency_key_in_use"
