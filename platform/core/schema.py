@@ -58,6 +58,7 @@ class AutoSchema(BaseAutoSchema):
         schema: dict[str, Any] = super()._map_serializer(serializer, direction, bypass_extensions)
         if direction == "request" and isinstance(serializer, StrictSerializer):
             schema["additionalProperties"] = False  # an unknown parameter is a 400
+            schema.update(serializer.schema_rules)
         return schema
 
     def _get_request_for_media_type(self, serializer: Any, direction: Any = "request") -> Any:

@@ -4,7 +4,7 @@ JSON strings (DRF would otherwise turn 42 into "42")."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rest_framework import serializers
 
@@ -66,6 +66,11 @@ class DistinctListField(BoundedListField):
 
 
 class StrictSerializer(serializers.Serializer[Any]):
+    # Rules across fields, as a JSON Schema can say them (``anyOf`` ...): added to the
+    # request body's schema (core.schema), so that a body the schema calls valid is one the
+    # API can take, and a fuzzer's "valid" bodies are.
+    schema_rules: ClassVar[dict[str, Any]] = {}
+
     def to_internal_value(self, data: Any) -> Any:
         # Nested (an example in a list, hyperparameters), the error goes up through DRF,
         # which adds its place (``examples[1]``, ``examples[1].z``) to the param.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any
+from typing import Any, ClassVar
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -77,6 +77,16 @@ class ExampleSerializer(StrictSerializer):
 
 
 class ClassifyRequestSerializer(StrictSerializer):
+    # A base model needs labels or examples (else 400 missing_labels); a fine-tuned model
+    # (``ft:``) takes neither. (The rest, labels the model reads alike, example labels among
+    # the labels, are said in the operation's description: no schema says them.)
+    schema_rules: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"required": ["labels"], "properties": {"labels": {"type": "array"}}},
+            {"required": ["examples"], "properties": {"examples": {"type": "array"}}},
+            {"properties": {"model": {"pattern": "^ft:"}}},
+        ]
+    }
     model = StrictStringField(max_length=200)
     inputs = BoundedListField(
         child=InputTextField(allow_blank=True),
