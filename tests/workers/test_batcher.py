@@ -148,9 +148,10 @@ def _gated(*, max_batch_size: int) -> tuple[DynamicBatcher, threading.Event, lis
     return batcher, gate, passes
 
 
-def test_a_call_of_hundreds_of_texts_shares_its_passes_with_the_calls_behind_it() -> None:
-    """Texts are taken a call at a time in turns: a one-text call queued behind a call of
-    300 (a few-shot request's examples) rides the next forward pass, not the 38th."""
+def test_a_call_of_hundreds_of_texts_does_not_hold_a_short_call_behind_it() -> None:
+    """An owner's turns go to its call with the fewest texts left: a one-text call queued
+    behind a call of 300 (a few-shot request's examples) rides the next forward pass, first,
+    not the 38th."""
     batcher, gate, passes = _gated(max_batch_size=8)
     try:
         first = batcher.submit([0])  # the model thread takes it and waits at the gate
@@ -162,14 +163,15 @@ def test_a_call_of_hundreds_of_texts_shares_its_passes_with_the_calls_behind_it(
         assert all(f.result(timeout=10).vector.shape == (4,) for f in [first, *big])
     finally:
         batcher.close()
-    assert passes[1] == [1, 2, 1, 1, 1, 1, 1, 1]  # the small call's text in the next pass
+    assert passes[1] == [2, 1, 1, 1, 1, 1, 1, 1]  # the small call's text in the next pass
     assert sum(len(p) for p in passes) == 302
 
 
 def test_tenants_take_turns_not_calls() -> None:
     """One tenant's four 100-text calls and another tenant's one: the turns go round the
-    tenants, so the lone tenant gets every other text of each pass, and the busy tenant's
-    calls share its turns among themselves (per call, it got one text in five)."""
+    tenants, so the lone tenant gets every other text of each pass (per call, it got one
+    text in five), and the busy tenant's turns go to one call until it ends, then the next:
+    each ends as soon as it can (shared out among them, the four ended together, last)."""
     batcher, gate, passes = _gated(max_batch_size=8)
     try:
         first = batcher.submit([0])  # the model thread takes it and waits at the gate
@@ -181,10 +183,33 @@ def test_tenants_take_turns_not_calls() -> None:
         assert all(f.result(timeout=10).vector.shape == (4,) for call in busy for f in call)
     finally:
         batcher.close()
-    assert passes[1] == [1, 9, 2, 9, 3, 9, 4, 9]
-    # The lone tenant's 100 texts are done once 200 have been computed, not 500.
+    assert passes[1] == [1, 9, 1, 9, 1, 9, 1, 9]
+    # The lone tenant's 100 texts are done once 200 have been computed, not 500; and so
+    # is the busy tenant's first call, the others then one after another.
     done = [n for n, texts in enumerate(passes) if 9 in texts][-1]
     assert sum(len(p) for p in passes[1 : done + 1]) == 200
+    order = [text for p in passes[1:] for text in p if text != 9]
+    assert order == [1] * 100 + [2] * 100 + [3] * 100 + [4] * 100
+
+
+def test_a_short_call_goes_before_an_owners_longer_ones_whenever_it_comes() -> None:
+    """A call that arrives while an owner's long call is being served, with fewer texts than
+    that call has left, is served first; among calls as long, the oldest first."""
+    batcher, gate, passes = _gated(max_batch_size=4)
+    try:
+        first = batcher.submit([0])  # the model thread takes it and waits at the gate
+        time.sleep(0.1)
+        long_ = batcher.submit_many([[1]] * 12)
+        same = batcher.submit_many([[2]] * 12)
+        short = batcher.submit_many([[3]] * 2)
+        gate.set()
+        futures = [first, *long_, *same, *short]
+        assert all(f.result(timeout=10).vector.shape == (4,) for f in futures)
+    finally:
+        batcher.close()
+    assert passes[1:] == [[3, 3, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 2, 2]] + [
+        [2, 2, 2, 2]
+    ] * 2 + [[2, 2]]
 
 
 def test_the_turns_go_on_across_passes() -> None:

@@ -15,6 +15,7 @@ rows share forward passes, and the tags reach the model as one list per pass.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
 import time
@@ -132,9 +133,10 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._max_pending = max_pending
-        # Per owner (a tenant), its waiting calls (``submit_many``), each a queue of texts;
-        # owners in turn order, the next to be served first: see ``_collect``.
-        self._owners: dict[Any, deque[deque[_Item]]] = {}
+        # Per owner (a tenant), its waiting calls (``submit_many``), each a queue of texts,
+        # fewest texts left first; owners in turn order, the next to be served first: see
+        # ``_collect``.
+        self._owners: dict[Any, list[deque[_Item]]] = {}
         self._queued = 0
         self._queued_tokens = 0
         self._cond = threading.Condition()
@@ -192,7 +194,9 @@ class DynamicBatcher:
                 raise BatcherOverloadedError(f"{self._queued} texts already waiting")
             if self._closed:
                 raise BatcherClosedError("batcher is closed")
-            self._owners.setdefault(owner, deque()).append(deque(items))
+            # After the owner's calls with as few texts or fewer: the call being served
+            # only gets shorter, so the first is always the one with the fewest left.
+            bisect.insort(self._owners.setdefault(owner, []), deque(items), key=len)
             self._queued += len(items)
             self._queued_tokens += sum(len(item.ids) for item in items)
             self._cond.notify_all()
@@ -233,14 +237,17 @@ class DynamicBatcher:
         ``max_wait_ms`` (counted from when it was queued, so items that queued up during the
         previous forward pass go at once) or a full batch is waiting. Then take the waiting
         texts in turns: one text a turn, the turns going round the owners (tenants) with
-        texts waiting, and round each owner's calls on its turns. A call of hundreds of texts
-        (a few-shot request's examples) shares each forward pass with the calls behind it,
-        rather than holding them for all of its passes (one such call held another tenant's
-        one-input request past its 30 s deadline); and a tenant with many such calls at once
-        gets one turn in each round, as every other tenant waiting does, not one per call
-        (eight concurrent few-shot calls of one tenant took ~8/9 of the worker). The round
-        goes on across batches: a batch that fills stops at an owner whose turn comes first
-        in the next one."""
+        texts waiting. A call of hundreds of texts (a few-shot request's examples) shares
+        each forward pass with other tenants' calls, rather than holding them for all of its
+        passes (one such call held another tenant's one-input request past its 30 s
+        deadline); and a tenant with many such calls at once gets one turn in each round, as
+        every other tenant waiting does, not one per call (eight concurrent few-shot calls of
+        one tenant took ~8/9 of the worker). An owner's turns go to its call with the fewest
+        texts left (the oldest of those), so its calls end one after another, each as soon
+        as it can, and a short one is not held behind a long one: shared out among them,
+        eight 96-text calls that took a worker 72 s all ended together, past their 30 s
+        deadline, none answered. The round goes on across batches: a batch that fills stops
+        at an owner whose turn comes first in the next one."""
         with self._cond:
             self._cond.wait_for(lambda: self._owners or self._closed)
             if not self._owners:
@@ -271,9 +278,8 @@ class DynamicBatcher:
                 else:
                     batch.append(call.popleft())
                     tokens += size
-                calls.popleft()
-                if call:
-                    calls.append(call)  # the owner's next turn goes to its next call
+                if not call:
+                    del calls[0]  # the owner's next turn goes to its next shortest call
                 if calls:
                     self._owners[owner] = calls  # its next turn after every other owner's
             self._queued -= len(batch) + dropped
