@@ -31,7 +31,7 @@ LIST_PARAMETERS = [
 ]
 # Their names: what a list view declares it takes (``TenantAPIView.query_parameters``).
 LIST_QUERY = frozenset(p.name for p in LIST_PARAMETERS)
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def parse_limit(raw: str | None) -> int:
@@ -40,7 +40,8 @@ def parse_limit(raw: str | None) -> int:
     # NOTE: not int(): it takes " 5", "+5" and "1_0"; an empty limit= is no integer either.
     if not _INTEGER.fullmatch(raw):
         raise InvalidRequest("limit must be an integer.", code="invalid_parameter", param="limit")
-    limit = int(raw)
+    # (Past 18 digits, no int() of it: an integer all the same, out of range.)
+    limit = int(raw) if len(raw) <= 18 else MAX_LIMIT + 1
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(
             f"limit must be between 1 and {MAX_LIMIT}.", code="invalid_parameter", param="limit"

@@ -304,6 +304,10 @@ def test_list_paginates_with_a_cursor(api, tenant):
         response = api.get(f"/v1/api-keys?limit={raw}")
         assert response.status_code == 400, raw
         assert response.json()["error"]["param"] == "limit"
+    # An integer too large to read is an integer out of range, not "no integer".
+    for raw in ("99999999999999999999999", "-99999999999999999999999", "101"):
+        message = api.get(f"/v1/api-keys?limit={raw}").json()["error"]["message"]
+        assert message == "limit must be between 1 and 100.", raw
     assert api.get("/v1/api-keys?starting_after=key_nope").status_code == 404
     # An empty cursor is no cursor at all: a 400, as an empty limit (it read as the first page).
     empty = api.get("/v1/api-keys?starting_after=")
