@@ -38,6 +38,10 @@ NO_BOUNDARY = (
     " (or an invalid one). Let the HTTP client build the body and its header (curl -F"
     " file=@data.jsonl; Python requests files=...)."
 )
+PART_HEADERS_TOO_LONG = (
+    "A part of the multipart/form-data body has headers over 1,024 bytes, the most they may"
+    " take: a file name that long, most often. Send the file under a shorter name."
+)
 # A statement past the API's statement timeout is asked again later, not at once: the same
 # request may well take as long again (DATABASE_STATEMENT_TIMEOUT_MS each time).
 DB_TIMEOUT_RETRY_S = 30
@@ -226,6 +230,8 @@ def _drf_error(exc: drf.APIException) -> tuple[int, str, str, str | None]:
             message = f"The request body is not valid multipart/form-data: {exc.detail}"
             if "Invalid boundary" in str(exc.detail):  # (Django's words, naming None)
                 message = NO_BOUNDARY
+            if "max total header size" in str(exc.detail):  # (Django's words)
+                return 400, "invalid_multipart", PART_HEADERS_TOO_LONG, "file"
             return 400, "invalid_multipart", message, None
         return 400, "invalid_json", f"The request body is not valid JSON: {exc.detail}", None
     if isinstance(exc, drf.UnsupportedMediaType):

@@ -49,6 +49,19 @@ def test_a_multipart_body_cut_off_before_its_closing_boundary_says_so(api):
     assert whole.status_code == 201, whole.content  # (one row: a dataset, invalid)
 
 
+def test_a_file_name_too_long_for_the_parser_is_said_as_such(api):
+    """Django's parser takes at most 1,024 bytes of a part's headers: a longer file name was
+    "not valid multipart/form-data: ... Request max total header size exceeded"."""
+    name = "x" * 1_000 + ".jsonl"  # (by hand: the test client cuts a file name to 255)
+    head = f'--xx\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'
+    body = head.encode() + b'{"text": "a", "label": "b"}\n\r\n--xx--\r\n'
+    response = api.post("/v1/datasets", body, content_type="multipart/form-data; boundary=xx")
+    assert_error(response, 400, "invalid_multipart")
+    error = response.json()["error"]
+    assert error["param"] == "file" and "shorter name" in error["message"]
+    assert upload(api, b'{"text": "a", "label": "b"}\n', name="x" * 200).status_code == 201
+
+
 @pytest.mark.parametrize("part", ["field", "file"])
 def test_a_multipart_body_with_more_parts_than_an_upload_takes_says_so(api, part, caplog):
     """Django's refusal (TooManyFieldsSent / TooManyFilesSent) was a bare "could not be
